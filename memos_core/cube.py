@@ -1,0 +1,834 @@
+"""MemCube: a folder holding memories (content + metadata), their versions, lifecycle and indexes.
+
+Layout of a cube folder::
+
+    cube.json          manifest: schema version, cube id, embedder name and dimension, index settings
+    records.sqlite3    system of record (items, versions, transitions, event log, lexical index, embeddings)
+    chroma/            vector index (derived; rebuildable with ``memos reindex``)
+    activation/        KV caches built from memories (activation memory)
+    parametric/        LoRA adapters trained from memories (parametric memory)
+
+Guarantees:
+
+* ``add``/``update``/``delete``/``rollback``/``transition`` are each one fsync'd transaction on the records;
+  when they return, the change survives a crash. The vector index is updated right after; if the process dies
+  in between, the next open repairs it from the records.
+* Updates and rollbacks create new versions; nothing is overwritten. Delete is a tombstone; only ``purge``
+  erases content.
+* Search never returns deleted, purged or expired memories, and only archived/merged ones when asked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
+
+import numpy as np
+
+from . import lifecycle
+from .embedding import Embedder, resolve_embedder
+from .errors import (
+    BackendUnavailable,
+    Conflict,
+    CorruptData,
+    EmbeddingDimensionError,
+    MemOSError,
+    NotFound,
+    SchemaVersionError,
+    ValidationError,
+)
+from .items import (
+    MAX_CONTENT_CHARS_DEFAULT,
+    LifecycleState,
+    MemoryForm,
+    MemoryItem,
+    MemoryKind,
+    MemoryVersion,
+    Provenance,
+    Scope,
+    SearchFilter,
+    SearchHit,
+    Transition,
+    new_id,
+    to_utc,
+    utcnow,
+)
+from .plaintext import ChromaVectorIndex, fts_query, rrf
+from .records import SQLiteRecordStore
+
+__all__ = ["MemCube", "CUBE_SCHEMA_VERSION", "SearchMode", "RetrievalConfig"]
+
+log = logging.getLogger(__name__)
+
+CUBE_SCHEMA_VERSION = 1
+MANIFEST = "cube.json"
+SearchMode = Literal["hybrid", "dense", "lexical"]
+
+_S = LifecycleState
+_UPDATABLE_FIELDS = {"content", "index_text", "kind", "tags", "metadata", "event_time", "valid_until",
+                     "expires_at", "confidence", "provenance"}
+
+
+class RetrievalConfig:
+    """Tunable retrieval settings. Defaults were tuned on the benchmarks in ``benchmarks/`` (see README).
+
+    * ``dense_weight`` / ``lexical_weight``: weights in reciprocal rank fusion.
+    * ``rrf_k``: the RRF constant (larger flattens rank differences).
+    * ``candidates``: how many results each retriever contributes to fusion (at least ``k``).
+    * ``exact_below``: when a filter narrows the search to at most this many items, dense scores are computed
+      exactly from stored embeddings instead of through the ANN index.
+    """
+
+    def __init__(self, dense_weight: float = 1.0, lexical_weight: float = 0.8, rrf_k: float = 60.0,
+                 candidates: int = 60, exact_below: int = 4000) -> None:
+        self.dense_weight = dense_weight
+        self.lexical_weight = lexical_weight
+        self.rrf_k = rrf_k
+        self.candidates = candidates
+        self.exact_below = exact_below
+
+
+def _json_manifest_load(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CorruptData(f"cube manifest {path} is unreadable: {exc}") from exc
+    if not isinstance(data, dict) or "schema_version" not in data or "cube_id" not in data:
+        raise CorruptData(f"cube manifest {path} is missing schema_version/cube_id")
+    return data
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    try:
+        dfd = os.open(str(path.parent), os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:  # pragma: no cover - platforms without directory fsync
+        pass
+
+
+class MemCube:
+    """A memory cube in a folder. Create or open with ``MemCube(path)``.
+
+    Parameters
+    ----------
+    path:
+        The cube folder. Created (with a manifest) when it does not exist and ``create`` is true.
+    embedder:
+        ``None`` for the offline default (all-MiniLM-L6-v2), or any LangChain ``Embeddings``, LlamaIndex
+        ``BaseEmbedding``, or callable ``list[str] -> list[list[float]]``. Its dimension must match the cube's.
+    chroma_url:
+        Use a Chroma server at this URL for the vector index instead of the embedded folder.
+    clock:
+        A zero-argument callable returning an aware ``datetime`` (tests inject a fake clock).
+    actor:
+        Default principal recorded on every write (``"local"``).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        embedder: Any = None,
+        create: bool = True,
+        cube_id: str | None = None,
+        name: str | None = None,
+        chroma_url: str | None = None,
+        clock: Callable[[], datetime] | None = None,
+        actor: str = "local",
+        max_content_chars: int = MAX_CONTENT_CHARS_DEFAULT,
+        retrieval: RetrievalConfig | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self._clock = clock or utcnow
+        self.actor = actor
+        self.max_content_chars = max_content_chars
+        self.retrieval = retrieval or RetrievalConfig()
+        self._lock = threading.RLock()
+        self._embedder: Embedder = resolve_embedder(embedder)
+        manifest_path = self.path / MANIFEST
+        if manifest_path.exists():
+            self.manifest = _json_manifest_load(manifest_path)
+            ver = self.manifest.get("schema_version")
+            if not isinstance(ver, int) or ver > CUBE_SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"cube {self.path} has schema version {ver!r}; this MemOS understands up to "
+                    f"{CUBE_SCHEMA_VERSION}. Upgrade memos-langchain-llamaindex to open it."
+                )
+            if cube_id is not None and cube_id != self.manifest["cube_id"]:
+                raise ValidationError(f"cube at {self.path} has id {self.manifest['cube_id']!r}, not {cube_id!r}")
+        else:
+            if not create:
+                raise NotFound(f"no cube at {self.path} (no {MANIFEST}); pass create=True or run `memos init`")
+            if self.path.exists() and any(self.path.iterdir()):
+                raise ValidationError(f"{self.path} exists, is not empty and holds no cube manifest; choose an empty folder")
+            self.path.mkdir(parents=True, exist_ok=True)
+            dim = self._embedder.dim
+            self.manifest = {
+                "schema_version": CUBE_SCHEMA_VERSION,
+                "cube_id": cube_id or new_id(),
+                "name": name or self.path.name,
+                "created_at": self._now().isoformat(),
+                "embedder": {"name": self._embedder.name, "dim": dim},
+                "vector_index": {"backend": "chroma", "collection": "memos"},
+            }
+            _atomic_write(manifest_path, json.dumps(self.manifest, indent=2))
+        self.cube_id: str = self.manifest["cube_id"]
+        self.name: str = self.manifest.get("name", self.path.name)
+        self._check_embedder()
+        self.records = SQLiteRecordStore(self.path / "records.sqlite3")
+        collection = self.manifest.get("vector_index", {}).get("collection", "memos")
+        if chroma_url is not None:
+            self.index = ChromaVectorIndex(url=chroma_url, collection=f"{collection}-{self.cube_id}")
+        else:
+            self.index = ChromaVectorIndex(path=self.path / "chroma", collection=collection)
+        self.index_degraded = False
+        try:
+            self.repair_index()
+        except BackendUnavailable as exc:
+            self.index_degraded = True
+            log.warning("vector index unavailable on open (%s); lexical search still works, "
+                        "pending writes will be applied when it returns", exc)
+
+    # ------------------------------------------------------------------ basics
+    def _now(self) -> datetime:
+        now = self._clock()
+        return to_utc(now) or utcnow()
+
+    def _check_embedder(self) -> None:
+        want = self.manifest.get("embedder", {})
+        dim = int(want.get("dim", 0))
+        try:
+            have = self._embedder.dim
+        except MemOSError:
+            raise
+        if dim and have != dim:
+            raise EmbeddingDimensionError(
+                f"cube {self.path} was built with embedder {want.get('name')!r} of dimension {dim}; the embedder "
+                f"given ({self._embedder.name!r}) has dimension {have}. Use the same embedder, or create a new cube "
+                f"and migrate."
+            )
+        if want.get("name") and want.get("name") != self._embedder.name:
+            log.warning("cube %s was embedded with %r; now using %r (same dimension). Run `memos reindex "
+                        "--reembed` if the models differ.", self.path, want.get("name"), self._embedder.name)
+
+    @property
+    def embedder(self) -> Embedder:
+        return self._embedder
+
+    def close(self) -> None:
+        with self._lock:
+            self.records.close()
+            self.index.close()
+
+    def __enter__(self) -> "MemCube":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"MemCube(path={str(self.path)!r}, cube_id={self.cube_id!r})"
+
+    # ------------------------------------------------------------------ validation helpers
+    def _check_content(self, content: Any) -> str:
+        if not isinstance(content, str):
+            raise ValidationError(f"content must be a string, got {type(content).__name__}")
+        if not content.strip():
+            raise ValidationError("content is empty; a memory needs some text")
+        if len(content) > self.max_content_chars:
+            raise ValidationError(
+                f"content has {len(content)} characters; the cube's limit is {self.max_content_chars}. "
+                "Split it into several memories (or raise max_content_chars)."
+            )
+        if "\x00" in content:
+            raise ValidationError("content contains a NUL character")
+        return content
+
+    def _build_item(self, spec: Any, defaults: Mapping[str, Any]) -> MemoryItem:
+        from pydantic import ValidationError as PydanticError
+
+        if isinstance(spec, MemoryItem):
+            data = spec.model_dump()
+        elif isinstance(spec, str):
+            data = {"content": spec}
+        elif isinstance(spec, Mapping):
+            data = dict(spec)
+        else:
+            raise ValidationError(f"a memory must be a string, a dict or a MemoryItem, got {type(spec).__name__}")
+        for key, val in defaults.items():
+            if val is not None and data.get(key) is None:
+                data[key] = val
+        scope = data.get("scope") or {}
+        if isinstance(scope, Scope):
+            scope = scope.model_dump()
+        for axis in ("user_id", "agent_id", "session_id"):
+            if axis in data:
+                val = data.pop(axis)
+                if val is not None:
+                    scope = {**scope, axis: val}
+        data["scope"] = scope
+        self._check_content(data.get("content"))
+        if data.get("index_text") is not None:
+            self._check_content(data["index_text"])
+        now = self._now()
+        data["cube_id"] = self.cube_id
+        data["version"] = 1
+        data.setdefault("created_at", now)
+        data["created_at"] = data.get("created_at") or now
+        data["updated_at"] = now
+        data["usage"] = {}
+        data.setdefault("id", None)
+        if not data["id"]:
+            data["id"] = new_id()
+        elif not isinstance(data["id"], str) or not (0 < len(data["id"]) <= 128):
+            raise ValidationError("id must be a non-empty string of at most 128 characters")
+        state = data.get("state") or _S.ACTIVATED
+        if LifecycleState(state) not in (_S.GENERATED, _S.ACTIVATED, _S.ARCHIVED):
+            raise ValidationError("a new memory starts as generated, activated or archived")
+        data["state"] = state
+        try:
+            return MemoryItem.model_validate(data)
+        except PydanticError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"])
+            raise ValidationError(f"invalid memory field {loc!r}: {err['msg']}") from None
+
+    def _chroma_meta(self, item: MemoryItem) -> dict[str, Any]:
+        meta: dict[str, Any] = {"state": item.state.value, "kind": item.kind.value}
+        for axis in ("user_id", "agent_id", "session_id"):
+            val = getattr(item.scope, axis)
+            if val is not None:
+                meta[axis] = val
+        return meta
+
+    def _embed(self, texts: Sequence[str]) -> np.ndarray:
+        vecs = self._embedder.embed_documents(list(texts))
+        if vecs.shape[0] != len(texts):
+            raise ValidationError(f"embedder returned {vecs.shape[0]} vectors for {len(texts)} texts")
+        dim = int(self.manifest["embedder"]["dim"])
+        if len(texts) and vecs.shape[1] != dim:
+            raise EmbeddingDimensionError(f"embedder returned dimension {vecs.shape[1]}, cube expects {dim}")
+        return vecs
+
+    # ------------------------------------------------------------------ vector index sync
+    def _apply_pending(self) -> None:
+        """Push pending rows to the vector index. Safe to call any time; idempotent."""
+        pending = self.records.pending_vectors()
+        if not pending:
+            return
+        items = self.records.get_many_by_rowid(pending)
+        upsert_ids: list[str] = []
+        upsert_vecs: list[np.ndarray] = []
+        upsert_meta: list[dict[str, Any]] = []
+        delete_ids: list[str] = []
+        for rowid in pending:
+            item = items.get(rowid)
+            if item is None:
+                continue
+            vec = self.records.embedding(rowid) if item.state in lifecycle.INDEXED else None
+            if vec is None:
+                delete_ids.append(item.id)
+            else:
+                upsert_ids.append(item.id)
+                upsert_vecs.append(vec)
+                upsert_meta.append(self._chroma_meta(item))
+        if delete_ids:
+            self.index.delete(delete_ids)
+        if upsert_ids:
+            self.index.upsert(upsert_ids, np.stack(upsert_vecs), upsert_meta)
+        self.records.mark_vectors_applied(pending)
+        self.index_degraded = False
+
+    def _sync_after_write(self) -> None:
+        try:
+            self._apply_pending()
+        except BackendUnavailable as exc:
+            self.index_degraded = True
+            log.warning("write is durable in the records but the vector index is unavailable: %s", exc)
+
+    def repair_index(self) -> dict[str, int]:
+        """Bring the vector index in line with the records (run on open).
+
+        Applies pending rows left by a crash, then compares the index with the records' embeddings and
+        re-adds/removes whatever differs. Returns counts of what was fixed.
+        """
+        with self._lock:
+            pending = len(self.records.pending_vectors())
+            self._apply_pending()
+            fixed = {"pending": pending, "added": 0, "removed": 0}
+            expected = sum(len(b) for b in self.records.all_embeddings())
+            if self.index.count() != expected:
+                fixed.update(self._resync_full())
+            self.records.flush()
+            return fixed
+
+    def _resync_full(self) -> dict[str, int]:
+        have = self.index.ids()
+        want: set[str] = set()
+        added = 0
+        for batch in self.records.all_embeddings():
+            ids = [b[1] for b in batch]
+            want.update(ids)
+            missing = [b for b in batch if b[1] not in have]
+            if missing:
+                items = self.records.get_many([m[1] for m in missing])
+                self.index.upsert([m[1] for m in missing], np.stack([m[2] for m in missing]),
+                                  [self._chroma_meta(items[m[1]]) for m in missing])
+                added += len(missing)
+        extra = sorted(have - want)
+        self.index.delete(extra)
+        return {"added": added, "removed": len(extra)}
+
+    def reindex(self, *, reembed: bool = False, batch_size: int = 256, progress: bool = False) -> dict[str, int]:
+        """Rebuild the vector index from the records.
+
+        With ``reembed`` every indexed memory is embedded again with the current embedder (use after
+        changing the embedding model); otherwise the stored embeddings are reused.
+        """
+        with self._lock:
+            if reembed:
+                rows = [(self.records.rowid(it.id), it) for it in self.records.iter_items(states=lifecycle.INDEXED)]
+                it_range: Iterable[int] = range(0, len(rows), batch_size)
+                if progress:
+                    from tqdm import tqdm
+
+                    it_range = tqdm(list(it_range), desc="re-embedding", unit="batch")
+                for s in it_range:
+                    chunk = rows[s:s + batch_size]
+                    vecs = self._embed([it.index_text or it.content for _, it in chunk])
+                    with self.records.transaction() as c:
+                        for (rowid, it), vec in zip(chunk, vecs):
+                            assert rowid is not None
+                            self.records.reindex_row(c, rowid, it, vec)
+                        self.records.append_event(c, time.time(), self.actor, "reindex", None,
+                                                  detail={"reembedded": len(chunk)})
+                self.manifest["embedder"] = {"name": self._embedder.name, "dim": self._embedder.dim}
+                _atomic_write(self.path / MANIFEST, json.dumps(self.manifest, indent=2))
+            self.index.reset()
+            total = 0
+            for batch in self.records.all_embeddings():
+                items = self.records.get_many([b[1] for b in batch])
+                self.index.upsert([b[1] for b in batch], np.stack([b[2] for b in batch]),
+                                  [self._chroma_meta(items[b[1]]) for b in batch])
+                total += len(batch)
+            self.records.mark_vectors_applied(self.records.pending_vectors())
+            self.records.flush()
+            self.index_degraded = False
+            return {"indexed": total}
+
+    # ------------------------------------------------------------------ writes
+    def add(self, content: str | Mapping[str, Any] | MemoryItem, *, kind: MemoryKind | str | None = None,
+            user_id: str | None = None, agent_id: str | None = None, session_id: str | None = None,
+            event_time: Any = None, expires_at: Any = None, ttl: timedelta | float | None = None,
+            tags: Sequence[str] | None = None, metadata: Mapping[str, Any] | None = None,
+            provenance: Provenance | Mapping[str, Any] | None = None, confidence: float | None = None,
+            index_text: str | None = None, state: LifecycleState | str | None = None, id: str | None = None,
+            actor: str | None = None) -> MemoryItem:
+        """Add one memory and return it (durable on return).
+
+        ``content`` may be a string (with the keyword fields) or a dict / :class:`MemoryItem` with the same
+        fields. ``ttl`` (seconds or a timedelta) sets ``expires_at`` relative to now.
+        """
+        spec: dict[str, Any]
+        if isinstance(content, str):
+            spec = {"content": content}
+        elif isinstance(content, MemoryItem):
+            spec = content.model_dump()
+        elif isinstance(content, Mapping):
+            spec = dict(content)
+        else:
+            raise ValidationError(f"content must be a string, dict or MemoryItem, got {type(content).__name__}")
+        overrides = dict(kind=kind, user_id=user_id, agent_id=agent_id, session_id=session_id, event_time=event_time,
+                         expires_at=expires_at, tags=list(tags) if tags is not None else None, metadata=metadata,
+                         provenance=provenance, confidence=confidence, index_text=index_text, state=state, id=id)
+        for k, v in overrides.items():
+            if v is not None:
+                spec[k] = v
+        if ttl is not None:
+            spec["ttl"] = ttl
+        return self.add_many([spec], actor=actor)[0]
+
+    def add_many(self, memories: Sequence[str | Mapping[str, Any] | MemoryItem], *, actor: str | None = None,
+                 **defaults: Any) -> list[MemoryItem]:
+        """Add several memories in one transaction (all or nothing); embeddings are computed in one batch.
+
+        ``defaults`` (e.g. ``user_id=...``, ``kind=...``) apply to every memory that does not set the field.
+        """
+        if isinstance(memories, (str, bytes)) or not isinstance(memories, Sequence):
+            raise ValidationError("add_many expects a list of memories")
+        unknown = set(defaults) - {"kind", "user_id", "agent_id", "session_id", "event_time", "expires_at", "tags",
+                                   "metadata", "provenance", "confidence", "state", "ttl"}
+        if unknown:
+            raise ValidationError(f"add_many: unknown default field(s) {sorted(unknown)}")
+        actor = actor or self.actor
+        items: list[MemoryItem] = []
+        now = self._now()
+        seen: set[str] = set()
+        for spec in memories:
+            ttl = None
+            if isinstance(spec, Mapping):
+                spec = dict(spec)
+                ttl = spec.pop("ttl", None)
+            if ttl is None:
+                ttl = defaults.get("ttl")
+            item = self._build_item(spec, {k: v for k, v in defaults.items() if k != "ttl"})
+            if ttl is not None:
+                seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else float(ttl)
+                if not seconds > 0:
+                    raise ValidationError("ttl must be positive")
+                item = item.model_copy(update={"expires_at": now + timedelta(seconds=seconds)})
+            item = item.model_copy(update={"created_by": actor})
+            if item.id in seen:
+                raise ValidationError(f"duplicate id {item.id!r} in one add_many call")
+            seen.add(item.id)
+            items.append(item)
+        if not items:
+            return []
+        vecs = self._embed([it.index_text or it.content for it in items])
+        with self._lock:
+            with self.records.transaction() as c:
+                at = now.timestamp()
+                for item, vec in zip(items, vecs):
+                    rowid = self.records.insert_item(c, item, vec, item.state in lifecycle.INDEXED, actor, "add")
+                    self.records.set_state(c, rowid, item.id, None, item.state, at, actor, "created")
+                    self.records.append_event(c, at, actor, "add", item.id, detail={"version": 1})
+            self._sync_after_write()
+        return items
+
+    def _load(self, item_id: str) -> tuple[int, MemoryItem]:
+        if not isinstance(item_id, str) or not item_id:
+            raise ValidationError("item id must be a non-empty string")
+        rowid = self.records.rowid(item_id)
+        item = self.records.get(item_id) if rowid is not None else None
+        if rowid is None or item is None:
+            raise NotFound(f"no memory with id {item_id!r} in cube {self.name!r}")
+        return rowid, item
+
+    def update(self, item_id: str, content: str | None = None, *, reason: str | None = None,
+               actor: str | None = None, expected_version: int | None = None, **fields: Any) -> MemoryItem:
+        """Write a new version of a memory. Only the fields given change; history keeps every version.
+
+        ``expected_version`` makes the update conditional (optimistic concurrency): if the memory has moved
+        on, :class:`Conflict` is raised and nothing changes.
+        """
+        unknown = set(fields) - _UPDATABLE_FIELDS
+        if unknown:
+            raise ValidationError(f"update: unknown or read-only field(s) {sorted(unknown)}; "
+                                  f"updatable: {sorted(_UPDATABLE_FIELDS)}")
+        if content is not None:
+            fields["content"] = content
+        if not fields:
+            raise ValidationError("update: nothing to change")
+        actor = actor or self.actor
+        with self._lock:
+            rowid, item = self._load(item_id)
+            if item.state not in lifecycle.WRITABLE:
+                raise Conflict(f"memory {item_id!r} is {item.state.value} and cannot be updated"
+                               + (" (lift the hold first)" if item.state == _S.FROZEN else ""))
+            if expected_version is not None and expected_version != item.version:
+                raise Conflict(f"memory {item_id!r} is at version {item.version}, not {expected_version}")
+            new = self._revise(item, fields)
+            vec = self._embed([new.index_text or new.content])[0]
+            with self.records.transaction() as c:
+                self.records.replace_item(c, rowid, new, vec, new.state in lifecycle.INDEXED, True, actor,
+                                          reason or "update")
+                self.records.append_event(c, new.updated_at.timestamp(), actor, "update", item_id,
+                                          detail={"version": new.version, "reason": reason})
+            self._sync_after_write()
+            return new
+
+    def _revise(self, item: MemoryItem, fields: Mapping[str, Any]) -> MemoryItem:
+        from pydantic import ValidationError as PydanticError
+
+        data = item.model_dump()
+        for k, v in fields.items():
+            if k in ("content", "index_text") and v is not None:
+                self._check_content(v)
+            data[k] = v.model_dump() if hasattr(v, "model_dump") else v
+        data["version"] = item.version + 1
+        data["updated_at"] = self._now()
+        try:
+            return MemoryItem.model_validate(data)
+        except PydanticError as exc:
+            err = exc.errors()[0]
+            raise ValidationError(f"invalid memory field {'.'.join(map(str, err['loc']))!r}: {err['msg']}") from None
+
+    def transition(self, item_id: str, state: LifecycleState | str, *, reason: str | None = None,
+                   actor: str | None = None) -> MemoryItem:
+        """Move a memory to another lifecycle state (checked by :mod:`memos_core.lifecycle`)."""
+        try:
+            target = LifecycleState(state)
+        except ValueError:
+            raise ValidationError(f"unknown state {state!r}; one of {[s.value for s in LifecycleState]}") from None
+        if target == _S.PURGED:
+            return self.purge(item_id, reason=reason, actor=actor)
+        actor = actor or self.actor
+        with self._lock:
+            rowid, item = self._load(item_id)
+            lifecycle.check_transition(item.state, target)
+            now = self._now()
+            new = item.model_copy(update={"state": target, "updated_at": now})
+            was_indexed = item.state in lifecycle.INDEXED
+            will_index = target in lifecycle.INDEXED
+            vec = None
+            if will_index and not was_indexed:
+                vec = self.records.embedding(rowid)
+                if vec is None:
+                    vec = self._embed([item.index_text or item.content])[0]
+            with self.records.transaction() as c:
+                self.records.set_state(c, rowid, item_id, item.state, target, now.timestamp(), actor, reason)
+                if was_indexed and not will_index:
+                    self.records.unindex(c, rowid)
+                elif will_index and not was_indexed:
+                    self.records.reindex_row(c, rowid, new, vec)
+                elif will_index:  # metadata in the vector index carries the state
+                    c.execute("INSERT OR IGNORE INTO vec_pending(item_rowid) VALUES(?)", (rowid,))
+                self.records.append_event(c, now.timestamp(), actor, "transition", item_id,
+                                          detail={"from": item.state.value, "to": target.value, "reason": reason})
+            self._sync_after_write()
+            return new
+
+    def delete(self, item_id: str, *, reason: str | None = None, actor: str | None = None) -> MemoryItem:
+        """Tombstone a memory: hidden from search and get (unless asked), kept with its history until purged."""
+        with self._lock:
+            _, item = self._load(item_id)
+            if item.state == _S.FROZEN:
+                raise Conflict(f"memory {item_id!r} is frozen (legal hold) and cannot be deleted until unfrozen")
+            if item.state in (_S.DELETED, _S.PURGED):
+                raise Conflict(f"memory {item_id!r} is already {item.state.value}")
+            return self.transition(item_id, _S.DELETED, reason=reason or "delete", actor=actor)
+
+    def restore(self, item_id: str, *, reason: str | None = None, actor: str | None = None) -> MemoryItem:
+        """Undo a delete (tombstone -> activated)."""
+        return self.transition(item_id, _S.ACTIVATED, reason=reason or "restore", actor=actor)
+
+    def purge(self, item_id: str, *, reason: str | None = None, actor: str | None = None) -> MemoryItem:
+        """Erase the content of a tombstoned memory and every version of it (irreversible).
+
+        The item id, its lifecycle record and the event log stay (they hold no content).
+        """
+        actor = actor or self.actor
+        with self._lock:
+            rowid, item = self._load(item_id)
+            lifecycle.check_transition(item.state, _S.PURGED)
+            now = self._now()
+            with self.records.transaction() as c:
+                self.records.erase_content(c, rowid, item_id)
+                self.records.set_state(c, rowid, item_id, item.state, _S.PURGED, now.timestamp(), actor, reason)
+                self.records.append_event(c, now.timestamp(), actor, "purge", item_id, detail={"reason": reason})
+            self._sync_after_write()
+            self.records.optimize_lexical()
+            got = self.records.get(item_id)
+            assert got is not None
+            return got
+
+    def rollback(self, item_id: str, version: int, *, reason: str | None = None,
+                 actor: str | None = None) -> MemoryItem:
+        """Restore the content of an earlier version as a *new* version (history is never rewritten)."""
+        with self._lock:
+            _, item = self._load(item_id)
+            old = self.records.version(item_id, version)
+            if old is None:
+                raise NotFound(f"memory {item_id!r} has no version {version}; it has 1..{item.version}")
+            if item.state == _S.PURGED:
+                raise Conflict(f"memory {item_id!r} was purged; its versions hold no content")
+            fields = {"content": old.content, "index_text": old.index_text, "kind": old.kind, "tags": old.tags,
+                      "metadata": old.metadata, "event_time": old.event_time, "valid_until": old.valid_until,
+                      "confidence": old.confidence}
+            return self.update(item_id, reason=reason or f"rollback to v{version}", actor=actor, **fields)
+
+    # ------------------------------------------------------------------ reads
+    def get(self, item_id: str, *, include_deleted: bool = False) -> MemoryItem:
+        """The current version of a memory. Tombstoned/purged ones raise :class:`NotFound` unless asked for."""
+        _, item = self._load(item_id)
+        if not include_deleted and item.state in (_S.DELETED, _S.PURGED):
+            raise NotFound(f"memory {item_id!r} was {item.state.value}; pass include_deleted=True to see it")
+        return item
+
+    def lookup(self, item_id: str) -> MemoryItem | None:
+        """The item in any state, or ``None`` when the id is unknown (for staleness checks of artefacts)."""
+        return self.records.get(item_id)
+
+    def history(self, item_id: str) -> list[MemoryVersion]:
+        """Every version of a memory, oldest first."""
+        self._load(item_id)
+        return self.records.versions(item_id)
+
+    def transitions(self, item_id: str) -> list[Transition]:
+        """Every lifecycle transition of a memory, oldest first (who, when, why)."""
+        self._load(item_id)
+        return self.records.transitions(item_id)
+
+    def events(self, item_id: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """The hash-chained event log (optionally for one item)."""
+        return self.records.events(item_id, limit)
+
+    def count(self, *, include_deleted: bool = False) -> int:
+        if include_deleted:
+            return self.records.count()
+        return self.records.count([s for s in LifecycleState if s not in (_S.DELETED, _S.PURGED)])
+
+    def list(self, filter: SearchFilter | Mapping[str, Any] | None = None, *, limit: int = 100, offset: int = 0,
+             order: Literal["created", "event_time"] = "created") -> list[MemoryItem]:
+        """Memories matching a filter (no query), oldest first by creation or event time."""
+        f = SearchFilter.coerce(filter)
+        if limit < 0 or offset < 0:
+            raise ValidationError("limit and offset must be >= 0")
+        where, args = self.records.filter_sql(f, self._states(f), self._now().timestamp())
+        col = "rowid" if order == "created" else "COALESCE(event_time, created_at), rowid"
+        with self.records._lock:
+            rows = self.records._conn.execute(
+                f"SELECT rowid FROM items WHERE {where} ORDER BY {col} LIMIT ? OFFSET ?", (*args, limit, offset)
+            ).fetchall()
+        got = self.records.get_many_by_rowid([r[0] for r in rows])
+        return [got[r[0]] for r in rows if r[0] in got]
+
+    @staticmethod
+    def _states(f: SearchFilter) -> list[LifecycleState]:
+        if f.states:
+            bad = [s for s in f.states if s not in lifecycle.INDEXED]
+            if bad:
+                raise ValidationError(f"search cannot return {[s.value for s in bad]} memories; "
+                                      "use get(..., include_deleted=True) or history()")
+            return list(f.states)
+        return sorted(lifecycle.SEARCHABLE_DEFAULT, key=lambda s: s.value)
+
+    def search(self, query: str, *, k: int = 10, filter: SearchFilter | Mapping[str, Any] | None = None,
+               mode: SearchMode = "hybrid", user_id: str | None = None, agent_id: str | None = None,
+               session_id: str | None = None, record_usage: bool = True) -> list[SearchHit]:
+        """Hybrid search (dense + BM25, fused by weighted reciprocal rank).
+
+        Returns at most ``k`` hits, best first, each with its fused score and the per-retriever scores and
+        ranks that found it. Deleted, purged and expired memories never appear; archived/merged ones only
+        when ``filter.states`` asks for them.
+        """
+        if not isinstance(query, str) or not query.strip():
+            raise ValidationError("query must be a non-empty string")
+        if not isinstance(k, int) or isinstance(k, bool) or not (1 <= k <= 1000):
+            raise ValidationError("k must be an integer between 1 and 1000")
+        if mode not in ("hybrid", "dense", "lexical"):
+            raise ValidationError(f"mode must be 'hybrid', 'dense' or 'lexical', not {mode!r}")
+        f = SearchFilter.coerce(filter)
+        scope_over = {a: v for a, v in (("user_id", user_id), ("agent_id", agent_id), ("session_id", session_id))
+                      if v is not None}
+        if scope_over:
+            f = f.model_copy(update=scope_over)
+        states = self._states(f)
+        now = self._now().timestamp()
+        where, args = self.records.filter_sql(f, states, now)
+        n_cand = max(self.retrieval.candidates, k)
+        ranked: dict[str, list[tuple[int, float]]] = {}
+        if mode in ("hybrid", "dense"):
+            ranked["dense"] = self._dense(query, f, states, where, args, n_cand)
+        if mode in ("hybrid", "lexical"):
+            ranked["lexical"] = self.records.lexical(fts_query(query), where, args, n_cand)
+        fused = rrf(ranked, {"dense": self.retrieval.dense_weight, "lexical": self.retrieval.lexical_weight},
+                    self.retrieval.rrf_k)[:k]
+        items = self.records.get_many_by_rowid([int(r[0]) for r in fused])  # type: ignore[arg-type]
+        hits = [SearchHit(item=items[int(key)], score=score, retrievers=sc, ranks=rk)  # type: ignore[arg-type]
+                for key, score, sc, rk in fused if int(key) in items]  # type: ignore[arg-type]
+        if record_usage and hits:
+            self.records.record_usage([int(r[0]) for r in fused], now)  # type: ignore[arg-type]
+        return hits
+
+    def _dense(self, query: str, f: SearchFilter, states: Sequence[LifecycleState], where: str, args: list[Any],
+               n: int) -> list[tuple[int, float]]:
+        qvec = self._embedder.embed_query(query)
+        if qvec.shape[-1] != int(self.manifest["embedder"]["dim"]):
+            raise EmbeddingDimensionError(f"query embedding has dimension {qvec.shape[-1]}")
+        selective = any(v is not None for v in (f.tags_any, f.tags_all, f.metadata, f.ids, f.event_after,
+                                                  f.event_before, f.forms))
+        if selective or self.index_degraded:
+            rowids = self.records.filtered_rowids(where, args, self.retrieval.exact_below + 1)
+            if len(rowids) <= self.retrieval.exact_below or self.index_degraded:
+                return self._exact_dense(qvec, rowids, n)
+        # ANN with the cheap filters pushed down, then the authoritative SQL filter on the candidates.
+        cw: list[dict[str, Any]] = [{"state": {"$in": [s.value for s in states]}}]
+        for axis in ("user_id", "agent_id", "session_id"):
+            val = getattr(f, axis)
+            if val is not None:
+                cw.append({axis: val})
+        if f.kinds:
+            cw.append({"kind": {"$in": [k.value for k in f.kinds]}})
+        chroma_where = cw[0] if len(cw) == 1 else {"$and": cw}
+        fetch = n
+        while True:
+            try:
+                res = self.index.query(qvec, fetch, chroma_where)
+            except BackendUnavailable as exc:
+                self.index_degraded = True
+                log.warning("dense search falls back to exact scan: %s", exc)
+                rowids = self.records.filtered_rowids(where, args, 10**9)
+                return self._exact_dense(qvec, rowids, n)
+            ok = self._rowids_passing([i for i, _ in res], where, args)
+            out = [(ok[i], s) for i, s in res if i in ok]
+            if len(out) >= n or len(res) < fetch or fetch >= 20000:
+                return out[:n]
+            fetch *= 4
+
+    def _rowids_passing(self, ids: Sequence[str], where: str, args: list[Any]) -> dict[str, int]:
+        if not ids:
+            return {}
+        with self.records._lock:
+            rows = self.records._conn.execute(
+                f"SELECT id, rowid FROM items WHERE id IN ({','.join('?' * len(ids))}) AND {where}", (*ids, *args)
+            ).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def _exact_dense(self, qvec: np.ndarray, rowids: Sequence[int], n: int) -> list[tuple[int, float]]:
+        if not rowids:
+            return []
+        vecs: list[np.ndarray] = []
+        keep: list[int] = []
+        with self.records._lock:
+            for s in range(0, len(rowids), 900):
+                chunk = list(rowids[s:s + 900])
+                for r, blob in self.records._conn.execute(
+                        f"SELECT item_rowid, vec FROM embeddings WHERE item_rowid IN ({','.join('?' * len(chunk))})",
+                        chunk):
+                    keep.append(r)
+                    vecs.append(np.frombuffer(blob, dtype=np.float32))
+        if not keep:
+            return []
+        sims = np.stack(vecs) @ qvec.astype(np.float32)
+        order = np.argsort(-sims, kind="stable")[:n]
+        return [(keep[i], float(sims[i])) for i in order]
+
+    # ------------------------------------------------------------------ maintenance
+    def expire(self, *, action: Literal["archive", "delete"] = "archive", actor: str | None = None) -> list[str]:
+        """Sweep memories whose ``expires_at`` has passed: archive (default) or tombstone them.
+
+        Frozen memories (legal hold) are skipped. Returns the ids that changed.
+        """
+        now = self._now().timestamp()
+        with self.records._lock:
+            ids = [r[0] for r in self.records._conn.execute(
+                "SELECT id FROM items WHERE expires_at IS NOT NULL AND expires_at <= ? AND state IN (?, ?, ?)",
+                (now, _S.GENERATED.value, _S.ACTIVATED.value, _S.MERGED.value) if action == "archive" else
+                (now, _S.GENERATED.value, _S.ACTIVATED.value, _S.ARCHIVED.value))]
+        target = _S.ARCHIVED if action == "archive" else _S.DELETED
+        for item_id in ids:
+            self.transition(item_id, target, reason="expired", actor=actor or "retention")
+        return ids
+
+    def stats(self) -> dict[str, Any]:
+        with self.records._lock:
+            by_state = dict(self.records._conn.execute("SELECT state, COUNT(*) FROM items GROUP BY state").fetchall())
+        return {"cube_id": self.cube_id, "name": self.name, "path": str(self.path), "by_state": by_state,
+                "indexed_vectors": self.index.count() if not self.index_degraded else None,
+                "embedder": self.manifest.get("embedder")}

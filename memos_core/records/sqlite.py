@@ -1,0 +1,572 @@
+"""SQLite system of record: items, versions, lifecycle transitions, the event log and the lexical index.
+
+This is the one place MemOS cannot lose. Design points a user can rely on:
+
+* WAL journal with ``synchronous=FULL``: when a write method returns, its transaction is fsync'd and survives
+  ``kill -9`` or power loss. Every write method is one transaction (all or nothing).
+* The lexical index (FTS5, BM25) lives in the same database and is updated in the same transaction as the
+  item, so it can never disagree with the records.
+* The vector index (Chroma) is *derived*: each write that changes what should be in it also inserts the item
+  into ``vec_pending`` in the same transaction. The cube applies pending rows to Chroma after commit and
+  clears them lazily; on open it re-applies whatever is still pending (a crash between the commit and the
+  Chroma write). The embedding is stored here too, so the vector index can be rebuilt without re-embedding.
+  The records can never be rebuilt from the index.
+* ``secure_delete`` is on: erased content is overwritten in the file, not just unlinked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from ..errors import CorruptData, NotFound, ValidationError
+from ..items import (
+    LifecycleState,
+    MemoryForm,
+    MemoryItem,
+    MemoryKind,
+    MemoryVersion,
+    Provenance,
+    Scope,
+    SearchFilter,
+    Transition,
+    Usage,
+)
+
+__all__ = ["SQLiteRecordStore", "RECORDS_SCHEMA_VERSION"]
+
+RECORDS_SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items(
+  rowid INTEGER PRIMARY KEY,
+  id TEXT NOT NULL UNIQUE,
+  cube_id TEXT NOT NULL,
+  content TEXT NOT NULL,
+  index_text TEXT,
+  indexed_text TEXT,
+  form TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  user_id TEXT, agent_id TEXT, session_id TEXT,
+  state TEXT NOT NULL,
+  version INTEGER NOT NULL,
+  created_at REAL NOT NULL, updated_at REAL NOT NULL,
+  event_time REAL, valid_until REAL, expires_at REAL,
+  provenance TEXT NOT NULL, tags TEXT NOT NULL, metadata TEXT NOT NULL,
+  confidence REAL NOT NULL,
+  access_count INTEGER NOT NULL DEFAULT 0, last_access REAL,
+  created_by TEXT
+);
+CREATE INDEX IF NOT EXISTS items_user ON items(user_id);
+CREATE INDEX IF NOT EXISTS items_agent ON items(agent_id);
+CREATE INDEX IF NOT EXISTS items_session ON items(session_id);
+CREATE INDEX IF NOT EXISTS items_state ON items(state);
+CREATE INDEX IF NOT EXISTS items_event ON items(event_time);
+CREATE INDEX IF NOT EXISTS items_expires ON items(expires_at);
+CREATE TABLE IF NOT EXISTS versions(
+  item_id TEXT NOT NULL, version INTEGER NOT NULL, snapshot TEXT NOT NULL,
+  PRIMARY KEY(item_id, version)
+);
+CREATE TABLE IF NOT EXISTS transitions(
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, item_id TEXT NOT NULL, from_state TEXT, to_state TEXT NOT NULL,
+  at REAL NOT NULL, actor TEXT, reason TEXT
+);
+CREATE INDEX IF NOT EXISTS transitions_item ON transitions(item_id);
+CREATE TABLE IF NOT EXISTS events(
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, actor TEXT, op TEXT NOT NULL, item_id TEXT,
+  outcome TEXT NOT NULL, detail TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS embeddings(item_rowid INTEGER PRIMARY KEY, version INTEGER NOT NULL, vec BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS vec_pending(item_rowid INTEGER PRIMARY KEY);
+CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(text, content='', tokenize='porter unicode61 remove_diacritics 2');
+"""
+
+GENESIS_HASH = "0" * 64
+
+_ITEM_COLS = (
+    "rowid, id, cube_id, content, index_text, form, kind, user_id, agent_id, session_id, state, version, "
+    "created_at, updated_at, event_time, valid_until, expires_at, provenance, tags, metadata, confidence, "
+    "access_count, last_access, created_by"
+)
+
+
+def _ts(dt: datetime | None) -> float | None:
+    return None if dt is None else dt.timestamp()
+
+
+def _dt(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def event_hash(prev_hash: str, seq: int, at: float, actor: str | None, op: str, item_id: str | None,
+               outcome: str, detail: str) -> str:
+    """The hash of one event record: sha256 over the previous hash and the record's canonical JSON."""
+    body = _canonical([seq, repr(float(at)), actor, op, item_id, outcome, detail])
+    return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
+
+
+class SQLiteRecordStore:
+    """The durable system of record for one cube (one SQLite file)."""
+
+    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        self._pending_done: set[int] = set()
+        self._usage: dict[int, tuple[int, float]] = {}
+        try:
+            self._conn = sqlite3.connect(
+                str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+            c = self._conn
+            c.execute("PRAGMA journal_mode=WAL")
+            c.execute("PRAGMA synchronous=FULL")
+            c.execute("PRAGMA foreign_keys=ON")
+            c.execute("PRAGMA secure_delete=ON")
+            c.execute("PRAGMA busy_timeout=30000")
+            if not readonly:
+                with self.transaction():
+                    for stmt in _SCHEMA.strip().split(";"):
+                        if stmt.strip():
+                            c.execute(stmt)
+                    row = c.execute("SELECT value FROM meta WHERE key='records_schema'").fetchone()
+                    if row is None:
+                        c.execute("INSERT INTO meta(key, value) VALUES('records_schema', ?)", (str(RECORDS_SCHEMA_VERSION),))
+            quick = c.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise CorruptData(f"records database {self.path} cannot be opened: {exc}") from exc
+        if quick != "ok":
+            raise CorruptData(f"records database {self.path} failed its integrity check: {quick}")
+
+    # ------------------------------------------------------------------ plumbing
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE ... COMMIT`` (fsync'd). Rolls back everything on any exception."""
+        with self._lock:
+            c = self._conn
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                yield c
+                self._flush_lazy(c)
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+
+    def _flush_lazy(self, c: sqlite3.Connection) -> None:
+        """Piggy-back cheap bookkeeping on a transaction that commits anyway."""
+        if self._pending_done:
+            c.executemany("DELETE FROM vec_pending WHERE item_rowid=?", [(r,) for r in self._pending_done])
+            self._pending_done.clear()
+        if self._usage:
+            c.executemany(
+                "UPDATE items SET access_count=access_count+?, last_access=MAX(COALESCE(last_access,0),?) WHERE rowid=?",
+                [(n, t, r) for r, (n, t) in self._usage.items()],
+            )
+            self._usage.clear()
+
+    def flush(self) -> None:
+        """Write buffered usage counters and index bookkeeping now."""
+        with self._lock:
+            if self._pending_done or self._usage:
+                with self.transaction():
+                    pass
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self.flush()
+            finally:
+                self._conn.close()
+
+    def get_meta(self, key: str) -> str | None:
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_meta(self, c: sqlite3.Connection, key: str, value: str) -> None:
+        c.execute("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                  (key, value))
+
+    # ------------------------------------------------------------------ rows <-> models
+    @staticmethod
+    def _row_to_item(r: Sequence[Any]) -> MemoryItem:
+        return MemoryItem.model_construct(
+            id=r[1], cube_id=r[2], content=r[3], index_text=r[4], form=MemoryForm(r[5]), kind=MemoryKind(r[6]),
+            scope=Scope.model_construct(user_id=r[7], agent_id=r[8], session_id=r[9]),
+            state=LifecycleState(r[10]), version=r[11], created_at=_dt(r[12]), updated_at=_dt(r[13]),
+            event_time=_dt(r[14]), valid_until=_dt(r[15]), expires_at=_dt(r[16]),
+            provenance=Provenance.model_validate_json(r[17]), tags=json.loads(r[18]), metadata=json.loads(r[19]),
+            confidence=r[20], usage=Usage.model_construct(access_count=r[21], last_access=_dt(r[22])),
+            created_by=r[23],
+        )
+
+    @staticmethod
+    def _item_params(item: MemoryItem) -> dict[str, Any]:
+        return dict(
+            id=item.id, cube_id=item.cube_id, content=item.content, index_text=item.index_text,
+            form=item.form.value, kind=item.kind.value, user_id=item.scope.user_id, agent_id=item.scope.agent_id,
+            session_id=item.scope.session_id, state=item.state.value, version=item.version,
+            created_at=_ts(item.created_at), updated_at=_ts(item.updated_at), event_time=_ts(item.event_time),
+            valid_until=_ts(item.valid_until), expires_at=_ts(item.expires_at),
+            provenance=item.provenance.model_dump_json(), tags=json.dumps(item.tags),
+            metadata=_canonical(item.metadata), confidence=item.confidence,
+            access_count=item.usage.access_count, last_access=_ts(item.usage.last_access), created_by=item.created_by,
+        )
+
+    @staticmethod
+    def snapshot(item: MemoryItem, author: str | None, reason: str | None) -> MemoryVersion:
+        return MemoryVersion(
+            item_id=item.id, version=item.version, content=item.content, index_text=item.index_text, kind=item.kind,
+            tags=item.tags, metadata=item.metadata, provenance=item.provenance, event_time=item.event_time,
+            valid_until=item.valid_until, expires_at=item.expires_at, confidence=item.confidence,
+            created_at=item.updated_at, author=author, reason=reason,
+        )
+
+    # ------------------------------------------------------------------ reads
+    def rowid(self, item_id: str) -> int | None:
+        with self._lock:
+            row = self._conn.execute("SELECT rowid FROM items WHERE id=?", (item_id,)).fetchone()
+        return None if row is None else row[0]
+
+    def get(self, item_id: str) -> MemoryItem | None:
+        with self._lock:
+            row = self._conn.execute(f"SELECT {_ITEM_COLS} FROM items WHERE id=?", (item_id,)).fetchone()
+        return None if row is None else self._row_to_item(row)
+
+    def get_many_by_rowid(self, rowids: Sequence[int]) -> dict[int, MemoryItem]:
+        out: dict[int, MemoryItem] = {}
+        if not rowids:
+            return out
+        with self._lock:
+            for chunk_start in range(0, len(rowids), 500):
+                chunk = list(rowids[chunk_start:chunk_start + 500])
+                q = f"SELECT {_ITEM_COLS} FROM items WHERE rowid IN ({','.join('?' * len(chunk))})"
+                for row in self._conn.execute(q, chunk):
+                    out[row[0]] = self._row_to_item(row)
+        return out
+
+    def get_many(self, ids: Sequence[str]) -> dict[str, MemoryItem]:
+        out: dict[str, MemoryItem] = {}
+        with self._lock:
+            for start in range(0, len(ids), 500):
+                chunk = list(ids[start:start + 500])
+                q = f"SELECT {_ITEM_COLS} FROM items WHERE id IN ({','.join('?' * len(chunk))})"
+                for row in self._conn.execute(q, chunk):
+                    out[row[1]] = self._row_to_item(row)
+        return out
+
+    def count(self, states: Iterable[LifecycleState] | None = None) -> int:
+        with self._lock:
+            if states is None:
+                return self._conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+            st = [s.value for s in states]
+            return self._conn.execute(
+                f"SELECT COUNT(*) FROM items WHERE state IN ({','.join('?' * len(st))})", st
+            ).fetchone()[0]
+
+    def versions(self, item_id: str) -> list[MemoryVersion]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT snapshot FROM versions WHERE item_id=? ORDER BY version", (item_id,)
+            ).fetchall()
+        return [MemoryVersion.model_validate_json(r[0]) for r in rows]
+
+    def version(self, item_id: str, version: int) -> MemoryVersion | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT snapshot FROM versions WHERE item_id=? AND version=?", (item_id, version)
+            ).fetchone()
+        return None if row is None else MemoryVersion.model_validate_json(row[0])
+
+    def transitions(self, item_id: str) -> list[Transition]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT item_id, from_state, to_state, at, actor, reason FROM transitions WHERE item_id=? ORDER BY seq",
+                (item_id,),
+            ).fetchall()
+        return [Transition(item_id=r[0], from_state=r[1], to_state=r[2], at=_dt(r[3]), actor=r[4], reason=r[5])
+                for r in rows]
+
+    def iter_items(self, batch: int = 1000, states: Iterable[LifecycleState] | None = None) -> Iterator[MemoryItem]:
+        last = 0
+        st = [s.value for s in states] if states is not None else None
+        while True:
+            with self._lock:
+                if st is None:
+                    rows = self._conn.execute(
+                        f"SELECT {_ITEM_COLS} FROM items WHERE rowid>? ORDER BY rowid LIMIT ?", (last, batch)
+                    ).fetchall()
+                else:
+                    rows = self._conn.execute(
+                        f"SELECT {_ITEM_COLS} FROM items WHERE rowid>? AND state IN ({','.join('?' * len(st))}) "
+                        "ORDER BY rowid LIMIT ?", (last, *st, batch)
+                    ).fetchall()
+            if not rows:
+                return
+            for r in rows:
+                yield self._row_to_item(r)
+            last = rows[-1][0]
+
+    def embedding(self, rowid: int) -> np.ndarray | None:
+        with self._lock:
+            row = self._conn.execute("SELECT vec FROM embeddings WHERE item_rowid=?", (rowid,)).fetchone()
+        return None if row is None else np.frombuffer(row[0], dtype=np.float32)
+
+    def pending_vectors(self) -> list[int]:
+        with self._lock:
+            return [r[0] for r in self._conn.execute("SELECT item_rowid FROM vec_pending ORDER BY item_rowid")]
+
+    def mark_vectors_applied(self, rowids: Iterable[int]) -> None:
+        """Called after Chroma accepted the rows; cleared in the next transaction (or :meth:`flush`)."""
+        with self._lock:
+            self._pending_done.update(rowids)
+
+    def record_usage(self, rowids: Iterable[int], at: float) -> None:
+        """Buffer access counts; written with the next transaction or :meth:`flush` (not fsync'd per search)."""
+        with self._lock:
+            for r in rowids:
+                n, _ = self._usage.get(r, (0, 0.0))
+                self._usage[r] = (n + 1, at)
+
+    # ------------------------------------------------------------------ writes (call inside transaction())
+    def insert_item(self, c: sqlite3.Connection, item: MemoryItem, vec: np.ndarray | None, indexed: bool,
+                    author: str | None, reason: str | None) -> int:
+        p = self._item_params(item)
+        try:
+            cur = c.execute(
+                "INSERT INTO items(id, cube_id, content, index_text, indexed_text, form, kind, user_id, agent_id, "
+                "session_id, state, version, created_at, updated_at, event_time, valid_until, expires_at, provenance, "
+                "tags, metadata, confidence, access_count, last_access, created_by) VALUES(:id, :cube_id, :content, "
+                ":index_text, NULL, :form, :kind, :user_id, :agent_id, :session_id, :state, :version, :created_at, "
+                ":updated_at, :event_time, :valid_until, :expires_at, :provenance, :tags, :metadata, :confidence, "
+                ":access_count, :last_access, :created_by)",
+                p,
+            )
+        except sqlite3.IntegrityError:
+            raise ValidationError(f"an item with id {item.id!r} already exists; use update() to change it") from None
+        rowid = int(cur.lastrowid)
+        c.execute("INSERT INTO versions(item_id, version, snapshot) VALUES(?, ?, ?)",
+                  (item.id, item.version, self.snapshot(item, author, reason).model_dump_json()))
+        if indexed:
+            self._index(c, rowid, item, vec)
+        return rowid
+
+    def replace_item(self, c: sqlite3.Connection, rowid: int, item: MemoryItem, vec: np.ndarray | None,
+                     indexed: bool, new_version: bool, author: str | None, reason: str | None) -> None:
+        """Write the item's current row (and a version snapshot when ``new_version``), re-indexing as needed."""
+        self._unindex(c, rowid)
+        p = self._item_params(item)
+        p["rowid"] = rowid
+        c.execute(
+            "UPDATE items SET content=:content, index_text=:index_text, form=:form, kind=:kind, user_id=:user_id, "
+            "agent_id=:agent_id, session_id=:session_id, state=:state, version=:version, updated_at=:updated_at, "
+            "event_time=:event_time, valid_until=:valid_until, expires_at=:expires_at, provenance=:provenance, "
+            "tags=:tags, metadata=:metadata, confidence=:confidence WHERE rowid=:rowid",
+            p,
+        )
+        if new_version:
+            c.execute("INSERT INTO versions(item_id, version, snapshot) VALUES(?, ?, ?)",
+                      (item.id, item.version, self.snapshot(item, author, reason).model_dump_json()))
+        if indexed:
+            self._index(c, rowid, item, vec)
+
+    def _index(self, c: sqlite3.Connection, rowid: int, item: MemoryItem, vec: np.ndarray | None) -> None:
+        text = item.index_text or item.content
+        c.execute("INSERT INTO fts(rowid, text) VALUES(?, ?)", (rowid, text))
+        c.execute("UPDATE items SET indexed_text=? WHERE rowid=?", (text, rowid))
+        if vec is None:
+            raise ValidationError("internal: an indexed item needs its embedding")
+        c.execute("INSERT OR REPLACE INTO embeddings(item_rowid, version, vec) VALUES(?, ?, ?)",
+                  (rowid, item.version, np.asarray(vec, dtype=np.float32).tobytes()))
+        c.execute("INSERT OR IGNORE INTO vec_pending(item_rowid) VALUES(?)", (rowid,))
+        self._pending_done.discard(rowid)
+
+    def _unindex(self, c: sqlite3.Connection, rowid: int) -> None:
+        row = c.execute("SELECT indexed_text FROM items WHERE rowid=?", (rowid,)).fetchone()
+        if row is not None and row[0] is not None:
+            c.execute("INSERT INTO fts(fts, rowid, text) VALUES('delete', ?, ?)", (rowid, row[0]))
+            c.execute("UPDATE items SET indexed_text=NULL WHERE rowid=?", (rowid,))
+            c.execute("DELETE FROM embeddings WHERE item_rowid=?", (rowid,))
+            c.execute("INSERT OR IGNORE INTO vec_pending(item_rowid) VALUES(?)", (rowid,))
+            self._pending_done.discard(rowid)
+
+    def set_state(self, c: sqlite3.Connection, rowid: int, item_id: str, old: LifecycleState | None,
+                  new: LifecycleState, at: float, actor: str | None, reason: str | None) -> None:
+        c.execute("UPDATE items SET state=?, updated_at=? WHERE rowid=?", (new.value, at, rowid))
+        c.execute("INSERT INTO transitions(item_id, from_state, to_state, at, actor, reason) VALUES(?,?,?,?,?,?)",
+                  (item_id, None if old is None else old.value, new.value, at, actor, reason))
+
+    def unindex(self, c: sqlite3.Connection, rowid: int) -> None:
+        self._unindex(c, rowid)
+
+    def reindex_row(self, c: sqlite3.Connection, rowid: int, item: MemoryItem, vec: np.ndarray) -> None:
+        self._unindex(c, rowid)
+        self._index(c, rowid, item, vec)
+
+    def erase_content(self, c: sqlite3.Connection, rowid: int, item_id: str) -> None:
+        """Purge: blank the content of the item and every version (the tombstone row and history stay)."""
+        self._unindex(c, rowid)
+        c.execute("UPDATE items SET content='', index_text=NULL, metadata='{}', tags='[]' WHERE rowid=?", (rowid,))
+        for (ver, snap) in c.execute("SELECT version, snapshot FROM versions WHERE item_id=?", (item_id,)).fetchall():
+            v = json.loads(snap)
+            v.update(content="", index_text=None, metadata={}, tags=[])
+            c.execute("UPDATE versions SET snapshot=? WHERE item_id=? AND version=?", (_canonical(v), item_id, ver))
+
+    def append_event(self, c: sqlite3.Connection, at: float, actor: str | None, op: str, item_id: str | None,
+                     outcome: str = "ok", detail: dict[str, Any] | None = None) -> str:
+        """Append one record to the hash-chained event log and return its hash."""
+        row = c.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        prev = GENESIS_HASH if row is None else row[1]
+        seq = 1 if row is None else row[0] + 1
+        d = _canonical(detail or {})
+        h = event_hash(prev, seq, at, actor, op, item_id, outcome, d)
+        c.execute("INSERT INTO events(seq, at, actor, op, item_id, outcome, detail, prev_hash, hash) "
+                  "VALUES(?,?,?,?,?,?,?,?,?)", (seq, at, actor, op, item_id, outcome, d, prev, h))
+        return h
+
+    def events(self, item_id: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        q = "SELECT seq, at, actor, op, item_id, outcome, detail, prev_hash, hash FROM events"
+        args: list[Any] = []
+        if item_id is not None:
+            q += " WHERE item_id=?"
+            args.append(item_id)
+        q += " ORDER BY seq"
+        if limit is not None:
+            q += " LIMIT ?"
+            args.append(limit)
+        with self._lock:
+            rows = self._conn.execute(q, args).fetchall()
+        return [dict(seq=r[0], at=_dt(r[1]), actor=r[2], op=r[3], item_id=r[4], outcome=r[5],
+                     detail=json.loads(r[6]), prev_hash=r[7], hash=r[8]) for r in rows]
+
+    # ------------------------------------------------------------------ filtering and lexical search
+    def filter_sql(self, f: SearchFilter, states: Sequence[LifecycleState], now: float,
+                   alias: str = "items") -> tuple[str, list[Any]]:
+        """SQL ``WHERE`` fragment (and its parameters) for a filter. Keys are validated; values are bound."""
+        a = alias
+        where = [f"{a}.state IN ({','.join('?' * len(states))})"]
+        args: list[Any] = [s.value for s in states]
+        where.append(f"({a}.expires_at IS NULL OR {a}.expires_at > ?)")
+        args.append(now)
+        for col in ("user_id", "agent_id", "session_id"):
+            val = getattr(f, col)
+            if val is not None:
+                where.append(f"{a}.{col} = ?")
+                args.append(val)
+        if f.kinds:
+            where.append(f"{a}.kind IN ({','.join('?' * len(f.kinds))})")
+            args += [k.value for k in f.kinds]
+        if f.forms:
+            where.append(f"{a}.form IN ({','.join('?' * len(f.forms))})")
+            args += [k.value for k in f.forms]
+        if f.ids:
+            where.append(f"{a}.id IN ({','.join('?' * len(f.ids))})")
+            args += list(f.ids)
+        if f.event_after is not None:
+            where.append(f"{a}.event_time >= ?")
+            args.append(f.event_after.timestamp())
+        if f.event_before is not None:
+            where.append(f"{a}.event_time <= ?")
+            args.append(f.event_before.timestamp())
+        if f.tags_any:
+            where.append(f"EXISTS (SELECT 1 FROM json_each({a}.tags) WHERE value IN ({','.join('?' * len(f.tags_any))}))")
+            args += list(f.tags_any)
+        for tag in f.tags_all or []:
+            where.append(f"EXISTS (SELECT 1 FROM json_each({a}.tags) WHERE value = ?)")
+            args.append(tag)
+        for key, cond in (f.metadata or {}).items():
+            path = "$." + ".".join(f'"{part}"' for part in key.split("."))
+            expr = f"json_extract({a}.metadata, ?)"
+            ops = cond if isinstance(cond, dict) else {"$eq": cond}
+            for op, val in ops.items():
+                if op == "$exists":
+                    where.append(f"json_type({a}.metadata, ?) IS {'NOT ' if val else ''}NULL")
+                    args.append(path)
+                elif op in ("$in", "$nin"):
+                    vals = [int(v) if isinstance(v, bool) else v for v in val]
+                    if not vals:
+                        where.append("0" if op == "$in" else "1")
+                        continue
+                    neg = "NOT " if op == "$nin" else ""
+                    where.append(f"{expr} {neg}IN ({','.join('?' * len(vals))})")
+                    args += [path, *vals]
+                else:
+                    sql_op = {"$eq": "IS", "$ne": "IS NOT", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}[op]
+                    where.append(f"{expr} {sql_op} ?")
+                    args += [path, int(val) if isinstance(val, bool) else val]
+        return " AND ".join(where), args
+
+    def filtered_rowids(self, where: str, args: list[Any], limit: int) -> list[int]:
+        with self._lock:
+            return [r[0] for r in self._conn.execute(
+                f"SELECT rowid FROM items WHERE {where} LIMIT ?", (*args, limit))]
+
+    def lexical(self, match: str, where: str, args: list[Any], k: int) -> list[tuple[int, float]]:
+        """BM25 search. Returns (rowid, score) best first; score is -bm25 (higher is better)."""
+        if not match:
+            return []
+        with self._lock:
+            try:
+                # Fast path: the best k*8 matches, then the filter. Exact when the filter is loose.
+                rows = self._conn.execute(
+                    f"SELECT m.rowid, m.score FROM (SELECT rowid, bm25(fts) AS score FROM fts WHERE fts MATCH ? "
+                    f"ORDER BY score LIMIT ?) AS m JOIN items ON items.rowid = m.rowid WHERE {where} "
+                    "ORDER BY m.score LIMIT ?",
+                    (match, max(k * 8, 200), *args, k),
+                ).fetchall()
+                if len(rows) < k:
+                    rows = self._conn.execute(
+                        f"SELECT fts.rowid, bm25(fts) AS score FROM fts JOIN items ON items.rowid = fts.rowid "
+                        f"WHERE fts MATCH ? AND {where} ORDER BY score LIMIT ?",
+                        (match, *args, k),
+                    ).fetchall()
+            except sqlite3.OperationalError as exc:
+                raise ValidationError(f"lexical query could not be parsed: {exc}") from None
+        return [(r[0], -float(r[1])) for r in rows]
+
+    # ------------------------------------------------------------------ maintenance
+    def optimize_lexical(self) -> None:
+        """Merge FTS segments so deleted entries are physically dropped (used by forget/purge)."""
+        with self.transaction() as c:
+            c.execute("INSERT INTO fts(fts) VALUES('optimize')")
+
+    def vacuum(self) -> None:
+        with self._lock:
+            self.flush()
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._conn.execute("VACUUM")
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def all_embeddings(self, batch: int = 5000) -> Iterator[list[tuple[int, str, np.ndarray]]]:
+        """Yield batches of (rowid, item id, vector) for every indexed item (used to rebuild the vector index)."""
+        last = 0
+        while True:
+            with self._lock:
+                rows = self._conn.execute(
+                    "SELECT e.item_rowid, i.id, e.vec FROM embeddings e JOIN items i ON i.rowid=e.item_rowid "
+                    "WHERE e.item_rowid>? ORDER BY e.item_rowid LIMIT ?", (last, batch)
+                ).fetchall()
+            if not rows:
+                return
+            yield [(r[0], r[1], np.frombuffer(r[2], dtype=np.float32)) for r in rows]
+            last = rows[-1][0]
+
+    def missing_embeddings(self, states: Sequence[LifecycleState]) -> list[int]:
+        st = [s.value for s in states]
+        with self._lock:
+            return [r[0] for r in self._conn.execute(
+                f"SELECT rowid FROM items WHERE state IN ({','.join('?' * len(st))}) AND rowid NOT IN "
+                "(SELECT item_rowid FROM embeddings)", st)]
