@@ -1,0 +1,177 @@
+"""The ``memos`` command.
+
+    memos init DIR                         create a cube in DIR
+    memos add DIR TEXT [--user U] [--kind K] [--tag T] [--event-time T]
+    memos search DIR QUERY [-k N] [--user U] [--mode hybrid|dense|lexical] [--json]
+    memos show DIR ID                      one memory as JSON
+    memos history DIR ID                   its versions and lifecycle transitions
+    memos rollback DIR ID VERSION          restore VERSION as a new version
+    memos reindex DIR [--reembed]          rebuild the vector index from the records
+    memos bench retrieval FILE [--json]    retrieval benchmark (dataset format: DESIGN.md)
+
+Errors print one line (``error: ...``) and exit with status 2; nothing half-done is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+from .errors import MemOSError
+
+
+def _cube(path: str, create: bool = False) -> Any:
+    from .cube import MemCube
+
+    return MemCube(path, create=create)
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str, ensure_ascii=False))
+
+
+def cmd_init(a: argparse.Namespace) -> None:
+    from .cube import MANIFEST, MemCube
+
+    from pathlib import Path
+
+    if (Path(a.dir) / MANIFEST).exists():
+        raise SystemExit(f"error: a cube already exists at {a.dir}")
+    with MemCube(a.dir, create=True, name=a.name) as cube:
+        print(f"created cube {cube.cube_id} at {cube.path}")
+
+
+def cmd_add(a: argparse.Namespace) -> None:
+    with _cube(a.dir) as cube:
+        item = cube.add(a.text, user_id=a.user, agent_id=a.agent, session_id=a.session, kind=a.kind,
+                        tags=a.tag or None, event_time=a.event_time)
+        print(item.id)
+
+
+def cmd_search(a: argparse.Namespace) -> None:
+    with _cube(a.dir) as cube:
+        hits = cube.search(a.query, k=a.k, user_id=a.user, mode=a.mode)
+        if a.json:
+            _print_json([h.model_dump(mode="json") for h in hits])
+            return
+        if not hits:
+            print("(no results)")
+        for i, h in enumerate(hits, 1):
+            when = h.item.event_time.date().isoformat() if h.item.event_time else "-"
+            via = ",".join(f"{k}#{v}" for k, v in sorted(h.ranks.items()))
+            print(f"{i:>2}. [{h.score:.4f} {via}] ({when}) {h.item.content}  id={h.item.id}")
+
+
+def cmd_show(a: argparse.Namespace) -> None:
+    with _cube(a.dir) as cube:
+        _print_json(cube.get(a.id, include_deleted=True).model_dump(mode="json"))
+
+
+def cmd_history(a: argparse.Namespace) -> None:
+    with _cube(a.dir) as cube:
+        for v in cube.history(a.id):
+            print(f"v{v.version}  {v.created_at:%Y-%m-%d %H:%M:%S}  by {v.author or '-'}  ({v.reason or ''})  {v.content}")
+        for t in cube.transitions(a.id):
+            print(f"state {t.from_state.value if t.from_state else '∅'} -> {t.to_state.value}  "
+                  f"{t.at:%Y-%m-%d %H:%M:%S}  by {t.actor or '-'}  ({t.reason or ''})")
+
+
+def cmd_rollback(a: argparse.Namespace) -> None:
+    with _cube(a.dir) as cube:
+        item = cube.rollback(a.id, a.version, reason=a.reason)
+        print(f"{item.id} is now v{item.version}: {item.content}")
+
+
+def cmd_reindex(a: argparse.Namespace) -> None:
+    with _cube(a.dir) as cube:
+        print(json.dumps(cube.reindex(reembed=a.reembed, progress=not a.quiet)))
+
+
+def cmd_bench(a: argparse.Namespace) -> None:
+    from .bench import retrieval
+
+    prog = None if a.json else (lambda msg: print(msg, file=sys.stderr))
+    rep = retrieval.run(a.file, limit_conversations=a.limit, progress=prog)
+    if a.json:
+        print(retrieval.format_table(rep), file=sys.stderr)
+        print(json.dumps(rep, sort_keys=True))
+    else:
+        print(retrieval.format_table(rep))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="memos", description="MemOS: memory for LLM apps (plaintext, KV, LoRA).")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("init", help="create a cube")
+    s.add_argument("dir")
+    s.add_argument("--name")
+    s.set_defaults(fn=cmd_init)
+
+    s = sub.add_parser("add", help="add a memory")
+    s.add_argument("dir")
+    s.add_argument("text")
+    s.add_argument("--user")
+    s.add_argument("--agent")
+    s.add_argument("--session")
+    s.add_argument("--kind", default="fact")
+    s.add_argument("--tag", action="append")
+    s.add_argument("--event-time")
+    s.set_defaults(fn=cmd_add)
+
+    s = sub.add_parser("search", help="search memories")
+    s.add_argument("dir")
+    s.add_argument("query")
+    s.add_argument("-k", type=int, default=5)
+    s.add_argument("--user")
+    s.add_argument("--mode", default="hybrid", choices=["hybrid", "dense", "lexical"])
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_search)
+
+    s = sub.add_parser("show", help="show one memory")
+    s.add_argument("dir")
+    s.add_argument("id")
+    s.set_defaults(fn=cmd_show)
+
+    s = sub.add_parser("history", help="versions and transitions of a memory")
+    s.add_argument("dir")
+    s.add_argument("id")
+    s.set_defaults(fn=cmd_history)
+
+    s = sub.add_parser("rollback", help="restore an old version as a new version")
+    s.add_argument("dir")
+    s.add_argument("id")
+    s.add_argument("version", type=int)
+    s.add_argument("--reason")
+    s.set_defaults(fn=cmd_rollback)
+
+    s = sub.add_parser("reindex", help="rebuild the vector index from the records")
+    s.add_argument("dir")
+    s.add_argument("--reembed", action="store_true", help="embed again with the current embedder")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(fn=cmd_reindex)
+
+    s = sub.add_parser("bench", help="benchmarks")
+    bsub = s.add_subparsers(dest="bench", required=True)
+    b = bsub.add_parser("retrieval", help="retrieval benchmark on a dataset file")
+    b.add_argument("file")
+    b.add_argument("--json", action="store_true", help="last line: one JSON object with every metric")
+    b.add_argument("--limit", type=int, help="only the first N conversations")
+    b.set_defaults(fn=cmd_bench)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except MemOSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
