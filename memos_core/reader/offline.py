@@ -37,6 +37,14 @@ class Turn:
     session_id: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.text, str):
+            raise ValidationError(f"turn text must be a string, got {type(self.text).__name__}")
+        if self.time is not None and not isinstance(self.time, datetime):
+            self.time = to_utc(self.time, field="turn time")
+        elif self.time is not None:
+            self.time = to_utc(self.time)
+
 
 def coerce_turns(messages: Any, *, session_id: str | None = None, timestamp: Any = None) -> list[Turn]:
     """Accept a string, a dict (``{"role"|"speaker", "content"|"text", "id", "time"|"date"}``), a :class:`Turn`,

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Create ./.venv (once) and install MemOS with the extras named in $1 (default: "embed").
+# The CPU build of torch is installed first, so no later requirement pulls a multi-GB CUDA build.
+# Override with TORCH_SPEC (e.g. TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EXTRAS="${1:-embed}"
+PY="${PYTHON:-python3}"
+VENV="${MEMOS_VENV:-.venv}"
+TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[bootstrap] creating $VENV with $($PY --version)"
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+fi
+stamp="$VENV/.memos-installed-$EXTRAS-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+    echo "[bootstrap] installing $TORCH_SPEC (CPU) first"
+    # shellcheck disable=SC2086
+    "$VENV/bin/python" -m pip install -q $TORCH_SPEC
+  fi
+  echo "[bootstrap] installing memos-langchain-llamaindex[$EXTRAS]"
+  "$VENV/bin/python" -m pip install -q -e ".[$EXTRAS]"
+  touch "$stamp"
+fi
