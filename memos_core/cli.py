@@ -7,6 +7,8 @@
     memos history DIR ID                   its versions and lifecycle transitions
     memos rollback DIR ID VERSION          restore VERSION as a new version
     memos reindex DIR [--reembed]          rebuild the vector index from the records
+    memos export DIR FILE [--hmac-key K]   bundle a cube (sha256 of every file; optional HMAC signature)
+    memos import FILE DEST [--hmac-key K]  verify a bundle completely, then create a cube from it
     memos bench retrieval FILE [--json]    retrieval benchmark (dataset format: DESIGN.md)
 
 Errors print one line (``error: ...``) and exit with status 2; nothing half-done is left behind.
@@ -38,7 +40,9 @@ def cmd_init(a: argparse.Namespace) -> None:
     from pathlib import Path
 
     if (Path(a.dir) / MANIFEST).exists():
-        raise SystemExit(f"error: a cube already exists at {a.dir}")
+        from .errors import Conflict
+
+        raise Conflict(f"a cube already exists at {a.dir}")  # exit status 2 like every other error
     with MemCube(a.dir, create=True, name=a.name) as cube:
         print(f"created cube {cube.cube_id} at {cube.path}")
 
@@ -101,6 +105,23 @@ def cmd_bench(a: argparse.Namespace) -> None:
         print(retrieval.format_table(rep))
 
 
+def cmd_export(a: argparse.Namespace) -> None:
+    from .bundle import export_cube
+
+    key = a.hmac_key.encode() if a.hmac_key else None
+    with _cube(a.dir) as cube:
+        m = export_cube(cube, a.file, hmac_key=key)
+    print(f"exported {m['counts']['items']} memories ({len(m['files'])} files) to {a.file}")
+
+
+def cmd_import(a: argparse.Namespace) -> None:
+    from .bundle import import_bundle
+
+    key = a.hmac_key.encode() if a.hmac_key else None
+    with import_bundle(a.file, a.dest, hmac_key=key, require_signature=a.require_signature) as cube:
+        print(f"imported cube {cube.cube_id} ({cube.count(include_deleted=True)} memories) into {cube.path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="memos", description="MemOS: memory for LLM apps (plaintext, KV, LoRA).")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -152,6 +173,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reembed", action="store_true", help="embed again with the current embedder")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_reindex)
+
+    s = sub.add_parser("export", help="export a cube to a verified bundle (.tar.gz or .zip)")
+    s.add_argument("dir")
+    s.add_argument("file")
+    s.add_argument("--hmac-key", help="sign the bundle's manifest with this shared key")
+    s.set_defaults(fn=cmd_export)
+
+    s = sub.add_parser("import", help="verify a bundle and create a cube from it")
+    s.add_argument("file")
+    s.add_argument("dest")
+    s.add_argument("--hmac-key", help="verify the bundle's signature with this shared key")
+    s.add_argument("--require-signature", action="store_true")
+    s.set_defaults(fn=cmd_import)
 
     s = sub.add_parser("bench", help="benchmarks")
     bsub = s.add_subparsers(dest="bench", required=True)

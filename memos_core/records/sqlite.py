@@ -500,11 +500,21 @@ class SQLiteRecordStore:
                     if not vals:
                         where.append("0" if op == "$in" else "1")
                         continue
-                    neg = "NOT " if op == "$nin" else ""
-                    where.append(f"{expr} {neg}IN ({','.join('?' * len(vals))})")
-                    args += [path, *vals]
+                    if op == "$nin":  # like $ne: a memory without the key matches
+                        where.append(f"({expr} IS NULL OR {expr} NOT IN ({','.join('?' * len(vals))}))")
+                        args += [path, path, *vals]
+                    else:
+                        where.append(f"{expr} IN ({','.join('?' * len(vals))})")
+                        args += [path, *vals]
+                elif op in ("$gt", "$gte", "$lt", "$lte"):
+                    # SQLite orders every number before every string: compare only values of the same type,
+                    # so {"$gt": 2} never matches "high" and {"$lt": "m"} never matches 3.
+                    types = "('integer', 'real')" if isinstance(val, (int, float)) else "('text')"
+                    sql_op = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}[op]
+                    where.append(f"(json_type({a}.metadata, ?) IN {types} AND {expr} {sql_op} ?)")
+                    args += [path, path, val]
                 else:
-                    sql_op = {"$eq": "IS", "$ne": "IS NOT", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}[op]
+                    sql_op = {"$eq": "IS", "$ne": "IS NOT"}[op]
                     where.append(f"{expr} {sql_op} ?")
                     args += [path, int(val) if isinstance(val, bool) else val]
         return " AND ".join(where), args
@@ -570,3 +580,46 @@ class SQLiteRecordStore:
             return [r[0] for r in self._conn.execute(
                 f"SELECT rowid FROM items WHERE state IN ({','.join('?' * len(st))}) AND rowid NOT IN "
                 "(SELECT item_rowid FROM embeddings)", st)]
+
+    # ------------------------------------------------------------------ bulk restore (bundles, migration)
+    def restore_item(self, c: sqlite3.Connection, item: MemoryItem, versions: Sequence[MemoryVersion],
+                     transitions: Sequence[Transition], vec: np.ndarray | None, indexed: bool) -> int:
+        """Insert an item exactly as exported (its id, state, version, history). Call inside transaction()."""
+        p = self._item_params(item)
+        try:
+            cur = c.execute(
+                "INSERT INTO items(id, cube_id, content, index_text, indexed_text, form, kind, user_id, agent_id, "
+                "session_id, state, version, created_at, updated_at, event_time, valid_until, expires_at, provenance, "
+                "tags, metadata, confidence, access_count, last_access, created_by) VALUES(:id, :cube_id, :content, "
+                ":index_text, NULL, :form, :kind, :user_id, :agent_id, :session_id, :state, :version, :created_at, "
+                ":updated_at, :event_time, :valid_until, :expires_at, :provenance, :tags, :metadata, :confidence, "
+                ":access_count, :last_access, :created_by)",
+                p,
+            )
+        except sqlite3.IntegrityError:
+            raise ValidationError(f"an item with id {item.id!r} already exists in the target cube") from None
+        rowid = int(cur.lastrowid)
+        c.executemany("INSERT INTO versions(item_id, version, snapshot) VALUES(?, ?, ?)",
+                      [(item.id, v.version, v.model_dump_json()) for v in versions])
+        c.executemany(
+            "INSERT INTO transitions(item_id, from_state, to_state, at, actor, reason) VALUES(?,?,?,?,?,?)",
+            [(item.id, None if t.from_state is None else t.from_state.value, t.to_state.value, _ts(t.at), t.actor,
+              t.reason) for t in transitions])
+        if indexed and vec is not None:
+            self._index(c, rowid, item, vec)
+        return rowid
+
+    def raw_events(self) -> list[tuple[Any, ...]]:
+        """Every event row verbatim (seq, at, actor, op, item_id, outcome, detail, prev_hash, hash)."""
+        with self._lock:
+            return self._conn.execute(
+                "SELECT seq, at, actor, op, item_id, outcome, detail, prev_hash, hash FROM events ORDER BY seq"
+            ).fetchall()
+
+    def restore_events(self, c: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> bool:
+        """Copy an exported event chain verbatim into an empty log (so it still verifies). False if not empty."""
+        if c.execute("SELECT COUNT(*) FROM events").fetchone()[0]:
+            return False
+        c.executemany("INSERT INTO events(seq, at, actor, op, item_id, outcome, detail, prev_hash, hash) "
+                      "VALUES(?,?,?,?,?,?,?,?,?)", [tuple(r) for r in rows])
+        return True

@@ -1,0 +1,211 @@
+"""Bundles: export/import round trips, and every kind of bad bundle refused with nothing created."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from memos_core import CorruptData, MemCube, PermissionDenied, SchemaVersionError, ValidationError
+from memos_core.bundle import Limits, export_cube, import_bundle, migrate_cube, verify_bundle
+
+
+def _emb(texts):
+    out = []
+    for t in texts:
+        v = np.full(32, 1e-3, dtype=np.float32)
+        for w in t.lower().split():
+            v[int(hashlib.md5(w.encode()).hexdigest(), 16) % 32] += 1.0
+        out.append(v)
+    return out
+
+
+@pytest.fixture()
+def cube(tmp_path: Path):
+    c = MemCube(tmp_path / "src", embedder=_emb)
+    a = c.add("Ann likes green tea", user_id="ann", tags=["drink"], metadata={"n": 1})
+    c.update(a.id, "Ann likes jasmine tea", reason="correction")
+    b = c.add("Bob plays chess on Sundays", user_id="bob")
+    c.delete(b.id)
+    gone = c.add("Carol's secret phone number", user_id="carol")
+    c.delete(gone.id)
+    c.purge(gone.id)
+    (c.path / "activation").mkdir()
+    (c.path / "activation" / "cache1.json").write_text('{"k": 1}')
+    (c.path / "activation" / "cache1.safetensors").write_bytes(b"\x00" * 64)
+    c.ids = {"a": a.id, "b": b.id, "gone": gone.id}  # type: ignore[attr-defined]
+    yield c
+    c.close()
+
+
+@pytest.mark.parametrize("ext", ["zip", "tar.gz"])
+def test_round_trip_keeps_everything(cube: MemCube, tmp_path: Path, ext: str) -> None:
+    f = tmp_path / f"bundle.{ext}"
+    manifest = export_cube(cube, f)
+    assert manifest["purged_ids"] == [cube.ids["gone"]]  # type: ignore[attr-defined]
+    assert manifest["audit_head"] == cube.events()[-1]["hash"]
+    new = import_bundle(f, tmp_path / "dst", embedder=_emb)
+    try:
+        a = cube.ids["a"]  # type: ignore[attr-defined]
+        assert new.cube_id == cube.cube_id
+        assert [v.content for v in new.history(a)] == ["Ann likes green tea", "Ann likes jasmine tea"]
+        assert new.get(cube.ids["b"], include_deleted=True).state.value == "deleted"  # type: ignore[attr-defined]
+        assert [h.item.id for h in new.search("jasmine tea")] == [a]
+        assert (new.path / "activation" / "cache1.json").read_text() == '{"k": 1}'
+        # the source event chain is carried verbatim, then the import is appended
+        src_events = cube.events()
+        new_events = new.events()
+        assert [e["hash"] for e in new_events[: len(src_events)]] == [e["hash"] for e in src_events]
+        assert new_events[-1]["op"] == "import"
+    finally:
+        new.close()
+
+
+def test_signed_bundle_needs_the_right_key(cube: MemCube, tmp_path: Path) -> None:
+    f = tmp_path / "b.zip"
+    export_cube(cube, f, hmac_key=b"secret")
+    verify_bundle(f, hmac_key=b"secret")
+    with pytest.raises(PermissionDenied):
+        import_bundle(f, tmp_path / "x", embedder=_emb, hmac_key=b"other")
+    with pytest.raises(PermissionDenied):
+        import_bundle(f, tmp_path / "y", embedder=_emb, require_signature=True)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    unsigned = tmp_path / "u.zip"
+    export_cube(cube, unsigned)
+    with pytest.raises(PermissionDenied):
+        import_bundle(unsigned, tmp_path / "z", embedder=_emb, require_signature=True)
+
+
+def _rewrite_zip(src: Path, dst: Path, edit) -> None:
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            data = edit(info.filename, zin.read(info.filename))
+            if data is not None:
+                zout.writestr(info.filename, data)
+
+
+def _assert_refused(f: Path, dest: Path, exc=CorruptData, **kw) -> None:
+    with pytest.raises(exc):
+        import_bundle(f, dest, embedder=_emb, **kw)
+    assert not dest.exists()
+    assert not any(p.name.startswith(f".{dest.name}.importing") for p in dest.parent.iterdir())
+
+
+def test_tampered_member_is_refused(cube: MemCube, tmp_path: Path) -> None:
+    good = tmp_path / "good.zip"
+    export_cube(cube, good)
+
+    def flip(name: str, data: bytes):
+        if name == "records/items.jsonl":
+            return data.replace(b"jasmine", b"arsenic")
+        return data
+
+    bad = tmp_path / "bad.zip"
+    _rewrite_zip(good, bad, flip)
+    _assert_refused(bad, tmp_path / "dst")
+
+
+def test_missing_and_extra_members_are_refused(cube: MemCube, tmp_path: Path) -> None:
+    good = tmp_path / "good.zip"
+    export_cube(cube, good)
+    missing = tmp_path / "missing.zip"
+    _rewrite_zip(good, missing, lambda n, d: None if n == "records/versions.jsonl" else d)
+    _assert_refused(missing, tmp_path / "d1")
+    extra = tmp_path / "extra.zip"
+    _rewrite_zip(good, extra, lambda n, d: d)
+    with zipfile.ZipFile(extra, "a") as z:
+        z.writestr("records/evil.jsonl", b"{}")
+    _assert_refused(extra, tmp_path / "d2")
+
+
+def test_path_traversal_absolute_and_links_are_refused(tmp_path: Path) -> None:
+    for name in ("../escape.txt", "/etc/passwd", "records/../../x", "a\\b"):
+        f = tmp_path / "t.tar.gz"
+        with tarfile.open(f, "w:gz") as tf:
+            data = b"x"
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            tf.addfile(info, io.BytesIO(data))
+        _assert_refused(f, tmp_path / "dst")
+    f = tmp_path / "link.tar.gz"
+    with tarfile.open(f, "w:gz") as tf:
+        info = tarfile.TarInfo("records/items.jsonl")
+        info.type = tarfile.SYMTYPE
+        info.linkname = "/etc/passwd"
+        tf.addfile(info)
+    _assert_refused(f, tmp_path / "dst")
+    assert not (tmp_path.parent / "escape.txt").exists()
+
+
+def test_size_and_count_limits(cube: MemCube, tmp_path: Path) -> None:
+    f = tmp_path / "b.tar.gz"
+    export_cube(cube, f)
+    _assert_refused(f, tmp_path / "d1", limits=Limits(max_total_bytes=100))
+    _assert_refused(f, tmp_path / "d2", limits=Limits(max_files=3))
+    # a zip bomb: a tiny archive whose member expands far beyond the limit
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("manifest.json", b"{}")
+        z.writestr("records/items.jsonl", b"\x00" * (5 << 20))
+    assert bomb.stat().st_size < 100_000
+    _assert_refused(bomb, tmp_path / "d3", limits=Limits(max_file_bytes=1 << 20))
+
+
+def test_newer_schema_and_garbage(cube: MemCube, tmp_path: Path) -> None:
+    good = tmp_path / "good.zip"
+    export_cube(cube, good)
+
+    def bump(name: str, data: bytes):
+        if name == "manifest.json":
+            m = json.loads(data)
+            m["bundle_schema"] = 99
+            return json.dumps(m).encode()
+        return data
+
+    newer = tmp_path / "newer.zip"
+    _rewrite_zip(good, newer, bump)
+    _assert_refused(newer, tmp_path / "d1", exc=SchemaVersionError)
+    junk = tmp_path / "junk.zip"
+    junk.write_bytes(b"this is not a zip file")
+    _assert_refused(junk, tmp_path / "d2")
+    with pytest.raises(ValidationError):
+        import_bundle(tmp_path / "file.rar", tmp_path / "d3", embedder=_emb)
+
+
+def test_import_into_non_empty_folder_is_refused(cube: MemCube, tmp_path: Path) -> None:
+    f = tmp_path / "b.zip"
+    export_cube(cube, f)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "keep.txt").write_text("mine")
+    with pytest.raises(ValidationError):
+        import_bundle(f, tmp_path / "busy", embedder=_emb)
+    assert (tmp_path / "busy" / "keep.txt").read_text() == "mine"
+
+
+def test_migrate_verifies_contents(cube: MemCube, tmp_path: Path) -> None:
+    report = migrate_cube(cube, tmp_path / "moved")
+    assert report["items"] == cube.count(include_deleted=True)
+    assert report["indexed"] == cube.index.count()
+    moved = MemCube(tmp_path / "moved", embedder=_emb, create=False)
+    try:
+        assert cube.ids["b"] not in [h.item.id for h in moved.search("chess")]  # type: ignore[attr-defined]
+        assert moved.search("jasmine", k=1)[0].item.content == "Ann likes jasmine tea"
+    finally:
+        moved.close()
+
+
+def test_cli_export_import(cube: MemCube, tmp_path: Path, capsys) -> None:
+    from memos_core.cli import main
+
+    path = str(cube.path)
+    cube.close()
+    f = tmp_path / "cli.tar.gz"
+    # the CLI opens the cube with the default embedder, which has another dimension: a clear error
+    assert main(["export", path, str(f)]) == 2
+    assert "dimension" in capsys.readouterr().err
