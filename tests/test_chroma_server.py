@@ -1,0 +1,168 @@
+"""The plaintext memory suite against embedded Chroma and a real Chroma server (``chroma run``) on loopback,
+plus server restart and server-down behaviour: records stay intact, the index is repaired when it returns."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from memos_core import MemCube
+
+CHROMA = shutil.which("chroma") or str(Path(__import__("sys").executable).parent / "chroma")
+
+
+def _emb(texts):
+    out = []
+    for t in texts:
+        v = np.full(48, 1e-3, dtype=np.float32)
+        for w in t.lower().replace(".", " ").split():
+            v[int(hashlib.md5(w.encode()).hexdigest(), 16) % 48] += 1.0
+        out.append(v)
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ChromaServer:
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([CHROMA, "run", "--path", str(self.data), "--host", "127.0.0.1",
+                                      "--port", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    break
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError("chroma server exited on start")
+                time.sleep(0.2)
+        else:
+            raise RuntimeError("chroma server did not start in 60 s")
+        # the port accepts before the API is ready
+        import urllib.request
+
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(self.url + "/api/v2/heartbeat", timeout=1).read()
+                return
+            except OSError:
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if not Path(CHROMA).exists():
+        pytest.fail("the `chroma` command (from the chromadb package) is required for these tests")
+    s = ChromaServer(tmp_path_factory.mktemp("chroma-server"))
+    s.start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(params=["embedded", "server"])
+def make_cube(request, tmp_path: Path):
+    opened: list[MemCube] = []
+
+    def make(name: str = "cube", **kw) -> MemCube:
+        url = request.getfixturevalue("server").url if request.param == "server" else None
+        c = MemCube(tmp_path / name, embedder=_emb, chroma_url=url, **kw)
+        opened.append(c)
+        return c
+
+    yield make
+    for c in opened:
+        try:
+            c.close()
+        except Exception:
+            pass
+
+
+def test_plaintext_suite_on_both_backends(make_cube) -> None:
+    cube = make_cube()
+    a = cube.add("Ann adopted a grey cat named Pixel", user_id="ann", kind="fact")
+    cube.add("Ann is training for the Lisbon marathon", user_id="ann", kind="fact")
+    cube.add("Bob adopted a dog named Rex", user_id="bob", kind="fact")
+    hits = cube.search("cat named Pixel", user_id="ann")
+    assert hits[0].item.id == a.id
+    assert {h.item.scope.user_id for h in hits} == {"ann"}
+    assert hits[0].ranks.get("dense") and hits[0].ranks.get("lexical")
+    cube.update(a.id, "Ann adopted a grey cat named Nova")
+    assert cube.search("cat named Nova", k=1, user_id="ann")[0].item.version == 2
+    cube.delete(a.id)
+    assert a.id not in [h.item.id for h in cube.search("grey cat", user_id="ann", mode="dense")]
+    assert cube.index.count() == 2
+    assert cube.reindex() == {"indexed": 2}
+
+
+def test_server_restart_mid_run_loses_nothing(server, tmp_path: Path) -> None:
+    cube = MemCube(tmp_path / "c", embedder=_emb, chroma_url=server.url)
+    try:
+        first = cube.add_many([f"memory number {i} about topic {i % 3}" for i in range(20)])
+        server.stop()
+        # server down: writes are still acknowledged durably by the records; dense falls back to exact scan
+        during = cube.add("written while the vector server was down about zebras")
+        assert cube.index_degraded
+        assert cube.search("zebras", k=1)[0].item.id == during.id
+        server.start()
+        after = cube.add("written after the server came back about giraffes")
+        assert not cube.index_degraded
+        assert cube.index.count() == 22
+        for m in (during, after):  # both reached the server's index
+            assert cube.search(m.content, k=1, mode="dense")[0].item.id == m.id
+        assert all(cube.get(m.id).content == m.content for m in first)
+    finally:
+        if server.proc is None:
+            server.start()
+        cube.close()
+
+
+def test_server_down_at_open_then_repaired(server, tmp_path: Path) -> None:
+    cube = MemCube(tmp_path / "c", embedder=_emb, chroma_url=server.url)
+    cube.add_many(["alpha fact", "beta fact"])
+    cube.close()
+    server.stop()
+    try:
+        cube = MemCube(tmp_path / "c", embedder=_emb, chroma_url=server.url)
+        assert cube.index_degraded
+        gamma = cube.add("gamma fact added while down")
+        assert cube.count() == 3
+        assert cube.search("gamma", k=1)[0].item.id == gamma.id  # lexical + exact dense still work
+        cube.close()
+    finally:
+        server.start()
+    cube = MemCube(tmp_path / "c", embedder=_emb, chroma_url=server.url)
+    try:
+        assert not cube.index_degraded
+        assert cube.index.count() == 3  # repaired on open from the records
+    finally:
+        cube.close()
