@@ -16,7 +16,7 @@ held-out framing that names the subject; otherwise it is the whole statement.
 
 The subject/predicate split is a heuristic for English: the subject is everything before the first common verb
 (``is``, ``has``, ``lives``, ``likes``, ...) when that leaves 1-8 words. Statements it cannot split still get the
-statement and framed forms.
+statement and framed forms; so do texts of several sentences.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ _VERBS = (
     "takes took makes made became becomes stays stayed"
 ).split()
 _VERB_RE = re.compile(r"\b(" + "|".join(_VERBS) + r")\b", re.IGNORECASE)
+_INNER_BOUNDARY_RE = re.compile(r"[.!?;]\s+\S")
 
 # Training framings: (prompt, uses the whole statement as target).
 _TRAIN_FRAMES = ("Fact: ", "Remember this: ", "Here is what I know. ", "Note to self: ")
@@ -103,6 +104,8 @@ def _normalise(text: str) -> str:
 def split_statement(text: str) -> tuple[str, str] | None:
     """Split ``"Ann's dog is called Rex."`` into ``("Ann's dog", "is called Rex.")``; ``None`` if no clean split."""
     text = _normalise(text)
+    if _INNER_BOUNDARY_RE.search(text):
+        return None  # several sentences: no single subject
     m = _VERB_RE.search(text)
     if not m or m.start() == 0:
         return None

@@ -52,7 +52,7 @@ def validate_adapter_name(name: Any) -> str:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 class TrainingConfig(_Model):
