@@ -197,6 +197,8 @@ class MemCube:
         else:
             self.index = ChromaVectorIndex(path=self.path / "chroma", collection=collection)
         self.index_degraded = False
+        #: callables ``(query, hits)`` told about every search (e.g. the MemScheduler's usage tracking)
+        self.listeners: list[Callable[[str, list[SearchHit]], None]] = []
         try:
             self.repair_index()
         except BackendUnavailable as exc:
@@ -698,6 +700,51 @@ class MemCube:
         got = self.records.get_many_by_rowid([r[0] for r in rows])
         return [got[r[0]] for r in rows if r[0] in got]
 
+    def distinct_metadata(self, key: str, filter: SearchFilter | Mapping[str, Any] | None = None, *,
+                          limit: int = 100_000) -> list[Any]:
+        """Distinct values of one metadata key (a dotted path) among the memories ``filter`` selects.
+
+        Same visibility as :meth:`list` (live, unexpired memories unless ``filter.states`` asks otherwise);
+        memories without the key are skipped. Scalars come back as Python values, objects and arrays as JSON
+        text. Adapters use it to enumerate e.g. LangGraph namespaces without loading every memory.
+        """
+        SearchFilter.coerce({"metadata": {key: {"$exists": True}}})  # validates the key
+        f = SearchFilter.coerce(filter)
+        where, args = self.records.filter_sql(f, self._states(f), self._now().timestamp())
+        path = "$." + ".".join(f'"{part}"' for part in key.split("."))
+        with self.records._lock:
+            rows = self.records._conn.execute(
+                f"SELECT DISTINCT json_extract(metadata, ?) FROM items WHERE {where} "
+                "AND json_type(metadata, ?) IS NOT NULL LIMIT ?", (path, *args, path, limit)
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def refresh_expiry(self, ttls: Mapping[str, float | timedelta], *, actor: str | None = None) -> int:
+        """Sliding TTL: set ``expires_at = now + ttl`` for live memories that carry an expiry not yet passed.
+
+        Retention metadata only: no new version, content and index untouched; one transaction and one audit
+        event. Memories without an expiry, already expired, or not generated/activated are left alone (an
+        expired memory is never revived by a read). Returns how many changed.
+        """
+        now = self._now()
+        at = now.timestamp()
+        changed: list[str] = []
+        with self._lock:
+            with self.records.transaction() as c:
+                for item_id, ttl in ttls.items():
+                    seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else float(ttl)
+                    if not seconds > 0:
+                        raise ValidationError("ttl must be positive")
+                    cur = c.execute(
+                        "UPDATE items SET expires_at=? WHERE id=? AND expires_at IS NOT NULL AND expires_at > ? "
+                        "AND state IN (?, ?)", (at + seconds, item_id, at, _S.GENERATED.value, _S.ACTIVATED.value))
+                    if cur.rowcount:
+                        changed.append(item_id)
+                if changed:
+                    self.records.append_event(c, at, actor or self.actor, "refresh_expiry", None,
+                                              detail={"ids": changed})
+        return len(changed)
+
     @staticmethod
     def _states(f: SearchFilter) -> list[LifecycleState]:
         if f.states:
@@ -744,6 +791,11 @@ class MemCube:
                 for key, score, sc, rk in fused if int(key) in items]  # type: ignore[arg-type]
         if record_usage and hits:
             self.records.record_usage([int(r[0]) for r in fused], now)  # type: ignore[arg-type]
+        for listener in list(self.listeners):
+            try:
+                listener(query, hits)
+            except Exception:  # noqa: BLE001 - an observer must never break search
+                log.exception("search listener %r failed", listener)
         return hits
 
     def _dense(self, query: str, f: SearchFilter, states: Sequence[LifecycleState], where: str, args: list[Any],

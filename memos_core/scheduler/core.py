@@ -1,0 +1,580 @@
+"""MemScheduler implementation (see the package docstring for the model)."""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+import logging
+import sqlite3
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal, Protocol, Sequence, runtime_checkable
+
+from pydantic import BaseModel
+
+from ..errors import MemOSError, ValidationError
+from ..items import LifecycleState, MemoryItem, SearchHit, to_utc, utcnow
+
+__all__ = [
+    "MemScheduler", "Policy", "Decision", "Job", "PromoteHotToActivation", "QueueStableForLoRA", "DemoteCold",
+    "RefreshStale", "ActivationTarget", "ParametricTarget", "KVActivationTarget",
+]
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS usage(item_id TEXT PRIMARY KEY, score REAL NOT NULL, at REAL NOT NULL,
+  hits INTEGER NOT NULL, injected INTEGER NOT NULL DEFAULT 0, last_hit REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs(id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, payload TEXT NOT NULL,
+  state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, error TEXT, created REAL NOT NULL, updated REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, id);
+CREATE TABLE IF NOT EXISTS activation(item_id TEXT PRIMARY KEY, version INTEGER NOT NULL, artifact_id TEXT NOT NULL,
+  bytes INTEGER NOT NULL, tokens INTEGER NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS lora(item_id TEXT NOT NULL, version INTEGER NOT NULL, state TEXT NOT NULL,
+  adapter_id TEXT, updated REAL NOT NULL, PRIMARY KEY(item_id, version));
+CREATE TABLE IF NOT EXISTS decisions(seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, policy TEXT NOT NULL,
+  action TEXT NOT NULL, item_ids TEXT NOT NULL, reason TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value REAL NOT NULL);
+"""
+
+
+# ---------------------------------------------------------------------------------------------- seams
+@runtime_checkable
+class ActivationTarget(Protocol):
+    """Builds and drops activation-memory artefacts (KV caches) for memories."""
+
+    def estimate(self, item: MemoryItem) -> tuple[int, int]:
+        """(bytes, prefix tokens) a cache of this one memory would take/save."""
+        ...
+
+    def build(self, items: Sequence[MemoryItem]) -> tuple[str, int, int]:
+        """Build and store a cache; returns (artifact id, bytes on disk, tokens)."""
+        ...
+
+    def delete(self, artifact_id: str) -> None: ...
+
+
+@runtime_checkable
+class ParametricTarget(Protocol):
+    """Trains a LoRA adapter from memories; returns the adapter's id/name."""
+
+    def train(self, items: Sequence[MemoryItem]) -> str: ...
+
+
+class KVActivationTarget:
+    """:class:`ActivationTarget` backed by :mod:`memos_core.activation` (one exact cache per memory,
+    stored in a :class:`~memos_core.activation.KVCacheStore`, e.g. ``cube.path / "activation"``)."""
+
+    def __init__(self, model: Any, tokenizer: Any, store: Any, **build_kwargs: Any) -> None:
+        from ..activation import KVCacheStore
+
+        self.model = model
+        self.tokenizer = tokenizer
+        self.store = store if isinstance(store, KVCacheStore) else KVCacheStore(store)
+        self.build_kwargs = build_kwargs
+        cfg = model.config
+        heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        itemsize = next(model.parameters()).element_size()
+        self._bytes_per_token = 2 * cfg.num_hidden_layers * heads * head_dim * itemsize
+
+    def estimate(self, item: MemoryItem) -> tuple[int, int]:
+        tokens = len(self.tokenizer(item.content, add_special_tokens=False)["input_ids"]) + 16
+        return tokens * self._bytes_per_token, tokens
+
+    def build(self, items: Sequence[MemoryItem]) -> tuple[str, int, int]:
+        from ..activation import build_cache
+
+        cache = build_cache(self.model, self.tokenizer, list(items), **self.build_kwargs)
+        info = self.store.put(cache)
+        return info.cache_id, info.total_bytes, len(info.meta.token_ids)
+
+    def delete(self, artifact_id: str) -> None:
+        self.store.delete(artifact_id)
+
+
+# ---------------------------------------------------------------------------------------------- records
+@dataclass
+class Decision:
+    policy: str
+    action: Literal["promote", "evict", "queue_lora", "demote", "refresh", "drop"]
+    item_ids: list[str]
+    reason: str
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+class Job(BaseModel):
+    id: int
+    kind: str
+    payload: dict[str, Any]
+    state: str
+    attempts: int
+    error: str | None = None
+
+
+class Policy(ABC):
+    """A scheduling policy: looks at usage and state, returns decisions. Subclass and implement :meth:`plan`."""
+
+    name = "policy"
+
+    @abstractmethod
+    def plan(self, sched: "MemScheduler", now: float) -> list[Decision]:
+        """The decisions this policy takes now (each with a reason)."""
+
+
+class PromoteHotToActivation(Policy):
+    """Give the hottest memories KV caches within the byte budget; evict by LFU with aging when full.
+
+    A memory qualifies with at least ``min_hits`` hits and an aged score of at least ``min_score``. A cached
+    memory is evicted only for a candidate whose aged score is higher than its own.
+    """
+
+    name = "promote_hot"
+
+    def __init__(self, min_hits: int = 2, min_score: float = 1.0, max_per_step: int = 32) -> None:
+        self.min_hits = min_hits
+        self.min_score = min_score
+        self.max_per_step = max_per_step
+
+    def plan(self, sched: "MemScheduler", now: float) -> list[Decision]:
+        if sched.activation is None:
+            return []
+        budget = sched.budget_bytes
+        cached = sched.cached()
+        used = sum(c["bytes"] for c in cached.values())
+        scores = sched.scores(now)
+        victims = sorted(cached, key=lambda i: (scores.get(i, 0.0), cached[i]["created"]))
+        out: list[Decision] = []
+        for item_id, score, hits in sched.hottest(now, limit=self.max_per_step * 4):
+            if len(out) >= self.max_per_step or score < self.min_score:
+                break
+            if item_id in cached or hits < self.min_hits:
+                continue
+            item = sched.cube.lookup(item_id)
+            if item is None or item.state not in (LifecycleState.ACTIVATED, LifecycleState.GENERATED,
+                                                    LifecycleState.FROZEN):
+                continue
+            need, tokens = sched.activation.estimate(item)
+            evict: list[str] = []
+            if budget is not None:
+                if need > budget:
+                    continue
+                free = budget - used
+                while free < need and victims and scores.get(victims[0], 0.0) < score:
+                    v = victims.pop(0)
+                    evict.append(v)
+                    free += cached[v]["bytes"]
+                if free < need:
+                    break  # nothing colder left to evict: the cache holds the hottest set that fits
+                for v in evict:
+                    out.append(Decision(self.name, "evict", [v], f"LFU-aging victim (score {scores.get(v, 0.0):.2f} "
+                                        f"< {score:.2f} of {item_id})", {"artifact_id": cached[v]["artifact_id"]}))
+                    used -= cached.pop(v)["bytes"]
+            out.append(Decision(self.name, "promote", [item_id], f"hot: {hits} hits, aged score {score:.2f}; "
+                                f"~{tokens} prefill tokens saved per use", {"est_bytes": need}))
+            used += need
+            cached[item_id] = {"bytes": need, "created": now, "artifact_id": None}
+        return out
+
+
+class QueueStableForLoRA(Policy):
+    """Queue memories that are used often and unchanged for ``stable_for`` for LoRA training, in batches."""
+
+    name = "queue_lora"
+
+    def __init__(self, min_hits: int = 10, stable_for: timedelta = timedelta(days=7), batch: int = 16) -> None:
+        self.min_hits = min_hits
+        self.stable_for = stable_for
+        self.batch = batch
+
+    def plan(self, sched: "MemScheduler", now: float) -> list[Decision]:
+        done = sched.lora_versions()
+        ready: list[str] = []
+        for item_id, score, hits in sched.hottest(now, limit=10_000):
+            if hits < self.min_hits:
+                continue
+            item = sched.cube.lookup(item_id)
+            if item is None or item.state not in (LifecycleState.ACTIVATED, LifecycleState.FROZEN):
+                continue
+            if (item.id, item.version) in done or now - item.updated_at.timestamp() < self.stable_for.total_seconds():
+                continue
+            ready.append(item_id)
+        if len(ready) < self.batch:
+            return []
+        return [Decision(self.name, "queue_lora", ready[i:i + self.batch],
+                         f"{self.min_hits}+ hits and unchanged for {self.stable_for}")
+                for i in range(0, len(ready) - self.batch + 1, self.batch)]
+
+
+class DemoteCold(Policy):
+    """Archive activated memories with no hit (and no change) for ``cold_after``. Off unless configured."""
+
+    name = "demote_cold"
+
+    def __init__(self, cold_after: timedelta, max_per_step: int = 500) -> None:
+        self.cold_after = cold_after
+        self.max_per_step = max_per_step
+
+    def plan(self, sched: "MemScheduler", now: float) -> list[Decision]:
+        cutoff = now - self.cold_after.total_seconds()
+        last = sched.last_hits()
+        out: list[str] = []
+        for item in sched.cube.records.iter_items(states=[LifecycleState.ACTIVATED]):
+            seen = max(last.get(item.id, 0.0), item.updated_at.timestamp())
+            if seen < cutoff:
+                out.append(item.id)
+                if len(out) >= self.max_per_step:
+                    break
+        return [Decision(self.name, "demote", [i], f"no use since before {datetime.fromtimestamp(cutoff):%Y-%m-%d}")
+                for i in out]
+
+
+class RefreshStale(Policy):
+    """Rebuild caches whose memory changed; drop caches whose memory was deleted or forgotten."""
+
+    name = "refresh_stale"
+
+    def plan(self, sched: "MemScheduler", now: float) -> list[Decision]:
+        out: list[Decision] = []
+        for item_id, row in sched.cached().items():
+            item = sched.cube.lookup(item_id)
+            if item is None or item.state in (LifecycleState.DELETED, LifecycleState.PURGED,
+                                              LifecycleState.ARCHIVED, LifecycleState.MERGED):
+                out.append(Decision(self.name, "drop", [item_id], "source memory is "
+                                    + ("forgotten" if item is None else item.state.value),
+                                    {"artifact_id": row["artifact_id"]}))
+            elif item.version != row["version"]:
+                out.append(Decision(self.name, "refresh", [item_id], f"source changed v{row['version']} -> "
+                                    f"v{item.version}", {"artifact_id": row["artifact_id"]}))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- scheduler
+class MemScheduler:
+    """Usage tracking + policies + a persistent job queue for one cube.
+
+    Parameters
+    ----------
+    cube: the :class:`~memos_core.cube.MemCube` to schedule.
+    activation / parametric: executors (seams); ``None`` leaves those jobs queued.
+    budget_bytes: byte budget for activation artefacts (``None``: unbounded).
+    half_life: the aging half-life of usage scores.
+    policies: default ``[RefreshStale(), PromoteHotToActivation(), QueueStableForLoRA()]``.
+    auto_observe: record the cube's search hits automatically.
+    """
+
+    def __init__(self, cube: Any, *, activation: ActivationTarget | None = None,
+                 parametric: ParametricTarget | None = None, budget_bytes: int | None = None,
+                 half_life: timedelta = timedelta(days=7), policies: Sequence[Policy] | None = None,
+                 clock: Callable[[], datetime] | None = None, auto_observe: bool = True,
+                 max_jobs_per_step: int = 64, max_attempts: int = 3) -> None:
+        if budget_bytes is not None and budget_bytes < 0:
+            raise ValidationError("budget_bytes must be >= 0")
+        if half_life.total_seconds() <= 0:
+            raise ValidationError("half_life must be positive")
+        self.cube = cube
+        self.activation = activation
+        self.parametric = parametric
+        self.budget_bytes = budget_bytes
+        self.half_life = half_life.total_seconds()
+        self.policies = list(policies) if policies is not None else [
+            RefreshStale(), PromoteHotToActivation(), QueueStableForLoRA()]
+        self._clock = clock or utcnow
+        self.max_jobs_per_step = max_jobs_per_step
+        self.max_attempts = max_attempts
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(str(Path(cube.path) / "scheduler.sqlite3"), isolation_level=None,
+                                   check_same_thread=False, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        for stmt in _SCHEMA.strip().split(";"):
+            if stmt.strip():
+                self._db.execute(stmt)
+        # jobs a dead worker had taken are taken again (no lost jobs on restart)
+        self._db.execute("UPDATE jobs SET state='pending' WHERE state='running'")
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._listener = self._on_search if auto_observe else None
+        if self._listener is not None and hasattr(cube, "listeners"):
+            cube.listeners.append(self._listener)
+
+    # ------------------------------------------------------------------ time & usage
+    def _now(self) -> float:
+        return (to_utc(self._clock()) or utcnow()).timestamp()
+
+    def _on_search(self, query: str, hits: Sequence[SearchHit]) -> None:
+        self.observe(hits)
+
+    def observe(self, hits: Iterable[SearchHit | MemoryItem | str], *, injected: bool = False,
+                at: float | None = None) -> None:
+        """Record one use of each memory (a search hit, or with ``injected`` a use in a model's context)."""
+        now = self._now() if at is None else at
+        ids = []
+        for h in hits:
+            ids.append(h.item.id if isinstance(h, SearchHit) else h.id if isinstance(h, MemoryItem) else str(h))
+        if not ids:
+            return
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for i in ids:
+                    row = self._db.execute("SELECT score, at FROM usage WHERE item_id=?", (i,)).fetchone()
+                    score = 1.0 if row is None else row[0] * 0.5 ** ((now - row[1]) / self.half_life) + 1.0
+                    self._db.execute(
+                        "INSERT INTO usage(item_id, score, at, hits, injected, last_hit) VALUES(?,?,?,1,?,?) "
+                        "ON CONFLICT(item_id) DO UPDATE SET score=excluded.score, at=excluded.at, hits=hits+1, "
+                        "injected=injected+excluded.injected, last_hit=excluded.last_hit",
+                        (i, score, now, int(injected), now))
+                if injected:
+                    cached = self.cached()
+                    hit = [i for i in ids if i in cached]
+                    self._bump("inject_uses", len(ids))
+                    self._bump("inject_cache_hits", len(hit))
+                    self._bump("prefill_tokens_saved", sum(cached[i]["tokens"] for i in hit))
+                    self._bump("prefill_tokens_total", sum(cached[i]["tokens"] for i in hit)
+                               + sum(self._est_tokens(i) for i in ids if i not in cached))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _est_tokens(self, item_id: str) -> int:
+        if self.activation is None:
+            return 0
+        item = self.cube.lookup(item_id)
+        return 0 if item is None else self.activation.estimate(item)[1]
+
+    def _bump(self, name: str, by: float) -> None:
+        self._db.execute("INSERT INTO counters(name, value) VALUES(?, ?) ON CONFLICT(name) DO UPDATE SET "
+                         "value=value+excluded.value", (name, by))
+
+    def scores(self, now: float | None = None) -> dict[str, float]:
+        now = self._now() if now is None else now
+        with self._lock:
+            rows = self._db.execute("SELECT item_id, score, at FROM usage").fetchall()
+        return {r[0]: r[1] * 0.5 ** ((now - r[2]) / self.half_life) for r in rows}
+
+    def hottest(self, now: float | None = None, limit: int = 100) -> list[tuple[str, float, int]]:
+        """(item id, aged score, hits), hottest first."""
+        now = self._now() if now is None else now
+        with self._lock:
+            rows = self._db.execute("SELECT item_id, score, at, hits FROM usage").fetchall()
+        scored = sorted(((r[0], r[1] * 0.5 ** ((now - r[2]) / self.half_life), r[3]) for r in rows),
+                        key=lambda t: (-t[1], t[0]))
+        return scored[:limit]
+
+    def last_hits(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._db.execute("SELECT item_id, last_hit FROM usage").fetchall())
+
+    def cached(self) -> dict[str, dict[str, Any]]:
+        """item id -> {artifact_id, version, bytes, tokens, created} for memories with an activation cache."""
+        with self._lock:
+            rows = self._db.execute("SELECT item_id, version, artifact_id, bytes, tokens, created FROM activation")
+            return {r[0]: {"version": r[1], "artifact_id": r[2], "bytes": r[3], "tokens": r[4], "created": r[5]}
+                    for r in rows}
+
+    def lora_versions(self) -> set[tuple[str, int]]:
+        with self._lock:
+            return {(r[0], r[1]) for r in self._db.execute("SELECT item_id, version FROM lora")}
+
+    # ------------------------------------------------------------------ decisions and jobs
+    def _record(self, d: Decision, now: float) -> None:
+        self._db.execute("INSERT INTO decisions(at, policy, action, item_ids, reason) VALUES(?,?,?,?,?)",
+                         (now, d.policy, d.action, json.dumps(d.item_ids), d.reason))
+
+    def plan(self) -> list[Decision]:
+        """Run every policy and persist their decisions as jobs (does not execute them)."""
+        now = self._now()
+        decisions: list[Decision] = []
+        for p in self.policies:
+            try:
+                decisions += p.plan(self, now)
+            except MemOSError as exc:
+                log.warning("scheduler policy %s failed: %s", p.name, exc)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                pending = {(r[0], r[1]) for r in self._db.execute(
+                    "SELECT kind, payload FROM jobs WHERE state IN ('pending','running')")}
+                for d in decisions:
+                    payload = json.dumps({"item_ids": d.item_ids, **d.payload, "reason": d.reason})
+                    if (d.action, payload) in pending:
+                        continue
+                    self._record(d, now)
+                    self._db.execute(
+                        "INSERT INTO jobs(kind, payload, state, created, updated) VALUES(?,?,'pending',?,?)",
+                        (d.action, payload, now, now))
+                    if d.action == "queue_lora":
+                        for i in d.item_ids:
+                            item = self.cube.lookup(i)
+                            if item is not None:
+                                self._db.execute("INSERT OR REPLACE INTO lora(item_id, version, state, updated) "
+                                                 "VALUES(?,?,'queued',?)", (i, item.version, now))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return decisions
+
+    def jobs(self, state: str | None = None) -> list[Job]:
+        q = "SELECT id, kind, payload, state, attempts, error FROM jobs"
+        args: tuple[Any, ...] = ()
+        if state is not None:
+            q += " WHERE state=?"
+            args = (state,)
+        with self._lock:
+            rows = self._db.execute(q + " ORDER BY id", args).fetchall()
+        return [Job(id=r[0], kind=r[1], payload=json.loads(r[2]), state=r[3], attempts=r[4], error=r[5])
+                for r in rows]
+
+    def run_jobs(self, limit: int | None = None) -> int:
+        """Execute pending jobs in order (up to ``limit``); returns how many ran. A job that fails goes back to
+        pending (retried at a later call) until ``max_attempts``, then stays ``failed`` with its error."""
+        limit = self.max_jobs_per_step if limit is None else limit
+        kinds = self._runnable()
+        with self._lock:
+            todo = self._db.execute(
+                f"SELECT id, kind, payload, attempts FROM jobs WHERE state='pending' AND kind IN "
+                f"({','.join('?' * len(kinds))}) ORDER BY id LIMIT ?", (*kinds, limit)).fetchall()
+        n = 0
+        for job_id, kind, payload, attempts in todo:
+            if self._stop.is_set() and self._thread is not None and threading.current_thread() is self._thread:
+                break
+            with self._lock:
+                self._db.execute("UPDATE jobs SET state='running', attempts=attempts+1, updated=? WHERE id=?",
+                                 (self._now(), job_id))
+            try:
+                self._execute(kind, json.loads(payload))
+                state, err = "done", None
+            except Exception as exc:  # noqa: BLE001 - recorded on the job; retried up to max_attempts
+                log.warning("scheduler job %s (%s) failed: %s", job_id, kind, exc)
+                state = "failed" if attempts + 1 >= self.max_attempts else "pending"
+                err = f"{type(exc).__name__}: {exc}"
+            with self._lock:
+                self._db.execute("UPDATE jobs SET state=?, error=?, updated=? WHERE id=?",
+                                 (state, err, self._now(), job_id))
+            n += 1
+        return n
+
+    def _runnable(self) -> list[str]:
+        kinds = ["demote"]
+        if self.activation is not None:
+            kinds += ["promote", "evict", "refresh", "drop"]
+        if self.parametric is not None:
+            kinds += ["queue_lora"]
+        return kinds
+
+    def _execute(self, kind: str, payload: dict[str, Any]) -> None:
+        ids: list[str] = payload["item_ids"]
+        now = self._now()
+        if kind == "demote":
+            item = self.cube.lookup(ids[0])
+            if item is not None and item.state == LifecycleState.ACTIVATED:
+                self.cube.transition(ids[0], LifecycleState.ARCHIVED, reason=f"scheduler: {payload['reason']}",
+                                     actor="scheduler")
+            return
+        if kind == "queue_lora":
+            assert self.parametric is not None
+            items = [it for it in (self.cube.lookup(i) for i in ids) if it is not None]
+            adapter = self.parametric.train(items)
+            with self._lock:
+                for it in items:
+                    self._db.execute("UPDATE lora SET state='trained', adapter_id=?, updated=? WHERE item_id=? "
+                                     "AND version=?", (adapter, now, it.id, it.version))
+            return
+        assert self.activation is not None
+        if kind in ("evict", "drop", "refresh"):
+            row = self.cached().get(ids[0])
+            if row is not None:
+                self.activation.delete(row["artifact_id"])
+                with self._lock:
+                    self._db.execute("DELETE FROM activation WHERE item_id=?", (ids[0],))
+            if kind != "refresh":
+                return
+        item = self.cube.lookup(ids[0])
+        if item is None or item.state in (LifecycleState.DELETED, LifecycleState.PURGED):
+            return
+        if ids[0] in self.cached():
+            return
+        if self.budget_bytes is not None:
+            used = sum(c["bytes"] for c in self.cached().values())
+            if used + self.activation.estimate(item)[0] > self.budget_bytes:
+                raise MemOSError("activation budget is full; the next step re-plans evictions")
+        artifact, nbytes, tokens = self.activation.build([item])
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO activation(item_id, version, artifact_id, bytes, tokens, created) "
+                             "VALUES(?,?,?,?,?,?)", (item.id, item.version, artifact, nbytes, tokens, now))
+
+    def step(self) -> list[Decision]:
+        """Plan, then execute pending jobs (bounded). Returns this step's decisions."""
+        decisions = self.plan()
+        self.run_jobs()
+        return decisions
+
+    # ------------------------------------------------------------------ background worker
+    def start(self, interval: float = 30.0) -> None:
+        """Run :meth:`step` every ``interval`` seconds in a daemon thread (and when :meth:`wake` is called)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+
+        def loop() -> None:
+            while not self._stop.is_set():
+                try:
+                    self.step()
+                except Exception as exc:  # noqa: BLE001 - a failed step must not kill the worker
+                    log.exception("scheduler step failed: %s", exc)
+                self._wake.wait(interval)
+                self._wake.clear()
+
+        self._thread = threading.Thread(target=loop, name="memos-scheduler", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the worker after its current job; unfinished jobs stay queued for the next start."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def close(self) -> None:
+        self.stop()
+        if self._listener is not None and hasattr(self.cube, "listeners") and self._listener in self.cube.listeners:
+            self.cube.listeners.remove(self._listener)
+        with self._lock:
+            self._db.close()
+
+    # ------------------------------------------------------------------ observability
+    def decisions(self, limit: int = 100) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute("SELECT seq, at, policy, action, item_ids, reason FROM decisions ORDER BY seq DESC "
+                                    "LIMIT ?", (limit,)).fetchall()
+        return [{"seq": r[0], "at": datetime.fromtimestamp(r[1]).isoformat(), "policy": r[2], "action": r[3],
+                 "item_ids": json.loads(r[4]), "reason": r[5]} for r in reversed(rows)]
+
+    def stats(self) -> dict[str, Any]:
+        cached = self.cached()
+        with self._lock:
+            counters = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+            jobs = dict(self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+            tracked = self._db.execute("SELECT COUNT(*) FROM usage").fetchone()[0]
+        uses = counters.get("inject_uses", 0.0)
+        return {
+            "tracked_memories": tracked,
+            "cached_memories": len(cached),
+            "cache_bytes": sum(c["bytes"] for c in cached.values()),
+            "budget_bytes": self.budget_bytes,
+            "inject_uses": int(uses),
+            "cache_hit_rate": round(counters.get("inject_cache_hits", 0.0) / uses, 4) if uses else 0.0,
+            "prefill_tokens_saved": int(counters.get("prefill_tokens_saved", 0.0)),
+            "prefill_tokens_total": int(counters.get("prefill_tokens_total", 0.0)),
+            "jobs": jobs,
+        }
