@@ -288,7 +288,9 @@ class MemScheduler:
         self._db = sqlite3.connect(str(Path(cube.path) / "scheduler.sqlite3"), isolation_level=None,
                                    check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        # usage is soft state written on every hit: NORMAL survives a process crash (kill -9) in WAL mode and
+        # avoids an fsync per search; only an OS crash/power loss can lose the last few updates.
+        self._db.execute("PRAGMA synchronous=NORMAL")
         for stmt in _SCHEMA.strip().split(";"):
             if stmt.strip():
                 self._db.execute(stmt)
