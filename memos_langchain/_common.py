@@ -1,0 +1,89 @@
+"""Small shared helpers of the LangChain adapters: finding the cube, reading messages, finding the user.
+
+Private: nothing here is part of the public API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from typing import Any, Callable, Mapping, TypeVar
+
+from memos_core import MemCube
+from memos_core.errors import NotFound, ValidationError
+
+T = TypeVar("T")
+
+DEFAULT_CUBE = "default"
+
+
+def resolve_cube(memory: Any, cube: str | None = None, *, embedder: Any = None) -> MemCube:
+    """A :class:`MemCube` from what the user passed: a cube, a ``MemOS`` facade (``cube`` names one of its
+    cubes; default: its default cube) or a folder path (opened or created with ``embedder``)."""
+    if isinstance(memory, MemCube):
+        if cube is not None and cube not in (memory.name, memory.cube_id):
+            raise ValidationError(f"cube={cube!r} was given with a MemCube named {memory.name!r}")
+        return memory
+    if isinstance(memory, (str, os.PathLike)):
+        return MemCube(memory, embedder=embedder)
+    cubes = getattr(memory, "cubes", None)
+    if isinstance(cubes, Mapping):
+        name = cube or getattr(memory, "default_cube_name", None) or DEFAULT_CUBE
+        if not isinstance(name, str):  # a facade may expose the default cube object instead of its name
+            name = getattr(name, "name", DEFAULT_CUBE)
+        if name in cubes:
+            return cubes[name]
+        raise NotFound(f"no cube named {name!r} is mounted; mounted: {sorted(cubes)}")
+    raise ValidationError(
+        f"expected a MemOS instance, a MemCube or a folder path, got {type(memory).__name__}"
+    )
+
+
+async def run_sync(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """Run blocking core work in the default executor so the event loop stays free."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))
+
+
+def message_text(message: Any) -> str:
+    """The plain text of a LangChain message (text blocks joined; tool calls and images dropped)."""
+    text = getattr(message, "text", None)
+    if callable(text):  # langchain-core < 1.0 exposed text() as a method
+        text = text()
+    if isinstance(text, str):
+        return text
+    content = getattr(message, "content", "")
+    if isinstance(content, str):
+        return content
+    parts = []
+    for block in content or []:
+        if isinstance(block, str):
+            parts.append(block)
+        elif isinstance(block, Mapping) and block.get("type") == "text":
+            parts.append(str(block.get("text", "")))
+    return "".join(parts)
+
+
+_USER_KEYS = ("user_id", "langgraph_user_id")
+
+
+def lookup(source: Any, keys: tuple[str, ...]) -> str | None:
+    """The first of ``keys`` found on a mapping or as an attribute of an object (e.g. a context dataclass)."""
+    if source is None:
+        return None
+    for key in keys:
+        val = source.get(key) if isinstance(source, Mapping) else getattr(source, key, None)
+        if isinstance(val, str) and val:
+            return val
+    return None
+
+
+def scope_from_run(context: Any = None, config: Mapping[str, Any] | None = None,
+                   keys: tuple[str, ...] = _USER_KEYS) -> str | None:
+    """Find an id (by default the user id) in the run's context, then in ``config["configurable"]``
+    (``user_id`` or LangMem's ``langgraph_user_id``)."""
+    found = lookup(context, keys)
+    if found is None and config is not None:
+        found = lookup(config.get("configurable") or {}, keys)
+    return found

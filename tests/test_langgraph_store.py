@@ -1,0 +1,486 @@
+"""MemOSStore against LangGraph's own InMemoryStore: a differential suite.
+
+LangGraph ships no standard test suite for ``BaseStore``, so the same operation sequences (hand-written and
+hypothesis-generated) run against ``langgraph.store.memory.InMemoryStore`` and ``MemOSStore`` and the
+observable results are compared wherever the two promise the same semantics:
+
+* get / put / delete / overwrite: identical items (namespace, key, value);
+* search without a query (prefix + filters): the same *set* of items; pages of a paginated search are
+  consistent slices of the full result with the same sizes. The order itself is not compared: LangGraph
+  leaves it unspecified (InMemoryStore: namespace then insertion order; MemOSStore: creation order);
+* list_namespaces (prefix / suffix / wildcards / max_depth / limit / offset): identical lists, after removing
+  from the reference the namespaces that hold no item (InMemoryStore keeps a namespace after its last item is
+  deleted, or after a get on a missing key; MemOSStore, like LangGraph's database stores, lists namespaces of
+  live items only);
+* bad input: the same kind of exception.
+
+Where search ranking legitimately differs (query search: MemOS fuses dense and BM25 ranks, InMemoryStore
+ranks by cosine per field vector) the tests check what both promise: the same result set, and the clear
+winner first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from langgraph.store.base import (
+    GetOp,
+    InvalidNamespaceError,
+    ListNamespacesOp,
+    MatchCondition,
+    PutOp,
+    SearchOp,
+)
+from langgraph.store.memory import InMemoryStore
+
+from memos_core import Conflict, LifecycleState, MemCube
+from memos_langchain.store import InvalidStoreValue, MemOSStore
+from memos_langchain.testing import HashingEmbeddings
+
+EMB = HashingEmbeddings(64)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kw: float) -> None:
+        self.now += timedelta(**kw)
+
+
+def make_store(path: Path, *, clock: Clock | None = None, **kw: Any) -> MemOSStore:
+    cube = MemCube(path, embedder=EMB, clock=clock)
+    return MemOSStore(cube, **kw)
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = make_store(tmp_path / "cube", index={"dims": 64, "fields": ["text"]})
+    yield s
+    s.cube.close()
+
+
+def prune(ref: InMemoryStore) -> None:
+    """Drop namespaces without items from the reference (see the module docstring)."""
+    for ns in [ns for ns, items in ref._data.items() if not items]:
+        del ref._data[ns]
+
+
+def as_set(items: list[Any]) -> set[tuple[Any, ...]]:
+    return {(tuple(i.namespace), i.key, repr(sorted(i.value.items()))) for i in items}
+
+
+def same_item(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return (tuple(a.namespace), a.key, a.value) == (tuple(b.namespace), b.key, b.value)
+
+
+# ---------------------------------------------------------------------- a hand-written sequence
+def test_basic_sequence_matches_inmemory(store: MemOSStore) -> None:
+    ref = InMemoryStore()
+    puts = [
+        (("users", "ann", "prefs"), "theme", {"text": "dark theme", "n": 1, "tag": "ui"}),
+        (("users", "ann", "prefs"), "lang", {"text": "speaks Portuguese", "n": 2}),
+        (("users", "bob"), "theme", {"text": "light theme", "n": 3, "tag": "ui", "meta": {"color": "red"}}),
+        (("docs",), "d1", {"text": "Python tutorial", "n": 4}),
+        (("docs", "v1"), "d2", {"text": "TypeScript guide", "n": 5}),
+    ]
+    for s in (store, ref):
+        for ns, key, val in puts:
+            s.put(ns, key, val)
+    for ns, key, _ in puts:
+        assert same_item(store.get(ns, key), ref.get(ns, key))
+    assert store.get(("users", "ann", "prefs"), "nope") is None
+    assert store.get(("nope",), "theme") is None
+    # overwrite and delete
+    for s in (store, ref):
+        s.put(("users", "ann", "prefs"), "theme", {"text": "solarized theme", "n": 10})
+        s.delete(("docs",), "d1")
+        s.delete(("docs",), "never-existed")
+    prune(ref)
+    assert same_item(store.get(("users", "ann", "prefs"), "theme"), ref.get(("users", "ann", "prefs"), "theme"))
+    assert store.get(("docs",), "d1") is None
+    for prefix, flt in [((), None), (("users",), None), (("users",), {"tag": "ui"}), ((), {"n": {"$gte": 3}}),
+                        ((), {"meta": {"color": "red"}}), ((), {"tag": None}), ((), {"n": {"$ne": 5, "$lt": 6}}),
+                        (("users", "ann"), {"n": {"$gt": 1, "$lte": 10}}), (("nomatch",), None)]:
+        assert as_set(store.search(prefix, filter=flt, limit=100)) == as_set(ref.search(prefix, filter=flt, limit=100))
+    for kw in [{}, {"prefix": ("users",)}, {"suffix": ("prefs",)}, {"prefix": ("users", "*", "prefs")},
+               {"max_depth": 1}, {"max_depth": 2, "prefix": ("users",)}, {"limit": 2, "offset": 1},
+               {"suffix": ("*",), "max_depth": 2}]:
+        assert store.list_namespaces(**kw) == ref.list_namespaces(**kw), kw
+
+
+def test_batch_mixed_ops_apply_in_order(store: MemOSStore) -> None:
+    res = store.batch([
+        PutOp(("a",), "k", {"text": "one"}),
+        GetOp(("a",), "k"),
+        PutOp(("a",), "k", {"text": "two"}),
+        PutOp(("a",), "k", {"text": "three"}),  # last write of a run of puts wins
+        GetOp(("a",), "k"),
+        SearchOp(("a",), None, 10, 0, None),
+        ListNamespacesOp(match_conditions=(MatchCondition("prefix", ("a",)),)),
+        PutOp(("a",), "k", None),
+        GetOp(("a",), "k"),
+    ])
+    assert res[0] is None and res[1].value == {"text": "one"}
+    assert res[4].value == {"text": "three"} and [i.value for i in res[5]] == [{"text": "three"}]
+    assert res[6] == [("a",)] and res[8] is None
+    # a batch of reads gives what the reference gives
+    ref = InMemoryStore()
+    for s in (store, ref):
+        s.put(("x", "y"), "1", {"text": "alpha"})
+        s.put(("x",), "2", {"text": "beta"})
+    ops = [GetOp(("x", "y"), "1"), GetOp(("x",), "2"), GetOp(("x",), "3"), SearchOp(("x",), {"text": "beta"}),
+           ListNamespacesOp(max_depth=1)]
+    ours, theirs = store.batch(ops), ref.batch(ops)
+    prune(ref)
+    assert same_item(ours[0], theirs[0]) and same_item(ours[1], theirs[1]) and ours[2] is theirs[2] is None
+    assert as_set(ours[3]) == as_set(theirs[3]) and ours[4] == theirs[4]
+
+
+# ---------------------------------------------------------------------- hypothesis: random sequences
+LABELS = ["a", "b", "memories", "u1"]
+namespaces = st.lists(st.sampled_from(LABELS), min_size=1, max_size=3).map(tuple)
+keys = st.sampled_from(["k1", "k2", "k3"])
+values = st.fixed_dictionaries(
+    {"text": st.sampled_from(["green tea", "black coffee", "tea and cake", "lisbon trip"]),
+     "n": st.integers(-3, 3)},
+    optional={"tag": st.sampled_from(["x", "y"]), "meta": st.fixed_dictionaries({"color": st.sampled_from(["r", "g"])}),
+              "flag": st.booleans()},
+)
+filters = st.one_of(
+    st.none(),
+    st.fixed_dictionaries({}, optional={
+        "tag": st.one_of(st.sampled_from(["x", "y"]), st.none()),
+        "n": st.one_of(st.integers(-3, 3), st.dictionaries(st.sampled_from(["$gt", "$gte", "$lt", "$lte", "$ne",
+                                                                              "$eq"]), st.integers(-3, 3),
+                                                             min_size=1, max_size=2)),
+        "meta": st.fixed_dictionaries({"color": st.sampled_from(["r", "g"])}),
+        "flag": st.booleans(),
+    }),
+)
+prefixes = st.lists(st.sampled_from(LABELS), max_size=2).map(tuple)
+patterns = st.lists(st.sampled_from(LABELS + ["*"]), min_size=1, max_size=2).map(tuple)
+ops = st.one_of(
+    st.tuples(st.just("put"), namespaces, keys, values),
+    st.tuples(st.just("put"), namespaces, keys, values),
+    st.tuples(st.just("delete"), namespaces, keys),
+    st.tuples(st.just("get"), namespaces, keys),
+    st.tuples(st.just("search"), prefixes, filters, st.integers(1, 4), st.integers(0, 3)),
+    st.tuples(st.just("list"), st.one_of(st.none(), patterns), st.one_of(st.none(), patterns),
+              st.one_of(st.none(), st.integers(1, 3)), st.integers(1, 5), st.integers(0, 2)),
+)
+
+
+def check_step(store: MemOSStore, ref: InMemoryStore, op: tuple[Any, ...]) -> None:
+    kind = op[0]
+    if kind == "put":
+        _, ns, key, val = op
+        store.put(ns, key, val)
+        ref.put(ns, key, val)
+    elif kind == "delete":
+        _, ns, key = op
+        store.delete(ns, key)
+        ref.delete(ns, key)
+    elif kind == "get":
+        _, ns, key = op
+        assert same_item(store.get(ns, key), ref.get(ns, key))
+    elif kind == "search":
+        _, prefix, flt, limit, offset = op
+        full = store.search(prefix, filter=flt, limit=1000)
+        assert as_set(full) == as_set(ref.search(prefix, filter=flt, limit=1000))
+        page = store.search(prefix, filter=flt, limit=limit, offset=offset)
+        assert [(i.namespace, i.key) for i in page] == [(i.namespace, i.key) for i in full[offset:offset + limit]]
+        assert len(page) == len(ref.search(prefix, filter=flt, limit=limit, offset=offset))
+    elif kind == "list":
+        _, prefix, suffix, depth, limit, offset = op
+        kw = dict(prefix=prefix, suffix=suffix, max_depth=depth, limit=limit, offset=offset)
+        prune(ref)
+        assert store.list_namespaces(**kw) == ref.list_namespaces(**kw), kw
+    prune(ref)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(ops, min_size=1, max_size=14))
+def test_random_sequences_match_inmemory(seq: list[tuple[Any, ...]]) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="memos-lg-"))
+    store = make_store(tmp / "cube", index={"fields": ["text"]})
+    ref = InMemoryStore()
+    try:
+        for op in seq:
+            check_step(store, ref, op)
+        # and a final full comparison
+        for ns in {tuple(ns) for ns in ref._data}:
+            for key in ref._data[ns]:
+                assert same_item(store.get(ns, key), ref.get(ns, key))
+        assert store.list_namespaces(limit=1000) == ref.list_namespaces(limit=1000)
+    finally:
+        store.cube.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------- query search
+def test_query_search_same_results_clear_winner_first(tmp_path: Path) -> None:
+    emb = HashingEmbeddings(1024)  # few hash collisions, so cosine ranking alone is meaningful too
+    ours = MemOSStore(MemCube(tmp_path / "c", embedder=emb), index={"dims": 1024, "fields": ["text"]})
+    ref = InMemoryStore(index={"dims": 1024, "embed": emb, "fields": ["text"]})
+    docs = {"1": "Ann moved to Lisbon in May", "2": "Bob prefers black coffee", "3": "Carol plays the cello",
+            "4": "Dan is allergic to peanuts"}
+    for s in (ours, ref):
+        for k, text in docs.items():
+            s.put(("facts",), k, {"text": text})
+    for query, winner in [("where did Ann move", "1"), ("coffee preference", "2"), ("peanuts allergy", "4")]:
+        a = ours.search(("facts",), query=query, limit=10)
+        b = ref.search(("facts",), query=query, limit=10)
+        assert as_set(a) == as_set(b)
+        assert a[0].key == b[0].key == winner
+        assert a[0].score is not None and a[0].score >= a[-1].score
+    # ranked pages are consistent slices
+    full = ours.search(("facts",), query="coffee", limit=10)
+    assert [i.key for i in ours.search(("facts",), query="coffee", limit=2, offset=1)] == [i.key for i in full[1:3]]
+
+
+def test_index_config_fields_and_index_false(store: MemOSStore) -> None:
+    store.put(("n",), "a", {"text": "green tea", "other": "zebra"})
+    store.put(("n",), "b", {"text": "coffee", "other": "green tea"}, index=["other"])
+    store.put(("n",), "c", {"text": "green tea"}, index=False)
+    store.put(("n",), "d", {"no_text_field": "green tea"})  # nothing at the index fields: not indexed
+    items = {it.id: it for it in store.cube.list()}
+    contents = sorted(it.content for it in items.values())
+    assert "green tea" in contents and "zebra" not in contents
+    hits = store.search(("n",), query="green tea", limit=10)
+    assert {h.key for h in hits[:2]} == {"a", "b"} and all(h.score is not None for h in hits[:2])
+    assert {h.key for h in hits[2:]} == {"c", "d"} and all(h.score is None for h in hits[2:])
+    # pagination runs through ranked then unranked items without repeats
+    keys = [h.key for off in range(4) for h in store.search(("n",), query="green tea", limit=1, offset=off)]
+    assert keys == [h.key for h in hits]
+    assert store.search(("n",), query="green tea", limit=0) == []
+
+
+def test_plain_kv_store_ignores_queries(tmp_path: Path) -> None:
+    s = make_store(tmp_path / "c", index=False)
+    s.put(("n",), "a", {"text": "green tea"})
+    s.put(("n",), "b", {"text": "coffee"})
+    assert [h.key for h in s.search(("n",), query="coffee")] == ["a", "b"]
+    assert all(h.score is None for h in s.search(("n",), query="coffee"))
+
+
+# ---------------------------------------------------------------------- MemOS semantics behind the store
+def test_versions_tombstones_and_scope(store: MemOSStore) -> None:
+    ns = ("memories", "ann")
+    store.put(ns, "fav", {"text": "likes tea"})
+    store.put(ns, "fav", {"text": "likes tea"})  # identical: no new version
+    store.put(ns, "fav", {"text": "likes coffee"})
+    item_id, item = store._resolve(ns, "fav")
+    assert [v.version for v in store.cube.history(item_id)] == [1, 2]
+    assert item.scope.user_id == "ann"  # ("memories", "{user_id}") -> scope
+    assert [h.item.id for h in store.cube.search("coffee", user_id="ann")] == [item_id]
+    store.delete(ns, "fav")
+    assert store.get(ns, "fav") is None
+    assert store.cube.lookup(item_id).state == LifecycleState.DELETED  # a tombstone, not gone
+    store.put(ns, "fav", {"text": "likes cocoa"})
+    assert store.get(ns, "fav").value == {"text": "likes cocoa"}
+    assert [v.version for v in store.cube.history(item_id)][-1] == 3
+    # frozen (legal hold) memories are not overwritten
+    store.cube.transition(item_id, LifecycleState.FROZEN)
+    with pytest.raises(Conflict):
+        store.put(ns, "fav", {"text": "likes water"})
+    with pytest.raises(Conflict):
+        store.delete(ns, "fav")
+    assert store.get(ns, "fav").value == {"text": "likes cocoa"}
+
+
+def test_purged_key_can_be_written_again(store: MemOSStore) -> None:
+    store.put(("p",), "k", {"text": "secret"})
+    item_id, _ = store._resolve(("p",), "k")
+    store.delete(("p",), "k")
+    store.cube.purge(item_id)
+    assert store.get(("p",), "k") is None
+    store.put(("p",), "k", {"text": "fresh"})
+    assert store.get(("p",), "k").value == {"text": "fresh"}
+    assert store._resolve(("p",), "k")[0] == item_id + "-2"
+
+
+def test_scope_templates_and_reversibility(tmp_path: Path) -> None:
+    s = make_store(tmp_path / "c", scope_templates=[("agents", "{agent_id}", "{user_id}")])
+    s.put(("agents", "helper", "ann", "notes"), "k", {"text": "hello", "nested": {"a": [1, 2]}})
+    s.put(("other",), "k", {"text": "hello"})
+    by_ns = {tuple(s._to_item(it).namespace): it for it in s.cube.list()}
+    scoped = by_ns[("agents", "helper", "ann", "notes")]
+    assert (scoped.scope.agent_id, scoped.scope.user_id) == ("helper", "ann")
+    assert by_ns[("other",)].scope.user_id is None
+    assert s._to_item(scoped).value == {"text": "hello", "nested": {"a": [1, 2]}}
+    with pytest.raises(ValueError):
+        make_store(tmp_path / "d", scope_templates=[("x", "{tenant}")])
+
+
+def test_memories_not_written_by_the_store_stay_out(store: MemOSStore) -> None:
+    store.cube.add("a conversation memory", user_id="ann")
+    store.put(("memories", "ann"), "k", {"text": "store memory"})
+    assert [i.key for i in store.search(())] == ["k"]
+    assert [i.key for i in store.search((), query="memory")] == ["k"]
+    assert store.list_namespaces() == [("memories", "ann")]
+
+
+def test_durable_across_reopen(tmp_path: Path) -> None:
+    s = make_store(tmp_path / "c")
+    s.put(("a",), "k", {"text": "kept"})
+    s.cube.close()
+    s2 = make_store(tmp_path / "c")
+    assert s2.get(("a",), "k").value == {"text": "kept"}
+
+
+def test_store_from_path_with_embed(tmp_path: Path) -> None:
+    s = MemOSStore(tmp_path / "c", index={"dims": 64, "embed": EMB, "fields": ["text"]})
+    s.put(("a",), "k", {"text": "hello"})
+    assert s.search(("a",), query="hello")[0].key == "k"
+    with pytest.raises(ValueError):
+        MemOSStore(s.cube, index={"embed": EMB})
+    with pytest.raises(ValueError):
+        MemOSStore(s.cube, index={"dims": 12})
+
+
+# ---------------------------------------------------------------------- TTL
+def test_ttl_refresh_on_read_and_sweep(tmp_path: Path) -> None:
+    clock = Clock()
+    s = make_store(tmp_path / "c", clock=clock)
+    assert s.supports_ttl
+    s.put(("t",), "short", {"text": "short lived"}, ttl=1.0)
+    s.put(("t",), "keep", {"text": "no ttl"})
+    clock.advance(seconds=45)
+    assert s.get(("t",), "short") is not None  # a read slides the expiry: now + 60s
+    clock.advance(seconds=45)
+    assert s.search(("t",), filter={"text": "short lived"})  # still alive (refreshed 45s ago), refreshes again
+    clock.advance(seconds=45)
+    assert s.get(("t",), "short", refresh_ttl=False) is not None
+    clock.advance(seconds=30)  # 75s since the last refreshing read
+    assert s.get(("t",), "short") is None  # expired: invisible at once
+    assert s.list_namespaces() == [("t",)]
+    assert [i.key for i in s.search(("t",))] == ["keep"]
+    assert s.sweep_ttl() == 1
+    item_id, item = s._resolve(("t",), "short")
+    assert item.state == LifecycleState.DELETED
+    # a put revives the key with a fresh TTL; no version is written by reads
+    s.put(("t",), "short", {"text": "short lived"}, ttl=1.0)
+    assert s.get(("t",), "short") is not None
+    assert len(s.cube.history(item_id)) <= 2
+
+
+def test_ttl_config_default_and_refresh_off(tmp_path: Path) -> None:
+    clock = Clock()
+    s = make_store(tmp_path / "c", clock=clock, ttl={"default_ttl": 2.0, "refresh_on_read": False})
+    s.put(("t",), "k", {"text": "x"})
+    clock.advance(seconds=90)
+    assert s.get(("t",), "k") is not None  # no refresh by default
+    clock.advance(seconds=40)
+    assert s.get(("t",), "k") is None
+    s.put(("t",), "k2", {"text": "y"}, ttl=None)  # explicit None: never expires
+    clock.advance(days=30)
+    assert s.get(("t",), "k2") is not None
+
+
+def test_ttl_sweeper_thread(tmp_path: Path) -> None:
+    s = make_store(tmp_path / "c")
+    t = s.start_ttl_sweeper(sweep_interval_minutes=0.001)
+    assert t.is_alive()
+    assert s.stop_ttl_sweeper(timeout=5)
+
+
+# ---------------------------------------------------------------------- async
+def test_async_api(store: MemOSStore) -> None:
+    async def run() -> None:
+        await store.aput(("a", "b"), "k", {"text": "async hello"})
+        assert (await store.aget(("a", "b"), "k")).value == {"text": "async hello"}
+        assert [i.key for i in await store.asearch(("a",), query="hello")] == ["k"]
+        assert await store.alist_namespaces(prefix=("a",)) == [("a", "b")]
+        res = await store.abatch([GetOp(("a", "b"), "k"), PutOp(("a", "b"), "k2", {"text": "x"})])
+        assert res[0].key == "k"
+        await store.adelete(("a", "b"), "k")
+        assert await store.aget(("a", "b"), "k") is None
+        await asyncio.gather(*(store.aput(("c",), str(i), {"text": f"item {i}"}) for i in range(8)))
+        assert len(await store.asearch(("c",), limit=20)) == 8
+
+    asyncio.run(run())
+
+
+# ---------------------------------------------------------------------- bad input: same kind of error
+BAD_NAMESPACES = [("a", ""), ("a.b",), ("a", 1), ("a\x00",)]
+
+
+@pytest.mark.parametrize("ns", BAD_NAMESPACES)
+def test_bad_namespaces_raise_like_langgraph(store: MemOSStore, ns: tuple[Any, ...]) -> None:
+    ref = InMemoryStore()
+    for s in (store, ref):
+        with pytest.raises(InvalidNamespaceError):
+            s.put(ns, "k", {"text": "x"})
+        with pytest.raises(InvalidNamespaceError):
+            s.get(ns, "k")
+        with pytest.raises(InvalidNamespaceError):
+            s.search(ns)
+        with pytest.raises(InvalidNamespaceError):
+            s.list_namespaces(prefix=ns)
+    # ops sent straight to batch are checked too (InMemoryStore does not check them there)
+    with pytest.raises(InvalidNamespaceError):
+        store.batch([PutOp(ns, "k", {"text": "x"})])
+    with pytest.raises(InvalidNamespaceError):
+        store.batch([GetOp(ns, "k")])
+
+
+@pytest.mark.parametrize("ns", [(), ("langgraph",), ("langgraph", "x")])
+def test_reserved_and_empty_namespaces(store: MemOSStore, ns: tuple[str, ...]) -> None:
+    for s in (store, InMemoryStore()):
+        with pytest.raises(InvalidNamespaceError):
+            s.put(ns, "k", {"text": "x"})
+    with pytest.raises(InvalidNamespaceError):
+        store.batch([PutOp(ns, "k", {"text": "x"})])
+
+
+@pytest.mark.parametrize("value", ["a string", 42, ["a", "list"], {1: "int key"}, {"d": datetime.now()}])
+def test_non_dict_values(store: MemOSStore, value: Any) -> None:
+    with pytest.raises((ValueError, TypeError)) as ours:
+        store.put(("a",), "k", value)
+    assert isinstance(ours.value, InvalidStoreValue)
+    assert isinstance(ours.value, ValueError) and isinstance(ours.value, TypeError)
+    if not isinstance(value, (list, dict)):  # InMemoryStore accepts some lists and dicts, we do not
+        with pytest.raises((ValueError, TypeError)):
+            InMemoryStore().put(("a",), "k", value)
+    assert store.get(("a",), "k") is None  # nothing half-written
+
+
+@pytest.mark.parametrize("flt", [{"n": {"$regex": "x"}}, {"n": {"$foo": 1}}])
+def test_unknown_filter_operators(store: MemOSStore, flt: dict[str, Any]) -> None:
+    ref = InMemoryStore()
+    for s in (store, ref):
+        s.put(("a",), "k", {"text": "x", "n": 1})
+        with pytest.raises(ValueError):
+            s.search(("a",), filter=flt)
+
+
+@pytest.mark.parametrize("flt", [{"bad key": 1}, {"a.b": 1}, {"n": [1, 2]}, {"n": {"$in": 3}}, {"n": {}}])
+def test_unsupported_filters_raise_value_error(store: MemOSStore, flt: dict[str, Any]) -> None:
+    store.put(("a",), "k", {"text": "x", "n": 1})
+    with pytest.raises(ValueError):
+        store.search(("a",), filter=flt)
+
+
+def test_bad_limits_ttl_and_ops(store: MemOSStore) -> None:
+    with pytest.raises(ValueError):
+        store.search(("a",), limit=-1)
+    with pytest.raises(ValueError):
+        store.put(("a",), "k", {"text": "x"}, ttl=-5)
+    with pytest.raises(ValueError):
+        store.batch(["not an op"])  # type: ignore[list-item]
+    with pytest.raises(ValueError):
+        store.put(("a",), "k", {"text": "x"}, index="text")  # type: ignore[arg-type]
