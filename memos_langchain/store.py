@@ -167,13 +167,17 @@ class MemOSStore(BaseStore):
         scope (see the module docs). ``()`` disables the mapping.
     search_mode:
         ``"hybrid"`` (default), ``"dense"`` or ``"lexical"``: the core retrieval used for queries.
+    actor:
+        The principal the store acts as (default: the cube's own actor). The cube's governance checks its
+        rights on every operation: reads need **read**, puts and deletes **write**, :meth:`sweep_ttl`
+        **administer**; a refusal raises :class:`memos_core.PermissionDenied`.
     """
 
     supports_ttl: bool = True
 
     def __init__(self, memory: Any, *, cube: str | None = None, index: IndexConfig | bool | None = None,
                  ttl: TTLConfig | None = None, scope_templates: Sequence[Sequence[str]] = DEFAULT_SCOPE_TEMPLATES,
-                 search_mode: str = "hybrid") -> None:
+                 search_mode: str = "hybrid", actor: str | None = None) -> None:
         embedder = None
         if isinstance(index, Mapping) and index.get("embed") is not None:
             if isinstance(memory, MemCube) or hasattr(memory, "cubes"):
@@ -203,6 +207,8 @@ class MemOSStore(BaseStore):
                 if label.startswith("{") and label not in _PLACEHOLDERS:
                     raise ValidationError(f"unknown placeholder {label!r} in scope template {tpl}; "
                                           f"use one of {sorted(_PLACEHOLDERS)}")
+        self.actor = actor
+        self._as: dict[str, Any] = {} if actor is None else {"actor": actor}
         self._sweeper: threading.Thread | None = None
         self._sweeper_stop = threading.Event()
 
@@ -286,11 +292,11 @@ class MemOSStore(BaseStore):
         """
         base = _item_id(namespace, key)
         item_id, n = base, 1
-        item = self.cube.lookup(item_id)
+        item = self.cube.lookup(item_id, **self._as)
         while item is not None and item.state == _S.PURGED:
             n += 1
             item_id = f"{base}-{n}"
-            item = self.cube.lookup(item_id)
+            item = self.cube.lookup(item_id, **self._as)
         return item_id, item
 
     def _scope(self, namespace: tuple[str, ...]) -> dict[str, str]:
@@ -346,7 +352,7 @@ class MemOSStore(BaseStore):
         ttls = {it.id: float(it.metadata[META_KEY]["ttl"]) * 60.0 for it in items
                 if it.metadata[META_KEY].get("ttl") and it.expires_at is not None}
         if ttls:
-            self.cube.refresh_expiry(ttls, actor="langgraph.store")
+            self.cube.refresh_expiry(ttls, **self._as)
 
     # ------------------------------------------------------------------ ops
     def _apply_puts(self, ops: Sequence[PutOp]) -> None:
@@ -359,7 +365,7 @@ class MemOSStore(BaseStore):
             item_id, existing = self._resolve(ns, key)
             if op.value is None:
                 if existing is not None and existing.state not in (_S.DELETED, _S.PURGED):
-                    self.cube.delete(item_id, reason="langgraph delete", actor="langgraph.store")
+                    self.cube.delete(item_id, reason="langgraph delete", **self._as)
                 continue
             value = _check_value(op.value)
             text = self._index_text(value, op.index)
@@ -378,30 +384,31 @@ class MemOSStore(BaseStore):
                 continue
             self._overwrite(item_id, existing, content, meta, op.ttl)
         if new:
-            self.cube.add_many(new, actor="langgraph.store")
+            self.cube.add_many(new, **self._as)
 
     def _overwrite(self, item_id: str, existing: MemoryItem, content: str, meta: dict[str, Any],
                    ttl: float | None) -> None:
         if existing.state == _S.DELETED:
-            existing = self.cube.restore(item_id, reason="langgraph put after delete", actor="langgraph.store")
+            existing = self.cube.restore(item_id, reason="langgraph put after delete", **self._as)
         elif existing.state in (_S.ARCHIVED, _S.MERGED):
-            existing = self.cube.transition(item_id, _S.ACTIVATED, reason="langgraph put", actor="langgraph.store")
+            existing = self.cube.transition(item_id, _S.ACTIVATED, reason="langgraph put", **self._as)
         expires_at = None if ttl is None else self.cube._now() + timedelta(minutes=ttl)
         if existing.content == content and existing.metadata == meta and existing.state != _S.FROZEN:
             if ttl is not None:  # same value: only the TTL restarts (no new version)
-                if not self.cube.refresh_expiry({item_id: ttl * 60.0}, actor="langgraph.store"):
+                if not self.cube.refresh_expiry({item_id: ttl * 60.0}, **self._as):
                     self.cube.update(item_id, expires_at=expires_at, reason="langgraph put (ttl)",
-                                     actor="langgraph.store")
+                                     **self._as)
             elif existing.expires_at is not None:
-                self.cube.update(item_id, expires_at=None, reason="langgraph put (no ttl)", actor="langgraph.store")
+                self.cube.update(item_id, expires_at=None, reason="langgraph put (no ttl)", **self._as)
             return
         self.cube.update(item_id, content=content, metadata=meta, expires_at=expires_at, reason="langgraph put",
-                         actor="langgraph.store")
+                         **self._as)
 
     def _get_many(self, ops: Sequence[GetOp]) -> list[Item | None]:
         ids = [self._resolve(tuple(op.namespace), op.key)[0] for op in ops]
         found = {it.id: it for it in self.cube.list(
-            {"ids": sorted(set(ids)), "metadata": {f"{META_KEY}.key": {"$exists": True}}}, limit=len(set(ids)))}
+            {"ids": sorted(set(ids)), "metadata": {f"{META_KEY}.key": {"$exists": True}}}, limit=len(set(ids)),
+            **self._as)}
         self._refresh([found[i] for i, op in zip(ids, ops) if i in found and op.refresh_ttl], True)
         return [self._to_item(found[i]) if i in found else None for i in ids]
 
@@ -421,15 +428,15 @@ class MemOSStore(BaseStore):
         if op.query and op.query.strip() and self.index_config is not None:
             ranked_filter = {"metadata": {**base["metadata"], f"{META_KEY}.indexed": True}}
             k = min(want, 1000)
-            hits = self.cube.search(op.query, k=k, filter=ranked_filter, mode=self.search_mode)  # type: ignore[arg-type]
+            hits = self.cube.search(op.query, k=k, filter=ranked_filter, mode=self.search_mode, **self._as)  # type: ignore[arg-type]
             page: list[tuple[MemoryItem, float | None]] = [(h.item, h.score) for h in hits]
             if len(hits) < k:  # ranked ones exhausted: the unindexed ones follow, unscored
                 rest = self.cube.list({"metadata": {**base["metadata"], f"{META_KEY}.indexed": False}},
-                                      limit=want - len(page))
+                                      limit=want - len(page), **self._as)
                 page += [(it, None) for it in rest]
             page = page[op.offset:want]
         else:
-            page = [(it, None) for it in self.cube.list(base, limit=op.limit, offset=op.offset)]
+            page = [(it, None) for it in self.cube.list(base, limit=op.limit, offset=op.offset, **self._as)]
         self._refresh([it for it, _ in page], op.refresh_ttl)
         return [self._to_item(it, score, search=True) for it, score in page]  # type: ignore[misc]
 
@@ -440,7 +447,7 @@ class MemOSStore(BaseStore):
                 for i, label in enumerate(cond.path):
                     if label != "*":
                         meta[f"{META_KEY}.ns.{i}"] = label
-        paths = self.cube.distinct_metadata(f"{META_KEY}.path", {"metadata": meta})
+        paths = self.cube.distinct_metadata(f"{META_KEY}.path", {"metadata": meta}, **self._as)
         namespaces = [tuple(json.loads(p)) for p in paths]
         if op.match_conditions:
             namespaces = [ns for ns in namespaces if all(_matches(c, ns) for c in op.match_conditions)]
@@ -456,7 +463,7 @@ class MemOSStore(BaseStore):
 
         Expired items are already invisible to reads; the sweep moves them to ``deleted`` (kept with their
         history until a purge, like any MemOS delete)."""
-        return len(self.cube.expire(action="delete", actor="langgraph.store"))
+        return len(self.cube.expire(action="delete", **self._as))
 
     async def asweep_ttl(self) -> int:
         return await run_sync(self.sweep_ttl)
