@@ -1,0 +1,99 @@
+"""MemOSVectorStore: LangChain's standard VectorStore suite (sync and async) plus MemOS specifics.
+
+The standard suite hands the store its own embeddings (``DeterministicFakeEmbedding(size=6)`` from
+``get_embeddings()``); the fixture builds each cube with them, in a fresh folder per test.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from langchain_core.documents import Document
+from langchain_tests.integration_tests.vectorstores import VectorStoreIntegrationTests
+
+from memos_core import Conflict, MemCube, MemoryKind
+from memos_langchain import MemOSVectorStore
+from memos_langchain.testing import HashingEmbeddings
+
+
+def mark_async_tests(cls: type) -> type:
+    """langchain-tests' async tests carry no marker (they assume asyncio_mode=auto); mark them here."""
+    for name in dir(cls):
+        fn = getattr(cls, name)
+        if name.startswith("test_") and inspect.iscoroutinefunction(fn):
+            pytest.mark.asyncio(fn)
+    return cls
+
+
+@mark_async_tests
+class TestMemOSVectorStoreStandard(VectorStoreIntegrationTests):
+    @pytest.fixture()
+    def vectorstore(self, tmp_path: Path) -> Iterator[MemOSVectorStore]:  # type: ignore[override]
+        store = MemOSVectorStore(tmp_path / "cube", embedding=self.get_embeddings())
+        try:
+            yield store
+        finally:
+            store.cube.close()
+
+
+@pytest.fixture
+def vs(tmp_path: Path) -> Iterator[MemOSVectorStore]:
+    store = MemOSVectorStore(tmp_path / "cube", embedding=HashingEmbeddings(64), user_id="ann")
+    yield store
+    store.cube.close()
+
+
+def test_versions_scope_filters_and_scores(vs: MemOSVectorStore) -> None:
+    ids = vs.add_texts(["Ann likes green tea", "Ann lives in Lisbon", "The cello is a string instrument"],
+                       [{"topic": "food", "n": 1}, {"topic": "home", "n": 2}, {"topic": "music", "n": 3}],
+                       ids=["tea", "home", "cello"])
+    assert ids == ["tea", "home", "cello"]
+    item = vs.cube.get("tea")
+    assert item.scope.user_id == "ann" and item.kind == MemoryKind.DOCUMENT
+    vs.add_texts(["Ann likes black tea"], [{"topic": "food", "n": 1}], ids=["tea"])
+    assert [v.content for v in vs.cube.history("tea")] == ["Ann likes green tea", "Ann likes black tea"]
+    assert vs.similarity_search("tea", k=1)[0].id == "tea"
+    assert [d.id for d in vs.similarity_search("Ann", k=5, filter={"n": {"$gte": 2}})] in (["home", "cello"],
+                                                                                           ["cello", "home"])
+    docs_scores = vs.similarity_search_with_score("black tea", k=3)
+    assert docs_scores[0][0].id == "tea" and -1.0 <= docs_scores[-1][1] <= docs_scores[0][1] <= 1.0001
+    rel = vs.similarity_search_with_relevance_scores("black tea", k=3)
+    assert all(0.0 <= s <= 1.0 for _, s in rel) and rel[0][0].id == "tea"
+    # another scope does not see these documents, nor may it overwrite them
+    other = MemOSVectorStore(vs.cube, user_id="bob")
+    assert other.similarity_search("tea", k=3) == [] and other.get_by_ids(["tea"]) == []
+    with pytest.raises(Conflict):
+        other.add_texts(["hijack"], ids=["tea"])
+    other.delete(["tea"])  # not in its scope: ignored
+    assert vs.get_by_ids(["tea"])[0].page_content == "Ann likes black tea"
+    # delete is a tombstone; re-adding the id revives the memory with a new version
+    vs.delete(["tea"])
+    assert vs.get_by_ids(["tea"]) == []
+    vs.add_documents([Document(page_content="Ann likes mint tea", metadata={}, id="tea")])
+    assert vs.get_by_ids(["tea"])[0].page_content == "Ann likes mint tea"
+    assert len(vs.cube.history("tea")) == 3
+    with pytest.raises(ValueError):
+        vs.delete()
+
+
+def test_hybrid_mode_and_retriever(tmp_path: Path) -> None:
+    cube = MemCube(tmp_path / "c", embedder=HashingEmbeddings(64))
+    vs = MemOSVectorStore.from_texts(["alpha beta", "gamma delta", "epsilon"], HashingEmbeddings(64),
+                                     memory=cube, search_mode="hybrid")
+    assert vs.similarity_search("gamma", k=1)[0].page_content == "gamma delta"
+    retriever = vs.as_retriever(search_kwargs={"k": 2})
+    assert len(retriever.invoke("alpha")) == 2
+    with pytest.raises(ValueError):
+        MemOSVectorStore(cube, search_mode="fuzzy")
+
+
+def test_from_texts_without_memory_creates_a_cube() -> None:
+    vs = MemOSVectorStore.from_texts(["one text"], HashingEmbeddings(16), ids=["x"])
+    try:
+        assert vs.get_by_ids(["x"])[0].page_content == "one text"
+        assert isinstance(vs.embeddings, HashingEmbeddings)
+    finally:
+        vs.cube.close()
