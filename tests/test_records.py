@@ -1,0 +1,99 @@
+"""The SQLite system of record: transactions are all-or-nothing, the lexical index and the event chain agree."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from memos_core.errors import CorruptData
+from memos_core.items import LifecycleState as S
+from memos_core.items import MemoryItem
+from memos_core.records.sqlite import GENESIS_HASH, SQLiteRecordStore, event_hash
+
+
+def test_a_failed_transaction_leaves_nothing(tmp_path) -> None:
+    store = SQLiteRecordStore(tmp_path / "r.sqlite3")
+    item = MemoryItem(content="half written", cube_id="c")
+    with pytest.raises(RuntimeError):
+        with store.transaction() as c:
+            rowid = store.insert_item(c, item, [0.1] * 8, True, "me", "add")
+            store.set_state(c, rowid, item.id, None, S.ACTIVATED, 0.0, "me", "created")
+            store.append_event(c, 0.0, "me", "add", item.id)
+            raise RuntimeError("crash in the middle")
+    assert store.get(item.id) is None
+    conn = store._conn
+    for table in ("items", "versions", "transitions", "events", "embeddings", "vec_pending"):
+        assert conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] == 0, table
+    assert conn.execute("SELECT COUNT(*) FROM fts WHERE fts MATCH 'written'").fetchone()[0] == 0
+    store.close()
+
+
+def test_event_log_is_a_hash_chain(cube) -> None:
+    a = cube.add("first")
+    cube.update(a.id, "second")
+    cube.delete(a.id)
+    cube.restore(a.id)
+    events = cube.events()
+    assert [e["op"] for e in events] == ["add", "update", "transition", "transition"]
+    prev = GENESIS_HASH
+    for e in events:
+        assert e["prev_hash"] == prev
+        conn = cube.records._conn
+        raw = conn.execute("SELECT at, detail FROM events WHERE seq=?", (e["seq"],)).fetchone()
+        assert e["hash"] == event_hash(prev, e["seq"], raw[0], e["actor"], e["op"], e["item_id"], e["outcome"],
+                                       raw[1])
+        prev = e["hash"]
+
+
+def _fts_rowids(cube, term: str) -> set[int]:
+    return {r[0] for r in cube.records._conn.execute("SELECT rowid FROM fts WHERE fts MATCH ?", (term,))}
+
+
+def test_lexical_index_follows_every_change(cube) -> None:
+    a = cube.add("apples and pears")
+    b = cube.add("pears and plums")
+    ra, rb = cube.records.rowid(a.id), cube.records.rowid(b.id)
+    assert _fts_rowids(cube, "pears") == {ra, rb}
+    cube.update(a.id, "apples and quinces")
+    assert _fts_rowids(cube, "pears") == {rb} and _fts_rowids(cube, "quinces") == {ra}
+    cube.delete(b.id)
+    assert _fts_rowids(cube, "plums") == set()
+    cube.restore(b.id)
+    assert _fts_rowids(cube, "plums") == {rb}
+    cube.transition(b.id, S.ARCHIVED)  # archived stays indexed (searchable when asked for)
+    assert _fts_rowids(cube, "plums") == {rb}
+    cube.rollback(a.id, 1)
+    assert _fts_rowids(cube, "quinces") == set() and _fts_rowids(cube, "pears") == {ra, rb}
+    cube.delete(a.id)
+    cube.purge(a.id)
+    assert _fts_rowids(cube, "apples") == set()
+    conn = cube.records._conn
+    assert conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0] == 1
+
+
+def test_index_text_is_what_gets_indexed(cube) -> None:
+    item = cube.add("Ann: yes, Friday at six", index_text="Ann: yes, Friday at six (in reply to: Bob: dinner?)")
+    assert cube.search("dinner", mode="lexical")[0].item.id == item.id
+    assert cube.get(item.id).content == "Ann: yes, Friday at six"
+
+
+def test_garbage_file_is_corrupt_data(tmp_path) -> None:
+    p = tmp_path / "r.sqlite3"
+    p.write_bytes(b"\x00garbage" * 512)
+    with pytest.raises(CorruptData):
+        SQLiteRecordStore(p)
+
+
+def test_truncated_database_is_corrupt_data(tmp_path, cube_path, open_cube) -> None:
+    cube = open_cube(cube_path)
+    cube.add_many([f"memory number {i} " + "padding " * 50 for i in range(200)])
+    cube.close()
+    db = cube_path / "records.sqlite3"
+    conn = sqlite3.connect(str(db))
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    data = db.read_bytes()
+    db.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptData):
+        open_cube(cube_path)
