@@ -1,0 +1,36 @@
+"""MemOS for LlamaIndex: long-term memory for chat engines, agents, ``Memory`` blocks and query engines.
+
+A thin adapter: it translates LlamaIndex types (``ChatMessage``, ``NodeWithScore``, tools) to and from
+:mod:`memos_core` and delegates everything else (reading conversations into memories, search, ranking,
+deduplication, context rendering, governance) to :class:`memos_core.MemOS`.
+
+* :class:`MemOSMemory` - a ``BaseMemory`` (chat history + MemOS memory) for ``SimpleChatEngine``,
+  ``ContextChatEngine``, ``CondensePlusContextChatEngine``, ``FunctionAgent`` / ``ReActAgent`` /
+  ``AgentWorkflow`` (``.run(memory=...)``).
+* :class:`MemOSMemoryBlock` - a block for ``Memory.from_defaults(memory_blocks=[...])``.
+* :class:`MemOSRetriever` - a ``BaseRetriever`` (e.g. inside a ``RetrieverQueryEngine``).
+* :class:`MemOSToolSpec` - search / save / update / forget tools for agents.
+
+Quick start::
+
+    from llama_index.core.chat_engine import SimpleChatEngine
+    from memos_llamaindex import MemOSMemory
+
+    memory = MemOSMemory.from_defaults("./memos_data", user_id="ann", session_id="monday")
+    engine = SimpleChatEngine.from_defaults(llm=llm, memory=memory)
+"""
+
+from ._common import register_memos
+from .block import MemOSMemoryBlock
+from .memory import MemOSMemory
+from .retriever import MemOSRetriever, hit_to_node
+from .tools import MemOSToolSpec
+
+__all__ = [
+    "MemOSMemory",
+    "MemOSMemoryBlock",
+    "MemOSRetriever",
+    "MemOSToolSpec",
+    "hit_to_node",
+    "register_memos",
+]

@@ -1,0 +1,243 @@
+"""Shared translation helpers: LlamaIndex messages <-> MemOS turns, and MemOS handles for (de)serialisation.
+
+Nothing here ranks, deduplicates or decides policy; that is :mod:`memos_core`'s job. This module only
+
+* turns ``ChatMessage`` objects into the turn dicts :meth:`memos_core.MemOS.add` reads,
+* builds the search query from what LlamaIndex hands a memory (``input`` or the latest messages),
+* tags each turn with a digest of its message so a read can ask the core to leave out memories of messages
+  that are already in the prompt (a core metadata filter), and
+* keeps a per-process registry of open :class:`~memos_core.MemOS` objects by folder, so objects rebuilt from a
+  dict (workflow ``Context`` stores, pickles) reuse the live instance instead of opening the folder twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import weakref
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from llama_index.core.base.llms.types import ChatMessage, TextBlock
+
+from memos_core import MemOS, MemOSError
+
+__all__ = [
+    "DIGEST_KEY",
+    "message_text",
+    "message_digest",
+    "check_messages",
+    "messages_to_turns",
+    "build_query",
+    "exclude_filter",
+    "memos_spec",
+    "resolve_memos",
+    "register_memos",
+    "track_memos",
+]
+
+#: Metadata key each memory written from a chat message carries: a digest of (session, role, text).
+DIGEST_KEY = "llamaindex_message"
+
+_LOCK = threading.Lock()
+_PINNED: Dict[Tuple[str, str], MemOS] = {}  # registered by the user: kept alive
+_LIVE: "weakref.WeakValueDictionary[Tuple[str, str], MemOS]" = weakref.WeakValueDictionary()  # adapters' own
+
+
+# ---------------------------------------------------------------------------------------------- messages
+def message_text(message: ChatMessage) -> str:
+    """The text of a message: its text blocks joined (images, audio, tool-call blocks carry no text)."""
+    return "\n".join(b.text for b in message.blocks if isinstance(b, TextBlock) and b.text)
+
+
+def message_digest(session_id: Optional[str], role: str, text: str) -> str:
+    key = "\x1f".join([session_id or "", role, text])
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:20]
+
+
+def check_messages(messages: Any, what: str) -> List[ChatMessage]:
+    """Accept a list of ``ChatMessage`` (what LlamaIndex's own memory accepts); raise ``TypeError`` otherwise.
+
+    LlamaIndex's ``Memory`` fails on anything else with an ``AttributeError`` deep inside its store; we say
+    what was wrong up front, before anything is written.
+    """
+    if isinstance(messages, (str, bytes, ChatMessage)) or not isinstance(messages, Sequence):
+        raise TypeError(f"{what} expects a list of ChatMessage, got {type(messages).__name__}")
+    for i, m in enumerate(messages):
+        if not isinstance(m, ChatMessage):
+            raise TypeError(
+                f"{what}: item {i} is a {type(m).__name__}, not a ChatMessage; wrap text as "
+                "ChatMessage(role='user', content=...)"
+            )
+    return list(messages)
+
+
+def _role(message: ChatMessage) -> str:
+    return getattr(message.role, "value", str(message.role))
+
+
+def messages_to_turns(
+    messages: Sequence[ChatMessage],
+    *,
+    session_id: Optional[str],
+    roles: Sequence[str],
+    speaker_names: Dict[str, str],
+) -> List[Dict[str, Any]]:
+    """Turn dicts for :meth:`MemOS.add` (``role``, ``content``, ``metadata``) for the messages worth reading.
+
+    Kept: messages whose role is in ``roles`` and that carry text. Dropped: system prompts, tool calls
+    without text, tool results (unless ``roles`` asks for them), empty messages. A message's
+    ``additional_kwargs["session_id"]`` (set by ``Memory`` when it flushes messages to blocks) wins over
+    ``session_id``.
+    """
+    turns: List[Dict[str, Any]] = []
+    for m in messages:
+        role = _role(m)
+        if role not in roles:
+            continue
+        text = message_text(m)
+        if not text.strip():
+            continue
+        sid = m.additional_kwargs.get("session_id") if isinstance(m.additional_kwargs, dict) else None
+        sid = sid if isinstance(sid, str) and sid else session_id
+        turns.append({
+            "role": speaker_names.get(role, role),
+            "content": text,
+            "session_id": sid,
+            "metadata": {DIGEST_KEY: message_digest(sid, role, text)},
+        })
+    return turns
+
+
+def build_query(
+    messages: Sequence[ChatMessage], input: Union[str, ChatMessage, None], window: int
+) -> Optional[str]:
+    """What to search for: ``input`` when given, else the text of the last ``window`` messages that have
+    text (user or assistant). ``None`` when there is nothing to search for."""
+    if isinstance(input, ChatMessage):
+        input = message_text(input)
+    if isinstance(input, str) and input.strip():
+        return input.strip()
+    texts: List[str] = []
+    for m in reversed(messages):
+        if _role(m) not in ("user", "assistant"):
+            continue
+        t = message_text(m).strip()
+        if t:
+            texts.append(t)
+        if len(texts) >= max(1, window):
+            break
+    return "\n".join(reversed(texts)) or None
+
+
+def exclude_filter(
+    base: Optional[Dict[str, Any]], messages: Sequence[ChatMessage], session_id: Optional[str], roles: Sequence[str]
+) -> Optional[Dict[str, Any]]:
+    """``base`` plus a core metadata filter leaving out memories read from ``messages`` (already in the prompt).
+
+    Memories without the digest key (facts from other sources, other frameworks) always pass.
+    """
+    digests = []
+    for m in messages:
+        role = _role(m)
+        if role not in roles:
+            continue
+        text = message_text(m)
+        if text.strip():
+            sid = m.additional_kwargs.get("session_id") if isinstance(m.additional_kwargs, dict) else None
+            digests.append(message_digest(sid if isinstance(sid, str) and sid else session_id, role, text))
+    if not digests:
+        return dict(base) if base else None
+    out = dict(base or {})
+    meta = dict(out.get("metadata") or {})
+    if DIGEST_KEY not in meta:
+        meta[DIGEST_KEY] = {"$nin": sorted(set(digests))}
+    out["metadata"] = meta
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- handles
+def memos_spec(mem: MemOS) -> Tuple[str, str]:
+    """``(absolute folder, principal)``: what a serialised adapter records to find its MemOS again."""
+    return str(Path(mem.path).resolve()), mem.principal
+
+
+def register_memos(mem: MemOS) -> MemOS:
+    """Make ``mem`` the instance adapters rebuilt from a dict (or a pickle) in this process attach to.
+
+    Adapters register the MemOS they are built with automatically. Call this in a new process, before
+    restoring a serialised memory or workflow context, when the MemOS needs a custom embedder or LLM: an
+    unregistered folder is opened with the offline defaults.
+    """
+    if not isinstance(mem, MemOS):
+        raise TypeError(f"register_memos expects a MemOS, got {type(mem).__name__}")
+    with _LOCK:
+        _PINNED[memos_spec(mem)] = mem
+    return mem
+
+
+def track_memos(mem: MemOS) -> MemOS:
+    """Remember a MemOS an adapter was built with (weakly: it lives as long as something uses it)."""
+    with _LOCK:
+        key = memos_spec(mem)
+        if _PINNED.get(key) is not mem:
+            _LIVE[key] = mem
+    return mem
+
+
+def resolve_memos(path: str, principal: str) -> MemOS:
+    """The live registered MemOS for this folder and principal, or a newly opened one (offline defaults)."""
+    key = (str(Path(path).resolve()), principal)
+    with _LOCK:
+        for registry in (_PINNED, _LIVE):
+            mem = registry.get(key)
+            if mem is not None and not getattr(mem, "_closed", False):
+                return mem
+        try:
+            mem = MemOS(key[0], principal=principal)
+        except MemOSError as exc:
+            raise type(exc)(
+                f"{exc} (reopening {key[0]} with the offline defaults; if it needs another embedder or LLM, "
+                "open it yourself and call memos_llamaindex.register_memos(mem) before restoring)"
+            ) from exc
+        _LIVE[key] = mem
+        return mem
+
+
+def mount_cube(cube: Any, memos: Optional[MemOS] = None) -> Tuple[MemOS, str]:
+    """``(memos, mount name)`` for a :class:`~memos_core.MemCube` or a cube folder.
+
+    With ``memos`` the cube is mounted there unless it already is. Without, the cube's parent folder is opened
+    as a MemOS data folder whose default cube is this one (a MemCube object given is mounted as is, so the
+    caller's object stays the one in use).
+    """
+    from memos_core import MemCube
+
+    if memos is not None:
+        if isinstance(cube, MemCube):
+            for name, c in memos.cubes.items():
+                if c is cube or c.cube_id == cube.cube_id:
+                    return memos, name
+            return memos, _mounted_name(memos, memos.mount(cube))
+        folder = Path(cube).resolve()
+        for name, c in memos.cubes.items():
+            if Path(c.path).resolve() == folder:
+                return memos, name
+        return memos, _mounted_name(memos, memos.mount(folder))
+    if isinstance(cube, MemCube):
+        folder = Path(cube.path).resolve()
+        mem = MemOS(folder.parent, embedder=cube.embedder, principal=cube.actor, default_cube=folder.name)
+        mem.unmount(folder.name)  # replace the handle MemOS opened by the caller's own object
+        mem.mount(cube, folder.name)
+    else:
+        folder = Path(cube).resolve()
+        mem = MemOS(folder.parent, default_cube=folder.name)
+    track_memos(mem)
+    return mem, folder.name
+
+
+def _mounted_name(memos: MemOS, cube: Any) -> str:
+    for name, c in memos.cubes.items():
+        if c is cube:
+            return name
+    raise RuntimeError("cube was mounted but is not listed")  # pragma: no cover

@@ -1,0 +1,356 @@
+"""MemOSMemory: a LlamaIndex ``BaseMemory`` with short-term chat history and long-term MemOS memory.
+
+* **Short-term**: LlamaIndex's own :class:`~llama_index.core.memory.Memory` (a FIFO window under a token
+  limit, in its SQL chat store). In memory by default; give ``chat_store_uri`` (any SQLAlchemy async URI,
+  e.g. ``"sqlite+aiosqlite:///chat.db"``) and the history survives a restart.
+* **Long-term**: every user/assistant message put here goes through the MemOS MemReader (offline episodes,
+  or LLM facts when the MemOS has an ``llm``) into a cube, scoped by ``user_id`` / ``agent_id``, with the
+  session id in provenance.
+* ``get(input=...)`` returns the chat history plus one system message with the memories relevant to
+  ``input`` (or, without input, to the latest message), rendered by :meth:`MemOS.get_context` under a token
+  budget. Memories read from messages already in the history are left out (they are in the prompt).
+
+Serialisable: ``to_dict`` / ``from_dict`` / ``to_json`` / pickle keep the configuration, the MemOS folder
+and (for the in-memory store) the active chat history, so agent workflows can keep this memory in their
+``Context`` store and restore it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import uuid
+from typing import Any, Dict, List, Literal, Optional, Union
+
+from llama_index.core.base.llms.types import ChatMessage, MessageRole, TextBlock
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.memory import Memory
+from llama_index.core.memory.types import BaseMemory
+from llama_index.core.storage.chat_store.sql import MessageStatus, SQLAlchemyChatStore
+from llama_index.core.utils import get_tokenizer
+
+from memos_core import MemOS
+from memos_core.os import CONTEXT_HEADER, AddResult
+
+from ._common import (
+    build_query,
+    check_messages,
+    exclude_filter,
+    memos_spec,
+    message_text,
+    messages_to_turns,
+    track_memos,
+    resolve_memos,
+)
+
+__all__ = ["MemOSMemory"]
+
+log = logging.getLogger(__name__)
+
+IN_MEMORY_URI = "sqlite+aiosqlite:///:memory:"
+DEFAULT_TABLE = "memos_llamaindex_chat"
+
+
+def _new_session() -> str:
+    return uuid.uuid4().hex
+
+
+class MemOSMemory(BaseMemory):
+    """Chat history (short-term) plus MemOS memory (long-term) for chat engines and agents.
+
+    Build it with :meth:`from_defaults` (opens or creates a MemOS folder), :meth:`from_memos` (an open
+    :class:`~memos_core.MemOS`) or :meth:`from_cube` (a :class:`~memos_core.MemCube` or cube folder).
+
+    What a user can rely on:
+
+    * ``put`` / ``put_messages`` / ``aput`` / ``aput_messages`` store the message in the chat history and
+      feed its text to the MemReader (roles in ``remember_roles``; empty and tool-only messages stay in the
+      history but are not read). ``set`` replaces the history and reads only the messages that were not in
+      it before. ``reset`` clears the history of this session; long-term memories stay.
+    * ``get(input=None)`` never changes the stored history; the memory message is built on a copy. With no
+      input and no message to take a query from, it returns the history as is.
+    * Bad input raises ``TypeError`` (not a ``ChatMessage``) before anything is written. An add the core
+      refuses raises its :class:`~memos_core.MemOSError`; nothing is written to the history then either.
+    """
+
+    memos_path: str = Field(description="Folder of the MemOS this memory writes to.")
+    principal: str = Field(default="local", description="Principal of that MemOS.")
+    cube: Optional[str] = Field(default=None, description="Cube to write to (None: the MemOS default cube).")
+    search_cubes: Optional[List[str]] = Field(default=None, description="Cubes to read (None: all mounted).")
+    user_id: Optional[str] = Field(default=None, description="Scope of writes and reads.")
+    agent_id: Optional[str] = Field(default=None, description="Scope of writes and reads.")
+    session_id: str = Field(default_factory=_new_session, description="Chat session (short-term key).")
+    k: int = Field(default=5, ge=1, le=1000, description="At most this many memories per get().")
+    memory_token_budget: int = Field(default=1000, ge=1, description="Token budget of the memory message.")
+    search_filter: Optional[Dict[str, Any]] = Field(default=None, description="Extra core SearchFilter (dict).")
+    infer: Optional[bool] = Field(default=None, description="MemOS.add(infer=...): None = LLM reader if any.")
+    remember_roles: List[str] = Field(default_factory=lambda: ["user", "assistant"])
+    speaker_names: Dict[str, str] = Field(default_factory=dict, description="Role -> speaker name in memories.")
+    insert_method: Literal["system", "user"] = Field(default="system")
+    context_header: str = Field(default=CONTEXT_HEADER)
+    retrieval_context_window: int = Field(default=1, ge=1, description="Messages used as query without input.")
+    token_limit: int = Field(default=30000, ge=1, description="Token limit of the short-term history window.")
+    token_flush_size: Optional[int] = Field(default=None, description="Tokens flushed at once (Memory's).")
+    chat_store_uri: Optional[str] = Field(default=None, description="SQLAlchemy async URI; None = in memory.")
+    chat_store_table: str = Field(default=DEFAULT_TABLE)
+
+    _memos: MemOS = PrivateAttr()
+    _short: Memory = PrivateAttr()
+    _tokenizer: Any = PrivateAttr(default=None)
+    _last_add: Optional[AddResult] = PrivateAttr(default=None)
+
+    def __init__(self, memos: Optional[MemOS] = None, chat_history: Optional[List[Any]] = None,
+                 **data: Any) -> None:
+        """Prefer the ``from_*`` constructors. ``chat_history`` here restores a saved history as is (it is not
+        read into long-term memory again); ``from_defaults(chat_history=...)`` reads it."""
+        if memos is not None:
+            if not isinstance(memos, MemOS):
+                raise TypeError(f"memos must be a MemOS, got {type(memos).__name__}")
+            path, principal = memos_spec(memos)
+            data.setdefault("memos_path", path)
+            data.setdefault("principal", principal)
+        data.pop("class_name", None)
+        super().__init__(**data)
+        self._memos = track_memos(memos) if memos is not None else resolve_memos(self.memos_path, self.principal)
+        store = SQLAlchemyChatStore(table_name=self.chat_store_table,
+                                    async_database_uri=self.chat_store_uri or IN_MEMORY_URI)
+        kwargs: Dict[str, Any] = {}
+        if self.token_flush_size is not None:
+            kwargs["token_flush_size"] = self.token_flush_size
+        self._short = Memory(token_limit=self.token_limit, chat_history_token_ratio=1.0, sql_store=store,
+                             session_id=self.session_id, **kwargs)
+        if chat_history:
+            restored = [m if isinstance(m, ChatMessage) else ChatMessage.model_validate(m) for m in chat_history]
+            self._short.set(restored)
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def class_name(cls) -> str:
+        return "MemOSMemory"
+
+    @classmethod
+    def from_defaults(  # type: ignore[override]
+        cls,
+        path: str = "./memos_data",
+        *,
+        memos: Optional[MemOS] = None,
+        embedder: Any = None,
+        llm: Any = None,
+        principal: str = "local",
+        chat_history: Optional[List[ChatMessage]] = None,
+        **kwargs: Any,
+    ) -> "MemOSMemory":
+        """Open (or create) the MemOS at ``path`` and build a memory on it.
+
+        ``embedder`` / ``llm`` / ``principal`` configure that MemOS (``llm`` makes its MemReader extract
+        facts; any LlamaIndex LLM works). Pass ``memos=`` to use an open one instead. Other keyword arguments
+        are this class's fields (``user_id``, ``session_id``, ``k``, ``memory_token_budget``,
+        ``chat_store_uri`` ...). ``chat_history`` is set as the starting history and read into memory.
+        """
+        if memos is None:
+            memos = MemOS(path, embedder=embedder, llm=llm, principal=principal)
+        mem = cls(memos=memos, **kwargs)
+        if chat_history:
+            mem.set(chat_history)
+        return mem
+
+    @classmethod
+    def from_memos(cls, memos: MemOS, **kwargs: Any) -> "MemOSMemory":
+        """A memory on an open :class:`~memos_core.MemOS` (``cube=`` picks the cube it writes to)."""
+        return cls(memos=memos, **kwargs)
+
+    @classmethod
+    def from_cube(cls, cube: Any, *, memos: Optional[MemOS] = None, **kwargs: Any) -> "MemOSMemory":
+        """A memory that writes to and reads from one cube: a :class:`~memos_core.MemCube` or its folder.
+
+        With ``memos=`` the cube is mounted there (if it is not already). Without, the cube's parent folder
+        is opened as a MemOS data folder with that cube as its default cube.
+        """
+        from ._common import mount_cube
+
+        memos, name = mount_cube(cube, memos)
+        kwargs.setdefault("cube", name)
+        kwargs.setdefault("search_cubes", [name])
+        return cls(memos=memos, **kwargs)
+
+    # ------------------------------------------------------------------ accessors
+    @property
+    def memos(self) -> MemOS:
+        """The :class:`~memos_core.MemOS` behind this memory."""
+        return self._memos
+
+    @property
+    def short_term(self) -> Memory:
+        """The LlamaIndex ``Memory`` holding the chat history."""
+        return self._short
+
+    @property
+    def last_add_result(self) -> Optional[AddResult]:
+        """What the last write to long-term memory did (``None`` before the first, or when nothing was read)."""
+        return self._last_add
+
+    @property
+    def tokenizer_fn(self) -> Any:
+        """Token counter (LlamaIndex's default tokenizer, shipped offline). Chat engines use it too."""
+        if self._tokenizer is None:
+            self._tokenizer = get_tokenizer()
+        return self._tokenizer
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self, **kwargs: Any) -> Dict[str, Any]:
+        data = self.model_dump(**kwargs)
+        data["class_name"] = self.class_name()
+        if self.chat_store_uri is None:  # in-memory history travels with the dict
+            data["chat_history"] = [m.model_dump(mode="json") for m in
+                                    self._short.get_all(status=MessageStatus.ACTIVE)]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any], **kwargs: Any) -> "MemOSMemory":  # type: ignore[override]
+        """Rebuild from :meth:`to_dict`. ``memos=`` attaches to an open MemOS; otherwise the registered one for
+        the folder (see :func:`memos_llamaindex.register_memos`), else the folder opened with defaults."""
+        data = {**dict(data), **kwargs}
+        data.pop("class_name", None)
+        return cls(**data)
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return {"__dict__": self.to_dict()}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__init__(**state["__dict__"])  # type: ignore[misc]
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> "MemOSMemory":
+        data = copy.deepcopy(self.to_dict(), memo)
+        return type(self).from_dict(data, memos=self._memos)
+
+    # ------------------------------------------------------------------ helpers
+    def _scope(self) -> Dict[str, Any]:
+        return {"user_id": self.user_id, "agent_id": self.agent_id}
+
+    def _turns(self, messages: List[ChatMessage]) -> List[Dict[str, Any]]:
+        return messages_to_turns(messages, session_id=self.session_id, roles=self.remember_roles,
+                                 speaker_names=self.speaker_names)
+
+    def _add_kwargs(self) -> Dict[str, Any]:
+        return {**self._scope(), "session_id": self.session_id, "cube": self.cube, "infer": self.infer}
+
+    def _record(self, res: AddResult) -> None:
+        self._last_add = res
+        if res.errors:
+            log.warning("MemOS add reported problems: %s", "; ".join(res.errors))
+
+    def _context_kwargs(self, history: List[ChatMessage]) -> Dict[str, Any]:
+        return {**self._scope(), "k": self.k, "token_budget": self.memory_token_budget,
+                "filter": exclude_filter(self.search_filter, history, self.session_id, self.remember_roles),
+                "cubes": self.search_cubes, "tokenizer": self.tokenizer_fn, "header": self.context_header}
+
+    def _with_context(self, history: List[ChatMessage], context: str) -> List[ChatMessage]:
+        """A copy of ``history`` with the memory block inserted (the stored messages are never touched)."""
+        out = list(history)
+        context = context.strip()
+        if not context:
+            return out
+        if self.insert_method == "user":
+            for i in range(len(out) - 1, -1, -1):
+                if out[i].role == MessageRole.USER:
+                    msg = out[i].model_copy(deep=True)
+                    msg.blocks = [TextBlock(text=context + "\n\n"), *msg.blocks]
+                    out[i] = msg
+                    return out
+            out.append(ChatMessage(role=MessageRole.USER, content=context))
+            return out
+        if out and out[0].role == MessageRole.SYSTEM:
+            msg = out[0].model_copy(deep=True)
+            msg.blocks = [*msg.blocks, TextBlock(text="\n\n" + context)]
+            out[0] = msg
+            return out
+        return [ChatMessage(role=MessageRole.SYSTEM, content=context), *out]
+
+    def _new_messages(self, messages: List[ChatMessage], current: List[ChatMessage]) -> List[ChatMessage]:
+        """The part of ``messages`` not already in ``current`` (after their common prefix)."""
+        n = 0
+        for a, b in zip(messages, current):
+            if a.role != b.role or message_text(a) != message_text(b):
+                break
+            n += 1
+        return messages[n:]
+
+    # ------------------------------------------------------------------ sync API
+    def get(self, input: Union[str, ChatMessage, None] = None, **kwargs: Any) -> List[ChatMessage]:
+        """The chat history with the memories relevant to ``input`` (or the latest message) inserted.
+
+        Extra keyword arguments chat engines pass (``initial_token_count``) are accepted and ignored: the
+        history window is bounded when messages are put, the memory block by ``memory_token_budget``.
+        """
+        history = self._short.get()
+        query = build_query(history, input, self.retrieval_context_window)
+        if query is None:
+            return history
+        context = self._memos.get_context(query, **self._context_kwargs(history))
+        return self._with_context(history, context)
+
+    def get_all(self) -> List[ChatMessage]:
+        """Every message of this session's history, flushed ones included (no memories inserted)."""
+        return self._short.get_all()
+
+    def put(self, message: ChatMessage) -> None:
+        """Add a message to the history and read it into long-term memory."""
+        self.put_messages(check_messages([message], "put"))
+
+    def put_messages(self, messages: List[ChatMessage]) -> None:
+        """Add messages to the history and read them into long-term memory (one MemOS add)."""
+        messages = check_messages(messages, "put_messages")
+        if not messages:
+            return
+        turns = self._turns(messages)
+        if turns:
+            self._record(self._memos.add(turns, **self._add_kwargs()))
+        self._short.put_messages(messages)
+
+    def set(self, messages: List[ChatMessage]) -> None:
+        """Replace the history; messages that were not in it before are read into long-term memory."""
+        messages = check_messages(messages, "set")
+        new = self._new_messages(messages, self._short.get_all(status=MessageStatus.ACTIVE))
+        turns = self._turns(new)
+        if turns:
+            self._record(self._memos.add(turns, **self._add_kwargs()))
+        self._short.set(messages)
+
+    def reset(self) -> None:
+        """Clear this session's chat history. Long-term memories stay (delete them through MemOS)."""
+        self._short.reset()
+
+    # ------------------------------------------------------------------ async API (native)
+    async def aget(self, input: Union[str, ChatMessage, None] = None, **kwargs: Any) -> List[ChatMessage]:
+        history = await self._short.aget()
+        query = build_query(history, input, self.retrieval_context_window)
+        if query is None:
+            return history
+        context = await self._memos.aget_context(query, **self._context_kwargs(history))
+        return self._with_context(history, context)
+
+    async def aget_all(self) -> List[ChatMessage]:
+        return await self._short.aget_all()
+
+    async def aput(self, message: ChatMessage) -> None:
+        await self.aput_messages(check_messages([message], "aput"))
+
+    async def aput_messages(self, messages: List[ChatMessage]) -> None:
+        messages = check_messages(messages, "aput_messages")
+        if not messages:
+            return
+        turns = self._turns(messages)
+        if turns:
+            self._record(await self._memos.aadd(turns, **self._add_kwargs()))
+        await self._short.aput_messages(messages)
+
+    async def aset(self, messages: List[ChatMessage]) -> None:
+        messages = check_messages(messages, "aset")
+        new = self._new_messages(messages, await self._short.aget_all(status=MessageStatus.ACTIVE))
+        turns = self._turns(new)
+        if turns:
+            self._record(await self._memos.aadd(turns, **self._add_kwargs()))
+        await self._short.aset(messages)
+
+    async def areset(self) -> None:
+        await self._short.areset()
