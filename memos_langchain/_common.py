@@ -29,7 +29,7 @@ def resolve_cube(memory: Any, cube: str | None = None, *, embedder: Any = None) 
         return MemCube(memory, embedder=embedder)
     cubes = getattr(memory, "cubes", None)
     if isinstance(cubes, Mapping):
-        name = cube or getattr(memory, "default_cube_name", None) or DEFAULT_CUBE
+        name = cube or getattr(memory, "default_cube", None) or DEFAULT_CUBE
         if not isinstance(name, str):  # a facade may expose the default cube object instead of its name
             name = getattr(name, "name", DEFAULT_CUBE)
         if name in cubes:
@@ -38,6 +38,18 @@ def resolve_cube(memory: Any, cube: str | None = None, *, embedder: Any = None) 
     raise ValidationError(
         f"expected a MemOS instance, a MemCube or a folder path, got {type(memory).__name__}"
     )
+
+
+def principal_of(memory: Any) -> str | None:
+    """The principal a ``MemOS`` facade acts as (``None`` for a bare cube: the cube's own actor)."""
+    principal = getattr(memory, "principal", None)
+    return principal if isinstance(principal, str) else None
+
+
+def is_facade(memory: Any) -> bool:
+    """Whether ``memory`` is a ``MemOS``-like facade (reader-backed ``add`` plus ``get_context``)."""
+    return not isinstance(memory, MemCube) and callable(getattr(memory, "get_context", None)) \
+        and callable(getattr(memory, "add", None))
 
 
 async def run_sync(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
@@ -49,10 +61,12 @@ async def run_sync(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
 def message_text(message: Any) -> str:
     """The plain text of a LangChain message (text blocks joined; tool calls and images dropped)."""
     text = getattr(message, "text", None)
-    if callable(text):  # langchain-core < 1.0 exposed text() as a method
+    if isinstance(text, str):  # langchain-core >= 1.0: a property (a str that is also callable)
+        return str(text)
+    if callable(text):  # older langchain-core: a method
         text = text()
-    if isinstance(text, str):
-        return text
+        if isinstance(text, str):
+            return text
     content = getattr(message, "content", "")
     if isinstance(content, str):
         return content
