@@ -299,6 +299,11 @@ class MemOSStore(BaseStore):
             item = self.cube.lookup(item_id, **self._as)
         return item_id, item
 
+    def memory_id(self, namespace: tuple[str, ...], key: str) -> str:
+        """The id of the MemOS memory that holds (or would hold) ``namespace``/``key``: use it with the core's
+        ``history``, ``rollback``, ``get(include_deleted=True)``, ``legal_hold`` ..."""
+        return self._resolve(_validate_labels(namespace), str(key))[0]
+
     def _scope(self, namespace: tuple[str, ...]) -> dict[str, str]:
         for tpl in self.scope_templates:
             if len(namespace) < len(tpl):
