@@ -76,7 +76,7 @@ from langgraph.store.base import (
 from memos_core import LifecycleState, MemCube, MemoryItem, MemoryKind, SourceKind
 from memos_core.errors import EmbeddingDimensionError, ValidationError
 
-from ._common import resolve_cube, run_sync
+from ._common import principal_of, resolve_cube, run_sync
 
 __all__ = ["MemOSStore", "InvalidStoreValue", "DEFAULT_SCOPE_TEMPLATES", "META_KEY"]
 
@@ -207,8 +207,9 @@ class MemOSStore(BaseStore):
                 if label.startswith("{") and label not in _PLACEHOLDERS:
                     raise ValidationError(f"unknown placeholder {label!r} in scope template {tpl}; "
                                           f"use one of {sorted(_PLACEHOLDERS)}")
-        self.actor = actor
-        self._as: dict[str, Any] = {} if actor is None else {"actor": actor}
+        self.actor = actor or principal_of(memory)
+        self._as: dict[str, Any] = {} if self.actor is None else {"actor": self.actor}
+        self._write_lock = threading.RLock()  # resolve-then-write of a key is one step within this process
         self._sweeper: threading.Thread | None = None
         self._sweeper_stop = threading.Event()
 
@@ -361,6 +362,10 @@ class MemOSStore(BaseStore):
 
     # ------------------------------------------------------------------ ops
     def _apply_puts(self, ops: Sequence[PutOp]) -> None:
+        with self._write_lock:
+            self._apply_puts_locked(ops)
+
+    def _apply_puts_locked(self, ops: Sequence[PutOp]) -> None:
         last: dict[tuple[tuple[str, ...], str], PutOp] = {}
         for op in ops:  # last write wins within a run of puts, as in every LangGraph store
             last.pop((tuple(op.namespace), op.key), None)
@@ -389,7 +394,16 @@ class MemOSStore(BaseStore):
                 continue
             self._overwrite(item_id, existing, content, meta, op.ttl)
         if new:
-            self.cube.add_many(new, **self._as)
+            try:
+                self.cube.add_many(new, **self._as)
+            except ValidationError:
+                # Another process wrote one of these keys between our lookup and our add (the whole add was
+                # rolled back): write them one by one, overwriting what now exists.
+                if all(self.cube.lookup(spec["id"], **self._as) is None for spec in new):
+                    raise
+                by_id = {spec["id"]: op for (ns, key), op in last.items()
+                         for spec in new if spec["id"] == self._resolve(ns, key)[0]}
+                self._apply_puts_locked(list(by_id.values()))
 
     def _overwrite(self, item_id: str, existing: MemoryItem, content: str, meta: dict[str, Any],
                    ttl: float | None) -> None:

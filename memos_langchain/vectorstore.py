@@ -20,7 +20,7 @@ from langchain_core.vectorstores import VectorStore
 from memos_core import LifecycleState, MemCube, MemoryItem, MemoryKind, SearchFilter, SourceKind
 from memos_core.errors import Conflict, ValidationError
 
-from ._common import resolve_cube
+from ._common import principal_of, resolve_cube
 
 __all__ = ["MemOSVectorStore"]
 
@@ -77,6 +77,7 @@ class MemOSVectorStore(VectorStore):
         if search_mode not in ("dense", "hybrid", "lexical"):
             raise ValidationError(f"search_mode must be 'dense', 'hybrid' or 'lexical', not {search_mode!r}")
         self.search_mode = search_mode
+        actor = actor or principal_of(memory)
         self._as: dict[str, Any] = {} if actor is None else {"actor": actor}
 
     @property

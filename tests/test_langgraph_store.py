@@ -484,3 +484,67 @@ def test_bad_limits_ttl_and_ops(store: MemOSStore) -> None:
         store.batch(["not an op"])  # type: ignore[list-item]
     with pytest.raises(ValueError):
         store.put(("a",), "k", {"text": "x"}, index="text")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------- governance, concurrency, core helpers
+def test_store_acts_under_the_cubes_governance(store: MemOSStore) -> None:
+    from memos_core import PermissionDenied
+
+    store.put(("memories", "ann"), "k", {"text": "owned by local"})
+    stranger = MemOSStore(store.cube, actor="mallory")
+    with pytest.raises(PermissionDenied):
+        stranger.search(("memories",))
+    store.cube.share("reader-bot", "reader")
+    reader = MemOSStore(store.cube, actor="reader-bot")
+    assert reader.get(("memories", "ann"), "k").value == {"text": "owned by local"}
+    with pytest.raises(PermissionDenied):
+        reader.put(("memories", "ann"), "k", {"text": "overwritten"})
+    with pytest.raises(PermissionDenied):
+        reader.delete(("memories", "ann"), "k")
+    assert store.get(("memories", "ann"), "k").value == {"text": "owned by local"}
+
+
+def test_store_over_a_memos_facade_acts_as_its_principal(tmp_path: Path) -> None:
+    from memos_core import MemOS
+
+    mem = MemOS(tmp_path / "m", embedder=EMB)
+    try:
+        s = MemOSStore(mem)
+        assert s.cube is mem.cubes["default"] and s.actor == mem.principal
+        s.put(("memories", "ann"), "k", {"text": "Ann likes figs"})
+        assert [h.item.content for h in mem.search("figs", user_id="ann")] == ['{"text": "Ann likes figs"}']
+        mem.create_cube("team")
+        assert MemOSStore(mem, cube="team").search(("memories",)) == []
+    finally:
+        mem.close()
+
+
+def test_concurrent_puts_of_one_key(store: MemOSStore) -> None:
+    async def run() -> None:
+        await asyncio.gather(*(store.aput(("c",), "same", {"text": f"v{i}"}) for i in range(6)))
+
+    asyncio.run(run())
+    assert store.get(("c",), "same").value["text"].startswith("v")
+    assert len(store.search(("c",))) == 1
+
+
+def test_core_helpers_used_by_the_store(tmp_path: Path) -> None:
+    clock = Clock()
+    cube = MemCube(tmp_path / "c", embedder=EMB, clock=clock)
+    a = cube.add("a", metadata={"g": {"p": "x"}}, ttl=60)
+    cube.add("b", metadata={"g": {"p": "y"}})
+    cube.add("c", metadata={"g": {"p": "x"}})
+    cube.add("d")
+    assert sorted(cube.distinct_metadata("g.p")) == ["x", "y"]
+    assert cube.distinct_metadata("g.p", {"metadata": {"g.p": {"$ne": "x"}}}) == ["y"]
+    clock.advance(seconds=30)
+    assert cube.refresh_expiry({a.id: 60}) == 1
+    got = cube.get(a.id)
+    assert got.version == 1 and got.expires_at == clock.now + timedelta(seconds=60)  # no new version
+    clock.advance(seconds=61)
+    assert cube.refresh_expiry({a.id: 60}) == 0  # an expired memory is not revived by a read
+    assert sorted(cube.distinct_metadata("g.p")) == ["x", "y"]  # "c" still carries x; "a" expired
+    with pytest.raises(ValueError):
+        cube.refresh_expiry({a.id: -1})
+    with pytest.raises(ValueError):
+        cube.distinct_metadata("bad key")
