@@ -43,6 +43,8 @@ Where behaviour differs from ``InMemoryStore`` (on purpose)
   operators are LangGraph's (``$eq $ne $gt $gte $lt $lte``) plus the core's ``$in $nin $exists``. Filtering by
   list equality is not supported. Bad filters raise ``ValueError``, as LangGraph's stores do.
 * A frozen memory (legal hold) cannot be overwritten or deleted: :class:`memos_core.Conflict`.
+* ``created_at`` is when the key was first written (a put after a delete revives the same memory, so it keeps
+  its first creation time; ``InMemoryStore`` resets it on every put, ``PostgresStore`` on a put after delete).
 """
 
 from __future__ import annotations
