@@ -1,0 +1,184 @@
+"""MemOSMemoryBlock: long-term MemOS memory as a block of LlamaIndex's ``Memory``.
+
+::
+
+    from llama_index.core.memory import Memory
+    from memos_llamaindex import MemOSMemoryBlock
+
+    memory = Memory.from_defaults(
+        session_id="s1", token_limit=4000,
+        memory_blocks=[MemOSMemoryBlock.from_memos(mem, user_id="ann", priority=1)],
+    )
+
+* Messages ``Memory`` flushes out of its short-term window go through the MemOS MemReader
+  (``accept_short_term_memory=True``, the default); the session id ``Memory`` stamps on them goes to provenance.
+* ``aget`` returns the memories relevant to the current messages (the latest ``retrieval_context_window`` of
+  them, or the ``input`` ``Memory.get`` received), rendered by :meth:`MemOS.get_context` within
+  ``token_budget``; ``""`` when nothing is relevant.
+* Under ``Memory``'s token limit the block is truncated by priority like any block (``priority=0`` never);
+  ``atruncate`` re-renders the same query with a smaller budget, dropping the least relevant memories first,
+  and gives ``None`` when no memory would fit.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections import OrderedDict
+from typing import Any, Dict, List, Optional, Tuple
+
+from llama_index.core.base.llms.types import ChatMessage
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.memory.memory import BaseMemoryBlock
+from llama_index.core.utils import get_tokenizer
+
+from memos_core import MemOS
+from memos_core.os import CONTEXT_HEADER, AddResult
+
+from ._common import (
+    build_query,
+    check_messages,
+    exclude_filter,
+    memos_spec,
+    messages_to_turns,
+    mount_cube,
+    track_memos,
+    resolve_memos,
+)
+
+__all__ = ["MemOSMemoryBlock"]
+
+log = logging.getLogger(__name__)
+
+_MIN_BUDGET = 16  # below this no memory line fits (the core shortens lines only with 16+ tokens left)
+
+
+class MemOSMemoryBlock(BaseMemoryBlock[str]):
+    """A ``Memory`` block backed by MemOS (see the module docstring)."""
+
+    name: str = Field(default="memos_memory", description="Block name (the tag it is rendered in).")
+    description: Optional[str] = Field(default="Long-term memories from MemOS relevant to the conversation.")
+    priority: int = Field(default=1, description="Truncation priority (0 = never truncate; higher goes first"
+                                                 " only after lower ones).")
+    memos_path: str = Field(description="Folder of the MemOS this block uses.")
+    principal: str = Field(default="local")
+    cube: Optional[str] = Field(default=None, description="Cube to write to (None: the MemOS default cube).")
+    search_cubes: Optional[List[str]] = Field(default=None, description="Cubes to read (None: all mounted).")
+    user_id: Optional[str] = None
+    agent_id: Optional[str] = None
+    k: int = Field(default=5, ge=1, le=1000)
+    token_budget: int = Field(default=500, ge=1, description="Token budget of the block's text.")
+    search_filter: Optional[Dict[str, Any]] = None
+    infer: Optional[bool] = None
+    remember_roles: List[str] = Field(default_factory=lambda: ["user", "assistant"])
+    speaker_names: Dict[str, str] = Field(default_factory=dict)
+    context_header: str = Field(default=CONTEXT_HEADER)
+    retrieval_context_window: int = Field(default=1, ge=1)
+
+    _memos: MemOS = PrivateAttr()
+    _tokenizer: Any = PrivateAttr(default=None)
+    _queries: "OrderedDict[str, Tuple[str, Dict[str, Any]]]" = PrivateAttr(default_factory=OrderedDict)
+    _last_add: Optional[AddResult] = PrivateAttr(default=None)
+
+    def __init__(self, memos: Optional[MemOS] = None, **data: Any) -> None:
+        if memos is not None:
+            if not isinstance(memos, MemOS):
+                raise TypeError(f"memos must be a MemOS, got {type(memos).__name__}")
+            path, principal = memos_spec(memos)
+            data.setdefault("memos_path", path)
+            data.setdefault("principal", principal)
+        super().__init__(**data)
+        self._memos = track_memos(memos) if memos is not None else resolve_memos(self.memos_path, self.principal)
+
+    @classmethod
+    def from_memos(cls, memos: MemOS, **kwargs: Any) -> "MemOSMemoryBlock":
+        """A block on an open :class:`~memos_core.MemOS`."""
+        return cls(memos=memos, **kwargs)
+
+    @classmethod
+    def from_defaults(cls, path: str = "./memos_data", *, embedder: Any = None, llm: Any = None,
+                      principal: str = "local", **kwargs: Any) -> "MemOSMemoryBlock":
+        """Open (or create) the MemOS at ``path`` and build a block on it."""
+        return cls(memos=MemOS(path, embedder=embedder, llm=llm, principal=principal), **kwargs)
+
+    @classmethod
+    def from_cube(cls, cube: Any, *, memos: Optional[MemOS] = None, **kwargs: Any) -> "MemOSMemoryBlock":
+        """A block on one cube (a :class:`~memos_core.MemCube` or its folder); see ``MemOSMemory.from_cube``."""
+        memos, name = mount_cube(cube, memos)
+        kwargs.setdefault("cube", name)
+        kwargs.setdefault("search_cubes", [name])
+        return cls(memos=memos, **kwargs)
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> "MemOSMemoryBlock":
+        # The MemOS handle (open databases) is shared, the configuration copied.
+        return type(self)(memos=self._memos, **copy.deepcopy(self.model_dump(), memo))
+
+    @property
+    def memos(self) -> MemOS:
+        return self._memos
+
+    @property
+    def last_add_result(self) -> Optional[AddResult]:
+        return self._last_add
+
+    def _tokens(self) -> Any:
+        if self._tokenizer is None:
+            self._tokenizer = get_tokenizer()
+        return self._tokenizer
+
+    def _context_kwargs(self, messages: List[ChatMessage], session_id: Optional[str],
+                        budget: int) -> Dict[str, Any]:
+        return {"user_id": self.user_id, "agent_id": self.agent_id, "k": self.k, "token_budget": budget,
+                "filter": exclude_filter(self.search_filter, messages, session_id, self.remember_roles),
+                "cubes": self.search_cubes, "tokenizer": self._tokens(), "header": self.context_header}
+
+    def _remember(self, content: str, query: str, kwargs: Dict[str, Any]) -> None:
+        self._queries[content] = (query, kwargs)
+        self._queries.move_to_end(content)
+        while len(self._queries) > 32:
+            self._queries.popitem(last=False)
+
+    async def _aget(self, messages: Optional[List[ChatMessage]] = None, **block_kwargs: Any) -> str:
+        messages = list(messages or [])
+        query = build_query(messages, None, self.retrieval_context_window)
+        if query is None:
+            return ""
+        session_id = block_kwargs.get("session_id")
+        kwargs = self._context_kwargs(messages, session_id if isinstance(session_id, str) else None,
+                                      self.token_budget)
+        content = (await self._memos.aget_context(query, **kwargs)).strip()
+        if content:
+            self._remember(content, query, kwargs)
+        return content
+
+    async def _aput(self, messages: List[ChatMessage]) -> None:
+        messages = check_messages(messages, "MemOSMemoryBlock.aput")
+        turns = messages_to_turns(messages, session_id=None, roles=self.remember_roles,
+                                  speaker_names=self.speaker_names)
+        if not turns:
+            return
+        # Memory stamps the session on each flushed message; one add per session keeps provenance exact.
+        by_session: "OrderedDict[Optional[str], List[Dict[str, Any]]]" = OrderedDict()
+        for t in turns:
+            by_session.setdefault(t.get("session_id"), []).append(t)
+        for session_id, group in by_session.items():
+            res = await self._memos.aadd(group, user_id=self.user_id, agent_id=self.agent_id,
+                                         session_id=session_id, cube=self.cube, infer=self.infer)
+            self._last_add = res
+            if res.errors:
+                log.warning("MemOS add reported problems: %s", "; ".join(res.errors))
+
+    async def atruncate(self, content: str, tokens_to_truncate: int) -> Optional[str]:
+        """Re-render the same query with ``tokens_to_truncate`` fewer tokens (least relevant memories go
+        first); ``None`` when nothing fits any more or the content is not one this block produced."""
+        if not content or tokens_to_truncate <= 0:
+            return content or None
+        budget = len(self._tokens()(content)) - tokens_to_truncate
+        remembered = self._queries.get(content)
+        if remembered is None or budget < _MIN_BUDGET:
+            return None
+        query, kwargs = remembered
+        smaller = (await self._memos.aget_context(query, **{**kwargs, "token_budget": budget})).strip()
+        if smaller:
+            self._remember(smaller, query, {**kwargs, "token_budget": budget})
+        return smaller or None

@@ -1,0 +1,149 @@
+"""MemOSToolSpec: tools that let an agent search, save, update and forget its own memories.
+
+::
+
+    from memos_llamaindex import MemOSToolSpec
+    tools = MemOSToolSpec(mem, user_id="ann").to_tool_list()
+    agent = FunctionAgent(tools=tools, llm=llm)
+
+Every tool is scoped to the spec's ``user_id`` / ``agent_id``: an id outside that scope reads as unknown, so an
+agent cannot touch another user's memories by guessing ids. ``forget_memory`` tombstones (restorable through
+:meth:`MemOS.restore`) unless the spec was built with ``hard_forget=True`` (then :meth:`MemOS.forget` erases
+the content). Failures raise the core's typed errors; agents turn them into error tool outputs the model sees.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+from llama_index.core.tools.tool_spec.base import BaseToolSpec
+
+from memos_core import MemOS, MemoryItem, NotFound, SearchHit
+from memos_core.os import AddResult
+
+__all__ = ["MemOSToolSpec"]
+
+
+def _line(item: MemoryItem) -> str:
+    when = item.event_time or item.created_at
+    text = " ".join(item.content.split())
+    return f"[{item.id}] (v{item.version}, {when:%Y-%m-%d}) {text}"
+
+
+class MemOSToolSpec(BaseToolSpec):
+    """``search_memory``, ``save_memory``, ``update_memory`` and ``forget_memory`` as LlamaIndex tools
+    (each with a native async variant)."""
+
+    spec_functions = [
+        ("search_memory", "asearch_memory"),
+        ("save_memory", "asave_memory"),
+        ("update_memory", "aupdate_memory"),
+        ("forget_memory", "aforget_memory"),
+    ]
+
+    def __init__(self, memos: MemOS, *, user_id: Optional[str] = None, agent_id: Optional[str] = None,
+                 session_id: Optional[str] = None, cube: Optional[str] = None,
+                 search_cubes: Optional[Sequence[str]] = None, k: int = 5, hard_forget: bool = False) -> None:
+        if not isinstance(memos, MemOS):
+            raise TypeError(f"memos must be a MemOS, got {type(memos).__name__}")
+        self.memos = memos
+        self.user_id = user_id
+        self.agent_id = agent_id
+        self.session_id = session_id
+        self.cube = cube
+        self.search_cubes = list(search_cubes) if search_cubes is not None else None
+        self.k = k
+        self.hard_forget = hard_forget
+
+    # ------------------------------------------------------------------ translation helpers
+    def _search_kwargs(self, k: Optional[int]) -> Dict[str, Any]:
+        return {"user_id": self.user_id, "agent_id": self.agent_id, "k": int(k or self.k),
+                "cubes": self.search_cubes}
+
+    def _add_kwargs(self) -> Dict[str, Any]:
+        return {"user_id": self.user_id, "agent_id": self.agent_id, "session_id": self.session_id,
+                "cube": self.cube, "metadata": {"written_by": "llamaindex_tool"}}
+
+    @staticmethod
+    def _found(query: str, hits: List[SearchHit]) -> str:
+        if not hits:
+            return f"No memories found for: {query}"
+        return f"{len(hits)} memories (id, version, date, content):\n" + "\n".join(_line(h.item) for h in hits)
+
+    @staticmethod
+    def _saved(res: AddResult) -> str:
+        parts = []
+        if res.added:
+            parts.append("saved " + ", ".join(f"[{m.id}] {m.content}" for m in res.added))
+        if res.updated:
+            parts.append("updated " + ", ".join(f"[{m.id}] (v{m.version}) {m.content}" for m in res.updated))
+        if res.deleted:
+            parts.append("removed " + ", ".join(res.deleted))
+        if res.unchanged:
+            parts.append("already remembered " + ", ".join(res.unchanged))
+        if res.errors:
+            parts.append("problems: " + "; ".join(res.errors))
+        return "Memory " + "; ".join(parts) + "." if parts else "Nothing was stored."
+
+    def _check_scope(self, item: MemoryItem) -> MemoryItem:
+        if ((self.user_id is not None and item.scope.user_id != self.user_id)
+                or (self.agent_id is not None and item.scope.agent_id != self.agent_id)):
+            raise NotFound(f"no memory with id {item.id!r}")
+        return item
+
+    # ------------------------------------------------------------------ tools (sync)
+    def search_memory(self, query: str, k: Optional[int] = None) -> str:
+        """Search long-term memory for facts and past conversation relevant to `query`.
+
+        Returns one line per memory: [memory id] (version, date) content. Use the id with update_memory or
+        forget_memory.
+        """
+        return self._found(query, self.memos.search(query, **self._search_kwargs(k)))
+
+    def save_memory(self, content: str) -> str:
+        """Save something worth remembering later (a fact, a preference, a decision), stated in one sentence."""
+        return self._saved(self.memos.add(content, **self._add_kwargs()))
+
+    def update_memory(self, memory_id: str, content: str) -> str:
+        """Replace the content of the memory `memory_id` (found with search_memory) with `content`.
+
+        The previous version is kept in the memory's history.
+        """
+        self._check_scope(self.memos.get(memory_id, self.cube))
+        item = self.memos.update(memory_id, content, self.cube, reason="updated by an agent tool")
+        return f"Memory [{item.id}] updated (now version {item.version}): {item.content}"
+
+    def forget_memory(self, memory_id: str) -> str:
+        """Forget the memory `memory_id` (found with search_memory), e.g. when the user asks to or it is wrong."""
+        self._check_scope(self.memos.get(memory_id, self.cube))
+        if self.hard_forget:
+            self.memos.forget(memory_id, self.cube, reason="forgotten by an agent tool")
+            return f"Memory [{memory_id}] erased."
+        self.memos.delete(memory_id, self.cube, reason="forgotten by an agent tool")
+        return f"Memory [{memory_id}] forgotten."
+
+    # ------------------------------------------------------------------ tools (async)
+    async def asearch_memory(self, query: str, k: Optional[int] = None) -> str:
+        """Search long-term memory for facts and past conversation relevant to `query`."""
+        return self._found(query, await self.memos.asearch(query, **self._search_kwargs(k)))
+
+    async def asave_memory(self, content: str) -> str:
+        """Save something worth remembering later (a fact, a preference, a decision), stated in one sentence."""
+        return self._saved(await self.memos.aadd(content, **self._add_kwargs()))
+
+    async def aupdate_memory(self, memory_id: str, content: str) -> str:
+        """Replace the content of the memory `memory_id` with `content` (history keeps the old version)."""
+        self._check_scope(await self.memos.aget(memory_id, self.cube))
+        item = await self.memos.aupdate(memory_id, content, self.cube, reason="updated by an agent tool")
+        return f"Memory [{item.id}] updated (now version {item.version}): {item.content}"
+
+    async def aforget_memory(self, memory_id: str) -> str:
+        """Forget the memory `memory_id`."""
+        self._check_scope(await self.memos.aget(memory_id, self.cube))
+        if self.hard_forget:
+            import asyncio
+
+            await asyncio.to_thread(self.memos.forget, memory_id, self.cube, reason="forgotten by an agent tool")
+            return f"Memory [{memory_id}] erased."
+        await self.memos.adelete(memory_id, self.cube, reason="forgotten by an agent tool")
+        return f"Memory [{memory_id}] forgotten."
