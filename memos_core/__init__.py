@@ -37,10 +37,13 @@ from .items import (
     SourceKind,
     Transition,
 )
+from .os import AddResult, MemOS
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MemOS",
+    "AddResult",
     "MemCube",
     "RetrievalConfig",
     "CUBE_SCHEMA_VERSION",

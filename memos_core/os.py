@@ -1,0 +1,747 @@
+"""MemOS: the one object applications start from.
+
+::
+
+    from memos_core import MemOS
+
+    with MemOS("./memos_data") as mem:                      # offline: no LLM, no API key
+        mem.add([{"role": "Ann", "content": "I moved to Lisbon yesterday", "id": "t1"}],
+                user_id="ann", timestamp="2023-05-08")
+        print(mem.get_context("Where does Ann live?", user_id="ann"))
+
+What it does:
+
+* **Cubes.** ``path`` holds one folder per cube. Every cube folder found there is mounted on start, and a cube
+  named ``"default"`` is created when missing; :meth:`MemOS.mount` adds cubes from elsewhere (a user's own, a
+  shared one). Writes go to one cube (``cube=``, default ``"default"``); reads span every mounted cube the
+  caller may read.
+* **add** turns messages into memories with a MemReader: offline (every turn an episode, the default) or, when
+  an ``llm`` is configured, LLM mode (facts with ADD / UPDATE / DELETE / NOOP, see
+  :mod:`memos_core.reader.llm`). It returns an :class:`AddResult` that says exactly what was stored and what
+  failed; it never reports success with nothing stored.
+* **search** merges the hits of every cube by fused score, drops duplicates (same content; for episodes the
+  same content at the same time), and orders ties stably (per-cube rank, then mount order, then id).
+* **get_context** returns a prompt-ready block (see :meth:`MemOS.get_context`).
+* Every cube call carries ``actor=principal`` where the cube accepts it, so the cube's governance decides
+  what this caller may read or write. Cubes that deny a read are skipped in cross-cube reads (and raise when
+  named explicitly).
+* ``a*`` methods are native async: blocking store work runs in a worker thread (``asyncio.to_thread``) and an
+  async-capable model is awaited, so the event loop is never blocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import inspect
+import logging
+import os
+import re
+import threading
+from collections import OrderedDict
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from .cube import MANIFEST, MemCube, SearchMode
+from .embedding import resolve_embedder
+from .errors import Conflict, MemOSError, NotFound, PermissionDenied, ValidationError
+from .items import (
+    LifecycleState,
+    MemoryItem,
+    MemoryKind,
+    MemoryVersion,
+    Scope,
+    SearchFilter,
+    SearchHit,
+    to_utc,
+    utcnow,
+)
+from .reader.dedup import DEFAULT_NEAR_THRESHOLD, merge_provenance, normalize, plan_merges
+from .reader.llm import AddResult, LLMReader
+from .reader.offline import OfflineReader, Turn, coerce_turns
+
+__all__ = ["MemOS", "AddResult", "DEFAULT_CUBE"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CUBE = "default"
+_CUBE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_FACT_KINDS = [k for k in MemoryKind if k not in (MemoryKind.EPISODE, MemoryKind.DOCUMENT)]
+_RECENT_MAX = 1024
+CONTEXT_HEADER = "## Relevant memories"
+
+
+@functools.lru_cache(maxsize=256)
+def _takes_actor(cls: type, name: str) -> bool:
+    try:
+        return "actor" in inspect.signature(getattr(cls, name)).parameters
+    except (TypeError, ValueError, AttributeError):
+        return False
+
+
+def _approx_tokens(text: str) -> int:
+    return (len(text) + 3) // 4
+
+
+def _turn_id(t: Turn) -> str:
+    """A content-derived id for a turn that has none: re-adding the same message finds the same id."""
+    key = "\x1f".join([t.session_id or "", t.speaker or "", t.time.isoformat() if t.time else "", t.text])
+    return "turn-" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+
+
+class _CubeStore:
+    """A cube bound to one add: scope, metadata and actor (the reader's :class:`MemoryStore`)."""
+
+    def __init__(self, mem: "MemOS", cube: MemCube, scope: Scope, metadata: Mapping[str, Any] | None) -> None:
+        self.mem = mem
+        self.cube = cube
+        self.scope = scope
+        self.metadata = dict(metadata or {})
+        #: ids of turns that came without a time (they were given "now")
+        self.untimed: set[str] = set()
+
+    def _spec(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(spec)
+        out["metadata"] = {**self.metadata, **(spec.get("metadata") or {})}
+        for axis in ("user_id", "agent_id", "session_id"):
+            val = getattr(self.scope, axis)
+            if val is not None:
+                out[axis] = val
+        return out
+
+    def similar(self, text: str, k: int) -> list[MemoryItem]:
+        f: dict[str, Any] = {"kinds": _FACT_KINDS}
+        if self.scope.user_id is not None:
+            f["user_id"] = self.scope.user_id
+        if self.scope.agent_id is not None:
+            f["agent_id"] = self.scope.agent_id
+        try:
+            hits = self.mem._call(self.cube, "search", text, k=max(k * 3, 10), filter=f, record_usage=False)
+        except ValidationError:
+            return []
+        now = self.now()
+        out = []
+        for h in hits:
+            it = h.item
+            if it.scope.user_id != self.scope.user_id or it.scope.agent_id != self.scope.agent_id:
+                continue  # never let one user's facts decide about another's
+            if it.valid_until is not None and it.valid_until <= now:
+                continue  # a fact that stopped being true is history, not something to update
+            out.append(it)
+            if len(out) >= k:
+                break
+        return out
+
+    def get(self, item_id: str) -> MemoryItem:
+        return self.mem._call(self.cube, "get", item_id)  # type: ignore[no-any-return]
+
+    def episode_id(self, turn_id: str) -> str:
+        """The id of the episode for one turn in this cube and scope: adding a turn twice finds it again."""
+        s = self.scope
+        key = "\x1f".join([self.cube.cube_id, s.user_id or "", s.agent_id or "", s.session_id or "", turn_id])
+        return "ep-" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+
+    def add_many(self, specs: list[dict[str, Any]]) -> list[MemoryItem]:
+        """Add in one transaction. Episodes without an id get :meth:`episode_id` and are skipped when already
+        stored (so a retried add that fell back to episodes does not store them twice)."""
+        out = []
+        for spec in specs:
+            spec = self._spec(spec)
+            if spec.get("id") is None and spec.get("kind") == MemoryKind.EPISODE:
+                ids = (spec.get("provenance") or {}).get("source_ids") or []
+                if len(ids) == 1:
+                    spec["id"] = self.episode_id(ids[0])
+                    if self.mem._call(self.cube, "lookup", spec["id"]) is not None:
+                        continue
+            out.append(spec)
+        if not out:
+            return []
+        return self.mem._call(self.cube, "add_many", out)  # type: ignore[no-any-return]
+
+    def update(self, item_id: str, *, reason: str, **fields: Any) -> MemoryItem:
+        return self.mem._call(self.cube, "update", item_id, reason=reason, **fields)  # type: ignore[no-any-return]
+
+    def delete(self, item_id: str, *, reason: str) -> MemoryItem:
+        return self.mem._call(self.cube, "delete", item_id, reason=reason)  # type: ignore[no-any-return]
+
+    def now(self) -> datetime:
+        return self.mem._now()
+
+
+class MemOS:
+    """Memory for an application: several cubes, a reader, search and prompt context behind one object.
+
+    Parameters
+    ----------
+    path:
+        Folder holding one sub-folder per cube (created when missing).
+    embedder:
+        ``None`` for the offline default, or any LangChain ``Embeddings``, LlamaIndex ``BaseEmbedding`` or
+        callable; shared by every cube this object opens.
+    llm:
+        ``None`` for the offline reader; a LangChain chat model, a LlamaIndex LLM or a callable
+        ``fn(messages) -> str`` for LLM mode; or a configured :class:`~memos_core.reader.llm.LLMReader`.
+    principal:
+        Who is acting; passed as ``actor`` to every cube call.
+    tokenizer:
+        Token counter for :meth:`get_context` budgets: ``fn(text) -> int`` (or a list of tokens). Default:
+        characters / 4.
+    clock:
+        Zero-argument callable returning the current time (tests); also given to the cubes opened here.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] = "./memos_data", *, embedder: Any = None, llm: Any = None,
+                 principal: str = "local", tokenizer: Callable[[str], Any] | None = None,
+                 clock: Callable[[], datetime] | None = None, default_cube: str = DEFAULT_CUBE,
+                 context_turns: int = 1, **cube_options: Any) -> None:
+        if not isinstance(principal, str) or not principal.strip():
+            raise ValidationError("principal must be a non-empty string")
+        self.path = Path(path)
+        self.principal = principal
+        self.tokenizer = tokenizer
+        self._clock = clock or utcnow
+        self._cube_options = dict(cube_options)
+        self.embedder = resolve_embedder(embedder)
+        self.reader = OfflineReader(context_turns=context_turns)
+        self.llm_reader: LLMReader | None = None
+        if llm is not None:
+            self.llm_reader = llm if isinstance(llm, LLMReader) else LLMReader(llm)
+        self._lock = threading.RLock()
+        self._cubes: dict[str, MemCube] = {}
+        self._owned: set[str] = set()
+        self._recent: OrderedDict[tuple[Any, ...], Turn] = OrderedDict()
+        self._closed = False
+        self.default_cube = self._check_name(default_cube)
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            for sub in sorted(p for p in self.path.iterdir() if (p / MANIFEST).is_file()):
+                self._open(sub, sub.name, create=False)
+            if self.default_cube not in self._cubes:
+                self._open(self.path / self.default_cube, self.default_cube, create=True)
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ plumbing
+    def _now(self) -> datetime:
+        return to_utc(self._clock()) or utcnow()
+
+    def _call(self, cube: MemCube, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Call a cube method, passing ``actor=principal`` when the method accepts it."""
+        if _takes_actor(type(cube), name):
+            kwargs.setdefault("actor", self.principal)
+        return getattr(cube, name)(*args, **kwargs)
+
+    @staticmethod
+    def _check_name(name: Any) -> str:
+        if not isinstance(name, str) or not _CUBE_NAME.match(name):
+            raise ValidationError(f"cube name {name!r}: use 1-64 letters, digits, '_', '-' or '.', "
+                                  "starting with a letter or digit")
+        return name
+
+    def _open(self, folder: Path, name: str, *, create: bool) -> MemCube:
+        cube = MemCube(folder, embedder=self.embedder, create=create, name=name, clock=self._clock,
+                       actor=self.principal, **self._cube_options)
+        self._cubes[name] = cube
+        self._owned.add(name)
+        return cube
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise MemOSError("this MemOS is closed; create a new one")
+
+    def _cube(self, cube: str | MemCube | None) -> tuple[str, MemCube]:
+        """Resolve a cube argument (mount name, cube id, MemCube or None for the default)."""
+        self._check_open()
+        with self._lock:
+            if cube is None:
+                cube = self.default_cube
+            if isinstance(cube, MemCube):
+                for n, c in self._cubes.items():
+                    if c is cube:
+                        return n, c
+                raise NotFound(f"cube {cube!r} is not mounted; mount() it first")
+            if not isinstance(cube, str):
+                raise ValidationError(f"cube must be a mounted cube's name or id, got {type(cube).__name__}")
+            if cube in self._cubes:
+                return cube, self._cubes[cube]
+            for n, c in self._cubes.items():
+                if c.cube_id == cube:
+                    return n, c
+        raise NotFound(f"no cube {cube!r} is mounted; mounted: {sorted(self._cubes)}")
+
+    def _targets(self, cubes: Sequence[str | MemCube] | str | None) -> list[tuple[str, MemCube]]:
+        if cubes is None:
+            self._check_open()
+            with self._lock:
+                return list(self._cubes.items())
+        if isinstance(cubes, (str, MemCube)):
+            cubes = [cubes]
+        out: list[tuple[str, MemCube]] = []
+        for c in cubes:
+            nc = self._cube(c)
+            if nc not in out:
+                out.append(nc)
+        return out
+
+    # ------------------------------------------------------------------ cubes
+    @property
+    def cubes(self) -> dict[str, MemCube]:
+        """Mounted cubes by name (a copy)."""
+        with self._lock:
+            return dict(self._cubes)
+
+    def create_cube(self, name: str) -> MemCube:
+        """Create a cube in ``path/name`` and mount it under ``name``."""
+        self._check_open()
+        self._check_name(name)
+        with self._lock:
+            if name in self._cubes:
+                raise Conflict(f"a cube named {name!r} is already mounted")
+            folder = self.path / name
+            if (folder / MANIFEST).exists():
+                raise Conflict(f"{folder} already holds a cube; mount({str(folder)!r}) it instead")
+            return self._open(folder, name, create=True)
+
+    def mount(self, cube_or_path: MemCube | str | os.PathLike[str], name: str | None = None) -> MemCube:
+        """Mount an open :class:`MemCube` or an existing cube folder under ``name`` (default: the cube's name).
+
+        A cube passed as an object stays owned by the caller (``close``/``unmount`` leave it open); one opened
+        from a path here is closed by them.
+        """
+        self._check_open()
+        with self._lock:
+            if isinstance(cube_or_path, MemCube):
+                cube, owned = cube_or_path, False
+                name = self._check_name(name or cube.name)
+            else:
+                folder = Path(cube_or_path)
+                name = self._check_name(name or folder.name)
+                if not (folder / MANIFEST).is_file():
+                    raise NotFound(f"no cube at {folder} (no {MANIFEST}); use create_cube(name) for a new one")
+                cube, owned = None, True
+            if name in self._cubes:
+                raise Conflict(f"a cube named {name!r} is already mounted; pass another name=")
+            if cube is not None and any(c.cube_id == cube.cube_id for c in self._cubes.values()):
+                raise Conflict(f"cube {cube.cube_id} is already mounted")
+            if owned:
+                cube = MemCube(folder, embedder=self.embedder, create=False, clock=self._clock,
+                               actor=self.principal, **self._cube_options)
+                if any(c.cube_id == cube.cube_id for c in self._cubes.values()):
+                    cube.close()
+                    raise Conflict(f"cube {cube.cube_id} at {folder} is already mounted")
+                self._owned.add(name)
+            assert cube is not None
+            self._cubes[name] = cube
+            return cube
+
+    def unmount(self, name: str) -> None:
+        """Unmount a cube (closing it if this object opened it). Its data stays on disk."""
+        self._check_open()
+        with self._lock:
+            if name not in self._cubes:
+                raise NotFound(f"no cube {name!r} is mounted")
+            cube = self._cubes.pop(name)
+            if name in self._owned:
+                self._owned.discard(name)
+                cube.close()
+            if name == self.default_cube:
+                log.warning("the default cube %r was unmounted; add() now needs cube=", name)
+            for key in [k for k in self._recent if k[0] == name]:
+                del self._recent[key]
+
+    def close(self) -> None:
+        """Close every cube this object opened. Safe to call twice."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for name in list(self._cubes):
+                cube = self._cubes.pop(name)
+                if name in self._owned:
+                    try:
+                        cube.close()
+                    except Exception:  # noqa: BLE001 - closing the others matters more
+                        log.exception("closing cube %s failed", name)
+            self._owned.clear()
+
+    def __enter__(self) -> "MemOS":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"MemOS(path={str(self.path)!r}, cubes={sorted(self._cubes)}, principal={self.principal!r})"
+
+    # ------------------------------------------------------------------ add
+    def _prepare(self, messages: Any, user_id: str | None, agent_id: str | None, session_id: str | None,
+                 timestamp: Any, cube: str | MemCube | None, infer: bool | None,
+                 metadata: Mapping[str, Any] | None) -> tuple[str, _CubeStore, list[Turn], bool]:
+        name, c = self._cube(cube)
+        from pydantic import ValidationError as PydanticError
+
+        try:
+            scope = Scope(user_id=user_id, agent_id=agent_id, session_id=session_id)
+        except PydanticError as exc:
+            raise ValidationError(f"bad scope: {exc.errors()[0]['msg']}") from None
+        if metadata is not None:
+            from pydantic import ValidationError as PydanticError
+
+            try:
+                MemoryItem(content="-", metadata=metadata)
+            except PydanticError as exc:
+                raise ValidationError(f"bad metadata: {exc.errors()[0]['msg']}") from None
+        if infer is None:
+            infer = self.llm_reader is not None
+        elif infer and self.llm_reader is None:
+            raise ValidationError("infer=True needs an LLM: MemOS(..., llm=<chat model or callable>)")
+        turns = coerce_turns(messages, session_id=session_id, timestamp=timestamp)
+        if not turns:
+            raise ValidationError("messages is empty: nothing to add")
+        now = self._now()
+        seen: dict[str, int] = {}
+        for t in turns:
+            if not t.id:
+                t.id = _turn_id(t)
+                if t.id in seen:  # the same text twice in one call is said twice
+                    seen[t.id] += 1
+                    t.id = f"{t.id}#{seen[t.id]}"
+                else:
+                    seen[t.id] = 1
+        store = _CubeStore(self, c, scope, metadata)
+        for t in turns:
+            if t.time is None:
+                t.time = now
+                store.untimed.add(t.id or "")
+        return name, store, turns, bool(infer)
+
+    def add(self, messages: Any, *, user_id: str | None = None, agent_id: str | None = None,
+            session_id: str | None = None, timestamp: Any = None, cube: str | MemCube | None = None,
+            infer: bool | None = None, metadata: Mapping[str, Any] | None = None) -> AddResult:
+        """Turn messages into memories in one cube.
+
+        ``messages``: a string, a dict (``role``/``speaker``, ``content``/``text``, optional ``id`` and
+        ``time``), a :class:`~memos_core.reader.Turn`, or a list of them. Turns without an id get one derived
+        from their content, speaker, session and time, so adding the same message again changes nothing.
+        Turns without a time take ``timestamp`` (default: now).
+
+        ``infer``: ``None`` uses the LLM reader when an ``llm`` is configured, else the offline reader;
+        ``False`` forces offline; ``True`` requires an LLM.
+        """
+        name, store, turns, infer = self._prepare(messages, user_id, agent_id, session_id, timestamp, cube, infer,
+                                                  metadata)
+        if infer:
+            assert self.llm_reader is not None
+            res = self.llm_reader.read(turns, store, user_name=user_id)
+        else:
+            res = self._add_offline(name, store, turns)
+        res.cube = name
+        return res
+
+    async def aadd(self, messages: Any, *, user_id: str | None = None, agent_id: str | None = None,
+                   session_id: str | None = None, timestamp: Any = None, cube: str | MemCube | None = None,
+                   infer: bool | None = None, metadata: Mapping[str, Any] | None = None) -> AddResult:
+        """Async :meth:`add`: the model is awaited natively, store work runs in a worker thread."""
+        name, store, turns, infer = self._prepare(messages, user_id, agent_id, session_id, timestamp, cube, infer,
+                                                  metadata)
+        if infer:
+            assert self.llm_reader is not None
+            res = await self.llm_reader.aread(turns, store, user_name=user_id)
+        else:
+            res = await asyncio.to_thread(self._add_offline, name, store, turns)
+        res.cube = name
+        return res
+
+    def _add_offline(self, name: str, store: _CubeStore, turns: list[Turn]) -> AddResult:
+        """One episode per turn, idempotent: a turn already stored in this scope (same cube, scope and turn id)
+        is left alone (also when it was deleted since: re-sending a message does not undo a delete), and one
+        whose text or time changed gets a new version."""
+        res = AddResult(mode="offline")
+        key = (name, store.scope.user_id, store.scope.agent_id, store.scope.session_id)
+        with self._lock:
+            prev = self._recent.get(key)
+        specs = self.reader.read(turns, history=[prev] if prev is not None else [])
+        fresh: list[dict[str, Any]] = []
+        edited: list[tuple[MemoryItem, dict[str, Any]]] = []
+        seen: set[str] = set()
+        for t, spec in zip(turns, specs):
+            spec["id"] = store.episode_id(t.id or "")
+            if spec["id"] in seen:  # the same turn id twice in one call: the first one counts
+                continue
+            seen.add(spec["id"])
+            cur = self._call(store.cube, "lookup", spec["id"])
+            if cur is None:
+                fresh.append(spec)
+            elif cur.state in (LifecycleState.DELETED, LifecycleState.PURGED) or (
+                    cur.content == spec["content"] and (cur.event_time == t.time or t.id in store.untimed)):
+                res.unchanged.append(cur.id)
+            else:
+                edited.append((cur, spec))
+        if fresh:
+            res.added = store.add_many(fresh)  # one transaction: all or nothing (raises on failure)
+        for cur, spec in edited:
+            try:
+                res.updated.append(store.update(
+                    cur.id, reason="the turn was edited", content=spec["content"], index_text=spec["index_text"],
+                    event_time=spec["event_time"], metadata={**cur.metadata, **store._spec(spec)["metadata"]}))
+            except MemOSError as exc:
+                res.errors.append(f"turn {spec['provenance']['source_ids']} changed but memory {cur.id} could not "
+                                  f"be updated: {exc}")
+        with self._lock:
+            self._recent[key] = turns[-1]
+            self._recent.move_to_end(key)
+            while len(self._recent) > _RECENT_MAX:
+                self._recent.popitem(last=False)
+        return res
+
+    # ------------------------------------------------------------------ search
+    def search(self, query: str, *, user_id: str | None = None, agent_id: str | None = None,
+               session_id: str | None = None, k: int = 10, filter: SearchFilter | Mapping[str, Any] | None = None,
+               cubes: Sequence[str | MemCube] | str | None = None, mode: SearchMode = "hybrid") -> list[SearchHit]:
+        """Search every mounted cube the caller may read (or only ``cubes``) and merge the hits.
+
+        Hits are merged by fused score (each cube fuses dense and lexical ranks the same way, so scores are
+        comparable), duplicates are dropped keeping the best (same normalised content; for episodes also the
+        same event time), and ties are ordered by per-cube rank, mount order and id. ``hit.item.cube_id``
+        says which cube a hit came from.
+        """
+        if not isinstance(query, str) or not query.strip():
+            raise ValidationError("query must be a non-empty string")
+        explicit = cubes is not None
+        scored: list[tuple[float, int, int, str, SearchHit]] = []
+        for order, (name, cube) in enumerate(self._targets(cubes)):
+            try:
+                hits = self._call(cube, "search", query, k=k, filter=filter, mode=mode, user_id=user_id,
+                                  agent_id=agent_id, session_id=session_id)
+            except PermissionDenied:
+                if explicit:
+                    raise
+                log.debug("cube %s denies %s a search; skipped", name, self.principal)
+                continue
+            for rank, h in enumerate(hits):
+                scored.append((-h.score, rank, order, h.item.id, h))
+        scored.sort(key=lambda x: x[:4])
+        out: list[SearchHit] = []
+        seen: set[tuple[str, Any]] = set()
+        for *_, h in scored:
+            it = h.item
+            key = (normalize(it.content), it.event_time if it.kind == MemoryKind.EPISODE else None)
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append(h)
+            if len(out) >= k:
+                break
+        return out
+
+    async def asearch(self, query: str, **kwargs: Any) -> list[SearchHit]:
+        """Async :meth:`search` (runs in a worker thread)."""
+        return await asyncio.to_thread(functools.partial(self.search, query, **kwargs))
+
+    # ------------------------------------------------------------------ context
+    def _tokens(self, text: str, tokenizer: Callable[[str], Any] | None) -> int:
+        fn = tokenizer or self.tokenizer
+        if fn is None:
+            return _approx_tokens(text)
+        n = fn(text)
+        return int(n) if isinstance(n, (int, float)) else len(n)
+
+    @staticmethod
+    def format_memory(item: MemoryItem) -> str:
+        """One context line: ``- [YYYY-MM-DD] content`` (date = event time, else creation; one line)."""
+        when = item.event_time or item.created_at
+        text = " ".join(item.content.split())
+        line = f"- [{when:%Y-%m-%d}] {text}"
+        if item.valid_until is not None:
+            line += f" (no longer true since {item.valid_until:%Y-%m-%d})"
+        return line
+
+    def get_context(self, query: str, *, user_id: str | None = None, agent_id: str | None = None,
+                    session_id: str | None = None, k: int = 10, token_budget: int = 1000,
+                    filter: SearchFilter | Mapping[str, Any] | None = None,
+                    cubes: Sequence[str | MemCube] | str | None = None,
+                    tokenizer: Callable[[str], Any] | None = None, header: str = CONTEXT_HEADER) -> str:
+        """A memory block ready to put into a prompt, or ``""`` when nothing relevant was found.
+
+        Format (stable)::
+
+            ## Relevant memories
+            - [2023-05-07] Ann: I moved to Lisbon yesterday.
+            - [2023-05-08] Ann likes green tea.
+
+        The top ``k`` hits of :meth:`search` are taken in relevance order while they fit ``token_budget``
+        (header included; tokens = characters / 4 unless a ``tokenizer`` is given). A line that does not fit
+        is shortened with "..." when at least 16 tokens are left, otherwise skipped. The chosen lines are then
+        printed in chronological order (event time, else creation time; ties by relevance), since a timeline is
+        what a model reads best. A fact that stopped being true says so: ``(no longer true since ...)``.
+        """
+        if not isinstance(token_budget, int) or isinstance(token_budget, bool) or token_budget < 1:
+            raise ValidationError("token_budget must be a positive integer")
+        hits = self.search(query, user_id=user_id, agent_id=agent_id, session_id=session_id, k=k, filter=filter,
+                           cubes=cubes)
+        return self._render(hits, token_budget, tokenizer, header)
+
+    def _render(self, hits: list[SearchHit], budget: int, tokenizer: Callable[[str], Any] | None,
+                header: str) -> str:
+        if not hits:
+            return ""
+        used = self._tokens(header + "\n", tokenizer)
+        chosen: list[tuple[datetime, int, str]] = []
+        for rank, h in enumerate(hits):
+            line = self.format_memory(h.item)
+            cost = self._tokens(line + "\n", tokenizer)
+            if used + cost > budget:
+                left = budget - used
+                if left < 16:
+                    continue
+                line = self._shorten(line, left, tokenizer)
+                if line is None:
+                    continue
+                cost = self._tokens(line + "\n", tokenizer)
+            used += cost
+            chosen.append((h.item.event_time or h.item.created_at, rank, line))
+        if not chosen:
+            return ""
+        chosen.sort(key=lambda x: (x[0], x[1]))
+        return header + "\n" + "".join(line + "\n" for _, _, line in chosen)
+
+    def _shorten(self, line: str, tokens: int, tokenizer: Callable[[str], Any] | None) -> str | None:
+        lo, hi, best = 0, len(line), None
+        while lo <= hi:  # longest prefix (cut at a space) that fits
+            mid = (lo + hi) // 2
+            cand = line[:mid].rsplit(" ", 1)[0] + " ..."
+            if self._tokens(cand + "\n", tokenizer) <= tokens:
+                best, lo = cand, mid + 1
+            else:
+                hi = mid - 1
+        if best is None or len(best) <= len("- [0000-00-00]  ..."):
+            return None
+        return best
+
+    async def aget_context(self, query: str, **kwargs: Any) -> str:
+        """Async :meth:`get_context` (runs in a worker thread)."""
+        return await asyncio.to_thread(functools.partial(self.get_context, query, **kwargs))
+
+    # ------------------------------------------------------------------ item pass-throughs
+    def _locate(self, item_id: str, cube: str | MemCube | None) -> MemCube:
+        if cube is not None:
+            return self._cube(cube)[1]
+        if not isinstance(item_id, str) or not item_id:
+            raise ValidationError("item id must be a non-empty string")
+        for _, c in self._targets(None):
+            try:
+                if self._call(c, "lookup", item_id) is not None:  # any state; needs read only
+                    return c
+            except (NotFound, PermissionDenied):
+                continue
+        raise NotFound(f"no memory with id {item_id!r} in any mounted cube ({', '.join(sorted(self._cubes))})")
+
+    def get(self, item_id: str, cube: str | MemCube | None = None, *, include_deleted: bool = False) -> MemoryItem:
+        """The current version of a memory, looked up in ``cube`` or in every mounted cube."""
+        return self._call(self._locate(item_id, cube), "get", item_id,  # type: ignore[no-any-return]
+                          include_deleted=include_deleted)
+
+    def update(self, item_id: str, content: str | None = None, cube: str | MemCube | None = None, *,
+               reason: str | None = None, **fields: Any) -> MemoryItem:
+        """Write a new version of a memory (see :meth:`MemCube.update`)."""
+        return self._call(self._locate(item_id, cube), "update", item_id, content,  # type: ignore[no-any-return]
+                          reason=reason, **fields)
+
+    def delete(self, item_id: str, cube: str | MemCube | None = None, *, reason: str | None = None) -> MemoryItem:
+        """Tombstone a memory (restorable until purged or forgotten)."""
+        return self._call(self._locate(item_id, cube), "delete", item_id,  # type: ignore[no-any-return]
+                          reason=reason)
+
+    def restore(self, item_id: str, cube: str | MemCube | None = None, *, reason: str | None = None) -> MemoryItem:
+        """Undo a delete."""
+        return self._call(self._locate(item_id, cube), "restore", item_id,  # type: ignore[no-any-return]
+                          reason=reason)
+
+    def history(self, item_id: str, cube: str | MemCube | None = None) -> list[MemoryVersion]:
+        """Every version of a memory, oldest first."""
+        return self._call(self._locate(item_id, cube), "history", item_id)  # type: ignore[no-any-return]
+
+    def rollback(self, item_id: str, version: int, cube: str | MemCube | None = None, *,
+                 reason: str | None = None) -> MemoryItem:
+        """Restore an earlier version's content as a new version."""
+        return self._call(self._locate(item_id, cube), "rollback", item_id, version,  # type: ignore[no-any-return]
+                          reason=reason)
+
+    def forget(self, item_id: str, cube: str | MemCube | None = None, *, reason: str | None = None,
+               **kwargs: Any) -> Any:
+        """Erase a memory for good (needs the *administer* right on its cube).
+
+        Uses the cube's governance ``forget`` (the item, its versions and index rows, and by default the
+        memories derived from it: see :meth:`MemCube.forget`; returns the erased ids). A cube without it gets
+        delete + purge (content of every version erased; artefacts built from it then read as stale).
+        """
+        c = self._locate(item_id, cube)
+        if hasattr(c, "forget"):
+            return self._call(c, "forget", item_id, reason=reason, **kwargs)
+        item = self._call(c, "get", item_id, include_deleted=True)
+        if item.state not in (LifecycleState.DELETED, LifecycleState.PURGED):
+            self._call(c, "delete", item_id, reason=reason or "forget")
+        return self._call(c, "purge", item_id, reason=reason or "forget")
+
+    async def aget(self, item_id: str, cube: str | MemCube | None = None, **kwargs: Any) -> MemoryItem:
+        return await asyncio.to_thread(functools.partial(self.get, item_id, cube, **kwargs))
+
+    async def aupdate(self, item_id: str, content: str | None = None, cube: str | MemCube | None = None,
+                      **fields: Any) -> MemoryItem:
+        return await asyncio.to_thread(functools.partial(self.update, item_id, content, cube, **fields))
+
+    async def adelete(self, item_id: str, cube: str | MemCube | None = None, **kwargs: Any) -> MemoryItem:
+        return await asyncio.to_thread(functools.partial(self.delete, item_id, cube, **kwargs))
+
+    async def ahistory(self, item_id: str, cube: str | MemCube | None = None) -> list[MemoryVersion]:
+        return await asyncio.to_thread(self.history, item_id, cube)
+
+    async def arollback(self, item_id: str, version: int, cube: str | MemCube | None = None,
+                        **kwargs: Any) -> MemoryItem:
+        return await asyncio.to_thread(functools.partial(self.rollback, item_id, version, cube, **kwargs))
+
+    # ------------------------------------------------------------------ maintenance
+    def dedup(self, *, cube: str | MemCube | None = None, user_id: str | None = None, agent_id: str | None = None,
+              session_id: str | None = None, threshold: float = DEFAULT_NEAR_THRESHOLD, dry_run: bool = False,
+              limit: int = 10_000) -> list[tuple[str, list[str]]]:
+        """Merge exact and near-duplicate memories of one cube (optionally one scope).
+
+        For each group the oldest memory survives: its provenance gains the others' source ids and their ids
+        as parents (a new version), and the others move to the ``merged`` state (kept, hidden from default
+        search, restorable). Frozen memories are left alone. Returns ``[(survivor_id, [merged_ids])]``;
+        ``dry_run`` only reports. Duplicates are looked for among each memory's lexical neighbours.
+        """
+        _, c = self._cube(cube)
+        f: dict[str, Any] = {a: v for a, v in (("user_id", user_id), ("agent_id", agent_id),
+                                               ("session_id", session_id)) if v is not None}
+        f["states"] = [LifecycleState.GENERATED, LifecycleState.ACTIVATED]
+        items = self._call(c, "list", f, limit=limit)
+        done: set[str] = set()
+        merges: list[tuple[str, list[str]]] = []
+        for it in items:
+            if it.id in done:
+                continue
+            try:
+                hits = self._call(c, "search", it.content, k=8, filter={**f, "kinds": [it.kind]}, mode="lexical",
+                                  record_usage=False)
+            except ValidationError:
+                continue
+            group = [it] + [h.item for h in hits if h.item.id != it.id and h.item.id not in done]
+            for survivor, dups in plan_merges(group, threshold):
+                if survivor.id in done or any(d.id in done for d in dups):
+                    continue
+                ids = [d.id for d in dups]
+                done.update(ids)
+                done.add(survivor.id)
+                merges.append((survivor.id, ids))
+                if dry_run:
+                    continue
+                prov = merge_provenance(survivor.provenance, *(d.provenance for d in dups), parent_ids=ids)
+                self._call(c, "update", survivor.id, provenance=prov, reason=f"dedup: merged {', '.join(ids)}")
+                for d in dups:
+                    self._call(c, "transition", d.id, LifecycleState.MERGED, reason=f"merged into {survivor.id}")
+        return merges
+
