@@ -263,18 +263,21 @@ class MemScheduler:
     half_life: the aging half-life of usage scores.
     policies: default ``[RefreshStale(), PromoteHotToActivation(), QueueStableForLoRA()]``.
     auto_observe: record the cube's search hits automatically.
+    actor: the principal the scheduler acts as on the cube (default: the cube's default principal); it needs
+        the writer role for demotion.
     """
 
     def __init__(self, cube: Any, *, activation: ActivationTarget | None = None,
                  parametric: ParametricTarget | None = None, budget_bytes: int | None = None,
                  half_life: timedelta = timedelta(days=7), policies: Sequence[Policy] | None = None,
                  clock: Callable[[], datetime] | None = None, auto_observe: bool = True,
-                 max_jobs_per_step: int = 64, max_attempts: int = 3) -> None:
+                 max_jobs_per_step: int = 64, max_attempts: int = 3, actor: str | None = None) -> None:
         if budget_bytes is not None and budget_bytes < 0:
             raise ValidationError("budget_bytes must be >= 0")
         if half_life.total_seconds() <= 0:
             raise ValidationError("half_life must be positive")
         self.cube = cube
+        self.actor = actor
         self.activation = activation
         self.parametric = parametric
         self.budget_bytes = budget_bytes
@@ -477,7 +480,7 @@ class MemScheduler:
             item = self.cube.lookup(ids[0])
             if item is not None and item.state == LifecycleState.ACTIVATED:
                 self.cube.transition(ids[0], LifecycleState.ARCHIVED, reason=f"scheduler: {payload['reason']}",
-                                     actor="scheduler")
+                                     actor=self.actor)
             return
         if kind == "queue_lora":
             assert self.parametric is not None
