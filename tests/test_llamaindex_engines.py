@@ -223,3 +223,26 @@ def test_tool_spec(mem: Any) -> None:
     assert gone is None or gone.state.value == "purged"  # content erased
     with pytest.raises(KeyError):
         mem.get(other)
+
+
+def test_engine_chat_history_argument_reset_and_empty_message(mem: Any) -> None:
+    llm = RecordingLLM(reply=lambda messages: f"Reply {len(llm.calls)}.")
+    memory = _memory(mem, "s1")
+    engine = SimpleChatEngine.from_defaults(llm=llm, memory=memory)
+    history = [ChatMessage(role="user", content="I run marathons."), ChatMessage(role="assistant", content="Wow.")]
+    engine.chat("How far is a marathon?", chat_history=history)  # LlamaIndex: memory.set(chat_history) first
+    assert [m.content for m in engine.chat_history] == ["I run marathons.", "Wow.", "How far is a marathon?",
+                                                        "Reply 1."]
+    count = len(mem.cubes["default"].list(limit=100))
+    assert count == 4
+    engine.chat("", chat_history=history + [ChatMessage(role="user", content="How far is a marathon?")])
+    # set() read nothing (all known), the empty message is kept in the history but not read; the reply is
+    contents = [i.content for i in mem.cubes["default"].list(limit=100)]
+    assert len(contents) == count + 1 and contents[-1] == "assistant: Reply 2."
+    assert [m.content for m in engine.chat_history][-2:] == ["", "Reply 2."]
+    count += 1
+    engine.reset()
+    assert engine.chat_history == []
+    assert len(mem.cubes["default"].list(limit=100)) == count  # long-term memory survives a reset
+    engine.chat("Do I do any sport?")
+    assert "user: I run marathons." in _system_texts(llm.calls[-1])

@@ -281,3 +281,33 @@ def test_register_memos_rejects_other_objects() -> None:
         register_memos("not a memos")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         MemOSMemory(memos="nope")  # type: ignore[arg-type]
+
+
+def test_llm_reader_extracts_facts_from_put_messages(tmp_path: Path) -> None:
+    """With an LLM (any LlamaIndex LLM) the MemOS reader turns chat messages into facts; the adapter only
+    passes the messages on."""
+    from test_llamaindex_support import RecordingLLM
+
+    def reply(messages: Any) -> str:
+        prompt = messages[-1].content or ""
+        if "New facts:" in prompt:
+            return json.dumps({"decisions": [{"fact": "F1", "op": "ADD"}]})
+        if "teal" in prompt.split("Turns:", 1)[-1]:
+            return json.dumps({"facts": [{"text": "Ann's favourite colour is teal", "kind": "preference",
+                                          "turns": ["T1"]}]})
+        return json.dumps({"facts": []})
+
+    reader = RecordingLLM(reply=reply)
+    m = MemOSMemory.from_defaults(str(tmp_path / "data"), embedder=hashed_embed, llm=reader, user_id="ann",
+                                  session_id="s1")
+    try:
+        m.put(_user("By the way, my favourite colour is teal."))
+        assert reader.prompts, "the reader LLM was asked"
+        res = m.last_add_result
+        assert res is not None and res.mode == "llm" and [i.content for i in res.added] == [
+            "Ann's favourite colour is teal"]
+        assert res.added[0].kind.value == "preference" and res.added[0].provenance.session_id == "s1"
+        other = MemOSMemory.from_memos(m.memos, user_id="ann", session_id="s2")
+        assert "Ann's favourite colour is teal" in other.get(input="Which colour do I like?")[0].content
+    finally:
+        m.memos.close()
