@@ -21,7 +21,6 @@ from memos_core import MemCube, MemOSError
 from memos_llamaindex import MemOSMemory, register_memos
 from test_llamaindex_support import REPO, hashed_embed, new_memos
 
-U = ChatMessage
 
 
 @pytest.fixture
