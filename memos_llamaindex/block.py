@@ -85,8 +85,7 @@ class MemOSMemoryBlock(BaseMemoryBlock[str]):
             if not isinstance(memos, MemOS):
                 raise TypeError(f"memos must be a MemOS, got {type(memos).__name__}")
             path, principal = memos_spec(memos)
-            data.setdefault("memos_path", path)
-            data.setdefault("principal", principal)
+            data["memos_path"], data["principal"] = path, principal  # the object given wins over a saved path
         super().__init__(**data)
         self._memos = track_memos(memos) if memos is not None else resolve_memos(self.memos_path, self.principal)
 

@@ -107,8 +107,7 @@ class MemOSMemory(BaseMemory):
             if not isinstance(memos, MemOS):
                 raise TypeError(f"memos must be a MemOS, got {type(memos).__name__}")
             path, principal = memos_spec(memos)
-            data.setdefault("memos_path", path)
-            data.setdefault("principal", principal)
+            data["memos_path"], data["principal"] = path, principal  # the object given wins over a saved path
         data.pop("class_name", None)
         super().__init__(**data)
         self._memos = track_memos(memos) if memos is not None else resolve_memos(self.memos_path, self.principal)

@@ -197,6 +197,8 @@ def test_to_dict_from_dict_pickle_deepcopy(mem: Any) -> None:
         assert clone.memos is mem  # the live MemOS of this process is reused
         assert (clone.user_id, clone.session_id, clone.k, clone.memory_token_budget) == ("ann", "s1", 3, 200)
         assert [x.content for x in clone.get_all()] == ["I play the cello.", "Lovely."]
+    moved = MemOSMemory.from_dict({**data, "memos_path": "/old/place"}, memos=mem)  # an explicit MemOS wins
+    assert moved.memos is mem and moved.memos_path == data["memos_path"]
     # restoring does not read the history into long-term memory again
     assert len(_items(mem)) == 2
     c = copy.deepcopy(m)
