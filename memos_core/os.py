@@ -215,11 +215,19 @@ class MemOS:
         self._closed = False
         self.default_cube = self._check_name(default_cube)
         self.path.mkdir(parents=True, exist_ok=True)
-        try:
+        #: cube folders under ``path`` that could not be mounted on start, with the reason
+        self.mount_errors: dict[str, str] = {}
+        try:  # the default cube first (mount order breaks ties in search), then the others by name
+            self._open(self.path / self.default_cube, self.default_cube,
+                       create=not (self.path / self.default_cube / MANIFEST).is_file())
             for sub in sorted(p for p in self.path.iterdir() if (p / MANIFEST).is_file()):
-                self._open(sub, sub.name, create=False)
-            if self.default_cube not in self._cubes:
-                self._open(self.path / self.default_cube, self.default_cube, create=True)
+                if sub.name == self.default_cube or not _CUBE_NAME.match(sub.name):
+                    continue
+                try:
+                    self._open(sub, sub.name, create=False)
+                except MemOSError as exc:  # e.g. built with another embedder: the others still open
+                    self.mount_errors[sub.name] = str(exc)
+                    log.warning("cube %s not mounted: %s", sub, exc)
         except BaseException:
             self.close()
             raise

@@ -80,9 +80,11 @@ def test_default_cube_is_created_and_cubes_are_found_again(tmp_path: Path) -> No
             m.create_cube("team")
         with pytest.raises(ValidationError, match="cube name"):
             m.create_cube("../escape")
+    MemCube(tmp_path / "d" / "other-dim", embedder=lambda t: np.ones((len(t), 8), dtype=np.float32)).close()
     with MemOS(tmp_path / "d", embedder=embed) as m:
-        assert sorted(m.cubes) == ["default", "team"]
+        assert list(m.cubes) == ["default", "team"]  # default first, then by name
         assert m.cubes["team"].count() == 1
+        assert list(m.mount_errors) == ["other-dim"] and "dimension 8" in m.mount_errors["other-dim"]
 
 
 def test_mount_and_unmount(tmp_path: Path, mem: MemOS) -> None:

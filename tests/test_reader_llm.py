@@ -503,6 +503,26 @@ def test_langchain_structured_output_is_used_when_the_model_supports_it(make_mem
     assert res.added[0].provenance.source_ids == ["s1:1"]
 
 
+def test_structured_output_that_fails_falls_back_to_text_for_good(make_mem: Callable[..., MemOS]) -> None:
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+    from langchain_core.runnables import RunnableLambda
+
+    tried: list[int] = []
+
+    class Rejecting(FakeListChatModel):
+        def with_structured_output(self, schema: Any, **kw: Any) -> Any:  # type: ignore[override]
+            def fail(_msgs: Any) -> Any:
+                tried.append(1)
+                raise ValueError("400: response_format json_schema is not supported by this model")
+            return RunnableLambda(fail)
+
+    mem = make_mem(Rejecting(responses=[facts(("Ann moved to Lisbon", ["T1"])), facts(("Bob runs", ["T1"]))]))
+    r1 = mem.add(ANN, user_id="ann")
+    r2 = mem.add("I run", user_id="bob")
+    assert r1.ok and r1.llm_calls == 2 and r2.ok and r2.llm_calls == 1 and tried == [1]
+    assert [a.content for a in r1.added + r2.added] == ["Ann moved to Lisbon", "Bob runs"]
+
+
 def _scripted_llamaindex(replies: list[str]) -> Any:
     from llama_index.core.llms import CompletionResponse, CustomLLM, LLMMetadata
     from llama_index.core.llms.callbacks import llm_completion_callback

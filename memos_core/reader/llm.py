@@ -358,7 +358,11 @@ class ChatModel:
         if self.kind == "langchain":
             runnable = self._structured_runnable(req)
             if runnable is not None:
-                return runnable.invoke(self._lc_messages(req.messages))
+                try:
+                    return runnable.invoke(self._lc_messages(req.messages))
+                except Exception:
+                    self._structured_cache[req.schema] = None  # e.g. the provider rejects the schema: text from now on
+                    raise
             return _reply_text(self.llm.invoke(self._lc_messages(req.messages)))
         if self.kind == "llamaindex":
             return _reply_text(self.llm.complete(self._prompt(req.messages)))
@@ -371,7 +375,11 @@ class ChatModel:
         if self.kind == "langchain":
             runnable = self._structured_runnable(req)
             if runnable is not None:
-                return await runnable.ainvoke(self._lc_messages(req.messages))
+                try:
+                    return await runnable.ainvoke(self._lc_messages(req.messages))
+                except Exception:
+                    self._structured_cache[req.schema] = None
+                    raise
             return _reply_text(await self.llm.ainvoke(self._lc_messages(req.messages)))
         if self.kind == "llamaindex":
             return _reply_text(await self.llm.acomplete(self._prompt(req.messages)))
