@@ -41,6 +41,8 @@ OTHER_FACTS = [
     "The user's favourite fruit is mango.",
     "Frank lives in Quito.",
 ]
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
+
 CFG = TrainingConfig(max_steps=40, learning_rate=3e-3, rank=8, alpha=16, progress=False, seed=7)
 PROMPT = "Question: What is true about Ann's dog? Answer: Ann's dog is called Rex."
 
@@ -292,7 +294,11 @@ def test_combine(world):
     mgr.activate(["facts", "other"])
     both = _logits(mgr.model, tok)
     rec = mgr.combine(["facts", "other"], [1.0, 1.0], "both", method="cat")
-    assert mgr.active_adapters == ["both"] and rec.lora["r"] == 16
+    assert mgr.active_adapters == ["both"] and rec.lora["r"] == 16 and rec.adapter_sha256 is None
+    key = mgr.state_key
+    mgr.deactivate()
+    mgr.switch("both")
+    assert mgr.state_key == key != ""
     assert torch.allclose(_logits(mgr.model, tok), both, atol=1e-5)
     assert {s.item_id for s in rec.sources} == {i.id for i in world["items"] + world["others"]}
     assert rec.combination.method == "cat" and rec.combination.adapter_sha256 == [
@@ -347,8 +353,11 @@ def test_corrupt_unknown_and_bad_names(world, tmp_path):
     (store.path("facts") / "memos_adapter.json").write_text("{not json")
     with pytest.raises(CorruptData):
         store.record("facts")
-    with pytest.raises(ValidationError):
-        AdapterManager(__import__("peft").get_peft_model(load_tiny_model(world["model_dir"])[0], __import__("peft").LoraConfig(target_modules=["q_proj"])), mgr.tokenizer)
+    from peft import LoraConfig, get_peft_model
+
+    wrapped = get_peft_model(load_tiny_model(world["model_dir"])[0], LoraConfig(target_modules=["q_proj"]))
+    with pytest.raises(ValidationError, match="bare base model"):
+        AdapterManager(wrapped, mgr.tokenizer)
 
 
 def test_failed_training_leaves_nothing(world, tmp_path, monkeypatch):

@@ -127,6 +127,7 @@ class AdapterManager:
         self._requires_grad: dict[str, bool] | None = None
         self._lock = threading.RLock()
         self._revision = 0
+        self._digests: dict[str, str] = {}  # weight digests of adapters not saved yet (combined ones)
 
     # -- what other code reads ---------------------------------------------------------------------------
     @property
@@ -159,7 +160,11 @@ class AdapterManager:
         """``""`` for the base model; otherwise a digest of the active adapters' names and weight hashes."""
         if not self._active:
             return ""
-        parts = sorted(f"{n}:{self._records[n].adapter_sha256 or 'unsaved-r' + str(self._revision)}" for n in self._active)
+        parts = []
+        for n in self._active:
+            rec = self._records.get(n)
+            parts.append(f"{n}:{(rec.adapter_sha256 if rec else None) or self._digests.get(n, 'training')}")
+        parts.sort()
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
     @property
@@ -377,6 +382,7 @@ class AdapterManager:
             for n in names:
                 self._active = [a for a in self._active if a != n]
                 del self._records[n]
+                self._digests.pop(n, None)
                 self._remove(n)
             self._sync()
 
@@ -469,10 +475,23 @@ class AdapterManager:
                 versions=_versions(),
             )
             self._records[new_name] = rec
+            self._digests[new_name] = self._weights_digest(new_name)
             if activate:
                 self._active = [new_name]
             self._sync()
             return rec
+
+    def _weights_digest(self, name: str) -> str:
+        import torch
+        from peft import get_peft_model_state_dict
+
+        h = hashlib.sha256()
+        tensors = get_peft_model_state_dict(self._peft, adapter_name=name, save_embedding_layers=False)
+        for key in sorted(tensors):
+            t = tensors[key].detach().to("cpu").contiguous()
+            h.update(f"{key}|{tuple(t.shape)}|{t.dtype}|".encode())
+            h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+        return "w" + h.hexdigest()
 
     # -- evaluation --------------------------------------------------------------------------------------
     def evaluate(
