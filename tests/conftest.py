@@ -59,6 +59,14 @@ class FakeClock:
         return self.now
 
 
+def grant(cube: Any, *principals: str, role: str = "admin") -> None:
+    """Let ``principals`` act on ``cube`` (a cube only accepts actors it was shared with)."""
+    share = getattr(cube, "share", None)
+    if share is not None:
+        for principal in principals:
+            share(principal, role)
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()

@@ -8,7 +8,7 @@ import shutil
 import pytest
 from conftest import hashed_embed
 
-from memos_core.cube import MemCube
+from memos_core.cube import MemCube, RetrievalConfig
 from memos_core.errors import BackendUnavailable
 from memos_core.items import LifecycleState as S
 
@@ -43,22 +43,40 @@ def _snapshot(cube, **kw):
 
 def test_hits_carry_scores_and_retrievers(facts) -> None:
     cube, ids = facts
-    w = {"dense": cube.retrieval.dense_weight, "lexical": cube.retrieval.lexical_weight}
-    k0 = cube.retrieval.rrf_k
     hits = cube.search("Where does Ann live", k=5)
     assert 1 <= len(hits) <= 5
     assert hits[0].item.id == ids[0]
     assert set(hits[0].retrievers) == {"dense", "lexical"} and set(hits[0].ranks) == {"dense", "lexical"}
-    dense = [h.item.id for h in cube.search("Where does Ann live", k=60, mode="dense")]
-    lexical = [h.item.id for h in cube.search("Where does Ann live", k=60, mode="lexical")]
+    dense = cube.search("Where does Ann live", k=60, mode="dense")
+    lexical = cube.search("Where does Ann live", k=60, mode="lexical")
+    own = {"dense": {h.item.id: (i, h.retrievers["dense"]) for i, h in enumerate(dense, 1)},
+           "lexical": {h.item.id: (i, h.retrievers["lexical"]) for i, h in enumerate(lexical, 1)}}
     for h in hits:
         assert set(h.retrievers) == set(h.ranks) and h.ranks
-        # the reported ranks are the ranks each retriever gives on its own ...
+        # the reported ranks and scores are the ones each retriever gives on its own
         for name, rank in h.ranks.items():
-            assert (dense if name == "dense" else lexical)[rank - 1] == h.item.id
-        # ... and the fused score is their weighted reciprocal-rank sum
-        assert h.score == pytest.approx(sum(w[n] / (k0 + r) for n, r in h.ranks.items()))
+            assert own[name][h.item.id][0] == rank
+            assert h.retrievers[name] == pytest.approx(own[name][h.item.id][1], abs=1e-4)
+        # a retriever that ranked the memory among its candidates is always reported
+        for name in ("dense", "lexical"):
+            if h.item.id in own[name]:
+                assert name in h.ranks
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_rrf_fusion_score_is_the_weighted_reciprocal_rank_sum(cube_path, open_cube) -> None:
+    try:
+        cfg = RetrievalConfig(fusion="rrf")
+    except TypeError:  # a core without a choice of fusion: RRF is the only one
+        cfg = RetrievalConfig()
+    cube = open_cube(cube_path, retrieval=cfg)
+    cube.add_many(FACTS)
+    w = {"dense": cube.retrieval.dense_weight, "lexical": cube.retrieval.lexical_weight}
+    for q in QUERIES:
+        hits = cube.search(q, k=5)
+        for h in hits:
+            assert h.score == pytest.approx(sum(w[n] / (cube.retrieval.rrf_k + r) for n, r in h.ranks.items()))
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 
 
 def test_modes_use_only_their_retriever(facts) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+from conftest import grant
 
 from memos_core.errors import Conflict, NotFound, ValidationError
 from memos_core.items import LifecycleState as S
@@ -16,6 +17,7 @@ def _ids(hits):
 
 
 def test_update_makes_a_new_version_and_keeps_history(cube, clock) -> None:
+    grant(cube, "alice", "bob")
     item = cube.add("Ann lives in Porto", tags=["home"], metadata={"src": "chat"}, kind="fact", actor="alice")
     clock.advance(60)
     v2 = cube.update(item.id, "Ann lives in Lisbon", reason="she moved", actor="bob")
@@ -79,6 +81,7 @@ def test_expected_version_is_optimistic_concurrency(cube) -> None:
 
 
 def test_rollback_creates_a_new_version_with_old_content(cube) -> None:
+    grant(cube, "carla")
     item = cube.add("Carla has a cat called Pixel", kind=MemoryKind.PREFERENCE, tags=["pets"],
                     metadata={"n": 1}, event_time="2023-05-08T10:00:00Z")
     cube.update(item.id, "Carla has a dog called Rex", tags=["pets", "dog"], metadata={"n": 2},
@@ -104,6 +107,7 @@ def test_rollback_creates_a_new_version_with_old_content(cube) -> None:
 
 
 def test_delete_is_a_tombstone(cube) -> None:
+    grant(cube, "ann")
     keep = cube.add("the wifi password is on the fridge")
     gone = cube.add("the wifi router is in the hallway closet")
     cube.delete(gone.id, reason="outdated", actor="ann")
@@ -131,6 +135,7 @@ def test_delete_is_a_tombstone(cube) -> None:
 
 
 def test_purge_erases_the_content_of_every_version(cube, cube_path) -> None:
+    grant(cube, "dpo")
     item = cube.add("my bank PIN is 4711 zebracorn", metadata={"secret": "yes"}, tags=["pin"])
     cube.update(item.id, "my bank PIN is 9182 zebracorn")
     cube.update(item.id, "my bank PIN changed again zebracorn")

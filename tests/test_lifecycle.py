@@ -6,6 +6,7 @@ import itertools
 from datetime import datetime, timezone
 
 import pytest
+from conftest import grant
 
 from memos_core import lifecycle
 from memos_core.errors import Conflict, IllegalTransition, NotFound, ValidationError
@@ -40,6 +41,7 @@ def _snapshot(cube, item_id):
 
 
 def test_every_transition_is_recorded_with_actor_and_reason(cube, clock) -> None:
+    grant(cube, "alice", "scheduler", "legal", "dpo")
     item = cube.add("Ann moved to Lisbon in 2021", actor="alice")
     clock.advance(10)
     cube.transition(item.id, "archived", reason="cold", actor="scheduler")
@@ -109,6 +111,7 @@ def test_unknown_state_and_unknown_id(cube) -> None:
 
 
 def test_frozen_blocks_update_delete_and_expiry_until_unfrozen(cube, clock) -> None:
+    grant(cube, "legal")
     item = cube.add("Carla's passport number ends in 42", ttl=60)
     cube.transition(item.id, S.FROZEN, reason="legal hold", actor="legal")
     before = _snapshot(cube, item.id)

@@ -99,11 +99,12 @@ class ChromaVectorIndex:
     def query(self, vector: np.ndarray, k: int, where: dict[str, Any] | None = None) -> list[tuple[str, float]]:
         """Nearest ids with cosine similarity (1 - cosine distance), best first."""
         col = self._collection()
-        n = self.count()
-        if n == 0 or k <= 0:
+        if k <= 0:
             return []
+        # No count() first: Chroma returns fewer results when k exceeds the collection (and none when it is
+        # empty), and a count per query costs milliseconds on a large collection.
         res = self._call("query", col.query, query_embeddings=[np.asarray(vector, dtype=np.float32)],
-                         n_results=min(k, n), where=where or None, include=["distances"])
+                         n_results=k, where=where or None, include=["distances"])
         ids = res["ids"][0]
         dists = res["distances"][0]
         return [(i, 1.0 - float(d)) for i, d in zip(ids, dists)]
