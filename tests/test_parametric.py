@@ -279,6 +279,12 @@ def test_stale_adapters_are_refused_and_retrained(world, tmp_path):
     third = world["items"][2]
     records[third.id] = third.model_copy(update={"state": LifecycleState.DELETED})
     assert "deleted" in store.stale("facts", records.get)[third.id]
+    # erasing derived weights of forgotten memories (right to be forgotten)
+    shutil.copytree(world["store"].path("other"), store.path("other"))
+    assert store.forget_items({third.id, "unrelated"}) == ["facts"]
+    assert store.forget_items([world["others"][0].id], delete=True) == ["other"]
+    assert store.names() == ["facts"]
+    assert set(store.status(records.get)) == {"facts"}
     # nothing left to train on
     for s in rec.sources:
         records.pop(s.item_id, None)
