@@ -1,0 +1,235 @@
+"""Time to first token: full-text prefill vs injected KV cache (in memory, and loaded from disk).
+
+For each cell (memory-context tokens x query tokens) on a randomly initialised model of a realistic shape
+(weights do not change timing), this measures:
+
+* ``ttft_text_s``: prefill of context + query from scratch, then the first token;
+* ``ttft_kv_s``: the context's KV cache already in memory (``KVCache``), copied into a fresh DynamicCache,
+  query prefilled on top, first token;
+* ``ttft_kv_from_disk_s``: the same, but the cache is first loaded from a :class:`KVCacheStore` (safetensors,
+  memory-mapped, full sha256 verification; the file is dropped from the OS page cache before each load
+  with ``posix_fadvise(DONTNEED)`` so the read really comes from the disk);
+* ``cut`` = 1 - ttft_kv / ttft_text, and ``tokens_identical``: whether the three runs' greedy tokens agree.
+
+Token ids are random (fixed seed), so context and query lengths are exact. TTFT counts from the call (the
+load, for the disk variant) to the first generated token; each timing is the median of ``--repeats`` runs
+after one global warm-up. The output records the machine's load average, since CPU timings on a shared box
+move with it. ``--compose K`` also reports, per context, the error of composing K
+separately built caches by RoPE re-rotation (approximate) and by recompute (exact) against full prefill.
+
+Examples::
+
+    python benchmarks/kv_ttft.py --config-size tiny --cells 583x167          # seconds
+    python benchmarks/kv_ttft.py --config-size 0.5b --json                   # the full grid (slow on CPU)
+
+With ``--json`` the last line printed is one JSON object:
+``{"cells": [{"context", "query", "ttft_text_s", "ttft_kv_s", "ttft_kv_from_disk_s", "cut", "tokens_identical"}],
+"device": ..., ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+CONTEXTS = (583, 2773, 6064)
+QUERIES = (167, 303, 953)
+
+SIZES = {
+    # Qwen2-0.5B's shape
+    "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                 num_key_value_heads=2, vocab_size=151936, rope_theta=1_000_000.0, tie_word_embeddings=True),
+    # Qwen2-1.5B's shape
+    "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                 num_key_value_heads=2, vocab_size=151936, rope_theta=1_000_000.0, tie_word_embeddings=True),
+    "small": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
+                  num_key_value_heads=2, vocab_size=32000, rope_theta=1_000_000.0, tie_word_embeddings=True),
+    "tiny": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=4096, rope_theta=10_000.0, tie_word_embeddings=True),
+}
+
+
+def parse_cells(text: str | None) -> list[tuple[int, int]]:
+    if not text:
+        return [(c, q) for c in CONTEXTS for q in QUERIES]
+    out = []
+    for part in text.split(","):
+        c, q = part.lower().split("x")
+        out.append((int(c), int(q)))
+    return out
+
+
+def drop_page_cache(path: Path) -> None:
+    if hasattr(os, "posix_fadvise"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config-size", choices=sorted(SIZES), default="0.5b")
+    ap.add_argument("--cells", help="comma-separated CONTEXTxQUERY, e.g. 583x167,6064x953 (default: the 3x3 grid)")
+    ap.add_argument("--repeats", type=int, default=1, help="timed runs per measurement (median), after a warm-up")
+    ap.add_argument("--new-tokens", type=int, default=8, help="greedy tokens generated to compare outputs")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
+    ap.add_argument("--compose", type=int, default=0, metavar="K", help="also measure composing K caches per context")
+    ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    args = ap.parse_args(argv)
+
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from memos_core.activation import KVCacheStore, SamplingParams, composition_error
+    from memos_core.activation.fingerprint import Fingerprinter
+    from memos_core.activation.generation import GenerationStream
+    from memos_core.activation.kvcache import build_prefix_cache
+    from memos_core.activation.testing import tiny_tokenizer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else print
+    dtype = getattr(torch, args.dtype)
+    cfg = Qwen2Config(max_position_embeddings=32768, use_sliding_window=False, **SIZES[args.config_size])
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=dtype).to(args.device).eval()
+    nparams = sum(p.numel() for p in model.parameters())
+    log(f"model: Qwen2 {args.config_size} shape, {nparams / 1e6:.0f}M params, {args.dtype}, {args.device} "
+        f"(init {time.perf_counter() - t0:.1f}s, torch threads {torch.get_num_threads()})")
+    tok = tiny_tokenizer("chatml")  # only used for the fingerprint: token ids below are random
+    fper = Fingerprinter(model, tok)
+    fp = fper()
+    params = SamplingParams(max_new_tokens=args.new_tokens, ignore_eos=True)
+    gen = torch.Generator().manual_seed(1234)
+    vocab = cfg.vocab_size
+
+    def rand_ids(n: int) -> list[int]:
+        return torch.randint(0, vocab, (n,), generator=gen).tolist()
+
+    def sync() -> None:
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def run(ids, cache=None, load=None):
+        """Generate ``--new-tokens`` greedily; returns (seconds from the start, load included, to the first
+        token, generated ids)."""
+        sync()
+        start = time.perf_counter()
+        if load is not None:
+            cache = load()
+        s = GenerationStream(model, tok, ids, cache, params, fingerprinter=fper)
+        for _ in s:
+            pass
+        sync()
+        ttft = (s.result.ttft_s or 0.0) + (s.started_at - start)
+        return ttft, s.result.token_ids
+
+    run(rand_ids(32))  # warm-up
+    cells = parse_cells(args.cells)
+    folder = Path(tempfile.mkdtemp(prefix="kv_ttft_"))
+    store = KVCacheStore(folder)
+    results = []
+    compose_report = []
+    contexts = sorted({c for c, _ in cells})
+    for context in contexts:
+        ctx_ids = rand_ids(context)
+        t = time.perf_counter()
+        cache = build_prefix_cache(model, fp, ctx_ids, shared_len=0)
+        build_s = time.perf_counter() - t
+        store.put(cache)
+        tpath = folder / f"{cache.cache_id}.safetensors"
+        log(f"context {context}: cache built in {build_s:.2f}s, {cache.nbytes / 2**20:.1f} MiB")
+
+        def load():
+            return store.load(cache.cache_id, fingerprint=fp, lookup=None, verify="full", device=args.device)
+
+        for c, query in cells:
+            if c != context:
+                continue
+            q_ids = rand_ids(query)
+            ids = ctx_ids + q_ids
+            t_text, t_kv, t_disk = [], [], []
+            identical = True
+            for _ in range(args.repeats):
+                tt, ref = run(ids)
+                tk, kv = run(ids, cache)
+                drop_page_cache(tpath)
+                td, disk = run(ids, load=load)
+                t_text.append(tt)
+                t_kv.append(tk)
+                t_disk.append(td)
+                identical = identical and ref == kv == disk
+            row = {
+                "context": context,
+                "query": query,
+                "ttft_text_s": round(statistics.median(t_text), 4),
+                "ttft_kv_s": round(statistics.median(t_kv), 4),
+                "ttft_kv_from_disk_s": round(statistics.median(t_disk), 4),
+                "cut": round(1 - statistics.median(t_kv) / statistics.median(t_text), 4),
+                "tokens_identical": identical,
+            }
+            results.append(row)
+            log(f"  {context:>5} x {query:>4}: text {row['ttft_text_s']:.3f}s  kv {row['ttft_kv_s']:.3f}s  "
+                f"disk {row['ttft_kv_from_disk_s']:.3f}s  cut {row['cut'] * 100:.1f}%  identical={identical}")
+        if args.compose >= 2:
+            head = ctx_ids[:16]
+            body = ctx_ids[16:]
+            step = len(body) // args.compose
+            parts = [body[i * step:(i + 1) * step] for i in range(args.compose)]
+            caches = [build_prefix_cache(model, fp, head + p, shared_len=len(head)) for p in parts]
+            suffix = rand_ids(min(q for c, q in cells if c == context))
+            for e in composition_error(model, tok, caches, suffix, max_new_tokens=args.new_tokens):
+                entry = {"context": context, "pieces": args.compose, **e.__dict__}
+                compose_report.append(entry)
+                log(f"  compose {args.compose} caches, {e.mode:>9}: max|dlogit| {e.max_abs_logit_diff:.2e} "
+                    f"KL {e.kl_divergence:.2e} top1 {e.top1_match} tokens {e.matching_prefix_tokens}/{e.new_tokens}")
+        for info in store.list():
+            store.delete(info.cache_id)
+    device = args.device
+    if device.startswith("cuda"):
+        device = torch.cuda.get_device_name()
+    else:
+        device = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    out = {
+        "cells": results,
+        "device": device,
+        "config": args.config_size,
+        "params_m": round(nparams / 1e6, 1),
+        "dtype": args.dtype,
+        "new_tokens_compared": args.new_tokens,
+        "repeats": args.repeats,
+        "torch": torch.__version__,
+        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+    }
+    if compose_report:
+        out["composition"] = compose_report
+    if args.json:
+        print(json.dumps(out))
+    return out
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+if __name__ == "__main__":
+    main()
