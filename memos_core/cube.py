@@ -59,7 +59,7 @@ from .items import (
     to_utc,
     utcnow,
 )
-from .plaintext import ChromaVectorIndex, fts_query, rrf
+from .plaintext import ChromaVectorIndex, QueryPlan, analyze_query, entity_matches, fts_query, rrf, zscore_fusion
 from .records import SQLiteRecordStore
 
 __all__ = ["MemCube", "CUBE_SCHEMA_VERSION", "SearchMode", "RetrievalConfig"]
@@ -78,17 +78,33 @@ _UPDATABLE_FIELDS = {"content", "index_text", "kind", "tags", "metadata", "event
 class RetrievalConfig:
     """Tunable retrieval settings. Defaults were tuned on the benchmarks in ``benchmarks/`` (see README).
 
-    * ``dense_weight`` / ``lexical_weight``: weights in reciprocal rank fusion.
+    * ``fusion``: ``"zscore"`` (default) standardises each retriever's scores over the candidate set and adds
+      them weighted, so score margins survive (an exact rare-name BM25 match stays far ahead); ``"rrf"`` is
+      weighted reciprocal rank fusion, which keeps only ranks.
+    * ``dense_weight`` / ``lexical_weight``: the retrievers' weights in the fusion. ``None`` picks the default
+      of the fusion (z-score: 1.0 / 0.3; RRF: 1.0 / 0.8).
+    * ``entity_weight``: bonus (in standard deviations, z-score fusion only) for a memory that contains the
+      names the query mentions (speakers of a pasted dialogue, capitalised non-initial words), scaled by the
+      share of those names it contains.
+    * ``focus_weight``: when the query is a pasted dialogue, weight of its last user turn added to the query
+      embedding (costs a second, batched embedding; 0 disables it).
     * ``rrf_k``: the RRF constant (larger flattens rank differences).
     * ``candidates``: how many results each retriever contributes to fusion (at least ``k``).
     * ``exact_below``: when a filter narrows the search to at most this many items, dense scores are computed
       exactly from stored embeddings instead of through the ANN index.
     """
 
-    def __init__(self, dense_weight: float = 1.0, lexical_weight: float = 0.8, rrf_k: float = 60.0,
-                 candidates: int = 60, exact_below: int = 4000) -> None:
-        self.dense_weight = dense_weight
-        self.lexical_weight = lexical_weight
+    def __init__(self, dense_weight: float | None = None, lexical_weight: float | None = None,
+                 rrf_k: float = 60.0, candidates: int = 60, exact_below: int = 4000,
+                 fusion: Literal["zscore", "rrf"] = "zscore", entity_weight: float = 0.3,
+                 focus_weight: float = 0.0) -> None:
+        if fusion not in ("zscore", "rrf"):
+            raise ValidationError(f"fusion must be 'zscore' or 'rrf', not {fusion!r}")
+        self.fusion = fusion
+        self.dense_weight = 1.0 if dense_weight is None else dense_weight
+        self.lexical_weight = (0.3 if fusion == "zscore" else 0.8) if lexical_weight is None else lexical_weight
+        self.entity_weight = entity_weight
+        self.focus_weight = focus_weight
         self.rrf_k = rrf_k
         self.candidates = candidates
         self.exact_below = exact_below
@@ -767,7 +783,8 @@ class MemCube:
     def search(self, query: str, *, k: int = 10, filter: SearchFilter | Mapping[str, Any] | None = None,
                mode: SearchMode = "hybrid", user_id: str | None = None, agent_id: str | None = None,
                session_id: str | None = None, record_usage: bool = True) -> list[SearchHit]:
-        """Hybrid search (dense + BM25, fused by weighted reciprocal rank).
+        """Hybrid search: dense + BM25 over a normalised query, fused by standardised scores (see
+        :class:`RetrievalConfig`; ``fusion="rrf"`` for reciprocal rank fusion).
 
         Returns at most ``k`` hits, best first, each with its fused score and the per-retriever scores and
         ranks that found it. Deleted, purged and expired memories never appear; archived/merged ones only
@@ -787,14 +804,7 @@ class MemCube:
         states = self._states(f)
         now = self._now().timestamp()
         where, args = self.records.filter_sql(f, states, now)
-        n_cand = max(self.retrieval.candidates, k)
-        ranked: dict[str, list[tuple[int, float]]] = {}
-        if mode in ("hybrid", "dense"):
-            ranked["dense"] = self._dense(query, f, states, where, args, n_cand)
-        if mode in ("hybrid", "lexical"):
-            ranked["lexical"] = self.records.lexical(fts_query(query), where, args, n_cand)
-        fused = rrf(ranked, {"dense": self.retrieval.dense_weight, "lexical": self.retrieval.lexical_weight},
-                    self.retrieval.rrf_k)[:k]
+        fused = self._retrieve(query, mode, f, states, where, args, k)
         items = self.records.get_many_by_rowid([int(r[0]) for r in fused])  # type: ignore[arg-type]
         hits = [SearchHit(item=items[int(key)], score=score, retrievers=sc, ranks=rk)  # type: ignore[arg-type]
                 for key, score, sc, rk in fused if int(key) in items]  # type: ignore[arg-type]
@@ -807,9 +817,67 @@ class MemCube:
                 log.exception("search listener %r failed", listener)
         return hits
 
-    def _dense(self, query: str, f: SearchFilter, states: Sequence[LifecycleState], where: str, args: list[Any],
-               n: int) -> list[tuple[int, float]]:
-        qvec = self._embedder.embed_query(query)
+    def _query_vector(self, plan: QueryPlan) -> np.ndarray:
+        """The query embedding: the normalised query, plus its last user turn when it is a dialogue."""
+        fw = self.retrieval.focus_weight
+        if fw > 0 and plan.focus:
+            v = self._embedder.embed_documents([plan.text, plan.focus])
+            qvec = v[0] + fw * v[1]
+            return qvec / max(float(np.linalg.norm(qvec)), 1e-12)
+        return self._embedder.embed_query(plan.text)
+
+    def _retrieve(self, query: str, mode: str, f: SearchFilter, states: Sequence[LifecycleState], where: str,
+                  args: list[Any], k: int) -> list[tuple[Any, float, dict[str, float], dict[str, int]]]:
+        """Candidates from each retriever, fused. Returns [(rowid, score, retriever scores, ranks)] best first.
+
+        The query is first normalised (:func:`analyze_query`: dialogue markup, names). Hybrid search then takes
+        the union of the dense and BM25 candidates, scores the BM25-only ones exactly against their stored
+        embeddings (so every candidate has a dense score), and fuses standardised scores plus a bonus for
+        memories that contain the names the query mentions. ``ranks`` are each retriever's own ranks.
+        """
+        cfg = self.retrieval
+        plan = analyze_query(query)
+        n_cand = max(cfg.candidates, k)
+        ranked: dict[str, list[tuple[int, float]]] = {}
+        qvec = None
+        if mode in ("hybrid", "dense"):
+            qvec = self._query_vector(plan)
+            ranked["dense"] = self._dense(qvec, f, states, where, args, n_cand)
+        if mode in ("hybrid", "lexical"):
+            ranked["lexical"] = self.records.lexical(fts_query(plan.text), where, args, n_cand)
+        weights = {"dense": cfg.dense_weight, "lexical": cfg.lexical_weight}
+        if mode != "hybrid" or cfg.fusion == "rrf":
+            return rrf(ranked, weights, cfg.rrf_k)[:k]
+        lexical = dict(ranked["lexical"])
+        cands = sorted({r for r, _ in ranked["dense"]} | set(lexical))
+        # Every candidate's dense score comes from its stored embedding, whichever retriever found it: fused
+        # scores then do not depend on the ANN's float rounding or on which path found a memory.
+        assert qvec is not None
+        scores = {"dense": dict(self._exact_dense(qvec, cands, len(cands))) or dict(ranked["dense"]),
+                  "lexical": lexical}
+        floors = {"lexical": 0.0 if len(lexical) < n_cand else min(lexical.values(), default=0.0)}
+        bonus: dict[Any, float] = {}
+        if plan.entities and cfg.entity_weight:
+            keys = cands
+            with self.records._lock:
+                rows = []
+                for s in range(0, len(keys), 900):
+                    chunk = keys[s:s + 900]
+                    rows += self.records._conn.execute(
+                        f"SELECT rowid, content FROM items WHERE rowid IN ({','.join('?' * len(chunk))})",
+                        chunk).fetchall()
+            bonus = {r: cfg.entity_weight * entity_matches(plan.entities, c or "") for r, c in rows}
+        fused = zscore_fusion(scores, weights, floors, bonus)
+        own = {name: {key: i for i, (key, _) in enumerate(lst, start=1)} for name, lst in ranked.items()}
+        out = []
+        for key, score, sc, _ in fused[:k]:
+            rk = {name: own[name][key] for name in own if key in own[name]}
+            out.append((key, score, {name: sc[name] for name in rk}, rk))
+        return out
+
+    def _dense(self, query: str | np.ndarray, f: SearchFilter, states: Sequence[LifecycleState], where: str,
+               args: list[Any], n: int) -> list[tuple[int, float]]:
+        qvec = self._embedder.embed_query(query) if isinstance(query, str) else query
         if qvec.shape[-1] != int(self.manifest["embedder"]["dim"]):
             raise EmbeddingDimensionError(f"query embedding has dimension {qvec.shape[-1]}")
         narrowed = any(v is not None for v in (f.tags_any, f.tags_all, f.metadata, f.ids, f.event_after,

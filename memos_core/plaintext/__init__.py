@@ -1,7 +1,9 @@
-"""Plaintext memory retrieval: dense (Chroma), lexical (SQLite FTS5 / BM25) and their fusion."""
+"""Plaintext memory retrieval: dense (Chroma), lexical (SQLite FTS5 / BM25), query analysis and fusion."""
 
-from .fusion import rrf
+from .fusion import rrf, zscore_fusion
 from .lexical import fts_query, terms
+from .query import QueryPlan, analyze_query, entity_matches
 from .vector import ChromaVectorIndex
 
-__all__ = ["ChromaVectorIndex", "fts_query", "terms", "rrf"]
+__all__ = ["ChromaVectorIndex", "fts_query", "terms", "rrf", "zscore_fusion", "QueryPlan", "analyze_query",
+           "entity_matches"]

@@ -24,6 +24,7 @@ __all__ = ["Turn", "OfflineReader", "resolve_relative_dates", "coerce_turns"]
 
 EXTRACTOR = "reader.offline/1"
 _CONTEXT_CHARS = 240
+_CONTEXT_GAP_S = 6 * 3600  # a previous turn said longer ago than this is not "in reply to" context
 
 
 @dataclass
@@ -142,6 +143,20 @@ def resolve_relative_dates(text: str, when: datetime | None) -> list[str]:
     return out
 
 
+def _same_exchange(prev: Turn, turn: Turn) -> bool:
+    """Whether ``prev`` is part of the exchange ``turn`` belongs to (so it is useful context for it).
+
+    A turn from another session, or said hours apart, is not what a turn replies to: notes kept one per event
+    (a diary, a list of memories) would otherwise index each entry with an unrelated neighbour, which costs both
+    dense and lexical precision. Unknown sessions or times do not exclude a turn.
+    """
+    if prev.session_id and turn.session_id and prev.session_id != turn.session_id:
+        return False
+    if prev.time is not None and turn.time is not None and abs((turn.time - prev.time).total_seconds()) > _CONTEXT_GAP_S:
+        return False
+    return True
+
+
 class OfflineReader:
     """Turns conversation turns into episodic memories (dicts ready for ``MemCube.add_many``).
 
@@ -173,6 +188,8 @@ class OfflineReader:
             if rel:
                 parts.append("(" + "; ".join(rel) + ")")
             for p in prev[-self.context_turns:] if self.context_turns else []:
+                if not _same_exchange(p, t):
+                    continue
                 ctx = f"{p.speaker}: {p.text}" if p.speaker else p.text
                 if len(ctx) > _CONTEXT_CHARS:
                     ctx = ctx[:_CONTEXT_CHARS].rsplit(" ", 1)[0] + " ..."

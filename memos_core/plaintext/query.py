@@ -1,0 +1,102 @@
+"""Query analysis for conversational recall (no LLM).
+
+Memory queries are often not questions but *conversations*: a chat engine asks its memory for whatever is
+relevant to the dialogue so far ("<Ann>: I ran my first 10k today! <Assistant>: ..."). Such a query is long, full
+of speaker markup, quotes and the assistant's own chatter. :func:`analyze_query` turns any query into a
+:class:`QueryPlan`:
+
+* ``text``: the query with speaker markup normalised to ``"Name: text"`` and quote marks dropped (what the
+  embedder and BM25 see; the markup measurably hurts dense retrieval);
+* ``focus``: for a dialogue, the last turn of a non-assistant speaker (what the reply must address);
+* ``entities``: lowercase names the answer is likely to mention: the (non-assistant) speakers of a dialogue and
+  capitalised words that do not start a sentence ("Maya's", "Lisbon"). Retrieval boosts memories that contain
+  them, so "What is Maya's dog called?" prefers Maya's turns over Leo's about his dog.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .lexical import STOPWORDS
+
+__all__ = ["QueryPlan", "analyze_query", "ASSISTANT_NAMES", "entity_matches"]
+
+#: Speaker names treated as the assistant side of a dialogue (their lines are context, not the user's words).
+ASSISTANT_NAMES = frozenset({"assistant", "ai", "bot", "system", "agent", "chatbot", "model", "gpt"})
+
+# "<Name>: " anywhere, or "Name: " / "Name Surname: " at the start or after whitespace / a quote.
+_TAG = re.compile(r"<([^<>\n]{1,40})>\s*:\s*|(?:^|(?<=[\s\"']))([A-Z][\w'-]{0,30}(?: [A-Z][\w'-]{0,30})?):\s+")
+_CAP = re.compile(r"\b[A-Z][a-z][\w'’-]*")
+_SENT = re.compile(r"(?<=[.!?])\s+|\n+")
+_QUOTES = str.maketrans({'"': " ", "“": " ", "”": " "})
+
+
+@dataclass(frozen=True)
+class QueryPlan:
+    text: str
+    focus: str | None
+    entities: tuple[str, ...]
+    turns: tuple[tuple[str | None, str], ...]
+
+    @property
+    def is_dialogue(self) -> bool:
+        return len(self.turns) >= 2
+
+
+def _parse_dialogue(q: str) -> list[tuple[str | None, str]]:
+    """Split ``q`` into (speaker, text) turns when it carries at least two speaker tags, else []."""
+    tags = list(_TAG.finditer(q))
+    if len(tags) < 2:
+        return []
+    turns: list[tuple[str | None, str]] = []
+    head = q[:tags[0].start()].strip()
+    if head:
+        turns.append((None, head))
+    for i, m in enumerate(tags):
+        end = tags[i + 1].start() if i + 1 < len(tags) else len(q)
+        speaker = (m.group(1) or m.group(2) or "").strip()
+        text = " ".join(q[m.end():end].translate(_QUOTES).split())
+        if text:
+            turns.append((speaker or None, text))
+    return turns
+
+
+def _is_user(speaker: str | None) -> bool:
+    return bool(speaker) and speaker.lower() not in ASSISTANT_NAMES  # type: ignore[union-attr]
+
+
+def analyze_query(query: str) -> QueryPlan:
+    """Normalise a query (plain question or pasted dialogue) for retrieval. Never raises on odd input."""
+    turns = _parse_dialogue(query)
+    if turns:
+        text = " ".join(f"{s}: {t}" if s else t for s, t in turns)
+        user_turns = [t for s, t in turns if _is_user(s)]
+        focus: str | None = user_turns[-1] if user_turns else None
+        body = " ".join(t for _, t in turns)
+    else:
+        text = " ".join(query.split())
+        focus = None
+        body = text
+    ents: dict[str, None] = {}
+    for s, _ in turns:
+        if _is_user(s):
+            ents.setdefault(s.lower(), None)  # type: ignore[union-attr]
+    for sent in _SENT.split(body):
+        sent = sent.lstrip(" \"'“(")
+        for m in _CAP.finditer(sent):
+            if m.start() == 0:
+                continue  # sentence-initial capitals are not evidence of a name
+            word = re.sub(r"['’]s$", "", m.group(0)).lower()
+            if len(word) > 1 and word not in STOPWORDS and word not in ASSISTANT_NAMES:
+                ents.setdefault(word, None)
+    return QueryPlan(text=text or query, focus=focus, entities=tuple(ents)[:16], turns=tuple(turns))
+
+
+def entity_matches(entities: tuple[str, ...], text: str) -> float:
+    """Share of ``entities`` that occur in ``text`` as whole words (case-insensitive); 0 when there are none."""
+    if not entities:
+        return 0.0
+    low = text.lower()
+    found = sum(1 for e in entities if re.search(r"(?<!\w)" + re.escape(e) + r"(?!\w)", low))
+    return found / len(entities)
