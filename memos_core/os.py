@@ -19,8 +19,8 @@ What it does:
   an ``llm`` is configured, LLM mode (facts with ADD / UPDATE / DELETE / NOOP, see
   :mod:`memos_core.reader.llm`). It returns an :class:`AddResult` that says exactly what was stored and what
   failed; it never reports success with nothing stored.
-* **search** merges the hits of every cube by fused score, drops duplicates (same content; for episodes the
-  same content at the same time), and orders ties stably (per-cube rank, then mount order, then id).
+* **search** merges the hits of every cube by their fused score, drops duplicates (same content; for episodes
+  the same content at the same time), and orders ties stably (per-cube rank, then mount order, then id).
 * **get_context** returns a prompt-ready block (see :meth:`MemOS.get_context`).
 * Every cube call carries ``actor=principal`` where the cube accepts it, so the cube's governance decides
   what this caller may read or write. Cubes that deny a read are skipped in cross-cube reads (and raise when
@@ -511,10 +511,12 @@ class MemOS:
                cubes: Sequence[str | MemCube] | str | None = None, mode: SearchMode = "hybrid") -> list[SearchHit]:
         """Search every mounted cube the caller may read (or only ``cubes``) and merge the hits.
 
-        Hits are merged by fused score (each cube fuses dense and lexical ranks the same way, so scores are
-        comparable), duplicates are dropped keeping the best (same normalised content; for episodes also the
-        same event time), and ties are ordered by per-cube rank, mount order and id. ``hit.item.cube_id``
-        says which cube a hit came from.
+        Hits are merged by each cube's fused score (cubes fuse dense and lexical evidence with the same
+        :class:`~memos_core.cube.RetrievalConfig` defaults, so a score says how far a hit stands out among its
+        own cube's candidates; it is a ranking signal, not an absolute relevance). Duplicates are dropped keeping
+        the best (same normalised content; for episodes also the same event time), and ties are ordered by
+        per-cube rank, mount order and id. ``hit.item.cube_id`` says which cube a hit came from. Cubes the
+        principal may not read are skipped, unless named in ``cubes`` (then :class:`PermissionDenied`).
         """
         if not isinstance(query, str) or not query.strip():
             raise ValidationError("query must be a non-empty string")

@@ -140,11 +140,15 @@ def test_message_shapes_and_defaults(mem: MemOS, clock: Clock) -> None:
     (item,) = res.added
     assert item.content == "I like tea" and item.event_time == clock.now
     assert item.provenance.source_ids[0].startswith("turn-")
-    res = mem.add({"role": "user", "content": "and coffee"}, user_id="u", timestamp="2023-01-02")
-    assert res.added[0].content == "user: and coffee"
-    assert res.added[0].event_time == datetime(2023, 1, 2, tzinfo=timezone.utc)
-    # the previous add's last turn is this one's context
+    clock.now += timedelta(minutes=1)
+    res = mem.add({"role": "user", "content": "and coffee"}, user_id="u")
+    assert res.added[0].content == "user: and coffee" and res.added[0].event_time == clock.now
+    # the previous add's last turn (same scope, minutes before) is this one's context
     assert "(in reply to: I like tea)" in (res.added[0].index_text or "")
+    res = mem.add({"speaker": "Ann", "text": "hi", "date": "2023-01-02"}, user_id="u", timestamp="2020-01-01")
+    assert res.added[0].event_time == datetime(2023, 1, 2, tzinfo=timezone.utc)  # the turn's own time wins
+    res = mem.add({"speaker": "Ann", "text": "hello"}, user_id="u", timestamp="2020-01-01")
+    assert res.added[0].event_time == datetime(2020, 1, 1, tzinfo=timezone.utc)
 
 
 def test_adding_the_same_messages_again_changes_nothing(mem: MemOS) -> None:
@@ -206,12 +210,21 @@ def test_search_spans_cubes_merges_and_deduplicates(mem: MemOS) -> None:
     assert [h.item.content for h in hits] == ["The office wifi password is on the fridge",
                                               "Parking is behind the office"]
     ids = {n: c.cube_id for n, c in mem.cubes.items()}
-    assert hits[0].item.cube_id == ids["default"]  # equal scores: mount order decides
+    # of the two copies the better-scored one is kept (equal scores: the cube mounted first)
+    copies = {n: mem.search("office wifi password", user_id="ann", cubes=[n])[0] for n in ("default", "shared")}
+    assert all(h.item.content == "The office wifi password is on the fridge" for h in copies.values())
+    best = "shared" if copies["shared"].score > copies["default"].score else "default"
+    assert hits[0].item.cube_id == ids[best] and hits[0].score == copies[best].score
     assert hits[1].item.cube_id == ids["shared"]
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     only = mem.search("office wifi password", user_id="ann", cubes=["shared"])
     assert {h.item.cube_id for h in only} == {ids["shared"]} and len(only) == 2
-    assert [h.item.content for h in mem.search("office", user_id="ann", k=1)] == [hits[0].item.content]
-    assert mem.search("office wifi", user_id="ann") == mem.search("office wifi", user_id="ann")  # stable
+    one = mem.search("office wifi password", user_id="ann", k=1)
+    assert [(h.item.id, h.score) for h in one] == [(hits[0].item.id, hits[0].score)]
+    def ranked() -> list[tuple[str, float]]:
+        return [(h.item.id, h.score) for h in mem.search("office wifi", user_id="ann")]
+
+    assert ranked() == ranked()  # stable
     with pytest.raises(ValidationError):
         mem.search("  ")
 
