@@ -11,6 +11,10 @@
     memos import FILE DEST [--hmac-key K]  verify a bundle completely, then create a cube from it
     memos bench retrieval FILE [--json]    retrieval benchmark (dataset format: DESIGN.md)
 
+Governance (memos_core/governance/cli.py): share, revoke, access, policy, sweep, hold, release, forget,
+audit verify|head|log. ``--as PRINCIPAL`` (or ``$MEMOS_PRINCIPAL``) acts as that principal; default ``local``,
+the owner of a cube it creates.
+
 Errors print one line (``error: ...``) and exit with status 2; nothing half-done is left behind.
 """
 
@@ -24,10 +28,19 @@ from typing import Any, Sequence
 from .errors import MemOSError
 
 
+_PRINCIPAL: str | None = None  # --as / $MEMOS_PRINCIPAL, set by main()
+
+
+def _actor() -> str:
+    import os
+
+    return _PRINCIPAL or os.environ.get("MEMOS_PRINCIPAL") or "local"
+
+
 def _cube(path: str, create: bool = False) -> Any:
     from .cube import MemCube
 
-    return MemCube(path, create=create)
+    return MemCube(path, create=create, actor=_actor())
 
 
 def _print_json(obj: Any) -> None:
@@ -43,7 +56,7 @@ def cmd_init(a: argparse.Namespace) -> None:
         from .errors import Conflict
 
         raise Conflict(f"a cube already exists at {a.dir}")  # exit status 2 like every other error
-    with MemCube(a.dir, create=True, name=a.name) as cube:
+    with MemCube(a.dir, create=True, name=a.name, actor=_actor()) as cube:
         print(f"created cube {cube.cube_id} at {cube.path}")
 
 
@@ -124,6 +137,8 @@ def cmd_import(a: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="memos", description="MemOS: memory for LLM apps (plaintext, KV, LoRA).")
+    p.add_argument("--as", dest="as_principal", metavar="PRINCIPAL",
+                   help="act as this principal (default: $MEMOS_PRINCIPAL or 'local')")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("init", help="create a cube")
@@ -194,17 +209,25 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="last line: one JSON object with every metric")
     b.add_argument("--limit", type=int, help="only the first N conversations")
     b.set_defaults(fn=cmd_bench)
+
+    from .governance.cli import add_commands
+
+    add_commands(sub, _cube)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global _PRINCIPAL
     args = build_parser().parse_args(argv)
+    _PRINCIPAL = args.as_principal
     try:
-        args.fn(args)
+        rc = args.fn(args)
     except MemOSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    finally:
+        _PRINCIPAL = None
+    return int(rc or 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

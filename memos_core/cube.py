@@ -61,6 +61,10 @@ from .items import (
 )
 from .plaintext import ChromaVectorIndex, QueryPlan, analyze_query, entity_matches, fts_query, rrf, zscore_fusion
 from .records import SQLiteRecordStore
+from .governance import Governance, Right
+from .governance.core import query_digest
+from .governance.retention import RetentionAction
+from .governance.roles import check_principal_id
 
 __all__ = ["MemCube", "CUBE_SCHEMA_VERSION", "SearchMode", "RetrievalConfig"]
 
@@ -152,7 +156,10 @@ class MemCube:
     clock:
         A zero-argument callable returning an aware ``datetime`` (tests inject a fake clock).
     actor:
-        Default principal recorded on every write (``"local"``).
+        The principal this handle acts as when an operation is not given ``actor=`` (``"local"``). A new cube
+        is owned by it. Every operation checks the acting principal's role on this cube (see
+        :mod:`memos_core.governance`): share the cube (``cube.share("ann", "writer")``) before acting as
+        someone else.
     """
 
     def __init__(
@@ -171,7 +178,7 @@ class MemCube:
     ) -> None:
         self.path = Path(path)
         self._clock = clock or utcnow
-        self.actor = actor
+        self.actor = check_principal_id(actor, "actor")
         self.max_content_chars = max_content_chars
         self.retrieval = retrieval or RetrievalConfig()
         self._lock = threading.RLock()
@@ -215,6 +222,8 @@ class MemCube:
         self.index_degraded = False
         #: callables ``(query, hits)`` told about every search (e.g. the MemScheduler's usage tracking)
         self.listeners: list[Callable[[str, list[SearchHit]], None]] = []
+        #: access control, policies, audit chain, legal hold, forget (tables live in the records database)
+        self.governance = Governance(self)
         try:
             self.repair_index()
         except BackendUnavailable as exc:
@@ -226,6 +235,16 @@ class MemCube:
     def _now(self) -> datetime:
         now = self._clock()
         return to_utc(now) or utcnow()
+
+    def _missing(self, item_id: str) -> NotFound:
+        """The one NotFound for an unknown id; also what a caller gets for ids in a cube it may not read."""
+        return NotFound(f"no memory with id {item_id!r} in cube {self.name!r}")
+
+    def _authorize(self, actor: str | None, right: Right, op: str, item_id: str | None = None,
+                   filter: Any = None) -> str:
+        """Check that ``actor`` (default :attr:`actor`) holds ``right`` here and return it. Refusals are
+        audited and raised as PermissionDenied (NotFound for an item in a cube the actor may not read)."""
+        return self.governance.authorize(actor, right, op, item_id, filter)
 
     def _check_embedder(self) -> None:
         want = self.manifest.get("embedder", {})
@@ -421,12 +440,14 @@ class MemCube:
         self.index.delete(extra)
         return {"added": added, "removed": len(extra)}
 
-    def reindex(self, *, reembed: bool = False, batch_size: int = 256, progress: bool = False) -> dict[str, int]:
-        """Rebuild the vector index from the records.
+    def reindex(self, *, reembed: bool = False, batch_size: int = 256, progress: bool = False,
+                actor: str | None = None) -> dict[str, int]:
+        """Rebuild the vector index from the records (needs **administer**).
 
         With ``reembed`` every indexed memory is embedded again with the current embedder (use after
         changing the embedding model); otherwise the stored embeddings are reused.
         """
+        actor = self._authorize(actor, Right.ADMINISTER, "reindex")
         with self._lock:
             if reembed:
                 rows = [(self.records.rowid(it.id), it) for it in self.records.iter_items(states=lifecycle.INDEXED)]
@@ -442,7 +463,7 @@ class MemCube:
                         for (rowid, it), vec in zip(chunk, vecs):
                             assert rowid is not None
                             self.records.reindex_row(c, rowid, it, vec)
-                        self.records.append_event(c, time.time(), self.actor, "reindex", None,
+                        self.records.append_event(c, time.time(), actor, "reindex", None,
                                                   detail={"reembedded": len(chunk)})
                 self.manifest["embedder"] = {"name": self._embedder.name, "dim": self._embedder.dim}
                 _atomic_write(self.path / MANIFEST, json.dumps(self.manifest, indent=2))
@@ -502,7 +523,7 @@ class MemCube:
                                    "metadata", "provenance", "confidence", "state", "ttl"}
         if unknown:
             raise ValidationError(f"add_many: unknown default field(s) {sorted(unknown)}")
-        actor = actor or self.actor
+        actor = self._authorize(actor, Right.WRITE, "add")
         items: list[MemoryItem] = []
         now = self._now()
         seen: set[str] = set()
@@ -519,13 +540,14 @@ class MemCube:
                 if not seconds > 0:
                     raise ValidationError("ttl must be positive")
                 item = item.model_copy(update={"expires_at": now + timedelta(seconds=seconds)})
-            item = item.model_copy(update={"created_by": actor})
             if item.id in seen:
                 raise ValidationError(f"duplicate id {item.id!r} in one add_many call")
             seen.add(item.id)
             items.append(item)
         if not items:
             return []
+        # forged principals refused, default TTL, redaction policy (memos_core.governance), before embedding
+        items = [it.model_copy(update={"created_by": actor}) for it in self.governance.prepare_add(items, actor, now)]
         vecs = self._embed([it.index_text or it.content for it in items])
         with self._lock:
             with self.records.transaction() as c:
@@ -543,7 +565,7 @@ class MemCube:
         rowid = self.records.rowid(item_id)
         item = self.records.get(item_id) if rowid is not None else None
         if rowid is None or item is None:
-            raise NotFound(f"no memory with id {item_id!r} in cube {self.name!r}")
+            raise self._missing(item_id)
         return rowid, item
 
     def update(self, item_id: str, content: str | None = None, *, reason: str | None = None,
@@ -561,7 +583,7 @@ class MemCube:
             fields["content"] = content
         if not fields:
             raise ValidationError("update: nothing to change")
-        actor = actor or self.actor
+        actor = self._authorize(actor, Right.WRITE, "update", item_id)
         with self._lock:
             rowid, item = self._load(item_id)
             if item.state not in lifecycle.WRITABLE:
@@ -569,7 +591,7 @@ class MemCube:
                                + (" (lift the hold first)" if item.state == _S.FROZEN else ""))
             if expected_version is not None and expected_version != item.version:
                 raise Conflict(f"memory {item_id!r} is at version {item.version}, not {expected_version}")
-            new = self._revise(item, fields)
+            new = self.governance.prepare_update(item, self._revise(item, fields), actor)
             vec = self._embed([new.index_text or new.content])[0]
             with self.records.transaction() as c:
                 self.records.replace_item(c, rowid, new, vec, new.state in lifecycle.INDEXED, True, actor,
@@ -604,9 +626,11 @@ class MemCube:
             raise ValidationError(f"unknown state {state!r}; one of {[s.value for s in LifecycleState]}") from None
         if target == _S.PURGED:
             return self.purge(item_id, reason=reason, actor=actor)
-        actor = actor or self.actor
+        actor = self._authorize(actor, Right.WRITE, "transition", item_id)
         with self._lock:
             rowid, item = self._load(item_id)
+            if _S.FROZEN in (item.state, target):  # placing or lifting a legal hold
+                self._authorize(actor, Right.ADMINISTER, "legal_hold", item_id)
             lifecycle.check_transition(item.state, target)
             now = self._now()
             new = item.model_copy(update={"state": target, "updated_at": now})
@@ -632,6 +656,7 @@ class MemCube:
 
     def delete(self, item_id: str, *, reason: str | None = None, actor: str | None = None) -> MemoryItem:
         """Tombstone a memory: hidden from search and get (unless asked), kept with its history until purged."""
+        actor = self._authorize(actor, Right.WRITE, "delete", item_id)
         with self._lock:
             _, item = self._load(item_id)
             if item.state == _S.FROZEN:
@@ -647,9 +672,10 @@ class MemCube:
     def purge(self, item_id: str, *, reason: str | None = None, actor: str | None = None) -> MemoryItem:
         """Erase the content of a tombstoned memory and every version of it (irreversible).
 
-        The item id, its lifecycle record and the event log stay (they hold no content).
+        The item id, its lifecycle record and the event log stay (they hold no content). Needs
+        **administer**; see also :meth:`forget`, which removes the item entirely.
         """
-        actor = actor or self.actor
+        actor = self._authorize(actor, Right.ADMINISTER, "purge", item_id)
         with self._lock:
             rowid, item = self._load(item_id)
             lifecycle.check_transition(item.state, _S.PURGED)
@@ -667,6 +693,7 @@ class MemCube:
     def rollback(self, item_id: str, version: int, *, reason: str | None = None,
                  actor: str | None = None) -> MemoryItem:
         """Restore the content of an earlier version as a *new* version (history is never rewritten)."""
+        actor = self._authorize(actor, Right.WRITE, "rollback", item_id)
         with self._lock:
             _, item = self._load(item_id)
             old = self.records.version(item_id, version)
@@ -680,39 +707,52 @@ class MemCube:
             return self.update(item_id, reason=reason or f"rollback to v{version}", actor=actor, **fields)
 
     # ------------------------------------------------------------------ reads
-    def get(self, item_id: str, *, include_deleted: bool = False) -> MemoryItem:
-        """The current version of a memory. Tombstoned/purged ones raise :class:`NotFound` unless asked for."""
+    def get(self, item_id: str, *, include_deleted: bool = False, actor: str | None = None) -> MemoryItem:
+        """The current version of a memory. Tombstoned/purged ones raise :class:`NotFound` unless asked for
+        (``include_deleted`` needs the **history** right)."""
+        actor = self._authorize(actor, Right.HISTORY if include_deleted else Right.READ, "get", item_id)
         _, item = self._load(item_id)
         if not include_deleted and item.state in (_S.DELETED, _S.PURGED):
             raise NotFound(f"memory {item_id!r} was {item.state.value}; pass include_deleted=True to see it")
+        self.governance.audit_read(actor, "get", [item_id])
         return item
 
-    def lookup(self, item_id: str) -> MemoryItem | None:
-        """The item in any state, or ``None`` when the id is unknown (for staleness checks of artefacts)."""
+    def lookup(self, item_id: str, *, actor: str | None = None) -> MemoryItem | None:
+        """The item in any state, or ``None`` when the id is unknown or forgotten (for staleness checks of
+        artefacts; needs **read**, raises PermissionDenied otherwise; not read-audited)."""
+        self._authorize(actor, Right.READ, "lookup")
         return self.records.get(item_id)
 
-    def history(self, item_id: str) -> list[MemoryVersion]:
-        """Every version of a memory, oldest first."""
+    def history(self, item_id: str, *, actor: str | None = None) -> list[MemoryVersion]:
+        """Every version of a memory, oldest first (needs **history**)."""
+        actor = self._authorize(actor, Right.HISTORY, "history", item_id)
         self._load(item_id)
-        return self.records.versions(item_id)
+        out = self.records.versions(item_id)
+        self.governance.audit_read(actor, "history", [item_id])
+        return out
 
-    def transitions(self, item_id: str) -> list[Transition]:
-        """Every lifecycle transition of a memory, oldest first (who, when, why)."""
+    def transitions(self, item_id: str, *, actor: str | None = None) -> list[Transition]:
+        """Every lifecycle transition of a memory, oldest first (who, when, why; needs **history**)."""
+        self._authorize(actor, Right.HISTORY, "transitions", item_id)
         self._load(item_id)
         return self.records.transitions(item_id)
 
-    def events(self, item_id: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        """The hash-chained event log (optionally for one item)."""
+    def events(self, item_id: str | None = None, limit: int | None = None, *,
+               actor: str | None = None) -> list[dict[str, Any]]:
+        """The hash-chained audit log (optionally for one item; needs **administer**)."""
+        self._authorize(actor, Right.ADMINISTER, "audit.read")
         return self.records.events(item_id, limit)
 
-    def count(self, *, include_deleted: bool = False) -> int:
+    def count(self, *, include_deleted: bool = False, actor: str | None = None) -> int:
+        self._authorize(actor, Right.HISTORY if include_deleted else Right.READ, "count")
         if include_deleted:
             return self.records.count()
         return self.records.count([s for s in LifecycleState if s not in (_S.DELETED, _S.PURGED)])
 
     def list(self, filter: SearchFilter | Mapping[str, Any] | None = None, *, limit: int = 100, offset: int = 0,
-             order: Literal["created", "event_time"] = "created") -> list[MemoryItem]:
+             order: Literal["created", "event_time"] = "created", actor: str | None = None) -> list[MemoryItem]:
         """Memories matching a filter (no query), oldest first by creation or event time."""
+        actor = self._authorize(actor, Right.READ, "list", filter=filter)
         f = SearchFilter.coerce(filter)
         if limit < 0 or offset < 0:
             raise ValidationError("limit and offset must be >= 0")
@@ -723,16 +763,19 @@ class MemCube:
                 f"SELECT rowid FROM items WHERE {where} ORDER BY {col} LIMIT ? OFFSET ?", (*args, limit, offset)
             ).fetchall()
         got = self.records.get_many_by_rowid([r[0] for r in rows])
-        return [got[r[0]] for r in rows if r[0] in got]
+        out = [got[r[0]] for r in rows if r[0] in got]
+        self.governance.audit_read(actor, "list", [it.id for it in out])
+        return out
 
     def distinct_metadata(self, key: str, filter: SearchFilter | Mapping[str, Any] | None = None, *,
-                          limit: int = 100_000) -> list[Any]:
+                          limit: int = 100_000, actor: str | None = None) -> list[Any]:
         """Distinct values of one metadata key (a dotted path) among the memories ``filter`` selects.
 
         Same visibility as :meth:`list` (live, unexpired memories unless ``filter.states`` asks otherwise);
         memories without the key are skipped. Scalars come back as Python values, objects and arrays as JSON
         text. Adapters use it to enumerate e.g. LangGraph namespaces without loading every memory.
         """
+        self._authorize(actor, Right.READ, "distinct_metadata", filter=filter)
         SearchFilter.coerce({"metadata": {key: {"$exists": True}}})  # validates the key
         f = SearchFilter.coerce(filter)
         where, args = self.records.filter_sql(f, self._states(f), self._now().timestamp())
@@ -749,8 +792,9 @@ class MemCube:
 
         Retention metadata only: no new version, content and index untouched; one transaction and one audit
         event. Memories without an expiry, already expired, or not generated/activated are left alone (an
-        expired memory is never revived by a read). Returns how many changed.
+        expired memory is never revived by a read). Returns how many changed. Needs **write**.
         """
+        actor = self._authorize(actor, Right.WRITE, "refresh_expiry")
         now = self._now()
         at = now.timestamp()
         changed: list[str] = []
@@ -766,7 +810,7 @@ class MemCube:
                     if cur.rowcount:
                         changed.append(item_id)
                 if changed:
-                    self.records.append_event(c, at, actor or self.actor, "refresh_expiry", None,
+                    self.records.append_event(c, at, actor, "refresh_expiry", None,
                                               detail={"ids": changed})
         return len(changed)
 
@@ -782,14 +826,16 @@ class MemCube:
 
     def search(self, query: str, *, k: int = 10, filter: SearchFilter | Mapping[str, Any] | None = None,
                mode: SearchMode = "hybrid", user_id: str | None = None, agent_id: str | None = None,
-               session_id: str | None = None, record_usage: bool = True) -> list[SearchHit]:
+               session_id: str | None = None, record_usage: bool = True,
+               actor: str | None = None) -> list[SearchHit]:
         """Hybrid search: dense + BM25 over a normalised query, fused by standardised scores (see
         :class:`RetrievalConfig`; ``fusion="rrf"`` for reciprocal rank fusion).
 
         Returns at most ``k`` hits, best first, each with its fused score and the per-retriever scores and
         ranks that found it. Deleted, purged and expired memories never appear; archived/merged ones only
-        when ``filter.states`` asks for them.
+        when ``filter.states`` asks for them. Needs **read** (``actor``, default the cube's default actor).
         """
+        actor = self._authorize(actor, Right.READ, "search", filter=filter)
         if not isinstance(query, str) or not query.strip():
             raise ValidationError("query must be a non-empty string")
         if not isinstance(k, int) or isinstance(k, bool) or not (1 <= k <= 1000):
@@ -810,6 +856,8 @@ class MemCube:
                 for key, score, sc, rk in fused if int(key) in items]  # type: ignore[arg-type]
         if record_usage and hits:
             self.records.record_usage([int(r[0]) for r in fused], now)  # type: ignore[arg-type]
+        self.governance.audit_read(actor, "search", [h.item.id for h in hits],
+                                   {"query_sha256": query_digest(query), "k": k})
         for listener in list(self.listeners):
             try:
                 listener(query, hits)
@@ -937,25 +985,72 @@ class MemCube:
         return [(keep[i], float(sims[i])) for i in order]
 
     # ------------------------------------------------------------------ maintenance
-    def expire(self, *, action: Literal["archive", "delete"] = "archive", actor: str | None = None) -> list[str]:
-        """Sweep memories whose ``expires_at`` has passed: archive (default) or tombstone them.
+    def expire(self, *, action: RetentionAction | str | None = None, actor: str | None = None) -> list[str]:
+        """Sweep memories whose ``expires_at`` has passed (needs **administer**; see
+        :mod:`memos_core.governance.retention` for scheduling).
 
-        Frozen memories (legal hold) are skipped. Returns the ids that changed.
+        ``action`` (default: the cube's retention policy, ``archive`` unless configured): ``archive``,
+        ``delete`` (tombstone), ``purge`` (tombstone + erase content) or ``forget`` (erase entirely). Frozen
+        memories (legal hold) are skipped. Returns the ids that changed.
         """
+        actor = self._authorize(actor, Right.ADMINISTER, "expire")
+        try:
+            act = RetentionAction(action) if action is not None else self.governance._policy().retention.action
+        except ValueError:
+            raise ValidationError(f"expiry action must be one of {[a.value for a in RetentionAction]}") from None
+        G, A, AR, M, D, P = _S.GENERATED, _S.ACTIVATED, _S.ARCHIVED, _S.MERGED, _S.DELETED, _S.PURGED
+        states = {RetentionAction.ARCHIVE: (G, A, M), RetentionAction.DELETE: (G, A, AR),
+                  RetentionAction.PURGE: (G, A, AR, M, D), RetentionAction.FORGET: (G, A, AR, M, D, P)}[act]
         now = self._now().timestamp()
         with self.records._lock:
             ids = [r[0] for r in self.records._conn.execute(
-                "SELECT id FROM items WHERE expires_at IS NOT NULL AND expires_at <= ? AND state IN (?, ?, ?)",
-                (now, _S.GENERATED.value, _S.ACTIVATED.value, _S.MERGED.value) if action == "archive" else
-                (now, _S.GENERATED.value, _S.ACTIVATED.value, _S.ARCHIVED.value))]
-        target = _S.ARCHIVED if action == "archive" else _S.DELETED
+                "SELECT id FROM items WHERE expires_at IS NOT NULL AND expires_at <= ? AND state IN "
+                f"({','.join('?' * len(states))}) ORDER BY rowid", (now, *[s.value for s in states]))]
+        done: list[str] = []
         for item_id in ids:
-            self.transition(item_id, target, reason="expired", actor=actor or "retention")
-        return ids
+            try:
+                if act == RetentionAction.FORGET:
+                    self.governance.forget(item_id, actor=actor, reason="expired (retention)", cascade=False)
+                elif act == RetentionAction.PURGE:
+                    if self.records.get(item_id).state != D:  # type: ignore[union-attr]
+                        self.transition(item_id, D, reason="expired (retention)", actor=actor)
+                    self.purge(item_id, reason="expired (retention)", actor=actor)
+                else:
+                    target = AR if act == RetentionAction.ARCHIVE else D
+                    self.transition(item_id, target, reason="expired (retention)", actor=actor)
+            except (NotFound, Conflict) as exc:  # changed under us (e.g. put on hold meanwhile)
+                log.info("expiry of %s skipped: %s", item_id, exc)
+                continue
+            done.append(item_id)
+        return done
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, *, actor: str | None = None) -> dict[str, Any]:
+        self._authorize(actor, Right.READ, "stats")
         with self.records._lock:
             by_state = dict(self.records._conn.execute("SELECT state, COUNT(*) FROM items GROUP BY state").fetchall())
         return {"cube_id": self.cube_id, "name": self.name, "path": str(self.path), "by_state": by_state,
                 "indexed_vectors": self.index.count() if not self.index_degraded else None,
                 "embedder": self.manifest.get("embedder")}
+
+    # ------------------------------------------------------------------ governance (memos_core.governance)
+    def share(self, principal: str, role: str, *, actor: str | None = None, kind: str | None = None) -> Any:
+        """Grant ``principal`` a role (owner/admin/writer/reader/guest); see :meth:`Governance.share`."""
+        return self.governance.share(principal, role, actor=actor, kind=kind)
+
+    def revoke(self, principal: str, *, actor: str | None = None) -> None:
+        """Remove ``principal``'s role; see :meth:`Governance.revoke`."""
+        self.governance.revoke(principal, actor=actor)
+
+    def forget(self, item_id: str, *, actor: str | None = None, reason: str | None = None,
+               cascade: bool = True) -> list[str]:
+        """Erase a memory, its versions, index entries and what was derived from it; see
+        :meth:`Governance.forget`. Returns the ids erased."""
+        return self.governance.forget(item_id, actor=actor, reason=reason, cascade=cascade)
+
+    def legal_hold(self, item_id: str, *, actor: str | None = None, reason: str | None = None) -> MemoryItem:
+        """Freeze a memory (no update, delete, expiry, purge or forget) until :meth:`lift_hold`."""
+        return self.governance.hold(item_id, actor=actor, reason=reason)
+
+    def lift_hold(self, item_id: str, *, actor: str | None = None, reason: str | None = None) -> MemoryItem:
+        """Lift a legal hold; the memory returns to activated (or archived, if it was)."""
+        return self.governance.release(item_id, actor=actor, reason=reason)

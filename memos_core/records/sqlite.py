@@ -425,12 +425,28 @@ class SQLiteRecordStore:
             v.update(content="", index_text=None, metadata={}, tags=[])
             c.execute("UPDATE versions SET snapshot=? WHERE item_id=? AND version=?", (_canonical(v), item_id, ver))
 
+    def erase_item(self, c: sqlite3.Connection, rowid: int, item_id: str) -> None:
+        """Forget: delete the item row, every version, its transitions, embedding and lexical entries.
+
+        The caller removes the id from the vector index after commit (governance/core.py ``forget``)."""
+        self._unindex(c, rowid)
+        c.execute("DELETE FROM vec_pending WHERE item_rowid=?", (rowid,))
+        c.execute("DELETE FROM embeddings WHERE item_rowid=?", (rowid,))
+        c.execute("DELETE FROM versions WHERE item_id=?", (item_id,))
+        c.execute("DELETE FROM transitions WHERE item_id=?", (item_id,))
+        c.execute("DELETE FROM items WHERE rowid=?", (rowid,))
+        self._usage.pop(rowid, None)
+        self._pending_done.discard(rowid)
+
     def append_event(self, c: sqlite3.Connection, at: float, actor: str | None, op: str, item_id: str | None,
                      outcome: str = "ok", detail: dict[str, Any] | None = None) -> str:
         """Append one record to the hash-chained event log and return its hash."""
         row = c.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
         prev = GENESIS_HASH if row is None else row[1]
-        seq = 1 if row is None else row[0] + 1
+        # The next number comes from the AUTOINCREMENT counter, not the last row: a deleted tail then
+        # shows as a gap (governance/audit.py) instead of being silently re-used.
+        top = c.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
+        seq = max(0 if row is None else row[0], 0 if top is None else top[0]) + 1
         d = _canonical(detail or {})
         h = event_hash(prev, seq, at, actor, op, item_id, outcome, d)
         c.execute("INSERT INTO events(seq, at, actor, op, item_id, outcome, detail, prev_hash, hash) "
@@ -552,6 +568,12 @@ class SQLiteRecordStore:
         """Merge FTS segments so deleted entries are physically dropped (used by forget/purge)."""
         with self.transaction() as c:
             c.execute("INSERT INTO fts(fts) VALUES('optimize')")
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it (so erased bytes leave the -wal file too)."""
+        with self._lock:
+            self.flush()
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def vacuum(self) -> None:
         with self._lock:

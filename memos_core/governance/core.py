@@ -1,0 +1,541 @@
+"""Per-cube governance: who may do what (ACL), policies (retention, redaction, read auditing), the checks
+every :class:`~memos_core.cube.MemCube` operation runs, legal hold and forget.
+
+Everything lives in the cube's own records database (tables ``gov_*``), so sharing travels with the cube
+and every change is in the same fsync'd transactions and hash-chained audit log as the memories.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import BackendUnavailable, Conflict, MemOSError, NotFound, PermissionDenied, ValidationError
+from ..items import LifecycleState, MemoryItem
+from .audit import AuditReport, read_chain, verify_rows
+from .redaction import RedactionPolicy, RedactionRejected, redact_text, redact_value
+from .retention import RetentionPolicy
+from .roles import (
+    ROLE_RIGHTS,
+    Grant,
+    PrincipalKind,
+    Right,
+    Role,
+    check_grant,
+    check_principal_id,
+    check_revoke,
+    coerce_role,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..cube import MemCube
+
+__all__ = ["Governance", "GovernanceSettings", "PRINCIPAL_KEYS"]
+
+_TABLES = (
+    "CREATE TABLE IF NOT EXISTS gov_principals(id TEXT PRIMARY KEY, kind TEXT NOT NULL, created_at REAL NOT NULL, "
+    "created_by TEXT)",
+    "CREATE TABLE IF NOT EXISTS gov_acl(principal TEXT PRIMARY KEY, role TEXT NOT NULL, granted_by TEXT, "
+    "granted_at REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS gov_settings(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # ids erased from the records whose vector-index rows may still exist (applied after commit / on open)
+    "CREATE TABLE IF NOT EXISTS gov_forget_pending(item_id TEXT PRIMARY KEY)",
+)
+
+#: Top-level metadata keys that name a principal. A write may only put the acting principal there: anything
+#: else is an attempt to write on someone else's behalf and is refused (PermissionDenied, audited).
+PRINCIPAL_KEYS = frozenset({"actor", "principal", "principal_id", "created_by", "on_behalf_of", "acting_as"})
+
+_S = LifecycleState
+_OUTCOME = {PermissionDenied: "denied", ValidationError: "invalid", NotFound: "not_found", Conflict: "conflict"}
+
+
+def _outcome(exc: BaseException) -> str:
+    for cls, name in _OUTCOME.items():
+        if isinstance(exc, cls):
+            return name
+    return "error"
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+class GovernanceSettings(BaseModel):
+    """A cube's governance policies (see :meth:`Governance.configure`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    audit_reads: bool = Field(default=False, description="append a record for every get/search/list/history")
+    retention: RetentionPolicy = Field(default_factory=RetentionPolicy)
+    redaction: RedactionPolicy = Field(default_factory=RedactionPolicy)
+
+
+class Governance:
+    """The governance of one cube: ``cube.governance``.
+
+    A new cube is owned by the principal that created it (``MemCube(path, actor=...)``, ``"local"`` by
+    default), so a single-user program never has to think about any of this: every check still runs and
+    passes. A cube written before governance existed gets the same bootstrap the first time it is opened.
+    """
+
+    def __init__(self, cube: "MemCube") -> None:
+        self._cube = cube
+        self.records = cube.records
+        self._ensure()
+        self.flush_forgets()
+
+    # ------------------------------------------------------------------ plumbing
+    def _now(self) -> float:
+        return self._cube._now().timestamp()
+
+    def _ensure(self) -> None:
+        conn = self.records._conn
+        with self.records._lock:
+            have = {r[0] for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name LIKE 'gov_%'")}
+            ready = {"gov_principals", "gov_acl", "gov_settings", "gov_forget_pending"} <= have and \
+                conn.execute("SELECT COUNT(*) FROM gov_acl").fetchone()[0] > 0
+        if ready:
+            return
+        with self.records.transaction() as c:
+            for stmt in _TABLES:
+                c.execute(stmt)
+            if c.execute("SELECT COUNT(*) FROM gov_acl").fetchone()[0] == 0:
+                owner = check_principal_id(self._cube.actor, "actor")
+                now = self._now()
+                c.execute("INSERT OR IGNORE INTO gov_principals(id, kind, created_at, created_by) VALUES(?,?,?,?)",
+                          (owner, PrincipalKind.USER.value, now, owner))
+                c.execute("INSERT INTO gov_acl(principal, role, granted_by, granted_at) VALUES(?,?,?,?)",
+                          (owner, Role.OWNER.value, owner, now))
+                c.execute("INSERT OR IGNORE INTO gov_settings(key, value) VALUES('redaction_key', ?)",
+                          (os.urandom(32).hex(),))
+                # A new cube starts with an empty log (a bundle import copies the source chain into it); an
+                # existing cube written before governance records who became its owner.
+                if c.execute("SELECT 1 FROM events LIMIT 1").fetchone() is not None:
+                    self.records.append_event(c, now, owner, "acl.bootstrap", None,
+                                              detail={"principal": owner, "role": Role.OWNER.value})
+
+    def _audit(self, actor: Any, op: str, item_id: str | None, outcome: str, detail: Mapping[str, Any]) -> None:
+        """Append one audit record in its own transaction (used for refusals: nothing else is written)."""
+        who = actor if isinstance(actor, str) else None
+        if who is not None and (len(who) > 128 or "\x00" in who):
+            who = who.replace("\x00", "?")[:128]
+        item = item_id if isinstance(item_id, str) and len(item_id) <= 128 else None
+        with self.records.transaction() as c:
+            self.records.append_event(c, self._now(), who, op, item, outcome=outcome, detail=dict(detail))
+
+    @contextmanager
+    def _audited(self, actor: Any, op: str, item_id: str | None = None,
+                 detail: Mapping[str, Any] | None = None) -> Iterator[None]:
+        """Run a governed operation; if it raises a MemOSError, record the refusal and re-raise."""
+        try:
+            yield
+        except MemOSError as exc:
+            self._audit(actor, op, item_id, _outcome(exc), {**(detail or {}), "error": type(exc).__name__})
+            raise
+
+    def _role(self, c: sqlite3.Connection, principal: str) -> Role | None:
+        row = c.execute("SELECT role FROM gov_acl WHERE principal=?", (principal,)).fetchone()
+        return None if row is None else Role(row[0])
+
+    def _settings_raw(self) -> dict[str, str]:
+        with self.records._lock:
+            return dict(self.records._conn.execute("SELECT key, value FROM gov_settings").fetchall())
+
+    def _policy(self) -> GovernanceSettings:
+        raw = self._settings_raw()
+        ret, red = raw.get("retention"), raw.get("redaction")
+        return GovernanceSettings(
+            audit_reads=json.loads(raw.get("audit_reads", "false")),
+            retention=RetentionPolicy() if ret is None else RetentionPolicy.model_validate_json(ret),
+            redaction=RedactionPolicy() if red is None else RedactionPolicy.model_validate_json(red),
+        )
+
+    def _redaction_key(self) -> bytes:
+        raw = self._settings_raw().get("redaction_key")
+        if raw is None:  # pragma: no cover - created at bootstrap
+            raise ValidationError("this cube has no redaction key; reopen it to repair its governance tables")
+        return bytes.fromhex(raw)
+
+    # ------------------------------------------------------------------ checks
+    def role_of(self, principal: str) -> Role | None:
+        """The role ``principal`` holds on this cube, or ``None``."""
+        with self.records._lock:
+            return self._role(self.records._conn, principal)
+
+    def allows(self, actor: str | None, right: Right | str) -> bool:
+        """Whether ``actor`` holds ``right`` (no audit record; for UIs and pre-filtering)."""
+        actor = self._cube.actor if actor is None else actor
+        if not isinstance(actor, str):
+            return False
+        role = self.role_of(actor)
+        return role is not None and Right(right) in ROLE_RIGHTS[role]
+
+    def authorize(self, actor: str | None, right: Right, op: str, item_id: str | None = None,
+                  filter: Any = None) -> str:
+        """Check that ``actor`` (default: the cube's default actor) holds ``right``; return the actor.
+
+        A refusal is appended to the audit log (outcome ``denied``/``invalid``) in its own transaction and
+        raised as :class:`PermissionDenied`. When the operation names an item and the actor may not even
+        read the cube, it raises the same :class:`NotFound` as an unknown id: the answer never depends on
+        whether the item exists.
+        """
+        actor = self._cube.actor if actor is None else actor
+        try:
+            check_principal_id(actor, "actor")
+        except ValidationError:
+            self._audit(actor, op, item_id, "invalid", {"right": right.value, "error": "bad principal id"})
+            raise
+        role = self.role_of(actor)
+        if role is None or right not in ROLE_RIGHTS[role]:
+            self._audit(actor, op, item_id, "denied",
+                        {"right": right.value, "role": None if role is None else role.value})
+            if item_id is not None and (role is None or Right.READ not in ROLE_RIGHTS[role]):
+                raise self._cube._missing(item_id)
+            if role is None:
+                raise PermissionDenied(f"principal {actor!r} has no access to cube {self._cube.name!r}; an owner or "
+                                       "admin must share it first")
+            raise PermissionDenied(f"{actor!r} is {role.value} on cube {self._cube.name!r} and lacks the "
+                                   f"{right.value!r} right that {op} needs")
+        if filter is not None:
+            self._check_filter(actor, op, filter)
+        return actor
+
+    def _check_filter(self, actor: str, op: str, filter: Any) -> None:
+        if isinstance(filter, Mapping):
+            forged = sorted(k for k in filter if isinstance(k, str) and k in PRINCIPAL_KEYS | {"cube_id", "cube_ids"})
+            if forged:
+                self._audit(actor, op, None, "invalid", {"error": "principal in filter", "keys": forged})
+                raise ValidationError(f"filter keys {forged} are not allowed: the principal comes from actor= and "
+                                      "the cubes from the cube(s) you search, never from a filter")
+
+    def note_denied(self, actor: Any, op: str, right: Right = Right.READ) -> None:
+        """Record a refused attempt without raising (used when a multi-cube search skips this cube)."""
+        role = self.role_of(actor) if isinstance(actor, str) else None
+        self._audit(actor, op, None, "denied", {"right": right.value, "role": None if role is None else role.value})
+
+    # ------------------------------------------------------------------ write hooks (called by MemCube)
+    def _check_claims(self, actor: str, op: str, claims: Mapping[str, Any], item_id: str | None) -> None:
+        forged = sorted(k for k, v in claims.items() if v is not None and v != actor)
+        if forged:
+            self._audit(actor, op, item_id, "denied", {"error": "forged principal", "keys": forged})
+            raise PermissionDenied(
+                f"{forged} name(s) a principal other than the acting one ({actor!r}); MemOS records who wrote a "
+                "memory itself. Drop those fields or act as that principal."
+            )
+
+    def _redact(self, actor: str, op: str, item: MemoryItem, policy: RedactionPolicy,
+                item_id: str | None) -> MemoryItem:
+        if not policy.active:
+            return item
+        key = self._redaction_key()
+        try:
+            content, notes = redact_text(item.content, policy, key, "content")
+            index_text, n2 = (redact_text(item.index_text, policy, key, "index_text")
+                              if item.index_text is not None else (None, []))
+            metadata, n3 = redact_value(item.metadata, policy, key, "metadata")
+        except RedactionRejected as exc:
+            self._audit(actor, op, item_id, "rejected", {"error": "redaction policy", "kinds": exc.kinds})
+            raise
+        notes = notes + n2 + n3
+        if not notes:
+            return item
+        prov = item.provenance.model_copy(update={"redactions": sorted(set(item.provenance.redactions) | set(notes))})
+        return item.model_copy(update={"content": content, "index_text": index_text, "metadata": metadata,
+                                       "provenance": prov})
+
+    def prepare_add(self, items: Sequence[MemoryItem], actor: str, now: datetime) -> list[MemoryItem]:
+        """Before an add: refuse forged principals, apply the default TTL and the redaction policy."""
+        policy = self._policy()
+        out: list[MemoryItem] = []
+        for item in items:
+            claims = {k: v for k, v in item.metadata.items() if k in PRINCIPAL_KEYS}
+            claims["created_by"] = item.created_by
+            self._check_claims(actor, "add", claims, item.id)
+            if item.expires_at is None and policy.retention.default_ttl is not None:
+                item = item.model_copy(update={"expires_at": now + timedelta(seconds=policy.retention.default_ttl)})
+            out.append(self._redact(actor, "add", item, policy.redaction, item.id))
+        return out
+
+    def prepare_update(self, old: MemoryItem, new: MemoryItem, actor: str) -> MemoryItem:
+        """Before an update: the same checks on the new version (redaction applies to every text field, so a
+        rollback to a version written under a looser policy is redacted too)."""
+        claims = {k: v for k, v in new.metadata.items() if k in PRINCIPAL_KEYS and old.metadata.get(k) != v}
+        self._check_claims(actor, "update", claims, old.id)
+        return self._redact(actor, "update", new, self._policy().redaction, old.id)
+
+    def audit_read(self, actor: str, op: str, ids: Sequence[str], detail: Mapping[str, Any] | None = None) -> None:
+        """Record a read when the cube audits reads (``configure(audit_reads=True)``)."""
+        raw = self._settings_raw().get("audit_reads")
+        if raw is None or not json.loads(raw):
+            return
+        ids = list(ids)
+        d: dict[str, Any] = {"ids": ids[:1000], "count": len(ids), **(detail or {})}
+        with self.records.transaction() as c:
+            self.records.append_event(c, self._now(), actor, op, ids[0] if len(ids) == 1 else None, detail=d)
+
+    # ------------------------------------------------------------------ sharing
+    def share(self, principal: str, role: Role | str, *, actor: str | None = None,
+              kind: PrincipalKind | str | None = None) -> Grant:
+        """Give ``principal`` a role on this cube (or change its role). Needs the **share** right.
+
+        Nobody grants above their own role, only owners grant owner, and a role can only be changed by
+        someone above it (owners excepted). ``kind`` (``"user"`` or ``"service"``) is recorded the first time
+        a principal is seen. Refusals raise :class:`PermissionDenied` / :class:`ValidationError`, change
+        nothing and are audited.
+        """
+        actor = self._cube.actor if actor is None else actor
+        detail = {"principal": principal if isinstance(principal, str) else None,
+                  "role": role.value if isinstance(role, Role) else str(role)[:32]}
+        with self._audited(actor, "acl.grant", None, detail):
+            check_principal_id(actor, "actor")
+            check_principal_id(principal)
+            new = coerce_role(role)
+            k = None if kind is None else self._kind(kind)
+            now = self._now()
+            with self.records.transaction() as c:
+                granter_role = self._role(c, actor)
+                current = self._role(c, principal)
+                check_grant(actor, granter_role, principal, current, new)
+                if current == Role.OWNER and new != Role.OWNER and self._owners(c) <= 1:  # pragma: no cover
+                    raise PermissionDenied(f"{principal!r} is the last owner; grant owner to someone else first")
+                row = c.execute("SELECT kind FROM gov_principals WHERE id=?", (principal,)).fetchone()
+                if row is None:
+                    c.execute("INSERT INTO gov_principals(id, kind, created_at, created_by) VALUES(?,?,?,?)",
+                              (principal, (k or PrincipalKind.USER).value, now, actor))
+                elif k is not None and row[0] != k.value:
+                    raise ValidationError(f"{principal!r} is known as a {row[0]} principal, not {k.value}")
+                c.execute("INSERT INTO gov_acl(principal, role, granted_by, granted_at) VALUES(?,?,?,?) "
+                          "ON CONFLICT(principal) DO UPDATE SET role=excluded.role, granted_by=excluded.granted_by, "
+                          "granted_at=excluded.granted_at", (principal, new.value, actor, now))
+                self.records.append_event(c, now, actor, "acl.grant", None,
+                                          detail={"principal": principal, "role": new.value,
+                                                  "previous": None if current is None else current.value})
+        got = self.grant_of(principal)
+        assert got is not None
+        return got
+
+    @staticmethod
+    def _kind(kind: Any) -> PrincipalKind:
+        try:
+            return PrincipalKind(kind.value if isinstance(kind, PrincipalKind) else kind)
+        except ValueError:
+            raise ValidationError(f"principal kind must be 'user' or 'service', not {kind!r}") from None
+
+    @staticmethod
+    def _owners(c: sqlite3.Connection) -> int:
+        return c.execute("SELECT COUNT(*) FROM gov_acl WHERE role=?", (Role.OWNER.value,)).fetchone()[0]
+
+    def revoke(self, principal: str, *, actor: str | None = None) -> None:
+        """Remove ``principal``'s role. Anyone may leave (revoke themselves); revoking others needs the
+        **share** right and a role above theirs (owners may revoke owners). The last owner cannot be removed.
+        """
+        actor = self._cube.actor if actor is None else actor
+        detail = {"principal": principal if isinstance(principal, str) else None}
+        with self._audited(actor, "acl.revoke", None, detail):
+            check_principal_id(actor, "actor")
+            check_principal_id(principal)
+            now = self._now()
+            with self.records.transaction() as c:
+                revoker_role = self._role(c, actor)
+                current = self._role(c, principal)
+                check_revoke(actor, revoker_role, principal, current, self._owners(c))
+                if current is None:
+                    raise NotFound(f"{principal!r} has no role on cube {self._cube.name!r}")
+                c.execute("DELETE FROM gov_acl WHERE principal=?", (principal,))
+                self.records.append_event(c, now, actor, "acl.revoke", None,
+                                          detail={"principal": principal, "previous": current.value})
+
+    def grant_of(self, principal: str) -> Grant | None:
+        with self.records._lock:
+            row = self.records._conn.execute(
+                "SELECT a.principal, COALESCE(p.kind, 'user'), a.role, a.granted_by, a.granted_at FROM gov_acl a "
+                "LEFT JOIN gov_principals p ON p.id = a.principal WHERE a.principal=?", (principal,)).fetchone()
+        return None if row is None else Grant(principal=row[0], kind=row[1], role=row[2], granted_by=row[3],
+                                              granted_at=_dt(row[4]))
+
+    def members(self, *, actor: str | None = None) -> list[Grant]:
+        """Who has what on this cube (needs **read**)."""
+        self.authorize(actor, Right.READ, "acl.list")
+        with self.records._lock:
+            rows = self.records._conn.execute(
+                "SELECT a.principal, COALESCE(p.kind, 'user'), a.role, a.granted_by, a.granted_at FROM gov_acl a "
+                "LEFT JOIN gov_principals p ON p.id = a.principal ORDER BY a.principal").fetchall()
+        return [Grant(principal=r[0], kind=r[1], role=r[2], granted_by=r[3], granted_at=_dt(r[4])) for r in rows]
+
+    # ------------------------------------------------------------------ policies
+    def settings(self, *, actor: str | None = None) -> GovernanceSettings:
+        """The cube's retention, redaction and read-audit policies (needs **read**)."""
+        self.authorize(actor, Right.READ, "policy.show")
+        return self._policy()
+
+    def configure(self, *, actor: str | None = None, audit_reads: bool | None = None,
+                  retention: RetentionPolicy | Mapping[str, Any] | None = None,
+                  redaction: RedactionPolicy | Mapping[str, Any] | None = None) -> GovernanceSettings:
+        """Change policies (needs **administer**). Only what is given changes; the change is audited.
+
+        * ``retention={"default_ttl": 86400, "action": "delete"}`` (or a :class:`RetentionPolicy`)
+        * ``redaction={"email": "mask", "card": "reject"}`` (or a :class:`RedactionPolicy`)
+        * ``audit_reads=True`` records every get/search/list/history (who read which ids)
+        """
+        actor = self.authorize(actor, Right.ADMINISTER, "policy.set")
+        updates: dict[str, str] = {}
+        with self._audited(actor, "policy.set"):
+            if audit_reads is not None:
+                if not isinstance(audit_reads, bool):
+                    raise ValidationError("audit_reads must be True or False")
+                updates["audit_reads"] = json.dumps(audit_reads)
+            if retention is not None:
+                updates["retention"] = RetentionPolicy.coerce(dict(retention) if isinstance(retention, Mapping)
+                                                              else retention).model_dump_json()
+            if redaction is not None:
+                pol = RedactionPolicy.coerce(dict(redaction) if isinstance(redaction, Mapping) else redaction)
+                from .redaction import detectors
+
+                unknown = sorted(set(pol.rules) - set(detectors()))
+                if unknown:
+                    raise ValidationError(f"unknown detector(s) {unknown}; registered: {detectors()} "
+                                          "(register custom ones with register_detector first)")
+                updates["redaction"] = pol.model_dump_json()
+            if not updates:
+                raise ValidationError("configure: nothing to change")
+            with self.records.transaction() as c:
+                for k, v in updates.items():
+                    c.execute("INSERT INTO gov_settings(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET "
+                              "value=excluded.value", (k, v))
+                self.records.append_event(c, self._now(), actor, "policy.set", None,
+                                          detail={k: json.loads(v) for k, v in updates.items()})
+        return self._policy()
+
+    # ------------------------------------------------------------------ legal hold
+    def hold(self, item_id: str, *, actor: str | None = None, reason: str | None = None) -> MemoryItem:
+        """Put a memory under legal hold (the frozen state): no update, delete, expiry, purge or forget until
+        :meth:`release`. Needs **administer**."""
+        return self._cube.transition(item_id, _S.FROZEN, actor=actor, reason=reason or "legal hold")
+
+    def release(self, item_id: str, *, actor: str | None = None, reason: str | None = None) -> MemoryItem:
+        """Lift a legal hold; the memory returns to the state it was in (activated or archived)."""
+        actor = self._cube._authorize(actor, Right.ADMINISTER, "release", item_id)
+        back = _S.ACTIVATED
+        for t in reversed(self._cube.records.transitions(item_id)):
+            if t.to_state == _S.FROZEN:
+                if t.from_state == _S.ARCHIVED:
+                    back = _S.ARCHIVED
+                break
+        return self._cube.transition(item_id, back, actor=actor, reason=reason or "legal hold lifted")
+
+    # ------------------------------------------------------------------ forget
+    def _derived(self, c: sqlite3.Connection, root: str) -> list[str]:
+        out: list[str] = [root]
+        seen = {root}
+        frontier = [root]
+        while frontier:
+            nxt: list[str] = []
+            for parent in frontier:
+                pat = json.dumps(parent)[1:-1]
+                rows = c.execute("SELECT id, provenance FROM items WHERE provenance LIKE ? OR provenance LIKE ?",
+                                 (f'%"{pat}"%', f'%"{pat}@%')).fetchall()
+                for iid, prov in rows:
+                    if iid in seen:
+                        continue
+                    p = json.loads(prov)
+                    if parent in p.get("parent_ids", []) or any(
+                            str(v).startswith(parent + "@") for v in p.get("parent_versions", [])):
+                        seen.add(iid)
+                        out.append(iid)
+                        nxt.append(iid)
+            frontier = nxt
+        return out
+
+    def forget(self, item_id: str, *, actor: str | None = None, reason: str | None = None,
+               cascade: bool = True) -> list[str]:
+        """Erase a memory and everything derived from it, for good. Needs **administer**.
+
+        Removes the item row, every version, its lifecycle transitions, its embedding, its lexical-index
+        entries (then merges the FTS segments, checkpoints and truncates the WAL, so the bytes leave the
+        file) and its vector-index row. With ``cascade`` (default) memories whose provenance names it as a
+        parent (``parent_ids`` / ``parent_versions``) are forgotten too. Activation and parametric artefacts
+        built from it become stale (:func:`memos_core.artifacts.stale_sources` finds the id gone).
+
+        The audit record keeps the ids, who and when, never the content. A memory under legal hold (or with a
+        derived memory under hold) cannot be forgotten: :class:`Conflict`, nothing changes. Returns the ids
+        erased.
+        """
+        if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
+            raise ValidationError("reason must be a string of at most 500 characters")
+        cube = self._cube
+        actor = cube._authorize(actor, Right.ADMINISTER, "forget", item_id)
+        with cube._lock:
+            with self._audited(actor, "forget", item_id, {"cascade": cascade}):
+                cube._load(item_id)
+                now = self._now()
+                with self.records.transaction() as c:
+                    ids = self._derived(c, item_id) if cascade else [item_id]
+                    rows = {r[0]: (r[1], r[2]) for r in c.execute(
+                        f"SELECT id, rowid, state FROM items WHERE id IN ({','.join('?' * len(ids))})", ids)}
+                    held = [i for i in ids if i in rows and rows[i][1] == _S.FROZEN.value]
+                    if held:
+                        raise Conflict(f"memory {held[0]!r} is under legal hold (frozen); lift the hold before "
+                                       f"forgetting {'it' if held[0] == item_id else 'what it was derived from'}")
+                    for iid in ids:
+                        if iid in rows:
+                            self.records.erase_item(c, rows[iid][0], iid)
+                            c.execute("INSERT OR IGNORE INTO gov_forget_pending(item_id) VALUES(?)", (iid,))
+                    self.records.append_event(c, now, actor, "forget", item_id,
+                                              detail={"ids": ids, "cascade": cascade, "reason": reason})
+            self.flush_forgets()
+            self.records.optimize_lexical()
+            self.records.checkpoint()
+        return ids
+
+    def flush_forgets(self) -> int:
+        """Remove forgotten ids from the vector index (after a forget; again on open if the index was down)."""
+        with self.records._lock:
+            ids = [r[0] for r in self.records._conn.execute("SELECT item_id FROM gov_forget_pending")]
+        if not ids:
+            return 0
+        try:
+            self._cube.index.delete(ids)
+        except BackendUnavailable:
+            self._cube.index_degraded = True
+            return 0
+        with self.records.transaction() as c:
+            c.executemany("DELETE FROM gov_forget_pending WHERE item_id=?", [(i,) for i in ids])
+        return len(ids)
+
+    # ------------------------------------------------------------------ audit log
+    def audit_log(self, *, actor: str | None = None, item_id: str | None = None, principal: str | None = None,
+                  limit: int | None = None) -> list[dict[str, Any]]:
+        """Audit records, oldest first, optionally for one item or one principal (needs **administer**)."""
+        self.authorize(actor, Right.ADMINISTER, "audit.read")
+        events = self.records.events(item_id, None if principal is not None else limit)
+        if principal is not None:
+            events = [e for e in events if e["actor"] == principal][: limit if limit is not None else None]
+        return events
+
+    def verify(self, *, actor: str | None = None, anchor: tuple[int, str] | None = None) -> AuditReport:
+        """Verify the audit chain (needs **administer**); ``report.ok`` and ``report.problems`` say where."""
+        self.authorize(actor, Right.ADMINISTER, "audit.verify")
+        with self.records._lock:
+            rows, counter = read_chain(self.records._conn)
+        return verify_rows(rows, counter, anchor)
+
+    def head(self, *, actor: str | None = None) -> tuple[int, str] | None:
+        """``(seq, hash)`` of the newest audit record: save it elsewhere and pass it back as ``anchor``."""
+        self.authorize(actor, Right.ADMINISTER, "audit.head")
+        with self.records._lock:
+            row = self.records._conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        return None if row is None else (int(row[0]), row[1])
+
+
+def query_digest(query: str) -> str:
+    """What a read audit records instead of the query text."""
+    return hashlib.sha256(query.encode("utf-8")).hexdigest()[:16]
