@@ -209,3 +209,11 @@ def test_cli_export_import(cube: MemCube, tmp_path: Path, capsys) -> None:
     # the CLI opens the cube with the default embedder, which has another dimension: a clear error
     assert main(["export", path, str(f)]) == 2
     assert "dimension" in capsys.readouterr().err
+
+
+def test_export_needs_administer(cube: MemCube, tmp_path: Path) -> None:
+    cube.share("bob", "reader")
+    with pytest.raises(PermissionDenied):
+        export_cube(cube, tmp_path / "b.zip", actor="bob")
+    assert not (tmp_path / "b.zip").exists()
+    assert cube.events()[-1]["outcome"] == "denied"

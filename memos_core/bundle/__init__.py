@@ -66,13 +66,19 @@ def _jsonl(rows: Iterator[str]) -> bytes:
 
 
 def export_cube(cube: MemCube, file: str | os.PathLike[str], *, hmac_key: bytes | None = None,
-                include_artifacts: bool = True) -> dict[str, Any]:
+                include_artifacts: bool = True, actor: str | None = None) -> dict[str, Any]:
     """Write ``cube`` to a bundle at ``file`` (``.zip`` or ``.tar.gz``/``.tgz``); returns the manifest.
 
-    The file is written to a temporary name and renamed when complete.
+    A bundle carries every memory, its history and the audit log, so exporting needs the *administer* right
+    on the cube (checked and audited as ``actor``, default the cube's principal). Access lists and policies
+    are not exported: whoever imports a bundle owns the copy. The file is written to a temporary name and
+    renamed when complete.
     """
+    from ..governance.roles import Right
+
     out = Path(file)
     kind = _kind(out)
+    cube._authorize(actor, Right.ADMINISTER, "export")
     cube.records.flush()
     items = list(cube.records.iter_items())
     files: dict[str, bytes] = {}
