@@ -90,8 +90,8 @@ class RetrievalConfig:
     * ``entity_weight``: bonus (in standard deviations, z-score fusion only) for a memory that contains the
       names the query mentions (speakers of a pasted dialogue, capitalised non-initial words), scaled by the
       share of those names it contains.
-    * ``focus_weight``: when the query is a pasted dialogue, weight of its last user turn added to the query
-      embedding (costs a second, batched embedding; 0 disables it).
+    * ``focus_weight``: when the query is a pasted user <-> assistant dialogue, weight of its last user turn
+      added to the query embedding (one extra text in the same embedding batch; 0 disables it).
     * ``rrf_k``: the RRF constant (larger flattens rank differences).
     * ``candidates``: how many results each retriever contributes to fusion (at least ``k``).
     * ``exact_below``: when a filter narrows the search to at most this many items, dense scores are computed
@@ -101,7 +101,7 @@ class RetrievalConfig:
     def __init__(self, dense_weight: float | None = None, lexical_weight: float | None = None,
                  rrf_k: float = 60.0, candidates: int = 60, exact_below: int = 4000,
                  fusion: Literal["zscore", "rrf"] = "zscore", entity_weight: float = 0.3,
-                 focus_weight: float = 0.0) -> None:
+                 focus_weight: float = 0.5) -> None:
         if fusion not in ("zscore", "rrf"):
             raise ValidationError(f"fusion must be 'zscore' or 'rrf', not {fusion!r}")
         self.fusion = fusion

@@ -126,6 +126,9 @@ def test_dialogue_queries_are_normalised() -> None:
     assert plan.text == "Bart: I won the race! Assistant: Wow, well done! Bart: Can we get ice cream?"
     assert plan.focus == "Can we get ice cream?"
     assert "bart" in plan.entities and "assistant" not in plan.entities
+    people = analyze_query("Leo: You look tired. Maya: I was up at 3am again. Leo: Again?")
+    assert people.is_dialogue and people.focus is None  # no assistant: no single turn to answer
+    assert set(people.entities) == {"leo", "maya"}
     plain = analyze_query("When did Maya's sister move to Lisbon?")
     assert not plain.is_dialogue and plain.focus is None
     assert set(plain.entities) == {"maya", "lisbon"}  # "When" starts the sentence: not a name

@@ -7,7 +7,7 @@ of speaker markup, quotes and the assistant's own chatter. :func:`analyze_query`
 
 * ``text``: the query with speaker markup normalised to ``"Name: text"`` and quote marks dropped (what the
   embedder and BM25 see; the markup measurably hurts dense retrieval);
-* ``focus``: for a dialogue, the last turn of a non-assistant speaker (what the reply must address);
+* ``focus``: for a user <-> assistant dialogue, the last turn of the user (what the reply must address);
 * ``entities``: lowercase names the answer is likely to mention: the (non-assistant) speakers of a dialogue and
   capitalised words that do not start a sentence ("Maya's", "Lisbon"). Retrieval boosts memories that contain
   them, so "What is Maya's dog called?" prefers Maya's turns over Leo's about his dog.
@@ -72,17 +72,20 @@ def analyze_query(query: str) -> QueryPlan:
     if turns:
         text = " ".join(f"{s}: {t}" if s else t for s, t in turns)
         user_turns = [t for s, t in turns if _is_user(s)]
-        focus: str | None = user_turns[-1] if user_turns else None
-        body = " ".join(t for _, t in turns)
+        with_assistant = any(s and s.lower() in ASSISTANT_NAMES for s, _ in turns)
+        # In a user <-> assistant chat the last user turn is what the next reply must address; in a transcript
+        # between people there is no such turn, so no focus.
+        focus: str | None = user_turns[-1] if user_turns and with_assistant else None
+        bodies = [t for _, t in turns]
     else:
         text = " ".join(query.split())
         focus = None
-        body = text
+        bodies = [text]
     ents: dict[str, None] = {}
     for s, _ in turns:
         if _is_user(s):
             ents.setdefault(s.lower(), None)  # type: ignore[union-attr]
-    for sent in _SENT.split(body):
+    for sent in (x for body in bodies for x in _SENT.split(body)):
         sent = sent.lstrip(" \"'“(")
         for m in _CAP.finditer(sent):
             if m.start() == 0:
