@@ -959,9 +959,13 @@ class MemCube:
     def _rowids_passing(self, ids: Sequence[str], where: str, args: list[Any]) -> dict[str, int]:
         if not ids:
             return {}
+        # INDEXED BY the unique id index: without statistics SQLite guesses that an equality on an indexed
+        # column (state, user_id) matches ~10 rows and walks that index instead -- every row in the searchable
+        # states, ~15 ms per query at 20k memories, instead of one lookup per candidate.
         with self.records._lock:
             rows = self.records._conn.execute(
-                f"SELECT id, rowid FROM items WHERE id IN ({','.join('?' * len(ids))}) AND {where}", (*ids, *args)
+                f"SELECT id, rowid FROM items INDEXED BY sqlite_autoindex_items_1 WHERE id IN "
+                f"({','.join('?' * len(ids))}) AND {where}", (*ids, *args)
             ).fetchall()
         return {r[0]: r[1] for r in rows}
 

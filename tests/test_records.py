@@ -97,3 +97,20 @@ def test_truncated_database_is_corrupt_data(tmp_path, cube_path, open_cube) -> N
     db.write_bytes(data[: len(data) // 2])
     with pytest.raises(CorruptData):
         open_cube(cube_path)
+
+
+def test_lexical_work_budget_keeps_the_rarest_terms(cube) -> None:
+    common = cube.add_many([f"a note about the weather today, number {i}" for i in range(100)])
+    rare = cube.add_many([f"weather report from Zanzibar, part {i}" for i in range(5)])
+    rare_ids = {i.id for i in rare}
+    full = cube.search("weather in Zanzibar", mode="lexical", k=20)
+    assert len(full) == 20 and {h.item.id for h in full[:5]} == rare_ids  # no budget hit: every match scored
+    cube.records.lexical_match_budget = 40  # pretend the cube is large: "weather" (105 rows) is too common
+    pruned = cube.search("weather in Zanzibar", mode="lexical", k=20)
+    assert {h.item.id for h in pruned} == rare_ids  # only the rare term was scored ...
+    assert [h.item.id for h in pruned] == [h.item.id for h in full[:5]]  # ... in the same order
+    # a query made of common terms only still keeps its rarest one ("today": 100 rows, "weather": 105)
+    hits = cube.search("weather today", mode="lexical", k=200)
+    assert {h.item.id for h in hits} == {i.id for i in common}
+    cube.records.lexical_match_budget = 10**9
+    assert len(cube.search("weather today", mode="lexical", k=200)) == 105

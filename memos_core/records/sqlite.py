@@ -126,6 +126,7 @@ class SQLiteRecordStore:
         self._lock = threading.RLock()
         self._pending_done: set[int] = set()
         self._usage: dict[int, tuple[int, float]] = {}
+        self._df_cache: dict[str, tuple[int, int]] = {}  # lexical term -> (capped document count, max rowid then)
         try:
             self._conn = sqlite3.connect(
                 str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False
@@ -540,12 +541,52 @@ class SQLiteRecordStore:
             return [r[0] for r in self._conn.execute(
                 f"SELECT rowid FROM items WHERE {where} LIMIT ?", (*args, limit))]
 
+    #: Work budget of one lexical query, in matching rows. FTS5 computes bm25 for *every* row that matches
+    #: any query term (~1.5 us each), so on a large cube a query with common words costs tens of ms. Above the
+    #: budget the query keeps only its rarest terms (at least one) whose document counts fit in it; the
+    #: common ones add little to BM25 and dense retrieval still sees the whole query. Cubes smaller than the
+    #: budget are never affected.
+    lexical_match_budget = 3000
+
+    def _term_df(self, phrase: str, stamp: int) -> int:
+        """Rows matching one quoted term, capped just above the budget; cached (approximate is enough)."""
+        hit = self._df_cache.get(phrase)
+        if hit is not None and hit[1] * 1.1 >= stamp:
+            return hit[0]
+        if len(self._df_cache) > 50_000:
+            self._df_cache.clear()
+        df = self._conn.execute("SELECT count(*) FROM (SELECT rowid FROM fts WHERE fts MATCH ? LIMIT ?)",
+                                (phrase, self.lexical_match_budget + 1)).fetchone()[0]
+        self._df_cache[phrase] = (df, stamp)
+        return df
+
+    def _budget_match(self, match: str) -> str:
+        phrases = match.split(" OR ")
+        if len(phrases) < 2 or not all(len(p) > 2 and p[0] == p[-1] == '"' and '"' not in p[1:-1].replace('""', "")
+                                       for p in phrases):
+            return match
+        stamp = self._conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM items").fetchone()[0]
+        if stamp <= self.lexical_match_budget:  # fewer rows than the budget: nothing to save
+            return match
+        dfs = {p: self._term_df(p, stamp) for p in phrases}
+        if sum(dfs.values()) <= self.lexical_match_budget:
+            return match
+        keep: set[str] = set()
+        used = 0
+        for p in sorted(phrases, key=lambda p: (dfs[p], p)):
+            if keep and used + dfs[p] > self.lexical_match_budget:
+                break
+            keep.add(p)
+            used += dfs[p]
+        return " OR ".join(p for p in phrases if p in keep)
+
     def lexical(self, match: str, where: str, args: list[Any], k: int) -> list[tuple[int, float]]:
         """BM25 search. Returns (rowid, score) best first; score is -bm25 (higher is better)."""
         if not match:
             return []
         with self._lock:
             try:
+                match = self._budget_match(match)
                 # Fast path: the best k*8 matches, then the filter. Exact when the filter is loose.
                 rows = self._conn.execute(
                     f"SELECT m.rowid, m.score FROM (SELECT rowid, bm25(fts) AS score FROM fts WHERE fts MATCH ? "
