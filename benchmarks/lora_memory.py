@@ -11,7 +11,8 @@ Two parts, both honest about what they are:
    memories are facts about *new* people, trained into LoRA adapters with the training phrasings only; the
    recall probe scores them on held-out phrasings. Controls: same-shaped facts about people the adapter never
    saw (separates learning the facts from learning the format). Then two adapters trained on disjoint fact sets
-   are combined (cat / svd / linear, several weights) and both sets are probed again.
+   are combined (cat / svd / linear, several weights) and both sets are probed again, next to one adapter
+   trained on both sets. Collateral damage is measured on facts the base model learned in pre-training.
 
 It does not show how a 1B+ pretrained model behaves: such a model knows far more, has a different loss
 landscape and needs other learning rates. It shows that the mechanism works and what it costs on CPU.
@@ -169,19 +170,25 @@ def bench_cost(workdir: Path, quick: bool, log: Any) -> dict[str, Any]:
 
     # latencies
     manager.unload()
-    load_s, unload_last_s, load_second_s, unload_one_s, switch_s, deact_s, combine_s, save_s = ([] for _ in range(8))
+    lat: dict[str, list[tuple[float, float]]] = {}
+
+    def timed(key: str, fn: Any, *args: Any, **kwargs: Any) -> None:
+        w, c = time.perf_counter(), time.process_time()
+        fn(*args, **kwargs)
+        lat.setdefault(key, []).append((time.perf_counter() - w, time.process_time() - c))
+
     for _ in range(3):
-        t = time.perf_counter(); manager.load("cost-a"); load_s.append(time.perf_counter() - t)  # noqa: E702
-        t = time.perf_counter(); manager.load("cost-b", activate=False); load_second_s.append(time.perf_counter() - t)  # noqa: E702,E501
+        timed("load_first", manager.load, "cost-a")
+        timed("load_second", manager.load, "cost-b", activate=False)
         for _ in range(5):
-            t = time.perf_counter(); manager.switch("cost-b"); switch_s.append(time.perf_counter() - t)  # noqa: E702
-            t = time.perf_counter(); manager.switch("cost-a"); switch_s.append(time.perf_counter() - t)  # noqa: E702
-            t = time.perf_counter(); manager.deactivate(); deact_s.append(time.perf_counter() - t)  # noqa: E702
-        t = time.perf_counter(); manager.combine(["cost-a", "cost-b"], [1.0, 1.0], "cost-ab"); combine_s.append(time.perf_counter() - t)  # noqa: E702,E501
-        t = time.perf_counter(); manager.save("cost-ab", overwrite=True); save_s.append(time.perf_counter() - t)  # noqa: E702,E501
-        t = time.perf_counter(); manager.unload("cost-ab"); unload_one_s.append(time.perf_counter() - t)  # noqa: E702
+            timed("switch", manager.switch, "cost-b")
+            timed("switch", manager.switch, "cost-a")
+            timed("deactivate", manager.deactivate)
+        timed("combine_cat", manager.combine, ["cost-a", "cost-b"], [1.0, 1.0], "cost-ab")
+        timed("save", manager.save, "cost-ab", overwrite=True)
+        timed("unload_one_of_several", manager.unload, "cost-ab")
         manager.unload("cost-b")
-        t = time.perf_counter(); manager.unload("cost-a"); unload_last_s.append(time.perf_counter() - t)  # noqa: E702
+        timed("unload_last", manager.unload, "cost-a")
     out = {
         "model": f"llama, SmolLM-135M shape, {layers} layers, random init",
         "parameters": n_params,
@@ -201,14 +208,8 @@ def bench_cost(workdir: Path, quick: bool, log: Any) -> dict[str, Any]:
         "probe_s_per_memory": round(probe_s, 3),
         "adapter_bytes": size,
         "adapter_folder_bytes": folder_size,
-        "load_first_ms": _median_ms(load_s),
-        "load_second_ms": _median_ms(load_second_s),
-        "switch_ms": _median_ms(switch_s),
-        "deactivate_ms": _median_ms(deact_s),
-        "combine_cat_ms": _median_ms(combine_s),
-        "save_ms": _median_ms(save_s),
-        "unload_one_of_several_ms": _median_ms(unload_one_s),
-        "unload_last_ms": _median_ms(unload_last_s),
+        "latency_ms": {k: _median_ms([w for w, _ in v]) for k, v in lat.items()},
+        "latency_cpu_ms": {k: _median_ms([c for _, c in v]) for k, v in lat.items()},
     }
     log(
         f"[cost] {out['memories']} memories -> {out['examples']} examples; {out['steps']} steps of "
@@ -218,9 +219,10 @@ def bench_cost(workdir: Path, quick: bool, log: Any) -> dict[str, Any]:
     )
     log(
         f"[cost] adapter r={cfg.rank}: {size / 1e6:.2f} MB on disk ({out['trainable_parameters'] / 1e6:.2f}M params); "
-        f"load {out['load_first_ms']} ms, switch {out['switch_ms']} ms, unload {out['unload_last_ms']} ms, "
-        f"combine {out['combine_cat_ms']} ms, probe {out['probe_s_per_memory']} s/memory"
+        f"probe {out['probe_s_per_memory']} s/memory"
     )
+    for key in lat:
+        log(f"[cost] {key:<22} median {out['latency_ms'][key]:>9.1f} ms wall, {out['latency_cpu_ms'][key]:>9.1f} ms CPU")
     return out
 
 
@@ -307,6 +309,8 @@ def bench_recall(workdir: Path, quick: bool, log: Any) -> dict[str, Any]:
     )
     rec_a = manager.train(sets["A"], "set-a", config=cfg)
     rec_b = manager.train(sets["B"], "set-b", config=cfg)
+    # the alternative to merging: one adapter trained on both sets (same number of epochs)
+    manager.train(sets["A"] + sets["B"], "set-ab", config=cfg.model_copy(update={"max_steps": 2 * cfg.max_steps}))
 
     def measure(adapters: list[str] | None) -> dict[str, Any]:
         ctx = manager.disabled() if adapters is None else manager.using(adapters)
@@ -320,7 +324,12 @@ def bench_recall(workdir: Path, quick: bool, log: Any) -> dict[str, Any]:
             res["background_exact"] = round(bg_ex, 4)
         return res
 
-    results = {"base": measure(None), "A": measure(["set-a"]), "B": measure(["set-b"])}
+    results = {
+        "base": measure(None),
+        "A": measure(["set-a"]),
+        "B": measure(["set-b"]),
+        "joint A+B (2x steps)": measure(["set-ab"]),
+    }
     variants = {
         "A+B active together": (None, None),
         "cat 1.0/1.0": ("cat", [1.0, 1.0]),

@@ -235,6 +235,10 @@ def test_base_model_mismatch_is_refused(world, tmp_path):
     mgr = AdapterManager(model.to(torch.bfloat16), tok, store=world["store"])
     mgr.load("facts")
     assert mgr.active_adapters == ["facts"]
+    out = _logits(mgr.model, tok)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+    with mgr.disabled() as m:
+        assert not torch.equal(_logits(m, tok), out)
 
 
 def test_fingerprint_is_stable_across_reload_and_dtype(world):

@@ -243,14 +243,15 @@ class AdapterManager:
         if self._peft is None:
             return
         lora = self._peft.base_model
+        names = self._active or [next(iter(self._peft.peft_config))]
         with _quiet():
+            # PeftModel keeps one "active_adapter" of its own (its forward looks up that adapter's config); the
+            # LoRA layers hold the real active set.
+            self._peft.active_adapter = names[0]
+            lora.set_adapter(names if len(names) > 1 else names[0], inference_mode=True)
             if self._active:
-                # PeftModel keeps one "active_adapter" of its own; point it at an existing adapter first.
-                self._peft.set_adapter(self._active[0], inference_mode=True)
-                lora.set_adapter(self._active if len(self._active) > 1 else self._active[0], inference_mode=True)
                 lora.enable_adapter_layers()
             else:
-                self._peft.set_adapter(next(iter(self._peft.peft_config)), inference_mode=True)
                 lora.disable_adapter_layers()
         for pname, param in self._peft.named_parameters():
             if "lora_" in pname:
@@ -264,17 +265,18 @@ class AdapterManager:
             return self.store
         return store if isinstance(store, AdapterStore) else AdapterStore(store)
 
-    def _inject(self, name: str, lora_config: Any) -> None:
-        """Add an empty adapter ``name`` (creating the PeftModel on first use)."""
+    def _inject(self, name: str, lora_config: Any, *, empty: bool = False) -> None:
+        """Add adapter ``name`` (creating the PeftModel on first use). With ``empty`` its weights are left
+        uninitialised on the meta device, to be assigned from a state dict (skips a useless random init)."""
         import peft
 
         with _quiet():
             if self._peft is None:
                 self._requires_grad = {n: p.requires_grad for n, p in self._base.named_parameters()}
                 _ = self.fingerprint  # computed on the pristine model
-                self._peft = peft.get_peft_model(self._base, lora_config, adapter_name=name)
+                self._peft = peft.get_peft_model(self._base, lora_config, adapter_name=name, low_cpu_mem_usage=empty)
             else:
-                self._peft.add_adapter(name, lora_config)
+                self._peft.add_adapter(name, lora_config, low_cpu_mem_usage=empty)
 
     def _remove(self, name: str) -> None:
         """Delete adapter ``name`` from peft; unload the LoRA layers when it was the last one."""
@@ -350,11 +352,11 @@ class AdapterManager:
                 raise CorruptData(f"adapter {name!r} is a {type(config).__name__}, not a LoRA adapter")
             config.inference_mode = True
             try:
-                self._inject(name, config)
+                self._inject(name, config, empty=True)
             except ValueError as exc:  # target modules not found in this model
                 raise BaseModelMismatch(f"adapter {name!r} does not fit this model: {exc}", [str(exc)]) from None
             try:
-                result = set_peft_model_state_dict(self._peft, tensors, adapter_name=name)
+                result = set_peft_model_state_dict(self._peft, tensors, adapter_name=name, low_cpu_mem_usage=True)
                 unexpected = [k for k in result.unexpected_keys if "lora_" in k]
                 missing = [k for k in result.missing_keys if f".{name}." in k and "lora_" in k]
                 if unexpected or missing:
