@@ -420,13 +420,19 @@ class AdapterManager:
         What each ``method`` computes, for adapters with updates ``ΔW_i = s_i·B_i·A_i`` (``s_i = alpha_i/r_i``):
 
         * ``"cat"`` (default): exactly ``Σ w_i·ΔW_i``; the rank is the sum of the ranks. With weights 1 this equals
-          activating all of them at once. Each adapter's recall is kept as far as the updates do not interfere, and
-          a weight ``w < 1`` scales that adapter's effect down (its facts' likelihood gain shrinks with it).
+          activating all of them at once (:meth:`activate` with several names).
         * ``"svd"``: the same sum, truncated by SVD to ``svd_rank`` (default: the largest input rank); an
           approximation that loses what does not fit the rank.
         * ``"linear"``: ``(Σ √(w_i s_i)·B_i)(Σ √(w_i s_i)·A_i)``; needs equal ranks. Its cross terms ``B_i·A_j``
-          are noise: with independently trained adapters it keeps recall far worse than ``cat`` (see the
-          README for measured figures). Use it only for adapters fine-tuned from one shared start.
+          are noise for independently trained adapters. Use it only for adapters fine-tuned from one shared start.
+
+        What it does to recall (measured by ``benchmarks/lora_memory.py``): adapters trained independently on
+        different facts *interfere*. Summing two of them ("cat" 1/1) kept most of one set's held-out recall and
+        lost most of the other's; weights 0.5/0.5 recalled the two sets about as well and harmed the base
+        model's prior knowledge much less; "svd" matched "cat"; "linear" 1/1 destroyed recall altogether. One adapter trained on the union of the
+        memories kept the recall of both sets. When every fact must stay recallable, train on the union
+        (:meth:`train` with all memories) instead of combining; combine to mix behaviours, or for a quick,
+        weighted blend whose recall you check with :meth:`evaluate`.
 
         The new adapter's sources are the union of the inputs' sources, so it goes stale when any of them does.
         It is in memory only until :meth:`save`. Raises ValidationError for bad arguments.
