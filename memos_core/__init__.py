@@ -16,6 +16,7 @@ from .errors import (
     BackendUnavailable,
     Conflict,
     CorruptData,
+    CubeClosed,
     EmbeddingDimensionError,
     IllegalTransition,
     MemOSError,
@@ -66,6 +67,7 @@ __all__ = [
     "Conflict",
     "IllegalTransition",
     "CorruptData",
+    "CubeClosed",
     "SchemaVersionError",
     "BackendUnavailable",
 ]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -918,9 +919,11 @@ class MemCube:
         fused = zscore_fusion(scores, weights, floors, bonus)
         own = {name: {key: i for i, (key, _) in enumerate(lst, start=1)} for name, lst in ranked.items()}
         out = []
-        for key, score, sc, _ in fused[:k]:
+        for key, z, sc, _ in fused[:k]:
             rk = {name: own[name][key] for name in own if key in own[name]}
-            out.append((key, score, {name: sc[name] for name in rk}, rk))
+            # the fused z-score (standard deviations above the candidates' mean, unbounded and often negative)
+            # maps monotonically into (0, 1): a positive score, comparable across cubes, with the same order
+            out.append((key, _logistic(z), {name: sc[name] for name in rk}, rk))
         return out
 
     def _dense(self, query: str | np.ndarray, f: SearchFilter, states: Sequence[LifecycleState], where: str,
@@ -1058,3 +1061,11 @@ class MemCube:
     def lift_hold(self, item_id: str, *, actor: str | None = None, reason: str | None = None) -> MemoryItem:
         """Lift a legal hold; the memory returns to activated (or archived, if it was)."""
         return self.governance.release(item_id, actor=actor, reason=reason)
+
+
+def _logistic(z: float) -> float:
+    """Numerically safe logistic function: (-inf, inf) -> (0, 1), monotone."""
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)

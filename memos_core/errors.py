@@ -12,7 +12,8 @@ you can act on:
     │     └── ``IllegalTransition`` a lifecycle transition the state machine forbids
     ├── ``CorruptData``            stored data failed a check (checksum, format, truncated file)
     ├── ``SchemaVersionError``     a cube written by a newer MemOS than this one
-    └── ``BackendUnavailable``     a backend (e.g. a Chroma server) cannot be reached; records are intact
+    ├── ``BackendUnavailable``     a backend (e.g. a Chroma server) cannot be reached; records are intact
+    └── ``CubeClosed``             the cube (or MemOS) was closed; open it again
 
 When an operation raises, nothing it started is left half-written: the system of record is transactional,
 and derived indexes are repaired from it.
@@ -31,6 +32,7 @@ __all__ = [
     "CorruptData",
     "SchemaVersionError",
     "BackendUnavailable",
+    "CubeClosed",
 ]
 
 
@@ -75,3 +77,7 @@ class SchemaVersionError(MemOSError):
 
 class BackendUnavailable(MemOSError):
     """A backend (such as a Chroma server) is unreachable. The system of record is unaffected."""
+
+
+class CubeClosed(MemOSError):
+    """The cube was closed; no operation can run on it. Open the folder again to go on."""

@@ -264,7 +264,13 @@ class Transition(_Model):
 
 
 class SearchHit(_Model):
-    """A search result: the item, its fused score and which retrievers found it."""
+    """A search result: the item, its fused score and which retrievers found it.
+
+    ``score`` orders results, higher is better. Hybrid search (z-score fusion) reports it in (0, 1): the
+    logistic of how many standard deviations the memory stands above this query's other candidates, so it is
+    relative to the query, not an absolute relevance; RRF and single-retriever modes report the fused RRF value.
+    ``retrievers`` holds each retriever's own absolute score (dense: cosine similarity; lexical: BM25).
+    """
 
     item: MemoryItem
     score: float

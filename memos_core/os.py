@@ -46,7 +46,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .cube import MANIFEST, MemCube, SearchMode
 from .embedding import resolve_embedder
-from .errors import Conflict, MemOSError, NotFound, PermissionDenied, ValidationError
+from .errors import Conflict, CubeClosed, MemOSError, NotFound, PermissionDenied, ValidationError
 from .items import (
     LifecycleState,
     MemoryItem,
@@ -258,7 +258,7 @@ class MemOS:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise MemOSError("this MemOS is closed; create a new one")
+            raise CubeClosed("this MemOS is closed; create a new one")
 
     def _cube(self, cube: str | MemCube | None) -> tuple[str, MemCube]:
         """Resolve a cube argument (mount name, cube id, MemCube or None for the default)."""

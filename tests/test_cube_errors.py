@@ -13,6 +13,7 @@ from conftest import FAKE_DIM, hashed_embed, hashed_embed_32
 from memos_core.cube import MemCube
 from memos_core.errors import (
     CorruptData,
+    CubeClosed,
     EmbeddingDimensionError,
     MemOSError,
     NotFound,
@@ -272,3 +273,18 @@ def test_bad_embedder_argument(tmp_path) -> None:
     with pytest.raises(ValidationError):
         MemCube(tmp_path / "c", embedder=12345)
     assert not (tmp_path / "c").exists()
+
+
+def test_closed_cube_raises_cube_closed_and_data_survives(tmp_path) -> None:
+    cube = MemCube(tmp_path / "c", embedder=hashed_embed)
+    item = cube.add("the launch code is tulip")
+    cube.close()
+    cube.close()  # idempotent
+    for op in (lambda: cube.get(item.id), lambda: cube.add("more"), lambda: cube.search("launch"),
+               lambda: cube.update(item.id, "changed"), lambda: cube.delete(item.id),
+               lambda: cube.history(item.id)):
+        with pytest.raises(CubeClosed, match="closed"):
+            op()
+    with MemCube(tmp_path / "c", embedder=hashed_embed) as again:
+        assert again.get(item.id).content == "the launch code is tulip"
+        assert [v.version for v in again.history(item.id)] == [1]

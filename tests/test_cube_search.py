@@ -64,6 +64,17 @@ def test_hits_carry_scores_and_retrievers(facts) -> None:
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 
 
+
+def test_hybrid_scores_are_positive_and_bounded_even_for_a_lone_hit(facts) -> None:
+    cube, ids = facts
+    for q in QUERIES:
+        hits = cube.search(q, k=12)
+        assert all(0.0 < h.score < 1.0 for h in hits), q
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    # one candidate only (a filter narrows the set to a single memory): its score is still positive
+    lone = cube.search("Ann", k=5, filter={"ids": [ids[0]]})
+    assert [h.item.id for h in lone] == [ids[0]] and 0.0 < lone[0].score < 1.0
+
 def test_rrf_fusion_score_is_the_weighted_reciprocal_rank_sum(cube_path, open_cube) -> None:
     try:
         cfg = RetrievalConfig(fusion="rrf")

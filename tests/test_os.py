@@ -17,6 +17,7 @@ import pytest
 from memos_core import (
     AddResult,
     Conflict,
+    CubeClosed,
     LifecycleState,
     MemCube,
     MemOS,
@@ -113,7 +114,7 @@ def test_close_is_idempotent_and_final(tmp_path: Path) -> None:
     m = MemOS(tmp_path / "d", embedder=embed)
     m.close()
     m.close()
-    with pytest.raises(MemOSError, match="closed"):
+    with pytest.raises(CubeClosed, match="closed"):
         m.add("hello")
 
 

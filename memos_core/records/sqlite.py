@@ -27,7 +27,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import CorruptData, NotFound, ValidationError
+from ..errors import CorruptData, CubeClosed, NotFound, ValidationError
 from ..items import (
     LifecycleState,
     MemoryForm,
@@ -127,6 +127,7 @@ class SQLiteRecordStore:
         self._pending_done: set[int] = set()
         self._usage: dict[int, tuple[int, float]] = {}
         self._df_cache: dict[str, tuple[int, int]] = {}  # lexical term -> (capped document count, max rowid then)
+        self._db: sqlite3.Connection | None = None
         try:
             self._conn = sqlite3.connect(
                 str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False
@@ -188,12 +189,31 @@ class SQLiteRecordStore:
                 with self.transaction():
                     pass
 
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        db = self._db
+        if db is None:
+            raise CubeClosed(f"records database {self.path} is closed")
+        return db
+
+    @_conn.setter
+    def _conn(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    @property
+    def closed(self) -> bool:
+        return self._db is None
+
     def close(self) -> None:
+        """Flush buffered counters and close the connection. Closing twice is a no-op."""
         with self._lock:
+            if self._db is None:
+                return
             try:
                 self.flush()
             finally:
-                self._conn.close()
+                db, self._db = self._db, None
+                db.close()
 
     def get_meta(self, key: str) -> str | None:
         with self._lock:
