@@ -26,6 +26,7 @@ import math
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
@@ -889,10 +890,23 @@ class MemCube:
         n_cand = max(cfg.candidates, k)
         ranked: dict[str, list[tuple[int, float]]] = {}
         qvec = None
-        if mode in ("hybrid", "dense"):
-            qvec = self._query_vector(plan)
-            ranked["dense"] = self._dense(qvec, f, states, where, args, n_cand)
-        if mode in ("hybrid", "lexical"):
+        lexical_job = None
+        owned = getattr(self.records._lock, "_is_owned", lambda: True)()
+        if mode == "hybrid" and not owned:
+            # BM25 (SQLite) runs on a worker thread while the query is embedded (torch): both release the GIL,
+            # so the lexical leg costs no extra wall time. (Inline when this thread holds the records lock,
+            # e.g. a search from inside a transaction: the worker could not take it.)
+            lexical_job = _search_pool().submit(self.records.lexical, fts_query(plan.text), where, args, n_cand)
+        try:
+            if mode in ("hybrid", "dense"):
+                qvec = self._query_vector(plan)
+                ranked["dense"] = self._dense(qvec, f, states, where, args, n_cand)
+        finally:
+            if lexical_job is not None:
+                wait([lexical_job])  # also when the dense leg raised: no query is left running on the cube
+        if lexical_job is not None:
+            ranked["lexical"] = lexical_job.result()
+        elif mode in ("hybrid", "lexical"):
             ranked["lexical"] = self.records.lexical(fts_query(plan.text), where, args, n_cand)
         weights = {"dense": cfg.dense_weight, "lexical": cfg.lexical_weight}
         if mode != "hybrid" or cfg.fusion == "rrf":
@@ -1069,3 +1083,17 @@ def _logistic(z: float) -> float:
         return 1.0 / (1.0 + math.exp(-z))
     e = math.exp(z)
     return e / (1.0 + e)
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _search_pool() -> ThreadPoolExecutor:
+    """A small process-wide pool for the lexical leg of hybrid searches (created on first use)."""
+    global _POOL
+    if _POOL is None:
+        with _POOL_LOCK:
+            if _POOL is None:
+                _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="memos-lexical")
+    return _POOL

@@ -219,3 +219,20 @@ def test_default_embedder_survives_reopen_and_reindex(tmp_path, minilm) -> None:
     with MemCube(path) as cube:  # embedder=None is the same default model
         assert cube.reindex() == {"indexed": len(FACTS)}
         assert _snapshot(cube, QUERIES[:4]) == before
+
+
+def test_concurrent_searches_match_serial_ones_and_a_search_under_the_records_lock_returns(facts) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    cube, _ = facts
+    serial = {q: [(h.item.id, h.score) for h in cube.search(q, k=5, record_usage=False)] for q in QUERIES}
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        futures = {q: pool.submit(cube.search, q, k=5, record_usage=False) for q in QUERIES * 3}
+        for q, fut in futures.items():
+            assert [(h.item.id, h.score) for h in fut.result(timeout=60)] == serial[q]
+    # a caller already inside the records lock (e.g. a hook running in a transaction) must not deadlock
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        def locked_search():
+            with cube.records._lock:
+                return [(h.item.id, h.score) for h in cube.search(QUERIES[0], k=5, record_usage=False)]
+        assert pool.submit(locked_search).result(timeout=60) == serial[QUERIES[0]]
