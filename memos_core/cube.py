@@ -327,7 +327,6 @@ class MemCube:
         now = self._now()
         data["cube_id"] = self.cube_id
         data["version"] = 1
-        data.setdefault("created_at", now)
         data["created_at"] = data.get("created_at") or now
         data["updated_at"] = now
         data["usage"] = {}
@@ -341,11 +340,14 @@ class MemCube:
             raise ValidationError("a new memory starts as generated, activated or archived")
         data["state"] = state
         try:
-            return MemoryItem.model_validate(data)
+            item = MemoryItem.model_validate(data)
         except PydanticError as exc:
             err = exc.errors()[0]
             loc = ".".join(str(p) for p in err["loc"])
             raise ValidationError(f"invalid memory field {loc!r}: {err['msg']}") from None
+        if item.updated_at < item.created_at:  # a created_at given in the future: never updated before created
+            item = item.model_copy(update={"updated_at": item.created_at})
+        return item
 
     def _chroma_meta(self, item: MemoryItem) -> dict[str, Any]:
         meta: dict[str, Any] = {"state": item.state.value, "kind": item.kind.value}

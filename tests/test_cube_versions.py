@@ -136,8 +136,8 @@ def test_delete_is_a_tombstone(cube) -> None:
 
 def test_purge_erases_the_content_of_every_version(cube, cube_path) -> None:
     grant(cube, "dpo")
-    item = cube.add("my bank PIN is 4711 zebracorn", metadata={"secret": "yes"}, tags=["pin"])
-    cube.update(item.id, "my bank PIN is 9182 zebracorn")
+    item = cube.add("my bank PIN is zq4711 zebracorn", metadata={"secret": "yes"}, tags=["pin"])
+    cube.update(item.id, "my bank PIN is zq9182 zebracorn")
     cube.update(item.id, "my bank PIN changed again zebracorn")
     with pytest.raises(Conflict):
         cube.purge(item.id)  # only a tombstone can be purged
@@ -160,7 +160,7 @@ def test_purge_erases_the_content_of_every_version(cube, cube_path) -> None:
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
     raw = (cube_path / "records.sqlite3").read_bytes()
-    assert b"4711" not in raw and b"9182" not in raw and b"zebracorn" not in raw
+    assert b"zq4711" not in raw and b"zq9182" not in raw and b"zebracorn" not in raw
 
 
 def test_history_of_unknown_id(cube) -> None:
@@ -170,3 +170,19 @@ def test_history_of_unknown_id(cube) -> None:
         cube.transitions("missing")
     with pytest.raises(NotFound):
         cube.get("missing", include_deleted=True)
+
+
+def test_timestamps_are_ordered_for_every_way_of_adding(cube) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from memos_core.items import MemoryItem
+
+    past = datetime(2020, 1, 2, tzinfo=timezone.utc)
+    future = datetime.now(timezone.utc) + timedelta(days=3)
+    added = [cube.add("plain"), cube.add(MemoryItem(content="prebuilt item")),
+             cube.add({"content": "imported", "created_at": past}),
+             cube.add({"content": "clock skew", "created_at": future})]
+    for item in added:
+        for it in (item, cube.get(item.id)):
+            assert it.created_at <= it.updated_at, it.content
+    assert cube.get(added[2].id).created_at == past  # an imported creation time is kept

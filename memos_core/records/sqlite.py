@@ -429,7 +429,7 @@ class SQLiteRecordStore:
 
     def set_state(self, c: sqlite3.Connection, rowid: int, item_id: str, old: LifecycleState | None,
                   new: LifecycleState, at: float, actor: str | None, reason: str | None) -> None:
-        c.execute("UPDATE items SET state=?, updated_at=? WHERE rowid=?", (new.value, at, rowid))
+        c.execute("UPDATE items SET state=?, updated_at=MAX(updated_at, ?) WHERE rowid=?", (new.value, at, rowid))
         c.execute("INSERT INTO transitions(item_id, from_state, to_state, at, actor, reason) VALUES(?,?,?,?,?,?)",
                   (item_id, None if old is None else old.value, new.value, at, actor, reason))
 
