@@ -720,6 +720,10 @@ def test_redaction_covers_index_text_metadata_updates_and_rollback(make: Callabl
     cube.update(loose.id, "Ann has no mail")
     back = cube.rollback(loose.id, 1)
     assert back.content == "Ann's mail is [REDACTED:email]" and back.version == 3
+    tagged = cube.add("a tagged memory", tags=["ann@example.com", "work"])  # tags are searchable text too
+    assert tagged.tags == ["[REDACTED:email]", "work"] and tagged.provenance.redactions == ["tags:email:mask"]
+    assert cube.get(tagged.id).tags == ["[REDACTED:email]", "work"]
+    assert b"ann@example.com" not in _db_bytes(cube).replace(b"Ann's mail is ann@example.com", b"")
     with pytest.raises(ValidationError, match="unknown detector"):
         cube.governance.configure(redaction={"passport": "mask"})
     with pytest.raises(ValidationError):

@@ -242,6 +242,8 @@ class Governance:
             index_text, n2 = (redact_text(item.index_text, policy, key, "index_text")
                               if item.index_text is not None else (None, []))
             metadata, n3 = redact_value(item.metadata, policy, key, "metadata")
+            tags, n4 = redact_value(list(item.tags), policy, key, "tags")
+            n3 = n3 + n4
         except RedactionRejected as exc:
             self._audit(actor, op, item_id, "rejected", {"error": "redaction policy", "kinds": exc.kinds})
             raise
@@ -250,7 +252,7 @@ class Governance:
             return item
         prov = item.provenance.model_copy(update={"redactions": sorted(set(item.provenance.redactions) | set(notes))})
         return item.model_copy(update={"content": content, "index_text": index_text, "metadata": metadata,
-                                       "provenance": prov})
+                                       "tags": list(dict.fromkeys(tags)), "provenance": prov})
 
     def prepare_add(self, items: Sequence[MemoryItem], actor: str, now: datetime) -> list[MemoryItem]:
         """Before an add: refuse forged principals, apply the default TTL and the redaction policy."""
