@@ -77,11 +77,51 @@ def cube_path(tmp_path: Path) -> Path:
     return tmp_path / "cube"
 
 
+# ------------------------------------------------------------------ vector backends
+# Test modules marked ``pytest.mark.both_backends`` run every test that uses ``cube`` / ``open_cube`` twice: on
+# embedded Chroma and on a real ``chroma run`` server on loopback (one per session). A test in such a module that
+# is about the embedded folder itself is marked ``pytest.mark.embedded_only``.
+def pytest_configure(config: Any) -> None:
+    config.addinivalue_line("markers", "both_backends: run the module's cube tests on embedded Chroma and a server")
+    config.addinivalue_line("markers", "embedded_only: this test is about the embedded Chroma folder")
+
+
+def pytest_generate_tests(metafunc: Any) -> None:
+    if "cube_backend" not in metafunc.fixturenames:
+        return
+    both = metafunc.definition.get_closest_marker("both_backends") is not None
+    if both and metafunc.definition.get_closest_marker("embedded_only") is None:
+        metafunc.parametrize("cube_backend", ["embedded", "server"])
+
+
 @pytest.fixture
-def cube(cube_path: Path, clock: FakeClock) -> Iterator[Any]:
+def cube_backend() -> str:
+    return "embedded"
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory: Any) -> Iterator[Any]:
+    from chroma_server import CHROMA, ChromaServer
+
+    if not Path(CHROMA).exists():
+        pytest.fail("the `chroma` command (from the chromadb package) is required for these tests")
+    server = ChromaServer(tmp_path_factory.mktemp("chroma-server-shared"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def chroma_url(cube_backend: str, request: Any) -> str | None:
+    """``None`` (embedded Chroma in the cube folder) or the URL of the session's Chroma server."""
+    return request.getfixturevalue("chroma_server").url if cube_backend == "server" else None
+
+
+@pytest.fixture
+def cube(cube_path: Path, clock: FakeClock, chroma_url: str | None) -> Iterator[Any]:
     from memos_core.cube import MemCube
 
-    c = MemCube(cube_path, embedder=hashed_embed, clock=clock)
+    c = MemCube(cube_path, embedder=hashed_embed, clock=clock, chroma_url=chroma_url)
     try:
         yield c
     finally:
@@ -89,7 +129,7 @@ def cube(cube_path: Path, clock: FakeClock) -> Iterator[Any]:
 
 
 @pytest.fixture
-def open_cube(clock: FakeClock) -> Iterator[Any]:
+def open_cube(clock: FakeClock, chroma_url: str | None) -> Iterator[Any]:
     """A factory ``open_cube(path, **kw)`` whose cubes are closed at teardown."""
     from memos_core.cube import MemCube
 
@@ -98,6 +138,8 @@ def open_cube(clock: FakeClock) -> Iterator[Any]:
     def _open(path: Path, **kw: Any) -> Any:
         kw.setdefault("embedder", hashed_embed)
         kw.setdefault("clock", clock)
+        if chroma_url is not None:
+            kw.setdefault("chroma_url", chroma_url)
         c = MemCube(path, **kw)
         opened.append(c)
         return c

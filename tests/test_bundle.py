@@ -200,6 +200,27 @@ def test_migrate_verifies_contents(cube: MemCube, tmp_path: Path) -> None:
         moved.close()
 
 
+
+def test_migrate_embedded_to_server_and_back(cube: MemCube, tmp_path: Path, chroma_server) -> None:
+    """A cube moves to a Chroma server backend and back to embedded, verified at each step."""
+    items = cube.count(include_deleted=True)
+    report = migrate_cube(cube, tmp_path / "on-server", chroma_url=chroma_server.url)
+    assert report["items"] == items and report["indexed"] == cube.index.count()
+    remote = MemCube(tmp_path / "on-server", embedder=_emb, create=False, chroma_url=chroma_server.url)
+    try:
+        assert remote.index.count() == cube.index.count()
+        assert remote.search("jasmine", k=1, mode="dense")[0].item.content == "Ann likes jasmine tea"
+        back = migrate_cube(remote, tmp_path / "home-again")
+        assert back["items"] == items
+    finally:
+        remote.close()
+    home = MemCube(tmp_path / "home-again", embedder=_emb, create=False)
+    try:
+        assert home.search("jasmine", k=1, mode="dense")[0].item.content == "Ann likes jasmine tea"
+        assert [v.version for v in home.history(home.search("jasmine", k=1)[0].item.id)] == [1, 2]
+    finally:
+        home.close()
+
 def test_cli_export_import(cube: MemCube, tmp_path: Path, capsys) -> None:
     from memos_core.cli import main
 

@@ -4,18 +4,14 @@ plus server restart and server-down behaviour: records stay intact, the index is
 from __future__ import annotations
 
 import hashlib
-import shutil
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from memos_core import MemCube
+from chroma_server import CHROMA, ChromaServer
 
-CHROMA = shutil.which("chroma") or str(Path(__import__("sys").executable).parent / "chroma")
+from memos_core import MemCube
 
 
 def _emb(texts):
@@ -26,57 +22,6 @@ def _emb(texts):
             v[int(hashlib.md5(w.encode()).hexdigest(), 16) % 48] += 1.0
         out.append(v)
     return out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ChromaServer:
-    def __init__(self, data: Path) -> None:
-        self.data = data
-        self.port = _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([CHROMA, "run", "--path", str(self.data), "--host", "127.0.0.1",
-                                      "--port", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    break
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError("chroma server exited on start")
-                time.sleep(0.2)
-        else:
-            raise RuntimeError("chroma server did not start in 60 s")
-        # the port accepts before the API is ready
-        import urllib.request
-
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(self.url + "/api/v2/heartbeat", timeout=1).read()
-                return
-            except OSError:
-                time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
 
 
 @pytest.fixture(scope="module")

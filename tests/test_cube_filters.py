@@ -9,6 +9,9 @@ from memos_core.errors import ValidationError
 from memos_core.items import LifecycleState as S
 from memos_core.items import SearchFilter
 
+# the plaintext suite runs on embedded Chroma and on a real Chroma server (see conftest.py)
+pytestmark = pytest.mark.both_backends
+
 MODES = ("hybrid", "dense", "lexical")
 
 

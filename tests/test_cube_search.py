@@ -12,6 +12,9 @@ from memos_core.cube import MemCube, RetrievalConfig
 from memos_core.errors import BackendUnavailable
 from memos_core.items import LifecycleState as S
 
+# the plaintext suite runs on embedded Chroma and on a real Chroma server (see conftest.py)
+pytestmark = pytest.mark.both_backends
+
 FACTS = [
     "Ann lives in Lisbon and works as a nurse at the city hospital",
     "Bob's favourite food is ramen and he eats it every Friday evening",
@@ -153,6 +156,7 @@ def _lifecycle_mix(cube, ids):
     cube.update(ids[7], "The spare key is with the neighbour Mrs Okafor")
 
 
+@pytest.mark.embedded_only  # about the embedded Chroma folder
 def test_reindex_rebuilds_a_deleted_chroma_folder(cube_path, open_cube) -> None:
     cube = open_cube(cube_path)
     ids = [i.id for i in cube.add_many(FACTS)]

@@ -11,6 +11,9 @@ from memos_core.errors import Conflict, NotFound, ValidationError
 from memos_core.items import LifecycleState as S
 from memos_core.items import MemoryKind
 
+# the plaintext suite runs on embedded Chroma and on a real Chroma server (see conftest.py)
+pytestmark = pytest.mark.both_backends
+
 
 def _ids(hits):
     return [h.item.id for h in hits]
