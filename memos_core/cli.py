@@ -131,7 +131,8 @@ def cmd_import(a: argparse.Namespace) -> None:
     from .bundle import import_bundle
 
     key = a.hmac_key.encode() if a.hmac_key else None
-    with import_bundle(a.file, a.dest, hmac_key=key, require_signature=a.require_signature) as cube:
+    with import_bundle(a.file, a.dest, hmac_key=key, require_signature=a.require_signature,
+                       actor=_actor()) as cube:
         print(f"imported cube {cube.cube_id} ({cube.count(include_deleted=True)} memories) into {cube.path}")
 
 

@@ -232,6 +232,26 @@ def test_cli_export_import(cube: MemCube, tmp_path: Path, capsys) -> None:
     assert "dimension" in capsys.readouterr().err
 
 
+
+def test_cli_export_import_round_trip(tmp_path: Path, minilm, capsys) -> None:
+    from memos_core.cli import main
+
+    with MemCube(tmp_path / "mine", embedder=minilm) as c:  # the CLI's own default embedder
+        a = c.add("Ann likes green tea", user_id="ann")
+        c.update(a.id, "Ann likes jasmine tea")
+        c.add("Bob plays chess", user_id="bob")
+    f = tmp_path / "b.tar.gz"
+    assert main(["export", str(tmp_path / "mine"), str(f), "--hmac-key", "k3y"]) == 0
+    assert "exported 2 memories" in capsys.readouterr().out
+    # a signed bundle is refused without the key when a signature is required, and nothing is created
+    assert main(["import", str(f), str(tmp_path / "copy"), "--require-signature"]) == 2
+    assert not (tmp_path / "copy").exists()
+    assert main(["import", str(f), str(tmp_path / "copy"), "--hmac-key", "k3y", "--require-signature"]) == 0
+    assert "(2 memories)" in capsys.readouterr().out
+    with MemCube(tmp_path / "copy", embedder=minilm, create=False) as copy:
+        assert copy.search("what tea does Ann like", k=1)[0].item.content == "Ann likes jasmine tea"
+        assert [v.version for v in copy.history(a.id)] == [1, 2]
+
 def test_export_needs_administer(cube: MemCube, tmp_path: Path) -> None:
     cube.share("bob", "reader")
     with pytest.raises(PermissionDenied):
