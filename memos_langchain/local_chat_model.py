@@ -7,14 +7,15 @@ is documented there.
 
 Example::
 
-    from memos_core.activation import LocalLLM
     from memos_langchain.local_chat_model import MemOSLocalChatModel
 
-    llm = LocalLLM.from_pretrained("path/to/Qwen2.5-0.5B-Instruct", store=cube.path / "activation",
-                                   lookup=cube.lookup, memories=my_items)
-    chat = MemOSLocalChatModel(llm=llm, max_new_tokens=128)
+    # the cube's memories, searched for the last user message, injected as a KV cache stored in the cube
+    chat = MemOSLocalChatModel.from_cube(cube, "path/to/Qwen2.5-0.5B-Instruct", k=5, user_id="ann",
+                                         max_new_tokens=128)
     chat.invoke("Where does Ann live?")
-    chat.bind(memories=other_items).invoke(...)   # per-call memories
+    chat.bind(memories=other_items).invoke(...)   # per-call memories instead of the search
+
+    # or wrap any LocalLLM: MemOSLocalChatModel(llm=LocalLLM.from_cube(cube, model, tokenizer))
 """
 
 from __future__ import annotations
@@ -81,6 +82,16 @@ class MemOSLocalChatModel(BaseChatModel):
     top_p: float | None = None
     top_k: int | None = None
     seed: int | None = None
+
+    @classmethod
+    def from_cube(cls, cube: Any, model_or_path: Any, tokenizer: Any = None, **kwargs: Any) -> "MemOSLocalChatModel":
+        """``MemOSLocalChatModel(llm=LocalLLM.from_cube(cube, model_or_path, tokenizer, ...))``: keyword
+        arguments naming this class's fields (``max_new_tokens``, ``temperature``, ``callbacks``...) go to it,
+        the others (``k``, ``user_id``, ``actor``, ``dtype``...) to :meth:`LocalLLM.from_cube`."""
+        from memos_core.activation import LocalLLM
+
+        mine = {name: kwargs.pop(name) for name in list(kwargs) if name in cls.model_fields and name != "llm"}
+        return cls(llm=LocalLLM.from_cube(cube, model_or_path, tokenizer, **kwargs), **mine)
 
     @property
     def _llm_type(self) -> str:

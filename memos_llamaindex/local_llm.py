@@ -7,11 +7,13 @@ through the model's chat template, so chat and completion calls share the same m
 
 Example::
 
-    from memos_core.activation import LocalLLM
     from memos_llamaindex.local_llm import MemOSLocalLLM
 
-    llm = MemOSLocalLLM(llm=LocalLLM.from_pretrained("path/to/model", memories=my_items), max_new_tokens=128)
+    # the cube's memories, searched for the last user message, injected as a KV cache stored in the cube
+    llm = MemOSLocalLLM.from_cube(cube, "path/to/model", k=5, user_id="ann", max_new_tokens=128)
     llm.chat([ChatMessage(role="user", content="Where does Ann live?")])
+
+    # or wrap any LocalLLM: MemOSLocalLLM(llm=LocalLLM.from_pretrained("path/to/model", memories=my_items))
 """
 
 from __future__ import annotations
@@ -60,6 +62,16 @@ class MemOSLocalLLM(CustomLLM):
     top_k: int | None = None
     seed: int | None = None
     model_name: str = "memos-local-transformers"
+
+    @classmethod
+    def from_cube(cls, cube: Any, model_or_path: Any, tokenizer: Any = None, **kwargs: Any) -> "MemOSLocalLLM":
+        """``MemOSLocalLLM(llm=LocalLLM.from_cube(cube, model_or_path, tokenizer, ...))``: keyword arguments
+        naming this class's fields (``max_new_tokens``, ``temperature``, ``callback_manager``...) go to it, the
+        others (``k``, ``user_id``, ``actor``, ``dtype``...) to :meth:`LocalLLM.from_cube`."""
+        from memos_core.activation import LocalLLM
+
+        mine = {name: kwargs.pop(name) for name in list(kwargs) if name in cls.model_fields and name != "llm"}
+        return cls(llm=LocalLLM.from_cube(cube, model_or_path, tokenizer, **kwargs), **mine)
 
     @classmethod
     def class_name(cls) -> str:

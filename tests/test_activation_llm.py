@@ -218,3 +218,149 @@ def test_llamaindex_llm(folder, items, tmp_path):
     assert streamed[-1].message.content == ref.text
     pieces = list(li.stream_complete("Where does Ann live?", ignore_eos=True))
     assert "".join(p.delta or "" for p in pieces) == ref.text
+
+
+# --------------------------------------------------------------------------------------------------- from a cube
+# A real MemCube (conftest's ``cube``: hashed bag-of-words embedder, fake clock) feeds the model: its search picks
+# the memories, its folder holds the caches, its records decide staleness.
+
+ANN = FACTS[0]
+
+
+def _fill(cube, clock, user_id="u1"):
+    ids = {}
+    for fact in FACTS:
+        ids[fact] = cube.add(fact, user_id=user_id).id
+        clock.advance(1)
+    return ids
+
+
+def _injected(llm, res):
+    """(the items that were injected, as the cube holds them now; the text of the cached prefix)."""
+    info = {i.cache_id: i for i in llm.store.list()}[res.cache_id]
+    return info.meta, llm.tokenizer.decode(info.meta.token_ids)
+
+
+def _full_prompt(llm, items, **opts):
+    return _reference(llm, ASK, items, **opts)
+
+
+def test_from_cube_injects_the_searched_memories(folder, cube, clock):
+    ids = _fill(cube, clock)
+    cube.add("Ann lives in Oslo with her brother.", user_id="u2")  # another user's memory: never injected
+    llm = LocalLLM.from_cube(cube, folder, k=2, user_id="u1")
+    assert llm.cube is cube and llm.store.folder == cube.path / "activation"
+    res = llm.chat(ASK, **OPTS)
+    assert ids[ANN] in res.memory_ids and len(res.memory_ids) <= 2 and res.cache_origin == "built"
+    items = [cube.get(i) for i in res.memory_ids]
+    assert all(it.scope.user_id == "u1" for it in items)
+    meta, cached_text = _injected(llm, res)
+    assert ANN in cached_text and "Oslo" not in cached_text
+    assert meta.token_ids == llm.layout(ASK, items).prefix and res.cached_tokens == len(meta.token_ids)
+    assert res.token_ids == _full_prompt(llm, items, **OPTS).token_ids
+
+    assert llm.chat(ASK, **OPTS).cache_origin == "memory"
+    again = LocalLLM.from_cube(cube, llm.model, llm.tokenizer, k=2, user_id="u1")  # a new process: found on disk
+    res2 = again.chat(ASK, **OPTS)
+    assert res2.cache_origin == "disk" and res2.token_ids == res.token_ids
+    # no user message: no search, no memories
+    assert llm.chat([{"role": "system", "content": "Say hi."}], **OPTS).memory_ids == []
+
+
+def test_from_cube_rebuilds_after_update_and_drops_deleted(folder, cube, clock):
+    ids = _fill(cube, clock)
+    llm = LocalLLM.from_cube(cube, folder, k=2, user_id="u1")
+    first = llm.chat(ASK, **OPTS)
+    assert ids[ANN] in first.memory_ids
+
+    cube.update(ids[ANN], "Ann moved to Porto in 2024 and teaches biology.")
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        res = llm.chat(ASK, **OPTS)
+    assert res.cache_id != first.cache_id and first.cache_id not in llm.store
+    assert any("stale" in n for n in res.notes) and res.cache_origin == "built"
+    meta, cached_text = _injected(llm, res)
+    assert "Porto" in cached_text and "Lisbon" not in cached_text
+    assert {s.item_id: s.version for s in meta.sources}[ids[ANN]] == 2
+    items = [cube.get(i) for i in res.memory_ids]
+    assert res.token_ids == _full_prompt(llm, items, **OPTS).token_ids
+
+    cube.delete(ids[ANN])
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        gone = llm.chat(ASK, **OPTS)
+    assert ids[ANN] not in gone.memory_ids
+    meta, cached_text = _injected(llm, gone)
+    assert "Porto" not in cached_text and ids[ANN] not in meta.source_ids
+    items = [cube.get(i) for i in gone.memory_ids]
+    assert gone.token_ids == _full_prompt(llm, items, **OPTS).token_ids
+    llm.drop_stale()
+    assert all(ids[ANN] not in info.meta.source_ids for info in llm.store.list())
+
+
+
+def test_from_cube_never_uses_a_cache_of_a_forgotten_memory(folder, cube, clock):
+    ids = _fill(cube, clock)
+    llm = LocalLLM.from_cube(cube, folder, k=2, user_id="u1", on_bad_cache="raise")
+    res = llm.chat(ASK, **OPTS)
+    assert ids[ANN] in res.memory_ids
+    cube.forget(ids[ANN])
+    with pytest.raises(StaleArtifact):  # strict mode: the stale cache is refused loudly, not used
+        llm.chat(ASK, **OPTS)
+    assert res.cache_id in llm.drop_stale() and res.cache_id not in llm.store
+    after = llm.chat(ASK, **OPTS)
+    assert ids[ANN] not in after.memory_ids and ANN not in _injected(llm, after)[1]
+
+
+def test_from_cube_respects_governance(folder, cube, clock):
+    from memos_core.errors import PermissionDenied
+
+    _fill(cube, clock)
+    with pytest.raises(PermissionDenied):  # eve was never given a role on this cube
+        LocalLLM.from_cube(cube, folder, actor="eve")
+    cube.share("bob", "guest")  # guests may read
+    cube.governance.configure(audit_reads=True)
+    llm = LocalLLM.from_cube(cube, folder, k=2, user_id="u1", actor="bob")
+    res = llm.chat(ASK, **OPTS)
+    assert res.memory_ids
+    assert any(e["actor"] == "bob" and e["op"] == "search" for e in cube.events())
+    cube.revoke("bob")
+    with pytest.raises(PermissionDenied):  # every chat searches as bob
+        llm.chat(ASK, **OPTS)
+
+
+def test_from_cube_validates_input(folder, cube):
+    llm = LocalLLM.from_pretrained(folder)
+    with pytest.raises(ValidationError):
+        LocalLLM.from_cube(cube, llm.model)  # a loaded model needs its tokenizer
+    with pytest.raises(ValidationError):
+        LocalLLM.from_cube(cube, llm.model, llm.tokenizer, k=0)
+    with pytest.raises(ValidationError):
+        LocalLLM.from_cube(cube, llm.model, llm.tokenizer, store="elsewhere")
+    with pytest.raises(ValidationError):
+        LocalLLM.from_cube(cube, llm.model, llm.tokenizer, dtype="float16")
+    with pytest.raises(ValidationError):
+        LocalLLM.from_cube("not a cube", folder)
+
+
+def test_adapters_from_cube(folder, cube, clock):
+    pytest.importorskip("langchain_core")
+    pytest.importorskip("llama_index.core")
+    from llama_index.core.base.llms.types import ChatMessage, MessageRole
+
+    from memos_langchain.local_chat_model import MemOSLocalChatModel
+    from memos_llamaindex.local_llm import MemOSLocalLLM
+
+    ids = _fill(cube, clock)
+    chat = MemOSLocalChatModel.from_cube(cube, folder, k=2, user_id="u1", max_new_tokens=8)
+    assert chat.max_new_tokens == 8 and chat.llm.cube is cube
+    out = chat.invoke("Where does Ann live?", ignore_eos=True)
+    meta = out.response_metadata
+    assert ids[ANN] in meta["memory_ids"] and meta["cache_origin"] == "built"
+    items = [cube.get(i) for i in meta["memory_ids"]]
+    assert out.content == _full_prompt(chat.llm, items, **OPTS).text
+
+    li = MemOSLocalLLM.from_cube(cube, chat.llm.model, chat.llm.tokenizer, k=2, user_id="u1", max_new_tokens=8)
+    resp = li.chat([ChatMessage(role=MessageRole.USER, content="Where does Ann live?")], ignore_eos=True)
+    assert resp.message.content == out.content and resp.raw["cache_origin"] == "disk"
+    assert resp.raw["memory_ids"] == meta["memory_ids"]

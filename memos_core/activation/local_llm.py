@@ -6,7 +6,8 @@ This is the framework-neutral core behind ``memos_langchain.local_chat_model`` a
 Per call, :meth:`LocalLLM.chat` / :meth:`LocalLLM.stream`:
 
 1. picks the memories: the ``memories=`` argument, else the ``memories`` given at construction (a list of
-   :class:`MemoryItem`, or a callable ``messages -> items`` such as a cube search), ordered
+   :class:`MemoryItem`, or a callable ``messages -> items``; :meth:`LocalLLM.from_cube` makes it a search of
+   a :class:`~memos_core.cube.MemCube` for the last user message), ordered
    chronologically by default (new memories come last, so older caches stay reusable prefixes);
 2. renders the prompt with the memory block in the system message (:mod:`memos_core.activation.layout`);
 3. finds a KV cache for the memory prefix — in memory, then in the store — whose token ids match. With
@@ -121,6 +122,8 @@ class LocalLLM:
         self.fingerprinter = Fingerprinter(model, tokenizer)
         self._hot: OrderedDict[str, KVCache] = OrderedDict()
         self._lock = threading.RLock()
+        #: the MemCube whose memories this model uses (set by :meth:`from_cube`), else ``None``
+        self.cube: Any = None
 
     # ------------------------------------------------------------------------------------------ construction
     @classmethod
@@ -128,6 +131,7 @@ class LocalLLM:
         cls,
         path: str | Path,
         *,
+        tokenizer: Any = None,
         adapter: str | Path | None = None,
         dtype: Any = "auto",
         device: Any = None,
@@ -135,11 +139,13 @@ class LocalLLM:
     ) -> "LocalLLM":
         """Load a causal LM and tokenizer from a local folder (optionally a PEFT adapter on top), in eval mode.
 
-        Remaining keyword arguments go to :class:`LocalLLM`.
+        ``tokenizer`` replaces the folder's tokenizer when given. Remaining keyword arguments go to
+        :class:`LocalLLM`.
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
         if device is not None:
             model = model.to(device)
@@ -149,6 +155,80 @@ class LocalLLM:
             model = PeftModel.from_pretrained(model, str(adapter))
         model.eval()
         return cls(model, tokenizer, **kwargs)
+
+    @classmethod
+    def from_cube(
+        cls,
+        cube: Any,
+        model_or_path: Any,
+        tokenizer: Any = None,
+        *,
+        k: int = 5,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        session_id: str | None = None,
+        filter: Any = None,
+        actor: str | None = None,
+        budget_bytes: int | None = None,
+        **kwargs: Any,
+    ) -> "LocalLLM":
+        """A LocalLLM that uses ``cube``'s memories automatically.
+
+        * memories: for every call, ``cube.search(<last user message>, k=k, user_id=..., agent_id=...,
+          session_id=..., filter=..., actor=actor)``; the hits become the memory block (oldest first). A
+          conversation without a user message gets no memories. Searches are audited and feed the cube's
+          usage listeners (e.g. the MemScheduler) like any other search;
+        * KV caches: stored in ``cube.path / "activation"`` (a :class:`KVCacheStore`, byte budget
+          ``budget_bytes``), so they survive restarts and travel with the cube's bundles;
+        * staleness: ``cube.lookup`` (as ``actor``): a cache built from a memory since updated, deleted or
+          forgotten is never used (rebuilt, or :class:`StaleArtifact` with ``on_bad_cache="raise"``).
+
+        ``actor`` (default the cube handle's actor) needs the **read** right on the cube; this is checked
+        here (:class:`~memos_core.errors.PermissionDenied`) and again by every search.
+
+        ``model_or_path`` is a local checkpoint folder (loaded with :meth:`from_pretrained`; ``adapter``,
+        ``dtype``, ``device`` are accepted in ``kwargs``; ``tokenizer`` replaces the folder's) or a loaded
+        model, which then needs ``tokenizer``. Other keyword arguments go to :class:`LocalLLM` (``store``,
+        ``lookup`` and ``memories`` are set from the cube and may not be given).
+        """
+        for name in ("search", "lookup", "path"):
+            if not hasattr(cube, name):
+                raise ValidationError(f"from_cube needs a MemCube (an object with .{name}), got {type(cube).__name__}")
+        if not isinstance(k, int) or isinstance(k, bool) or not (1 <= k <= 1000):
+            raise ValidationError("k must be an integer between 1 and 1000")
+        taken = sorted({"store", "lookup", "memories"} & set(kwargs))
+        if taken:
+            raise ValidationError(f"from_cube sets {taken} from the cube; use LocalLLM(...) to choose them yourself")
+        governance = getattr(cube, "governance", None)
+        if governance is not None:
+            from ..governance import Right
+
+            governance.authorize(actor, Right.READ, "activation")
+
+        def lookup(item_id: str) -> MemoryItem | None:
+            return cube.lookup(item_id, actor=actor)
+
+        def memories(messages: list[dict[str, str]]) -> list[MemoryItem]:
+            query = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+            if not query.strip():
+                return []
+            hits = cube.search(query, k=k, filter=filter, user_id=user_id, agent_id=agent_id,
+                               session_id=session_id, actor=actor)
+            return [h.item for h in hits]
+
+        store = KVCacheStore(Path(cube.path) / "activation", budget_bytes=budget_bytes, lookup=lookup)
+        if isinstance(model_or_path, (str, Path)):
+            llm = cls.from_pretrained(model_or_path, tokenizer=tokenizer, store=store, lookup=lookup,
+                                      memories=memories, **kwargs)
+        else:
+            if tokenizer is None:
+                raise ValidationError("from_cube with a loaded model needs its tokenizer (tokenizer=...)")
+            loading = sorted({"adapter", "dtype", "device"} & set(kwargs))
+            if loading:
+                raise ValidationError(f"{loading} only apply when model_or_path is a folder; prepare the model yourself")
+            llm = cls(model_or_path, tokenizer, store=store, lookup=lookup, memories=memories, **kwargs)
+        llm.cube = cube
+        return llm
 
     # ------------------------------------------------------------------------------------------ identity
     def fingerprint(self) -> ModelFingerprint:
