@@ -9,6 +9,9 @@ For each cell (memory-context tokens x query tokens) on a randomly initialised m
 * ``ttft_kv_from_disk_s``: the same, but the cache is first loaded from a :class:`KVCacheStore` (safetensors,
   memory-mapped, full sha256 verification; the file is dropped from the OS page cache before each load
   with ``posix_fadvise(DONTNEED)`` so the read really comes from the disk);
+* ``load_s``: the load alone (read + verify + move to the device), part of ``ttft_kv_from_disk_s``, and
+  ``load_vs_text`` = load_s / ttft_text_s: what reloading a cache costs next to recomputing it (target
+  ≤ 0.10);
 * ``cut`` = 1 - ttft_kv / ttft_text, and ``tokens_identical``: whether the three runs' greedy tokens agree.
 
 Token ids are random (fixed seed), so context and query lengths are exact. TTFT counts from the call (the
@@ -23,8 +26,8 @@ Examples::
     python benchmarks/kv_ttft.py --config-size 0.5b --json                   # the full grid (slow on CPU)
 
 With ``--json`` the last line printed is one JSON object:
-``{"cells": [{"context", "query", "ttft_text_s", "ttft_kv_s", "ttft_kv_from_disk_s", "cut", "tokens_identical"}],
-"device": ..., ...}``.
+``{"cells": [{"context", "query", "ttft_text_s", "ttft_kv_s", "ttft_kv_from_disk_s", "load_s", "load_vs_text",
+"cut", "tokens_identical"}], "device": ..., ...}``.
 """
 
 from __future__ import annotations
@@ -126,17 +129,20 @@ def main(argv: list[str] | None = None) -> dict:
 
     def run(ids, cache=None, load=None):
         """Generate ``--new-tokens`` greedily; returns (seconds from the start, load included, to the first
-        token, generated ids)."""
+        token, generated ids, seconds the load alone took (0 without ``load``))."""
         sync()
         start = time.perf_counter()
+        load_s = 0.0
         if load is not None:
             cache = load()
+            sync()
+            load_s = time.perf_counter() - start
         s = GenerationStream(model, tok, ids, cache, params, fingerprinter=fper)
         for _ in s:
             pass
         sync()
         ttft = (s.result.ttft_s or 0.0) + (s.started_at - start)
-        return ttft, s.result.token_ids
+        return ttft, s.result.token_ids, load_s
 
     run(rand_ids(32))  # warm-up
     cells = parse_cells(args.cells)
@@ -162,16 +168,17 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             q_ids = rand_ids(query)
             ids = ctx_ids + q_ids
-            t_text, t_kv, t_disk = [], [], []
+            t_text, t_kv, t_disk, t_load = [], [], [], []
             identical = True
             for _ in range(args.repeats):
-                tt, ref = run(ids)
-                tk, kv = run(ids, cache)
+                tt, ref, _ = run(ids)
+                tk, kv, _ = run(ids, cache)
                 drop_page_cache(tpath)
-                td, disk = run(ids, load=load)
+                td, disk, tl = run(ids, load=load)
                 t_text.append(tt)
                 t_kv.append(tk)
                 t_disk.append(td)
+                t_load.append(tl)
                 identical = identical and ref == kv == disk
             row = {
                 "context": context,
@@ -179,12 +186,15 @@ def main(argv: list[str] | None = None) -> dict:
                 "ttft_text_s": round(statistics.median(t_text), 4),
                 "ttft_kv_s": round(statistics.median(t_kv), 4),
                 "ttft_kv_from_disk_s": round(statistics.median(t_disk), 4),
+                "load_s": round(statistics.median(t_load), 4),
+                "load_vs_text": round(statistics.median(t_load) / statistics.median(t_text), 4),
                 "cut": round(1 - statistics.median(t_kv) / statistics.median(t_text), 4),
                 "tokens_identical": identical,
             }
             results.append(row)
             log(f"  {context:>5} x {query:>4}: text {row['ttft_text_s']:.3f}s  kv {row['ttft_kv_s']:.3f}s  "
-                f"disk {row['ttft_kv_from_disk_s']:.3f}s  cut {row['cut'] * 100:.1f}%  identical={identical}")
+                f"disk {row['ttft_kv_from_disk_s']:.3f}s (load {row['load_s']:.3f}s = "
+                f"{row['load_vs_text'] * 100:.1f}% of text)  cut {row['cut'] * 100:.1f}%  identical={identical}")
         if args.compose >= 2:
             head = ctx_ids[:16]
             body = ctx_ids[16:]
