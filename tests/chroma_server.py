@@ -9,6 +9,9 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
 
 CHROMA = shutil.which("chroma") or str(Path(sys.executable).parent / "chroma")
 
@@ -60,3 +63,15 @@ class ChromaServer:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+
+def running_server(tmp_path_factory: Any, name: str) -> Iterator[ChromaServer]:
+    """Start a server on a fresh data folder for a fixture, stop it afterwards (``yield from`` this)."""
+    if not Path(CHROMA).exists():
+        pytest.fail("the `chroma` command (from the chromadb package) is required for these tests")
+    server = ChromaServer(tmp_path_factory.mktemp(name))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

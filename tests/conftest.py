@@ -101,14 +101,9 @@ def cube_backend() -> str:
 
 @pytest.fixture(scope="session")
 def chroma_server(tmp_path_factory: Any) -> Iterator[Any]:
-    from chroma_server import CHROMA, ChromaServer
+    from chroma_server import running_server
 
-    if not Path(CHROMA).exists():
-        pytest.fail("the `chroma` command (from the chromadb package) is required for these tests")
-    server = ChromaServer(tmp_path_factory.mktemp("chroma-server-shared"))
-    server.start()
-    yield server
-    server.stop()
+    yield from running_server(tmp_path_factory, "chroma-server-shared")
 
 
 @pytest.fixture

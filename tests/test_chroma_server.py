@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chroma_server import CHROMA, ChromaServer
+from chroma_server import running_server
 
 from memos_core import MemCube
 
@@ -26,12 +26,7 @@ def _emb(texts):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    if not Path(CHROMA).exists():
-        pytest.fail("the `chroma` command (from the chromadb package) is required for these tests")
-    s = ChromaServer(tmp_path_factory.mktemp("chroma-server"))
-    s.start()
-    yield s
-    s.stop()
+    yield from running_server(tmp_path_factory, "chroma-server")  # its own: a test here restarts it
 
 
 @pytest.fixture(params=["embedded", "server"])
