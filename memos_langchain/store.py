@@ -30,8 +30,8 @@ are not store items and never appear in store results.
 
 Where behaviour differs from ``InMemoryStore`` (on purpose)
 -----------------------------------------------------------
-* Search with a ``query`` uses the core's hybrid retrieval (dense + BM25 fused by reciprocal rank); ``score``
-  is the fused score (higher is better), not a cosine similarity, and several index fields are embedded as one
+* Search with a ``query`` uses the core's hybrid retrieval (dense + BM25, z-score fusion); ``score``
+  is the fused score in (0, 1) (higher is better), not a cosine similarity, and several index fields are embedded as one
   text instead of one vector each. Items not indexed (``index=False``, or no text at the index fields) follow
   the ranked ones with ``score=None``, as in ``InMemoryStore`` (but paginated with them consistently).
 * Without a query, results come in creation order (LangGraph leaves this order unspecified).
@@ -43,6 +43,8 @@ Where behaviour differs from ``InMemoryStore`` (on purpose)
   operators are LangGraph's (``$eq $ne $gt $gte $lt $lte``) plus the core's ``$in $nin $exists``. Filtering by
   list equality is not supported. Bad filters raise ``ValueError``, as LangGraph's stores do.
 * A frozen memory (legal hold) cannot be overwritten or deleted: :class:`memos_core.Conflict`.
+* A search with a query ranks at most 1000 items: ``offset + limit`` above that raises ``ValueError`` rather than
+  returning a short page.
 * ``created_at`` is when the key was first written (a put after a delete revives the same memory, so it keeps
   its first creation time; ``InMemoryStore`` resets it on every put, ``PostgresStore`` on a put after delete).
 """
@@ -448,7 +450,10 @@ class MemOSStore(BaseStore):
         want = op.offset + op.limit
         if op.query and op.query.strip() and self.index_config is not None:
             ranked_filter = {"metadata": {**base["metadata"], f"{META_KEY}.indexed": True}}
-            k = min(want, 1000)
+            if want > 1000:
+                raise ValidationError(f"a query search ranks at most 1000 items; offset + limit is {want} "
+                                      "(narrow the namespace or filter, or search without a query to page further)")
+            k = want
             hits = self.cube.search(op.query, k=k, filter=ranked_filter, mode=self.search_mode, **self._as)  # type: ignore[arg-type]
             page: list[tuple[MemoryItem, float | None]] = [(h.item, h.score) for h in hits]
             if len(hits) < k:  # ranked ones exhausted: the unindexed ones follow, unscored

@@ -548,3 +548,11 @@ def test_core_helpers_used_by_the_store(tmp_path: Path) -> None:
         cube.refresh_expiry({a.id: -1})
     with pytest.raises(ValueError):
         cube.distinct_metadata("bad key")
+
+
+def test_query_search_beyond_the_ranking_window_is_an_error_not_a_short_page(store: MemOSStore) -> None:
+    store.put(("a",), "k", {"text": "hello world"})
+    assert [i.key for i in store.search(("a",), query="hello", limit=10, offset=990)] == []
+    with pytest.raises(ValueError, match="at most 1000"):
+        store.search(("a",), query="hello", limit=10, offset=995)
+    assert [i.key for i in store.search(("a",), limit=10, offset=0)] == ["k"]  # without a query: no window
