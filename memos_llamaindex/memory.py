@@ -6,9 +6,10 @@
 * **Long-term**: every user/assistant message put here goes through the MemOS MemReader (offline episodes,
   or LLM facts when the MemOS has an ``llm``) into a cube, scoped by ``user_id`` / ``agent_id``, with the
   session id in provenance.
-* ``get(input=...)`` returns the chat history plus one system message with the memories relevant to
-  ``input`` (or, without input, to the latest message), rendered by :meth:`MemOS.get_context` under a token
-  budget. Memories read from messages already in the history are left out (they are in the prompt).
+* ``get(input=...)`` returns the chat history with the memories relevant to ``input`` (or, without input, to
+  the latest message), rendered by :meth:`MemOS.get_context` under a token budget, in a system message
+  (appended to the history's first system message when there is one; ``insert_method="user"``: prepended to
+  the last user message). Memories read from messages already in the history are left out (they are in the prompt).
 
 Serialisable: ``to_dict`` / ``from_dict`` / ``to_json`` / pickle keep the configuration, the MemOS folder
 and (for the in-memory store) the active chat history, so agent workflows can keep this memory in their
