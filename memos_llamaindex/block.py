@@ -13,7 +13,7 @@
 * Messages ``Memory`` flushes out of its short-term window go through the MemOS MemReader
   (``accept_short_term_memory=True``, the default); the session id ``Memory`` stamps on them goes to provenance.
 * ``aget`` returns the memories relevant to the current messages (the latest ``retrieval_context_window`` of
-  them, or the ``input`` ``Memory.get`` received), rendered by :meth:`MemOS.get_context` within
+  them; a string ``input`` given to ``Memory.get`` arrives here as the last user message), rendered by :meth:`MemOS.get_context` within
   ``token_budget``; ``""`` when nothing is relevant.
 * Under ``Memory``'s token limit the block is truncated by priority like any block (``priority=0`` never);
   ``atruncate`` re-renders the same query with a smaller budget, dropping the least relevant memories first,
