@@ -19,7 +19,8 @@ from ..items import LifecycleState, MemoryItem, SearchHit, to_utc, utcnow
 
 __all__ = [
     "MemScheduler", "Policy", "Decision", "Job", "PromoteHotToActivation", "QueueStableForLoRA", "DemoteCold",
-    "RefreshStale", "ActivationTarget", "ParametricTarget", "KVActivationTarget",
+    "RefreshStale", "ActivationTarget", "ParametricTarget", "RetrainableTarget", "TrainingOutcome",
+    "KVActivationTarget",
 ]
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS usage(item_id TEXT PRIMARY KEY, score REAL NOT NULL, at REAL NOT NULL,
   hits INTEGER NOT NULL, injected INTEGER NOT NULL DEFAULT 0, last_hit REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs(id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, payload TEXT NOT NULL,
-  state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, error TEXT, created REAL NOT NULL, updated REAL NOT NULL);
+  state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, error TEXT, created REAL NOT NULL, updated REAL NOT NULL,
+  result TEXT);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, id);
 CREATE TABLE IF NOT EXISTS activation(item_id TEXT PRIMARY KEY, version INTEGER NOT NULL, artifact_id TEXT NOT NULL,
   bytes INTEGER NOT NULL, tokens INTEGER NOT NULL, created REAL NOT NULL);
@@ -56,11 +58,48 @@ class ActivationTarget(Protocol):
     def delete(self, artifact_id: str) -> None: ...
 
 
+@dataclass
+class TrainingOutcome:
+    """What a :class:`ParametricTarget` did for one job; stored as the job's ``result`` and in the decision log.
+
+    ``action``: ``"trained"`` (a new adapter), ``"retrained"`` (an existing adapter rebuilt), ``"skipped"`` (too
+    few live memories: the batch's queue entries are released so they can be queued again) or ``"deleted"``
+    (every source memory of the adapter is gone, so the adapter was removed). ``sources`` are the ``(memory id,
+    version)`` pairs the adapter now holds; ``recall_gain`` is the recall probe's gain when it ran.
+    """
+
+    action: Literal["trained", "retrained", "skipped", "deleted"]
+    adapter: str | None
+    sources: list[tuple[str, int]] = field(default_factory=list)
+    recall_gain: float | None = None
+    reason: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"action": self.action, "adapter": self.adapter, "sources": [list(s) for s in self.sources],
+                "recall_gain": self.recall_gain, "reason": self.reason, "details": self.details}
+
+
 @runtime_checkable
 class ParametricTarget(Protocol):
-    """Trains a LoRA adapter from memories; returns the adapter's id/name."""
+    """Trains a LoRA adapter from memories (the current versions, fetched through the cube).
 
-    def train(self, items: Sequence[MemoryItem]) -> str: ...
+    Returns the adapter's name, or a :class:`TrainingOutcome` for a richer record (e.g. :class:`LoRATrainingTarget`).
+    """
+
+    def train(self, items: Sequence[MemoryItem]) -> "str | TrainingOutcome": ...
+
+
+@runtime_checkable
+class RetrainableTarget(ParametricTarget, Protocol):
+    """A :class:`ParametricTarget` that keeps an adapter it can check and rebuild: :class:`RefreshStale` plans a
+    ``retrain_lora`` job when :meth:`stale` reports changed sources, and the scheduler runs it with :meth:`retrain`."""
+
+    def stale(self) -> dict[str, str]:
+        """Memory id -> what happened to it, for every changed source of the target's adapter (empty: fresh)."""
+        ...
+
+    def retrain(self) -> "str | TrainingOutcome": ...
 
 
 class KVActivationTarget:
@@ -99,7 +138,8 @@ class KVActivationTarget:
 @dataclass
 class Decision:
     policy: str
-    action: Literal["promote", "evict", "queue_lora", "demote", "refresh", "drop"]
+    action: Literal["promote", "evict", "queue_lora", "retrain_lora", "demote", "refresh", "drop",
+                    "lora_trained", "lora_retrained", "lora_skipped", "lora_deleted"]
     item_ids: list[str]
     reason: str
     payload: dict[str, Any] = field(default_factory=dict)
@@ -112,6 +152,7 @@ class Job(BaseModel):
     state: str
     attempts: int
     error: str | None = None
+    result: dict[str, Any] | None = None
 
 
 class Policy(ABC):
@@ -232,11 +273,33 @@ class DemoteCold(Policy):
 
 
 class RefreshStale(Policy):
-    """Rebuild caches whose memory changed; drop caches whose memory was deleted or forgotten."""
+    """Rebuild caches whose memory changed; drop caches whose memory was deleted or forgotten.
+
+    With ``adapters`` (default) and a :class:`RetrainableTarget` as the scheduler's ``parametric`` target, also
+    plan a ``retrain_lora`` job when the target's adapter has sources that were updated, deleted or forgotten. One
+    job per set of changes: after it ran (or failed for good) the same changes are not planned again.
+    """
 
     name = "refresh_stale"
 
+    def __init__(self, adapters: bool = True) -> None:
+        self.adapters = adapters
+
     def plan(self, sched: "MemScheduler", now: float) -> list[Decision]:
+        out = self._caches(sched)
+        target = sched.parametric
+        if self.adapters and isinstance(target, RetrainableTarget):
+            reasons = target.stale()
+            if reasons:
+                adapter = getattr(target, "adapter_name", None)
+                payload = {"adapter": adapter, "stale": dict(sorted(reasons.items()))}
+                if not sched._has_job("retrain_lora", payload, ("pending", "running", "failed")):
+                    what = "; ".join(f"{i}: {r}" for i, r in sorted(reasons.items()))
+                    out.append(Decision(self.name, "retrain_lora", sorted(reasons),
+                                        f"adapter {adapter!r} has changed sources ({what})", payload))
+        return out
+
+    def _caches(self, sched: "MemScheduler") -> list[Decision]:
         out: list[Decision] = []
         for item_id, row in sched.cached().items():
             item = sched.cube.lookup(item_id)
@@ -258,7 +321,10 @@ class MemScheduler:
     Parameters
     ----------
     cube: the :class:`~memos_core.cube.MemCube` to schedule.
-    activation / parametric: executors (seams); ``None`` leaves those jobs queued.
+    activation: builds KV caches (e.g. :class:`KVActivationTarget`). Without it nothing is promoted; refresh/drop
+        jobs for caches built by an earlier run stay pending until a scheduler with a target runs them.
+    parametric: trains LoRA adapters (e.g. :class:`LoRATrainingTarget`). Without it ``queue_lora`` jobs are still
+        planned and stay pending (visible in :meth:`jobs`) until a scheduler with a target runs them.
     budget_bytes: byte budget for activation artefacts (``None``: unbounded).
     half_life: the aging half-life of usage scores.
     policies: default ``[RefreshStale(), PromoteHotToActivation(), QueueStableForLoRA()]``.
@@ -284,6 +350,13 @@ class MemScheduler:
         self.half_life = half_life.total_seconds()
         self.policies = list(policies) if policies is not None else [
             RefreshStale(), PromoteHotToActivation(), QueueStableForLoRA()]
+        min_batch = getattr(parametric, "min_batch", None)
+        for p in self.policies:
+            if isinstance(p, QueueStableForLoRA) and isinstance(min_batch, int) and p.batch < min_batch:
+                raise ValidationError(
+                    f"QueueStableForLoRA(batch={p.batch}) queues fewer memories than the parametric target's "
+                    f"min_batch={min_batch}: its jobs would be skipped and queued again forever; raise batch or "
+                    f"lower min_batch")
         self._clock = clock or utcnow
         self.max_jobs_per_step = max_jobs_per_step
         self.max_attempts = max_attempts
@@ -297,6 +370,8 @@ class MemScheduler:
         for stmt in _SCHEMA.strip().split(";"):
             if stmt.strip():
                 self._db.execute(stmt)
+        if "result" not in {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}:
+            self._db.execute("ALTER TABLE jobs ADD COLUMN result TEXT")  # databases from before job results
         # jobs a dead worker had taken are taken again (no lost jobs on restart)
         self._db.execute("UPDATE jobs SET state='pending' WHERE state='running'")
         self._thread: threading.Thread | None = None
@@ -425,16 +500,37 @@ class MemScheduler:
                 raise
         return decisions
 
+    def lora(self) -> dict[str, dict[str, Any]]:
+        """item id -> {version, state, adapter_id} of the latest LoRA queue entry of each memory (state:
+        ``queued``, ``trained`` or ``failed``)."""
+        with self._lock:
+            rows = self._db.execute("SELECT item_id, version, state, adapter_id FROM lora ORDER BY item_id, version")
+            return {r[0]: {"version": r[1], "state": r[2], "adapter_id": r[3]} for r in rows}
+
+    def _has_job(self, kind: str, payload: dict[str, Any], states: Sequence[str]) -> bool:
+        """Whether a job of ``kind`` in one of ``states`` has a payload containing every key/value of ``payload``."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT payload FROM jobs WHERE kind=? AND state IN ({','.join('?' * len(states))})",
+                (kind, *states)).fetchall()
+        for (raw,) in rows:
+            have = json.loads(raw)
+            if all(have.get(k) == v for k, v in payload.items()):
+                return True
+        return False
+
     def jobs(self, state: str | None = None) -> list[Job]:
-        q = "SELECT id, kind, payload, state, attempts, error FROM jobs"
+        """Jobs (optionally in one ``state``: pending, running, done, failed), oldest first. A parametric job's
+        ``result`` holds its :class:`TrainingOutcome` (adapter, sources, recall gain)."""
+        q = "SELECT id, kind, payload, state, attempts, error, result FROM jobs"
         args: tuple[Any, ...] = ()
         if state is not None:
             q += " WHERE state=?"
             args = (state,)
         with self._lock:
             rows = self._db.execute(q + " ORDER BY id", args).fetchall()
-        return [Job(id=r[0], kind=r[1], payload=json.loads(r[2]), state=r[3], attempts=r[4], error=r[5])
-                for r in rows]
+        return [Job(id=r[0], kind=r[1], payload=json.loads(r[2]), state=r[3], attempts=r[4], error=r[5],
+                    result=None if r[6] is None else json.loads(r[6])) for r in rows]
 
     def run_jobs(self, limit: int | None = None) -> int:
         """Execute pending jobs in order (up to ``limit``); returns how many ran. A job that fails goes back to
@@ -452,16 +548,25 @@ class MemScheduler:
             with self._lock:
                 self._db.execute("UPDATE jobs SET state='running', attempts=attempts+1, updated=? WHERE id=?",
                                  (self._now(), job_id))
+            data = json.loads(payload)
+            outcome: TrainingOutcome | None = None
             try:
-                self._execute(kind, json.loads(payload))
+                outcome = self._execute(kind, data)
                 state, err = "done", None
             except Exception as exc:  # noqa: BLE001 - recorded on the job; retried up to max_attempts
                 log.warning("scheduler job %s (%s) failed: %s", job_id, kind, exc)
                 state = "failed" if attempts + 1 >= self.max_attempts else "pending"
                 err = f"{type(exc).__name__}: {exc}"
+            now = self._now()
             with self._lock:
-                self._db.execute("UPDATE jobs SET state=?, error=?, updated=? WHERE id=?",
-                                 (state, err, self._now(), job_id))
+                self._db.execute("UPDATE jobs SET state=?, error=?, result=?, updated=? WHERE id=?",
+                                 (state, err, None if outcome is None else json.dumps(outcome.to_dict()), now, job_id))
+                if outcome is not None:
+                    self._record(self._outcome_decision(job_id, outcome), now)
+                if state == "failed" and kind == "queue_lora":
+                    ids = data["item_ids"]
+                    self._db.execute(f"UPDATE lora SET state='failed', updated=? WHERE state='queued' AND item_id IN "
+                                     f"({','.join('?' * len(ids))})", (now, *ids))
             n += 1
         return n
 
@@ -471,9 +576,43 @@ class MemScheduler:
             kinds += ["promote", "evict", "refresh", "drop"]
         if self.parametric is not None:
             kinds += ["queue_lora"]
+        if isinstance(self.parametric, RetrainableTarget):
+            kinds += ["retrain_lora"]
         return kinds
 
-    def _execute(self, kind: str, payload: dict[str, Any]) -> None:
+    @staticmethod
+    def _outcome(result: Any, items: Sequence[MemoryItem]) -> TrainingOutcome:
+        if isinstance(result, TrainingOutcome):
+            return result
+        if isinstance(result, str):  # a plain ParametricTarget: it trained on exactly these items
+            return TrainingOutcome("trained", result, [(it.id, it.version) for it in items])
+        raise ValidationError(f"a parametric target must return an adapter name or a TrainingOutcome, "
+                              f"got {type(result).__name__}")
+
+    @staticmethod
+    def _outcome_decision(job_id: int, o: TrainingOutcome) -> Decision:
+        reason = f"job {job_id}: " + (o.reason or f"adapter {o.adapter!r} {o.action}")
+        if o.action in ("trained", "retrained"):
+            reason += f" from {len(o.sources)} memories"
+            if o.recall_gain is not None:
+                reason += f"; recall gain {o.recall_gain:+.3f}"
+        action = {"trained": "lora_trained", "retrained": "lora_retrained", "skipped": "lora_skipped",
+                  "deleted": "lora_deleted"}[o.action]
+        return Decision("parametric", action, [s[0] for s in o.sources], reason)  # type: ignore[arg-type]
+
+    def _lora_done(self, released: Sequence[str], outcome: TrainingOutcome, now: float) -> None:
+        """Bookkeeping after a parametric job: queue entries of ``released`` are cleared (a skipped batch can be
+        queued again) and every source the adapter now holds is recorded as trained at that version."""
+        with self._lock:
+            if released:
+                self._db.execute(f"DELETE FROM lora WHERE state='queued' AND item_id IN "
+                                 f"({','.join('?' * len(released))})", tuple(released))
+            if outcome.action in ("trained", "retrained"):
+                for item_id, version in outcome.sources:
+                    self._db.execute("INSERT OR REPLACE INTO lora(item_id, version, state, adapter_id, updated) "
+                                     "VALUES(?,?,'trained',?,?)", (item_id, version, outcome.adapter, now))
+
+    def _execute(self, kind: str, payload: dict[str, Any]) -> TrainingOutcome | None:
         ids: list[str] = payload["item_ids"]
         now = self._now()
         if kind == "demote":
@@ -481,16 +620,19 @@ class MemScheduler:
             if item is not None and item.state == LifecycleState.ACTIVATED:
                 self.cube.transition(ids[0], LifecycleState.ARCHIVED, reason=f"scheduler: {payload['reason']}",
                                      actor=self.actor)
-            return
+            return None
         if kind == "queue_lora":
             assert self.parametric is not None
+            # the current versions, fetched through the cube now (a memory may have changed since it was queued)
             items = [it for it in (self.cube.lookup(i) for i in ids) if it is not None]
-            adapter = self.parametric.train(items)
-            with self._lock:
-                for it in items:
-                    self._db.execute("UPDATE lora SET state='trained', adapter_id=?, updated=? WHERE item_id=? "
-                                     "AND version=?", (adapter, now, it.id, it.version))
-            return
+            outcome = self._outcome(self.parametric.train(items), items)
+            self._lora_done(ids, outcome, now)
+            return outcome
+        if kind == "retrain_lora":
+            assert isinstance(self.parametric, RetrainableTarget)
+            outcome = self._outcome(self.parametric.retrain(), [])
+            self._lora_done([], outcome, now)
+            return outcome
         assert self.activation is not None
         if kind in ("evict", "drop", "refresh"):
             row = self.cached().get(ids[0])
@@ -499,12 +641,12 @@ class MemScheduler:
                 with self._lock:
                     self._db.execute("DELETE FROM activation WHERE item_id=?", (ids[0],))
             if kind != "refresh":
-                return
+                return None
         item = self.cube.lookup(ids[0])
         if item is None or item.state in (LifecycleState.DELETED, LifecycleState.PURGED):
-            return
+            return None
         if ids[0] in self.cached():
-            return
+            return None
         if self.budget_bytes is not None:
             used = sum(c["bytes"] for c in self.cached().values())
             if used + self.activation.estimate(item)[0] > self.budget_bytes:
@@ -513,6 +655,7 @@ class MemScheduler:
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO activation(item_id, version, artifact_id, bytes, tokens, created) "
                              "VALUES(?,?,?,?,?,?)", (item.id, item.version, artifact, nbytes, tokens, now))
+        return None
 
     def step(self) -> list[Decision]:
         """Plan, then execute pending jobs (bounded). Returns this step's decisions."""
@@ -570,6 +713,7 @@ class MemScheduler:
         with self._lock:
             counters = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
             jobs = dict(self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+            lora = dict(self._db.execute("SELECT state, COUNT(*) FROM lora GROUP BY state").fetchall())
             tracked = self._db.execute("SELECT COUNT(*) FROM usage").fetchone()[0]
         uses = counters.get("inject_uses", 0.0)
         return {
@@ -582,4 +726,5 @@ class MemScheduler:
             "prefill_tokens_saved": int(counters.get("prefill_tokens_saved", 0.0)),
             "prefill_tokens_total": int(counters.get("prefill_tokens_total", 0.0)),
             "jobs": jobs,
+            "lora": lora,
         }
