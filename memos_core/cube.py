@@ -451,37 +451,38 @@ class MemCube:
         With ``reembed`` every indexed memory is embedded again with the current embedder (use after
         changing the embedding model); otherwise the stored embeddings are reused.
         """
-        actor = self._authorize(actor, Right.ADMINISTER, "reindex")
-        with self._lock:
-            if reembed:
-                rows = [(self.records.rowid(it.id), it) for it in self.records.iter_items(states=lifecycle.INDEXED)]
-                it_range: Iterable[int] = range(0, len(rows), batch_size)
-                if progress:
-                    from tqdm import tqdm
+        with self.governance._audited(actor, "reindex"):
+            actor = self._authorize(actor, Right.ADMINISTER, "reindex")
+            with self._lock:
+                if reembed:
+                    rows = [(self.records.rowid(it.id), it) for it in self.records.iter_items(states=lifecycle.INDEXED)]
+                    it_range: Iterable[int] = range(0, len(rows), batch_size)
+                    if progress:
+                        from tqdm import tqdm
 
-                    it_range = tqdm(list(it_range), desc="re-embedding", unit="batch")
-                for s in it_range:
-                    chunk = rows[s:s + batch_size]
-                    vecs = self._embed([it.index_text or it.content for _, it in chunk])
-                    with self.records.transaction() as c:
-                        for (rowid, it), vec in zip(chunk, vecs):
-                            assert rowid is not None
-                            self.records.reindex_row(c, rowid, it, vec)
-                        self.records.append_event(c, time.time(), actor, "reindex", None,
-                                                  detail={"reembedded": len(chunk)})
-                self.manifest["embedder"] = {"name": self._embedder.name, "dim": self._embedder.dim}
-                _atomic_write(self.path / MANIFEST, json.dumps(self.manifest, indent=2))
-            self.index.reset()
-            total = 0
-            for batch in self.records.all_embeddings():
-                items = self.records.get_many([b[1] for b in batch])
-                self.index.upsert([b[1] for b in batch], np.stack([b[2] for b in batch]),
-                                  [self._chroma_meta(items[b[1]]) for b in batch])
-                total += len(batch)
-            self.records.mark_vectors_applied(self.records.pending_vectors())
-            self.records.flush()
-            self.index_degraded = False
-            return {"indexed": total}
+                        it_range = tqdm(list(it_range), desc="re-embedding", unit="batch")
+                    for s in it_range:
+                        chunk = rows[s:s + batch_size]
+                        vecs = self._embed([it.index_text or it.content for _, it in chunk])
+                        with self.records.transaction() as c:
+                            for (rowid, it), vec in zip(chunk, vecs):
+                                assert rowid is not None
+                                self.records.reindex_row(c, rowid, it, vec)
+                            self.records.append_event(c, time.time(), actor, "reindex", None,
+                                                      detail={"reembedded": len(chunk)})
+                    self.manifest["embedder"] = {"name": self._embedder.name, "dim": self._embedder.dim}
+                    _atomic_write(self.path / MANIFEST, json.dumps(self.manifest, indent=2))
+                self.index.reset()
+                total = 0
+                for batch in self.records.all_embeddings():
+                    items = self.records.get_many([b[1] for b in batch])
+                    self.index.upsert([b[1] for b in batch], np.stack([b[2] for b in batch]),
+                                      [self._chroma_meta(items[b[1]]) for b in batch])
+                    total += len(batch)
+                self.records.mark_vectors_applied(self.records.pending_vectors())
+                self.records.flush()
+                self.index_degraded = False
+                return {"indexed": total}
 
     # ------------------------------------------------------------------ writes
     def add(self, content: str | Mapping[str, Any] | MemoryItem, *, kind: MemoryKind | str | None = None,
@@ -496,24 +497,25 @@ class MemCube:
         ``content`` may be a string (with the keyword fields) or a dict / :class:`MemoryItem` with the same
         fields. ``ttl`` (seconds or a timedelta) sets ``expires_at`` relative to now.
         """
-        spec: dict[str, Any]
-        if isinstance(content, str):
-            spec = {"content": content}
-        elif isinstance(content, MemoryItem):
-            spec = content.model_dump()
-        elif isinstance(content, Mapping):
-            spec = dict(content)
-        else:
-            raise ValidationError(f"content must be a string, dict or MemoryItem, got {type(content).__name__}")
-        overrides = dict(kind=kind, user_id=user_id, agent_id=agent_id, session_id=session_id, event_time=event_time,
-                         expires_at=expires_at, tags=list(tags) if tags is not None else None, metadata=metadata,
-                         provenance=provenance, confidence=confidence, index_text=index_text, state=state, id=id)
-        for k, v in overrides.items():
-            if v is not None:
-                spec[k] = v
-        if ttl is not None:
-            spec["ttl"] = ttl
-        return self.add_many([spec], actor=actor)[0]
+        with self.governance._audited(actor, "add", id):
+            spec: dict[str, Any]
+            if isinstance(content, str):
+                spec = {"content": content}
+            elif isinstance(content, MemoryItem):
+                spec = content.model_dump()
+            elif isinstance(content, Mapping):
+                spec = dict(content)
+            else:
+                raise ValidationError(f"content must be a string, dict or MemoryItem, got {type(content).__name__}")
+            overrides = dict(kind=kind, user_id=user_id, agent_id=agent_id, session_id=session_id, event_time=event_time,
+                             expires_at=expires_at, tags=list(tags) if tags is not None else None, metadata=metadata,
+                             provenance=provenance, confidence=confidence, index_text=index_text, state=state, id=id)
+            for k, v in overrides.items():
+                if v is not None:
+                    spec[k] = v
+            if ttl is not None:
+                spec["ttl"] = ttl
+            return self.add_many([spec], actor=actor)[0]
 
     def add_many(self, memories: Sequence[str | Mapping[str, Any] | MemoryItem], *, actor: str | None = None,
                  **defaults: Any) -> list[MemoryItem]:
@@ -521,47 +523,48 @@ class MemCube:
 
         ``defaults`` (e.g. ``user_id=...``, ``kind=...``) apply to every memory that does not set the field.
         """
-        if isinstance(memories, (str, bytes)) or not isinstance(memories, Sequence):
-            raise ValidationError("add_many expects a list of memories")
-        unknown = set(defaults) - {"kind", "user_id", "agent_id", "session_id", "event_time", "expires_at", "tags",
-                                   "metadata", "provenance", "confidence", "state", "ttl"}
-        if unknown:
-            raise ValidationError(f"add_many: unknown default field(s) {sorted(unknown)}")
-        actor = self._authorize(actor, Right.WRITE, "add")
-        items: list[MemoryItem] = []
-        now = self._now()
-        seen: set[str] = set()
-        for spec in memories:
-            ttl = None
-            if isinstance(spec, Mapping):
-                spec = dict(spec)
-                ttl = spec.pop("ttl", None)
-            if ttl is None:
-                ttl = defaults.get("ttl")
-            item = self._build_item(spec, {k: v for k, v in defaults.items() if k != "ttl"})
-            if ttl is not None:
-                seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else float(ttl)
-                if not seconds > 0:
-                    raise ValidationError("ttl must be positive")
-                item = item.model_copy(update={"expires_at": now + timedelta(seconds=seconds)})
-            if item.id in seen:
-                raise ValidationError(f"duplicate id {item.id!r} in one add_many call")
-            seen.add(item.id)
-            items.append(item)
-        if not items:
-            return []
-        # forged principals refused, default TTL, redaction policy (memos_core.governance), before embedding
-        items = [it.model_copy(update={"created_by": actor}) for it in self.governance.prepare_add(items, actor, now)]
-        vecs = self._embed([it.index_text or it.content for it in items])
-        with self._lock:
-            with self.records.transaction() as c:
-                at = now.timestamp()
-                for item, vec in zip(items, vecs):
-                    rowid = self.records.insert_item(c, item, vec, item.state in lifecycle.INDEXED, actor, "add")
-                    self.records.set_state(c, rowid, item.id, None, item.state, at, actor, "created")
-                    self.records.append_event(c, at, actor, "add", item.id, detail={"version": 1})
-            self._sync_after_write()
-        return items
+        with self.governance._audited(actor, "add", None, _count(memories)):
+            if isinstance(memories, (str, bytes)) or not isinstance(memories, Sequence):
+                raise ValidationError("add_many expects a list of memories")
+            unknown = set(defaults) - {"kind", "user_id", "agent_id", "session_id", "event_time", "expires_at", "tags",
+                                       "metadata", "provenance", "confidence", "state", "ttl"}
+            if unknown:
+                raise ValidationError(f"add_many: unknown default field(s) {sorted(unknown)}")
+            actor = self._authorize(actor, Right.WRITE, "add")
+            items: list[MemoryItem] = []
+            now = self._now()
+            seen: set[str] = set()
+            for spec in memories:
+                ttl = None
+                if isinstance(spec, Mapping):
+                    spec = dict(spec)
+                    ttl = spec.pop("ttl", None)
+                if ttl is None:
+                    ttl = defaults.get("ttl")
+                item = self._build_item(spec, {k: v for k, v in defaults.items() if k != "ttl"})
+                if ttl is not None:
+                    seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else float(ttl)
+                    if not seconds > 0:
+                        raise ValidationError("ttl must be positive")
+                    item = item.model_copy(update={"expires_at": now + timedelta(seconds=seconds)})
+                if item.id in seen:
+                    raise ValidationError(f"duplicate id {item.id!r} in one add_many call")
+                seen.add(item.id)
+                items.append(item)
+            if not items:
+                return []
+            # forged principals refused, default TTL, redaction policy (memos_core.governance), before embedding
+            items = [it.model_copy(update={"created_by": actor}) for it in self.governance.prepare_add(items, actor, now)]
+            vecs = self._embed([it.index_text or it.content for it in items])
+            with self._lock:
+                with self.records.transaction() as c:
+                    at = now.timestamp()
+                    for item, vec in zip(items, vecs):
+                        rowid = self.records.insert_item(c, item, vec, item.state in lifecycle.INDEXED, actor, "add")
+                        self.records.set_state(c, rowid, item.id, None, item.state, at, actor, "created")
+                        self.records.append_event(c, at, actor, "add", item.id, detail={"version": 1})
+                self._sync_after_write()
+            return items
 
     def _load(self, item_id: str) -> tuple[int, MemoryItem]:
         if not isinstance(item_id, str) or not item_id:
@@ -579,31 +582,32 @@ class MemCube:
         ``expected_version`` makes the update conditional (optimistic concurrency): if the memory has moved
         on, :class:`Conflict` is raised and nothing changes.
         """
-        unknown = set(fields) - _UPDATABLE_FIELDS
-        if unknown:
-            raise ValidationError(f"update: unknown or read-only field(s) {sorted(unknown)}; "
-                                  f"updatable: {sorted(_UPDATABLE_FIELDS)}")
-        if content is not None:
-            fields["content"] = content
-        if not fields:
-            raise ValidationError("update: nothing to change")
-        actor = self._authorize(actor, Right.WRITE, "update", item_id)
-        with self._lock:
-            rowid, item = self._load(item_id)
-            if item.state not in lifecycle.WRITABLE:
-                raise Conflict(f"memory {item_id!r} is {item.state.value} and cannot be updated"
-                               + (" (lift the hold first)" if item.state == _S.FROZEN else ""))
-            if expected_version is not None and expected_version != item.version:
-                raise Conflict(f"memory {item_id!r} is at version {item.version}, not {expected_version}")
-            new = self.governance.prepare_update(item, self._revise(item, fields), actor)
-            vec = self._embed([new.index_text or new.content])[0]
-            with self.records.transaction() as c:
-                self.records.replace_item(c, rowid, new, vec, new.state in lifecycle.INDEXED, True, actor,
-                                          reason or "update")
-                self.records.append_event(c, new.updated_at.timestamp(), actor, "update", item_id,
-                                          detail={"version": new.version, "reason": reason})
-            self._sync_after_write()
-            return new
+        with self.governance._audited(actor, "update", item_id):
+            unknown = set(fields) - _UPDATABLE_FIELDS
+            if unknown:
+                raise ValidationError(f"update: unknown or read-only field(s) {sorted(unknown)}; "
+                                      f"updatable: {sorted(_UPDATABLE_FIELDS)}")
+            if content is not None:
+                fields["content"] = content
+            if not fields:
+                raise ValidationError("update: nothing to change")
+            actor = self._authorize(actor, Right.WRITE, "update", item_id)
+            with self._lock:
+                rowid, item = self._load(item_id)
+                if item.state not in lifecycle.WRITABLE:
+                    raise Conflict(f"memory {item_id!r} is {item.state.value} and cannot be updated"
+                                   + (" (lift the hold first)" if item.state == _S.FROZEN else ""))
+                if expected_version is not None and expected_version != item.version:
+                    raise Conflict(f"memory {item_id!r} is at version {item.version}, not {expected_version}")
+                new = self.governance.prepare_update(item, self._revise(item, fields), actor)
+                vec = self._embed([new.index_text or new.content])[0]
+                with self.records.transaction() as c:
+                    self.records.replace_item(c, rowid, new, vec, new.state in lifecycle.INDEXED, True, actor,
+                                              reason or "update")
+                    self.records.append_event(c, new.updated_at.timestamp(), actor, "update", item_id,
+                                              detail={"version": new.version, "reason": reason})
+                self._sync_after_write()
+                return new
 
     def _revise(self, item: MemoryItem, fields: Mapping[str, Any]) -> MemoryItem:
         from pydantic import ValidationError as PydanticError
@@ -624,54 +628,58 @@ class MemCube:
     def transition(self, item_id: str, state: LifecycleState | str, *, reason: str | None = None,
                    actor: str | None = None) -> MemoryItem:
         """Move a memory to another lifecycle state (checked by :mod:`memos_core.lifecycle`)."""
-        try:
-            target = LifecycleState(state)
-        except ValueError:
-            raise ValidationError(f"unknown state {state!r}; one of {[s.value for s in LifecycleState]}") from None
-        if target == _S.PURGED:
-            return self.purge(item_id, reason=reason, actor=actor)
-        actor = self._authorize(actor, Right.WRITE, "transition", item_id)
-        with self._lock:
-            rowid, item = self._load(item_id)
-            if _S.FROZEN in (item.state, target):  # placing or lifting a legal hold
-                self._authorize(actor, Right.ADMINISTER, "legal_hold", item_id)
-            lifecycle.check_transition(item.state, target)
-            now = self._now()
-            new = item.model_copy(update={"state": target, "updated_at": now})
-            was_indexed = item.state in lifecycle.INDEXED
-            will_index = target in lifecycle.INDEXED
-            vec = None
-            if will_index and not was_indexed:
-                vec = self.records.embedding(rowid)
-                if vec is None:
-                    vec = self._embed([item.index_text or item.content])[0]
-            with self.records.transaction() as c:
-                self.records.set_state(c, rowid, item_id, item.state, target, now.timestamp(), actor, reason)
-                if was_indexed and not will_index:
-                    self.records.unindex(c, rowid)
-                elif will_index and not was_indexed:
-                    self.records.reindex_row(c, rowid, new, vec)
-                elif will_index:  # metadata in the vector index carries the state
-                    c.execute("INSERT OR IGNORE INTO vec_pending(item_rowid) VALUES(?)", (rowid,))
-                self.records.append_event(c, now.timestamp(), actor, "transition", item_id,
-                                          detail={"from": item.state.value, "to": target.value, "reason": reason})
-            self._sync_after_write()
-            return new
+        with self.governance._audited(actor, "transition", item_id, {"to": _state_value(state)}):
+            try:
+                target = LifecycleState(state)
+            except ValueError:
+                raise ValidationError(f"unknown state {state!r}; one of {[s.value for s in LifecycleState]}") from None
+            if target == _S.PURGED:
+                return self.purge(item_id, reason=reason, actor=actor)
+            actor = self._authorize(actor, Right.WRITE, "transition", item_id)
+            with self._lock:
+                rowid, item = self._load(item_id)
+                if _S.FROZEN in (item.state, target):  # placing or lifting a legal hold
+                    self._authorize(actor, Right.ADMINISTER, "legal_hold", item_id)
+                lifecycle.check_transition(item.state, target)
+                now = self._now()
+                new = item.model_copy(update={"state": target, "updated_at": now})
+                was_indexed = item.state in lifecycle.INDEXED
+                will_index = target in lifecycle.INDEXED
+                vec = None
+                if will_index and not was_indexed:
+                    vec = self.records.embedding(rowid)
+                    if vec is None:
+                        vec = self._embed([item.index_text or item.content])[0]
+                with self.records.transaction() as c:
+                    self.records.set_state(c, rowid, item_id, item.state, target, now.timestamp(), actor, reason)
+                    if was_indexed and not will_index:
+                        self.records.unindex(c, rowid)
+                    elif will_index and not was_indexed:
+                        self.records.reindex_row(c, rowid, new, vec)
+                    elif will_index:  # metadata in the vector index carries the state
+                        c.execute("INSERT OR IGNORE INTO vec_pending(item_rowid) VALUES(?)", (rowid,))
+                    self.records.append_event(c, now.timestamp(), actor, "transition", item_id,
+                                              detail={"from": item.state.value, "to": target.value, "reason": reason})
+                self._sync_after_write()
+                return new
 
     def delete(self, item_id: str, *, reason: str | None = None, actor: str | None = None) -> MemoryItem:
         """Tombstone a memory: hidden from search and get (unless asked), kept with its history until purged."""
-        actor = self._authorize(actor, Right.WRITE, "delete", item_id)
-        with self._lock:
-            _, item = self._load(item_id)
-            if item.state == _S.FROZEN:
-                raise Conflict(f"memory {item_id!r} is frozen (legal hold) and cannot be deleted until unfrozen")
-            if item.state in (_S.DELETED, _S.PURGED):
-                raise Conflict(f"memory {item_id!r} is already {item.state.value}")
-            return self.transition(item_id, _S.DELETED, reason=reason or "delete", actor=actor)
+        with self.governance._audited(actor, "delete", item_id):
+            actor = self._authorize(actor, Right.WRITE, "delete", item_id)
+            with self._lock:
+                _, item = self._load(item_id)
+                if item.state == _S.FROZEN:
+                    raise Conflict(f"memory {item_id!r} is frozen (legal hold) and cannot be deleted until unfrozen")
+                if item.state in (_S.DELETED, _S.PURGED):
+                    raise Conflict(f"memory {item_id!r} is already {item.state.value}")
+                return self.transition(item_id, _S.DELETED, reason=reason or "delete", actor=actor)
 
     def restore(self, item_id: str, *, reason: str | None = None, actor: str | None = None) -> MemoryItem:
         """Undo a delete (tombstone -> activated)."""
-        return self.transition(item_id, _S.ACTIVATED, reason=reason or "restore", actor=actor)
+        with self.governance._audited(actor, "restore", item_id):
+            actor = self._authorize(actor, Right.WRITE, "restore", item_id)
+            return self.transition(item_id, _S.ACTIVATED, reason=reason or "restore", actor=actor)
 
     def purge(self, item_id: str, *, reason: str | None = None, actor: str | None = None) -> MemoryItem:
         """Erase the content of a tombstoned memory and every version of it (irreversible).
@@ -679,36 +687,39 @@ class MemCube:
         The item id, its lifecycle record and the event log stay (they hold no content). Needs
         **administer**; see also :meth:`forget`, which removes the item entirely.
         """
-        actor = self._authorize(actor, Right.ADMINISTER, "purge", item_id)
-        with self._lock:
-            rowid, item = self._load(item_id)
-            lifecycle.check_transition(item.state, _S.PURGED)
-            now = self._now()
-            with self.records.transaction() as c:
-                self.records.erase_content(c, rowid, item_id)
-                self.records.set_state(c, rowid, item_id, item.state, _S.PURGED, now.timestamp(), actor, reason)
-                self.records.append_event(c, now.timestamp(), actor, "purge", item_id, detail={"reason": reason})
-            self._sync_after_write()
-            self.records.optimize_lexical()
-            got = self.records.get(item_id)
-            assert got is not None
-            return got
+        with self.governance._audited(actor, "purge", item_id):
+            actor = self._authorize(actor, Right.ADMINISTER, "purge", item_id)
+            with self._lock:
+                rowid, item = self._load(item_id)
+                lifecycle.check_transition(item.state, _S.PURGED)
+                now = self._now()
+                with self.records.transaction() as c:
+                    self.records.erase_content(c, rowid, item_id)
+                    self.records.set_state(c, rowid, item_id, item.state, _S.PURGED, now.timestamp(), actor, reason)
+                    self.records.append_event(c, now.timestamp(), actor, "purge", item_id, detail={"reason": reason})
+                self._sync_after_write()
+                self.records.optimize_lexical()
+                got = self.records.get(item_id)
+                assert got is not None
+                return got
 
     def rollback(self, item_id: str, version: int, *, reason: str | None = None,
                  actor: str | None = None) -> MemoryItem:
         """Restore the content of an earlier version as a *new* version (history is never rewritten)."""
-        actor = self._authorize(actor, Right.WRITE, "rollback", item_id)
-        with self._lock:
-            _, item = self._load(item_id)
-            old = self.records.version(item_id, version)
-            if old is None:
-                raise NotFound(f"memory {item_id!r} has no version {version}; it has 1..{item.version}")
-            if item.state == _S.PURGED:
-                raise Conflict(f"memory {item_id!r} was purged; its versions hold no content")
-            fields = {"content": old.content, "index_text": old.index_text, "kind": old.kind, "tags": old.tags,
-                      "metadata": old.metadata, "event_time": old.event_time, "valid_until": old.valid_until,
-                      "confidence": old.confidence}
-            return self.update(item_id, reason=reason or f"rollback to v{version}", actor=actor, **fields)
+        asked = {"version": version if type(version) is int else None}
+        with self.governance._audited(actor, "rollback", item_id, asked):
+            actor = self._authorize(actor, Right.WRITE, "rollback", item_id)
+            with self._lock:
+                _, item = self._load(item_id)
+                old = self.records.version(item_id, version)
+                if old is None:
+                    raise NotFound(f"memory {item_id!r} has no version {version}; it has 1..{item.version}")
+                if item.state == _S.PURGED:
+                    raise Conflict(f"memory {item_id!r} was purged; its versions hold no content")
+                fields = {"content": old.content, "index_text": old.index_text, "kind": old.kind, "tags": old.tags,
+                          "metadata": old.metadata, "event_time": old.event_time, "valid_until": old.valid_until,
+                          "confidence": old.confidence}
+                return self.update(item_id, reason=reason or f"rollback to v{version}", actor=actor, **fields)
 
     # ------------------------------------------------------------------ reads
     def get(self, item_id: str, *, include_deleted: bool = False, actor: str | None = None) -> MemoryItem:
@@ -798,25 +809,26 @@ class MemCube:
         event. Memories without an expiry, already expired, or not generated/activated are left alone (an
         expired memory is never revived by a read). Returns how many changed. Needs **write**.
         """
-        actor = self._authorize(actor, Right.WRITE, "refresh_expiry")
-        now = self._now()
-        at = now.timestamp()
-        changed: list[str] = []
-        with self._lock:
-            with self.records.transaction() as c:
-                for item_id, ttl in ttls.items():
-                    seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else float(ttl)
-                    if not seconds > 0:
-                        raise ValidationError("ttl must be positive")
-                    cur = c.execute(
-                        "UPDATE items SET expires_at=? WHERE id=? AND expires_at IS NOT NULL AND expires_at > ? "
-                        "AND state IN (?, ?)", (at + seconds, item_id, at, _S.GENERATED.value, _S.ACTIVATED.value))
-                    if cur.rowcount:
-                        changed.append(item_id)
-                if changed:
-                    self.records.append_event(c, at, actor, "refresh_expiry", None,
-                                              detail={"ids": changed})
-        return len(changed)
+        with self.governance._audited(actor, "refresh_expiry", None, _count(ttls)):
+            actor = self._authorize(actor, Right.WRITE, "refresh_expiry")
+            now = self._now()
+            at = now.timestamp()
+            changed: list[str] = []
+            with self._lock:
+                with self.records.transaction() as c:
+                    for item_id, ttl in ttls.items():
+                        seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else float(ttl)
+                        if not seconds > 0:
+                            raise ValidationError("ttl must be positive")
+                        cur = c.execute(
+                            "UPDATE items SET expires_at=? WHERE id=? AND expires_at IS NOT NULL AND expires_at > ? "
+                            "AND state IN (?, ?)", (at + seconds, item_id, at, _S.GENERATED.value, _S.ACTIVATED.value))
+                        if cur.rowcount:
+                            changed.append(item_id)
+                    if changed:
+                        self.records.append_event(c, at, actor, "refresh_expiry", None,
+                                                  detail={"ids": changed})
+            return len(changed)
 
     @staticmethod
     def _states(f: SearchFilter) -> list[LifecycleState]:
@@ -1016,36 +1028,38 @@ class MemCube:
         ``delete`` (tombstone), ``purge`` (tombstone + erase content) or ``forget`` (erase entirely). Frozen
         memories (legal hold) are skipped. Returns the ids that changed.
         """
-        actor = self._authorize(actor, Right.ADMINISTER, "expire")
-        try:
-            act = RetentionAction(action) if action is not None else self.governance._policy().retention.action
-        except ValueError:
-            raise ValidationError(f"expiry action must be one of {[a.value for a in RetentionAction]}") from None
-        G, A, AR, M, D, P = _S.GENERATED, _S.ACTIVATED, _S.ARCHIVED, _S.MERGED, _S.DELETED, _S.PURGED
-        states = {RetentionAction.ARCHIVE: (G, A, M), RetentionAction.DELETE: (G, A, AR),
-                  RetentionAction.PURGE: (G, A, AR, M, D), RetentionAction.FORGET: (G, A, AR, M, D, P)}[act]
-        now = self._now().timestamp()
-        with self.records._lock:
-            ids = [r[0] for r in self.records._conn.execute(
-                "SELECT id FROM items WHERE expires_at IS NOT NULL AND expires_at <= ? AND state IN "
-                f"({','.join('?' * len(states))}) ORDER BY rowid", (now, *[s.value for s in states]))]
-        done: list[str] = []
-        for item_id in ids:
+        with self.governance._audited(actor, "expire"):
+            actor = self._authorize(actor, Right.ADMINISTER, "expire")
             try:
-                if act == RetentionAction.FORGET:
-                    self.governance.forget(item_id, actor=actor, reason="expired (retention)", cascade=False)
-                elif act == RetentionAction.PURGE:
-                    if self.records.get(item_id).state != D:  # type: ignore[union-attr]
-                        self.transition(item_id, D, reason="expired (retention)", actor=actor)
-                    self.purge(item_id, reason="expired (retention)", actor=actor)
-                else:
-                    target = AR if act == RetentionAction.ARCHIVE else D
-                    self.transition(item_id, target, reason="expired (retention)", actor=actor)
-            except (NotFound, Conflict) as exc:  # changed under us (e.g. put on hold meanwhile)
-                log.info("expiry of %s skipped: %s", item_id, exc)
-                continue
-            done.append(item_id)
-        return done
+                act = RetentionAction(action) if action is not None else self.governance._policy().retention.action
+            except ValueError:
+                raise ValidationError(f"expiry action must be one of {[a.value for a in RetentionAction]}") from None
+            G, A, AR, M, D, P = _S.GENERATED, _S.ACTIVATED, _S.ARCHIVED, _S.MERGED, _S.DELETED, _S.PURGED
+            states = {RetentionAction.ARCHIVE: (G, A, M), RetentionAction.DELETE: (G, A, AR),
+                      RetentionAction.PURGE: (G, A, AR, M, D), RetentionAction.FORGET: (G, A, AR, M, D, P)}[act]
+            now = self._now().timestamp()
+            with self.records._lock:
+                ids = [r[0] for r in self.records._conn.execute(
+                    "SELECT id FROM items WHERE expires_at IS NOT NULL AND expires_at <= ? AND state IN "
+                    f"({','.join('?' * len(states))}) ORDER BY rowid", (now, *[s.value for s in states]))]
+            done: list[str] = []
+            for item_id in ids:
+                try:
+                    if act == RetentionAction.FORGET:
+                        self.governance.forget(item_id, actor=actor, reason="expired (retention)", cascade=False)
+                    elif act == RetentionAction.PURGE:
+                        if self.records.get(item_id).state != D:  # type: ignore[union-attr]
+                            self.transition(item_id, D, reason="expired (retention)", actor=actor)
+                        self.purge(item_id, reason="expired (retention)", actor=actor)
+                    else:
+                        target = AR if act == RetentionAction.ARCHIVE else D
+                        self.transition(item_id, target, reason="expired (retention)", actor=actor)
+                except (NotFound, Conflict) as exc:  # changed under us (e.g. put on hold meanwhile)
+                    log.info("expiry of %s skipped: %s", item_id, exc)
+                    self.governance.note_failure(actor, "expire", item_id, exc, {"action": act.value})
+                    continue
+                done.append(item_id)
+            return done
 
     def stats(self, *, actor: str | None = None) -> dict[str, Any]:
         self._authorize(actor, Right.READ, "stats")
@@ -1077,6 +1091,20 @@ class MemCube:
     def lift_hold(self, item_id: str, *, actor: str | None = None, reason: str | None = None) -> MemoryItem:
         """Lift a legal hold; the memory returns to activated (or archived, if it was)."""
         return self.governance.release(item_id, actor=actor, reason=reason)
+
+
+def _state_value(state: Any) -> str | None:
+    """The lifecycle state named by ``state``, or ``None`` (a failure record never echoes arbitrary input)."""
+    try:
+        return LifecycleState(state).value
+    except (ValueError, TypeError):
+        return None
+
+
+def _count(batch: Any) -> dict[str, int]:
+    """``{"count": n}`` for a failure record of a batch operation (the ids and content stay out of the log)."""
+    return {"count": len(batch)} if isinstance(batch, (Sequence, Mapping)) and not isinstance(batch, (str, bytes)) \
+        else {}
 
 
 def _logistic(z: float) -> float:

@@ -841,7 +841,7 @@ def test_forget_rules(make: Callable[..., MemCube]) -> None:
         cube.forget(child.id, reason="x" * 1000)
     outcomes = [(e["op"], e["outcome"]) for e in cube.records.events() if e["op"] == "forget"]
     assert outcomes == [("forget", "denied"), ("forget", "conflict"), ("forget", "ok"), ("forget", "not_found"),
-                        ("forget", "ok")]
+                        ("forget", "ok"), ("forget", "invalid")]
 
 
 # ============================================================================ CLI

@@ -221,7 +221,7 @@ class Governed(RuleBasedStateMachine):
         else:
             fn(item_id)
             rec[0] = tok
-            self.audited(c)
+        self.audited(c)  # a failed attempt is audited too
 
     @rule(c=cube_ix, actor=principals, n=picks)
     def delete(self, c: int, actor: str, n: int) -> None:
@@ -244,7 +244,7 @@ class Governed(RuleBasedStateMachine):
         else:
             fn(item_id)
             rec[1] = False
-            self.audited(c)
+        self.audited(c)  # a failed attempt is audited too
 
     # ------------------------------------------------------------------ reads
     @rule(c=cube_ix, actor=principals, n=picks)

@@ -37,7 +37,7 @@ def test_check_transition_agrees_with_the_table(cur: S, target: S) -> None:
 def _snapshot(cube, item_id):
     item = cube.get(item_id, include_deleted=True)
     return (item.state, item.version, item.content, len(cube.transitions(item_id)), len(cube.history(item_id)),
-            len(cube.events()))
+            sum(e["outcome"] == "ok" for e in cube.events()))  # a failed attempt's audit record is no change
 
 
 def test_every_transition_is_recorded_with_actor_and_reason(cube, clock) -> None:

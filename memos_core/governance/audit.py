@@ -1,7 +1,7 @@
 """Verification of the tamper-evident audit log.
 
-Every operation on a cube (who, what, which items, when, outcome; denied attempts too) is one record in the
-``events`` table of the cube's records database. Each record carries ``prev_hash``, the hash of the record
+Every operation on a cube (who, what, which items, when, outcome; refused and failed attempts too) is one
+record in the ``events`` table of the cube's records database. Each record carries ``prev_hash``, the hash of the record
 before it, and ``hash`` = sha256(prev_hash + canonical JSON of its own fields, including its sequence number).
 Sequence numbers come from SQLite's AUTOINCREMENT counter, so they never repeat even after rows are deleted.
 

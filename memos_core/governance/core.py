@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sqlite3
-from contextlib import contextmanager
+import threading
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -38,6 +39,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..cube import MemCube
 
 __all__ = ["Governance", "GovernanceSettings", "PRINCIPAL_KEYS"]
+
+log = logging.getLogger(__name__)
 
 _TABLES = (
     "CREATE TABLE IF NOT EXISTS gov_principals(id TEXT PRIMARY KEY, kind TEXT NOT NULL, created_at REAL NOT NULL, "
@@ -68,6 +71,39 @@ def _dt(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=timezone.utc)
 
 
+_MARK = "_memos_audited_in"  # attribute on an exception: ids of the cubes whose audit log recorded it
+
+
+class _Attempt:
+    """The context manager behind :meth:`Governance._audited` (a class, not a generator: it runs on every
+    write, and the success path must cost next to nothing)."""
+
+    __slots__ = ("gov", "actor", "op", "item_id", "detail", "depth")
+
+    def __init__(self, gov: "Governance", actor: Any, op: str, item_id: Any,
+                 detail: Mapping[str, Any] | None) -> None:
+        self.gov, self.actor, self.op, self.item_id, self.detail = gov, actor, op, item_id, detail
+        self.depth = 0
+
+    def __enter__(self) -> None:
+        tls = self.gov._tls
+        self.depth = getattr(tls, "depth", 0)
+        tls.depth = self.depth + 1
+
+    def __exit__(self, typ: Any, exc: BaseException | None, tb: Any) -> bool:
+        gov = self.gov
+        gov._tls.depth = self.depth
+        if exc is None or not isinstance(exc, Exception) or self.depth or gov._recorded(exc):
+            return False
+        actor = gov._cube.actor if self.actor is None else self.actor
+        try:
+            gov._audit(actor, self.op, self.item_id, _outcome(exc),
+                       {**(self.detail or {}), "error": type(exc).__name__}, exc)
+        except Exception:  # noqa: BLE001 - never hide the operation's own error behind the audit's
+            log.exception("could not record the failed %s in the audit log of cube %r", self.op, gov._cube.name)
+        return False
+
+
 class GovernanceSettings(BaseModel):
     """A cube's governance policies (see :meth:`Governance.configure`)."""
 
@@ -89,6 +125,7 @@ class Governance:
     def __init__(self, cube: "MemCube") -> None:
         self._cube = cube
         self.records = cube.records
+        self._tls = threading.local()  # depth of nested audited operations on this thread
         self._ensure()
         self.flush_forgets()
 
@@ -123,24 +160,67 @@ class Governance:
                     self.records.append_event(c, now, owner, "acl.bootstrap", None,
                                               detail={"principal": owner, "role": Role.OWNER.value})
 
-    def _audit(self, actor: Any, op: str, item_id: str | None, outcome: str, detail: Mapping[str, Any]) -> None:
-        """Append one audit record in its own transaction (used for refusals: nothing else is written)."""
+    def _audit(self, actor: Any, op: str, item_id: str | None, outcome: str, detail: Mapping[str, Any],
+               exc: BaseException | None = None) -> None:
+        """Append one audit record in its own transaction (used for refusals and failures: nothing else is
+        written). ``exc``, the error about to be raised, is marked as recorded so that the operation it
+        escapes from does not record it a second time."""
         who = actor if isinstance(actor, str) else None
         if who is not None and (len(who) > 128 or "\x00" in who):
             who = who.replace("\x00", "?")[:128]
         item = item_id if isinstance(item_id, str) and len(item_id) <= 128 else None
-        with self.records.transaction() as c:
-            self.records.append_event(c, self._now(), who, op, item, outcome=outcome, detail=dict(detail))
+        at = self._now()
+        # A transaction of its own that writes this one record and nothing else (records.transaction() would
+        # also flush the store's buffered bookkeeping): a failed or refused attempt leaves no other trace.
+        with self.records._lock:
+            c = self.records._conn
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                self.records.append_event(c, at, who, op, item, outcome=outcome, detail=dict(detail))
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+        if exc is not None:
+            self._mark(exc)
 
-    @contextmanager
-    def _audited(self, actor: Any, op: str, item_id: str | None = None,
-                 detail: Mapping[str, Any] | None = None) -> Iterator[None]:
-        """Run a governed operation; if it raises a MemOSError, record the refusal and re-raise."""
-        try:
-            yield
-        except MemOSError as exc:
-            self._audit(actor, op, item_id, _outcome(exc), {**(detail or {}), "error": type(exc).__name__})
-            raise
+    def _mark(self, exc: BaseException) -> BaseException:
+        """Note on ``exc`` that this cube's audit log already holds a record of it."""
+        seen = getattr(exc, _MARK, None)
+        if not isinstance(seen, set):
+            seen = set()
+            try:
+                setattr(exc, _MARK, seen)
+            except (AttributeError, TypeError):  # pragma: no cover - an exception type with __slots__
+                return exc
+        seen.add(self._cube.cube_id)
+        return exc
+
+    def _recorded(self, exc: BaseException) -> bool:
+        seen = getattr(exc, _MARK, None)
+        return isinstance(seen, set) and self._cube.cube_id in seen
+
+    def _audited(self, actor: Any, op: str, item_id: Any = None,
+                 detail: Mapping[str, Any] | None = None) -> "_Attempt":
+        """Run a governed operation (``with gov._audited(actor, op, item_id, detail): ...``).
+
+        When it raises, one record of the failed attempt (outcome ``invalid``, ``not_found``, ``conflict``,
+        ``denied`` or ``error``, and ``detail["error"]``, the error's type) is appended in its own transaction
+        after the operation's own transaction has rolled back, and the error is re-raised unchanged. Nothing
+        is written when the operation succeeds (its own record is part of its transaction). An error that
+        was recorded already (a refusal by :meth:`authorize`, a forged principal, a redaction rejection) is
+        not recorded again, and an operation run inside another one on the same thread (``delete`` ->
+        ``transition``, ``rollback`` -> ``update``) leaves the record to the outermost: the log names what the
+        caller attempted. ``detail`` must never hold memory content.
+        """
+        return _Attempt(self, actor, op, item_id, detail)
+
+    def note_failure(self, actor: Any, op: str, item_id: Any, exc: BaseException,
+                     detail: Mapping[str, Any] | None = None) -> None:
+        """Record a failure that the caller handles itself (e.g. an item an expiry sweep had to skip)."""
+        if not self._recorded(exc):
+            self._audit(self._cube.actor if actor is None else actor, op, item_id, _outcome(exc),
+                        {**(detail or {}), "error": type(exc).__name__}, exc)
 
     def _role(self, c: sqlite3.Connection, principal: str) -> Role | None:
         row = c.execute("SELECT role FROM gov_acl WHERE principal=?", (principal,)).fetchone()
@@ -191,20 +271,23 @@ class Governance:
         actor = self._cube.actor if actor is None else actor
         try:
             check_principal_id(actor, "actor")
-        except ValidationError:
-            self._audit(actor, op, item_id, "invalid", {"right": right.value, "error": "bad principal id"})
+        except ValidationError as exc:
+            self._audit(actor, op, item_id, "invalid", {"right": right.value, "error": "bad principal id"}, exc)
             raise
         role = self.role_of(actor)
         if role is None or right not in ROLE_RIGHTS[role]:
-            self._audit(actor, op, item_id, "denied",
-                        {"right": right.value, "role": None if role is None else role.value})
+            err: MemOSError
             if item_id is not None and (role is None or Right.READ not in ROLE_RIGHTS[role]):
-                raise self._cube._missing(item_id)
-            if role is None:
-                raise PermissionDenied(f"principal {actor!r} has no access to cube {self._cube.name!r}; an owner or "
+                err = self._cube._missing(item_id)
+            elif role is None:
+                err = PermissionDenied(f"principal {actor!r} has no access to cube {self._cube.name!r}; an owner or "
                                        "admin must share it first")
-            raise PermissionDenied(f"{actor!r} is {role.value} on cube {self._cube.name!r} and lacks the "
-                                   f"{right.value!r} right that {op} needs")
+            else:
+                err = PermissionDenied(f"{actor!r} is {role.value} on cube {self._cube.name!r} and lacks the "
+                                       f"{right.value!r} right that {op} needs")
+            self._audit(actor, op, item_id, "denied",
+                        {"right": right.value, "role": None if role is None else role.value}, err)
+            raise err
         if filter is not None:
             self._check_filter(actor, op, filter)
         return actor
@@ -213,9 +296,10 @@ class Governance:
         if isinstance(filter, Mapping):
             forged = sorted(k for k in filter if isinstance(k, str) and k in PRINCIPAL_KEYS | {"cube_id", "cube_ids"})
             if forged:
-                self._audit(actor, op, None, "invalid", {"error": "principal in filter", "keys": forged})
-                raise ValidationError(f"filter keys {forged} are not allowed: the principal comes from actor= and "
+                err = ValidationError(f"filter keys {forged} are not allowed: the principal comes from actor= and "
                                       "the cubes from the cube(s) you search, never from a filter")
+                self._audit(actor, op, None, "invalid", {"error": "principal in filter", "keys": forged}, err)
+                raise err
 
     def note_denied(self, actor: Any, op: str, right: Right = Right.READ) -> None:
         """Record a refused attempt without raising (used when a multi-cube search skips this cube)."""
@@ -226,11 +310,12 @@ class Governance:
     def _check_claims(self, actor: str, op: str, claims: Mapping[str, Any], item_id: str | None) -> None:
         forged = sorted(k for k, v in claims.items() if v is not None and v != actor)
         if forged:
-            self._audit(actor, op, item_id, "denied", {"error": "forged principal", "keys": forged})
-            raise PermissionDenied(
+            err = PermissionDenied(
                 f"{forged} name(s) a principal other than the acting one ({actor!r}); MemOS records who wrote a "
                 "memory itself. Drop those fields or act as that principal."
             )
+            self._audit(actor, op, item_id, "denied", {"error": "forged principal", "keys": forged}, err)
+            raise err
 
     def _redact(self, actor: str, op: str, item: MemoryItem, policy: RedactionPolicy,
                 item_id: str | None) -> MemoryItem:
@@ -245,7 +330,7 @@ class Governance:
             tags, n4 = redact_value(list(item.tags), policy, key, "tags")
             n3 = n3 + n4
         except RedactionRejected as exc:
-            self._audit(actor, op, item_id, "rejected", {"error": "redaction policy", "kinds": exc.kinds})
+            self._audit(actor, op, item_id, "rejected", {"error": "redaction policy", "kinds": exc.kinds}, exc)
             raise
         notes = notes + n2 + n3
         if not notes:
@@ -421,18 +506,20 @@ class Governance:
     def hold(self, item_id: str, *, actor: str | None = None, reason: str | None = None) -> MemoryItem:
         """Put a memory under legal hold (the frozen state): no update, delete, expiry, purge or forget until
         :meth:`release`. Needs **administer**."""
-        return self._cube.transition(item_id, _S.FROZEN, actor=actor, reason=reason or "legal hold")
+        with self._audited(actor, "legal_hold", item_id):
+            return self._cube.transition(item_id, _S.FROZEN, actor=actor, reason=reason or "legal hold")
 
     def release(self, item_id: str, *, actor: str | None = None, reason: str | None = None) -> MemoryItem:
         """Lift a legal hold; the memory returns to the state it was in (activated or archived)."""
-        actor = self._cube._authorize(actor, Right.ADMINISTER, "release", item_id)
-        back = _S.ACTIVATED
-        for t in reversed(self._cube.records.transitions(item_id)):
-            if t.to_state == _S.FROZEN:
-                if t.from_state == _S.ARCHIVED:
-                    back = _S.ARCHIVED
-                break
-        return self._cube.transition(item_id, back, actor=actor, reason=reason or "legal hold lifted")
+        with self._audited(actor, "release", item_id):
+            actor = self._cube._authorize(actor, Right.ADMINISTER, "release", item_id)
+            back = _S.ACTIVATED
+            for t in reversed(self._cube.records.transitions(item_id)):
+                if t.to_state == _S.FROZEN:
+                    if t.from_state == _S.ARCHIVED:
+                        back = _S.ARCHIVED
+                    break
+            return self._cube.transition(item_id, back, actor=actor, reason=reason or "legal hold lifted")
 
     # ------------------------------------------------------------------ forget
     def _derived(self, c: sqlite3.Connection, root: str) -> list[str]:
@@ -471,12 +558,12 @@ class Governance:
         derived memory under hold) cannot be forgotten: :class:`Conflict`, nothing changes. Returns the ids
         erased.
         """
-        if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
-            raise ValidationError("reason must be a string of at most 500 characters")
         cube = self._cube
-        actor = cube._authorize(actor, Right.ADMINISTER, "forget", item_id)
         with cube._lock:
-            with self._audited(actor, "forget", item_id, {"cascade": cascade}):
+            with self._audited(actor, "forget", item_id, {"cascade": bool(cascade)}):
+                if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
+                    raise ValidationError("reason must be a string of at most 500 characters")
+                actor = cube._authorize(actor, Right.ADMINISTER, "forget", item_id)
                 cube._load(item_id)
                 now = self._now()
                 with self.records.transaction() as c:
