@@ -20,7 +20,16 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pytest
 
-from memos_core import Conflict, LifecycleState, MemCube, NotFound, PermissionDenied, ValidationError
+from memos_core import (
+    Conflict,
+    CubeClosed,
+    IllegalTransition,
+    LifecycleState,
+    MemCube,
+    NotFound,
+    PermissionDenied,
+    ValidationError,
+)
 from memos_core.artifacts import source_ref, stale_sources
 from memos_core.cli import main as cli_main
 from memos_core.governance import (
@@ -390,6 +399,227 @@ def test_every_operation_is_an_audit_record_with_outcome(make: Callable[..., Mem
     ]
     assert all(isinstance(e["at"], datetime) for e in ev)
     assert cube.governance.verify().ok
+
+
+# ---------------------------------------------------------------------------- failed attempts
+SECRET = "zebra-secret-7731"  # content of failed writes: must never reach the audit log
+
+_STATE_TABLES = ("items", "versions", "transitions", "embeddings", "vec_pending", "fts_data", "fts_docsize",
+                 "gov_principals", "gov_acl", "gov_settings", "gov_forget_pending")
+
+
+def _records_state(cube: MemCube) -> dict[str, list[Any]]:
+    """Every row of every table except the audit log (and its AUTOINCREMENT counter)."""
+    with cube.records._lock:
+        conn = cube.records._conn
+        return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in _STATE_TABLES}
+
+
+def _failing_setup(make: Callable[..., MemCube]) -> tuple[MemCube, dict[str, str]]:
+    cube = make(actor="olga")
+    cube.share("wri", "writer")
+    live = cube.add("Ann likes green tea", actor="wri", ttl=3600)
+    held = cube.add("evidence for the case", actor="wri")
+    cube.update(held.id, "evidence for the case, v2", actor="wri")
+    cube.legal_hold(held.id, reason="litigation")
+    gone = cube.add("a tombstoned fact", actor="wri")
+    cube.delete(gone.id, actor="wri")
+    return cube, {"live": live.id, "held": held.id, "gone": gone.id, "unknown": "f" * 32}
+
+
+# name: (call(cube, ids), error, actor, op, item (key into ids, or None), outcome)
+FAILURES: dict[str, tuple[Callable[[MemCube, dict[str, str]], Any], type[Exception], str, str, str | None, str]] = {
+    "update held": (lambda c, i: c.update(i["held"], SECRET, actor="wri"), Conflict, "wri", "update", "held",
+                    "conflict"),
+    "delete held": (lambda c, i: c.delete(i["held"], actor="wri"), Conflict, "wri", "delete", "held", "conflict"),
+    "update unknown": (lambda c, i: c.update(i["unknown"], SECRET, actor="wri"), NotFound, "wri", "update",
+                       "unknown", "not_found"),
+    "update bogus field": (lambda c, i: c.update(i["live"], SECRET, actor="wri", bogus=1), ValidationError, "wri",
+                           "update", "live", "invalid"),
+    "update stale version": (lambda c, i: c.update(i["live"], SECRET, actor="wri", expected_version=7), Conflict,
+                             "wri", "update", "live", "conflict"),
+    "update bad field value": (lambda c, i: c.update(i["live"], SECRET, actor="wri", confidence=7.0),
+                               ValidationError, "wri", "update", "live", "invalid"),
+    "illegal transition": (lambda c, i: c.transition(i["live"], "generated", actor="wri"), IllegalTransition,
+                           "wri", "transition", "live", "conflict"),
+    "unknown state": (lambda c, i: c.transition(i["live"], "sleeping", actor="wri"), ValidationError, "wri",
+                      "transition", "live", "invalid"),
+    "restore live": (lambda c, i: c.restore(i["live"], actor="wri"), IllegalTransition, "wri", "restore", "live",
+                     "conflict"),
+    "restore unknown": (lambda c, i: c.restore(i["unknown"], actor="wri"), NotFound, "wri", "restore", "unknown",
+                        "not_found"),
+    "delete twice": (lambda c, i: c.delete(i["gone"], actor="wri"), Conflict, "wri", "delete", "gone", "conflict"),
+    "rollback held": (lambda c, i: c.rollback(i["held"], 1, actor="wri"), Conflict, "wri", "rollback", "held",
+                      "conflict"),
+    "rollback missing version": (lambda c, i: c.rollback(i["live"], 9, actor="wri"), NotFound, "wri", "rollback",
+                                 "live", "not_found"),
+    "purge live": (lambda c, i: c.purge(i["live"]), IllegalTransition, "olga", "purge", "live", "conflict"),
+    "purge held": (lambda c, i: c.purge(i["held"]), IllegalTransition, "olga", "purge", "held", "conflict"),
+    "forget held": (lambda c, i: c.forget(i["held"]), Conflict, "olga", "forget", "held", "conflict"),
+    "hold a tombstone": (lambda c, i: c.legal_hold(i["gone"]), IllegalTransition, "olga", "legal_hold", "gone",
+                         "conflict"),
+    "lift a hold that is not there": (lambda c, i: c.lift_hold(i["live"]), IllegalTransition, "olga", "release",
+                                      "live", "conflict"),
+    "add bad batch": (lambda c, i: c.add_many([SECRET, {"content": SECRET, "confidence": 3}], actor="wri"),
+                      ValidationError, "wri", "add", None, "invalid"),
+    "add empty": (lambda c, i: c.add("   ", actor="wri"), ValidationError, "wri", "add", None, "invalid"),
+    # fails inside the transaction, after the first row was written: the whole batch rolls back
+    "add clashing id": (lambda c, i: c.add_many([{"content": SECRET, "id": "new-1"},
+                                                 {"content": SECRET, "id": i["live"]}], actor="wri"),
+                        ValidationError, "wri", "add", None, "invalid"),
+    # the first expiry is refreshed inside the transaction before the bad TTL: rolled back too
+    "refresh bad ttl": (lambda c, i: c.refresh_expiry({i["live"]: 60, i["held"]: -1}, actor="wri"),
+                        ValidationError, "wri", "refresh_expiry", None, "invalid"),
+    "expire bad action": (lambda c, i: c.expire(action="shred"), ValidationError, "olga", "expire", None,
+                          "invalid"),
+}
+
+
+@pytest.mark.parametrize("name", list(FAILURES))
+def test_a_failed_write_is_one_audit_record_and_changes_nothing_else(make: Callable[..., MemCube], base: Path,
+                                                                     name: str) -> None:
+    call, exc, actor, op, item, outcome = FAILURES[name]
+    cube, ids = _failing_setup(make)
+    before_state = _records_state(cube)
+    before = cube.records.events()
+    with pytest.raises(exc) as err:
+        call(cube, ids)
+    after = cube.records.events()
+    assert after[:-1] == before and len(after) == len(before) + 1, [e["op"] for e in after[len(before):]]
+    ev = after[-1]
+    want_item = None if item is None else ids[item]
+    assert (ev["actor"], ev["op"], ev["item_id"], ev["outcome"]) == (actor, op, want_item, outcome)
+    assert ev["detail"]["error"] == type(err.value).__name__
+    assert _records_state(cube) == before_state  # the failed operation's own transaction rolled back entirely
+    with cube.records._lock:
+        log_bytes = repr(cube.records._conn.execute("SELECT * FROM events").fetchall())
+    assert SECRET not in log_bytes and str(err.value) not in log_bytes  # no content, no message in the log
+    assert cube.governance.verify().ok
+    cube.close()
+    assert verify_file(base / "cube").ok
+    assert cli_main(["audit", "verify", str(base / "cube")]) == 0
+
+
+def test_failed_attempt_details_name_what_was_tried_and_nothing_more(make: Callable[..., MemCube]) -> None:
+    cube, ids = _failing_setup(make)
+    with pytest.raises(IllegalTransition):
+        cube.transition(ids["live"], "generated", actor="wri")
+    assert last_event(cube)["detail"] == {"to": "generated", "error": "IllegalTransition"}
+    with pytest.raises(ValidationError):
+        cube.transition(ids["live"], SECRET, actor="wri")  # an unknown state is not echoed into the log
+    assert last_event(cube)["detail"] == {"to": None, "error": "ValidationError"}
+    with pytest.raises(ValidationError):
+        cube.add_many(["ok", ""], actor="wri")
+    assert last_event(cube)["detail"] == {"count": 2, "error": "ValidationError"}
+    with pytest.raises(NotFound):
+        cube.rollback(ids["live"], 5, actor="wri")
+    assert last_event(cube)["detail"] == {"version": 5, "error": "NotFound"}
+    with pytest.raises(ValidationError):
+        cube.forget(ids["live"], reason=SECRET * 100)  # refused before anything else: recorded, reason not kept
+    ev = last_event(cube)
+    assert (ev["op"], ev["outcome"], ev["detail"]) == ("forget", "invalid", {"cascade": True,
+                                                                            "error": "ValidationError"})
+    assert SECRET not in json.dumps([e["detail"] for e in cube.records.events()])
+
+
+def test_refusals_stay_one_record_and_unknown_ids_stay_indistinguishable(make: Callable[..., MemCube]) -> None:
+    cube, ids = _failing_setup(make)
+    cube.share("rea", "reader")
+    cube.governance.configure(redaction={"card": "reject"})
+    ops = {
+        "update": lambda i, a: cube.update(i, "x", actor=a), "delete": lambda i, a: cube.delete(i, actor=a),
+        "restore": lambda i, a: cube.restore(i, actor=a), "rollback": lambda i, a: cube.rollback(i, 1, actor=a),
+        "transition": lambda i, a: cube.transition(i, "archived", actor=a),
+        "purge": lambda i, a: cube.purge(i, actor=a), "legal_hold": lambda i, a: cube.legal_hold(i, actor=a),
+        "release": lambda i, a: cube.lift_hold(i, actor=a), "forget": lambda i, a: cube.forget(i, actor=a),
+    }
+    for op, fn in ops.items():
+        seen = []
+        for i in (ids["held"], ids["unknown"]):  # a stranger: the same NotFound, one "denied" record each
+            n = len(cube.records.events())
+            with pytest.raises(NotFound) as err:
+                fn(i, "eve")
+            ev = cube.records.events()[n:]
+            assert [(e["actor"], e["item_id"], e["outcome"]) for e in ev] == [("eve", i, "denied")], op
+            seen.append((str(err.value).replace(i, "<id>"), ev[0]["op"], ev[0]["detail"]))
+        assert seen[0] == seen[1], op
+        n = len(cube.records.events())
+        with pytest.raises(PermissionDenied):  # a reader may see the cube but not write: one "denied" record
+            fn(ids["live"], "rea")
+        assert [e["outcome"] for e in cube.records.events()[n:]] == ["denied"], op
+    # a redaction rejection is recorded once, as such, not again as a failure
+    n = len(cube.records.events())
+    with pytest.raises(RedactionRejected):
+        cube.update(ids["live"], "card 4111 1111 1111 1111", actor="wri")
+    assert [(e["op"], e["outcome"]) for e in cube.records.events()[n:]] == [("update", "rejected")]
+    assert cube.governance.verify().ok
+
+
+def test_an_unexpected_error_is_recorded_as_error_and_rolled_back(make: Callable[..., MemCube],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    cube, ids = _failing_setup(make)
+    before_state = _records_state(cube)
+    real = cube.records.append_event
+    calls: list[str] = []
+
+    def broken(c: sqlite3.Connection, at: float, actor: Any, op: str, *a: Any, **kw: Any) -> str:
+        calls.append(op)
+        if len(calls) == 1:  # the add's own record, inside its transaction, after its rows were written
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(c, at, actor, op, *a, **kw)
+
+    monkeypatch.setattr(cube.records, "append_event", broken)
+    with pytest.raises(sqlite3.OperationalError):
+        cube.add(SECRET, actor="wri")
+    monkeypatch.undo()
+    assert calls == ["add", "add"]  # the add's own record (rolled back), then the record of its failure
+    ev = last_event(cube)
+    assert (ev["actor"], ev["op"], ev["outcome"], ev["detail"]) == ("wri", "add", "error",
+                                                                   {"error": "OperationalError"})
+    assert _records_state(cube) == before_state
+    assert cube.governance.verify().ok
+
+
+def test_a_failure_that_cannot_be_recorded_still_raises_its_own_error(make: Callable[..., MemCube]) -> None:
+    cube, ids = _failing_setup(make)
+    cube.records.close()  # the log cannot be written any more either
+    with pytest.raises(CubeClosed):
+        cube.update(ids["live"], "x")
+
+
+def test_expiry_records_an_item_it_had_to_skip(make: Callable[..., MemCube], clock: Clock) -> None:
+    cube = make(actor="olga")
+    it = cube.add("short lived", ttl=60)
+    clock.advance(hours=1)
+    orig = cube.transition
+
+    def hold_meanwhile(item_id: str, state: Any, **kw: Any) -> Any:
+        cube.transition = orig  # type: ignore[method-assign]
+        orig(item_id, "frozen", reason="hold placed during the sweep")
+        return orig(item_id, state, **kw)
+
+    cube.transition = hold_meanwhile  # type: ignore[method-assign]
+    assert cube.expire(action="delete") == []
+    ev = cube.records.events()[-2:]
+    assert [(e["op"], e["item_id"], e["outcome"]) for e in ev] == [("transition", it.id, "ok"),
+                                                                   ("expire", it.id, "conflict")]
+    assert ev[1]["detail"] == {"action": "delete", "error": "IllegalTransition"}
+    assert cube.get(it.id).state == S.FROZEN and cube.governance.verify().ok
+
+
+def test_a_successful_write_is_still_one_transaction(make: Callable[..., MemCube]) -> None:
+    cube = make()
+    item = cube.add("warm up")
+    stmts: list[str] = []
+    cube.records._conn.set_trace_callback(stmts.append)
+    try:
+        cube.add_many([f"fact number {i}" for i in range(20)])
+        cube.update(item.id, "changed")
+        cube.delete(item.id)
+    finally:
+        cube.records._conn.set_trace_callback(None)
+    assert [s for s in stmts if s.startswith(("BEGIN", "COMMIT", "ROLLBACK"))] == ["BEGIN IMMEDIATE", "COMMIT"] * 3
+    assert [e["outcome"] for e in cube.records.events()] == ["ok"] * 23
 
 
 def test_reads_are_audited_when_configured(make: Callable[..., MemCube]) -> None:

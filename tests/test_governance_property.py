@@ -4,8 +4,9 @@ Random sequences of operations (share, revoke, add, forged add, get, update, del
 by several principals over several cubes are run against the real MemCube and against a small reference model
 of who may see and change what. After every step the cubes' records, ACLs and audit logs must match the model
 exactly: no read returns anything from a cube the caller may not read, no write lands where the caller may
-not write, every refusal is audited (one record, nothing else written) and errors never tell an id that exists
-in an unreadable cube from one that does not.
+not write, every refusal and every failed write (unknown id, dead memory, illegal transition) is audited (one
+record with its outcome and error type, nothing else written) and errors never tell an id that exists in an
+unreadable cube from one that does not.
 
 The vector index is replaced by an exact in-memory one (Chroma is covered by test_governance.py): the
 property is about governance, and this keeps thousands of operations within CI time.
@@ -14,6 +15,7 @@ property is about governance, and this keeps thousands of operations within CI t
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -28,7 +30,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 import memos_core.cube as cube_module
-from memos_core import Conflict, MemCube, NotFound, PermissionDenied
+from memos_core import Conflict, IllegalTransition, MemCube, NotFound, PermissionDenied
 from memos_core.governance import search_cubes
 from memos_core.governance.audit import read_chain, verify_rows
 
@@ -135,12 +137,29 @@ class Governed(RuleBasedStateMachine):
     def audited(self, c: int, k: int = 1) -> None:
         self.events[c] += k
 
+    def last_event(self, c: int) -> tuple[Any, ...]:
+        with self.cubes[c].records._lock:
+            row = self.cubes[c].records._conn.execute(
+                "SELECT actor, op, item_id, outcome, detail FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        return (*row[:4], json.loads(row[4]))
+
     def expect_hidden(self, c: int, item_id: str, fn: Any) -> None:
         """An item op in a cube the actor may not read: NotFound, worded exactly as for an unknown id."""
         with pytest.raises(NotFound) as err:
             fn(item_id)
         self.audited(c)
         assert str(err.value).replace(item_id, "<id>") == f"no memory with id '<id>' in cube 'c{c}'"
+        assert self.last_event(c)[3] == "denied"
+
+    def expect_failed(self, c: int, exc: type[Exception], fn: Any, item_id: str, actor: str, op: str,
+                      outcome: str) -> None:
+        """A permitted write that fails: the error, and exactly one audit record of the attempt."""
+        with pytest.raises(exc) as err:
+            fn(item_id)
+        self.audited(c)
+        who, got_op, got_item, got_outcome, detail = self.last_event(c)
+        assert (who, got_op, got_item, got_outcome) == (actor, op, item_id, outcome)
+        assert detail["error"] == type(err.value).__name__
 
     # ------------------------------------------------------------------ sharing
     @rule(c=cube_ix, granter=principals, grantee=principals, new=st.sampled_from(ROLES))
@@ -213,15 +232,13 @@ class Governed(RuleBasedStateMachine):
             return self.audited(c)
         rec = self.items[c].get(item_id)
         if rec is None:
-            with pytest.raises(NotFound):
-                fn(item_id)
+            self.expect_failed(c, NotFound, fn, item_id, actor, "update", "not_found")
         elif not rec[1]:
-            with pytest.raises(Conflict):
-                fn(item_id)
+            self.expect_failed(c, Conflict, fn, item_id, actor, "update", "conflict")
         else:
             fn(item_id)
             rec[0] = tok
-        self.audited(c)  # a failed attempt is audited too
+            self.audited(c)
 
     @rule(c=cube_ix, actor=principals, n=picks)
     def delete(self, c: int, actor: str, n: int) -> None:
@@ -236,15 +253,34 @@ class Governed(RuleBasedStateMachine):
             return self.audited(c)
         rec = self.items[c].get(item_id)
         if rec is None:
-            with pytest.raises(NotFound):
-                fn(item_id)
+            self.expect_failed(c, NotFound, fn, item_id, actor, "delete", "not_found")
         elif not rec[1]:
-            with pytest.raises(Conflict):
-                fn(item_id)
+            self.expect_failed(c, Conflict, fn, item_id, actor, "delete", "conflict")
         else:
             fn(item_id)
             rec[1] = False
-        self.audited(c)  # a failed attempt is audited too
+            self.audited(c)
+
+    @rule(c=cube_ix, actor=principals, n=picks)
+    def restore(self, c: int, actor: str, n: int) -> None:
+        self.ops += 1
+        item_id, role, cube = self.pick(n), self.role(c, actor), self.cubes[c]
+        fn = lambda i: cube.restore(i, actor=actor)  # noqa: E731
+        if role is None:
+            return self.expect_hidden(c, item_id, fn)
+        if role not in WRITERS:
+            with pytest.raises(PermissionDenied):
+                fn(item_id)
+            return self.audited(c)
+        rec = self.items[c].get(item_id)
+        if rec is None:
+            self.expect_failed(c, NotFound, fn, item_id, actor, "restore", "not_found")
+        elif rec[1]:  # live: activated -> activated is no move
+            self.expect_failed(c, IllegalTransition, fn, item_id, actor, "restore", "conflict")
+        else:
+            fn(item_id)
+            rec[1] = True
+            self.audited(c)
 
     # ------------------------------------------------------------------ reads
     @rule(c=cube_ix, actor=principals, n=picks)
