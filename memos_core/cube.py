@@ -1079,10 +1079,12 @@ class MemCube:
         self.governance.revoke(principal, actor=actor)
 
     def forget(self, item_id: str, *, actor: str | None = None, reason: str | None = None,
-               cascade: bool = True) -> list[str]:
-        """Erase a memory, its versions, index entries and what was derived from it; see
-        :meth:`Governance.forget`. Returns the ids erased."""
-        return self.governance.forget(item_id, actor=actor, reason=reason, cascade=cascade)
+               cascade: bool = True, drop_artifacts: bool = True) -> list[str]:
+        """Erase a memory, its versions, index entries and what was derived from it (derived memories, and the
+        cube's stored KV caches and LoRA adapters built from it); see :meth:`Governance.forget`. Returns the
+        ids erased."""
+        return self.governance.forget(item_id, actor=actor, reason=reason, cascade=cascade,
+                                      drop_artifacts=drop_artifacts)
 
     def legal_hold(self, item_id: str, *, actor: str | None = None, reason: str | None = None) -> MemoryItem:
         """Freeze a memory (no update, delete, expiry, purge or forget) until :meth:`lift_hold`."""

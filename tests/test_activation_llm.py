@@ -304,11 +304,25 @@ def test_from_cube_never_uses_a_cache_of_a_forgotten_memory(folder, cube, clock)
     llm = LocalLLM.from_cube(cube, folder, k=2, user_id="u1", on_bad_cache="raise")
     res = llm.chat(ASK, **OPTS)
     assert ids[ANN] in res.memory_ids
-    cube.forget(ids[ANN])
-    with pytest.raises(StaleArtifact):  # strict mode: the stale cache is refused loudly, not used
+    cube.forget(ids[ANN], drop_artifacts=False)  # the cache file stays behind ...
+    with pytest.raises(StaleArtifact):  # ... and strict mode refuses it loudly, never uses it
         llm.chat(ASK, **OPTS)
     assert res.cache_id in llm.drop_stale() and res.cache_id not in llm.store
     after = llm.chat(ASK, **OPTS)
+    assert ids[ANN] not in after.memory_ids and ANN not in _injected(llm, after)[1]
+
+
+def test_forget_deletes_the_cubes_caches_built_from_the_memory(folder, cube, clock):
+    ids = _fill(cube, clock)
+    llm = LocalLLM.from_cube(cube, folder, k=2, user_id="u1", on_bad_cache="raise")
+    res = llm.chat(ASK, **OPTS)
+    assert ids[ANN] in res.memory_ids and res.cache_id in llm.store
+    files = sorted(p.name for p in (cube.path / "activation").iterdir())
+    assert any(res.cache_id in f for f in files)
+    cube.forget(ids[ANN])  # default: the derived KV cache (its token ids spell the memory) goes too
+    assert res.cache_id not in llm.store
+    assert not any(res.cache_id in p.name for p in (cube.path / "activation").iterdir())
+    after = llm.chat(ASK, **OPTS)  # strict mode, yet nothing stale is left to refuse
     assert ids[ANN] not in after.memory_ids and ANN not in _injected(llm, after)[1]
 
 

@@ -439,6 +439,18 @@ def test_lora_target_retrains_when_a_source_changes_and_drops_when_all_are_gone(
     s.close()
 
 
+
+def test_forgetting_a_source_memory_deletes_the_cubes_adapter_trained_on_it(lora_world) -> None:
+    cube, items, clock, manager = lora_world
+    s, target = _train_hot(cube, items, clock, manager)
+    assert target.store.exists("hot-facts")
+    weights = target.store.path("hot-facts")
+    cube.forget(items[3].id)  # not a source: the adapter stays
+    assert target.store.exists("hot-facts")
+    cube.forget(items[1].id)  # a source: its weights encode the forgotten fact, so they go
+    assert not target.store.exists("hot-facts") and not weights.exists()
+    s.close()
+
 def test_lora_training_failures_are_retried_a_bounded_number_of_times(lora_world) -> None:
     cube, items, clock, manager = lora_world
     calls: list[int] = []

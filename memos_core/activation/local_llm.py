@@ -121,6 +121,8 @@ class LocalLLM:
         self.defaults = defaults or SamplingParams()
         self.fingerprinter = Fingerprinter(model, tokenizer)
         self._hot: OrderedDict[str, KVCache] = OrderedDict()
+        #: hot caches that were never written to the store (larger than its whole budget)
+        self._memory_only: set[str] = set()
         self._lock = threading.RLock()
         #: the MemCube whose memories this model uses (set by :meth:`from_cube`), else ``None``
         self.cube: Any = None
@@ -274,7 +276,8 @@ class LocalLLM:
         self._hot.move_to_end(cache.cache_id)
         total = sum(c.nbytes for c in self._hot.values())
         while total > self.hot_cache_bytes and self._hot:
-            _, old = self._hot.popitem(last=False)
+            old_id, old = self._hot.popitem(last=False)
+            self._memory_only.discard(old_id)
             total -= old.nbytes
 
     def _bad(self, cache_id: str, why: str, notes: list[str], exc: Exception | None = None) -> None:
@@ -303,7 +306,12 @@ class LocalLLM:
         """The usable exact cache sharing the longest token prefix with ``target`` (in memory first, then the
         store). Stale or corrupt candidates met on the way are handled per ``on_bad_cache``."""
         cands: list[tuple[int, int, str, KVCache | None, Sequence[Any]]] = []
-        for cid, cache in self._hot.items():
+        for cid, cache in list(self._hot.items()):
+            if self.store is not None and cid not in self._memory_only and cid not in self.store:
+                # its file was deleted behind this model's back (a cube forget, another process's eviction):
+                # the deletion is the verdict, so the in-memory copy goes too, quietly
+                self._hot.pop(cid, None)
+                continue
             if cache.meta.fingerprint.key == fp.key and cache.meta.exact:
                 n = common_prefix_len(cache.token_ids, target)
                 if n > 0:
@@ -338,6 +346,7 @@ class LocalLLM:
             try:
                 self.store.put(cache, make_room=True)
             except BudgetExceeded as exc:  # larger than the whole budget: usable now, not stored
+                self._memory_only.add(cache.cache_id)
                 notes.append(f"KV cache {cache.cache_id} not stored: {exc}")
                 warnings.warn(notes[-1], stacklevel=4)
 

@@ -14,6 +14,7 @@ import os
 import sqlite3
 import threading
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -545,14 +546,18 @@ class Governance:
         return out
 
     def forget(self, item_id: str, *, actor: str | None = None, reason: str | None = None,
-               cascade: bool = True) -> list[str]:
+               cascade: bool = True, drop_artifacts: bool = True) -> list[str]:
         """Erase a memory and everything derived from it, for good. Needs **administer**.
 
         Removes the item row, every version, its lifecycle transitions, its embedding, its lexical-index
         entries (then merges the FTS segments, checkpoints and truncates the WAL, so the bytes leave the
         file) and its vector-index row. With ``cascade`` (default) memories whose provenance names it as a
         parent (``parent_ids`` / ``parent_versions``) are forgotten too. Activation and parametric artefacts
-        built from it become stale (:func:`memos_core.artifacts.stale_sources` finds the id gone).
+        built from it become stale (:func:`memos_core.artifacts.stale_sources` finds the id gone); with
+        ``drop_artifacts`` (default) those stored in the cube (``activation/`` KV caches, whose token ids encode
+        the text, and ``parametric/`` LoRA adapters, whose weights were trained on it) are deleted as well.
+        Artefacts kept in folders outside the cube are the caller's to delete (``KVCacheStore.delete_for_items``,
+        ``AdapterStore.forget_items(..., delete=True)``).
 
         The audit record keeps the ids, who and when, never the content. A memory under legal hold (or with a
         derived memory under hold) cannot be forgotten: :class:`Conflict`, nothing changes. Returns the ids
@@ -583,7 +588,23 @@ class Governance:
             self.flush_forgets()
             self.records.optimize_lexical()
             self.records.checkpoint()
+            if drop_artifacts:
+                self._drop_artifacts(ids)
         return ids
+
+    def _drop_artifacts(self, ids: list[str]) -> None:
+        """Delete the cube's stored KV caches and LoRA adapters built from any of ``ids``."""
+        from ..activation.store import KVCacheStore
+        from ..parametric.store import AdapterStore
+
+        root = Path(self._cube.path)
+        dropped: dict[str, list[str]] = {}
+        if (root / "activation").is_dir():
+            dropped["kv_caches"] = KVCacheStore(root / "activation").delete_for_items(ids)
+        if (root / "parametric").is_dir():
+            dropped["adapters"] = AdapterStore(root / "parametric").forget_items(ids, delete=True)
+        if any(dropped.values()):
+            log.info("forget deleted derived artefacts: %s", {k: len(v) for k, v in dropped.items()})
 
     def flush_forgets(self) -> int:
         """Remove forgotten ids from the vector index (after a forget; again on open if the index was down)."""
