@@ -906,10 +906,12 @@ class MemCube:
         qvec = None
         lexical_job = None
         owned = getattr(self.records._lock, "_is_owned", lambda: True)()
-        if mode == "hybrid" and not owned:
+        if mode == "hybrid" and not owned and _SPARE_CORES:
             # BM25 (SQLite) runs on a worker thread while the query is embedded (torch): both release the GIL,
-            # so the lexical leg costs no extra wall time. (Inline when this thread holds the records lock,
-            # e.g. a search from inside a transaction: the worker could not take it.)
+            # so on a machine with cores to spare the lexical leg costs no extra wall time. (Not on 2-3 cores:
+            # torch's parallel kernels then wait for the core SQLite took, and the overlap is slower than running
+            # one after the other. Inline too when this thread holds the records lock, e.g. a search from inside
+            # a transaction: the worker could not take it.)
             lexical_job = _search_pool().submit(self.records.lexical, fts_query(plan.text), where, args, n_cand)
         try:
             if mode in ("hybrid", "dense"):
@@ -962,9 +964,10 @@ class MemCube:
         narrowed = any(v is not None for v in (f.tags_any, f.tags_all, f.metadata, f.ids, f.event_after,
                                                  f.event_before, f.forms, f.user_id, f.agent_id, f.session_id))
         if narrowed or f.kinds or self.index_degraded:
-            rowids = self.records.filtered_rowids(where, args, self.retrieval.exact_below + 1)
+            limit = 10**9 if self.index_degraded else self.retrieval.exact_below + 1
+            rowids, blobs = self.records.filtered_vectors(where, args, limit)
             if len(rowids) <= self.retrieval.exact_below or self.index_degraded:
-                return self._exact_dense(qvec, rowids, n)
+                return self._score_blobs(qvec, rowids, blobs, n)
         # ANN over the whole index, then the authoritative SQL filter on the candidates, over-fetching while
         # too few pass. Nothing is pushed down to Chroma: its metadata pre-filter costs time proportional to
         # the rows it matches on every query (~100 ms at 30k memories even for a filter on the state alone),
@@ -1000,6 +1003,16 @@ class MemCube:
             ).fetchall()
         return {r[0]: r[1] for r in rows}
 
+    @staticmethod
+    def _score_blobs(qvec: np.ndarray, rowids: list[int], blobs: list[bytes], n: int) -> list[tuple[int, float]]:
+        """Exact cosine scores (stored embeddings are unit length) of ``blobs``; the best ``n``, stable order."""
+        if not rowids:
+            return []
+        mat = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), -1)
+        sims = _matvec(mat, qvec)
+        top = np.argsort(-sims, kind="stable")[:n]
+        return [(rowids[i], float(sims[i])) for i in top]
+
     def _exact_dense(self, qvec: np.ndarray, rowids: Sequence[int], n: int) -> list[tuple[int, float]]:
         if not rowids:
             return []
@@ -1015,7 +1028,7 @@ class MemCube:
                     vecs.append(np.frombuffer(blob, dtype=np.float32))
         if not keep:
             return []
-        sims = np.stack(vecs) @ qvec.astype(np.float32)
+        sims = _matvec(np.stack(vecs), qvec)
         order = np.argsort(-sims, kind="stable")[:n]
         return [(keep[i], float(sims[i])) for i in order]
 
@@ -1118,6 +1131,9 @@ def _logistic(z: float) -> float:
 
 
 _POOL: ThreadPoolExecutor | None = None
+#: whether a hybrid search overlaps BM25 with the query embedding (MEMOS_OVERLAP_LEXICAL=0/1 overrides)
+_SPARE_CORES = (os.environ.get("MEMOS_OVERLAP_LEXICAL") == "1"
+                or (os.environ.get("MEMOS_OVERLAP_LEXICAL") != "0" and (os.cpu_count() or 1) >= 4))
 _POOL_LOCK = threading.Lock()
 
 
@@ -1129,3 +1145,10 @@ def _search_pool() -> ThreadPoolExecutor:
             if _POOL is None:
                 _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="memos-lexical")
     return _POOL
+
+
+def _matvec(mat: np.ndarray, qvec: np.ndarray) -> np.ndarray:
+    """``mat @ qvec`` without multi-threaded BLAS: a BLAS call on a few thousand rows wakes OpenBLAS's threads,
+    which then busy-wait and slow the next query's embedding (torch) by 2x on a small machine. A plain loop
+    over rows costs well under a millisecond here."""
+    return np.einsum("ij,j->i", mat, qvec.astype(np.float32, copy=False))

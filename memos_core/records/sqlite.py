@@ -559,6 +559,15 @@ class SQLiteRecordStore:
                     args += [path, int(val) if isinstance(val, bool) else val]
         return " AND ".join(where), args
 
+    def filtered_vectors(self, where: str, args: list[Any], limit: int) -> tuple[list[int], list[bytes]]:
+        """(rowids, embedding blobs) of up to ``limit`` items passing ``where`` that have an embedding, in one
+        pass (exact dense scoring of a narrow filter: a user's memories, a tag, a time range)."""
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT items.rowid, e.vec FROM items JOIN embeddings e ON e.item_rowid = items.rowid "
+                f"WHERE {where} LIMIT ?", (*args, limit)).fetchall()
+        return [r[0] for r in rows], [r[1] for r in rows]
+
     def filtered_rowids(self, where: str, args: list[Any], limit: int) -> list[int]:
         with self._lock:
             return [r[0] for r in self._conn.execute(
