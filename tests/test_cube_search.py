@@ -225,9 +225,14 @@ def test_default_embedder_survives_reopen_and_reindex(tmp_path, minilm) -> None:
         assert _snapshot(cube, QUERIES[:4]) == before
 
 
-def test_concurrent_searches_match_serial_ones_and_a_search_under_the_records_lock_returns(facts) -> None:
+@pytest.mark.parametrize("overlap", [False, True])
+def test_concurrent_searches_match_serial_ones_and_a_search_under_the_records_lock_returns(
+        facts, overlap, monkeypatch) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
+    import memos_core.cube as cube_module
+
+    monkeypatch.setattr(cube_module, "_SPARE_CORES", overlap)  # BM25 on a worker thread, or inline
     cube, _ = facts
     serial = {q: [(h.item.id, h.score) for h in cube.search(q, k=5, record_usage=False)] for q in QUERIES}
     with ThreadPoolExecutor(max_workers=6) as pool:
