@@ -213,6 +213,7 @@ class MemOS:
         self._owned: set[str] = set()
         self._recent: OrderedDict[tuple[Any, ...], Turn] = OrderedDict()
         self._closed = False
+        self._parent: MemOS | None = None  # set on views made by as_principal()
         self.default_cube = self._check_name(default_cube)
         self.path.mkdir(parents=True, exist_ok=True)
         #: cube folders under ``path`` that could not be mounted on start, with the reason
@@ -257,8 +258,32 @@ class MemOS:
         return cube
 
     def _check_open(self) -> None:
-        if self._closed:
+        if self._closed or (self._parent is not None and self._parent._closed):
             raise CubeClosed("this MemOS is closed; create a new one")
+
+    def _check_not_view(self, what: str) -> None:
+        if self._parent is not None:
+            raise ValidationError(f"{what} on the MemOS this view was made from (as_principal views share its cubes)")
+
+    def as_principal(self, principal: str) -> "MemOS":
+        """A view of this MemOS that acts as ``principal``: the same cubes, embedder, reader and LLM, nothing
+        opened again, and every cube call checked by the cubes' governance as that principal.
+
+        For a server that serves many users from one process: ``mem.as_principal(request.user).search(...)``.
+        Closing a view closes nothing; closing the MemOS it came from closes its views too. Mount, unmount and
+        create cubes on the original.
+        """
+        self._check_open()
+        if not isinstance(principal, str) or not principal.strip():
+            raise ValidationError("principal must be a non-empty string")
+        view = object.__new__(type(self))
+        view.__dict__.update(self.__dict__)
+        view.principal = principal
+        view._owned = set()
+        view._recent = OrderedDict()
+        view._closed = False
+        view._parent = self._parent or self
+        return view
 
     def _cube(self, cube: str | MemCube | None) -> tuple[str, MemCube]:
         """Resolve a cube argument (mount name, cube id, MemCube or None for the default)."""
@@ -304,6 +329,7 @@ class MemOS:
     def create_cube(self, name: str) -> MemCube:
         """Create a cube in ``path/name`` and mount it under ``name``."""
         self._check_open()
+        self._check_not_view("create cubes")
         self._check_name(name)
         with self._lock:
             if name in self._cubes:
@@ -320,6 +346,7 @@ class MemOS:
         from a path here is closed by them.
         """
         self._check_open()
+        self._check_not_view("mount cubes")
         with self._lock:
             if isinstance(cube_or_path, MemCube):
                 cube, owned = cube_or_path, False
@@ -348,6 +375,7 @@ class MemOS:
     def unmount(self, name: str) -> None:
         """Unmount a cube (closing it if this object opened it). Its data stays on disk."""
         self._check_open()
+        self._check_not_view("unmount cubes")
         with self._lock:
             if name not in self._cubes:
                 raise NotFound(f"no cube {name!r} is mounted")
@@ -366,6 +394,8 @@ class MemOS:
             if self._closed:
                 return
             self._closed = True
+            if self._parent is not None:  # a view: the cubes are its original's
+                return
             for name in list(self._cubes):
                 cube = self._cubes.pop(name)
                 if name in self._owned:

@@ -401,3 +401,32 @@ def test_offline_ingest_of_a_madial_slice_keeps_provenance_and_event_times(mem: 
     assert asked >= 5 and found / asked >= 0.3  # 10 of 60 at random: 0.17 (hashed fake embedder here)
     ctx = mem.get_context(conv["queries"][0]["text"], user_id=conv["id"], k=5, token_budget=200)
     assert ctx.startswith("## Relevant memories\n- [2023-") and (len(ctx) + 3) // 4 <= 200
+
+
+def test_as_principal_views_share_cubes_and_are_governed_per_principal(tmp_path: Path) -> None:
+    mem = MemOS(tmp_path / "d", embedder=embed)  # acts as "local", the owner of the default cube
+    secret = mem.add("the vault code is tulip", user_id="ann").added[0]
+    mem.cubes["default"].share("bob", "reader")
+    bob = mem.as_principal("bob")
+    assert bob.principal == "bob" and mem.principal == "local" and bob.cubes["default"] is mem.cubes["default"]
+    assert [h.item.id for h in bob.search("vault code", user_id="ann")] == [secret.id]
+    with pytest.raises(PermissionDenied):  # a reader may not write
+        bob.add("bob was here", user_id="ann")
+    eve = mem.as_principal("eve")  # no role at all: nothing to see, and an id's existence is not revealed
+    assert eve.search("vault code", user_id="ann") == []
+    with pytest.raises(NotFound):
+        eve.get(secret.id)
+    events = mem.cubes["default"].events()
+    assert any(e["actor"] == "bob" and e["op"] == "add" and e["outcome"] == "denied" for e in events)
+    with pytest.raises(ValidationError):
+        bob.create_cube("bobs")  # cubes are managed on the original
+    with pytest.raises(ValidationError):
+        mem.as_principal("  ")
+    bob.close()  # closes nothing
+    assert mem.get(secret.id).content == "the vault code is tulip"
+    with pytest.raises(CubeClosed):
+        bob.search("vault")
+    eve2 = eve.as_principal("carol")
+    mem.close()  # the original's close ends every view
+    with pytest.raises(CubeClosed):
+        eve2.search("vault")
