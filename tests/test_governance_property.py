@@ -218,12 +218,14 @@ class Governed(RuleBasedStateMachine):
                 self.cubes[c].add(f"memo {tok} written by {actor}", actor=actor, metadata=meta)
         self.audited(c)
 
-    @rule(c=cube_ix, actor=principals, n=picks)
-    def update(self, c: int, actor: str, n: int) -> None:
+    def _write(self, c: int, actor: str, n: int, op: str, call: Any, conflict: Any, conflict_when_live: bool,
+               apply: Any) -> None:
+        """One write attempt on a picked item, checked against the model: hidden from non-members, refused
+        for non-writers, NotFound for unknown ids, ``conflict`` when the item's liveness forbids it, else done
+        (``apply(rec)`` updates the model). Every outcome must be audited."""
         self.ops += 1
         item_id, role, cube = self.pick(n), self.role(c, actor), self.cubes[c]
-        tok = self.token()
-        fn = lambda i: cube.update(i, f"memo {tok} rewritten by {actor}", actor=actor)  # noqa: E731
+        fn = lambda i: call(cube, i)  # noqa: E731
         if role is None:
             return self.expect_hidden(c, item_id, fn)
         if role not in WRITERS:
@@ -232,55 +234,35 @@ class Governed(RuleBasedStateMachine):
             return self.audited(c)
         rec = self.items[c].get(item_id)
         if rec is None:
-            self.expect_failed(c, NotFound, fn, item_id, actor, "update", "not_found")
-        elif not rec[1]:
-            self.expect_failed(c, Conflict, fn, item_id, actor, "update", "conflict")
+            self.expect_failed(c, NotFound, fn, item_id, actor, op, "not_found")
+        elif rec[1] == conflict_when_live:
+            self.expect_failed(c, conflict, fn, item_id, actor, op, "conflict")
         else:
             fn(item_id)
-            rec[0] = tok
+            apply(rec)
             self.audited(c)
+
+    @rule(c=cube_ix, actor=principals, n=picks)
+    def update(self, c: int, actor: str, n: int) -> None:
+        tok = self.token()
+
+        def apply(rec: list[Any]) -> None:
+            rec[0] = tok
+
+        self._write(c, actor, n, "update", lambda cube, i: cube.update(i, f"memo {tok} rewritten by {actor}",
+                                                                        actor=actor),
+                    Conflict, False, apply)
 
     @rule(c=cube_ix, actor=principals, n=picks)
     def delete(self, c: int, actor: str, n: int) -> None:
-        self.ops += 1
-        item_id, role, cube = self.pick(n), self.role(c, actor), self.cubes[c]
-        fn = lambda i: cube.delete(i, actor=actor)  # noqa: E731
-        if role is None:
-            return self.expect_hidden(c, item_id, fn)
-        if role not in WRITERS:
-            with pytest.raises(PermissionDenied):
-                fn(item_id)
-            return self.audited(c)
-        rec = self.items[c].get(item_id)
-        if rec is None:
-            self.expect_failed(c, NotFound, fn, item_id, actor, "delete", "not_found")
-        elif not rec[1]:
-            self.expect_failed(c, Conflict, fn, item_id, actor, "delete", "conflict")
-        else:
-            fn(item_id)
-            rec[1] = False
-            self.audited(c)
+        self._write(c, actor, n, "delete", lambda cube, i: cube.delete(i, actor=actor), Conflict, False,
+                    lambda rec: rec.__setitem__(1, False))
 
     @rule(c=cube_ix, actor=principals, n=picks)
     def restore(self, c: int, actor: str, n: int) -> None:
-        self.ops += 1
-        item_id, role, cube = self.pick(n), self.role(c, actor), self.cubes[c]
-        fn = lambda i: cube.restore(i, actor=actor)  # noqa: E731
-        if role is None:
-            return self.expect_hidden(c, item_id, fn)
-        if role not in WRITERS:
-            with pytest.raises(PermissionDenied):
-                fn(item_id)
-            return self.audited(c)
-        rec = self.items[c].get(item_id)
-        if rec is None:
-            self.expect_failed(c, NotFound, fn, item_id, actor, "restore", "not_found")
-        elif rec[1]:  # live: activated -> activated is no move
-            self.expect_failed(c, IllegalTransition, fn, item_id, actor, "restore", "conflict")
-        else:
-            fn(item_id)
-            rec[1] = True
-            self.audited(c)
+        # restoring a live memory (activated -> activated) is no move
+        self._write(c, actor, n, "restore", lambda cube, i: cube.restore(i, actor=actor), IllegalTransition, True,
+                    lambda rec: rec.__setitem__(1, True))
 
     # ------------------------------------------------------------------ reads
     @rule(c=cube_ix, actor=principals, n=picks)
