@@ -91,6 +91,20 @@ def test_block_aget_directly_and_no_query(mem: Any) -> None:
     asyncio.run(run())
 
 
+
+def test_block_rejects_bad_input_before_writing(mem: Any) -> None:
+    block = MemOSMemoryBlock.from_memos(mem, user_id="ann")
+    before = mem.cubes["default"].count()
+
+    async def run() -> None:
+        for bad in ("I grow tomatoes", ChatMessage(role="user", content="x"), [{"role": "user", "content": "x"}],
+                    [ChatMessage(role="user", content="ok"), "not a message"]):
+            with pytest.raises(TypeError, match="ChatMessage"):
+                await block.aput(bad)  # type: ignore[arg-type]
+
+    asyncio.run(run())
+    assert mem.cubes["default"].count() == before  # nothing half-written, not even the valid first message
+
 def test_block_ignores_short_term_when_asked(mem: Any) -> None:
     block = MemOSMemoryBlock.from_memos(mem, user_id="ann", accept_short_term_memory=False)
     _put_chat(_memory(block, "s1"))
