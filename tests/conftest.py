@@ -160,3 +160,16 @@ def minilm() -> Any:
 
 def python() -> str:
     return sys.executable
+
+
+_WORD32 = re.compile(r"[a-z0-9]+")
+
+
+def emb32(texts: list[str]) -> np.ndarray:
+    """Hashed bag of words (blake2b buckets), 32 dimensions: fast and deterministic (the governance tests)."""
+    out = np.zeros((len(texts), 32), dtype=np.float32)
+    for i, t in enumerate(texts):
+        for w in _WORD32.findall(t.lower()):
+            out[i, int.from_bytes(hashlib.blake2b(w.encode(), digest_size=4).digest(), "little") % 32] += 1.0
+        out[i, 31] += 0.01
+    return out

@@ -5,7 +5,6 @@ The property-based test of cross-tenant isolation is in ``test_governance_proper
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -19,6 +18,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import pytest
+from conftest import emb32
 
 from memos_core import (
     Conflict,
@@ -49,20 +49,6 @@ from memos_core.governance import redaction as red
 from memos_core.governance.audit import verify_rows
 
 S = LifecycleState
-DIM = 32
-_WORD = re.compile(r"[a-z0-9]+")
-
-
-def emb32(texts: list[str]) -> np.ndarray:
-    """Hashed bag of words, 32 dimensions: fast and deterministic."""
-    out = np.zeros((len(texts), DIM), dtype=np.float32)
-    for i, t in enumerate(texts):
-        for w in _WORD.findall(t.lower()):
-            out[i, int.from_bytes(hashlib.blake2b(w.encode(), digest_size=4).digest(), "little") % DIM] += 1.0
-        out[i, DIM - 1] += 0.01
-    return out
-
-
 class Clock:
     def __init__(self) -> None:
         self.now = datetime(2024, 1, 1, 12, 0, tzinfo=timezone.utc)

@@ -14,10 +14,8 @@ property is about governance, and this keeps thousands of operations within CI t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import pytest
+from conftest import emb32
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
@@ -33,19 +32,6 @@ import memos_core.cube as cube_module
 from memos_core import Conflict, IllegalTransition, MemCube, NotFound, PermissionDenied
 from memos_core.governance import search_cubes
 from memos_core.governance.audit import read_chain, verify_rows
-
-DIM = 32
-_WORD = re.compile(r"[a-z0-9]+")
-
-
-def emb32(texts: list[str]) -> np.ndarray:
-    out = np.zeros((len(texts), DIM), dtype=np.float32)
-    for i, t in enumerate(texts):
-        for w in _WORD.findall(t.lower()):
-            out[i, int.from_bytes(hashlib.blake2b(w.encode(), digest_size=4).digest(), "little") % DIM] += 1.0
-        out[i, DIM - 1] += 0.01
-    return out
-
 
 class MemIndex:
     """An exact in-memory stand-in for ChromaVectorIndex (same methods; ``where`` is ignored, which is safe:
