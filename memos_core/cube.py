@@ -1014,10 +1014,8 @@ class MemCube:
         return [(rowids[i], float(sims[i])) for i in top]
 
     def _exact_dense(self, qvec: np.ndarray, rowids: Sequence[int], n: int) -> list[tuple[int, float]]:
-        if not rowids:
-            return []
-        vecs: list[np.ndarray] = []
         keep: list[int] = []
+        blobs: list[bytes] = []
         with self.records._lock:
             for s in range(0, len(rowids), 900):
                 chunk = list(rowids[s:s + 900])
@@ -1025,12 +1023,8 @@ class MemCube:
                         f"SELECT item_rowid, vec FROM embeddings WHERE item_rowid IN ({','.join('?' * len(chunk))})",
                         chunk):
                     keep.append(r)
-                    vecs.append(np.frombuffer(blob, dtype=np.float32))
-        if not keep:
-            return []
-        sims = _matvec(np.stack(vecs), qvec)
-        order = np.argsort(-sims, kind="stable")[:n]
-        return [(keep[i], float(sims[i])) for i in order]
+                    blobs.append(blob)
+        return self._score_blobs(qvec, keep, blobs, n)
 
     # ------------------------------------------------------------------ maintenance
     def expire(self, *, action: RetentionAction | str | None = None, actor: str | None = None) -> list[str]:
