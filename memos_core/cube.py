@@ -980,14 +980,13 @@ class MemCube:
             except BackendUnavailable as exc:
                 self.index_degraded = True
                 log.warning("dense search falls back to exact scan: %s", exc)
-                rowids = self.records.filtered_rowids(where, args, 10**9)
-                return self._exact_dense(qvec, rowids, n)
+                return self._score_blobs(qvec, *self.records.filtered_vectors(where, args, 10**9), n)
             ok = self._rowids_passing([i for i, _ in res], where, args)
             out = [(ok[i], s) for i, s in res if i in ok]
             if len(out) >= n or len(res) < fetch:  # enough, or the whole index was seen
                 return out[:n]
             if fetch >= 20000:  # the filter passes very few of the nearest rows: scan them exactly
-                return self._exact_dense(qvec, self.records.filtered_rowids(where, args, 10**9), n)
+                return self._score_blobs(qvec, *self.records.filtered_vectors(where, args, 10**9), n)
             fetch *= 4
 
     def _rowids_passing(self, ids: Sequence[str], where: str, args: list[Any]) -> dict[str, int]:

@@ -568,11 +568,6 @@ class SQLiteRecordStore:
                 f"WHERE {where} LIMIT ?", (*args, limit)).fetchall()
         return [r[0] for r in rows], [r[1] for r in rows]
 
-    def filtered_rowids(self, where: str, args: list[Any], limit: int) -> list[int]:
-        with self._lock:
-            return [r[0] for r in self._conn.execute(
-                f"SELECT rowid FROM items WHERE {where} LIMIT ?", (*args, limit))]
-
     #: Work budget of one lexical query, in matching rows. FTS5 computes bm25 for *every* row that matches
     #: any query term (~1.5 us each), so on a large cube a query with common words costs tens of ms. Above the
     #: budget the query keeps only its rarest terms (at least one) whose document counts fit in it; the
