@@ -8,12 +8,16 @@ EXTRAS="${1:-embed}"
 PY="${PYTHON:-python3}"
 VENV="${MEMOS_VENV:-.venv}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
+# Known-good dependency versions (see the file's header); MEMOS_CONSTRAINTS= (empty) resolves freely instead.
+CONSTRAINTS="${MEMOS_CONSTRAINTS-scripts/constraints.txt}"
+PIN=()
+if [ -n "$CONSTRAINTS" ]; then PIN=(-c "$CONSTRAINTS"); fi
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[bootstrap] creating $VENV with $($PY --version)"
   "$PY" -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
 fi
-stamp="$VENV/.memos-installed-$EXTRAS-$(sha256sum pyproject.toml | cut -c1-16)"
+stamp="$VENV/.memos-installed-$EXTRAS-$(cat pyproject.toml ${CONSTRAINTS:+"$CONSTRAINTS"} | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     echo "[bootstrap] installing $TORCH_SPEC (CPU) first"
@@ -21,6 +25,6 @@ if [ ! -f "$stamp" ]; then
     "$VENV/bin/python" -m pip install -q $TORCH_SPEC
   fi
   echo "[bootstrap] installing memos-langchain-llamaindex[$EXTRAS]"
-  "$VENV/bin/python" -m pip install -q -e ".[$EXTRAS]"
+  "$VENV/bin/python" -m pip install -q "${PIN[@]}" -e ".[$EXTRAS]"
   touch "$stamp"
 fi
