@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 import numpy as np
 
 from . import lifecycle
-from .embedding import Embedder, resolve_embedder
+from .embedding import Embedder, cached_query_vector, resolve_embedder
 from .errors import (
     BackendUnavailable,
     Conflict,
@@ -94,6 +94,8 @@ class RetrievalConfig:
       share of those names it contains.
     * ``focus_weight``: when the query is a pasted user <-> assistant dialogue, weight of its last user turn
       added to the query embedding (one extra text in the same embedding batch; 0 disables it).
+    * ``query_cache``: how many query vectors to keep per embedder (LRU; 0 disables). Agents repeat queries:
+      memory middleware searches with the same message before every model call of a tool loop.
     * ``rrf_k``: the RRF constant (larger flattens rank differences).
     * ``candidates``: how many results each retriever contributes to fusion (at least ``k``).
     * ``exact_below``: when a filter narrows the search to at most this many items, dense scores are computed
@@ -103,7 +105,7 @@ class RetrievalConfig:
     def __init__(self, dense_weight: float | None = None, lexical_weight: float | None = None,
                  rrf_k: float = 60.0, candidates: int = 60, exact_below: int = 4000,
                  fusion: Literal["zscore", "rrf"] = "zscore", entity_weight: float = 0.3,
-                 focus_weight: float = 0.5) -> None:
+                 focus_weight: float = 0.5, query_cache: int = 256) -> None:
         if fusion not in ("zscore", "rrf"):
             raise ValidationError(f"fusion must be 'zscore' or 'rrf', not {fusion!r}")
         self.fusion = fusion
@@ -111,6 +113,9 @@ class RetrievalConfig:
         self.lexical_weight = (0.3 if fusion == "zscore" else 0.8) if lexical_weight is None else lexical_weight
         self.entity_weight = entity_weight
         self.focus_weight = focus_weight
+        if not isinstance(query_cache, int) or isinstance(query_cache, bool) or query_cache < 0:
+            raise ValidationError(f"query_cache must be a non-negative integer, not {query_cache!r}")
+        self.query_cache = query_cache
         self.rrf_k = rrf_k
         self.candidates = candidates
         self.exact_below = exact_below
@@ -882,13 +887,20 @@ class MemCube:
         return hits
 
     def _query_vector(self, plan: QueryPlan) -> np.ndarray:
-        """The query embedding: the normalised query, plus its last user turn when it is a dialogue."""
+        """The query embedding: the normalised query, plus its last user turn when it is a dialogue.
+
+        Memoised per embedder (``RetrievalConfig.query_cache`` entries; see :func:`cached_query_vector`)."""
         fw = self.retrieval.focus_weight
-        if fw > 0 and plan.focus:
-            v = self._embedder.embed_documents([plan.text, plan.focus])
-            qvec = v[0] + fw * v[1]
-            return qvec / max(float(np.linalg.norm(qvec)), 1e-12)
-        return self._embedder.embed_query(plan.text)
+        focus = plan.focus if fw > 0 else None
+
+        def compute() -> np.ndarray:
+            if focus:
+                v = self._embedder.embed_documents([plan.text, focus])
+                qvec = v[0] + fw * v[1]
+                return qvec / max(float(np.linalg.norm(qvec)), 1e-12)
+            return self._embedder.embed_query(plan.text)
+
+        return cached_query_vector(self._embedder, (plan.text, focus, fw), compute, self.retrieval.query_cache)
 
     def _retrieve(self, query: str, mode: str, f: SearchFilter, states: Sequence[LifecycleState], where: str,
                   args: list[Any], k: int) -> list[tuple[Any, float, dict[str, float], dict[str, int]]]:

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+import weakref
+from collections import OrderedDict
+from typing import Any, Callable, Hashable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from .errors import EmbeddingDimensionError, ValidationError
 
-__all__ = ["Embedder", "MiniLMEmbedder", "CallableEmbedder", "resolve_embedder"]
+__all__ = ["Embedder", "MiniLMEmbedder", "CallableEmbedder", "resolve_embedder", "cached_query_vector"]
 
 
 @runtime_checkable
@@ -220,3 +222,42 @@ def resolve_embedder(obj: Any = None) -> Embedder:
     raise ValidationError(
         f"embedder: expected None, 'default', a LangChain Embeddings, a LlamaIndex BaseEmbedding or a callable; got {cls}"
     )
+
+
+# ---------------------------------------------------------------------------------------------- query cache
+_QCACHE: "weakref.WeakKeyDictionary[Any, OrderedDict[Hashable, np.ndarray]]" = weakref.WeakKeyDictionary()
+_QCACHE_LOCK = threading.Lock()
+
+
+def cached_query_vector(embedder: Any, key: Hashable, compute: Callable[[], np.ndarray], size: int) -> np.ndarray:
+    """``compute()``, memoised per embedder instance in an LRU of ``size`` entries (0: no cache).
+
+    A query vector is a pure function of the embedder and the query, and embedding it is most of a search's
+    time on a CPU. Agents repeat queries: a LangChain agent's memory middleware searches with the same user
+    message before every model call of a tool loop, and a :class:`~memos_core.os.MemOS` search over several
+    cubes sharing one embedder embeds the same text once per cube. The cache is keyed weakly by the embedder
+    object (it goes when the embedder goes; an embedder that cannot be weakly referenced is never cached) and
+    returns read-only arrays, so no caller can change a cached vector.
+    """
+    if size <= 0:
+        return compute()
+    with _QCACHE_LOCK:
+        try:
+            lru = _QCACHE.get(embedder)
+        except TypeError:  # not weakly referenceable
+            return compute()
+        if lru is not None and key in lru:
+            lru.move_to_end(key)
+            return lru[key]
+    vec = np.array(compute(), dtype=np.float32)  # a private copy, then frozen
+    vec.flags.writeable = False
+    with _QCACHE_LOCK:
+        try:
+            lru = _QCACHE.setdefault(embedder, OrderedDict())
+        except TypeError:
+            return vec
+        lru[key] = vec
+        lru.move_to_end(key)
+        while len(lru) > size:
+            lru.popitem(last=False)
+    return vec

@@ -26,3 +26,114 @@ def test_other_model_shapes_use_the_generic_path() -> None:
 
     assert _mean_pooled_bert(Odd()) is None
     assert _mean_pooled_bert(42) is None
+
+
+# ------------------------------------------------------------------ query-vector cache
+class CountingEmbedder:
+    """emb32 with call counters (a LangChain-style Embeddings)."""
+
+    def __init__(self) -> None:
+        self.queries: list[str] = []
+        self.batches: list[list[str]] = []
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        from conftest import emb32
+
+        self.batches.append(list(texts))
+        return emb32(list(texts)).tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        from conftest import emb32
+
+        self.queries.append(text)
+        return emb32([text])[0].tolist()
+
+
+def _cube(tmp_path, emb, **cfg):
+    from memos_core.cube import MemCube, RetrievalConfig
+
+    cube = MemCube(tmp_path / "c", embedder=emb, retrieval=RetrievalConfig(**cfg))
+    cube.add_many([{"content": f"memory number {i} about sailing to Lisbon"} for i in range(5)])
+    cube.add("Ann keeps a greyhound named Biscuit")
+    return cube
+
+
+def test_repeated_query_is_embedded_once_and_ranks_the_same(tmp_path) -> None:
+    emb = CountingEmbedder()
+    cube = _cube(tmp_path, emb)
+    first = cube.search("Ann greyhound Biscuit", k=3)
+    again = cube.search("Ann greyhound Biscuit", k=3)
+    assert emb.queries.count("Ann greyhound Biscuit") == 1
+    assert [(h.item.id, h.score) for h in first] == [(h.item.id, h.score) for h in again]
+    assert first[0].item.content == "Ann keeps a greyhound named Biscuit"
+    cube.search("sailing to Lisbon", k=3)  # another query is embedded
+    assert len(emb.queries) == 2
+    # a dialogue query (text + last user turn, one batch) is cached as a whole too
+    dialogue = "<Ann>: I miss my dog. <Assistant>: Tell me about him. <Ann>: He is a greyhound."
+    cube.search(dialogue, k=3)
+    cube.search(dialogue, k=3)
+    assert sum(1 for b in emb.batches if len(b) == 2) == 1
+    cube.close()
+
+
+def test_query_cache_is_bounded_and_can_be_disabled(tmp_path) -> None:
+    emb = CountingEmbedder()
+    cube = _cube(tmp_path / "a", emb, query_cache=2)
+    for q in ("one", "two", "three", "one"):  # "one" was evicted by "three"
+        cube.search(q, k=1)
+    assert emb.queries == ["one", "two", "three", "one"]
+    cube.search("three", k=1)
+    assert emb.queries.count("three") == 1
+    cube.close()
+
+    emb2 = CountingEmbedder()
+    off = _cube(tmp_path / "b", emb2, query_cache=0)
+    off.search("same", k=1)
+    off.search("same", k=1)
+    assert emb2.queries == ["same", "same"]
+    off.close()
+
+
+def test_query_cache_setting_is_validated() -> None:
+    import pytest
+
+    from memos_core.cube import RetrievalConfig
+    from memos_core.errors import ValidationError
+
+    for bad in (-1, 1.5, True, "10"):
+        with pytest.raises(ValidationError, match="query_cache"):
+            RetrievalConfig(query_cache=bad)  # type: ignore[arg-type]
+
+
+def test_cubes_sharing_an_embedder_embed_a_query_once(tmp_path) -> None:
+    from memos_core.os import MemOS
+
+    emb = CountingEmbedder()
+    mem = MemOS(tmp_path / "os", embedder=emb)
+    mem.add("Ann lives in Porto", user_id="ann")
+    mem.create_cube("work")
+    mem.add("Ann's manager is Bruno", user_id="ann", cube="work")
+    hits = mem.search("who is Ann's manager?", user_id="ann", cubes=["default", "work"], k=3)
+    assert any("Bruno" in h.item.content for h in hits)
+    assert emb.queries.count("who is Ann's manager?") == 1
+    mem.close()
+
+
+def test_cached_vectors_are_read_only() -> None:
+    import pytest
+
+    from memos_core.embedding import cached_query_vector
+
+    class E:  # any weakly referenceable object will do as the key owner
+        pass
+
+    e = E()
+    v = cached_query_vector(e, "q", lambda: np.ones(4, dtype=np.float32), 8)
+    with pytest.raises(ValueError):
+        v[0] = 5.0
+    assert cached_query_vector(e, "q", lambda: np.zeros(4, dtype=np.float32), 8)[0] == 1.0
+    # an object that cannot be weakly referenced is simply not cached
+    calls = []
+    assert cached_query_vector(1, "q", lambda: calls.append(1) or np.ones(2), 8).shape == (2,)
+    cached_query_vector(1, "q", lambda: calls.append(1) or np.ones(2), 8)
+    assert len(calls) == 2
