@@ -137,3 +137,95 @@ def test_cached_vectors_are_read_only() -> None:
     assert cached_query_vector(1, "q", lambda: calls.append(1) or np.ones(2), 8).shape == (2,)
     cached_query_vector(1, "q", lambda: calls.append(1) or np.ones(2), 8)
     assert len(calls) == 2
+
+
+# ------------------------------------------------------------------ ONNX Runtime query path
+def test_onnx_query_path_gives_the_pytorch_vectors(minilm) -> None:
+    from memos_core.embedding import MiniLMEmbedder
+
+    onnx, torch_ = MiniLMEmbedder(query_backend="onnx"), MiniLMEmbedder(query_backend="torch")
+    docs = minilm.embed_documents(TEXTS)
+    for text, doc in zip(TEXTS, docs):
+        a, b = onnx.embed_query(text), torch_.embed_query(text)
+        assert a.dtype == np.float32 and a.shape == (384,)
+        assert np.abs(a - b).max() < 1e-5 and np.abs(a - doc).max() < 1e-5, text
+
+
+def test_query_backend_is_validated(monkeypatch) -> None:
+    import pytest
+
+    from memos_core.embedding import MiniLMEmbedder
+    from memos_core.errors import ValidationError
+
+    with pytest.raises(ValidationError, match="query_backend"):
+        MiniLMEmbedder(query_backend="tensorrt")
+    monkeypatch.setenv("MEMOS_QUERY_BACKEND", "gpu")
+    with pytest.raises(ValidationError, match="query_backend"):
+        MiniLMEmbedder()
+    monkeypatch.setenv("MEMOS_QUERY_BACKEND", "torch")
+    assert MiniLMEmbedder().query_backend == "torch"
+
+
+def test_a_bad_cached_onnx_file_is_never_used(minilm, monkeypatch, tmp_path) -> None:
+    """A truncated/tampered file, or one whose output disagrees with PyTorch, is deleted and PyTorch serves."""
+    import shutil
+
+    import pytest
+
+    from memos_core import embedding as E
+
+    bert, tok = E._mean_pooled_bert(minilm._model())
+    good = E._onnx_runner(bert, tok, required=True)  # exported (or found) in the user's cache
+    assert good is not None
+    path = E._onnx_path(bert)
+    monkeypatch.setenv("MEMOS_CACHE_DIR", str(tmp_path))
+    mine = E._onnx_path(bert)
+    assert mine != path and str(mine).startswith(str(tmp_path))
+    mine.parent.mkdir(parents=True)
+
+    # garbage bytes: not loaded, deleted, PyTorch serves
+    mine.write_bytes(b"\x08\x01not an onnx model")
+    monkeypatch.setattr(E, "_ONNX", {})
+    assert E._onnx_runner(bert, tok) is None
+    assert not mine.exists()
+    want = E.MiniLMEmbedder(query_backend="torch").embed_query("Where does Ann live?")
+    assert np.abs(E.MiniLMEmbedder().embed_query("Where does Ann live?") - want).max() < 1e-6
+
+    # a readable model that disagrees with PyTorch: refused and deleted
+    shutil.copyfile(path, mine)
+    monkeypatch.setattr(E, "_ONNX", {})
+    monkeypatch.setattr(E._OnnxBert, "hidden", lambda self, texts, n: (np.zeros((len(texts), 3, 384)), None))
+    with pytest.raises(E.ValidationError, match="disagrees"):
+        E._try_load_onnx(bert, tok, mine, required=True)
+    assert not mine.exists()
+    monkeypatch.undo()
+
+
+def test_auto_backend_exports_in_the_background_and_switches_when_ready(minilm, monkeypatch, tmp_path) -> None:
+    import threading
+
+    from memos_core import embedding as E
+
+    monkeypatch.setenv("MEMOS_CACHE_DIR", str(tmp_path))  # nothing cached here
+    monkeypatch.setattr(E, "_ONNX", {})
+    monkeypatch.setattr(E, "_ONNX_JOBS", {})
+    release = threading.Event()
+    marker = np.full(384, 0.05, dtype=np.float32)
+
+    class Fake:
+        def embed(self, text: str, n: int) -> np.ndarray:
+            return marker
+
+    def slow_export(bert, tok, path):
+        release.wait(10)
+        return Fake()
+
+    monkeypatch.setattr(E, "_load_onnx", slow_export)
+    emb = E.MiniLMEmbedder()
+    first = emb.embed_query("Where does Ann live?")  # export still running: PyTorch answers at once
+    assert not np.array_equal(first, marker) and abs(float(np.linalg.norm(first)) - 1) < 1e-5
+    (job,) = E._ONNX_JOBS.values()
+    assert job.is_alive() and not job.daemon
+    release.set()
+    job.join(10)
+    assert np.array_equal(emb.embed_query("Where does Ann live?"), marker)

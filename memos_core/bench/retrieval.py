@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..cube import MemCube
+from ..cube import MemCube, RetrievalConfig
 from ..errors import ValidationError
 from ..reader.offline import OfflineReader, Turn
 
@@ -77,7 +77,8 @@ def run(path: str | Path, *, workdir: str | Path | None = None, embedder: Any = 
     convs = data["conversations"][:limit_conversations] if limit_conversations else data["conversations"]
     tmp = tempfile.TemporaryDirectory(prefix="memos-bench-") if workdir is None else None
     root = Path(workdir or tmp.name)  # type: ignore[union-attr]
-    cube = MemCube(root / "cube", embedder=embedder)
+    # query cache off: every mode's latency includes embedding the query (the modes share queries)
+    cube = MemCube(root / "cube", embedder=embedder, retrieval=RetrievalConfig(query_cache=0))
     cube.embedder.embed_query("warm up")  # load the model outside the timed ingest (a one-time cost)
     reader = OfflineReader()
     accs = {m: _Acc() for m in modes}
