@@ -71,14 +71,18 @@ class _Acc:
 
 def run(path: str | Path, *, workdir: str | Path | None = None, embedder: Any = None,
         modes: tuple[str, ...] = ("hybrid", "dense", "lexical"), limit_conversations: int | None = None,
-        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run the benchmark and return the report dict (``ablations`` holds the non-hybrid modes)."""
+        progress: Callable[[str], None] | None = None, retrieval: RetrievalConfig | None = None) -> dict[str, Any]:
+    """Run the benchmark and return the report dict (``ablations`` holds the non-hybrid modes).
+
+    ``retrieval`` tunes the cube (default: :class:`RetrievalConfig` defaults); its query cache is always off so
+    every mode's latency includes embedding the query (the modes share queries)."""
     data = load_dataset(path)
     convs = data["conversations"][:limit_conversations] if limit_conversations else data["conversations"]
     tmp = tempfile.TemporaryDirectory(prefix="memos-bench-") if workdir is None else None
     root = Path(workdir or tmp.name)  # type: ignore[union-attr]
-    # query cache off: every mode's latency includes embedding the query (the modes share queries)
-    cube = MemCube(root / "cube", embedder=embedder, retrieval=RetrievalConfig(query_cache=0))
+    cfg = retrieval or RetrievalConfig()
+    cfg.query_cache = 0
+    cube = MemCube(root / "cube", embedder=embedder, retrieval=cfg)
     cube.embedder.embed_query("warm up")  # load the model outside the timed ingest (a one-time cost)
     reader = OfflineReader()
     accs = {m: _Acc() for m in modes}

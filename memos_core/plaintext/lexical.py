@@ -17,6 +17,7 @@ s same she should so some such t than that the their theirs them themselves then
 through to too under until up very was wasn we were weren what when where which while who whom why will with
 won would you your yours yourself yourselves yes yeah oh ok okay hey hi hello really just also like get got
 going go know think well much many thing things one lot
+now then still ever anymore currently nowadays lately
 """.split())
 
 _TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
