@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 import numpy as np
 
 from . import lifecycle
-from .embedding import Embedder, cached_query_vector, resolve_embedder
+from .embedding import Embedder, cached_query_vector, peek_query_vector, resolve_embedder
 from .errors import (
     BackendUnavailable,
     Conflict,
@@ -61,7 +61,7 @@ from .items import (
     to_utc,
     utcnow,
 )
-from .plaintext import ChromaVectorIndex, QueryPlan, analyze_query, entity_matches, fts_query, rrf, zscore_fusion
+from .plaintext import ChromaVectorIndex, QueryPlan, analyze_query, entity_matcher, fts_query, rrf, zscore_fusion
 from .records import SQLiteRecordStore
 from .governance import Governance, Right
 from .governance.core import query_digest
@@ -886,12 +886,16 @@ class MemCube:
                 log.exception("search listener %r failed", listener)
         return hits
 
+    def _query_key(self, plan: QueryPlan) -> tuple[str, str | None, float]:
+        fw = self.retrieval.focus_weight
+        return (plan.text, plan.focus if fw > 0 else None, fw)
+
     def _query_vector(self, plan: QueryPlan) -> np.ndarray:
         """The query embedding: the normalised query, plus its last user turn when it is a dialogue.
 
         Memoised per embedder (``RetrievalConfig.query_cache`` entries; see :func:`cached_query_vector`)."""
-        fw = self.retrieval.focus_weight
-        focus = plan.focus if fw > 0 else None
+        key = self._query_key(plan)
+        _, focus, fw = key
 
         def compute() -> np.ndarray:
             if focus:
@@ -900,7 +904,7 @@ class MemCube:
                 return qvec / max(float(np.linalg.norm(qvec)), 1e-12)
             return self._embedder.embed_query(plan.text)
 
-        return cached_query_vector(self._embedder, (plan.text, focus, fw), compute, self.retrieval.query_cache)
+        return cached_query_vector(self._embedder, key, compute, self.retrieval.query_cache)
 
     def _retrieve(self, query: str, mode: str, f: SearchFilter, states: Sequence[LifecycleState], where: str,
                   args: list[Any], k: int) -> list[tuple[Any, float, dict[str, float], dict[str, int]]]:
@@ -916,18 +920,23 @@ class MemCube:
         n_cand = max(cfg.candidates, k)
         ranked: dict[str, list[tuple[int, float]]] = {}
         qvec = None
+        if mode in ("hybrid", "dense") and cfg.query_cache:
+            qvec = peek_query_vector(self._embedder, self._query_key(plan))
         lexical_job = None
         owned = getattr(self.records._lock, "_is_owned", lambda: True)()
-        if mode == "hybrid" and not owned and _SPARE_CORES:
-            # BM25 (SQLite) runs on a worker thread while the query is embedded (torch): both release the GIL,
-            # so on a machine with cores to spare the lexical leg costs no extra wall time. (Not on 2-3 cores:
-            # torch's parallel kernels then wait for the core SQLite took, and the overlap is slower than running
-            # one after the other. Inline too when this thread holds the records lock, e.g. a search from inside
-            # a transaction: the worker could not take it.)
+        if (mode == "hybrid" and qvec is None and not owned
+                and (_SPARE_CORES or (_OVERLAP_ENV != "0" and getattr(self._embedder, "leaves_a_core", False)))):
+            # BM25 (SQLite) runs on a worker thread while the query is embedded: both release the GIL, so with a
+            # core to spare the lexical leg costs no extra wall time. That is the case with >= 4 cores, or when the
+            # embedder leaves a core free (the default MiniLM's ONNX twin). Not with PyTorch on 2-3 cores: its
+            # parallel kernels then wait for the core SQLite took, and the overlap is slower than running one after
+            # the other. Not when the query vector is cached (nothing to overlap), nor when this thread holds the
+            # records lock, e.g. a search from inside a transaction: the worker could not take it.
             lexical_job = _search_pool().submit(self.records.lexical, fts_query(plan.text), where, args, n_cand)
         try:
             if mode in ("hybrid", "dense"):
-                qvec = self._query_vector(plan)
+                if qvec is None:
+                    qvec = self._query_vector(plan)
                 ranked["dense"] = self._dense(qvec, f, states, where, args, n_cand)
         finally:
             if lexical_job is not None:
@@ -957,7 +966,8 @@ class MemCube:
                     rows += self.records._conn.execute(
                         f"SELECT rowid, content FROM items WHERE rowid IN ({','.join('?' * len(chunk))})",
                         chunk).fetchall()
-            bonus = {r: cfg.entity_weight * entity_matches(plan.entities, c or "") for r, c in rows}
+            share = entity_matcher(plan.entities)
+            bonus = {r: cfg.entity_weight * share(c or "") for r, c in rows}
         fused = zscore_fusion(scores, weights, floors, bonus)
         own = {name: {key: i for i, (key, _) in enumerate(lst, start=1)} for name, lst in ranked.items()}
         out = []
@@ -1137,8 +1147,8 @@ def _logistic(z: float) -> float:
 
 _POOL: ThreadPoolExecutor | None = None
 #: whether a hybrid search overlaps BM25 with the query embedding (MEMOS_OVERLAP_LEXICAL=0/1 overrides)
-_SPARE_CORES = (os.environ.get("MEMOS_OVERLAP_LEXICAL") == "1"
-                or (os.environ.get("MEMOS_OVERLAP_LEXICAL") != "0" and (os.cpu_count() or 1) >= 4))
+_OVERLAP_ENV = os.environ.get("MEMOS_OVERLAP_LEXICAL")
+_SPARE_CORES = _OVERLAP_ENV == "1" or (_OVERLAP_ENV != "0" and (os.cpu_count() or 1) >= 4)
 _POOL_LOCK = threading.Lock()
 
 

@@ -2,8 +2,8 @@
 
 from .fusion import rrf, zscore_fusion
 from .lexical import fts_query, terms
-from .query import QueryPlan, analyze_query, entity_matches
+from .query import QueryPlan, analyze_query, entity_matcher, entity_matches
 from .vector import ChromaVectorIndex
 
 __all__ = ["ChromaVectorIndex", "fts_query", "terms", "rrf", "zscore_fusion", "QueryPlan", "analyze_query",
-           "entity_matches"]
+           "entity_matches", "entity_matcher"]

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 from .lexical import STOPWORDS
 
-__all__ = ["QueryPlan", "analyze_query", "ASSISTANT_NAMES", "entity_matches"]
+__all__ = ["QueryPlan", "analyze_query", "ASSISTANT_NAMES", "entity_matches", "entity_matcher"]
 
 #: Speaker names treated as the assistant side of a dialogue (their lines are context, not the user's words).
 ASSISTANT_NAMES = frozenset({"assistant", "ai", "bot", "system", "agent", "chatbot", "model", "gpt"})
@@ -96,10 +97,21 @@ def analyze_query(query: str) -> QueryPlan:
     return QueryPlan(text=text or query, focus=focus, entities=tuple(ents)[:16], turns=tuple(turns))
 
 
+def entity_matcher(entities: tuple[str, ...]) -> "Callable[[str], float]":
+    """A function giving the share of ``entities`` that occur in a text as whole words (case-insensitive); the
+    patterns are compiled once (a search scores every candidate with it)."""
+    if not entities:
+        return lambda text: 0.0
+    pats = [re.compile(r"(?<!\w)" + re.escape(e) + r"(?!\w)") for e in entities]
+    n = len(pats)
+
+    def share(text: str) -> float:
+        low = text.lower()
+        return sum(1 for p in pats if p.search(low)) / n
+
+    return share
+
+
 def entity_matches(entities: tuple[str, ...], text: str) -> float:
     """Share of ``entities`` that occur in ``text`` as whole words (case-insensitive); 0 when there are none."""
-    if not entities:
-        return 0.0
-    low = text.lower()
-    found = sum(1 for e in entities if re.search(r"(?<!\w)" + re.escape(e) + r"(?!\w)", low))
-    return found / len(entities)
+    return entity_matcher(entities)(text)
