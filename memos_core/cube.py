@@ -899,7 +899,8 @@ class MemCube:
 
         def compute() -> np.ndarray:
             if focus:
-                v = self._embedder.embed_documents([plan.text, focus])
+                both = getattr(self._embedder, "embed_queries", None) or self._embedder.embed_documents
+                v = both([plan.text, focus])
                 qvec = v[0] + fw * v[1]
                 return qvec / max(float(np.linalg.norm(qvec)), 1e-12)
             return self._embedder.embed_query(plan.text)
@@ -925,10 +926,10 @@ class MemCube:
         lexical_job = None
         owned = getattr(self.records._lock, "_is_owned", lambda: True)()
         if (mode == "hybrid" and qvec is None and not owned
-                and (_SPARE_CORES or (_OVERLAP_ENV != "0" and getattr(self._embedder, "leaves_a_core", False)))):
-            # BM25 (SQLite) runs on a worker thread while the query is embedded: both release the GIL, so with a
-            # core to spare the lexical leg costs no extra wall time. That is the case with >= 4 cores, or when the
-            # embedder leaves a core free (the default MiniLM's ONNX twin). Not with PyTorch on 2-3 cores: its
+                and (_SPARE_CORES or (_OVERLAP_ENV != "0" and getattr(self._embedder, "overlaps_well", False)))):
+            # BM25 (SQLite) runs on a worker thread while the query is embedded: both release the GIL, so the
+            # lexical leg costs little extra wall time. That holds with >= 4 cores, or when the embedder's threads
+            # do not busy-wait (the default MiniLM's ONNX twin: `overlaps_well`). Not with PyTorch on 2-3 cores: its
             # parallel kernels then wait for the core SQLite took, and the overlap is slower than running one after
             # the other. Not when the query vector is cached (nothing to overlap), nor when this thread holds the
             # records lock, e.g. a search from inside a transaction: the worker could not take it.

@@ -229,3 +229,12 @@ def test_auto_backend_exports_in_the_background_and_switches_when_ready(minilm, 
     release.set()
     job.join(10)
     assert np.array_equal(emb.embed_query("Where does Ann live?"), marker)
+
+
+def test_embed_queries_matches_the_document_path(minilm) -> None:
+    from memos_core.embedding import MiniLMEmbedder
+
+    for backend in ("onnx", "torch"):
+        got = MiniLMEmbedder(query_backend=backend).embed_queries(TEXTS)
+        assert got.shape == (len(TEXTS), 384) and got.dtype == np.float32
+        assert np.abs(got - minilm.embed_documents(TEXTS)).max() < 1e-5, backend
