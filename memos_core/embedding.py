@@ -255,6 +255,8 @@ def _onnx_runner(bert: Any, tok: Any, required: bool = False) -> _OnnxBert | Non
             if path.exists() or required:
                 _ONNX[key] = _try_load_onnx(bert, tok, path, required)
             else:
+                log.warning("preparing a faster query encoder: a one-time ONNX export of the embedding model to %s "
+                            "(seconds, in the background; PyTorch serves queries meanwhile)", path.parent)
                 job = threading.Thread(target=lambda: _ONNX.__setitem__(key, _try_load_onnx(bert, tok, path, False)),
                                        name="memos-onnx-export", daemon=False)
                 _ONNX_JOBS[key] = job
@@ -273,7 +275,8 @@ def _try_load_onnx(bert: Any, tok: Any, path: Path, required: bool) -> _OnnxBert
     except Exception as exc:  # noqa: BLE001 - any failure: the PyTorch path still works
         if required:
             raise ValidationError(f"query_backend='onnx' is unavailable: {exc}") from exc
-        log.info("ONNX Runtime query path unavailable (%s); using PyTorch", exc)
+        log.warning("fast query encoder unavailable (%s); queries use PyTorch (MEMOS_QUERY_BACKEND=torch silences "
+                    "this)", exc)
         return None
 
 
