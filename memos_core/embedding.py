@@ -239,10 +239,11 @@ def _onnx_runner(bert: Any, tok: Any, required: bool = False) -> _OnnxBert | Non
     The twin is exported once per model and library versions into the cache folder (``$MEMOS_CACHE_DIR``, else
     ``~/.cache/memos``). With ``required=False`` the export (seconds, once) runs on a background thread and queries
     use PyTorch until it is ready; a twin already in the cache is loaded at once. The thread is not a daemon: a
-    process that ends during the export waits for it (killing a thread inside PyTorch aborts the interpreter). Every load is checked: the twin
-    must give the PyTorch hidden states (max abs difference 1e-4) on probe texts, else the file is deleted and
-    not used. Missing ONNX Runtime, ``onnx`` package or exporter: PyTorch, logged once. ``required=True`` waits
-    and raises :class:`ValidationError` instead. An ONNX file is a protobuf graph: no code runs from it.
+    process that ends during the export waits for it (killing a thread inside PyTorch aborts the interpreter).
+    Every load is checked: the twin must give the PyTorch hidden states (max abs difference 1e-4) on probe texts,
+    through both of its sessions, else the file is deleted and not used. Missing ONNX Runtime, ``onnx`` package
+    or exporter: PyTorch, with one warning. ``required=True`` waits and raises :class:`ValidationError` instead.
+    An ONNX file is a protobuf graph: no code runs from it.
     """
     key = id(bert)
     runner = _ONNX.get(key)
