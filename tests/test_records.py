@@ -114,3 +114,19 @@ def test_lexical_work_budget_keeps_the_rarest_terms(cube) -> None:
     assert {h.item.id for h in hits} == {i.id for i in common}
     cube.records.lexical_match_budget = 10**9
     assert len(cube.search("weather today", mode="lexical", k=200)) == 105
+
+
+def test_reads_are_memory_mapped_and_the_size_is_configurable(tmp_path, monkeypatch) -> None:
+    from memos_core.errors import ValidationError
+
+    store = SQLiteRecordStore(tmp_path / "a.sqlite3")
+    assert store._conn.execute("PRAGMA mmap_size").fetchone()[0] == 1 << 30
+    store.close()
+    monkeypatch.setenv("MEMOS_SQLITE_MMAP", "0")
+    off = SQLiteRecordStore(tmp_path / "b.sqlite3")
+    assert off._conn.execute("PRAGMA mmap_size").fetchone()[0] == 0
+    off.close()
+    monkeypatch.setenv("MEMOS_SQLITE_MMAP", "lots")
+    with pytest.raises(ValidationError, match="MEMOS_SQLITE_MMAP"):
+        SQLiteRecordStore(tmp_path / "c.sqlite3")
+    assert not (tmp_path / "c.sqlite3").exists()  # refused before anything was created
