@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, Sequence
 
@@ -37,10 +38,10 @@ def _actor() -> str:
     return _PRINCIPAL or os.environ.get("MEMOS_PRINCIPAL") or "local"
 
 
-def _cube(path: str, create: bool = False) -> Any:
+def _cube(path: str, create: bool = False, embedder: Any = None) -> Any:
     from .cube import MemCube
 
-    return MemCube(path, create=create, actor=_actor())
+    return MemCube(path, create=create, actor=_actor(), embedder=embedder)
 
 
 def _print_json(obj: Any) -> None:
@@ -68,7 +69,12 @@ def cmd_add(a: argparse.Namespace) -> None:
 
 
 def cmd_search(a: argparse.Namespace) -> None:
-    with _cube(a.dir) as cube:
+    from .embedding import MiniLMEmbedder
+
+    # One query per process: loading and checking the ONNX query twin (or exporting it) would cost more than it
+    # saves, so a one-shot search embeds with PyTorch unless the user chose a backend (same model, same vectors).
+    emb = MiniLMEmbedder(query_backend=os.environ.get("MEMOS_QUERY_BACKEND") or "torch")
+    with _cube(a.dir, embedder=emb) as cube:
         hits = cube.search(a.query, k=a.k, user_id=a.user, mode=a.mode)
         if a.json:
             _print_json([h.model_dump(mode="json") for h in hits])
