@@ -251,6 +251,9 @@ def _onnx_runner(bert: Any, tok: Any, required: bool = False) -> _OnnxBert | Non
         return runner
     with _MODEL_LOCK:
         job = _ONNX_JOBS.get(key)
+        if job is not None and not job.is_alive() and key not in _ONNX:
+            del _ONNX_JOBS[key]  # finished, and its outcome was forgotten: try again
+            job = None
         if key not in _ONNX and job is None:
             path = _onnx_path(bert)
             if path.exists() or required:
