@@ -137,9 +137,7 @@ class MiniLMEmbedder:
         runner = _onnx_runner(*parts, required=self.query_backend == "onnx") if parts else None
         if runner is None or not texts:
             return self.embed_documents(texts)
-        h, mask = runner.hidden(texts, model.max_seq_length)
-        vecs = (h * mask[:, :, None]).sum(1, dtype=np.float32) / np.maximum(mask.sum(1, keepdims=True), 1e-9)
-        return (vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+        return runner.embed_many(texts, model.max_seq_length)
 
     @property
     def overlaps_well(self) -> bool:
@@ -216,10 +214,14 @@ class _OnnxBert:
         mask = np.asarray(enc["attention_mask"], dtype=np.float32)
         return self._session(int(mask.size)).run(None, feed)[0], mask
 
+    def embed_many(self, texts: list[str], max_length: int) -> np.ndarray:
+        """Mean-pooled (over the attention mask), L2-normalised float32 vectors: the PyTorch path's pooling."""
+        h, mask = self.hidden(texts, max_length)
+        vecs = (h * mask[:, :, None]).sum(1, dtype=np.float32) / np.maximum(mask.sum(1, keepdims=True), 1e-9)
+        return (vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
     def embed(self, text: str, max_length: int) -> np.ndarray:
-        h, mask = self.hidden([text], max_length)
-        vec = (h[0] * mask[0][:, None]).sum(0, dtype=np.float32) / max(float(mask[0].sum()), 1e-9)
-        return (vec / max(float(np.linalg.norm(vec)), 1e-12)).astype(np.float32)
+        return self.embed_many([text], max_length)[0]
 
 
 _ONNX: dict[int, _OnnxBert | None] = {}  # id(bert) -> twin, or None when it cannot be had in this process
@@ -467,13 +469,16 @@ _QCACHE_LOCK = threading.Lock()
 
 
 def peek_query_vector(embedder: Any, key: Hashable) -> np.ndarray | None:
-    """The cached vector for ``key`` if there is one (no computation, no LRU update)."""
+    """The cached vector for ``key`` if there is one (marked as just used), else None; never computes."""
     with _QCACHE_LOCK:
         try:
             lru = _QCACHE.get(embedder)
         except TypeError:
             return None
-        return None if lru is None else lru.get(key)
+        if lru is None or key not in lru:
+            return None
+        lru.move_to_end(key)
+        return lru[key]
 
 
 def cached_query_vector(embedder: Any, key: Hashable, compute: Callable[[], np.ndarray], size: int) -> np.ndarray:

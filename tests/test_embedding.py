@@ -238,3 +238,29 @@ def test_embed_queries_matches_the_document_path(minilm) -> None:
         got = MiniLMEmbedder(query_backend=backend).embed_queries(TEXTS)
         assert got.shape == (len(TEXTS), 384) and got.dtype == np.float32
         assert np.abs(got - minilm.embed_documents(TEXTS)).max() < 1e-5, backend
+
+
+def test_a_cached_query_in_use_is_not_the_one_evicted(tmp_path) -> None:
+    emb = CountingEmbedder()
+    cube = _cube(tmp_path, emb, query_cache=2)
+    for q in ("one", "two", "one", "three", "one"):  # re-using "one" keeps it; "two" is the least recent
+        cube.search(q, k=1)
+    assert emb.queries == ["one", "two", "three"]
+    cube.close()
+
+
+def test_bench_leaves_the_callers_config_alone(tmp_path) -> None:
+    import json
+
+    from memos_core.bench.retrieval import run
+    from memos_core.cube import RetrievalConfig
+
+    data = {"name": "tiny", "conversations": [{"id": "c", "sessions": [{"id": "s", "date": "2024-01-02", "turns": [
+        {"id": "t1", "speaker": "Ann", "text": "I adopted a greyhound named Biscuit"},
+        {"id": "t2", "speaker": "Bob", "text": "We sailed to Lisbon last spring"}]}],
+        "queries": [{"id": "q", "text": "What is Ann's dog called?", "evidence": ["t1"], "category": "x"}]}]}
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(data))
+    cfg = RetrievalConfig(query_cache=64)
+    rep = run(path, embedder=CountingEmbedder(), modes=("hybrid",), retrieval=cfg)
+    assert rep["queries"] == 1 and cfg.query_cache == 64

@@ -11,6 +11,7 @@ throughput, for hybrid retrieval and, in the same process on the same cube, dens
 
 from __future__ import annotations
 
+import copy
 import json
 import statistics
 import tempfile
@@ -80,7 +81,7 @@ def run(path: str | Path, *, workdir: str | Path | None = None, embedder: Any = 
     convs = data["conversations"][:limit_conversations] if limit_conversations else data["conversations"]
     tmp = tempfile.TemporaryDirectory(prefix="memos-bench-") if workdir is None else None
     root = Path(workdir or tmp.name)  # type: ignore[union-attr]
-    cfg = retrieval or RetrievalConfig()
+    cfg = copy.copy(retrieval) if retrieval is not None else RetrievalConfig()  # the caller's config stays as it was
     cfg.query_cache = 0
     cube = MemCube(root / "cube", embedder=embedder, retrieval=cfg)
     cube.embedder.embed_query("warm up")  # load the model outside the timed ingest (a one-time cost)
