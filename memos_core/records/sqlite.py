@@ -16,7 +16,6 @@ This is the one place MemOS cannot lose. Design points a user can rely on:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
@@ -24,11 +23,12 @@ import threading
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import CorruptData, CubeClosed, NotFound, ValidationError
+from ..errors import Conflict, CorruptData, CubeClosed, NotFound, SchemaVersionError, ValidationError
+from .base import GENESIS_HASH, CompiledFilter, IndexRow, RecordStore, canonical_json, event_hash
 from ..items import (
     LifecycleState,
     MemoryForm,
@@ -42,7 +42,7 @@ from ..items import (
     Usage,
 )
 
-__all__ = ["SQLiteRecordStore", "RECORDS_SCHEMA_VERSION"]
+__all__ = ["SQLiteRecordStore", "RECORDS_SCHEMA_VERSION", "GENESIS_HASH", "event_hash"]
 
 RECORDS_SCHEMA_VERSION = 1
 
@@ -91,8 +91,6 @@ CREATE TABLE IF NOT EXISTS vec_pending(item_rowid INTEGER PRIMARY KEY);
 CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(text, content='', tokenize='porter unicode61 remove_diacritics 2');
 """
 
-GENESIS_HASH = "0" * 64
-
 _ITEM_COLS = (
     "rowid, id, cube_id, content, index_text, form, kind, user_id, agent_id, session_id, state, version, "
     "created_at, updated_at, event_time, valid_until, expires_at, provenance, tags, metadata, confidence, "
@@ -116,19 +114,14 @@ def _dt(ts: float | None) -> datetime | None:
     return None if ts is None else datetime.fromtimestamp(ts, tz=timezone.utc)
 
 
-def _canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+_canonical = canonical_json
 
 
-def event_hash(prev_hash: str, seq: int, at: float, actor: str | None, op: str, item_id: str | None,
-               outcome: str, detail: str) -> str:
-    """The hash of one event record: sha256 over the previous hash and the record's canonical JSON."""
-    body = _canonical([seq, repr(float(at)), actor, op, item_id, outcome, detail])
-    return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
+class SQLiteRecordStore(RecordStore):
+    """The durable system of record for one cube (one SQLite file). Implements :class:`RecordStore`."""
 
-
-class SQLiteRecordStore:
-    """The durable system of record for one cube (one SQLite file)."""
+    backend = "sqlite"
+    schema_version = RECORDS_SCHEMA_VERSION
 
     def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
@@ -164,6 +157,10 @@ class SQLiteRecordStore:
                     row = c.execute("SELECT value FROM meta WHERE key='records_schema'").fetchone()
                     if row is None:
                         c.execute("INSERT INTO meta(key, value) VALUES('records_schema', ?)", (str(RECORDS_SCHEMA_VERSION),))
+                    elif int(row[0]) > RECORDS_SCHEMA_VERSION:
+                        raise SchemaVersionError(
+                            f"records database {self.path} has schema version {row[0]}; this MemOS understands up to "
+                            f"{RECORDS_SCHEMA_VERSION}. Upgrade memos-langchain-llamaindex to open it.")
             quick = c.execute("PRAGMA quick_check").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             raise CorruptData(f"records database {self.path} cannot be opened: {exc}") from exc
@@ -406,16 +403,22 @@ class SQLiteRecordStore:
     def replace_item(self, c: sqlite3.Connection, rowid: int, item: MemoryItem, vec: np.ndarray | None,
                      indexed: bool, new_version: bool, author: str | None, reason: str | None) -> None:
         """Write the item's current row (and a version snapshot when ``new_version``), re-indexing as needed."""
-        self._unindex(c, rowid)
         p = self._item_params(item)
         p["rowid"] = rowid
-        c.execute(
+        p["prev"] = item.version - 1 if new_version else item.version
+        # Checked against the stored version: a writer that read the item before another process committed a
+        # new version gets Conflict (the transaction rolls back), never a lost or duplicated version.
+        cur = c.execute(
             "UPDATE items SET content=:content, index_text=:index_text, form=:form, kind=:kind, user_id=:user_id, "
             "agent_id=:agent_id, session_id=:session_id, state=:state, version=:version, updated_at=:updated_at, "
             "event_time=:event_time, valid_until=:valid_until, expires_at=:expires_at, provenance=:provenance, "
-            "tags=:tags, metadata=:metadata, confidence=:confidence WHERE rowid=:rowid",
+            "tags=:tags, metadata=:metadata, confidence=:confidence WHERE rowid=:rowid AND version=:prev",
             p,
         )
+        if cur.rowcount != 1:
+            raise Conflict(f"memory {item.id!r} was changed by another writer (it is no longer at version "
+                           f"{p['prev']}); read it again and retry")
+        self._unindex(c, rowid)
         if new_version:
             c.execute("INSERT INTO versions(item_id, version, snapshot) VALUES(?, ?, ?)",
                       (item.id, item.version, self.snapshot(item, author, reason).model_dump_json()))
@@ -714,12 +717,19 @@ class SQLiteRecordStore:
             self._index(c, rowid, item, vec)
         return rowid
 
-    def raw_events(self) -> list[tuple[Any, ...]]:
-        """Every event row verbatim (seq, at, actor, op, item_id, outcome, detail, prev_hash, hash)."""
+    def raw_events(self, item_id: str | None = None, limit: int | None = None) -> list[tuple[Any, ...]]:
+        """Event rows verbatim (seq, at, actor, op, item_id, outcome, detail, prev_hash, hash), in chain order."""
+        q = "SELECT seq, at, actor, op, item_id, outcome, detail, prev_hash, hash FROM events"
+        args: list[Any] = []
+        if item_id is not None:
+            q += " WHERE item_id=?"
+            args.append(item_id)
+        q += " ORDER BY seq"
+        if limit is not None:
+            q += " LIMIT ?"
+            args.append(limit)
         with self._lock:
-            return self._conn.execute(
-                "SELECT seq, at, actor, op, item_id, outcome, detail, prev_hash, hash FROM events ORDER BY seq"
-            ).fetchall()
+            return self._conn.execute(q, args).fetchall()
 
     def restore_events(self, c: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> bool:
         """Copy an exported event chain verbatim into an empty log (so it still verifies). False if not empty."""
@@ -728,3 +738,242 @@ class SQLiteRecordStore:
         c.executemany("INSERT INTO events(seq, at, actor, op, item_id, outcome, detail, prev_hash, hash) "
                       "VALUES(?,?,?,?,?,?,?,?,?)", [tuple(r) for r in rows])
         return True
+
+    # ================================================================== the RecordStore seam (records/base.py)
+    # The SQL that cube.py and governance/ used to run through ``_conn`` lives below, behind typed methods.
+    def stored_schema_version(self) -> int:
+        raw = self.get_meta("records_schema")
+        return int(raw) if raw is not None else RECORDS_SCHEMA_VERSION
+
+    def _read(self, c: sqlite3.Connection | None) -> sqlite3.Connection:
+        return self._conn if c is None else c
+
+    def rowids_of(self, ids: Sequence[str], c: sqlite3.Connection | None = None) -> dict[str, tuple[int, str]]:
+        out: dict[str, tuple[int, str]] = {}
+        with self._lock:
+            conn = self._read(c)
+            for s in range(0, len(ids), 500):
+                chunk = list(ids[s:s + 500])
+                for iid, rowid, state in conn.execute(
+                        f"SELECT id, rowid, state FROM items WHERE id IN ({','.join('?' * len(chunk))})", chunk):
+                    out[iid] = (rowid, state)
+        return out
+
+    def count_by_state(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._conn.execute("SELECT state, COUNT(*) FROM items GROUP BY state").fetchall())
+
+    def items_citing(self, c: sqlite3.Connection, parent_id: str) -> list[tuple[str, str]]:
+        pat = json.dumps(parent_id)[1:-1]
+        return [(r[0], r[1]) for r in c.execute(
+            "SELECT id, provenance FROM items WHERE provenance LIKE ? OR provenance LIKE ?",
+            (f'%"{pat}"%', f'%"{pat}@%')).fetchall()]
+
+    def expired_ids(self, now: float, states: Sequence[LifecycleState]) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._conn.execute(
+                "SELECT id FROM items WHERE expires_at IS NOT NULL AND expires_at <= ? AND state IN "
+                f"({','.join('?' * len(states))}) ORDER BY rowid", (now, *[s.value for s in states]))]
+
+    def mark_pending(self, c: sqlite3.Connection, rowid: int) -> None:
+        c.execute("INSERT OR IGNORE INTO vec_pending(item_rowid) VALUES(?)", (rowid,))
+        self._pending_done.discard(rowid)
+
+    def refresh_expiry(self, c: sqlite3.Connection, item_id: str, expires_at: float, now: float,
+                       states: Sequence[LifecycleState]) -> bool:
+        cur = c.execute(
+            "UPDATE items SET expires_at=? WHERE id=? AND expires_at IS NOT NULL AND expires_at > ? "
+            f"AND state IN ({','.join('?' * len(states))})", (expires_at, item_id, now, *[s.value for s in states]))
+        return bool(cur.rowcount)
+
+    def append_event_alone(self, at: float, actor: str | None, op: str, item_id: str | None,
+                           outcome: str, detail: Mapping[str, Any]) -> str:
+        # Not transaction(): that would also flush the buffered bookkeeping, and a refused or failed attempt
+        # must leave no other trace than its record.
+        with self._lock:
+            c = self._conn
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                h = self.append_event(c, at, actor, op, item_id, outcome=outcome, detail=dict(detail))
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+        return h
+
+    def event_counter(self) -> int | None:
+        with self._lock:
+            try:
+                top = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
+            except sqlite3.OperationalError:
+                top = None
+        return None if top is None else int(top[0])
+
+    def has_events(self, c: sqlite3.Connection | None = None) -> bool:
+        with self._lock:
+            return self._read(c).execute("SELECT 1 FROM events LIMIT 1").fetchone() is not None
+
+    def audit_head(self) -> tuple[int, str] | None:
+        with self._lock:
+            row = self._conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        return None if row is None else (int(row[0]), row[1])
+
+    def compile_filter(self, f: SearchFilter, states: Sequence[LifecycleState], now: float) -> CompiledFilter:
+        where, args = self.filter_sql(f, states, now)
+        return CompiledFilter(where, args)
+
+    def embeddings_of(self, rowids: Sequence[int]) -> tuple[list[int], list[bytes]]:
+        keep: list[int] = []
+        blobs: list[bytes] = []
+        with self._lock:
+            for s in range(0, len(rowids), 900):
+                chunk = list(rowids[s:s + 900])
+                for r, blob in self._conn.execute(
+                        f"SELECT item_rowid, vec FROM embeddings WHERE item_rowid IN ({','.join('?' * len(chunk))})",
+                        chunk):
+                    keep.append(r)
+                    blobs.append(blob)
+        return keep, blobs
+
+    def rowids_passing(self, ids: Sequence[str], cf: CompiledFilter) -> dict[str, int]:
+        if not ids:
+            return {}
+        where, args = cf
+        # INDEXED BY the unique id index: without statistics SQLite guesses that an equality on an indexed
+        # column (state, user_id) matches ~10 rows and walks that index instead -- every row in the searchable
+        # states, ~15 ms per query at 20k memories, instead of one lookup per candidate.
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT id, rowid FROM items INDEXED BY sqlite_autoindex_items_1 WHERE id IN "
+                f"({','.join('?' * len(ids))}) AND {where}", (*ids, *args)
+            ).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def contents(self, rowids: Sequence[int]) -> dict[int, str]:
+        out: dict[int, str] = {}
+        with self._lock:
+            for s in range(0, len(rowids), 900):
+                chunk = list(rowids[s:s + 900])
+                out.update(self._conn.execute(
+                    f"SELECT rowid, content FROM items WHERE rowid IN ({','.join('?' * len(chunk))})",
+                    chunk).fetchall())
+        return out
+
+    def list_rowids(self, cf: CompiledFilter, order: str, limit: int, offset: int) -> list[int]:
+        where, args = cf
+        col = "rowid" if order == "created" else "COALESCE(event_time, created_at), rowid"
+        with self._lock:
+            return [r[0] for r in self._conn.execute(
+                f"SELECT rowid FROM items WHERE {where} ORDER BY {col} LIMIT ? OFFSET ?", (*args, limit, offset))]
+
+    def distinct_metadata(self, key: str, cf: CompiledFilter, limit: int) -> list[Any]:
+        where, args = cf
+        path = "$." + ".".join(f'"{part}"' for part in key.split("."))
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT DISTINCT json_extract(metadata, ?) FROM items WHERE {where} "
+                "AND json_type(metadata, ?) IS NOT NULL LIMIT ?", (path, *args, path, limit)
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def index_rows(self, rowids: Sequence[int]) -> list[IndexRow]:
+        out: list[IndexRow] = []
+        with self._lock:
+            for start in range(0, len(rowids), 900):
+                chunk = list(rowids[start:start + 900])
+                out += [IndexRow(*r) for r in self._conn.execute(
+                    "SELECT i.rowid, i.id, i.state, i.kind, i.user_id, i.agent_id, i.session_id, e.vec FROM items i "
+                    "LEFT JOIN embeddings e ON e.item_rowid = i.rowid "
+                    f"WHERE i.rowid IN ({','.join('?' * len(chunk))}) ORDER BY i.rowid", chunk)]
+        return out
+
+    # ------------------------------------------------------------------ governance tables
+    _GOV_TABLES = (
+        "CREATE TABLE IF NOT EXISTS gov_principals(id TEXT PRIMARY KEY, kind TEXT NOT NULL, created_at REAL NOT NULL, "
+        "created_by TEXT)",
+        "CREATE TABLE IF NOT EXISTS gov_acl(principal TEXT PRIMARY KEY, role TEXT NOT NULL, granted_by TEXT, "
+        "granted_at REAL NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS gov_settings(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        # ids erased from the records whose vector-index rows may still exist (applied after commit / on open)
+        "CREATE TABLE IF NOT EXISTS gov_forget_pending(item_id TEXT PRIMARY KEY)",
+    )
+
+    def governance_ready(self) -> bool:
+        with self._lock:
+            conn = self._conn
+            have = {r[0] for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name LIKE 'gov_%'")}
+            return {"gov_principals", "gov_acl", "gov_settings", "gov_forget_pending"} <= have and \
+                conn.execute("SELECT COUNT(*) FROM gov_acl").fetchone()[0] > 0
+
+    def bootstrap_governance(self, c: sqlite3.Connection, owner: str, owner_kind: str, now: float,
+                             redaction_key: str) -> bool:
+        for stmt in self._GOV_TABLES:
+            c.execute(stmt)
+        if c.execute("SELECT COUNT(*) FROM gov_acl").fetchone()[0]:
+            return False
+        c.execute("INSERT OR IGNORE INTO gov_principals(id, kind, created_at, created_by) VALUES(?,?,?,?)",
+                  (owner, owner_kind, now, owner))
+        c.execute("INSERT INTO gov_acl(principal, role, granted_by, granted_at) VALUES(?,?,?,?)",
+                  (owner, "owner", owner, now))
+        c.execute("INSERT OR IGNORE INTO gov_settings(key, value) VALUES('redaction_key', ?)", (redaction_key,))
+        return True
+
+    def grants(self, c: sqlite3.Connection | None = None,
+               principal: str | None = None) -> list[tuple[str, str, str, str | None, float]]:
+        q = ("SELECT a.principal, COALESCE(p.kind, 'user'), a.role, a.granted_by, a.granted_at FROM gov_acl a "
+             "LEFT JOIN gov_principals p ON p.id = a.principal")
+        args: tuple[Any, ...] = ()
+        if principal is not None:
+            q += " WHERE a.principal=?"
+            args = (principal,)
+        with self._lock:
+            return [tuple(r) for r in self._read(c).execute(q + " ORDER BY a.principal", args)]  # type: ignore[misc]
+
+    def role(self, principal: str, c: sqlite3.Connection | None = None) -> str | None:
+        with self._lock:
+            row = self._read(c).execute("SELECT role FROM gov_acl WHERE principal=?", (principal,)).fetchone()
+        return None if row is None else row[0]
+
+    def count_role(self, c: sqlite3.Connection, role: str) -> int:
+        return c.execute("SELECT COUNT(*) FROM gov_acl WHERE role=?", (role,)).fetchone()[0]
+
+    def principal_kind(self, c: sqlite3.Connection, principal: str) -> str | None:
+        row = c.execute("SELECT kind FROM gov_principals WHERE id=?", (principal,)).fetchone()
+        return None if row is None else row[0]
+
+    def add_principal(self, c: sqlite3.Connection, principal: str, kind: str, now: float,
+                      created_by: str | None) -> None:
+        c.execute("INSERT INTO gov_principals(id, kind, created_at, created_by) VALUES(?,?,?,?)",
+                  (principal, kind, now, created_by))
+
+    def put_grant(self, c: sqlite3.Connection, principal: str, role: str, granted_by: str | None, at: float) -> None:
+        c.execute("INSERT INTO gov_acl(principal, role, granted_by, granted_at) VALUES(?,?,?,?) "
+                  "ON CONFLICT(principal) DO UPDATE SET role=excluded.role, granted_by=excluded.granted_by, "
+                  "granted_at=excluded.granted_at", (principal, role, granted_by, at))
+
+    def delete_grant(self, c: sqlite3.Connection, principal: str) -> None:
+        c.execute("DELETE FROM gov_acl WHERE principal=?", (principal,))
+
+    def governance_settings(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._conn.execute("SELECT key, value FROM gov_settings").fetchall())
+
+    def put_settings(self, c: sqlite3.Connection, values: Mapping[str, str]) -> None:
+        c.executemany("INSERT INTO gov_settings(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET "
+                      "value=excluded.value", list(values.items()))
+
+    def add_forget_pending(self, c: sqlite3.Connection, ids: Sequence[str]) -> None:
+        c.executemany("INSERT OR IGNORE INTO gov_forget_pending(item_id) VALUES(?)", [(i,) for i in ids])
+
+    def forget_pending(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._conn.execute("SELECT item_id FROM gov_forget_pending")]
+
+    def clear_forget_pending(self, ids: Sequence[str]) -> None:
+        with self.transaction() as c:
+            c.executemany("DELETE FROM gov_forget_pending WHERE item_id=?", [(i,) for i in ids])
+
+    def compact_erased(self) -> None:
+        self.optimize_lexical()
+        self.checkpoint()

@@ -1,0 +1,434 @@
+"""The record-store seam: one typed interface for the system of record, whatever engine holds it.
+
+In the spirit of LangGraph's ``BaseStore``: a backend implements a small set of typed primitive operations
+(the abstract methods below) and everything else is derived here once, so SQLite (the embedded default) and
+PostgreSQL (shared by many workers) behave the same and pass the same contract suite
+(``tests/test_records_contract.py``). Nothing outside ``memos_core/records/`` speaks SQL.
+
+What every backend guarantees (and the contract suite checks):
+
+* **Transactions.** :meth:`RecordStore.transaction` yields an opaque handle (:data:`Txn`); every write method
+  takes it, and the whole block commits durably (fsync'd) or not at all. Reads made with the handle see the
+  block's own writes. Reads made without it see committed data only.
+* **Versions.** :meth:`replace_item` with ``new_version`` writes version ``item.version`` only if the stored
+  row is still at ``item.version - 1``; otherwise it raises :class:`~memos_core.errors.Conflict` and the
+  transaction rolls back. Concurrent writers therefore end in success or ``Conflict``, never a lost or a
+  duplicated version, and versions stay contiguous.
+* **The audit chain** (:meth:`append_event`) is one hash chain per cube; appends are serialized per cube (a
+  lock held until commit), so concurrent writers on many hosts still produce one verifiable chain. Sequence
+  numbers never repeat: the high-water mark is kept transactionally, so a deleted tail shows as a gap.
+* **Derived indexes.** The lexical index lives with the records and changes in the same transaction. The
+  vector index (Chroma) is derived: a write that changes what should be in it marks the row *pending* in the
+  same transaction; the cube pushes pending rows after commit (:meth:`index_rows`) and clears them
+  (:meth:`mark_vectors_applied`). The records can never be rebuilt from the vector index.
+* **Erasure.** :meth:`erase_item` leaves no content in live rows (item, versions, transitions, embedding,
+  lexical entries, pending marks). What the engine keeps below the live rows (SQLite free pages are
+  overwritten: ``secure_delete``; PostgreSQL dead tuples and WAL until VACUUM/checkpoint) is documented per
+  backend, and :meth:`compact_erased` is the hook that removes it as far as the engine allows.
+* **Unavailability.** A backend that cannot be reached raises :class:`~memos_core.errors.BackendUnavailable`
+  (typed, retryable); nothing is half-written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
+from datetime import datetime, timezone
+from typing import Any, Iterable, Iterator, Literal, Mapping, NamedTuple, Sequence
+
+import numpy as np
+
+from ..items import LifecycleState, MemoryItem, MemoryVersion, SearchFilter, Transition
+
+__all__ = [
+    "RecordStore",
+    "CompiledFilter",
+    "Txn",
+    "IndexRow",
+    "EventRow",
+    "GENESIS_HASH",
+    "event_hash",
+    "canonical_json",
+    "match_terms",
+]
+
+#: The hash a chain starts from (``prev_hash`` of the first record).
+GENESIS_HASH = "0" * 64
+
+#: An open transaction of a backend (a connection or cursor); opaque outside ``records/``.
+Txn = Any
+
+#: One audit record verbatim: (seq, at, actor, op, item_id, outcome, detail JSON text, prev_hash, hash).
+EventRow = tuple[int, float, "str | None", str, "str | None", str, str, str, str]
+
+
+class IndexRow(NamedTuple):
+    """What the vector index needs for one row (``vec`` is None when the item has no embedding now)."""
+
+    rowid: int
+    id: str
+    state: str
+    kind: str
+    user_id: str | None
+    agent_id: str | None
+    session_id: str | None
+    vec: bytes | None
+
+
+class CompiledFilter(NamedTuple):
+    """A :class:`SearchFilter` compiled by one backend for one query (opaque to callers: pass it back to the
+    same store's :meth:`RecordStore.lexical`, :meth:`~RecordStore.filtered_vectors`, ... ). It unpacks as
+    ``where, args`` for code written before the seam."""
+
+    where: str
+    args: list[Any]
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def event_hash(prev_hash: str, seq: int, at: float, actor: str | None, op: str, item_id: str | None,
+               outcome: str, detail: str) -> str:
+    """The hash of one event record: sha256 over the previous hash and the record's canonical JSON."""
+    body = canonical_json([seq, repr(float(at)), actor, op, item_id, outcome, detail])
+    return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
+
+
+def match_terms(match: str) -> list[str]:
+    """The terms of a lexical match expression (``"a" OR "b"``, as :func:`memos_core.plaintext.fts_query`
+    builds it: quoted terms OR-ed, quotes doubled inside). Backends without FTS5 translate from these."""
+    out: list[str] = []
+    for part in match.split(" OR "):
+        p = part.strip()
+        if len(p) >= 2 and p[0] == p[-1] == '"':
+            p = p[1:-1].replace('""', '"')
+        if p:
+            out.append(p)
+    return out
+
+
+def _dt(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+class RecordStore(ABC):
+    """The durable system of record of one cube. See the module docstring for the guarantees.
+
+    Write methods take the :data:`Txn` handle that :meth:`transaction` yields. ``rowid`` is the store's
+    integer key of an item (stable for the item's life, never reused by the same store).
+    """
+
+    #: ``"sqlite"`` or ``"postgresql"``
+    backend: str = ""
+    #: the schema version this code writes
+    schema_version: int = 1
+
+    # ------------------------------------------------------------------ lifecycle
+    @abstractmethod
+    def transaction(self) -> AbstractContextManager[Txn]:
+        """One all-or-nothing, durable transaction. Re-entrant calls on the same thread are not allowed."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Flush buffered counters and release connections. Closing twice is a no-op."""
+
+    @property
+    @abstractmethod
+    def closed(self) -> bool: ...
+
+    @abstractmethod
+    def flush(self) -> None:
+        """Write buffered usage counters and index bookkeeping now."""
+
+    @abstractmethod
+    def stored_schema_version(self) -> int:
+        """The schema version the database is at (after the migrations run on open)."""
+
+    @abstractmethod
+    def get_meta(self, key: str) -> str | None: ...
+
+    @abstractmethod
+    def set_meta(self, c: Txn, key: str, value: str) -> None: ...
+
+    # ------------------------------------------------------------------ item reads
+    @abstractmethod
+    def get_many(self, ids: Sequence[str]) -> dict[str, MemoryItem]:
+        """Items by id (any state); unknown ids are absent from the result."""
+
+    @abstractmethod
+    def get_many_by_rowid(self, rowids: Sequence[int]) -> dict[int, MemoryItem]: ...
+
+    @abstractmethod
+    def rowids_of(self, ids: Sequence[str], c: Txn | None = None) -> dict[str, tuple[int, str]]:
+        """``{id: (rowid, state)}`` for the ids that exist (with ``c``: as seen inside that transaction)."""
+
+    @abstractmethod
+    def count_by_state(self) -> dict[str, int]: ...
+
+    @abstractmethod
+    def iter_items(self, batch: int = 1000, states: Iterable[LifecycleState] | None = None) -> Iterator[MemoryItem]:
+        """Every item (optionally in some states) in rowid order, read in batches."""
+
+    @abstractmethod
+    def versions(self, item_id: str) -> list[MemoryVersion]:
+        """Every stored version of an item, oldest first."""
+
+    @abstractmethod
+    def transitions(self, item_id: str) -> list[Transition]: ...
+
+    @abstractmethod
+    def items_citing(self, c: Txn, parent_id: str) -> list[tuple[str, str]]:
+        """``(id, provenance JSON)`` of items whose provenance text mentions ``parent_id`` (a superset of the
+        items derived from it; the caller checks ``parent_ids`` / ``parent_versions``)."""
+
+    @abstractmethod
+    def expired_ids(self, now: float, states: Sequence[LifecycleState]) -> list[str]:
+        """Ids of items in ``states`` whose ``expires_at`` is at or before ``now``, oldest first."""
+
+    # ------------------------------------------------------------------ item writes (inside transaction())
+    @abstractmethod
+    def insert_item(self, c: Txn, item: MemoryItem, vec: np.ndarray | None, indexed: bool,
+                    author: str | None, reason: str | None) -> int:
+        """Insert a new item (version snapshot included; lexical + vector index when ``indexed``). A taken id
+        raises ValidationError. Returns its rowid."""
+
+    @abstractmethod
+    def replace_item(self, c: Txn, rowid: int, item: MemoryItem, vec: np.ndarray | None,
+                     indexed: bool, new_version: bool, author: str | None, reason: str | None) -> None:
+        """Write the item's current row (and, with ``new_version``, the snapshot of ``item.version``, checked
+        against the stored version: :class:`Conflict` when someone else wrote first)."""
+
+    @abstractmethod
+    def set_state(self, c: Txn, rowid: int, item_id: str, old: LifecycleState | None, new: LifecycleState,
+                  at: float, actor: str | None, reason: str | None) -> None:
+        """Record a lifecycle transition (the state column and the transitions log)."""
+
+    @abstractmethod
+    def unindex(self, c: Txn, rowid: int) -> None:
+        """Drop the item from the lexical index and its embedding; mark it pending for the vector index."""
+
+    @abstractmethod
+    def reindex_row(self, c: Txn, rowid: int, item: MemoryItem, vec: np.ndarray) -> None: ...
+
+    @abstractmethod
+    def mark_pending(self, c: Txn, rowid: int) -> None:
+        """Mark a row for the vector index (e.g. its state, carried in the index's metadata, changed)."""
+
+    @abstractmethod
+    def refresh_expiry(self, c: Txn, item_id: str, expires_at: float, now: float,
+                       states: Sequence[LifecycleState]) -> bool:
+        """Set ``expires_at`` of a live item in ``states`` that has an expiry not yet passed; True if it did."""
+
+    @abstractmethod
+    def erase_content(self, c: Txn, rowid: int, item_id: str) -> None:
+        """Purge: blank the content of the item and every version (the tombstone row and history stay)."""
+
+    @abstractmethod
+    def erase_item(self, c: Txn, rowid: int, item_id: str) -> None:
+        """Forget: delete the item row, every version, its transitions, embedding and lexical entries."""
+
+    @abstractmethod
+    def restore_item(self, c: Txn, item: MemoryItem, versions: Sequence[MemoryVersion],
+                     transitions: Sequence[Transition], vec: np.ndarray | None, indexed: bool) -> int:
+        """Insert an item exactly as exported (its id, state, version, history): bundles and migration."""
+
+    # ------------------------------------------------------------------ usage
+    @abstractmethod
+    def record_usage(self, rowids: Iterable[int], at: float) -> None:
+        """Buffer access counts; written with the next transaction or :meth:`flush` (not fsync'd per search)."""
+
+    # ------------------------------------------------------------------ audit chain
+    @abstractmethod
+    def append_event(self, c: Txn, at: float, actor: str | None, op: str, item_id: str | None,
+                     outcome: str = "ok", detail: Mapping[str, Any] | None = None) -> str:
+        """Append one record to the cube's hash chain (serialized per cube) and return its hash."""
+
+    @abstractmethod
+    def append_event_alone(self, at: float, actor: str | None, op: str, item_id: str | None,
+                           outcome: str, detail: Mapping[str, Any]) -> str:
+        """Append one record in a transaction of its own that writes nothing else (refusals, failures)."""
+
+    @abstractmethod
+    def raw_events(self, item_id: str | None = None, limit: int | None = None) -> list[EventRow]:
+        """Audit records verbatim in chain order (optionally for one item, at most ``limit``)."""
+
+    @abstractmethod
+    def event_counter(self) -> int | None:
+        """The high-water mark of sequence numbers ever handed out (None before the first record)."""
+
+    @abstractmethod
+    def has_events(self, c: Txn | None = None) -> bool: ...
+
+    @abstractmethod
+    def restore_events(self, c: Txn, rows: Sequence[Sequence[Any]]) -> bool:
+        """Copy an exported chain verbatim into an empty log (so it still verifies). False if not empty."""
+
+    # ------------------------------------------------------------------ filters, lexical and dense reads
+    @abstractmethod
+    def compile_filter(self, f: SearchFilter, states: Sequence[LifecycleState], now: float) -> CompiledFilter:
+        """Compile a filter (scope, kinds, forms, ids, times, tags, metadata operators, states, expiry)."""
+
+    @abstractmethod
+    def lexical(self, match: str, cf: CompiledFilter, k: int) -> list[tuple[int, float]]:
+        """Full-text search. ``match`` is quoted terms OR-ed (:func:`match_terms`). Returns (rowid, score) best
+        first; higher is better. Scores are comparable within one query only."""
+
+    @abstractmethod
+    def filtered_vectors(self, cf: CompiledFilter, limit: int) -> tuple[list[int], list[bytes]]:
+        """(rowids, float32 embedding bytes) of up to ``limit`` items passing the filter that have one."""
+
+    @abstractmethod
+    def embeddings_of(self, rowids: Sequence[int]) -> tuple[list[int], list[bytes]]:
+        """Stored embeddings of these rows (rows without one are left out), for exact dense scoring."""
+
+    @abstractmethod
+    def rowids_passing(self, ids: Sequence[str], cf: CompiledFilter) -> dict[str, int]:
+        """``{id: rowid}`` for the ids that pass the filter (checks ANN candidates)."""
+
+    @abstractmethod
+    def contents(self, rowids: Sequence[int]) -> dict[int, str]: ...
+
+    @abstractmethod
+    def list_rowids(self, cf: CompiledFilter, order: Literal["created", "event_time"], limit: int,
+                    offset: int) -> list[int]: ...
+
+    @abstractmethod
+    def distinct_metadata(self, key: str, cf: CompiledFilter, limit: int) -> list[Any]:
+        """Distinct values of a dotted metadata key among filtered items: scalars as Python values, objects and
+        arrays as JSON text."""
+
+    # ------------------------------------------------------------------ vector-index bookkeeping
+    @abstractmethod
+    def embedding(self, rowid: int) -> np.ndarray | None: ...
+
+    @abstractmethod
+    def all_embeddings(self, batch: int = 5000) -> Iterator[list[tuple[int, str, np.ndarray]]]:
+        """Batches of (rowid, item id, vector) for every indexed item (rebuilding the vector index)."""
+
+    @abstractmethod
+    def pending_vectors(self) -> list[int]: ...
+
+    @abstractmethod
+    def index_rows(self, rowids: Sequence[int]) -> list[IndexRow]:
+        """What the vector index needs for these rows, in rowid order (forgotten rows are absent)."""
+
+    @abstractmethod
+    def mark_vectors_applied(self, rowids: Iterable[int]) -> None:
+        """The vector index accepted these rows (as they were when :meth:`pending_vectors` listed them)."""
+
+    # ------------------------------------------------------------------ governance tables
+    @abstractmethod
+    def governance_ready(self) -> bool:
+        """Whether the governance tables exist and hold at least one grant."""
+
+    @abstractmethod
+    def bootstrap_governance(self, c: Txn, owner: str, owner_kind: str, now: float, redaction_key: str) -> bool:
+        """Create the governance tables; when nobody holds a role, make ``owner`` the owner and store the
+        redaction key. True if the owner was installed now."""
+
+    @abstractmethod
+    def grants(self, c: Txn | None = None, principal: str | None = None) -> list[tuple[str, str, str, str | None, float]]:
+        """(principal, kind, role, granted_by, granted_at), by principal (one principal when given)."""
+
+    @abstractmethod
+    def principal_kind(self, c: Txn, principal: str) -> str | None: ...
+
+    @abstractmethod
+    def add_principal(self, c: Txn, principal: str, kind: str, now: float, created_by: str | None) -> None: ...
+
+    @abstractmethod
+    def put_grant(self, c: Txn, principal: str, role: str, granted_by: str | None, at: float) -> None: ...
+
+    @abstractmethod
+    def delete_grant(self, c: Txn, principal: str) -> None: ...
+
+    @abstractmethod
+    def governance_settings(self) -> dict[str, str]: ...
+
+    @abstractmethod
+    def put_settings(self, c: Txn, values: Mapping[str, str]) -> None: ...
+
+    @abstractmethod
+    def add_forget_pending(self, c: Txn, ids: Sequence[str]) -> None:
+        """Remember erased ids whose vector-index rows may still exist (cleared after the index confirms)."""
+
+    @abstractmethod
+    def forget_pending(self) -> list[str]: ...
+
+    @abstractmethod
+    def clear_forget_pending(self, ids: Sequence[str]) -> None: ...
+
+    # ------------------------------------------------------------------ maintenance
+    @abstractmethod
+    def compact_erased(self) -> None:
+        """After an erase: drop what the engine still keeps of erased rows, as far as it can (SQLite: merge FTS
+        segments, checkpoint and truncate the WAL; PostgreSQL: VACUUM the tables involved)."""
+
+    # ================================================================== derived (never overridden needlessly)
+    def get(self, item_id: str) -> MemoryItem | None:
+        return self.get_many([item_id]).get(item_id)
+
+    def rowid(self, item_id: str) -> int | None:
+        hit = self.rowids_of([item_id]).get(item_id)
+        return None if hit is None else hit[0]
+
+    def count(self, states: Iterable[LifecycleState] | None = None) -> int:
+        by = self.count_by_state()
+        if states is None:
+            return sum(by.values())
+        return sum(by.get(s.value, 0) for s in states)
+
+    def version(self, item_id: str, version: int) -> MemoryVersion | None:
+        return next((v for v in self.versions(item_id) if v.version == version), None)
+
+    def events(self, item_id: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """Audit records as dicts (``at`` as an aware datetime, ``detail`` parsed)."""
+        return [dict(seq=r[0], at=_dt(r[1]), actor=r[2], op=r[3], item_id=r[4], outcome=r[5],
+                     detail=json.loads(r[6]), prev_hash=r[7], hash=r[8])
+                for r in self.raw_events(item_id, limit)]
+
+    def audit_chain(self) -> tuple[list[EventRow], int | None]:
+        """Rows in chain order and the sequence high-water mark (what ``governance.audit.verify_rows`` takes)."""
+        return self.raw_events(), self.event_counter()
+
+    def audit_head(self) -> tuple[int, str] | None:
+        rows = self.raw_events()
+        return None if not rows else (int(rows[-1][0]), rows[-1][8])
+
+    def role(self, principal: str, c: Txn | None = None) -> str | None:
+        got = self.grants(c, principal)
+        return got[0][2] if got else None
+
+    def count_role(self, c: Txn, role: str) -> int:
+        return sum(1 for g in self.grants(c) if g[2] == role)
+
+    def missing_embeddings(self, states: Sequence[LifecycleState]) -> list[int]:
+        have = {r for batch in self.all_embeddings() for r, _, _ in batch}
+        want = {s.value for s in states}
+        out: list[int] = []
+        for it in self.iter_items(states=[LifecycleState(s) for s in want]):
+            r = self.rowid(it.id)
+            if r is not None and r not in have:
+                out.append(r)
+        return out
+
+    def optimize_lexical(self) -> None:
+        """Kept for callers written before :meth:`compact_erased`."""
+        self.compact_erased()
+
+    def checkpoint(self) -> None:
+        """Kept for callers written before :meth:`compact_erased` (a no-op where nothing is buffered)."""
+        self.flush()
+
+    @staticmethod
+    def snapshot(item: MemoryItem, author: str | None, reason: str | None) -> MemoryVersion:
+        """The version record of ``item`` as it is now."""
+        return MemoryVersion(
+            item_id=item.id, version=item.version, content=item.content, index_text=item.index_text, kind=item.kind,
+            tags=item.tags, metadata=item.metadata, provenance=item.provenance, event_time=item.event_time,
+            valid_until=item.valid_until, expires_at=item.expires_at, confidence=item.confidence,
+            created_at=item.updated_at, author=author, reason=reason,
+        )
