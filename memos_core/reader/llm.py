@@ -296,100 +296,73 @@ def _run_coro(coro: Any) -> Any:
     return box.get("v")
 
 
-class ChatModel:
-    """One calling convention over a LangChain chat model, a LlamaIndex LLM or a plain callable.
+class _CallableChat:
+    """The core's own convention: ``fn(messages) -> str | dict`` (``messages`` as ``[{"role", "content"}]``),
+    sync or ``async``."""
 
-    * LangChain (anything with ``invoke``/``ainvoke``): called with ``[(role, text), ...]``. With
-      ``structured="auto"`` the first attempt of each request uses ``with_structured_output(schema)`` when the
-      model supports it; retries and unsupported models use plain JSON text.
-    * LlamaIndex (``complete``/``acomplete``): called with one prompt string (system, then user text).
-    * A callable ``fn(messages) -> str | dict`` where ``messages`` is ``[{"role", "content"}, ...]``; it may be
-      ``async``. Returning a dict/list skips JSON parsing.
+    kind = "callable"
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+        self.name = str(getattr(fn, "model_name", None) or getattr(fn, "model", None) or type(fn).__name__)
+
+    def call(self, messages: Sequence[dict[str, str]], schema: type | None) -> Any:
+        out = self.fn([dict(m) for m in messages])
+        if inspect.isawaitable(out):
+            out = _run_coro(out)
+        return out
+
+    async def acall(self, messages: Sequence[dict[str, str]], schema: type | None) -> Any:
+        fn = self.fn
+        if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None)):
+            return await fn([dict(m) for m in messages])
+        out = await asyncio.to_thread(fn, [dict(m) for m in messages])
+        if inspect.isawaitable(out):
+            out = await out
+        return out
+
+
+class ChatModel:
+    """One calling convention over whatever chat model the user has.
+
+    The core itself knows one convention: a callable ``fn(messages) -> str | dict`` where ``messages`` is
+    ``[{"role", "content"}, ...]``; it may be ``async``, and returning a dict/list skips JSON parsing. Framework
+    models are converted by the adapter packages, which register their conversions in :mod:`memos_core._adapters`
+    (loaded on first use): a LangChain chat model (any ``Runnable``) is called with ``[(role, text), ...]`` and,
+    with ``structured="auto"``, its first attempt of each request uses ``with_structured_output(schema)`` when the
+    model supports it (retries and unsupported models use plain JSON text); a LlamaIndex LLM is called with one
+    prompt string (system, then user text).
     """
 
     def __init__(self, llm: Any, *, structured: Literal["auto", "off"] = "auto") -> None:
+        from .._adapters import find_chat_model_adapter
+
         if isinstance(llm, ChatModel):
             llm = llm.llm
         self.llm = llm
         self.structured = structured
-        self._structured_cache: dict[type, Any] = {}
-        if hasattr(llm, "complete") and hasattr(llm, "acomplete") and hasattr(llm, "metadata"):
-            self.kind = "llamaindex"
-        elif hasattr(llm, "invoke") and hasattr(llm, "ainvoke"):
-            self.kind = "langchain"
+        convert = find_chat_model_adapter(llm)
+        if convert is not None:
+            self.backend = convert(llm)
         elif callable(llm):
-            self.kind = "callable"
+            self.backend = _CallableChat(llm)
         else:
             raise ValidationError(
                 f"llm: expected a LangChain chat model, a LlamaIndex LLM or a callable(messages) -> str; "
                 f"got {type(llm).__name__}")
-        self.name = str(getattr(llm, "model_name", None) or getattr(llm, "model", None) or type(llm).__name__)
+        self.kind: str = self.backend.kind
+        self.name: str = self.backend.name
 
-    # -- message conversion
-    @staticmethod
-    def _lc_messages(messages: Sequence[dict[str, str]]) -> list[tuple[str, str]]:
-        role = {"system": "system", "user": "human", "assistant": "ai"}
-        return [(role.get(m["role"], "human"), m["content"]) for m in messages]
-
-    @staticmethod
-    def _prompt(messages: Sequence[dict[str, str]]) -> str:
-        parts = []
-        for m in messages:
-            if m["role"] == "assistant":
-                parts.append("Your previous reply:\n" + m["content"])
-            else:
-                parts.append(m["content"])
-        return "\n\n".join(parts)
-
-    def _structured_runnable(self, req: LLMRequest) -> Any:
-        if self.structured == "off" or self.kind != "langchain" or req.attempt > 0:
-            return None
-        if req.schema in self._structured_cache:
-            return self._structured_cache[req.schema]
-        try:
-            runnable = self.llm.with_structured_output(req.schema)
-        except (NotImplementedError, AttributeError, TypeError, ValueError):
-            runnable = None
-        self._structured_cache[req.schema] = runnable
-        return runnable
+    def _schema(self, req: LLMRequest) -> type | None:
+        """The schema to ask for structured output with: first attempts only, unless switched off."""
+        return None if self.structured == "off" or req.attempt > 0 else req.schema
 
     # -- calls
     def call(self, req: LLMRequest) -> Any:
-        if self.kind == "langchain":
-            runnable = self._structured_runnable(req)
-            if runnable is not None:
-                try:
-                    return runnable.invoke(self._lc_messages(req.messages))
-                except Exception:
-                    self._structured_cache[req.schema] = None  # e.g. the provider rejects the schema: text from now on
-                    raise
-            return _reply_text(self.llm.invoke(self._lc_messages(req.messages)))
-        if self.kind == "llamaindex":
-            return _reply_text(self.llm.complete(self._prompt(req.messages)))
-        out = self.llm([dict(m) for m in req.messages])
-        if inspect.isawaitable(out):
-            out = _run_coro(out)
-        return _reply_text(out)
+        return _reply_text(self.backend.call(req.messages, self._schema(req)))
 
     async def acall(self, req: LLMRequest) -> Any:
-        if self.kind == "langchain":
-            runnable = self._structured_runnable(req)
-            if runnable is not None:
-                try:
-                    return await runnable.ainvoke(self._lc_messages(req.messages))
-                except Exception:
-                    self._structured_cache[req.schema] = None
-                    raise
-            return _reply_text(await self.llm.ainvoke(self._lc_messages(req.messages)))
-        if self.kind == "llamaindex":
-            return _reply_text(await self.llm.acomplete(self._prompt(req.messages)))
-        fn = self.llm
-        if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None)):
-            return _reply_text(await fn([dict(m) for m in req.messages]))
-        out = await asyncio.to_thread(fn, [dict(m) for m in req.messages])
-        if inspect.isawaitable(out):
-            out = await out
-        return _reply_text(out)
+        return _reply_text(await self.backend.acall(req.messages, self._schema(req)))
 
 
 # ---------------------------------------------------------------------------------------------- store

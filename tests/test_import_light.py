@@ -1,0 +1,60 @@
+"""Importing the library loads no heavy dependency: torch, transformers, chromadb and the frameworks load only
+when something needs them (a behaviour check in a fresh interpreter; timings belong to benchmarks)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+HEAVY = ("torch", "transformers", "sentence_transformers", "chromadb", "onnxruntime", "peft", "psycopg",
+         "langchain", "langchain_core", "langgraph", "llama_index")
+
+
+def _loaded_after(code: str) -> set[str]:
+    """Top-level heavy packages in ``sys.modules`` after running ``code`` in a fresh interpreter."""
+    probe = textwrap.dedent(code) + textwrap.dedent(f"""
+        import json as _json, sys as _sys
+        print(_json.dumps(sorted({{m.split('.')[0] for m in _sys.modules}} & set({list(HEAVY)!r}))))
+    """)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_importing_the_core_loads_nothing_heavy() -> None:
+    assert _loaded_after("import memos_core\nfrom memos_core import MemOS, MemCube, RetrievalConfig") == set()
+
+
+def test_core_conventions_load_no_framework(tmp_path) -> None:
+    """A callable embedder and a callable chat model go through the core alone: no framework is imported to
+    find out what they are."""
+    loaded = _loaded_after(f"""
+        from memos_core.embedding import resolve_embedder
+        from memos_core.reader.llm import ChatModel
+        emb = resolve_embedder(lambda texts: [[1.0, float(len(t))] for t in texts])
+        assert emb.embed_documents(["abc"]).shape == (1, 2)
+        assert ChatModel(lambda messages: "{{}}").kind == "callable"
+    """)
+    assert loaded == set()
+
+
+def test_each_adapter_package_loads_only_its_own_framework() -> None:
+    lc = _loaded_after("import memos_langchain")
+    assert lc & {"torch", "transformers", "sentence_transformers", "chromadb", "llama_index"} == set()
+    li = _loaded_after("import memos_llamaindex")
+    assert li & {"torch", "transformers", "sentence_transformers", "chromadb", "langchain", "langchain_core"} == set()
+
+
+def test_framework_conversions_load_on_first_use_only() -> None:
+    loaded = _loaded_after("""
+        import sys
+        import memos_core
+        from llama_index.core.embeddings import MockEmbedding
+        assert "memos_llamaindex._convert" not in sys.modules
+        from memos_core.embedding import resolve_embedder
+        assert resolve_embedder(MockEmbedding(embed_dim=4)).embed_query("q").shape == (4,)
+        assert "memos_llamaindex._convert" in sys.modules and "memos_langchain" not in sys.modules
+    """)
+    assert "llama_index" in loaded and not loaded & {"langchain", "langchain_core", "torch", "chromadb"}
