@@ -57,8 +57,11 @@ from .items import (
     SearchFilter,
     SearchHit,
     Transition,
+    check_id,
+    check_text,
     new_id,
     to_utc,
+    ttl_seconds,
     utcnow,
 )
 from .plaintext import ChromaVectorIndex, QueryPlan, analyze_query, entity_matcher, fts_query, rrf, zscore_fusion
@@ -289,9 +292,10 @@ class MemCube:
         return f"MemCube(path={str(self.path)!r}, cube_id={self.cube_id!r})"
 
     # ------------------------------------------------------------------ validation helpers
-    def _check_content(self, content: Any) -> str:
+    def _check_content(self, content: Any, field: str = "content") -> str:
         if not isinstance(content, str):
-            raise ValidationError(f"content must be a string, got {type(content).__name__}")
+            raise ValidationError(f"{field} must be a string, got {type(content).__name__}")
+        check_text(content, field)
         if not content.strip():
             raise ValidationError("content is empty; a memory needs some text")
         if len(content) > self.max_content_chars:
@@ -320,6 +324,8 @@ class MemCube:
         scope = data.get("scope") or {}
         if isinstance(scope, Scope):
             scope = scope.model_dump()
+        if not isinstance(scope, Mapping):
+            raise ValidationError(f"scope must be a dict or Scope, got {type(scope).__name__}")
         for axis in ("user_id", "agent_id", "session_id"):
             if axis in data:
                 val = data.pop(axis)
@@ -328,7 +334,7 @@ class MemCube:
         data["scope"] = scope
         self._check_content(data.get("content"))
         if data.get("index_text") is not None:
-            self._check_content(data["index_text"])
+            self._check_content(data["index_text"], "index_text")
         now = self._now()
         data["cube_id"] = self.cube_id
         data["version"] = 1
@@ -338,10 +344,15 @@ class MemCube:
         data.setdefault("id", None)
         if not data["id"]:
             data["id"] = new_id()
-        elif not isinstance(data["id"], str) or not (0 < len(data["id"]) <= 128):
-            raise ValidationError("id must be a non-empty string of at most 128 characters")
+        else:
+            check_id(data["id"])  # non-empty, at most 128 characters, valid Unicode, no control characters
         state = data.get("state") or _S.ACTIVATED
-        if LifecycleState(state) not in (_S.GENERATED, _S.ACTIVATED, _S.ARCHIVED):
+        try:
+            first = LifecycleState(state)
+        except (ValueError, TypeError):
+            raise ValidationError(f"unknown state {str(state)[:40]!r}; a new memory starts as generated, activated "
+                                  "or archived") from None
+        if first not in (_S.GENERATED, _S.ACTIVATED, _S.ARCHIVED):
             raise ValidationError("a new memory starts as generated, activated or archived")
         data["state"] = state
         try:
@@ -512,6 +523,9 @@ class MemCube:
                 spec = dict(content)
             else:
                 raise ValidationError(f"content must be a string, dict or MemoryItem, got {type(content).__name__}")
+            if isinstance(tags, (str, bytes)) or (tags is not None and not isinstance(tags, Iterable)):
+                # list("home") would store the tags ['e', 'h', 'm', 'o']
+                raise ValidationError(f"tags must be a list of strings, not {type(tags).__name__} (e.g. tags=['home'])")
             overrides = dict(kind=kind, user_id=user_id, agent_id=agent_id, session_id=session_id, event_time=event_time,
                              expires_at=expires_at, tags=list(tags) if tags is not None else None, metadata=metadata,
                              provenance=provenance, confidence=confidence, index_text=index_text, state=state, id=id)
@@ -548,10 +562,12 @@ class MemCube:
                     ttl = defaults.get("ttl")
                 item = self._build_item(spec, {k: v for k, v in defaults.items() if k != "ttl"})
                 if ttl is not None:
-                    seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else float(ttl)
-                    if not seconds > 0:
-                        raise ValidationError("ttl must be positive")
-                    item = item.model_copy(update={"expires_at": now + timedelta(seconds=seconds)})
+                    seconds = ttl_seconds(ttl)  # positive, finite, at most MAX_TTL_SECONDS
+                    try:
+                        expires = now + timedelta(seconds=seconds)
+                    except OverflowError:
+                        raise ValidationError(f"ttl of {seconds:.3g} s ends after the year 9999") from None
+                    item = item.model_copy(update={"expires_at": expires})
                 if item.id in seen:
                     raise ValidationError(f"duplicate id {item.id!r} in one add_many call")
                 seen.add(item.id)
@@ -574,6 +590,7 @@ class MemCube:
     def _load(self, item_id: str) -> tuple[int, MemoryItem]:
         if not isinstance(item_id, str) or not item_id:
             raise ValidationError("item id must be a non-empty string")
+        check_text(item_id, "item id")
         rowid = self.records.rowid(item_id)
         item = self.records.get(item_id) if rowid is not None else None
         if rowid is None or item is None:
@@ -620,7 +637,9 @@ class MemCube:
         data = item.model_dump()
         for k, v in fields.items():
             if k in ("content", "index_text") and v is not None:
-                self._check_content(v)
+                self._check_content(v, k)
+            if k == "tags" and isinstance(v, (str, bytes)):
+                raise ValidationError(f"tags must be a list of strings, not {type(v).__name__} (e.g. tags=['home'])")
             data[k] = v.model_dump() if hasattr(v, "model_dump") else v
         data["version"] = item.version + 1
         data["updated_at"] = self._now()
@@ -761,21 +780,32 @@ class MemCube:
                actor: str | None = None) -> list[dict[str, Any]]:
         """The hash-chained audit log (optionally for one item; needs **administer**)."""
         self._authorize(actor, Right.ADMINISTER, "audit.read")
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or not 0 <= limit < 2**62):
+            raise ValidationError(f"limit must be an integer >= 0 (or None for all), not {str(limit)[:40]!r}")
+        if item_id is not None:
+            check_text(item_id, "item id")
         return self.records.events(item_id, limit)
 
     def count(self, *, include_deleted: bool = False, actor: str | None = None) -> int:
+        """How many memories the cube holds: live ones (not deleted, purged or expired: expired ones are hidden
+        from get/list/search even before a retention sweep handles them), or with ``include_deleted`` every
+        stored row, tombstones and expired ones included (needs **history**)."""
         self._authorize(actor, Right.HISTORY if include_deleted else Right.READ, "count")
         if include_deleted:
             return self.records.count()
-        return self.records.count([s for s in LifecycleState if s not in (_S.DELETED, _S.PURGED)])
+        live = [s for s in LifecycleState if s not in (_S.DELETED, _S.PURGED)]
+        return self.records.count(live) - len(self.records.expired_ids(self._now().timestamp(), live))
 
     def list(self, filter: SearchFilter | Mapping[str, Any] | None = None, *, limit: int = 100, offset: int = 0,
              order: Literal["created", "event_time"] = "created", actor: str | None = None) -> list[MemoryItem]:
         """Memories matching a filter (no query), oldest first by creation or event time."""
         actor = self._authorize(actor, Right.READ, "list", filter=filter)
         f = SearchFilter.coerce(filter)
-        if limit < 0 or offset < 0:
-            raise ValidationError("limit and offset must be >= 0")
+        for name, val in (("limit", limit), ("offset", offset)):
+            if not isinstance(val, int) or isinstance(val, bool) or not 0 <= val < 2**62:
+                raise ValidationError(f"{name} must be an integer >= 0, not {str(val)[:40]!r}")
+        if order not in ("created", "event_time"):
+            raise ValidationError(f"order must be 'created' or 'event_time', not {str(order)[:40]!r}")
         where, args = self.records.filter_sql(f, self._states(f), self._now().timestamp())
         col = "rowid" if order == "created" else "COALESCE(event_time, created_at), rowid"
         with self.records._lock:
@@ -821,10 +851,11 @@ class MemCube:
             changed: list[str] = []
             with self._lock:
                 with self.records.transaction() as c:
+                    if not isinstance(ttls, Mapping):
+                        raise ValidationError(f"ttls must map item ids to seconds, not {type(ttls).__name__}")
                     for item_id, ttl in ttls.items():
-                        seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else float(ttl)
-                        if not seconds > 0:
-                            raise ValidationError("ttl must be positive")
+                        check_text(item_id, "item id")
+                        seconds = ttl_seconds(ttl)  # positive, finite, at most MAX_TTL_SECONDS
                         cur = c.execute(
                             "UPDATE items SET expires_at=? WHERE id=? AND expires_at IS NOT NULL AND expires_at > ? "
                             "AND state IN (?, ?)", (at + seconds, item_id, at, _S.GENERATED.value, _S.ACTIVATED.value))
@@ -859,6 +890,7 @@ class MemCube:
         actor = self._authorize(actor, Right.READ, "search", filter=filter)
         if not isinstance(query, str) or not query.strip():
             raise ValidationError("query must be a non-empty string")
+        check_text(query, "query")
         if not isinstance(k, int) or isinstance(k, bool) or not (1 <= k <= 1000):
             raise ValidationError("k must be an integer between 1 and 1000")
         if mode not in ("hybrid", "dense", "lexical"):
@@ -867,7 +899,7 @@ class MemCube:
         scope_over = {a: v for a, v in (("user_id", user_id), ("agent_id", agent_id), ("session_id", session_id))
                       if v is not None}
         if scope_over:
-            f = f.model_copy(update=scope_over)
+            f = SearchFilter.coerce({**f.model_dump(exclude_none=True), **scope_over})  # validated, not just copied
         states = self._states(f)
         now = self._now().timestamp()
         where, args = self.records.filter_sql(f, states, now)
@@ -907,18 +939,10 @@ class MemCube:
 
         return cached_query_vector(self._embedder, key, compute, self.retrieval.query_cache)
 
-    def _retrieve(self, query: str, mode: str, f: SearchFilter, states: Sequence[LifecycleState], where: str,
-                  args: list[Any], k: int) -> list[tuple[Any, float, dict[str, float], dict[str, int]]]:
-        """Candidates from each retriever, fused. Returns [(rowid, score, retriever scores, ranks)] best first.
-
-        The query is first normalised (:func:`analyze_query`: dialogue markup, names). Hybrid search then takes
-        the union of the dense and BM25 candidates, scores the BM25-only ones exactly against their stored
-        embeddings (so every candidate has a dense score), and fuses standardised scores plus a bonus for
-        memories that contain the names the query mentions. ``ranks`` are each retriever's own ranks.
-        """
+    def _gather(self, plan: QueryPlan, mode: str, f: SearchFilter, states: Sequence[LifecycleState], where: str,
+                args: list[Any], n_cand: int) -> tuple[dict[str, list[tuple[int, float]]], np.ndarray | None]:
+        """Each retriever's best ``n_cand`` (rowid, score) for the normalised query, and the query vector."""
         cfg = self.retrieval
-        plan = analyze_query(query)
-        n_cand = max(cfg.candidates, k)
         ranked: dict[str, list[tuple[int, float]]] = {}
         qvec = None
         if mode in ("hybrid", "dense") and cfg.query_cache:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
 import uuid
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from enum import Enum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .errors import ValidationError
 
@@ -33,9 +34,39 @@ __all__ = [
     "new_id",
     "to_utc",
     "utcnow",
+    "check_text",
+    "check_id",
+    "ttl_seconds",
+    "MAX_CONTENT_CHARS_DEFAULT",
+    "MAX_ID_CHARS",
+    "MAX_SCOPE_ID_CHARS",
+    "MAX_TAG_CHARS",
+    "MAX_TAGS",
+    "MAX_METADATA_BYTES",
+    "MAX_METADATA_DEPTH",
+    "MAX_TTL_SECONDS",
+    "MAX_FILTER_VALUES",
 ]
 
+# ---------------------------------------------------------------------------------------------- limits
+# Documented in the README ("Robustness guarantees"). Input beyond them raises ValidationError before anything
+# is written; nothing is truncated silently.
+#: characters of ``content`` / ``index_text`` (per cube: ``MemCube(max_content_chars=...)``)
 MAX_CONTENT_CHARS_DEFAULT = 32_000
+#: characters of an item id (no control characters)
+MAX_ID_CHARS = 128
+#: characters of a ``user_id`` / ``agent_id`` / ``session_id`` (no control characters)
+MAX_SCOPE_ID_CHARS = 256
+#: characters of one tag, and tags per memory
+MAX_TAG_CHARS = 256
+MAX_TAGS = 256
+#: size of ``metadata`` as UTF-8 JSON, and its nesting depth (a dict or list inside another counts one level)
+MAX_METADATA_BYTES = 1 << 20
+MAX_METADATA_DEPTH = 32
+#: the longest ``ttl`` (about 1000 years): expiry times stay within what every backend can store
+MAX_TTL_SECONDS = 1000 * 366 * 86400.0
+#: values in one filter list (``ids``, ``tags_any``, ``tags_all``, a metadata ``$in`` / ``$nin``)
+MAX_FILTER_VALUES = 10_000
 
 
 class MemoryForm(str, Enum):
@@ -88,11 +119,85 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+def _utf8_ok(text: str) -> bool:
+    """Whether ``text`` can be stored as UTF-8 (no lone surrogates such as ``"\\ud800"``)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_text(value: Any, field: str) -> str:
+    """Return ``value`` if it is a string that UTF-8 can encode, else raise :class:`ValidationError`.
+
+    Python strings may hold lone surrogates (``"\\ud800"``, e.g. from ``surrogateescape`` decoding), which no
+    storage backend, JSON encoder or hash accepts: they are refused up front, with the field named.
+    """
+    if not isinstance(value, str):
+        raise ValidationError(f"{field} must be a string, got {type(value).__name__}")
+    if not _utf8_ok(value):
+        raise ValidationError(f"{field} contains a lone surrogate (invalid Unicode); decode the text as UTF-8 "
+                              "with errors='replace' first")
+    return value
+
+
+def _has_control(text: str) -> bool:
+    return any(unicodedata.category(ch) == "Cc" for ch in text) if not text.isprintable() else False
+
+
+def check_id(value: Any, field: str = "id", max_chars: int = MAX_ID_CHARS) -> str:
+    """An identifier: a non-blank string of at most ``max_chars`` characters, valid Unicode, without control
+    characters (NUL, newline, escape, ...). Raises :class:`ValidationError` otherwise."""
+    if not isinstance(value, str):
+        raise ValidationError(f"{field} must be a string, got {type(value).__name__}")
+    if not value.strip() or len(value) > max_chars:
+        raise ValidationError(f"{field} must be a non-empty string of at most {max_chars} characters")
+    check_text(value, field)
+    if _has_control(value):
+        raise ValidationError(f"{field} {value[:40]!r} contains control characters; ids are printable text")
+    return value
+
+
+def ttl_seconds(ttl: Any, field: str = "ttl") -> float:
+    """A time-to-live (seconds as a number, or a ``timedelta``) as positive finite seconds, at most
+    :data:`MAX_TTL_SECONDS`. Raises :class:`ValidationError` otherwise."""
+    if isinstance(ttl, timedelta):
+        seconds = ttl.total_seconds()
+    elif isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
+        try:
+            seconds = float(ttl)
+        except OverflowError:
+            seconds = math.inf
+    else:
+        raise ValidationError(f"{field} must be seconds (a number) or a timedelta, got {type(ttl).__name__}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValidationError(f"{field} must be positive and finite, not {ttl!r}"[:200])
+    if seconds > MAX_TTL_SECONDS:
+        raise ValidationError(f"{field} of {seconds:.3g} s is too long; the limit is {MAX_TTL_SECONDS:.3g} s "
+                              "(about 1000 years); leave it unset for no expiry")
+    return seconds
+
+
 def to_utc(value: Any, *, field: str = "time") -> datetime | None:
     """Parse a datetime, date, epoch number or ISO-8601 string into an aware UTC datetime.
 
-    Raises :class:`ValidationError` for anything else.
+    Raises :class:`ValidationError` for anything else, including times outside what a datetime can hold
+    (years 1-9999 in UTC).
     """
+    try:
+        return _to_utc(value, field)
+    except (OverflowError, OSError) as exc:
+        raise ValidationError(f"{field}: {str(value)[:60]!r} is out of range ({exc})") from None
+    except ValueError as exc:
+        if isinstance(exc, ValidationError):
+            raise
+        raise ValidationError(f"{field}: {str(value)[:60]!r} is not a valid time ({exc})") from None
+
+
+def _to_utc(value: Any, field: str) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, datetime):
@@ -104,6 +209,7 @@ def to_utc(value: Any, *, field: str = "time") -> datetime | None:
             raise ValidationError(f"{field}: {value!r} is not a finite timestamp")
         dt = datetime.fromtimestamp(float(value), tz=timezone.utc)
     elif isinstance(value, str):
+        check_text(value, field)
         text = value.strip()
         if text.endswith("Z"):
             text = text[:-1] + "+00:00"
@@ -129,12 +235,73 @@ def to_utc(value: Any, *, field: str = "time") -> datetime | None:
     return dt.astimezone(timezone.utc)
 
 
+def _json_depth(value: Any, field: str) -> None:
+    """Refuse nesting deeper than MAX_METADATA_DEPTH (iteratively: a 2,000-deep dict must not hit Python's
+    recursion limit here or in the JSON encoder)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, (list, tuple)):
+            children = node
+        else:
+            continue
+        if depth > MAX_METADATA_DEPTH:
+            raise ValidationError(f"{field} is nested more than {MAX_METADATA_DEPTH} levels deep; flatten it")
+        stack.extend((child, depth + 1) for child in children)
+
+
 def _check_json(value: Any, field: str) -> Any:
+    _json_depth(value, field)
     try:
-        text = json.dumps(value, allow_nan=False, sort_keys=True)
-    except (TypeError, ValueError) as exc:
+        text = json.dumps(value, allow_nan=False, sort_keys=True, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError) as exc:
         raise ValidationError(f"{field} must be JSON-serialisable (str, number, bool, null, list, dict): {exc}") from None
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValidationError(f"{field} contains a lone surrogate (invalid Unicode) in a key or value") from None
+    if size > MAX_METADATA_BYTES:
+        raise ValidationError(f"{field} is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES} bytes. Store large "
+                              "values elsewhere and keep a reference in metadata")
     return json.loads(text)
+
+
+def _check_strings(value: Any, field: str) -> None:
+    """Refuse lone surrogates in any string inside ``value`` (dicts, lists, models' dumps)."""
+    stack = [(value, field)]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, str):
+            if not _utf8_ok(node):
+                raise ValueError(f"{where} contains a lone surrogate (invalid Unicode)")
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                stack.append((k, where))
+                stack.append((v, f"{where}.{k}" if isinstance(k, str) and _utf8_ok(k) else where))
+        elif isinstance(node, (list, tuple, set, frozenset)):
+            stack.extend((v, where) for v in node)
+
+
+def _clean_tags(v: Any) -> list[str]:
+    """Tags: a list (or tuple/set) of non-blank strings, each at most MAX_TAG_CHARS, at most MAX_TAGS of them;
+    stripped, deduplicated and sorted. A bare string is refused (it is not a list of one tag)."""
+    if v is None:
+        return []
+    if not isinstance(v, (list, tuple, set, frozenset)):
+        raise ValueError(f"tags must be a list of strings, not {type(v).__name__}"
+                         + (" (wrap a single tag in a list: tags=['home'])" if isinstance(v, str) else ""))
+    if len(v) > MAX_TAGS:
+        raise ValueError(f"{len(v)} tags; the limit is {MAX_TAGS}")
+    for t in v:
+        if not isinstance(t, str) or not t.strip():
+            raise ValueError("tags must be a list of non-empty strings")
+        if len(t) > MAX_TAG_CHARS:
+            raise ValueError(f"a tag has {len(t)} characters; the limit is {MAX_TAG_CHARS}")
+        if not _utf8_ok(t) or _has_control(t):
+            raise ValueError("tags must be valid Unicode without control characters")
+    return sorted(set(t.strip() for t in v))
 
 
 class _Model(BaseModel):
@@ -148,11 +315,18 @@ class Scope(_Model):
     agent_id: str | None = None
     session_id: str | None = None
 
-    @field_validator("user_id", "agent_id", "session_id")
+    @field_validator("user_id", "agent_id", "session_id", mode="before")
     @classmethod
-    def _non_empty(cls, v: str | None) -> str | None:
-        if v is not None and (not isinstance(v, str) or not v.strip() or len(v) > 256):
-            raise ValueError("scope ids must be non-empty strings of at most 256 characters")
+    def _non_empty(cls, v: Any, info: Any) -> str | None:
+        if v is None:
+            return v
+        if not isinstance(v, str) or not v.strip() or len(v) > MAX_SCOPE_ID_CHARS:
+            raise ValueError(f"scope ids must be non-empty strings of at most {MAX_SCOPE_ID_CHARS} characters"
+                             + ("" if isinstance(v, str) else f", not {type(v).__name__}"))
+        try:
+            check_id(v, info.field_name, MAX_SCOPE_ID_CHARS)
+        except ValidationError as exc:
+            raise ValueError(str(exc)) from None
         return v
 
 
@@ -220,17 +394,26 @@ class MemoryItem(_Model):
     @field_validator("tags", mode="before")
     @classmethod
     def _tags(cls, v: Any) -> list[str]:
-        if v is None:
-            return []
-        if isinstance(v, str) or not all(isinstance(t, str) and t.strip() for t in v):
-            raise ValueError("tags must be a list of non-empty strings")
-        return sorted(set(t.strip() for t in v))
+        return _clean_tags(v)
 
     @field_validator("confidence")
     @classmethod
     def _conf(cls, v: float) -> float:
         if not (0.0 <= v <= 1.0) or math.isnan(v):
             raise ValueError("confidence must be within [0, 1]")
+        return v
+
+    @field_validator("id", "cube_id", "content", "index_text", "created_by")
+    @classmethod
+    def _unicode(cls, v: str | None, info: Any) -> str | None:
+        if v is not None and not _utf8_ok(v):
+            raise ValueError(f"{info.field_name} contains a lone surrogate (invalid Unicode)")
+        return v
+
+    @field_validator("provenance")
+    @classmethod
+    def _prov(cls, v: Provenance) -> Provenance:
+        _check_strings(v.model_dump(mode="python"), "provenance")
         return v
 
 
@@ -276,6 +459,16 @@ class SearchHit(_Model):
     score: float
     retrievers: dict[str, float] = Field(default_factory=dict, description="retriever name -> its own score")
     ranks: dict[str, int] = Field(default_factory=dict, description="retriever name -> 1-based rank")
+
+
+def _filter_values(cond: Any) -> list[Any]:
+    """The scalar values a metadata filter condition compares against."""
+    if isinstance(cond, dict):
+        out: list[Any] = []
+        for val in cond.values():
+            out.extend(val if isinstance(val, list) else [val])
+        return out
+    return [cond]
 
 
 _META_OPS = {"$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$exists"}
@@ -328,6 +521,37 @@ class SearchFilter(_Model):
                         raise ValueError(f"{op} for {key!r} needs a number or string")
             elif not isinstance(cond, (str, int, float, bool)) and cond is not None:
                 raise ValueError(f"metadata filter for {key!r} must be a scalar or an operator dict")
+            for val in _filter_values(cond):
+                if isinstance(val, float) and not math.isfinite(val):
+                    raise ValueError(f"metadata filter for {key!r}: {val!r} is not a finite number")
+                if isinstance(val, int) and not isinstance(val, bool) and not -(2**63) <= val < 2**63:
+                    raise ValueError(f"metadata filter for {key!r}: {val} is outside the 64-bit integer range")
+        return v
+
+    @model_validator(mode="after")
+    def _unicode(self) -> "SearchFilter":
+        _check_strings(self.model_dump(mode="python"), "filter")
+        for axis in ("user_id", "agent_id", "session_id"):
+            val = getattr(self, axis)
+            if val is not None and len(val) > MAX_SCOPE_ID_CHARS:
+                raise ValueError(f"{axis} must be a string of at most {MAX_SCOPE_ID_CHARS} characters")
+        for name in ("ids", "tags_any", "tags_all"):
+            vals = getattr(self, name)
+            if vals is not None and len(vals) > MAX_FILTER_VALUES:
+                raise ValueError(f"{name} lists {len(vals)} values; the limit is {MAX_FILTER_VALUES} (query in batches)")
+        for key, cond in (self.metadata or {}).items():
+            if len(_filter_values(cond)) > MAX_FILTER_VALUES:
+                raise ValueError(f"metadata filter for {key!r} lists more than {MAX_FILTER_VALUES} values")
+        return self
+
+    @field_validator("user_id", "agent_id", "session_id", "ids", "tags_any", "tags_all", mode="before")
+    @classmethod
+    def _strict_text(cls, v: Any, info: Any) -> Any:
+        vals = v if isinstance(v, (list, tuple)) else [v]
+        if isinstance(v, (str, bytes)) and info.field_name in ("ids", "tags_any", "tags_all"):
+            raise ValueError(f"{info.field_name} must be a list of strings, not a single {type(v).__name__}")
+        if any(x is not None and not isinstance(x, str) for x in vals):
+            raise ValueError(f"{info.field_name} must hold strings")
         return v
 
     @classmethod

@@ -68,6 +68,18 @@ def _outcome(exc: BaseException) -> str:
     return "error"
 
 
+def _loggable(value: Any) -> Any:
+    """``value`` with every string made storable as UTF-8 (lone surrogates become U+FFFD): the record of a
+    refused attempt must be writable even when the refused input was not."""
+    if isinstance(value, str):
+        return value if value.isascii() else value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    if isinstance(value, Mapping):
+        return {_loggable(k): _loggable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_loggable(v) for v in value]
+    return value
+
+
 def _dt(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=timezone.utc)
 
@@ -169,7 +181,12 @@ class Governance:
         who = actor if isinstance(actor, str) else None
         if who is not None and (len(who) > 128 or "\x00" in who):
             who = who.replace("\x00", "?")[:128]
+        if who is not None:  # a lone surrogate cannot be stored or hashed: keep the attempt, mark the character
+            who = _loggable(who)
         item = item_id if isinstance(item_id, str) and len(item_id) <= 128 else None
+        if item is not None and _loggable(item) != item:
+            item = None  # an id that cannot be stored was never a memory's id
+        detail = _loggable(detail)
         at = self._now()
         # A transaction of its own that writes this one record and nothing else (records.transaction() would
         # also flush the store's buffered bookkeeping): a failed or refused attempt leaves no other trace.

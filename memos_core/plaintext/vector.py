@@ -7,6 +7,7 @@ used to pre-filter (scope, state, kind). It can always be rebuilt from the recor
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import urlparse
@@ -20,6 +21,16 @@ __all__ = ["ChromaVectorIndex"]
 log = logging.getLogger(__name__)
 
 _BATCH = 4000
+
+#: Serialises creating and closing embedded Chroma clients in this process. chromadb keeps one shared ``System``
+#: per folder in a class-level dict (``SharedSystemClient``) and neither its creation nor its release is atomic:
+#: the new System is published in the dict *before* ``start()`` gives its ``RustBindingsAPI`` the ``bindings``
+#: attribute, and the lookup and the reference-count increment are separate steps. A second thread opening the
+#: same folder meanwhile (or a thread closing the last client of it) then gets a System that is not started
+#: yet (or already stopped): "'RustBindingsAPI' object has no attribute 'bindings'" or "Could not connect to
+#: tenant default_tenant", and the cube opens degraded. Every embedded client of this process is created and
+#: closed through this lock, so that never happens. (HTTP clients share no System: each gets its own.)
+_EMBEDDED_CLIENTS = threading.RLock()
 
 
 class ChromaVectorIndex:
@@ -59,7 +70,8 @@ class ChromaVectorIndex:
             elif self._client is None:
                 assert self.path is not None
                 self.path.mkdir(parents=True, exist_ok=True)
-                self._client = chromadb.PersistentClient(path=str(self.path), settings=settings)
+                with _EMBEDDED_CLIENTS:
+                    self._client = chromadb.PersistentClient(path=str(self.path), settings=settings)
             self._col = self._client.get_or_create_collection(
                 self.collection_name, configuration={"hnsw": self._hnsw}, embedding_function=None
             )
@@ -141,6 +153,7 @@ class ChromaVectorIndex:
         client, self._col, self._client = self._client, None, None
         if client is not None and hasattr(client, "close"):
             try:
-                client.close()
+                with _EMBEDDED_CLIENTS:  # see _EMBEDDED_CLIENTS: never while another thread opens this folder
+                    client.close()
             except Exception as exc:  # noqa: BLE001 - closing must not fail the caller
                 log.debug("chroma client close: %s", exc)
