@@ -939,10 +939,18 @@ class MemCube:
 
         return cached_query_vector(self._embedder, key, compute, self.retrieval.query_cache)
 
-    def _gather(self, plan: QueryPlan, mode: str, f: SearchFilter, states: Sequence[LifecycleState], where: str,
-                args: list[Any], n_cand: int) -> tuple[dict[str, list[tuple[int, float]]], np.ndarray | None]:
-        """Each retriever's best ``n_cand`` (rowid, score) for the normalised query, and the query vector."""
+    def _retrieve(self, query: str, mode: str, f: SearchFilter, states: Sequence[LifecycleState], where: str,
+                  args: list[Any], k: int) -> list[tuple[Any, float, dict[str, float], dict[str, int]]]:
+        """Candidates from each retriever, fused. Returns [(rowid, score, retriever scores, ranks)] best first.
+
+        The query is first normalised (:func:`analyze_query`: dialogue markup, names). Hybrid search then takes
+        the union of the dense and BM25 candidates, scores the BM25-only ones exactly against their stored
+        embeddings (so every candidate has a dense score), and fuses standardised scores plus a bonus for
+        memories that contain the names the query mentions. ``ranks`` are each retriever's own ranks.
+        """
         cfg = self.retrieval
+        plan = analyze_query(query)
+        n_cand = max(cfg.candidates, k)
         ranked: dict[str, list[tuple[int, float]]] = {}
         qvec = None
         if mode in ("hybrid", "dense") and cfg.query_cache:
