@@ -718,11 +718,18 @@ class MemCube:
                 lifecycle.check_transition(item.state, _S.PURGED)
                 now = self._now()
                 with self.records.transaction() as c:
+                    # neighbours whose index text quotes this memory are re-derived first (governance/erasure.py)
+                    plan = self.governance.plan_purge(c, item)
                     self.records.erase_content(c, rowid, item_id)
                     self.records.set_state(c, rowid, item_id, item.state, _S.PURGED, now.timestamp(), actor, reason)
-                    self.records.append_event(c, now.timestamp(), actor, "purge", item_id, detail={"reason": reason})
+                    detail: dict[str, Any] = {"reason": reason}
+                    if plan.rederive:
+                        detail["rederived"] = sorted(plan.rederive)
+                    self.records.append_event(c, now.timestamp(), actor, "purge", item_id, detail=detail)
                 self._sync_after_write()
                 self.records.optimize_lexical()
+                if not getattr(self.governance._tls, "defer_erasure", False):
+                    self.governance.finish_erasure()
                 got = self.records.get(item_id)
                 assert got is not None
                 return got
@@ -1104,22 +1111,23 @@ class MemCube:
                     "SELECT id FROM items WHERE expires_at IS NOT NULL AND expires_at <= ? AND state IN "
                     f"({','.join('?' * len(states))}) ORDER BY rowid", (now, *[s.value for s in states]))]
             done: list[str] = []
-            for item_id in ids:
-                try:
-                    if act == RetentionAction.FORGET:
-                        self.governance.forget(item_id, actor=actor, reason="expired (retention)", cascade=False)
-                    elif act == RetentionAction.PURGE:
-                        if self.records.get(item_id).state != D:  # type: ignore[union-attr]
-                            self.transition(item_id, D, reason="expired (retention)", actor=actor)
-                        self.purge(item_id, reason="expired (retention)", actor=actor)
-                    else:
-                        target = AR if act == RetentionAction.ARCHIVE else D
-                        self.transition(item_id, target, reason="expired (retention)", actor=actor)
-                except (NotFound, Conflict) as exc:  # changed under us (e.g. put on hold meanwhile)
-                    log.info("expiry of %s skipped: %s", item_id, exc)
-                    self.governance.note_failure(actor, "expire", item_id, exc, {"action": act.value})
-                    continue
-                done.append(item_id)
+            with self.governance.deferred_erasure():  # one index rebuild/compaction for the whole sweep
+                for item_id in ids:
+                    try:
+                        if act == RetentionAction.FORGET:
+                            self.governance.forget(item_id, actor=actor, reason="expired (retention)", cascade=False)
+                        elif act == RetentionAction.PURGE:
+                            if self.records.get(item_id).state != D:  # type: ignore[union-attr]
+                                self.transition(item_id, D, reason="expired (retention)", actor=actor)
+                            self.purge(item_id, reason="expired (retention)", actor=actor)
+                        else:
+                            target = AR if act == RetentionAction.ARCHIVE else D
+                            self.transition(item_id, target, reason="expired (retention)", actor=actor)
+                    except (NotFound, Conflict) as exc:  # changed under us (e.g. put on hold meanwhile)
+                        log.info("expiry of %s skipped: %s", item_id, exc)
+                        self.governance.note_failure(actor, "expire", item_id, exc, {"action": act.value})
+                        continue
+                    done.append(item_id)
             return done
 
     def stats(self, *, actor: str | None = None) -> dict[str, Any]:

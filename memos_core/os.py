@@ -501,6 +501,12 @@ class MemOS:
         key = (name, store.scope.user_id, store.scope.agent_id, store.scope.session_id)
         with self._lock:
             prev = self._recent.get(key)
+        if prev is not None:
+            # The previous turn is context only while its memory still holds it: once it was forgotten or
+            # purged (by this process or another), its text must not come back in the next turn's index.
+            was = self._call(store.cube, "lookup", store.episode_id(prev.id or ""))
+            if was is None or was.state == LifecycleState.PURGED or not was.content:
+                prev = None
         specs = self.reader.read(turns, history=[prev] if prev is not None else [])
         fresh: list[dict[str, Any]] = []
         edited: list[tuple[MemoryItem, dict[str, Any]]] = []

@@ -22,8 +22,11 @@ Plain concatenation without re-rotation (what upstream MemOS does) puts several 
 it is offered only inside :func:`composition_error` (``"naive"``), to show the error it causes.
 
 Only RoPE models whose frequencies do not depend on sequence length can be re-rotated (default, linear,
-llama3, yarn scaling); ``dynamic``/``longrope``/multimodal RoPE and non-RoPE models raise
-:class:`UnsupportedModel` — use ``"recompute"`` there.
+llama3, yarn scaling; also per-layer-type frequencies as in Gemma 3, each layer rotated with its own);
+``dynamic``/``longrope``/multimodal RoPE and non-RoPE models raise :class:`UnsupportedModel` — use
+``"recompute"`` there. ``"recompute"`` on a ``dynamic``/``longrope`` model recomputes the whole composite when
+the first cache was computed in another frequency regime than the composite's length needs (see
+:mod:`memos_core.activation.rope`), so its result stays exact.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from ..errors import ValidationError
 from .errors import FingerprintMismatch, UnsupportedModel
 from .fingerprint import Fingerprinter
 from .kvcache import KVCache, Segment, cache_tensors, make_cache, model_device, prefix_forward
+from .rope import layer_inv_freqs, rope_regime, rotary_modules
 
 __all__ = ["compose", "rope_for", "rerotate_keys", "composition_error", "CompositionError", "RopeInfo"]
 
@@ -44,38 +48,37 @@ Mode = Literal["recompute", "rerotate"]
 
 @dataclass(frozen=True)
 class RopeInfo:
-    """Rotary frequencies of a model (``inv_freq``, fp32) and how many head dims rotate."""
+    """Rotary frequencies of a model (``inv_freq``, fp32) and how many head dims rotate.
+
+    ``layer_inv_freq`` holds one frequency vector per decoder layer when layers differ (Gemma 3's sliding and
+    full attention layers); ``inv_freq`` is then the first layer's."""
 
     inv_freq: Any
     rotary_dim: int
     rope_type: str
     self_check_error: float
+    layer_inv_freq: tuple[Any, ...] | None = None
 
 
 _ROPE_CACHE: dict[str, RopeInfo] = {}
 _UNSHIFTABLE = ("dynamic", "longrope")
 
 
-def rerotate_keys(keys: Any, delta: int, rope: RopeInfo) -> Any:
-    """Keys computed at positions ``p`` -> keys at ``p + delta`` (HF ``rotate_half`` RoPE convention)."""
+def rerotate_keys(keys: Any, delta: int, rope: RopeInfo, layer: int | None = None) -> Any:
+    """Keys computed at positions ``p`` -> keys at ``p + delta`` (HF ``rotate_half`` RoPE convention), with
+    layer ``layer``'s frequencies when they differ per layer."""
     import torch
 
     if delta == 0:
         return keys
-    d = rope.rotary_dim
-    ang = delta * rope.inv_freq.to(device=keys.device, dtype=torch.float64)
+    inv = rope.inv_freq if rope.layer_inv_freq is None or layer is None else rope.layer_inv_freq[layer]
+    d = 2 * inv.numel()
+    ang = delta * inv.to(device=keys.device, dtype=torch.float64)
     cos, sin = ang.cos().to(torch.float32), ang.sin().to(torch.float32)
     kf = keys.to(torch.float32)
     x1, x2 = kf[..., : d // 2], kf[..., d // 2 : d]
     out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, kf[..., d:]], dim=-1)
     return out.to(keys.dtype)
-
-
-def _find_rotary(model: Any) -> Any:
-    for module in model.modules():
-        if hasattr(module, "inv_freq") and "rotary" in type(module).__name__.lower():
-            return module
-    return None
 
 
 def rope_for(model: Any, fingerprint_key: str | None = None, *, tolerance: float | None = None) -> RopeInfo:
@@ -90,18 +93,31 @@ def rope_for(model: Any, fingerprint_key: str | None = None, *, tolerance: float
 
     if fingerprint_key is not None and fingerprint_key in _ROPE_CACHE:
         return _ROPE_CACHE[fingerprint_key]
-    rot = _find_rotary(model)
     name = type(model).__name__
-    if rot is None:
+    num_layers = int(getattr(model.config.get_text_config(), "num_hidden_layers", 0) or 0)
+    found = layer_inv_freqs(model, num_layers) if num_layers else None
+    if found is None:
+        if rotary_modules(model):
+            raise UnsupportedModel(
+                f"{name}'s rotary embedding keeps its frequencies in a layout MemOS does not know (no inv_freq buffer "
+                "and no per-layer-type <type>_inv_freq buffers matching config.layer_types); compose with mode='recompute'"
+            )
         raise UnsupportedModel(f"{name} has no rotary position embedding; compose with mode='recompute'")
-    rope_type = str(getattr(rot, "rope_type", "default"))
+    freqs, kinds = found
     params = getattr(model.config, "rope_parameters", None) or {}
-    if any(u in rope_type for u in _UNSHIFTABLE) or (isinstance(params, dict) and "mrope_section" in params):
+    bad = sorted({k for k in kinds if any(u in k for u in _UNSHIFTABLE)})
+    if bad or (isinstance(params, dict) and "mrope_section" in params):
         raise UnsupportedModel(
-            f"{name} uses RoPE type {rope_type!r}, whose frequencies depend on the sequence length; compose with mode='recompute'"
+            f"{name} uses RoPE type {(bad or ['mrope'])[0]!r}, whose frequencies depend on the sequence length (or on "
+            "several position axes); compose with mode='recompute'"
         )
-    inv = rot.inv_freq.detach().to(torch.float32)
-    info = RopeInfo(inv_freq=inv, rotary_dim=2 * inv.numel(), rope_type=rope_type, self_check_error=float("nan"))
+    rope_type = kinds[0] if len(set(kinds)) == 1 else "per-layer(" + ",".join(sorted(set(kinds))) + ")"
+    per_layer = [f.detach().to(torch.float32) for f in freqs]
+    distinct = any(f.shape != per_layer[0].shape or not torch.equal(f, per_layer[0]) for f in per_layer[1:])
+    inv = per_layer[0]
+    layer_freq = tuple(per_layer) if distinct else None
+    info = RopeInfo(inv_freq=inv, rotary_dim=2 * inv.numel(), rope_type=rope_type, self_check_error=float("nan"),
+                    layer_inv_freq=layer_freq)
     device = model_device(model)
     vocab = int(model.config.get_text_config().vocab_size)
     ids = torch.tensor([[(7 * i + 3) % vocab for i in range(8)]], device=device)
@@ -119,8 +135,8 @@ def rope_for(model: Any, fingerprint_key: str | None = None, *, tolerance: float
             )
             runs.append(cache_tensors(dyn))
     worst = 0.0
-    for (k0, v0), (k1, v1) in zip(*runs):
-        moved = rerotate_keys(k0.float(), shift, info)
+    for li, ((k0, v0), (k1, v1)) in enumerate(zip(*runs)):
+        moved = rerotate_keys(k0.float(), shift, info, li)
         scale = max(float(k1.float().abs().max()), 1e-6)
         worst = max(worst, float((moved - k1.float()).abs().max()) / scale)
         vscale = max(float(v1.float().abs().max()), 1e-6)
@@ -132,7 +148,8 @@ def rope_for(model: Any, fingerprint_key: str | None = None, *, tolerance: float
             f"re-rotating {name}'s cached keys does not reproduce its own shifted keys (relative error {worst:.2e} > {tol:.0e}); "
             "its position encoding is not plain RoPE; compose with mode='recompute'"
         )
-    info = RopeInfo(inv_freq=inv, rotary_dim=info.rotary_dim, rope_type=rope_type, self_check_error=worst)
+    info = RopeInfo(inv_freq=inv, rotary_dim=info.rotary_dim, rope_type=rope_type, self_check_error=worst,
+                    layer_inv_freq=layer_freq)
     if fingerprint_key is not None:
         _ROPE_CACHE[fingerprint_key] = info
     return info
@@ -189,7 +206,7 @@ def _concat_layers(caches: Sequence[KVCache], s: int, starts: list[int], rope: R
             k, v = c.layers[li]
             k, v = k[:, :, s:].to(device), v[:, :, s:].to(device)
             if rope is not None:
-                k = rerotate_keys(k, start - s, rope)
+                k = rerotate_keys(k, start - s, rope, li)
             ks.append(k)
             vs.append(v)
         out.append((torch.cat(ks, dim=-2).contiguous(), torch.cat(vs, dim=-2).contiguous()))
@@ -233,11 +250,15 @@ def compose(
     if mode == "recompute":
         base = caches[0]
         device = model_device(model)
-        past = DynamicCache([(k.to(device), v.to(device)) for k, v in base.layers])
+        regime = rope_regime(model, len(tokens))
         with torch.no_grad():
-            _, dyn = prefix_forward(model, tokens[len(base):], past=past, past_len=len(base))
+            if base.meta.rope_regime == regime:
+                past = DynamicCache([(k.to(device), v.to(device)) for k, v in base.layers])
+                _, dyn = prefix_forward(model, tokens[len(base):], past=past, past_len=len(base))
+            else:  # the first cache's RoPE frequencies are not the composite's: recompute everything
+                _, dyn = prefix_forward(model, tokens, past=DynamicCache(), past_len=0)
         layers = cache_tensors(dyn)
-        return make_cache(fp, tokens, layers, exact=all(c.meta.exact for c in caches),
+        return make_cache(fp, tokens, layers, exact=all(c.meta.exact for c in caches), rope_regime=regime,
                           approximation=None if all(c.meta.exact for c in caches) else "composed from approximate caches",
                           build_seconds=time.perf_counter() - t0, **common)
     if mode == "rerotate":

@@ -11,6 +11,12 @@ Contract (what the tests check on Llama- and Qwen2-family models, fp32):
   by another model/tokenizer/adapter raises :class:`FingerprintMismatch`. Neither ever falls back silently.
 * If the cache covers the whole prompt, its last token is recomputed (logits are needed to pick the first
   new token); the cache is still reused for everything before it.
+* Models whose RoPE frequencies depend on the sequence length (``dynamic``, ``longrope``): a cache computed in
+  another frequency regime than the prompt's (e.g. a 142-token memory prefix in Phi-3's short regime, a
+  186-token prompt in its long regime) is not used; the whole prompt is computed and ``result.notes`` says so.
+  See :mod:`memos_core.activation.rope`.
+* ``input_ids`` is one prompt: a list of ints, a 1-D tensor or a ``[1, n]`` tensor. A batch of several
+  prompts raises :class:`ValidationError` (batch size 1).
 
 Sampling: ``temperature == 0`` is greedy; otherwise temperature, top-k and top-p (nucleus) sampling, seeded
 by ``seed`` when given. Generation stops at an end-of-sequence id (the model's generation config and the
@@ -30,8 +36,9 @@ from ..errors import ValidationError
 from .errors import FingerprintMismatch
 from .fingerprint import Fingerprinter
 from .kvcache import KVCache, model_device, prefix_forward
+from .rope import rope_regime
 
-__all__ = ["SamplingParams", "GenerationResult", "GenerationStream", "generate", "stream", "prefill", "eos_token_ids"]
+__all__ = ["SamplingParams", "GenerationResult", "GenerationStream", "generate", "stream", "prefill", "eos_token_ids", "as_token_ids"]
 
 
 class SamplingParams(BaseModel):
@@ -81,6 +88,39 @@ def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
     return out
 
 
+def as_token_ids(input_ids: Any) -> list[int]:
+    """One prompt's token ids as a list of ints: accepts a sequence of ints, a 1-D tensor/array or a batch of
+    one (``[1, n]``). A batch of several prompts raises :class:`ValidationError`."""
+    shape = getattr(input_ids, "shape", None)
+    if shape is not None:
+        if len(shape) == 2:
+            if shape[0] != 1:
+                raise ValidationError(
+                    f"generation with a KV cache runs batch size 1; got a batch of {shape[0]} prompts ({tuple(shape)}): "
+                    "call it once per prompt"
+                )
+            input_ids = input_ids[0]
+        elif len(shape) != 1:
+            raise ValidationError(f"input_ids must be one prompt of token ids (batch size 1), got shape {tuple(shape)}")
+        return [int(i) for i in input_ids.tolist()]
+    ids = list(input_ids)
+    if ids and not isinstance(ids[0], (int,)) and hasattr(ids[0], "__len__"):
+        if len(ids) != 1:
+            raise ValidationError(
+                f"generation with a KV cache runs batch size 1; got a batch of {len(ids)} prompts: call it once per prompt"
+            )
+        ids = list(ids[0])
+    out = []
+    for i in ids:
+        if isinstance(i, bool) or not isinstance(i, int):
+            try:
+                i = int(i)  # numpy / torch scalars
+            except (TypeError, ValueError):
+                raise ValidationError(f"input_ids must be token ids (ints), got {type(i).__name__}") from None
+        out.append(i)
+    return out
+
+
 def _check_cache(model: Any, tokenizer: Any, input_ids: Sequence[int], cache: KVCache, fingerprinter: Fingerprinter | None) -> None:
     fp = (fingerprinter or Fingerprinter(model, tokenizer))()
     if fp != cache.meta.fingerprint:
@@ -104,12 +144,15 @@ def prefill(
     *,
     tokenizer: Any = None,
     fingerprinter: Fingerprinter | None = None,
+    notes: list[str] | None = None,
 ) -> tuple[Any, Any, int]:
     """Compute the prompt: returns (last-token logits ``[1, vocab]``, the live DynamicCache, tokens reused).
 
-    With ``cache``, its tokens are reused (after the fingerprint and prefix checks) and only the rest runs.
+    With ``cache``, its tokens are reused (after the fingerprint and prefix checks) and only the rest runs,
+    unless the cache was computed in another RoPE frequency regime than the prompt needs: then the whole
+    prompt runs (exact) and a line is appended to ``notes``.
     """
-    input_ids = list(input_ids)
+    input_ids = as_token_ids(input_ids)
     if not input_ids:
         raise ValidationError("the prompt is empty")
     if cache is None:
@@ -119,6 +162,14 @@ def prefill(
         raise ValidationError("prefill with a cache needs the tokenizer (or a Fingerprinter) to check the fingerprint")
     _check_cache(model, tokenizer, input_ids, cache, fingerprinter)
     reuse = min(len(cache), len(input_ids) - 1)
+    wanted = rope_regime(model, len(input_ids))
+    if reuse and cache.meta.rope_regime != wanted:
+        if notes is not None:
+            notes.append(
+                f"KV cache {cache.cache_id} not used: its RoPE frequencies ({cache.meta.rope_regime}) differ from "
+                f"those of a {len(input_ids)}-token prompt ({wanted}); the whole prompt was computed"
+            )
+        reuse = 0
     if reuse == 0:
         logits, past = prefix_forward(model, input_ids)
         return logits, past, 0
@@ -177,7 +228,7 @@ class GenerationStream:
         keep_first_logits: bool = False,
     ) -> None:
         self.model, self.tokenizer = model, tokenizer
-        self.input_ids = list(input_ids)
+        self.input_ids = as_token_ids(input_ids)
         self.cache = cache
         self.params = params or SamplingParams()
         self.fingerprinter = fingerprinter
@@ -218,7 +269,8 @@ class GenerationStream:
         text = ""
         try:
             logits, past, reused = prefill(
-                self.model, self.input_ids, self.cache, tokenizer=self.tokenizer, fingerprinter=self.fingerprinter
+                self.model, self.input_ids, self.cache, tokenizer=self.tokenizer, fingerprinter=self.fingerprinter,
+                notes=res.notes,
             )
             res.cached_tokens, res.prefill_tokens = reused, len(self.input_ids) - reused
             if self.keep_first_logits:

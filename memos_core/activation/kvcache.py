@@ -12,6 +12,9 @@ What you can rely on:
   ``transformers.DynamicCache`` holding *copies* of the tensors, so generation appends to the copy.
 * ``cache.meta.exact`` is ``False`` only for caches composed by re-rotation (see
   :mod:`memos_core.activation.compose`); ``meta.approximation`` then says how.
+* ``cache.meta.rope_regime`` names the RoPE frequency regime the tensors were computed in, for models whose
+  RoPE depends on the sequence length (``dynamic``, ``longrope``; see :mod:`memos_core.activation.rope`).
+  Generation reuses a cache only for a prompt in the same regime; otherwise it recomputes the prompt.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from ..items import LifecycleState, MemoryItem, utcnow
 from .errors import StaleArtifact, UnsupportedModel
 from .fingerprint import Fingerprinter, ModelFingerprint
 from .layout import MemoryFormat, PromptLayout, render_layout
+from .rope import settle_dynamic_rope
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -46,7 +50,7 @@ __all__ = [
     "FORMAT_VERSION",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _PLACEHOLDER_CONVERSATION = [{"role": "user", "content": "?"}]
 
 
@@ -78,6 +82,7 @@ class KVCacheMeta(BaseModel):
     exact: bool = True
     approximation: str | None = None
     composed_from: list[str] = Field(default_factory=list)
+    rope_regime: str | None = Field(default=None, description="RoPE regime of length-dependent RoPE (else None)")
     num_layers: int
     dtype: str
     nbytes: int = Field(description="bytes of the key/value tensors")
@@ -147,12 +152,15 @@ class KVCache:
 
     def prefix(self, n: int) -> "KVCache":
         """The cache of the first ``n`` tokens (views, no copy). Exact caches stay exact: position i depends
-        only on tokens <= i. Segments cut by ``n`` are dropped, and so are the sources they name."""
+        only on tokens <= i (and on the RoPE regime, which a prefix keeps). A segment cut by ``n`` is clipped and
+        keeps its source (part of that memory's tokens are still in the cache); segments after ``n`` are dropped
+        with their sources."""
         if not 0 < n <= len(self):
             raise ValidationError(f"prefix length {n} outside 1..{len(self)}")
         if n == len(self):
             return self
-        segments = [s for s in self.meta.segments if s.end <= n]
+        segments = [s if s.end <= n else Segment(item_id=s.item_id, start=s.start, end=n)
+                    for s in self.meta.segments if s.start < n]
         keep = {s.item_id for s in segments}
         sources = [s for s in self.meta.sources if s.item_id in keep]
         layers = [(k[:, :, :n], v[:, :, :n]) for k, v in self.layers]
@@ -273,6 +281,7 @@ def prefix_forward(model: Any, token_ids: Sequence[int], past: Any | None = None
         if past is None:
             raise ValidationError("past_len > 0 needs a past cache")
     n = len(token_ids)
+    settle_dynamic_rope(model, past_len + n)
     ids = torch.tensor([list(token_ids)], dtype=torch.long, device=device)
     position_ids = torch.arange(past_len, past_len + n, device=device).unsqueeze(0)
     attention_mask = torch.ones(1, past_len + n, dtype=torch.long, device=device)
@@ -322,8 +331,10 @@ def make_cache(
     approximation: str | None = None,
     composed_from: Sequence[str] = (),
     build_seconds: float | None = None,
+    rope_regime: str | None = None,
 ) -> KVCache:
     meta = KVCacheMeta(
+        rope_regime=rope_regime,
         cache_id=cache_id_for(fp, token_ids, sources, exact),
         fingerprint=fp,
         token_ids=list(token_ids),
@@ -389,23 +400,35 @@ def build_prefix_cache(
     sources: Sequence[SourceRef] = (),
     memory_format: MemoryFormat | None = None,
     reuse: KVCache | None = None,
+    context_ids: Sequence[int] | None = None,
 ) -> KVCache:
     """Compute the cache of ``token_ids`` from position 0, reusing the longest common prefix with ``reuse``.
 
-    Reuse keeps the result exact: the keys/values of position ``i`` depend only on tokens ``<= i``, so an exact
-    cache agreeing on the first ``n`` ids holds exactly what a fresh run would compute for them. ``reuse``
-    must come from the same model (fingerprint) and be exact, or it is ignored.
+    Reuse keeps the result exact: the keys/values of position ``i`` depend only on tokens ``<= i`` (and on the
+    RoPE regime), so an exact cache agreeing on the first ``n`` ids, computed in the same regime, holds exactly
+    what a fresh run would compute for them. ``reuse`` must come from the same model (fingerprint), be exact
+    and share the regime, or it is ignored.
+
+    ``context_ids`` (a longer prompt starting with ``token_ids``) runs the whole prompt in one pass and keeps
+    the first ``len(token_ids)`` positions: the cache is then in the prompt's RoPE regime (used for
+    ``longrope`` prompts beyond the threshold, whose memory prefix alone would be in the short regime).
     """
     import time
 
     import torch
     from transformers import DynamicCache
 
+    from .rope import rope_regime
+
     token_ids = list(token_ids)
     if not token_ids:
         raise ValidationError("cannot build a KV cache of zero tokens")
+    run = list(context_ids) if context_ids is not None else token_ids
+    if run[: len(token_ids)] != token_ids:
+        raise ValidationError("context_ids must start with token_ids")
+    regime = rope_regime(model, len(run))
     start = 0
-    if reuse is not None and reuse.meta.exact and reuse.meta.fingerprint == fp:
+    if reuse is not None and reuse.meta.exact and reuse.meta.fingerprint == fp and reuse.meta.rope_regime == regime:
         start = min(common_prefix_len(reuse.token_ids, token_ids), len(token_ids) - 1)
     t0 = time.perf_counter()
     device = model_device(model)
@@ -414,8 +437,10 @@ def build_prefix_cache(
             past = DynamicCache([(k[:, :, :start].to(device), v[:, :, :start].to(device)) for k, v in reuse.layers])  # type: ignore[union-attr]
         else:
             past = full_dynamic_cache()
-        _, dyn = prefix_forward(model, token_ids[start:], past=past, past_len=start)
+        _, dyn = prefix_forward(model, run[start:], past=past, past_len=start)
     layers = cache_tensors(dyn)
+    if len(run) > len(token_ids):
+        layers = [(k[:, :, : len(token_ids)].contiguous(), v[:, :, : len(token_ids)].contiguous()) for k, v in layers]
     return make_cache(
         fp,
         token_ids,
@@ -425,6 +450,7 @@ def build_prefix_cache(
         sources=sources,
         memory_format=memory_format,
         build_seconds=time.perf_counter() - t0,
+        rope_regime=regime,
     )
 
 

@@ -3,7 +3,7 @@
 Layout of a store folder (for a cube: ``cube.path / "activation"``)::
 
     <cache_id>.safetensors   keys/values, tensors "layers.<i>.keys" / "layers.<i>.values", [1, heads, tokens, dim]
-    <cache_id>.json          {"meta": KVCacheMeta, "file": {"size": …, "sha256": …}}
+    <cache_id>.json          {"meta": KVCacheMeta, "file": {"size": …, "sha256": …}, "meta_sha256": …}
 
 What you can rely on:
 
@@ -13,9 +13,13 @@ What you can rely on:
   ``.tmp`` file is removed by :meth:`KVCacheStore.cleanup`).
 * **Loads are memory-mapped** (copy-on-write): tensors are read from the page cache on first touch, and
   nothing done to a loaded tensor can change the file.
-* **Loads are checked, never silently empty.** Missing id: :class:`NotFound`. Unreadable JSON, wrong size
-  (truncated), checksum mismatch (``verify="full"``, the default), unreadable safetensors header or tensors
-  that disagree with the metadata: :class:`CorruptData`. Another model/tokenizer/dtype/adapter:
+* **Loads are checked, never silently empty.** Missing id: :class:`NotFound`. Unreadable JSON, metadata that
+  does not match its checksum (``meta_sha256``, a SHA-256 of the canonical JSON of the metadata, also written
+  into the tensor file's header) or whose cache id is not the one its fingerprint, token ids, sources and
+  exactness give, wrong size (truncated), tensor checksum mismatch (``verify="full"``, the default),
+  unreadable safetensors header or tensors that disagree with the metadata: :class:`CorruptData`. Editing a
+  single token id in the JSON is refused. Caches written by format 1 (no metadata checksum) are refused the
+  same way: rebuild them (``LocalLLM`` does so automatically). Another model/tokenizer/dtype/adapter:
   :class:`FingerprintMismatch`. A source memory updated, deleted or forgotten since the build:
   :class:`StaleArtifact`.
 * **Budget.** ``budget_bytes`` bounds the folder's cache bytes (JSON + tensors). :meth:`put` raises
@@ -39,11 +43,11 @@ from typing import Any, Iterable, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
-from ..artifacts import ItemLookup, stale_sources
+from ..artifacts import ArtifactStoreMixin, ItemLookup, SourceRef, stale_sources
 from ..errors import CorruptData, NotFound, ValidationError
 from .errors import BudgetExceeded, FingerprintMismatch, StaleArtifact
 from .fingerprint import ModelFingerprint
-from .kvcache import FORMAT_VERSION, KVCache, KVCacheMeta
+from .kvcache import FORMAT_VERSION, KVCache, KVCacheMeta, cache_id_for
 
 __all__ = ["KVCacheStore", "CacheInfo"]
 
@@ -60,6 +64,7 @@ class CacheInfo(BaseModel):
     tensor_bytes: int
     json_bytes: int
     sha256: str
+    meta_sha256: str = ""
     last_used: datetime
 
     @property
@@ -97,6 +102,15 @@ def _when(mtime_ns: int) -> datetime:
     return datetime.fromtimestamp(mtime_ns // 1000 / 1e6, timezone.utc)
 
 
+def meta_digest(meta: Any) -> str:
+    """SHA-256 of a cache's metadata as canonical JSON (sorted keys, no whitespace). ``meta`` is the JSON
+    dict as stored (or a :class:`KVCacheMeta`)."""
+    if isinstance(meta, KVCacheMeta):
+        meta = meta.model_dump(mode="json")
+    blob = json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -108,12 +122,20 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-class KVCacheStore:
+class KVCacheStore(ArtifactStoreMixin):
     """A folder of KV caches with integrity checks and a byte budget.
 
     ``lookup`` (item id -> current :class:`MemoryItem` or ``None``, e.g. ``cube.lookup``) is used to refuse
     stale caches on :meth:`load`; pass ``lookup=None`` there explicitly to skip the check.
+
+    Implements the :class:`~memos_core.artifacts.ArtifactStore` protocol (the same verbs as
+    :class:`~memos_core.parametric.AdapterStore`; artefact ids are cache ids): ``artifact_ids``,
+    ``artifact_sources``, ``remove``, ``built_from``, ``forget``, ``stale_artifacts``, ``drop_stale``.
+    ``delete_for_items``, ``stale`` and ``delete_stale`` are older names of ``forget``, ``stale_artifacts`` and
+    ``drop_stale``.
     """
+
+    kind = "kv_cache"
 
     def __init__(self, folder: str | os.PathLike[str], *, budget_bytes: int | None = None, lookup: ItemLookup | None = None) -> None:
         if budget_bytes is not None and budget_bytes < 0:
@@ -153,13 +175,17 @@ class KVCacheStore:
             for i, (k, v) in enumerate(cache.layers):
                 tensors[f"layers.{i}.keys"] = k.detach().contiguous().cpu()
                 tensors[f"layers.{i}.values"] = v.detach().contiguous().cpu()
+            if cache.cache_id != cache_id_for(cache.meta.fingerprint, cache.token_ids, cache.meta.sources, cache.meta.exact):
+                raise ValidationError(f"cache {cache.cache_id}: its id does not match its fingerprint, tokens and sources")
+            meta_json = cache.meta.model_dump(mode="json")
+            msha = meta_digest(meta_json)
             blob = save(
                 tensors,
                 metadata={"format": _FORMAT, "format_version": str(FORMAT_VERSION), "cache_id": cache.cache_id,
-                          "fingerprint_key": cache.meta.fingerprint.key},
+                          "fingerprint_key": cache.meta.fingerprint.key, "meta_sha256": msha},
             )
             sha = hashlib.sha256(blob).hexdigest()
-            record = {"meta": cache.meta.model_dump(mode="json"), "file": {"size": len(blob), "sha256": sha}}
+            record = {"meta": meta_json, "file": {"size": len(blob), "sha256": sha}, "meta_sha256": msha}
             jblob = json.dumps(record, separators=(",", ":")).encode("utf-8")
             need = len(blob) + len(jblob)
             if self.budget_bytes is not None:
@@ -203,13 +229,33 @@ class KVCacheStore:
                 return cached[1]
             try:
                 record = json.loads(jpath.read_bytes())
+                version = int(record["meta"].get("format_version", 1))
+            except Exception as exc:
+                raise CorruptData(f"KV cache {cache_id}: metadata file {jpath.name} is unreadable ({exc}); delete it") from None
+            if version < 2:
+                raise CorruptData(
+                    f"KV cache {cache_id} was written by an older MemOS (format {version}, metadata not checksummed); "
+                    "delete it and rebuild (LocalLLM does so automatically)"
+                )
+            if version > FORMAT_VERSION:
+                raise CorruptData(f"KV cache {cache_id} uses format {version}; this MemOS reads up to {FORMAT_VERSION}")
+            try:
+                msha = str(record["meta_sha256"])
+                if meta_digest(record["meta"]) != msha:
+                    raise CorruptData("metadata does not match its checksum (edited or corrupt)")
                 meta = KVCacheMeta.model_validate(record["meta"])
                 size, sha = int(record["file"]["size"]), str(record["file"]["sha256"])
+            except CorruptData as exc:
+                raise CorruptData(f"KV cache {cache_id}: {exc}; delete it and rebuild") from None
             except Exception as exc:
                 raise CorruptData(f"KV cache {cache_id}: metadata file {jpath.name} is unreadable ({exc}); delete it") from None
             if meta.cache_id != cache_id:
                 raise CorruptData(f"KV cache {cache_id}: metadata names another cache ({meta.cache_id}); delete it")
-            info = CacheInfo(meta=meta, tensor_bytes=size, json_bytes=st.st_size, sha256=sha,
+            if cache_id_for(meta.fingerprint, meta.token_ids, meta.sources, meta.exact) != cache_id:
+                raise CorruptData(
+                    f"KV cache {cache_id}: its token ids, sources or fingerprint do not give its id (edited); delete it"
+                )
+            info = CacheInfo(meta=meta, tensor_bytes=size, json_bytes=st.st_size, sha256=sha, meta_sha256=msha,
                              last_used=_when(st.st_mtime_ns))
             self._meta[cache_id] = (stamp, info)
             return info
@@ -272,8 +318,6 @@ class KVCacheStore:
         tpath, jpath = self._paths(cache_id)
         info = self.info(cache_id)
         meta = info.meta
-        if meta.format_version > FORMAT_VERSION:
-            raise CorruptData(f"KV cache {cache_id} uses format {meta.format_version}; this MemOS reads up to {FORMAT_VERSION}")
         if fingerprint is not None and meta.fingerprint != fingerprint:
             raise FingerprintMismatch(
                 f"KV cache {cache_id} was built by another model: {meta.fingerprint.describe_differences(fingerprint)}. "
@@ -305,7 +349,8 @@ class KVCacheStore:
                 header = f.metadata() or {}
                 names = set(f.keys())
                 expected = {f"layers.{i}.{kv}" for i in range(meta.num_layers) for kv in ("keys", "values")}
-                if header.get("cache_id") != cache_id or header.get("format") != _FORMAT or names != expected:
+                if (header.get("cache_id") != cache_id or header.get("format") != _FORMAT or names != expected
+                        or header.get("meta_sha256") != info.meta_sha256):
                     raise CorruptData("tensor file does not belong to this metadata")
                 layers = [(f.get_tensor(f"layers.{i}.keys"), f.get_tensor(f"layers.{i}.values")) for i in range(meta.num_layers)]
             cache = KVCache(meta, layers)
@@ -363,32 +408,28 @@ class KVCacheStore:
                     out.append(info.cache_id)
         return out
 
+    # ----------------------------------------------------------------------------------------------- ArtifactStore
+    def artifact_ids(self) -> list[str]:
+        """Ids of the stored caches (including ones whose metadata is unreadable)."""
+        return self._ids()
+
+    def artifact_sources(self, artifact_id: str) -> list[SourceRef]:
+        return list(self.info(artifact_id).meta.sources)
+
+    def remove(self, artifact_id: str) -> bool:
+        return self.delete(artifact_id)
+
     def stale(self, lookup: ItemLookup | None = None) -> dict[str, dict[str, str]]:
-        """cache id -> {source item id: reason} for every stale cache."""
-        look = lookup or self.lookup
-        if look is None:
-            raise ValidationError("stale() needs a lookup (item id -> MemoryItem | None)")
-        out = {}
-        for info in self.list():
-            reasons = stale_sources(info.meta.sources, look)
-            if reasons:
-                out[info.cache_id] = reasons
-        return out
+        """cache id -> {source item id: reason} for every stale cache (= :meth:`stale_artifacts`)."""
+        return self.stale_artifacts(lookup)
 
     def delete_stale(self, lookup: ItemLookup | None = None) -> list[str]:
-        """Delete every stale cache; returns their ids."""
-        ids = list(self.stale(lookup))
-        for cid in ids:
-            self.delete(cid)
-        return ids
+        """Delete every stale cache; returns their ids (= :meth:`drop_stale`)."""
+        return self.drop_stale(lookup)
 
     def delete_for_items(self, item_ids: Iterable[str]) -> list[str]:
-        """Delete every cache built from any of ``item_ids`` (what forgetting a memory must do)."""
-        wanted = set(item_ids)
-        ids = [i.cache_id for i in self.list() if wanted & set(i.meta.source_ids)]
-        for cid in ids:
-            self.delete(cid)
-        return ids
+        """Delete every cache built from any of ``item_ids`` (= :meth:`forget`)."""
+        return self.forget(item_ids)
 
     def problems(self) -> dict[str, str]:
         """cache id -> problem, for caches whose metadata is unreadable or whose tensor file is missing or of

@@ -117,6 +117,26 @@ class _Attempt:
         return False
 
 
+class _Deferred:
+    """The context manager behind :meth:`Governance.deferred_erasure`."""
+
+    __slots__ = ("gov", "outer")
+
+    def __init__(self, gov: "Governance") -> None:
+        self.gov = gov
+        self.outer = False
+
+    def __enter__(self) -> None:
+        self.outer = getattr(self.gov._tls, "defer_erasure", False)
+        self.gov._tls.defer_erasure = True
+
+    def __exit__(self, *exc: Any) -> bool:
+        self.gov._tls.defer_erasure = self.outer
+        if not self.outer:
+            self.gov.finish_erasure()
+        return False
+
+
 class GovernanceSettings(BaseModel):
     """A cube's governance policies (see :meth:`Governance.configure`)."""
 
@@ -141,6 +161,7 @@ class Governance:
         self._tls = threading.local()  # depth of nested audited operations on this thread
         self._ensure()
         self.flush_forgets()
+        self.finish_erasure()  # a forget/purge whose process died before its after-commit work
 
     # ------------------------------------------------------------------ plumbing
     def _now(self) -> float:
@@ -540,46 +561,31 @@ class Governance:
             return self._cube.transition(item_id, back, actor=actor, reason=reason or "legal hold lifted")
 
     # ------------------------------------------------------------------ forget
-    def _derived(self, c: sqlite3.Connection, root: str) -> list[str]:
-        out: list[str] = [root]
-        seen = {root}
-        frontier = [root]
-        while frontier:
-            nxt: list[str] = []
-            for parent in frontier:
-                pat = json.dumps(parent)[1:-1]
-                rows = c.execute("SELECT id, provenance FROM items WHERE provenance LIKE ? OR provenance LIKE ?",
-                                 (f'%"{pat}"%', f'%"{pat}@%')).fetchall()
-                for iid, prov in rows:
-                    if iid in seen:
-                        continue
-                    p = json.loads(prov)
-                    if parent in p.get("parent_ids", []) or any(
-                            str(v).startswith(parent + "@") for v in p.get("parent_versions", [])):
-                        seen.add(iid)
-                        out.append(iid)
-                        nxt.append(iid)
-            frontier = nxt
-        return out
-
     def forget(self, item_id: str, *, actor: str | None = None, reason: str | None = None,
                cascade: bool = True, drop_artifacts: bool = True) -> list[str]:
         """Erase a memory and everything derived from it, for good. Needs **administer**.
 
         Removes the item row, every version, its lifecycle transitions, its embedding, its lexical-index
-        entries (then merges the FTS segments, checkpoints and truncates the WAL, so the bytes leave the
-        file) and its vector-index row. With ``cascade`` (default) memories whose provenance names it as a
-        parent (``parent_ids`` / ``parent_versions``) are forgotten too. Activation and parametric artefacts
-        built from it become stale (:func:`memos_core.artifacts.stale_sources` finds the id gone); with
+        entries and its vector-index row, and removes its text from what was derived from it
+        (:mod:`memos_core.governance.erasure` says exactly what): neighbours whose index text quotes it are
+        re-derived and re-embedded; with ``cascade`` (default) memories derived from it (``parent_ids`` /
+        ``parent_versions``, duplicates merged into it, facts extracted from the turn it records) are erased
+        too, and facts that only cited its turn lose that citation. Then the lexical index is merged, the
+        vector index rebuilt from the records (its files keep no erased vector), the WAL checkpointed and
+        truncated, so the bytes leave every file of the cube folder. Activation and parametric artefacts built
+        from erased memories become stale (:func:`memos_core.artifacts.stale_sources` finds the id gone); with
         ``drop_artifacts`` (default) those stored in the cube (``activation/`` KV caches, whose token ids encode
         the text, and ``parametric/`` LoRA adapters, whose weights were trained on it) are deleted as well.
         Artefacts kept in folders outside the cube are the caller's to delete (``KVCacheStore.delete_for_items``,
         ``AdapterStore.forget_items(..., delete=True)``).
 
-        The audit record keeps the ids, who and when, never the content. A memory under legal hold (or with a
-        derived memory under hold) cannot be forgotten: :class:`Conflict`, nothing changes. Returns the ids
-        erased.
+        The records change in one transaction; the work after it (index rebuild, compaction, artefacts) is
+        resumed on the next open if the process dies first. The audit record keeps the ids, who and when,
+        never the content. A memory under legal hold (or a memory the erasure would change under hold)
+        cannot be forgotten: :class:`Conflict`, nothing changes. Returns the ids erased.
         """
+        from .erasure import check_not_held, plan_erasure
+
         cube = self._cube
         with cube._lock:
             with self._audited(actor, "forget", item_id, {"cascade": bool(cascade)}):
@@ -589,25 +595,117 @@ class Governance:
                 cube._load(item_id)
                 now = self._now()
                 with self.records.transaction() as c:
-                    ids = self._derived(c, item_id) if cascade else [item_id]
-                    rows = {r[0]: (r[1], r[2]) for r in c.execute(
-                        f"SELECT id, rowid, state FROM items WHERE id IN ({','.join('?' * len(ids))})", ids)}
-                    held = [i for i in ids if i in rows and rows[i][1] == _S.FROZEN.value]
-                    if held:
-                        raise Conflict(f"memory {held[0]!r} is under legal hold (frozen); lift the hold before "
-                                       f"forgetting {'it' if held[0] == item_id else 'what it was derived from'}")
-                    for iid in ids:
-                        if iid in rows:
-                            self.records.erase_item(c, rows[iid][0], iid)
-                            c.execute("INSERT OR IGNORE INTO gov_forget_pending(item_id) VALUES(?)", (iid,))
+                    root = self.records.get(item_id)
+                    if root is None:
+                        raise cube._missing(item_id)
+                    plan = plan_erasure(self.records, root, cascade=cascade, c=c)
+                    check_not_held(self.records, plan, item_id, c)
+                    self._apply_plan(c, plan)
+                    self.records.add_forget_pending(c, plan.erase)
+                    self._mark_pending(c, plan.erase, drop_artifacts)
                     self.records.append_event(c, now, actor, "forget", item_id,
-                                              detail={"ids": ids, "cascade": cascade, "reason": reason})
-            self.flush_forgets()
-            self.records.optimize_lexical()
-            self.records.checkpoint()
-            if drop_artifacts:
-                self._drop_artifacts(ids)
-        return ids
+                                              detail={"ids": plan.erase, "cascade": cascade, "reason": reason,
+                                                      "rederived": sorted(plan.rederive),
+                                                      "unlinked": sorted(plan.unlink)})
+            if not getattr(self._tls, "defer_erasure", False):
+                self.finish_erasure()
+        return plan.erase
+
+    def _apply_plan(self, c: Any, plan: Any) -> None:
+        """Inside a transaction: erase ``plan.erase``; rewrite the memories whose index text or provenance held
+        erased text (current row and every version; re-embedded when their index text changed)."""
+        from .. import lifecycle
+        from .erasure import revised
+
+        rows = self.records.rowids_of([*plan.erase, *plan.rederive, *plan.unlink], c)
+        for iid in plan.erase:
+            if iid in rows:
+                self.records.erase_item(c, rows[iid][0], iid)
+        changed = [i for i in dict.fromkeys([*plan.rederive, *plan.unlink]) if i in rows]
+        work = []
+        for iid in changed:
+            item = self.records.get(iid)
+            if item is None:  # pragma: no cover - read inside the same transaction
+                continue
+            new, versions = revised(item, self.records.versions(iid), plan.rederive.get(iid, []),
+                                    plan.unlink.get(iid, []))
+            indexed = item.state in lifecycle.INDEXED
+            vec = None
+            if indexed and iid not in plan.rederive:
+                vec = self.records.embedding(rows[iid][0])
+            work.append((rows[iid][0], new, versions, self.records.transitions(iid), indexed, vec))
+        todo = [n for n, w in enumerate(work) if w[4] and w[5] is None]
+        if todo:
+            vecs = self._cube._embed([work[n][1].index_text or work[n][1].content for n in todo])
+            for n, vec in zip(todo, vecs):
+                work[n] = (*work[n][:5], vec)
+        for rowid, new, versions, transitions, indexed, vec in work:
+            self.records.erase_item(c, rowid, new.id)
+            self.records.restore_item(c, new, versions, transitions, vec, indexed)
+
+    def _mark_pending(self, c: Any, ids: Sequence[str], drop_artifacts: bool) -> None:
+        """Record (in the erasing transaction) the after-commit work :meth:`finish_erasure` still has to do."""
+        from .erasure import PENDING_KEY
+
+        raw = self.records.get_meta(PENDING_KEY)
+        try:
+            cur = json.loads(raw) if raw else {}
+        except ValueError:
+            cur = {}
+        old = [i for i in cur.get("ids", []) if isinstance(i, str)]
+        self.records.set_meta(c, PENDING_KEY, json.dumps({
+            "ids": list(dict.fromkeys([*old, *ids])), "artifacts": bool(cur.get("artifacts")) or drop_artifacts}))
+
+    def plan_purge(self, c: Any, item: MemoryItem) -> Any:
+        """Inside the purge transaction, before the content is blanked: re-derive the neighbours whose index
+        text quotes ``item`` (see :mod:`.erasure`); returns the plan (its ``rederive`` ids)."""
+        from .erasure import check_not_held, plan_erasure
+
+        plan = plan_erasure(self.records, item, cascade=False, c=c, erase_root=False)
+        check_not_held(self.records, plan, item.id, c)
+        self._apply_plan(c, plan)
+        if plan.rederive:
+            self._mark_pending(c, [], False)
+        return plan
+
+    def deferred_erasure(self) -> "_Deferred":
+        """``with gov.deferred_erasure(): ...`` runs several forgets and purges, then the after-commit work
+        (vector-index rebuild, compaction) once at the end (expiry sweeps use it)."""
+        return _Deferred(self)
+
+    def finish_erasure(self) -> bool:
+        """Finish erasures whose records are committed: delete erased rows from the vector index, push the
+        re-derived ones, rebuild the vector index from the records (no erased vector left in its files), merge
+        the lexical index, checkpoint and truncate the WAL, delete stored artefacts. Runs after every
+        forget/purge and on open when a previous process died first. True when nothing is left to do."""
+        from .erasure import PENDING_KEY, rebuild_vector_index
+
+        raw = self.records.get_meta(PENDING_KEY)
+        if not raw:
+            return True
+        try:
+            pending = json.loads(raw)
+        except ValueError:
+            pending = {"ids": [], "artifacts": True}
+        cube = self._cube
+        self.flush_forgets()
+        cube._sync_after_write()
+        vectors_done = True
+        try:
+            rebuild_vector_index(cube)
+        except BackendUnavailable as exc:
+            vectors_done = False
+            cube.index_degraded = True
+            log.warning("vector index could not be rebuilt after an erasure (%s); it will be on the next open", exc)
+        self.records.compact_erased()
+        if pending.get("artifacts"):
+            self._drop_artifacts([i for i in pending.get("ids", []) if isinstance(i, str)])
+        if not vectors_done:
+            return False
+        with self.records.transaction() as c:
+            self.records.set_meta(c, PENDING_KEY, "")
+        self.records.checkpoint()
+        return True
 
     def _drop_artifacts(self, ids: list[str]) -> None:
         """Delete the cube's stored KV caches and LoRA adapters built from any of ``ids``."""
@@ -625,8 +723,7 @@ class Governance:
 
     def flush_forgets(self) -> int:
         """Remove forgotten ids from the vector index (after a forget; again on open if the index was down)."""
-        with self.records._lock:
-            ids = [r[0] for r in self.records._conn.execute("SELECT item_id FROM gov_forget_pending")]
+        ids = self.records.forget_pending()
         if not ids:
             return 0
         try:
@@ -634,8 +731,7 @@ class Governance:
         except BackendUnavailable:
             self._cube.index_degraded = True
             return 0
-        with self.records.transaction() as c:
-            c.executemany("DELETE FROM gov_forget_pending WHERE item_id=?", [(i,) for i in ids])
+        self.records.clear_forget_pending(ids)
         return len(ids)
 
     # ------------------------------------------------------------------ audit log

@@ -1,23 +1,17 @@
-"""Base-model fingerprints: what an adapter records about the model it was trained on, and the check that refuses
-to load it into another one.
+"""Base-model fingerprints for adapters: the shared :mod:`memos_core.artifacts` fingerprint, plus the check that
+refuses to load an adapter into another base model.
 
-A fingerprint is a small JSON-able record:
+An adapter records the :class:`~memos_core.artifacts.ModelFingerprint` of the base it was trained on, with
+``weights_sha256`` (every weight tensor hashed in full) and ``weights_cast_sha256`` (the same weights cast to
+each less precise float dtype). :func:`fingerprint_differences` compares a stored fingerprint with the current
+model's: architecture, config, tokenizer, parameter count and weights must agree (weights exactly, in a dtype
+both sides have a digest for, so the same checkpoint in float32, bfloat16 or float16 matches and any other
+checkpoint of the architecture does not). ``dtype``, ``transformers_version`` and the chat template never
+block.
 
-* ``model_type`` and ``architecture`` (e.g. ``llama`` / ``LlamaForCausalLM``);
-* ``config_sha256``: SHA-256 of the model config with run-time-only keys removed (dtype, attention
-  implementation, ``use_cache``, ``_name_or_path``, transformers version, ...), so the same checkpoint loaded in
-  another dtype or by another transformers release hashes the same;
-* ``tokenizer_sha256``: SHA-256 of the vocabulary, the special tokens and the token ids of a fixed set of probe
-  strings (so a tokenizer with the same vocabulary but different merges or normalisation differs), independent
-  of how the tokenizer library serialises itself;
-* ``weights_probe``: 64 weight values sampled at fixed positions from 8 parameter tensors, compared with a
-  tolerance, so two checkpoints with the same architecture (a base model and its fine-tune) are told apart while
-  the same checkpoint in float32 and bfloat16 matches;
-* ``num_parameters``, ``dtype`` and ``transformers_version``.
-
-:func:`fingerprint_differences` returns the *blocking* differences: architecture, config, tokenizer, parameter
-count, weights. ``dtype`` and ``transformers_version`` are recorded for information only: a LoRA adapter trained
-in float32 works on the same base in bfloat16.
+Adapter records written by older releases (fingerprint scheme 1) carry 64 sampled weights instead of a digest;
+they are checked with that older algorithm (:func:`legacy_differences`) so they still load. Retrain them to
+get the full check.
 
 This module imports torch only inside functions.
 """
@@ -26,36 +20,63 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
-__all__ = ["ModelFingerprint", "model_fingerprint", "fingerprint_differences", "config_hash", "tokenizer_hash"]
-
-#: Config keys that describe how a model is run, not what it is.
-_VOLATILE_CONFIG_KEYS = frozenset(
-    {
-        "transformers_version",
-        "_name_or_path",
-        "name_or_path",
-        "dtype",
-        "torch_dtype",
-        "use_cache",
-        "output_attentions",
-        "output_hidden_states",
-        "return_dict",
-        "attn_implementation",
-        "pretraining_tp",  # peft forces it to 1 when it wraps a model
-        "quantization_config",
-        "use_return_dict",
-        "tf_legacy_loss",
-        "torchscript",
-    }
+from ..artifacts import (
+    Fingerprinter,
+    ModelFingerprint,
+    compatibility_differences,
+    config_digest,
+    describe_differences,
+    tokenizer_digest,
 )
 
-#: Strings whose token ids go into the tokenizer hash: letters, digits, whitespace runs, unicode, code.
-_TOKENIZER_PROBES = (
+__all__ = [
+    "ModelFingerprint",
+    "model_fingerprint",
+    "fingerprint_differences",
+    "legacy_differences",
+    "config_hash",
+    "tokenizer_hash",
+]
+
+config_hash = config_digest
+tokenizer_hash = tokenizer_digest
+
+
+def model_fingerprint(model: Any, tokenizer: Any) -> ModelFingerprint:
+    """Fingerprint the base model of ``model`` (a transformers causal LM, or a peft model wrapping one) with its
+    tokenizer, including the weights cast to every less precise float dtype. Adapter weights are excluded."""
+    fp = Fingerprinter(model, tokenizer, casts=True)()
+    return fp.model_copy(update={"adapters": [], "adapter_sha256": None})
+
+
+def _lines(diffs: dict[str, tuple[Any, Any]]) -> list[str]:
+    out = []
+    for field, (a, b) in diffs.items():
+        if field == "architecture":
+            out.append(f"architecture: adapter trained on {a}, model is {b}")
+        elif field == "weights_sha256":
+            out.append(f"weights: {describe_differences({field: (a, b)})} (another checkpoint of this architecture?)")
+        else:
+            out.append(describe_differences({field: (a, b)}))
+    return out
+
+
+def fingerprint_differences(saved: ModelFingerprint, current: ModelFingerprint) -> list[str]:
+    """Blocking differences as human-readable lines (see :func:`memos_core.artifacts.compatibility_differences`
+    for the ``field -> (stored, current)`` form). Empty list: the adapter may be loaded."""
+    return _lines(compatibility_differences(saved, current))
+
+
+# ----------------------------------------------------------------------------------------------- scheme 1
+
+_LEGACY_VOLATILE = frozenset({
+    "transformers_version", "_name_or_path", "name_or_path", "dtype", "torch_dtype", "use_cache",
+    "output_attentions", "output_hidden_states", "return_dict", "attn_implementation", "pretraining_tp",
+    "quantization_config", "use_return_dict", "tf_legacy_loss", "torchscript",
+})
+_LEGACY_PROBES = (
     "The quick brown fox jumps over the lazy dog.",
     "  leading spaces, trailing spaces  \n\ttabs and\nnewlines\n\n",
     "Numbers: 0 7 42 1999 2024-05-08 3.14159 -17 1,000,000",
@@ -64,153 +85,78 @@ _TOKENIZER_PROBES = (
     "ALL CAPS and MiXeD cAsE; punctuation?! (brackets) [x] <tag> \"quotes\" 'single'",
 )
 
-_PROBE_TENSORS = 8
-_PROBE_VALUES = 8
 
+def _legacy_clean(value: Any) -> Any:
+    import math
 
-class ModelFingerprint(BaseModel):
-    """Identity of a base model as far as an adapter is concerned. See the module docstring."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    model_type: str
-    architecture: str
-    config_sha256: str
-    tokenizer_sha256: str
-    num_parameters: int
-    weights_probe: list[float] | None = Field(default=None, description="None when weights were not readable")
-    dtype: str
-    transformers_version: str
-
-
-def _clean_config(value: Any) -> Any:
     if isinstance(value, dict):
-        return {
-            k: _clean_config(v)
-            for k, v in value.items()
-            if k not in _VOLATILE_CONFIG_KEYS and not str(k).startswith("_")
-        }
+        return {k: _legacy_clean(v) for k, v in value.items() if k not in _LEGACY_VOLATILE and not str(k).startswith("_")}
     if isinstance(value, (list, tuple)):
-        return [_clean_config(v) for v in value]
+        return [_legacy_clean(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
 
 
-def config_hash(config: Any) -> str:
-    """SHA-256 of a transformers config (``PretrainedConfig`` or dict) without its run-time-only keys."""
-    data = config if isinstance(config, dict) else config.to_dict()
-    text = json.dumps(_clean_config(data), sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def tokenizer_hash(tokenizer: Any) -> str:
-    """SHA-256 of a tokenizer's behaviour: vocabulary, special tokens and the ids of fixed probe strings."""
+def _legacy_tokenizer_hash(tokenizer: Any) -> str:
     h = hashlib.sha256()
-    vocab = tokenizer.get_vocab()
-    for token, idx in sorted(vocab.items(), key=lambda kv: (kv[1], kv[0])):
+    for token, idx in sorted(tokenizer.get_vocab().items(), key=lambda kv: (kv[1], kv[0])):
         h.update(f"{idx}\x1f{token}\x1e".encode("utf-8", "surrogatepass"))
     for attr in ("bos_token", "eos_token", "unk_token", "pad_token"):
-        tok = getattr(tokenizer, attr, None)
-        h.update(f"{attr}={tok!s}\x1e".encode("utf-8"))
-    for text in _TOKENIZER_PROBES:
+        h.update(f"{attr}={getattr(tokenizer, attr, None)!s}\x1e".encode("utf-8"))
+    for text in _LEGACY_PROBES:
         ids = tokenizer(text, add_special_tokens=True)["input_ids"]
         h.update(("probe:" + ",".join(str(int(i)) for i in ids) + "\x1e").encode("ascii"))
     return h.hexdigest()
 
 
-def _normalised_params(model: Any) -> list[tuple[str, Any]]:
-    """Base-model parameters by stable name, skipping adapter weights and peft's wrapper names."""
-    out: dict[str, Any] = {}
-    for name, param in model.named_parameters():
-        if "lora_" in name or "modules_to_save" in name:
-            continue
-        clean = name.replace(".base_layer.", ".")
-        if clean.startswith("base_model.model."):
-            clean = clean[len("base_model.model.") :]
-        out.setdefault(clean, param)
-    return sorted(out.items())
-
-
-def _weights_probe(params: list[tuple[str, Any]]) -> list[float] | None:
+def _legacy_probe(params: list[tuple[str, Any]]) -> list[float] | None:
     import torch
 
     if not params:
         return None
     n = len(params)
-    picks = sorted({round(i * (n - 1) / max(_PROBE_TENSORS - 1, 1)) for i in range(_PROBE_TENSORS)})
+    picks = sorted({round(i * (n - 1) / 7) for i in range(8)})
     values: list[float] = []
-    try:
-        with torch.no_grad():
-            for i in picks:
-                flat = params[i][1].detach().reshape(-1)
-                numel = flat.numel()
-                if numel == 0 or flat.device.type == "meta":
-                    return None
-                idx = torch.tensor(
-                    [(k * 2654435761 + 97) % numel for k in range(_PROBE_VALUES)], device=flat.device
-                )
-                values.extend(float(v) for v in flat[idx].float().cpu().tolist())
-    except (RuntimeError, NotImplementedError):
-        return None
+    with torch.no_grad():
+        for i in picks:
+            flat = params[i][1].detach().reshape(-1)
+            if flat.numel() == 0 or flat.device.type == "meta":
+                return None
+            idx = torch.tensor([(k * 2654435761 + 97) % flat.numel() for k in range(8)], device=flat.device)
+            values.extend(float(v) for v in flat[idx].float().cpu().tolist())
     return values
 
 
-def _base_config(model: Any) -> Any:
-    config = getattr(model, "config", None)
-    if config is None and hasattr(model, "get_base_model"):
-        config = model.get_base_model().config
-    return config
-
-
-def model_fingerprint(model: Any, tokenizer: Any) -> ModelFingerprint:
-    """Fingerprint a transformers causal LM (or a peft model wrapping one) together with its tokenizer."""
-    import transformers
-
+def legacy_differences(saved: ModelFingerprint, model: Any, tokenizer: Any) -> dict[str, tuple[Any, Any]]:
+    """Blocking differences for a scheme-1 fingerprint (adapters saved by older releases), computed the way
+    those releases did: config and tokenizer hashes of that algorithm, parameter count, 64 sampled weights."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = _base_config(base)
-    params = _normalised_params(base)
-    dtype = str(getattr(base, "dtype", params[0][1].dtype if params else "unknown")).replace("torch.", "")
-    return ModelFingerprint(
-        model_type=str(getattr(config, "model_type", "") or ""),
-        architecture=type(base).__name__,
-        config_sha256=config_hash(config),
-        tokenizer_sha256=tokenizer_hash(tokenizer),
-        num_parameters=int(sum(p.numel() for _, p in params)),
-        weights_probe=_weights_probe(params),
-        dtype=dtype,
-        transformers_version=transformers.__version__,
-    )
-
-
-def fingerprint_differences(saved: ModelFingerprint, current: ModelFingerprint) -> list[str]:
-    """Blocking differences between the fingerprint an adapter was trained with and the current model's.
-
-    Empty list: the adapter may be loaded. ``dtype`` and ``transformers_version`` never block.
-    """
-    diffs: list[str] = []
-    if saved.model_type != current.model_type or saved.architecture != current.architecture:
-        diffs.append(
-            f"architecture: adapter trained on {saved.architecture} ({saved.model_type}), "
-            f"model is {current.architecture} ({current.model_type})"
-        )
-    if saved.config_sha256 != current.config_sha256:
-        diffs.append(
-            f"config: sha256 {saved.config_sha256[:12]}... differs from the model's {current.config_sha256[:12]}..."
-        )
-    if saved.tokenizer_sha256 != current.tokenizer_sha256:
-        diffs.append(
-            f"tokenizer: sha256 {saved.tokenizer_sha256[:12]}... differs from {current.tokenizer_sha256[:12]}..."
-        )
-    if saved.num_parameters != current.num_parameters:
-        diffs.append(f"parameter count: {saved.num_parameters} vs {current.num_parameters}")
-    a, b = saved.weights_probe, current.weights_probe
+    config = base.config
+    params: dict[str, Any] = {}
+    for name, p in base.named_parameters():
+        if "lora_" in name or "modules_to_save" in name:
+            continue
+        clean = name.replace(".base_layer.", ".")
+        params.setdefault(clean[len("base_model.model."):] if clean.startswith("base_model.model.") else clean, p)
+    ordered = sorted(params.items())
+    diffs: dict[str, tuple[Any, Any]] = {}
+    arch = f"{type(base).__name__} ({getattr(config, 'model_type', '')})"
+    if arch != f"{saved.architecture} ({saved.model_type})":
+        diffs["architecture"] = (f"{saved.architecture} ({saved.model_type})", arch)
+    cfg = hashlib.sha256(json.dumps(_legacy_clean(config.to_dict()), sort_keys=True, default=str,
+                                    separators=(",", ":")).encode()).hexdigest()
+    if cfg != saved.config_sha256:
+        diffs["config_sha256"] = (saved.config_sha256, cfg)
+    tok = _legacy_tokenizer_hash(tokenizer)
+    if tok != saved.tokenizer_sha256:
+        diffs["tokenizer_sha256"] = (saved.tokenizer_sha256, tok)
+    count = int(sum(p.numel() for _, p in ordered))
+    if count != saved.num_parameters:
+        diffs["num_parameters"] = (saved.num_parameters, count)
+    a, b = saved.weights_probe, _legacy_probe(ordered)
     if a is not None and b is not None:
-        if len(a) != len(b):
-            diffs.append("weights: probe lengths differ")
-        else:
-            # bfloat16 keeps ~3 significant digits; different checkpoints differ far more than that.
-            bad = sum(1 for x, y in zip(a, b) if abs(x - y) > 1e-6 + 1.6e-2 * max(abs(x), abs(y)))
-            if bad:
-                diffs.append(f"weights: {bad} of {len(a)} sampled weights differ (another checkpoint of this architecture?)")
+        bad = len(a) != len(b) or any(abs(x - y) > 1e-6 + 1.6e-2 * max(abs(x), abs(y)) for x, y in zip(a, b))
+        if bad:
+            diffs["weights_sha256"] = ("sampled weights of the adapter's base", "differ in this model")
     return diffs

@@ -41,7 +41,8 @@ from ..errors import Conflict, CorruptData, NotFound, ValidationError
 from ..items import LifecycleState, MemoryItem
 from .dataset import check_items, count_forms, training_examples
 from .errors import BaseModelMismatch, StaleAdapter
-from .fingerprint import ModelFingerprint, fingerprint_differences, model_fingerprint
+from ..artifacts import compatibility_differences
+from .fingerprint import ModelFingerprint, _lines, legacy_differences, model_fingerprint
 from .probe import complete_report, recall_probe
 from .schema import AdapterRecord, Combination, RecallReport, TrainingConfig, TrainingSummary, validate_adapter_name
 from .store import AdapterStore
@@ -299,10 +300,13 @@ class AdapterManager:
 
         Raises :class:`BaseModelMismatch`, or :class:`StaleAdapter` unless ``allow_stale``.
         """
-        diffs = fingerprint_differences(record.base_model, self.fingerprint)
+        if record.base_model.scheme < 2:  # written by an older release: its sampled check
+            diffs = legacy_differences(record.base_model, self._base, self.tokenizer)
+        else:
+            diffs = compatibility_differences(record.base_model, self.fingerprint)
         if diffs:
             raise BaseModelMismatch(
-                f"adapter {record.name!r} was trained on another base model: " + "; ".join(diffs), diffs
+                f"adapter {record.name!r} was trained on another base model: " + "; ".join(_lines(diffs)), diffs
             )
         lookup = lookup or self.lookup
         reasons = stale_sources(record.sources, lookup) if lookup is not None else {}
@@ -354,7 +358,8 @@ class AdapterManager:
             try:
                 self._inject(name, config, empty=True)
             except ValueError as exc:  # target modules not found in this model
-                raise BaseModelMismatch(f"adapter {name!r} does not fit this model: {exc}", [str(exc)]) from None
+                raise BaseModelMismatch(f"adapter {name!r} does not fit this model: {exc}",
+                                        {"target_modules": (config.target_modules, str(exc))}) from None
             try:
                 result = set_peft_model_state_dict(self._peft, tensors, adapter_name=name, low_cpu_mem_usage=True)
                 unexpected = [k for k in result.unexpected_keys if "lora_" in k]

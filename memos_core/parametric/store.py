@@ -32,7 +32,7 @@ from typing import Any
 
 from pydantic import ValidationError as PydanticError
 
-from ..artifacts import ItemLookup, stale_sources
+from ..artifacts import ArtifactStoreMixin, ItemLookup, SourceRef, stale_sources
 from ..errors import CorruptData, NotFound, SchemaVersionError, ValidationError
 from .schema import ADAPTER_FORMAT, AdapterRecord, validate_adapter_name
 
@@ -69,11 +69,20 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class AdapterStore:
-    """A folder of adapters. ``AdapterStore(cube.path / "parametric")`` is the cube's parametric memory."""
+class AdapterStore(ArtifactStoreMixin):
+    """A folder of adapters. ``AdapterStore(cube.path / "parametric")`` is the cube's parametric memory.
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    Implements the :class:`~memos_core.artifacts.ArtifactStore` protocol (the same verbs as
+    :class:`~memos_core.activation.KVCacheStore`; artefact ids are adapter names): ``artifact_ids``,
+    ``artifact_sources``, ``remove``, ``built_from``, ``forget``, ``stale_artifacts``, ``drop_stale``.
+    ``lookup`` (e.g. ``cube.lookup``) is their default for staleness.
+    """
+
+    kind = "lora_adapter"
+
+    def __init__(self, root: str | os.PathLike[str], *, lookup: ItemLookup | None = None) -> None:
         self.root = Path(root)
+        self.lookup = lookup
 
     def __repr__(self) -> str:
         return f"AdapterStore({str(self.root)!r})"
@@ -150,6 +159,22 @@ class AdapterStore:
             raise CorruptData(f"adapter {name!r}: {WEIGHTS_FILE} is not a valid safetensors file ({exc})") from None
         return rec, config, tensors
 
+    # -- ArtifactStore ------------------------------------------------------------------------------------
+    def artifact_ids(self) -> list[str]:
+        """Names of the stored adapters (the protocol's ids)."""
+        return self.names()
+
+    def artifact_sources(self, artifact_id: str) -> list[SourceRef]:
+        return list(self.record(artifact_id).sources)
+
+    def remove(self, artifact_id: str) -> bool:
+        """Delete adapter ``artifact_id``; False when there is none (``delete`` raises NotFound instead)."""
+        try:
+            self.delete(artifact_id)
+        except NotFound:
+            return False
+        return True
+
     def stale(self, name: str, lookup: ItemLookup) -> dict[str, str]:
         """Map memory id -> what happened to it, for every source of ``name`` that changed. Empty: fresh."""
         return stale_sources(self.record(name).sources, lookup)
@@ -222,11 +247,6 @@ class AdapterStore:
         A forget of a memory makes its adapters stale automatically (the lookup no longer finds it); this is for
         callers who must also erase the derived weights, e.g. under a right-to-be-forgotten request.
         """
-        wanted = set(item_ids)
-        hits = [rec.name for rec in self.records() if wanted & set(rec.source_ids)]
-        if delete:
-            for name in hits:
-                self.delete(name)
-        return hits
+        return self.forget(item_ids) if delete else self.built_from(item_ids)
 
 

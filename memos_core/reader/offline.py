@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from ..errors import ValidationError
 from ..items import MemoryKind, SourceKind, to_utc
 
-__all__ = ["Turn", "OfflineReader", "resolve_relative_dates", "coerce_turns"]
+__all__ = ["Turn", "OfflineReader", "resolve_relative_dates", "coerce_turns", "reply_context"]
 
 EXTRACTOR = "reader.offline/1"
 _CONTEXT_CHARS = 240
@@ -143,6 +143,20 @@ def resolve_relative_dates(text: str, when: datetime | None) -> list[str]:
     return out
 
 
+def reply_context(previous: str) -> str:
+    """The fragment a turn's index text gets from the turn before it (``previous`` is that turn's memory
+    content, ``"<speaker>: <text>"``): ``"(in reply to: <previous, cut to 240 characters>)"``.
+
+    It is derived text: forgetting or purging the previous turn's memory removes this fragment from every
+    memory whose index text holds it (:mod:`memos_core.governance.erasure`), which finds it by calling this
+    same function on the erased content.
+    """
+    ctx = previous
+    if len(ctx) > _CONTEXT_CHARS:
+        ctx = ctx[:_CONTEXT_CHARS].rsplit(" ", 1)[0] + " ..."
+    return f"(in reply to: {ctx})"
+
+
 def _same_exchange(prev: Turn, turn: Turn) -> bool:
     """Whether ``prev`` is part of the exchange ``turn`` belongs to (so it is useful context for it).
 
@@ -190,10 +204,7 @@ class OfflineReader:
             for p in prev[-self.context_turns:] if self.context_turns else []:
                 if not _same_exchange(p, t):
                     continue
-                ctx = f"{p.speaker}: {p.text}" if p.speaker else p.text
-                if len(ctx) > _CONTEXT_CHARS:
-                    ctx = ctx[:_CONTEXT_CHARS].rsplit(" ", 1)[0] + " ..."
-                parts.append(f"(in reply to: {ctx})")
+                parts.append(reply_context(f"{p.speaker}: {p.text}" if p.speaker else p.text))
             metadata = dict(t.metadata)
             if t.speaker:
                 metadata.setdefault("speaker", t.speaker)
