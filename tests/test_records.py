@@ -130,3 +130,39 @@ def test_reads_are_memory_mapped_and_the_size_is_configurable(tmp_path, monkeypa
     with pytest.raises(ValidationError, match="MEMOS_SQLITE_MMAP"):
         SQLiteRecordStore(tmp_path / "c.sqlite3")
     assert not (tmp_path / "c.sqlite3").exists()  # refused before anything was created
+
+
+def test_a_schema_1_database_is_migrated_on_open(tmp_path) -> None:
+    """Records written by the first layout (vec_pending without generations) open, migrate and keep working."""
+    path = tmp_path / "old.sqlite3"
+    store = SQLiteRecordStore(path)
+    item = MemoryItem(content="written before the migration", cube_id="c")
+    with store.transaction() as c:
+        rowid = store.insert_item(c, item, [0.1] * 8, True, "me", "add")
+    store.close()
+    conn = sqlite3.connect(path)  # turn it back into a schema-1 database
+    conn.executescript("ALTER TABLE vec_pending RENAME TO vp; CREATE TABLE vec_pending(item_rowid INTEGER PRIMARY KEY);"
+                       "INSERT INTO vec_pending SELECT item_rowid FROM vp; DROP TABLE vp;"
+                       "UPDATE meta SET value='1' WHERE key='records_schema';")
+    conn.close()
+    store = SQLiteRecordStore(path)
+    try:
+        assert store.stored_schema_version() == 2
+        assert store.pending_vectors() == [rowid]
+        store.mark_vectors_applied([rowid])
+        store.flush()
+        assert store.pending_vectors() == []
+        assert store.get(item.id).content == "written before the migration"
+    finally:
+        store.close()
+
+
+def test_a_newer_schema_is_refused(tmp_path) -> None:
+    from memos_core.errors import SchemaVersionError
+
+    store = SQLiteRecordStore(tmp_path / "r.sqlite3")
+    with store.transaction() as c:
+        store.set_meta(c, "records_schema", "99")
+    store.close()
+    with pytest.raises(SchemaVersionError, match="schema version 99"):
+        SQLiteRecordStore(tmp_path / "r.sqlite3")

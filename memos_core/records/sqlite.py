@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -44,7 +45,8 @@ from ..items import (
 
 __all__ = ["SQLiteRecordStore", "RECORDS_SCHEMA_VERSION", "GENESIS_HASH", "event_hash"]
 
-RECORDS_SCHEMA_VERSION = 1
+#: 1: the first layout; 2: ``vec_pending.gen`` (a pending mark is cleared only as it was listed)
+RECORDS_SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -87,7 +89,13 @@ CREATE TABLE IF NOT EXISTS events(
   outcome TEXT NOT NULL, detail TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS embeddings(item_rowid INTEGER PRIMARY KEY, version INTEGER NOT NULL, vec BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS vec_pending(item_rowid INTEGER PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS vec_pending(item_rowid INTEGER PRIMARY KEY, gen INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS gov_principals(id TEXT PRIMARY KEY, kind TEXT NOT NULL, created_at REAL NOT NULL,
+  created_by TEXT);
+CREATE TABLE IF NOT EXISTS gov_acl(principal TEXT PRIMARY KEY, role TEXT NOT NULL, granted_by TEXT,
+  granted_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS gov_settings(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS gov_forget_pending(item_id TEXT PRIMARY KEY);
 CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(text, content='', tokenize='porter unicode61 remove_diacritics 2');
 """
 
@@ -126,7 +134,8 @@ class SQLiteRecordStore(RecordStore):
     def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
         self._lock = threading.RLock()
-        self._pending_done: set[int] = set()
+        self._pending_done: dict[int, int] = {}  # rowid -> gen of the mark the vector index accepted
+        self._pending_seen: dict[int, int] = {}  # rowid -> gen as pending_vectors() listed it
         self._usage: dict[int, tuple[int, float]] = {}
         self._df_cache: dict[str, tuple[int, int]] = {}  # lexical term -> (capped document count, max rowid then)
         self._db: sqlite3.Connection | None = None
@@ -155,15 +164,17 @@ class SQLiteRecordStore(RecordStore):
                         if stmt.strip():
                             c.execute(stmt)
                     row = c.execute("SELECT value FROM meta WHERE key='records_schema'").fetchone()
-                    if row is None:
-                        c.execute("INSERT INTO meta(key, value) VALUES('records_schema', ?)", (str(RECORDS_SCHEMA_VERSION),))
-                    elif int(row[0]) > RECORDS_SCHEMA_VERSION:
+                    if row is not None and int(row[0]) > RECORDS_SCHEMA_VERSION:
                         raise SchemaVersionError(
                             f"records database {self.path} has schema version {row[0]}; this MemOS understands up to "
                             f"{RECORDS_SCHEMA_VERSION}. Upgrade memos-langchain-llamaindex to open it.")
+                    self._migrate(c, RECORDS_SCHEMA_VERSION if row is None else int(row[0]))
             quick = c.execute("PRAGMA quick_check").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             raise CorruptData(f"records database {self.path} cannot be opened: {exc}") from exc
+        except SchemaVersionError:
+            self.close()
+            raise
         if quick != "ok":
             raise CorruptData(f"records database {self.path} failed its integrity check: {quick}")
 
@@ -185,7 +196,7 @@ class SQLiteRecordStore(RecordStore):
     def _flush_lazy(self, c: sqlite3.Connection) -> None:
         """Piggy-back cheap bookkeeping on a transaction that commits anyway."""
         if self._pending_done:
-            c.executemany("DELETE FROM vec_pending WHERE item_rowid=?", [(r,) for r in self._pending_done])
+            c.executemany("DELETE FROM vec_pending WHERE item_rowid=? AND gen=?", list(self._pending_done.items()))
             self._pending_done.clear()
         if self._usage:
             c.executemany(
@@ -363,12 +374,17 @@ class SQLiteRecordStore(RecordStore):
 
     def pending_vectors(self) -> list[int]:
         with self._lock:
-            return [r[0] for r in self._conn.execute("SELECT item_rowid FROM vec_pending ORDER BY item_rowid")]
+            rows = self._conn.execute("SELECT item_rowid, gen FROM vec_pending ORDER BY item_rowid").fetchall()
+            self._pending_seen.update(rows)
+        return [r[0] for r in rows]
 
     def mark_vectors_applied(self, rowids: Iterable[int]) -> None:
         """Called after Chroma accepted the rows; cleared in the next transaction (or :meth:`flush`)."""
         with self._lock:
-            self._pending_done.update(rowids)
+            for r in rowids:
+                g = self._pending_seen.pop(r, None)
+                if g is not None:  # cleared only as listed: a row pending again since (another writer) stays
+                    self._pending_done[r] = g
 
     def record_usage(self, rowids: Iterable[int], at: float) -> None:
         """Buffer access counts; written with the next transaction or :meth:`flush` (not fsync'd per search)."""
@@ -433,8 +449,7 @@ class SQLiteRecordStore(RecordStore):
             raise ValidationError("internal: an indexed item needs its embedding")
         c.execute("INSERT OR REPLACE INTO embeddings(item_rowid, version, vec) VALUES(?, ?, ?)",
                   (rowid, item.version, np.asarray(vec, dtype=np.float32).tobytes()))
-        c.execute("INSERT OR IGNORE INTO vec_pending(item_rowid) VALUES(?)", (rowid,))
-        self._pending_done.discard(rowid)
+        self.mark_pending(c, rowid)
 
     def _unindex(self, c: sqlite3.Connection, rowid: int) -> None:
         row = c.execute("SELECT indexed_text FROM items WHERE rowid=?", (rowid,)).fetchone()
@@ -442,12 +457,16 @@ class SQLiteRecordStore(RecordStore):
             c.execute("INSERT INTO fts(fts, rowid, text) VALUES('delete', ?, ?)", (rowid, row[0]))
             c.execute("UPDATE items SET indexed_text=NULL WHERE rowid=?", (rowid,))
             c.execute("DELETE FROM embeddings WHERE item_rowid=?", (rowid,))
-            c.execute("INSERT OR IGNORE INTO vec_pending(item_rowid) VALUES(?)", (rowid,))
-            self._pending_done.discard(rowid)
+            self.mark_pending(c, rowid)
 
     def set_state(self, c: sqlite3.Connection, rowid: int, item_id: str, old: LifecycleState | None,
                   new: LifecycleState, at: float, actor: str | None, reason: str | None) -> None:
-        c.execute("UPDATE items SET state=?, updated_at=MAX(updated_at, ?) WHERE rowid=?", (new.value, at, rowid))
+        if old is None:
+            c.execute("UPDATE items SET state=?, updated_at=MAX(updated_at, ?) WHERE rowid=?", (new.value, at, rowid))
+        elif c.execute("UPDATE items SET state=?, updated_at=MAX(updated_at, ?) WHERE rowid=? AND state=?",
+                       (new.value, at, rowid, old.value)).rowcount != 1:
+            raise Conflict(f"memory {item_id!r} is no longer {old.value} (another writer changed it); "
+                           "read it again and retry")
         c.execute("INSERT INTO transitions(item_id, from_state, to_state, at, actor, reason) VALUES(?,?,?,?,?,?)",
                   (item_id, None if old is None else old.value, new.value, at, actor, reason))
 
@@ -478,7 +497,8 @@ class SQLiteRecordStore(RecordStore):
         c.execute("DELETE FROM transitions WHERE item_id=?", (item_id,))
         c.execute("DELETE FROM items WHERE rowid=?", (rowid,))
         self._usage.pop(rowid, None)
-        self._pending_done.discard(rowid)
+        self._pending_done.pop(rowid, None)
+        self._pending_seen.pop(rowid, None)
 
     def append_event(self, c: sqlite3.Connection, at: float, actor: str | None, op: str, item_id: str | None,
                      outcome: str = "ok", detail: dict[str, Any] | None = None) -> str:
@@ -577,9 +597,11 @@ class SQLiteRecordStore(RecordStore):
                     args += [path, int(val) if isinstance(val, bool) else val]
         return " AND ".join(where), args
 
-    def filtered_vectors(self, where: str, args: list[Any], limit: int) -> tuple[list[int], list[bytes]]:
-        """(rowids, embedding blobs) of up to ``limit`` items passing ``where`` that have an embedding, in one
-        pass (exact dense scoring of a narrow filter: a user's memories, a tag, a time range)."""
+    def filtered_vectors(self, cf: CompiledFilter | str, *rest: Any) -> tuple[list[int], list[bytes]]:
+        """(rowids, embedding blobs) of up to ``limit`` items passing the filter that have an embedding, in one
+        pass (exact dense scoring of a narrow filter: a user's memories, a tag, a time range).
+        ``filtered_vectors(cf, limit)``; the older ``(where, args, limit)`` form is still accepted."""
+        where, args, limit = (cf, rest[0], rest[1]) if isinstance(cf, str) else (cf[0], cf[1], rest[0])
         with self._lock:
             rows = self._conn.execute(
                 f"SELECT items.rowid, e.vec FROM items JOIN embeddings e ON e.item_rowid = items.rowid "
@@ -625,8 +647,10 @@ class SQLiteRecordStore(RecordStore):
             used += dfs[p]
         return " OR ".join(p for p in phrases if p in keep)
 
-    def lexical(self, match: str, where: str, args: list[Any], k: int) -> list[tuple[int, float]]:
-        """BM25 search. Returns (rowid, score) best first; score is -bm25 (higher is better)."""
+    def lexical(self, match: str, cf: CompiledFilter | str, *rest: Any) -> list[tuple[int, float]]:
+        """BM25 search. Returns (rowid, score) best first; score is -bm25 (higher is better).
+        ``lexical(match, cf, k)``; the older ``(match, where, args, k)`` form is still accepted."""
+        where, args, k = (cf, rest[0], rest[1]) if isinstance(cf, str) else (cf[0], cf[1], rest[0])
         if not match:
             return []
         with self._lock:
@@ -776,8 +800,19 @@ class SQLiteRecordStore(RecordStore):
                 f"({','.join('?' * len(states))}) ORDER BY rowid", (now, *[s.value for s in states]))]
 
     def mark_pending(self, c: sqlite3.Connection, rowid: int) -> None:
-        c.execute("INSERT OR IGNORE INTO vec_pending(item_rowid) VALUES(?)", (rowid,))
-        self._pending_done.discard(rowid)
+        # A random generation: another process's listing of an older mark of this row cannot clear this one.
+        c.execute("INSERT INTO vec_pending(item_rowid, gen) VALUES(?, ?) ON CONFLICT(item_rowid) DO UPDATE SET "
+                  "gen=excluded.gen", (rowid, secrets.randbits(62)))
+        self._pending_done.pop(rowid, None)
+
+    @staticmethod
+    def _migrate(c: sqlite3.Connection, have: int) -> None:
+        """Bring a records database from schema ``have`` to :data:`RECORDS_SCHEMA_VERSION` (in the open's
+        transaction). A new database was created at the current layout by ``_SCHEMA``."""
+        if have < 2 and "gen" not in {r[1] for r in c.execute("PRAGMA table_info(vec_pending)")}:
+            c.execute("ALTER TABLE vec_pending ADD COLUMN gen INTEGER NOT NULL DEFAULT 0")
+        c.execute("INSERT INTO meta(key, value) VALUES('records_schema', ?) ON CONFLICT(key) DO UPDATE SET "
+                  "value=excluded.value", (str(RECORDS_SCHEMA_VERSION),))
 
     def refresh_expiry(self, c: sqlite3.Connection, item_id: str, expires_at: float, now: float,
                        states: Sequence[LifecycleState]) -> bool:

@@ -1,0 +1,1000 @@
+"""PostgreSQL system of record: the :class:`~memos_core.records.base.RecordStore` seam on a server that many
+worker processes and hosts share.
+
+``pip install 'memos-langchain-llamaindex[postgres]'`` (psycopg 3 + psycopg_pool; imported lazily, only when
+a PostgreSQL store is opened).
+
+Design points a user can rely on:
+
+* **One schema per cube.** Several cubes share one database; each lives in its own schema
+  (``memos_<cube>``), created and migrated on first open. The schema version is kept in the cube's ``meta``
+  table; migrations run in order inside one transaction under a per-cube advisory lock, so workers starting
+  together migrate once. A database written by a newer MemOS is refused (SchemaVersionError).
+* **Durability.** Each write method runs inside one transaction; PostgreSQL's defaults (``fsync=on``,
+  ``synchronous_commit=on``) make a returned write survive a crash of the server or of the worker.
+* **Isolation: READ COMMITTED** (PostgreSQL's default) plus explicit checks: an update writes only if the
+  stored row is still at the version the writer read (``UPDATE ... WHERE version = prev``; the row lock makes a
+  second writer wait and then re-check), so concurrent writers end in success or a typed ``Conflict``, versions
+  stay contiguous; a lifecycle transition checks the state it started from the same way. Serialization
+  failures and deadlocks detected by the server are raised as ``Conflict`` too (retryable).
+* **The audit chain** stays one chain per cube with writers on many hosts: an append takes a transaction-scoped
+  advisory lock on the cube (``pg_advisory_xact_lock``), reads the head, and the lock is held until commit. The
+  sequence high-water mark is a row in ``meta`` written in the same transaction (a deleted tail shows as a gap).
+* **Lexical search in PostgreSQL**: a generated ``tsvector`` column (``english`` configuration: Snowball stemmer,
+  stopwords) with a GIN index, ranked by **BM25** computed from tsvector statistics (document frequency per
+  lexeme, lexeme counts per row, average row length), with the same per-query work budget as the SQLite
+  backend (above it only the rarest query terms are kept).
+* **Embeddings** are ``bytea`` (float32), scored exactly by the cube; pgvector is not needed.
+* **Unavailability**: a lost connection, a server restart, a pool timeout raise ``BackendUnavailable``; the
+  pool checks connections before use, so the next call after the server is back succeeds.
+* **Erasure** deletes (forget) or blanks (purge) the live rows in one transaction, then VACUUMs the tables so
+  dead tuples are reclaimed; what PostgreSQL's WAL and backups keep is explained in the README.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import numpy as np
+
+from ..errors import BackendUnavailable, Conflict, CubeClosed, SchemaVersionError, ValidationError
+from ..items import LifecycleState, MemoryItem, MemoryVersion, SearchFilter, Transition
+from .base import GENESIS_HASH, CompiledFilter, IndexRow, RecordStore, canonical_json, event_hash, match_terms
+from .sqlite import SQLiteRecordStore
+
+__all__ = ["PostgresRecordStore", "PG_SCHEMA_VERSION", "parse_postgres_url", "schema_name"]
+
+#: Schema versions: 1 = tables; 2 = the lexical index (generated tsvector column + GIN index).
+PG_SCHEMA_VERSION = 2
+
+_V1 = """
+CREATE TABLE IF NOT EXISTS items(
+  rowid BIGSERIAL PRIMARY KEY,
+  id TEXT NOT NULL UNIQUE,
+  cube_id TEXT NOT NULL,
+  content TEXT NOT NULL,
+  index_text TEXT,
+  indexed_text TEXT,
+  form TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  user_id TEXT, agent_id TEXT, session_id TEXT,
+  state TEXT NOT NULL,
+  version INTEGER NOT NULL,
+  created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL,
+  event_time DOUBLE PRECISION, valid_until DOUBLE PRECISION, expires_at DOUBLE PRECISION,
+  provenance TEXT NOT NULL, tags JSONB NOT NULL, metadata JSONB NOT NULL,
+  confidence DOUBLE PRECISION NOT NULL,
+  access_count BIGINT NOT NULL DEFAULT 0, last_access DOUBLE PRECISION,
+  created_by TEXT
+);
+CREATE INDEX IF NOT EXISTS items_user ON items(user_id);
+CREATE INDEX IF NOT EXISTS items_agent ON items(agent_id);
+CREATE INDEX IF NOT EXISTS items_session ON items(session_id);
+CREATE INDEX IF NOT EXISTS items_state ON items(state);
+CREATE INDEX IF NOT EXISTS items_event ON items(event_time);
+CREATE INDEX IF NOT EXISTS items_expires ON items(expires_at);
+CREATE TABLE IF NOT EXISTS versions(
+  item_id TEXT NOT NULL, version INTEGER NOT NULL, snapshot TEXT NOT NULL,
+  PRIMARY KEY(item_id, version)
+);
+CREATE TABLE IF NOT EXISTS transitions(
+  seq BIGSERIAL PRIMARY KEY, item_id TEXT NOT NULL, from_state TEXT, to_state TEXT NOT NULL,
+  at DOUBLE PRECISION NOT NULL, actor TEXT, reason TEXT
+);
+CREATE INDEX IF NOT EXISTS transitions_item ON transitions(item_id);
+CREATE TABLE IF NOT EXISTS events(
+  seq BIGINT PRIMARY KEY, at DOUBLE PRECISION NOT NULL, actor TEXT, op TEXT NOT NULL, item_id TEXT,
+  outcome TEXT NOT NULL, detail TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_item ON events(item_id);
+CREATE TABLE IF NOT EXISTS embeddings(item_rowid BIGINT PRIMARY KEY, version INTEGER NOT NULL, vec BYTEA NOT NULL);
+CREATE SEQUENCE IF NOT EXISTS vec_gen;
+CREATE TABLE IF NOT EXISTS vec_pending(item_rowid BIGINT PRIMARY KEY, gen BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS gov_principals(id TEXT PRIMARY KEY, kind TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+  created_by TEXT);
+CREATE TABLE IF NOT EXISTS gov_acl(principal TEXT PRIMARY KEY, role TEXT NOT NULL, granted_by TEXT,
+  granted_at DOUBLE PRECISION NOT NULL);
+CREATE TABLE IF NOT EXISTS gov_settings(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS gov_forget_pending(item_id TEXT PRIMARY KEY)
+"""
+
+_V2 = """
+ALTER TABLE items ADD COLUMN IF NOT EXISTS tsv tsvector
+  GENERATED ALWAYS AS (to_tsvector('english'::regconfig, COALESCE(indexed_text, ''))) STORED;
+CREATE INDEX IF NOT EXISTS items_tsv ON items USING GIN (tsv)
+"""
+
+#: migration n brings a schema from version n-1 to n
+_MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2}
+
+_ITEM_COLS = (
+    "rowid, id, cube_id, content, index_text, form, kind, user_id, agent_id, session_id, state, version, "
+    "created_at, updated_at, event_time, valid_until, expires_at, provenance, tags::text, metadata::text, confidence, "
+    "access_count, last_access, created_by"
+)
+_INSERT = (
+    "INSERT INTO items(id, cube_id, content, index_text, indexed_text, form, kind, user_id, agent_id, session_id, "
+    "state, version, created_at, updated_at, event_time, valid_until, expires_at, provenance, tags, metadata, "
+    "confidence, access_count, last_access, created_by) VALUES(%(id)s, %(cube_id)s, %(content)s, %(index_text)s, "
+    "%(indexed_text)s, %(form)s, %(kind)s, %(user_id)s, %(agent_id)s, %(session_id)s, %(state)s, %(version)s, "
+    "%(created_at)s, %(updated_at)s, %(event_time)s, %(valid_until)s, %(expires_at)s, %(provenance)s, "
+    "%(tags)s::jsonb, %(metadata)s::jsonb, %(confidence)s, %(access_count)s, %(last_access)s, %(created_by)s) "
+    "RETURNING rowid"
+)
+_EVENT_COLS = "seq, at, actor, op, item_id, outcome, detail, prev_hash, hash"
+_BM25_K1, _BM25_B = 1.2, 0.75
+
+
+def schema_name(cube: str) -> str:
+    """The PostgreSQL schema of a cube name: ``memos_`` + lowercase letters, digits and ``_`` (max 63 bytes)."""
+    if not isinstance(cube, str) or not re.fullmatch(r"[A-Za-z0-9_\-]{1,56}", cube):
+        raise ValidationError(f"cube name {cube!r} for PostgreSQL: use 1-56 letters, digits, '_' or '-'")
+    return "memos_" + cube.lower().replace("-", "_")
+
+
+def parse_postgres_url(url: str) -> tuple[str, str | None]:
+    """Split ``postgresql://user@host:port/db?cube=NAME&...`` into (libpq conninfo URL, cube name or None)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValidationError(f"{url!r} is not a postgresql:// URL")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    cube = next((v for k, v in query if k == "cube"), None)
+    rest = [(k, v) for k, v in query if k != "cube"]
+    return urlunsplit(parts._replace(query=urlencode(rest))), cube
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password (for messages and logs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _import_psycopg() -> tuple[Any, Any, Any]:
+    try:
+        import psycopg
+        import psycopg_pool
+        from psycopg import sql
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise BackendUnavailable(
+            "the PostgreSQL backend needs psycopg 3 and psycopg_pool: "
+            "pip install 'memos-langchain-llamaindex[postgres]'") from exc
+    return psycopg, psycopg_pool, sql
+
+
+class PostgresRecordStore(RecordStore):
+    """The system of record of one cube in a PostgreSQL schema. Thread-safe; share one per process.
+
+    ``url`` is a libpq URL (``postgresql://user:password@host:5432/db``); ``cube`` names the cube's schema
+    (default: the URL's ``?cube=`` parameter, else ``"default"``). ``pool_size`` caps this store's
+    connections.
+    """
+
+    backend = "postgresql"
+    schema_version = PG_SCHEMA_VERSION
+
+    #: work budget of one lexical query in matching rows (as :attr:`SQLiteRecordStore.lexical_match_budget`)
+    lexical_match_budget = 3000
+
+    def __init__(self, url: str, cube: str | None = None, *, pool_size: int = 4, connect_timeout: float = 10.0,
+                 _migrate_to: int | None = None) -> None:
+        psycopg, psycopg_pool, sql = _import_psycopg()
+        self._psycopg, self._sql = psycopg, sql
+        conninfo, url_cube = parse_postgres_url(url)
+        self.url = redact_url(url)
+        self.cube = cube or url_cube or "default"
+        self.schema = schema_name(self.cube)
+        self._lock_key = int.from_bytes(hashlib.sha256(self.schema.encode()).digest()[:8], "big", signed=True)
+        self._tls = threading.local()
+        self._buf_lock = threading.Lock()
+        self._usage: dict[int, tuple[int, float]] = {}
+        self._pending_seen: dict[int, int] = {}
+        self._pending_done: dict[int, int] = {}
+        self._df_cache: dict[str, tuple[int, int]] = {}
+        self._stats: tuple[float, int, float] | None = None  # (when, indexed rows, average length)
+        self._closed = False
+        ident = sql.Identifier(self.schema)
+
+        def configure(conn: Any) -> None:
+            conn.execute(sql.SQL("SET search_path TO {}").format(ident))
+
+        self._pool = psycopg_pool.ConnectionPool(
+            conninfo, min_size=1, max_size=max(1, pool_size), open=False, configure=configure,
+            check=psycopg_pool.ConnectionPool.check_connection, timeout=connect_timeout,
+            kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout))},
+            name=f"memos-{self.schema}",
+        )
+        try:
+            self._pool.open(wait=True, timeout=connect_timeout)
+        except psycopg_pool.PoolTimeout as exc:
+            self._pool.close()
+            raise BackendUnavailable(f"PostgreSQL at {self.url} cannot be reached: {exc}") from exc
+        try:
+            self._migrate(ident, PG_SCHEMA_VERSION if _migrate_to is None else _migrate_to)
+        except BaseException:
+            self._pool.close()
+            raise
+
+    # ------------------------------------------------------------------ plumbing
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """psycopg / pool errors -> the typed errors of MemOS."""
+        psycopg = self._psycopg
+        errors = psycopg.errors
+        try:
+            yield
+        except (errors.SerializationFailure, errors.DeadlockDetected, errors.LockNotAvailable,
+                errors.UniqueViolation) as exc:
+            raise Conflict(f"concurrent writers collided on cube {self.cube!r} ({type(exc).__name__}); "
+                           "retry the operation") from exc
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            raise BackendUnavailable(f"PostgreSQL at {self.url} is unavailable: {exc}".strip()) from exc
+        except Exception as exc:
+            import psycopg_pool
+
+            if isinstance(exc, psycopg_pool.PoolClosed):
+                raise CubeClosed(f"the PostgreSQL store of cube {self.cube!r} is closed") from exc
+            if isinstance(exc, psycopg_pool.PoolTimeout):
+                raise BackendUnavailable(f"PostgreSQL at {self.url}: no connection available ({exc})") from exc
+            raise
+
+    @contextmanager
+    def _conn(self, c: Any = None) -> Iterator[Any]:
+        """A connection for a read: ``c``, this thread's open transaction, or one borrowed from the pool."""
+        if c is not None:
+            yield c
+            return
+        cur = getattr(self._tls, "conn", None)
+        if cur is not None:
+            yield cur
+            return
+        if self._closed:
+            raise CubeClosed(f"the PostgreSQL store of cube {self.cube!r} is closed")
+        with self._guard(), self._pool.connection() as conn:
+            yield conn
+
+    def _migrate(self, ident: Any, target: int) -> None:
+        sql = self._sql
+        with self._guard(), self._pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
+            conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(ident))
+            conn.execute("CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            row = conn.execute("SELECT value FROM meta WHERE key='records_schema'").fetchone()
+            have = 0 if row is None else int(row[0])
+            if have > PG_SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"cube {self.cube!r} in {self.url} has records schema version {have}; this MemOS understands "
+                    f"up to {PG_SCHEMA_VERSION}. Upgrade memos-langchain-llamaindex to open it.")
+            for n in range(have + 1, target + 1):
+                for stmt in _MIGRATIONS[n].strip().split(";"):
+                    if stmt.strip():
+                        conn.execute(stmt)
+                conn.execute("INSERT INTO meta(key, value) VALUES('records_schema', %s) ON CONFLICT(key) DO UPDATE "
+                             "SET value=excluded.value", (str(n),))
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """One transaction (READ COMMITTED), committed durably on exit, rolled back on any exception."""
+        if getattr(self._tls, "conn", None) is not None:
+            raise RuntimeError("a records transaction is already open on this thread")
+        if self._closed:
+            raise CubeClosed(f"the PostgreSQL store of cube {self.cube!r} is closed")
+        with self._guard(), self._pool.connection() as conn:
+            with conn.transaction():
+                self._tls.conn = conn
+                try:
+                    yield conn
+                finally:
+                    self._tls.conn = None
+        self._flush_soft()
+
+    def _flush_soft(self) -> None:
+        """Write buffered usage counts and clear applied pending marks, in a short transaction of their own
+        (not inside a write: hot rows of many workers would then be locked for the write's duration)."""
+        with self._buf_lock:
+            usage, self._usage = self._usage, {}
+            done, self._pending_done = self._pending_done, {}
+        if not usage and not done:
+            return
+        try:
+            with self._guard(), self._pool.connection() as conn, conn.transaction():
+                cur = conn.cursor()
+                if done:
+                    cur.executemany("DELETE FROM vec_pending WHERE item_rowid=%s AND gen=%s", sorted(done.items()))
+                if usage:
+                    cur.executemany(
+                        "UPDATE items SET access_count=access_count+%s, last_access=GREATEST(COALESCE(last_access,0),%s)"
+                        " WHERE rowid=%s", [(n, t, r) for r, (n, t) in sorted(usage.items())])
+        except Conflict:  # soft state: a collision loses nothing durable; keep the counts for the next flush
+            with self._buf_lock:
+                for r, (n, t) in usage.items():
+                    m, u = self._usage.get(r, (0, 0.0))
+                    self._usage[r] = (n + m, max(t, u))
+                for r, g in done.items():
+                    self._pending_done.setdefault(r, g)
+
+    def flush(self) -> None:
+        if not self._closed:
+            self._flush_soft()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            self._flush_soft()
+        except Exception:  # noqa: BLE001 - closing must not fail on an unreachable server
+            pass
+        finally:
+            self._closed = True
+            self._pool.close()
+
+    def stored_schema_version(self) -> int:
+        raw = self.get_meta("records_schema")
+        return int(raw) if raw is not None else 0
+
+    def get_meta(self, key: str) -> str | None:
+        with self._conn() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key=%s", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_meta(self, c: Any, key: str, value: str) -> None:
+        c.execute("INSERT INTO meta(key, value) VALUES(%s, %s) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                  (key, value))
+
+    # ------------------------------------------------------------------ item reads
+    _row_to_item = staticmethod(SQLiteRecordStore._row_to_item)
+
+    def get(self, item_id: str) -> MemoryItem | None:
+        with self._conn() as conn:
+            row = conn.execute(f"SELECT {_ITEM_COLS} FROM items WHERE id=%s", (item_id,)).fetchone()
+        return None if row is None else self._row_to_item(row)
+
+    def get_many(self, ids: Sequence[str]) -> dict[str, MemoryItem]:
+        if not ids:
+            return {}
+        with self._conn() as conn:
+            rows = conn.execute(f"SELECT {_ITEM_COLS} FROM items WHERE id = ANY(%s)", (list(ids),)).fetchall()
+        return {r[1]: self._row_to_item(r) for r in rows}
+
+    def get_many_by_rowid(self, rowids: Sequence[int]) -> dict[int, MemoryItem]:
+        if not rowids:
+            return {}
+        with self._conn() as conn:
+            rows = conn.execute(f"SELECT {_ITEM_COLS} FROM items WHERE rowid = ANY(%s)",
+                                ([int(r) for r in rowids],)).fetchall()
+        return {r[0]: self._row_to_item(r) for r in rows}
+
+    def rowids_of(self, ids: Sequence[str], c: Any = None) -> dict[str, tuple[int, str]]:
+        if not ids:
+            return {}
+        with self._conn(c) as conn:
+            rows = conn.execute("SELECT id, rowid, state FROM items WHERE id = ANY(%s)", (list(ids),)).fetchall()
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    def count_by_state(self) -> dict[str, int]:
+        with self._conn() as conn:
+            return {r[0]: int(r[1]) for r in conn.execute("SELECT state, COUNT(*) FROM items GROUP BY state")}
+
+    def iter_items(self, batch: int = 1000, states: Iterable[LifecycleState] | None = None) -> Iterator[MemoryItem]:
+        last = 0
+        st = [s.value for s in states] if states is not None else None
+        while True:
+            with self._conn() as conn:
+                if st is None:
+                    rows = conn.execute(f"SELECT {_ITEM_COLS} FROM items WHERE rowid>%s ORDER BY rowid LIMIT %s",
+                                        (last, batch)).fetchall()
+                else:
+                    rows = conn.execute(f"SELECT {_ITEM_COLS} FROM items WHERE rowid>%s AND state = ANY(%s) "
+                                        "ORDER BY rowid LIMIT %s", (last, st, batch)).fetchall()
+            if not rows:
+                return
+            for r in rows:
+                yield self._row_to_item(r)
+            last = rows[-1][0]
+
+    def versions(self, item_id: str) -> list[MemoryVersion]:
+        with self._conn() as conn:
+            rows = conn.execute("SELECT snapshot FROM versions WHERE item_id=%s ORDER BY version", (item_id,)).fetchall()
+        return [MemoryVersion.model_validate_json(r[0]) for r in rows]
+
+    def version(self, item_id: str, version: int) -> MemoryVersion | None:
+        with self._conn() as conn:
+            row = conn.execute("SELECT snapshot FROM versions WHERE item_id=%s AND version=%s",
+                               (item_id, version)).fetchone()
+        return None if row is None else MemoryVersion.model_validate_json(row[0])
+
+    def transitions(self, item_id: str) -> list[Transition]:
+        with self._conn() as conn:
+            rows = conn.execute("SELECT item_id, from_state, to_state, at, actor, reason FROM transitions "
+                                "WHERE item_id=%s ORDER BY seq", (item_id,)).fetchall()
+        from .sqlite import _dt
+
+        return [Transition(item_id=r[0], from_state=r[1], to_state=r[2], at=_dt(r[3]), actor=r[4], reason=r[5])
+                for r in rows]
+
+    def items_citing(self, c: Any, parent_id: str) -> list[tuple[str, str]]:
+        pat = json.dumps(parent_id)[1:-1].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return [(r[0], r[1]) for r in c.execute(
+            "SELECT id, provenance FROM items WHERE provenance LIKE %s OR provenance LIKE %s",
+            (f'%"{pat}"%', f'%"{pat}@%')).fetchall()]
+
+    def expired_ids(self, now: float, states: Sequence[LifecycleState]) -> list[str]:
+        with self._conn() as conn:
+            return [r[0] for r in conn.execute(
+                "SELECT id FROM items WHERE expires_at IS NOT NULL AND expires_at <= %s AND state = ANY(%s) "
+                "ORDER BY rowid", (now, [s.value for s in states]))]
+
+    # ------------------------------------------------------------------ item writes
+    def _params(self, item: MemoryItem, indexed_text: str | None) -> dict[str, Any]:
+        p = SQLiteRecordStore._item_params(item)
+        p["indexed_text"] = indexed_text
+        return p
+
+    def _unique(self, exc: Exception, item_id: str, msg: str) -> ValidationError:
+        return ValidationError(msg.format(item_id=item_id))
+
+    def insert_item(self, c: Any, item: MemoryItem, vec: np.ndarray | None, indexed: bool,
+                    author: str | None, reason: str | None) -> int:
+        return self._insert(c, item, [self.snapshot(item, author, reason)], [], vec, indexed,
+                            "an item with id {item_id!r} already exists; use update() to change it")
+
+    def restore_item(self, c: Any, item: MemoryItem, versions: Sequence[MemoryVersion],
+                     transitions: Sequence[Transition], vec: np.ndarray | None, indexed: bool) -> int:
+        return self._insert(c, item, versions, transitions, vec, indexed,
+                            "an item with id {item_id!r} already exists in the target cube")
+
+    def _insert(self, c: Any, item: MemoryItem, versions: Sequence[MemoryVersion], transitions: Sequence[Transition],
+                vec: np.ndarray | None, indexed: bool, dup: str) -> int:
+        if indexed and vec is None:
+            raise ValidationError("internal: an indexed item needs its embedding")
+        text = (item.index_text or item.content) if indexed else None
+        errors = self._psycopg.errors
+        try:
+            with c.transaction():  # a savepoint: a taken id leaves the outer transaction usable
+                rowid = int(c.execute(_INSERT, self._params(item, text)).fetchone()[0])
+        except errors.UniqueViolation:
+            raise ValidationError(dup.format(item_id=item.id)) from None
+        except (errors.UntranslatableCharacter, errors.CharacterNotInRepertoire) as exc:
+            raise ValidationError(f"memory {item.id!r} holds text PostgreSQL cannot store: {exc}") from None
+        cur = c.cursor()
+        if versions:
+            cur.executemany("INSERT INTO versions(item_id, version, snapshot) VALUES(%s, %s, %s)",
+                            [(item.id, v.version, v.model_dump_json()) for v in versions])
+        if transitions:
+            from .sqlite import _ts
+
+            cur.executemany(
+                "INSERT INTO transitions(item_id, from_state, to_state, at, actor, reason) VALUES(%s,%s,%s,%s,%s,%s)",
+                [(item.id, None if t.from_state is None else t.from_state.value, t.to_state.value, _ts(t.at),
+                  t.actor, t.reason) for t in transitions])
+        if indexed:
+            self._put_vec(c, rowid, item.version, vec)  # type: ignore[arg-type]
+        return rowid
+
+    def _put_vec(self, c: Any, rowid: int, version: int, vec: np.ndarray) -> None:
+        c.execute("INSERT INTO embeddings(item_rowid, version, vec) VALUES(%s, %s, %s) ON CONFLICT(item_rowid) DO "
+                  "UPDATE SET version=excluded.version, vec=excluded.vec",
+                  (rowid, version, np.asarray(vec, dtype=np.float32).tobytes()))
+        self.mark_pending(c, rowid)
+
+    def mark_pending(self, c: Any, rowid: int) -> None:
+        c.execute("INSERT INTO vec_pending(item_rowid, gen) VALUES(%s, nextval('vec_gen')) ON CONFLICT(item_rowid) "
+                  "DO UPDATE SET gen=excluded.gen", (int(rowid),))
+
+    def replace_item(self, c: Any, rowid: int, item: MemoryItem, vec: np.ndarray | None,
+                     indexed: bool, new_version: bool, author: str | None, reason: str | None) -> None:
+        if indexed and vec is None:
+            raise ValidationError("internal: an indexed item needs its embedding")
+        p = self._params(item, (item.index_text or item.content) if indexed else None)
+        p["rowid"] = int(rowid)
+        p["prev"] = item.version - 1 if new_version else item.version
+        # READ COMMITTED: a second writer waits for the first one's row lock, then re-checks the version.
+        cur = c.execute(
+            "UPDATE items SET content=%(content)s, index_text=%(index_text)s, indexed_text=%(indexed_text)s, "
+            "form=%(form)s, kind=%(kind)s, user_id=%(user_id)s, agent_id=%(agent_id)s, session_id=%(session_id)s, "
+            "state=%(state)s, version=%(version)s, updated_at=%(updated_at)s, event_time=%(event_time)s, "
+            "valid_until=%(valid_until)s, expires_at=%(expires_at)s, provenance=%(provenance)s, tags=%(tags)s::jsonb, "
+            "metadata=%(metadata)s::jsonb, confidence=%(confidence)s WHERE rowid=%(rowid)s AND version=%(prev)s", p)
+        if cur.rowcount != 1:
+            raise Conflict(f"memory {item.id!r} was changed by another writer (it is no longer at version "
+                           f"{p['prev']}); read it again and retry")
+        if new_version:
+            c.execute("INSERT INTO versions(item_id, version, snapshot) VALUES(%s, %s, %s)",
+                      (item.id, item.version, self.snapshot(item, author, reason).model_dump_json()))
+        if indexed:
+            self._put_vec(c, rowid, item.version, vec)  # type: ignore[arg-type]
+        else:
+            c.execute("DELETE FROM embeddings WHERE item_rowid=%s", (int(rowid),))
+            self.mark_pending(c, rowid)
+
+    def set_state(self, c: Any, rowid: int, item_id: str, old: LifecycleState | None, new: LifecycleState,
+                  at: float, actor: str | None, reason: str | None) -> None:
+        if old is None:
+            c.execute("UPDATE items SET state=%s, updated_at=GREATEST(updated_at, %s) WHERE rowid=%s",
+                      (new.value, at, int(rowid)))
+        else:
+            cur = c.execute("UPDATE items SET state=%s, updated_at=GREATEST(updated_at, %s) WHERE rowid=%s AND state=%s",
+                            (new.value, at, int(rowid), old.value))
+            if cur.rowcount != 1:
+                raise Conflict(f"memory {item_id!r} is no longer {old.value} (another writer changed it); "
+                               "read it again and retry")
+        c.execute("INSERT INTO transitions(item_id, from_state, to_state, at, actor, reason) VALUES(%s,%s,%s,%s,%s,%s)",
+                  (item_id, None if old is None else old.value, new.value, at, actor, reason))
+
+    def unindex(self, c: Any, rowid: int) -> None:
+        r = int(rowid)
+        c.execute("UPDATE items SET indexed_text=NULL WHERE rowid=%s AND indexed_text IS NOT NULL", (r,))
+        c.execute("DELETE FROM embeddings WHERE item_rowid=%s", (r,))
+        self.mark_pending(c, r)
+
+    def reindex_row(self, c: Any, rowid: int, item: MemoryItem, vec: np.ndarray) -> None:
+        c.execute("UPDATE items SET indexed_text=%s WHERE rowid=%s", (item.index_text or item.content, int(rowid)))
+        self._put_vec(c, int(rowid), item.version, vec)
+
+    def refresh_expiry(self, c: Any, item_id: str, expires_at: float, now: float,
+                       states: Sequence[LifecycleState]) -> bool:
+        cur = c.execute("UPDATE items SET expires_at=%s WHERE id=%s AND expires_at IS NOT NULL AND expires_at > %s "
+                        "AND state = ANY(%s)", (expires_at, item_id, now, [s.value for s in states]))
+        return bool(cur.rowcount)
+
+    def erase_content(self, c: Any, rowid: int, item_id: str) -> None:
+        self.unindex(c, rowid)
+        c.execute("UPDATE items SET content='', index_text=NULL, metadata='{}'::jsonb, tags='[]'::jsonb WHERE rowid=%s",
+                  (int(rowid),))
+        rows = c.execute("SELECT version, snapshot FROM versions WHERE item_id=%s", (item_id,)).fetchall()
+        for ver, snap in rows:
+            v = json.loads(snap)
+            v.update(content="", index_text=None, metadata={}, tags=[])
+            c.execute("UPDATE versions SET snapshot=%s WHERE item_id=%s AND version=%s",
+                      (canonical_json(v), item_id, ver))
+
+    def erase_item(self, c: Any, rowid: int, item_id: str) -> None:
+        r = int(rowid)
+        c.execute("DELETE FROM vec_pending WHERE item_rowid=%s", (r,))
+        c.execute("DELETE FROM embeddings WHERE item_rowid=%s", (r,))
+        c.execute("DELETE FROM versions WHERE item_id=%s", (item_id,))
+        c.execute("DELETE FROM transitions WHERE item_id=%s", (item_id,))
+        c.execute("DELETE FROM items WHERE rowid=%s", (r,))
+        with self._buf_lock:
+            self._usage.pop(r, None)
+            self._pending_done.pop(r, None)
+            self._pending_seen.pop(r, None)
+
+    # ------------------------------------------------------------------ usage
+    def record_usage(self, rowids: Iterable[int], at: float) -> None:
+        with self._buf_lock:
+            for r in rowids:
+                n, _ = self._usage.get(int(r), (0, 0.0))
+                self._usage[int(r)] = (n + 1, at)
+            big = len(self._usage) >= 512
+        if big and getattr(self._tls, "conn", None) is None:
+            self._flush_soft()
+
+    # ------------------------------------------------------------------ audit chain
+    def append_event(self, c: Any, at: float, actor: str | None, op: str, item_id: str | None,
+                     outcome: str = "ok", detail: Mapping[str, Any] | None = None) -> str:
+        # One chain per cube with writers on many hosts: the advisory lock is held until this transaction ends.
+        c.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
+        row = c.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        top = c.execute("SELECT value FROM meta WHERE key='events_counter'").fetchone()
+        prev = GENESIS_HASH if row is None else row[1]
+        seq = max(0 if row is None else int(row[0]), 0 if top is None else int(top[0])) + 1
+        d = canonical_json(dict(detail or {}))
+        h = event_hash(prev, seq, at, actor, op, item_id, outcome, d)
+        c.execute(f"INSERT INTO events({_EVENT_COLS}) VALUES(%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                  (seq, at, actor, op, item_id, outcome, d, prev, h))
+        self.set_meta(c, "events_counter", str(seq))
+        return h
+
+    def append_event_alone(self, at: float, actor: str | None, op: str, item_id: str | None,
+                           outcome: str, detail: Mapping[str, Any]) -> str:
+        if getattr(self._tls, "conn", None) is not None:
+            raise RuntimeError("append_event_alone inside an open transaction")
+        with self._guard(), self._pool.connection() as conn, conn.transaction():
+            return self.append_event(conn, at, actor, op, item_id, outcome, detail)
+
+    def raw_events(self, item_id: str | None = None, limit: int | None = None) -> list[Any]:
+        q = f"SELECT {_EVENT_COLS} FROM events"
+        args: list[Any] = []
+        if item_id is not None:
+            q += " WHERE item_id=%s"
+            args.append(item_id)
+        q += " ORDER BY seq"
+        if limit is not None:
+            q += " LIMIT %s"
+            args.append(limit)
+        with self._conn() as conn:
+            return [tuple(r) for r in conn.execute(q, args).fetchall()]
+
+    def event_counter(self) -> int | None:
+        raw = self.get_meta("events_counter")
+        return None if raw is None else int(raw)
+
+    def has_events(self, c: Any = None) -> bool:
+        with self._conn(c) as conn:
+            return conn.execute("SELECT 1 FROM events LIMIT 1").fetchone() is not None
+
+    def audit_head(self) -> tuple[int, str] | None:
+        with self._conn() as conn:
+            row = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        return None if row is None else (int(row[0]), row[1])
+
+    def restore_events(self, c: Any, rows: Sequence[Sequence[Any]]) -> bool:
+        c.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
+        if c.execute("SELECT 1 FROM events LIMIT 1").fetchone() is not None:
+            return False
+        rows = [tuple(r) for r in rows]
+        if rows:
+            c.cursor().executemany(f"INSERT INTO events({_EVENT_COLS}) VALUES(%s,%s,%s,%s,%s,%s,%s,%s,%s)", rows)
+            self.set_meta(c, "events_counter", str(max(int(r[0]) for r in rows)))
+        return True
+
+    # ------------------------------------------------------------------ filters
+    def compile_filter(self, f: SearchFilter, states: Sequence[LifecycleState], now: float) -> CompiledFilter:
+        """The filter as a ``WHERE`` fragment over ``items`` with ``%s`` parameters. Keys are validated by
+        :class:`SearchFilter`; values (and metadata paths) are bound. Same semantics as the SQLite backend:
+        equality treats booleans as 0/1, order comparisons only match values of the same JSON type,
+        ``$ne``/``$nin`` match memories without the key."""
+        where = ["items.state = ANY(%s)", "(items.expires_at IS NULL OR items.expires_at > %s)"]
+        args: list[Any] = [[s.value for s in states], now]
+        for col in ("user_id", "agent_id", "session_id"):
+            val = getattr(f, col)
+            if val is not None:
+                where.append(f"items.{col} = %s")
+                args.append(val)
+        if f.kinds:
+            where.append("items.kind = ANY(%s)")
+            args.append([k.value for k in f.kinds])
+        if f.forms:
+            where.append("items.form = ANY(%s)")
+            args.append([k.value for k in f.forms])
+        if f.ids:
+            where.append("items.id = ANY(%s)")
+            args.append(list(f.ids))
+        if f.event_after is not None:
+            where.append("items.event_time >= %s")
+            args.append(f.event_after.timestamp())
+        if f.event_before is not None:
+            where.append("items.event_time <= %s")
+            args.append(f.event_before.timestamp())
+        if f.tags_any:
+            where.append("items.tags ?| %s::text[]")
+            args.append(list(f.tags_any))
+        for tag in f.tags_all or []:
+            where.append("items.tags @> %s::jsonb")
+            args.append(json.dumps([tag]))
+        for key, cond in (f.metadata or {}).items():
+            path = key.split(".")
+            ops = cond if isinstance(cond, dict) else {"$eq": cond}
+            for op, val in ops.items():
+                e = "(items.metadata #> %s::text[])"
+                if op == "$exists":
+                    where.append(f"{e} IS {'NOT ' if val else ''}NULL")
+                    args.append(path)
+                elif op in ("$eq", "$ne"):
+                    sql, a = self._eq(e, path, val)
+                    where.append(f"COALESCE({sql}, false)" if op == "$eq" else f"NOT COALESCE({sql}, false)")
+                    args += a
+                elif op in ("$in", "$nin"):
+                    parts: list[str] = []
+                    for v in val:
+                        if v is None:  # as SQL IN: a NULL in the list never matches
+                            continue
+                        sql, a = self._eq(e, path, v)
+                        parts.append(sql)
+                        args += a
+                    body = " OR ".join(parts) or "false"
+                    where.append(f"COALESCE(({body}), false)" if op == "$in" else f"NOT COALESCE(({body}), false)")
+                else:
+                    sql_op = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}[op]
+                    if isinstance(val, (int, float)):
+                        where.append(f"(jsonb_typeof({e}) = 'number' AND ({e} #>> '{{}}')::numeric {sql_op} %s)")
+                        args += [path, path, val]
+                    else:
+                        where.append(f"(jsonb_typeof({e}) = 'string' AND ({e} #>> '{{}}') COLLATE \"C\" {sql_op} %s)")
+                        args += [path, path, val]
+        return CompiledFilter(" AND ".join(where), args)
+
+    @staticmethod
+    def _eq(e: str, path: list[str], val: Any) -> tuple[str, list[Any]]:
+        """SQL (may be NULL) that is true when the JSON value at ``path`` equals ``val`` as SQLite's
+        ``json_extract(...) IS ?`` decides: booleans compare as 0/1 with numbers, null matches a missing key."""
+        if val is None:
+            return f"({e} IS NULL OR {e} = 'null'::jsonb)", [path, path]
+        if isinstance(val, (bool, int, float)):
+            num = float(int(val)) if isinstance(val, bool) else val
+            if isinstance(num, float) and not math.isfinite(num):
+                return "false", []
+            return (f"(CASE jsonb_typeof({e}) WHEN 'number' THEN ({e} #>> '{{}}')::numeric "
+                    f"WHEN 'boolean' THEN (CASE WHEN {e} = 'true'::jsonb THEN 1 ELSE 0 END) END = %s::numeric)",
+                    [path, path, path, num])
+        return f"(jsonb_typeof({e}) = 'string' AND ({e} #>> '{{}}') = %s)", [path, path, str(val)]
+
+    # ------------------------------------------------------------------ lexical search (BM25 over tsvector)
+    def _index_stats(self, conn: Any) -> tuple[int, float]:
+        """(indexed rows, average lexemes per row), refreshed every 30 s (BM25 needs them only roughly)."""
+        st = self._stats
+        now = time.monotonic()
+        if st is None or now - st[0] > 30.0:
+            n, avg = conn.execute("SELECT COUNT(*), COALESCE(AVG(length(tsv)), 0) FROM items "
+                                  "WHERE indexed_text IS NOT NULL").fetchone()
+            st = self._stats = (now, int(n), float(avg))
+        return st[1], max(st[2], 1.0)
+
+    def _lexemes(self, conn: Any, terms: list[str]) -> list[str]:
+        """The distinct lexemes (english configuration) of the query terms, in order."""
+        if not terms:
+            return []
+        rows = conn.execute("SELECT t, (SELECT array_agg(l) FROM unnest(tsvector_to_array(to_tsvector("
+                            "'english'::regconfig, t))) AS l) FROM unnest(%s::text[]) AS t", (terms,)).fetchall()
+        out: dict[str, None] = {}
+        for _, lex in rows:
+            for l in lex or []:
+                out.setdefault(l, None)
+        return list(out)
+
+    def _df(self, conn: Any, lexeme: str, stamp: int) -> int:
+        hit = self._df_cache.get(lexeme)
+        if hit is not None and hit[1] * 1.1 >= stamp:
+            return hit[0]
+        if len(self._df_cache) > 50_000:
+            self._df_cache.clear()
+        df = conn.execute("SELECT COUNT(*) FROM (SELECT 1 FROM items WHERE tsv @@ %s::tsquery LIMIT %s) AS m",
+                          (_tsq(lexeme), self.lexical_match_budget + 1)).fetchone()[0]
+        self._df_cache[lexeme] = (int(df), stamp)
+        return int(df)
+
+    def lexical(self, match: str, cf: CompiledFilter, k: int) -> list[tuple[int, float]]:
+        terms = match_terms(match) if match else []
+        if not terms:
+            return []
+        where, args = cf
+        with self._conn() as conn:
+            lexemes = self._lexemes(conn, terms)
+            if not lexemes:
+                return []
+            n_docs, avgdl = self._index_stats(conn)
+            stamp = max(n_docs, 1)
+            dfs = {lx: self._df(conn, lx, stamp) for lx in lexemes}
+            keep = lexemes
+            if sum(dfs.values()) > self.lexical_match_budget and len(lexemes) > 1:
+                keep, used = [], 0
+                for lx in sorted(lexemes, key=lambda x: (dfs[x], x)):
+                    if keep and used + dfs[lx] > self.lexical_match_budget:
+                        break
+                    keep.append(lx)
+                    used += dfs[lx]
+            query = " | ".join(_tsq(lx) for lx in keep)
+            rows = conn.execute(
+                "SELECT items.rowid, length(items.tsv), u.lexeme, array_length(u.positions, 1) "
+                "FROM items CROSS JOIN LATERAL unnest(items.tsv) AS u "
+                f"WHERE items.tsv @@ %s::tsquery AND u.lexeme = ANY(%s::text[]) AND {where}",
+                (query, keep, *args)).fetchall()
+        n = max(n_docs, 1)
+        idf = {lx: max(math.log((n - dfs[lx] + 0.5) / (dfs[lx] + 0.5)), 1e-6) for lx in keep}
+        scores: dict[int, float] = {}
+        for rowid, dl, lx, tf in rows:
+            tf = tf or 1
+            norm = _BM25_K1 * (1 - _BM25_B + _BM25_B * (dl or 1) / avgdl)
+            scores[rowid] = scores.get(rowid, 0.0) + idf.get(lx, 1e-6) * tf * (_BM25_K1 + 1) / (tf + norm)
+        best = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+        return [(int(r), float(s)) for r, s in best]
+
+    # ------------------------------------------------------------------ dense reads and other filtered reads
+    def filtered_vectors(self, cf: CompiledFilter, limit: int) -> tuple[list[int], list[bytes]]:
+        where, args = cf
+        with self._conn() as conn:
+            rows = conn.execute(f"SELECT items.rowid, e.vec FROM items JOIN embeddings e ON e.item_rowid = items.rowid "
+                                f"WHERE {where} LIMIT %s", (*args, limit)).fetchall()
+        return [r[0] for r in rows], [bytes(r[1]) for r in rows]
+
+    def embeddings_of(self, rowids: Sequence[int]) -> tuple[list[int], list[bytes]]:
+        if not rowids:
+            return [], []
+        with self._conn() as conn:
+            rows = conn.execute("SELECT item_rowid, vec FROM embeddings WHERE item_rowid = ANY(%s)",
+                                ([int(r) for r in rowids],)).fetchall()
+        return [r[0] for r in rows], [bytes(r[1]) for r in rows]
+
+    def rowids_passing(self, ids: Sequence[str], cf: CompiledFilter) -> dict[str, int]:
+        if not ids:
+            return {}
+        where, args = cf
+        with self._conn() as conn:
+            rows = conn.execute(f"SELECT id, rowid FROM items WHERE id = ANY(%s) AND {where}",
+                                (list(ids), *args)).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def contents(self, rowids: Sequence[int]) -> dict[int, str]:
+        if not rowids:
+            return {}
+        with self._conn() as conn:
+            return {r[0]: r[1] for r in conn.execute("SELECT rowid, content FROM items WHERE rowid = ANY(%s)",
+                                                     ([int(r) for r in rowids],))}
+
+    def list_rowids(self, cf: CompiledFilter, order: str, limit: int, offset: int) -> list[int]:
+        where, args = cf
+        col = "rowid" if order == "created" else "COALESCE(event_time, created_at), rowid"
+        with self._conn() as conn:
+            return [r[0] for r in conn.execute(f"SELECT rowid FROM items WHERE {where} ORDER BY {col} "
+                                               "LIMIT %s OFFSET %s", (*args, limit, offset))]
+
+    def distinct_metadata(self, key: str, cf: CompiledFilter, limit: int) -> list[Any]:
+        where, args = cf
+        path = key.split(".")
+        with self._conn() as conn:
+            rows = conn.execute(
+                f"SELECT DISTINCT (items.metadata #> %s::text[])::text FROM items WHERE {where} "
+                "AND items.metadata #> %s::text[] IS NOT NULL LIMIT %s", (path, *args, path, limit)).fetchall()
+        out: list[Any] = []
+        for (raw,) in rows:
+            v = json.loads(raw)
+            # as SQLite's json_extract: scalars as values (booleans as 0/1), objects/arrays as compact JSON text
+            if isinstance(v, bool):
+                v = int(v)
+            elif isinstance(v, (dict, list)):
+                v = json.dumps(v, separators=(",", ":"), ensure_ascii=False)
+            out.append(v)
+        return out
+
+    # ------------------------------------------------------------------ vector-index bookkeeping
+    def embedding(self, rowid: int) -> np.ndarray | None:
+        with self._conn() as conn:
+            row = conn.execute("SELECT vec FROM embeddings WHERE item_rowid=%s", (int(rowid),)).fetchone()
+        return None if row is None else np.frombuffer(bytes(row[0]), dtype=np.float32)
+
+    def all_embeddings(self, batch: int = 5000) -> Iterator[list[tuple[int, str, np.ndarray]]]:
+        last = 0
+        while True:
+            with self._conn() as conn:
+                rows = conn.execute("SELECT e.item_rowid, i.id, e.vec FROM embeddings e JOIN items i ON "
+                                    "i.rowid=e.item_rowid WHERE e.item_rowid>%s ORDER BY e.item_rowid LIMIT %s",
+                                    (last, batch)).fetchall()
+            if not rows:
+                return
+            yield [(r[0], r[1], np.frombuffer(bytes(r[2]), dtype=np.float32)) for r in rows]
+            last = rows[-1][0]
+
+    def missing_embeddings(self, states: Sequence[LifecycleState]) -> list[int]:
+        with self._conn() as conn:
+            return [r[0] for r in conn.execute(
+                "SELECT rowid FROM items i WHERE state = ANY(%s) AND NOT EXISTS "
+                "(SELECT 1 FROM embeddings e WHERE e.item_rowid = i.rowid) ORDER BY rowid",
+                ([s.value for s in states],))]
+
+    def pending_vectors(self) -> list[int]:
+        with self._conn() as conn:
+            rows = conn.execute("SELECT item_rowid, gen FROM vec_pending ORDER BY item_rowid").fetchall()
+        with self._buf_lock:
+            for r, g in rows:
+                self._pending_seen[r] = g
+        return [r[0] for r in rows]
+
+    def index_rows(self, rowids: Sequence[int]) -> list[IndexRow]:
+        if not rowids:
+            return []
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT i.rowid, i.id, i.state, i.kind, i.user_id, i.agent_id, i.session_id, e.vec FROM items i "
+                "LEFT JOIN embeddings e ON e.item_rowid = i.rowid WHERE i.rowid = ANY(%s) ORDER BY i.rowid",
+                ([int(r) for r in rowids],)).fetchall()
+        return [IndexRow(*r[:7], None if r[7] is None else bytes(r[7])) for r in rows]
+
+    def mark_vectors_applied(self, rowids: Iterable[int]) -> None:
+        """Clears only the marks as they were listed: a row pending again since (another worker wrote it)
+        stays pending."""
+        with self._buf_lock:
+            for r in rowids:
+                g = self._pending_seen.pop(int(r), None)
+                if g is not None:
+                    self._pending_done[int(r)] = g
+
+    # ------------------------------------------------------------------ governance tables (created in schema v1)
+    def governance_ready(self) -> bool:
+        with self._conn() as conn:
+            return conn.execute("SELECT 1 FROM gov_acl LIMIT 1").fetchone() is not None
+
+    def bootstrap_governance(self, c: Any, owner: str, owner_kind: str, now: float, redaction_key: str) -> bool:
+        c.execute("LOCK TABLE gov_acl IN SHARE ROW EXCLUSIVE MODE")  # two workers opening a new cube at once
+        if c.execute("SELECT 1 FROM gov_acl LIMIT 1").fetchone() is not None:
+            return False
+        c.execute("INSERT INTO gov_principals(id, kind, created_at, created_by) VALUES(%s,%s,%s,%s) "
+                  "ON CONFLICT(id) DO NOTHING", (owner, owner_kind, now, owner))
+        c.execute("INSERT INTO gov_acl(principal, role, granted_by, granted_at) VALUES(%s,%s,%s,%s)",
+                  (owner, "owner", owner, now))
+        c.execute("INSERT INTO gov_settings(key, value) VALUES('redaction_key', %s) ON CONFLICT(key) DO NOTHING",
+                  (redaction_key,))
+        return True
+
+    def grants(self, c: Any = None, principal: str | None = None) -> list[tuple[str, str, str, str | None, float]]:
+        q = ("SELECT a.principal, COALESCE(p.kind, 'user'), a.role, a.granted_by, a.granted_at FROM gov_acl a "
+             "LEFT JOIN gov_principals p ON p.id = a.principal")
+        args: tuple[Any, ...] = ()
+        if principal is not None:
+            q += " WHERE a.principal=%s"
+            args = (principal,)
+        with self._conn(c) as conn:
+            return [tuple(r) for r in conn.execute(q + " ORDER BY a.principal", args)]  # type: ignore[misc]
+
+    def role(self, principal: str, c: Any = None) -> str | None:
+        with self._conn(c) as conn:
+            row = conn.execute("SELECT role FROM gov_acl WHERE principal=%s", (principal,)).fetchone()
+        return None if row is None else row[0]
+
+    def count_role(self, c: Any, role: str) -> int:
+        return int(c.execute("SELECT COUNT(*) FROM gov_acl WHERE role=%s", (role,)).fetchone()[0])
+
+    def principal_kind(self, c: Any, principal: str) -> str | None:
+        row = c.execute("SELECT kind FROM gov_principals WHERE id=%s", (principal,)).fetchone()
+        return None if row is None else row[0]
+
+    def add_principal(self, c: Any, principal: str, kind: str, now: float, created_by: str | None) -> None:
+        c.execute("INSERT INTO gov_principals(id, kind, created_at, created_by) VALUES(%s,%s,%s,%s)",
+                  (principal, kind, now, created_by))
+
+    def put_grant(self, c: Any, principal: str, role: str, granted_by: str | None, at: float) -> None:
+        c.execute("INSERT INTO gov_acl(principal, role, granted_by, granted_at) VALUES(%s,%s,%s,%s) "
+                  "ON CONFLICT(principal) DO UPDATE SET role=excluded.role, granted_by=excluded.granted_by, "
+                  "granted_at=excluded.granted_at", (principal, role, granted_by, at))
+
+    def delete_grant(self, c: Any, principal: str) -> None:
+        c.execute("DELETE FROM gov_acl WHERE principal=%s", (principal,))
+
+    def governance_settings(self) -> dict[str, str]:
+        with self._conn() as conn:
+            return {r[0]: r[1] for r in conn.execute("SELECT key, value FROM gov_settings")}
+
+    def put_settings(self, c: Any, values: Mapping[str, str]) -> None:
+        c.cursor().executemany("INSERT INTO gov_settings(key, value) VALUES(%s, %s) ON CONFLICT(key) DO UPDATE SET "
+                               "value=excluded.value", list(values.items()))
+
+    def add_forget_pending(self, c: Any, ids: Sequence[str]) -> None:
+        c.cursor().executemany("INSERT INTO gov_forget_pending(item_id) VALUES(%s) ON CONFLICT DO NOTHING",
+                               [(i,) for i in ids])
+
+    def forget_pending(self) -> list[str]:
+        with self._conn() as conn:
+            return [r[0] for r in conn.execute("SELECT item_id FROM gov_forget_pending ORDER BY item_id")]
+
+    def clear_forget_pending(self, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        with self.transaction() as c:
+            c.execute("DELETE FROM gov_forget_pending WHERE item_id = ANY(%s)", (list(ids),))
+
+    # ------------------------------------------------------------------ maintenance
+    def compact_erased(self) -> None:
+        """VACUUM the tables an erase touched, so the dead tuples holding erased content are reclaimed (the
+        space is marked free for reuse; it is overwritten as PostgreSQL reuses it, not zeroed now). WAL
+        segments and base backups still hold the content until they are recycled: see the README."""
+        if self._closed:
+            return
+        self.flush()
+        with self._guard(), self._pool.connection() as conn:
+            for table in ("items", "versions", "transitions", "embeddings", "vec_pending"):
+                conn.execute(self._sql.SQL("VACUUM {}").format(self._sql.Identifier(self.schema, table)))
+
+    def drop_schema(self) -> None:
+        """Delete this cube's schema and everything in it (tests, ``memos migrate`` targets); irreversible."""
+        with self._guard(), self._pool.connection() as conn:
+            conn.execute(self._sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(self._sql.Identifier(self.schema)))
+
+
+def _tsq(lexeme: str) -> str:
+    """A lexeme as a tsquery operand (quoted, no normalisation: it already is one)."""
+    return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
