@@ -5,8 +5,11 @@ demo:
 	@scripts/bootstrap.sh embed
 	@.venv/bin/python examples/demo.py
 
+# The PostgreSQL tests start a temporary server themselves; ensure_postgres.sh installs the binaries if missing
+# (MEMOS_REQUIRE_POSTGRES=1, as CI sets it, turns a missing PostgreSQL into a failure instead of skipped tests).
 test:
 	@scripts/bootstrap.sh dev
+	@scripts/ensure_postgres.sh
 	@.venv/bin/python -m pytest -q tests
 
 bench-retrieval:
