@@ -725,6 +725,10 @@ def test_an_anchor_catches_a_fully_rewritten_chain(make: Callable[..., MemCube],
             h = event_hash(prev, r[0], r[1], r[2], r[3], r[4], r[5], r[6])
             conn.execute("UPDATE events SET prev_hash=?, hash=? WHERE seq=?", (prev, h, r[0]))
             prev = h
+    rep = verify_file(base / "anch")  # the head the records saved with the last write no longer matches
+    assert not rep.ok and [(p.seq, p.kind) for p in rep.problems] == [(head[0], "edited")]  # type: ignore[index]
+    with conn:  # ... unless the forger rewrites that evidence too: only an anchor kept elsewhere catches it
+        conn.execute("UPDATE meta SET value=? WHERE key='audit_head'", (f"{rows[-1][0]}:{prev}",))
     conn.close()
     assert verify_file(base / "anch").ok
     assert cli_main(["audit", "verify", str(base / "anch"), "--anchor", anchor]) == 1

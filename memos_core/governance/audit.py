@@ -12,14 +12,25 @@ Sequence numbers come from SQLite's AUTOINCREMENT counter, so they never repeat 
 * an **inserted** record (a record whose link or hash does not fit where it stands);
 * **reordered** records (a record that hashes correctly only under another sequence number).
 
-What a hash chain cannot do on its own: someone who can write the file *and* recompute every hash after
-their edit produces a chain that verifies. Keep the head (``memos audit head``) somewhere else from time to
-time and pass it back as an *anchor*: verification then also proves the chain up to the anchor is the one
-you saw.
+Besides the chain itself, the cube holds **evidence** of how long its log is, checked without any anchor
+(:class:`Evidence`):
+
+* the records keep the sequence number and hash of the newest record (``meta.audit_head``, written in the
+  same transaction as every record): a log that ends earlier, or whose record at that number has another
+  hash, was truncated or rewritten;
+* every memory's current version was recorded (``add`` / ``update`` records carry ``detail.version``): a
+  memory at version *v* without a record of version *v* means the records of it were deleted -- e.g. a cube
+  that holds memories but no audit records at all, or a log whose tail was cut and its counter fixed.
+
+What a hash chain and this evidence cannot do on their own: someone who can write the file *and* rewrites
+the log, the recorded head and the memories consistently (recomputing every hash) produces a cube that
+verifies. Keep the head (``memos audit head``) somewhere else from time to time and pass it back as an
+*anchor*: verification then also proves the chain up to the anchor is the one you saw.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,7 +40,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..errors import CorruptData, NotFound
 from ..records.sqlite import GENESIS_HASH, event_hash
 
-__all__ = ["AuditProblem", "AuditReport", "verify_rows", "verify_file", "read_chain"]
+__all__ = ["AuditProblem", "AuditReport", "Evidence", "verify_rows", "verify_file", "read_chain",
+           "read_evidence", "check_evidence"]
 
 
 class AuditProblem(BaseModel):
@@ -89,15 +101,67 @@ def _moved_from(r: Row, rows: Sequence[Row], by_hash: dict[str, int]) -> int | N
     return None
 
 
+class Evidence(BaseModel):
+    """What the cube itself says about its log (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    head: tuple[int, str] | None = Field(default=None, description="(seq, hash) the records recorded last")
+    items: list[tuple[str, int]] = Field(default_factory=list, description="(id, current version) of every memory")
+
+
+def _recorded_versions(rows: Sequence[Row]) -> set[tuple[str, int]]:
+    out: set[tuple[str, int]] = set()
+    for r in rows:
+        if r[4] is None or r[5] != "ok":
+            continue
+        try:
+            detail = json.loads(r[6])
+        except (TypeError, ValueError):
+            continue
+        v = detail.get("version") if isinstance(detail, dict) else None
+        if isinstance(v, int) and not isinstance(v, bool):
+            out.add((r[4], v))
+    return out
+
+
+def check_evidence(rows: Sequence[Row], evidence: Evidence) -> list[AuditProblem]:
+    """Problems the cube's own evidence shows in a chain (truncation, a rewritten tail)."""
+    problems: list[AuditProblem] = []
+    last = int(rows[-1][0]) if rows else 0
+    if evidence.head is not None:
+        h_seq, h_hash = evidence.head
+        found = next((r for r in rows if int(r[0]) == h_seq), None)
+        if found is None:
+            problems.append(AuditProblem(seq=h_seq, kind="deleted",
+                                         message=f"the records say record {h_seq} was written last, but the log "
+                                                 f"{'is empty' if not rows else f'ends at seq {last}'}: "
+                                                 "records were deleted"))
+        elif found[8] != h_hash:
+            problems.append(AuditProblem(seq=h_seq, kind="edited",
+                                         message=f"record {h_seq} does not carry the hash the records saved for "
+                                                 "it: the log was rewritten"))
+    have = _recorded_versions(rows)
+    missing = [(i, v) for i, v in evidence.items if (i, v) not in have]
+    if missing:
+        shown = ", ".join(f"{i}@{v}" for i, v in missing[:5]) + (f" and {len(missing) - 5} more"
+                                                               if len(missing) > 5 else "")
+        problems.append(AuditProblem(seq=last + 1, kind="deleted",
+                                     message=f"{len(missing)} memory version(s) have no audit record ({shown}): "
+                                             "records of them were deleted (the log was truncated)"))
+    return problems
+
+
 def verify_rows(rows: Sequence[Row], counter: int | None = None,
-                anchor: tuple[int, str] | None = None) -> AuditReport:
+                anchor: tuple[int, str] | None = None, evidence: Evidence | None = None) -> AuditReport:
     """Verify a chain given its rows in storage order (``ORDER BY seq``).
 
     ``counter`` is the AUTOINCREMENT high-water mark (``sqlite_sequence``): a tail deletion shows as
     ``counter > last seq``. ``anchor`` is a ``(seq, hash)`` pair saved earlier (``head_seq``/``head_hash`` of
-    a report): the record at that seq must still carry that hash.
+    a report): the record at that seq must still carry that hash. ``evidence`` is what the cube itself
+    recorded (:func:`check_evidence`).
     """
-    problems: list[AuditProblem] = []
+    problems: list[AuditProblem] = [] if evidence is None else check_evidence(rows, evidence)
     by_hash = {r[8]: i for i, r in enumerate(rows)}
     n = len(rows)
     # 1. each record on its own: intact, edited, or intact but under another sequence number (moved)
@@ -191,6 +255,24 @@ def read_chain(conn: sqlite3.Connection) -> tuple[list[Row], int | None]:
     return rows, None if top is None else int(top[0])
 
 
+def read_evidence(conn: sqlite3.Connection) -> Evidence:
+    """The evidence a records database holds about its log (head recorded in ``meta``, item versions)."""
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key='audit_head'").fetchone()
+    except sqlite3.OperationalError:
+        row = None
+    items = [(r[0], int(r[1])) for r in conn.execute("SELECT id, version FROM items")]
+    return Evidence(head=parse_head(row[0] if row else None), items=items)
+
+
+def parse_head(raw: str | None) -> tuple[int, str] | None:
+    """``"SEQ:HASH"`` as the records store it (``None`` when absent or unreadable: no evidence)."""
+    if not raw:
+        return None
+    seq, _, h = raw.partition(":")
+    return (int(seq), h) if seq.isdigit() and len(h) == 64 else None
+
+
 def parse_anchor(text: str | None) -> tuple[int, str] | None:
     """``"SEQ:HASH"`` -> ``(SEQ, HASH)``."""
     if not text:
@@ -215,9 +297,11 @@ def verify_file(path: str | Path, anchor: tuple[int, str] | None = None) -> Audi
     try:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
         try:
+            conn.execute("BEGIN")  # one snapshot; the evidence first (a record is committed with what it records)
+            evidence = read_evidence(conn)
             rows, counter = read_chain(conn)
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
         raise CorruptData(f"cannot read the audit log in {db}: {exc}") from exc
-    return verify_rows(rows, counter, anchor)
+    return verify_rows(rows, counter, anchor, evidence)

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import BackendUnavailable, Conflict, MemOSError, NotFound, PermissionDenied, ValidationError
 from ..items import LifecycleState, MemoryItem
-from .audit import AuditReport, read_chain, verify_rows
+from .audit import AuditReport, verify_rows
 from .redaction import RedactionPolicy, RedactionRejected, redact_text, redact_value
 from .retention import RetentionPolicy
 from .roles import (
@@ -747,9 +747,13 @@ class Governance:
     def verify(self, *, actor: str | None = None, anchor: tuple[int, str] | None = None) -> AuditReport:
         """Verify the audit chain (needs **administer**); ``report.ok`` and ``report.problems`` say where."""
         self.authorize(actor, Right.ADMINISTER, "audit.verify")
-        with self.records._lock:
-            rows, counter = read_chain(self.records._conn)
-        return verify_rows(rows, counter, anchor)
+        from .audit import Evidence, parse_head
+
+        # the evidence first: a record is committed in the same transaction as what it records
+        evidence = Evidence(head=parse_head(self.records.get_meta("audit_head")),
+                            items=[(it.id, it.version) for it in self.records.iter_items()])
+        rows, counter = self.records.audit_chain()
+        return verify_rows(rows, counter, anchor, evidence)
 
     def head(self, *, actor: str | None = None) -> tuple[int, str] | None:
         """``(seq, hash)`` of the newest audit record: save it elsewhere and pass it back as ``anchor``."""

@@ -513,6 +513,8 @@ class SQLiteRecordStore(RecordStore):
         h = event_hash(prev, seq, at, actor, op, item_id, outcome, d)
         c.execute("INSERT INTO events(seq, at, actor, op, item_id, outcome, detail, prev_hash, hash) "
                   "VALUES(?,?,?,?,?,?,?,?,?)", (seq, at, actor, op, item_id, outcome, d, prev, h))
+        # evidence of the log's length kept with the records (governance/audit.py: a cut tail shows)
+        self.set_meta(c, "audit_head", f"{seq}:{h}")
         return h
 
     def events(self, item_id: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
@@ -761,6 +763,8 @@ class SQLiteRecordStore(RecordStore):
             return False
         c.executemany("INSERT INTO events(seq, at, actor, op, item_id, outcome, detail, prev_hash, hash) "
                       "VALUES(?,?,?,?,?,?,?,?,?)", [tuple(r) for r in rows])
+        if rows:
+            self.set_meta(c, "audit_head", f"{rows[-1][0]}:{rows[-1][8]}")
         return True
 
     # ================================================================== the RecordStore seam (records/base.py)
