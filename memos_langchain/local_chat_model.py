@@ -29,6 +29,7 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field
 
+from memos_core.activation.local_llm import LocalLLMWrapper
 from memos_core.errors import ValidationError
 
 __all__ = ["MemOSLocalChatModel"]
@@ -64,7 +65,7 @@ def _role(message: BaseMessage) -> str:
     raise ValidationError(f"unsupported message type {type(message).__name__}")
 
 
-class MemOSLocalChatModel(BaseChatModel):
+class MemOSLocalChatModel(LocalLLMWrapper, BaseChatModel):
     """A LangChain ``BaseChatModel`` backed by a :class:`memos_core.activation.LocalLLM`.
 
     Generation options set here (``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``, ``seed``) apply
@@ -72,6 +73,10 @@ class MemOSLocalChatModel(BaseChatModel):
     ``memories=[MemoryItem, ...]`` as a call kwarg (or through ``.bind``) to choose the memories of one call;
     otherwise the ``LocalLLM``'s own memory source is used. ``response_metadata`` reports the KV cache used
     (``cache_id``, ``cache_origin``, ``cached_tokens``, ``ttft_s``) and ``usage_metadata`` the token counts.
+
+    ``MemOSLocalChatModel.from_cube(cube, model_or_path, tokenizer=None, **kwargs)`` (shared with the
+    LlamaIndex wrapper, :class:`memos_core.activation.local_llm.LocalLLMWrapper`): keyword arguments naming
+    this class's fields go to it, the others to :meth:`LocalLLM.from_cube`.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -82,16 +87,6 @@ class MemOSLocalChatModel(BaseChatModel):
     top_p: float | None = None
     top_k: int | None = None
     seed: int | None = None
-
-    @classmethod
-    def from_cube(cls, cube: Any, model_or_path: Any, tokenizer: Any = None, **kwargs: Any) -> "MemOSLocalChatModel":
-        """``MemOSLocalChatModel(llm=LocalLLM.from_cube(cube, model_or_path, tokenizer, ...))``: keyword
-        arguments naming this class's fields (``max_new_tokens``, ``temperature``, ``callbacks``...) go to it,
-        the others (``k``, ``user_id``, ``actor``, ``dtype``...) to :meth:`LocalLLM.from_cube`."""
-        from memos_core.activation import LocalLLM
-
-        mine = {name: kwargs.pop(name) for name in list(kwargs) if name in cls.model_fields and name != "llm"}
-        return cls(llm=LocalLLM.from_cube(cube, model_or_path, tokenizer, **kwargs), **mine)
 
     @property
     def _llm_type(self) -> str:

@@ -33,6 +33,8 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.custom import CustomLLM
 from pydantic import Field
 
+from memos_core.activation.local_llm import LocalLLMWrapper
+
 __all__ = ["MemOSLocalLLM"]
 
 _ROLES = {
@@ -48,11 +50,15 @@ _ROLES = {
 _OPTIONS = ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop", "ignore_eos", "memories")
 
 
-class MemOSLocalLLM(CustomLLM):
+class MemOSLocalLLM(LocalLLMWrapper, CustomLLM):
     """A LlamaIndex ``CustomLLM`` (chat model) backed by a :class:`memos_core.activation.LocalLLM`.
 
     Call kwargs ``memories``, ``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``, ``seed``, ``stop``
     override the defaults for one call. ``raw`` / ``additional_kwargs`` of responses report the KV cache used.
+
+    ``MemOSLocalLLM.from_cube(cube, model_or_path, tokenizer=None, **kwargs)`` (shared with the LangChain
+    wrapper, :class:`memos_core.activation.local_llm.LocalLLMWrapper`): keyword arguments naming this class's
+    fields go to it, the others to :meth:`LocalLLM.from_cube`.
     """
 
     llm: Any = Field(description="the memos_core.activation.LocalLLM to delegate to", exclude=True)
@@ -62,16 +68,6 @@ class MemOSLocalLLM(CustomLLM):
     top_k: int | None = None
     seed: int | None = None
     model_name: str = "memos-local-transformers"
-
-    @classmethod
-    def from_cube(cls, cube: Any, model_or_path: Any, tokenizer: Any = None, **kwargs: Any) -> "MemOSLocalLLM":
-        """``MemOSLocalLLM(llm=LocalLLM.from_cube(cube, model_or_path, tokenizer, ...))``: keyword arguments
-        naming this class's fields (``max_new_tokens``, ``temperature``, ``callback_manager``...) go to it, the
-        others (``k``, ``user_id``, ``actor``, ``dtype``...) to :meth:`LocalLLM.from_cube`."""
-        from memos_core.activation import LocalLLM
-
-        mine = {name: kwargs.pop(name) for name in list(kwargs) if name in cls.model_fields and name != "llm"}
-        return cls(llm=LocalLLM.from_cube(cube, model_or_path, tokenizer, **kwargs), **mine)
 
     @classmethod
     def class_name(cls) -> str:

@@ -433,3 +433,165 @@ def test_import_does_not_load_torch():
     code = "import sys, memos_core.activation, memos_core.activation.local_llm; print('torch' in sys.modules or 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------------------------------- issue 17
+
+
+def test_editing_a_token_id_in_the_metadata_is_refused(tiny, items, tmp_path):
+    family, model, tok, _ = tiny
+    store = KVCacheStore(tmp_path)
+    cache = build_cache(model, tok, items)
+    store.put(cache)
+    meta = tmp_path / f"{cache.cache_id}.json"
+    original = meta.read_text()
+    record = json.loads(original)
+    record["meta"]["token_ids"][5] = (record["meta"]["token_ids"][5] + 1) % len(tok)
+    meta.write_text(json.dumps(record))
+    with pytest.raises(CorruptData, match="checksum"):
+        store.load(cache.cache_id, verify="size")
+    # re-computing the metadata checksum is not enough: the id no longer matches the tokens, nor the header
+    from memos_core.activation.store import meta_digest
+
+    record["meta_sha256"] = meta_digest(record["meta"])
+    meta.write_text(json.dumps(record))
+    with pytest.raises(CorruptData):
+        store.load(cache.cache_id)
+    assert cache.cache_id in store.problems()
+    # an edited segment (not part of the id) is caught by the checksum alone
+    record = json.loads(original)
+    record["meta"]["segments"][0]["end"] += 1
+    meta.write_text(json.dumps(record))
+    with pytest.raises(CorruptData, match="checksum"):
+        store.load(cache.cache_id)
+    # caches written before the checksum existed (format 1) are refused, never trusted
+    record = json.loads(original)
+    record["meta"]["format_version"] = 1
+    del record["meta_sha256"]
+    meta.write_text(json.dumps(record))
+    with pytest.raises(CorruptData, match="older MemOS"):
+        store.load(cache.cache_id)
+    meta.write_text(original)
+    assert store.load(cache.cache_id).same_tensors(cache)
+
+
+def test_a_batch_of_prompts_is_refused_with_batch_size_1(tiny, items):
+    family, model, tok, _ = tiny
+    cache = build_cache(model, tok, items)
+    ids = render_layout(tok, QUESTION, FACTS).input_ids
+    with pytest.raises(ValidationError, match="batch size 1"):
+        generate(model, tok, torch.tensor([ids, ids]), cache, GREEDY)
+    with pytest.raises(ValidationError, match="batch size 1"):
+        generate(model, tok, [ids, ids], cache, GREEDY)
+    # a batch of one is one prompt
+    one = generate(model, tok, torch.tensor([ids]), cache, GREEDY)
+    assert one.token_ids == generate(model, tok, ids, cache, GREEDY).token_ids
+
+
+def _length_rope_model(tmp_path, kind):
+    from memos_core.activation.testing import tiny_config, tiny_tokenizer
+
+    tok = tiny_tokenizer("chatml")
+    if kind == "dynamic":
+        cfg = tiny_config("llama", len(tok), max_positions=64,
+                          rope_parameters={"rope_type": "dynamic", "factor": 4.0, "rope_theta": 10000.0})
+    else:
+        from transformers import Phi3Config
+
+        cfg = Phi3Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         original_max_position_embeddings=160, initializer_range=0.2, pad_token_id=tok.pad_token_id,
+                         bos_token_id=None, eos_token_id=tok.eos_token_id,
+                         rope_scaling={"type": "longrope", "short_factor": [1.0 + 0.1 * i for i in range(8)],
+                                       "long_factor": [3.0 + 2.0 * i for i in range(8)]})
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    folder = tmp_path / kind
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "longrope"])
+def test_length_dependent_rope_is_exact_or_recomputed(kind, tmp_path):
+    from memos_core.activation import LocalLLM
+    from memos_core.activation.rope import length_dependent_rope
+
+    model, tok = _length_rope_model(tmp_path, kind)
+    threshold = 64 if kind == "dynamic" else 160
+    assert length_dependent_rope(model) == [(kind, threshold)]
+    n_items = 1 if kind == "dynamic" else 5
+    items = [MemoryItem(content=FACTS[i % 3]) for i in range(n_items)]
+    llm = LocalLLM(model, tok, store=tmp_path / "kv", memory_order="given")
+
+    def check(question):
+        conv = [{"role": "user", "content": question}]
+        layout = llm.layout(conv, items)
+        ref = generate(model, tok, layout.input_ids, None, GREEDY, keep_first_logits=True)
+        cache, _, origin = llm.cache_for(conv, items)
+        res = generate(model, tok, layout.input_ids, cache, GREEDY, keep_first_logits=True)
+        _assert_exact(ref, res)
+        assert llm.chat(conv, memories=items, max_new_tokens=N_NEW, ignore_eos=True).token_ids == ref.token_ids
+        return layout, cache, res, origin
+
+    short = "Where?"
+    long_q = "Where does Ann live, what does Bob drink and when is the demo? " * 4
+    layout, cache, res, _ = check(short)
+    assert len(layout.prefix) < threshold and len(layout.input_ids) <= threshold
+    assert res.cached_tokens == len(cache)  # below the threshold the cache is used
+    built_short = cache
+    layout, cache, res, origin = check(long_q)
+    assert len(layout.input_ids) > threshold
+    if kind == "dynamic":  # frequencies unique to this length: no cache, the prompt is computed in full
+        assert cache is None and "length-dependent RoPE" in origin
+    else:  # a long-regime cache was built inside the long prompt and is reused by the next long prompt
+        assert cache is not None and cache.meta.rope_regime == "longrope>160" and res.cached_tokens == len(cache)
+        _, again, res2, origin2 = check(long_q.replace("Ann", "Carla"))
+        assert again.cache_id == cache.cache_id and origin2 in ("memory", "disk") and res2.cached_tokens > 0
+    # a cache from the other regime, injected by hand, is not used: the prompt is recomputed, and said so
+    ids = layout.input_ids
+    if ids[: len(built_short)] == built_short.token_ids:
+        mixed = generate(model, tok, ids, built_short, GREEDY, keep_first_logits=True)
+        _assert_exact(generate(model, tok, ids, None, GREEDY, keep_first_logits=True), mixed)
+        assert mixed.cached_tokens == 0 and any("RoPE" in n for n in mixed.notes)
+    with pytest.raises(UnsupportedModel):
+        rope_for(model)
+    with pytest.raises(UnsupportedModel):
+        LocalLLM(model, tok, composition="rerotate")
+
+
+def test_dynamic_rope_output_does_not_depend_on_earlier_calls(tmp_path):
+    # transformers' dynamic RoPE keeps the frequencies of the longest pass so far; our prefill gives every prompt
+    # the frequencies a fresh model uses: it equals transformers' generate on a freshly loaded model
+    model, tok = _length_rope_model(tmp_path, "dynamic")
+    for n in (90, 40, 64, 70):  # longest first: later prompts must not inherit its frequencies
+        ids = [(7 * i + 3) % len(tok) for i in range(n)]
+        ours = generate(model, tok, ids, None, GREEDY)
+        fresh = AutoModelForCausalLM.from_pretrained(tmp_path / "dynamic").eval()
+        hf = fresh.generate(torch.tensor([ids]), attention_mask=torch.ones(1, n, dtype=torch.long),
+                            max_new_tokens=N_NEW, min_new_tokens=N_NEW, do_sample=False)
+        assert hf[0, n:].tolist() == ours.token_ids
+
+
+def test_gemma3_per_layer_type_rotary_rerotates(tmp_path, items):
+    from transformers import Gemma3TextConfig
+
+    from memos_core.activation.testing import tiny_tokenizer
+
+    tok = tiny_tokenizer("chatml")
+    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=512,
+                           layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                           max_position_embeddings=2048, initializer_range=0.2, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    rope = rope_for(model)
+    assert rope.self_check_error < 1e-4 and rope.layer_inv_freq is not None
+    assert not torch.equal(rope.layer_inv_freq[0], rope.layer_inv_freq[1])  # sliding and full differ
+    singles = build_caches(model, tok, [[it] for it in items], progress=False)
+    approx = compose(model, singles, mode="rerotate", tokenizer=tok)
+    assert not approx.meta.exact and len(approx) == sum(len(c) for c in singles) - 2 * singles[0].meta.shared_len
+    report = {e.mode: e for e in composition_error(model, tok, singles, render_layout(tok, QUESTION, FACTS).rest,
+                                                   max_new_tokens=4)}
+    assert report["recompute"].max_abs_logit_diff < LOGIT_TOL
+    assert report["rerotate"].kl_divergence < report["naive"].kl_divergence

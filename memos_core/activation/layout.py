@@ -7,18 +7,26 @@ sees exactly what the tokenizer's chat template renders for::
     [{"role": "system", "content": PREAMBLE + "\\n- m1" + … + "\\n- mn" + ("\\n\\n" + S if S else "")},
      *the rest of the conversation*]
 
-and the token sequence is cut into five consecutive pieces::
+and the prompt's token ids are **the normal tokenization of that rendered text** (``tokenizer(text,
+add_special_tokens=False)``, what ``apply_chat_template(..., tokenize=True)`` gives), cut into consecutive
+pieces::
 
-    head      template tokens before the system content (BOS, "<|im_start|>system\\n", a date header, …)
+    head      template tokens before the system content (BOS, "<|im_start|>system\n", a date header, …)
     preamble  the memory block's first line (``MemoryFormat.preamble``)
     items     one piece per memory, ``MemoryFormat.item_template`` filled with the memory's content
     rest      the end of the system message (S, end-of-turn), the conversation, the assistant header
 
 ``head + preamble + items`` is the **memory prefix**: it is what a KV cache holds. ``rest`` is computed at
-query time. Each piece is tokenized on its own (``add_special_tokens=False``, as transformers' own
-``apply_chat_template`` does), so the prompt's token ids are exactly ``head + preamble + items + rest``
-whether or not a cache is used; the boundaries fall on template markup, where byte-level BPE tokenizers
-split anyway.
+query time. Because the text is tokenized as a whole, a token may straddle two pieces' texts (Qwen2's and
+Llama-3's pre-tokenizers join punctuation with the newlines after it: ``"):"`` + ``"\n"`` is one token
+``"):\n"``); each cut is placed at a **token boundary the tokenizer agrees with**: piece ``j`` ends where
+the tokenization of the text up to piece ``j`` stops agreeing with the tokenization of the whole prompt,
+and the memory prefix ends where the tokenizations of the memory text followed by *several* continuations
+(this prompt's rest, and the rests of other conversations with the same system prompt) all agree. When the
+memory block is followed by a special token (the end-of-turn marker, with no system prompt of yours) that
+is its very end; otherwise a straddling token is left to ``rest``, so a cache never holds a token that
+another prompt would tokenize differently, and injecting it gives exactly the prefill of the normally
+tokenized prompt.
 
 Templates that reject a system message (some Gemma and Mistral templates) get the memory block at the start
 of the first user message instead (``placement == "first_user"``). A tokenizer without a chat template uses
@@ -185,11 +193,61 @@ def render_layout(
     if text.count(_SLOT) != 1:
         raise ValidationError("the chat template dropped or duplicated the memory block; pass template_kwargs or a custom chat_template")
     head_text, rest_text = text.split(_SLOT)
-    return PromptLayout(
-        head=_encode(tokenizer, head_text),
-        preamble=_encode(tokenizer, fmt.preamble),
-        items=[_encode(tokenizer, fmt.item_text(c)) for c in contents],
-        rest=_encode(tokenizer, rest_text),
-        placement=placement,
-        text=head_text + fmt.preamble + "".join(fmt.item_text(c) for c in contents) + rest_text,
-    )
+    mem = [fmt.preamble] + [fmt.item_text(c) for c in contents]
+    probes = [rest_text]
+    for alt in ([{"role": "user", "content": "?"}], [{"role": "user", "content": "Hello there, what do you know?"}]):
+        alt_rest = _alt_rest(tokenizer, fmt, user_system, alt, placement, add_generation_prompt, tk)
+        if alt_rest is not None:
+            probes.append(alt_rest)
+    return _cut(tokenizer, head_text, mem, rest_text, probes, placement)
+
+
+def _alt_rest(tokenizer: Any, fmt: MemoryFormat, user_system: str | None, conv: list[dict[str, str]], placement: str,
+              add_generation_prompt: bool, tk: Mapping[str, Any]) -> str | None:
+    """What follows the memory block when the conversation is ``conv`` (same system prompt and placement)."""
+    tail = (fmt.separator + user_system) if user_system else ""
+    try:
+        if placement == "system":
+            text = _render(tokenizer, [{"role": "system", "content": _SLOT + tail}] + conv, add_generation_prompt, tk)
+        else:
+            conv = [dict(m) for m in conv]
+            conv[0]["content"] = _SLOT + tail + fmt.separator + conv[0]["content"]
+            text = _render(tokenizer, conv, add_generation_prompt, tk)
+    except Exception:
+        return None
+    return text.split(_SLOT)[1] if text.count(_SLOT) == 1 else None
+
+
+def _common(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _cut(tokenizer: Any, head_text: str, mem: list[str], rest_text: str, probes: list[str], placement: str) -> PromptLayout:
+    """Tokenize ``head + mem + rest`` as one text and cut it at boundaries the tokenizer agrees with."""
+    mem_text = "".join(mem)
+    text = head_text + mem_text + rest_text
+    ids = _encode(tokenizer, text)
+    prefix_text = head_text + mem_text
+    alone = _encode(tokenizer, prefix_text)
+    # the memory prefix: tokens of the memory text that every continuation tokenizes the same way
+    safe = min(_common(alone, _encode(tokenizer, prefix_text + r)) for r in probes)
+    safe = min(safe, _common(alone, ids))
+    cuts = [_common(_encode(tokenizer, head_text), ids)]
+    acc = head_text
+    for piece in mem:
+        acc += piece
+        cuts.append(_common(_encode(tokenizer, acc), ids))
+    bounds = []
+    last = 0
+    for c in cuts:
+        last = min(max(last, c), safe)
+        bounds.append(last)
+    bounds[-1] = safe
+    head = ids[: bounds[0]]
+    preamble = ids[bounds[0] : bounds[1]]
+    items = [ids[bounds[j] : bounds[j + 1]] for j in range(1, len(bounds) - 1)]
+    return PromptLayout(head=head, preamble=preamble, items=items, rest=ids[safe:], placement=placement, text=text)

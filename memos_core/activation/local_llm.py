@@ -26,6 +26,11 @@ What you can rely on:
   way. A cache is never replaced by an empty one.
 * In ``"exact"`` mode the output is what the same model would produce from the full prompt (greedy tokens
   identical, logits within float tolerance). Stored caches are never modified by generation.
+* Models whose RoPE depends on the sequence length (``dynamic``, ``longrope``, e.g. Phi-3 128k): caches are
+  used only by prompts in the frequency regime they were computed in. A ``longrope`` prompt beyond
+  ``original_max_position_embeddings`` gets (and stores) a memory cache computed in the long regime; a
+  ``dynamic`` prompt beyond ``max_position_embeddings`` is computed in full (its frequencies are unique to
+  its length). ``result.cache_origin`` and ``result.notes`` say so.
 * The model is used as given (device, dtype, train/eval mode); :meth:`from_pretrained` loads it in eval mode.
 """
 
@@ -41,8 +46,8 @@ from ..artifacts import ItemLookup, source_ref, stale_sources
 from ..errors import CorruptData, NotFound, ValidationError
 from ..items import LifecycleState, MemoryItem
 from .compose import compose
-from .errors import BudgetExceeded, StaleArtifact
-from .fingerprint import Fingerprinter, ModelFingerprint
+from .errors import BudgetExceeded, StaleArtifact, UnsupportedModel
+from .fingerprint import Fingerprinter, ModelFingerprint, mark_loaded_from
 from .generation import GenerationResult, GenerationStream, SamplingParams
 from .kvcache import (
     KVCache,
@@ -52,9 +57,10 @@ from .kvcache import (
     common_prefix_len,
 )
 from .layout import MemoryFormat, PromptLayout, normalise_messages, render_layout
+from .rope import length_dependent_rope, regime_is_shared, rope_regime
 from .store import KVCacheStore
 
-__all__ = ["LocalLLM", "MemorySource"]
+__all__ = ["LocalLLM", "LocalLLMWrapper", "MemorySource"]
 
 MemorySource = Sequence[MemoryItem] | Callable[[list[dict[str, str]]], Sequence[MemoryItem]]
 
@@ -104,6 +110,11 @@ class LocalLLM:
         if memory_order not in ("chronological", "given"):
             raise ValidationError("memory_order must be 'chronological' or 'given'")
         check_supported(model)
+        if composition == "rerotate" and length_dependent_rope(model):
+            raise UnsupportedModel(
+                f"composition='rerotate' needs RoPE frequencies that do not depend on the sequence length; this model "
+                f"uses {length_dependent_rope(model)[0][0]!r} RoPE: use composition='exact'"
+            )
         self.model = model
         self.tokenizer = tokenizer
         if isinstance(store, (str, Path)):
@@ -149,8 +160,10 @@ class LocalLLM:
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(str(path))
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+        mark_loaded_from(model, path)  # its weight digest may come from the on-disk cache (see artifacts)
         if device is not None:
             model = model.to(device)
+            mark_loaded_from(model, path)
         if adapter is not None:
             from peft import PeftModel
 
@@ -302,9 +315,11 @@ class LocalLLM:
             return True
         return False
 
-    def _best_match(self, fp: ModelFingerprint, target: list[int], notes: list[str]) -> tuple[KVCache | None, int, str]:
+    def _best_match(self, fp: ModelFingerprint, target: list[int], notes: list[str],
+                    regime: str | None = None) -> tuple[KVCache | None, int, str]:
         """The usable exact cache sharing the longest token prefix with ``target`` (in memory first, then the
-        store). Stale or corrupt candidates met on the way are handled per ``on_bad_cache``."""
+        store), computed in RoPE regime ``regime``. Stale or corrupt candidates met on the way are handled per
+        ``on_bad_cache``."""
         cands: list[tuple[int, int, str, KVCache | None, Sequence[Any]]] = []
         for cid, cache in list(self._hot.items()):
             if self.store is not None and cid not in self._memory_only and cid not in self.store:
@@ -312,13 +327,13 @@ class LocalLLM:
                 # the deletion is the verdict, so the in-memory copy goes too, quietly
                 self._hot.pop(cid, None)
                 continue
-            if cache.meta.fingerprint.key == fp.key and cache.meta.exact:
+            if cache.meta.fingerprint.key == fp.key and cache.meta.exact and cache.meta.rope_regime == regime:
                 n = common_prefix_len(cache.token_ids, target)
                 if n > 0:
                     cands.append((n, 1, cid, cache, cache.meta.sources))
         if self.store is not None:
             for info in self.store.list(fp):
-                if info.cache_id not in self._hot and info.meta.exact:
+                if info.cache_id not in self._hot and info.meta.exact and info.meta.rope_regime == regime:
                     n = common_prefix_len(info.meta.token_ids, target)
                     if n > 0:
                         cands.append((n, 0, info.cache_id, None, info.meta.sources))
@@ -351,14 +366,25 @@ class LocalLLM:
                 warnings.warn(notes[-1], stacklevel=4)
 
     def _prefix_cache(self, fp: ModelFingerprint, token_ids: list[int], shared_len: int, items: Sequence[MemoryItem],
-                      segments: Sequence[tuple[int, int]], notes: list[str]) -> tuple[KVCache, str]:
-        found, n, origin = self._best_match(fp, token_ids, notes)
+                      segments: Sequence[tuple[int, int]], notes: list[str],
+                      prompt_len: int | None = None, prompt_ids: Sequence[int] | None = None) -> tuple[KVCache | None, str]:
+        regime = rope_regime(self.model, prompt_len if prompt_len is not None else len(token_ids))
+        context = None
+        if regime != rope_regime(self.model, len(token_ids)):
+            if not regime_is_shared(regime) or prompt_ids is None:
+                notes.append(
+                    f"no KV cache: the model's RoPE frequencies for a {prompt_len}-token prompt ({regime}) are unique "
+                    "to that length, so no cache can be reused; the whole prompt is computed"
+                )
+                return None, "none (length-dependent RoPE)"
+            context = prompt_ids  # compute the memory prefix inside the prompt, in the prompt's regime
+        found, n, origin = self._best_match(fp, token_ids, notes, regime)
         if found is not None and n == len(token_ids):
             return (found if len(found) == n else found.prefix(n)), origin
         segs = [Segment(item_id=it.id, start=s, end=e) for it, (s, e) in zip(items, segments)]
         cache = build_prefix_cache(
             self.model, fp, token_ids, shared_len=shared_len, segments=segs, sources=[source_ref(it) for it in items],
-            memory_format=self.memory_format, reuse=found,
+            memory_format=self.memory_format, reuse=found, context_ids=context,
         )
         self._keep(cache, notes)
         reused = min(n, len(token_ids) - 1) if found is not None else 0
@@ -374,7 +400,8 @@ class LocalLLM:
         with self._lock:
             fp = self.fingerprinter()
             if self.composition == "exact":
-                cache, origin = self._prefix_cache(fp, layout.prefix, layout.shared_len, items, layout.segments, notes)
+                cache, origin = self._prefix_cache(fp, layout.prefix, layout.shared_len, items, layout.segments, notes,
+                                                   len(layout.input_ids), layout.input_ids)
                 return cache, layout, origin
             head = layout.head + layout.preamble
             parts, origins = [], []
@@ -470,3 +497,21 @@ class LocalLLM:
         """Drop the in-memory caches (stored ones stay)."""
         with self._lock:
             self._hot.clear()
+
+
+class LocalLLMWrapper:
+    """What the framework wrappers of a :class:`LocalLLM` share: one ``from_cube``.
+
+    Mixed into ``memos_langchain.local_chat_model.MemOSLocalChatModel`` and
+    ``memos_llamaindex.local_llm.MemOSLocalLLM`` (pydantic models with an ``llm`` field holding the LocalLLM).
+    """
+
+    @classmethod
+    def from_cube(cls, cube: Any, model_or_path: Any, tokenizer: Any = None, **kwargs: Any) -> Any:
+        """``cls(llm=LocalLLM.from_cube(cube, model_or_path, tokenizer, ...))``: keyword arguments naming the
+        wrapper's own fields (``max_new_tokens``, ``temperature``, ``callbacks``, ``callback_manager``...) go to
+        the wrapper, the others (``k``, ``user_id``, ``actor``, ``dtype``, ``budget_bytes``...) to
+        :meth:`LocalLLM.from_cube`."""
+        fields = getattr(cls, "model_fields", {})
+        mine = {name: kwargs.pop(name) for name in list(kwargs) if name in fields and name != "llm"}
+        return cls(llm=LocalLLM.from_cube(cube, model_or_path, tokenizer, **kwargs), **mine)

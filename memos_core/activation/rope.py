@@ -111,10 +111,14 @@ def regime_is_shared(regime: str | None) -> bool:
 
 
 def settle_dynamic_rope(model: Any, seq_len: int) -> None:
-    """Before a forward pass over ``seq_len`` tokens: give dynamic-NTK rotary modules their base frequencies when
-    ``seq_len`` is within the base length. transformers resets them only for lengths *below* that length, so a
-    pass of exactly ``max_position_embeddings`` tokens after a longer one would keep the longer pass's
-    frequencies and its result would depend on what ran before."""
+    """Before a forward pass over ``seq_len`` tokens: give dynamic-NTK rotary modules the frequencies a *fresh*
+    model would use for that length.
+
+    transformers' dynamic RoPE is stateful: it grows its frequencies when a pass is longer than any before,
+    and resets them only for passes *shorter* than ``max_position_embeddings``. A prompt of 64..N tokens run
+    after a longer generation would therefore reuse the longer pass's frequencies, and the same prompt would
+    give different outputs depending on what ran before. Settling makes every prefill a function of its own
+    length (decoding steps, which only grow, are left to transformers)."""
     for rot in rotary_modules(model):
         rope_type = getattr(rot, "rope_type", None)
         if not isinstance(rope_type, str) or "dynamic" not in rope_type:
@@ -122,11 +126,18 @@ def settle_dynamic_rope(model: Any, seq_len: int) -> None:
         limit = getattr(rot, "original_max_seq_len", None)
         cached = getattr(rot, "max_seq_len_cached", None)
         original = getattr(rot, "original_inv_freq", None)
-        if limit is None or cached is None or original is None:
+        if limit is None or cached is None or original is None or cached <= max(seq_len, limit):
             continue
-        if seq_len <= limit < cached:
+        if seq_len <= limit:
             rot.register_buffer("inv_freq", original.to(rot.inv_freq.device), persistent=False)
             rot.max_seq_len_cached = limit
+        else:
+            from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+            inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](rot.config, rot.inv_freq.device, seq_len=seq_len)
+            rot.register_buffer("inv_freq", inv_freq, persistent=False)
+            rot.attention_scaling = scaling
+            rot.max_seq_len_cached = seq_len
 
 
 def layer_inv_freqs(model: Any, num_layers: int) -> tuple[list[Any], list[str]] | None:
