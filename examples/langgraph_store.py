@@ -9,6 +9,8 @@ What it shows:
 3. What MemOS adds underneath: every overwrite is a version (history), a delete is a tombstone, TTLs slide on
    read and expire through the core's retention.
 4. A graph compiled with ``store=`` that reads and writes ``runtime.store``.
+5. Fail-closed user scoping: an operation whose namespace names no user is refused (``UserRequired``); a store
+   on a user-bound view (``mem.for_user("ann")``) is Ann's alone.
 
 Run:  python examples/langgraph_store.py          (about a second; ``--minilm`` for the real embedder)
 """
@@ -24,7 +26,7 @@ from langgraph.graph import START, StateGraph
 from langgraph.runtime import Runtime
 from typing_extensions import TypedDict
 
-from memos_core import MemOS
+from memos_core import MemOS, UserRequired
 from memos_langchain import MemOSStore
 from memos_langchain.testing import HashingEmbeddings
 
@@ -48,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     mem = MemOS(folder, embedder=None if args.minilm else HashingEmbeddings(256))
     try:
         # Index the "text" field of each value (LangGraph's IndexConfig); the cube's embedder does the work.
-        store = MemOSStore(mem, index={"fields": ["text"]}, ttl={"refresh_on_read": True})
+        # Namespaces that match a scope template name the user whose memory an item is.
+        store = MemOSStore(mem, index={"fields": ["text"]}, ttl={"refresh_on_read": True},
+                           scope_templates=[("memories", "{user_id}"), ("questions", "{user_id}")])
 
         # 1. the BaseStore API
         ann = ("memories", "ann")
@@ -60,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         print("search 'where does she live':",
               [(h.key, round(h.score, 4)) for h in store.search(ann, query="where does she live", limit=2)])
         print("filter confidence >= 0.8:", [h.key for h in store.search(ann, filter={"confidence": {"$gte": 0.8}})])
-        print("namespaces:", store.list_namespaces(prefix=("memories",)))
+        print("namespaces:", store.list_namespaces(prefix=ann))
 
         # 2. the namespace -> scope mapping: MemOS itself sees Ann's store items as Ann's memories
         hits = mem.search("Tokyo", user_id="ann")
@@ -91,6 +95,16 @@ def main(argv: list[str] | None = None) -> int:
         out = graph.invoke({"question": "what does Ann eat, is she vegetarian?"}, context=Ctx(user_id="ann"))
         print("graph answer:", out["answer"])
         assert "vegetarian" in out["answer"]
+
+        # 5. fail closed: whose memory would ("facts",) be? The store refuses rather than guess.
+        try:
+            store.put(("facts",), "k", {"text": "no owner"})
+        except UserRequired as exc:
+            print("refused:", type(exc).__name__)
+        anns = MemOSStore(mem.for_user("ann"), index={"fields": ["text"]})  # per request: a user-bound view
+        anns.put(("facts",), "pet", {"text": "Ann has a cat called Tom"})
+        print("Ann's namespaces:", anns.list_namespaces())
+        assert MemOSStore(mem.for_user("bob")).get(("facts",), "pet") is None
         print("OK")
     finally:
         mem.close()

@@ -23,6 +23,7 @@ from .errors import (
     NotFound,
     PermissionDenied,
     SchemaVersionError,
+    UserRequired,
     ValidationError,
 )
 from .items import (
@@ -64,6 +65,7 @@ __all__ = [
     "EmbeddingDimensionError",
     "NotFound",
     "PermissionDenied",
+    "UserRequired",
     "Conflict",
     "IllegalTransition",
     "CorruptData",

@@ -8,6 +8,7 @@ you can act on:
     │     └── ``EmbeddingDimensionError``  an embedder whose dimension differs from the cube's
     ├── ``NotFound``               unknown id (or an id the caller may not see: the two are indistinguishable)
     ├── ``PermissionDenied``       the caller may not do this
+    │     └── ``UserRequired``     an adapter was asked to read or write without knowing whose memory it is
     ├── ``Conflict``               the operation is not allowed in the item's current state
     │     └── ``IllegalTransition`` a lifecycle transition the state machine forbids
     ├── ``CorruptData``            stored data failed a check (checksum, format, truncated file)
@@ -27,6 +28,7 @@ __all__ = [
     "EmbeddingDimensionError",
     "NotFound",
     "PermissionDenied",
+    "UserRequired",
     "Conflict",
     "IllegalTransition",
     "CorruptData",
@@ -57,6 +59,15 @@ class NotFound(MemOSError, KeyError):
 
 class PermissionDenied(MemOSError, PermissionError):
     """The acting principal lacks the right for this operation."""
+
+
+class UserRequired(PermissionDenied):
+    """An adapter (LangChain, LangGraph, LlamaIndex) was asked to read or write without a user identity.
+
+    Adapters fail closed: with no user id they refuse rather than read or write across every user. The
+    message says how to pass one (an argument, a user-bound view ``mem.for_user(...)``, the run's context or
+    config) or how to opt in to one fixed scope for a single-user app (``single_user=True``).
+    """
 
 
 class Conflict(MemOSError):

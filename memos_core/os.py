@@ -46,7 +46,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .cube import MANIFEST, MemCube, SearchMode
 from .embedding import resolve_embedder
-from .errors import Conflict, CubeClosed, MemOSError, NotFound, PermissionDenied, ValidationError
+from .errors import Conflict, CubeClosed, MemOSError, NotFound, PermissionDenied, UserRequired, ValidationError
 from .items import (
     LifecycleState,
     MemoryItem,
@@ -62,7 +62,7 @@ from .reader.dedup import DEFAULT_NEAR_THRESHOLD, merge_provenance, normalize, p
 from .reader.llm import AddResult, LLMReader
 from .reader.offline import OfflineReader, Turn, coerce_turns
 
-__all__ = ["MemOS", "AddResult", "DEFAULT_CUBE"]
+__all__ = ["MemOS", "AddResult", "DEFAULT_CUBE", "SINGLE_USER", "UserRule", "bound_user"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,90 @@ def _turn_id(t: Turn) -> str:
     """A content-derived id for a turn that has none: re-adding the same message finds the same id."""
     key = "\x1f".join([t.session_id or "", t.speaker or "", t.time.isoformat() if t.time else "", t.text])
     return "turn-" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------- adapters' user rule
+SINGLE_USER = "local"
+"""The one fixed user scope of adapters built with ``single_user=True``."""
+
+
+def bound_user(memory: Any) -> str | None:
+    """The user a user-bound view (:meth:`MemOS.for_user`) acts for; ``None`` for anything else."""
+    user = getattr(memory, "bound_user", None)
+    return user if isinstance(user, str) else None
+
+
+class UserRule:
+    """Whose memory an adapter reads and writes: one rule for every adapter of both frameworks (fail closed).
+
+    An adapter builds one at construction from what it was given, then asks :meth:`user` on every read and
+    write, passing what the run says (a LangGraph context or config, a store namespace label, a per-call
+    argument), if anything:
+
+    =================================  ====================================================================
+    given at construction              the user of a call
+    =================================  ====================================================================
+    ``single_user=True``               always :data:`SINGLE_USER` (one fixed scope; users named by a run
+                                       are not used). Combining it with ``user_id`` or a bound view is a
+                                       :class:`ValidationError`: they already say who the user is.
+    a user-bound view                  the bound user; a run naming another user: :class:`PermissionDenied`
+    ``user_id="ann"``                  ``"ann"`` (``explicit=True`` calls, e.g. a retriever's per-call
+                                       ``user_id``, override it)
+    nothing                            the user the run names; none: :class:`UserRequired`, whose message
+                                       says how to pass one (``how``)
+    =================================  ====================================================================
+    """
+
+    def __init__(self, memory: Any, *, user_id: str | None = None, single_user: bool = False,
+                 adapter: str = "this adapter", how: str = "pass user_id=...") -> None:
+        if not isinstance(single_user, bool):
+            raise ValidationError(f"single_user must be True or False, got {single_user!r}")
+        self.bound = bound_user(memory)
+        self.single_user = single_user
+        self.adapter = adapter
+        self.how = how
+        if user_id is not None:
+            _check_user_id(user_id)
+        if single_user:
+            if user_id is not None or self.bound is not None:
+                raise ValidationError(
+                    f"{adapter}: single_user=True means one fixed scope for every call; it cannot be combined "
+                    f"with {'user_id=' if user_id is not None else 'a user-bound view'} (drop one of the two)")
+            self.fixed: str | None = SINGLE_USER
+        elif user_id is not None and self.bound is not None and user_id != self.bound:
+            raise PermissionDenied(f"{adapter}: the view is bound to user {self.bound!r}, so user_id={user_id!r} "
+                                   "is refused")
+        else:
+            self.fixed = user_id if user_id is not None else self.bound
+
+    def message(self) -> str:
+        return (f"{self.adapter} does not know whose memory to read or write, and will not read or write across "
+                f"users: {self.how}; or hand it a user-bound view (mem.for_user(user_id)); or, for an app with "
+                "a single user, opt in to one fixed scope with single_user=True")
+
+    def user(self, found: str | None = None, *, explicit: bool = False) -> str:
+        """The user of one read or write. ``found``: the user the run or call names (``None`` if none)."""
+        if self.single_user:
+            return SINGLE_USER
+        if found is not None:
+            _check_user_id(found)
+            if self.bound is not None and found != self.bound:
+                raise PermissionDenied(f"{self.adapter}: the view is bound to user {self.bound!r}; this call names "
+                                       f"user {found!r}")
+            if explicit or self.fixed is None:
+                return found
+        if self.fixed is not None:
+            return self.fixed
+        raise UserRequired(self.message())
+
+    def require(self) -> str:
+        """For adapters that learn the user only at construction: the user, or :class:`UserRequired` now."""
+        return self.user()
+
+
+def _check_user_id(user_id: Any) -> None:
+    if not isinstance(user_id, str) or not user_id.strip() or len(user_id) > 256:
+        raise ValidationError(f"user_id must be a non-empty string of at most 256 characters, got {user_id!r}")
 
 
 class _CubeStore:
@@ -213,7 +297,9 @@ class MemOS:
         self._owned: set[str] = set()
         self._recent: OrderedDict[tuple[Any, ...], Turn] = OrderedDict()
         self._closed = False
-        self._parent: MemOS | None = None  # set on views made by as_principal()
+        self._parent: MemOS | None = None  # set on views made by as_principal() / for_user()
+        #: the user every call of a user-bound view is scoped to (``None``: not bound; see :meth:`for_user`)
+        self.bound_user: str | None = None
         self.default_cube = self._check_name(default_cube)
         self.path.mkdir(parents=True, exist_ok=True)
         #: cube folders under ``path`` that could not be mounted on start, with the reason
@@ -263,13 +349,19 @@ class MemOS:
 
     def _check_not_view(self, what: str) -> None:
         if self._parent is not None:
-            raise ValidationError(f"{what} on the MemOS this view was made from (as_principal views share its cubes)")
+            raise ValidationError(f"{what} on the MemOS this view was made from (views made by as_principal() and "
+                                  "for_user() share its cubes)")
 
     def as_principal(self, principal: str) -> "MemOS":
         """A view of this MemOS that acts as ``principal``: the same cubes, embedder, reader and LLM, nothing
         opened again, and every cube call checked by the cubes' governance as that principal.
 
-        For a server that serves many users from one process: ``mem.as_principal(request.user).search(...)``.
+        A principal is who acts on *cubes*: its roles (owner/admin/writer/reader/guest) decide what it may do
+        to a cube as a whole. It does not decide whose memories inside a cube it reads: a principal that may
+        read a cube reads every user scope in it, whatever ``user_id`` it passes. To pin a view to one end user
+        as well, bind it: ``mem.as_principal("bob").for_user("bob")`` (see :meth:`for_user`). A view made from
+        a user-bound view stays bound to that user.
+
         Closing a view closes nothing; closing the MemOS it came from closes its views too. Mount, unmount and
         create cubes on the original.
         """
@@ -284,6 +376,60 @@ class MemOS:
         view._closed = False
         view._parent = self._parent or self
         return view
+
+    def for_user(self, user_id: str) -> "MemOS":
+        """A **user-bound view**: the same cubes, principal, embedder and reader, with every read and write
+        scoped to ``user_id``. This is the object to hand to a request handler or an adapter.
+
+        On the view, ``add`` / ``search`` / ``get_context`` / ``dedup`` (and their async forms) use
+        ``user_id`` when none is given, and raise :class:`PermissionDenied` when another ``user_id`` is given
+        (as an argument or in a ``filter``). ``get`` / ``update`` / ``delete`` / ``restore`` / ``history`` /
+        ``rollback`` / ``forget`` reach only that user's memories: another user's id reads as
+        :class:`NotFound`, exactly like an id that does not exist. Every adapter (LangChain, LangGraph,
+        LlamaIndex) accepts the view and then needs no other user argument.
+
+        How it relates to principals: the principal (``MemOS(principal=...)``, :meth:`as_principal`) is checked
+        by each cube's ACL; the bound user is checked here, inside the cubes the principal may use. A server
+        that authenticates end users usually wants both: ``mem.as_principal(service).for_user(request.user)``,
+        or simply ``mem.for_user(request.user)``. ``view.cubes`` still gives the raw cubes, which are governed
+        by principal only: do not hand those to untrusted code.
+
+        Binding a bound view to the same user returns an equal view; to another user raises
+        :class:`PermissionDenied`. Closing a view closes nothing.
+        """
+        self._check_open()
+        if not isinstance(user_id, str) or not user_id.strip() or len(user_id) > 256:
+            raise ValidationError("user_id must be a non-empty string of at most 256 characters")
+        if self.bound_user is not None and self.bound_user != user_id:
+            raise PermissionDenied(f"this view is bound to user {self.bound_user!r}; it cannot be re-bound to "
+                                   f"{user_id!r} (make a new view from the original MemOS)")
+        view = object.__new__(type(self))
+        view.__dict__.update(self.__dict__)
+        view.bound_user = user_id
+        view._owned = set()
+        view._closed = False  # _recent is shared: it is keyed by scope, and this keeps the turn context going
+        view._parent = self._parent or self
+        return view
+
+    # ------------------------------------------------------------------ user-bound views
+    def _user(self, user_id: str | None) -> str | None:
+        """The user a call acts for: on a bound view the bound user (another one is refused)."""
+        bound = self.bound_user
+        if bound is None or user_id is None or user_id == bound:
+            return bound if bound is not None else user_id
+        raise PermissionDenied(f"this MemOS view is bound to user {bound!r} and cannot act for user {user_id!r}")
+
+    def _check_filter(self, filter: SearchFilter | Mapping[str, Any] | None) -> None:
+        if self.bound_user is None or filter is None:
+            return
+        named = filter.user_id if isinstance(filter, SearchFilter) else (
+            filter.get("user_id") if isinstance(filter, Mapping) else None)
+        if named is not None and named != self.bound_user:
+            raise PermissionDenied(f"this MemOS view is bound to user {self.bound_user!r}; its filter may not "
+                                   f"name user {named!r}")
+
+    def _owns(self, item: MemoryItem | None) -> bool:
+        return item is not None and (self.bound_user is None or item.scope.user_id == self.bound_user)
 
     def _cube(self, cube: str | MemCube | None) -> tuple[str, MemCube]:
         """Resolve a cube argument (mount name, cube id, MemCube or None for the default)."""
@@ -412,7 +558,8 @@ class MemOS:
         self.close()
 
     def __repr__(self) -> str:
-        return f"MemOS(path={str(self.path)!r}, cubes={sorted(self._cubes)}, principal={self.principal!r})"
+        bound = "" if self.bound_user is None else f", user={self.bound_user!r}"
+        return f"MemOS(path={str(self.path)!r}, cubes={sorted(self._cubes)}, principal={self.principal!r}{bound})"
 
     # ------------------------------------------------------------------ add
     def _prepare(self, messages: Any, user_id: str | None, agent_id: str | None, session_id: str | None,
@@ -469,6 +616,7 @@ class MemOS:
         ``infer``: ``None`` uses the LLM reader when an ``llm`` is configured, else the offline reader;
         ``False`` forces offline; ``True`` requires an LLM.
         """
+        user_id = self._user(user_id)
         name, store, turns, infer = self._prepare(messages, user_id, agent_id, session_id, timestamp, cube, infer,
                                                   metadata)
         if infer:
@@ -483,6 +631,7 @@ class MemOS:
                    session_id: str | None = None, timestamp: Any = None, cube: str | MemCube | None = None,
                    infer: bool | None = None, metadata: Mapping[str, Any] | None = None) -> AddResult:
         """Async :meth:`add`: the model is awaited natively, store work runs in a worker thread."""
+        user_id = self._user(user_id)
         name, store, turns, infer = self._prepare(messages, user_id, agent_id, session_id, timestamp, cube, infer,
                                                   metadata)
         if infer:
@@ -556,6 +705,8 @@ class MemOS:
         """
         if not isinstance(query, str) or not query.strip():
             raise ValidationError("query must be a non-empty string")
+        user_id = self._user(user_id)
+        self._check_filter(filter)
         explicit = cubes is not None
         scored: list[tuple[float, int, int, str, SearchHit]] = []
         for order, (name, cube) in enumerate(self._targets(cubes)):
@@ -673,13 +824,18 @@ class MemOS:
 
     # ------------------------------------------------------------------ item pass-throughs
     def _locate(self, item_id: str, cube: str | MemCube | None) -> MemCube:
+        """The cube holding ``item_id`` (any state). On a user-bound view only that user's memories are found:
+        another user's id is :class:`NotFound`, like an unknown one."""
         if cube is not None:
-            return self._cube(cube)[1]
+            c = self._cube(cube)[1]
+            if self.bound_user is not None and not self._owns(self._call(c, "lookup", item_id)):
+                raise NotFound(f"no memory with id {item_id!r} in cube {c.name!r}")
+            return c
         if not isinstance(item_id, str) or not item_id:
             raise ValidationError("item id must be a non-empty string")
         for _, c in self._targets(None):
             try:
-                if self._call(c, "lookup", item_id) is not None:  # any state; needs read only
+                if self._owns(self._call(c, "lookup", item_id)):  # any state; needs read only
                     return c
             except (NotFound, PermissionDenied):
                 continue
@@ -761,6 +917,7 @@ class MemOS:
         ``dry_run`` only reports. Duplicates are looked for among each memory's lexical neighbours.
         """
         _, c = self._cube(cube)
+        user_id = self._user(user_id)
         f: dict[str, Any] = {a: v for a, v in (("user_id", user_id), ("agent_id", agent_id),
                                                ("session_id", session_id)) if v is not None}
         f["states"] = [LifecycleState.GENERATED, LifecycleState.ACTIVATED]

@@ -93,6 +93,20 @@ def lookup(source: Any, keys: tuple[str, ...]) -> str | None:
     return None
 
 
+RUN_USER_HOW = ("pass user_id=... here, or name the user in the run: context={'user_id': ...} (create_agent(..., "
+                "context_schema=...)) or config={'configurable': {'user_id': ...}} (LangMem's 'langgraph_user_id' "
+                "works too)")
+
+
+def check_require_user(require_user: bool | None, adapter: str) -> None:
+    """``require_user`` is kept for compatibility: requiring a user is the default, ``False`` is refused."""
+    if require_user is False:
+        raise ValidationError(f"{adapter}: require_user=False is no longer a switch (adapters always require a "
+                              "user); for an app with one user, pass single_user=True (one fixed scope)")
+    if require_user not in (None, True):
+        raise ValidationError(f"{adapter}: require_user must be True (the default) or left out")
+
+
 def scope_from_run(context: Any = None, config: Mapping[str, Any] | None = None,
                    keys: tuple[str, ...] = _USER_KEYS) -> str | None:
     """Find an id (by default the user id) in the run's context, then in ``config["configurable"]``

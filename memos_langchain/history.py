@@ -19,6 +19,7 @@ from langchain_core.messages import BaseMessage, message_to_dict, messages_from_
 
 from memos_core import LifecycleState, MemCube, MemoryKind, SourceKind
 from memos_core.errors import ValidationError
+from memos_core.os import UserRule
 
 from ._common import is_facade, message_text, principal_of, resolve_cube, run_sync
 
@@ -56,7 +57,9 @@ class MemOSChatMessageHistory(BaseChatMessageHistory):
     session_id:
         The conversation; each session has its own history.
     user_id, agent_id:
-        Scope of the stored messages (and of memories the MemReader derives from them).
+        Scope of the stored messages (and of memories the MemReader derives from them). A user is required
+        (fail closed): ``user_id``, or a user-bound view as ``memory`` (``mem.for_user("ann")``), or
+        ``single_user=True`` for one fixed scope; otherwise :class:`memos_core.UserRequired` is raised here.
     memorize:
         Also feed human/AI messages to the MemReader (``MemOS.add``) so long-term memories accrue.
     infer:
@@ -65,9 +68,13 @@ class MemOSChatMessageHistory(BaseChatMessageHistory):
 
     def __init__(self, memory: Any, session_id: str, *, user_id: str | None = None, agent_id: str | None = None,
                  cube: str | None = None, memorize: bool = False, infer: bool | None = None,
-                 user_name: str | None = None, ai_name: str = "assistant", actor: str | None = None) -> None:
+                 user_name: str | None = None, ai_name: str = "assistant", actor: str | None = None,
+                 single_user: bool = False) -> None:
         if not isinstance(session_id, str) or not session_id.strip():
             raise ValidationError("session_id must be a non-empty string")
+        rule = UserRule(memory, user_id=user_id, single_user=single_user, adapter="MemOSChatMessageHistory",
+                        how="pass user_id=... (MemOSChatMessageHistory(mem, session_id, user_id=...))")
+        user_id = rule.require()
         if memorize and not is_facade(memory):
             raise ValidationError("memorize=True needs a MemOS instance (its MemReader turns messages into memories)")
         self.memory = memory
@@ -78,7 +85,8 @@ class MemOSChatMessageHistory(BaseChatMessageHistory):
         self.agent_id = agent_id
         self.memorize = memorize
         self.infer = infer
-        self.user_name = user_name or user_id or "user"
+        self.single_user = single_user
+        self.user_name = user_name or ("user" if single_user else user_id)
         self.ai_name = ai_name
         actor = actor or principal_of(memory)
         self._as: dict[str, Any] = {} if actor is None else {"actor": actor}

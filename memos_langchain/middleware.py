@@ -6,9 +6,13 @@
 * **After the agent turn** it hands the turn's new human and AI messages to the MemReader (``MemOS.add``), so
   what the user said is remembered in later threads.
 
-Who "the current user" is: ``user_id`` given here, else ``context.user_id`` (``create_agent(...,
-context_schema=...)``), else ``config["configurable"]["user_id"]`` or LangMem's ``langgraph_user_id``. The thread
-id becomes the memories' ``session_id`` (provenance); recall is not limited to the thread.
+Who "the current user" is (fail closed, see :class:`memos_core.os.UserRule`): the user of a user-bound view
+(``MemOSMiddleware(mem.for_user("ann"))``; a run naming another user is refused), else ``user_id`` given here,
+else ``context.user_id`` (``create_agent(..., context_schema=...)``), else ``config["configurable"]["user_id"]``
+or LangMem's ``langgraph_user_id``. With none of these a model call or a save raises
+:class:`memos_core.UserRequired` (nothing is read or written across users), unless the app opted in to one
+fixed scope with ``single_user=True``. The thread id becomes the memories' ``session_id`` (provenance); recall
+is not limited to the thread.
 
 No double writes: the ids of messages already handed to the reader are kept in the agent state
 (``memos_saved_ids``, private), and each write carries a key derived from its message ids
@@ -30,7 +34,18 @@ from typing_extensions import Annotated, NotRequired
 
 from memos_core.errors import MemOSError, ValidationError
 
-from ._common import is_facade, message_text, principal_of, resolve_cube, run_sync, scope_from_run
+from memos_core.os import UserRule
+
+from ._common import (
+    RUN_USER_HOW,
+    check_require_user,
+    is_facade,
+    message_text,
+    principal_of,
+    resolve_cube,
+    run_sync,
+    scope_from_run,
+)
 from .history import turns_for_reader
 
 __all__ = ["MemOSMiddleware", "MemOSState"]
@@ -63,10 +78,16 @@ class MemOSMiddleware(AgentMiddleware):
     Parameters
     ----------
     memory:
-        A ``MemOS`` instance.
+        A ``MemOS`` instance, or a view of one (``mem.for_user(...)``, ``mem.as_principal(...)``).
     user_id, agent_id:
         Fixed scope. Without ``user_id`` the run's context/config is asked (see the module docs); when none is
-        found, memories are read and written unscoped (fine for a single-user app).
+        found, the call raises :class:`memos_core.UserRequired`.
+    single_user:
+        ``True``: a single-user app; every read and write goes to one fixed scope
+        (:data:`memos_core.os.SINGLE_USER`) and user ids in runs are not used.
+    require_user:
+        Accepted for compatibility: requiring a user is the default. ``False`` is refused; say
+        ``single_user=True`` instead.
     cube:
         The cube new memories are written to (default: the facade's default cube). Reads span every cube the
         principal may read, or ``search_cubes``.
@@ -88,17 +109,22 @@ class MemOSMiddleware(AgentMiddleware):
                  cube: str | None = None, search_cubes: Sequence[str] | None = None, k: int = 5,
                  token_budget: int = 800, inject: bool = True, save: bool = True, infer: bool | None = None,
                  template: str = DEFAULT_TEMPLATE, roles: Sequence[str] = ("human", "ai"),
-                 ai_name: str = "assistant", tools: Sequence[Any] = ()) -> None:
+                 ai_name: str = "assistant", tools: Sequence[Any] = (), single_user: bool = False,
+                 require_user: bool | None = None) -> None:
         super().__init__()
         if not is_facade(memory):
             raise ValidationError("MemOSMiddleware needs a MemOS instance")
+        check_require_user(require_user, "MemOSMiddleware")
+        self._rule = UserRule(memory, user_id=user_id, single_user=single_user, adapter="MemOSMiddleware",
+                              how=RUN_USER_HOW)
         if "{context}" not in template:
             raise ValidationError("template must contain '{context}'")
         bad = set(roles) - {"human", "ai"}
         if bad:
             raise ValidationError(f"roles may be 'human' and/or 'ai', not {sorted(bad)}")
         self.memory = memory
-        self.user_id = user_id
+        self.user_id = self._rule.fixed if not single_user else None
+        self.single_user = single_user
         self.agent_id = agent_id
         self.cube = cube
         self.search_cubes = list(search_cubes) if search_cubes is not None else None
@@ -113,10 +139,9 @@ class MemOSMiddleware(AgentMiddleware):
         self.tools = list(tools)
 
     # ------------------------------------------------------------------ who / what
-    def _user(self, runtime: Any) -> str | None:
-        if self.user_id is not None:
-            return self.user_id
-        return scope_from_run(getattr(runtime, "context", None), _config())
+    def _user(self, runtime: Any) -> str:
+        """The user of this run (raises :class:`UserRequired` / :class:`PermissionDenied`, see the module docs)."""
+        return self._rule.user(scope_from_run(getattr(runtime, "context", None), _config()))
 
     @staticmethod
     def _thread(runtime: Any) -> str | None:
@@ -134,7 +159,7 @@ class MemOSMiddleware(AgentMiddleware):
                 return text or None
         return None
 
-    def _context_kwargs(self, user: str | None) -> dict[str, Any]:
+    def _context_kwargs(self, user: str) -> dict[str, Any]:
         kw: dict[str, Any] = {"user_id": user, "agent_id": self.agent_id, "k": self.k,
                               "token_budget": self.token_budget}
         if self.search_cubes is not None:
@@ -159,8 +184,9 @@ class MemOSMiddleware(AgentMiddleware):
         if self.inject:
             query = self._query(request.messages)
             if query:
+                kw = self._context_kwargs(self._user(request.runtime))  # no user: raise, never read across users
                 try:
-                    ctx = self.memory.get_context(query, **self._context_kwargs(self._user(request.runtime)))
+                    ctx = self.memory.get_context(query, **kw)
                 except MemOSError as exc:  # memory trouble must not take the agent down
                     log.warning("memory context unavailable: %s", exc)
                     ctx = ""
@@ -188,8 +214,10 @@ class MemOSMiddleware(AgentMiddleware):
             return None
         saved = set(state.get("memos_saved_ids") or [])
         new = [m for m in state.get("messages", []) if m.id and m.id not in saved and m.type in self.roles]
-        user = self._user(runtime)
-        turns = turns_for_reader(new, user_name=user or "user", ai_name=self.ai_name)
+        if not new:
+            return [], {}
+        user = self._user(runtime)  # no user: raise, never write unscoped
+        turns = turns_for_reader(new, user_name="user" if self.single_user else user, ai_name=self.ai_name)
         if not turns:
             return [m.id for m in new], {}
         key = hashlib.sha256("\x1f".join(t["id"] for t in turns).encode("utf-8")).hexdigest()[:32]
@@ -198,15 +226,16 @@ class MemOSMiddleware(AgentMiddleware):
                   "messages": turns}
         return [m.id for m in new], kwargs
 
-    def _already_written(self, key: str) -> bool:
+    def _already_written(self, key: str, user: str) -> bool:
         cube = resolve_cube(self.memory, self.cube)
         actor = principal_of(self.memory)
         kw: dict[str, Any] = {} if actor is None else {"actor": actor}
         states = ["generated", "activated", "archived", "merged", "frozen"]
-        return bool(cube.list({"metadata": {"lc_turn_key": key}, "states": states}, limit=1, **kw))
+        return bool(cube.list({"metadata": {"lc_turn_key": key}, "states": states, "user_id": user}, limit=1,
+                              **kw))
 
     def _write(self, kwargs: dict[str, Any]) -> None:
-        if self._already_written(kwargs["metadata"]["lc_turn_key"]):
+        if self._already_written(kwargs["metadata"]["lc_turn_key"], kwargs["user_id"]):
             return
         messages = kwargs.pop("messages")
         res = self.memory.add(messages, **kwargs)
@@ -228,7 +257,7 @@ class MemOSMiddleware(AgentMiddleware):
             return None
         ids, kwargs = pending
         if kwargs:
-            if await run_sync(self._already_written, kwargs["metadata"]["lc_turn_key"]):
+            if await run_sync(self._already_written, kwargs["metadata"]["lc_turn_key"], kwargs["user_id"]):
                 pass
             else:
                 messages = kwargs.pop("messages")

@@ -7,9 +7,11 @@ from typing import Any, Optional
 from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, PrivateAttr
 
 from memos_core import SearchHit
+from memos_core.errors import ValidationError
+from memos_core.os import UserRule
 
 from ._common import run_sync
 
@@ -45,11 +47,15 @@ def hit_to_document(hit: SearchHit) -> Document:
 class MemOSRetriever(BaseRetriever):
     """Retrieve memories as ``Document`` objects.
 
-    ``memory`` is a ``MemOS`` facade (searches every mounted cube the principal may read, or ``cubes``) or a
-    :class:`memos_core.MemCube`. ``k``, the scope (``user_id`` / ``agent_id`` / ``session_id``), ``filter``
-    (a :class:`memos_core.SearchFilter` or its dict form: kinds, tags, metadata operators, event time ...) and
-    ``mode`` (``hybrid`` / ``dense`` / ``lexical``) are set here and may be overridden per call:
-    ``retriever.invoke("query", k=3, user_id="ann")``.
+    ``memory`` is a ``MemOS`` facade (searches every mounted cube the principal may read, or ``cubes``), a view
+    of one (``mem.for_user("ann")``, ``mem.as_principal(...)``) or a :class:`memos_core.MemCube`. ``k``, the
+    scope (``user_id`` / ``agent_id`` / ``session_id``), ``filter`` (a :class:`memos_core.SearchFilter` or its
+    dict form: kinds, tags, metadata operators, event time ...) and ``mode`` (``hybrid`` / ``dense`` /
+    ``lexical``) are set here and may be overridden per call: ``retriever.invoke("query", k=3, user_id="ann")``.
+
+    Fail closed: a search needs a user (a user-bound view, ``user_id`` here or per call); without one it raises
+    :class:`memos_core.UserRequired`. On a bound view another ``user_id`` is :class:`memos_core.PermissionDenied`.
+    ``single_user=True`` searches one fixed scope instead.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -62,6 +68,17 @@ class MemOSRetriever(BaseRetriever):
     filter: Optional[Any] = None
     mode: str = "hybrid"
     cubes: Optional[list[str]] = None
+    single_user: bool = False
+
+    _rule: UserRule = PrivateAttr()
+
+    def model_post_init(self, __context: Any) -> None:
+        if not callable(getattr(self.memory, "search", None)):
+            raise ValidationError(f"MemOSRetriever needs a MemOS (or a view of one) or a MemCube, got "
+                                  f"{type(self.memory).__name__}")
+        self._rule = UserRule(self.memory, user_id=self.user_id, single_user=self.single_user,
+                              adapter="MemOSRetriever", how="pass user_id=... here or per call "
+                              "(retriever.invoke(query, user_id=...))")
 
     def _kwargs(self, overrides: dict[str, Any]) -> dict[str, Any]:
         allowed = {"k", "user_id", "agent_id", "session_id", "filter", "mode", "cubes"}
@@ -70,6 +87,7 @@ class MemOSRetriever(BaseRetriever):
             raise ValueError(f"unknown retriever argument(s) {sorted(unknown)}; use {sorted(allowed)}")
         kw: dict[str, Any] = {name: getattr(self, name) for name in allowed}
         kw.update(overrides)
+        kw["user_id"] = self._rule.user(overrides.get("user_id"), explicit=True)
         if kw["cubes"] is None:
             kw.pop("cubes")
         elif not hasattr(self.memory, "cubes"):

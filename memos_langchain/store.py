@@ -24,6 +24,18 @@ namespace labels           ``scope``: the first of ``scope_templates`` that matc
                            :meth:`sweep_ttl` tombstones them through the core's retention (:meth:`MemCube.expire`)
 =========================  =================================================================================
 
+Whose memory an item is (fail closed)
+-------------------------------------
+Every operation resolves to one user (see :class:`memos_core.os.UserRule`): the ``{user_id}`` (or
+``{langgraph_user_id}``) label of the namespace, matched by ``scope_templates`` (for searches and
+``list_namespaces``: the prefix); or, when the store was built on a user-bound view (``mem.for_user("ann")``),
+that user (a namespace naming another user is :class:`memos_core.PermissionDenied`). An operation whose
+namespace names no user on a store that is not bound raises :class:`memos_core.UserRequired` (nothing is read
+or written across users), unless the store was built with ``single_user=True``: then every item goes to one
+fixed scope (:data:`memos_core.os.SINGLE_USER`). Reads return only the items of that user. An item's id mixes
+in the user when the user does not come from the namespace, so the same ``(namespace, key)`` of two users are
+two memories.
+
 The mapping back is the identity on ``metadata["langgraph"]``: a namespace, key and value written through the
 store come back exactly. Memories of the cube that were not written through the store (e.g. by the MemReader)
 are not store items and never appear in store results.
@@ -78,7 +90,8 @@ from langgraph.store.base import (
 )
 
 from memos_core import LifecycleState, MemCube, MemoryItem, MemoryKind, SourceKind
-from memos_core.errors import EmbeddingDimensionError, ValidationError
+from memos_core.errors import EmbeddingDimensionError, PermissionDenied, ValidationError
+from memos_core.os import UserRule
 
 from ._common import principal_of, resolve_cube, run_sync
 
@@ -129,8 +142,9 @@ def _validate_labels(namespace: Sequence[Any], *, for_put: bool = False) -> tupl
     return ns
 
 
-def _item_id(namespace: tuple[str, ...], key: str) -> str:
-    digest = hashlib.sha256(json.dumps([list(namespace), key], ensure_ascii=False).encode("utf-8")).hexdigest()
+def _item_id(namespace: tuple[str, ...], key: str, user: str | None = None) -> str:
+    parts: list[Any] = [list(namespace), key] if user is None else [list(namespace), key, user]
+    digest = hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode("utf-8")).hexdigest()
     return f"lg-{digest}"
 
 
@@ -175,13 +189,19 @@ class MemOSStore(BaseStore):
         The principal the store acts as (default: the cube's own actor). The cube's governance checks its
         rights on every operation: reads need **read**, puts and deletes **write**, :meth:`sweep_ttl`
         **administer**; a refusal raises :class:`memos_core.PermissionDenied`.
+    single_user:
+        ``True`` for an app with one user: every item goes to one fixed user scope, whatever the namespace
+        (see "Whose memory an item is" in the module docs).
     """
 
     supports_ttl: bool = True
 
     def __init__(self, memory: Any, *, cube: str | None = None, index: IndexConfig | bool | None = None,
                  ttl: TTLConfig | None = None, scope_templates: Sequence[Sequence[str]] = DEFAULT_SCOPE_TEMPLATES,
-                 search_mode: str = "hybrid", actor: str | None = None) -> None:
+                 search_mode: str = "hybrid", actor: str | None = None, single_user: bool = False) -> None:
+        self._rule = UserRule(memory, single_user=single_user, adapter="MemOSStore",
+                              how="use namespaces that name the user (scope_templates; default "
+                                  "('memories', '{user_id}'), e.g. ('memories', 'ann'))")
         embedder = None
         if isinstance(index, Mapping) and index.get("embed") is not None:
             if isinstance(memory, MemCube) or hasattr(memory, "cubes"):
@@ -290,24 +310,41 @@ class MemOSStore(BaseStore):
             raise ValueError(f"Unknown operation type: {type(op)}")
 
     # ------------------------------------------------------------------ mapping helpers
-    def _resolve(self, namespace: tuple[str, ...], key: str) -> tuple[str, MemoryItem | None]:
+    def _resolve(self, namespace: tuple[str, ...], key: str,
+                 scope: dict[str, str] | None = None) -> tuple[str, MemoryItem | None]:
         """The memory id for (namespace, key) and the memory in any state (None if never written).
 
         A purged memory's id cannot be reused, so a key written again after a purge gets ``<id>-2``, ...
         """
-        base = _item_id(namespace, key)
+        scope = self._op_scope(namespace) if scope is None else scope
+        base = _item_id(namespace, key, None if scope.pop("_from_ns", False) else scope["user_id"])
         item_id, n = base, 1
         item = self.cube.lookup(item_id, **self._as)
         while item is not None and item.state == _S.PURGED:
             n += 1
             item_id = f"{base}-{n}"
             item = self.cube.lookup(item_id, **self._as)
+        if item is not None and item.scope.user_id != scope["user_id"]:
+            raise PermissionDenied(f"the key {key!r} in {namespace} belongs to another user scope")
         return item_id, item
 
     def memory_id(self, namespace: tuple[str, ...], key: str) -> str:
         """The id of the MemOS memory that holds (or would hold) ``namespace``/``key``: use it with the core's
         ``history``, ``rollback``, ``get(include_deleted=True)``, ``legal_hold`` ..."""
         return self._resolve(_validate_labels(namespace), str(key))[0]
+
+    def _op_scope(self, namespace: tuple[str, ...]) -> dict[str, Any]:
+        """The scope of an operation on ``namespace`` (or a search/list prefix): the template's labels plus the
+        user (see the module docs; raises UserRequired / PermissionDenied). ``_from_ns``: the user is the
+        namespace's own label, so the item id needs no user mixed in."""
+        scope: dict[str, Any] = dict(self._scope(namespace))
+        label = scope.get("user_id")
+        if label == "*":  # a wildcard in a list_namespaces prefix names no user
+            label = None
+            scope.pop("user_id")
+        scope["user_id"] = self._rule.user(label)
+        scope["_from_ns"] = label is not None and label == scope["user_id"]
+        return scope
 
     def _scope(self, namespace: tuple[str, ...]) -> dict[str, str]:
         for tpl in self.scope_templates:
@@ -375,8 +412,10 @@ class MemOSStore(BaseStore):
             last.pop((tuple(op.namespace), op.key), None)
             last[(tuple(op.namespace), op.key)] = op
         new: list[dict[str, Any]] = []
+        scopes = {(ns, key): self._op_scope(ns) for (ns, key) in last}  # every op's user first: all or nothing
         for (ns, key), op in last.items():
-            item_id, existing = self._resolve(ns, key)
+            scope = scopes[(ns, key)]
+            item_id, existing = self._resolve(ns, key, dict(scope))
             if op.value is None:
                 if existing is not None and existing.state not in (_S.DELETED, _S.PURGED):
                     self.cube.delete(item_id, reason="langgraph delete", **self._as)
@@ -391,7 +430,7 @@ class MemOSStore(BaseStore):
                     "id": item_id, "content": content, "kind": MemoryKind.NOTE, "metadata": meta,
                     "provenance": {"source": SourceKind.TOOL, "source_ids": ["/".join(ns) + "/" + key],
                                    "extractor": _EXTRACTOR},
-                    **self._scope(ns)}
+                    **{a: v for a, v in scope.items() if a != "_from_ns"}}
                 if op.ttl is not None:
                     spec["ttl"] = timedelta(minutes=op.ttl)
                 new.append(spec)
@@ -428,7 +467,7 @@ class MemOSStore(BaseStore):
                          **self._as)
 
     def _get_many(self, ops: Sequence[GetOp]) -> list[Item | None]:
-        ids = [self._resolve(tuple(op.namespace), op.key)[0] for op in ops]
+        ids = [self._resolve(tuple(op.namespace), op.key)[0] for op in ops]  # each resolves (and checks) its user
         found = {it.id: it for it in self.cube.list(
             {"ids": sorted(set(ids)), "metadata": {f"{META_KEY}.key": {"$exists": True}}}, limit=len(set(ids)),
             **self._as)}
@@ -441,7 +480,7 @@ class MemOSStore(BaseStore):
             meta[f"{META_KEY}.ns.{i}"] = label
         for key, cond in _flatten_filter(value_filter or {}, ()):
             meta[f"{META_KEY}.value.{key}"] = cond
-        return {"metadata": meta}
+        return {"metadata": meta, "user_id": self._op_scope(prefix)["user_id"]}
 
     def _search(self, op: SearchOp) -> list[SearchItem]:
         base = self._filter(tuple(op.namespace_prefix), op.filter)
@@ -449,7 +488,7 @@ class MemOSStore(BaseStore):
             return []
         want = op.offset + op.limit
         if op.query and op.query.strip() and self.index_config is not None:
-            ranked_filter = {"metadata": {**base["metadata"], f"{META_KEY}.indexed": True}}
+            ranked_filter = {**base, "metadata": {**base["metadata"], f"{META_KEY}.indexed": True}}
             if want > 1000:
                 raise ValidationError(f"a query search ranks at most 1000 items; offset + limit is {want} "
                                       "(narrow the namespace or filter, or search without a query to page further)")
@@ -457,7 +496,7 @@ class MemOSStore(BaseStore):
             hits = self.cube.search(op.query, k=k, filter=ranked_filter, mode=self.search_mode, **self._as)  # type: ignore[arg-type]
             page: list[tuple[MemoryItem, float | None]] = [(h.item, h.score) for h in hits]
             if len(hits) < k:  # ranked ones exhausted: the unindexed ones follow, unscored
-                rest = self.cube.list({"metadata": {**base["metadata"], f"{META_KEY}.indexed": False}},
+                rest = self.cube.list({**base, "metadata": {**base["metadata"], f"{META_KEY}.indexed": False}},
                                       limit=want - len(page), **self._as)
                 page += [(it, None) for it in rest]
             page = page[op.offset:want]
@@ -468,12 +507,15 @@ class MemOSStore(BaseStore):
 
     def _list_namespaces(self, op: ListNamespacesOp) -> list[tuple[str, ...]]:
         meta: dict[str, Any] = {f"{META_KEY}.key": {"$exists": True}}
+        prefix: tuple[str, ...] = ()
         for cond in op.match_conditions or ():  # push exact prefix labels down to the core's filter
             if cond.match_type == "prefix":
+                prefix = prefix or tuple(cond.path)
                 for i, label in enumerate(cond.path):
                     if label != "*":
                         meta[f"{META_KEY}.ns.{i}"] = label
-        paths = self.cube.distinct_metadata(f"{META_KEY}.path", {"metadata": meta}, **self._as)
+        user = self._op_scope(prefix)["user_id"]  # the prefix (or the bound view) must name the user
+        paths = self.cube.distinct_metadata(f"{META_KEY}.path", {"metadata": meta, "user_id": user}, **self._as)
         namespaces = [tuple(json.loads(p)) for p in paths]
         if op.match_conditions:
             namespaces = [ns for ns in namespaces if all(_matches(c, ns) for c in op.match_conditions)]

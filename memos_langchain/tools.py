@@ -1,8 +1,11 @@
 """Memory tools for agents: search, save, update and forget, as LangChain tools.
 
 ``create_memory_tools(mem)`` returns ``StructuredTool`` objects with typed argument schemas. Each call acts for
-one user: the ``user_id`` given here, else the one in the run (``context.user_id`` or
-``config["configurable"]["user_id"]`` / ``["langgraph_user_id"]``, read through LangGraph's ``ToolRuntime``).
+one user: the user of a user-bound view (``create_memory_tools(mem.for_user("ann"))``), else the ``user_id``
+given here, else the one in the run (``context.user_id`` or ``config["configurable"]["user_id"]`` /
+``["langgraph_user_id"]``, read through LangGraph's ``ToolRuntime``). With none of these a call raises
+:class:`memos_core.UserRequired` (a configuration error the app must fix, so it is not handed to the model as a
+tool error), unless the tools were made with ``single_user=True`` (one fixed scope).
 
 Governance: the tools never reach outside their scope (an id of another user's memory reads as "not found"),
 every write goes through the ``MemOS`` facade as its principal (so the cube's access control and audit apply),
@@ -21,7 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from memos_core import LifecycleState, MemoryKind, SourceKind
 from memos_core.errors import MemOSError, NotFound, ValidationError
 
-from ._common import is_facade, principal_of, resolve_cube, run_sync, scope_from_run
+from memos_core.os import UserRule
+
+from ._common import RUN_USER_HOW, check_require_user, is_facade, principal_of, resolve_cube, run_sync, scope_from_run
 
 __all__ = ["create_memory_tools", "MemoryToolkit"]
 
@@ -64,35 +69,36 @@ class MemoryToolkit:
 
     def __init__(self, memory: Any, *, user_id: str | None = None, agent_id: str | None = None,
                  cube: str | None = None, forget_mode: Literal["delete", "erase"] = "delete",
-                 require_user: bool = False) -> None:
+                 require_user: bool | None = None, single_user: bool = False) -> None:
         if not is_facade(memory):
             raise ValidationError("memory tools need a MemOS instance")
+        check_require_user(require_user, "memory tools")
+        self._rule = UserRule(memory, user_id=user_id, single_user=single_user, adapter="the memory tools",
+                              how=RUN_USER_HOW)
         if forget_mode not in ("delete", "erase"):
             raise ValidationError("forget_mode must be 'delete' (tombstone) or 'erase' (forget for good)")
         self.memory = memory
-        self.user_id = user_id
+        self.user_id = self._rule.fixed if not single_user else None
+        self.single_user = single_user
         self.agent_id = agent_id
         self.cube = cube
         self.forget_mode = forget_mode
-        self.require_user = require_user
 
     # ------------------------------------------------------------------ scope
-    def _user(self, runtime: Any) -> str | None:
-        user = self.user_id
-        if user is None and runtime is not None:
-            user = scope_from_run(getattr(runtime, "context", None), getattr(runtime, "config", None))
-        if user is None and self.require_user:
-            raise ToolException("no user id in this run (pass context={'user_id': ...}); memory is unavailable")
-        return user
+    def _user(self, runtime: Any) -> str:
+        found = None
+        if runtime is not None:
+            found = scope_from_run(getattr(runtime, "context", None), getattr(runtime, "config", None))
+        return self._rule.user(found)  # UserRequired / PermissionDenied propagate: the app must fix them
 
-    def _owned(self, memory_id: str, user: str | None) -> Any:
+    def _owned(self, memory_id: str, user: str) -> Any:
         """The memory if it exists, is live and lies in this scope; otherwise 'not found' (never 'forbidden':
         the answer must not reveal other users' memories)."""
         try:
             item = self.memory.get(memory_id, self.cube)
         except NotFound:
             item = None
-        if item is None or (user is not None and item.scope.user_id != user) or \
+        if item is None or item.scope.user_id != user or \
                 (self.agent_id is not None and item.scope.agent_id != self.agent_id):
             raise ToolException(f"no memory with id {memory_id!r}; search first to find the right id")
         return item
@@ -119,7 +125,7 @@ class MemoryToolkit:
         if not text:
             raise ToolException("content is empty")
         # A stable id per (scope, text): saving the same memory twice (e.g. a retried tool call) writes once.
-        key = "\x1f".join([user or "", self.agent_id or "", text.lower()])
+        key = "\x1f".join([user, self.agent_id or "", text.lower()])
         item_id = "tool-" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
         cube = resolve_cube(self.memory, self.cube)
         actor = principal_of(self.memory)
@@ -197,13 +203,15 @@ def _async(fn: Any) -> Any:
 
 def create_memory_tools(memory: Any, *, user_id: str | None = None, agent_id: str | None = None,
                         cube: str | None = None, include: Sequence[str] = ("search", "save", "update", "forget"),
-                        forget_mode: Literal["delete", "erase"] = "delete", require_user: bool = False,
-                        prefix: str = "") -> list[BaseTool]:
+                        forget_mode: Literal["delete", "erase"] = "delete", require_user: bool | None = None,
+                        single_user: bool = False, prefix: str = "") -> list[BaseTool]:
     """Memory tools for an agent: ``search_memory``, ``save_memory``, ``update_memory``, ``forget_memory``.
 
     ``include`` picks a subset (e.g. ``("search", "save")`` for an agent that may not change memories);
     ``forget_mode="erase"`` makes forgetting irreversible (the principal needs the *administer* right);
-    ``require_user`` refuses to act when no user id can be found; ``prefix`` renames the tools.
+    without a user (``user_id``, a user-bound view, or the run's context/config) every call raises
+    :class:`memos_core.UserRequired`, unless ``single_user=True`` (one fixed scope); ``require_user=True`` is
+    accepted and is the default; ``prefix`` renames the tools.
     """
     return MemoryToolkit(memory, user_id=user_id, agent_id=agent_id, cube=cube, forget_mode=forget_mode,
-                         require_user=require_user).tools(include, prefix=prefix)
+                         require_user=require_user, single_user=single_user).tools(include, prefix=prefix)

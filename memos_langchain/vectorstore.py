@@ -19,6 +19,7 @@ from langchain_core.vectorstores import VectorStore
 
 from memos_core import LifecycleState, MemCube, MemoryItem, MemoryKind, SearchFilter, SourceKind
 from memos_core.errors import Conflict, ValidationError
+from memos_core.os import UserRule
 
 from ._common import principal_of, resolve_cube
 
@@ -54,7 +55,9 @@ class MemOSVectorStore(VectorStore):
     cube:
         With a ``MemOS`` facade: which cube (default: its default cube).
     user_id, agent_id, session_id:
-        The scope documents are written to and searched in.
+        The scope documents are written to and searched in. A user is required (fail closed): ``user_id``, or
+        a user-bound view as ``memory`` (``mem.for_user("ann")``), or ``single_user=True`` for one fixed scope;
+        otherwise :class:`memos_core.UserRequired` is raised here.
     kind:
         The memory kind of added documents (default ``document``). ``kinds`` restricts searches to some kinds
         (default: every kind in the scope, so memories written by other components are found too).
@@ -67,7 +70,9 @@ class MemOSVectorStore(VectorStore):
     def __init__(self, memory: Any, *, embedding: Embeddings | None = None, cube: str | None = None,
                  user_id: str | None = None, agent_id: str | None = None, session_id: str | None = None,
                  kind: MemoryKind | str = MemoryKind.DOCUMENT, kinds: Sequence[MemoryKind | str] | None = None,
-                 search_mode: str = "dense", actor: str | None = None) -> None:
+                 search_mode: str = "dense", actor: str | None = None, single_user: bool = False) -> None:
+        user_id = UserRule(memory, user_id=user_id, single_user=single_user, adapter="MemOSVectorStore",
+                           how="pass user_id=... (MemOSVectorStore(mem, user_id=...))").require()
         self.cube: MemCube = resolve_cube(memory, cube, embedder=embedding)
         self._embedding = embedding
         self.scope = {k: v for k, v in (("user_id", user_id), ("agent_id", agent_id), ("session_id", session_id))

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from llama_index.core.base.llms.types import ChatMessage, TextBlock
 
-from memos_core import MemOS, MemOSError
+from memos_core import MemOS, MemOSError, ValidationError
 
 __all__ = [
     "DIGEST_KEY",
@@ -42,6 +42,10 @@ DIGEST_KEY = "llamaindex_message"
 _LOCK = threading.Lock()
 _PINNED: Dict[Tuple[str, str], MemOS] = {}  # registered by the user: kept alive
 _LIVE: "weakref.WeakValueDictionary[Tuple[str, str], MemOS]" = weakref.WeakValueDictionary()  # adapters' own
+
+
+#: how to pass a user, for the :class:`memos_core.UserRequired` message of every LlamaIndex adapter
+USER_HOW = "pass user_id=... (e.g. MemOSMemory.from_memos(mem, user_id=...))"
 
 
 # ---------------------------------------------------------------------------------------------- messages
@@ -171,13 +175,18 @@ def register_memos(mem: MemOS) -> MemOS:
     """
     if not isinstance(mem, MemOS):
         raise TypeError(f"register_memos expects a MemOS, got {type(mem).__name__}")
+    if mem.bound_user is not None:
+        raise ValidationError("register the MemOS itself, not a user-bound view: adapters keep their own user_id")
     with _LOCK:
         _PINNED[memos_spec(mem)] = mem
     return mem
 
 
 def track_memos(mem: MemOS) -> MemOS:
-    """Remember a MemOS an adapter was built with (weakly: it lives as long as something uses it)."""
+    """Remember a MemOS an adapter was built with (weakly: it lives as long as something uses it). A user-bound
+    view is not remembered: an adapter rebuilt from a dict finds the unbound MemOS and its saved ``user_id``."""
+    if mem.bound_user is not None:
+        return mem
     with _LOCK:
         key = memos_spec(mem)
         if _PINNED.get(key) is not mem:

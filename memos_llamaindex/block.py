@@ -33,9 +33,10 @@ from llama_index.core.memory.memory import BaseMemoryBlock
 from llama_index.core.utils import get_tokenizer
 
 from memos_core import MemOS
-from memos_core.os import CONTEXT_HEADER, AddResult
+from memos_core.os import CONTEXT_HEADER, AddResult, UserRule
 
 from ._common import (
+    USER_HOW,
     build_query,
     check_messages,
     exclude_filter,
@@ -64,7 +65,9 @@ class MemOSMemoryBlock(BaseMemoryBlock[str]):
     principal: str = Field(default="local")
     cube: Optional[str] = Field(default=None, description="Cube to write to (None: the MemOS default cube).")
     search_cubes: Optional[List[str]] = Field(default=None, description="Cubes to read (None: all mounted).")
-    user_id: Optional[str] = None
+    user_id: Optional[str] = Field(default=None, description="Whose memory this is (required unless the MemOS "
+                                                             "is a user-bound view or single_user=True).")
+    single_user: bool = Field(default=False, description="One fixed user scope for a single-user app.")
     agent_id: Optional[str] = None
     k: int = Field(default=5, ge=1, le=1000)
     token_budget: int = Field(default=500, ge=1, description="Token budget of the block's text.")
@@ -76,6 +79,7 @@ class MemOSMemoryBlock(BaseMemoryBlock[str]):
     retrieval_context_window: int = Field(default=1, ge=1)
 
     _memos: MemOS = PrivateAttr()
+    _user: str = PrivateAttr()
     _tokenizer: Any = PrivateAttr(default=None)
     _queries: "OrderedDict[str, Tuple[str, Dict[str, Any]]]" = PrivateAttr(default_factory=OrderedDict)
     _last_add: Optional[AddResult] = PrivateAttr(default=None)
@@ -86,8 +90,12 @@ class MemOSMemoryBlock(BaseMemoryBlock[str]):
                 raise TypeError(f"memos must be a MemOS, got {type(memos).__name__}")
             path, principal = memos_spec(memos)
             data["memos_path"], data["principal"] = path, principal  # the object given wins over a saved path
+            if data.get("user_id") is None and memos.bound_user is not None and not data.get("single_user"):
+                data["user_id"] = memos.bound_user  # saved with the config: a restored block keeps its user
         super().__init__(**data)
         self._memos = track_memos(memos) if memos is not None else resolve_memos(self.memos_path, self.principal)
+        self._user = UserRule(self._memos, user_id=self.user_id, single_user=self.single_user,
+                              adapter="MemOSMemoryBlock", how=USER_HOW).require()
 
     @classmethod
     def from_memos(cls, memos: MemOS, **kwargs: Any) -> "MemOSMemoryBlock":
@@ -127,7 +135,7 @@ class MemOSMemoryBlock(BaseMemoryBlock[str]):
 
     def _context_kwargs(self, messages: List[ChatMessage], session_id: Optional[str],
                         budget: int) -> Dict[str, Any]:
-        return {"user_id": self.user_id, "agent_id": self.agent_id, "k": self.k, "token_budget": budget,
+        return {"user_id": self._user, "agent_id": self.agent_id, "k": self.k, "token_budget": budget,
                 "filter": exclude_filter(self.search_filter, messages, session_id, self.remember_roles),
                 "cubes": self.search_cubes, "tokenizer": self._tokens(), "header": self.context_header}
 
@@ -161,7 +169,7 @@ class MemOSMemoryBlock(BaseMemoryBlock[str]):
         for t in turns:
             by_session.setdefault(t.get("session_id"), []).append(t)
         for session_id, group in by_session.items():
-            res = await self._memos.aadd(group, user_id=self.user_id, agent_id=self.agent_id,
+            res = await self._memos.aadd(group, user_id=self._user, agent_id=self.agent_id,
                                          session_id=session_id, cube=self.cube, infer=self.infer)
             self._last_add = res
             if res.errors:

@@ -31,9 +31,10 @@ from llama_index.core.storage.chat_store.sql import MessageStatus, SQLAlchemyCha
 from llama_index.core.utils import get_tokenizer
 
 from memos_core import MemOS
-from memos_core.os import CONTEXT_HEADER, AddResult
+from memos_core.os import CONTEXT_HEADER, AddResult, UserRule
 
 from ._common import (
+    USER_HOW,
     build_query,
     check_messages,
     exclude_filter,
@@ -78,7 +79,9 @@ class MemOSMemory(BaseMemory):
     principal: str = Field(default="local", description="Principal of that MemOS.")
     cube: Optional[str] = Field(default=None, description="Cube to write to (None: the MemOS default cube).")
     search_cubes: Optional[List[str]] = Field(default=None, description="Cubes to read (None: all mounted).")
-    user_id: Optional[str] = Field(default=None, description="Scope of writes and reads.")
+    user_id: Optional[str] = Field(default=None, description="Whose memory this is (required unless the MemOS "
+                                                             "is a user-bound view or single_user=True).")
+    single_user: bool = Field(default=False, description="One fixed user scope for a single-user app.")
     agent_id: Optional[str] = Field(default=None, description="Scope of writes and reads.")
     session_id: str = Field(default_factory=_new_session, description="Chat session (short-term key).")
     k: int = Field(default=5, ge=1, le=1000, description="At most this many memories per get().")
@@ -96,6 +99,7 @@ class MemOSMemory(BaseMemory):
     chat_store_table: str = Field(default=DEFAULT_TABLE)
 
     _memos: MemOS = PrivateAttr()
+    _user: str = PrivateAttr()
     _short: Memory = PrivateAttr()
     _tokenizer: Any = PrivateAttr(default=None)
     _last_add: Optional[AddResult] = PrivateAttr(default=None)
@@ -109,9 +113,13 @@ class MemOSMemory(BaseMemory):
                 raise TypeError(f"memos must be a MemOS, got {type(memos).__name__}")
             path, principal = memos_spec(memos)
             data["memos_path"], data["principal"] = path, principal  # the object given wins over a saved path
+            if data.get("user_id") is None and memos.bound_user is not None and not data.get("single_user"):
+                data["user_id"] = memos.bound_user  # saved with the config: a restored memory keeps its user
         data.pop("class_name", None)
         super().__init__(**data)
         self._memos = track_memos(memos) if memos is not None else resolve_memos(self.memos_path, self.principal)
+        self._user = UserRule(self._memos, user_id=self.user_id, single_user=self.single_user,
+                              adapter="MemOSMemory", how=USER_HOW).require()
         store = SQLAlchemyChatStore(table_name=self.chat_store_table,
                                     async_database_uri=self.chat_store_uri or IN_MEMORY_URI)
         kwargs: Dict[str, Any] = {}
@@ -225,7 +233,7 @@ class MemOSMemory(BaseMemory):
 
     # ------------------------------------------------------------------ helpers
     def _scope(self) -> Dict[str, Any]:
-        return {"user_id": self.user_id, "agent_id": self.agent_id}
+        return {"user_id": self._user, "agent_id": self.agent_id}
 
     def _turns(self, messages: List[ChatMessage]) -> List[Dict[str, Any]]:
         return messages_to_turns(messages, session_id=self.session_id, roles=self.remember_roles,

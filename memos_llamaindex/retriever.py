@@ -28,8 +28,9 @@ from llama_index.core.callbacks import CallbackManager
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
 from memos_core import MemOS, MemoryItem, SearchHit
+from memos_core.os import UserRule
 
-from ._common import mount_cube
+from ._common import USER_HOW, mount_cube
 
 __all__ = ["MemOSRetriever", "hit_to_node"]
 
@@ -83,6 +84,10 @@ class MemOSRetriever(BaseRetriever):
     Scope (``user_id`` / ``agent_id`` / ``session_id``), ``k``, ``filter`` (a core SearchFilter dict) and
     ``mode`` (``"hybrid"``, ``"dense"``, ``"lexical"``) are passed to :meth:`MemOS.search` unchanged. A blank
     query returns no nodes.
+
+    Fail closed: a user is required (``user_id``, or a user-bound view ``mem.for_user("ann")`` as ``memos``);
+    without one the constructor raises :class:`memos_core.UserRequired`, unless ``single_user=True`` (one
+    fixed scope).
     """
 
     def __init__(
@@ -98,12 +103,16 @@ class MemOSRetriever(BaseRetriever):
         mode: str = "hybrid",
         callback_manager: Optional[CallbackManager] = None,
         verbose: bool = False,
+        single_user: bool = False,
     ) -> None:
         if not isinstance(memos, MemOS):
             raise TypeError(f"memos must be a MemOS, got {type(memos).__name__}")
+        user = UserRule(memos, user_id=user_id, single_user=single_user, adapter="MemOSRetriever",
+                        how=USER_HOW).require()
         super().__init__(callback_manager=callback_manager, verbose=verbose)
         self.memos = memos
-        self.user_id = user_id
+        self.user_id = user
+        self.single_user = single_user
         self.agent_id = agent_id
         self.session_id = session_id
         self.k = k

@@ -7,7 +7,9 @@
     agent = FunctionAgent(tools=tools, llm=llm)
 
 Every tool is scoped to the spec's ``user_id`` / ``agent_id``: an id outside that scope reads as unknown, so an
-agent cannot touch another user's memories by guessing ids. ``forget_memory`` tombstones (restorable through
+agent cannot touch another user's memories by guessing ids. A user is required (``user_id``, or a user-bound
+view ``mem.for_user("ann")`` as ``memos``): without one the constructor raises :class:`memos_core.UserRequired`,
+unless ``single_user=True`` (one fixed scope). ``forget_memory`` tombstones (restorable through
 :meth:`MemOS.restore`) unless the spec was built with ``hard_forget=True`` (then :meth:`MemOS.forget` erases
 the content). Failures raise the core's typed errors; agents turn them into error tool outputs the model sees.
 """
@@ -19,7 +21,9 @@ from typing import Any, Dict, List, Optional, Sequence
 from llama_index.core.tools.tool_spec.base import BaseToolSpec
 
 from memos_core import MemOS, MemoryItem, NotFound, SearchHit
-from memos_core.os import AddResult
+from memos_core.os import AddResult, UserRule
+
+from ._common import USER_HOW
 
 __all__ = ["MemOSToolSpec"]
 
@@ -43,11 +47,14 @@ class MemOSToolSpec(BaseToolSpec):
 
     def __init__(self, memos: MemOS, *, user_id: Optional[str] = None, agent_id: Optional[str] = None,
                  session_id: Optional[str] = None, cube: Optional[str] = None,
-                 search_cubes: Optional[Sequence[str]] = None, k: int = 5, hard_forget: bool = False) -> None:
+                 search_cubes: Optional[Sequence[str]] = None, k: int = 5, hard_forget: bool = False,
+                 single_user: bool = False) -> None:
         if not isinstance(memos, MemOS):
             raise TypeError(f"memos must be a MemOS, got {type(memos).__name__}")
         self.memos = memos
-        self.user_id = user_id
+        self.user_id = UserRule(memos, user_id=user_id, single_user=single_user, adapter="MemOSToolSpec",
+                                how=USER_HOW).require()
+        self.single_user = single_user
         self.agent_id = agent_id
         self.session_id = session_id
         self.cube = cube
@@ -86,7 +93,7 @@ class MemOSToolSpec(BaseToolSpec):
         return "Memory " + "; ".join(parts) + "." if parts else "Nothing was stored."
 
     def _check_scope(self, item: MemoryItem) -> MemoryItem:
-        if ((self.user_id is not None and item.scope.user_id != self.user_id)
+        if (item.scope.user_id != self.user_id
                 or (self.agent_id is not None and item.scope.agent_id != self.agent_id)):
             raise NotFound(f"no memory with id {item.id!r}")
         return item

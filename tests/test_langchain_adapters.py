@@ -17,7 +17,7 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, Tool
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_tests.integration_tests.retrievers import RetrieversIntegrationTests
 
-from memos_core import LifecycleState, MemOS
+from memos_core import LifecycleState, MemOS, UserRequired
 from memos_langchain import MemOSChatMessageHistory, MemOSRetriever, create_memory_tools
 from memos_langchain.testing import HashingEmbeddings, ScriptedChatModel
 
@@ -82,9 +82,9 @@ def test_retriever_scope_filters_and_metadata(mem: MemOS) -> None:
         r.invoke("love", bogus=1)
     # over a bare cube too
     cube = mem.cubes["default"]
-    assert all(isinstance(x, Document) for x in MemOSRetriever(memory=cube, k=2).invoke("love"))
+    assert all(isinstance(x, Document) for x in MemOSRetriever(memory=cube, k=2, user_id="bob").invoke("love"))
     with pytest.raises(ValueError):
-        MemOSRetriever(memory=cube, cubes=["default"]).invoke("love")
+        MemOSRetriever(memory=cube, cubes=["default"], user_id="bob").invoke("love")
 
 
 def test_retriever_in_a_chain(mem: MemOS) -> None:
@@ -134,9 +134,9 @@ def test_history_memorize_feeds_the_reader(mem: MemOS) -> None:
     hits = [h for h in mem.search("where does Joana live", user_id="ann") if "Porto" in h.item.content]
     assert hits and hits[0].item.scope.session_id == "s1" and hits[0].item.provenance.source_ids == ["m1"]
     with pytest.raises(ValueError):
-        MemOSChatMessageHistory(mem.cubes["default"], "s1", memorize=True)
+        MemOSChatMessageHistory(mem.cubes["default"], "s1", user_id="ann", memorize=True)
     with pytest.raises(ValueError):
-        MemOSChatMessageHistory(mem, "")
+        MemOSChatMessageHistory(mem, "", user_id="ann")
 
 
 def test_history_with_runnable_with_message_history(mem: MemOS) -> None:
@@ -210,8 +210,9 @@ def test_memory_tools_schemas_and_governance(mem: MemOS) -> None:
 def test_memory_tools_subset_async_and_errors(mem: MemOS) -> None:
     tools = by_name(create_memory_tools(mem, include=("search", "save"), require_user=True, prefix="mem_"))
     assert set(tools) == {"mem_search_memory", "mem_save_memory"}
-    # no user in the run: refused, as a readable tool error
-    assert "no user id" in tools["mem_save_memory"].invoke({"content": "x"})
+    # no user in the run: refused with a typed error the app must fix (not a tool error the model could ignore)
+    with pytest.raises(UserRequired, match="context=.*user_id"):
+        tools["mem_save_memory"].invoke({"content": "x"})
     with pytest.raises(ValueError):
         create_memory_tools(mem, include=("explode",))
     with pytest.raises(ValueError):

@@ -180,7 +180,8 @@ def test_langmem_tools_on_memos_store(tmp_path: Path) -> None:
     assert ask("what's my favourite colour?", "t2", "ann") == "It is teal."
     assert ask("what's my favourite colour?", "t3", "bob") == "No idea."
     # the LangMem memory is a MemOS memory in Ann's scope: the core (and the middleware) can recall it
-    [item] = store.list_namespaces()[0:1] and store.search(("memories", "ann"))
+    assert store.list_namespaces(prefix=("memories", "ann")) == [("memories", "ann")]
+    [item] = store.search(("memories", "ann"))
     hits = store.cube.search("favourite colour", user_id="ann")
     assert hits and hits[0].item.metadata["langgraph"]["key"] == item.key
 

@@ -32,7 +32,7 @@ def mark_async_tests(cls: type) -> type:
 class TestMemOSVectorStoreStandard(VectorStoreIntegrationTests):
     @pytest.fixture()
     def vectorstore(self, tmp_path: Path) -> Iterator[MemOSVectorStore]:  # type: ignore[override]
-        store = MemOSVectorStore(tmp_path / "cube", embedding=self.get_embeddings())
+        store = MemOSVectorStore(tmp_path / "cube", embedding=self.get_embeddings(), user_id="ann")
         try:
             yield store
         finally:
@@ -82,16 +82,16 @@ def test_versions_scope_filters_and_scores(vs: MemOSVectorStore) -> None:
 def test_hybrid_mode_and_retriever(tmp_path: Path) -> None:
     cube = MemCube(tmp_path / "c", embedder=HashingEmbeddings(64))
     vs = MemOSVectorStore.from_texts(["alpha beta", "gamma delta", "epsilon"], HashingEmbeddings(64),
-                                     memory=cube, search_mode="hybrid")
+                                     memory=cube, search_mode="hybrid", user_id="ann")
     assert vs.similarity_search("gamma", k=1)[0].page_content == "gamma delta"
     retriever = vs.as_retriever(search_kwargs={"k": 2})
     assert len(retriever.invoke("alpha")) == 2
     with pytest.raises(ValueError):
-        MemOSVectorStore(cube, search_mode="fuzzy")
+        MemOSVectorStore(cube, search_mode="fuzzy", user_id="ann")
 
 
 def test_from_texts_without_memory_creates_a_cube() -> None:
-    vs = MemOSVectorStore.from_texts(["one text"], HashingEmbeddings(16), ids=["x"])
+    vs = MemOSVectorStore.from_texts(["one text"], HashingEmbeddings(16), ids=["x"], single_user=True)
     try:
         assert vs.get_by_ids(["x"])[0].page_content == "one text"
         assert isinstance(vs.embeddings, HashingEmbeddings)

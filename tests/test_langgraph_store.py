@@ -60,7 +60,10 @@ class Clock:
 
 
 def make_store(path: Path, *, clock: Clock | None = None, **kw: Any) -> MemOSStore:
+    """A store on a fresh cube. Single-user by default (one fixed user scope, so any namespace works, as in
+    ``InMemoryStore``); ``single_user=False`` gives the per-user store that needs a user label in namespaces."""
     cube = MemCube(path, embedder=EMB, clock=clock)
+    kw.setdefault("single_user", True)
     return MemOSStore(cube, **kw)
 
 
@@ -234,7 +237,7 @@ def test_random_sequences_match_inmemory(seq: list[tuple[Any, ...]]) -> None:
 # ---------------------------------------------------------------------- query search
 def test_query_search_same_results_clear_winner_first(tmp_path: Path) -> None:
     emb = HashingEmbeddings(1024)  # few hash collisions, so cosine ranking alone is meaningful too
-    ours = MemOSStore(MemCube(tmp_path / "c", embedder=emb), index={"dims": 1024, "fields": ["text"]})
+    ours = MemOSStore(MemCube(tmp_path / "c", embedder=emb), index={"dims": 1024, "fields": ["text"]}, single_user=True)
     ref = InMemoryStore(index={"dims": 1024, "embed": emb, "fields": ["text"]})
     docs = {"1": "Ann moved to Lisbon in May", "2": "Bob prefers black coffee", "3": "Carol plays the cello",
             "4": "Dan is allergic to peanuts"}
@@ -278,7 +281,8 @@ def test_plain_kv_store_ignores_queries(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- MemOS semantics behind the store
-def test_versions_tombstones_and_scope(store: MemOSStore) -> None:
+def test_versions_tombstones_and_scope(tmp_path: Path) -> None:
+    store = make_store(tmp_path / "u", index={"dims": 64, "fields": ["text"]}, single_user=False)
     ns = ("memories", "ann")
     store.put(ns, "fav", {"text": "likes tea"})
     store.put(ns, "fav", {"text": "likes tea"})  # identical: no new version
@@ -314,13 +318,19 @@ def test_purged_key_can_be_written_again(store: MemOSStore) -> None:
 
 
 def test_scope_templates_and_reversibility(tmp_path: Path) -> None:
-    s = make_store(tmp_path / "c", scope_templates=[("agents", "{agent_id}", "{user_id}")])
+    from memos_core import UserRequired
+    from memos_core.os import SINGLE_USER
+
+    s = make_store(tmp_path / "c", scope_templates=[("agents", "{agent_id}", "{user_id}")], single_user=False)
     s.put(("agents", "helper", "ann", "notes"), "k", {"text": "hello", "nested": {"a": [1, 2]}})
-    s.put(("other",), "k", {"text": "hello"})
+    with pytest.raises(UserRequired):  # a namespace that names no user: refused (fail closed)
+        s.put(("other",), "k", {"text": "hello"})
+    one = MemOSStore(s.cube, scope_templates=[("agents", "{agent_id}", "{user_id}")], single_user=True)
+    one.put(("other",), "k", {"text": "hello"})
     by_ns = {tuple(s._to_item(it).namespace): it for it in s.cube.list()}
     scoped = by_ns[("agents", "helper", "ann", "notes")]
     assert (scoped.scope.agent_id, scoped.scope.user_id) == ("helper", "ann")
-    assert by_ns[("other",)].scope.user_id is None
+    assert by_ns[("other",)].scope.user_id == SINGLE_USER
     assert s._to_item(scoped).value == {"text": "hello", "nested": {"a": [1, 2]}}
     with pytest.raises(ValueError):
         make_store(tmp_path / "d", scope_templates=[("x", "{tenant}")])
@@ -343,7 +353,7 @@ def test_durable_across_reopen(tmp_path: Path) -> None:
 
 
 def test_store_from_path_with_embed(tmp_path: Path) -> None:
-    s = MemOSStore(tmp_path / "c", index={"dims": 64, "embed": EMB, "fields": ["text"]})
+    s = MemOSStore(tmp_path / "c", index={"dims": 64, "embed": EMB, "fields": ["text"]}, single_user=True)
     s.put(("a",), "k", {"text": "hello"})
     assert s.search(("a",), query="hello")[0].key == "k"
     with pytest.raises(ValueError):
@@ -491,11 +501,11 @@ def test_store_acts_under_the_cubes_governance(store: MemOSStore) -> None:
     from memos_core import PermissionDenied
 
     store.put(("memories", "ann"), "k", {"text": "owned by local"})
-    stranger = MemOSStore(store.cube, actor="mallory")
+    stranger = MemOSStore(store.cube, actor="mallory", single_user=True)
     with pytest.raises(PermissionDenied):
-        stranger.search(("memories",))
+        stranger.search(("memories", "ann"))
     store.cube.share("reader-bot", "reader")
-    reader = MemOSStore(store.cube, actor="reader-bot")
+    reader = MemOSStore(store.cube, actor="reader-bot", single_user=True)
     assert reader.get(("memories", "ann"), "k").value == {"text": "owned by local"}
     with pytest.raises(PermissionDenied):
         reader.put(("memories", "ann"), "k", {"text": "overwritten"})
@@ -514,7 +524,7 @@ def test_store_over_a_memos_facade_acts_as_its_principal(tmp_path: Path) -> None
         s.put(("memories", "ann"), "k", {"text": "Ann likes figs"})
         assert [h.item.content for h in mem.search("figs", user_id="ann")] == ['{"text": "Ann likes figs"}']
         mem.create_cube("team")
-        assert MemOSStore(mem, cube="team").search(("memories",)) == []
+        assert MemOSStore(mem, cube="team").search(("memories", "ann")) == []
     finally:
         mem.close()
 

@@ -430,3 +430,75 @@ def test_as_principal_views_share_cubes_and_are_governed_per_principal(tmp_path:
     mem.close()  # the original's close ends every view
     with pytest.raises(CubeClosed):
         eve2.search("vault")
+
+
+# ------------------------------------------------------------------------------------------------ user-bound views
+def test_a_principal_view_is_not_a_user_scope_but_a_bound_view_is(tmp_path: Path) -> None:
+    """Issue 13: a principal with a role on a cube reads every user scope in it (the cube ACL is per cube);
+    binding the view to a user is what keeps Bob out of Ann's memories."""
+    mem = MemOS(tmp_path / "d", embedder=embed)
+    secret = mem.add("My bank PIN is 4321", user_id="ann").added[0]
+    mem.cubes["default"].share("bob", "writer")
+    bob = mem.as_principal("bob")
+    assert [h.item.id for h in bob.search("bank PIN", user_id="ann")] == [secret.id]  # documented: a cube role
+    bob_only = bob.for_user("bob")
+    assert bob_only.principal == "bob" and bob_only.bound_user == "bob" and bob.bound_user is None
+    with pytest.raises(PermissionDenied):
+        bob_only.search("bank PIN", user_id="ann")
+    with pytest.raises(PermissionDenied):
+        bob_only.search("bank PIN", filter={"user_id": "ann"})
+    with pytest.raises(PermissionDenied):
+        bob_only.get_context("bank PIN", user_id="ann")
+    assert bob_only.search("bank PIN") == [] and bob_only.get_context("bank PIN") == ""
+    with pytest.raises(NotFound):  # another user's id reads exactly like an unknown id
+        bob_only.get(secret.id)
+    for call in (lambda: bob_only.update(secret.id, "changed"), lambda: bob_only.delete(secret.id),
+                 lambda: bob_only.history(secret.id), lambda: bob_only.rollback(secret.id, 1),
+                 lambda: bob_only.restore(secret.id), lambda: bob_only.get(secret.id, "default"),
+                 lambda: bob_only.forget(secret.id)):
+        with pytest.raises(NotFound):
+            call()
+    with pytest.raises(PermissionDenied):
+        bob_only.add("bob writes as ann", user_id="ann")
+    with pytest.raises(PermissionDenied):
+        bob_only.dedup(user_id="ann")
+    assert mem.get(secret.id).content == "My bank PIN is 4321" and mem.get(secret.id).version == 1
+    # what the view writes is Bob's, and Bob can manage it
+    mine = bob_only.add("Bob's locker code is 77").added[0]
+    assert mine.scope.user_id == "bob" and bob_only.get(mine.id).id == mine.id
+    assert [h.item.id for h in bob_only.search("locker code")] == [mine.id]
+    assert bob_only.update(mine.id, "Bob's locker code is 78").version == 2
+    assert "78" in bob_only.get_context("locker code")
+    with pytest.raises(PermissionDenied):
+        bob_only.for_user("ann")
+    assert bob_only.for_user("bob").bound_user == "bob"
+    assert bob_only.as_principal("carol").bound_user == "bob"  # a principal view of a bound view stays bound
+    with pytest.raises(ValidationError):
+        mem.for_user("")
+    with pytest.raises(ValidationError):
+        bob_only.create_cube("x")
+    assert "user='bob'" in repr(bob_only)
+    mem.close()
+    with pytest.raises(CubeClosed):
+        bob_only.search("locker")
+
+
+def test_bound_view_async_api(mem: MemOS) -> None:
+    ann = mem.for_user("ann")
+
+    async def go() -> None:
+        res = await ann.aadd("Ann likes green tea")
+        assert res.added[0].scope.user_id == "ann"
+        assert [h.item.id for h in await ann.asearch("green tea")] == [res.added[0].id]
+        assert "green tea" in await ann.aget_context("green tea")
+        with pytest.raises(PermissionDenied):
+            await ann.asearch("green tea", user_id="bob")
+        with pytest.raises(PermissionDenied):
+            await ann.aadd("x", user_id="bob")
+        bob = mem.for_user("bob")
+        with pytest.raises(NotFound):
+            await bob.aget(res.added[0].id)
+        with pytest.raises(NotFound):
+            await bob.adelete(res.added[0].id)
+
+    asyncio.run(go())
