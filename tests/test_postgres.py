@@ -208,3 +208,36 @@ def test_an_unreachable_server_on_open_is_backend_unavailable(own_pg: Any) -> No
     own_pg.stop("fast")
     with pytest.raises(BackendUnavailable, match="cannot be reached"):
         PostgresRecordStore(own_pg.url(), "nobody", connect_timeout=1.0)
+
+
+def test_records_migrate_sqlite_to_postgres_and_back_verified(pg: Any, cube_name: str, tmp_path: Path) -> None:
+    from memos_core.errors import ValidationError as VErr
+    from memos_core.records.migrate import copy_records, open_record_store
+
+    src = open_record_store(tmp_path / "a")
+    rowid, item = _add(src, "Ann's cat is called Biscuit")
+    _, gone = _add(src, "to be deleted")
+    new = item.model_copy(update={"content": "Ann's cat is called Biscuit II", "version": 2})
+    with src.transaction() as c:
+        src.replace_item(c, rowid, new, np.full(8, 0.5, np.float32), True, True, "me", "update")
+        src.bootstrap_governance(c, "owner1", "user", 1.0, "ab" * 32)
+        src.put_grant(c, "bob", "reader", "owner1", 2.0)
+        src.set_state(c, src.rowid(gone.id), gone.id, S.ACTIVATED, S.DELETED, 3.0, "me", "delete")
+        src.unindex(c, src.rowid(gone.id))
+        src.append_event(c, 4.0, "me", "update", item.id)
+    src.record_usage([rowid], 9.0)
+    pgstore = _store(pg, cube_name)
+    back = open_record_store(tmp_path / "b")
+    try:
+        report = copy_records(src, pgstore)
+        assert report["items"] == 2 and report["versions"] == 3 and report["events"] == 3
+        assert pgstore.get(item.id).usage.access_count == 1
+        assert sorted(pgstore.pending_vectors()) == [pgstore.rowid(item.id)]  # the index fills on open
+        copy_records(pgstore, back)
+        assert back.raw_events() == src.raw_events()
+        assert back.versions(item.id) == src.versions(item.id)
+        with pytest.raises(VErr, match="already holds records"):
+            copy_records(src, back)
+    finally:
+        for s in (src, pgstore, back):
+            s.close()
