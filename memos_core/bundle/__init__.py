@@ -125,6 +125,8 @@ def export_cube(cube: MemCube, file: str | os.PathLike[str], *, hmac_key: bytes 
         "cube": cube.manifest,
         "counts": {"items": len(items), "by_state": by_state, "embeddings": len(ids), "events": len(events)},
         "audit_head": events[-1][8] if events else None,
+        "audit_head_seq": int(events[-1][0]) if events else None,
+        "audit_counter": cube.records.event_counter(),
         "purged_ids": sorted(it.id for it in items if it.state == LifecycleState.PURGED),
         "files": dict(sorted(file_meta.items())),
     }
@@ -406,6 +408,7 @@ def import_bundle(file: str | os.PathLike[str], dest: str | os.PathLike[str], *,
             trans_by_id.setdefault(t.item_id, []).append(t)
         if len(items) != manifest.get("counts", {}).get("items", len(items)):
             raise CorruptData("bundle item count differs from its manifest")
+        _check_history(manifest, items, versions, transitions, events)
 
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.importing-", dir=dest.parent))
@@ -452,6 +455,57 @@ def import_bundle(file: str | os.PathLike[str], dest: str | os.PathLike[str], *,
     finally:
         r.close()
     return MemCube(dest, embedder=embedder, create=False, chroma_url=chroma_url)
+
+
+def _check_history(manifest: dict[str, Any], items: list[MemoryItem], versions: list[MemoryVersion],
+                   transitions: list[Transition], events: list[Any]) -> None:
+    """Refuse (CorruptData, before anything is written) a bundle whose history does not hold together.
+
+    * versions: every item has exactly versions 1..its version, its newest snapshot has its content, and no
+      version or transition belongs to an item the bundle does not hold (a removed version row is refused);
+    * the event chain verifies on its own (an altered, removed, inserted or reordered row is refused), against
+      the manifest's audit head (hash and seq) and counter, and every item's current version has its record.
+    """
+    from ..governance.audit import Evidence, verify_rows
+
+    ids = {it.id for it in items}
+    if len(ids) != len(items):
+        raise CorruptData("bundle lists an item twice")
+    by_item: dict[str, dict[int, MemoryVersion]] = {}
+    for v in versions:
+        if v.item_id not in ids:
+            raise CorruptData(f"bundle holds versions of item {v.item_id!r}, which it does not hold")
+        if v.version in by_item.setdefault(v.item_id, {}):
+            raise CorruptData(f"bundle holds version {v.version} of item {v.item_id!r} twice")
+        by_item[v.item_id][v.version] = v
+    for t in transitions:
+        if t.item_id not in ids:
+            raise CorruptData(f"bundle holds transitions of item {t.item_id!r}, which it does not hold")
+    for it in items:
+        have = by_item.get(it.id, {})
+        if sorted(have) != list(range(1, it.version + 1)):
+            gaps = sorted(set(range(1, it.version + 1)) - set(have))[:5]
+            raise CorruptData(f"bundle item {it.id!r} is at version {it.version} but its history lacks version(s) "
+                              f"{gaps or sorted(set(have) - set(range(1, it.version + 1)))[:5]}: refused")
+        if have[it.version].content != it.content:
+            raise CorruptData(f"bundle item {it.id!r} differs from its newest version snapshot: refused")
+    try:
+        rows = [(int(e[0]), float(e[1]), e[2], e[3], e[4], e[5], e[6], e[7], e[8]) for e in events]
+    except (TypeError, ValueError) as exc:
+        raise CorruptData(f"bundle event log rows are malformed: {exc}") from None
+    counter = manifest.get("audit_counter")
+    rep = verify_rows(rows, counter if isinstance(counter, int) and not isinstance(counter, bool) else None,
+                      None, Evidence(items=[(it.id, it.version) for it in items]))
+    if not rep.ok:
+        p = rep.problems[0]
+        raise CorruptData(f"bundle audit log does not verify ({len(rep.problems)} problem(s); seq {p.seq}: "
+                          f"{p.kind}: {p.message}): refused")
+    head = manifest.get("audit_head")
+    if head != (rows[-1][8] if rows else None):
+        raise CorruptData("bundle audit log does not end at the manifest's audit head: refused")
+    seq = manifest.get("audit_head_seq")
+    if seq is not None and (not rows or rows[-1][0] != seq):
+        raise CorruptData("bundle audit log does not end at the manifest's audit head seq: refused")
 
 
 # ---------------------------------------------------------------------------------------------- migrate
