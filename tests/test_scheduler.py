@@ -178,7 +178,7 @@ def test_jobs_persist_and_failures_retry(setup, tmp_path: Path) -> None:
     job = s.jobs()[0]
     assert job.state == "pending" and job.attempts == 1 and "model crashed" in (job.error or "")
     # simulate a worker that died while running the job: it is taken again after restart
-    s._db.execute("UPDATE jobs SET state='running'")
+    s._state.set_job_state(None, "running")
     s.close()
     s = MemScheduler(cube, activation=kv, clock=clock, auto_observe=False, policies=[])
     assert [j.state for j in s.jobs()] == ["pending"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 import logging
-import sqlite3
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -16,6 +15,7 @@ from pydantic import BaseModel
 
 from ..errors import MemOSError, ValidationError
 from ..items import LifecycleState, MemoryItem, SearchHit, to_utc, utcnow
+from ..records.scheduler_state import SchedulerState
 
 __all__ = [
     "MemScheduler", "Policy", "Decision", "Job", "PromoteHotToActivation", "QueueStableForLoRA", "DemoteCold",
@@ -24,22 +24,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS usage(item_id TEXT PRIMARY KEY, score REAL NOT NULL, at REAL NOT NULL,
-  hits INTEGER NOT NULL, injected INTEGER NOT NULL DEFAULT 0, last_hit REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS jobs(id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, payload TEXT NOT NULL,
-  state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, error TEXT, created REAL NOT NULL, updated REAL NOT NULL,
-  result TEXT);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, id);
-CREATE TABLE IF NOT EXISTS activation(item_id TEXT PRIMARY KEY, version INTEGER NOT NULL, artifact_id TEXT NOT NULL,
-  bytes INTEGER NOT NULL, tokens INTEGER NOT NULL, created REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS lora(item_id TEXT NOT NULL, version INTEGER NOT NULL, state TEXT NOT NULL,
-  adapter_id TEXT, updated REAL NOT NULL, PRIMARY KEY(item_id, version));
-CREATE TABLE IF NOT EXISTS decisions(seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, policy TEXT NOT NULL,
-  action TEXT NOT NULL, item_ids TEXT NOT NULL, reason TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value REAL NOT NULL);
-"""
 
 
 # ---------------------------------------------------------------------------------------------- seams
@@ -360,20 +344,9 @@ class MemScheduler:
         self._clock = clock or utcnow
         self.max_jobs_per_step = max_jobs_per_step
         self.max_attempts = max_attempts
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(str(Path(cube.path) / "scheduler.sqlite3"), isolation_level=None,
-                                   check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # usage is soft state written on every hit: NORMAL survives a process crash (kill -9) in WAL mode and
-        # avoids an fsync per search; only an OS crash/power loss can lose the last few updates.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        for stmt in _SCHEMA.strip().split(";"):
-            if stmt.strip():
-                self._db.execute(stmt)
-        if "result" not in {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}:
-            self._db.execute("ALTER TABLE jobs ADD COLUMN result TEXT")  # databases from before job results
-        # jobs a dead worker had taken are taken again (no lost jobs on restart)
-        self._db.execute("UPDATE jobs SET state='pending' WHERE state='running'")
+        # usage, jobs, caches, LoRA queue, decisions: soft state of this deployment (memos_core.records.scheduler_state)
+        self._state = SchedulerState(Path(cube.path) / "scheduler.sqlite3")
+        self._lock = self._state.lock
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -397,29 +370,19 @@ class MemScheduler:
             ids.append(h.item.id if isinstance(h, SearchHit) else h.id if isinstance(h, MemoryItem) else str(h))
         if not ids:
             return
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for i in ids:
-                    row = self._db.execute("SELECT score, at FROM usage WHERE item_id=?", (i,)).fetchone()
-                    score = 1.0 if row is None else row[0] * 0.5 ** ((now - row[1]) / self.half_life) + 1.0
-                    self._db.execute(
-                        "INSERT INTO usage(item_id, score, at, hits, injected, last_hit) VALUES(?,?,?,1,?,?) "
-                        "ON CONFLICT(item_id) DO UPDATE SET score=excluded.score, at=excluded.at, hits=hits+1, "
-                        "injected=injected+excluded.injected, last_hit=excluded.last_hit",
-                        (i, score, now, int(injected), now))
-                if injected:
-                    cached = self.cached()
-                    hit = [i for i in ids if i in cached]
-                    self._bump("inject_uses", len(ids))
-                    self._bump("inject_cache_hits", len(hit))
-                    self._bump("prefill_tokens_saved", sum(cached[i]["tokens"] for i in hit))
-                    self._bump("prefill_tokens_total", sum(cached[i]["tokens"] for i in hit)
-                               + sum(self._est_tokens(i) for i in ids if i not in cached))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._state.transaction():
+            for i in ids:
+                row = self._state.usage_of(i)
+                score = 1.0 if row is None else row[0] * 0.5 ** ((now - row[1]) / self.half_life) + 1.0
+                self._state.put_usage(i, score, now, injected)
+            if injected:
+                cached = self.cached()
+                hit = [i for i in ids if i in cached]
+                self._bump("inject_uses", len(ids))
+                self._bump("inject_cache_hits", len(hit))
+                self._bump("prefill_tokens_saved", sum(cached[i]["tokens"] for i in hit))
+                self._bump("prefill_tokens_total", sum(cached[i]["tokens"] for i in hit)
+                           + sum(self._est_tokens(i) for i in ids if i not in cached))
 
     def _est_tokens(self, item_id: str) -> int:
         if self.activation is None:
@@ -428,43 +391,33 @@ class MemScheduler:
         return 0 if item is None else self.activation.estimate(item)[1]
 
     def _bump(self, name: str, by: float) -> None:
-        self._db.execute("INSERT INTO counters(name, value) VALUES(?, ?) ON CONFLICT(name) DO UPDATE SET "
-                         "value=value+excluded.value", (name, by))
+        self._state.bump(name, by)
 
     def scores(self, now: float | None = None) -> dict[str, float]:
         now = self._now() if now is None else now
-        with self._lock:
-            rows = self._db.execute("SELECT item_id, score, at FROM usage").fetchall()
-        return {r[0]: r[1] * 0.5 ** ((now - r[2]) / self.half_life) for r in rows}
+        return {r[0]: r[1] * 0.5 ** ((now - r[2]) / self.half_life) for r in self._state.usage()}
 
     def hottest(self, now: float | None = None, limit: int = 100) -> list[tuple[str, float, int]]:
         """(item id, aged score, hits), hottest first."""
         now = self._now() if now is None else now
-        with self._lock:
-            rows = self._db.execute("SELECT item_id, score, at, hits FROM usage").fetchall()
+        rows = self._state.usage()
         scored = sorted(((r[0], r[1] * 0.5 ** ((now - r[2]) / self.half_life), r[3]) for r in rows),
                         key=lambda t: (-t[1], t[0]))
         return scored[:limit]
 
     def last_hits(self) -> dict[str, float]:
-        with self._lock:
-            return dict(self._db.execute("SELECT item_id, last_hit FROM usage").fetchall())
+        return {r[0]: r[4] for r in self._state.usage()}
 
     def cached(self) -> dict[str, dict[str, Any]]:
         """item id -> {artifact_id, version, bytes, tokens, created} for memories with an activation cache."""
-        with self._lock:
-            rows = self._db.execute("SELECT item_id, version, artifact_id, bytes, tokens, created FROM activation")
-            return {r[0]: {"version": r[1], "artifact_id": r[2], "bytes": r[3], "tokens": r[4], "created": r[5]}
-                    for r in rows}
+        return self._state.activation()
 
     def lora_versions(self) -> set[tuple[str, int]]:
-        with self._lock:
-            return {(r[0], r[1]) for r in self._db.execute("SELECT item_id, version FROM lora")}
+        return {(r[0], r[1]) for r in self._state.lora()}
 
     # ------------------------------------------------------------------ decisions and jobs
     def _record(self, d: Decision, now: float) -> None:
-        self._db.execute("INSERT INTO decisions(at, policy, action, item_ids, reason) VALUES(?,?,?,?,?)",
-                         (now, d.policy, d.action, json.dumps(d.item_ids), d.reason))
+        self._state.add_decision(now, d.policy, d.action, d.item_ids, d.reason)
 
     def plan(self) -> list[Decision]:
         """Run every policy and persist their decisions as jobs (does not execute them)."""
@@ -475,45 +428,29 @@ class MemScheduler:
                 decisions += p.plan(self, now)
             except MemOSError as exc:
                 log.warning("scheduler policy %s failed: %s", p.name, exc)
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                pending = {(r[0], r[1]) for r in self._db.execute(
-                    "SELECT kind, payload FROM jobs WHERE state IN ('pending','running')")}
-                for d in decisions:
-                    payload = json.dumps({"item_ids": d.item_ids, **d.payload, "reason": d.reason})
-                    if (d.action, payload) in pending:
-                        continue
-                    self._record(d, now)
-                    self._db.execute(
-                        "INSERT INTO jobs(kind, payload, state, created, updated) VALUES(?,?,'pending',?,?)",
-                        (d.action, payload, now, now))
-                    if d.action == "queue_lora":
-                        for i in d.item_ids:
-                            item = self.cube.lookup(i)
-                            if item is not None:
-                                self._db.execute("INSERT OR REPLACE INTO lora(item_id, version, state, updated) "
-                                                 "VALUES(?,?,'queued',?)", (i, item.version, now))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._state.transaction():
+            pending = self._state.open_jobs()
+            for d in decisions:
+                payload = json.dumps({"item_ids": d.item_ids, **d.payload, "reason": d.reason})
+                if (d.action, payload) in pending:
+                    continue
+                self._record(d, now)
+                self._state.add_job(d.action, payload, now)
+                if d.action == "queue_lora":
+                    for i in d.item_ids:
+                        item = self.cube.lookup(i)
+                        if item is not None:
+                            self._state.put_lora(i, item.version, "queued", None, now)
         return decisions
 
     def lora(self) -> dict[str, dict[str, Any]]:
         """item id -> {version, state, adapter_id} of the latest LoRA queue entry of each memory (state:
         ``queued``, ``trained`` or ``failed``)."""
-        with self._lock:
-            rows = self._db.execute("SELECT item_id, version, state, adapter_id FROM lora ORDER BY item_id, version")
-            return {r[0]: {"version": r[1], "state": r[2], "adapter_id": r[3]} for r in rows}
+        return {r[0]: {"version": r[1], "state": r[2], "adapter_id": r[3]} for r in self._state.lora()}
 
     def _has_job(self, kind: str, payload: dict[str, Any], states: Sequence[str]) -> bool:
         """Whether a job of ``kind`` in one of ``states`` has a payload containing every key/value of ``payload``."""
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT payload FROM jobs WHERE kind=? AND state IN ({','.join('?' * len(states))})",
-                (kind, *states)).fetchall()
-        for (raw,) in rows:
+        for raw in self._state.job_payloads(kind, states):
             have = json.loads(raw)
             if all(have.get(k) == v for k, v in payload.items()):
                 return True
@@ -522,13 +459,7 @@ class MemScheduler:
     def jobs(self, state: str | None = None) -> list[Job]:
         """Jobs (optionally in one ``state``: pending, running, done, failed), oldest first. A parametric job's
         ``result`` holds its :class:`TrainingOutcome` (adapter, sources, recall gain)."""
-        q = "SELECT id, kind, payload, state, attempts, error, result FROM jobs"
-        args: tuple[Any, ...] = ()
-        if state is not None:
-            q += " WHERE state=?"
-            args = (state,)
-        with self._lock:
-            rows = self._db.execute(q + " ORDER BY id", args).fetchall()
+        rows = self._state.jobs(state)
         return [Job(id=r[0], kind=r[1], payload=json.loads(r[2]), state=r[3], attempts=r[4], error=r[5],
                     result=None if r[6] is None else json.loads(r[6])) for r in rows]
 
@@ -537,17 +468,12 @@ class MemScheduler:
         pending (retried at a later call) until ``max_attempts``, then stays ``failed`` with its error."""
         limit = self.max_jobs_per_step if limit is None else limit
         kinds = self._runnable()
-        with self._lock:
-            todo = self._db.execute(
-                f"SELECT id, kind, payload, attempts FROM jobs WHERE state='pending' AND kind IN "
-                f"({','.join('?' * len(kinds))}) ORDER BY id LIMIT ?", (*kinds, limit)).fetchall()
+        todo = self._state.pending_jobs(kinds, limit)
         n = 0
         for job_id, kind, payload, attempts in todo:
             if self._stop.is_set() and self._thread is not None and threading.current_thread() is self._thread:
                 break
-            with self._lock:
-                self._db.execute("UPDATE jobs SET state='running', attempts=attempts+1, updated=? WHERE id=?",
-                                 (self._now(), job_id))
+            self._state.start_job(job_id, self._now())
             data = json.loads(payload)
             outcome: TrainingOutcome | None = None
             try:
@@ -559,14 +485,12 @@ class MemScheduler:
                 err = f"{type(exc).__name__}: {exc}"
             now = self._now()
             with self._lock:
-                self._db.execute("UPDATE jobs SET state=?, error=?, result=?, updated=? WHERE id=?",
-                                 (state, err, None if outcome is None else json.dumps(outcome.to_dict()), now, job_id))
+                self._state.finish_job(job_id, state, err, None if outcome is None else json.dumps(outcome.to_dict()),
+                                       now)
                 if outcome is not None:
                     self._record(self._outcome_decision(job_id, outcome), now)
                 if state == "failed" and kind == "queue_lora":
-                    ids = data["item_ids"]
-                    self._db.execute(f"UPDATE lora SET state='failed', updated=? WHERE state='queued' AND item_id IN "
-                                     f"({','.join('?' * len(ids))})", (now, *ids))
+                    self._state.fail_queued_lora(data["item_ids"], now)
             n += 1
         return n
 
@@ -605,12 +529,10 @@ class MemScheduler:
         queued again) and every source the adapter now holds is recorded as trained at that version."""
         with self._lock:
             if released:
-                self._db.execute(f"DELETE FROM lora WHERE state='queued' AND item_id IN "
-                                 f"({','.join('?' * len(released))})", tuple(released))
+                self._state.release_queued_lora(released)
             if outcome.action in ("trained", "retrained"):
                 for item_id, version in outcome.sources:
-                    self._db.execute("INSERT OR REPLACE INTO lora(item_id, version, state, adapter_id, updated) "
-                                     "VALUES(?,?,'trained',?,?)", (item_id, version, outcome.adapter, now))
+                    self._state.put_lora(item_id, version, "trained", outcome.adapter, now)
 
     def _execute(self, kind: str, payload: dict[str, Any]) -> TrainingOutcome | None:
         ids: list[str] = payload["item_ids"]
@@ -638,8 +560,7 @@ class MemScheduler:
             row = self.cached().get(ids[0])
             if row is not None:
                 self.activation.delete(row["artifact_id"])
-                with self._lock:
-                    self._db.execute("DELETE FROM activation WHERE item_id=?", (ids[0],))
+                self._state.delete_activation(ids[0])
             if kind != "refresh":
                 return None
         item = self.cube.lookup(ids[0])
@@ -652,9 +573,7 @@ class MemScheduler:
             if used + self.activation.estimate(item)[0] > self.budget_bytes:
                 raise MemOSError("activation budget is full; the next step re-plans evictions")
         artifact, nbytes, tokens = self.activation.build([item])
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO activation(item_id, version, artifact_id, bytes, tokens, created) "
-                             "VALUES(?,?,?,?,?,?)", (item.id, item.version, artifact, nbytes, tokens, now))
+        self._state.put_activation(item.id, item.version, artifact, nbytes, tokens, now)
         return None
 
     def step(self) -> list[Decision]:
@@ -697,24 +616,17 @@ class MemScheduler:
         self.stop()
         if self._listener is not None and hasattr(self.cube, "listeners") and self._listener in self.cube.listeners:
             self.cube.listeners.remove(self._listener)
-        with self._lock:
-            self._db.close()
+        self._state.close()
 
     # ------------------------------------------------------------------ observability
     def decisions(self, limit: int = 100) -> list[dict[str, Any]]:
-        with self._lock:
-            rows = self._db.execute("SELECT seq, at, policy, action, item_ids, reason FROM decisions ORDER BY seq DESC "
-                                    "LIMIT ?", (limit,)).fetchall()
         return [{"seq": r[0], "at": datetime.fromtimestamp(r[1]).isoformat(), "policy": r[2], "action": r[3],
-                 "item_ids": json.loads(r[4]), "reason": r[5]} for r in reversed(rows)]
+                 "item_ids": r[4], "reason": r[5]} for r in self._state.decisions(limit)]
 
     def stats(self) -> dict[str, Any]:
         cached = self.cached()
-        with self._lock:
-            counters = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
-            jobs = dict(self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
-            lora = dict(self._db.execute("SELECT state, COUNT(*) FROM lora GROUP BY state").fetchall())
-            tracked = self._db.execute("SELECT COUNT(*) FROM usage").fetchone()[0]
+        counters = self._state.counters()
+        jobs, lora, tracked = self._state.counts()
         uses = counters.get("inject_uses", 0.0)
         return {
             "tracked_memories": tracked,
