@@ -168,9 +168,11 @@ _VOLATILE_CONFIG_KEYS = frozenset(
     }
 )
 
-#: float dtypes, most precise first: a model's weights are also hashed cast to each less precise one (for
-#: adapters, so that a base loaded in another dtype can be checked exactly)
+#: float dtypes, most precise first (bfloat16 and float16 are not comparable: neither holds the other)
 _FLOAT_LADDER = ("float64", "float32", "bfloat16", "float16")
+#: a model's weights are also hashed cast to these dtypes (for adapters, so that the same checkpoint loaded in
+#: a less precise dtype can be checked exactly)
+_CASTS = {"float64": ("float32", "bfloat16", "float16"), "float32": ("bfloat16", "float16")}
 
 
 class ModelFingerprint(BaseModel):
@@ -551,8 +553,8 @@ class Fingerprinter:
         if wkey == self._weights_key:
             return self._weights
         wanted = [dtype]
-        if self.casts and dtype in _FLOAT_LADDER:
-            wanted += list(_FLOAT_LADDER[_FLOAT_LADDER.index(dtype) + 1 :])
+        if self.casts:
+            wanted += list(_CASTS.get(dtype, ()))
         digests: dict[str, str] = {}
         mark = getattr(_base_model(self.model), "_memos_checkpoint", None)
         disk_key = None
