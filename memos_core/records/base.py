@@ -132,6 +132,11 @@ class RecordStore(ABC):
         """One all-or-nothing, durable transaction. Re-entrant calls on the same thread are not allowed."""
 
     @abstractmethod
+    def in_transaction(self) -> bool:
+        """Whether the calling thread has a transaction of this store open (work handed to another thread
+        then could not join it)."""
+
+    @abstractmethod
     def close(self) -> None:
         """Flush buffered counters and release connections. Closing twice is a no-op."""
 

@@ -299,6 +299,9 @@ class PostgresRecordStore(RecordStore):
                     self._tls.conn = None
         self._flush_soft()
 
+    def in_transaction(self) -> bool:
+        return getattr(self._tls, "conn", None) is not None
+
     def _flush_soft(self) -> None:
         """Write buffered usage counts and clear applied pending marks, in a short transaction of their own
         (not inside a write: hot rows of many workers would then be locked for the write's duration)."""

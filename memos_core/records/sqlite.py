@@ -769,6 +769,10 @@ class SQLiteRecordStore(RecordStore):
 
     # ================================================================== the RecordStore seam (records/base.py)
     # The SQL that cube.py and governance/ used to run through ``_conn`` lives below, behind typed methods.
+    def in_transaction(self) -> bool:
+        owned = getattr(self._lock, "_is_owned", None)
+        return True if owned is None else bool(owned())
+
     def stored_schema_version(self) -> int:
         raw = self.get_meta("records_schema")
         return int(raw) if raw is not None else RECORDS_SCHEMA_VERSION
@@ -1016,3 +1020,23 @@ class SQLiteRecordStore(RecordStore):
     def compact_erased(self) -> None:
         self.optimize_lexical()
         self.checkpoint()
+
+
+def read_chain_file(db: str | Path) -> tuple[list[tuple[Any, ...]], int | None]:
+    """The audit rows (chain order) and sequence high-water mark of a records file, opened read-only (no
+    cube, no principal: whoever can read the file can read the log). CorruptData if it cannot be read."""
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            rows = conn.execute(
+                "SELECT seq, at, actor, op, item_id, outcome, detail, prev_hash, hash FROM events ORDER BY seq"
+            ).fetchall()
+            try:
+                top = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
+            except sqlite3.OperationalError:
+                top = None
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise CorruptData(f"cannot read the audit log in {db}: {exc}") from exc
+    return rows, None if top is None else int(top[0])
