@@ -33,9 +33,17 @@ _PRINCIPAL: str | None = None  # --as / $MEMOS_PRINCIPAL, set by main()
 
 
 def _actor() -> str:
-    import os
+    """The acting principal: ``--as``, else ``$MEMOS_PRINCIPAL``, else ``local``. A given but empty or malformed
+    principal is refused (ValidationError, exit status 2) like ``MemCube(actor="")``: it never falls back to
+    the owner ``local``."""
+    from .governance.roles import check_principal_id
 
-    return _PRINCIPAL or os.environ.get("MEMOS_PRINCIPAL") or "local"
+    if _PRINCIPAL is not None:
+        return check_principal_id(_PRINCIPAL, "--as principal")
+    env = os.environ.get("MEMOS_PRINCIPAL")
+    if env is not None:
+        return check_principal_id(env, "$MEMOS_PRINCIPAL")
+    return "local"
 
 
 def _cube(path: str, create: bool = False, embedder: Any = None) -> Any:
@@ -57,6 +65,10 @@ def cmd_init(a: argparse.Namespace) -> None:
         from .errors import Conflict
 
         raise Conflict(f"a cube already exists at {a.dir}")  # exit status 2 like every other error
+    if Path(a.dir).exists() and not Path(a.dir).is_dir():
+        from .errors import ValidationError
+
+        raise ValidationError(f"{a.dir} exists and is not a folder; choose a new or empty folder for the cube")
     with MemCube(a.dir, create=True, name=a.name, actor=_actor()) as cube:
         print(f"created cube {cube.cube_id} at {cube.path}")
 
@@ -228,6 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _PRINCIPAL = args.as_principal
     try:
+        _actor()  # refuse an empty or malformed --as / $MEMOS_PRINCIPAL before any command runs
         rc = args.fn(args)
     except MemOSError as exc:
         print(f"error: {exc}", file=sys.stderr)

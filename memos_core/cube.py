@@ -211,12 +211,20 @@ class MemCube:
                 )
             if cube_id is not None and cube_id != self.manifest["cube_id"]:
                 raise ValidationError(f"cube at {self.path} has id {self.manifest['cube_id']!r}, not {cube_id!r}")
+            from .bundle import clean_stale_imports
+
+            clean_stale_imports(self.path.parent, self.path.name)  # staging folders of a killed `memos import`
         else:
             if not create:
                 raise NotFound(f"no cube at {self.path} (no {MANIFEST}); pass create=True or run `memos init`")
+            if self.path.exists() and not self.path.is_dir():
+                raise ValidationError(f"{self.path} exists and is not a folder; choose a new or empty folder for the cube")
             if self.path.exists() and any(self.path.iterdir()):
                 raise ValidationError(f"{self.path} exists, is not empty and holds no cube manifest; choose an empty folder")
-            self.path.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # a file where a parent folder should be, no permission, ...
+                raise ValidationError(f"cannot create the cube folder {self.path}: {exc.strerror or exc}") from None
             dim = self._embedder.dim
             self.manifest = {
                 "schema_version": CUBE_SCHEMA_VERSION,

@@ -166,3 +166,155 @@ def test_installed_console_script(cli_cube, capsys) -> None:
     proc = subprocess.run([exe, "show", d, "no-such-id"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: ")
+
+
+# ---------------------------------------------------------------------------------------------- issue 13 part 4
+def test_init_on_an_existing_regular_file_is_one_line_error(tmp_path, capsys) -> None:
+    f = tmp_path / "notes.txt"
+    f.write_text("mine")
+    for target in (f, f / "cube"):
+        rc, out, err = run(capsys, "init", str(target))
+        assert rc == 2 and out == ""
+        assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
+    assert f.read_text() == "mine"
+
+
+@pytest.mark.parametrize("how", ["--as", "env"])
+@pytest.mark.parametrize("principal", ["", " ", "bad principal", "a/b"])
+def test_empty_or_malformed_principal_is_refused(cli_cube, capsys, monkeypatch, how, principal) -> None:
+    d, ids = cli_cube
+    if how == "--as":
+        argv = ["--as", principal, "show", d, ids["lisbon"]]
+    else:
+        monkeypatch.setenv("MEMOS_PRINCIPAL", principal)
+        argv = ["show", d, ids["lisbon"]]
+    rc, out, err = run(capsys, *argv)
+    assert rc == 2 and out == "" and err.startswith("error: ") and "principal" in err.lower()
+    # never a fallback to the owner `local`: the same refusal for commands that write
+    rc, out, err = run(capsys, *argv[:-3], "add", d, "written by nobody")
+    assert rc == 2 and out == ""
+    with MemCube(d) as cube:
+        assert cube.count() == 3
+
+
+def test_audit_log_limit_must_not_be_negative(cli_cube, capsys) -> None:
+    d, _ = cli_cube
+    for bad in ("-5", "-1", "two", "1.5"):
+        with pytest.raises(SystemExit) as info:
+            main(["audit", "log", d, "--limit", bad])
+        assert info.value.code == 2
+        assert "--limit" in capsys.readouterr().err
+    rc, out, _ = run(capsys, "audit", "log", d, "--limit", "2", "--json")
+    assert rc == 0 and len(json.loads(out)) == 2
+    rc, out, _ = run(capsys, "audit", "log", d, "--limit", "0", "--json")
+    assert rc == 0 and json.loads(out) == []
+
+
+def _bundle(d: str, tmp_path: Path, capsys) -> Path:
+    f = tmp_path / "cube.tar.gz"
+    rc, _, err = run(capsys, "export", d, str(f))
+    assert rc == 0, err
+    return f
+
+
+def test_import_is_owned_by_the_importing_principal(cli_cube, capsys, tmp_path) -> None:
+    d, ids = cli_cube
+    f = _bundle(d, tmp_path, capsys)
+    rc, out, err = run(capsys, "--as", "ann", "import", str(f), str(tmp_path / "copy"))
+    assert rc == 0, err
+    with MemCube(tmp_path / "copy", actor="ann") as copy:
+        assert copy.governance.role_of("ann").value == "owner"
+        assert copy.governance.role_of("local") is None
+        assert copy.get(ids["lisbon"]).content.startswith("Ann lives in Lisbon")
+        assert [e["actor"] for e in copy.events()][-1] == "ann"  # the import record names who imported
+    rc, _, err = run(capsys, "show", str(tmp_path / "copy"), ids["lisbon"])  # as local: no role on the copy
+    assert rc == 2 and err.startswith("error: ")
+    rc, _, err = run(capsys, "--as", "bad principal", "import", str(f), str(tmp_path / "copy2"))
+    assert rc == 2 and not (tmp_path / "copy2").exists()
+
+
+_KILLED_IMPORT = r"""
+import sys, time
+from pathlib import Path
+from memos_core.bundle import import_bundle
+
+def embed(texts):
+    Path(sys.argv[3]).write_text("building")  # the staging folder exists by now: the cube is being created in it
+    time.sleep(600)
+
+import_bundle(sys.argv[1], sys.argv[2], embedder=embed)
+"""
+
+
+def _staging(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if ".importing-" in p.name)
+
+
+def test_killed_import_leaves_nothing_for_long(cli_cube, capsys, tmp_path) -> None:
+    """`kill -9` during an import leaves its hidden staging folder; the next import into the same folder (or
+    the next open of the cube) removes it, and never the folder of an import that is still running."""
+    import os
+    import signal
+    import time
+
+    d, ids = cli_cube
+    f = _bundle(d, tmp_path, capsys)
+    parent = tmp_path / "cubes"
+    parent.mkdir()
+    ready = tmp_path / "ready"
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_IMPORT, str(f), str(parent / "copy"), str(ready)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        while not ready.exists():
+            assert child.poll() is None, child.stderr.read().decode() if child.stderr else ""
+            assert time.monotonic() < deadline, "the child import never reached its embedder"
+            time.sleep(0.05)
+        running = _staging(parent)
+        assert len(running) == 1 and running[0].startswith(".copy.importing-")
+        # another import into the same parent folder while it runs leaves the running import's folder alone
+        rc, _, err = run(capsys, "import", str(f), str(parent / "other"))
+        assert rc == 0, err
+        assert _staging(parent) == running
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=60)
+        if child.stderr:
+            child.stderr.close()
+    assert _staging(parent) == running  # what a killed import leaves behind
+    rc, _, err = run(capsys, "import", str(f), str(parent / "copy"))  # the next import cleans it up
+    assert rc == 0, err
+    assert _staging(parent) == []
+    with MemCube(parent / "copy") as copy:
+        assert copy.get(ids["lisbon"]).version == 1
+
+
+def test_stale_staging_folders_are_removed_on_open(cli_cube, tmp_path) -> None:
+    import os
+    import time
+
+    from memos_core import bundle
+
+    d, _ = cli_cube
+    parent = Path(d).parent
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    here = bundle._host_tag()
+    name = Path(d).name
+    folders = {
+        "dead": parent / f".{name}.importing-{here}-{int(dead.stdout)}-abc",  # its process is gone: stale
+        "alive": parent / f".{name}.importing-{here}-{os.getpid()}-def",  # this process: an import in progress
+        "foreign old": parent / f".{name}.importing-00000000-1-ghi",  # another host, untouched for two days
+        "foreign new": parent / f".{name}.importing-00000000-2-jkl",  # another host, recent: maybe running
+        "old format": parent / f".{name}.importing-mno",  # an older MemOS, untouched for two days
+        "other cube": parent / f".sibling.importing-{here}-{int(dead.stdout)}-pqr",  # not this cube's
+    }
+    for p in folders.values():
+        (p / "chroma").mkdir(parents=True)
+        (p / "records.sqlite3").write_text("partial")
+    two_days_ago = time.time() - 2 * 86400
+    for key in ("foreign old", "old format"):
+        os.utime(folders[key], (two_days_ago, two_days_ago))
+    MemCube(d).close()
+    left = {k for k, p in folders.items() if p.exists()}
+    assert left == {"alive", "foreign new", "other cube"}

@@ -421,3 +421,19 @@ def test_closing_twice_is_harmless_and_data_survives_reopening(store: RecordStor
     again = open_store()
     assert again.get(item.id).content == "durable"  # type: ignore[union-attr]
     assert verify_rows(*again.audit_chain()).ok
+
+
+def test_the_audit_head_is_kept_with_the_records(store: RecordStore) -> None:
+    _, a = add(store, "one")
+    rows = store.raw_events()
+    assert store.get_meta("audit_head") == f"{rows[-1][0]}:{rows[-1][8]}"
+
+
+def test_a_snapshot_reads_one_state(store: RecordStore, open_store: Any) -> None:
+    add(store, "one")
+    other = open_store()
+    with store.read_snapshot():
+        before = store.count()
+        add(other, "two")  # another worker commits meanwhile
+        assert store.count() == before and len(store.raw_events()) == 1
+    assert store.count() == 2

@@ -27,7 +27,9 @@ import hmac
 import io
 import json
 import os
+import re
 import shutil
+import socket
 import tarfile
 import tempfile
 import time
@@ -42,7 +44,8 @@ from ..cube import CUBE_SCHEMA_VERSION, MemCube
 from ..errors import CorruptData, PermissionDenied, SchemaVersionError, ValidationError
 from ..items import LifecycleState, MemoryItem, MemoryVersion, Transition, utcnow
 
-__all__ = ["export_cube", "import_bundle", "verify_bundle", "migrate_cube", "BUNDLE_SCHEMA_VERSION", "Limits"]
+__all__ = ["export_cube", "import_bundle", "verify_bundle", "migrate_cube", "clean_stale_imports", "BUNDLE_SCHEMA_VERSION",
+           "Limits"]
 
 BUNDLE_FORMAT = "memos-bundle"
 BUNDLE_SCHEMA_VERSION = 1
@@ -366,7 +369,15 @@ def import_bundle(file: str | os.PathLike[str], dest: str | os.PathLike[str], *,
     ``dest`` must not exist (or be an empty folder). The embedder must have the bundle's dimension (stored
     embeddings are reused; nothing is re-embedded). Raises :class:`CorruptData`, :class:`PermissionDenied`
     (signature), :class:`SchemaVersionError` or :class:`ValidationError`; on any error nothing is created.
+
+    ``actor`` (a principal id) owns the new cube and is the returned handle's principal: access lists are not
+    part of a bundle. The cube is built in a hidden sibling folder (``.DEST.importing-*``) and renamed into
+    place when complete; staging folders left by an import that was killed are removed by the next import into
+    the same parent folder or the next open of ``dest`` (see :func:`clean_stale_imports`).
     """
+    from ..governance.roles import check_principal_id
+
+    check_principal_id(actor, "actor")
     dest = Path(dest)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise ValidationError(f"import target {dest} exists and is not empty")
@@ -411,12 +422,13 @@ def import_bundle(file: str | os.PathLike[str], dest: str | os.PathLike[str], *,
         _check_history(manifest, items, versions, transitions, events)
 
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.importing-", dir=dest.parent))
+        clean_stale_imports(dest.parent)
+        tmp = Path(tempfile.mkdtemp(prefix=_staging_prefix(dest), dir=dest.parent))
         cube: MemCube | None = None
         try:
             shutil.rmtree(tmp)
             cube = MemCube(tmp, embedder=embedder, cube_id=manifest["cube"].get("cube_id"),
-                           name=manifest["cube"].get("name"), chroma_url=chroma_url)
+                           name=manifest["cube"].get("name"), chroma_url=chroma_url, actor=actor)
             # keep the source cube's identity and embedder record
             cube.manifest.update({k: manifest["cube"][k] for k in ("cube_id", "name", "created_at", "embedder")
                                   if k in manifest["cube"]})
@@ -454,7 +466,68 @@ def import_bundle(file: str | os.PathLike[str], dest: str | os.PathLike[str], *,
             raise
     finally:
         r.close()
-    return MemCube(dest, embedder=embedder, create=False, chroma_url=chroma_url)
+    return MemCube(dest, embedder=embedder, create=False, chroma_url=chroma_url, actor=actor)
+
+
+# ---------------------------------------------------------------------------------------------- staging folders
+#: How long a staging folder whose owner cannot be checked (another host, or written by an older MemOS) is
+#: kept before it counts as abandoned.
+STALE_IMPORT_AFTER_S = 24 * 3600.0
+_STAGING = re.compile(r"\.importing-([0-9a-f]{8})-(\d+)-")
+
+
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+
+
+def _staging_prefix(dest: Path) -> str:
+    """``.DEST.importing-HOST-PID-``: who is building the folder, so that another process can tell whether
+    that import is still running."""
+    return f".{dest.name}.importing-{_host_tag()}-{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # exists (another user's process) or cannot be checked: keep
+    return True
+
+
+def clean_stale_imports(parent: str | os.PathLike[str], name: str | None = None) -> list[Path]:
+    """Remove staging folders of imports that died (``kill -9``, power loss) in ``parent`` and return them.
+
+    A folder is stale when the process that created it on this host no longer runs; a folder made on another
+    host (shared storage) or by an older MemOS, whose owner cannot be checked, when it has not changed for
+    :data:`STALE_IMPORT_AFTER_S`. A running import's folder is never touched. ``name`` limits the sweep to the
+    staging folders of ``parent / name``.
+    """
+    removed: list[Path] = []
+    prefix = "." if name is None else f".{name}.importing-"
+    here = _host_tag()
+    try:
+        entries = [e for e in os.scandir(parent) if e.name.startswith(prefix) and ".importing-" in e.name]
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        try:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            m = _STAGING.search(entry.name)
+            if m is not None and m.group(1) == here:
+                stale = not _pid_alive(int(m.group(2)))
+            else:
+                stale = now - entry.stat(follow_symlinks=False).st_mtime > STALE_IMPORT_AFTER_S
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            if not os.path.exists(entry.path):
+                removed.append(Path(entry.path))
+    return removed
 
 
 def _check_history(manifest: dict[str, Any], items: list[MemoryItem], versions: list[MemoryVersion],
@@ -520,7 +593,7 @@ def migrate_cube(src: MemCube, dest: str | os.PathLike[str], *, chroma_url: str 
         bundle = Path(td) / "cube.tar.gz"
         export_cube(src, bundle)
         new = import_bundle(bundle, dest, embedder=embedder if embedder is not None else src.embedder,
-                            chroma_url=chroma_url)
+                            chroma_url=chroma_url, actor=src.actor)
     try:
         report = compare_cubes(src, new)
     except CorruptData:

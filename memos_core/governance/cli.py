@@ -26,6 +26,17 @@ __all__ = ["add_commands"]
 OpenCube = Callable[[str], Any]
 
 
+def _count(text: str) -> int:
+    """argparse type of ``--limit``: a whole number >= 0 (argparse reports anything else, exit status 2)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{n} is negative; give 0 or more")
+    return n
+
+
 def _dump(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=str, ensure_ascii=False))
 
@@ -198,6 +209,6 @@ def add_commands(sub: Any, open_cube: OpenCube) -> None:
     lg.add_argument("dir")
     lg.add_argument("--item")
     lg.add_argument("--principal")
-    lg.add_argument("--limit", type=int)
+    lg.add_argument("--limit", type=_count, help="at most N records (N >= 0)")
     lg.add_argument("--json", action="store_true")
     lg.set_defaults(fn=audit_log)

@@ -739,6 +739,8 @@ class Governance:
                   limit: int | None = None) -> list[dict[str, Any]]:
         """Audit records, oldest first, optionally for one item or one principal (needs **administer**)."""
         self.authorize(actor, Right.ADMINISTER, "audit.read")
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or not 0 <= limit < 2**62):
+            raise ValidationError(f"limit must be an integer >= 0 (or None for all), not {str(limit)[:40]!r}")
         events = self.records.events(item_id, None if principal is not None else limit)
         if principal is not None:
             events = [e for e in events if e["actor"] == principal][: limit if limit is not None else None]

@@ -132,6 +132,11 @@ class RecordStore(ABC):
         """One all-or-nothing, durable transaction. Re-entrant calls on the same thread are not allowed."""
 
     @abstractmethod
+    def read_snapshot(self) -> AbstractContextManager[None]:
+        """A block whose reads (on this thread) all see one consistent state, e.g. the audit chain together
+        with the evidence kept beside it. Inside a write transaction it is that transaction."""
+
+    @abstractmethod
     def in_transaction(self) -> bool:
         """Whether the calling thread has a transaction of this store open (work handed to another thread
         then could not join it)."""

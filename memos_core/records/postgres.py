@@ -302,6 +302,23 @@ class PostgresRecordStore(RecordStore):
     def in_transaction(self) -> bool:
         return getattr(self._tls, "conn", None) is not None
 
+    @contextmanager
+    def read_snapshot(self) -> Iterator[None]:
+        """Reads inside see one consistent state (REPEATABLE READ, read-only)."""
+        if self.in_transaction():
+            yield
+            return
+        if self._closed:
+            raise CubeClosed(f"the PostgreSQL store of cube {self.cube!r} is closed")
+        with self._guard(), self._pool.connection() as conn:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                self._tls.conn = conn
+                try:
+                    yield
+                finally:
+                    self._tls.conn = None
+
     def _flush_soft(self) -> None:
         """Write buffered usage counts and clear applied pending marks, in a short transaction of their own
         (not inside a write: hot rows of many workers would then be locked for the write's duration)."""
@@ -602,6 +619,8 @@ class PostgresRecordStore(RecordStore):
         c.execute(f"INSERT INTO events({_EVENT_COLS}) VALUES(%s,%s,%s,%s,%s,%s,%s,%s,%s)",
                   (seq, at, actor, op, item_id, outcome, d, prev, h))
         self.set_meta(c, "events_counter", str(seq))
+        # evidence of the log's length kept with the records (governance/audit.py: a cut tail shows)
+        self.set_meta(c, "audit_head", f"{seq}:{h}")
         return h
 
     def append_event_alone(self, at: float, actor: str | None, op: str, item_id: str | None,
@@ -645,6 +664,7 @@ class PostgresRecordStore(RecordStore):
         if rows:
             c.cursor().executemany(f"INSERT INTO events({_EVENT_COLS}) VALUES(%s,%s,%s,%s,%s,%s,%s,%s,%s)", rows)
             self.set_meta(c, "events_counter", str(max(int(r[0]) for r in rows)))
+            self.set_meta(c, "audit_head", f"{rows[-1][0]}:{rows[-1][8]}")
         return True
 
     # ------------------------------------------------------------------ filters

@@ -769,6 +769,20 @@ class SQLiteRecordStore(RecordStore):
 
     # ================================================================== the RecordStore seam (records/base.py)
     # The SQL that cube.py and governance/ used to run through ``_conn`` lives below, behind typed methods.
+    @contextmanager
+    def read_snapshot(self) -> Iterator[None]:
+        """Reads inside see one consistent state (one read transaction; WAL readers never block writers)."""
+        with self._lock:
+            c = self._conn
+            if c.in_transaction:
+                yield
+                return
+            c.execute("BEGIN")
+            try:
+                yield
+            finally:
+                c.execute("COMMIT")
+
     def in_transaction(self) -> bool:
         owned = getattr(self._lock, "_is_owned", None)
         return True if owned is None else bool(owned())
