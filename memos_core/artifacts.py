@@ -37,6 +37,7 @@ import json
 import math
 import os
 import threading
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
@@ -500,6 +501,32 @@ def _base_model(model: Any) -> Any:
     return get() if callable(get) else model
 
 
+#: per loaded model (weakly held): the last weight digests and the parameter key they belong to, so that every
+#: Fingerprinter of one model object (e.g. generate() calls without a fingerprinter) shares one hash
+_SHARED: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDictionary()
+#: per tokenizer object (weakly held): (vocabulary size, chat template, digest)
+_TOKENIZERS: "weakref.WeakKeyDictionary[Any, tuple[int, Any, str]]" = weakref.WeakKeyDictionary()
+
+
+def _tokenizer_digest_cached(tokenizer: Any) -> str:
+    try:
+        size = len(tokenizer)
+    except TypeError:
+        size = -1
+    try:
+        hit = _TOKENIZERS.get(tokenizer)
+    except TypeError:
+        hit = None
+    if hit is not None and hit[0] == size and hit[1] == getattr(tokenizer, "chat_template", None):
+        return hit[2]
+    digest = tokenizer_digest(tokenizer)
+    try:
+        _TOKENIZERS[tokenizer] = (size, getattr(tokenizer, "chat_template", None), digest)
+    except TypeError:
+        pass
+    return digest
+
+
 class Fingerprinter:
     """Computes a model's :class:`ModelFingerprint`, caching what has not changed.
 
@@ -529,6 +556,10 @@ class Fingerprinter:
         self._weights_key = self._adapter_key = None
         self._weights = {}
         self._bypass_disk = True
+        try:
+            _SHARED.pop(_base_model(self.model), None)
+        except TypeError:
+            pass
 
     def _static_parts(self) -> dict[str, Any]:
         if self._static is None:
@@ -540,7 +571,7 @@ class Fingerprinter:
                 "model_type": str(getattr(config, "model_type", "") or type(base).__name__),
                 "architecture": type(base).__name__,
                 "config_sha256": config_digest(config),
-                "tokenizer_sha256": tokenizer_digest(self.tokenizer),
+                "tokenizer_sha256": _tokenizer_digest_cached(self.tokenizer),
                 "chat_template_sha256": _chat_template_digest(self.tokenizer),
                 "transformers_version": transformers.__version__,
             }
@@ -549,13 +580,23 @@ class Fingerprinter:
     def _weight_digests(self, base: list[tuple[str, Any]], dtype: str) -> dict[str, str]:
         import torch
 
-        wkey = (self.casts, tuple((n, id(p), p.data_ptr(), p._version) for n, p in base))
-        if wkey == self._weights_key:
-            return self._weights
+        wkey = tuple((n, id(p), p.data_ptr(), p._version) for n, p in base)
         wanted = [dtype]
         if self.casts:
             wanted += list(_CASTS.get(dtype, ()))
+        if wkey == self._weights_key and all(d in self._weights for d in wanted):
+            return self._weights
+        owner_model = _base_model(self.model)
+        try:
+            shared = _SHARED.get(owner_model)
+        except TypeError:
+            shared = None
         digests: dict[str, str] = {}
+        if shared is not None and shared["key"] == wkey and not self._bypass_disk:
+            digests = {k: v for k, v in shared["digests"].items() if k in wanted}
+            if len(digests) == len(wanted):
+                self._weights_key, self._weights = wkey, digests
+                return digests
         mark = getattr(_base_model(self.model), "_memos_checkpoint", None)
         disk_key = None
         if mark is not None and not self._bypass_disk and mark[1] == _param_signature(base):
@@ -567,6 +608,13 @@ class Fingerprinter:
         if disk_key is not None:
             _disk_put(disk_key, {**(_disk_get(disk_key) or {}), **digests})
         self._weights_key, self._weights = wkey, digests
+        self._bypass_disk = False
+        try:
+            prev = _SHARED.get(owner_model)
+            merged = {**prev["digests"], **digests} if prev is not None and prev["key"] == wkey else dict(digests)
+            _SHARED[owner_model] = {"key": wkey, "digests": merged}
+        except TypeError:
+            pass
         return digests
 
     def __call__(self) -> ModelFingerprint:

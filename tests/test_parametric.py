@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -427,3 +428,34 @@ def test_rng_is_not_disturbed(world, tmp_path):
     torch.manual_seed(123)
     mgr.train(world["items"][:1], "one", config=CFG.model_copy(update={"max_steps": 3}), store=tmp_path / "s")
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_adapters_saved_with_the_sampled_fingerprint_still_load(world, tmp_path):
+    """Records written before fingerprints hashed every weight (scheme 1: 64 sampled weights) are checked with
+    that algorithm: the same base loads them, another checkpoint is still refused."""
+    from memos_core.parametric.fingerprint import _legacy_clean, _legacy_probe, _legacy_tokenizer_hash
+
+    model, tok = load_tiny_model(world["model_dir"])
+    params = sorted(model.named_parameters())
+    legacy = {
+        "model_type": model.config.model_type,
+        "architecture": type(model).__name__,
+        "config_sha256": hashlib.sha256(json.dumps(_legacy_clean(model.config.to_dict()), sort_keys=True, default=str,
+                                                   separators=(",", ":")).encode()).hexdigest(),
+        "tokenizer_sha256": _legacy_tokenizer_hash(tok),
+        "num_parameters": sum(p.numel() for _, p in params),
+        "weights_probe": _legacy_probe(params),
+        "dtype": "float32",
+        "transformers_version": "4.57.0",
+    }
+    store = AdapterStore(tmp_path / "p")
+    shutil.copytree(world["store"].path("facts"), store.path("facts"))
+    path = store.path("facts") / "memos_adapter.json"
+    record = json.loads(path.read_text())
+    record["base_model"] = legacy
+    path.write_text(json.dumps(record))
+    assert store.record("facts").base_model.scheme == 1
+    AdapterManager(model, tok, store=store).load("facts")
+    other, tok2 = load_tiny_model(save_tiny_model(tmp_path / "seed1", corpus=FACTS + OTHER_FACTS, seed=1))
+    with pytest.raises(BaseModelMismatch, match="weights"):
+        AdapterManager(other, tok2, store=store).load("facts")
