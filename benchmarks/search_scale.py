@@ -17,6 +17,11 @@ Reports
 * ``ingest_vs_bare``: the ratio of the two (1.0 = the cube adds no overhead over embedding).
 
 With ``--json`` the last line of stdout is one JSON object with all of it.
+
+Backends: ``--store postgresql://user@host/db?cube=bench --index http://host:8000`` runs the same benchmark twice
+in one process -- first SQLite + embedded Chroma (the default, in a temp folder), then the given system of record
+and Chroma server -- and reports both plus ``p95_ratio`` (store / SQLite). ``--only-store`` skips the SQLite run.
+The PostgreSQL cube must be empty (a fresh ``?cube=`` name) or already hold exactly N memories (search only).
 """
 
 from __future__ import annotations
@@ -186,7 +191,8 @@ def _timed(fn: Any, *a: Any, **kw: Any) -> float:
 
 
 def run(n: int, queries: int = 200, batch: int = 256, bare_every: int | None = None, embedder: str = "default",
-        workdir: str | None = None, seed: int = 0, log: Any = print, threads: int | None = None) -> dict[str, Any]:
+        workdir: str | None = None, seed: int = 0, log: Any = print, threads: int | None = None,
+        store: str | None = None, index: str | None = None) -> dict[str, Any]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if threads:
         import torch
@@ -206,16 +212,21 @@ def run(n: int, queries: int = 200, batch: int = 256, bare_every: int | None = N
 
     tmp = tempfile.TemporaryDirectory(prefix="memos-scale-") if workdir is None else None
     root = Path(workdir or tmp.name)  # type: ignore[union-attr]
-    reused = workdir is not None and (root / "cube" / "cube.json").exists()
     # Every timed query is embedded (the per-embedder query cache is off); repeats are timed separately below.
-    cube = MemCube(root / "cube", embedder=emb, retrieval=RetrievalConfig(query_cache=0))
+    if store is not None:
+        cube = MemCube(store, index=index, workdir=root / "local", embedder=emb,
+                       retrieval=RetrievalConfig(query_cache=0))
+        reused = cube.count() > 0
+    else:
+        reused = workdir is not None and (root / "cube" / "cube.json").exists()
+        cube = MemCube(root / "cube", embedder=emb, retrieval=RetrievalConfig(query_cache=0), chroma_url=index)
     try:
         ingest_s = bare_s = ingest_cpu = bare_cpu = 0.0
         bare_n = 0
         if reused:  # --workdir with a cube from an earlier run: time search only
             if cube.count() != n:
-                raise SystemExit(f"{root / 'cube'} holds {cube.count()} memories, not {n}")
-            log(f"reusing the cube in {root / 'cube'}: search timings only")
+                raise SystemExit(f"{store or root / 'cube'} holds {cube.count()} memories, not {n}")
+            log(f"reusing the cube in {store or root / 'cube'}: search timings only")
         t_start = time.perf_counter()
         for b, s in enumerate(range(0, 0 if reused else n, batch)):
             chunk = specs[s:s + batch]
@@ -297,6 +308,8 @@ def run(n: int, queries: int = 200, batch: int = 256, bare_every: int | None = N
             "cpu_count": os.cpu_count(),
             "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
             "torch_threads": _torch_threads(),
+            "records": cube.records.backend,
+            "vector_index": "chroma-server" if index else "chroma-embedded",
         }
         log(f"search (hybrid, k=10, query embedding included): p50 {rep['search_p50_ms']} ms, "
             f"p95 {rep['search_p95_ms']} ms  (CPU: p50 {rep['cpu']['search_p50_ms']} ms, "
@@ -335,12 +348,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads for the embedder (default: torch's choice, one per core)")
+    p.add_argument("--store", help="a postgresql:// URL (with ?cube=NAME): also run on this system of record")
+    p.add_argument("--index", help="a Chroma server URL for the --store run (required with --store)")
+    p.add_argument("--only-store", action="store_true", help="skip the SQLite + embedded Chroma run")
     p.add_argument("--json", action="store_true", help="last stdout line: one JSON object with every figure")
     a = p.parse_args(argv)
     if a.n < 20 or a.queries < 1:
         p.error("--n must be at least 20 and --queries at least 1")
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if a.json else print
-    rep = run(a.n, a.queries, a.batch, a.bare_every, a.embedder, a.workdir, a.seed, log, a.threads)
+    if a.store and not a.index:
+        p.error("--store needs --index (a Chroma server URL shared by the workers)")
+    rep: dict[str, Any] = {}
+    if not (a.store and a.only_store):
+        rep = run(a.n, a.queries, a.batch, a.bare_every, a.embedder, a.workdir, a.seed, log, a.threads)
+    if a.store:
+        log(f"--- the same on {a.store.split('@')[-1]} + Chroma server {a.index}")
+        other = run(a.n, a.queries, a.batch, a.bare_every, a.embedder, None, a.seed, log, a.threads,
+                    store=a.store, index=a.index)
+        rep = {"sqlite_embedded": rep or None, "store": other}
+        if rep["sqlite_embedded"]:
+            base = rep["sqlite_embedded"]
+            rep["p95_ratio"] = round(other["search_p95_ms"] / base["search_p95_ms"], 3)
+            rep["p50_ratio"] = round(other["search_p50_ms"] / base["search_p50_ms"], 3)
+            if base.get("ingest_per_s") and other.get("ingest_per_s"):
+                rep["ingest_ratio"] = round(other["ingest_per_s"] / base["ingest_per_s"], 3)
+            log(f"store / SQLite: search p50 x{rep['p50_ratio']}, p95 x{rep['p95_ratio']}, "
+                f"ingest x{rep.get('ingest_ratio')}")
     if a.json:
         print(json.dumps(rep, sort_keys=True))
     return 0
