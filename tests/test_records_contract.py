@@ -437,3 +437,8 @@ def test_a_snapshot_reads_one_state(store: RecordStore, open_store: Any) -> None
         add(other, "two")  # another worker commits meanwhile
         assert store.count() == before and len(store.raw_events()) == 1
     assert store.count() == 2
+
+
+def test_setdefault_meta_keeps_the_first_value(store: RecordStore, open_store: Any) -> None:
+    assert store.setdefault_meta("cube_manifest", "first") == "first"
+    assert open_store().setdefault_meta("cube_manifest", "second") == "first"

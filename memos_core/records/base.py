@@ -163,6 +163,11 @@ class RecordStore(ABC):
     @abstractmethod
     def set_meta(self, c: Txn, key: str, value: str) -> None: ...
 
+    @abstractmethod
+    def setdefault_meta(self, key: str, value: str) -> str:
+        """Store ``value`` under ``key`` unless a value is there (one transaction); return the stored value.
+        Workers creating the same cube at once agree on one manifest."""
+
     # ------------------------------------------------------------------ item reads
     @abstractmethod
     def get_many(self, ids: Sequence[str]) -> dict[str, MemoryItem]:

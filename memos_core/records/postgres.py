@@ -376,6 +376,11 @@ class PostgresRecordStore(RecordStore):
         c.execute("INSERT INTO meta(key, value) VALUES(%s, %s) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
                   (key, value))
 
+    def setdefault_meta(self, key: str, value: str) -> str:
+        with self.transaction() as c:
+            c.execute("INSERT INTO meta(key, value) VALUES(%s, %s) ON CONFLICT(key) DO NOTHING", (key, value))
+            return c.execute("SELECT value FROM meta WHERE key=%s", (key,)).fetchone()[0]
+
     # ------------------------------------------------------------------ item reads
     _row_to_item = staticmethod(SQLiteRecordStore._row_to_item)
 

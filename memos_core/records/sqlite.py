@@ -783,6 +783,11 @@ class SQLiteRecordStore(RecordStore):
             finally:
                 c.execute("COMMIT")
 
+    def setdefault_meta(self, key: str, value: str) -> str:
+        with self.transaction() as c:
+            c.execute("INSERT OR IGNORE INTO meta(key, value) VALUES(?, ?)", (key, value))
+            return c.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()[0]
+
     def in_transaction(self) -> bool:
         owned = getattr(self._lock, "_is_owned", None)
         return True if owned is None else bool(owned())
