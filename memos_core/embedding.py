@@ -29,7 +29,7 @@ import numpy as np
 
 from .errors import EmbeddingDimensionError, ValidationError
 
-log = logging.getLogger("memos_core.embedding")
+log = logging.getLogger("memos.embedding")
 
 __all__ = ["Embedder", "MiniLMEmbedder", "CallableEmbedder", "resolve_embedder", "cached_query_vector",
            "peek_query_vector"]

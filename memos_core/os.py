@@ -35,7 +35,6 @@ import asyncio
 import functools
 import hashlib
 import inspect
-import logging
 import os
 import re
 import threading
@@ -44,6 +43,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from .log import get_logger
 from .cube import MANIFEST, MemCube, SearchMode
 from .embedding import resolve_embedder
 from .errors import Conflict, CubeClosed, MemOSError, NotFound, PermissionDenied, UserRequired, ValidationError
@@ -64,7 +64,7 @@ from .reader.offline import OfflineReader, Turn, coerce_turns
 
 __all__ = ["MemOS", "AddResult", "DEFAULT_CUBE", "SINGLE_USER", "UserRule", "bound_user"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 DEFAULT_CUBE = "default"
 _CUBE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -851,9 +851,22 @@ class MemOS:
 
     def update(self, item_id: str, content: str | None = None, cube: str | MemCube | None = None, *,
                reason: str | None = None, **fields: Any) -> MemoryItem:
-        """Write a new version of a memory (see :meth:`MemCube.update`)."""
-        return self._call(self._locate(item_id, cube), "update", item_id, content,  # type: ignore[no-any-return]
-                          reason=reason, **fields)
+        """Write a new version of a memory (see :meth:`MemCube.update`).
+
+        New ``content`` without a new ``index_text`` re-derives what retrieval indexes: an index text that was
+        the old content plus context (an episode's "in reply to ..." suffix) becomes the new content plus the
+        same context; any other index text is dropped (the new content is indexed). So the old text no longer
+        finds the memory, and the new text does.
+        """
+        c = self._locate(item_id, cube)
+        if isinstance(content, str) and "index_text" not in fields:
+            cur = self._call(c, "lookup", item_id)
+            if cur is not None and cur.index_text is not None and cur.content != content:
+                old = cur.index_text
+                new = content + old[len(cur.content):] if old.startswith(cur.content) else None
+                limit = getattr(c, "max_content_chars", None)
+                fields["index_text"] = new if new is None or limit is None or len(new) <= limit else None
+        return self._call(c, "update", item_id, content, reason=reason, **fields)  # type: ignore[no-any-return]
 
     def delete(self, item_id: str, cube: str | MemCube | None = None, *, reason: str | None = None) -> MemoryItem:
         """Tombstone a memory (restorable until purged or forgotten)."""

@@ -23,7 +23,6 @@ run) does not write the same turn twice.
 from __future__ import annotations
 
 import hashlib
-import logging
 from typing import Any, Awaitable, Callable, Sequence
 
 from langchain.agents.middleware import AgentMiddleware, AgentState, ModelRequest, ModelResponse
@@ -32,6 +31,7 @@ from langchain_core.messages import BaseMessage, SystemMessage
 from langgraph.runtime import Runtime
 from typing_extensions import Annotated, NotRequired
 
+from memos_core.log import get_logger
 from memos_core.errors import MemOSError, ValidationError
 
 from memos_core.os import UserRule
@@ -50,7 +50,7 @@ from .history import turns_for_reader
 
 __all__ = ["MemOSMiddleware", "MemOSState"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 DEFAULT_TEMPLATE = ("{context}\n"
                     "(Long-term memories from earlier conversations; use them when relevant, and prefer what the "

@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import threading
 from datetime import timedelta
 from typing import Any, Iterable, Mapping, Sequence
@@ -89,6 +88,7 @@ from langgraph.store.base import (
     tokenize_path,
 )
 
+from memos_core.log import get_logger
 from memos_core import LifecycleState, MemCube, MemoryItem, MemoryKind, SourceKind
 from memos_core.errors import EmbeddingDimensionError, PermissionDenied, ValidationError
 from memos_core.os import UserRule
@@ -97,7 +97,7 @@ from ._common import principal_of, resolve_cube, run_sync
 
 __all__ = ["MemOSStore", "InvalidStoreValue", "DEFAULT_SCOPE_TEMPLATES", "META_KEY"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 META_KEY = "langgraph"
 """The metadata key under which a store item keeps its namespace, key and value."""

@@ -8,7 +8,6 @@ rank; ``search_mode="hybrid"`` fuses dense and BM25) and only see the store's sc
 
 from __future__ import annotations
 
-import logging
 import tempfile
 import uuid
 from typing import Any, Callable, Iterable, Sequence
@@ -17,6 +16,7 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 
+from memos_core.log import get_logger
 from memos_core import LifecycleState, MemCube, MemoryItem, MemoryKind, SearchFilter, SourceKind
 from memos_core.errors import Conflict, ValidationError
 from memos_core.os import UserRule
@@ -25,7 +25,7 @@ from ._common import principal_of, resolve_cube
 
 __all__ = ["MemOSVectorStore"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 _S = LifecycleState
 _EXTRACTOR = "memos_langchain.vectorstore/1"
 

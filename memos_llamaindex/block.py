@@ -23,7 +23,6 @@
 from __future__ import annotations
 
 import copy
-import logging
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -32,6 +31,7 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.memory.memory import BaseMemoryBlock
 from llama_index.core.utils import get_tokenizer
 
+from memos_core.log import get_logger
 from memos_core import MemOS
 from memos_core.os import CONTEXT_HEADER, AddResult, UserRule
 
@@ -49,7 +49,7 @@ from ._common import (
 
 __all__ = ["MemOSMemoryBlock"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _MIN_BUDGET = 16  # below this no memory line fits (the core shortens lines only with 16+ tokens left)
 

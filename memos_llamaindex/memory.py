@@ -19,7 +19,6 @@ and (for the in-memory store) the active chat history, so agent workflows can ke
 from __future__ import annotations
 
 import copy
-import logging
 import uuid
 from typing import Any, Dict, List, Literal, Optional, Union
 
@@ -30,6 +29,7 @@ from llama_index.core.memory.types import BaseMemory
 from llama_index.core.storage.chat_store.sql import MessageStatus, SQLAlchemyChatStore
 from llama_index.core.utils import get_tokenizer
 
+from memos_core.log import get_logger
 from memos_core import MemOS
 from memos_core.os import CONTEXT_HEADER, AddResult, UserRule
 
@@ -47,7 +47,7 @@ from ._common import (
 
 __all__ = ["MemOSMemory"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 IN_MEMORY_URI = "sqlite+aiosqlite:///:memory:"
 DEFAULT_TABLE = "memos_llamaindex_chat"

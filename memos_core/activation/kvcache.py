@@ -505,17 +505,20 @@ def build_caches(
     *,
     memory_format: MemoryFormat | None = None,
     template_kwargs: dict[str, Any] | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     on_built: Callable[[KVCache], Any] | None = None,
 ) -> list[KVCache]:
-    """Build one cache per group of items, with a tqdm progress bar. ``on_built`` (e.g. a store's ``put``)
+    """Build one cache per group of items, with a tqdm progress bar (``progress``: None shows it in a terminal
+    unless ``MEMOS_PROGRESS=0``; see :mod:`memos_core.log`). ``on_built`` (e.g. a store's ``put``)
     is called as each cache is ready, so a long run keeps what it finished if interrupted."""
     from tqdm.auto import tqdm
+
+    from ..log import progress_enabled
 
     groups = [list(g) for g in groups]
     fper = Fingerprinter(model, tokenizer)
     out = []
-    for group in tqdm(groups, desc="building KV caches", unit="cache", disable=not progress):
+    for group in tqdm(groups, desc="building KV caches", unit="cache", disable=not progress_enabled(progress)):
         cache = build_cache(model, tokenizer, group, memory_format=memory_format, template_kwargs=template_kwargs, fingerprinter=fper)
         if on_built is not None:
             on_built(cache)

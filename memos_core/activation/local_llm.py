@@ -422,12 +422,16 @@ class LocalLLM:
         assert cache is not None
         return cache
 
-    def prepare(self, groups: Iterable[Sequence[MemoryItem]], *, progress: bool = True) -> list[KVCache]:
-        """Build (or find) the caches of many groups of memories ahead of time, with a progress bar."""
+    def prepare(self, groups: Iterable[Sequence[MemoryItem]], *, progress: bool | None = None) -> list[KVCache]:
+        """Build (or find) the caches of many groups of memories ahead of time, with a progress bar (in a
+        terminal, unless ``progress=False`` or ``MEMOS_PROGRESS=0``)."""
         from tqdm.auto import tqdm
 
+        from ..log import progress_enabled
+
         groups = [list(g) for g in groups]
-        return [self.build(g) for g in tqdm(groups, desc="preparing KV caches", unit="cache", disable=not progress)]
+        return [self.build(g) for g in tqdm(groups, desc="preparing KV caches", unit="cache",
+                                            disable=not progress_enabled(progress))]
 
     # ------------------------------------------------------------------------------------------ generation
     def _params(self, overrides: Mapping[str, Any]) -> SamplingParams:

@@ -207,12 +207,17 @@ class KVCacheStore(ArtifactStoreMixin):
             self._touch(cache.cache_id, self.info(cache.cache_id))
             return self.info(cache.cache_id)
 
-    def put_many(self, caches: Iterable[KVCache], *, make_room: bool = False, progress: bool = True) -> list[CacheInfo]:
-        """Store several caches with a progress bar."""
+    def put_many(self, caches: Iterable[KVCache], *, make_room: bool = False,
+                 progress: bool | None = None) -> list[CacheInfo]:
+        """Store several caches with a progress bar (in a terminal, unless ``progress=False`` or
+        ``MEMOS_PROGRESS=0``)."""
         from tqdm.auto import tqdm
 
+        from ..log import progress_enabled
+
         caches = list(caches)
-        return [self.put(c, make_room=make_room) for c in tqdm(caches, desc="storing KV caches", unit="cache", disable=not progress)]
+        return [self.put(c, make_room=make_room)
+                for c in tqdm(caches, desc="storing KV caches", unit="cache", disable=not progress_enabled(progress))]
 
     # ----------------------------------------------------------------------------------------------- read
     def info(self, cache_id: str) -> CacheInfo:

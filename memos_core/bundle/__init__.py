@@ -43,6 +43,7 @@ from .. import lifecycle
 from ..cube import CUBE_SCHEMA_VERSION, MemCube
 from ..errors import CorruptData, PermissionDenied, SchemaVersionError, ValidationError
 from ..items import LifecycleState, MemoryItem, MemoryVersion, Transition, utcnow
+from ..log import Progress, get_logger
 
 __all__ = ["export_cube", "import_bundle", "verify_bundle", "migrate_cube", "clean_stale_imports", "BUNDLE_SCHEMA_VERSION",
            "Limits"]
@@ -63,13 +64,17 @@ class Limits:
         self.max_manifest_bytes = max_manifest_bytes
 
 
+log = get_logger(__name__)
+
+
 # ---------------------------------------------------------------------------------------------- export
 def _jsonl(rows: Iterator[str]) -> bytes:
     return "".join(r + "\n" for r in rows).encode("utf-8")
 
 
 def export_cube(cube: MemCube, file: str | os.PathLike[str], *, hmac_key: bytes | None = None,
-                include_artifacts: bool = True, actor: str | None = None) -> dict[str, Any]:
+                include_artifacts: bool = True, actor: str | None = None,
+                progress: bool | None = None) -> dict[str, Any]:
     """Write ``cube`` to a bundle at ``file`` (``.zip`` or ``.tar.gz``/``.tgz``); returns the manifest.
 
     A bundle carries every memory, its history and the audit log, so exporting needs the *administer* right
@@ -86,9 +91,11 @@ def export_cube(cube: MemCube, file: str | os.PathLike[str], *, hmac_key: bytes 
     items = list(cube.records.iter_items())
     files: dict[str, bytes] = {}
     files["records/items.jsonl"] = _jsonl(it.model_dump_json() for it in items)
-    files["records/versions.jsonl"] = _jsonl(v.model_dump_json() for it in items for v in cube.records.versions(it.id))
-    files["records/transitions.jsonl"] = _jsonl(
-        t.model_dump_json() for it in items for t in cube.records.transitions(it.id))
+    with Progress(2 * len(items), "exporting", unit="memory", progress=progress) as bar:  # two passes below
+        files["records/versions.jsonl"] = _jsonl(
+            v.model_dump_json() for it in items if bar.update(1) is None for v in cube.records.versions(it.id))
+        files["records/transitions.jsonl"] = _jsonl(
+            t.model_dump_json() for it in items if bar.update(1) is None for t in cube.records.transitions(it.id))
     events = cube.records.raw_events()
     files["records/events.jsonl"] = _jsonl(json.dumps(list(r)) for r in events)
     ids: list[str] = []
@@ -162,6 +169,8 @@ def export_cube(cube: MemCube, file: str | os.PathLike[str], *, hmac_key: bytes 
     finally:
         if tmp.exists():
             tmp.unlink()
+    log.info("exported cube %s (%s) to %s: %d memories, %d embeddings, %d artefact files", cube.name, cube.cube_id,
+             out, len(items), len(ids), len(artifact_paths))
     return manifest
 
 
@@ -363,7 +372,7 @@ def _parse_jsonl(data: bytes, model: Any, what: str) -> list[Any]:
 
 def import_bundle(file: str | os.PathLike[str], dest: str | os.PathLike[str], *, embedder: Any = None,
                   chroma_url: str | None = None, hmac_key: bytes | None = None, require_signature: bool = False,
-                  limits: Limits | None = None, actor: str = "local") -> MemCube:
+                  limits: Limits | None = None, actor: str = "local", progress: bool | None = None) -> MemCube:
     """Verify a bundle, then create a new cube at ``dest`` from it and return it (open).
 
     ``dest`` must not exist (or be an empty folder). The embedder must have the bundle's dimension (stored
@@ -436,7 +445,7 @@ def import_bundle(file: str | os.PathLike[str], dest: str | os.PathLike[str], *,
 
             _atomic_write(tmp / MANIFEST, json.dumps(cube.manifest, indent=2))
             with cube.records.transaction() as c:
-                for it in items:
+                for it in _advancing(items, Progress(len(items), "importing", unit="memory", progress=progress)):
                     indexed = it.state in lifecycle.INDEXED
                     vec = vec_by_id.get(it.id)
                     if indexed and vec is None:
@@ -466,7 +475,15 @@ def import_bundle(file: str | os.PathLike[str], dest: str | os.PathLike[str], *,
             raise
     finally:
         r.close()
+    log.info("imported a bundle of cube %s into %s: %d memories", manifest["cube"].get("cube_id"), dest, len(items))
     return MemCube(dest, embedder=embedder, create=False, chroma_url=chroma_url, actor=actor)
+
+
+def _advancing(items: list[Any], bar: Progress) -> Iterator[Any]:
+    with bar:
+        for it in items:
+            yield it
+            bar.update(1)
 
 
 # ---------------------------------------------------------------------------------------------- staging folders

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import sqlite3
 import threading
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..log import get_logger
 from ..errors import BackendUnavailable, Conflict, MemOSError, NotFound, PermissionDenied, ValidationError
 from ..items import LifecycleState, MemoryItem
 from .audit import AuditReport, verify_rows
@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["Governance", "GovernanceSettings", "PRINCIPAL_KEYS"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _TABLES = (
     "CREATE TABLE IF NOT EXISTS gov_principals(id TEXT PRIMARY KEY, kind TEXT NOT NULL, created_at REAL NOT NULL, "
@@ -326,6 +326,8 @@ class Governance:
                                        f"{right.value!r} right that {op} needs")
             self._audit(actor, op, item_id, "denied",
                         {"right": right.value, "role": None if role is None else role.value}, err)
+            log.info("refused %s on cube %s: %r (%s) lacks the %r right", op, self._cube.name, actor,
+                     role.value if role is not None else "no role", right.value)
             raise err
         if filter is not None:
             self._check_filter(actor, op, filter)

@@ -29,7 +29,6 @@ died before it finished: a marker written in the erasing transaction says what i
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import sqlite3
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
+from ..log import get_logger
 from ..errors import BackendUnavailable, Conflict
 from ..items import LifecycleState, MemoryItem, MemoryKind, MemoryVersion, SearchFilter
 
@@ -48,7 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["ErasurePlan", "plan_erasure", "fragments_of", "strip_fragments", "rebuild_vector_index",
            "PENDING_KEY"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _S = LifecycleState
 #: records meta key: JSON ``{"ids": [...], "artifacts": bool}`` while an erasure's after-commit work is unfinished

@@ -15,7 +15,6 @@ The cube's clock is injectable (``MemCube(..., clock=...)``), so tests move time
 
 from __future__ import annotations
 
-import logging
 import threading
 from datetime import timedelta
 from enum import Enum
@@ -23,11 +22,12 @@ from typing import Any, Callable, Iterable
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from ..log import get_logger
 from ..errors import ValidationError
 
 __all__ = ["RetentionAction", "RetentionPolicy", "RetentionSweeper", "sweep"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class RetentionAction(str, Enum):

@@ -83,7 +83,8 @@ class TrainingConfig(_Model):
     generated_per_memory: int = Field(4, ge=0, description="variants to ask the generator callable for, per memory")
     probes_per_memory: int = Field(3, ge=1, le=4, description="held-out phrasings used by the recall probe")
     evaluate: bool = Field(True, description="run the recall probe before and after training")
-    progress: bool = Field(True, description="show a tqdm progress bar")
+    progress: bool | None = Field(None, description="show a tqdm progress bar (None: in a terminal, unless "
+                                                  "MEMOS_PROGRESS=0)")
 
     @field_validator("target_modules")
     @classmethod

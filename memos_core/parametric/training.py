@@ -121,7 +121,9 @@ def train_loop(
     was_training = model.training
     model.train()
     started = time.perf_counter()
-    bar = tqdm(total=cfg.max_steps, desc=desc, disable=not cfg.progress, leave=False)
+    from ..log import progress_enabled
+
+    bar = tqdm(total=cfg.max_steps, desc=desc, disable=not progress_enabled(cfg.progress), leave=False)
     try:
         for step in range(cfg.max_steps):
             if cfg.max_seconds is not None and time.perf_counter() - started >= cfg.max_seconds:

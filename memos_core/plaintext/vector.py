@@ -6,7 +6,6 @@ used to pre-filter (scope, state, kind). It can always be rebuilt from the recor
 
 from __future__ import annotations
 
-import logging
 import threading
 from pathlib import Path
 from typing import Any, Sequence
@@ -14,11 +13,12 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from ..log import get_logger
 from ..errors import BackendUnavailable, ValidationError
 
 __all__ = ["ChromaVectorIndex"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _BATCH = 4000
 

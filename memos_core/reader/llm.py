@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-import logging
 import re
 import threading
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from typing import Any, Generator, Literal, Protocol, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..log import get_logger
 from ..errors import MemOSError, ValidationError
 from ..items import MemoryItem, MemoryKind, Provenance, SourceKind, new_id, to_utc
 from . import prompts
@@ -64,7 +64,7 @@ __all__ = [
     "parse_json",
 ]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 EXTRACTOR = "reader.llm/1"
 _FACT_KINDS = {k.value for k in MemoryKind} - {MemoryKind.EPISODE.value, MemoryKind.DOCUMENT.value}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-import logging
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -13,6 +12,7 @@ from typing import Any, Callable, Iterable, Literal, Protocol, Sequence, runtime
 
 from pydantic import BaseModel
 
+from ..log import get_logger
 from ..errors import MemOSError, ValidationError
 from ..items import LifecycleState, MemoryItem, SearchHit, to_utc, utcnow
 from ..records.scheduler_state import SchedulerState
@@ -23,7 +23,7 @@ __all__ = [
     "KVActivationTarget",
 ]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------- seams
