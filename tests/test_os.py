@@ -502,3 +502,15 @@ def test_bound_view_async_api(mem: MemOS) -> None:
             await bob.adelete(res.added[0].id)
 
     asyncio.run(go())
+
+
+def test_update_re_derives_the_index_text(mem: MemOS) -> None:
+    """An episode is indexed with its reply context; new content must replace the old text in the index."""
+    res = mem.add([{"role": "ann", "content": "Where should we eat?", "id": "t1"},
+                   {"role": "bob", "content": "The quokka bistro", "id": "t2"}], user_id="ann")
+    reply = res.added[1]
+    assert reply.index_text and reply.content in reply.index_text and "Where should" in reply.index_text
+    new = mem.update(reply.id, "bob: The wombat diner")
+    assert new.index_text == reply.index_text.replace(reply.content, "bob: The wombat diner")
+    assert [h.item.id for h in mem.search("wombat", user_id="ann", mode="lexical")] == [reply.id]
+    assert mem.search("quokka", user_id="ann", mode="lexical") == []
