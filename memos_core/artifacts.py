@@ -535,10 +535,11 @@ class Fingerprinter:
     the weight digest (every tensor, in full) whenever a parameter's identity, storage or version counter
     changes; the adapter part (names, weights, scalings) is re-read on every call, so switching, disabling
     or merging an adapter is reflected immediately. ``casts=True`` also records the weights cast to each less
-    precise float dtype (what adapters store; KV caches do not need it).
+    precise float dtype (what adapters store; KV caches do not need it); a list of dtype names records only
+    those.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, *, casts: bool = False) -> None:
+    def __init__(self, model: Any, tokenizer: Any, *, casts: bool | Sequence[str] = False) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.casts = casts
@@ -583,7 +584,8 @@ class Fingerprinter:
         wkey = tuple((n, id(p), p.data_ptr(), p._version) for n, p in base)
         wanted = [dtype]
         if self.casts:
-            wanted += list(_CASTS.get(dtype, ()))
+            allowed = _CASTS.get(dtype, ())
+            wanted += [d for d in allowed if self.casts is True or d in self.casts]
         if wkey == self._weights_key and all(d in self._weights for d in wanted):
             return self._weights
         owner_model = _base_model(self.model)
@@ -649,7 +651,7 @@ class Fingerprinter:
         )
 
 
-def fingerprint(model: Any, tokenizer: Any, *, casts: bool = False) -> ModelFingerprint:
+def fingerprint(model: Any, tokenizer: Any, *, casts: bool | Sequence[str] = False) -> ModelFingerprint:
     """The current fingerprint of ``model`` + ``tokenizer`` (see :class:`Fingerprinter` to cache it)."""
     return Fingerprinter(model, tokenizer, casts=casts)()
 

@@ -8,15 +8,18 @@ JSON, memory-mapped, checked on load), and generate with it injected (:func:`gen
 
 Importing this package does not import torch or transformers; they are imported when first needed
 (install the ``kv`` extra: ``pip install memos-langchain-llamaindex[kv]``).
+
+What KV caches share with LoRA adapters (fingerprints, staleness, errors, the store protocol) lives in
+:mod:`memos_core.artifacts`.
 """
 
 from .compose import CompositionError, RopeInfo, compose, composition_error, rerotate_keys, rope_for
 from .errors import BudgetExceeded, CorruptData, FingerprintMismatch, StaleArtifact, UnsupportedModel
-from .fingerprint import Fingerprinter, ModelFingerprint, fingerprint
+from .fingerprint import Fingerprinter, ModelFingerprint, fingerprint, mark_loaded_from
 from .generation import GenerationResult, GenerationStream, SamplingParams, generate, prefill, stream
 from .kvcache import KVCache, KVCacheMeta, Segment, build_cache, build_caches, build_prefix_cache
 from .layout import MemoryFormat, PromptLayout, render_layout
-from .local_llm import LocalLLM
+from .local_llm import LocalLLM, LocalLLMWrapper
 from .store import CacheInfo, KVCacheStore
 
 __all__ = [
@@ -32,6 +35,7 @@ __all__ = [
     "KVCacheMeta",
     "KVCacheStore",
     "LocalLLM",
+    "LocalLLMWrapper",
     "MemoryFormat",
     "ModelFingerprint",
     "PromptLayout",
@@ -47,6 +51,7 @@ __all__ = [
     "composition_error",
     "fingerprint",
     "generate",
+    "mark_loaded_from",
     "prefill",
     "render_layout",
     "rerotate_keys",

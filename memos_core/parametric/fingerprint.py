@@ -44,10 +44,11 @@ config_hash = config_digest
 tokenizer_hash = tokenizer_digest
 
 
-def model_fingerprint(model: Any, tokenizer: Any) -> ModelFingerprint:
+def model_fingerprint(model: Any, tokenizer: Any, *, casts: bool | tuple[str, ...] = True) -> ModelFingerprint:
     """Fingerprint the base model of ``model`` (a transformers causal LM, or a peft model wrapping one) with its
-    tokenizer, including the weights cast to every less precise float dtype. Adapter weights are excluded."""
-    fp = Fingerprinter(model, tokenizer, casts=True)()
+    tokenizer, including the weights cast to every less precise float dtype (``casts``: all, or only those
+    named). Adapter weights are excluded."""
+    fp = Fingerprinter(model, tokenizer, casts=casts)()
     return fp.model_copy(update={"adapters": [], "adapter_sha256": None})
 
 

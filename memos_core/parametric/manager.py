@@ -170,10 +170,18 @@ class AdapterManager:
 
     @property
     def fingerprint(self) -> ModelFingerprint:
-        """The base model's fingerprint (computed once)."""
+        """The base model's fingerprint as adapter records store it (every weight hashed, also cast to each less
+        precise float dtype; computed once)."""
         if self._fingerprint is None:
             self._fingerprint = model_fingerprint(self._base, self.tokenizer)
         return self._fingerprint
+
+    def _fingerprint_for(self, saved: ModelFingerprint) -> ModelFingerprint:
+        """The current fingerprint with just the digests needed to compare with ``saved`` (a cast digest only
+        when ``saved`` was taken in a less precise dtype): loading does not pay for every cast."""
+        if self._fingerprint is not None:
+            return self._fingerprint
+        return model_fingerprint(self._base, self.tokenizer, casts=(saved.dtype,))
 
     def record(self, name: str) -> AdapterRecord:
         """The record of a loaded adapter. Raises NotFound."""
@@ -274,7 +282,6 @@ class AdapterManager:
         with _quiet():
             if self._peft is None:
                 self._requires_grad = {n: p.requires_grad for n, p in self._base.named_parameters()}
-                _ = self.fingerprint  # computed on the pristine model
                 self._peft = peft.get_peft_model(self._base, lora_config, adapter_name=name, low_cpu_mem_usage=empty)
             else:
                 self._peft.add_adapter(name, lora_config, low_cpu_mem_usage=empty)
@@ -303,7 +310,7 @@ class AdapterManager:
         if record.base_model.scheme < 2:  # written by an older release: its sampled check
             diffs = legacy_differences(record.base_model, self._base, self.tokenizer)
         else:
-            diffs = compatibility_differences(record.base_model, self.fingerprint)
+            diffs = compatibility_differences(record.base_model, self._fingerprint_for(record.base_model))
         if diffs:
             raise BaseModelMismatch(
                 f"adapter {record.name!r} was trained on another base model: " + "; ".join(_lines(diffs)), diffs
