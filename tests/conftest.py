@@ -86,6 +86,50 @@ def pytest_configure(config: Any) -> None:
     config.addinivalue_line("markers", "embedded_only: this test is about the embedded Chroma folder")
 
 
+# ------------------------------------------------------------------ unit / integration split
+# `pytest -m "not integration"` runs the fast unit tests, `pytest -m integration` the slower ones (subprocesses,
+# servers, real models, kill -9); a plain `pytest` (make test) runs both. Mark such a test explicitly with
+# `@pytest.mark.integration`; on top of that, a test is marked here when it
+# * uses a fixture that starts a server or loads a real model, or runs on a server backend (parametrised), or
+# * lives in a module that is integration as a whole, or is one of the subprocess / kill -9 tests listed below.
+_INTEGRATION_FIXTURES = frozenset({"minilm", "chroma_server", "pg", "own_pg", "server", "built_cube"})
+_INTEGRATION_PARAMS = frozenset({"server", "postgres", "postgresql"})
+_INTEGRATION_MODULES = frozenset({
+    "test_postgres", "test_postgres_workers", "test_chroma_server", "test_activation_llm", "test_langchain_examples",
+    "test_llamaindex_example", "test_import_light",
+})
+_INTEGRATION_TESTS = frozenset({
+    "test_forget_derived.py::test_forget_then_kill9_leaves_no_trace_on_disk",
+    "test_forget_derived.py::test_kill9_between_commit_and_compaction_is_finished_on_open",
+    "test_vector_sync.py::test_kill_9_after_deferred_adds_loses_nothing",
+    "test_activation.py::test_import_does_not_load_torch",
+    "test_parametric.py::test_import_does_not_load_torch",
+    "test_scheduler.py::test_importing_the_scheduler_stays_light",
+    "test_llamaindex_memory.py::test_from_defaults_and_from_cube",
+})
+
+
+def _is_integration(item: Any) -> bool:
+    if item.get_closest_marker("integration") is not None:
+        return True
+    if _INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    spec = getattr(item, "callspec", None)
+    if spec is not None and any(isinstance(v, str) and v in _INTEGRATION_PARAMS for v in spec.params.values()):
+        return True
+    module = getattr(item, "module", None)
+    if module is not None and module.__name__.rsplit(".", 1)[-1] in _INTEGRATION_MODULES:
+        return True
+    return f"{Path(str(item.fspath)).name}::{item.originalname if hasattr(item, 'originalname') else item.name}" \
+        in _INTEGRATION_TESTS
+
+
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    for item in items:
+        if item.get_closest_marker("integration") is None and _is_integration(item):
+            item.add_marker(pytest.mark.integration)
+
+
 def pytest_generate_tests(metafunc: Any) -> None:
     if "cube_backend" not in metafunc.fixturenames:
         return

@@ -3,17 +3,25 @@
 A writer subprocess adds memories one per transaction and prints each id once ``add`` returned (flushed). The
 test SIGKILLs it at a random moment, reopens the cube and checks that every acknowledged memory is there,
 that SQLite's integrity check passes and that the vector index agrees with the records.
+
+Each child's output is read through one path only: a reader thread takes every line of its stdout into a queue
+(:class:`_Writer`), and the test waits on that queue. Mixing ``proc.stdout.readline()`` with
+``proc.communicate()`` loses lines: ``readline`` fills the file object's buffer with whatever the pipe holds,
+and ``communicate`` then reads the file descriptor directly, past that buffer (an acknowledged id went missing
+this way on a loaded machine). stderr goes to a file, so a chatty child can never block on a full pipe.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import random
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -60,25 +68,89 @@ def content(tag: str, i: int) -> str:
 
 
 
-def _spawn(tmp: Path, cube_path: Path, tag: str, mode: str = "normal") -> subprocess.Popen:
+class _Writer:
+    """A writer subprocess whose stdout is read by one thread, line by line, into a queue (see the module
+    docstring); stderr goes to a file."""
+
+    def __init__(self, proc: subprocess.Popen, stderr_path: Path) -> None:
+        self.proc = proc
+        self.stderr_path = stderr_path
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._pump, name=f"writer-{proc.pid}-stdout", daemon=True)
+        self._reader.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        try:
+            for line in self.proc.stdout:  # yields a final line without "\n" too, at EOF
+                self._lines.put(line)
+        finally:
+            self._lines.put(None)  # EOF
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")[-3000:]
+
+    def readline(self, timeout: float = 240.0) -> str:
+        """The next line without its newline; "" at EOF. Raises AssertionError after ``timeout`` seconds."""
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            self.kill()
+            raise AssertionError(f"writer printed nothing for {timeout} s: {self.stderr()}") from None
+        if line is None:
+            self._lines.put(None)  # stay at EOF for later calls
+            return ""
+        return line.rstrip("\n")
+
+    def collect(self, timeout: float = 60.0) -> list[str]:
+        """Wait for the process to end and return every line it printed that was not read yet. A final line
+        without "\n" (the kill came between the id and its newline) is complete: the id was written in one
+        call, after ``add`` returned."""
+        self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=timeout)
+        assert not self._reader.is_alive(), "stdout reader still running after the writer ended"
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        out: list[str] = []
+        while True:
+            line = self._lines.get_nowait()
+            if line is None:
+                self._lines.put(None)
+                return out
+            if line.strip():
+                out.append(line.rstrip("\n"))
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=60)
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+
+def _spawn(tmp: Path, cube_path: Path, tag: str, mode: str = "normal") -> _Writer:
     script = tmp / "writer.py"
     if not script.exists():
         script.write_text(WRITER)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, str(script), str(cube_path), tag, mode], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    err_path = tmp / f"writer-{tag}.stderr"
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen([sys.executable, str(script), str(cube_path), tag, mode], stdout=subprocess.PIPE,
+                                stderr=err, text=True, env=env)
+    return _Writer(proc, err_path)
 
 
-def _wait_ready(proc: subprocess.Popen) -> None:
-    line = proc.stdout.readline()
+def _wait_ready(w: _Writer) -> None:
+    line = w.readline()
     if line.strip() != "READY":
-        proc.kill()
-        raise AssertionError(f"writer did not start: {line!r} {proc.stderr.read()}")
+        w.kill()
+        raise AssertionError(f"writer did not start: {line!r} {w.stderr()}")
 
 
-def _collect(proc: subprocess.Popen) -> list[str]:
-    out, _ = proc.communicate(timeout=60)
-    return [ln for ln in out.split("\n") if ln]  # a final line without "\n" was cut by the kill
+def _collect(w: _Writer) -> list[str]:
+    return w.collect(timeout=60)
 
 
 def _check_consistent(cube_path: Path, acked: list[str], tag: str) -> int:
@@ -118,6 +190,7 @@ def _check_consistent(cube_path: Path, acked: list[str], tag: str) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_acknowledged_adds_survive_repeated_kill_9(tmp_path) -> None:
     cube_path = tmp_path / "cube"
     MemCube(cube_path, embedder=hashed_embed).close()
@@ -128,9 +201,9 @@ def test_acknowledged_adds_survive_repeated_kill_9(tmp_path) -> None:
         tag = f"r{rnd}"
         proc = _spawn(tmp_path, cube_path, tag)
         _wait_ready(proc)
-        first = proc.stdout.readline().strip()  # at least one acknowledged add per round, however slow the box
+        first = proc.readline().strip()  # at least one acknowledged add per round, however slow the box
         time.sleep(rng.uniform(0.0, 0.7))
-        proc.send_signal(signal.SIGKILL)
+        proc.kill()
         acked = [first] + _collect(proc)
         assert proc.returncode == -signal.SIGKILL
         assert first == f"{tag}-0"
@@ -142,6 +215,7 @@ def test_acknowledged_adds_survive_repeated_kill_9(tmp_path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_crash_between_records_commit_and_index_write_is_repaired(tmp_path) -> None:
     cube_path = tmp_path / "cube"
     with MemCube(cube_path, embedder=hashed_embed) as cube:
@@ -213,6 +287,7 @@ def test_records_are_fsynced_wal(cube) -> None:
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL: every commit is fsync'd
 
 
+@pytest.mark.integration
 def test_reopen_in_the_same_process_sees_another_process_writes(tmp_path) -> None:
     """A long-lived process closes its cube, a CLI/other process adds to it, the first process reopens it."""
     cube_path = tmp_path / "cube"
@@ -229,3 +304,23 @@ def test_reopen_in_the_same_process_sees_another_process_writes(tmp_path) -> Non
             hits = cube.search(content("ext", n), k=3, mode="dense")
             assert hits[0].item.id == f"ext-{n}"
         assert not cube.index_degraded  # the ANN index itself was current, no fallback scan
+
+
+def test_the_writer_harness_never_loses_a_line(tmp_path) -> None:
+    """The flake this harness fixes: a child prints READY and two ids at once; ``proc.stdout.readline()`` took
+    READY and buffered the ids, and ``proc.communicate()`` then read past that buffer, so the ids were lost
+    (``acked`` lacked ``r1-1``). Reading through :class:`_Writer` alone sees every line, the last one even
+    without its newline."""
+    script = ("import sys, time\n"
+              "sys.stdout.write('READY\\nx-0\\nx-1\\n'); sys.stdout.flush()\n"
+              "time.sleep(0.3)\n"
+              "sys.stdout.write('x-2'); sys.stdout.flush()\n")
+    err = tmp_path / "child.stderr"
+    with open(err, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=fh, text=True)
+    w = _Writer(proc, err)
+    time.sleep(0.1)  # let every line of the first write reach the pipe before the first read
+    _wait_ready(w)
+    assert w.collect() == ["x-0", "x-1", "x-2"]
+    assert w.returncode == 0
+    assert w.readline() == ""  # EOF stays EOF
