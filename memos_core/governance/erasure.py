@@ -244,11 +244,18 @@ def rebuild_vector_index(cube: "MemCube") -> None:
     idx = cube.index
     idx.reset()
     for batch in cube.records.all_embeddings():
-        items = cube.records.get_many([b[1] for b in batch])
-        keep = [b for b in batch if b[1] in items]
+        rows = {r.rowid: r for r in cube.records.index_rows([b[0] for b in batch])}
+        keep = [b for b in batch if b[0] in rows]
         if keep:
-            idx.upsert([b[1] for b in keep], np.stack([b[2] for b in keep]),
-                       [cube._chroma_meta(items[b[1]]) for b in keep])
+            metas = []
+            for b in keep:  # what the vector index pre-filters on, as MemCube._chroma_meta
+                r = rows[b[0]]
+                meta: dict[str, Any] = {"state": r.state, "kind": r.kind}
+                for axis, val in (("user_id", r.user_id), ("agent_id", r.agent_id), ("session_id", r.session_id)):
+                    if val is not None:
+                        meta[axis] = val
+                metas.append(meta)
+            idx.upsert([b[1] for b in keep], np.stack([b[2] for b in keep]), metas)
     cube.records.mark_vectors_applied(cube.records.pending_vectors())
     cube.records.flush()
     if idx.path is not None:
