@@ -35,6 +35,8 @@ of the first user message instead (``placement == "first_user"``). A tokenizer w
 
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -226,21 +228,45 @@ def _common(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
-def _cut(tokenizer: Any, head_text: str, mem: list[str], rest_text: str, probes: list[str], placement: str) -> PromptLayout:
-    """Tokenize ``head + mem + rest`` as one text and cut it at boundaries the tokenizer agrees with."""
-    mem_text = "".join(mem)
-    text = head_text + mem_text + rest_text
-    ids = _encode(tokenizer, text)
-    prefix_text = head_text + mem_text
+#: per tokenizer (weakly held): memory-prefix analyses, keyed by (head text, memory pieces, other continuations)
+_PREFIXES: "weakref.WeakKeyDictionary[Any, OrderedDict[tuple, tuple[list[int], int, list[list[int]]]]]" = (
+    weakref.WeakKeyDictionary())
+
+
+def _prefix_analysis(tokenizer: Any, head_text: str, mem: list[str], others: list[str]) -> tuple[list[int], int, list[list[int]]]:
+    """(ids of head + memory text alone, tokens of it that the other continuations agree with, ids of each
+    progressively longer prefix text). Independent of the conversation's own rest, so cached per tokenizer."""
+    key = (len(tokenizer), head_text, tuple(mem), tuple(others))  # added tokens change the analysis
+    try:
+        table = _PREFIXES.setdefault(tokenizer, OrderedDict())
+    except TypeError:
+        table = OrderedDict()
+    hit = table.get(key)
+    if hit is not None:
+        table.move_to_end(key)
+        return hit
+    prefix_text = head_text + "".join(mem)
     alone = _encode(tokenizer, prefix_text)
-    # the memory prefix: tokens of the memory text that every continuation tokenizes the same way
-    safe = min(_common(alone, _encode(tokenizer, prefix_text + r)) for r in probes)
-    safe = min(safe, _common(alone, ids))
-    cuts = [_common(_encode(tokenizer, head_text), ids)]
+    safe = min([len(alone)] + [_common(alone, _encode(tokenizer, prefix_text + r)) for r in others])
+    steps = [_encode(tokenizer, head_text)]
     acc = head_text
     for piece in mem:
         acc += piece
-        cuts.append(_common(_encode(tokenizer, acc), ids))
+        steps.append(_encode(tokenizer, acc))
+    table[key] = (alone, safe, steps)
+    while len(table) > 64:
+        table.popitem(last=False)
+    return alone, safe, steps
+
+
+def _cut(tokenizer: Any, head_text: str, mem: list[str], rest_text: str, probes: list[str], placement: str) -> PromptLayout:
+    """Tokenize ``head + mem + rest`` as one text and cut it at boundaries the tokenizer agrees with."""
+    text = head_text + "".join(mem) + rest_text
+    ids = _encode(tokenizer, text)
+    alone, safe, steps = _prefix_analysis(tokenizer, head_text, mem, [r for r in probes if r != rest_text])
+    # the memory prefix: tokens of the memory text that every continuation (this one too) tokenizes the same way
+    safe = min(safe, _common(alone, ids))
+    cuts = [_common(step, ids) for step in steps]
     bounds = []
     last = 0
     for c in cuts:
