@@ -200,7 +200,8 @@ class PostgresRecordStore(RecordStore):
         self._usage: dict[int, tuple[int, float]] = {}
         self._pending_seen: dict[int, int] = {}
         self._pending_done: dict[int, int] = {}
-        self._df_cache: dict[str, tuple[int, int]] = {}
+        self._df_cache: dict[str, tuple[int, int]] = {}  # lexeme -> (capped document count, rows then)
+        self._lex_cache: dict[str, list[str]] = {}  # query term -> its lexemes
         self._stats: tuple[float, int, float] | None = None  # (when, indexed rows, average length)
         self._closed = False
         ident = sql.Identifier(self.schema)
@@ -755,50 +756,73 @@ class PostgresRecordStore(RecordStore):
 
     # ------------------------------------------------------------------ lexical search (BM25 over tsvector)
     def _index_stats(self, conn: Any) -> tuple[int, float]:
-        """(indexed rows, average lexemes per row), refreshed every 30 s (BM25 needs them only roughly)."""
+        """(rows, average lexemes per row), refreshed every 30 s; BM25 needs them only roughly. The row count is
+        the highest rowid (an index lookup; forgotten rows still count, as they do for SQLite's work budget) and
+        the average comes from the newest 2,000 indexed rows, so the cost does not grow with the cube."""
         st = self._stats
         now = time.monotonic()
         if st is None or now - st[0] > 30.0:
-            n, avg = conn.execute("SELECT COUNT(*), COALESCE(AVG(length(tsv)), 0) FROM items "
-                                  "WHERE indexed_text IS NOT NULL").fetchone()
+            n, avg = conn.execute(
+                "SELECT (SELECT COALESCE(MAX(rowid), 0) FROM items), (SELECT COALESCE(AVG(length(tsv)), 0) FROM "
+                "(SELECT tsv FROM items WHERE indexed_text IS NOT NULL ORDER BY rowid DESC LIMIT 2000) AS s)"
+            ).fetchone()
             st = self._stats = (now, int(n), float(avg))
         return st[1], max(st[2], 1.0)
 
     def _lexemes(self, conn: Any, terms: list[str]) -> list[str]:
-        """The distinct lexemes (english configuration) of the query terms, in order."""
-        if not terms:
-            return []
-        rows = conn.execute("SELECT t, (SELECT array_agg(l) FROM unnest(tsvector_to_array(to_tsvector("
-                            "'english'::regconfig, t))) AS l) FROM unnest(%s::text[]) AS t", (terms,)).fetchall()
+        """The distinct lexemes (english configuration: stemmed, stopwords dropped) of the query terms, in
+        order; memoised per term."""
+        todo = [t for t in terms if t not in self._lex_cache]
+        if todo:
+            if len(self._lex_cache) > 50_000:
+                self._lex_cache.clear()
+            for t, lex in conn.execute(
+                    "SELECT t, (SELECT array_agg(l) FROM unnest(tsvector_to_array(to_tsvector('english'::regconfig, "
+                    "t))) AS l) FROM unnest(%s::text[]) AS t", (todo,)).fetchall():
+                self._lex_cache[t] = list(lex or [])
         out: dict[str, None] = {}
-        for _, lex in rows:
-            for l in lex or []:
-                out.setdefault(l, None)
+        for t in terms:
+            for lx in self._lex_cache.get(t, []):
+                out.setdefault(lx, None)
         return list(out)
 
-    def _df(self, conn: Any, lexeme: str, stamp: int) -> int:
-        hit = self._df_cache.get(lexeme)
-        if hit is not None and hit[1] * 1.1 >= stamp:
-            return hit[0]
-        if len(self._df_cache) > 50_000:
-            self._df_cache.clear()
-        df = conn.execute("SELECT COUNT(*) FROM (SELECT 1 FROM items WHERE tsv @@ %s::tsquery LIMIT %s) AS m",
-                          (_tsq(lexeme), self.lexical_match_budget + 1)).fetchone()[0]
-        self._df_cache[lexeme] = (int(df), stamp)
-        return int(df)
+    def _dfs(self, conn: Any, lexemes: list[str], stamp: int) -> dict[str, int]:
+        """Rows matching each lexeme, capped just above the work budget; cached until the cube grows 10%."""
+        out: dict[str, int] = {}
+        todo: list[str] = []
+        for lx in lexemes:
+            hit = self._df_cache.get(lx)
+            if hit is not None and hit[1] * 1.1 >= stamp:
+                out[lx] = hit[0]
+            else:
+                todo.append(lx)
+        if todo:
+            if len(self._df_cache) > 50_000:
+                self._df_cache.clear()
+            rows = conn.execute(
+                "SELECT q, (SELECT COUNT(*) FROM (SELECT 1 FROM items WHERE tsv @@ q::tsquery LIMIT %s) AS m) "
+                "FROM unnest(%s::text[]) AS q", (self.lexical_match_budget + 1, [_tsq(lx) for lx in todo])).fetchall()
+            for lx, (_, df) in zip(todo, rows):
+                out[lx] = int(df)
+                self._df_cache[lx] = (int(df), stamp)
+        return out
 
     def lexical(self, match: str, cf: CompiledFilter, k: int) -> list[tuple[int, float]]:
+        """BM25 (k1=1.2, b=0.75) computed inside PostgreSQL over the rows whose tsvector matches a kept query
+        lexeme; only the best ``k`` rows come back. Document frequencies are counted through the GIN index (and
+        cached), term frequencies recovered from ``ts_rank``, row length is the row's lexeme count."""
         terms = match_terms(match) if match else []
         if not terms:
             return []
         where, args = cf
-        with self._conn() as conn:
+        with self._conn() as conn, conn.transaction():
+            # the GIN index, not a scan of every row: the planner's estimate for an OR of terms is often far off
+            conn.execute("SET LOCAL enable_seqscan = off")
             lexemes = self._lexemes(conn, terms)
             if not lexemes:
                 return []
             n_docs, avgdl = self._index_stats(conn)
-            stamp = max(n_docs, 1)
-            dfs = {lx: self._df(conn, lx, stamp) for lx in lexemes}
+            dfs = self._dfs(conn, lexemes, max(n_docs, 1))
             keep = lexemes
             if sum(dfs.values()) > self.lexical_match_budget and len(lexemes) > 1:
                 keep, used = [], 0
@@ -807,21 +831,24 @@ class PostgresRecordStore(RecordStore):
                         break
                     keep.append(lx)
                     used += dfs[lx]
-            query = " | ".join(_tsq(lx) for lx in keep)
+            n = max(n_docs, 1)
+            terms_sql: list[str] = []
+            params: list[Any] = []
+            for lx in keep:
+                idf = max(math.log((n - dfs[lx] + 0.5) / (dfs[lx] + 0.5)), 1e-6)
+                # tf of the lexeme in the row, recovered exactly from ts_rank: with every position at weight D
+                # (0.1), ts_rank of a one-lexeme query is 0.1 * H2(tf) / zeta(2), H2(n) = sum_{i<=n} 1/i^2, and
+                # 1 / (zeta(2) - H2(n)) - 1/2 rounds to n: exact for every tf a tsvector holds (1..255; 0 when absent)
+                tf = ("round(1.0 / GREATEST(1.6449340668 - 16.449340668 * ts_rank('{0.1,0.2,0.4,1.0}', items.tsv, "
+                      "%s::tsquery, 0), 1e-4) - 0.5)")
+                terms_sql.append(f"%s * {tf} / ({tf} + kk.k)")
+                params += [idf * (_BM25_K1 + 1), _tsq(lx), _tsq(lx)]
             rows = conn.execute(
-                "SELECT items.rowid, length(items.tsv), u.lexeme, array_length(u.positions, 1) "
-                "FROM items CROSS JOIN LATERAL unnest(items.tsv) AS u "
-                f"WHERE items.tsv @@ %s::tsquery AND u.lexeme = ANY(%s::text[]) AND {where}",
-                (query, keep, *args)).fetchall()
-        n = max(n_docs, 1)
-        idf = {lx: max(math.log((n - dfs[lx] + 0.5) / (dfs[lx] + 0.5)), 1e-6) for lx in keep}
-        scores: dict[int, float] = {}
-        for rowid, dl, lx, tf in rows:
-            tf = tf or 1
-            norm = _BM25_K1 * (1 - _BM25_B + _BM25_B * (dl or 1) / avgdl)
-            scores[rowid] = scores.get(rowid, 0.0) + idf.get(lx, 1e-6) * tf * (_BM25_K1 + 1) / (tf + norm)
-        best = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
-        return [(int(r), float(s)) for r, s in best]
+                f"SELECT items.rowid, ({' + '.join(terms_sql)}) AS score FROM items "
+                f"CROSS JOIN LATERAL (SELECT %s * (1 - %s + %s * length(items.tsv) / %s) AS k) AS kk "
+                f"WHERE items.tsv @@ %s::tsquery AND {where} ORDER BY score DESC, items.rowid LIMIT %s",
+                (*params, _BM25_K1, _BM25_B, _BM25_B, avgdl, " | ".join(_tsq(lx) for lx in keep), *args, k)).fetchall()
+        return [(int(r), float(sc)) for r, sc in rows if sc > 0]
 
     # ------------------------------------------------------------------ dense reads and other filtered reads
     def filtered_vectors(self, cf: CompiledFilter, limit: int) -> tuple[list[int], list[bytes]]:
