@@ -98,11 +98,12 @@ def _filler(mem: MemOS, n: int = 30) -> None:
 # ---------------------------------------------------------------------------------------------- MemOS, offline
 def test_forgetting_a_turn_removes_it_from_the_reply_neighbour_and_every_file(mem: MemOS, tmp_path: Path) -> None:
     _filler(mem)
-    r = mem.add([{"role": "user", "content": f"My PIN is {PIN}", "id": "t1"},
+    r = mem.add([{"role": "user", "content": f"Will you remember that my PIN is {PIN}?", "id": "t1"},
                  {"role": "assistant", "content": "Noted.", "id": "t2"}], user_id="ann")
     pin, reply = r.added
     cube = mem.cubes["default"]
-    assert PIN in (mem.get(reply.id).index_text or "")  # the issue's reproduction: derived text
+    # a reply carries the question it answers in its index text: derived text (issue 13's reproduction)
+    assert PIN in (mem.get(reply.id).index_text or "")
     old = {"pin": stored_vec(cube, pin.id), "reply-before": stored_vec(cube, reply.id)}
     assert text_traces(tmp_path / "mem") and vector_traces(tmp_path / "mem", old)
     assert mem.forget(pin.id) == [pin.id]
@@ -133,7 +134,7 @@ def test_forgetting_a_turn_removes_it_from_the_reply_neighbour_and_every_file(me
 
 def test_purge_also_rederives_the_neighbour(mem: MemOS, tmp_path: Path) -> None:
     _filler(mem, 10)
-    r = mem.add([{"role": "user", "content": f"My PIN is {PIN}", "id": "t1"},
+    r = mem.add([{"role": "user", "content": f"Will you remember that my PIN is {PIN}?", "id": "t1"},
                  {"role": "assistant", "content": "Noted.", "id": "t2"}], user_id="ann")
     pin, reply = r.added
     cube = mem.cubes["default"]
@@ -145,13 +146,13 @@ def test_purge_also_rederives_the_neighbour(mem: MemOS, tmp_path: Path) -> None:
 
 
 def test_a_neighbour_under_legal_hold_blocks_the_forget(mem: MemOS) -> None:
-    r = mem.add([{"role": "user", "content": f"My PIN is {PIN}", "id": "t1"},
+    r = mem.add([{"role": "user", "content": f"Will you remember that my PIN is {PIN}?", "id": "t1"},
                  {"role": "assistant", "content": "Noted.", "id": "t2"}], user_id="ann")
     cube = mem.cubes["default"]
     cube.legal_hold(r.added[1].id)
     with pytest.raises(Conflict, match="legal hold"):
         mem.forget(r.added[0].id)
-    assert mem.get(r.added[0].id).content.endswith(PIN)  # nothing changed
+    assert PIN in mem.get(r.added[0].id).content  # nothing changed
     assert PIN in (mem.get(r.added[1].id).index_text or "")
 
 
@@ -159,9 +160,10 @@ def test_a_neighbour_under_legal_hold_blocks_the_forget(mem: MemOS) -> None:
 def test_memcube_forget_reaches_merged_duplicates_derived_memories_and_other_users_stay(tmp_path: Path) -> None:
     folder = tmp_path / "cube"
     cube = MemCube(folder, embedder=dense_embed)
-    specs = OfflineReader().read([Turn(f"my zorblaxian PIN is {PIN}", "user", "u1"), Turn("Got it.", "assistant", "u2")])
+    specs = OfflineReader().read([Turn(f"is my zorblaxian PIN {PIN}?", "user", "u1"),
+                                  Turn("Got it.", "assistant", "u2")])
     ep, reply = cube.add_many(specs, user_id="ann")
-    bob = cube.add_many(OfflineReader().read([Turn(f"my zorblaxian PIN is {PIN}", "user", "u1"),
+    bob = cube.add_many(OfflineReader().read([Turn(f"is my zorblaxian PIN {PIN}?", "user", "u1"),
                                               Turn("Got it.", "assistant", "u2")]), user_id="bob")
     cube.add_many([f"filler memory {i}" for i in range(20)], user_id="ann")
     dup = cube.add(f"Ann's PIN is {PIN}", kind="fact", user_id="ann")
@@ -242,7 +244,7 @@ CHILD = textwrap.dedent(
     mem = MemOS(path, embedder=dense_embed)
     mem.add([{{"role": "user", "content": f"filler turn {{i}} about tea", "id": f"f{{i}}"}} for i in range(20)],
             user_id="ann")
-    r = mem.add([{{"role": "user", "content": f"My PIN is {{PIN}}", "id": "t1"}},
+    r = mem.add([{{"role": "user", "content": f"Will you remember that my PIN is {{PIN}}?", "id": "t1"}},
                  {{"role": "assistant", "content": "Noted.", "id": "t2"}}], user_id="ann")
     print("IDS", r.added[0].id, r.added[1].id, flush=True)
     if mode == "die-after-commit":
@@ -303,3 +305,21 @@ def test_kill9_between_commit_and_compaction_is_finished_on_open(tmp_path: Path)
         assert text_traces(folder) == []
         assert not cube.records.get_meta("erasure_pending")
     assert text_traces(folder) == []
+
+
+# ---------------------------------------------------------------------------------------------- Chroma server
+def test_forget_with_a_chroma_server_rebuilds_the_remote_collection(tmp_path: Path, chroma_server: Any) -> None:
+    folder = tmp_path / "remote"
+    cube = MemCube(folder, embedder=dense_embed, chroma_url=chroma_server.url)
+    try:
+        specs = OfflineReader().read([Turn(f"will you keep my PIN {PIN}?", "user", "r1"),
+                                      Turn("Noted.", "assistant", "r2")])
+        pin, reply = cube.add_many(specs, user_id="ann")
+        others = cube.add_many([f"filler {i}" for i in range(10)], user_id="ann")
+        cube.forget(pin.id)
+        assert cube.index.ids() == {reply.id, *(o.id for o in others)}
+        assert cube.index.query(stored_vec(cube, reply.id), 1)[0][0] == reply.id  # the re-embedded vector
+        assert PIN not in (cube.get(reply.id).index_text or "")
+        assert text_traces(folder) == []  # the records folder; the server's own disk is the server's (README)
+    finally:
+        cube.close()
