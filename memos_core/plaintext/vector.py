@@ -88,8 +88,9 @@ class ChromaVectorIndex:
         except (ValidationError, BackendUnavailable):
             raise
         except Exception as exc:
-            if self.url is not None:
-                self._col = None  # reconnect next time
+            # fetch the collection again next time: a server may have restarted, and another handle on the same
+            # folder may have rebuilt the collection (forget rebuilds it so no erased vector stays in its files)
+            self._col = None
             raise BackendUnavailable(f"vector index {what} failed ({type(exc).__name__}: {exc}); "
                                      "the records are intact and the index will be repaired") from exc
 
