@@ -323,3 +323,16 @@ def test_forget_with_a_chroma_server_rebuilds_the_remote_collection(tmp_path: Pa
         assert text_traces(folder) == []  # the records folder; the server's own disk is the server's (README)
     finally:
         cube.close()
+
+
+def test_purge_leaves_no_vector_or_text_of_the_purged_memory(tmp_path: Path) -> None:
+    folder = tmp_path / "purge"
+    with MemCube(folder, embedder=dense_embed) as cube:
+        cube.add_many([f"filler memory {i}" for i in range(20)])
+        it = cube.add("the zorblaxian secret")
+        vec = {"secret": stored_vec(cube, it.id)}
+        cube.delete(it.id)
+        assert vector_traces(folder, vec)  # a tombstone's vector left the index, not Chroma's files
+        cube.purge(it.id)
+        assert text_traces(folder) == [] and vector_traces(folder, vec) == []
+        assert cube.lookup(it.id).state == LifecycleState.PURGED  # type: ignore[union-attr]

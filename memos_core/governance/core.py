@@ -666,8 +666,9 @@ class Governance:
         plan = plan_erasure(self.records, item, cascade=False, c=c, erase_root=False)
         check_not_held(self.records, plan, item.id, c)
         self._apply_plan(c, plan)
-        if plan.rederive:
-            self._mark_pending(c, [], False)
+        # the purged text also leaves the lexical index, the WAL and the vector index's files (its vector was
+        # deleted from the index when it was tombstoned, but Chroma keeps deleted vectors in its files)
+        self._mark_pending(c, [], False)
         return plan
 
     def deferred_erasure(self) -> "_Deferred":
