@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -194,7 +195,15 @@ def test_a_restart_gives_backend_unavailable_then_recovers_with_nothing_lost(own
         with pytest.raises(BackendUnavailable):
             _add(store, "written during the outage")
         own_pg.start()
-        assert store.get(before.id).content == "written before the outage"
+        deadline = time.monotonic() + 60
+        while True:  # the pool reconnects (with back-off); until then every call is a typed BackendUnavailable
+            try:
+                got = store.get(before.id)
+                break
+            except BackendUnavailable:
+                assert time.monotonic() < deadline, "no recovery within 60 s"
+                time.sleep(0.2)
+        assert got.content == "written before the outage"
         _, after = _add(store, "written after the outage")
         assert {it.content for it in store.iter_items()} == {"written before the outage", "written after the outage"}
         assert verify_rows(*store.audit_chain()).ok

@@ -129,6 +129,12 @@ _INSERT = (
     "%(tags)s::jsonb, %(metadata)s::jsonb, %(confidence)s, %(access_count)s, %(last_access)s, %(created_by)s) "
     "RETURNING rowid"
 )
+_INSERT_ROW = "WITH i AS (" + _INSERT + "), v AS (INSERT INTO versions(item_id, version, snapshot) " \
+    "SELECT %(id)s, t.v, t.s FROM unnest(%(vv)s::int[], %(vs)s::text[]) AS t(v, s))"
+_INSERT_PLAIN = _INSERT_ROW + " SELECT rowid FROM i"
+_INSERT_INDEXED = _INSERT_ROW + (
+    ", e AS (INSERT INTO embeddings(item_rowid, version, vec) SELECT rowid, %(version)s, %(vec)s FROM i), "
+    "p AS (INSERT INTO vec_pending(item_rowid, gen) SELECT rowid, nextval('vec_gen') FROM i) SELECT rowid FROM i")
 _EVENT_COLS = "seq, at, actor, op, item_id, outcome, detail, prev_hash, hash"
 _BM25_K1, _BM25_B = 1.2, 0.75
 
@@ -298,6 +304,7 @@ class PostgresRecordStore(RecordStore):
                     yield conn
                 finally:
                     self._tls.conn = None
+                    self._tls.chain = None
         self._flush_soft()
 
     def in_transaction(self) -> bool:
@@ -319,6 +326,7 @@ class PostgresRecordStore(RecordStore):
                     yield
                 finally:
                     self._tls.conn = None
+                    self._tls.chain = None
 
     def _flush_soft(self) -> None:
         """Write buffered usage counts and clear applied pending marks, in a short transaction of their own
@@ -490,17 +498,19 @@ class PostgresRecordStore(RecordStore):
             raise ValidationError("internal: an indexed item needs its embedding")
         text = (item.index_text or item.content) if indexed else None
         errors = self._psycopg.errors
+        p = self._params(item, text)
+        p["vv"] = [v.version for v in versions]
+        p["vs"] = [v.model_dump_json() for v in versions]
+        p["vec"] = np.asarray(vec, dtype=np.float32).tobytes() if indexed else None
+        # One round trip: the row, its versions, its embedding and its pending mark (a taken id raises, and the
+        # caller's transaction rolls back as a whole, as on SQLite).
         try:
-            with c.transaction():  # a savepoint: a taken id leaves the outer transaction usable
-                rowid = int(c.execute(_INSERT, self._params(item, text)).fetchone()[0])
+            rowid = int(c.execute(_INSERT_INDEXED if indexed else _INSERT_PLAIN, p).fetchone()[0])
         except errors.UniqueViolation:
             raise ValidationError(dup.format(item_id=item.id)) from None
         except (errors.UntranslatableCharacter, errors.CharacterNotInRepertoire) as exc:
             raise ValidationError(f"memory {item.id!r} holds text PostgreSQL cannot store: {exc}") from None
         cur = c.cursor()
-        if versions:
-            cur.executemany("INSERT INTO versions(item_id, version, snapshot) VALUES(%s, %s, %s)",
-                            [(item.id, v.version, v.model_dump_json()) for v in versions])
         if transitions:
             from .sqlite import _ts
 
@@ -508,8 +518,6 @@ class PostgresRecordStore(RecordStore):
                 "INSERT INTO transitions(item_id, from_state, to_state, at, actor, reason) VALUES(%s,%s,%s,%s,%s,%s)",
                 [(item.id, None if t.from_state is None else t.from_state.value, t.to_state.value, _ts(t.at),
                   t.actor, t.reason) for t in transitions])
-        if indexed:
-            self._put_vec(c, rowid, item.version, vec)  # type: ignore[arg-type]
         return rowid
 
     def _put_vec(self, c: Any, rowid: int, version: int, vec: np.ndarray) -> None:
@@ -550,17 +558,16 @@ class PostgresRecordStore(RecordStore):
 
     def set_state(self, c: Any, rowid: int, item_id: str, old: LifecycleState | None, new: LifecycleState,
                   at: float, actor: str | None, reason: str | None) -> None:
-        if old is None:
-            c.execute("UPDATE items SET state=%s, updated_at=GREATEST(updated_at, %s) WHERE rowid=%s",
-                      (new.value, at, int(rowid)))
-        else:
-            cur = c.execute("UPDATE items SET state=%s, updated_at=GREATEST(updated_at, %s) WHERE rowid=%s AND state=%s",
-                            (new.value, at, int(rowid), old.value))
-            if cur.rowcount != 1:
-                raise Conflict(f"memory {item_id!r} is no longer {old.value} (another writer changed it); "
-                               "read it again and retry")
-        c.execute("INSERT INTO transitions(item_id, from_state, to_state, at, actor, reason) VALUES(%s,%s,%s,%s,%s,%s)",
-                  (item_id, None if old is None else old.value, new.value, at, actor, reason))
+        # one round trip: the state (checked against the one the caller read) and the transition record
+        cur = c.execute(
+            "WITH u AS (UPDATE items SET state=%s, updated_at=GREATEST(updated_at, %s) WHERE rowid=%s"
+            + ("" if old is None else " AND state=%s") + " RETURNING 1) INSERT INTO transitions(item_id, from_state, "
+            "to_state, at, actor, reason) SELECT %s, %s, %s, %s, %s, %s FROM u",
+            (new.value, at, int(rowid), *(() if old is None else (old.value,)), item_id,
+             None if old is None else old.value, new.value, at, actor, reason))
+        if cur.rowcount != 1 and old is not None:
+            raise Conflict(f"memory {item_id!r} is no longer {old.value} (another writer changed it); "
+                           "read it again and retry")
 
     def unindex(self, c: Any, rowid: int) -> None:
         r = int(rowid)
@@ -614,27 +621,38 @@ class PostgresRecordStore(RecordStore):
     # ------------------------------------------------------------------ audit chain
     def append_event(self, c: Any, at: float, actor: str | None, op: str, item_id: str | None,
                      outcome: str = "ok", detail: Mapping[str, Any] | None = None) -> str:
-        # One chain per cube with writers on many hosts: the advisory lock is held until this transaction ends.
-        c.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
-        row = c.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
-        top = c.execute("SELECT value FROM meta WHERE key='events_counter'").fetchone()
-        prev = GENESIS_HASH if row is None else row[1]
-        seq = max(0 if row is None else int(row[0]), 0 if top is None else int(top[0])) + 1
+        # One chain per cube with writers on many hosts: the advisory lock is held until this transaction ends,
+        # so after the first append of a transaction the head it read stays the head (kept per thread).
+        chain = getattr(self._tls, "chain", None)
+        if chain is not None and chain[0] is c:
+            top, prev = chain[1], chain[2]
+        else:
+            c.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))  # then read: a fresh snapshot
+            row = c.execute("SELECT (SELECT seq FROM events ORDER BY seq DESC LIMIT 1), (SELECT hash FROM events "
+                            "ORDER BY seq DESC LIMIT 1), (SELECT value FROM meta WHERE key='events_counter')").fetchone()
+            top = max(int(row[0] or 0), int(row[2] or 0))
+            prev = row[1] or GENESIS_HASH
+        seq = top + 1
         d = canonical_json(dict(detail or {}))
         h = event_hash(prev, seq, at, actor, op, item_id, outcome, d)
-        c.execute(f"INSERT INTO events({_EVENT_COLS}) VALUES(%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-                  (seq, at, actor, op, item_id, outcome, d, prev, h))
-        self.set_meta(c, "events_counter", str(seq))
-        # evidence of the log's length kept with the records (governance/audit.py: a cut tail shows)
-        self.set_meta(c, "audit_head", f"{seq}:{h}")
+        # the record, the sequence high-water mark and the head kept as evidence (governance/audit.py: a cut
+        # tail shows), in one statement
+        c.execute(f"WITH e AS (INSERT INTO events({_EVENT_COLS}) VALUES(%s,%s,%s,%s,%s,%s,%s,%s,%s)) "
+                  "INSERT INTO meta(key, value) VALUES('events_counter', %s), ('audit_head', %s) "
+                  "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                  (seq, at, actor, op, item_id, outcome, d, prev, h, str(seq), f"{seq}:{h}"))
+        self._tls.chain = (c, seq, h)
         return h
 
     def append_event_alone(self, at: float, actor: str | None, op: str, item_id: str | None,
                            outcome: str, detail: Mapping[str, Any]) -> str:
         if getattr(self._tls, "conn", None) is not None:
             raise RuntimeError("append_event_alone inside an open transaction")
-        with self._guard(), self._pool.connection() as conn, conn.transaction():
-            return self.append_event(conn, at, actor, op, item_id, outcome, detail)
+        try:
+            with self._guard(), self._pool.connection() as conn, conn.transaction():
+                return self.append_event(conn, at, actor, op, item_id, outcome, detail)
+        finally:
+            self._tls.chain = None
 
     def raw_events(self, item_id: str | None = None, limit: int | None = None) -> list[Any]:
         q = f"SELECT {_EVENT_COLS} FROM events"
@@ -663,6 +681,7 @@ class PostgresRecordStore(RecordStore):
         return None if row is None else (int(row[0]), row[1])
 
     def restore_events(self, c: Any, rows: Sequence[Sequence[Any]]) -> bool:
+        self._tls.chain = None
         c.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
         if c.execute("SELECT 1 FROM events LIMIT 1").fetchone() is not None:
             return False
