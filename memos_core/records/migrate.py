@@ -17,7 +17,7 @@ from ..errors import NotFound, ValidationError
 from ..lifecycle import INDEXED
 from .base import RecordStore
 
-__all__ = ["is_store_url", "open_record_store", "copy_records", "verify_copy", "MANIFEST_META_KEY"]
+__all__ = ["is_store_url", "open_record_store", "copy_records", "verify_copy", "migrate_store", "MANIFEST_META_KEY"]
 
 #: the meta key under which a cube without a folder (PostgreSQL) keeps its manifest (``cube.json`` otherwise)
 MANIFEST_META_KEY = "cube_manifest"
@@ -142,3 +142,62 @@ def verify_copy(src: RecordStore, dst: RecordStore) -> None:
     if problems:
         raise CorruptData("migration check failed: " + "; ".join(problems[:20]))
 
+
+
+def _read_manifest(target: str | Path, store: RecordStore) -> dict[str, Any]:
+    import json
+
+    from ..errors import CorruptData
+
+    if is_store_url(target):
+        raw = store.get_meta(MANIFEST_META_KEY)
+        if raw is None:
+            raise NotFound(f"no cube at {target}")
+        return json.loads(raw)
+    path = Path(target) / "cube.json"
+    if not path.is_file():
+        raise NotFound(f"no cube at {target} (no cube.json)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CorruptData(f"cube manifest {path} is unreadable: {exc}") from exc
+
+
+def migrate_store(src: str | Path, dst: str | Path) -> dict[str, Any]:
+    """Copy a cube's system of record from ``src`` to ``dst`` (a cube folder or a ``postgresql://...?cube=``
+    URL, either way round), verified record by record (:func:`verify_copy`). ``dst`` must be new or empty.
+
+    The manifest (cube id, embedder, dimension) goes along, so the target opens as the same cube; its vector
+    index is filled from the copied embeddings the first time it is opened (``MemCube(dst, index=...)``),
+    without re-embedding. Local artefacts (KV caches, adapters under the source folder) are not records:
+    copy them with a bundle (``memos export`` / ``import``) when they are needed."""
+    import json
+    import os
+
+    if not is_store_url(dst):
+        d = Path(dst)
+        if d.exists() and (not d.is_dir() or any(d.iterdir())):
+            raise ValidationError(f"{dst} exists and is not an empty folder; migrate into a new folder")
+    a = open_record_store(src, create=False)
+    try:
+        manifest = _read_manifest(src, a)
+        b = open_record_store(dst)
+        try:
+            report = copy_records(a, b)
+            if is_store_url(dst):
+                if b.get_meta(MANIFEST_META_KEY) is None:
+                    with b.transaction() as c:
+                        b.set_meta(c, MANIFEST_META_KEY, json.dumps(manifest))
+            else:
+                path = Path(dst) / "cube.json"
+                tmp = path.with_suffix(".json.tmp")
+                tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+                with open(tmp, "rb") as fh:
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
+        finally:
+            b.close()
+    finally:
+        a.close()
+    report["cube_id"] = manifest.get("cube_id")
+    return report
