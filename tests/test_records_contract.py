@@ -97,7 +97,7 @@ def test_a_failed_transaction_leaves_nothing(store: RecordStore) -> None:
     assert store.versions(item.id) == [] and store.transitions(item.id) == []
     assert store.raw_events() == [] and store.pending_vectors() == []
     assert store.lexical('"written"', store.compile_filter(SearchFilter(), ALL_LIVE, 0.0), 5) == []
-    assert sum(len(b) for b in store.all_embeddings()) == 0
+    assert sum(len(b) for b in store.all_embeddings()) == 0 and store.embedding_count() == 0
 
 
 def test_items_read_back_exactly(store: RecordStore) -> None:
@@ -308,7 +308,7 @@ def test_the_lexical_index_follows_every_change(store: RecordStore) -> None:
 # ---------------------------------------------------------------------------------------------- vector bookkeeping
 def test_pending_marks_follow_the_vector_index_protocol(store: RecordStore) -> None:
     rowid, item = add(store, "x", user_id="ann")
-    assert store.pending_vectors() == [rowid]
+    assert store.pending_vectors() == [rowid] and store.embedding_count() == 1
     row = store.index_rows([rowid])[0]
     assert (row.id, row.state, row.user_id) == (item.id, "activated", "ann")
     assert np.allclose(np.frombuffer(row.vec, dtype=np.float32), vec(1.0))  # type: ignore[arg-type]

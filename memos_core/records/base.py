@@ -420,6 +420,10 @@ class RecordStore(ABC):
     def count_role(self, c: Txn, role: str) -> int:
         return sum(1 for g in self.grants(c) if g[2] == role)
 
+    def embedding_count(self) -> int:
+        """How many items have a stored embedding (what the vector index should hold)."""
+        return sum(len(b) for b in self.all_embeddings())
+
     def missing_embeddings(self, states: Sequence[LifecycleState]) -> list[int]:
         have = {r for batch in self.all_embeddings() for r, _, _ in batch}
         want = {s.value for s in states}

@@ -944,6 +944,10 @@ class PostgresRecordStore(RecordStore):
             yield [(r[0], r[1], np.frombuffer(bytes(r[2]), dtype=np.float32)) for r in rows]
             last = rows[-1][0]
 
+    def embedding_count(self) -> int:
+        with self._conn() as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0])
+
     def missing_embeddings(self, states: Sequence[LifecycleState]) -> list[int]:
         with self._conn() as conn:
             return [r[0] for r in conn.execute(

@@ -788,6 +788,10 @@ class SQLiteRecordStore(RecordStore):
             c.execute("INSERT OR IGNORE INTO meta(key, value) VALUES(?, ?)", (key, value))
             return c.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()[0]
 
+    def embedding_count(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0])
+
     def in_transaction(self) -> bool:
         owned = getattr(self._lock, "_is_owned", None)
         return True if owned is None else bool(owned())
