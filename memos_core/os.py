@@ -62,11 +62,14 @@ from .reader.dedup import DEFAULT_NEAR_THRESHOLD, merge_provenance, normalize, p
 from .reader.llm import AddResult, LLMReader
 from .reader.offline import OfflineReader, Turn, coerce_turns
 
-__all__ = ["MemOS", "AddResult", "DEFAULT_CUBE", "SINGLE_USER", "UserRule", "bound_user"]
+__all__ = ["MemOS", "AddResult", "DEFAULT_CUBE", "SINGLE_USER", "UserRule", "bound_user", "resolve_memory",
+           "MemoryArgumentError", "hit_metadata", "DEFAULT_K"]
 
 log = get_logger(__name__)
 
 DEFAULT_CUBE = "default"
+#: how many memories the adapters' retrievers, memory blocks, middleware and tools return by default
+DEFAULT_K = 5
 _CUBE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _FACT_KINDS = [k for k in MemoryKind if k not in (MemoryKind.EPISODE, MemoryKind.DOCUMENT)]
 _RECENT_MAX = 1024
@@ -168,6 +171,77 @@ class UserRule:
     def require(self) -> str:
         """For adapters that learn the user only at construction: the user, or :class:`UserRequired` now."""
         return self.user()
+
+
+class MemoryArgumentError(ValidationError, TypeError):
+    """An adapter was given something that is not a MemOS, a view of one, a MemCube or a folder path."""
+
+
+def resolve_memory(memory: Any, *, embedder: Any = None, adapter: str = "this adapter") -> "MemOS":
+    """The one constructor rule of every adapter class: what it may be given, as a :class:`MemOS`.
+
+    * a :class:`MemOS`, or a view of one (:meth:`MemOS.for_user`, :meth:`MemOS.as_principal`): itself;
+    * a :class:`MemCube`: :meth:`MemOS.over_cube` (a MemOS over that cube only; the cube stays the caller's);
+    * a folder path: a folder holding a cube (its manifest) is opened as that cube (:meth:`MemOS.over_cube`),
+      any other folder as a MemOS data folder (one sub-folder per cube, ``default`` created when missing).
+
+    ``embedder`` is used only when a folder is opened here. Anything else raises
+    :class:`MemoryArgumentError` (a ``ValidationError`` and a ``TypeError``) at once, so a wrong argument fails
+    when the adapter is built, not on its first call.
+    """
+    if isinstance(memory, MemOS):
+        return memory
+    if isinstance(memory, MemCube):
+        return MemOS.over_cube(memory)
+    if isinstance(memory, (str, os.PathLike)) and str(memory).strip():
+        folder = Path(memory)
+        if (folder / MANIFEST).is_file():
+            return MemOS.over_cube(folder, embedder=embedder)
+        return MemOS(folder, embedder=embedder)
+    raise MemoryArgumentError(
+        f"{adapter} takes a MemOS (or a view of one: mem.for_user(...), mem.as_principal(...)), a MemCube or a "
+        f"folder path; got {type(memory).__name__}")
+
+
+def hit_metadata(hit: SearchHit) -> dict[str, Any]:
+    """What both adapters attach to a retrieved memory (LangChain ``Document.metadata``, LlamaIndex
+    ``TextNode.metadata``): JSON values only, keys absent rather than ``None``.
+
+    ``memory_id``, ``cube_id``, ``version``, ``kind``, ``state``, ``score`` (the fused score), ``user_id`` /
+    ``agent_id`` / ``session_id`` (when set), ``event_time`` (when known), ``created_at``, ``updated_at``,
+    ``valid_until`` (when set), ``source``, ``source_ids``, ``extractor`` / ``speaker`` (when set),
+    ``retrievers`` and ``ranks`` (per retriever), ``tags`` and ``memory_metadata`` (the memory's own metadata)
+    when not empty.
+    """
+    item = hit.item
+    meta: dict[str, Any] = {"memory_id": item.id, "cube_id": item.cube_id, "version": item.version,
+                            "kind": item.kind.value, "state": item.state.value, "score": float(hit.score)}
+    for axis in ("user_id", "agent_id", "session_id"):
+        val = getattr(item.scope, axis)
+        if val is not None:
+            meta[axis] = val
+    if item.event_time is not None:
+        meta["event_time"] = item.event_time.isoformat()
+    meta["created_at"] = item.created_at.isoformat()
+    meta["updated_at"] = item.updated_at.isoformat()
+    if item.valid_until is not None:
+        meta["valid_until"] = item.valid_until.isoformat()
+    prov = item.provenance
+    meta["source"] = prov.source.value
+    meta["source_ids"] = list(prov.source_ids)
+    if prov.extractor:
+        meta["extractor"] = prov.extractor
+    if prov.speaker:
+        meta["speaker"] = prov.speaker
+    if prov.session_id and "session_id" not in meta:
+        meta["session_id"] = prov.session_id
+    meta["retrievers"] = dict(hit.retrievers)
+    meta["ranks"] = dict(hit.ranks)
+    if item.tags:
+        meta["tags"] = list(item.tags)
+    if item.metadata:
+        meta["memory_metadata"] = dict(item.metadata)
+    return meta
 
 
 def _check_user_id(user_id: Any) -> None:
@@ -307,9 +381,15 @@ class MemOS:
         self.path.mkdir(parents=True, exist_ok=True)
         #: cube folders under ``path`` that could not be mounted on start, with the reason
         self.mount_errors: dict[str, str] = {}
+        only = self.__dict__.pop("_only", None)  # set by over_cube(): mount that one cube, nothing else
         try:  # the default cube first (mount order breaks ties in search), then the others by name
+            if isinstance(only, MemCube):
+                self._cubes[self.default_cube] = only  # the caller's object, left open by close()
+                return
             self._open(self.path / self.default_cube, self.default_cube,
                        create=not (self.path / self.default_cube / MANIFEST).is_file())
+            if only is not None:
+                return
             for sub in sorted(p for p in self.path.iterdir() if (p / MANIFEST).is_file()):
                 if sub.name == self.default_cube or not _CUBE_NAME.match(sub.name):
                     continue
@@ -321,6 +401,32 @@ class MemOS:
         except BaseException:
             self.close()
             raise
+
+    @classmethod
+    def over_cube(cls, cube: MemCube | str | os.PathLike[str], *, embedder: Any = None, llm: Any = None,
+                  principal: str | None = None, **options: Any) -> "MemOS":
+        """A MemOS whose only mounted cube is ``cube``: an open :class:`MemCube` (it stays the caller's: closing
+        the MemOS leaves it open) or a cube folder (opened here). The cube is mounted under its folder's name
+        (``"default"`` when that is not a valid cube name) and is the default cube; ``path`` is the folder's
+        parent, so :meth:`create_cube` makes siblings. ``principal`` defaults to the cube's own actor."""
+        if isinstance(cube, MemCube):
+            folder = Path(cube.path)
+            embedder = cube.embedder if embedder is None else embedder
+            principal = principal or cube.actor
+        elif isinstance(cube, (str, os.PathLike)):
+            folder = Path(cube)
+            if not (folder / MANIFEST).is_file():
+                raise NotFound(f"no cube at {folder} (no {MANIFEST})")
+        else:
+            raise MemoryArgumentError(f"expected a MemCube or a cube folder, got {type(cube).__name__}")
+        name = folder.name if _CUBE_NAME.match(folder.name) else DEFAULT_CUBE
+        mem = object.__new__(cls)
+        mem._only = cube  # type: ignore[attr-defined]  # consumed by __init__
+        if not isinstance(cube, MemCube) and name != folder.name:
+            raise ValidationError(f"cube folder name {folder.name!r}: use 1-64 letters, digits, '_', '-' or '.'")
+        mem.__init__(folder.parent, embedder=embedder, llm=llm, principal=principal or "local",  # type: ignore[misc]
+                     default_cube=name, **options)
+        return mem
 
     # ------------------------------------------------------------------ plumbing
     def _now(self) -> datetime:
@@ -699,9 +805,8 @@ class MemOS:
                cubes: Sequence[str | MemCube] | str | None = None, mode: SearchMode = "hybrid") -> list[SearchHit]:
         """Search every mounted cube the caller may read (or only ``cubes``) and merge the hits.
 
-        Hits are merged by each cube's fused score (cubes fuse dense and lexical evidence with the same
-        :class:`~memos_core.cube.RetrievalConfig` defaults, so a score says how far a hit stands out among its
-        own cube's candidates; it is a ranking signal, not an absolute relevance). Duplicates are dropped keeping
+        Hits are merged by score (``hit.score`` is absolute: it depends on the query and the memory only, so
+        scores of different cubes compare), keeping each cube's own order (its fusion's ranking). Duplicates are dropped keeping
         the best (same normalised content; for episodes also the same event time), and ties are ordered by
         per-cube rank, mount order and id. ``hit.item.cube_id`` says which cube a hit came from. Cubes the
         principal may not read are skipped, unless named in ``cubes`` (then :class:`PermissionDenied`).
@@ -721,8 +826,12 @@ class MemOS:
                     raise
                 log.debug("cube %s denies %s a search; skipped", name, self.principal)
                 continue
+            floor = float("inf")
             for rank, h in enumerate(hits):
-                scored.append((-h.score, rank, order, h.item.id, h))
+                # hit.score is absolute (comparable across cubes) but a cube's hits come in its fusion's order;
+                # merging by the running minimum keeps each cube's order and interleaves cubes by score
+                floor = min(floor, h.score)
+                scored.append((-floor, rank, order, h.item.id, h))
         scored.sort(key=lambda x: x[:4])
         out: list[SearchHit] = []
         seen: set[tuple[str, Any]] = set()

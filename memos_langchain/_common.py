@@ -12,32 +12,32 @@ from typing import Any, Callable, Mapping, TypeVar
 
 from memos_core import MemCube
 from memos_core.errors import NotFound, ValidationError
+from memos_core.os import resolve_memory
 
 T = TypeVar("T")
 
 DEFAULT_CUBE = "default"
 
 
-def resolve_cube(memory: Any, cube: str | None = None, *, embedder: Any = None) -> MemCube:
-    """A :class:`MemCube` from what the user passed: a cube, a ``MemOS`` facade (``cube`` names one of its
-    cubes; default: its default cube) or a folder path (opened or created with ``embedder``)."""
+def resolve_cube(memory: Any, cube: str | None = None, *, embedder: Any = None, adapter: str = "this adapter"
+                 ) -> MemCube:
+    """The :class:`MemCube` an adapter works on, by the one constructor rule of every adapter
+    (:func:`memos_core.os.resolve_memory`): a cube as is; a ``MemOS`` or a view of one: ``cube`` names one of its
+    cubes (default: its default cube); a folder path: a cube folder is that cube, any other folder a MemOS data
+    folder (opened or created with ``embedder``) whose default cube (or ``cube``) is used."""
     if isinstance(memory, MemCube):
         if cube is not None and cube not in (memory.name, memory.cube_id):
             raise ValidationError(f"cube={cube!r} was given with a MemCube named {memory.name!r}")
         return memory
-    if isinstance(memory, (str, os.PathLike)):
-        return MemCube(memory, embedder=embedder)
-    cubes = getattr(memory, "cubes", None)
-    if isinstance(cubes, Mapping):
-        name = cube or getattr(memory, "default_cube", None) or DEFAULT_CUBE
-        if not isinstance(name, str):  # a facade may expose the default cube object instead of its name
-            name = getattr(name, "name", DEFAULT_CUBE)
-        if name in cubes:
-            return cubes[name]
-        raise NotFound(f"no cube named {name!r} is mounted; mounted: {sorted(cubes)}")
-    raise ValidationError(
-        f"expected a MemOS instance, a MemCube or a folder path, got {type(memory).__name__}"
-    )
+    mem = resolve_memory(memory, embedder=embedder, adapter=adapter)
+    cubes = mem.cubes
+    name = cube or mem.default_cube or DEFAULT_CUBE
+    if name in cubes:
+        return cubes[name]
+    for c in cubes.values():
+        if c.cube_id == name:
+            return c
+    raise NotFound(f"no cube named {name!r} is mounted; mounted: {sorted(cubes)}")
 
 
 def principal_of(memory: Any) -> str | None:

@@ -19,9 +19,9 @@ from langchain_core.messages import BaseMessage, message_to_dict, messages_from_
 
 from memos_core import LifecycleState, MemCube, MemoryKind, SourceKind
 from memos_core.errors import ValidationError
-from memos_core.os import UserRule
+from memos_core.os import UserRule, resolve_memory
 
-from ._common import is_facade, message_text, principal_of, resolve_cube, run_sync
+from ._common import message_text, principal_of, resolve_cube, run_sync
 
 __all__ = ["MemOSChatMessageHistory", "HISTORY_TAG"]
 
@@ -53,7 +53,8 @@ class MemOSChatMessageHistory(BaseChatMessageHistory):
     Parameters
     ----------
     memory:
-        A ``MemOS`` facade (its default cube, or ``cube``), a :class:`MemCube` or a folder path.
+        A ``MemOS`` (its default cube, or ``cube``), a view of one, a :class:`MemCube` or a folder path (the
+        constructor rule of every adapter: :func:`memos_core.os.resolve_memory`).
     session_id:
         The conversation; each session has its own history.
     user_id, agent_id:
@@ -75,8 +76,7 @@ class MemOSChatMessageHistory(BaseChatMessageHistory):
         rule = UserRule(memory, user_id=user_id, single_user=single_user, adapter="MemOSChatMessageHistory",
                         how="pass user_id=... (MemOSChatMessageHistory(mem, session_id, user_id=...))")
         user_id = rule.require()
-        if memorize and not is_facade(memory):
-            raise ValidationError("memorize=True needs a MemOS instance (its MemReader turns messages into memories)")
+        memory = resolve_memory(memory, adapter="MemOSChatMessageHistory")  # a MemCube: a MemOS over it
         self.memory = memory
         self.cube: MemCube = resolve_cube(memory, cube)
         self.cube_name = cube

@@ -34,12 +34,11 @@ from typing_extensions import Annotated, NotRequired
 from memos_core.log import get_logger
 from memos_core.errors import MemOSError, ValidationError
 
-from memos_core.os import UserRule
+from memos_core.os import DEFAULT_K, UserRule, resolve_memory
 
 from ._common import (
     RUN_USER_HOW,
     check_require_user,
-    is_facade,
     message_text,
     principal_of,
     resolve_cube,
@@ -78,7 +77,8 @@ class MemOSMiddleware(AgentMiddleware):
     Parameters
     ----------
     memory:
-        A ``MemOS`` instance, or a view of one (``mem.for_user(...)``, ``mem.as_principal(...)``).
+        A ``MemOS``, a view of one (``mem.for_user(...)``, ``mem.as_principal(...)``), a ``MemCube`` or a folder
+        path (the constructor rule of every adapter: :func:`memos_core.os.resolve_memory`).
     user_id, agent_id:
         Fixed scope. Without ``user_id`` the run's context/config is asked (see the module docs); when none is
         found, the call raises :class:`memos_core.UserRequired`.
@@ -106,14 +106,13 @@ class MemOSMiddleware(AgentMiddleware):
     state_schema = MemOSState  # type: ignore[assignment]
 
     def __init__(self, memory: Any, *, user_id: str | None = None, agent_id: str | None = None,
-                 cube: str | None = None, search_cubes: Sequence[str] | None = None, k: int = 5,
+                 cube: str | None = None, search_cubes: Sequence[str] | None = None, k: int = DEFAULT_K,
                  token_budget: int = 800, inject: bool = True, save: bool = True, infer: bool | None = None,
                  template: str = DEFAULT_TEMPLATE, roles: Sequence[str] = ("human", "ai"),
                  ai_name: str = "assistant", tools: Sequence[Any] = (), single_user: bool = False,
                  require_user: bool | None = None) -> None:
         super().__init__()
-        if not is_facade(memory):
-            raise ValidationError("MemOSMiddleware needs a MemOS instance")
+        memory = resolve_memory(memory, adapter="MemOSMiddleware")
         check_require_user(require_user, "MemOSMiddleware")
         self._rule = UserRule(memory, user_id=user_id, single_user=single_user, adapter="MemOSMiddleware",
                               how=RUN_USER_HOW)

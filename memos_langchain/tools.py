@@ -24,9 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from memos_core import LifecycleState, MemoryKind, SourceKind
 from memos_core.errors import MemOSError, NotFound, ValidationError
 
-from memos_core.os import UserRule
+from memos_core.os import UserRule, resolve_memory
 
-from ._common import RUN_USER_HOW, check_require_user, is_facade, principal_of, resolve_cube, run_sync, scope_from_run
+from ._common import RUN_USER_HOW, check_require_user, principal_of, resolve_cube, run_sync, scope_from_run
 
 __all__ = ["create_memory_tools", "MemoryToolkit"]
 
@@ -65,13 +65,13 @@ class ForgetMemoryArgs(_Args):
 
 
 class MemoryToolkit:
-    """The memory tools bound to one ``MemOS`` (and optionally one user / agent / cube)."""
+    """The memory tools bound to one ``MemOS`` (and optionally one user / agent / cube). ``memory`` follows the
+    constructor rule of every adapter: a MemOS, a view of one, a MemCube or a folder path."""
 
     def __init__(self, memory: Any, *, user_id: str | None = None, agent_id: str | None = None,
                  cube: str | None = None, forget_mode: Literal["delete", "erase"] = "delete",
                  require_user: bool | None = None, single_user: bool = False) -> None:
-        if not is_facade(memory):
-            raise ValidationError("memory tools need a MemOS instance")
+        memory = resolve_memory(memory, adapter="the memory tools")
         check_require_user(require_user, "memory tools")
         self._rule = UserRule(memory, user_id=user_id, single_user=single_user, adapter="the memory tools",
                               how=RUN_USER_HOW)

@@ -233,16 +233,9 @@ def mount_cube(cube: Any, memos: Optional[MemOS] = None) -> Tuple[MemOS, str]:
             if Path(c.path).resolve() == folder:
                 return memos, name
         return memos, _mounted_name(memos, memos.mount(folder))
-    if isinstance(cube, MemCube):
-        folder = Path(cube.path).resolve()
-        mem = MemOS(folder.parent, embedder=cube.embedder, principal=cube.actor, default_cube=folder.name)
-        mem.unmount(folder.name)  # replace the handle MemOS opened by the caller's own object
-        mem.mount(cube, folder.name)
-    else:
-        folder = Path(cube).resolve()
-        mem = MemOS(folder.parent, default_cube=folder.name)
+    mem = MemOS.over_cube(cube)  # that cube only; a MemCube object stays the caller's
     track_memos(mem)
-    return mem, folder.name
+    return mem, mem.default_cube
 
 
 def _mounted_name(memos: MemOS, cube: Any) -> str:

@@ -33,7 +33,7 @@ from llama_index.core.utils import get_tokenizer
 
 from memos_core.log import get_logger
 from memos_core import MemOS
-from memos_core.os import CONTEXT_HEADER, AddResult, UserRule
+from memos_core.os import CONTEXT_HEADER, DEFAULT_K, AddResult, UserRule, resolve_memory
 
 from ._common import (
     USER_HOW,
@@ -69,7 +69,7 @@ class MemOSMemoryBlock(BaseMemoryBlock[str]):
                                                              "is a user-bound view or single_user=True).")
     single_user: bool = Field(default=False, description="One fixed user scope for a single-user app.")
     agent_id: Optional[str] = None
-    k: int = Field(default=5, ge=1, le=1000)
+    k: int = Field(default=DEFAULT_K, ge=1, le=1000)
     token_budget: int = Field(default=500, ge=1, description="Token budget of the block's text.")
     search_filter: Optional[Dict[str, Any]] = None
     infer: Optional[bool] = None
@@ -84,10 +84,9 @@ class MemOSMemoryBlock(BaseMemoryBlock[str]):
     _queries: "OrderedDict[str, Tuple[str, Dict[str, Any]]]" = PrivateAttr(default_factory=OrderedDict)
     _last_add: Optional[AddResult] = PrivateAttr(default=None)
 
-    def __init__(self, memos: Optional[MemOS] = None, **data: Any) -> None:
+    def __init__(self, memos: Any = None, **data: Any) -> None:
         if memos is not None:
-            if not isinstance(memos, MemOS):
-                raise TypeError(f"memos must be a MemOS, got {type(memos).__name__}")
+            memos = resolve_memory(memos, adapter="MemOSMemoryBlock")  # a MemOS, a view, a MemCube or a folder
             path, principal = memos_spec(memos)
             data["memos_path"], data["principal"] = path, principal  # the object given wins over a saved path
             if data.get("user_id") is None and memos.bound_user is not None and not data.get("single_user"):
@@ -98,7 +97,7 @@ class MemOSMemoryBlock(BaseMemoryBlock[str]):
                               adapter="MemOSMemoryBlock", how=USER_HOW).require()
 
     @classmethod
-    def from_memos(cls, memos: MemOS, **kwargs: Any) -> "MemOSMemoryBlock":
+    def from_memos(cls, memos: Any, **kwargs: Any) -> "MemOSMemoryBlock":
         """A block on an open :class:`~memos_core.MemOS`."""
         return cls(memos=memos, **kwargs)
 

@@ -31,7 +31,7 @@ from llama_index.core.utils import get_tokenizer
 
 from memos_core.log import get_logger
 from memos_core import MemOS
-from memos_core.os import CONTEXT_HEADER, AddResult, UserRule
+from memos_core.os import CONTEXT_HEADER, DEFAULT_K, AddResult, UserRule, resolve_memory
 
 from ._common import (
     USER_HOW,
@@ -84,7 +84,7 @@ class MemOSMemory(BaseMemory):
     single_user: bool = Field(default=False, description="One fixed user scope for a single-user app.")
     agent_id: Optional[str] = Field(default=None, description="Scope of writes and reads.")
     session_id: str = Field(default_factory=_new_session, description="Chat session (short-term key).")
-    k: int = Field(default=5, ge=1, le=1000, description="At most this many memories per get().")
+    k: int = Field(default=DEFAULT_K, ge=1, le=1000, description="At most this many memories per get().")
     memory_token_budget: int = Field(default=1000, ge=1, description="Token budget of the memory message.")
     search_filter: Optional[Dict[str, Any]] = Field(default=None, description="Extra core SearchFilter (dict).")
     infer: Optional[bool] = Field(default=None, description="MemOS.add(infer=...): None = LLM reader if any.")
@@ -104,13 +104,12 @@ class MemOSMemory(BaseMemory):
     _tokenizer: Any = PrivateAttr(default=None)
     _last_add: Optional[AddResult] = PrivateAttr(default=None)
 
-    def __init__(self, memos: Optional[MemOS] = None, chat_history: Optional[List[Any]] = None,
+    def __init__(self, memos: Any = None, chat_history: Optional[List[Any]] = None,
                  **data: Any) -> None:
         """Prefer the ``from_*`` constructors. ``chat_history`` here restores a saved history as is (it is not
         read into long-term memory again); ``from_defaults(chat_history=...)`` reads it."""
         if memos is not None:
-            if not isinstance(memos, MemOS):
-                raise TypeError(f"memos must be a MemOS, got {type(memos).__name__}")
+            memos = resolve_memory(memos, adapter="MemOSMemory")  # a MemOS, a view, a MemCube or a folder
             path, principal = memos_spec(memos)
             data["memos_path"], data["principal"] = path, principal  # the object given wins over a saved path
             if data.get("user_id") is None and memos.bound_user is not None and not data.get("single_user"):
@@ -163,7 +162,7 @@ class MemOSMemory(BaseMemory):
         return mem
 
     @classmethod
-    def from_memos(cls, memos: MemOS, **kwargs: Any) -> "MemOSMemory":
+    def from_memos(cls, memos: Any, **kwargs: Any) -> "MemOSMemory":
         """A memory on an open :class:`~memos_core.MemOS` (``cube=`` picks the cube it writes to)."""
         return cls(memos=memos, **kwargs)
 

@@ -11,10 +11,12 @@ the memory content and ``score`` = the core's fused score. Its metadata (all JSO
 ``user_id`` ...        its scope: ``user_id``, ``agent_id``, ``session_id`` (when set)
 ``event_time``         when it happened (ISO-8601, UTC), else absent; ``created_at``, ``updated_at``
 ``source``             provenance: ``source``, ``source_ids``, ``extractor``, ``speaker`` (when set)
+``score``              the fused score (also ``NodeWithScore.score``)
 ``retrievers``         per-retriever scores, e.g. ``{"dense": 0.71, "lexical": 3.2}``; ``ranks`` likewise
 ``tags`` / ``memory_metadata``  the item's tags and its own metadata
 =====================  ===============================================================================
 
+These keys are :func:`memos_core.os.hit_metadata`'s, shared with the LangChain retriever's ``Document.metadata``.
 Only ``event_time`` and ``speaker`` are shown to the LLM (``excluded_llm_metadata_keys`` hides the rest) and
 nothing is embedded, so a query engine's prompt stays clean.
 """
@@ -28,7 +30,7 @@ from llama_index.core.callbacks import CallbackManager
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
 from memos_core import MemOS, MemoryItem, SearchHit
-from memos_core.os import UserRule
+from memos_core.os import DEFAULT_K, UserRule, hit_metadata, resolve_memory
 
 from ._common import USER_HOW, mount_cube
 
@@ -40,38 +42,7 @@ _LLM_VISIBLE = {"event_time", "speaker"}
 def hit_to_node(hit: SearchHit) -> NodeWithScore:
     """Translate one core :class:`~memos_core.SearchHit` into a LlamaIndex ``NodeWithScore``."""
     item: MemoryItem = hit.item
-    meta: Dict[str, Any] = {
-        "memory_id": item.id,
-        "cube_id": item.cube_id,
-        "version": item.version,
-        "kind": item.kind.value,
-        "state": item.state.value,
-    }
-    for axis in ("user_id", "agent_id", "session_id"):
-        val = getattr(item.scope, axis)
-        if val is not None:
-            meta[axis] = val
-    if item.event_time is not None:
-        meta["event_time"] = item.event_time.isoformat()
-    meta["created_at"] = item.created_at.isoformat()
-    meta["updated_at"] = item.updated_at.isoformat()
-    if item.valid_until is not None:
-        meta["valid_until"] = item.valid_until.isoformat()
-    prov = item.provenance
-    meta["source"] = prov.source.value
-    meta["source_ids"] = list(prov.source_ids)
-    if prov.extractor:
-        meta["extractor"] = prov.extractor
-    if prov.speaker:
-        meta["speaker"] = prov.speaker
-    if prov.session_id and "session_id" not in meta:
-        meta["session_id"] = prov.session_id
-    meta["retrievers"] = dict(hit.retrievers)
-    meta["ranks"] = dict(hit.ranks)
-    if item.tags:
-        meta["tags"] = list(item.tags)
-    if item.metadata:
-        meta["memory_metadata"] = dict(item.metadata)
+    meta: Dict[str, Any] = hit_metadata(hit)  # the same keys as the LangChain retriever's Documents
     hidden = [key for key in meta if key not in _LLM_VISIBLE]
     node = TextNode(id_=item.id, text=item.content, metadata=meta, excluded_llm_metadata_keys=hidden,
                     excluded_embed_metadata_keys=list(meta))
@@ -80,6 +51,9 @@ def hit_to_node(hit: SearchHit) -> NodeWithScore:
 
 class MemOSRetriever(BaseRetriever):
     """Retrieve memories from a :class:`~memos_core.MemOS` (every mounted cube, or ``cubes``).
+
+    ``memos`` follows the constructor rule of every adapter (:func:`memos_core.os.resolve_memory`): a MemOS, a
+    view of one (``mem.for_user("ann")``), a MemCube or a folder path.
 
     Scope (``user_id`` / ``agent_id`` / ``session_id``), ``k``, ``filter`` (a core SearchFilter dict) and
     ``mode`` (``"hybrid"``, ``"dense"``, ``"lexical"``) are passed to :meth:`MemOS.search` unchanged. A blank
@@ -92,12 +66,12 @@ class MemOSRetriever(BaseRetriever):
 
     def __init__(
         self,
-        memos: MemOS,
+        memos: Any,
         *,
         user_id: Optional[str] = None,
         agent_id: Optional[str] = None,
         session_id: Optional[str] = None,
-        k: int = 5,
+        k: int = DEFAULT_K,
         filter: Optional[Dict[str, Any]] = None,
         cubes: Optional[Sequence[str]] = None,
         mode: str = "hybrid",
@@ -105,8 +79,7 @@ class MemOSRetriever(BaseRetriever):
         verbose: bool = False,
         single_user: bool = False,
     ) -> None:
-        if not isinstance(memos, MemOS):
-            raise TypeError(f"memos must be a MemOS, got {type(memos).__name__}")
+        memos = resolve_memory(memos, adapter="MemOSRetriever")
         user = UserRule(memos, user_id=user_id, single_user=single_user, adapter="MemOSRetriever",
                         how=USER_HOW).require()
         super().__init__(callback_manager=callback_manager, verbose=verbose)

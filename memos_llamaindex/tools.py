@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from llama_index.core.tools.tool_spec.base import BaseToolSpec
 
 from memos_core import MemOS, MemoryItem, NotFound, SearchHit
-from memos_core.os import AddResult, UserRule
+from memos_core.os import DEFAULT_K, AddResult, UserRule, resolve_memory
 
 from ._common import USER_HOW
 
@@ -45,12 +45,11 @@ class MemOSToolSpec(BaseToolSpec):
         ("forget_memory", "aforget_memory"),
     ]
 
-    def __init__(self, memos: MemOS, *, user_id: Optional[str] = None, agent_id: Optional[str] = None,
+    def __init__(self, memos: Any, *, user_id: Optional[str] = None, agent_id: Optional[str] = None,
                  session_id: Optional[str] = None, cube: Optional[str] = None,
-                 search_cubes: Optional[Sequence[str]] = None, k: int = 5, hard_forget: bool = False,
+                 search_cubes: Optional[Sequence[str]] = None, k: int = DEFAULT_K, hard_forget: bool = False,
                  single_user: bool = False) -> None:
-        if not isinstance(memos, MemOS):
-            raise TypeError(f"memos must be a MemOS, got {type(memos).__name__}")
+        memos = resolve_memory(memos, adapter="MemOSToolSpec")  # a MemOS, a view, a MemCube or a folder
         self.memos = memos
         self.user_id = UserRule(memos, user_id=user_id, single_user=single_user, adapter="MemOSToolSpec",
                                 how=USER_HOW).require()

@@ -83,8 +83,9 @@ def test_retriever_scope_filters_and_metadata(mem: MemOS) -> None:
     # over a bare cube too
     cube = mem.cubes["default"]
     assert all(isinstance(x, Document) for x in MemOSRetriever(memory=cube, k=2, user_id="bob").invoke("love"))
-    with pytest.raises(ValueError):
-        MemOSRetriever(memory=cube, cubes=["default"], user_id="bob").invoke("love")
+    assert MemOSRetriever(memory=cube, cubes=["default"], user_id="bob").invoke("love")  # a MemOS over the cube
+    assert MemOSRetriever(memory=mem, user_id="ann").invoke("   ") == []  # blank: nothing to search, as LlamaIndex
+    assert r.k == 5  # the default k of every adapter
 
 
 def test_retriever_in_a_chain(mem: MemOS) -> None:
@@ -133,8 +134,12 @@ def test_history_memorize_feeds_the_reader(mem: MemOS) -> None:
     h.add_messages([HumanMessage("My sister Joana lives in Porto", id="m1"), AIMessage("Nice!", id="m2")])
     hits = [h for h in mem.search("where does Joana live", user_id="ann") if "Porto" in h.item.content]
     assert hits and hits[0].item.scope.session_id == "s1" and hits[0].item.provenance.source_ids == ["m1"]
+    # a bare cube works too: the MemReader comes from a MemOS over it (the constructor rule of every adapter)
+    hc = MemOSChatMessageHistory(mem.cubes["default"], "s9", user_id="ann", memorize=True)
+    hc.add_messages([HumanMessage("My brother Rui lives in Faro", id="m9")])
+    assert any("Faro" in h.item.content for h in mem.search("where does Rui live", user_id="ann"))
     with pytest.raises(ValueError):
-        MemOSChatMessageHistory(mem.cubes["default"], "s1", user_id="ann", memorize=True)
+        MemOSChatMessageHistory(42, "s1", user_id="ann")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         MemOSChatMessageHistory(mem, "", user_id="ann")
 
@@ -215,8 +220,10 @@ def test_memory_tools_subset_async_and_errors(mem: MemOS) -> None:
         tools["mem_save_memory"].invoke({"content": "x"})
     with pytest.raises(ValueError):
         create_memory_tools(mem, include=("explode",))
-    with pytest.raises(ValueError):
-        create_memory_tools(mem.cubes["default"])
+    with pytest.raises(TypeError):  # checked when built: a MemOS, a view, a MemCube or a folder path
+        create_memory_tools(42)  # type: ignore[arg-type]
+    assert "Saved" in by_name(create_memory_tools(mem.cubes["default"], user_id="cy"))["save_memory"].invoke(
+        {"content": "Cy owns a kayak"})
     open_tools = by_name(create_memory_tools(mem, user_id="ann"))
     out = asyncio.run(open_tools["save_memory"].ainvoke({"content": "async fact"}))
     assert out.startswith("Saved")

@@ -122,7 +122,8 @@ def test_middleware_async_agent_and_options(mem: MemOS) -> None:
                         config={"configurable": {"user_id": "ann"}})
     assert out["messages"][-1].text == "I don't know your favourite colour."
     with pytest.raises(ValueError):
-        MemOSMiddleware(mem.cubes["default"])
+        MemOSMiddleware(object())  # checked when built: a MemOS, a view, a MemCube or a folder path
+    assert MemOSMiddleware(mem.cubes["default"]).memory.cubes["default"] is mem.cubes["default"]
     with pytest.raises(ValueError):
         MemOSMiddleware(mem, template="no placeholder")
 

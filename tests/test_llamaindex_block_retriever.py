@@ -205,7 +205,9 @@ def test_retriever_from_cube(tmp_path: Path) -> None:
     retriever = MemOSRetriever.from_cube(cube, user_id="ann")
     assert retriever.cubes == ["notes"]
     assert "fridge" in retriever.retrieve("where is the wifi password")[0].node.get_content()
-    with pytest.raises(TypeError):
-        MemOSRetriever("not a memos")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):  # checked when built: a MemOS, a view of one, a MemCube or a folder path
+        MemOSRetriever(3.5, user_id="ann")  # type: ignore[arg-type]
+    # the same constructor rule as every adapter: a MemCube or a cube folder works in place of a MemOS
+    assert "fridge" in MemOSRetriever(cube, user_id="ann").retrieve("wifi password")[0].node.get_content()
     retriever.memos.close()
     cube.close()

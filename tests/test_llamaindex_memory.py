@@ -280,8 +280,8 @@ def test_persistence_across_process_restarts(tmp_path: Path) -> None:
 def test_register_memos_rejects_other_objects() -> None:
     with pytest.raises(TypeError):
         register_memos("not a memos")  # type: ignore[arg-type]
-    with pytest.raises(TypeError):
-        MemOSMemory(memos="nope")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):  # checked when built: a MemOS, a view of one, a MemCube or a folder path
+        MemOSMemory(memos=42, user_id="ann")  # type: ignore[arg-type]
 
 
 def test_llm_reader_extracts_facts_from_put_messages(tmp_path: Path) -> None:
