@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import threading
 import time
@@ -66,7 +65,8 @@ from .items import (
     ttl_seconds,
     utcnow,
 )
-from .plaintext import ChromaVectorIndex, QueryPlan, analyze_query, entity_matcher, fts_query, rrf, zscore_fusion
+from .plaintext import ChromaVectorIndex, QueryPlan, analyze_query, calibration, entity_matcher, fts_query, rrf
+from .plaintext.fusion import Candidates, fuse
 from .records import SQLiteRecordStore
 from .governance import Governance, Right
 from .governance.core import query_digest
@@ -93,7 +93,15 @@ class RetrievalConfig:
       them weighted, so score margins survive (an exact rare-name BM25 match stays far ahead); ``"rrf"`` is
       weighted reciprocal rank fusion, which keeps only ranks.
     * ``dense_weight`` / ``lexical_weight``: the retrievers' weights in the fusion. ``None`` picks the default
-      of the fusion (z-score: 1.0 / 0.3; RRF: 1.0 / 0.8).
+      of the fusion (z-score: dense 1.0, lexical *adaptive*, see below; RRF: 1.0 / 0.8). A number given for
+      ``lexical_weight`` fixes it for every query.
+    * ``question_lexical_weight`` / ``dialogue_lexical_weight``: the adaptive lexical weight of z-score fusion
+      for a short query (a question or keywords: names, things and dates that BM25 matches exactly) and for a
+      pasted dialogue (long, chatty: the embedder reads it better). Each is then scaled by how sure BM25 is on
+      this query (see :func:`memos_core.plaintext.fusion.fuse`).
+    * ``act_weight``: how strongly a memory's ``metadata["recall_weight"]`` (in (0, 1]; the offline reader sets
+      it below 1 for questions, acknowledgements, "I don't know" replies, echoes and small talk) pushes it down:
+      ``act_weight * ln(recall_weight)`` standard deviations. 0 ignores it.
     * ``entity_weight``: bonus (in standard deviations, z-score fusion only) for a memory that contains the
       names the query mentions (speakers of a pasted dialogue, capitalised non-initial words), scaled by the
       share of those names it contains.
@@ -110,12 +118,18 @@ class RetrievalConfig:
     def __init__(self, dense_weight: float | None = None, lexical_weight: float | None = None,
                  rrf_k: float = 60.0, candidates: int = 60, exact_below: int = 4000,
                  fusion: Literal["zscore", "rrf"] = "zscore", entity_weight: float = 0.3,
-                 focus_weight: float = 0.5, query_cache: int = 256) -> None:
+                 focus_weight: float = 0.5, query_cache: int = 256, question_lexical_weight: float = 0.7,
+                 dialogue_lexical_weight: float = 0.3, act_weight: float = 2.0) -> None:
         if fusion not in ("zscore", "rrf"):
             raise ValidationError(f"fusion must be 'zscore' or 'rrf', not {fusion!r}")
         self.fusion = fusion
         self.dense_weight = 1.0 if dense_weight is None else dense_weight
-        self.lexical_weight = (0.3 if fusion == "zscore" else 0.8) if lexical_weight is None else lexical_weight
+        #: ``None`` (z-score fusion): adaptive per query
+        self.lexical_weight: float | None = (None if fusion == "zscore" else 0.8) if lexical_weight is None \
+            else lexical_weight
+        self.question_lexical_weight = question_lexical_weight
+        self.dialogue_lexical_weight = dialogue_lexical_weight
+        self.act_weight = act_weight
         self.entity_weight = entity_weight
         self.focus_weight = focus_weight
         if not isinstance(query_cache, int) or isinstance(query_cache, bool) or query_cache < 0:
@@ -954,14 +968,18 @@ class MemCube:
 
     def search(self, query: str, *, k: int = 10, filter: SearchFilter | Mapping[str, Any] | None = None,
                mode: SearchMode = "hybrid", user_id: str | None = None, agent_id: str | None = None,
-               session_id: str | None = None, record_usage: bool = True,
+               session_id: str | None = None, record_usage: bool = True, min_score: float | None = None,
                actor: str | None = None) -> list[SearchHit]:
-        """Hybrid search: dense + BM25 over a normalised query, fused by standardised scores (see
-        :class:`RetrievalConfig`; ``fusion="rrf"`` for reciprocal rank fusion).
+        """Hybrid search: dense + BM25 over a normalised query, fused with weights that adapt to the query (see
+        :func:`memos_core.plaintext.fusion.fuse` and :class:`RetrievalConfig`; ``fusion="rrf"`` for reciprocal
+        rank fusion).
 
-        Returns at most ``k`` hits, best first, each with its fused score and the per-retriever scores and
-        ranks that found it. Deleted, purged and expired memories never appear; archived/merged ones only
-        when ``filter.states`` asks for them. Needs **read** (``actor``, default the cube's default actor).
+        Returns at most ``k`` hits in the fusion's order (``hit.rank``), each with its absolute score in [0, 1]
+        (``hit.score``: it depends on the query and that memory only, not on what else the cube holds; see
+        :mod:`memos_core.plaintext.calibration`), the fusion's own value (``hit.fused``) and the per-retriever
+        scores and ranks that found it. ``min_score`` drops hits scoring below it: it means the same at any
+        cube size. Deleted, purged and expired memories never appear; archived/merged ones only when
+        ``filter.states`` asks for them. Needs **read** (``actor``, default the cube's default actor).
         """
         actor = self._authorize(actor, Right.READ, "search", filter=filter)
         if not isinstance(query, str) or not query.strip():
@@ -971,6 +989,9 @@ class MemCube:
             raise ValidationError("k must be an integer between 1 and 1000")
         if mode not in ("hybrid", "dense", "lexical"):
             raise ValidationError(f"mode must be 'hybrid', 'dense' or 'lexical', not {mode!r}")
+        if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float))
+                                      or not 0.0 <= float(min_score) <= 1.0):
+            raise ValidationError(f"min_score must be a number between 0 and 1 (scores are in [0, 1]), not {min_score!r}")
         f = SearchFilter.coerce(filter)
         scope_over = {a: v for a, v in (("user_id", user_id), ("agent_id", agent_id), ("session_id", session_id))
                       if v is not None}
@@ -979,12 +1000,24 @@ class MemCube:
         states = self._states(f)
         now = self._now().timestamp()
         where, args = self.records.filter_sql(f, states, now)
-        fused = self._retrieve(query, mode, f, states, where, args, k)
+        plan, fused = self._retrieve(query, mode, f, states, where, args, k)
         items = self.records.get_many_by_rowid([int(r[0]) for r in fused])  # type: ignore[arg-type]
-        hits = [SearchHit(item=items[int(key)], score=score, retrievers=sc, ranks=rk)  # type: ignore[arg-type]
-                for key, score, sc, rk in fused if int(key) in items]  # type: ignore[arg-type]
+        score = calibration.scorer(plan.text, entity_matcher(plan.entities))
+        hits: list[SearchHit] = []
+        used: list[int] = []
+        rank = 0
+        for key, value, sc, rk, cos in fused:
+            item = items.get(int(key))  # type: ignore[arg-type]
+            if item is None:
+                continue
+            rank += 1
+            hit = SearchHit(item=item, score=score(mode, item.content, cos), retrievers=sc, ranks=rk,
+                            rank=rank, fused=value)
+            if min_score is None or hit.score >= min_score:
+                hits.append(hit)
+                used.append(int(key))  # type: ignore[arg-type]
         if record_usage and hits:
-            self.records.record_usage([int(r[0]) for r in fused], now)  # type: ignore[arg-type]
+            self.records.record_usage(used, now)
         self.governance.audit_read(actor, "search", [h.item.id for h in hits],
                                    {"query_sha256": query_digest(query), "k": k})
         for listener in list(self.listeners):
@@ -1015,18 +1048,10 @@ class MemCube:
 
         return cached_query_vector(self._embedder, key, compute, self.retrieval.query_cache)
 
-    def _retrieve(self, query: str, mode: str, f: SearchFilter, states: Sequence[LifecycleState], where: str,
-                  args: list[Any], k: int) -> list[tuple[Any, float, dict[str, float], dict[str, int]]]:
-        """Candidates from each retriever, fused. Returns [(rowid, score, retriever scores, ranks)] best first.
-
-        The query is first normalised (:func:`analyze_query`: dialogue markup, names). Hybrid search then takes
-        the union of the dense and BM25 candidates, scores the BM25-only ones exactly against their stored
-        embeddings (so every candidate has a dense score), and fuses standardised scores plus a bonus for
-        memories that contain the names the query mentions. ``ranks`` are each retriever's own ranks.
-        """
+    def _gather(self, plan: QueryPlan, mode: str, f: SearchFilter, states: Sequence[LifecycleState], where: str,
+                args: list[Any], n_cand: int) -> tuple[dict[str, list[tuple[int, float]]], np.ndarray | None]:
+        """Each retriever's best ``n_cand`` (rowid, score) for the normalised query, and the query vector."""
         cfg = self.retrieval
-        plan = analyze_query(query)
-        n_cand = max(cfg.candidates, k)
         ranked: dict[str, list[tuple[int, float]]] = {}
         qvec = None
         if mode in ("hybrid", "dense") and cfg.query_cache:
@@ -1054,38 +1079,58 @@ class MemCube:
             ranked["lexical"] = lexical_job.result()
         elif mode in ("hybrid", "lexical"):
             ranked["lexical"] = self.records.lexical(fts_query(plan.text), where, args, n_cand)
-        weights = {"dense": cfg.dense_weight, "lexical": cfg.lexical_weight}
+        return ranked, qvec
+
+    def _retrieve(self, query: str, mode: str, f: SearchFilter, states: Sequence[LifecycleState], where: str,
+                  args: list[Any], k: int
+                  ) -> tuple[QueryPlan, list[tuple[Any, float, dict[str, float], dict[str, int], float | None]]]:
+        """Candidates from each retriever, fused. Returns the query plan and [(rowid, fused value, retriever
+        scores, ranks, cosine)] best first (``cosine``: the memory's exact cosine to the query vector; ``None`` in
+        lexical-only mode, where no query is embedded).
+
+        The query is first normalised (:func:`analyze_query`: dialogue markup, names). Hybrid search then takes
+        the union of the dense and BM25 candidates, scores the BM25-only ones exactly against their stored
+        embeddings (so every candidate has a dense score), and fuses them (:func:`fuse`). ``ranks`` are each
+        retriever's own ranks.
+        """
+        cfg = self.retrieval
+        plan = analyze_query(query)
+        n_cand = max(cfg.candidates, k)
+        ranked, qvec = self._gather(plan, mode, f, states, where, args, n_cand)
+        weights = {"dense": cfg.dense_weight, "lexical": 0.8 if cfg.lexical_weight is None else cfg.lexical_weight}
         if mode != "hybrid" or cfg.fusion == "rrf":
-            return rrf(ranked, weights, cfg.rrf_k)[:k]
-        lexical = dict(ranked["lexical"])
-        cands = sorted({r for r, _ in ranked["dense"]} | set(lexical))
-        # Every candidate's dense score comes from its stored embedding, whichever retriever found it: fused
-        # scores then do not depend on the ANN's float rounding or on which path found a memory.
+            top = rrf(ranked, weights, cfg.rrf_k)[:k]
+            # the score's cosine comes from the stored embedding (exact), not the ANN's rounding
+            cos = dict(self._exact_dense(qvec, [key for key, *_ in top], len(top))) if qvec is not None and top \
+                else {}
+            return plan, [(key, v, sc, rk, cos.get(key)) for key, v, sc, rk in top]
         assert qvec is not None
-        scores = {"dense": dict(self._exact_dense(qvec, cands, len(cands))) or dict(ranked["dense"]),
-                  "lexical": lexical}
-        floors = {"lexical": 0.0 if len(lexical) < n_cand else min(lexical.values(), default=0.0)}
-        bonus: dict[Any, float] = {}
-        if plan.entities and cfg.entity_weight:
-            keys = cands
-            with self.records._lock:
-                rows = []
-                for s in range(0, len(keys), 900):
-                    chunk = keys[s:s + 900]
-                    rows += self.records._conn.execute(
-                        f"SELECT rowid, content FROM items WHERE rowid IN ({','.join('?' * len(chunk))})",
-                        chunk).fetchall()
-            share = entity_matcher(plan.entities)
-            bonus = {r: cfg.entity_weight * share(c or "") for r, c in rows}
-        fused = zscore_fusion(scores, weights, floors, bonus)
-        own = {name: {key: i for i, (key, _) in enumerate(lst, start=1)} for name, lst in ranked.items()}
-        out = []
-        for key, z, sc, _ in fused[:k]:
-            rk = {name: own[name][key] for name in own if key in own[name]}
-            # the fused z-score (standard deviations above the candidates' mean, unbounded and often negative)
-            # maps monotonically into (0, 1): a positive score, comparable across cubes, with the same order
-            out.append((key, _logistic(z), {name: sc[name] for name in rk}, rk))
-        return out
+        cands = self._candidates(plan, qvec, ranked, n_cand)
+        return plan, [(key, z, sc, rk, cands.dense.get(key)) for key, z, sc, rk in fuse(cands, plan, cfg)[:k]]
+
+    def _candidates(self, plan: QueryPlan, qvec: np.ndarray, ranked: dict[str, list[tuple[int, float]]],
+                    n_cand: int) -> Candidates:
+        """The union of the retrievers' candidates with what fusion needs to know about each: the exact dense
+        score of every one (from its stored embedding, whichever retriever found it: fused scores then do not
+        depend on the ANN's float rounding), BM25 where the lexical leg found it, and the memory's text."""
+        lexical = dict(ranked["lexical"])
+        keys = sorted({r for r, _ in ranked["dense"]} | set(lexical))
+        dense = dict(self._exact_dense(qvec, keys, len(keys))) or dict(ranked["dense"])
+        texts: dict[int, str] = {}
+        weights: dict[int, float] = {}
+        with self.records._lock:
+            for s in range(0, len(keys), 900):
+                chunk = keys[s:s + 900]
+                for r, c, w in self.records._conn.execute(
+                        "SELECT rowid, content, json_extract(metadata, '$.recall_weight') FROM items "
+                        f"WHERE rowid IN ({','.join('?' * len(chunk))})", chunk):
+                    texts[r] = c or ""
+                    if isinstance(w, (int, float)) and not isinstance(w, bool):
+                        weights[r] = float(w)
+        return Candidates(keys=keys, dense=dense, lexical=lexical, lexical_complete=len(lexical) < n_cand,
+                          texts=texts, dense_ranks={key: i for i, (key, _) in enumerate(ranked["dense"], 1)},
+                          lexical_ranks={key: i for i, (key, _) in enumerate(ranked["lexical"], 1)},
+                          weights=weights)
 
     def _dense(self, query: str | np.ndarray, f: SearchFilter, states: Sequence[LifecycleState], where: str,
                args: list[Any], n: int) -> list[tuple[int, float]]:
@@ -1256,14 +1301,6 @@ def _count(batch: Any) -> dict[str, int]:
     """``{"count": n}`` for a failure record of a batch operation (the ids and content stay out of the log)."""
     return {"count": len(batch)} if isinstance(batch, (Sequence, Mapping)) and not isinstance(batch, (str, bytes)) \
         else {}
-
-
-def _logistic(z: float) -> float:
-    """Numerically safe logistic function: (-inf, inf) -> (0, 1), monotone."""
-    if z >= 0:
-        return 1.0 / (1.0 + math.exp(-z))
-    e = math.exp(z)
-    return e / (1.0 + e)
 
 
 _POOL: ThreadPoolExecutor | None = None

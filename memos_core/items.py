@@ -447,18 +447,24 @@ class Transition(_Model):
 
 
 class SearchHit(_Model):
-    """A search result: the item, its fused score and which retrievers found it.
+    """A search result: the item, its calibrated score, its place in the ranking and which retrievers found it.
 
-    ``score`` orders results, higher is better. Hybrid search (z-score fusion) reports it in (0, 1): the
-    logistic of how many standard deviations the memory stands above this query's other candidates, so it is
-    relative to the query, not an absolute relevance; RRF and single-retriever modes report the fused RRF value.
-    ``retrievers`` holds each retriever's own absolute score (dense: cosine similarity; lexical: BM25).
+    ``score`` is in [0, 1] and is *absolute*: it depends only on the query and this memory (its cosine
+    similarity to the query and the share of the query's words it contains, mapped by a calibration fitted on
+    the project's dev sets), never on how many other memories the cube holds, so an app can threshold it
+    (``search(..., min_score=0.5)``) and compare it across cubes. The ranking is the fusion's: ``rank`` is the
+    1-based position and ``fused`` the fusion's own value (hybrid: standard deviations above this query's other
+    candidates; RRF and single-retriever modes: the RRF sum), which are relative to the query and the corpus.
+    Hits come in ``rank`` order, so ``score`` need not decrease monotonically down the list.
+    ``retrievers`` holds each retriever's own score (dense: cosine similarity; lexical: BM25).
     """
 
     item: MemoryItem
     score: float
     retrievers: dict[str, float] = Field(default_factory=dict, description="retriever name -> its own score")
     ranks: dict[str, int] = Field(default_factory=dict, description="retriever name -> 1-based rank")
+    rank: int | None = Field(default=None, description="1-based position in the fused ranking of this search")
+    fused: float | None = Field(default=None, description="the fusion's own (query-relative) value")
 
 
 def _filter_values(cond: Any) -> list[Any]:

@@ -9,7 +9,7 @@ import pytest
 from conftest import hashed_embed
 
 from memos_core.cube import MemCube, RetrievalConfig
-from memos_core.errors import BackendUnavailable
+from memos_core.errors import BackendUnavailable, ValidationError
 from memos_core.items import LifecycleState as S
 
 # the plaintext suite runs on embedded Chroma and on a real Chroma server (see conftest.py)
@@ -64,19 +64,56 @@ def test_hits_carry_scores_and_retrievers(facts) -> None:
         for name in ("dense", "lexical"):
             if h.item.id in own[name]:
                 assert name in h.ranks
-    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    # hits come in the fusion's order: rank 1, 2, ... with a non-increasing fused value
+    assert [h.rank for h in hits] == list(range(1, len(hits) + 1))
+    assert [h.fused for h in hits] == sorted((h.fused for h in hits), reverse=True)
 
 
-
-def test_hybrid_scores_are_positive_and_bounded_even_for_a_lone_hit(facts) -> None:
+def test_scores_are_bounded_for_every_mode_even_for_a_lone_hit(facts) -> None:
     cube, ids = facts
     for q in QUERIES:
-        hits = cube.search(q, k=12)
-        assert all(0.0 < h.score < 1.0 for h in hits), q
-        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
-    # one candidate only (a filter narrows the set to a single memory): its score is still positive
+        for mode in ("hybrid", "dense", "lexical"):
+            hits = cube.search(q, k=12, mode=mode)
+            assert all(0.0 <= h.score <= 1.0 for h in hits), (q, mode)
+            assert [h.rank for h in hits] == list(range(1, len(hits) + 1))
+    # one candidate only (a filter narrows the set to a single memory): a score like any other
     lone = cube.search("Ann", k=5, filter={"ids": [ids[0]]})
-    assert [h.item.id for h in lone] == [ids[0]] and 0.0 < lone[0].score < 1.0
+    assert [h.item.id for h in lone] == [ids[0]] and 0.0 <= lone[0].score <= 1.0
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "dense", "lexical"])
+def test_a_score_does_not_depend_on_how_many_memories_the_cube_holds(cube_path, open_cube, tmp_path, mode) -> None:
+    """The regression of issue 15: the same exact match scored 0.5 alone, 0.786 with 2 items, 0.931 with 5."""
+    target = FACTS[0]
+    query = "Where does Ann live and work?"
+    scores = []
+    for n, folder in ((1, cube_path), (2, tmp_path / "two"), (len(FACTS), tmp_path / "all")):
+        cube = open_cube(folder)
+        others = [f for f in FACTS if f != target][: n - 1]
+        cube.add_many([target, *others])
+        hit = next(h for h in cube.search(query, k=n, mode=mode) if h.item.content == target)
+        scores.append(hit.score)
+    assert scores[0] == pytest.approx(scores[1], abs=1e-6) == pytest.approx(scores[2], abs=1e-6)
+
+
+def test_min_score_keeps_the_same_memories_at_any_size(cube_path, open_cube, tmp_path) -> None:
+    small = open_cube(cube_path)
+    small.add_many(FACTS[:3])
+    big = open_cube(tmp_path / "big")
+    big.add_many(FACTS + [f"Filler note number {i} about nothing in particular" for i in range(40)])
+    for q in QUERIES:
+        every = {h.item.content: h.score for h in big.search(q, k=60)}
+        cut = sorted(every.values())[len(every) // 2]
+        kept = big.search(q, k=60, min_score=cut)
+        assert kept and all(h.score >= cut for h in kept)
+        assert {h.item.content for h in kept} == {c for c, s in every.items() if s >= cut}
+        # a memory present in both cubes passes or fails the threshold in both
+        for h in small.search(q, k=3):
+            assert (h.score >= cut) == (every[h.item.content] >= cut), (q, h.item.content)
+    with pytest.raises(ValidationError):
+        big.search("Ann", min_score=1.5)
+    with pytest.raises(ValidationError):
+        big.search("Ann", min_score=True)
 
 def test_rrf_fusion_score_is_the_weighted_reciprocal_rank_sum(cube_path, open_cube) -> None:
     try:
@@ -89,8 +126,9 @@ def test_rrf_fusion_score_is_the_weighted_reciprocal_rank_sum(cube_path, open_cu
     for q in QUERIES:
         hits = cube.search(q, k=5)
         for h in hits:
-            assert h.score == pytest.approx(sum(w[n] / (cube.retrieval.rrf_k + r) for n, r in h.ranks.items()))
-        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+            assert h.fused == pytest.approx(sum(w[n] / (cube.retrieval.rrf_k + r) for n, r in h.ranks.items()))
+            assert 0.0 <= h.score <= 1.0
+        assert [h.fused for h in hits] == sorted((h.fused for h in hits), reverse=True)
 
 
 def test_modes_use_only_their_retriever(facts) -> None:

@@ -135,3 +135,68 @@ def test_reader_output_goes_into_a_cube_and_is_found(cube) -> None:
     hits = cube.search("Sintra hiking", k=1, user_id="ann", filter={"event_after": "2023-05-08",
                                                                    "event_before": "2023-05-09"})
     assert hits[0].item.id == items[1].id
+
+
+# ---------------------------------------------------------------------------------------------- what gets remembered
+
+def test_turn_acts_label_questions_acks_unknowns_and_small_talk() -> None:
+    from memos_core.reader.offline import turn_act
+
+    assert turn_act("What's my cat's name?") == "question"
+    assert turn_act("I don't know your cat's name yet.") == "unknown"
+    assert turn_act("I don't think you've told me your cat's name yet. What is it?") == "unknown"
+    assert turn_act("Thanks!") == "ack" and turn_act("Got it, I'll remember that.") == "ack"
+    assert turn_act("Good morning!") == "chitchat"
+    for fact in ("My cat is called Miso.", "Oh, it's Miso!", "Yes, twice! The food alone is worth the flight.",
+                 "Wait, have you ever been to Lisbon? I'm thinking of going in the spring."):
+        assert turn_act(fact) == "statement", fact
+
+
+def test_non_facts_are_kept_but_weighted_down_and_echoes_are_recognised() -> None:
+    turns = [Turn("What's my cat's name?", "Dana", "t1", MONDAY, "s1"),
+             Turn("I don't know your cat's name yet. What is it?", "Assistant", "t2", MONDAY, "s1"),
+             Turn("It's Miso!", "Dana", "t3", MONDAY, "s1"),
+             Turn("Thanks for telling me! Noted.", "Assistant", "t4", MONDAY, "s1"),
+             Turn("I took my nephew Eli to a pottery workshop.", "Ann", "t5", MONDAY, "s1"),
+             Turn("A pottery workshop with Eli? So cool!", "Bob", "t6", MONDAY, "s1")]
+    specs = OfflineReader().read(turns)
+    assert len(specs) == len(turns)  # nothing is dropped
+    acts = [s["metadata"].get("turn_act", "statement") for s in specs]
+    assert acts == ["question", "unknown", "statement", "ack", "statement", "echo"]
+    weights = [s["metadata"].get("recall_weight", 1.0) for s in specs]
+    assert weights[2] == weights[4] == 1.0 and all(0 < w < 1 for i, w in enumerate(weights) if i not in (2, 4))
+    assert "recall_weight" not in specs[2]["metadata"]  # a fact's metadata stays as it was
+    # the short answer carries the question it answers
+    assert "(in reply to: Assistant: I don't know your cat's name yet. What is it?)" in specs[2]["index_text"]
+
+
+def test_the_next_question_finds_the_fact_not_its_echo(tmp_path, minilm) -> None:
+    """Issue 15: with k=2 an agent was given "What's my cat's name?" and "I don't know your cat's name yet."
+    and not the fact. The echoes stay stored, but the fact comes first."""
+    from memos_core import MemOS
+
+    mem = MemOS(tmp_path / "m", embedder=minilm)
+    chat = [("user", "Hi! Can you help me plan my week?"),
+            ("assistant", "Of course! What's on your plate?"),
+            ("user", "What's my cat's name?"),
+            ("assistant", "I don't know your cat's name yet. You haven't told me."),
+            ("user", "Ha, right. My cat is called Miso, she's a tabby."),
+            ("assistant", "Got it, I'll remember that."),
+            ("user", "Thanks!"),
+            ("user", "What's my cat's name again?"),
+            ("assistant", "I'm not sure, I don't have that information."),
+            ("user", "Also, I'm allergic to peanuts."),
+            ("assistant", "Thanks for telling me! Noted.")]
+    mem.add([{"role": r, "content": c, "time": f"2024-05-0{1 + i // 4}T10:0{i % 4}:00Z"} for i, (r, c) in
+             enumerate(chat)], user_id="dana")
+    assert len(mem.search("anything", user_id="dana", k=50, mode="lexical")) >= 0  # searchable at all
+    for k in (1, 2, 5):
+        hits = mem.search("What's my cat's name?", user_id="dana", k=k)
+        assert "Miso" in hits[0].item.content, [h.item.content for h in hits]
+    top5 = [h.item.content for h in mem.search("What is my cat called?", user_id="dana", k=5)]
+    assert "Miso" in top5[0]
+    assert not any("I don't know" in c or "not sure" in c for c in top5[:2]), top5
+    # nothing was destroyed: the echoes are still stored and can be found by what they say
+    assert any("don't know your cat's name" in h.item.content
+               for h in mem.search("I don't know your cat's name yet", user_id="dana", k=3))
+    mem.close()

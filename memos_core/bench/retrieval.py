@@ -70,6 +70,27 @@ class _Acc:
         return out
 
 
+def scope_of(index: int, conv: dict[str, Any]) -> str:
+    """The user scope a benchmark run gives conversation number ``index``."""
+    return f"bench-{index}-{conv.get('id', index)}"
+
+
+def ingest_conversation(cube: MemCube, conv: dict[str, Any], scope: str, reader: OfflineReader) -> int:
+    """Add a conversation's turns to ``cube`` in ``scope``, session by session, as the offline reader makes
+    them (turn id in provenance, session date as event time). Returns the number of memories added."""
+    history: list[Turn] = []
+    n = 0
+    for sess in conv["sessions"]:
+        turns = [Turn(text=t["text"], speaker=t.get("speaker"), id=str(t["id"]),
+                      time=_time(t.get("date") or sess.get("date")), session_id=str(sess.get("id")))
+                 for t in sess["turns"] if str(t.get("text", "")).strip()]
+        specs = reader.read(turns, history=history)
+        history.extend(turns)
+        cube.add_many(specs, user_id=scope)
+        n += len(specs)
+    return n
+
+
 def run(path: str | Path, *, workdir: str | Path | None = None, embedder: Any = None,
         modes: tuple[str, ...] = ("hybrid", "dense", "lexical"), limit_conversations: int | None = None,
         progress: Callable[[str], None] | None = None, retrieval: RetrievalConfig | None = None) -> dict[str, Any]:
@@ -93,20 +114,13 @@ def run(path: str | Path, *, workdir: str | Path | None = None, embedder: Any = 
     ingest_s = 0.0
     try:
         for ci, conv in enumerate(convs):
-            scope = f"bench-{ci}-{conv.get('id', ci)}"
-            history: list[Turn] = []
+            scope = scope_of(ci, conv)
             t0 = time.perf_counter()
-            for sess in conv["sessions"]:
-                turns = [Turn(text=t["text"], speaker=t.get("speaker"), id=str(t["id"]),
-                              time=_time(t.get("date") or sess.get("date")), session_id=str(sess.get("id")))
-                         for t in sess["turns"] if str(t.get("text", "")).strip()]
-                specs = reader.read(turns, history=history)
-                history.extend(turns)
-                cube.add_many(specs, user_id=scope)
-                n_turns += len(specs)
+            n = ingest_conversation(cube, conv, scope, reader)
+            n_turns += n
             ingest_s += time.perf_counter() - t0
             if progress:
-                progress(f"conversation {conv.get('id', ci)}: {len(history)} turns ingested")
+                progress(f"conversation {conv.get('id', ci)}: {n} turns ingested")
             for q in conv["queries"]:
                 evidence = {str(e) for e in q.get("evidence", [])}
                 if not evidence:

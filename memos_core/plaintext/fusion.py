@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Hashable, Mapping, Sequence
+import math
+from dataclasses import dataclass, field
+from typing import Any, Hashable, Mapping, Sequence
 
-__all__ = ["rrf", "zscore_fusion"]
+__all__ = ["rrf", "zscore_fusion", "Candidates", "fuse"]
 
 
 def rrf(ranked: Mapping[str, Sequence[tuple[Hashable, float]]], weights: Mapping[str, float],
@@ -66,3 +68,63 @@ def zscore_fusion(scores: Mapping[str, Mapping[Hashable, float]], weights: Mappi
             fused[key] += b
     order = sorted(fused, key=lambda key: (-fused[key], min(ranks[key].values(), default=10**9), str(key)))
     return [(key, fused[key], found[key], ranks[key]) for key in order]
+
+
+@dataclass
+class Candidates:
+    """What hybrid fusion knows about one query's candidates (the union of the retrievers' results).
+
+    ``dense`` holds every candidate's cosine similarity (exact, from its stored embedding); ``lexical`` the BM25
+    score (higher is better) of those the lexical leg returned, ``lexical_complete`` whether that leg returned
+    every memory matching a query term (then a missing candidate's BM25 is exactly 0); ``texts`` the content;
+    ``*_ranks`` each retriever's own 1-based ranks.
+    """
+
+    keys: list[Hashable]
+    dense: dict[Hashable, float]
+    lexical: dict[Hashable, float]
+    lexical_complete: bool
+    texts: dict[Hashable, str]
+    dense_ranks: dict[Hashable, int]
+    lexical_ranks: dict[Hashable, int]
+    weights: dict[Hashable, float] = field(default_factory=dict)
+
+
+def lexical_weight(c: Candidates, plan: Any, cfg: Any) -> float:
+    """The lexical leg's weight for this query: fixed when ``cfg.lexical_weight`` is set, else by query type
+    (a short question or keywords vs a pasted dialogue)."""
+    if cfg.lexical_weight is not None:
+        return float(cfg.lexical_weight)
+    return float(cfg.dialogue_lexical_weight if plan.is_dialogue else cfg.question_lexical_weight)
+
+
+def fuse(c: Candidates, plan: Any, cfg: Any) -> list[tuple[Hashable, float, dict[str, float], dict[str, int]]]:
+    """Fuse one query's candidates. Returns [(key, fused, scores, ranks)] best first (``fused`` is in standard
+    deviations above the candidates' mean; ``scores``/``ranks`` are those of the retrievers that found the key).
+
+    Z-score fusion of the dense and BM25 scores with a lexical weight chosen for this query
+    (:func:`lexical_weight`), a bonus for memories naming the query's entities, and a malus of
+    ``cfg.act_weight * ln(recall_weight)`` for memories the reader marked as questions, acknowledgements,
+    "I don't know" replies, echoes or small talk.
+    """
+    from .query import entity_matcher
+
+    floors = {"lexical": 0.0 if c.lexical_complete else min(c.lexical.values(), default=0.0)}
+    share = entity_matcher(plan.entities) if plan.entities and cfg.entity_weight else None
+    act = float(getattr(cfg, "act_weight", 0.0) or 0.0)
+    bonus: dict[Hashable, float] = {}
+    for key in c.keys:
+        b = cfg.entity_weight * share(c.texts.get(key, "")) if share is not None else 0.0
+        w = c.weights.get(key, 1.0)
+        if act and w < 1.0:
+            b += act * math.log(max(w, 0.01))
+        if b:
+            bonus[key] = b
+    fused = zscore_fusion({"dense": c.dense, "lexical": c.lexical},
+                          {"dense": cfg.dense_weight, "lexical": lexical_weight(c, plan, cfg)}, floors, bonus)
+    out = []
+    for key, z, sc, _ in fused:
+        rk = {name: r for name, r in (("dense", c.dense_ranks.get(key)), ("lexical", c.lexical_ranks.get(key)))
+              if r is not None}
+        out.append((key, z, {name: sc[name] for name in rk}, rk))
+    return out

@@ -18,9 +18,11 @@ from datetime import datetime, timedelta
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import ValidationError
-from ..items import MemoryKind, SourceKind, to_utc
+from ..items import MemoryKind, SourceKind, check_text, to_utc
+from ..plaintext.lexical import STOPWORDS as _STOP
 
-__all__ = ["Turn", "OfflineReader", "resolve_relative_dates", "coerce_turns", "reply_context"]
+__all__ = ["Turn", "OfflineReader", "resolve_relative_dates", "coerce_turns", "reply_context", "turn_act",
+           "ACT_WEIGHTS"]
 
 EXTRACTOR = "reader.offline/1"
 _CONTEXT_CHARS = 240
@@ -157,6 +159,73 @@ def reply_context(previous: str) -> str:
     return f"(in reply to: {ctx})"
 
 
+# ---------------------------------------------------------------------------------------------- turn acts
+#: How much a turn of each act counts at retrieval (``metadata["recall_weight"]``; statements: 1, unset).
+ACT_WEIGHTS = {"question": 0.35, "echo": 0.5, "ack": 0.3, "unknown": 0.2, "chitchat": 0.35}
+
+_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)?", re.UNICODE)
+_UNKNOWN = re.compile(
+    r"\b(i (?:do not|don['’]t|didn['’]t|can['’]t|cannot) (?:know|remember|recall|tell|find|say)|"
+    r"i(?:['’]m| am) not sure|i have no (?:idea|record|information)|no idea|not sure (?:yet|what|who|where|when)|"
+    r"you (?:haven['’]t|have not|never|didn['’]t|did not) (?:told|mentioned|said|shared)|"
+    r"(?:haven['’]t|have not|never|didn['’]t|did not) (?:told|mentioned|shared|said) (?:me|it)|"
+    r"i don['’]t think you['’]ve (?:told|mentioned|shared)|i don['’]t have (?:that|any) (?:information|record))\b",
+    re.IGNORECASE)
+# words that carry no fact in a short reply: greetings, thanks, agreement, laughter, farewells
+_PHATIC = frozenset("""
+hi hello hey heya hiya morning evening afternoon night good great thanks thank thx ty you ok okay k kk sure yes yeah
+yep yup no nope nah cool nice awesome perfect lovely amazing wow oh ah aw aww haha hahaha lol lmao hehe hmm
+hm um uh right alright got it noted will do bye goodbye later soon talk see ya cya take care welcome glad happy
+sounds fine fair enough np problem totally absolutely definitely of course me too same agreed true exactly
+love that so really very much appreciate appreciated sorry deal done cheers night what how about are is was
+doing going things up new whats hows been long time no see ha remember keep keeps mind talk help helped whatever
+catch chat touch tell telling sharing letting more later care
+""".split())
+
+
+def turn_act(text: str) -> str:
+    """A cheap dialogue-act label for a turn: ``statement`` (may hold a fact), ``question`` (only asks),
+    ``unknown`` (says it does not know: "I don't know your cat's name yet"), ``ack`` (thanks, okay, noted...) or
+    ``chitchat`` (greetings and small talk with no content word). Only statements are facts; the others are
+    kept (nothing is dropped) but count less at retrieval (:data:`ACT_WEIGHTS`)."""
+    body = " ".join(text.split())
+    if not body:
+        return "chitchat"
+    words = [w.lower().replace("’", "'").split("'")[0] for w in _WORD.findall(body)]
+    if _UNKNOWN.search(body) and len(words) <= 30:
+        return "unknown"
+    content = [w for w in words if w not in _PHATIC and w not in _STOP and not w.isdigit()]
+    if not content and len(words) <= 12:
+        return "ack" if any(w in ("thanks", "thank", "ok", "okay", "noted", "got", "sure", "welcome", "bye",
+                                  "cool", "perfect", "great", "lol", "haha", "deal", "cheers") for w in words) \
+            else "chitchat"
+    sentences = [x for x in re.split(r"(?<=[.!?])\s+", body) if x.strip()]
+    if sentences and all(x.rstrip().endswith("?") or len(_WORD.findall(x)) <= 2 for x in sentences) \
+            and body.rstrip().endswith("?"):
+        return "question"
+    return "statement"
+
+
+def _content_terms(text: str) -> set[str]:
+    out = set()
+    for w in _WORD.findall(text):
+        w = w.lower().replace("’", "'").split("'")[0]
+        if w in _PHATIC or w in _STOP or len(w) < 2:
+            continue
+        out.add(w[:-1] if len(w) > 3 and w.endswith("s") else w)
+    return out
+
+
+def _echoes(text: str, previous: str) -> bool:
+    """Whether ``text`` mostly repeats ``previous`` (another speaker's statement) back: "A pottery class with
+    Eli? So sweet!" after "I took Eli to a pottery class". Such a reaction holds no new fact."""
+    mine = _content_terms(text)
+    if not mine:
+        return False
+    new = mine - _content_terms(previous)
+    return len(new) < len(mine) and len(new) <= 2 and len(new) <= 0.4 * len(mine)
+
+
 def _same_exchange(prev: Turn, turn: Turn) -> bool:
     """Whether ``prev`` is part of the exchange ``turn`` belongs to (so it is useful context for it).
 
@@ -201,13 +270,21 @@ class OfflineReader:
             rel = resolve_relative_dates(t.text, t.time)
             if rel:
                 parts.append("(" + "; ".join(rel) + ")")
+            act = turn_act(t.text)
             for p in prev[-self.context_turns:] if self.context_turns else []:
                 if not _same_exchange(p, t):
                     continue
+                # an answer carries its question ("Yes, twice!" needs "Have you been to Lisbon?")
                 parts.append(reply_context(f"{p.speaker}: {p.text}" if p.speaker else p.text))
+                if act == "statement" and "?" not in p.text and p.speaker != t.speaker and _echoes(t.text, p.text):
+                    act = "echo"  # a reaction repeating the other's statement must not compete with it
             metadata = dict(t.metadata)
             if t.speaker:
                 metadata.setdefault("speaker", t.speaker)
+            if act != "statement":
+                # kept and searchable, but a question, a thanks or an "I don't know" must not crowd out the fact
+                metadata.setdefault("turn_act", act)
+                metadata.setdefault("recall_weight", ACT_WEIGHTS[act])
             out.append({
                 "content": content,
                 "index_text": " ".join(parts),
