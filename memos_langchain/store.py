@@ -55,8 +55,14 @@ Where behaviour differs from ``InMemoryStore`` (on purpose)
   operators are LangGraph's (``$eq $ne $gt $gte $lt $lte``) plus the core's ``$in $nin $exists``. Filtering by
   list equality is not supported. Bad filters raise ``ValueError``, as LangGraph's stores do.
 * A frozen memory (legal hold) cannot be overwritten or deleted: :class:`memos_core.Conflict`.
-* A search with a query ranks at most 1000 items: ``offset + limit`` above that raises ``ValueError`` rather than
-  returning a short page.
+* A search with a query ranks at most 1000 items: when more than 1000 items match, a page reaching beyond
+  (``offset + limit > 1000``) raises ``ValueError`` rather than returning a silently short page; with 1000 or
+  fewer matches such a page is short or empty, as in ``InMemoryStore``.
+* Putting a value identical to the stored one writes nothing (no empty version), so ``updated_at`` stays
+  (``InMemoryStore`` sets it to now); a different value, or a new ``ttl``, is a write.
+* What agents see: items are memories in their user's scope, so ``MemOSMiddleware``, the memory tools and the
+  retrievers recall store items of every namespace that names the user (``scope_templates``) or that was
+  written through a user-bound view; they do not read ``runtime.store`` themselves.
 * ``created_at`` is when the key was first written (a put after a delete revives the same memory, so it keeps
   its first creation time; ``InMemoryStore`` resets it on every put, ``PostgresStore`` on a put after delete).
 """
@@ -489,10 +495,12 @@ class MemOSStore(BaseStore):
         want = op.offset + op.limit
         if op.query and op.query.strip() and self.index_config is not None:
             ranked_filter = {**base, "metadata": {**base["metadata"], f"{META_KEY}.indexed": True}}
-            if want > 1000:
-                raise ValidationError(f"a query search ranks at most 1000 items; offset + limit is {want} "
-                                      "(narrow the namespace or filter, or search without a query to page further)")
-            k = want
+            if want > 1000:  # the core ranks at most 1000: fine when no more than that can match, as in LangGraph
+                if self.cube.list(ranked_filter, limit=1, offset=1000, **self._as):
+                    raise ValidationError(f"a query search ranks at most 1000 items and more than 1000 match; "
+                                          f"offset + limit is {want} (narrow the namespace or filter, or search "
+                                          "without a query to page further)")
+            k = min(want, 1000)
             hits = self.cube.search(op.query, k=k, filter=ranked_filter, mode=self.search_mode, **self._as)  # type: ignore[arg-type]
             page: list[tuple[MemoryItem, float | None]] = [(h.item, h.score) for h in hits]
             if len(hits) < k:  # ranked ones exhausted: the unindexed ones follow, unscored

@@ -19,6 +19,7 @@ and (for the in-memory store) the active chat history, so agent workflows can ke
 from __future__ import annotations
 
 import copy
+import sys
 import uuid
 from typing import Any, Dict, List, Literal, Optional, Union
 
@@ -55,6 +56,42 @@ DEFAULT_TABLE = "memos_llamaindex_chat"
 
 def _new_session() -> str:
     return uuid.uuid4().hex
+
+
+_REACT_WARNED = False
+
+
+def _react_drops_leading_system() -> bool:
+    """Whether this ``get`` serves a ``ReActAgent`` without a ``system_prompt``.
+
+    Such an agent (llama-index-core 0.14) replaces the first message of its input, when it is a system message,
+    with its own ReAct header, so a memory block put there would never reach the model. The memory then goes
+    into the last user message instead (and a warning says so once). Found by looking up the caller's frames
+    for the agent (or the ``AgentWorkflow`` whose root agent it is); costs a few microseconds.
+    """
+    global _REACT_WARNED
+    try:
+        from llama_index.core.agent.workflow import AgentWorkflow, ReActAgent
+    except ImportError:  # pragma: no cover - another llama-index layout
+        return False
+    frame = sys._getframe(2)
+    for _ in range(40):
+        if frame is None:
+            return False
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, AgentWorkflow):
+            owner = owner.agents.get(owner.root_agent)
+        if isinstance(owner, ReActAgent):
+            if owner.system_prompt:
+                return False
+            if not _REACT_WARNED:
+                _REACT_WARNED = True
+                log.warning("MemOSMemory: a ReActAgent without a system_prompt drops the first system message; "
+                            "the memories go into the user message instead (pass insert_method='user', or give "
+                            "the agent a system_prompt, to choose yourself)")
+            return True
+        frame = frame.f_back
+    return False
 
 
 class MemOSMemory(BaseMemory):
@@ -257,7 +294,10 @@ class MemOSMemory(BaseMemory):
         context = context.strip()
         if not context:
             return out
-        if self.insert_method == "user":
+        method = self.insert_method
+        if method == "system" and _react_drops_leading_system():
+            method = "user"
+        if method == "user":
             for i in range(len(out) - 1, -1, -1):
                 if out[i].role == MessageRole.USER:
                     msg = out[i].model_copy(deep=True)

@@ -563,6 +563,11 @@ def test_core_helpers_used_by_the_store(tmp_path: Path) -> None:
 def test_query_search_beyond_the_ranking_window_is_an_error_not_a_short_page(store: MemOSStore) -> None:
     store.put(("a",), "k", {"text": "hello world"})
     assert [i.key for i in store.search(("a",), query="hello", limit=10, offset=990)] == []
-    with pytest.raises(ValueError, match="at most 1000"):
-        store.search(("a",), query="hello", limit=10, offset=995)
+    # few matches: a page past the window is just empty, as in InMemoryStore
+    assert store.search(("a",), query="hello", limit=10, offset=995) == []
     assert [i.key for i in store.search(("a",), limit=10, offset=0)] == ["k"]  # without a query: no window
+    # more than 1000 matches: a page reaching beyond what the core ranks is an error, not a short page
+    store.batch([PutOp(("b",), f"k{i}", {"text": f"hello number {i}"}) for i in range(1001)])
+    assert len(store.search(("b",), query="hello", limit=10, offset=990)) == 10
+    with pytest.raises(ValueError, match="at most 1000"):
+        store.search(("b",), query="hello", limit=10, offset=995)

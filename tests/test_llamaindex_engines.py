@@ -170,10 +170,19 @@ def test_react_agent_and_agent_workflow(mem: Any) -> None:
         await react.run("What is my favourite colour?", memory=_memory(mem, "s2"))
         assert "user: My favourite colour is teal." in text_of(llm.calls[-1])
         # ReActAgent replaces the first system message of its input with its own header: without a system
-        # prompt, put the memories into the user message instead
+        # prompt the memory notices and puts the memories into the user message instead (no silent drop)
         bare = ReActAgent(tools=tools, llm=llm)
         await bare.run("Where am I travelling?", memory=_memory(mem, "s4", insert_method="user"))
         assert "Kyoto in April" in [m.content for m in llm.calls[-1] if m.role.value == "user"][-1]
+        await bare.run("Which trip am I planning in April?", memory=_memory(mem, "s5"))
+        assert "Kyoto in April" in text_of(llm.calls[-1])
+        assert "Kyoto in April" in [m.content for m in llm.calls[-1] if m.role.value == "user"][-1]
+        await AgentWorkflow(agents=[ReActAgent(name="r", description="d", tools=tools, llm=llm)]).run(
+            user_msg="Remind me of my April trip plans", memory=_memory(mem, "s6"))
+        assert "Kyoto in April" in text_of(llm.calls[-1])
+        # with a system prompt the block stays a system message (ReAct keeps the second one)
+        await react.run("What trip to Kyoto?", memory=_memory(mem, "s7"))
+        assert "Kyoto in April" in _system_texts(llm.calls[-1])
 
         fn_llm = ScriptedAgentLLM(_agent_script)
         workflow = AgentWorkflow(agents=[FunctionAgent(name="helper", description="Helps Ann.", llm=fn_llm,
