@@ -69,8 +69,9 @@ def test_a_single_process_may_keep_vectors_embedded(url: str, tmp_path: Path) ->
 def test_memos_mounts_a_url_cube(url: str, chroma_server: Any, tmp_path: Path) -> None:
     from memos_core.os import MemOS
 
-    with MemOS(tmp_path / "home", embedder=hashed_embed) as mem:
-        mem.mount(_open(url, chroma_server, tmp_path, actor=mem.principal), "shared")
+    with MemOS(tmp_path / "home", embedder=hashed_embed) as mem, \
+            _open(url, chroma_server, tmp_path, actor=mem.principal) as shared:
+        mem.mount(shared, "shared")
         mem.add([{"role": "Ann", "content": "I moved to Lisbon yesterday"}], cube="shared", user_id="ann")
         hits = mem.search("Lisbon", user_id="ann")
         assert hits and "Lisbon" in hits[0].item.content

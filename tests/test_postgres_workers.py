@@ -47,7 +47,7 @@ def test_workers_share_one_cube_through_a_kill_and_a_restart(own_pg: Any, chroma
         return subprocess.Popen([sys.executable, WORKER, store, chroma_server.url, str(tmp_path / f"w{w}"), w, str(n),
                                  str(tmp_path / f"acks{w}")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    workers = [spawn(w, 60) for w in ("1", "2", "3")]
+    workers = [spawn(w, 120) for w in ("1", "2", "3")]
     victim = spawn("9", 100_000)
     deadline = time.time() + 120
     while len(_acks(tmp_path / "acks9")) < 10 and time.time() < deadline:
