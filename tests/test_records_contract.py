@@ -442,3 +442,25 @@ def test_a_snapshot_reads_one_state(store: RecordStore, open_store: Any) -> None
 def test_setdefault_meta_keeps_the_first_value(store: RecordStore, open_store: Any) -> None:
     assert store.setdefault_meta("cube_manifest", "first") == "first"
     assert open_store().setdefault_meta("cube_manifest", "second") == "first"
+
+
+def test_add_items_writes_rows_versions_transitions_and_one_chain(store: RecordStore) -> None:
+    _, first = add(store, "before")
+    items = [MemoryItem(content=f"batch {i}", cube_id="c", state=S.ACTIVATED if i % 2 else S.ARCHIVED)
+             for i in range(5)]
+    with store.transaction() as c:
+        rowids = store.add_items(c, items, [vec(1.0, float(i)) for i in range(5)], [True, True, False, True, True],
+                                 "me", 7.0)
+    assert len(set(rowids)) == 5 and store.get_many_by_rowid(rowids)[rowids[2]].id == items[2].id
+    assert [store.get(it.id).state for it in items] == [it.state for it in items]  # type: ignore[union-attr]
+    assert store.embedding(rowids[2]) is None and store.embedding(rowids[3]) is not None
+    assert all(len(store.versions(it.id)) == 1 and len(store.transitions(it.id)) == 1 for it in items)
+    rows, counter = store.audit_chain()
+    assert [r[4] for r in rows] == [first.id] + [it.id for it in items] and counter == 6
+    assert verify_rows(rows, counter).ok and store.get_meta("audit_head") == f"6:{rows[-1][8]}"
+    with pytest.raises(ValidationError, match="already exists"):
+        with store.transaction() as c:
+            store.add_items(c, [MemoryItem(content="new", cube_id="c"), MemoryItem(id=items[0].id, content="dup",
+                                                                                   cube_id="c")],
+                            [vec(1.0), vec(1.0)], [True, True], "me", 8.0)
+    assert store.count() == 6 and len(store.raw_events()) == 6

@@ -383,6 +383,18 @@ class RecordStore(ABC):
         segments, checkpoint and truncate the WAL; PostgreSQL: VACUUM the tables involved)."""
 
     # ================================================================== derived (never overridden needlessly)
+    def add_items(self, c: Txn, items: Sequence[MemoryItem], vecs: Sequence[np.ndarray | None],
+                  indexed: Sequence[bool], actor: str | None, at: float) -> list[int]:
+        """Add new items inside ``c``: each row with its first version, its creation transition and its
+        ``add`` audit record (in item order). Returns their rowids. Backends may batch the round trips."""
+        rowids: list[int] = []
+        for item, vec, idx in zip(items, vecs, indexed):
+            rowid = self.insert_item(c, item, vec, idx, actor, "add")
+            self.set_state(c, rowid, item.id, None, item.state, at, actor, "created")
+            self.append_event(c, at, actor, "add", item.id, detail={"version": 1})
+            rowids.append(rowid)
+        return rowids
+
     def get(self, item_id: str) -> MemoryItem | None:
         return self.get_many([item_id]).get(item_id)
 
