@@ -35,6 +35,7 @@ import asyncio
 import functools
 import hashlib
 import inspect
+import json
 import os
 import re
 import threading
@@ -63,7 +64,7 @@ from .reader.llm import AddResult, LLMReader
 from .reader.offline import OfflineReader, Turn, coerce_turns
 
 __all__ = ["MemOS", "AddResult", "DEFAULT_CUBE", "SINGLE_USER", "UserRule", "bound_user", "resolve_memory",
-           "MemoryArgumentError", "hit_metadata", "DEFAULT_K"]
+           "MemoryArgumentError", "hit_metadata", "DEFAULT_K", "value_text", "memory_text"]
 
 log = get_logger(__name__)
 
@@ -242,6 +243,46 @@ def hit_metadata(hit: SearchHit) -> dict[str, Any]:
     if item.metadata:
         meta["memory_metadata"] = dict(item.metadata)
     return meta
+
+
+_TEXT_FIELDS = ("content", "text")
+
+
+def value_text(value: Any) -> str:
+    """A JSON value as the text a model should read, never raw JSON: a mapping's ``content`` (else ``text``)
+    field when it has one (LangMem's items are ``{"content": ...}``), otherwise its fields as ``key: value``
+    parts joined by "; "; a list's elements joined by "; "; a string as is."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping):
+        for key in _TEXT_FIELDS:
+            if key in value:
+                text = value_text(value[key])
+                if text.strip():
+                    return text
+        parts = [f"{k}: {t}" for k, v in value.items() if (t := value_text(v)).strip()]
+        return "; ".join(parts)
+    if isinstance(value, (list, tuple)):
+        return "; ".join(t for t in (value_text(v) for v in value) if t.strip())
+    if value is None or isinstance(value, bool):
+        return "" if value is None else str(value).lower()
+    return str(value)
+
+
+def memory_text(item: MemoryItem) -> str:
+    """What a prompt or a retriever shows of a memory: its content, or, when the content is a JSON object or
+    list (a store value written before values were rendered, or any JSON a tool saved), that value's text."""
+    content = item.content
+    s = content.strip()
+    if (s.startswith("{") and s.endswith("}")) or (s.startswith("[") and s.endswith("]")):
+        try:
+            value = json.loads(s)
+        except ValueError:
+            return content
+        if isinstance(value, (dict, list)):
+            text = value_text(value)
+            return text if text.strip() else content
+    return content
 
 
 def _check_user_id(user_id: Any) -> None:
@@ -860,9 +901,10 @@ class MemOS:
 
     @staticmethod
     def format_memory(item: MemoryItem) -> str:
-        """One context line: ``- [YYYY-MM-DD] content`` (date = event time, else creation; one line)."""
+        """One context line: ``- [YYYY-MM-DD] content`` (date = event time, else creation; one line). Content
+        that is a JSON object shows as its text (:func:`memory_text`), never raw JSON."""
         when = item.event_time or item.created_at
-        text = " ".join(item.content.split())
+        text = " ".join(memory_text(item).split())
         line = f"- [{when:%Y-%m-%d}] {text}"
         if item.valid_until is not None:
             line += f" (no longer true since {item.valid_until:%Y-%m-%d})"

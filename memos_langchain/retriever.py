@@ -10,16 +10,17 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from memos_core import SearchHit
-from memos_core.os import DEFAULT_K, UserRule, hit_metadata, resolve_memory
+from memos_core.os import DEFAULT_K, UserRule, hit_metadata, memory_text, resolve_memory
 
 __all__ = ["MemOSRetriever", "hit_to_document"]
 
 
 def hit_to_document(hit: SearchHit) -> Document:
-    """A search hit as a ``Document``: ``page_content`` is the memory's content, ``id`` its id, and
+    """A search hit as a ``Document``: ``page_content`` is the memory's text (its content; a JSON value, such as
+    a store item, as its text: :func:`memos_core.os.memory_text`), ``id`` its id, and
     ``metadata`` says what MemOS knows about it (:func:`memos_core.os.hit_metadata`: the same keys as the
     LlamaIndex retriever's nodes; the memory's own metadata is under ``memory_metadata``)."""
-    return Document(id=hit.item.id, page_content=hit.item.content, metadata=hit_metadata(hit))
+    return Document(id=hit.item.id, page_content=memory_text(hit.item), metadata=hit_metadata(hit))
 
 
 class MemOSRetriever(BaseRetriever):

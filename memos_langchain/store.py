@@ -11,8 +11,11 @@ LangGraph                  MemOS memory
 ``(namespace, key)``       id ``"lg-" + sha256(json([namespace, key]))`` (stable, so ``get`` is one lookup);
                            ``metadata["langgraph"]["path"]`` / ``["ns"]`` / ``["key"]`` keep them verbatim
 ``value``                  ``metadata["langgraph"]["value"]`` (returned exactly, as JSON round-trips it)
-indexed text               ``content``: the texts at the index ``fields`` (default ``"$"``: the whole value as
-                           JSON), joined by newlines; the core embeds it and indexes it lexically
+indexed text               ``content``: the texts at the index ``fields``, joined by newlines (default ``"$"``:
+                           the whole value as text: its ``content`` field, e.g. LangMem's items, else its
+                           ``text`` field, else ``key: value`` parts; objects and lists at a field path are
+                           rendered the same way, never as raw JSON); the core embeds it and indexes it
+                           lexically, and prompts show it
 namespace labels           ``scope``: the first of ``scope_templates`` that matches the namespace fills
                            ``user_id`` / ``agent_id`` / ``session_id`` (default ``("memories", "{user_id}")``:
                            LangMem's convention), so ``MemOS.search(user_id=...)``, the retriever and the
@@ -97,7 +100,7 @@ from langgraph.store.base import (
 from memos_core.log import get_logger
 from memos_core import LifecycleState, MemCube, MemoryItem, MemoryKind, SourceKind
 from memos_core.errors import EmbeddingDimensionError, PermissionDenied, ValidationError
-from memos_core.os import UserRule
+from memos_core.os import UserRule, value_text
 
 from ._common import principal_of, resolve_cube, run_sync
 
@@ -376,7 +379,11 @@ class MemOSStore(BaseStore):
         paths = self._fields if index is None else [(f, f if f == "$" else tokenize_path(f)) for f in index]
         texts: list[str] = []
         for _, tokens in paths:
-            texts.extend(t for t in get_text_at_path(value, tokens) if t and t.strip())
+            if tokens == "$":  # the whole value, as text (its "content" field, else its fields), never raw JSON
+                found = [value_text(value)]
+            else:  # a field holding an object or a list comes back as JSON: render it as text too
+                found = [_json_text(t) for t in get_text_at_path(value, tokens)]
+            texts.extend(t for t in found if t and t.strip())
         return "\n".join(texts) if texts else None
 
     def _content(self, text: str) -> str:
@@ -429,7 +436,8 @@ class MemOSStore(BaseStore):
             value = _check_value(op.value)
             text = self._index_text(value, op.index)
             indexed = text is not None
-            content = self._content(text if indexed else json.dumps(value, sort_keys=True, ensure_ascii=False))
+            content = self._content(text if indexed else (value_text(value).strip() or
+                                                          json.dumps(value, sort_keys=True, ensure_ascii=False)))
             meta = self._meta(ns, key, value, indexed, op.ttl)
             if existing is None:
                 spec: dict[str, Any] = {
@@ -606,6 +614,17 @@ def _flatten_filter(flt: Mapping[str, Any], path: tuple[str, ...]) -> list[tuple
         else:
             out.append((".".join(here), cond))
     return out
+
+
+def _json_text(text: str) -> str:
+    """A text found at an index path; JSON (an object or list at that path) becomes its text."""
+    s = text.strip()
+    if s[:1] in "{[" and s[-1:] in "}]":
+        try:
+            return value_text(json.loads(s))
+        except ValueError:
+            pass
+    return text
 
 
 def _matches(cond: MatchCondition, ns: tuple[str, ...]) -> bool:

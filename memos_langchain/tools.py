@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from memos_core import LifecycleState, MemoryKind, SourceKind
 from memos_core.errors import MemOSError, NotFound, ValidationError
 
-from memos_core.os import UserRule, resolve_memory
+from memos_core.os import UserRule, memory_text, resolve_memory
 
 from ._common import RUN_USER_HOW, check_require_user, principal_of, resolve_cube, run_sync, scope_from_run
 
@@ -116,7 +116,7 @@ class MemoryToolkit:
         for h in hits:
             it = h.item
             when = (it.event_time or it.created_at).strftime("%Y-%m-%d")
-            lines.append(f"[{it.id}] ({when}, {it.kind.value}) {' '.join(it.content.split())}")
+            lines.append(f"[{it.id}] ({when}, {it.kind.value}) {' '.join(memory_text(it).split())}")
         return "\n".join(lines)
 
     def save(self, content: str, kind: str = "fact", runtime: Any = None) -> str:

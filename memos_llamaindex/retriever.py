@@ -30,7 +30,7 @@ from llama_index.core.callbacks import CallbackManager
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
 from memos_core import MemOS, MemoryItem, SearchHit
-from memos_core.os import DEFAULT_K, UserRule, hit_metadata, resolve_memory
+from memos_core.os import DEFAULT_K, UserRule, hit_metadata, memory_text, resolve_memory
 
 from ._common import USER_HOW, mount_cube
 
@@ -44,7 +44,7 @@ def hit_to_node(hit: SearchHit) -> NodeWithScore:
     item: MemoryItem = hit.item
     meta: Dict[str, Any] = hit_metadata(hit)  # the same keys as the LangChain retriever's Documents
     hidden = [key for key in meta if key not in _LLM_VISIBLE]
-    node = TextNode(id_=item.id, text=item.content, metadata=meta, excluded_llm_metadata_keys=hidden,
+    node = TextNode(id_=item.id, text=memory_text(item), metadata=meta, excluded_llm_metadata_keys=hidden,
                     excluded_embed_metadata_keys=list(meta))
     return NodeWithScore(node=node, score=hit.score)
 

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from llama_index.core.tools.tool_spec.base import BaseToolSpec
 
 from memos_core import MemOS, MemoryItem, NotFound, SearchHit
-from memos_core.os import DEFAULT_K, AddResult, UserRule, resolve_memory
+from memos_core.os import DEFAULT_K, AddResult, UserRule, memory_text, resolve_memory
 
 from ._common import USER_HOW
 
@@ -30,7 +30,7 @@ __all__ = ["MemOSToolSpec"]
 
 def _line(item: MemoryItem) -> str:
     when = item.event_time or item.created_at
-    text = " ".join(item.content.split())
+    text = " ".join(memory_text(item).split())
     return f"[{item.id}] (v{item.version}, {when:%Y-%m-%d}) {text}"
 
 
