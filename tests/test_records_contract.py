@@ -464,3 +464,15 @@ def test_add_items_writes_rows_versions_transitions_and_one_chain(store: RecordS
                                                                                    cube_id="c")],
                             [vec(1.0), vec(1.0)], [True, True], "me", 8.0)
     assert store.count() == 6 and len(store.raw_events()) == 6
+
+
+def test_contents_with_a_metadata_value_and_pending_vectors(store: RecordStore) -> None:
+    ra, a = add(store, "weighted", metadata={"recall_weight": 2.5})
+    rb, b = add(store, "plain")
+    assert store.contents_with([ra, rb], "recall_weight") == {ra: ("weighted", 2.5), rb: ("plain", None)}
+    everything = store.compile_filter(SearchFilter(), ALL_LIVE, 0.0)
+    assert sorted(store.filtered_vectors(everything, 10, pending_only=True)[0]) == [ra, rb]
+    store.pending_vectors()
+    store.mark_vectors_applied([ra])
+    store.flush()
+    assert store.filtered_vectors(everything, 10, pending_only=True)[0] == [rb]

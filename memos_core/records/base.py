@@ -292,8 +292,10 @@ class RecordStore(ABC):
         first; higher is better. Scores are comparable within one query only."""
 
     @abstractmethod
-    def filtered_vectors(self, cf: CompiledFilter, limit: int) -> tuple[list[int], list[bytes]]:
-        """(rowids, float32 embedding bytes) of up to ``limit`` items passing the filter that have one."""
+    def filtered_vectors(self, cf: CompiledFilter, limit: int, *, pending_only: bool = False
+                         ) -> tuple[list[int], list[bytes]]:
+        """(rowids, float32 embedding bytes) of up to ``limit`` items passing the filter that have one (with
+        ``pending_only``: only rows the vector index has not received yet)."""
 
     @abstractmethod
     def embeddings_of(self, rowids: Sequence[int]) -> tuple[list[int], list[bytes]]:
@@ -305,6 +307,10 @@ class RecordStore(ABC):
 
     @abstractmethod
     def contents(self, rowids: Sequence[int]) -> dict[int, str]: ...
+
+    @abstractmethod
+    def contents_with(self, rowids: Sequence[int], key: str) -> dict[int, tuple[str, Any]]:
+        """``{rowid: (content, value of top-level metadata key or None)}`` (e.g. fusion's ``recall_weight``)."""
 
     @abstractmethod
     def list_rowids(self, cf: CompiledFilter, order: Literal["created", "event_time"], limit: int,

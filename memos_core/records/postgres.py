@@ -939,8 +939,11 @@ class PostgresRecordStore(RecordStore):
         return [(int(r), float(sc)) for r, sc in rows if sc > 0]
 
     # ------------------------------------------------------------------ dense reads and other filtered reads
-    def filtered_vectors(self, cf: CompiledFilter, limit: int) -> tuple[list[int], list[bytes]]:
+    def filtered_vectors(self, cf: CompiledFilter, limit: int, *, pending_only: bool = False
+                         ) -> tuple[list[int], list[bytes]]:
         where, args = cf
+        if pending_only:
+            where = f"({where}) AND items.rowid IN (SELECT item_rowid FROM vec_pending)"
         with self._conn() as conn:
             rows = conn.execute(f"SELECT items.rowid, e.vec FROM items JOIN embeddings e ON e.item_rowid = items.rowid "
                                 f"WHERE {where} LIMIT %s", (*args, limit)).fetchall()
@@ -969,6 +972,17 @@ class PostgresRecordStore(RecordStore):
         with self._conn() as conn:
             return {r[0]: r[1] for r in conn.execute("SELECT rowid, content FROM items WHERE rowid = ANY(%s)",
                                                      ([int(r) for r in rowids],))}
+
+    def contents_with(self, rowids: Sequence[int], key: str) -> dict[int, tuple[str, Any]]:
+        if not rowids:
+            return {}
+        out: dict[int, tuple[str, Any]] = {}
+        with self._conn() as conn:
+            for r, c, raw in conn.execute("SELECT rowid, content, (metadata #> %s::text[])::text FROM items "
+                                          "WHERE rowid = ANY(%s)", (key.split("."), [int(x) for x in rowids])):
+                v = None if raw is None else json.loads(raw)
+                out[r] = (c, int(v) if isinstance(v, bool) else v)  # as SQLite's json_extract
+        return out
 
     def list_rowids(self, cf: CompiledFilter, order: str, limit: int, offset: int) -> list[int]:
         where, args = cf

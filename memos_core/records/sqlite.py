@@ -599,11 +599,14 @@ class SQLiteRecordStore(RecordStore):
                     args += [path, int(val) if isinstance(val, bool) else val]
         return " AND ".join(where), args
 
-    def filtered_vectors(self, cf: CompiledFilter | str, *rest: Any) -> tuple[list[int], list[bytes]]:
+    def filtered_vectors(self, cf: CompiledFilter | str, *rest: Any, pending_only: bool = False
+                         ) -> tuple[list[int], list[bytes]]:
         """(rowids, embedding blobs) of up to ``limit`` items passing the filter that have an embedding, in one
         pass (exact dense scoring of a narrow filter: a user's memories, a tag, a time range).
         ``filtered_vectors(cf, limit)``; the older ``(where, args, limit)`` form is still accepted."""
         where, args, limit = (cf, rest[0], rest[1]) if isinstance(cf, str) else (cf[0], cf[1], rest[0])
+        if pending_only:
+            where = f"({where}) AND items.rowid IN (SELECT item_rowid FROM vec_pending)"
         with self._lock:
             rows = self._conn.execute(
                 f"SELECT items.rowid, e.vec FROM items JOIN embeddings e ON e.item_rowid = items.rowid "
@@ -923,6 +926,18 @@ class SQLiteRecordStore(RecordStore):
                 out.update(self._conn.execute(
                     f"SELECT rowid, content FROM items WHERE rowid IN ({','.join('?' * len(chunk))})",
                     chunk).fetchall())
+        return out
+
+    def contents_with(self, rowids: Sequence[int], key: str) -> dict[int, tuple[str, Any]]:
+        path = "$." + ".".join(f'"{part}"' for part in key.split("."))
+        out: dict[int, tuple[str, Any]] = {}
+        with self._lock:
+            for s in range(0, len(rowids), 900):
+                chunk = list(rowids[s:s + 900])
+                for r, c, v in self._conn.execute(
+                        f"SELECT rowid, content, json_extract(metadata, ?) FROM items WHERE rowid IN "
+                        f"({','.join('?' * len(chunk))})", (path, *chunk)):
+                    out[r] = (c, v)
         return out
 
     def list_rowids(self, cf: CompiledFilter, order: str, limit: int, offset: int) -> list[int]:
