@@ -1060,21 +1060,40 @@ class SQLiteRecordStore(RecordStore):
         self.checkpoint()
 
 
-def read_chain_file(db: str | Path) -> tuple[list[tuple[Any, ...]], int | None]:
-    """The audit rows (chain order) and sequence high-water mark of a records file, opened read-only (no
-    cube, no principal: whoever can read the file can read the log). CorruptData if it cannot be read."""
+
+def chain_rows(conn: sqlite3.Connection) -> tuple[list[tuple[Any, ...]], int | None]:
+    """Audit rows in chain order and the AUTOINCREMENT high-water mark, read on ``conn``."""
+    rows = conn.execute(
+        "SELECT seq, at, actor, op, item_id, outcome, detail, prev_hash, hash FROM events ORDER BY seq"
+    ).fetchall()
+    try:
+        top = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
+    except sqlite3.OperationalError:
+        top = None
+    return rows, None if top is None else int(top[0])
+
+
+def evidence_rows(conn: sqlite3.Connection) -> tuple[str | None, list[tuple[str, int]]]:
+    """What the records hold about their own log: the head kept in ``meta`` and every item's version."""
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key='audit_head'").fetchone()
+    except sqlite3.OperationalError:
+        row = None
+    return (row[0] if row else None), [(r[0], int(r[1])) for r in conn.execute("SELECT id, version FROM items")]
+
+
+def read_audit_file(db: str | Path) -> tuple[list[tuple[Any, ...]], int | None, str | None, list[tuple[str, int]]]:
+    """(rows, high-water mark, recorded head, item versions) of a records file, opened read-only, in one
+    snapshot (the evidence first: a record is committed with what it records). No cube, no principal: whoever
+    can read the file can read the log. CorruptData if it cannot be read."""
     try:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
         try:
-            rows = conn.execute(
-                "SELECT seq, at, actor, op, item_id, outcome, detail, prev_hash, hash FROM events ORDER BY seq"
-            ).fetchall()
-            try:
-                top = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
-            except sqlite3.OperationalError:
-                top = None
+            conn.execute("BEGIN")
+            head, items = evidence_rows(conn)
+            rows, counter = chain_rows(conn)
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
         raise CorruptData(f"cannot read the audit log in {db}: {exc}") from exc
-    return rows, None if top is None else int(top[0])
+    return rows, counter, head, items
