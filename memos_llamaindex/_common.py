@@ -16,7 +16,7 @@ import hashlib
 import threading
 import weakref
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Sequence
 
 from llama_index.core.base.llms.types import ChatMessage, TextBlock
 
@@ -40,8 +40,8 @@ __all__ = [
 DIGEST_KEY = "llamaindex_message"
 
 _LOCK = threading.Lock()
-_PINNED: Dict[Tuple[str, str], MemOS] = {}  # registered by the user: kept alive
-_LIVE: "weakref.WeakValueDictionary[Tuple[str, str], MemOS]" = weakref.WeakValueDictionary()  # adapters' own
+_PINNED: dict[tuple[str, str], MemOS] = {}  # registered by the user: kept alive
+_LIVE: "weakref.WeakValueDictionary[tuple[str, str], MemOS]" = weakref.WeakValueDictionary()  # adapters' own
 
 
 #: how to pass a user, for the :class:`memos_core.UserRequired` message of every LlamaIndex adapter
@@ -54,12 +54,12 @@ def message_text(message: ChatMessage) -> str:
     return "\n".join(b.text for b in message.blocks if isinstance(b, TextBlock) and b.text)
 
 
-def message_digest(session_id: Optional[str], role: str, text: str) -> str:
+def message_digest(session_id: str | None, role: str, text: str) -> str:
     key = "\x1f".join([session_id or "", role, text])
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:20]
 
 
-def check_messages(messages: Any, what: str) -> List[ChatMessage]:
+def check_messages(messages: Any, what: str) -> list[ChatMessage]:
     """Accept a list of ``ChatMessage`` (what LlamaIndex's own memory accepts); raise ``TypeError`` otherwise.
 
     LlamaIndex's ``Memory`` fails on anything else with an ``AttributeError`` deep inside its store; we say
@@ -83,10 +83,10 @@ def _role(message: ChatMessage) -> str:
 def messages_to_turns(
     messages: Sequence[ChatMessage],
     *,
-    session_id: Optional[str],
+    session_id: str | None,
     roles: Sequence[str],
-    speaker_names: Dict[str, str],
-) -> List[Dict[str, Any]]:
+    speaker_names: dict[str, str],
+) -> list[dict[str, Any]]:
     """Turn dicts for :meth:`MemOS.add` (``role``, ``content``, ``metadata``) for the messages worth reading.
 
     Kept: messages whose role is in ``roles`` and that carry text. Dropped: system prompts, tool calls
@@ -94,7 +94,7 @@ def messages_to_turns(
     ``additional_kwargs["session_id"]`` (set by ``Memory`` when it flushes messages to blocks) wins over
     ``session_id``.
     """
-    turns: List[Dict[str, Any]] = []
+    turns: list[dict[str, Any]] = []
     for m in messages:
         role = _role(m)
         if role not in roles:
@@ -114,15 +114,15 @@ def messages_to_turns(
 
 
 def build_query(
-    messages: Sequence[ChatMessage], input: Union[str, ChatMessage, None], window: int
-) -> Optional[str]:
+    messages: Sequence[ChatMessage], input: str | ChatMessage | None, window: int
+) -> str | None:
     """What to search for: ``input`` when given, else the text of the last ``window`` messages that have
     text (user or assistant). ``None`` when there is nothing to search for."""
     if isinstance(input, ChatMessage):
         input = message_text(input)
     if isinstance(input, str) and input.strip():
         return input.strip()
-    texts: List[str] = []
+    texts: list[str] = []
     for m in reversed(messages):
         if _role(m) not in ("user", "assistant"):
             continue
@@ -135,8 +135,8 @@ def build_query(
 
 
 def exclude_filter(
-    base: Optional[Dict[str, Any]], messages: Sequence[ChatMessage], session_id: Optional[str], roles: Sequence[str]
-) -> Optional[Dict[str, Any]]:
+    base: dict[str, Any] | None, messages: Sequence[ChatMessage], session_id: str | None, roles: Sequence[str]
+) -> dict[str, Any] | None:
     """``base`` plus a core metadata filter leaving out memories read from ``messages`` (already in the prompt).
 
     Memories without the digest key (facts from other sources, other frameworks) always pass.
@@ -161,7 +161,7 @@ def exclude_filter(
 
 
 # ---------------------------------------------------------------------------------------------- handles
-def memos_spec(mem: MemOS) -> Tuple[str, str]:
+def memos_spec(mem: MemOS) -> tuple[str, str]:
     """``(absolute folder, principal)``: what a serialised adapter records to find its MemOS again."""
     return str(Path(mem.path).resolve()), mem.principal
 
@@ -213,7 +213,7 @@ def resolve_memos(path: str, principal: str) -> MemOS:
         return mem
 
 
-def mount_cube(cube: Any, memos: Optional[MemOS] = None) -> Tuple[MemOS, str]:
+def mount_cube(cube: Any, memos: MemOS | None = None) -> tuple[MemOS, str]:
     """``(memos, mount name)`` for a :class:`~memos_core.MemCube` or a cube folder.
 
     With ``memos`` the cube is mounted there unless it already is. Without, the cube's parent folder is opened

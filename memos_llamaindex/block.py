@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 from llama_index.core.base.llms.types import ChatMessage
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
@@ -58,31 +58,31 @@ class MemOSMemoryBlock(BaseMemoryBlock[str]):
     """A ``Memory`` block backed by MemOS (see the module docstring)."""
 
     name: str = Field(default="memos_memory", description="Block name (the tag it is rendered in).")
-    description: Optional[str] = Field(default="Long-term memories from MemOS relevant to the conversation.")
+    description: str | None = Field(default="Long-term memories from MemOS relevant to the conversation.")
     priority: int = Field(default=1, description="Truncation priority (0 = never truncate; higher goes first"
                                                  " only after lower ones).")
     memos_path: str = Field(description="Folder of the MemOS this block uses.")
     principal: str = Field(default="local")
-    cube: Optional[str] = Field(default=None, description="Cube to write to (None: the MemOS default cube).")
-    search_cubes: Optional[List[str]] = Field(default=None, description="Cubes to read (None: all mounted).")
-    user_id: Optional[str] = Field(default=None, description="Whose memory this is (required unless the MemOS "
+    cube: str | None = Field(default=None, description="Cube to write to (None: the MemOS default cube).")
+    search_cubes: list[str] | None = Field(default=None, description="Cubes to read (None: all mounted).")
+    user_id: str | None = Field(default=None, description="Whose memory this is (required unless the MemOS "
                                                              "is a user-bound view or single_user=True).")
     single_user: bool = Field(default=False, description="One fixed user scope for a single-user app.")
-    agent_id: Optional[str] = None
+    agent_id: str | None = None
     k: int = Field(default=DEFAULT_K, ge=1, le=1000)
     token_budget: int = Field(default=500, ge=1, description="Token budget of the block's text.")
-    search_filter: Optional[Dict[str, Any]] = None
-    infer: Optional[bool] = None
-    remember_roles: List[str] = Field(default_factory=lambda: ["user", "assistant"])
-    speaker_names: Dict[str, str] = Field(default_factory=dict)
+    search_filter: dict[str, Any] | None = None
+    infer: bool | None = None
+    remember_roles: list[str] = Field(default_factory=lambda: ["user", "assistant"])
+    speaker_names: dict[str, str] = Field(default_factory=dict)
     context_header: str = Field(default=CONTEXT_HEADER)
     retrieval_context_window: int = Field(default=1, ge=1)
 
     _memos: MemOS = PrivateAttr()
     _user: str = PrivateAttr()
     _tokenizer: Any = PrivateAttr(default=None)
-    _queries: "OrderedDict[str, Tuple[str, Dict[str, Any]]]" = PrivateAttr(default_factory=OrderedDict)
-    _last_add: Optional[AddResult] = PrivateAttr(default=None)
+    _queries: "OrderedDict[str, tuple[str, dict[str, Any]]]" = PrivateAttr(default_factory=OrderedDict)
+    _last_add: AddResult | None = PrivateAttr(default=None)
 
     def __init__(self, memos: Any = None, **data: Any) -> None:
         if memos is not None:
@@ -108,14 +108,14 @@ class MemOSMemoryBlock(BaseMemoryBlock[str]):
         return cls(memos=MemOS(path, embedder=embedder, llm=llm, principal=principal), **kwargs)
 
     @classmethod
-    def from_cube(cls, cube: Any, *, memos: Optional[MemOS] = None, **kwargs: Any) -> "MemOSMemoryBlock":
+    def from_cube(cls, cube: Any, *, memos: MemOS | None = None, **kwargs: Any) -> "MemOSMemoryBlock":
         """A block on one cube (a :class:`~memos_core.MemCube` or its folder); see ``MemOSMemory.from_cube``."""
         memos, name = mount_cube(cube, memos)
         kwargs.setdefault("cube", name)
         kwargs.setdefault("search_cubes", [name])
         return cls(memos=memos, **kwargs)
 
-    def __deepcopy__(self, memo: Dict[int, Any]) -> "MemOSMemoryBlock":
+    def __deepcopy__(self, memo: dict[int, Any]) -> "MemOSMemoryBlock":
         # The MemOS handle (open databases) is shared, the configuration copied.
         return type(self)(memos=self._memos, **copy.deepcopy(self.model_dump(), memo))
 
@@ -124,7 +124,7 @@ class MemOSMemoryBlock(BaseMemoryBlock[str]):
         return self._memos
 
     @property
-    def last_add_result(self) -> Optional[AddResult]:
+    def last_add_result(self) -> AddResult | None:
         return self._last_add
 
     def _tokens(self) -> Any:
@@ -132,19 +132,19 @@ class MemOSMemoryBlock(BaseMemoryBlock[str]):
             self._tokenizer = get_tokenizer()
         return self._tokenizer
 
-    def _context_kwargs(self, messages: List[ChatMessage], session_id: Optional[str],
-                        budget: int) -> Dict[str, Any]:
+    def _context_kwargs(self, messages: list[ChatMessage], session_id: str | None,
+                        budget: int) -> dict[str, Any]:
         return {"user_id": self._user, "agent_id": self.agent_id, "k": self.k, "token_budget": budget,
                 "filter": exclude_filter(self.search_filter, messages, session_id, self.remember_roles),
                 "cubes": self.search_cubes, "tokenizer": self._tokens(), "header": self.context_header}
 
-    def _remember(self, content: str, query: str, kwargs: Dict[str, Any]) -> None:
+    def _remember(self, content: str, query: str, kwargs: dict[str, Any]) -> None:
         self._queries[content] = (query, kwargs)
         self._queries.move_to_end(content)
         while len(self._queries) > 32:
             self._queries.popitem(last=False)
 
-    async def _aget(self, messages: Optional[List[ChatMessage]] = None, **block_kwargs: Any) -> str:
+    async def _aget(self, messages: list[ChatMessage] | None = None, **block_kwargs: Any) -> str:
         messages = list(messages or [])
         query = build_query(messages, None, self.retrieval_context_window)
         if query is None:
@@ -157,14 +157,14 @@ class MemOSMemoryBlock(BaseMemoryBlock[str]):
             self._remember(content, query, kwargs)
         return content
 
-    async def _aput(self, messages: List[ChatMessage]) -> None:
+    async def _aput(self, messages: list[ChatMessage]) -> None:
         messages = check_messages(messages, "MemOSMemoryBlock.aput")
         turns = messages_to_turns(messages, session_id=None, roles=self.remember_roles,
                                   speaker_names=self.speaker_names)
         if not turns:
             return
         # Memory stamps the session on each flushed message; one add per session keeps provenance exact.
-        by_session: "OrderedDict[Optional[str], List[Dict[str, Any]]]" = OrderedDict()
+        by_session: "OrderedDict[str | None, list[dict[str, Any]]]" = OrderedDict()
         for t in turns:
             by_session.setdefault(t.get("session_id"), []).append(t)
         for session_id, group in by_session.items():
@@ -174,7 +174,7 @@ class MemOSMemoryBlock(BaseMemoryBlock[str]):
             if res.errors:
                 log.warning("MemOS add reported problems: %s", "; ".join(res.errors))
 
-    async def atruncate(self, content: str, tokens_to_truncate: int) -> Optional[str]:
+    async def atruncate(self, content: str, tokens_to_truncate: int) -> str | None:
         """Re-render the same query with ``tokens_to_truncate`` fewer tokens (least relevant memories go
         first); ``None`` when nothing fits any more or the content is not one this block produced."""
         if not content or tokens_to_truncate <= 0:

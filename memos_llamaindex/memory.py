@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import sys
 import uuid
-from typing import Any, Dict, List, Literal, Optional, Union
+from typing import Any, Literal
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole, TextBlock
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
@@ -114,34 +114,34 @@ class MemOSMemory(BaseMemory):
 
     memos_path: str = Field(description="Folder of the MemOS this memory writes to.")
     principal: str = Field(default="local", description="Principal of that MemOS.")
-    cube: Optional[str] = Field(default=None, description="Cube to write to (None: the MemOS default cube).")
-    search_cubes: Optional[List[str]] = Field(default=None, description="Cubes to read (None: all mounted).")
-    user_id: Optional[str] = Field(default=None, description="Whose memory this is (required unless the MemOS "
+    cube: str | None = Field(default=None, description="Cube to write to (None: the MemOS default cube).")
+    search_cubes: list[str] | None = Field(default=None, description="Cubes to read (None: all mounted).")
+    user_id: str | None = Field(default=None, description="Whose memory this is (required unless the MemOS "
                                                              "is a user-bound view or single_user=True).")
     single_user: bool = Field(default=False, description="One fixed user scope for a single-user app.")
-    agent_id: Optional[str] = Field(default=None, description="Scope of writes and reads.")
+    agent_id: str | None = Field(default=None, description="Scope of writes and reads.")
     session_id: str = Field(default_factory=_new_session, description="Chat session (short-term key).")
     k: int = Field(default=DEFAULT_K, ge=1, le=1000, description="At most this many memories per get().")
     memory_token_budget: int = Field(default=1000, ge=1, description="Token budget of the memory message.")
-    search_filter: Optional[Dict[str, Any]] = Field(default=None, description="Extra core SearchFilter (dict).")
-    infer: Optional[bool] = Field(default=None, description="MemOS.add(infer=...): None = LLM reader if any.")
-    remember_roles: List[str] = Field(default_factory=lambda: ["user", "assistant"])
-    speaker_names: Dict[str, str] = Field(default_factory=dict, description="Role -> speaker name in memories.")
+    search_filter: dict[str, Any] | None = Field(default=None, description="Extra core SearchFilter (dict).")
+    infer: bool | None = Field(default=None, description="MemOS.add(infer=...): None = LLM reader if any.")
+    remember_roles: list[str] = Field(default_factory=lambda: ["user", "assistant"])
+    speaker_names: dict[str, str] = Field(default_factory=dict, description="Role -> speaker name in memories.")
     insert_method: Literal["system", "user"] = Field(default="system")
     context_header: str = Field(default=CONTEXT_HEADER)
     retrieval_context_window: int = Field(default=1, ge=1, description="Messages used as query without input.")
     token_limit: int = Field(default=30000, ge=1, description="Token limit of the short-term history window.")
-    token_flush_size: Optional[int] = Field(default=None, description="Tokens flushed at once (Memory's).")
-    chat_store_uri: Optional[str] = Field(default=None, description="SQLAlchemy async URI; None = in memory.")
+    token_flush_size: int | None = Field(default=None, description="Tokens flushed at once (Memory's).")
+    chat_store_uri: str | None = Field(default=None, description="SQLAlchemy async URI; None = in memory.")
     chat_store_table: str = Field(default=DEFAULT_TABLE)
 
     _memos: MemOS = PrivateAttr()
     _user: str = PrivateAttr()
     _short: Memory = PrivateAttr()
     _tokenizer: Any = PrivateAttr(default=None)
-    _last_add: Optional[AddResult] = PrivateAttr(default=None)
+    _last_add: AddResult | None = PrivateAttr(default=None)
 
-    def __init__(self, memos: Any = None, chat_history: Optional[List[Any]] = None,
+    def __init__(self, memos: Any = None, chat_history: list[Any] | None = None,
                  **data: Any) -> None:
         """Prefer the ``from_*`` constructors. ``chat_history`` here restores a saved history as is (it is not
         read into long-term memory again); ``from_defaults(chat_history=...)`` reads it."""
@@ -158,7 +158,7 @@ class MemOSMemory(BaseMemory):
                               adapter="MemOSMemory", how=USER_HOW).require()
         store = SQLAlchemyChatStore(table_name=self.chat_store_table,
                                     async_database_uri=self.chat_store_uri or IN_MEMORY_URI)
-        kwargs: Dict[str, Any] = {}
+        kwargs: dict[str, Any] = {}
         if self.token_flush_size is not None:
             kwargs["token_flush_size"] = self.token_flush_size
         self._short = Memory(token_limit=self.token_limit, chat_history_token_ratio=1.0, sql_store=store,
@@ -177,11 +177,11 @@ class MemOSMemory(BaseMemory):
         cls,
         path: str = "./memos_data",
         *,
-        memos: Optional[MemOS] = None,
+        memos: MemOS | None = None,
         embedder: Any = None,
         llm: Any = None,
         principal: str = "local",
-        chat_history: Optional[List[ChatMessage]] = None,
+        chat_history: list[ChatMessage] | None = None,
         **kwargs: Any,
     ) -> "MemOSMemory":
         """Open (or create) the MemOS at ``path`` and build a memory on it.
@@ -204,7 +204,7 @@ class MemOSMemory(BaseMemory):
         return cls(memos=memos, **kwargs)
 
     @classmethod
-    def from_cube(cls, cube: Any, *, memos: Optional[MemOS] = None, **kwargs: Any) -> "MemOSMemory":
+    def from_cube(cls, cube: Any, *, memos: MemOS | None = None, **kwargs: Any) -> "MemOSMemory":
         """A memory that writes to and reads from one cube: a :class:`~memos_core.MemCube` or its folder.
 
         With ``memos=`` the cube is mounted there (if it is not already). Without, the cube's parent folder
@@ -229,7 +229,7 @@ class MemOSMemory(BaseMemory):
         return self._short
 
     @property
-    def last_add_result(self) -> Optional[AddResult]:
+    def last_add_result(self) -> AddResult | None:
         """What the last write to long-term memory did (``None`` before the first, or when nothing was read)."""
         return self._last_add
 
@@ -241,7 +241,7 @@ class MemOSMemory(BaseMemory):
         return self._tokenizer
 
     # ------------------------------------------------------------------ serialisation
-    def to_dict(self, **kwargs: Any) -> Dict[str, Any]:
+    def to_dict(self, **kwargs: Any) -> dict[str, Any]:
         data = self.model_dump(**kwargs)
         data["class_name"] = self.class_name()
         if self.chat_store_uri is None:  # in-memory history travels with the dict
@@ -250,32 +250,32 @@ class MemOSMemory(BaseMemory):
         return data
 
     @classmethod
-    def from_dict(cls, data: Dict[str, Any], **kwargs: Any) -> "MemOSMemory":  # type: ignore[override]
+    def from_dict(cls, data: dict[str, Any], **kwargs: Any) -> "MemOSMemory":  # type: ignore[override]
         """Rebuild from :meth:`to_dict`. ``memos=`` attaches to an open MemOS; otherwise the registered one for
         the folder (see :func:`memos_llamaindex.register_memos`), else the folder opened with defaults."""
         data = {**dict(data), **kwargs}
         data.pop("class_name", None)
         return cls(**data)
 
-    def __getstate__(self) -> Dict[str, Any]:
+    def __getstate__(self) -> dict[str, Any]:
         return {"__dict__": self.to_dict()}
 
-    def __setstate__(self, state: Dict[str, Any]) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state["__dict__"])  # type: ignore[misc]
 
-    def __deepcopy__(self, memo: Dict[int, Any]) -> "MemOSMemory":
+    def __deepcopy__(self, memo: dict[int, Any]) -> "MemOSMemory":
         data = copy.deepcopy(self.to_dict(), memo)
         return type(self).from_dict(data, memos=self._memos)
 
     # ------------------------------------------------------------------ helpers
-    def _scope(self) -> Dict[str, Any]:
+    def _scope(self) -> dict[str, Any]:
         return {"user_id": self._user, "agent_id": self.agent_id}
 
-    def _turns(self, messages: List[ChatMessage]) -> List[Dict[str, Any]]:
+    def _turns(self, messages: list[ChatMessage]) -> list[dict[str, Any]]:
         return messages_to_turns(messages, session_id=self.session_id, roles=self.remember_roles,
                                  speaker_names=self.speaker_names)
 
-    def _add_kwargs(self) -> Dict[str, Any]:
+    def _add_kwargs(self) -> dict[str, Any]:
         return {**self._scope(), "session_id": self.session_id, "cube": self.cube, "infer": self.infer}
 
     def _record(self, res: AddResult) -> None:
@@ -283,12 +283,12 @@ class MemOSMemory(BaseMemory):
         if res.errors:
             log.warning("MemOS add reported problems: %s", "; ".join(res.errors))
 
-    def _context_kwargs(self, history: List[ChatMessage]) -> Dict[str, Any]:
+    def _context_kwargs(self, history: list[ChatMessage]) -> dict[str, Any]:
         return {**self._scope(), "k": self.k, "token_budget": self.memory_token_budget,
                 "filter": exclude_filter(self.search_filter, history, self.session_id, self.remember_roles),
                 "cubes": self.search_cubes, "tokenizer": self.tokenizer_fn, "header": self.context_header}
 
-    def _with_context(self, history: List[ChatMessage], context: str) -> List[ChatMessage]:
+    def _with_context(self, history: list[ChatMessage], context: str) -> list[ChatMessage]:
         """A copy of ``history`` with the memory block inserted (the stored messages are never touched)."""
         out = list(history)
         context = context.strip()
@@ -313,7 +313,7 @@ class MemOSMemory(BaseMemory):
             return out
         return [ChatMessage(role=MessageRole.SYSTEM, content=context), *out]
 
-    def _new_messages(self, messages: List[ChatMessage], current: List[ChatMessage]) -> List[ChatMessage]:
+    def _new_messages(self, messages: list[ChatMessage], current: list[ChatMessage]) -> list[ChatMessage]:
         """The part of ``messages`` not already in ``current`` (after their common prefix)."""
         n = 0
         for a, b in zip(messages, current):
@@ -323,7 +323,7 @@ class MemOSMemory(BaseMemory):
         return messages[n:]
 
     # ------------------------------------------------------------------ sync API
-    def get(self, input: Union[str, ChatMessage, None] = None, **kwargs: Any) -> List[ChatMessage]:
+    def get(self, input: str | ChatMessage | None = None, **kwargs: Any) -> list[ChatMessage]:
         """The chat history with the memories relevant to ``input`` (or the latest message) inserted.
 
         Extra keyword arguments chat engines pass (``initial_token_count``) are accepted and ignored: the
@@ -336,7 +336,7 @@ class MemOSMemory(BaseMemory):
         context = self._memos.get_context(query, **self._context_kwargs(history))
         return self._with_context(history, context)
 
-    def get_all(self) -> List[ChatMessage]:
+    def get_all(self) -> list[ChatMessage]:
         """Every message of this session's history, flushed ones included (no memories inserted)."""
         return self._short.get_all()
 
@@ -344,7 +344,7 @@ class MemOSMemory(BaseMemory):
         """Add a message to the history and read it into long-term memory."""
         self.put_messages(check_messages([message], "put"))
 
-    def put_messages(self, messages: List[ChatMessage]) -> None:
+    def put_messages(self, messages: list[ChatMessage]) -> None:
         """Add messages to the history and read them into long-term memory (one MemOS add)."""
         messages = check_messages(messages, "put_messages")
         if not messages:
@@ -354,7 +354,7 @@ class MemOSMemory(BaseMemory):
             self._record(self._memos.add(turns, **self._add_kwargs()))
         self._short.put_messages(messages)
 
-    def set(self, messages: List[ChatMessage]) -> None:
+    def set(self, messages: list[ChatMessage]) -> None:
         """Replace the history; messages that were not in it before are read into long-term memory."""
         messages = check_messages(messages, "set")
         new = self._new_messages(messages, self._short.get_all(status=MessageStatus.ACTIVE))
@@ -368,7 +368,7 @@ class MemOSMemory(BaseMemory):
         self._short.reset()
 
     # ------------------------------------------------------------------ async API (native)
-    async def aget(self, input: Union[str, ChatMessage, None] = None, **kwargs: Any) -> List[ChatMessage]:
+    async def aget(self, input: str | ChatMessage | None = None, **kwargs: Any) -> list[ChatMessage]:
         history = await self._short.aget()
         query = build_query(history, input, self.retrieval_context_window)
         if query is None:
@@ -376,13 +376,13 @@ class MemOSMemory(BaseMemory):
         context = await self._memos.aget_context(query, **self._context_kwargs(history))
         return self._with_context(history, context)
 
-    async def aget_all(self) -> List[ChatMessage]:
+    async def aget_all(self) -> list[ChatMessage]:
         return await self._short.aget_all()
 
     async def aput(self, message: ChatMessage) -> None:
         await self.aput_messages(check_messages([message], "aput"))
 
-    async def aput_messages(self, messages: List[ChatMessage]) -> None:
+    async def aput_messages(self, messages: list[ChatMessage]) -> None:
         messages = check_messages(messages, "aput_messages")
         if not messages:
             return
@@ -391,7 +391,7 @@ class MemOSMemory(BaseMemory):
             self._record(await self._memos.aadd(turns, **self._add_kwargs()))
         await self._short.aput_messages(messages)
 
-    async def aset(self, messages: List[ChatMessage]) -> None:
+    async def aset(self, messages: list[ChatMessage]) -> None:
         messages = check_messages(messages, "aset")
         new = self._new_messages(messages, await self._short.aget_all(status=MessageStatus.ACTIVE))
         turns = self._turns(new)

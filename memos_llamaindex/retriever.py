@@ -23,7 +23,7 @@ nothing is embedded, so a query engine's prompt stays clean.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Sequence
 
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.callbacks import CallbackManager
@@ -42,7 +42,7 @@ _LLM_VISIBLE = {"event_time", "speaker"}
 def hit_to_node(hit: SearchHit) -> NodeWithScore:
     """Translate one core :class:`~memos_core.SearchHit` into a LlamaIndex ``NodeWithScore``."""
     item: MemoryItem = hit.item
-    meta: Dict[str, Any] = hit_metadata(hit)  # the same keys as the LangChain retriever's Documents
+    meta: dict[str, Any] = hit_metadata(hit)  # the same keys as the LangChain retriever's Documents
     hidden = [key for key in meta if key not in _LLM_VISIBLE]
     node = TextNode(id_=item.id, text=memory_text(item), metadata=meta, excluded_llm_metadata_keys=hidden,
                     excluded_embed_metadata_keys=list(meta))
@@ -68,14 +68,14 @@ class MemOSRetriever(BaseRetriever):
         self,
         memos: Any,
         *,
-        user_id: Optional[str] = None,
-        agent_id: Optional[str] = None,
-        session_id: Optional[str] = None,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        session_id: str | None = None,
         k: int = DEFAULT_K,
-        filter: Optional[Dict[str, Any]] = None,
-        cubes: Optional[Sequence[str]] = None,
+        filter: dict[str, Any] | None = None,
+        cubes: Sequence[str] | None = None,
         mode: str = "hybrid",
-        callback_manager: Optional[CallbackManager] = None,
+        callback_manager: CallbackManager | None = None,
         verbose: bool = False,
         single_user: bool = False,
     ) -> None:
@@ -94,23 +94,23 @@ class MemOSRetriever(BaseRetriever):
         self.mode = mode
 
     @classmethod
-    def from_cube(cls, cube: Any, *, memos: Optional[MemOS] = None, **kwargs: Any) -> "MemOSRetriever":
+    def from_cube(cls, cube: Any, *, memos: MemOS | None = None, **kwargs: Any) -> "MemOSRetriever":
         """A retriever over one cube (a :class:`~memos_core.MemCube` or its folder)."""
         memos, name = mount_cube(cube, memos)
         kwargs.setdefault("cubes", [name])
         return cls(memos, **kwargs)
 
-    def _kwargs(self) -> Dict[str, Any]:
+    def _kwargs(self) -> dict[str, Any]:
         return {"user_id": self.user_id, "agent_id": self.agent_id, "session_id": self.session_id, "k": self.k,
                 "filter": self.filter, "cubes": self.cubes, "mode": self.mode}
 
-    def _retrieve(self, query_bundle: QueryBundle) -> List[NodeWithScore]:
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         query = query_bundle.query_str
         if not isinstance(query, str) or not query.strip():
             return []
         return [hit_to_node(h) for h in self.memos.search(query, **self._kwargs())]
 
-    async def _aretrieve(self, query_bundle: QueryBundle) -> List[NodeWithScore]:
+    async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         query = query_bundle.query_str
         if not isinstance(query, str) or not query.strip():
             return []

@@ -16,7 +16,7 @@ the content). Failures raise the core's typed errors; agents turn them into erro
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Sequence
 
 from llama_index.core.tools.tool_spec.base import BaseToolSpec
 
@@ -45,9 +45,9 @@ class MemOSToolSpec(BaseToolSpec):
         ("forget_memory", "aforget_memory"),
     ]
 
-    def __init__(self, memos: Any, *, user_id: Optional[str] = None, agent_id: Optional[str] = None,
-                 session_id: Optional[str] = None, cube: Optional[str] = None,
-                 search_cubes: Optional[Sequence[str]] = None, k: int = DEFAULT_K, hard_forget: bool = False,
+    def __init__(self, memos: Any, *, user_id: str | None = None, agent_id: str | None = None,
+                 session_id: str | None = None, cube: str | None = None,
+                 search_cubes: Sequence[str] | None = None, k: int = DEFAULT_K, hard_forget: bool = False,
                  single_user: bool = False) -> None:
         memos = resolve_memory(memos, adapter="MemOSToolSpec")  # a MemOS, a view, a MemCube or a folder
         self.memos = memos
@@ -62,16 +62,16 @@ class MemOSToolSpec(BaseToolSpec):
         self.hard_forget = hard_forget
 
     # ------------------------------------------------------------------ translation helpers
-    def _search_kwargs(self, k: Optional[int]) -> Dict[str, Any]:
+    def _search_kwargs(self, k: int | None) -> dict[str, Any]:
         return {"user_id": self.user_id, "agent_id": self.agent_id, "k": int(k or self.k),
                 "cubes": self.search_cubes}
 
-    def _add_kwargs(self) -> Dict[str, Any]:
+    def _add_kwargs(self) -> dict[str, Any]:
         return {"user_id": self.user_id, "agent_id": self.agent_id, "session_id": self.session_id,
                 "cube": self.cube, "metadata": {"written_by": "llamaindex_tool"}}
 
     @staticmethod
-    def _found(query: str, hits: List[SearchHit]) -> str:
+    def _found(query: str, hits: list[SearchHit]) -> str:
         if not hits:
             return f"No memories found for: {query}"
         return f"{len(hits)} memories (id, version, date, content):\n" + "\n".join(_line(h.item) for h in hits)
@@ -98,7 +98,7 @@ class MemOSToolSpec(BaseToolSpec):
         return item
 
     # ------------------------------------------------------------------ tools (sync)
-    def search_memory(self, query: str, k: Optional[int] = None) -> str:
+    def search_memory(self, query: str, k: int | None = None) -> str:
         """Search long-term memory for facts and past conversation relevant to `query`.
 
         Returns one line per memory: [memory id] (version, date) content. Use the id with update_memory or
@@ -129,7 +129,7 @@ class MemOSToolSpec(BaseToolSpec):
         return f"Memory [{memory_id}] forgotten."
 
     # ------------------------------------------------------------------ tools (async)
-    async def asearch_memory(self, query: str, k: Optional[int] = None) -> str:
+    async def asearch_memory(self, query: str, k: int | None = None) -> str:
         """Search long-term memory for facts and past conversation relevant to `query`."""
         return self._found(query, await self.memos.asearch(query, **self._search_kwargs(k)))
 
