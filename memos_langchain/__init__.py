@@ -12,6 +12,11 @@
 
 The adapters only translate between LangChain/LangGraph types and the core (:mod:`memos_core`): ranking,
 deduplication, versions, retention and access control all happen there.
+
+Every class takes the same ``memory`` (a ``MemOS``, a view of one, a ``MemCube`` or a folder path, checked when
+built) and fails closed: it reads and writes only for a known user (a user-bound view ``mem.for_user("ann")``,
+``user_id=``, the run's context/config or a store namespace label) and raises ``memos_core.UserRequired``
+otherwise, unless built with ``single_user=True``.
 """
 
 from .history import MemOSChatMessageHistory

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 from typing import Any, Callable, Mapping, TypeVar
 
 from memos_core import MemCube
@@ -44,12 +43,6 @@ def principal_of(memory: Any) -> str | None:
     """The principal a ``MemOS`` facade acts as (``None`` for a bare cube: the cube's own actor)."""
     principal = getattr(memory, "principal", None)
     return principal if isinstance(principal, str) else None
-
-
-def is_facade(memory: Any) -> bool:
-    """Whether ``memory`` is a ``MemOS``-like facade (reader-backed ``add`` plus ``get_context``)."""
-    return not isinstance(memory, MemCube) and callable(getattr(memory, "get_context", None)) \
-        and callable(getattr(memory, "add", None))
 
 
 async def run_sync(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:

@@ -11,6 +11,10 @@ deduplication, context rendering, governance) to :class:`memos_core.MemOS`.
 * :class:`MemOSRetriever` - a ``BaseRetriever`` (e.g. inside a ``RetrieverQueryEngine``).
 * :class:`MemOSToolSpec` - search / save / update / forget tools for agents.
 
+Every class takes the same ``memos`` as the LangChain adapters (a ``MemOS``, a view of one, a ``MemCube`` or a
+folder path, checked when built) and fails closed: it needs a user (``user_id=`` or a user-bound view
+``mem.for_user("ann")``) and raises ``memos_core.UserRequired`` otherwise, unless built with ``single_user=True``.
+
 Quick start::
 
     from llama_index.core.chat_engine import SimpleChatEngine
