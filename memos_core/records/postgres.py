@@ -151,14 +151,22 @@ def schema_name(cube: str) -> str:
 
 
 def parse_postgres_url(url: str) -> tuple[str, str | None]:
-    """Split ``postgresql://user@host:port/db?cube=NAME&...`` into (libpq conninfo URL, cube name or None)."""
+    """Split ``postgresql://user@host:port/db?cube=NAME&...`` into (libpq conninfo URL, cube name or None).
+    MemOS's own parameters (``cube``, ``pool_size``) are removed; the rest goes to libpq."""
+    return _split_url(url)[:2]  # type: ignore[return-value]
+
+
+def _split_url(url: str) -> tuple[str, str | None, int | None]:
     parts = urlsplit(url)
     if parts.scheme not in ("postgresql", "postgres"):
         raise ValidationError(f"{url!r} is not a postgresql:// URL")
     query = parse_qsl(parts.query, keep_blank_values=True)
     cube = next((v for k, v in query if k == "cube"), None)
-    rest = [(k, v) for k, v in query if k != "cube"]
-    return urlunsplit(parts._replace(query=urlencode(rest))), cube
+    raw = next((v for k, v in query if k == "pool_size"), None)
+    if raw is not None and not (raw.isdigit() and 1 <= int(raw) <= 1000):
+        raise ValidationError(f"pool_size={raw!r} in the store URL: use a number of connections from 1 to 1000")
+    rest = [(k, v) for k, v in query if k not in ("cube", "pool_size")]
+    return urlunsplit(parts._replace(query=urlencode(rest))), cube, None if raw is None else int(raw)
 
 
 def redact_url(url: str) -> str:
@@ -186,8 +194,8 @@ class PostgresRecordStore(RecordStore):
     """The system of record of one cube in a PostgreSQL schema. Thread-safe; share one per process.
 
     ``url`` is a libpq URL (``postgresql://user:password@host:5432/db``); ``cube`` names the cube's schema
-    (default: the URL's ``?cube=`` parameter, else ``"default"``). ``pool_size`` caps this store's
-    connections.
+    (default: the URL's ``?cube=`` parameter, else ``"default"``). ``pool_size`` (or ``?pool_size=`` in the
+    URL; default 4) caps this store's connections: threads of one process beyond it wait for a free one.
     """
 
     backend = "postgresql"
@@ -196,11 +204,12 @@ class PostgresRecordStore(RecordStore):
     #: work budget of one lexical query in matching rows (as :attr:`SQLiteRecordStore.lexical_match_budget`)
     lexical_match_budget = 3000
 
-    def __init__(self, url: str, cube: str | None = None, *, pool_size: int = 4, connect_timeout: float = 10.0,
+    def __init__(self, url: str, cube: str | None = None, *, pool_size: int | None = None, connect_timeout: float = 10.0,
                  _migrate_to: int | None = None) -> None:
         psycopg, psycopg_pool, sql = _import_psycopg()
         self._psycopg, self._sql = psycopg, sql
-        conninfo, url_cube = parse_postgres_url(url)
+        conninfo, url_cube, url_pool = _split_url(url)
+        pool_size = pool_size or url_pool or 4
         self.url = redact_url(url)
         self.cube = cube or url_cube or "default"
         self.schema = schema_name(self.cube)
