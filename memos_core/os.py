@@ -25,6 +25,9 @@ What it does:
 * Every cube call carries ``actor=principal`` where the cube accepts it, so the cube's governance decides
   what this caller may read or write. Cubes that deny a read are skipped in cross-cube reads (and raise when
   named explicitly).
+* Principals act on cubes; user scopes say whose memory an item is. ``mem.for_user("ann")`` is a user-bound
+  view: every read and write is Ann's, another ``user_id`` is refused (:meth:`MemOS.for_user`). The adapters
+  use :class:`UserRule` (fail closed: no user, no read or write) and :func:`resolve_memory` (what they accept).
 * ``a*`` methods are native async: blocking store work runs in a worker thread (``asyncio.to_thread``) and an
   async-capable model is awaited, so the event loop is never blocked.
 """
