@@ -264,13 +264,30 @@ class MemCube:
         self.listeners: list[Callable[[str, list[SearchHit]], None]] = []
         #: access control, policies, audit chain, legal hold, forget (tables live in the records database)
         self.governance = Governance(self)
-        try:
-            self.repair_index()
-        except BackendUnavailable as exc:
-            self.index_degraded = True
-            log.warning("vector index unavailable on open (%s); lexical search still works, "
-                        "pending writes will be applied when it returns", exc)
+        # The vector index is checked against the records (repair_index) before its first use, not here: opening
+        # the index costs a second or more (importing Chroma), and a scoped search on a small cube never needs it.
+        # Rows a crash left pending are applied now, so the index is never behind what earlier runs acknowledged.
+        self._index_checked = False
+        if self.records.pending_vectors():
+            self._ensure_index_checked()
+        else:
+            _warm_chroma()
         log.info("opened cube %s (%s) at %s", self.name, self.cube_id, self.path)
+
+    def _ensure_index_checked(self) -> None:
+        """Run the open-time consistency check of the vector index once, before its first use."""
+        if self._index_checked:
+            return
+        with self._lock:
+            if self._index_checked:
+                return
+            self._index_checked = True  # first: the check itself uses the index
+            try:
+                self.repair_index()
+            except BackendUnavailable as exc:
+                self._index_degraded = True
+                log.warning("vector index unavailable (%s); lexical search still works, pending writes will be "
+                            "applied when it returns", exc)
 
     # ------------------------------------------------------------------ basics
     def _now(self) -> datetime:
@@ -311,7 +328,8 @@ class MemCube:
     @property
     def index_degraded(self) -> bool:
         """True while the vector index is unreachable (dense search then scans stored embeddings exactly).
-        Reading it first applies the vectors of writes whose index update was deferred."""
+        Reading it first checks the index (once per open) and applies the vectors of deferred writes."""
+        self._ensure_index_checked()
         self._flush_deferred()
         return self._index_degraded
 
@@ -431,6 +449,7 @@ class MemCube:
     # ------------------------------------------------------------------ vector index sync
     def _apply_pending(self) -> None:
         """Push pending rows to the vector index. Safe to call any time; idempotent."""
+        self._ensure_index_checked()  # the first use of the index checks it (and applies what is pending)
         pending = self.records.pending_vectors()
         if not pending:
             return
@@ -484,7 +503,7 @@ class MemCube:
                     self._sync_after_write()
 
     def repair_index(self) -> dict[str, int]:
-        """Bring the vector index in line with the records (run on open).
+        """Bring the vector index in line with the records (run once per open, before the index is first used).
 
         Applies pending rows left by a crash, then compares the index with the records' embeddings and
         re-adds/removes whatever differs. Returns counts of what was fixed.
@@ -1349,18 +1368,46 @@ class _IndexView:
         self._cube = cube
 
     def __getattr__(self, name: str) -> Any:
+        if not name.startswith("_"):
+            self._cube._ensure_index_checked()
         return getattr(self._inner, name)
 
     def count(self) -> int:
+        self._cube._ensure_index_checked()
         self._cube._flush_deferred()
         return self._inner.count()
 
     def ids(self) -> set[str]:
+        self._cube._ensure_index_checked()
         self._cube._flush_deferred()
         return self._inner.ids()
 
+    def close(self) -> None:
+        self._inner.close()  # no check first: closing a cube whose index was never used opens nothing
+
     def __repr__(self) -> str:
         return repr(self._inner)
+
+
+_CHROMA_WARM: list[threading.Thread] = []
+
+
+def _warm_chroma() -> None:
+    """Import Chroma on a background thread (once per process): the first use of a vector index then finds it
+    loaded. Importing is all it does (thread-safe; no client is opened here)."""
+    with _PRELOAD_LOCK:
+        if _CHROMA_WARM or os.environ.get("MEMOS_PRELOAD", "1") == "0":
+            return
+
+        def target() -> None:
+            try:
+                import chromadb  # noqa: F401
+            except Exception as exc:  # noqa: BLE001 - the first real use reports it
+                log.debug("chromadb preload failed: %s", exc)
+
+        t = threading.Thread(target=target, name="memos-chroma-preload", daemon=False)
+        _CHROMA_WARM.append(t)
+        t.start()
 
 
 _PRELOADING: set[int] = set()

