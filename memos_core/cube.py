@@ -841,6 +841,8 @@ class MemCube:
         """Restore the content of an earlier version as a *new* version (history is never rewritten)."""
         asked = {"version": version if type(version) is int else None}
         with self.governance._audited(actor, "rollback", item_id, asked):
+            if type(version) is not int or not -(2**62) < version < 2**62:  # 0 or -1: NotFound below
+                raise ValidationError(f"version must be a whole number, not {str(version)[:40]!r}")
             actor = self._authorize(actor, Right.WRITE, "rollback", item_id)
             with self._lock:
                 _, item = self._load(item_id)
@@ -869,6 +871,7 @@ class MemCube:
         """The item in any state, or ``None`` when the id is unknown or forgotten (for staleness checks of
         artefacts; needs **read**, raises PermissionDenied otherwise; not read-audited)."""
         self._authorize(actor, Right.READ, "lookup")
+        check_text(item_id, "item id")
         return self.records.get(item_id)
 
     def history(self, item_id: str, *, actor: str | None = None) -> list[MemoryVersion]:

@@ -100,6 +100,7 @@ from langgraph.store.base import (
 from memos_core.log import get_logger
 from memos_core import LifecycleState, MemCube, MemoryItem, MemoryKind, SourceKind
 from memos_core.errors import EmbeddingDimensionError, PermissionDenied, ValidationError
+from memos_core.items import MAX_TTL_SECONDS, check_text
 from memos_core.os import UserRule, value_text
 
 from ._common import principal_of, resolve_cube, run_sync
@@ -141,6 +142,7 @@ def _validate_labels(namespace: Sequence[Any], *, for_put: bool = False) -> tupl
         if "\x00" in label:
             raise InvalidNamespaceError(f"Invalid namespace label '{label}' found in {ns}. Namespace labels "
                                         "cannot contain NUL bytes ('\\x00').")
+        check_text(label, "namespace label")  # ValidationError for a lone surrogate (no id can hash it)
         if not label:
             raise InvalidNamespaceError(f"Namespace labels cannot be empty strings. Got {label} in {ns}")
     if for_put:
@@ -164,7 +166,7 @@ def _check_value(value: Any) -> dict[str, Any]:
         raise InvalidStoreValue("store value keys must be strings")
     try:
         return json.loads(json.dumps(dict(value), allow_nan=False))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: nested thousands of levels deep
         raise InvalidStoreValue(f"store values must be JSON-serialisable: {exc}") from None
 
 
@@ -287,18 +289,21 @@ class MemOSStore(BaseStore):
             _validate_labels(op.namespace, for_put=True)
             if not isinstance(op.key, str):
                 raise ValidationError(f"key must be a string, got {type(op.key).__name__}")
+            check_text(op.key, "key")
             if op.value is not None:
                 _check_value(op.value)
             if op.index not in (None, False) and (isinstance(op.index, str) or not isinstance(op.index, list)
                                                   or not all(isinstance(f, str) for f in op.index)):
                 raise ValidationError("index must be None, False or a list of field paths")
             if op.ttl is not None and (isinstance(op.ttl, bool) or not isinstance(op.ttl, (int, float))
-                                       or not op.ttl > 0):
-                raise ValidationError(f"ttl must be a positive number of minutes or None, got {op.ttl!r}")
+                                       or not 0 < op.ttl <= MAX_TTL_SECONDS / 60):  # also refuses inf and nan
+                raise ValidationError(f"ttl must be a positive number of minutes (at most {MAX_TTL_SECONDS / 60:.3g}) "
+                                      f"or None, got {str(op.ttl)[:40]}")
         elif isinstance(op, GetOp):
             _validate_labels(op.namespace)
             if not isinstance(op.key, str):
                 raise ValidationError(f"key must be a string, got {type(op.key).__name__}")
+            check_text(op.key, "key")
         elif isinstance(op, SearchOp):
             _validate_labels(op.namespace_prefix)
             if op.filter is not None and not isinstance(op.filter, Mapping):

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 from llama_index.core.base.llms.types import ChatMessage, TextBlock
 
 from memos_core import MemOS, MemOSError, ValidationError
+from memos_core.items import check_text
 
 __all__ = [
     "DIGEST_KEY",
@@ -73,6 +74,7 @@ def check_messages(messages: Any, what: str) -> list[ChatMessage]:
                 f"{what}: item {i} is a {type(m).__name__}, not a ChatMessage; wrap text as "
                 "ChatMessage(role='user', content=...)"
             )
+        check_text(message_text(m), f"{what}: item {i} text")  # ValidationError for a lone surrogate
     return list(messages)
 
 

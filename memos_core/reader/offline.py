@@ -43,10 +43,21 @@ class Turn:
     def __post_init__(self) -> None:
         if not isinstance(self.text, str):
             raise ValidationError(f"turn text must be a string, got {type(self.text).__name__}")
+        _check_turn_text(self)
         if self.time is not None and not isinstance(self.time, datetime):
             self.time = to_utc(self.time, field="turn time")
         elif self.time is not None:
             self.time = to_utc(self.time)
+
+
+def _check_turn_text(t: Turn) -> None:
+    """Text, speaker, id and session of a turn: strings that UTF-8 can store (no lone surrogates), so that
+    nothing derived from them later (turn ids are hashes of them) fails with an untyped error."""
+    check_text(t.text, "turn text")
+    for name in ("speaker", "id", "session_id"):
+        val = getattr(t, name)
+        if val is not None:
+            check_text(val, f"turn {name}")
 
 
 def coerce_turns(messages: Any, *, session_id: str | None = None, timestamp: Any = None) -> list[Turn]:
