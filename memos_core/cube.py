@@ -118,7 +118,7 @@ class RetrievalConfig:
     def __init__(self, dense_weight: float | None = None, lexical_weight: float | None = None,
                  rrf_k: float = 60.0, candidates: int = 60, exact_below: int = 4000,
                  fusion: Literal["zscore", "rrf"] = "zscore", entity_weight: float = 0.3,
-                 focus_weight: float = 0.5, query_cache: int = 256, question_lexical_weight: float = 0.7,
+                 focus_weight: float = 0.5, query_cache: int = 256, question_lexical_weight: float = 0.5,
                  dialogue_lexical_weight: float = 0.3, act_weight: float = 2.0) -> None:
         if fusion not in ("zscore", "rrf"):
             raise ValidationError(f"fusion must be 'zscore' or 'rrf', not {fusion!r}")

@@ -211,7 +211,7 @@ def hit_metadata(hit: SearchHit) -> dict[str, Any]:
     """What both adapters attach to a retrieved memory (LangChain ``Document.metadata``, LlamaIndex
     ``TextNode.metadata``): JSON values only, keys absent rather than ``None``.
 
-    ``memory_id``, ``cube_id``, ``version``, ``kind``, ``state``, ``score`` (the fused score), ``user_id`` /
+    ``memory_id``, ``cube_id``, ``version``, ``kind``, ``state``, ``score`` (the absolute score in [0, 1]), ``user_id`` /
     ``agent_id`` / ``session_id`` (when set), ``event_time`` (when known), ``created_at``, ``updated_at``,
     ``valid_until`` (when set), ``source``, ``source_ids``, ``extractor`` / ``speaker`` (when set),
     ``retrievers`` and ``ranks`` (per retriever), ``tags`` and ``memory_metadata`` (the memory's own metadata)

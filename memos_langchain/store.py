@@ -45,8 +45,10 @@ are not store items and never appear in store results.
 
 Where behaviour differs from ``InMemoryStore`` (on purpose)
 -----------------------------------------------------------
-* Search with a ``query`` uses the core's hybrid retrieval (dense + BM25, z-score fusion); ``score``
-  is the fused score in (0, 1) (higher is better), not a cosine similarity, and several index fields are embedded as one
+* Search with a ``query`` uses the core's hybrid retrieval (dense + BM25, fused); ``score`` is the core's
+  absolute score in [0, 1] (``SearchHit.score``: a calibrated mix of cosine similarity and query-word coverage
+  that does not depend on how many items are stored, so it can be thresholded like ``InMemoryStore``'s cosine);
+  items come in the fusion's order, which the scores need not follow exactly, and several index fields are embedded as one
   text instead of one vector each. Items not indexed (``index=False``, or no text at the index fields) follow
   the ranked ones with ``score=None``, as in ``InMemoryStore`` (but paginated with them consistently).
 * Without a query, results come in creation order (LangGraph leaves this order unspecified).

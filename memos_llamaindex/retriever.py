@@ -1,7 +1,8 @@
 """MemOSRetriever: MemOS search as a LlamaIndex ``BaseRetriever`` (sync and native async).
 
 Each hit becomes a ``NodeWithScore`` whose node is a ``TextNode`` with ``id_`` = the memory id, ``text`` =
-the memory content and ``score`` = the core's fused score. Its metadata (all JSON values):
+the memory content and ``score`` = the core's absolute score in [0, 1] (``SearchHit.score``: the same for a
+memory whatever else the cube holds, so ``similarity_cutoff``-style thresholds work). Its metadata (all JSON values):
 
 =====================  ===============================================================================
 ``memory_id``          the item id (also ``node.id_``)
@@ -11,7 +12,7 @@ the memory content and ``score`` = the core's fused score. Its metadata (all JSO
 ``user_id`` ...        its scope: ``user_id``, ``agent_id``, ``session_id`` (when set)
 ``event_time``         when it happened (ISO-8601, UTC), else absent; ``created_at``, ``updated_at``
 ``source``             provenance: ``source``, ``source_ids``, ``extractor``, ``speaker`` (when set)
-``score``              the fused score (also ``NodeWithScore.score``)
+``score``              the absolute score in [0, 1] (also ``NodeWithScore.score``)
 ``retrievers``         per-retriever scores, e.g. ``{"dense": 0.71, "lexical": 3.2}``; ``ranks`` likewise
 ``tags`` / ``memory_metadata``  the item's tags and its own metadata
 =====================  ===============================================================================

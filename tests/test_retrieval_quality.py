@@ -166,3 +166,48 @@ def test_reply_context_stays_within_one_exchange() -> None:
     other = reader.read([Turn("Yes, twice!", "Ann", "b", None, "s2")],
                         history=[Turn("Have you been to Lisbon?", "Bob", "a", None, "s1")])
     assert "in reply to" not in other[0]["index_text"]  # another session
+
+
+# ---------------------------------------------------------------------------------------------- absolute scores in adapters
+
+def _store_score(folder, n_others: int) -> float:
+    pytest.importorskip("langgraph")
+    from memos_core import MemCube
+    from memos_langchain.store import MemOSStore
+    from memos_langchain.testing import HashingEmbeddings
+
+    store = MemOSStore(MemCube(folder, embedder=HashingEmbeddings(256)), index={"dims": 256, "fields": ["text"]},
+                       single_user=True)
+    store.put(("facts",), "ann", {"text": "Ann moved to Lisbon in May"})
+    for i in range(n_others):
+        store.put(("facts",), f"x{i}", {"text": f"Note {i}: the weekly team meeting moved to room {i}"})
+    got = {it.key: it.score for it in store.search(("facts",), query="Where did Ann move to?", limit=n_others + 1)}
+    store.cube.close()
+    return got["ann"]
+
+
+def test_langgraph_item_scores_do_not_depend_on_the_store_size(tmp_path) -> None:
+    alone, crowded = _store_score(tmp_path / "a", 0), _store_score(tmp_path / "b", 30)
+    assert 0.0 <= alone <= 1.0
+    assert alone == pytest.approx(crowded, abs=1e-6)
+
+
+def test_llamaindex_node_scores_are_the_core_scores_and_do_not_depend_on_size(tmp_path) -> None:
+    pytest.importorskip("llama_index.core")
+    from memos_core import MemCube
+    from memos_langchain.testing import HashingEmbeddings
+    from memos_llamaindex.retriever import MemOSRetriever
+
+    scores = []
+    for n, name in ((0, "a"), (30, "b")):
+        cube = MemCube(tmp_path / name, embedder=HashingEmbeddings(256))
+        cube.add_many(["Ann moved to Lisbon in May"] + [f"Note {i}: the team meeting moved to room {i}"
+                                                         for i in range(n)], user_id="u")
+        retriever = MemOSRetriever.from_cube(cube, user_id="u", k=n + 1)
+        nodes = retriever.retrieve("Where did Ann move to?")
+        core = {h.item.id: h.score for h in cube.search("Where did Ann move to?", k=n + 1, user_id="u")}
+        assert all(nd.score == pytest.approx(core[nd.node.id_]) for nd in nodes)
+        scores.append(next(nd.score for nd in nodes if "Lisbon" in nd.node.get_content()))
+        retriever.memos.close()
+        cube.close()
+    assert scores[0] == pytest.approx(scores[1], abs=1e-6)
