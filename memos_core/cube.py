@@ -726,6 +726,13 @@ class MemCube:
                 new = self.governance.prepare_update(item, self._revise(item, fields), actor)
                 vec = self._embed([new.index_text or new.content])[0]
                 with self.records.transaction() as c:
+                    # Read again inside the write transaction: a writer that deleted, froze or archived the memory
+                    # after we read it must not have its state overwritten by ours (replace_item checks the
+                    # version; a state change keeps the version).
+                    now_item = self.records.get(item_id)
+                    if now_item is None or now_item.state != item.state:
+                        raise Conflict(f"memory {item_id!r} was changed by another writer (it is now "
+                                       f"{'gone' if now_item is None else now_item.state.value}); read it again")
                     self.records.replace_item(c, rowid, new, vec, new.state in lifecycle.INDEXED, True, actor,
                                               reason or "update")
                     self.records.append_event(c, new.updated_at.timestamp(), actor, "update", item_id,

@@ -573,3 +573,34 @@ def test_opening_one_cube_from_many_threads_never_degrades_the_index(tmp_path) -
     for t in threads:
         t.join()
     assert problems == []
+
+
+@pytest.mark.parametrize("meanwhile", ["delete", "legal_hold", "archive"])
+def test_update_racing_a_state_change_is_a_conflict_not_a_revival(tmp_path, monkeypatch, meanwhile) -> None:
+    """Handle A reads a memory to update it; handle B deletes / freezes / archives it before A writes. A's
+    write must not put the old state back (a deleted memory revived, a legal hold undone): Conflict, and B's
+    change stands."""
+    from memos_core.errors import Conflict
+
+    path = tmp_path / "c"
+    a = MemCube(path, embedder=hashed_embed)
+    b = MemCube(path, embedder=hashed_embed)
+    try:
+        item = a.add("the memory both handles touch")
+        real = a.governance.prepare_update
+
+        def interleave(*args, **kw):  # runs after A loaded the item and before A's write transaction
+            getattr(b, meanwhile)(item.id) if meanwhile != "archive" else b.transition(item.id, "archived")
+            return real(*args, **kw)
+
+        monkeypatch.setattr(a.governance, "prepare_update", interleave)
+        with pytest.raises(Conflict):
+            a.update(item.id, "A's late update")
+        want = {"delete": "deleted", "legal_hold": "frozen", "archive": "archived"}[meanwhile]
+        got = b.get(item.id, include_deleted=True)
+        assert (got.state.value, got.version, got.content) == (want, 1, "the memory both handles touch")
+        assert [t.to_state.value for t in b.transitions(item.id)][-1] == want
+        assert [v.version for v in b.history(item.id)] == [1]
+    finally:
+        a.close()
+        b.close()
