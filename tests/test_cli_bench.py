@@ -128,3 +128,207 @@ def test_bench_runs_on_the_shared_dataset_format(tmp_path) -> None:
     rep = retrieval.run(src, embedder=hashed_embed, limit_conversations=2, modes=("hybrid", "lexical"))
     assert rep["queries"] > 0 and rep["turns"] > 0
     _check_block(rep)
+
+
+# ---------------------------------------------------------------------------------------------- memos bench qa
+import re  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from memos_core.bench import qa  # noqa: E402
+from memos_core.errors import ValidationError  # noqa: E402
+
+QA_FILE = Path(__file__).resolve().parent / "data" / "qa_small.json"
+_STOP = {"what", "which", "who", "is", "the", "of", "a", "does", "did", "to", "in", "name", "where", "now", "when",
+         "on", "for", "ann's", "bob's", "dev's", "tom's", "priya's", "cleo's"}
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z']+", text.lower()) if w not in _STOP}
+
+
+def _memory_echo_model():
+    """A LangChain chat model that 'answers' with the memory or conversation line sharing most words with the
+    question (the text after the date and speaker), or "I don't know": a stand-in for a model that reads its
+    prompt, so the benchmark's retrieval, prompt building and scoring can be checked exactly."""
+    from langchain_core.language_models.chat_models import BaseChatModel
+    from langchain_core.messages import AIMessage
+    from langchain_core.outputs import ChatGeneration, ChatResult
+
+    class MemoryEcho(BaseChatModel):
+        calls: list = []
+
+        @property
+        def _llm_type(self) -> str:
+            return "memory-echo"
+
+        def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+            system, question = messages[0].content, messages[-1].content
+            self.calls.append((system, question))
+            lines = [ln for ln in system.splitlines() if ln.startswith(("- [", "["))]
+            best, overlap = "I don't know.", 0
+            for ln in lines:
+                n = len(_words(ln) & _words(question))
+                if n > overlap:
+                    best, overlap = re.sub(r"^(- )?\[[^\]]*\] [^:]+: ", "", ln), n
+            words = len((system + " " + question).split())
+            msg = AIMessage(content=best + "\nsecond line is not scored",
+                            usage_metadata={"input_tokens": words, "output_tokens": 3, "total_tokens": words + 3})
+            return ChatResult(generations=[ChatGeneration(message=msg)])
+
+    return MemoryEcho()
+
+
+def test_qa_scoring_is_squad_style() -> None:
+    assert qa.normalize_answer("The  Lisbon marathon!") == "lisbon marathon"
+    assert qa.token_f1("the cello", "cello") == 1.0
+    assert qa.token_f1("Ann plays the cello on Thursdays", "cello") == pytest.approx(2 * (1 / 5) / (1 / 5 + 1))
+    assert qa.token_f1("violin", "cello") == 0.0
+    assert qa.exact_match("A paramedic.", "paramedic") == 1.0
+    s = qa.score("She is in Glasgow now", ["York", "Glasgow"])
+    assert s["em"] == 0.0 and s["contains"] == 1.0 and s["f1"] == pytest.approx(2 * 0.2 / 1.2)
+    assert qa.score("Glasgowish", ["Glasgow"])["contains"] == 0.0  # whole words only
+    assert qa.gold_answers({"answer": "x"}) == ["x"] and qa.gold_answers({}) is None
+    for bad in ("", [], ["ok", 3], {"a": 1}):
+        with pytest.raises(ValidationError):
+            qa.gold_answers({"id": "q", "answer": bad})
+
+
+def test_qa_with_a_langchain_chat_model(tmp_path) -> None:
+    model = _memory_echo_model()
+    ans = qa.ChatAnswerer(model)
+    rep = qa.run(QA_FILE, ans, k=3, embedder=hashed_embed, workdir=tmp_path)
+    assert rep["modes"] == ["none", "text", "context"] and rep["questions"] == 18 and rep["scored"] == 18
+    o = rep["overall"]
+    assert o["none"]["f1"] == 0.0 and o["none"]["contains"] == 0.0  # "I don't know." every time
+    # memories help: most answers now quote the turn that holds the gold answer
+    assert o["text"]["contains"] >= 0.6 and o["text"]["f1"] > 0.15
+    assert o["context"]["contains"] >= 0.6
+    assert set(rep["by_category"]) == {"single-hop", "update", "temporal", "multi-hop"}
+    assert rep["by_category"]["update"]["text"]["scored"] == 2
+    for m in rep["modes"]:
+        assert o[m]["answers"] == 18 and o[m]["ttft_s_p50"] is not None and o[m]["ttft_s_p50"] >= 0
+    # prompt tokens come from the model's usage metadata; memories make the prompt longer
+    assert o["none"]["prompt_tokens_mean"] < o["text"]["prompt_tokens_mean"] < o["context"]["prompt_tokens_mean"]
+    row = next(r for r in rep["answers"] if r["conversation"] == "ann-bob" and r["id"] == "q3")
+    assert row["gold"] == ["red"] and "red bicycle" in row["modes"]["text"]["answer"]
+    assert "\n" not in row["modes"]["text"]["answer"]  # only the first line is scored
+    assert "A2:2" in row["memory_sources"] and len(row["memory_sources"]) <= 3
+    # the prompt: memory block (dated lines, oldest first), then the instruction; the question as user message
+    system = next(s for s, q in model.calls if q == "What colour is Bob's bicycle?" and s.startswith("Relevant"))
+    dated = [ln for ln in system.splitlines() if ln.startswith("- [")]
+    days = [ln[3:13] for ln in dated]
+    assert len(dated) == 3 and days == sorted(days) and system.endswith(qa.DEFAULT_SYSTEM)
+    # (d) without a window: the whole conversation, one dated line per turn
+    full = next(s for s, q in model.calls if q == "What colour is Bob's bicycle?" and s.startswith(qa.CONTEXT_PREAMBLE))
+    assert sum(1 for ln in full.splitlines() if ln.startswith("[2023-")) == 13
+    assert rep["f1_gain_vs_none"] == {"text": None, "context": None}  # no F1 without memory: no ratio
+
+
+def test_qa_chat_model_window_truncates_the_conversation(tmp_path) -> None:
+    model = _memory_echo_model()
+    rep = qa.run(QA_FILE, qa.ChatAnswerer(model, window=120), modes=["context"], embedder=hashed_embed,
+                 limit_conversations=1, limit_queries=2)
+    assert rep["questions"] == 2 and rep["overall"]["context"]["truncated"] == 2
+    system = model.calls[-1][0]
+    kept = [ln for ln in system.splitlines() if ln.startswith("[")]
+    assert 0 < len(kept) < 13 and kept[-1].endswith("Tell Clara I said hi.")  # the most recent turns stay
+
+
+def test_qa_judge_and_modes(tmp_path) -> None:
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+    judge_model = FakeListChatModel(responses=["CORRECT", "Wrong.", "maybe?"])
+    judge = qa.Judge(judge_model)
+    assert judge("q", ["a"], "a") == 1.0 and judge("q", ["a"], "b") == 0.0 and judge("q", ["a"], "c") is None
+    with pytest.raises(ValidationError):
+        qa.Judge(judge_model, prompt="no slots")
+    with pytest.raises(ValidationError, match="local transformers model"):
+        qa.run(QA_FILE, qa.ChatAnswerer(_memory_echo_model()), modes=["kv"], embedder=hashed_embed)
+    with pytest.raises(ValidationError, match="unknown mode"):
+        qa.run(QA_FILE, qa.ChatAnswerer(_memory_echo_model()), modes=["nope"], embedder=hashed_embed)
+    # the judge sees the question, the gold answers and the answer; its verdicts are averaged per mode
+    seen = []
+
+    def verdict(question, golds, answer):
+        seen.append((question, tuple(golds), answer))
+        return None if "Cleo" in question else float(any(g.lower() in answer.lower() for g in golds))
+
+    rep = qa.run(QA_FILE, qa.ChatAnswerer(_memory_echo_model()), modes=["none", "text"], judge=verdict,
+                 embedder=hashed_embed, limit_conversations=2)
+    assert len(seen) == 2 * 12
+    assert rep["overall"]["none"]["judge"] == 0.0
+    assert rep["overall"]["text"]["judge"] > 0.5 and rep["overall"]["text"]["judge_unparsed"] == 2
+
+
+def _write_answer_module(tmp_path, monkeypatch) -> None:
+    (tmp_path / "qa_fake_models.py").write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
+        "from test_cli_bench import _memory_echo_model\n"
+        "def echo():\n    return _memory_echo_model()\n"
+        "from langchain_core.language_models.fake_chat_models import FakeListChatModel\n"
+        "def always_correct():\n    return FakeListChatModel(responses=['CORRECT'])\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def test_cli_bench_qa_json(tmp_path, capsys, monkeypatch) -> None:
+    _write_answer_module(tmp_path, monkeypatch)
+    monkeypatch.setattr("memos_core.bench.qa.MemCube", _hashed_cube)
+    rc = main(["bench", "qa", str(QA_FILE), "--model", "qa_fake_models:echo", "--judge", "qa_fake_models:always_correct",
+               "--k", "2", "--limit", "2", "--limit-queries", "3", "--modes", "none,text", "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    rep = json.loads(out.strip().splitlines()[-1])
+    assert rep["questions"] == 6 and rep["k"] == 2 and rep["modes"] == ["none", "text"]
+    assert rep["overall"]["text"]["judge"] == 1.0 and rep["overall"]["text"]["f1"] > rep["overall"]["none"]["f1"]
+    assert all(len(r["memory_sources"]) <= 2 for r in rep["answers"])
+    assert "(b) top-k memories as text" in err  # the table goes to stderr
+
+
+def _hashed_cube(*args, **kwargs):
+    from memos_core.cube import MemCube
+
+    kwargs["embedder"] = hashed_embed
+    return MemCube(*args, **kwargs)
+
+
+def test_cli_bench_qa_errors(tmp_path, capsys) -> None:
+    bad = tmp_path / "bad.json"
+    data = json.loads(QA_FILE.read_text())
+    data["conversations"][1]["queries"][0]["answer"] = 42
+    bad.write_text(json.dumps(data))
+    for argv in (["bench", "qa", str(QA_FILE), "--model", "no_such_thing"],
+                 ["bench", "qa", str(QA_FILE), "--model", "no_such_module_xyz:model"],
+                 ["bench", "qa", str(QA_FILE), "--model", "json:dumps"],
+                 ["bench", "qa", str(tmp_path / "missing.json"), "--model", "no_such_thing"]):
+        assert main(argv) == 2, argv
+        _, err = capsys.readouterr()
+        assert err.startswith("error: ") and err.strip().count("\n") == 0
+    with pytest.raises(ValidationError, match="'answer'"):
+        qa.run(bad, qa.ChatAnswerer(_memory_echo_model()), embedder=hashed_embed)
+
+
+def test_qa_local_model_all_modes(tmp_path) -> None:
+    """A tiny random local model: (c) must give the same tokens as (b) and the cached conversation of (d) the
+    same as a full prefill; (d) fits the window."""
+    pytest.importorskip("transformers")
+    from memos_core.activation.testing import save_tiny_model
+
+    folder = save_tiny_model(tmp_path / "tiny", "qwen2", max_positions=600)
+    ans = qa.load_answerer(str(folder), max_new_tokens=6)
+    assert isinstance(ans, qa.LocalAnswerer) and ans.window == 600
+    rep = qa.run(QA_FILE, ans, k=3, embedder=hashed_embed, limit_conversations=2, limit_queries=3)
+    assert rep["modes"] == list(qa.MODES) and rep["questions"] == 6
+    assert rep["kv_identical"] == 1.0 and rep["kv_identical_count"] == "6/6"
+    assert rep["context_identical_count"] == "2/2"
+    o = rep["overall"]
+    assert o["kv"]["cached_tokens_mean"] > 0 and o["kv"]["cache_build_s_mean"] > 0
+    assert o["context"]["truncated"] == 3  # the first conversation does not fit in 600 tokens, the second does
+    for r in rep["answers"]:
+        assert r["modes"]["kv"]["answer"] == r["modes"]["text"]["answer"]
+        assert r["modes"]["kv"]["prompt_tokens"] == r["modes"]["text"]["prompt_tokens"]
+        assert r["modes"]["context"]["prompt_tokens"] <= 600 - 6
+        assert r["modes"]["none"]["prompt_tokens"] < r["modes"]["text"]["prompt_tokens"]
+        for m in qa.MODES:
+            assert 0.0 <= r["modes"][m]["f1"] <= 1.0

