@@ -544,6 +544,8 @@ def test_length_dependent_rope_is_exact_or_recomputed(kind, tmp_path):
     assert len(layout.input_ids) > threshold
     if kind == "dynamic":  # frequencies unique to this length: no cache, the prompt is computed in full
         assert cache is None and "length-dependent RoPE" in origin
+        with pytest.raises(UnsupportedModel, match="RoPE"):  # a memory prefix alone beyond the limit: said so
+            llm.build([MemoryItem(content=f) for f in FACTS * 2])
     else:  # a long-regime cache was built inside the long prompt and is reused by the next long prompt
         assert cache is not None and cache.meta.rope_regime == "longrope>160" and res.cached_tokens == len(cache)
         _, again, res2, origin2 = check(long_q.replace("Ann", "Carla"))

@@ -368,14 +368,17 @@ class LocalLLM:
     def _prefix_cache(self, fp: ModelFingerprint, token_ids: list[int], shared_len: int, items: Sequence[MemoryItem],
                       segments: Sequence[tuple[int, int]], notes: list[str],
                       prompt_len: int | None = None, prompt_ids: Sequence[int] | None = None) -> tuple[KVCache | None, str]:
-        regime = rope_regime(self.model, prompt_len if prompt_len is not None else len(token_ids))
+        length = prompt_len if prompt_len is not None else len(token_ids)
+        regime = rope_regime(self.model, length)
         context = None
+        if not regime_is_shared(regime):
+            notes.append(
+                f"no KV cache: the model's RoPE frequencies for {length} tokens ({regime}) are unique to that "
+                "length, so no cache could be reused; the whole prompt is computed"
+            )
+            return None, "none (length-dependent RoPE)"
         if regime != rope_regime(self.model, len(token_ids)):
-            if not regime_is_shared(regime) or prompt_ids is None:
-                notes.append(
-                    f"no KV cache: the model's RoPE frequencies for a {prompt_len}-token prompt ({regime}) are unique "
-                    "to that length, so no cache can be reused; the whole prompt is computed"
-                )
+            if prompt_ids is None:
                 return None, "none (length-dependent RoPE)"
             context = prompt_ids  # compute the memory prefix inside the prompt, in the prompt's regime
         found, n, origin = self._best_match(fp, token_ids, notes, regime)
@@ -418,8 +421,12 @@ class LocalLLM:
         items = self._select([], list(items))
         if not items:
             raise ValidationError("build needs at least one live memory item")
-        cache, _, _ = self.cache_for([{"role": "user", "content": "?"}], items)
-        assert cache is not None
+        cache, _, origin = self.cache_for([{"role": "user", "content": "?"}], items)
+        if cache is None:
+            raise UnsupportedModel(
+                f"no reusable KV cache for these memories ({origin}): their prefix is longer than the length up to "
+                "which this model's RoPE frequencies stay fixed"
+            )
         return cache
 
     def prepare(self, groups: Iterable[Sequence[MemoryItem]], *, progress: bool | None = None) -> list[KVCache]:
