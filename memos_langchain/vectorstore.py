@@ -177,7 +177,7 @@ class MemOSVectorStore(VectorStore):
     def similarity_search_with_score(self, query: str, k: int = 4, filter: dict[str, Any] | SearchFilter | None = None,
                                      **kwargs: Any) -> list[tuple[Document, float]]:
         """Documents and scores, best first. With ``search_mode="dense"`` the score is the cosine similarity;
-        otherwise the core's fused score (higher is better)."""
+        otherwise the core's absolute score in [0, 1] (``SearchHit.score``: independent of the store's size)."""
         hits = self._hits(query, k, filter)
         if self.search_mode == "dense":
             return [(self._doc(h.item), float(h.retrievers.get("dense", h.score))) for h in hits]
