@@ -704,7 +704,9 @@ class MemCube:
         """Write a new version of a memory. Only the fields given change; history keeps every version.
 
         ``expected_version`` makes the update conditional (optimistic concurrency): if the memory has moved
-        on, :class:`Conflict` is raised and nothing changes.
+        on, :class:`Conflict` is raised and nothing changes. New ``content`` without a new ``index_text``
+        re-derives the index text: the old content inside it is replaced by the new one (context such as an
+        "in reply to ..." suffix stays), or, where that is not possible, the new content is indexed alone.
         """
         with self.governance._audited(actor, "update", item_id):
             unknown = set(fields) - _UPDATABLE_FIELDS
@@ -744,6 +746,19 @@ class MemCube:
         from pydantic import ValidationError as PydanticError
 
         data = item.model_dump()
+        fields = dict(fields)
+        new_content = fields.get("content")
+        if (isinstance(new_content, str) and "index_text" not in fields and item.index_text is not None
+                and new_content != item.content):
+            # New content re-derives what retrieval indexes: an index text that holds the old content once with
+            # context around it (an episode's date prefix, an "in reply to ..." suffix) gets the new content in
+            # its place; any other index text is dropped (the new content is indexed). So the old text no longer
+            # finds the memory, and the new text does.
+            old = item.index_text
+            derived = old.replace(item.content, new_content) if old.count(item.content) == 1 else None
+            if derived is not None and len(derived) > self.max_content_chars:
+                derived = None
+            fields["index_text"] = derived
         for k, v in fields.items():
             if k in ("content", "index_text") and v is not None:
                 self._check_content(v, k)

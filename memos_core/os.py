@@ -1007,19 +1007,10 @@ class MemOS:
                reason: str | None = None, **fields: Any) -> MemoryItem:
         """Write a new version of a memory (see :meth:`MemCube.update`).
 
-        New ``content`` without a new ``index_text`` re-derives what retrieval indexes: an index text that holds
-        the old content once with context around it (an episode's date prefix and "in reply to ..." suffix)
-        gets the new content in its place; any other index text is dropped (the new content is indexed). So
-        the old text no longer finds the memory, and the new text does.
+        New ``content`` without a new ``index_text`` re-derives what retrieval indexes (see
+        :meth:`MemCube.update`).
         """
         c = self._locate(item_id, cube)
-        if isinstance(content, str) and "index_text" not in fields:
-            cur = self._call(c, "lookup", item_id)
-            if cur is not None and cur.index_text is not None and cur.content != content:
-                old = cur.index_text
-                new = old.replace(cur.content, content) if old.count(cur.content) == 1 else None
-                limit = getattr(c, "max_content_chars", None)
-                fields["index_text"] = new if new is None or limit is None or len(new) <= limit else None
         return self._call(c, "update", item_id, content, reason=reason, **fields)  # type: ignore[no-any-return]
 
     def delete(self, item_id: str, cube: str | MemCube | None = None, *, reason: str | None = None) -> MemoryItem:

@@ -189,3 +189,21 @@ def test_timestamps_are_ordered_for_every_way_of_adding(cube) -> None:
         for it in (item, cube.get(item.id)):
             assert it.created_at <= it.updated_at, it.content
     assert cube.get(added[2].id).created_at == past  # an imported creation time is kept
+
+
+def test_update_re_derives_the_index_text(cube) -> None:
+    # an index text with context around the content (as the offline reader writes for a reply)
+    item = cube.add({"content": "bob: I live in Porto", "index_text": "bob: I live in Porto (in reply to: ann: where?)"})
+    v2 = cube.update(item.id, "bob: I live in Lisbon")
+    assert v2.index_text == "bob: I live in Lisbon (in reply to: ann: where?)"
+    assert [h.item.id for h in cube.search("Lisbon", mode="lexical")] == [item.id]
+    assert cube.search("Porto", mode="lexical") == []
+    # an index text that does not hold the content once is dropped: the new content is indexed alone
+    other = cube.add({"content": "kiwi", "index_text": "a summary about fruit"})
+    v2 = cube.update(other.id, "mango smoothie")
+    assert v2.index_text is None
+    assert [h.item.id for h in cube.search("mango", mode="lexical")] == [other.id]
+    assert cube.search("summary fruit", mode="lexical") == []
+    # an explicit index text wins
+    v3 = cube.update(other.id, "papaya", index_text="tropical fruit: papaya")
+    assert v3.index_text == "tropical fruit: papaya"
