@@ -262,12 +262,12 @@ class MemCube:
         self.index_degraded = False
         #: callables ``(query, hits)`` told about every search (e.g. the MemScheduler's usage tracking)
         self.listeners: list[Callable[[str, list[SearchHit]], None]] = []
+        self._index_checked = False  # before Governance: it finishes an interrupted forget, which uses the index
         #: access control, policies, audit chain, legal hold, forget (tables live in the records database)
         self.governance = Governance(self)
         # The vector index is checked against the records (repair_index) before its first use, not here: opening
         # the index costs a second or more (importing Chroma), and a scoped search on a small cube never needs it.
         # Rows a crash left pending are applied now, so the index is never behind what earlier runs acknowledged.
-        self._index_checked = False
         if self.records.pending_vectors():
             self._ensure_index_checked()
         else:
