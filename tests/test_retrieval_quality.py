@@ -211,3 +211,16 @@ def test_llamaindex_node_scores_are_the_core_scores_and_do_not_depend_on_size(tm
         retriever.memos.close()
         cube.close()
     assert scores[0] == pytest.approx(scores[1], abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["people_qa.json", "assistant_prefs.json"])
+def test_hybrid_beats_each_retriever_on_a_conversation_of_each_generated_style(name) -> None:
+    """One conversation of the question-style and of the assistant-style dev set (benchmarks/data): the fused
+    ranking must not fall below the better single retriever (the full sets are in the README)."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "data" / name
+    rep = bench.run(path, limit_conversations=1)
+    dense, lexical = rep["ablations"]["dense"], rep["ablations"]["lexical"]
+    for k in (5, 10):
+        assert rep[f"any@{k}"] >= max(dense[f"any@{k}"], lexical[f"any@{k}"]), (k, rep[f"any@{k}"], dense, lexical)
