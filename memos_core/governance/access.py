@@ -40,7 +40,9 @@ def search_cubes(cubes: Iterable[Any], query: str, *, actor: str, k: int = 10,
         if not cube.governance.allows(actor, Right.READ):
             cube.governance.note_denied(actor, "search")
             continue
+        floor = float("inf")
         for ri, h in enumerate(cube.search(query, k=k, filter=filter, actor=actor, **kwargs)):
-            hits.append((-h.score, ci, ri, h))
+            floor = min(floor, h.score)  # absolute scores interleave cubes; each cube keeps its fusion's order
+            hits.append((-floor, ci, ri, h))
     hits.sort(key=lambda t: t[:3])
     return [t[3] for t in hits[:k]]
