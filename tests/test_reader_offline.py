@@ -193,7 +193,9 @@ def test_the_next_question_finds_the_fact_not_its_echo(tmp_path, minilm) -> None
     for k in (1, 2, 5):
         hits = mem.search("What's my cat's name?", user_id="dana", k=k)
         assert "Miso" in hits[0].item.content, [h.item.content for h in hits]
-    top5 = [h.item.content for h in mem.search("What is my cat called?", user_id="dana", k=5)]
+    ranked = mem.search("What is my cat called?", user_id="dana", k=5)
+    assert [h.rank for h in ranked] == [1, 2, 3, 4, 5]  # the facade keeps the cube's (fusion's) order
+    top5 = [h.item.content for h in ranked]
     assert "Miso" in top5[0]
     assert not any("I don't know" in c or "not sure" in c for c in top5[:2]), top5
     # nothing was destroyed: the echoes are still stored and can be found by what they say
