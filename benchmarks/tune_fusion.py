@@ -33,7 +33,7 @@ from memos_core.embedding import CallableEmbedder, resolve_embedder  # noqa: E40
 from memos_core.items import SearchFilter  # noqa: E402
 from memos_core.plaintext import analyze_query, calibration, entity_matcher  # noqa: E402
 from memos_core.plaintext.fusion import Candidates, fuse  # noqa: E402
-from memos_core.reader.offline import OfflineReader  # noqa: E402
+from memos_core.reader.offline import ACT_WEIGHTS, OfflineReader  # noqa: E402
 
 SETS = {
     "madial": Path("/work/shared/data/madial/madial_en.json"),
@@ -175,7 +175,9 @@ def _calibration_rows(rows: list[dict[str, Any]], mode: str) -> list[tuple[list[
         for c in row["cands"]:
             cov = calibration.coverage(qterms, c["text"])
             ent = share(c["text"])
-            feats = {"hybrid": [c["dense"], cov, ent], "dense": [c["dense"]], "lexical": [cov, ent]}[mode]
+            # the reader's current weights (a set collected before they changed keeps its acts)
+            lw = math.log(ACT_WEIGHTS.get((c["meta"] or {}).get("turn_act"), 1.0))
+            feats = {"hybrid": [c["dense"], cov, ent, lw], "dense": [c["dense"], lw], "lexical": [cov, ent, lw]}[mode]
             out.append((feats, int(c["hit"])))
     return out
 
@@ -187,7 +189,7 @@ def calibrate(all_rows: dict[str, list[dict[str, Any]]]) -> None:
     for mode in ("hybrid", "dense", "lexical"):
         train = [r for name in CALIBRATE_ON if name in all_rows for r in _calibration_rows(all_rows[name], mode)]
         w = calibration.fit_logistic(train)
-        full = {"hybrid": w, "dense": [*w, 0.0, 0.0], "lexical": [w[0], 0.0, *w[1:]]}[mode]
+        full = {"hybrid": w, "dense": [w[0], w[1], 0.0, 0.0, w[2]], "lexical": [w[0], 0.0, *w[1:]]}[mode]
         fitted[mode] = tuple(round(v, 3) for v in full)
     print("CALIBRATION =", json.dumps(fitted))
     calibration.CALIBRATION.update(fitted)
@@ -195,7 +197,7 @@ def calibrate(all_rows: dict[str, list[dict[str, Any]]]) -> None:
         for mode in ("hybrid",):
             bins: dict[int, list[tuple[float, int]]] = {}
             for feats, lab in _calibration_rows(rows, mode):
-                p = calibration.calibrated_score(mode, feats[0], feats[1], feats[2])
+                p = calibration.calibrated_score(mode, feats[0], feats[1], feats[2], math.exp(feats[3]))
                 bins.setdefault(min(int(p * 10), 9), []).append((p, lab))
             table = " ".join(f"{b / 10:.1f}:{np.mean([p for p, _ in v]):.2f}/{np.mean([l for _, l in v]):.2f}"
                              f"(n={len(v)})" for b, v in sorted(bins.items()))

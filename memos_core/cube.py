@@ -1055,7 +1055,8 @@ class MemCube:
             if item is None:
                 continue
             rank += 1
-            hit = SearchHit(item=item, score=score(mode, item.content, cos), retrievers=sc, ranks=rk,
+            hit = SearchHit(item=item, score=score(mode, item.content, cos, calibration.recall_weight(item.metadata)),
+                            retrievers=sc, ranks=rk,
                             rank=rank, fused=value)
             if min_score is None or hit.score >= min_score:
                 hits.append(hit)

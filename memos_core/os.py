@@ -846,8 +846,11 @@ class MemOS:
     # ------------------------------------------------------------------ search
     def search(self, query: str, *, user_id: str | None = None, agent_id: str | None = None,
                session_id: str | None = None, k: int = 10, filter: SearchFilter | Mapping[str, Any] | None = None,
-               cubes: Sequence[str | MemCube] | str | None = None, mode: SearchMode = "hybrid") -> list[SearchHit]:
+               cubes: Sequence[str | MemCube] | str | None = None, mode: SearchMode = "hybrid",
+               min_score: float | None = None) -> list[SearchHit]:
         """Search every mounted cube the caller may read (or only ``cubes``) and merge the hits.
+
+        ``min_score`` drops hits whose absolute score (``hit.score`` in [0, 1]) is below it, in every cube alike.
 
         Hits are merged by score (``hit.score`` is absolute: it depends on the query and the memory only, so
         scores of different cubes compare), keeping each cube's own order (its fusion's ranking). Duplicates are dropped keeping
@@ -864,7 +867,8 @@ class MemOS:
         for order, (name, cube) in enumerate(self._targets(cubes)):
             try:
                 hits = self._call(cube, "search", query, k=k, filter=filter, mode=mode, user_id=user_id,
-                                  agent_id=agent_id, session_id=session_id)
+                                  agent_id=agent_id, session_id=session_id,
+                                  **({} if min_score is None else {"min_score": min_score}))
             except PermissionDenied:
                 if explicit:
                     raise

@@ -198,6 +198,15 @@ def test_the_next_question_finds_the_fact_not_its_echo(tmp_path, minilm) -> None
     top5 = [h.item.content for h in ranked]
     assert "Miso" in top5[0]
     assert not any("I don't know" in c or "not sure" in c for c in top5[:2]), top5
+    # the absolute score ranks the fact above the questions and "I don't know"s that repeat the query's words,
+    # so a threshold keeps the fact and drops the echoes (through the facade too)
+    for q in ("What's my cat's name?", "What is my cat called?"):
+        hits = mem.search(q, user_id="dana", k=8)
+        best = max(hits, key=lambda h: h.score)
+        assert "Miso" in best.item.content, [(h.score, h.item.content) for h in hits]
+        kept = mem.search(q, user_id="dana", k=8, min_score=0.1)
+        assert kept and "Miso" in kept[0].item.content
+        assert not any(h.item.metadata.get("turn_act") for h in kept), [h.item.content for h in kept]
     # nothing was destroyed: the echoes are still stored and can be found by what they say
     assert any("don't know your cat's name" in h.item.content
                for h in mem.search("I don't know your cat's name yet", user_id="dana", k=3))

@@ -7,7 +7,10 @@ two such numbers into [0, 1]:
 
 * the cosine similarity of the memory's embedding to the query's (what the dense retriever computes), and
 * the *coverage*: the share of the query's content words (stopwords dropped, crude stemming) found in the
-  memory's text, plus the share of the names the query mentions that the memory contains.
+  memory's text, plus the share of the names the query mentions that the memory contains;
+* the memory's own ``metadata["recall_weight"]`` (the offline reader sets it below 1 for questions,
+  acknowledgements, "I don't know" replies, echoes and small talk): a question that repeats the query word for
+  word is not an answer to it.
 
 Neither depends on the other memories (unlike BM25, whose weights depend on the corpus), so a score means the
 same whether a cube holds one memory or a million. The mapping is a logistic regression fitted on the project's
@@ -20,18 +23,19 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from .lexical import terms
 
-__all__ = ["query_terms", "coverage", "calibrated_score", "CALIBRATION"]
+__all__ = ["query_terms", "coverage", "calibrated_score", "recall_weight", "scorer", "CALIBRATION"]
 
-#: logistic-regression coefficients per search mode: (intercept, cosine, coverage, entity share).
+#: logistic-regression coefficients per search mode: (intercept, cosine, coverage, entity share,
+#: ln(recall_weight)).
 #: Fitted by ``benchmarks/tune_fusion.py --calibrate`` on the generated tuning sets (see README).
-CALIBRATION: dict[str, tuple[float, float, float, float]] = {
-    "hybrid": (-10.049, 9.668, 4.794, 0.138),
-    "dense": (-10.139, 13.574, 0.0, 0.0),
-    "lexical": (-7.051, 0.0, 7.173, 0.502),
+CALIBRATION: dict[str, tuple[float, ...]] = {
+    "hybrid": (-9.966, 10.575, 5.085, -0.208, 13.749),
+    "dense": (-10.053, 14.02, 0.0, 0.0, 12.036),
+    "lexical": (-6.663, 0.0, 7.25, 0.36, 11.875),
 }
 
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
@@ -66,22 +70,35 @@ def _logistic(x: float) -> float:
     return e / (1.0 + e)
 
 
-def calibrated_score(mode: str, cosine: float | None, cover: float, entities: float) -> float:
+def calibrated_score(mode: str, cosine: float | None, cover: float, entities: float, weight: float = 1.0) -> float:
     """The absolute score in [0, 1] of one memory for one query (see the module docstring). ``cosine`` is
-    ``None`` when no query embedding was computed (lexical-only search)."""
+    ``None`` when no query embedding was computed (lexical-only search); ``weight`` is the memory's
+    recall weight (1 for a statement)."""
     if cosine is None:
         mode = "lexical"
-    b0, b_cos, b_cov, b_ent = CALIBRATION.get(mode, CALIBRATION["hybrid"])
-    x = b0 + b_cos * float(cosine or 0.0) + b_cov * cover + b_ent * entities
+    b0, b_cos, b_cov, b_ent, b_w = CALIBRATION.get(mode, CALIBRATION["hybrid"])
+    x = b0 + b_cos * float(cosine or 0.0) + b_cov * cover + b_ent * entities + b_w * _log_weight(weight)
     return min(1.0, max(0.0, _logistic(x)))
 
 
-def scorer(query_text: str, entity_share: Callable[[str], float]) -> Callable[[str, str, float | None], float]:
-    """A function ``(mode, memory text, cosine) -> score`` for one query (its terms computed once)."""
+def _log_weight(weight: float) -> float:
+    return math.log(min(1.0, max(0.01, float(weight))))
+
+
+def recall_weight(metadata: Mapping[str, Any] | None) -> float:
+    """A memory's ``metadata["recall_weight"]`` as a number in [0.01, 1] (1 when absent or not a number)."""
+    w = (metadata or {}).get("recall_weight", 1.0)
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+        return 1.0
+    return min(1.0, max(0.01, float(w)))
+
+
+def scorer(query_text: str, entity_share: Callable[[str], float]) -> Callable[..., float]:
+    """A function ``(mode, memory text, cosine, recall weight) -> score`` for one query (terms computed once)."""
     qterms = query_terms(query_text)
 
-    def score(mode: str, text: str, cosine: float | None) -> float:
-        return calibrated_score(mode, cosine, coverage(qterms, text), entity_share(text))
+    def score(mode: str, text: str, cosine: float | None, weight: float = 1.0) -> float:
+        return calibrated_score(mode, cosine, coverage(qterms, text), entity_share(text), weight)
 
     return score
 
