@@ -215,6 +215,7 @@ class MemCube:
         self._embedder: Embedder = resolve_embedder(embedder)
         _preload(self._embedder)  # the embedding model loads while the rest of the cube opens
         manifest_path = self.path / MANIFEST
+        fresh = not manifest_path.exists()
         if manifest_path.exists():
             self.manifest = _json_manifest_load(manifest_path)
             ver = self.manifest.get("schema_version")
@@ -253,6 +254,11 @@ class MemCube:
         self.name: str = self.manifest.get("name", self.path.name)
         self._check_embedder()
         self.records = SQLiteRecordStore(self.path / "records.sqlite3")
+        if fresh:  # an empty vector index: no vector a plain delete left behind (governance/erasure.py)
+            from .governance.erasure import VECTOR_SCRUBBED_KEY
+
+            with self.records.transaction() as c:
+                self.records.set_meta(c, VECTOR_SCRUBBED_KEY, "1")
         collection = self.manifest.get("vector_index", {}).get("collection", "memos")
         if chroma_url is not None:
             index = ChromaVectorIndex(url=chroma_url, collection=f"{collection}-{self.cube_id}")
@@ -478,8 +484,8 @@ class MemCube:
                     upsert_ids.append(item_id)
                     upsert_vecs.append(np.frombuffer(blob, dtype=np.float32))
                     upsert_meta.append(meta)
-        if delete_ids:
-            self.index.delete(delete_ids)
+        if delete_ids:  # overwritten first: a plain delete leaves the vector in Chroma's files (purge, forget)
+            self.index.erase(delete_ids)
         if upsert_ids:
             self.index.upsert(upsert_ids, np.stack(upsert_vecs), upsert_meta)
         self.records.mark_vectors_applied(pending)
@@ -535,7 +541,7 @@ class MemCube:
                                   [self._chroma_meta(items[m[1]]) for m in missing])
                 added += len(missing)
         extra = sorted(have - want)
-        self.index.delete(extra)
+        self.index.erase(extra)
         return {"added": added, "removed": len(extra)}
 
     def reindex(self, *, reembed: bool = False, batch_size: int = 256, progress: bool | None = None,
@@ -577,6 +583,63 @@ class MemCube:
                 log.info("rebuilt the vector index of cube %s: %d vectors%s", self.name, total,
                          " (re-embedded)" if reembed else "")
                 return {"indexed": total}
+
+    def compact_index(self, *, actor: str | None = None) -> dict[str, int]:
+        """Compact the vector index (needs **administer**): rebuild it from the records' stored embeddings so
+        that no vector of an erased memory is left in any file of the embedded Chroma folder. Forget and purge
+        scrub their vectors in place; this is only needed when they recorded a pending compaction
+        (:meth:`vector_compaction_pending`: a large cube written before in-place scrubbing, or a Chroma release
+        where it is not verified), and costs the whole index (about 1-2 s per 1,000 vectors). Batch it: run it
+        once after many forgets. Returns ``{"indexed": n, "erased_ids": ids that were waiting}``."""
+        with self.governance._audited(actor, "compact_index"):
+            actor = self._authorize(actor, Right.ADMINISTER, "compact_index")
+            with self._lock:
+                waiting = self.vector_compaction_pending()
+                n = self._compact_index()
+                with self.records.transaction() as c:
+                    self.records.append_event(c, time.time(), actor, "compact_index", None,
+                                              detail={"indexed": n, "erased_ids": waiting})
+                return {"indexed": n, "erased_ids": waiting}
+
+    def vector_compaction_pending(self) -> int:
+        """How many erased memories' vectors may still be in the vector index's files, waiting for
+        :meth:`compact_index` (0: none; their text is gone from every file in any case)."""
+        from .governance.erasure import compaction_pending
+
+        return compaction_pending(self)
+
+    def _compact_index(self) -> int:
+        """Rebuild the vector index from the records (no authorization: forget/purge call it when it is cheap)."""
+        from .governance.erasure import VECTOR_COMPACTION_KEY, VECTOR_SCRUBBED_KEY
+
+        with self._lock:
+            def batches() -> Iterable[tuple[list[str], np.ndarray, list[dict[str, Any]]]]:
+                for batch in self.records.all_embeddings():
+                    rows = {r.rowid: r for r in self.records.index_rows([b[0] for b in batch])}
+                    keep = [b for b in batch if b[0] in rows]
+                    if not keep:
+                        continue
+                    metas = []
+                    for b in keep:  # what the vector index pre-filters on, as _chroma_meta
+                        r = rows[b[0]]
+                        meta: dict[str, Any] = {"state": r.state, "kind": r.kind}
+                        for axis, val in (("user_id", r.user_id), ("agent_id", r.agent_id),
+                                          ("session_id", r.session_id)):
+                            if val is not None:
+                                meta[axis] = val
+                        metas.append(meta)
+                    yield [b[1] for b in keep], np.stack([b[2] for b in keep]), metas
+
+            n = self.index.compact(batches())
+            self.records.mark_vectors_applied(self.records.pending_vectors())
+            self.records.flush()
+            with self.records.transaction() as c:
+                self.records.set_meta(c, VECTOR_COMPACTION_KEY, "")
+                self.records.set_meta(c, VECTOR_SCRUBBED_KEY, "1" if self.index.scrubs_in_place else "")
+            self.index_degraded = False
+            self._unapplied = 0
+            log.info("compacted the vector index of cube %s: %d vectors", self.name, n)
+            return n
 
     # ------------------------------------------------------------------ writes
     def add(self, content: str | Mapping[str, Any] | MemoryItem, *, kind: MemoryKind | str | None = None,

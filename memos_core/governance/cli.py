@@ -7,6 +7,7 @@
     memos [--as P] sweep DIR [--action A]                            apply retention now
     memos [--as P] hold DIR ID [--reason R] / release DIR ID         legal hold
     memos [--as P] forget DIR ID [--reason R] [--no-cascade]         erase a memory and what derives from it
+    memos [--as P] compact DIR                                       run a pending vector-index compaction
     memos audit verify DIR [--anchor SEQ:HASH] [--json]              check the hash chain (exit 1 if tampered)
     memos audit head DIR                                             print SEQ:HASH to keep elsewhere
     memos [--as P] audit log DIR [--item ID] [--principal P] [--limit N] [--json]
@@ -114,6 +115,15 @@ def add_commands(sub: Any, open_cube: OpenCube) -> None:
         with open_cube(a.dir) as cube:
             ids = cube.forget(a.id, reason=a.reason, cascade=not a.no_cascade)
             print(f"forgot {len(ids)} memories: {' '.join(ids)}")
+            left = cube.vector_compaction_pending()
+            if left:
+                print(f"the vectors of {left} erased memories wait for `memos compact {a.dir}` (text is gone)")
+
+    def compact(a: argparse.Namespace) -> None:
+        with open_cube(a.dir) as cube:
+            got = cube.compact_index()
+            print(f"vector index compacted: {got['indexed']} vectors kept, {got['erased_ids']} erased memories' "
+                  "vectors removed from its files")
 
     def audit_verify(a: argparse.Namespace) -> int:
         from .audit import parse_anchor, verify_file
@@ -194,6 +204,10 @@ def add_commands(sub: Any, open_cube: OpenCube) -> None:
     s.add_argument("--reason")
     s.add_argument("--no-cascade", action="store_true", help="keep memories derived from it")
     s.set_defaults(fn=forget)
+
+    s = sub.add_parser("compact", help="rebuild the vector index so no erased memory's vector stays in its files")
+    s.add_argument("dir")
+    s.set_defaults(fn=compact)
 
     s = sub.add_parser("audit", help="the tamper-evident audit log")
     asub = s.add_subparsers(dest="audit", required=True)

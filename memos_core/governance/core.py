@@ -160,8 +160,11 @@ class Governance:
         self.records = cube.records
         self._tls = threading.local()  # depth of nested audited operations on this thread
         self._ensure()
+        # a forget/purge whose process died before its after-commit work (first: it overwrites the erased rows
+        # before they are deleted); then forgotten ids a down index missed, and a small pending compaction
+        self.finish_erasure()
         self.flush_forgets()
-        self.finish_erasure()  # a forget/purge whose process died before its after-commit work
+        self.compact_on_open()
 
     # ------------------------------------------------------------------ plumbing
     def _now(self) -> float:
@@ -573,7 +576,9 @@ class Governance:
         re-derived and re-embedded; with ``cascade`` (default) memories derived from it (``parent_ids`` /
         ``parent_versions``, duplicates merged into it, facts extracted from the turn it records) are erased
         too, and facts that only cited its turn lose that citation. Then the lexical index is merged, the
-        vector index rebuilt from the records (its files keep no erased vector), the WAL checkpointed and
+        erased vectors overwritten and deleted in the vector index and its files scrubbed (see
+        :func:`.erasure.scrub_vectors`: a compaction may be left pending in a large cube written before this
+        release; ``MemCube.compact_index()``), the WAL checkpointed and
         truncated, so the bytes leave every file of the cube folder. Activation and parametric artefacts built
         from erased memories become stale (:func:`memos_core.artifacts.stale_sources` finds the id gone); with
         ``drop_artifacts`` (default) those stored in the cube (``activation/`` KV caches, whose token ids encode
@@ -581,7 +586,7 @@ class Governance:
         Artefacts kept in folders outside the cube are the caller's to delete (``KVCacheStore.delete_for_items``,
         ``AdapterStore.forget_items(..., delete=True)``).
 
-        The records change in one transaction; the work after it (index rebuild, compaction, artefacts) is
+        The records change in one transaction; the work after it (vector scrub, compaction, artefacts) is
         resumed on the next open if the process dies first. The audit record keeps the ids, who and when,
         never the content. A memory under legal hold (or a memory the erasure would change under hold)
         cannot be forgotten: :class:`Conflict`, nothing changes. Returns the ids erased.
@@ -668,20 +673,22 @@ class Governance:
         self._apply_plan(c, plan)
         # the purged text also leaves the lexical index, the WAL and the vector index's files (its vector was
         # deleted from the index when it was tombstoned, but Chroma keeps deleted vectors in its files)
-        self._mark_pending(c, [], False)
+        self._mark_pending(c, [item.id], False)
         return plan
 
     def deferred_erasure(self) -> "_Deferred":
         """``with gov.deferred_erasure(): ...`` runs several forgets and purges, then the after-commit work
-        (vector-index rebuild, compaction) once at the end (expiry sweeps use it)."""
+        (vector-index scrub, lexical merge, checkpoint) once at the end (expiry sweeps use it)."""
         return _Deferred(self)
 
     def finish_erasure(self) -> bool:
-        """Finish erasures whose records are committed: delete erased rows from the vector index, push the
-        re-derived ones, rebuild the vector index from the records (no erased vector left in its files), merge
-        the lexical index, checkpoint and truncate the WAL, delete stored artefacts. Runs after every
-        forget/purge and on open when a previous process died first. True when nothing is left to do."""
-        from .erasure import PENDING_KEY, rebuild_vector_index
+        """Finish erasures whose records are committed: overwrite and delete the erased rows in the vector index,
+        push the re-derived ones, make the index's files keep no erased vector (in place when that is verified;
+        otherwise by a compaction, now if the cube is small, else recorded as pending: see
+        :func:`.erasure.scrub_vectors`), merge the lexical index, checkpoint and truncate the WAL, delete stored
+        artefacts. Runs after every forget/purge and on open when a previous process died first. True when
+        nothing is left to do (a pending compaction aside: :meth:`MemCube.compact_index`)."""
+        from .erasure import PENDING_KEY, scrub_vectors
 
         raw = self.records.get_meta(PENDING_KEY)
         if not raw:
@@ -690,24 +697,39 @@ class Governance:
             pending = json.loads(raw)
         except ValueError:
             pending = {"ids": [], "artifacts": True}
+        ids = [i for i in pending.get("ids", []) if isinstance(i, str)]
         cube = self._cube
-        self.flush_forgets()
-        cube._sync_after_write()
         vectors_done = True
         try:
-            rebuild_vector_index(cube)
+            scrub_vectors(cube, ids, self)
         except BackendUnavailable as exc:
             vectors_done = False
             cube.index_degraded = True
-            log.warning("vector index could not be rebuilt after an erasure (%s); it will be on the next open", exc)
+            log.warning("vector index unavailable after an erasure (%s); its rows are removed on the next open", exc)
         self.records.compact_erased()
         if pending.get("artifacts"):
-            self._drop_artifacts([i for i in pending.get("ids", []) if isinstance(i, str)])
+            self._drop_artifacts(ids)
         if not vectors_done:
             return False
         with self.records.transaction() as c:
             self.records.set_meta(c, PENDING_KEY, "")
         self.records.checkpoint()
+        return True
+
+    def compact_on_open(self) -> bool:
+        """Run a pending vector-index compaction when the cube is small enough for it to be quick (at most
+        :data:`.erasure.SYNC_COMPACT_MAX` vectors); True when none is pending afterwards."""
+        from .erasure import SYNC_COMPACT_MAX, compaction_pending
+
+        if not compaction_pending(self._cube):
+            return True
+        if self.records.embedding_count() > SYNC_COMPACT_MAX:
+            return False
+        try:
+            self._cube._compact_index()
+        except BackendUnavailable as exc:
+            log.warning("pending vector-index compaction could not run on open: %s", exc)
+            return False
         return True
 
     def _drop_artifacts(self, ids: list[str]) -> None:
@@ -725,12 +747,13 @@ class Governance:
             log.info("forget deleted derived artefacts: %s", {k: len(v) for k, v in dropped.items()})
 
     def flush_forgets(self) -> int:
-        """Remove forgotten ids from the vector index (after a forget; again on open if the index was down)."""
+        """Remove forgotten ids from the vector index (after a forget; again on open if the index was down).
+        Each is overwritten before it is deleted (:meth:`ChromaVectorIndex.erase`)."""
         ids = self.records.forget_pending()
         if not ids:
             return 0
         try:
-            self._cube.index.delete(ids)
+            self._cube.index.erase(ids)
         except BackendUnavailable:
             self._cube.index_degraded = True
             return 0

@@ -17,42 +17,52 @@ A memory's text travels into other places, and erasing it means finding every on
   turn as one more citation (a duplicate statement, NOOP) keeps its content and loses the turn id from its
   provenance, in every version. Erasure is transitive.
 * **indexes and files**: the lexical index (FTS5 rows deleted with their original text, then the segments
-  merged), stored embeddings, the vector index (rows deleted, then rebuilt from the records so that no file
-  of the embedded Chroma folder keeps an erased vector: its log and freed pages are vacuumed and the old
-  HNSW segment folders removed), the SQLite WAL (checkpointed and truncated; ``secure_delete`` overwrites
-  freed pages), KV caches and LoRA adapters stored in the cube.
+  merged), stored embeddings, the SQLite WAL (checkpointed and truncated; ``secure_delete`` overwrites freed
+  pages), KV caches and LoRA adapters stored in the cube: the **text** is gone from every file when forget
+  returns. The vector index (which holds vectors, never text): erased rows are overwritten with noise and
+  deleted, re-derived rows re-upserted (in place), then Chroma is made to persist and the free pages of its
+  SQLite file are zeroed (:func:`scrub_vectors`), so with the embedded Chroma this release was verified with no
+  erased **vector** is left in its files either, in time independent of the cube's size. Vectors an earlier
+  plain delete left in Chroma's files (cubes written before this, another Chroma release) need a compaction,
+  a rebuild of the whole index: it runs at once in a cube of at most :data:`SYNC_COMPACT_MAX` vectors,
+  otherwise it is recorded as pending and runs at ``MemCube.compact_index()`` / ``memos compact``.
 
-The bookkeeping after the commit (index rebuild, vacuum, checkpoint) is resumed on the next open if the process
-died before it finished: a marker written in the erasing transaction says what is left to do.
+The bookkeeping after the commit (vector scrub, lexical merge, checkpoint) is resumed on the next open if the
+process died before it finished: a marker written in the erasing transaction says what is left to do.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import sqlite3
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-import numpy as np
-
 from ..log import get_logger
-from ..errors import BackendUnavailable, Conflict
+from ..errors import Conflict
 from ..items import LifecycleState, MemoryItem, MemoryKind, MemoryVersion, SearchFilter
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..cube import MemCube
     from ..records.base import RecordStore, Txn
+    from .core import Governance
 
-__all__ = ["ErasurePlan", "plan_erasure", "fragments_of", "strip_fragments", "rebuild_vector_index",
-           "PENDING_KEY"]
+__all__ = ["ErasurePlan", "plan_erasure", "fragments_of", "strip_fragments", "scrub_vectors", "request_compaction",
+           "compaction_pending", "PENDING_KEY", "VECTOR_COMPACTION_KEY", "VECTOR_SCRUBBED_KEY", "SYNC_COMPACT_MAX"]
 
 log = get_logger(__name__)
 
 _S = LifecycleState
 #: records meta key: JSON ``{"ids": [...], "artifacts": bool}`` while an erasure's after-commit work is unfinished
 PENDING_KEY = "erasure_pending"
+#: records meta key: JSON ``{"ids": n}`` while n erased ids' vectors may remain in the vector index's files until a
+#: compaction (``MemCube.compact_index()``); absent or empty: none
+VECTOR_COMPACTION_KEY = "vector_compaction_pending"
+#: records meta key: ``"1"`` while every vector removed from the (embedded) index since its creation or last
+#: compaction was overwritten first (so an id no longer in the index left no vector in its files)
+VECTOR_SCRUBBED_KEY = "vector_deletes_scrubbed"
+#: a compaction runs inside forget/purge (or on open) only for a cube of at most this many stored vectors
+#: (measured: about 1-2 s per 1,000); above, it waits for an explicit ``MemCube.compact_index()``
+SYNC_COMPACT_MAX = 2000
 
 
 @dataclass
@@ -232,51 +242,69 @@ def check_not_held(records: "RecordStore", plan: ErasurePlan, root_id: str, c: "
 
 
 # ---------------------------------------------------------------------------------------------- vector index
-def rebuild_vector_index(cube: "MemCube") -> None:
-    """Rebuild the vector index from the records so no erased vector is left in its files.
+def scrub_vectors(cube: "MemCube", ids: Sequence[str], governance: "Governance") -> int:
+    """Remove the vectors of an erasure from the vector index and from its files, as far as that is cheap.
 
-    Deleting rows from Chroma leaves their vectors in its log (``embeddings_queue`` in ``chroma.sqlite3``,
-    until the next flush, then in freed pages) and in the HNSW segment files (deletes only mark). So the
-    collection is dropped and refilled from the stored embeddings; for the embedded folder the old segment
-    folders are removed and ``chroma.sqlite3`` is vacuumed. Raises :class:`BackendUnavailable` (the caller
-    keeps the work pending) when the index cannot be reached.
+    ``ids``: the memories erased (forget) or purged. Their rows are overwritten and deleted
+    (:meth:`~memos_core.plaintext.vector.ChromaVectorIndex.erase`); the re-derived neighbours are pushed (an upsert
+    overwrites a vector in place); then, for an embedded index where this is verified
+    (:attr:`~memos_core.plaintext.vector.ChromaVectorIndex.scrubs_in_place`), Chroma is made to persist and its
+    freed pages are zeroed (:meth:`~memos_core.plaintext.vector.ChromaVectorIndex.scrub_files`): no erased vector
+    stays in its files, in time that does not grow with the cube. A vector an earlier plain delete left behind
+    (a cube written before this, an unverified Chroma) can only go with a compaction (a rebuild of the whole
+    index): it runs now when the cube holds at most :data:`SYNC_COMPACT_MAX` vectors, otherwise it is recorded as
+    pending (:data:`VECTOR_COMPACTION_KEY`), logged with the number of ids, and runs at
+    ``MemCube.compact_index()`` / ``memos compact`` (or on an open that finds it small enough). Returns the
+    number of ids whose vector bytes may remain until then (0: none). Raises :class:`BackendUnavailable` when
+    the index cannot be reached (the caller keeps the erasure pending).
     """
     idx = cube.index
-    idx.reset()
-    for batch in cube.records.all_embeddings():
-        rows = {r.rowid: r for r in cube.records.index_rows([b[0] for b in batch])}
-        keep = [b for b in batch if b[0] in rows]
-        if keep:
-            metas = []
-            for b in keep:  # what the vector index pre-filters on, as MemCube._chroma_meta
-                r = rows[b[0]]
-                meta: dict[str, Any] = {"state": r.state, "kind": r.kind}
-                for axis, val in (("user_id", r.user_id), ("agent_id", r.agent_id), ("session_id", r.session_id)):
-                    if val is not None:
-                        meta[axis] = val
-                metas.append(meta)
-            idx.upsert([b[1] for b in keep], np.stack([b[2] for b in keep]), metas)
-    cube.records.mark_vectors_applied(cube.records.pending_vectors())
-    cube.records.flush()
-    if idx.path is not None:
-        _compact_chroma_folder(Path(idx.path))
+    missing = idx.erase(list(ids))  # before flush_forgets deletes them plainly
+    governance.flush_forgets()  # (the cube's governance: on open, before cube.governance is set)
+    cube._apply_pending()  # re-derived neighbours: their new vector overwrites the old one in place
+    if idx.path is None:  # a Chroma server: its disk is the server's (README)
+        return 0
+    in_place = idx.scrubs_in_place
+    if in_place:
+        idx.scrub_files()
+    clean = in_place and cube.records.get_meta(VECTOR_SCRUBBED_KEY) == "1"
+    if not in_place:
+        _set_meta(cube, VECTOR_SCRUBBED_KEY, "")
+    left = len(missing) if in_place else len(ids) or 1
+    if (missing and not clean) or not in_place:
+        return request_compaction(cube, left)
+    return 0
 
 
-def _compact_chroma_folder(folder: Path) -> None:
-    """Remove segment folders Chroma no longer uses and vacuum its SQLite file (freed pages kept vectors)."""
-    db = folder / "chroma.sqlite3"
-    if not db.exists():
-        return
+def request_compaction(cube: "MemCube", n_ids: int) -> int:
+    """Compact the vector index now if that is cheap (at most :data:`SYNC_COMPACT_MAX` vectors), else record
+    it as pending and log a warning; returns the number of ids still waiting for it (0 when it ran)."""
+    total = cube.records.embedding_count()
+    prev = compaction_pending(cube)
+    if total <= SYNC_COMPACT_MAX:
+        cube._compact_index()
+        return 0
+    waiting = prev + max(n_ids, 1)
+    _set_meta(cube, VECTOR_COMPACTION_KEY, json.dumps({"ids": waiting}))
+    log.warning("vector index of cube %s: the vectors of %d erased memories may remain in the files of its "
+                "Chroma folder until it is compacted (text is gone everywhere); run MemCube.compact_index() or "
+                "`memos compact DIR` (a rebuild of %d vectors)", cube.name, waiting, total)
+    return waiting
+
+
+def compaction_pending(cube: "MemCube") -> int:
+    """How many erased ids wait for a vector-index compaction (0: none)."""
+    raw = cube.records.get_meta(VECTOR_COMPACTION_KEY)
+    if not raw:
+        return 0
     try:
-        conn = sqlite3.connect(str(db), timeout=30.0)
-        try:
-            live = {r[0] for r in conn.execute("SELECT id FROM segments")}
-            conn.execute("VACUUM")
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        raise BackendUnavailable(f"could not compact the vector index folder {folder}: {exc}") from exc
-    for sub in folder.iterdir():
-        if sub.is_dir() and not sub.is_symlink() and len(sub.name) == 36 and sub.name.count("-") == 4 \
-                and sub.name not in live:
-            shutil.rmtree(sub, ignore_errors=True)
+        return max(int(json.loads(raw).get("ids", 1)), 1)
+    except (ValueError, TypeError, AttributeError):
+        return 1
+
+
+def _set_meta(cube: "MemCube", key: str, value: str) -> None:
+    if (cube.records.get_meta(key) or "") == value:
+        return
+    with cube.records.transaction() as c:
+        cube.records.set_meta(c, key, value)

@@ -6,6 +6,8 @@ used to pre-filter (scope, state, kind). It can always be rebuilt from the recor
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any, Sequence
@@ -136,6 +138,150 @@ class ChromaVectorIndex:
             if len(batch) < _BATCH:
                 return out
             offset += _BATCH
+
+    # ------------------------------------------------------------------ erasure (what forget relies on)
+    def erase(self, ids: Sequence[str]) -> set[str]:
+        """Delete ``ids`` so that their vectors do not stay in the index's memory: each id still in the index is
+        first overwritten, in place, with a random unit vector, then deleted.
+
+        A plain delete only *marks* an HNSW element: its vector stays in memory and, after the next persist, in
+        ``data_level0.bin``. Upserting an existing id overwrites the element's vector in place (Chroma 1.5 keeps
+        the label; :attr:`scrubs_in_place` says whether this Chroma is one where that was verified), so after the
+        overwrite, the delete and the next persist (:meth:`scrub_files`) no byte of the old vector is left in the
+        segment. Returns the ids that were *not* in the index: their elements (if an earlier, plain delete left
+        any) cannot be reached this way, only by :meth:`compact`.
+        """
+        ids = list(dict.fromkeys(ids))
+        if not ids:
+            return set()
+        col = self._collection()
+        present: list[str] = []
+        for s in range(0, len(ids), _BATCH):
+            present += self._call("get", col.get, ids=ids[s:s + _BATCH], include=[])["ids"]
+        if present:
+            dim = None
+            got = self._call("get", col.get, ids=present[:1], include=["embeddings"])
+            emb = got.get("embeddings")
+            if emb is not None and len(emb):
+                dim = len(emb[0])
+            if dim:
+                rng = np.random.default_rng()
+                for s in range(0, len(present), _BATCH):
+                    chunk = present[s:s + _BATCH]
+                    noise = rng.standard_normal((len(chunk), dim)).astype(np.float32)
+                    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+                    # state "erased": a query racing with this never pre-filters it in (no state matches)
+                    self._call("upsert", col.upsert, ids=chunk, embeddings=noise,
+                               metadatas=[{"state": "erased"}] * len(chunk))
+        self.delete(ids)
+        present_set = set(present)
+        return {i for i in ids if i not in present_set}
+
+    @property
+    def scrubs_in_place(self) -> bool:
+        """Whether :meth:`erase` + :meth:`scrub_files` leave no erased vector in this index's files, without a
+        rebuild: an embedded folder, with a Chroma release where that was verified on raw bytes (1.5.x: an upsert
+        of an existing id overwrites its HNSW element in place). Anything else needs :meth:`compact`. (A Chroma
+        server's disk is the server's to manage.)"""
+        if self.path is None:
+            return False
+        try:
+            import chromadb
+
+            major, minor = (int(x) for x in str(chromadb.__version__).split(".")[:2])
+        except Exception:  # noqa: BLE001 - unknown version: not verified
+            return False
+        return (major, minor) == (1, 5)
+
+    def scrub_files(self) -> None:
+        """Make what :meth:`erase` did reach the embedded folder's files, in time independent of the index size
+        (apart from Chroma persisting its id map):
+
+        * HNSW: Chroma persists a segment (``data_level0.bin`` ..., and its ``max_seq_id``) only after
+          ``sync_threshold`` log records since the last persist. That many deletes of ids that do not exist (no
+          change to the graph, nothing else touched) force it, so the overwritten vectors reach the file.
+        * ``chroma.sqlite3``: once both segments have persisted, Chroma purges its log (``embeddings_queue``,
+          which held every added vector); the freed pages still hold the bytes. Every free page is overwritten
+          with zeros (a zero-filled blob takes every page of the freelist, then is dropped), so the cost is that
+          of the freelist (about one log's worth of records), not of the file (``VACUUM`` rewrites all of it).
+
+        No-op for a Chroma server. Raises :class:`BackendUnavailable` when the index cannot be reached.
+        """
+        if self.path is None:
+            return
+        col = self._collection()
+        threshold = 1000
+        try:
+            conf = getattr(col, "configuration_json", None) or {}
+            threshold = int((conf.get("hnsw") or {}).get("sync_threshold") or threshold)
+        except Exception:  # noqa: BLE001 - the default threshold
+            pass
+        sentinels = [f"__memos_scrub_{n}__" for n in range(max(threshold, 1))]
+        self.delete(sentinels)
+        self._scrub_free_pages()
+
+    def _scrub_free_pages(self) -> None:
+        db = self.path / "chroma.sqlite3" if self.path is not None else None
+        if db is None or not db.exists():
+            return
+        try:
+            conn = sqlite3.connect(str(db), timeout=30.0, isolation_level=None)
+            try:
+                free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+                if free:
+                    page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        conn.execute("CREATE TABLE memos_scrub(b BLOB)")
+                        # one byte more than the free pages hold: the blob takes every one of them (then grows
+                        # the file by a page or two, freed again with the rest when the table is dropped)
+                        conn.execute("INSERT INTO memos_scrub VALUES(zeroblob(?))", (free * page + 1,))
+                        conn.execute("DROP TABLE memos_scrub")
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        conn.execute("ROLLBACK")
+                        raise
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise BackendUnavailable(f"could not scrub the free pages of {db}: {exc}") from exc
+
+    def compact(self, batches: Any) -> int:
+        """Rebuild the collection from ``batches`` (an iterable of ``(ids, vectors, metadatas)``; the cube gives
+        its records' stored embeddings) so that no vector absent from them is left anywhere in the index: the
+        collection is dropped and refilled; for an embedded folder, the segment folders Chroma no longer uses are
+        removed and ``chroma.sqlite3`` is vacuumed (its freed pages kept vectors). Costs the whole index
+        (measured in ``benchmarks/forget_scale.py``). Returns the number of vectors indexed."""
+        self.reset()
+        total = 0
+        for ids, vectors, metas in batches:
+            if len(ids):
+                self.upsert(ids, vectors, metas)
+                total += len(ids)
+        if self.path is not None:
+            self._compact_folder()
+        return total
+
+    def _compact_folder(self) -> None:
+        """Remove segment folders Chroma no longer uses and vacuum its SQLite file (freed pages kept vectors)."""
+        assert self.path is not None
+        folder = self.path
+        db = folder / "chroma.sqlite3"
+        if not db.exists():
+            return
+        try:
+            conn = sqlite3.connect(str(db), timeout=30.0)
+            try:
+                live = {r[0] for r in conn.execute("SELECT id FROM segments")}
+                conn.execute("VACUUM")
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise BackendUnavailable(f"could not compact the vector index folder {folder}: {exc}") from exc
+        for sub in folder.iterdir():
+            if sub.is_dir() and not sub.is_symlink() and len(sub.name) == 36 and sub.name.count("-") == 4 \
+                    and sub.name not in live:
+                shutil.rmtree(sub, ignore_errors=True)
 
     def reset(self) -> None:
         """Drop and recreate the collection (used by a full reindex)."""
