@@ -224,3 +224,22 @@ def test_hybrid_beats_each_retriever_on_a_conversation_of_each_generated_style(n
     dense, lexical = rep["ablations"]["dense"], rep["ablations"]["lexical"]
     for k in (5, 10):
         assert rep[f"any@{k}"] >= max(dense[f"any@{k}"], lexical[f"any@{k}"]), (k, rep[f"any@{k}"], dense, lexical)
+
+
+def test_calibrated_score_is_bounded_and_moves_the_right_way() -> None:
+    from memos_core.plaintext.calibration import calibrated_score, coverage, query_terms, recall_weight
+
+    q = query_terms("When did Ann adopt the kayaks?")
+    assert coverage(q, "Ann adopted a kayak") == 1.0 and coverage(q, "Bob sold a bike") == 0.0
+    assert coverage(frozenset(), "anything") == 0.0
+    grid = [calibrated_score("hybrid", cos, cov, 0.0, w) for cos in (0.0, 0.5, 1.0) for cov in (0.0, 1.0)
+            for w in (0.2, 1.0)]
+    assert all(0.0 <= s <= 1.0 for s in grid)
+    assert calibrated_score("hybrid", 0.9, 1.0, 1.0) > 0.9  # an exact match is a near-certain hit
+    assert calibrated_score("hybrid", 0.3, 0.0, 0.0) < 0.05  # an unrelated memory is not
+    assert calibrated_score("hybrid", 0.7, 0.5, 0.0) > calibrated_score("hybrid", 0.6, 0.5, 0.0)
+    assert calibrated_score("hybrid", 0.7, 0.8, 0.0) > calibrated_score("hybrid", 0.7, 0.4, 0.0)
+    assert calibrated_score("hybrid", 0.7, 0.8, 0.0, 0.35) < calibrated_score("hybrid", 0.7, 0.8, 0.0)
+    assert calibrated_score("dense", None, 1.0, 0.0) == calibrated_score("lexical", 0.99, 1.0, 0.0)  # no cosine
+    assert recall_weight({"recall_weight": 0.3}) == 0.3 and recall_weight({}) == 1.0
+    assert recall_weight({"recall_weight": "high"}) == 1.0 and recall_weight({"recall_weight": -1}) == 0.01
