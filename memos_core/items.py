@@ -36,6 +36,7 @@ __all__ = [
     "utcnow",
     "check_text",
     "check_id",
+    "check_nesting",
     "ttl_seconds",
     "MAX_CONTENT_CHARS_DEFAULT",
     "MAX_ID_CHARS",
@@ -235,7 +236,15 @@ def _to_utc(value: Any, field: str) -> datetime | None:
     return dt.astimezone(timezone.utc)
 
 
-def _json_depth(value: Any, field: str) -> None:
+def check_nesting(value: Any, field: str, max_depth: int = MAX_METADATA_DEPTH) -> None:
+    """Raise :class:`ValidationError` when dicts/lists in ``value`` nest deeper than ``max_depth`` levels.
+
+    Iterative, so a structure nested thousands deep is refused before any recursive code (a JSON encoder, an
+    equality check, a text flattener) meets Python's recursion limit."""
+    _json_depth(value, field, max_depth)
+
+
+def _json_depth(value: Any, field: str, max_depth: int = MAX_METADATA_DEPTH) -> None:
     """Refuse nesting deeper than MAX_METADATA_DEPTH (iteratively: a 2,000-deep dict must not hit Python's
     recursion limit here or in the JSON encoder)."""
     stack = [(value, 1)]
@@ -247,8 +256,8 @@ def _json_depth(value: Any, field: str) -> None:
             children = node
         else:
             continue
-        if depth > MAX_METADATA_DEPTH:
-            raise ValidationError(f"{field} is nested more than {MAX_METADATA_DEPTH} levels deep; flatten it")
+        if depth > max_depth:
+            raise ValidationError(f"{field} is nested more than {max_depth} levels deep; flatten it")
         stack.extend((child, depth + 1) for child in children)
 
 

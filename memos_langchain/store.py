@@ -102,7 +102,7 @@ from langgraph.store.base import (
 from memos_core.log import get_logger
 from memos_core import LifecycleState, MemCube, MemoryItem, MemoryKind, SourceKind
 from memos_core.errors import EmbeddingDimensionError, PermissionDenied, ValidationError
-from memos_core.items import MAX_TTL_SECONDS, check_text
+from memos_core.items import MAX_METADATA_DEPTH, MAX_TTL_SECONDS, check_nesting, check_text
 from memos_core.os import UserRule, value_text
 
 from ._common import principal_of, resolve_cube, run_sync
@@ -166,6 +166,8 @@ def _check_value(value: Any) -> dict[str, Any]:
         raise InvalidStoreValue(f"store values must be dicts (a mapping with string keys), got {type(value).__name__}")
     if not all(isinstance(k, str) for k in value):
         raise InvalidStoreValue("store value keys must be strings")
+    # a value is kept at metadata["langgraph"]["value"]: two levels below the cube's metadata nesting limit
+    check_nesting(dict(value), "store value", MAX_METADATA_DEPTH - 2)
     try:
         return json.loads(json.dumps(dict(value), allow_nan=False))
     except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: nested thousands of levels deep
@@ -310,6 +312,8 @@ class MemOSStore(BaseStore):
             _validate_labels(op.namespace_prefix)
             if op.filter is not None and not isinstance(op.filter, Mapping):
                 raise ValidationError(f"filter must be a dict, got {type(op.filter).__name__}")
+            if op.filter is not None:
+                check_nesting(dict(op.filter), "filter")
             for name, val in (("limit", op.limit), ("offset", op.offset)):
                 if isinstance(val, bool) or not isinstance(val, int) or val < 0:
                     raise ValidationError(f"{name} must be a non-negative integer, got {val!r}")

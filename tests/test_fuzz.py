@@ -418,6 +418,9 @@ def test_fuzz_langgraph_store(tmp_path: Path, ledger: Ledger) -> None:
                 "search_ns": lambda: store.search(value, query="bees"),
                 "get_key": lambda: store.get(("memories", "ann"), value),
             }
+            if op in ("ns_type", "search_ns") and isinstance(value, (_BigList, _BigDict)):
+                return  # LangGraph formats its namespace error with repr(): thousands deep, that is its own
+                # RecursionError before our code runs (not a namespace anyone passes)
             if op == "ns_type" and isinstance(value, Mapping):
                 # LangGraph's BaseStore.put checks the namespace before our code runs, and a dict there ends in
                 # its own KeyError (namespace[0]); nothing is written. Framework behaviour, not ours.
