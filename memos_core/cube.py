@@ -215,7 +215,7 @@ class MemCube:
         self._embedder: Embedder = resolve_embedder(embedder)
         _preload(self._embedder)  # the embedding model loads while the rest of the cube opens
         manifest_path = self.path / MANIFEST
-        fresh = not manifest_path.exists()
+        is_new = not manifest_path.exists()
         if manifest_path.exists():
             self.manifest = _json_manifest_load(manifest_path)
             ver = self.manifest.get("schema_version")
@@ -254,7 +254,7 @@ class MemCube:
         self.name: str = self.manifest.get("name", self.path.name)
         self._check_embedder()
         self.records = SQLiteRecordStore(self.path / "records.sqlite3")
-        if fresh:  # an empty vector index: no vector a plain delete left behind (governance/erasure.py)
+        if is_new:  # an empty vector index: no vector a plain delete left behind (governance/erasure.py)
             from .governance.erasure import VECTOR_SCRUBBED_KEY
 
             with self.records.transaction() as c:

@@ -154,3 +154,30 @@ def test_memos_compact_cli(tmp_path: Path, no_rebuild: list[int], monkeypatch: p
         assert cube.vector_compaction_pending() == 0
         assert cube.lookup(it.id).state == LifecycleState.PURGED  # type: ignore[union-attr]
     assert cli.main(["--as", "mallory", "compact", str(folder)]) == 2  # needs administer
+
+
+# ---------------------------------------------------------------------------------------------- records
+from test_records_contract import add, backend, open_store, pg, store  # noqa: E402,F401  (fixtures: both backends)
+
+
+def test_erasure_candidates_in_sql_match_a_scan_of_the_scope(store: Any) -> None:
+    """The records find the memories forget must re-derive without loading the scope; same answer as the scan
+    (the base class's default) on every backend: current index text holding a fragment, or past version 1."""
+    from memos_core.records.base import RecordStore
+
+    frag = f"(in reply to: user: is my PIN {PIN}?)"
+    hit = add(store, "Noted.", index_text=f"assistant: Noted. {frag}", user_id="ann")
+    add(store, "other", index_text="assistant: other", user_id="ann")
+    other_user = add(store, "Noted.", index_text=f"assistant: Noted. {frag}", user_id="bob")
+    with_agent = add(store, "Noted.", index_text=f"assistant: Noted. {frag}", user_id="ann", agent_id="a1")
+    edited = add(store, "v1", index_text="v1", user_id="ann", version=2)  # its versions are for the caller
+    unscoped = add(store, "Noted.", index_text=f"x {frag}")
+    got = store.erasure_candidates(None, "ann", None, [frag])
+    assert got == [hit[0], edited[0]]
+    assert got == RecordStore.erasure_candidates(store, None, "ann", None, [frag])
+    assert store.erasure_candidates(None, "bob", None, [frag, "nothing"]) == [other_user[0]]
+    assert store.erasure_candidates(None, "ann", "a1", [frag]) == [with_agent[0]]
+    assert store.erasure_candidates(None, None, None, [frag]) == [unscoped[0]]
+    assert store.erasure_candidates(None, "ann", None, ["100% _literal_ %"]) == [edited[0]]  # no LIKE wildcards
+    with store.transaction() as c:
+        assert store.erasure_candidates(c, "ann", None, [frag]) == got

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from ..log import get_logger
 from ..errors import Conflict
-from ..items import LifecycleState, MemoryItem, MemoryKind, MemoryVersion, SearchFilter
+from ..items import LifecycleState, MemoryItem, MemoryKind, MemoryVersion
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..cube import MemCube
@@ -109,12 +109,11 @@ def _same_scope(a: MemoryItem, b: MemoryItem) -> bool:
 
 
 class _Scan:
-    """Reads for one plan, with the items of each user/agent scope loaded once."""
+    """Reads for one plan (versions loaded once per item)."""
 
     def __init__(self, records: "RecordStore", c: "Txn | None") -> None:
         self.records = records
         self.c = c
-        self._scopes: dict[tuple[str | None, str | None], list[MemoryItem]] = {}
         self._versions: dict[str, list[MemoryVersion]] = {}
 
     def versions(self, item_id: str) -> list[MemoryVersion]:
@@ -123,18 +122,14 @@ class _Scan:
             got = self._versions[item_id] = self.records.versions(item_id)
         return got
 
-    def scope(self, item: MemoryItem) -> list[MemoryItem]:
-        key = (item.scope.user_id, item.scope.agent_id)
-        got = self._scopes.get(key)
-        if got is None:
-            cf = self.records.compile_filter(SearchFilter(user_id=key[0], agent_id=key[1]), list(_S),
-                                             float("-inf"))
-            rowids = self.records.list_rowids(cf, "created", 1 << 62, 0)
-            items: list[MemoryItem] = []
-            for s in range(0, len(rowids), 500):
-                items += self.records.get_many_by_rowid(rowids[s:s + 500]).values()
-            got = self._scopes[key] = [it for it in items if _same_scope(it, item)]
-        return got
+    def candidates(self, item: MemoryItem, frags: Sequence[str]) -> list[MemoryItem]:
+        """The items of ``item``'s user/agent scope whose index text may hold one of ``frags`` (now, or in a
+        version): found by the records (SQL), not by loading the scope, so a forget does not cost the scope."""
+        rowids = self.records.erasure_candidates(self.c, item.scope.user_id, item.scope.agent_id, frags)
+        items: list[MemoryItem] = []
+        for s in range(0, len(rowids), 500):
+            items += self.records.get_many_by_rowid(rowids[s:s + 500]).values()
+        return [it for it in items if _same_scope(it, item)]
 
     def get(self, item_id: str) -> MemoryItem | None:
         return self.records.get(item_id)
@@ -166,7 +161,7 @@ def plan_erasure(records: "RecordStore", root: MemoryItem, *, cascade: bool, c: 
     while frontier:
         node = frontier.pop(0)
         frags = fragments_of(node, scan.versions(node.id))
-        for other in scan.scope(node):
+        for other in (scan.candidates(node, frags) if frags else []):
             if other.id in seen or not frags:
                 continue
             texts = [other.index_text] + ([v.index_text for v in scan.versions(other.id)] if other.version > 1

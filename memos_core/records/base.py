@@ -194,6 +194,25 @@ class RecordStore(ABC):
     @abstractmethod
     def transitions(self, item_id: str) -> list[Transition]: ...
 
+    def erasure_candidates(self, c: Txn | None, user_id: str | None, agent_id: str | None,
+                           fragments: Sequence[str]) -> list[int]:
+        """Rowids of the items of exactly this user/agent scope whose index text may hold any of ``fragments``
+        now or in an earlier version: those whose current index text contains one, and every item past version 1
+        (its versions are checked by the caller). A superset of what forget must re-derive
+        (:mod:`memos_core.governance.erasure`), found without loading the scope. This default scans the scope;
+        backends answer it in SQL."""
+        cf = self.compile_filter(SearchFilter(user_id=user_id, agent_id=agent_id), list(LifecycleState),
+                                 float("-inf"))
+        rowids = self.list_rowids(cf, "created", 1 << 62, 0)
+        out: list[int] = []
+        for s in range(0, len(rowids), 500):
+            for rowid, it in self.get_many_by_rowid(rowids[s:s + 500]).items():
+                if it.scope.user_id != user_id or it.scope.agent_id != agent_id:
+                    continue
+                if it.version > 1 or any(it.index_text and f in it.index_text for f in fragments):
+                    out.append(rowid)
+        return sorted(out)
+
     @abstractmethod
     def items_citing(self, c: Txn, parent_id: str) -> list[tuple[str, str]]:
         """``(id, provenance JSON)`` of items whose provenance text mentions ``parent_id`` (a superset of the

@@ -474,6 +474,15 @@ class PostgresRecordStore(RecordStore):
         return [Transition(item_id=r[0], from_state=r[1], to_state=r[2], at=_dt(r[3]), actor=r[4], reason=r[5])
                 for r in rows]
 
+    def erasure_candidates(self, c: Any, user_id: str | None, agent_id: str | None,
+                           fragments: Sequence[str]) -> list[int]:
+        frags = [f for f in fragments if f]
+        with self._conn(c) as conn:
+            return [r[0] for r in conn.execute(
+                "SELECT rowid FROM items WHERE user_id IS NOT DISTINCT FROM %s AND agent_id IS NOT DISTINCT FROM %s "
+                "AND (version > 1 OR EXISTS (SELECT 1 FROM unnest(%s::text[]) f WHERE strpos(index_text, f) > 0)) "
+                "ORDER BY rowid", (user_id, agent_id, frags))]
+
     def items_citing(self, c: Any, parent_id: str) -> list[tuple[str, str]]:
         pat = json.dumps(parent_id)[1:-1].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         return [(r[0], r[1]) for r in c.execute(

@@ -821,6 +821,17 @@ class SQLiteRecordStore(RecordStore):
         with self._lock:
             return dict(self._conn.execute("SELECT state, COUNT(*) FROM items GROUP BY state").fetchall())
 
+    def erasure_candidates(self, c: sqlite3.Connection | None, user_id: str | None, agent_id: str | None,
+                           fragments: Sequence[str]) -> list[int]:
+        frags = [f for f in fragments if f]
+        hit = " OR ".join(["instr(index_text, ?) > 0"] * len(frags)) or "0"
+        sql = (f"SELECT rowid FROM items WHERE user_id IS ? AND agent_id IS ? AND (version > 1 OR {hit}) "
+               "ORDER BY rowid")
+        if c is not None:
+            return [r[0] for r in c.execute(sql, (user_id, agent_id, *frags))]
+        with self._lock:
+            return [r[0] for r in self._conn.execute(sql, (user_id, agent_id, *frags))]
+
     def items_citing(self, c: sqlite3.Connection, parent_id: str) -> list[tuple[str, str]]:
         pat = json.dumps(parent_id)[1:-1]
         return [(r[0], r[1]) for r in c.execute(
