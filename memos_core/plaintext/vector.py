@@ -233,9 +233,14 @@ class ChromaVectorIndex:
                     conn.execute("BEGIN IMMEDIATE")
                     try:
                         conn.execute("CREATE TABLE memos_scrub(b BLOB)")
-                        # one byte more than the free pages hold: the blob takes every one of them (then grows
-                        # the file by a page or two, freed again with the rest when the table is dropped)
-                        conn.execute("INSERT INTO memos_scrub VALUES(zeroblob(?))", (free * page + 1,))
+                        # one byte more than the free pages hold: the blobs take every one of them (then grow
+                        # the file by a page or two, freed again with the rest when the table is dropped); in
+                        # pieces below SQLite's largest blob
+                        left = free * page + 1
+                        while left > 0:
+                            n = min(left, 64 << 20)
+                            conn.execute("INSERT INTO memos_scrub VALUES(zeroblob(?))", (n,))
+                            left -= n
                         conn.execute("DROP TABLE memos_scrub")
                         conn.execute("COMMIT")
                     except BaseException:
