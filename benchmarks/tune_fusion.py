@@ -133,7 +133,8 @@ def to_candidates(row: dict[str, Any]) -> Candidates:
                       lexical_complete=row["lexical_complete"], texts={c["key"]: c["text"] for c in cs},
                       dense_ranks={c["key"]: c["dr"] for c in cs if c["dr"] is not None},
                       lexical_ranks={c["key"]: c["lr"] for c in cs if c["lr"] is not None},
-                      weights={c["key"]: float((c["meta"] or {}).get("recall_weight", 1.0)) for c in cs})
+                      # the reader's current weight for the act the turn was labelled with when collected
+                      weights={c["key"]: ACT_WEIGHTS.get((c["meta"] or {}).get("turn_act"), 1.0) for c in cs})
 
 
 def evaluate(rows: list[dict[str, Any]], cfg: RetrievalConfig, mode: str = "hybrid") -> dict[str, float]:

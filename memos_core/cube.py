@@ -97,8 +97,11 @@ class RetrievalConfig:
       ``lexical_weight`` fixes it for every query.
     * ``question_lexical_weight`` / ``dialogue_lexical_weight``: the adaptive lexical weight of z-score fusion
       for a short query (a question or keywords: names, things and dates that BM25 matches exactly) and for a
-      pasted dialogue (long, chatty: the embedder reads it better). Each is then scaled by how sure BM25 is on
-      this query (see :func:`memos_core.plaintext.fusion.fuse`).
+      pasted dialogue (long, chatty: the embedder reads it better). Each is then scaled by the retrievers'
+      confidence on this query.
+    * ``confidence_weight``: how much that scaling counts: ``1 + confidence_weight * (peak(BM25) -
+      peak(dense)) / 2`` within [0.5, 2], where a retriever's peak is how far its best score stands above its
+      next nine in standard deviations (:func:`memos_core.plaintext.fusion.lexical_weight`). 0 disables it.
     * ``act_weight``: how strongly a memory's ``metadata["recall_weight"]`` (in (0, 1]; the offline reader sets
       it below 1 for questions, acknowledgements, "I don't know" replies, echoes and small talk) pushes it down:
       ``act_weight * ln(recall_weight)`` standard deviations. 0 ignores it.
@@ -119,7 +122,8 @@ class RetrievalConfig:
                  rrf_k: float = 60.0, candidates: int = 60, exact_below: int = 4000,
                  fusion: Literal["zscore", "rrf"] = "zscore", entity_weight: float = 0.3,
                  focus_weight: float = 0.5, query_cache: int = 256, question_lexical_weight: float = 0.5,
-                 dialogue_lexical_weight: float = 0.3, act_weight: float = 2.0) -> None:
+                 dialogue_lexical_weight: float = 0.3, act_weight: float = 2.0,
+                 confidence_weight: float = 1.0) -> None:
         if fusion not in ("zscore", "rrf"):
             raise ValidationError(f"fusion must be 'zscore' or 'rrf', not {fusion!r}")
         self.fusion = fusion
@@ -130,6 +134,7 @@ class RetrievalConfig:
         self.question_lexical_weight = question_lexical_weight
         self.dialogue_lexical_weight = dialogue_lexical_weight
         self.act_weight = act_weight
+        self.confidence_weight = confidence_weight
         self.entity_weight = entity_weight
         self.focus_weight = focus_weight
         if not isinstance(query_cache, int) or isinstance(query_cache, bool) or query_cache < 0:

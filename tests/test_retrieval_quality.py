@@ -243,3 +243,30 @@ def test_calibrated_score_is_bounded_and_moves_the_right_way() -> None:
     assert calibrated_score("dense", None, 1.0, 0.0) == calibrated_score("lexical", 0.99, 1.0, 0.0)  # no cosine
     assert recall_weight({"recall_weight": 0.3}) == 0.3 and recall_weight({}) == 1.0
     assert recall_weight({"recall_weight": "high"}) == 1.0 and recall_weight({"recall_weight": -1}) == 0.01
+
+
+def test_lexical_weight_adapts_to_query_type_and_to_each_retriever_s_confidence() -> None:
+    from memos_core.cube import RetrievalConfig
+    from memos_core.plaintext.fusion import Candidates, lexical_weight
+
+    keys = list(range(12))
+    flat_dense = {k: 0.50 + 0.001 * k for k in keys}
+    peaked_dense = {**flat_dense, 0: 0.95}
+    peaked_lex = {0: 30.0, 1: 2.0, 2: 1.5}
+    flat_lex = {k: 5.0 + 0.01 * k for k in keys}
+
+    def cands(dense, lex):
+        return Candidates(keys=keys, dense=dense, lexical=lex, lexical_complete=True, texts={}, dense_ranks={},
+                          lexical_ranks={})
+
+    cfg = RetrievalConfig()
+    question, dialogue = analyze_query("When did Ann adopt Biscuit?"), analyze_query("Ann: hi there. Bob: hello. Ann: so?")
+    sure_bm25 = lexical_weight(cands(flat_dense, peaked_lex), question, cfg)
+    sure_dense = lexical_weight(cands(peaked_dense, flat_lex), question, cfg)
+    assert cfg.question_lexical_weight < sure_bm25 <= 2 * cfg.question_lexical_weight
+    assert 0.5 * cfg.question_lexical_weight <= sure_dense < cfg.question_lexical_weight
+    assert lexical_weight(cands(flat_dense, peaked_lex), dialogue, cfg) < sure_bm25  # dialogues lean on dense
+    off = RetrievalConfig(confidence_weight=0.0)
+    assert lexical_weight(cands(flat_dense, peaked_lex), question, off) == off.question_lexical_weight
+    fixed = RetrievalConfig(lexical_weight=0.8)
+    assert lexical_weight(cands(flat_dense, peaked_lex), question, fixed) == 0.8

@@ -90,12 +90,41 @@ class Candidates:
     weights: dict[Hashable, float] = field(default_factory=dict)
 
 
+def _peak(values: Sequence[float], top: int = 10) -> float:
+    """How far a retriever's best score stands above its next ones: (best - mean of ranks 2..top) / standard
+    deviation over all candidates. Large when one memory matches clearly (a rare name for BM25), small when the
+    retriever cannot tell its candidates apart."""
+    if len(values) < 2:
+        return 0.0
+    s = sorted(values, reverse=True)
+    mean = sum(s) / len(s)
+    sd = (sum((v - mean) ** 2 for v in s) / len(s)) ** 0.5
+    if sd <= 1e-12:
+        return 0.0
+    nxt = s[1:top]
+    return (s[0] - sum(nxt) / len(nxt)) / sd
+
+
 def lexical_weight(c: Candidates, plan: Any, cfg: Any) -> float:
-    """The lexical leg's weight for this query: fixed when ``cfg.lexical_weight`` is set, else by query type
-    (a short question or keywords vs a pasted dialogue)."""
+    """The lexical leg's weight for this query.
+
+    Fixed when ``cfg.lexical_weight`` is set. Otherwise a base weight by query type (``question_lexical_weight``
+    for a short question or keywords, ``dialogue_lexical_weight`` for a pasted dialogue), scaled by the two
+    retrievers' confidence on *this* query: ``1 + confidence_weight * (peak(BM25) - peak(dense)) / 2``, kept
+    within [0.5, 2] (see :func:`_peak`). BM25 that singles out one memory while the embedder sees a flat field
+    gets more say, and the other way round.
+    """
     if cfg.lexical_weight is not None:
         return float(cfg.lexical_weight)
-    return float(cfg.dialogue_lexical_weight if plan.is_dialogue else cfg.question_lexical_weight)
+    base = float(cfg.dialogue_lexical_weight if plan.is_dialogue else cfg.question_lexical_weight)
+    gain = float(getattr(cfg, "confidence_weight", 0.0) or 0.0)
+    if not gain or not c.lexical:
+        return base
+    floor = 0.0 if c.lexical_complete else min(c.lexical.values())
+    lex = [c.lexical.get(key, floor) for key in c.keys]
+    dense = [c.dense[key] for key in c.keys if key in c.dense]
+    scale = 1.0 + gain * (_peak(lex) - _peak(dense)) / 2.0
+    return base * min(2.0, max(0.5, scale))
 
 
 def fuse(c: Candidates, plan: Any, cfg: Any) -> list[tuple[Hashable, float, dict[str, float], dict[str, int]]]:
