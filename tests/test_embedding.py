@@ -373,3 +373,84 @@ def test_chat_models_of_each_kind() -> None:
     assert ChatModel(fn).backend is not fn.backend and ChatModel(fn).llm is fn.llm
     with pytest.raises(ValidationError, match="llm: expected"):
         ChatModel(42)
+
+
+# ------------------------------------------------------------------ documents and the light twin
+def test_documents_through_the_onnx_twin_match_pytorch(minilm) -> None:
+    from memos_core.embedding import MiniLMEmbedder
+
+    docs = TEXTS + [f"memory {i}: Ann sailed to Lisbon with {i} friends " * (1 + i % 5) for i in range(70)]
+    onnx = MiniLMEmbedder(query_backend="onnx").embed_documents(docs)  # sorted batches, both sessions
+    torch_ = MiniLMEmbedder(query_backend="torch").embed_documents(docs)
+    assert onnx.shape == torch_.shape == (len(docs), 384) and onnx.dtype == np.float32
+    assert np.abs(onnx - torch_).max() < 1e-5
+    one = MiniLMEmbedder(query_backend="onnx").embed_documents([docs[-1]])
+    assert np.abs(one[0] - torch_[-1]).max() < 1e-5
+
+
+_LIGHT_PROBE = """
+import json, sys
+import numpy as np
+from memos_core.embedding import MiniLMEmbedder
+texts = ["Where does Ann live?", "Ann moved to Lisbon in May " * 12]
+emb = MiniLMEmbedder()
+docs = emb.embed_documents(texts)
+q = emb.embed_query(texts[0])
+print(json.dumps({"torch": "torch" in sys.modules, "docs": docs.tolist(), "q": q.tolist()}))
+"""
+
+
+def test_a_new_process_embeds_without_torch_once_a_checked_twin_is_recorded(minilm, tmp_path) -> None:
+    """The first process exports and checks the twin (PyTorch), the next one loads it with ONNX Runtime and
+    tokenizers only, and both give the PyTorch vectors."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from memos_core.embedding import MiniLMEmbedder
+
+    env = dict(os.environ, MEMOS_CACHE_DIR=str(tmp_path), MEMOS_QUERY_BACKEND="onnx", MEMOS_PRELOAD="0")
+
+    def probe() -> dict:
+        out = subprocess.run([sys.executable, "-c", _LIGHT_PROBE], capture_output=True, text=True, env=env,
+                             timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    first, second = probe(), probe()
+    assert first["torch"] and not second["torch"]
+    assert list(tmp_path.glob("onnx/minilm-*.json")) and list(tmp_path.glob("onnx/bert-*.onnx"))
+    want = MiniLMEmbedder(query_backend="torch")
+    texts = ["Where does Ann live?", "Ann moved to Lisbon in May " * 12]
+    for run in (first, second):
+        assert np.abs(np.array(run["docs"]) - want.embed_documents(texts)).max() < 1e-5
+        assert np.abs(np.array(run["q"]) - want.embed_query(texts[0])).max() < 1e-5
+
+
+def test_a_recorded_twin_that_disagrees_is_not_used(minilm, monkeypatch, tmp_path, caplog) -> None:
+    import json
+    import shutil
+
+    from memos_core import embedding as E
+
+    E.MiniLMEmbedder(query_backend="onnx").embed_query("warm")  # the user cache holds a checked twin now
+    rec = E._light_record_path()
+    assert rec is not None and rec.exists()
+    data = json.loads(rec.read_text())
+    monkeypatch.setenv("MEMOS_CACHE_DIR", str(tmp_path))
+    mine = E._light_record_path()
+    mine.parent.mkdir(parents=True)
+    shutil.copyfile(rec.parent / data["onnx"], mine.parent / data["onnx"])
+    data["vectors"][0][0] += 0.01  # a record that does not match what the file computes
+    mine.write_text(json.dumps(data))
+    monkeypatch.setattr(E, "_LIGHT", {})
+    assert E._light_twin() is None and not mine.exists()
+    assert any("not used" in r.getMessage() for r in caplog.records)
+    data["vectors"][0][0] -= 0.01  # intact: used
+    mine.write_text(json.dumps(data))
+    monkeypatch.setattr(E, "_LIGHT", {})
+    twin = E._light_twin()
+    assert twin is not None and not hasattr(twin.tok, "convert_ids_to_tokens")  # the tokenizers-only tokenizer
+    want = E.MiniLMEmbedder(query_backend="torch").embed_query("Where does Ann live?")
+    assert np.abs(twin.embed("Where does Ann live?", 256) - want).max() < 1e-5
