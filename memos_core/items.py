@@ -386,6 +386,17 @@ class MemoryItem(_Model):
     usage: Usage = Field(default_factory=Usage)
     created_by: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _shallow(cls, data: Any) -> Any:
+        # before any field is validated: a value nested thousands deep must not reach code that recurses
+        # (pydantic's enum coercion formats the input with repr())
+        if isinstance(data, dict):
+            for key, val in data.items():
+                if key != "metadata":
+                    check_nesting(val, str(key), 4)
+        return data
+
     @field_validator("created_at", "updated_at", "event_time", "valid_until", "expires_at", mode="before")
     @classmethod
     def _times(cls, v: Any, info: Any) -> datetime | None:
@@ -508,6 +519,14 @@ class SearchFilter(_Model):
     event_before: datetime | None = None
     ids: list[str] | None = None
     metadata: dict[str, Any] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shallow(cls, data: Any) -> Any:
+        if isinstance(data, dict):  # see MemoryItem._shallow
+            for key, val in data.items():
+                check_nesting(val, f"filter {key}", 6 if key == "metadata" else 3)
+        return data
 
     @field_validator("event_after", "event_before", mode="before")
     @classmethod
