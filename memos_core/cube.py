@@ -212,6 +212,9 @@ class MemCube:
         self.vector_sync = _vector_sync_mode(vector_sync)
         self._index_degraded = False
         self._unapplied = 0  # rows written since the vector index was last brought up to date (deferred sync)
+        self._count_lock = threading.Lock()  # guards _unapplied
+        self._index_lock = threading.RLock()  # one apply at a time: read pending rows -> upsert -> mark applied
+        self._flush_job: Any = None  # the deferred batch being applied on the background thread
         self._clock = clock or utcnow
         self.actor = check_principal_id(actor, "actor")
         self.max_content_chars = max_content_chars
@@ -349,6 +352,12 @@ class MemCube:
         self._index_degraded = bool(value)
 
     def close(self) -> None:
+        job = self._flush_job
+        if job is not None:  # before the cube lock: the job may be waiting for a records lock held under it
+            try:
+                job.result()
+            except Exception:  # noqa: BLE001 - logged by the job
+                pass
         with self._lock:
             try:
                 self._flush_deferred()
@@ -461,8 +470,16 @@ class MemCube:
     def _apply_pending(self) -> None:
         """Push pending rows to the vector index. Safe to call any time; idempotent."""
         self._ensure_index_checked()  # the first use of the index checks it (and applies what is pending)
+        with self._index_lock:  # never taken before the cube lock by a thread that holds it
+            with self._count_lock:
+                taken = self._unapplied
+            self._apply_pending_locked(taken)
+
+    def _apply_pending_locked(self, taken: int) -> None:
         pending = self.records.pending_vectors()
         if not pending:
+            with self._count_lock:
+                self._unapplied = max(0, self._unapplied - taken)
             return
         # One query per 900 rows for exactly what the index needs (no MemoryItem per row, no query per
         # embedding): this runs after every write, so it is on the ingest path.
@@ -490,12 +507,15 @@ class MemCube:
                     upsert_vecs.append(np.frombuffer(blob, dtype=np.float32))
                     upsert_meta.append(meta)
         if delete_ids:  # overwritten first: a plain delete leaves the vector in Chroma's files (purge, forget)
-            self.index.erase(delete_ids)
+            from .plaintext.vector import erase_rows
+
+            erase_rows(self.index, delete_ids)
         if upsert_ids:
             self.index.upsert(upsert_ids, np.stack(upsert_vecs), upsert_meta)
         self.records.mark_vectors_applied(pending)
         self.index_degraded = False
-        self._unapplied = 0
+        with self._count_lock:  # rows written meanwhile stay counted
+            self._unapplied = max(0, self._unapplied - taken)
         log.debug("vector index of cube %s: %d upserted, %d removed", self.name, len(upsert_ids), len(delete_ids))
 
     def _sync_after_write(self) -> None:
@@ -507,11 +527,34 @@ class MemCube:
             log.warning("write is durable in the records but the vector index is unavailable: %s", exc)
 
     def _flush_deferred(self) -> None:
-        """Apply the vectors of writes whose index update was deferred (``vector_sync="deferred"``)."""
+        """Apply the vectors of writes whose index update was deferred (``vector_sync="deferred"``), waiting for
+        a batch being applied in the background first."""
+        job = self._flush_job
+        if job is not None:
+            try:
+                job.result()
+            except Exception:  # noqa: BLE001 - logged by the job; the rows are still pending in the records
+                pass
         if self._unapplied:
             with self._lock:
                 if self._unapplied:
                     self._sync_after_write()
+
+    def _flush_in_background(self) -> None:
+        """Apply the deferred batch on a background thread: the Chroma upsert (the costly part) then runs on
+        another core while this thread returns to the caller. Search meanwhile scores the pending rows exactly."""
+        job = self._flush_job
+        if job is not None and not job.done():
+            return  # one batch at a time; rows written meanwhile go with the next
+        self._ensure_index_checked()  # here, under the caller's cube lock: the job then never needs that lock
+
+        def run() -> None:
+            try:
+                self._sync_after_write()
+            except Exception:  # noqa: BLE001 - the rows stay pending: the next write, flush or open applies them
+                log.exception("background vector-index update of cube %s failed", self.name)
+
+        self._flush_job = _index_pool().submit(run)
 
     def repair_index(self) -> dict[str, int]:
         """Bring the vector index in line with the records (run once per open, before the index is first used).
@@ -546,7 +589,9 @@ class MemCube:
                                   [self._chroma_meta(items[m[1]]) for m in missing])
                 added += len(missing)
         extra = sorted(have - want)
-        self.index.erase(extra)
+        from .plaintext.vector import erase_rows
+
+        erase_rows(self.index, extra)
         return {"added": added, "removed": len(extra)}
 
     def reindex(self, *, reembed: bool = False, batch_size: int = 256, progress: bool | None = None,
@@ -635,12 +680,21 @@ class MemCube:
                         metas.append(meta)
                     yield [b[1] for b in keep], np.stack([b[2] for b in keep]), metas
 
-            n = self.index.compact(batches())
+            compact = getattr(self.index, "compact", None)
+            if compact is not None:
+                n = compact(batches())
+            else:  # an index with only the basic methods (an in-memory stand-in): refill it
+                self.index.reset()
+                n = 0
+                for ids, vecs, metas in batches():
+                    self.index.upsert(ids, vecs, metas)
+                    n += len(ids)
             self.records.mark_vectors_applied(self.records.pending_vectors())
             self.records.flush()
             with self.records.transaction() as c:
                 self.records.set_meta(c, VECTOR_COMPACTION_KEY, "")
-                self.records.set_meta(c, VECTOR_SCRUBBED_KEY, "1" if self.index.scrubs_in_place else "")
+                self.records.set_meta(c, VECTOR_SCRUBBED_KEY,
+                                      "1" if getattr(self.index, "scrubs_in_place", False) else "")
             self.index_degraded = False
             self._unapplied = 0
             log.info("compacted the vector index of cube %s: %d vectors", self.name, n)
@@ -737,9 +791,11 @@ class MemCube:
                 if self.vector_sync == "immediate":
                     self._sync_after_write()
                 else:
-                    self._unapplied += len(items)
-                    if self._unapplied >= _DEFER_MAX:
-                        self._sync_after_write()
+                    with self._count_lock:
+                        self._unapplied += len(items)
+                        due = self._unapplied >= _DEFER_MAX
+                    if due:
+                        self._flush_in_background()
             if log.isEnabledFor(logging.INFO):
                 log.info("added %d memories to cube %s by %s: %s", len(items), self.name, actor,
                          ", ".join(it.id for it in items[:20]) + (" ..." if len(items) > 20 else ""))
@@ -1481,6 +1537,19 @@ class _IndexView:
 
     def __repr__(self) -> str:
         return repr(self._inner)
+
+
+_INDEX_POOL: ThreadPoolExecutor | None = None
+
+
+def _index_pool() -> ThreadPoolExecutor:
+    """One background thread per process for deferred vector-index batches (created on first use)."""
+    global _INDEX_POOL
+    if _INDEX_POOL is None:
+        with _POOL_LOCK:
+            if _INDEX_POOL is None:
+                _INDEX_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memos-index")
+    return _INDEX_POOL
 
 
 _CHROMA_WARM: list[threading.Thread] = []

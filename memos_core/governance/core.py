@@ -753,7 +753,9 @@ class Governance:
         if not ids:
             return 0
         try:
-            self._cube.index.erase(ids)
+            from ..plaintext.vector import erase_rows
+
+            erase_rows(self._cube.index, ids)
         except BackendUnavailable:
             self._cube.index_degraded = True
             return 0

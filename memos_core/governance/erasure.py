@@ -253,11 +253,13 @@ def scrub_vectors(cube: "MemCube", ids: Sequence[str], governance: "Governance")
     number of ids whose vector bytes may remain until then (0: none). Raises :class:`BackendUnavailable` when
     the index cannot be reached (the caller keeps the erasure pending).
     """
+    from ..plaintext.vector import erase_rows
+
     idx = cube.index
-    missing = idx.erase(list(ids))  # before flush_forgets deletes them plainly
+    missing = erase_rows(idx, list(ids))  # before flush_forgets deletes them plainly
     governance.flush_forgets()  # (the cube's governance: on open, before cube.governance is set)
     cube._apply_pending()  # re-derived neighbours: their new vector overwrites the old one in place
-    if idx.path is None:  # a Chroma server: its disk is the server's (README)
+    if getattr(idx, "path", None) is None:  # a Chroma server (its disk is the server's: README); no files
         return 0
     in_place = idx.scrubs_in_place
     if in_place:

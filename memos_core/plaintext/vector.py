@@ -18,7 +18,7 @@ import numpy as np
 from ..log import get_logger
 from ..errors import BackendUnavailable, ValidationError
 
-__all__ = ["ChromaVectorIndex"]
+__all__ = ["ChromaVectorIndex", "erase_rows"]
 
 log = get_logger(__name__)
 
@@ -33,6 +33,17 @@ _BATCH = 4000
 #: tenant default_tenant", and the cube opens degraded. Every embedded client of this process is created and
 #: closed through this lock, so that never happens. (HTTP clients share no System: each gets its own.)
 _EMBEDDED_CLIENTS = threading.RLock()
+
+
+def erase_rows(index: Any, ids: Sequence[str]) -> set[str]:
+    """``index.erase(ids)`` (overwrite, then delete: :meth:`ChromaVectorIndex.erase`) for an index that has it;
+    a plain ``delete`` for any other object with the vector-index methods (an in-memory stand-in keeps no files),
+    which then reports every id as not reached."""
+    erase = getattr(index, "erase", None)
+    if erase is not None:
+        return set(erase(ids))
+    index.delete(list(ids))
+    return set(ids)
 
 
 class ChromaVectorIndex:
