@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sqlite3
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -38,6 +37,7 @@ from .roles import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..cube import MemCube
+    from ..records.base import Txn
 
 __all__ = ["Governance", "GovernanceSettings", "PRINCIPAL_KEYS"]
 
@@ -264,7 +264,7 @@ class Governance:
             self._audit(self._cube.actor if actor is None else actor, op, item_id, _outcome(exc),
                         {**(detail or {}), "error": type(exc).__name__}, exc)
 
-    def _role(self, c: sqlite3.Connection, principal: str) -> Role | None:
+    def _role(self, c: Txn, principal: str) -> Role | None:
         row = c.execute("SELECT role FROM gov_acl WHERE principal=?", (principal,)).fetchone()
         return None if row is None else Role(row[0])
 
@@ -462,7 +462,7 @@ class Governance:
             raise ValidationError(f"principal kind must be 'user' or 'service', not {kind!r}") from None
 
     @staticmethod
-    def _owners(c: sqlite3.Connection) -> int:
+    def _owners(c: Txn) -> int:
         return c.execute("SELECT COUNT(*) FROM gov_acl WHERE role=?", (Role.OWNER.value,)).fetchone()[0]
 
     def revoke(self, principal: str, *, actor: str | None = None) -> None:
