@@ -4,7 +4,8 @@ Forgetting a memory must remove its content from everything derived from it: the
 ("(in reply to: user: ...)"), merged duplicates, facts an LLM reader extracted from it (and citations of it),
 the lexical index, stored embeddings, the vector index and its files. Every test greps the raw bytes of every
 file of the data folder (SQLite main file, WAL, Chroma's SQLite and segment files) for the text, and looks for
-the erased float32 vectors in them too. Children are killed with SIGKILL right after (or in the middle of) a
+the erased float32 vectors in them too (scrubbed in place, without rebuilding the index: tests/test_forget_scale.py
+forbids the rebuild). Children are killed with SIGKILL right after (or in the middle of) a
 forget; their output is read through one path only (``readline`` on stdout, stderr to a file).
 """
 
@@ -308,7 +309,7 @@ def test_kill9_between_commit_and_compaction_is_finished_on_open(tmp_path: Path)
 
 
 # ---------------------------------------------------------------------------------------------- Chroma server
-def test_forget_with_a_chroma_server_rebuilds_the_remote_collection(tmp_path: Path, chroma_server: Any) -> None:
+def test_forget_with_a_chroma_server_erases_the_remote_rows(tmp_path: Path, chroma_server: Any) -> None:
     folder = tmp_path / "remote"
     cube = MemCube(folder, embedder=dense_embed, chroma_url=chroma_server.url)
     try:
