@@ -84,6 +84,18 @@ def stored_vec(cube: MemCube, item_id: str) -> np.ndarray:
     return vec.copy()
 
 
+@pytest.fixture(autouse=True)
+def no_index_rebuild(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every guarantee here holds without rebuilding the vector index (forget scrubs in place; a rebuild per
+    forget cost minutes at 100k memories): any compaction fails the test."""
+    from memos_core.plaintext.vector import ChromaVectorIndex
+
+    def refuse(self: Any, batches: Any) -> int:
+        raise AssertionError("forget rebuilt the vector index")
+
+    monkeypatch.setattr(ChromaVectorIndex, "compact", refuse)
+
+
 @pytest.fixture
 def mem(tmp_path: Path) -> Iterator[MemOS]:
     m = MemOS(tmp_path / "mem", embedder=dense_embed)
