@@ -65,10 +65,13 @@ def test_single_adds_reach_the_index_in_batches(tmp_path) -> None:
     with MemCube(tmp_path / "c", embedder=hashed_embed, vector_sync="deferred") as cube:
         calls = _count_upserts(cube)
         ids = [cube.add(f"memory number {i} about sailing").id for i in range(_DEFER_MAX + 5)]
-        assert calls == [_DEFER_MAX]  # one batched upsert for the first _DEFER_MAX adds
-        cube.update(ids[0], "memory number 0 about sailing to Porto")  # other writes apply what is pending
-        assert calls == [_DEFER_MAX, 6]
-        assert cube.index.count() == _DEFER_MAX + 5
+        # the first _DEFER_MAX adds went to the index in one batch (applied on a background thread); searching
+        # meanwhile sees every one of them
+        assert cube.search("memory number 66 about sailing", k=1, mode="dense")[0].item.id == ids[66]
+        assert cube.index.count() == _DEFER_MAX + 5  # inspection waits for that batch and applies the rest
+        assert calls == [_DEFER_MAX, 5]
+        cube.update(ids[0], "memory number 0 about sailing to Porto")  # other writes apply at once
+        assert calls == [_DEFER_MAX, 5, 1]
 
 
 def test_close_applies_pending_vectors(tmp_path) -> None:
