@@ -102,7 +102,7 @@ class ChromaVectorIndex:
             raise
         except Exception as exc:
             # fetch the collection again next time: a server may have restarted, and another handle on the same
-            # folder may have rebuilt the collection (forget rebuilds it so no erased vector stays in its files)
+            # folder may have rebuilt the collection (a compaction does: compact_index, after an erasure)
             self._col = None
             raise BackendUnavailable(f"vector index {what} failed ({type(exc).__name__}: {exc}); "
                                      "the records are intact and the index will be repaired") from exc
