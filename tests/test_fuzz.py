@@ -13,12 +13,14 @@ types. What must hold for each one:
 
 The surfaces: MemCube (add, add_many, update, search, list, get, delete, rollback, refresh_expiry, events),
 MemOS (add, search, get, update), the LangGraph store (put, search) and the LlamaIndex memory (put, get).
-At least 500 generated bad inputs per run (the counts are asserted); well under a minute here.
+At least 500 generated bad inputs per run (the counts are asserted); well under a minute here. The inputs are
+the same on every run (derandomized); ``MEMOS_FUZZ_EXPLORE=1`` draws fresh ones (``MEMOS_FUZZ_EXAMPLES=N`` per
+test) to look for new failures.
 """
 
 from __future__ import annotations
 
-import math
+import os
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -191,7 +193,11 @@ def check_intact(cube: MemCube, ledger: Ledger, tag: str) -> None:
     assert report.ok, report.problems[:3]
 
 
-_SETTINGS = settings(max_examples=120, deadline=None, database=None, derandomize=False,
+# CI runs the same generated inputs every time (derandomize: a test suite must not be flaky); set
+# MEMOS_FUZZ_EXPLORE=1 (optionally MEMOS_FUZZ_EXAMPLES=N) to search with fresh random inputs instead.
+_EXPLORE = os.environ.get("MEMOS_FUZZ_EXPLORE") == "1"
+_SETTINGS = settings(max_examples=int(os.environ.get("MEMOS_FUZZ_EXAMPLES") or 120), deadline=None, database=None,
+                     derandomize=not _EXPLORE,
                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                             HealthCheck.large_base_example, HealthCheck.filter_too_much])
 
