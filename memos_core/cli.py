@@ -142,6 +142,10 @@ def cmd_bench_qa(a: argparse.Namespace) -> None:
     from .bench import qa
 
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
     modes = tuple(m.strip() for m in a.modes.split(",") if m.strip()) if a.modes else None
     answerer = qa.load_answerer(a.model, max_new_tokens=a.max_new_tokens, window=a.window)
     judge = qa.Judge(qa.load_object(a.judge, what="--judge")) if a.judge else None
@@ -259,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--window", type=int, help="context window in tokens for mode (d) (default: the model's)")
     b.add_argument("--limit", type=int, help="only the first N conversations")
     b.add_argument("--limit-queries", type=int, help="only the first N questions of each conversation")
+    b.add_argument("--threads", type=int, help="torch CPU threads (one is fastest on a busy shared CPU)")
     b.add_argument("--json", action="store_true", help="last line: one JSON object with every metric and answer")
     b.set_defaults(fn=cmd_bench_qa)
 
