@@ -488,24 +488,17 @@ class MemCube:
         upsert_vecs: list[np.ndarray] = []
         upsert_meta: list[dict[str, Any]] = []
         delete_ids: list[str] = []
-        with self.records._lock:
-            for start in range(0, len(pending), 900):
-                chunk = pending[start:start + 900]
-                rows = self.records._conn.execute(
-                    "SELECT i.id, i.state, i.kind, i.user_id, i.agent_id, i.session_id, e.vec FROM items i "
-                    "LEFT JOIN embeddings e ON e.item_rowid = i.rowid "
-                    f"WHERE i.rowid IN ({','.join('?' * len(chunk))}) ORDER BY i.rowid", chunk).fetchall()
-                for item_id, state, kind, user_id, agent_id, session_id, blob in rows:
-                    if blob is None or state not in indexed:
-                        delete_ids.append(item_id)
-                        continue
-                    meta: dict[str, Any] = {"state": state, "kind": kind}  # as _chroma_meta
-                    for axis, val in (("user_id", user_id), ("agent_id", agent_id), ("session_id", session_id)):
-                        if val is not None:
-                            meta[axis] = val
-                    upsert_ids.append(item_id)
-                    upsert_vecs.append(np.frombuffer(blob, dtype=np.float32))
-                    upsert_meta.append(meta)
+        for _, item_id, state, kind, user_id, agent_id, session_id, blob in self.records.index_rows(pending):
+            if blob is None or state not in indexed:
+                delete_ids.append(item_id)
+                continue
+            meta: dict[str, Any] = {"state": state, "kind": kind}  # as _chroma_meta
+            for axis, val in (("user_id", user_id), ("agent_id", agent_id), ("session_id", session_id)):
+                if val is not None:
+                    meta[axis] = val
+            upsert_ids.append(item_id)
+            upsert_vecs.append(np.frombuffer(blob, dtype=np.float32))
+            upsert_meta.append(meta)
         if delete_ids:  # overwritten first: a plain delete leaves the vector in Chroma's files (purge, forget)
             from .plaintext.vector import erase_rows
 
@@ -566,7 +559,7 @@ class MemCube:
             pending = len(self.records.pending_vectors())
             self._apply_pending()
             fixed = {"pending": pending, "added": 0, "removed": 0}
-            expected = sum(len(b) for b in self.records.all_embeddings())
+            expected = self.records.embedding_count()
             if self.index.count() != expected:
                 fixed.update(self._resync_full())
             self.records.flush()
@@ -782,10 +775,7 @@ class MemCube:
             with self._lock:
                 with self.records.transaction() as c:
                     at = now.timestamp()
-                    for item, vec in zip(items, vecs):
-                        rowid = self.records.insert_item(c, item, vec, item.state in lifecycle.INDEXED, actor, "add")
-                        self.records.set_state(c, rowid, item.id, None, item.state, at, actor, "created")
-                        self.records.append_event(c, at, actor, "add", item.id, detail={"version": 1})
+                    self.records.add_items(c, items, vecs, [it.state in lifecycle.INDEXED for it in items], actor, at)
                 # Durable now (the records commit above). The vector index is derived: it is updated right away,
                 # or with "deferred" sync in batches (search scores rows still pending exactly, see _dense).
                 if self.vector_sync == "immediate":
@@ -929,7 +919,7 @@ class MemCube:
                     elif will_index and not was_indexed:
                         self.records.reindex_row(c, rowid, new, vec)
                     elif will_index:  # metadata in the vector index carries the state
-                        c.execute("INSERT OR IGNORE INTO vec_pending(item_rowid) VALUES(?)", (rowid,))
+                        self.records.mark_pending(c, rowid)
                     self.records.append_event(c, now.timestamp(), actor, "transition", item_id,
                                               detail={"from": item.state.value, "to": target.value, "reason": reason})
                 self._sync_after_write()
@@ -1064,14 +1054,10 @@ class MemCube:
                 raise ValidationError(f"{name} must be an integer >= 0, not {str(val)[:40]!r}")
         if order not in ("created", "event_time"):
             raise ValidationError(f"order must be 'created' or 'event_time', not {str(order)[:40]!r}")
-        where, args = self.records.filter_sql(f, self._states(f), self._now().timestamp())
-        col = "rowid" if order == "created" else "COALESCE(event_time, created_at), rowid"
-        with self.records._lock:
-            rows = self.records._conn.execute(
-                f"SELECT rowid FROM items WHERE {where} ORDER BY {col} LIMIT ? OFFSET ?", (*args, limit, offset)
-            ).fetchall()
-        got = self.records.get_many_by_rowid([r[0] for r in rows])
-        out = [got[r[0]] for r in rows if r[0] in got]
+        cf = self.records.compile_filter(f, self._states(f), self._now().timestamp())
+        rowids = self.records.list_rowids(cf, order, limit, offset)
+        got = self.records.get_many_by_rowid(rowids)
+        out = [got[r] for r in rowids if r in got]
         self.governance.audit_read(actor, "list", [it.id for it in out])
         return out
 
@@ -1086,14 +1072,8 @@ class MemCube:
         self._authorize(actor, Right.READ, "distinct_metadata", filter=filter)
         SearchFilter.coerce({"metadata": {key: {"$exists": True}}})  # validates the key
         f = SearchFilter.coerce(filter)
-        where, args = self.records.filter_sql(f, self._states(f), self._now().timestamp())
-        path = "$." + ".".join(f'"{part}"' for part in key.split("."))
-        with self.records._lock:
-            rows = self.records._conn.execute(
-                f"SELECT DISTINCT json_extract(metadata, ?) FROM items WHERE {where} "
-                "AND json_type(metadata, ?) IS NOT NULL LIMIT ?", (path, *args, path, limit)
-            ).fetchall()
-        return [r[0] for r in rows]
+        cf = self.records.compile_filter(f, self._states(f), self._now().timestamp())
+        return self.records.distinct_metadata(key, cf, limit)
 
     def refresh_expiry(self, ttls: Mapping[str, float | timedelta], *, actor: str | None = None) -> int:
         """Sliding TTL: set ``expires_at = now + ttl`` for live memories that carry an expiry not yet passed.
@@ -1114,10 +1094,7 @@ class MemCube:
                     for item_id, ttl in ttls.items():
                         check_text(item_id, "item id")
                         seconds = ttl_seconds(ttl)  # positive, finite, at most MAX_TTL_SECONDS
-                        cur = c.execute(
-                            "UPDATE items SET expires_at=? WHERE id=? AND expires_at IS NOT NULL AND expires_at > ? "
-                            "AND state IN (?, ?)", (at + seconds, item_id, at, _S.GENERATED.value, _S.ACTIVATED.value))
-                        if cur.rowcount:
+                        if self.records.refresh_expiry(c, item_id, at + seconds, at, (_S.GENERATED, _S.ACTIVATED)):
                             changed.append(item_id)
                     if changed:
                         self.records.append_event(c, at, actor, "refresh_expiry", None,
@@ -1167,7 +1144,7 @@ class MemCube:
             f = SearchFilter.coerce({**f.model_dump(exclude_none=True), **scope_over})  # validated, not just copied
         states = self._states(f)
         now = self._now().timestamp()
-        where, args = self.records.filter_sql(f, states, now)
+        where, args = self.records.compile_filter(f, states, now)
         plan, fused = self._retrieve(query, mode, f, states, where, args, k)
         items = self.records.get_many_by_rowid([int(r[0]) for r in fused])  # type: ignore[arg-type]
         score = calibration.scorer(plan.text, entity_matcher(plan.entities))
@@ -1226,7 +1203,7 @@ class MemCube:
         if mode in ("hybrid", "dense") and cfg.query_cache:
             qvec = peek_query_vector(self._embedder, self._query_key(plan))
         lexical_job = None
-        owned = getattr(self.records._lock, "_is_owned", lambda: True)()
+        owned = self.records.in_transaction()
         if (mode == "hybrid" and qvec is None and not owned
                 and (_SPARE_CORES or (_OVERLAP_ENV != "0" and getattr(self._embedder, "overlaps_well", False)))):
             # BM25 (SQLite) runs on a worker thread while the query is embedded: both release the GIL, so the
@@ -1235,7 +1212,7 @@ class MemCube:
             # parallel kernels then wait for the core SQLite took, and the overlap is slower than running one after
             # the other. Not when the query vector is cached (nothing to overlap), nor when this thread holds the
             # records lock, e.g. a search from inside a transaction: the worker could not take it.
-            lexical_job = _search_pool().submit(self.records.lexical, fts_query(plan.text), where, args, n_cand)
+            lexical_job = _search_pool().submit(self.records.lexical, fts_query(plan.text), (where, args), n_cand)
         try:
             if mode in ("hybrid", "dense"):
                 if qvec is None:
@@ -1247,7 +1224,7 @@ class MemCube:
         if lexical_job is not None:
             ranked["lexical"] = lexical_job.result()
         elif mode in ("hybrid", "lexical"):
-            ranked["lexical"] = self.records.lexical(fts_query(plan.text), where, args, n_cand)
+            ranked["lexical"] = self.records.lexical(fts_query(plan.text), (where, args), n_cand)
         return ranked, qvec
 
     def _retrieve(self, query: str, mode: str, f: SearchFilter, states: Sequence[LifecycleState], where: str,
@@ -1287,15 +1264,10 @@ class MemCube:
         dense = dict(self._exact_dense(qvec, keys, len(keys))) or dict(ranked["dense"])
         texts: dict[int, str] = {}
         weights: dict[int, float] = {}
-        with self.records._lock:
-            for s in range(0, len(keys), 900):
-                chunk = keys[s:s + 900]
-                for r, c, w in self.records._conn.execute(
-                        "SELECT rowid, content, json_extract(metadata, '$.recall_weight') FROM items "
-                        f"WHERE rowid IN ({','.join('?' * len(chunk))})", chunk):
-                    texts[r] = c or ""
-                    if isinstance(w, (int, float)) and not isinstance(w, bool):
-                        weights[r] = float(w)
+        for r, (c, w) in self.records.contents_with(keys, "recall_weight").items():
+            texts[r] = c or ""
+            if isinstance(w, (int, float)) and not isinstance(w, bool):
+                weights[r] = float(w)
         return Candidates(keys=keys, dense=dense, lexical=lexical, lexical_complete=len(lexical) < n_cand,
                           texts=texts, dense_ranks={key: i for i, (key, _) in enumerate(ranked["dense"], 1)},
                           lexical_ranks={key: i for i, (key, _) in enumerate(ranked["lexical"], 1)},
@@ -1310,7 +1282,7 @@ class MemCube:
                                                  f.event_before, f.forms, f.user_id, f.agent_id, f.session_id))
         if narrowed or f.kinds or self._index_degraded:
             limit = 10**9 if self._index_degraded else self.retrieval.exact_below + 1
-            rowids, blobs = self.records.filtered_vectors(where, args, limit)
+            rowids, blobs = self.records.filtered_vectors((where, args), limit)
             if len(rowids) <= self.retrieval.exact_below or self._index_degraded:
                 return self._score_blobs(qvec, rowids, blobs, n)
         fresh = self._pending_scores(qvec, where, args, n)
@@ -1326,7 +1298,7 @@ class MemCube:
             except BackendUnavailable as exc:
                 self.index_degraded = True
                 log.warning("dense search falls back to exact scan: %s", exc)
-                return self._score_blobs(qvec, *self.records.filtered_vectors(where, args, 10**9), n)
+                return self._score_blobs(qvec, *self.records.filtered_vectors((where, args), 10**9), n)
             ok = self._rowids_passing([i for i, _ in res], where, args)
             out = [(ok[i], s) for i, s in res if i in ok]
             if fresh:  # rows whose vectors the index has not received yet, scored exactly
@@ -1335,28 +1307,19 @@ class MemCube:
             if len(out) >= n or len(res) < fetch:  # enough, or the whole index was seen
                 return out[:n]
             if fetch >= 20000:  # the filter passes very few of the nearest rows: scan them exactly
-                return self._score_blobs(qvec, *self.records.filtered_vectors(where, args, 10**9), n)
+                return self._score_blobs(qvec, *self.records.filtered_vectors((where, args), 10**9), n)
             fetch *= 4
 
     def _pending_scores(self, qvec: np.ndarray, where: str, args: list[Any], n: int) -> list[tuple[int, float]]:
         """Exact scores of rows passing the filter whose vectors are still pending for the index (written with
         deferred sync, here or by another process), so that search sees every acknowledged write."""
-        rowids, blobs = self.records.filtered_vectors(
-            f"({where}) AND items.rowid IN (SELECT item_rowid FROM vec_pending)", args, 10**9)
+        rowids, blobs = self.records.filtered_vectors((where, args), 10**9, pending_only=True)
         return self._score_blobs(qvec, rowids, blobs, n)
 
     def _rowids_passing(self, ids: Sequence[str], where: str, args: list[Any]) -> dict[str, int]:
         if not ids:
             return {}
-        # INDEXED BY the unique id index: without statistics SQLite guesses that an equality on an indexed
-        # column (state, user_id) matches ~10 rows and walks that index instead -- every row in the searchable
-        # states, ~15 ms per query at 20k memories, instead of one lookup per candidate.
-        with self.records._lock:
-            rows = self.records._conn.execute(
-                f"SELECT id, rowid FROM items INDEXED BY sqlite_autoindex_items_1 WHERE id IN "
-                f"({','.join('?' * len(ids))}) AND {where}", (*ids, *args)
-            ).fetchall()
-        return {r[0]: r[1] for r in rows}
+        return self.records.rowids_passing(ids, (where, args))  # type: ignore[arg-type]
 
     @staticmethod
     def _score_blobs(qvec: np.ndarray, rowids: list[int], blobs: list[bytes], n: int) -> list[tuple[int, float]]:
@@ -1369,16 +1332,7 @@ class MemCube:
         return [(rowids[i], float(sims[i])) for i in top]
 
     def _exact_dense(self, qvec: np.ndarray, rowids: Sequence[int], n: int) -> list[tuple[int, float]]:
-        keep: list[int] = []
-        blobs: list[bytes] = []
-        with self.records._lock:
-            for s in range(0, len(rowids), 900):
-                chunk = list(rowids[s:s + 900])
-                for r, blob in self.records._conn.execute(
-                        f"SELECT item_rowid, vec FROM embeddings WHERE item_rowid IN ({','.join('?' * len(chunk))})",
-                        chunk):
-                    keep.append(r)
-                    blobs.append(blob)
+        keep, blobs = self.records.embeddings_of(rowids)
         return self._score_blobs(qvec, keep, blobs, n)
 
     # ------------------------------------------------------------------ maintenance
@@ -1400,10 +1354,7 @@ class MemCube:
             states = {RetentionAction.ARCHIVE: (G, A, M), RetentionAction.DELETE: (G, A, AR),
                       RetentionAction.PURGE: (G, A, AR, M, D), RetentionAction.FORGET: (G, A, AR, M, D, P)}[act]
             now = self._now().timestamp()
-            with self.records._lock:
-                ids = [r[0] for r in self.records._conn.execute(
-                    "SELECT id FROM items WHERE expires_at IS NOT NULL AND expires_at <= ? AND state IN "
-                    f"({','.join('?' * len(states))}) ORDER BY rowid", (now, *[s.value for s in states]))]
+            ids = self.records.expired_ids(now, states)
             done: list[str] = []
             with self.governance.deferred_erasure():  # one index rebuild/compaction for the whole sweep
                 for item_id in ids:
@@ -1426,8 +1377,7 @@ class MemCube:
 
     def stats(self, *, actor: str | None = None) -> dict[str, Any]:
         self._authorize(actor, Right.READ, "stats")
-        with self.records._lock:
-            by_state = dict(self.records._conn.execute("SELECT state, COUNT(*) FROM items GROUP BY state").fetchall())
+        by_state = self.records.count_by_state()
         return {"cube_id": self.cube_id, "name": self.name, "path": str(self.path), "by_state": by_state,
                 "indexed_vectors": self.index.count() if not self.index_degraded else None,
                 "embedder": self.manifest.get("embedder")}
