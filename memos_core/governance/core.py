@@ -43,15 +43,8 @@ __all__ = ["Governance", "GovernanceSettings", "PRINCIPAL_KEYS"]
 
 log = get_logger(__name__)
 
-_TABLES = (
-    "CREATE TABLE IF NOT EXISTS gov_principals(id TEXT PRIMARY KEY, kind TEXT NOT NULL, created_at REAL NOT NULL, "
-    "created_by TEXT)",
-    "CREATE TABLE IF NOT EXISTS gov_acl(principal TEXT PRIMARY KEY, role TEXT NOT NULL, granted_by TEXT, "
-    "granted_at REAL NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS gov_settings(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    # ids erased from the records whose vector-index rows may still exist (applied after commit / on open)
-    "CREATE TABLE IF NOT EXISTS gov_forget_pending(item_id TEXT PRIMARY KEY)",
-)
+# The governance tables (gov_principals, gov_acl, gov_settings, gov_forget_pending) are created by the
+# record store (memos_core/records): this module holds no SQL.
 
 #: Top-level metadata keys that name a principal. A write may only put the acting principal there: anything
 #: else is an attempt to write on someone else's behalf and is refused (PermissionDenied, audited).
@@ -171,31 +164,17 @@ class Governance:
         return self._cube._now().timestamp()
 
     def _ensure(self) -> None:
-        conn = self.records._conn
-        with self.records._lock:
-            have = {r[0] for r in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type='table' AND name LIKE 'gov_%'")}
-            ready = {"gov_principals", "gov_acl", "gov_settings", "gov_forget_pending"} <= have and \
-                conn.execute("SELECT COUNT(*) FROM gov_acl").fetchone()[0] > 0
-        if ready:
+        if self.records.governance_ready():
             return
+        owner = check_principal_id(self._cube.actor, "actor")
         with self.records.transaction() as c:
-            for stmt in _TABLES:
-                c.execute(stmt)
-            if c.execute("SELECT COUNT(*) FROM gov_acl").fetchone()[0] == 0:
-                owner = check_principal_id(self._cube.actor, "actor")
-                now = self._now()
-                c.execute("INSERT OR IGNORE INTO gov_principals(id, kind, created_at, created_by) VALUES(?,?,?,?)",
-                          (owner, PrincipalKind.USER.value, now, owner))
-                c.execute("INSERT INTO gov_acl(principal, role, granted_by, granted_at) VALUES(?,?,?,?)",
-                          (owner, Role.OWNER.value, owner, now))
-                c.execute("INSERT OR IGNORE INTO gov_settings(key, value) VALUES('redaction_key', ?)",
-                          (os.urandom(32).hex(),))
-                # A new cube starts with an empty log (a bundle import copies the source chain into it); an
-                # existing cube written before governance records who became its owner.
-                if c.execute("SELECT 1 FROM events LIMIT 1").fetchone() is not None:
-                    self.records.append_event(c, now, owner, "acl.bootstrap", None,
-                                              detail={"principal": owner, "role": Role.OWNER.value})
+            now = self._now()
+            # A new cube starts with an empty log (a bundle import copies the source chain into it); an
+            # existing cube written before governance records who became its owner.
+            if self.records.bootstrap_governance(c, owner, PrincipalKind.USER.value, now, os.urandom(32).hex()) \
+                    and self.records.has_events(c):
+                self.records.append_event(c, now, owner, "acl.bootstrap", None,
+                                          detail={"principal": owner, "role": Role.OWNER.value})
 
     def _audit(self, actor: Any, op: str, item_id: str | None, outcome: str, detail: Mapping[str, Any],
                exc: BaseException | None = None) -> None:
@@ -212,17 +191,9 @@ class Governance:
             item = None  # an id that cannot be stored was never a memory's id
         detail = _loggable(detail)
         at = self._now()
-        # A transaction of its own that writes this one record and nothing else (records.transaction() would
-        # also flush the store's buffered bookkeeping): a failed or refused attempt leaves no other trace.
-        with self.records._lock:
-            c = self.records._conn
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                self.records.append_event(c, at, who, op, item, outcome=outcome, detail=dict(detail))
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
+        # A transaction of its own that writes this one record and nothing else: a failed or refused attempt
+        # leaves no other trace.
+        self.records.append_event_alone(at, who, op, item, outcome, dict(detail))
         if exc is not None:
             self._mark(exc)
 
@@ -265,12 +236,11 @@ class Governance:
                         {**(detail or {}), "error": type(exc).__name__}, exc)
 
     def _role(self, c: Txn, principal: str) -> Role | None:
-        row = c.execute("SELECT role FROM gov_acl WHERE principal=?", (principal,)).fetchone()
-        return None if row is None else Role(row[0])
+        role = self.records.role(principal, c)
+        return None if role is None else Role(role)
 
     def _settings_raw(self) -> dict[str, str]:
-        with self.records._lock:
-            return dict(self.records._conn.execute("SELECT key, value FROM gov_settings").fetchall())
+        return self.records.governance_settings()
 
     def _policy(self) -> GovernanceSettings:
         raw = self._settings_raw()
@@ -290,8 +260,7 @@ class Governance:
     # ------------------------------------------------------------------ checks
     def role_of(self, principal: str) -> Role | None:
         """The role ``principal`` holds on this cube, or ``None``."""
-        with self.records._lock:
-            return self._role(self.records._conn, principal)
+        return self._role(None, principal)
 
     def allows(self, actor: str | None, right: Right | str) -> bool:
         """Whether ``actor`` holds ``right`` (no audit record; for UIs and pre-filtering)."""
@@ -438,15 +407,12 @@ class Governance:
                 check_grant(actor, granter_role, principal, current, new)
                 if current == Role.OWNER and new != Role.OWNER and self._owners(c) <= 1:  # pragma: no cover
                     raise PermissionDenied(f"{principal!r} is the last owner; grant owner to someone else first")
-                row = c.execute("SELECT kind FROM gov_principals WHERE id=?", (principal,)).fetchone()
-                if row is None:
-                    c.execute("INSERT INTO gov_principals(id, kind, created_at, created_by) VALUES(?,?,?,?)",
-                              (principal, (k or PrincipalKind.USER).value, now, actor))
-                elif k is not None and row[0] != k.value:
-                    raise ValidationError(f"{principal!r} is known as a {row[0]} principal, not {k.value}")
-                c.execute("INSERT INTO gov_acl(principal, role, granted_by, granted_at) VALUES(?,?,?,?) "
-                          "ON CONFLICT(principal) DO UPDATE SET role=excluded.role, granted_by=excluded.granted_by, "
-                          "granted_at=excluded.granted_at", (principal, new.value, actor, now))
+                known = self.records.principal_kind(c, principal)
+                if known is None:
+                    self.records.add_principal(c, principal, (k or PrincipalKind.USER).value, now, actor)
+                elif k is not None and known != k.value:
+                    raise ValidationError(f"{principal!r} is known as a {known} principal, not {k.value}")
+                self.records.put_grant(c, principal, new.value, actor, now)
                 self.records.append_event(c, now, actor, "acl.grant", None,
                                           detail={"principal": principal, "role": new.value,
                                                   "previous": None if current is None else current.value})
@@ -461,9 +427,8 @@ class Governance:
         except ValueError:
             raise ValidationError(f"principal kind must be 'user' or 'service', not {kind!r}") from None
 
-    @staticmethod
-    def _owners(c: Txn) -> int:
-        return c.execute("SELECT COUNT(*) FROM gov_acl WHERE role=?", (Role.OWNER.value,)).fetchone()[0]
+    def _owners(self, c: Txn) -> int:
+        return self.records.count_role(c, Role.OWNER.value)
 
     def revoke(self, principal: str, *, actor: str | None = None) -> None:
         """Remove ``principal``'s role. Anyone may leave (revoke themselves); revoking others needs the
@@ -481,25 +446,20 @@ class Governance:
                 check_revoke(actor, revoker_role, principal, current, self._owners(c))
                 if current is None:
                     raise NotFound(f"{principal!r} has no role on cube {self._cube.name!r}")
-                c.execute("DELETE FROM gov_acl WHERE principal=?", (principal,))
+                self.records.delete_grant(c, principal)
                 self.records.append_event(c, now, actor, "acl.revoke", None,
                                           detail={"principal": principal, "previous": current.value})
 
     def grant_of(self, principal: str) -> Grant | None:
-        with self.records._lock:
-            row = self.records._conn.execute(
-                "SELECT a.principal, COALESCE(p.kind, 'user'), a.role, a.granted_by, a.granted_at FROM gov_acl a "
-                "LEFT JOIN gov_principals p ON p.id = a.principal WHERE a.principal=?", (principal,)).fetchone()
+        rows = self.records.grants(principal=principal)
+        row = rows[0] if rows else None
         return None if row is None else Grant(principal=row[0], kind=row[1], role=row[2], granted_by=row[3],
                                               granted_at=_dt(row[4]))
 
     def members(self, *, actor: str | None = None) -> list[Grant]:
         """Who has what on this cube (needs **read**)."""
         self.authorize(actor, Right.READ, "acl.list")
-        with self.records._lock:
-            rows = self.records._conn.execute(
-                "SELECT a.principal, COALESCE(p.kind, 'user'), a.role, a.granted_by, a.granted_at FROM gov_acl a "
-                "LEFT JOIN gov_principals p ON p.id = a.principal ORDER BY a.principal").fetchall()
+        rows = self.records.grants()
         return [Grant(principal=r[0], kind=r[1], role=r[2], granted_by=r[3], granted_at=_dt(r[4])) for r in rows]
 
     # ------------------------------------------------------------------ policies
@@ -539,9 +499,7 @@ class Governance:
             if not updates:
                 raise ValidationError("configure: nothing to change")
             with self.records.transaction() as c:
-                for k, v in updates.items():
-                    c.execute("INSERT INTO gov_settings(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET "
-                              "value=excluded.value", (k, v))
+                self.records.put_settings(c, updates)
                 self.records.append_event(c, self._now(), actor, "policy.set", None,
                                           detail={k: json.loads(v) for k, v in updates.items()})
         return self._policy()
@@ -788,9 +746,7 @@ class Governance:
     def head(self, *, actor: str | None = None) -> tuple[int, str] | None:
         """``(seq, hash)`` of the newest audit record: save it elsewhere and pass it back as ``anchor``."""
         self.authorize(actor, Right.ADMINISTER, "audit.head")
-        with self.records._lock:
-            row = self.records._conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
-        return None if row is None else (int(row[0]), row[1])
+        return self.records.audit_head()
 
 
 def query_digest(query: str) -> str:
