@@ -31,14 +31,13 @@ verifies. Keep the head (``memos audit head``) somewhere else from time to time 
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import CorruptData, NotFound
-from ..records.sqlite import GENESIS_HASH, event_hash
+from ..errors import NotFound
+from ..records.base import GENESIS_HASH, event_hash
 
 __all__ = ["AuditProblem", "AuditReport", "Evidence", "verify_rows", "verify_file", "read_chain",
            "read_evidence", "check_evidence"]
@@ -243,26 +242,20 @@ def verify_rows(rows: Sequence[Row], counter: int | None = None,
                        head_hash=None if last is None else last[8], problems=problems)
 
 
-def read_chain(conn: sqlite3.Connection) -> tuple[list[Row], int | None]:
-    """Rows in storage order and the AUTOINCREMENT counter of the ``events`` table."""
-    rows = conn.execute(
-        "SELECT seq, at, actor, op, item_id, outcome, detail, prev_hash, hash FROM events ORDER BY seq"
-    ).fetchall()
-    try:
-        top = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
-    except sqlite3.OperationalError:
-        top = None
-    return rows, None if top is None else int(top[0])
+def read_chain(conn: Any) -> tuple[list[Row], int | None]:
+    """Rows in storage order and the sequence high-water mark, read on an open SQLite connection (the SQL
+    lives in the records layer: :func:`memos_core.records.sqlite.chain_rows`)."""
+    from ..records.sqlite import chain_rows
+
+    return chain_rows(conn)
 
 
-def read_evidence(conn: sqlite3.Connection) -> Evidence:
+def read_evidence(conn: Any) -> Evidence:
     """The evidence a records database holds about its log (head recorded in ``meta``, item versions)."""
-    try:
-        row = conn.execute("SELECT value FROM meta WHERE key='audit_head'").fetchone()
-    except sqlite3.OperationalError:
-        row = None
-    items = [(r[0], int(r[1])) for r in conn.execute("SELECT id, version FROM items")]
-    return Evidence(head=parse_head(row[0] if row else None), items=items)
+    from ..records.sqlite import evidence_rows
+
+    head, items = evidence_rows(conn)
+    return Evidence(head=parse_head(head), items=items)
 
 
 def parse_head(raw: str | None) -> tuple[int, str] | None:
@@ -290,18 +283,25 @@ def verify_file(path: str | Path, anchor: tuple[int, str] | None = None) -> Audi
 
     Opens the database read-only; needs no principal (whoever can read the file can read the log).
     """
+    from ..records.migrate import is_store_url
+
+    if is_store_url(path):  # a cube in PostgreSQL: one snapshot of chain and evidence
+        from ..records.postgres import PostgresRecordStore
+
+        store = PostgresRecordStore(str(path))
+        try:
+            with store.read_snapshot():
+                evidence = Evidence(head=parse_head(store.get_meta("audit_head")),
+                                    items=[(it.id, it.version) for it in store.iter_items()])
+                rows, counter = store.audit_chain()
+        finally:
+            store.close()
+        return verify_rows(rows, counter, anchor, evidence)
+    from ..records.sqlite import read_audit_file
+
     p = Path(path)
     db = p / "records.sqlite3" if p.is_dir() else p
     if not db.exists():
         raise NotFound(f"no records database at {db}")
-    try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-        try:
-            conn.execute("BEGIN")  # one snapshot; the evidence first (a record is committed with what it records)
-            evidence = read_evidence(conn)
-            rows, counter = read_chain(conn)
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError as exc:
-        raise CorruptData(f"cannot read the audit log in {db}: {exc}") from exc
-    return verify_rows(rows, counter, anchor, evidence)
+    rows, counter, head, items = read_audit_file(db)  # read-only, one snapshot, the evidence first
+    return verify_rows(rows, counter, anchor, Evidence(head=parse_head(head), items=items))
