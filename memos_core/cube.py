@@ -67,7 +67,8 @@ from .items import (
 )
 from .plaintext import ChromaVectorIndex, QueryPlan, analyze_query, calibration, entity_matcher, fts_query, rrf
 from .plaintext.fusion import Candidates, fuse
-from .records import SQLiteRecordStore
+from .records import RecordStore, SQLiteRecordStore
+from .records.migrate import MANIFEST_META_KEY, is_store_url, open_record_store
 from .governance import Governance, Right
 from .governance.core import query_digest
 from .governance.retention import RetentionAction
@@ -155,6 +156,33 @@ def _json_manifest_load(path: Path) -> dict[str, Any]:
     return data
 
 
+def _resolve_index(store_url: str | None, chroma_url: str | None, index: str | None) -> str | None:
+    """The Chroma server URL to use (None: embedded Chroma in the cube's folder)."""
+    if index is not None and chroma_url is not None and index != chroma_url:
+        raise ValidationError("give the vector index once: index= or chroma_url=")
+    url = chroma_url if chroma_url is not None else index
+    if url == "embedded":
+        return None
+    if store_url is not None and url is None:
+        raise ValidationError(
+            "a cube on PostgreSQL is shared by workers that must share its vector index too: pass "
+            "index='http://host:port' (a Chroma server), or index='embedded' for a single process")
+    return url
+
+
+def _workdir(store_url: str, workdir: str | os.PathLike[str] | None) -> Path:
+    """The local folder of a cube whose records live on a server: this worker's KV caches, adapters and
+    scheduler state (and embedded Chroma with ``index='embedded'``)."""
+    if workdir is not None:
+        return Path(workdir)
+    import hashlib
+
+    from .records.postgres import redact_url
+
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "memos" / "stores" / hashlib.sha256(redact_url(store_url).encode()).hexdigest()[:16]
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
@@ -202,13 +230,18 @@ class MemCube:
         cube_id: str | None = None,
         name: str | None = None,
         chroma_url: str | None = None,
+        index: str | None = None,
+        workdir: str | os.PathLike[str] | None = None,
         clock: Callable[[], datetime] | None = None,
         actor: str = "local",
         max_content_chars: int = MAX_CONTENT_CHARS_DEFAULT,
         retrieval: RetrievalConfig | None = None,
         vector_sync: Literal["immediate", "deferred"] | None = None,
     ) -> None:
-        self.path = Path(path)
+        #: the system of record's URL when it is a server (PostgreSQL); None for a cube folder
+        self.store_url: str | None = str(path) if is_store_url(path) else None
+        chroma_url = _resolve_index(self.store_url, chroma_url, index)
+        self.path = Path(path) if self.store_url is None else _workdir(self.store_url, workdir)
         self.vector_sync = _vector_sync_mode(vector_sync)
         self._index_degraded = False
         self._unapplied = 0  # rows written since the vector index was last brought up to date (deferred sync)
@@ -224,7 +257,16 @@ class MemCube:
         _preload(self._embedder)  # the embedding model loads while the rest of the cube opens
         manifest_path = self.path / MANIFEST
         is_new = not manifest_path.exists()
-        if manifest_path.exists():
+        self.records: RecordStore
+        if self.store_url is not None:  # the manifest lives in the store (meta), the folder holds local artefacts
+            self.records = open_record_store(self.store_url)
+            try:
+                is_new = self.records.get_meta(MANIFEST_META_KEY) is None
+                self.manifest = self._store_manifest(create, cube_id, name)
+            except BaseException:
+                self.records.close()
+                raise
+        elif manifest_path.exists():
             self.manifest = _json_manifest_load(manifest_path)
             ver = self.manifest.get("schema_version")
             if not isinstance(ver, int) or ver > CUBE_SCHEMA_VERSION:
@@ -260,8 +302,14 @@ class MemCube:
             _atomic_write(manifest_path, json.dumps(self.manifest, indent=2))
         self.cube_id: str = self.manifest["cube_id"]
         self.name: str = self.manifest.get("name", self.path.name)
-        self._check_embedder()
-        self.records = SQLiteRecordStore(self.path / "records.sqlite3")
+        try:
+            self._check_embedder()
+        except BaseException:
+            if self.store_url is not None:
+                self.records.close()
+            raise
+        if self.store_url is None:
+            self.records = SQLiteRecordStore(self.path / "records.sqlite3")
         if is_new:  # an empty vector index: no vector a plain delete left behind (governance/erasure.py)
             from .governance.erasure import VECTOR_SCRUBBED_KEY
 
@@ -302,6 +350,48 @@ class MemCube:
                 self._index_degraded = True
                 log.warning("vector index unavailable (%s); lexical search still works, pending writes will be "
                             "applied when it returns", exc)
+
+    # ------------------------------------------------------------------ a cube on a server (PostgreSQL)
+    def _store_manifest(self, create: bool, cube_id: str | None, name: str | None) -> dict[str, Any]:
+        """The manifest kept in the store's meta table (created there when missing and ``create``)."""
+        where = f"cube {getattr(self.records, 'cube', '?')!r} at {getattr(self.records, 'url', self.store_url)}"
+        raw = self.records.get_meta(MANIFEST_META_KEY)
+        if raw is None:
+            if not create:
+                raise NotFound(f"no {where}; pass create=True or run `memos init --store URL`")
+            fresh = {
+                "schema_version": CUBE_SCHEMA_VERSION,
+                "cube_id": cube_id or new_id(),
+                "name": name or getattr(self.records, "cube", "default"),
+                "created_at": self._now().isoformat(),
+                "embedder": {"name": self._embedder.name, "dim": self._embedder.dim},
+                "vector_index": {"backend": "chroma", "collection": "memos"},
+            }
+            raw = self.records.setdefault_meta(MANIFEST_META_KEY, json.dumps(fresh))  # concurrent creators agree
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise CorruptData(f"the manifest of {where} is unreadable: {exc}") from exc
+        if not isinstance(data, dict) or "schema_version" not in data or "cube_id" not in data:
+            raise CorruptData(f"the manifest of {where} is missing schema_version/cube_id")
+        ver = data.get("schema_version")
+        if not isinstance(ver, int) or ver > CUBE_SCHEMA_VERSION:
+            raise SchemaVersionError(f"{where} has schema version {ver!r}; this MemOS understands up to "
+                                     f"{CUBE_SCHEMA_VERSION}. Upgrade memos-langchain-llamaindex to open it.")
+        if cube_id is not None and cube_id != data["cube_id"]:
+            raise ValidationError(f"{where} has id {data['cube_id']!r}, not {cube_id!r}")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValidationError(f"cannot create the local folder {self.path}: {exc.strerror or exc}") from None
+        return data
+
+    def _save_manifest(self) -> None:
+        if self.store_url is None:
+            _atomic_write(self.path / MANIFEST, json.dumps(self.manifest, indent=2))
+        else:
+            with self.records.transaction() as c:
+                self.records.set_meta(c, MANIFEST_META_KEY, json.dumps(self.manifest))
 
     # ------------------------------------------------------------------ basics
     def _now(self) -> datetime:
@@ -611,7 +701,7 @@ class MemCube:
                             self.records.append_event(c, time.time(), actor, "reindex", None,
                                                       detail={"reembedded": len(chunk)})
                     self.manifest["embedder"] = {"name": self._embedder.name, "dim": self._embedder.dim}
-                    _atomic_write(self.path / MANIFEST, json.dumps(self.manifest, indent=2))
+                    self._save_manifest()
                 self.index.reset()
                 total = 0
                 for batch in self.records.all_embeddings():

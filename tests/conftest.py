@@ -84,6 +84,9 @@ def cube_path(tmp_path: Path) -> Path:
 def pytest_configure(config: Any) -> None:
     config.addinivalue_line("markers", "both_backends: run the module's cube tests on embedded Chroma and a server")
     config.addinivalue_line("markers", "embedded_only: this test is about the embedded Chroma folder")
+    config.addinivalue_line("markers", "records_backends: also run the module's cube tests on PostgreSQL + a "
+                                       "Chroma server (modules marked both_backends do too)")
+    config.addinivalue_line("markers", "sqlite_only: this test is about the SQLite records file itself")
 
 
 # ------------------------------------------------------------------ unit / integration split
@@ -133,9 +136,14 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
 def pytest_generate_tests(metafunc: Any) -> None:
     if "cube_backend" not in metafunc.fixturenames:
         return
-    both = metafunc.definition.get_closest_marker("both_backends") is not None
-    if both and metafunc.definition.get_closest_marker("embedded_only") is None:
-        metafunc.parametrize("cube_backend", ["embedded", "server"])
+    marker = metafunc.definition.get_closest_marker
+    if marker("embedded_only") is not None:
+        return
+    values = ["embedded", "server"] if marker("both_backends") is not None else ["embedded"]
+    if (marker("both_backends") or marker("records_backends")) and marker("sqlite_only") is None:
+        values.append("postgres")  # PostgreSQL records + the Chroma server (tests/pg_server.py starts one)
+    if len(values) > 1:
+        metafunc.parametrize("cube_backend", values)
 
 
 @pytest.fixture
@@ -153,14 +161,43 @@ def chroma_server(tmp_path_factory: Any) -> Iterator[Any]:
 @pytest.fixture
 def chroma_url(cube_backend: str, request: Any) -> str | None:
     """``None`` (embedded Chroma in the cube folder) or the URL of the session's Chroma server."""
-    return request.getfixturevalue("chroma_server").url if cube_backend == "server" else None
+    return request.getfixturevalue("chroma_server").url if cube_backend in ("server", "postgres") else None
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """A temporary PostgreSQL cluster for the session (skips, or fails under MEMOS_REQUIRE_POSTGRES=1, when
+    PostgreSQL is not installed)."""
+    from pg_server import running_pg
+
+    yield from running_pg("memos-session")
 
 
 @pytest.fixture
-def cube(cube_path: Path, clock: FakeClock, chroma_url: str | None) -> Iterator[Any]:
+def store_for(cube_backend: str, request: Any) -> Any:
+    """``store_for(path)``: what to open as the cube at ``path`` -- the folder itself, or (PostgreSQL backend) a
+    ``postgresql://`` URL of a fresh cube schema, the same one every time the test names that path."""
+    urls: dict[Path, str] = {}
+
+    def _for(path: Path) -> Any:
+        if cube_backend != "postgres":
+            return path
+        if Path(path) not in urls:
+            from pg_server import fresh_schema_name
+
+            urls[Path(path)] = request.getfixturevalue("pg_server").url() + "?cube=" + fresh_schema_name("c")
+        return urls[Path(path)]
+
+    return _for
+
+
+@pytest.fixture
+def cube(cube_path: Path, clock: FakeClock, chroma_url: str | None, store_for: Any) -> Iterator[Any]:
     from memos_core.cube import MemCube
 
-    c = MemCube(cube_path, embedder=hashed_embed, clock=clock, chroma_url=chroma_url)
+    target = store_for(cube_path)
+    extra = {"workdir": cube_path} if target != cube_path else {}
+    c = MemCube(target, embedder=hashed_embed, clock=clock, chroma_url=chroma_url, **extra)
     try:
         yield c
     finally:
@@ -168,7 +205,7 @@ def cube(cube_path: Path, clock: FakeClock, chroma_url: str | None) -> Iterator[
 
 
 @pytest.fixture
-def open_cube(clock: FakeClock, chroma_url: str | None) -> Iterator[Any]:
+def open_cube(clock: FakeClock, chroma_url: str | None, store_for: Any) -> Iterator[Any]:
     """A factory ``open_cube(path, **kw)`` whose cubes are closed at teardown."""
     from memos_core.cube import MemCube
 
@@ -179,7 +216,10 @@ def open_cube(clock: FakeClock, chroma_url: str | None) -> Iterator[Any]:
         kw.setdefault("clock", clock)
         if chroma_url is not None:
             kw.setdefault("chroma_url", chroma_url)
-        c = MemCube(path, **kw)
+        target = store_for(path)
+        if target != path:
+            kw.setdefault("workdir", path)
+        c = MemCube(target, **kw)
         opened.append(c)
         return c
 

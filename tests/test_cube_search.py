@@ -263,6 +263,7 @@ def test_default_embedder_survives_reopen_and_reindex(tmp_path, minilm) -> None:
         assert _snapshot(cube, QUERIES[:4]) == before
 
 
+@pytest.mark.sqlite_only  # takes the SQLite store's lock
 @pytest.mark.parametrize("overlap", [False, True])
 def test_concurrent_searches_match_serial_ones_and_a_search_under_the_records_lock_returns(
         facts, overlap, monkeypatch) -> None:
