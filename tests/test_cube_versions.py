@@ -157,7 +157,10 @@ def test_purge_erases_the_content_of_every_version(cube, cube_path) -> None:
     with pytest.raises(Conflict):
         cube.restore(item.id)
     assert cube.transitions(item.id)[-1].reason == "forget me"
+    backend = cube.records.backend
     cube.close()
+    if backend != "sqlite":  # PostgreSQL: live rows checked above; dead tuples / WAL: see the README
+        return
     # the erased text is not in the database file any more (secure_delete + FTS optimize)
     conn = sqlite3.connect(str(cube_path / "records.sqlite3"))
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
