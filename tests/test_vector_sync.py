@@ -47,6 +47,7 @@ def test_setting_is_validated(tmp_path, monkeypatch) -> None:
 def test_search_sees_deferred_writes_at_once(tmp_path) -> None:
     with MemCube(tmp_path / "c", embedder=hashed_embed, vector_sync="deferred") as cube:
         cube.add_many([f"background memory {i} about gardening and tomatoes" for i in range(80)])  # >= batch: applied
+        assert cube.index.count() == 80  # (and no batch still running in the background)
         calls = _count_upserts(cube)
         item = cube.add("the lighthouse keeper paints the stairs blue")
         assert cube.records.pending_vectors() and calls == []  # durable in the records, not in the index yet
@@ -69,9 +70,12 @@ def test_single_adds_reach_the_index_in_batches(tmp_path) -> None:
         # meanwhile sees every one of them
         assert cube.search("memory number 66 about sailing", k=1, mode="dense")[0].item.id == ids[66]
         assert cube.index.count() == _DEFER_MAX + 5  # inspection waits for that batch and applies the rest
-        assert calls == [_DEFER_MAX, 5]
+        # a batch of at least _DEFER_MAX rows, then what came after (in one or two more calls, depending on when
+        # the background batch ran): a handful of upserts for 69 adds, not 69
+        assert calls[0] >= _DEFER_MAX and len(calls) <= 4 and sum(calls) >= _DEFER_MAX + 5, calls
+        before = len(calls)
         cube.update(ids[0], "memory number 0 about sailing to Porto")  # other writes apply at once
-        assert calls == [_DEFER_MAX, 5, 1]
+        assert calls[before:] == [1]
 
 
 def test_close_applies_pending_vectors(tmp_path) -> None:
