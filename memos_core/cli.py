@@ -9,6 +9,11 @@
     memos reindex DIR [--reembed]          rebuild the vector index from the records
     memos export DIR FILE [--hmac-key K]   bundle a cube (sha256 of every file; optional HMAC signature)
     memos import FILE DEST [--hmac-key K]  verify a bundle completely, then create a cube from it
+    memos migrate SRC DST                  copy a cube's records between a folder and postgresql://...?cube=NAME
+                                           (either way; verified record by record)
+
+``--store postgresql://...?cube=NAME`` (or ``$MEMOS_STORE``) keeps the records in PostgreSQL: DIR is then this
+process's local folder; ``--index http://host:port`` (or ``$MEMOS_INDEX``) names the Chroma server.
     memos bench retrieval FILE [--json]    retrieval benchmark (dataset format: DESIGN.md)
     memos bench qa FILE [--model smollm2|PATH|module:attr] [--k K] [--json] [--limit N]
                                            answer accuracy without / with memory (text, KV) / long context
@@ -32,6 +37,8 @@ from .errors import MemOSError
 
 
 _PRINCIPAL: str | None = None  # --as / $MEMOS_PRINCIPAL, set by main()
+_STORE: str | None = None  # --store URL / $MEMOS_STORE: the records live there, DIR is this worker's local folder
+_INDEX: str | None = None  # --index URL / $MEMOS_INDEX: the Chroma server
 
 
 def _actor() -> str:
@@ -51,7 +58,9 @@ def _actor() -> str:
 def _cube(path: str, create: bool = False, embedder: Any = None) -> Any:
     from .cube import MemCube
 
-    return MemCube(path, create=create, actor=_actor(), embedder=embedder)
+    if _STORE is not None:  # records on a server (PostgreSQL); DIR holds this process's local artefacts
+        return MemCube(_STORE, create=create, actor=_actor(), embedder=embedder, index=_INDEX, workdir=path)
+    return MemCube(path, create=create, actor=_actor(), embedder=embedder, index=_INDEX)
 
 
 def _print_json(obj: Any) -> None:
@@ -71,6 +80,10 @@ def cmd_init(a: argparse.Namespace) -> None:
         from .errors import ValidationError
 
         raise ValidationError(f"{a.dir} exists and is not a folder; choose a new or empty folder for the cube")
+    if _STORE is not None or a.dir.startswith(("postgresql://", "postgres://")):
+        with _cube(a.dir, create=True) as cube:
+            print(f"created cube {cube.cube_id} in {_STORE or a.dir}")
+        return
     with MemCube(a.dir, create=True, name=a.name, actor=_actor()) as cube:
         print(f"created cube {cube.cube_id} at {cube.path}")
 
@@ -176,11 +189,29 @@ def cmd_import(a: argparse.Namespace) -> None:
         print(f"imported cube {cube.cube_id} ({cube.count(include_deleted=True)} memories) into {cube.path}")
 
 
+def cmd_migrate(a: argparse.Namespace) -> None:
+    from .records.migrate import migrate_store
+
+    rep = migrate_store(a.src, a.dst)
+    print(f"migrated cube {rep['cube_id']}: {rep['items']} memories, {rep['versions']} versions, {rep['events']} "
+          f"audit records, {rep['grants']} grants; verified. The vector index fills on first open.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="memos", description="MemOS: memory for LLM apps (plaintext, KV, LoRA).")
     p.add_argument("--as", dest="as_principal", metavar="PRINCIPAL",
                    help="act as this principal (default: $MEMOS_PRINCIPAL or 'local')")
+    p.add_argument("--store", metavar="URL", default=os.environ.get("MEMOS_STORE"),
+                   help="keep the records in PostgreSQL (postgresql://user@host/db?cube=NAME); DIR is then this "
+                        "process's local folder (default: $MEMOS_STORE)")
+    p.add_argument("--index", metavar="URL", default=os.environ.get("MEMOS_INDEX"),
+                   help="a Chroma server for the vector index (default: $MEMOS_INDEX; embedded without one)")
     sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("migrate", help="copy a cube's records between a folder and PostgreSQL (verified)")
+    s.add_argument("src", help="a cube folder or a postgresql://...?cube=NAME URL")
+    s.add_argument("dst", help="a new folder or an empty postgresql://...?cube=NAME")
+    s.set_defaults(fn=cmd_migrate)
 
     s = sub.add_parser("init", help="create a cube")
     s.add_argument("dir")
@@ -274,9 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    global _PRINCIPAL
+    global _PRINCIPAL, _STORE, _INDEX
     args = build_parser().parse_args(argv)
     _PRINCIPAL = args.as_principal
+    _STORE, _INDEX = args.store, args.index
     try:
         _actor()  # refuse an empty or malformed --as / $MEMOS_PRINCIPAL before any command runs
         rc = args.fn(args)
@@ -284,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
-        _PRINCIPAL = None
+        _PRINCIPAL = _STORE = _INDEX = None
     return int(rc or 0)
 
 

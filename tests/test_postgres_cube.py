@@ -101,3 +101,22 @@ def test_migrate_sqlite_to_postgres_and_back(url: str, chroma_server: Any, tmp_p
         assert back.governance.verify().ok and back.governance.head() == head
     with pytest.raises(ValidationError):
         migrate_store(tmp_path / "src", tmp_path / "back")  # never into a cube that holds something
+
+
+def test_the_cli_works_on_a_store_url(url: str, chroma_server: Any, tmp_path: Path, capsys: Any, minilm: Any) -> None:
+    from memos_core.cli import main
+
+    def run(*argv: str) -> str:
+        assert main(["--store", url, "--index", chroma_server.url, *argv]) == 0, capsys.readouterr().err
+        return capsys.readouterr().out
+
+    assert "created cube" in run("init", str(tmp_path / "w"))
+    item_id = run("add", str(tmp_path / "w"), "Ann moved to Lisbon in May", "--user", "ann").strip()
+    hits = run("search", str(tmp_path / "w"), "where does Ann live", "--user", "ann", "--json")
+    assert item_id in hits
+    assert main(["audit", "verify", url]) == 0, capsys.readouterr().err
+    assert "ok" in capsys.readouterr().out
+    assert main(["migrate", url, str(tmp_path / "copy")]) == 0
+    assert "verified" in capsys.readouterr().out
+    assert main(["search", str(tmp_path / "copy"), "where does Ann live", "--user", "ann", "--json"]) == 0
+    assert item_id in capsys.readouterr().out
