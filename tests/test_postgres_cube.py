@@ -120,3 +120,24 @@ def test_the_cli_works_on_a_store_url(url: str, chroma_server: Any, tmp_path: Pa
     assert "verified" in capsys.readouterr().out
     assert main(["search", str(tmp_path / "copy"), "where does Ann live", "--user", "ann", "--json"]) == 0
     assert item_id in capsys.readouterr().out
+
+
+def test_a_bundle_exported_from_postgres_imports_into_postgres(url: str, chroma_server: Any, tmp_path: Path) -> None:
+    from pg_server import fresh_schema_name
+
+    from memos_core.bundle import export_cube, import_bundle
+
+    with _open(url, chroma_server, tmp_path, "src") as src:
+        a = src.add("Ann moved to Lisbon", user_id="ann")
+        src.update(a.id, "Ann moved to Porto")
+        export_cube(src, tmp_path / "b.tar.gz")
+        head = src.governance.head()
+    target = url.split("?")[0] + "?cube=" + fresh_schema_name("imp")
+    with pytest.raises(ValidationError, match="vector index"):
+        import_bundle(tmp_path / "b.tar.gz", target, embedder=hashed_embed)
+    with import_bundle(tmp_path / "b.tar.gz", target, embedder=hashed_embed, chroma_url=chroma_server.url) as got:
+        assert got.records.backend == "postgresql"
+        assert [v.content for v in got.history(a.id)] == ["Ann moved to Lisbon", "Ann moved to Porto"]
+        assert got.search("where did Ann move", k=1, user_id="ann")[0].item.id == a.id
+        report = got.governance.verify()
+        assert report.ok and got.governance.head()[0] == head[0] + 1  # the source chain, then the import record

@@ -385,8 +385,12 @@ def import_bundle(file: str | os.PathLike[str], dest: str | os.PathLike[str], *,
     the same parent folder or the next open of ``dest`` (see :func:`clean_stale_imports`).
     """
     from ..governance.roles import check_principal_id
+    from ..records.migrate import is_store_url
 
     check_principal_id(actor, "actor")
+    if is_store_url(dest):
+        return _import_into_store(file, str(dest), embedder=embedder, chroma_url=chroma_url, hmac_key=hmac_key,
+                                  require_signature=require_signature, limits=limits, actor=actor, progress=progress)
     dest = Path(dest)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise ValidationError(f"import target {dest} exists and is not empty")
@@ -477,6 +481,31 @@ def import_bundle(file: str | os.PathLike[str], dest: str | os.PathLike[str], *,
         r.close()
     log.info("imported a bundle of cube %s into %s: %d memories", manifest["cube"].get("cube_id"), dest, len(items))
     return MemCube(dest, embedder=embedder, create=False, chroma_url=chroma_url, actor=actor)
+
+
+def _import_into_store(file: str | os.PathLike[str], url: str, *, chroma_url: str | None, **kw: Any) -> MemCube:
+    """A bundle into a new cube on PostgreSQL (``dest="postgresql://...?cube=NAME"``): verified and built in a
+    temporary folder exactly as for a folder target, then its records copied into the empty store cube and
+    verified (:func:`memos_core.records.migrate.migrate_store`); KV caches and adapters go to the cube's local
+    folder. ``chroma_url`` names the Chroma server the workers share (``"embedded"`` for one process)."""
+    from ..records.migrate import migrate_store
+
+    if chroma_url is None:
+        raise ValidationError("importing into PostgreSQL needs the shared vector index: pass chroma_url='http://host:"
+                              "port' (a Chroma server), or 'embedded' for a single process")
+    with tempfile.TemporaryDirectory(prefix="memos-import-") as tmpd:
+        staged = Path(tmpd) / "cube"
+        import_bundle(file, staged, **kw).close()
+        migrate_store(staged, url)
+        cube = MemCube(url, embedder=kw.get("embedder"), create=False, index=chroma_url, actor=kw["actor"])
+        try:
+            for sub in ("activation", "parametric"):
+                if (staged / sub).is_dir():
+                    shutil.copytree(staged / sub, cube.path / sub, dirs_exist_ok=True)
+        except BaseException:
+            cube.close()
+            raise
+    return cube
 
 
 def _advancing(items: list[Any], bar: Progress) -> Iterator[Any]:
