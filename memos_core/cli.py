@@ -309,6 +309,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _PRINCIPAL = args.as_principal
     _STORE, _INDEX = args.store, args.index
+    # One command per process: nothing to load ahead of time (a command that embeds loads the model when it
+    # needs it; one that does not, such as `memos stats`, should not wait for a model load before exiting).
+    preload = os.environ.get("MEMOS_PRELOAD")
+    os.environ.setdefault("MEMOS_PRELOAD", "0")
     try:
         _actor()  # refuse an empty or malformed --as / $MEMOS_PRINCIPAL before any command runs
         rc = args.fn(args)
@@ -317,6 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     finally:
         _PRINCIPAL = _STORE = _INDEX = None
+        if preload is None:
+            os.environ.pop("MEMOS_PRELOAD", None)
     return int(rc or 0)
 
 
