@@ -163,8 +163,12 @@ def test_retriever_nodes_carry_ids_versions_provenance(mem: Any) -> None:
     retriever = MemOSRetriever(mem, user_id="ann", k=3)
     nodes = retriever.retrieve("Which grey cat did I adopt?")
     assert nodes and nodes[0].node.node_id == ids[0]
-    scores = [n.score for n in nodes]
-    assert scores == sorted(scores, reverse=True)
+    # nodes come in the fusion's order; each score is the memory's absolute score in [0, 1] (the same as the
+    # core's hit.score, which does not depend on the other hits, so it need not decrease down the list)
+    hits = mem.search("Which grey cat did I adopt?", user_id="ann", k=3)
+    assert [n.node.node_id for n in nodes] == [h.item.id for h in hits]
+    assert [n.score for n in nodes] == pytest.approx([h.score for h in hits])
+    assert all(0.0 <= n.score <= 1.0 for n in nodes)
     top = nodes[0]
     meta = top.node.metadata
     assert top.node.get_content() == "Ann: I adopted a grey cat called Miso in May."
