@@ -30,7 +30,7 @@ def main() -> None:
     from memos_core.errors import BackendUnavailable, Conflict, MemOSError, ValidationError
 
     summary = {"worker": worker, "acked": 0, "unavailable": 0, "conflicts": 0, "untyped": [], "saw_others": 0,
-               "searches": 0}
+               "searches": 0, "saw_workers": []}
     ack = open(ackfile, "a", buffering=1)
 
     def acknowledge(line: str) -> None:
@@ -82,6 +82,13 @@ def main() -> None:
                 summary["untyped"].append(f"{type(exc).__name__}: {exc}")  # typed, but not expected here
             except Exception as exc:  # noqa: BLE001 - the test fails on any
                 summary["untyped"].append(f"{type(exc).__name__}: {exc}")
+        # every other worker's writes are visible here (they acknowledged some before the restart the test waits
+        # for): one lexical search per other worker, for its own words
+        for other in ("1", "2", "3"):
+            if other != worker:
+                hits = retry(cube.search, f"worker {other} fact", k=10, mode="lexical")
+                if any(h.item.id.startswith(f"w{other}-") for h in hits):
+                    summary["saw_workers"].append(other)
     finally:
         try:
             cube.close()

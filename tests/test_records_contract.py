@@ -476,3 +476,12 @@ def test_contents_with_a_metadata_value_and_pending_vectors(store: RecordStore) 
     store.mark_vectors_applied([ra])
     store.flush()
     assert store.filtered_vectors(everything, 10, pending_only=True)[0] == [rb]
+
+
+def test_lexical_search_survives_a_cube_that_grew_since_its_statistics(store: RecordStore) -> None:
+    everything = store.compile_filter(SearchFilter(), ALL_LIVE, 0.0)
+    add(store, "alpha one")
+    assert len(store.lexical('"alpha"', everything, 5)) == 1  # statistics taken now (one row)
+    for i in range(6):  # other workers write; a term first searched now matches more rows than were counted
+        add(store, f"zephyr {i} again")
+    assert len(store.lexical('"zephyr"', everything, 10)) == 6

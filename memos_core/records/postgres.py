@@ -937,11 +937,12 @@ class PostgresRecordStore(RecordStore):
                         break
                     keep.append(lx)
                     used += dfs[lx]
-            n = max(n_docs, 1)
+            # the row count is refreshed every 30 s while document counts are fresher: never below them
+            n = max(n_docs, max(dfs.values(), default=0), 1)
             terms_sql: list[str] = []
             params: list[Any] = []
             for lx in keep:
-                idf = max(math.log((n - dfs[lx] + 0.5) / (dfs[lx] + 0.5)), 1e-6)
+                idf = max(math.log(max((n - dfs[lx] + 0.5) / (dfs[lx] + 0.5), 1e-12)), 1e-6)
                 # tf of the lexeme in the row, recovered exactly from ts_rank: with every position at weight D
                 # (0.1), ts_rank of a one-lexeme query is 0.1 * H2(tf) / zeta(2), H2(n) = sum_{i<=n} 1/i^2, and
                 # 1 / (zeta(2) - H2(n)) - 1/2 rounds to n: exact for every tf a tsvector holds (1..255; 0 when absent)
