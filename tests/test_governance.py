@@ -48,6 +48,9 @@ from memos_core.governance import (
 from memos_core.governance import redaction as red
 from memos_core.governance.audit import verify_rows
 
+# every test here also runs on PostgreSQL + a Chroma server (tests about the SQLite file are sqlite_only)
+pytestmark = pytest.mark.records_backends
+
 S = LifecycleState
 class Clock:
     def __init__(self) -> None:
@@ -78,11 +81,15 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def make(base: Path, clock: Clock) -> Iterator[Callable[..., MemCube]]:
+def make(base: Path, clock: Clock, store_for: Any, chroma_url: str | None) -> Iterator[Callable[..., MemCube]]:
     opened: list[MemCube] = []
 
     def _make(name: str = "cube", actor: str = "local", **kw: Any) -> MemCube:
-        cube = MemCube(base / name, embedder=emb32, clock=clock, actor=actor, **kw)
+        target = store_for(base / name)  # the folder, or (records_backends) a PostgreSQL cube + Chroma server
+        if target != base / name:
+            kw.setdefault("workdir", base / name)
+            kw.setdefault("chroma_url", chroma_url)
+        cube = MemCube(target, embedder=emb32, clock=clock, actor=actor, **kw)
         opened.append(cube)
         return cube
 
@@ -103,8 +110,7 @@ def acl(cube: MemCube) -> dict[str, str]:
 
 
 def owner_of(cube: MemCube) -> str:
-    with cube.records._lock:
-        return cube.records._conn.execute("SELECT principal FROM gov_acl WHERE role='owner' LIMIT 1").fetchone()[0]
+    return next(g[0] for g in cube.records.grants() if g[2] == "owner")
 
 
 # ============================================================================ principals, roles, sharing
@@ -323,7 +329,7 @@ def test_acl_lives_in_the_cube_and_is_seen_by_every_handle(make: Callable[..., M
     cube = make("shared", actor="olga")
     item = cube.add("team note")
     cube.share("bob", "writer")
-    bob = MemCube(base / "shared", embedder=emb32, clock=clock, actor="bob")  # another handle (process)
+    bob = make("shared", actor="bob")  # another handle (process)
     try:
         assert bob.get(item.id).content == "team note"
         cube.revoke("bob")  # takes effect at once in the other handle
@@ -334,7 +340,7 @@ def test_acl_lives_in_the_cube_and_is_seen_by_every_handle(make: Callable[..., M
     finally:
         bob.close()
     cube.close()
-    again = MemCube(base / "shared", embedder=emb32, clock=clock, actor="olga")
+    again = make("shared", actor="olga")
     try:
         assert {g.principal for g in again.governance.members()} == {"olga"}
     finally:
@@ -461,6 +467,7 @@ FAILURES: dict[str, tuple[Callable[[MemCube, dict[str, str]], Any], type[Excepti
 }
 
 
+@pytest.mark.sqlite_only  # inspects or tampers with the SQLite file itself
 @pytest.mark.parametrize("name", list(FAILURES))
 def test_a_failed_write_is_one_audit_record_and_changes_nothing_else(make: Callable[..., MemCube], base: Path,
                                                                      name: str) -> None:
@@ -541,6 +548,7 @@ def test_refusals_stay_one_record_and_unknown_ids_stay_indistinguishable(make: C
     assert cube.governance.verify().ok
 
 
+@pytest.mark.sqlite_only  # inspects or tampers with the SQLite file itself
 def test_an_unexpected_error_is_recorded_as_error_and_rolled_back(make: Callable[..., MemCube],
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     cube, ids = _failing_setup(make)
@@ -593,6 +601,7 @@ def test_expiry_records_an_item_it_had_to_skip(make: Callable[..., MemCube], clo
     assert cube.get(it.id).state == S.FROZEN and cube.governance.verify().ok
 
 
+@pytest.mark.sqlite_only  # inspects or tampers with the SQLite file itself
 def test_a_successful_write_is_still_one_transaction(make: Callable[..., MemCube]) -> None:
     cube = make()
     item = cube.add("warm up")
@@ -657,6 +666,7 @@ def _tamper(db: Path, kind: str) -> None:
     conn.close()
 
 
+@pytest.mark.sqlite_only  # inspects or tampers with the SQLite file itself
 @pytest.mark.parametrize("kind, seq, what", [
     ("edit", 4, "edited"), ("edit_detail", 3, "edited"), ("delete", 5, "deleted"), ("delete_tail", 8, "deleted"),
     ("insert", 4, "inserted"), ("reorder", 4, "reordered"),
@@ -686,6 +696,7 @@ def test_audit_verify_detects_and_locates_tampering(make: Callable[..., MemCube]
     assert "TAMPERED" in out and f"seq {seq}: {what}" in out
 
 
+@pytest.mark.sqlite_only  # inspects or tampers with the SQLite file itself
 def test_appends_after_a_deleted_tail_still_show_the_gap(make: Callable[..., MemCube], base: Path,
                                                          clock: Clock) -> None:
     cube = make("tail", actor="olga")
@@ -703,6 +714,7 @@ def test_appends_after_a_deleted_tail_still_show_the_gap(make: Callable[..., Mem
         again.close()
 
 
+@pytest.mark.sqlite_only  # inspects or tampers with the SQLite file itself
 def test_an_anchor_catches_a_fully_rewritten_chain(make: Callable[..., MemCube], base: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     from memos_core.records.sqlite import GENESIS_HASH, event_hash
@@ -1000,6 +1012,7 @@ def _traces(folder: Path) -> list[tuple[str, bytes]]:
     return hits
 
 
+@pytest.mark.sqlite_only  # inspects or tampers with the SQLite file itself
 def test_forget_leaves_no_trace_in_sqlite_wal_chroma_or_the_lexical_index(make: Callable[..., MemCube],
                                                                           base: Path) -> None:
     cube = make("f", actor="olga")
