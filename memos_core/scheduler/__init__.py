@@ -12,7 +12,8 @@
   - :class:`DemoteCold`: activated memories with no hit for ``cold_after`` are archived.
   - :class:`RefreshStale`: caches whose source memories changed or were forgotten are rebuilt or dropped; an
     adapter of a :class:`RetrainableTarget` whose sources changed is retrained.
-* **Jobs** persist in ``scheduler.sqlite3`` in the cube folder: a job taken by a worker that dies is taken
+* **Jobs** persist in ``scheduler.sqlite3`` in the cube folder (for a cube on PostgreSQL: the worker's own
+  ``workdir``, beside its KV caches; ``memos_core.records.scheduler_state``): a job taken by a worker that dies is taken
   again after restart (nothing is lost). A failing job is retried at later steps up to ``max_attempts``, then
   kept as ``failed`` with its error. Run synchronously with :meth:`MemScheduler.step` (tests, cron) or as a
   bounded background worker (:meth:`MemScheduler.start` / :meth:`MemScheduler.stop`).
