@@ -25,8 +25,8 @@ Design points a user can rely on:
   lexeme, lexeme counts per row, average row length), with the same per-query work budget as the SQLite
   backend (above it only the rarest query terms are kept).
 * **Embeddings** are ``bytea`` (float32), scored exactly by the cube; pgvector is not needed.
-* **Unavailability**: a lost connection, a server restart, a pool timeout raise ``BackendUnavailable``; the
-  pool checks connections before use, so the next call after the server is back succeeds.
+* **Unavailability**: a lost connection, a server restart, a pool timeout raise ``BackendUnavailable``; after
+  a failure the pool drops its broken connections, so the next call after the server is back succeeds.
 * **Erasure** deletes (forget) or blanks (purge) the live rows in one transaction, then VACUUMs the tables so
   dead tuples are reclaimed; what PostgreSQL's WAL and backups keep is explained in the README.
 """
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import re
 import threading
@@ -51,6 +52,8 @@ from .base import GENESIS_HASH, CompiledFilter, IndexRow, RecordStore, canonical
 from .sqlite import SQLiteRecordStore
 
 __all__ = ["PostgresRecordStore", "PG_SCHEMA_VERSION", "parse_postgres_url", "schema_name"]
+
+_log = logging.getLogger(__name__)
 
 #: Schema versions: 1 = tables; 2 = the lexical index (generated tsvector column + GIN index).
 PG_SCHEMA_VERSION = 2
@@ -230,7 +233,7 @@ class PostgresRecordStore(RecordStore):
 
         self._pool = psycopg_pool.ConnectionPool(
             conninfo, min_size=1, max_size=max(1, pool_size), open=False, configure=configure,
-            check=psycopg_pool.ConnectionPool.check_connection, timeout=connect_timeout,
+            timeout=connect_timeout,
             kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout))},
             name=f"memos-{self.schema}",
         )
@@ -258,6 +261,13 @@ class PostgresRecordStore(RecordStore):
             raise Conflict(f"concurrent writers collided on cube {self.cube!r} ({type(exc).__name__}); "
                            "retry the operation") from exc
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            # Connections are not checked on every borrow (that would double the round trips of every call):
+            # after a failure, drop every idle connection that is broken, so one call sees the outage, not one
+            # per pooled connection.
+            try:
+                self._pool.check()
+            except Exception:  # noqa: BLE001 - the server may still be down; the next borrow reconnects
+                pass
             raise BackendUnavailable(f"PostgreSQL at {self.url} is unavailable: {exc}".strip()) from exc
         except Exception as exc:
             import psycopg_pool
@@ -1164,10 +1174,15 @@ class PostgresRecordStore(RecordStore):
         segments and base backups still hold the content until they are recycled: see the README."""
         if self._closed:
             return
-        self.flush()
-        with self._guard(), self._pool.connection() as conn:
-            for table in ("items", "versions", "transitions", "embeddings", "vec_pending"):
-                conn.execute(self._sql.SQL("VACUUM {}").format(self._sql.Identifier(self.schema, table)))
+        # Best effort, after the erasure committed: if the server is unreachable now, autovacuum reclaims the
+        # dead tuples later; the forget itself succeeded and must not be reported as failed.
+        try:
+            self.flush()
+            with self._guard(), self._pool.connection() as conn:
+                for table in ("items", "versions", "transitions", "embeddings", "vec_pending"):
+                    conn.execute(self._sql.SQL("VACUUM {}").format(self._sql.Identifier(self.schema, table)))
+        except BackendUnavailable as exc:
+            _log.warning("VACUUM after an erasure skipped (%s); autovacuum will reclaim the dead tuples", exc)
 
     def drop_schema(self) -> None:
         """Delete this cube's schema and everything in it (tests, ``memos migrate`` targets); irreversible."""
