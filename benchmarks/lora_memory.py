@@ -525,10 +525,10 @@ def bench_pretrained(workdir: Path, quick: bool, log: Any, spec: str, lrs: tuple
     before = measure(model)
     manager = AdapterManager(model, tokenizer, store=workdir / "pretrained-store")
     runs = []
-    for lr in lrs:
+    for run_no, lr in enumerate(lrs, start=1):
         cfg = TrainingConfig(max_steps=40 if quick else 120, learning_rate=lr, rank=16, alpha=32, batch_size=8,
                              progress=False, seed=0, evaluate=False)
-        name = f"new-facts-lr{lr:g}"
+        name = f"new-facts-{run_no}"
         t0 = time.perf_counter()
         rec = manager.train(items, name, config=cfg)
         train_s = time.perf_counter() - t0
