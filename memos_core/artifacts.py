@@ -32,6 +32,8 @@ torch is imported inside functions only.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import hashlib
 import json
 import math
@@ -691,20 +693,24 @@ class ArtifactStore(Protocol):
         """Delete every stale artefact; their ids."""
 
 
-class ArtifactStoreMixin:
-    """The derived verbs of :class:`ArtifactStore`, from ``artifact_ids``, ``artifact_sources`` and ``remove``."""
+class ArtifactStoreMixin(ABC):
+    """The derived verbs of :class:`ArtifactStore`, from ``artifact_ids``, ``artifact_sources`` and ``remove``
+    (which each store implements)."""
 
     kind: str = "artifact"
     lookup: ItemLookup | None = None
 
-    def artifact_ids(self) -> list[str]:  # pragma: no cover - implemented by the stores
-        raise NotImplementedError
+    @abstractmethod
+    def artifact_ids(self) -> list[str]:
+        """Every stored artefact's id."""
 
-    def artifact_sources(self, artifact_id: str) -> list[SourceRef]:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def artifact_sources(self, artifact_id: str) -> list[SourceRef]:
+        """The memory versions the artefact was built from."""
 
-    def remove(self, artifact_id: str) -> bool:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def remove(self, artifact_id: str) -> bool:
+        """Delete one artefact; whether it existed."""
 
     def _readable(self) -> list[tuple[str, list[SourceRef]]]:
         from .errors import CorruptData, NotFound
