@@ -417,8 +417,12 @@ class PostgresRecordStore(RecordStore):
     _row_to_item = staticmethod(SQLiteRecordStore._row_to_item)
 
     def get(self, item_id: str) -> MemoryItem | None:
+        # Inside this thread's write transaction the row is read FOR UPDATE: a writer that re-checks the state
+        # it read earlier (MemCube.update) waits for a concurrent writer's commit, sees its change, and holds
+        # the row until it commits, so no state change lands between its check and its write.
+        lock = " FOR UPDATE" if self.in_transaction() else ""
         with self._conn() as conn:
-            row = conn.execute(f"SELECT {_ITEM_COLS} FROM items WHERE id=%s", (item_id,)).fetchone()
+            row = conn.execute(f"SELECT {_ITEM_COLS} FROM items WHERE id=%s{lock}", (item_id,)).fetchone()
         return None if row is None else self._row_to_item(row)
 
     def get_many(self, ids: Sequence[str]) -> dict[str, MemoryItem]:
