@@ -49,6 +49,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .log import get_logger
 from .cube import MANIFEST, MemCube, SearchMode
+from .cube import _workdir as _store_workdir
+from .records.migrate import is_store_url
 from .embedding import resolve_embedder
 from .errors import Conflict, CubeClosed, MemOSError, NotFound, PermissionDenied, UserRequired, ValidationError
 from .items import (
@@ -178,18 +180,23 @@ class UserRule:
 
 
 class MemoryArgumentError(ValidationError, TypeError):
-    """An adapter was given something that is not a MemOS, a view of one, a MemCube or a folder path."""
+    """An adapter was given something that is not a MemOS, a view of one, a MemCube, a folder path or a store URL
+    (or a store URL with no vector index known)."""
 
 
-def resolve_memory(memory: Any, *, embedder: Any = None, adapter: str = "this adapter") -> "MemOS":
+def resolve_memory(memory: Any, *, embedder: Any = None, adapter: str = "this adapter",
+                   index: str | None = None) -> "MemOS":
     """The one constructor rule of every adapter class: what it may be given, as a :class:`MemOS`.
 
     * a :class:`MemOS`, or a view of one (:meth:`MemOS.for_user`, :meth:`MemOS.as_principal`): itself;
     * a :class:`MemCube`: :meth:`MemOS.over_cube` (a MemOS over that cube only; the cube stays the caller's);
     * a folder path: a folder holding a cube (its manifest) is opened as that cube (:meth:`MemOS.over_cube`),
-      any other folder as a MemOS data folder (one sub-folder per cube, ``default`` created when missing).
+      any other folder as a MemOS data folder (one sub-folder per cube, ``default`` created when missing);
+    * a store URL (``"postgresql://user@host/db?cube=NAME"``): ``MemOS(url, index=...)`` with the Chroma server
+      given as ``index`` or, when not given, ``$MEMOS_INDEX`` (as the CLI's ``--index``); with neither,
+      :class:`MemoryArgumentError` says so (no connection is made).
 
-    ``embedder`` is used only when a folder is opened here. Anything else raises
+    ``embedder`` is used only when a folder or URL is opened here. Anything else raises
     :class:`MemoryArgumentError` (a ``ValidationError`` and a ``TypeError``) at once, so a wrong argument fails
     when the adapter is built, not on its first call.
     """
@@ -197,14 +204,22 @@ def resolve_memory(memory: Any, *, embedder: Any = None, adapter: str = "this ad
         return memory
     if isinstance(memory, MemCube):
         return MemOS.over_cube(memory)
+    if is_store_url(memory):
+        index = index or os.environ.get("MEMOS_INDEX") or None
+        if index is None:
+            raise MemoryArgumentError(
+                f"{adapter} was given a store URL but no vector index: a cube on PostgreSQL shares its vectors "
+                "through a Chroma server; set $MEMOS_INDEX=http://host:port (or 'embedded' for a single process), "
+                "or pass MemOS(url, index='http://host:port')")
+        return MemOS(memory, embedder=embedder, index=index)
     if isinstance(memory, (str, os.PathLike)) and str(memory).strip():
         folder = Path(memory)
         if (folder / MANIFEST).is_file():
             return MemOS.over_cube(folder, embedder=embedder)
         return MemOS(folder, embedder=embedder)
     raise MemoryArgumentError(
-        f"{adapter} takes a MemOS (or a view of one: mem.for_user(...), mem.as_principal(...)), a MemCube or a "
-        f"folder path; got {type(memory).__name__}")
+        f"{adapter} takes a MemOS (or a view of one: mem.for_user(...), mem.as_principal(...)), a MemCube, a "
+        f"folder path or a postgresql:// URL; got {type(memory).__name__}")
 
 
 def hit_metadata(hit: SearchHit) -> dict[str, Any]:
@@ -378,7 +393,12 @@ class MemOS:
     Parameters
     ----------
     path:
-        Folder holding one sub-folder per cube (created when missing).
+        Folder holding one sub-folder per cube (created when missing). Or a store URL
+        (``"postgresql://user@host/db?cube=NAME"``), as for :class:`MemCube`: the default cube's records then
+        live in PostgreSQL and ``index="http://host:port"`` (a Chroma server; ``"embedded"`` for a single
+        process) is required; ``workdir=`` is this process's local folder (default: one under
+        ``~/.cache/memos/stores``), holding the cube's local artefacts in ``workdir/default`` and any folder
+        cubes made by :meth:`create_cube`.
     embedder:
         ``None`` for the offline default, or any LangChain ``Embeddings``, LlamaIndex ``BaseEmbedding`` or
         callable; shared by every cube this object opens.
@@ -400,7 +420,13 @@ class MemOS:
                  context_turns: int = 1, **cube_options: Any) -> None:
         if not isinstance(principal, str) or not principal.strip():
             raise ValidationError("principal must be a non-empty string")
-        self.path = Path(path)
+        #: the default cube's store URL when its records live on a server (``MemOS("postgresql://...")``)
+        self.store_url: str | None = str(path) if is_store_url(path) else None
+        workdir = cube_options.pop("workdir", None)
+        if workdir is not None and self.store_url is None:
+            raise ValidationError("workdir= is the local folder of a MemOS opened by a store URL "
+                                  "(postgresql://...); for a data folder pass it as path")
+        self.path = Path(path) if self.store_url is None else _store_workdir(self.store_url, workdir)
         self.principal = principal
         self.tokenizer = tokenizer
         self._clock = clock or utcnow
@@ -430,8 +456,14 @@ class MemOS:
             if isinstance(only, MemCube):
                 self._cubes[self.default_cube] = only  # the caller's object, left open by close()
                 return
-            self._open(self.path / self.default_cube, self.default_cube,
-                       create=not (self.path / self.default_cube / MANIFEST).is_file())
+            if self.store_url is not None:  # records in PostgreSQL, local artefacts in path/<default cube>
+                self._cubes[self.default_cube] = MemCube(
+                    self.store_url, embedder=self.embedder, name=self.default_cube, clock=self._clock,
+                    actor=self.principal, workdir=self.path / self.default_cube, **self._cube_options)
+                self._owned.add(self.default_cube)
+            else:
+                self._open(self.path / self.default_cube, self.default_cube,
+                           create=not (self.path / self.default_cube / MANIFEST).is_file())
             if only is not None:
                 return
             for sub in sorted(p for p in self.path.iterdir() if (p / MANIFEST).is_file()):
