@@ -19,12 +19,33 @@ built) and fails closed: it reads and writes only for a known user (a user-bound
 otherwise, unless built with ``single_user=True``.
 """
 
-from .history import MemOSChatMessageHistory
-from .middleware import MemOSMiddleware
-from .retriever import MemOSRetriever
-from .store import DEFAULT_SCOPE_TEMPLATES, InvalidStoreValue, MemOSStore
-from .tools import MemoryToolkit, create_memory_tools
-from .vectorstore import MemOSVectorStore
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # type checkers and IDEs see the names; at run time each loads on first access
+    from .history import MemOSChatMessageHistory
+    from .middleware import MemOSMiddleware
+    from .retriever import MemOSRetriever
+    from .store import DEFAULT_SCOPE_TEMPLATES, InvalidStoreValue, MemOSStore
+    from .tools import MemoryToolkit, create_memory_tools
+    from .vectorstore import MemOSVectorStore
+
+# Public name -> submodule. Loading lazily (PEP 562) keeps ``import memos_langchain`` and the core's lazy
+# conversion registry (which imports ``memos_langchain._convert``) from pulling in ``langchain.agents``,
+# ``langgraph`` and the rest before they are used.
+_LAZY = {
+    "MemOSChatMessageHistory": "history",
+    "MemOSMiddleware": "middleware",
+    "MemOSRetriever": "retriever",
+    "DEFAULT_SCOPE_TEMPLATES": "store",
+    "InvalidStoreValue": "store",
+    "MemOSStore": "store",
+    "MemoryToolkit": "tools",
+    "create_memory_tools": "tools",
+    "MemOSVectorStore": "vectorstore",
+}
 
 __all__ = [
     "MemOSStore",
@@ -37,3 +58,16 @@ __all__ = [
     "MemOSChatMessageHistory",
     "MemOSVectorStore",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # cache: later lookups skip this hook
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

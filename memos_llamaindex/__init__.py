@@ -24,11 +24,29 @@ Quick start::
     engine = SimpleChatEngine.from_defaults(llm=llm, memory=memory)
 """
 
-from ._common import register_memos
-from .block import MemOSMemoryBlock
-from .memory import MemOSMemory
-from .retriever import MemOSRetriever, hit_to_node
-from .tools import MemOSToolSpec
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # type checkers and IDEs see the names; at run time each loads on first access
+    from ._common import register_memos
+    from .block import MemOSMemoryBlock
+    from .memory import MemOSMemory
+    from .retriever import MemOSRetriever, hit_to_node
+    from .tools import MemOSToolSpec
+
+# Public name -> submodule. Loading lazily (PEP 562) keeps ``import memos_llamaindex`` and the core's lazy
+# conversion registry (which imports ``memos_llamaindex._convert``) from pulling in agents, tools and chat
+# engines before they are used.
+_LAZY = {
+    "register_memos": "_common",
+    "MemOSMemoryBlock": "block",
+    "MemOSMemory": "memory",
+    "MemOSRetriever": "retriever",
+    "hit_to_node": "retriever",
+    "MemOSToolSpec": "tools",
+}
 
 __all__ = [
     "MemOSMemory",
@@ -38,3 +56,16 @@ __all__ = [
     "hit_to_node",
     "register_memos",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # cache: later lookups skip this hook
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

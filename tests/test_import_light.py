@@ -85,3 +85,51 @@ def test_opening_a_cube_leaves_the_vector_index_closed_until_needed(tmp_path) ->
         cube.close()
     """)
     assert "chromadb" in loaded
+
+
+def test_framework_conversions_load_no_adapter_classes() -> None:
+    """The core's lazy conversion registry imports ``memos_langchain._convert`` / ``memos_llamaindex._convert``;
+    the packages' ``__init__`` loads its classes on first access (PEP 562), so converting a framework embedder
+    pulls in neither ``langchain.agents`` / ``langgraph`` nor any adapter module besides the conversions
+    (``llama_index.core`` itself loads its own engines; that is the framework's share)."""
+    probe = textwrap.dedent("""
+        import json, sys
+        from langchain_core.embeddings import FakeEmbeddings
+        from llama_index.core.embeddings import MockEmbedding
+        from memos_core.embedding import resolve_embedder
+        assert resolve_embedder(FakeEmbeddings(size=4)).embed_query("q").shape == (4,)
+        assert resolve_embedder(MockEmbedding(embed_dim=3)).embed_query("q").shape == (3,)
+        converted = sorted(m for m in ("memos_langchain._convert", "memos_llamaindex._convert") if m in sys.modules)
+        heavy = sorted(m for m in sys.modules if m == "langchain.agents" or m.split(".")[0] == "langgraph"
+                       or m.split(".")[0] in ("memos_langchain", "memos_llamaindex") and "." in m
+                       and m.split(".")[1] != "_convert")
+        import memos_langchain, memos_llamaindex
+        names = [n for pkg in (memos_langchain, memos_llamaindex) for n in pkg.__all__ if n not in dir(pkg)]
+        print(json.dumps([converted, heavy, names]))
+    """)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    converted, heavy, missing_from_dir = json.loads(out.stdout.strip().splitlines()[-1])
+    assert converted == ["memos_langchain._convert", "memos_llamaindex._convert"]
+    assert heavy == []
+    assert missing_from_dir == []
+
+
+def test_adapter_packages_expose_every_public_name_on_access() -> None:
+    loaded = _loaded_after("""
+        import memos_langchain, memos_llamaindex
+        from memos_langchain import *  # noqa: F403
+        from memos_llamaindex import *  # noqa: F403
+        for pkg in (memos_langchain, memos_llamaindex):
+            for name in pkg.__all__:
+                value = getattr(pkg, name)
+                assert name == "DEFAULT_SCOPE_TEMPLATES" or value.__module__.startswith(pkg.__name__ + ".")
+            try:
+                pkg.no_such_name
+            except AttributeError:
+                pass
+            else:
+                raise AssertionError("unknown attribute did not raise")
+        assert MemOSStore is memos_langchain.store.MemOSStore and MemOSMemory is memos_llamaindex.memory.MemOSMemory
+    """)
+    assert {"langchain_core", "llama_index"} <= loaded
