@@ -130,6 +130,31 @@ def test_bench_runs_on_the_shared_dataset_format(tmp_path) -> None:
     _check_block(rep)
 
 
+def test_benchmarks_share_one_ingest(tmp_path) -> None:
+    """Retrieval and QA benchmarks ingest a conversation the same way (one function): one memory per non-blank
+    turn, the turn id in provenance, the turn's own date else the session's as event time, in the user scope."""
+    from memos_core.bench import qa as bench_qa
+    from memos_core.cube import MemCube
+    from memos_core.items import to_utc
+
+    assert bench_qa.ingest_conversation is retrieval.ingest_conversation
+    with MemCube(tmp_path / "c", embedder=hashed_embed) as cube:
+        turns = [retrieval.ingest_conversation(cube, conv, f"u{i}") for i, conv in enumerate(DATASET["conversations"])]
+        assert [[t.id for t in ts] for ts in turns] == [
+            ["D1:1", "D1:2", "D1:3", "D1:4", "D2:1", "D2:2", "D2:3"], ["E1:1", "E1:2", "E1:3"]]  # E1:4 is blank
+        items = {it.provenance.source_ids[0]: it for it in cube.list(limit=100)}
+        assert sorted(items) == sorted(t.id for ts in turns for t in ts)
+        assert items["D1:1"].content == "Ann: I adopted a greyhound called Biscuit yesterday!"
+        assert items["D1:2"].event_time == to_utc("2023-05-08 13:56")  # the session's date
+        assert items["D2:3"].event_time == to_utc("2023-06-02 09:30")  # the turn's own date
+        assert {it.provenance.session_id for it in items.values()} == {"s1", "s2"}
+        hits = cube.search("greyhound", user_id="u1", k=10)  # each conversation went to its own scope only
+        assert hits and {h.item.provenance.source_ids[0][0] for h in hits} == {"E"}
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(DATASET))
+    assert retrieval.run(path, embedder=hashed_embed, modes=("lexical",))["turns"] == 10  # what was ingested
+
+
 # ---------------------------------------------------------------------------------------------- memos bench qa
 import re  # noqa: E402
 import sys  # noqa: E402

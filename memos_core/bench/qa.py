@@ -51,8 +51,8 @@ from typing import Any, Callable, Iterable, Sequence
 from ..cube import MemCube, RetrievalConfig
 from ..errors import ValidationError
 from ..items import MemoryItem
-from ..reader.offline import OfflineReader, Turn
-from .retrieval import _time, load_dataset
+from ..reader.offline import Turn
+from .retrieval import ingest_conversation, load_dataset  # the one ingest the benchmarks share
 
 __all__ = [
     "MODES",
@@ -392,22 +392,6 @@ def load_object(spec: str, *, what: str) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- the run
-def ingest_conversation(cube: MemCube, conv: dict[str, Any], scope: str,
-                        reader: OfflineReader | None = None) -> list[Turn]:
-    """Ingest ``conv`` session by session into ``scope`` exactly as the retrieval benchmark does (offline
-    reader, session or turn date as event time, turn ids in provenance); returns the turns."""
-    reader = reader or OfflineReader()
-    history: list[Turn] = []
-    for sess in conv["sessions"]:
-        turns = [Turn(text=t["text"], speaker=t.get("speaker"), id=str(t["id"]),
-                      time=_time(t.get("date") or sess.get("date")), session_id=str(sess.get("id")))
-                 for t in sess["turns"] if str(t.get("text", "")).strip()]
-        specs = reader.read(turns, history=history)
-        history.extend(turns)
-        cube.add_many(specs, user_id=scope)
-    return history
-
-
 def transcript(turns: Sequence[Turn]) -> list[MemoryItem]:
     """The conversation as mode (d) shows it: one dated ``Speaker: text`` line per turn."""
     out = []

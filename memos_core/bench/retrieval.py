@@ -75,11 +75,16 @@ def scope_of(index: int, conv: dict[str, Any]) -> str:
     return f"bench-{index}-{conv.get('id', index)}"
 
 
-def ingest_conversation(cube: MemCube, conv: dict[str, Any], scope: str, reader: OfflineReader) -> int:
+def ingest_conversation(cube: MemCube, conv: dict[str, Any], scope: str,
+                        reader: OfflineReader | None = None) -> list[Turn]:
     """Add a conversation's turns to ``cube`` in ``scope``, session by session, as the offline reader makes
-    them (turn id in provenance, session date as event time). Returns the number of memories added."""
+    them (one memory per non-blank turn: turn id in provenance, the turn's or else the session's date as event
+    time, earlier turns as reading context). Returns the turns, in order.
+
+    The one ingest every benchmark shares (retrieval, ``bench.qa``, ``benchmarks/tune_fusion.py``), so their
+    figures describe the same memories."""
+    reader = reader or OfflineReader()
     history: list[Turn] = []
-    n = 0
     for sess in conv["sessions"]:
         turns = [Turn(text=t["text"], speaker=t.get("speaker"), id=str(t["id"]),
                       time=_time(t.get("date") or sess.get("date")), session_id=str(sess.get("id")))
@@ -87,8 +92,7 @@ def ingest_conversation(cube: MemCube, conv: dict[str, Any], scope: str, reader:
         specs = reader.read(turns, history=history)
         history.extend(turns)
         cube.add_many(specs, user_id=scope)
-        n += len(specs)
-    return n
+    return history
 
 
 def run(path: str | Path, *, workdir: str | Path | None = None, embedder: Any = None,
@@ -116,7 +120,7 @@ def run(path: str | Path, *, workdir: str | Path | None = None, embedder: Any = 
         for ci, conv in enumerate(convs):
             scope = scope_of(ci, conv)
             t0 = time.perf_counter()
-            n = ingest_conversation(cube, conv, scope, reader)
+            n = len(ingest_conversation(cube, conv, scope, reader))
             n_turns += n
             ingest_s += time.perf_counter() - t0
             if progress:
