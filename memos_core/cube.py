@@ -1350,17 +1350,26 @@ class MemCube:
         score of every one (from its stored embedding, whichever retriever found it: fused scores then do not
         depend on the ANN's float rounding), BM25 where the lexical leg found it, and the memory's text."""
         lexical = dict(ranked["lexical"])
+        complete = len(lexical) < n_cand
         keys = sorted({r for r, _ in ranked["dense"]} | set(lexical))
-        dense = dict(self._exact_dense(qvec, keys, len(keys))) or dict(ranked["dense"])
+        dense = dict(self._exact_dense(qvec, keys, len(keys)))
+        if dense:
+            # A candidate whose stored embedding is gone was erased after a leg found it (a forget by another
+            # handle or worker in between): it is no longer a memory, so it is not a candidate either.
+            keys = [key for key in keys if key in dense]
+            lexical = {key: v for key, v in lexical.items() if key in dense}
+        else:
+            dense = dict(ranked["dense"])
         texts: dict[int, str] = {}
         weights: dict[int, float] = {}
         for r, (c, w) in self.records.contents_with(keys, "recall_weight").items():
             texts[r] = c or ""
             if isinstance(w, (int, float)) and not isinstance(w, bool):
                 weights[r] = float(w)
-        return Candidates(keys=keys, dense=dense, lexical=lexical, lexical_complete=len(lexical) < n_cand,
-                          texts=texts, dense_ranks={key: i for i, (key, _) in enumerate(ranked["dense"], 1)},
-                          lexical_ranks={key: i for i, (key, _) in enumerate(ranked["lexical"], 1)},
+        return Candidates(keys=keys, dense=dense, lexical=lexical, lexical_complete=complete,
+                          texts=texts,
+                          dense_ranks={key: i for i, (key, _) in enumerate(ranked["dense"], 1) if key in dense},
+                          lexical_ranks={key: i for i, (key, _) in enumerate(ranked["lexical"], 1) if key in lexical},
                           weights=weights)
 
     def _dense(self, query: str | np.ndarray, f: SearchFilter, states: Sequence[LifecycleState], where: str,

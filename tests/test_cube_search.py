@@ -284,3 +284,21 @@ def test_concurrent_searches_match_serial_ones_and_a_search_under_the_records_lo
             with cube.records._lock:
                 return [(h.item.id, h.score) for h in cube.search(QUERIES[0], k=5, record_usage=False)]
         assert pool.submit(locked_search).result(timeout=60) == serial[QUERIES[0]]
+
+
+def test_a_candidate_erased_between_the_legs_is_dropped_not_a_key_error(facts, monkeypatch) -> None:
+    """Found by the multi-worker test: another worker forgot a memory after the ANN leg found it and before its
+    exact dense score was read; hybrid search raised KeyError('dense'). It is no longer a memory: it is dropped."""
+    cube, ids = facts
+    baseline = cube.search("Where does Ann live?", k=5)
+    gone = baseline[0]
+    gone_rowid, _ = cube._load(gone.item.id)
+    real = cube._exact_dense
+
+    def without_gone(qvec, rowids, n):  # its stored embedding vanished in between (as a forget leaves it)
+        return [(r, sc) for r, sc in real(qvec, rowids, n) if r != gone_rowid]
+
+    monkeypatch.setattr(cube, "_exact_dense", without_gone)
+    hits = cube.search("Where does Ann live?", k=5)
+    assert hits and gone.item.id not in [h.item.id for h in hits]
+    assert all(set(h.ranks) <= set(h.retrievers) for h in hits)
