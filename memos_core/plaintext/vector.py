@@ -275,6 +275,11 @@ class ChromaVectorIndex:
                 self.upsert(ids, vectors, metas)
                 total += len(ids)
         if self.path is not None:
+            # Release Chroma's shared system for this folder first: it still holds the dropped collection's
+            # segment in memory and may write it back to its folder when released, i.e. after the folder was
+            # removed (seen once in a full suite run: an erased vector back in an old segment's .bin). Released
+            # now, nothing can write there after the clean-up; the next call reopens the folder.
+            self.close()
             self._compact_folder()
         return total
 
