@@ -518,17 +518,7 @@ class SQLiteRecordStore(RecordStore):
         return h
 
     def events(self, item_id: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        q = "SELECT seq, at, actor, op, item_id, outcome, detail, prev_hash, hash FROM events"
-        args: list[Any] = []
-        if item_id is not None:
-            q += " WHERE item_id=?"
-            args.append(item_id)
-        q += " ORDER BY seq"
-        if limit is not None:
-            q += " LIMIT ?"
-            args.append(limit)
-        with self._lock:
-            rows = self._conn.execute(q, args).fetchall()
+        rows = self.raw_events(item_id, limit)
         return [dict(seq=r[0], at=_dt(r[1]), actor=r[2], op=r[3], item_id=r[4], outcome=r[5],
                      detail=json.loads(r[6]), prev_hash=r[7], hash=r[8]) for r in rows]
 
