@@ -1,0 +1,228 @@
+"""How the library's own search cost grows with the cube: 10k, 100k and 1,000,000 memories.
+
+    python benchmarks/search_growth.py [--sizes 10000,100000,1000000] [--queries 200] [--json]
+    python benchmarks/search_growth.py --store 'postgresql://user@host/db?cube=growth' --index http://host:8000
+
+Grows ONE cube in steps (10k, then to 100k, then to 1M) and times search at each size. The memories and queries
+are those of ``benchmarks/search_scale.py`` (its template corpus, 50 user scopes); the vectors come from its
+``HashedEmbedder`` (a hashed bag of words, 384 dimensions) so that a million memories ingest in tens of minutes
+on two cores. **The query vector is precomputed**: every query is embedded once before the timed passes and the
+embedder then answers from that table (a dict lookup), so the figures are the library's own search overhead
+(normalising the query, BM25, the ANN query, the SQL filter on candidates, exact re-scoring, fusion, loading
+the items, usage and audit writes) with no embedding in them. Add the embedder's cost per query for a real
+model (all-MiniLM-L6-v2 on CPU: ~8-10 ms here).
+
+Search cost depends on the vector distribution (HNSW's graph walk, how many candidates pass the filter): the
+hashed vectors are sparse-ish bag-of-words vectors of a template corpus, not MiniLM's. Say which when quoting.
+
+Ingest uses a public bulk path of the library: ``MemCube(vector_sync="deferred")`` and ``add_many`` in large
+batches (the records commit each batch; the Chroma upsert runs on a background thread), then
+``cube.repair_index()`` before each measurement, so that no row is still pending (search scores pending rows
+exactly, which would be a different workload) and ``cube.index.count() == N``.
+
+At each size it times, over the same Q queries (after one warm-up pass), wall time and the process's CPU time
+of: ``search(q, k=10)`` (hybrid, unscoped), ``mode="dense"``, ``mode="lexical"`` (BM25) and a search scoped to
+one of the 50 users (``user_id=``). It reports p50/p95 of each and the growth ratios between consecutive sizes
+(p95 at N2 / p95 at N1). With ``--json`` the last stdout line is one JSON object.
+
+Backends: by default SQLite + embedded Chroma in ``--workdir`` (a temp folder if not given). With ``--store
+URL --index URL`` the cube lives in PostgreSQL (a fresh ``?cube=`` name) with a Chroma server. With
+``--workdir`` (SQLite) or a ``--store`` cube that already holds memories from an earlier run of this script
+(same seed), the run resumes: it adds only what is missing for each size (the hashed vectors are reproducible
+because the script runs itself with ``PYTHONHASHSEED=0``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+if os.environ.get("PYTHONHASHSEED") != "0" and __name__ == "__main__":
+    # HashedEmbedder uses hash(word): fix str hashing so vectors are the same in every run (resume, PG vs SQLite)
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "PYTHONHASHSEED": "0"})
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from search_scale import HashedEmbedder, make_memories, make_queries, pct  # noqa: E402
+
+DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
+
+
+class PrecomputedQueries(HashedEmbedder):
+    """The hashed embedder, with query vectors looked up in a table filled before the timed passes.
+
+    ``embed_query`` of a text in the table is a dict lookup; a text not in it is embedded and counted in
+    ``misses`` (the benchmark checks that no timed query missed)."""
+
+    def __init__(self) -> None:
+        self.table: dict[str, np.ndarray] = {}
+        self.misses = 0
+        self.recording = True
+
+    def embed_query(self, text: str) -> np.ndarray:
+        v = self.table.get(text)
+        if v is None:
+            v = super().embed_query(text)
+            if self.recording:
+                self.table[text] = v
+            else:
+                self.misses += 1
+        return v
+
+
+def _time_calls(calls: list[Callable[[], Any]]) -> tuple[list[float], list[float]]:
+    wall, cpu = [], []
+    for fn in calls:
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        fn()
+        wall.append((time.perf_counter() - t0) * 1000.0)
+        cpu.append((time.process_time() - c0) * 1000.0)
+    return wall, cpu
+
+
+def _stats(v: list[float]) -> dict[str, float]:
+    return {"p50_ms": round(pct(v, 0.5), 2), "p95_ms": round(pct(v, 0.95), 2)}
+
+
+def measure(cube: Any, emb: PrecomputedQueries, qs: list[str], users: int) -> dict[str, Any]:
+    """Search timings at the cube's current size (query vectors precomputed)."""
+    emb.recording = True
+    for i, q in enumerate(qs):  # warm-up pass: fills the query table, loads the HNSW index, warms page caches
+        cube.search(q, k=10)
+        cube.search(q, k=10, user_id=f"user-{i % users}")
+    emb.recording = False
+    emb.misses = 0
+    legs = {
+        "hybrid": [lambda q=q: cube.search(q, k=10) for q in qs],
+        "dense_only": [lambda q=q: cube.search(q, k=10, mode="dense") for q in qs],
+        "lexical_only": [lambda q=q: cube.search(q, k=10, mode="lexical") for q in qs],
+        "hybrid_scoped_user": [lambda q=q, i=i: cube.search(q, k=10, user_id=f"user-{i % users}")
+                               for i, q in enumerate(qs)],
+    }
+    out: dict[str, Any] = {}
+    for name, calls in legs.items():
+        wall, cpu = _time_calls(calls)
+        out[name] = {**_stats(wall), "cpu": _stats(cpu)}
+    if emb.misses:
+        raise RuntimeError(f"{emb.misses} timed queries were embedded: the precomputed table missed them")
+    hits = [len(cube.search(q, k=10)) for q in qs[:20]]
+    if min(hits) != 10:
+        raise RuntimeError(f"a query returned fewer than 10 hits: {hits}")
+    return out
+
+
+def run(sizes: list[int], queries: int = 200, batch: int = 2000, workdir: str | None = None, seed: int = 0,
+        store: str | None = None, index: str | None = None, users: int = 50,
+        log: Callable[[str], None] = print) -> dict[str, Any]:
+    from memos_core.cube import MemCube, RetrievalConfig
+
+    sizes = sorted(sizes)
+    emb = PrecomputedQueries()
+    t0 = time.perf_counter()
+    specs = make_memories(sizes[-1], seed, users)
+    qs = make_queries(queries, seed + 1)
+    log(f"generated {len(specs)} memory specs and {len(qs)} queries in {time.perf_counter() - t0:.0f} s")
+    tmp = tempfile.TemporaryDirectory(prefix="memos-growth-") if workdir is None else None
+    root = Path(workdir or tmp.name)  # type: ignore[union-attr]
+    # query_cache=0: the library's own query-vector cache stays out of it; the vectors come from the table above
+    cfg = RetrievalConfig(query_cache=0)
+    if store is not None:
+        cube = MemCube(store, index=index, workdir=root / "local", embedder=emb, retrieval=cfg,
+                       vector_sync="deferred")
+    else:
+        cube = MemCube(root / "cube", embedder=emb, retrieval=cfg, vector_sync="deferred", chroma_url=index)
+    steps: list[dict[str, Any]] = []
+    try:
+        have = cube.count()
+        if have:
+            log(f"resuming: the cube already holds {have} memories")
+        for n in sizes:
+            if have > n:
+                log(f"skipping N={n}: the cube already holds {have}")
+                continue
+            t_add = time.perf_counter()
+            added = 0
+            for s in range(have, n, batch):
+                chunk = specs[s:min(s + batch, n)]
+                cube.add_many(chunk, progress=False)
+                added += len(chunk)
+                if (s // batch) % 25 == 24:
+                    el = time.perf_counter() - t_add
+                    log(f"  {s + len(chunk)}/{n} ({added / el:.0f}/s, {el:.0f} s for this step)")
+            cube.repair_index()  # every deferred vector applied: nothing left for search to score exactly
+            ingest_s = time.perf_counter() - t_add
+            have = cube.count()
+            if have != n or cube.index.count() != n:
+                raise RuntimeError(f"expected {n} memories and vectors, have {have} and {cube.index.count()}")
+            log(f"N={n}: added {added} in {ingest_s:.0f} s ({added / ingest_s if added else 0:.0f}/s incl. the final "
+                f"index sync); timing {len(qs)} queries x 4 modes")
+            step = {"n": n, "added": added, "ingest_s": round(ingest_s, 1),
+                    "ingest_per_s": round(added / ingest_s, 1) if added else None,
+                    "load_avg_1m_before": round(os.getloadavg()[0], 2)}
+            step.update(measure(cube, emb, qs, users))
+            step["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
+            steps.append(step)
+            h = step["hybrid"]
+            log(f"N={n}: hybrid p50 {h['p50_ms']} / p95 {h['p95_ms']} ms (CPU {h['cpu']['p50_ms']} / "
+                f"{h['cpu']['p95_ms']} ms)")
+            for name in ("dense_only", "lexical_only", "hybrid_scoped_user"):
+                v = step[name]
+                log(f"   {name:<20} p50 {v['p50_ms']:>8} / p95 {v['p95_ms']:>8} ms "
+                    f"(CPU {v['cpu']['p50_ms']} / {v['cpu']['p95_ms']} ms)")
+        growth = {}
+        for a, b in zip(steps, steps[1:]):
+            key = f"{a['n']}->{b['n']}"
+            growth[key] = {name: {"p50": round(b[name]["p50_ms"] / max(a[name]["p50_ms"], 1e-9), 2),
+                                  "p95": round(b[name]["p95_ms"] / max(a[name]["p95_ms"], 1e-9), 2),
+                                  "cpu_p95": round(b[name]["cpu"]["p95_ms"] / max(a[name]["cpu"]["p95_ms"], 1e-9), 2)}
+                           for name in ("hybrid", "dense_only", "lexical_only", "hybrid_scoped_user")}
+            log(f"growth {key}: hybrid p50 x{growth[key]['hybrid']['p50']}, p95 x{growth[key]['hybrid']['p95']} "
+                f"(CPU p95 x{growth[key]['hybrid']['cpu_p95']})")
+        return {"steps": steps, "growth": growth, "queries": len(qs), "k": 10, "batch": batch, "seed": seed,
+                "embedder": emb.name, "query_vector": "precomputed (embedding excluded)",
+                "records": cube.records.backend, "vector_index": "chroma-server" if index else "chroma-embedded",
+                "cpu_count": os.cpu_count()}
+    finally:
+        cube.close()
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default=",".join(str(s) for s in DEFAULT_SIZES),
+                   help="comma-separated cube sizes, grown in order (default 10000,100000,1000000)")
+    p.add_argument("--queries", type=int, default=200, help="timed queries per mode and size (default 200)")
+    p.add_argument("--batch", type=int, default=2000, help="add_many batch size (default 2000)")
+    p.add_argument("--workdir", help="keep the cube (and local artefacts) here; resumes a cube built earlier")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--store", help="a postgresql:// URL with ?cube=NAME (default: SQLite in --workdir)")
+    p.add_argument("--index", help="a Chroma server URL (required with --store)")
+    p.add_argument("--json", action="store_true", help="last stdout line: one JSON object with every figure")
+    a = p.parse_args(argv)
+    try:
+        sizes = [int(s) for s in a.sizes.split(",") if s.strip()]
+    except ValueError:
+        p.error("--sizes takes integers separated by commas")
+    if not sizes or min(sizes) < 20 or a.queries < 1 or a.batch < 1:
+        p.error("every size must be at least 20, --queries and --batch at least 1")
+    if a.store and not a.index:
+        p.error("--store needs --index (a Chroma server URL)")
+    os.environ.setdefault("MEMOS_PROGRESS", "0")
+    log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if a.json else (lambda m: print(m, flush=True))
+    rep = run(sizes, a.queries, a.batch, a.workdir, a.seed, a.store, a.index, log=log)
+    if a.json:
+        print(json.dumps(rep, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
