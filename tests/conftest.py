@@ -231,6 +231,34 @@ def open_cube(clock: FakeClock, chroma_url: str | None, store_for: Any) -> Itera
             pass
 
 
+@pytest.fixture
+def open_memos(chroma_url: str | None, store_for: Any) -> Iterator[Any]:
+    """A factory ``open_memos(path, **kw)`` (the adapter suites): a :class:`MemOS` data folder at ``path``, or on
+    the PostgreSQL backend a MemOS over a fresh PostgreSQL cube (the same one each time the test names ``path``)
+    with the session's Chroma server as ``index`` and ``path`` as its local folder. Closed at teardown."""
+    from memos_core.os import MemOS
+
+    opened: list[Any] = []
+
+    def _open(path: Path, **kw: Any) -> Any:
+        target = store_for(path)
+        if target != path:
+            kw.setdefault("index", chroma_url)
+            kw.setdefault("workdir", path)
+        elif chroma_url is not None:
+            kw.setdefault("chroma_url", chroma_url)
+        m = MemOS(target, **kw)
+        opened.append(m)
+        return m
+
+    yield _open
+    for m in opened:
+        try:
+            m.close()
+        except Exception:  # already closed by the test
+            pass
+
+
 @pytest.fixture(scope="session")
 def minilm() -> Any:
     """The real offline default embedder, loaded once for the whole session."""

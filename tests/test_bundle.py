@@ -1,4 +1,9 @@
-"""Bundles: export/import round trips, and every kind of bad bundle refused with nothing created."""
+"""Bundles: export/import round trips, and every kind of bad bundle refused with nothing created.
+
+The module is marked ``records_backends``: every test that uses the ``cube`` fixture runs on a SQLite cube
+(embedded Chroma) and on a PostgreSQL cube (Chroma server), so export, refusals and migration are checked from
+both; imports into PostgreSQL, and the SQLite -> PostgreSQL -> SQLite round trip, have tests of their own.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ import pytest
 from memos_core import CorruptData, MemCube, PermissionDenied, SchemaVersionError, ValidationError
 from memos_core.bundle import Limits, export_cube, import_bundle, migrate_cube, verify_bundle
 
+pytestmark = pytest.mark.records_backends
+
 
 def _emb(texts):
     out = []
@@ -27,8 +34,9 @@ def _emb(texts):
 
 
 @pytest.fixture()
-def cube(tmp_path: Path):
-    c = MemCube(tmp_path / "src", embedder=_emb)
+def cube(tmp_path: Path, open_cube):
+    """The source cube: at ``tmp_path / "src"`` (SQLite), or a PostgreSQL cube whose local folder is there."""
+    c = open_cube(tmp_path / "src", embedder=_emb, clock=None)
     a = c.add("Ann likes green tea", user_id="ann", tags=["drink"], metadata={"n": 1})
     c.update(a.id, "Ann likes jasmine tea", reason="correction")
     b = c.add("Bob plays chess on Sundays", user_id="bob")
@@ -40,8 +48,7 @@ def cube(tmp_path: Path):
     (c.path / "activation" / "cache1.json").write_text('{"k": 1}')
     (c.path / "activation" / "cache1.safetensors").write_bytes(b"\x00" * 64)
     c.ids = {"a": a.id, "b": b.id, "gone": gone.id}  # type: ignore[attr-defined]
-    yield c
-    c.close()
+    return c
 
 
 @pytest.mark.parametrize("ext", ["zip", "tar.gz"])
@@ -200,7 +207,7 @@ def test_migrate_verifies_contents(cube: MemCube, tmp_path: Path) -> None:
         moved.close()
 
 
-
+@pytest.mark.sqlite_only  # about the embedded vector folder
 def test_migrate_embedded_to_server_and_back(cube: MemCube, tmp_path: Path, chroma_server) -> None:
     """A cube moves to a Chroma server backend and back to embedded, verified at each step."""
     items = cube.count(include_deleted=True)
@@ -221,6 +228,7 @@ def test_migrate_embedded_to_server_and_back(cube: MemCube, tmp_path: Path, chro
     finally:
         home.close()
 
+@pytest.mark.sqlite_only  # opens the cube's folder by path
 def test_cli_export_import(cube: MemCube, tmp_path: Path, capsys) -> None:
     from memos_core.cli import main
 
@@ -258,3 +266,84 @@ def test_export_needs_administer(cube: MemCube, tmp_path: Path) -> None:
         export_cube(cube, tmp_path / "b.zip", actor="bob")
     assert not (tmp_path / "b.zip").exists()
     assert cube.events()[-1]["outcome"] == "denied"
+
+
+# ---------------------------------------------------------------------------------------------- PostgreSQL
+def _history(c: MemCube) -> dict[str, tuple]:
+    """Everything a bundle must carry, per item: the item, every version and every transition (as JSON)."""
+    return {it.id: (it.model_dump_json(), [v.model_dump_json() for v in c.records.versions(it.id)],
+                    [t.model_dump_json() for t in c.records.transitions(it.id)])
+            for it in c.records.iter_items()}
+
+
+def _pg_url(pg_server) -> str:
+    from pg_server import fresh_schema_name
+
+    return pg_server.url() + "?cube=" + fresh_schema_name("bnd")
+
+
+@pytest.mark.parametrize("ext", ["zip", "tar.gz"])
+def test_import_into_postgresql_keeps_everything(cube: MemCube, tmp_path: Path, ext: str, pg_server,
+                                                 chroma_server) -> None:
+    """A bundle (from either backend) imported into a new PostgreSQL cube: items, versions, transitions,
+    tombstones, the purged id, artefacts and the audit chain (verbatim, then the import record)."""
+    f = tmp_path / f"bundle.{ext}"
+    manifest = export_cube(cube, f)
+    url = _pg_url(pg_server)
+    with pytest.raises(ValidationError, match="vector index"):  # workers must share the vectors: nothing made
+        import_bundle(f, url, embedder=_emb)
+    new = import_bundle(f, url, embedder=_emb, chroma_url=chroma_server.url)
+    try:
+        assert new.records.backend == "postgresql" and new.cube_id == cube.cube_id
+        assert _history(new) == _history(cube)
+        a = cube.ids["a"]  # type: ignore[attr-defined]
+        assert [h.item.id for h in new.search("jasmine tea")] == [a]
+        assert cube.ids["gone"] not in {h.item.id for h in new.search("secret phone number")}  # type: ignore[attr-defined]
+        assert (new.path / "activation" / "cache1.json").read_text() == '{"k": 1}'
+        src, got = cube.events(), new.events()
+        assert [e["hash"] for e in got[: len(src)]] == [e["hash"] for e in src] and got[-1]["op"] == "import"
+        assert got[-1]["detail"]["source_audit_head"] == manifest["audit_head"]
+        assert new.governance.verify().ok
+        with pytest.raises(ValidationError):  # never into a cube that already holds memories
+            import_bundle(f, url, embedder=_emb, chroma_url=chroma_server.url)
+    finally:
+        new.close()
+
+
+@pytest.mark.sqlite_only  # the source is SQLite by construction; PostgreSQL is the middle of the trip
+def test_round_trip_sqlite_postgresql_sqlite(cube: MemCube, tmp_path: Path, pg_server, chroma_server) -> None:
+    """SQLite -> bundle -> PostgreSQL -> bundle -> SQLite: every item, version and transition arrives unchanged,
+    and the audit chain is one chain that verifies at each stop (the source's rows verbatim, then one import
+    record per hop)."""
+    assert cube.records.backend == "sqlite"
+    before = _history(cube)
+    src_hashes = [e["hash"] for e in cube.events()]
+    export_cube(cube, tmp_path / "1.tar.gz")
+    mid = import_bundle(tmp_path / "1.tar.gz", _pg_url(pg_server), embedder=_emb, chroma_url=chroma_server.url)
+    try:
+        assert mid.records.backend == "postgresql" and _history(mid) == before
+        assert mid.governance.verify().ok
+        mid_events = mid.events()
+        assert [e["hash"] for e in mid_events[: len(src_hashes)]] == src_hashes
+        assert len(mid_events) == len(src_hashes) + 1
+        mid.update(cube.ids["a"], "Ann likes oolong tea", reason="changed her mind")  # type: ignore[attr-defined]
+        after = _history(mid)
+        mid_hashes = [e["hash"] for e in mid.events()]
+        export_cube(mid, tmp_path / "2.zip")
+    finally:
+        mid.close()
+    back = import_bundle(tmp_path / "2.zip", tmp_path / "home", embedder=_emb)
+    try:
+        assert back.records.backend == "sqlite" and _history(back) == after
+        a = cube.ids["a"]  # type: ignore[attr-defined]
+        assert [v.content for v in back.history(a)] == ["Ann likes green tea", "Ann likes jasmine tea",
+                                                         "Ann likes oolong tea"]
+        assert back.get(cube.ids["b"], include_deleted=True).state.value == "deleted"  # type: ignore[attr-defined]
+        assert back.search("oolong tea", k=1)[0].item.id == a
+        assert (back.path / "activation" / "cache1.safetensors").read_bytes() == b"\x00" * 64
+        back_events = back.events()
+        assert [e["hash"] for e in back_events[: len(mid_hashes)]] == mid_hashes
+        assert [e["op"] for e in back_events[len(src_hashes):]].count("import") == 2
+        assert back.governance.verify().ok
+    finally:
+        back.close()
