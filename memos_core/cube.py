@@ -25,7 +25,7 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 import numpy as np
 
 from . import lifecycle
-from .embedding import Embedder, cached_query_vector, peek_query_vector, resolve_embedder
+from .embedding import Embedder, resolve_embedder
 from .log import Progress, get_logger
 from .log import progress as progress_iter
 from .errors import (
@@ -65,8 +65,8 @@ from .items import (
     ttl_seconds,
     utcnow,
 )
-from .plaintext import ChromaVectorIndex, QueryPlan, analyze_query, calibration, entity_matcher, fts_query, rrf
-from .plaintext.fusion import Candidates, fuse
+from .plaintext import ChromaVectorIndex
+from .plaintext.retrieval import Retriever
 from .records import RecordStore, SQLiteRecordStore
 from .records.migrate import MANIFEST_META_KEY, is_store_url, open_record_store
 from .governance import Governance, Right
@@ -1235,23 +1235,7 @@ class MemCube:
         states = self._states(f)
         now = self._now().timestamp()
         where, args = self.records.compile_filter(f, states, now)
-        plan, fused = self._retrieve(query, mode, f, states, where, args, k)
-        items = self.records.get_many_by_rowid([int(r[0]) for r in fused])  # type: ignore[arg-type]
-        score = calibration.scorer(plan.text, entity_matcher(plan.entities))
-        hits: list[SearchHit] = []
-        used: list[int] = []
-        rank = 0
-        for key, value, sc, rk, cos in fused:
-            item = items.get(int(key))  # type: ignore[arg-type]
-            if item is None:
-                continue
-            rank += 1
-            hit = SearchHit(item=item, score=score(mode, item.content, cos, calibration.recall_weight(item.metadata)),
-                            retrievers=sc, ranks=rk,
-                            rank=rank, fused=value)
-            if min_score is None or hit.score >= min_score:
-                hits.append(hit)
-                used.append(int(key))  # type: ignore[arg-type]
+        hits, used = self.retriever.search(query, mode, f, (where, args), k, min_score)
         if record_usage and hits:
             self.records.record_usage(used, now)
         self.governance.audit_read(actor, "search", [h.item.id for h in hits],
@@ -1263,176 +1247,22 @@ class MemCube:
                 log.exception("search listener %r failed", listener)
         return hits
 
-    def _query_key(self, plan: QueryPlan) -> tuple[str, str | None, float]:
-        fw = self.retrieval.focus_weight
-        return (plan.text, plan.focus if fw > 0 else None, fw)
+    _retriever: Retriever | None = None
 
-    def _query_vector(self, plan: QueryPlan) -> np.ndarray:
-        """The query embedding: the normalised query, plus its last user turn when it is a dialogue.
+    @property
+    def retriever(self) -> Retriever:
+        """The cube's retrieval pipeline (:class:`memos_core.plaintext.retrieval.Retriever`) over its records,
+        vector index, embedder and :attr:`retrieval` settings; rebuilt when the settings object is replaced."""
+        r = self._retriever
+        dim = int(self.manifest["embedder"]["dim"])
+        if r is None or r.config is not self.retrieval or r.embedder is not self._embedder or r.dim != dim:
+            r = self._retriever = Retriever(self.records, self.index, self._embedder, self.retrieval, dim=dim,
+                                            degraded=lambda: self._index_degraded,
+                                            on_index_down=self._index_down)
+        return r
 
-        Memoised per embedder (``RetrievalConfig.query_cache`` entries; see :func:`cached_query_vector`)."""
-        key = self._query_key(plan)
-        _, focus, fw = key
-
-        def compute() -> np.ndarray:
-            if focus:
-                both = getattr(self._embedder, "embed_queries", None) or self._embedder.embed_documents
-                v = both([plan.text, focus])
-                qvec = v[0] + fw * v[1]
-                return qvec / max(float(np.linalg.norm(qvec)), 1e-12)
-            return self._embedder.embed_query(plan.text)
-
-        return cached_query_vector(self._embedder, key, compute, self.retrieval.query_cache)
-
-    def _gather(self, plan: QueryPlan, mode: str, f: SearchFilter, states: Sequence[LifecycleState], where: str,
-                args: list[Any], n_cand: int) -> tuple[dict[str, list[tuple[int, float]]], np.ndarray | None]:
-        """Each retriever's best ``n_cand`` (rowid, score) for the normalised query, and the query vector."""
-        cfg = self.retrieval
-        ranked: dict[str, list[tuple[int, float]]] = {}
-        qvec = None
-        if mode in ("hybrid", "dense") and cfg.query_cache:
-            qvec = peek_query_vector(self._embedder, self._query_key(plan))
-        lexical_job = None
-        owned = self.records.in_transaction()
-        if (mode == "hybrid" and qvec is None and not owned
-                and (_SPARE_CORES or (_OVERLAP_ENV != "0" and getattr(self._embedder, "overlaps_well", False)))):
-            # BM25 (SQLite) runs on a worker thread while the query is embedded: both release the GIL, so the
-            # lexical leg costs little extra wall time. That holds with >= 4 cores, or when the embedder's threads
-            # do not busy-wait (the default MiniLM's ONNX twin: `overlaps_well`). Not with PyTorch on 2-3 cores: its
-            # parallel kernels then wait for the core SQLite took, and the overlap is slower than running one after
-            # the other. Not when the query vector is cached (nothing to overlap), nor when this thread holds the
-            # records lock, e.g. a search from inside a transaction: the worker could not take it.
-            lexical_job = _search_pool().submit(self.records.lexical, fts_query(plan.text), (where, args), n_cand)
-        try:
-            if mode in ("hybrid", "dense"):
-                if qvec is None:
-                    qvec = self._query_vector(plan)
-                ranked["dense"] = self._dense(qvec, f, states, where, args, n_cand)
-        finally:
-            if lexical_job is not None:
-                wait([lexical_job])  # also when the dense leg raised: no query is left running on the cube
-        if lexical_job is not None:
-            ranked["lexical"] = lexical_job.result()
-        elif mode in ("hybrid", "lexical"):
-            ranked["lexical"] = self.records.lexical(fts_query(plan.text), (where, args), n_cand)
-        return ranked, qvec
-
-    def _retrieve(self, query: str, mode: str, f: SearchFilter, states: Sequence[LifecycleState], where: str,
-                  args: list[Any], k: int
-                  ) -> tuple[QueryPlan, list[tuple[Any, float, dict[str, float], dict[str, int], float | None]]]:
-        """Candidates from each retriever, fused. Returns the query plan and [(rowid, fused value, retriever
-        scores, ranks, cosine)] best first (``cosine``: the memory's exact cosine to the query vector; ``None`` in
-        lexical-only mode, where no query is embedded).
-
-        The query is first normalised (:func:`analyze_query`: dialogue markup, names). Hybrid search then takes
-        the union of the dense and BM25 candidates, scores the BM25-only ones exactly against their stored
-        embeddings (so every candidate has a dense score), and fuses them (:func:`fuse`). ``ranks`` are each
-        retriever's own ranks.
-        """
-        cfg = self.retrieval
-        plan = analyze_query(query)
-        n_cand = max(cfg.candidates, k)
-        ranked, qvec = self._gather(plan, mode, f, states, where, args, n_cand)
-        weights = {"dense": cfg.dense_weight, "lexical": 0.8 if cfg.lexical_weight is None else cfg.lexical_weight}
-        if mode != "hybrid" or cfg.fusion == "rrf":
-            top = rrf(ranked, weights, cfg.rrf_k)[:k]
-            # the score's cosine comes from the stored embedding (exact), not the ANN's rounding
-            cos = dict(self._exact_dense(qvec, [key for key, *_ in top], len(top))) if qvec is not None and top \
-                else {}
-            return plan, [(key, v, sc, rk, cos.get(key)) for key, v, sc, rk in top]
-        assert qvec is not None
-        cands = self._candidates(plan, qvec, ranked, n_cand)
-        return plan, [(key, z, sc, rk, cands.dense.get(key)) for key, z, sc, rk in fuse(cands, plan, cfg)[:k]]
-
-    def _candidates(self, plan: QueryPlan, qvec: np.ndarray, ranked: dict[str, list[tuple[int, float]]],
-                    n_cand: int) -> Candidates:
-        """The union of the retrievers' candidates with what fusion needs to know about each: the exact dense
-        score of every one (from its stored embedding, whichever retriever found it: fused scores then do not
-        depend on the ANN's float rounding), BM25 where the lexical leg found it, and the memory's text."""
-        lexical = dict(ranked["lexical"])
-        complete = len(lexical) < n_cand
-        keys = sorted({r for r, _ in ranked["dense"]} | set(lexical))
-        dense = dict(self._exact_dense(qvec, keys, len(keys)))
-        if dense:
-            # A candidate whose stored embedding is gone was erased after a leg found it (a forget by another
-            # handle or worker in between): it is no longer a memory, so it is not a candidate either.
-            keys = [key for key in keys if key in dense]
-            lexical = {key: v for key, v in lexical.items() if key in dense}
-        else:
-            dense = dict(ranked["dense"])
-        texts: dict[int, str] = {}
-        weights: dict[int, float] = {}
-        for r, (c, w) in self.records.contents_with(keys, "recall_weight").items():
-            texts[r] = c or ""
-            if isinstance(w, (int, float)) and not isinstance(w, bool):
-                weights[r] = float(w)
-        return Candidates(keys=keys, dense=dense, lexical=lexical, lexical_complete=complete,
-                          texts=texts,
-                          dense_ranks={key: i for i, (key, _) in enumerate(ranked["dense"], 1) if key in dense},
-                          lexical_ranks={key: i for i, (key, _) in enumerate(ranked["lexical"], 1) if key in lexical},
-                          weights=weights)
-
-    def _dense(self, query: str | np.ndarray, f: SearchFilter, states: Sequence[LifecycleState], where: str,
-               args: list[Any], n: int) -> list[tuple[int, float]]:
-        qvec = self._embedder.embed_query(query) if isinstance(query, str) else query
-        if qvec.shape[-1] != int(self.manifest["embedder"]["dim"]):
-            raise EmbeddingDimensionError(f"query embedding has dimension {qvec.shape[-1]}")
-        narrowed = any(v is not None for v in (f.tags_any, f.tags_all, f.metadata, f.ids, f.event_after,
-                                                 f.event_before, f.forms, f.user_id, f.agent_id, f.session_id))
-        if narrowed or f.kinds or self._index_degraded:
-            limit = 10**9 if self._index_degraded else self.retrieval.exact_below + 1
-            rowids, blobs = self.records.filtered_vectors((where, args), limit)
-            if len(rowids) <= self.retrieval.exact_below or self._index_degraded:
-                return self._score_blobs(qvec, rowids, blobs, n)
-        fresh = self._pending_scores(qvec, where, args, n)
-        # ANN over the whole index, then the authoritative SQL filter on the candidates, over-fetching while
-        # too few pass. Nothing is pushed down to Chroma: its metadata pre-filter costs time proportional to
-        # the rows it matches on every query (~100 ms at 30k memories even for a filter on the state alone),
-        # while checking a few candidates in SQL costs well under a millisecond. Small filtered sets were
-        # served exactly above.
-        fetch = n
-        while True:
-            try:
-                res = self.index.query(qvec, fetch, None)
-            except BackendUnavailable as exc:
-                self.index_degraded = True
-                log.warning("dense search falls back to exact scan: %s", exc)
-                return self._score_blobs(qvec, *self.records.filtered_vectors((where, args), 10**9), n)
-            ok = self._rowids_passing([i for i, _ in res], where, args)
-            out = [(ok[i], s) for i, s in res if i in ok]
-            if fresh:  # rows whose vectors the index has not received yet, scored exactly
-                mine = {r for r, _ in fresh}
-                out = sorted([p for p in out if p[0] not in mine] + fresh, key=lambda p: -p[1])
-            if len(out) >= n or len(res) < fetch:  # enough, or the whole index was seen
-                return out[:n]
-            if fetch >= 20000:  # the filter passes very few of the nearest rows: scan them exactly
-                return self._score_blobs(qvec, *self.records.filtered_vectors((where, args), 10**9), n)
-            fetch *= 4
-
-    def _pending_scores(self, qvec: np.ndarray, where: str, args: list[Any], n: int) -> list[tuple[int, float]]:
-        """Exact scores of rows passing the filter whose vectors are still pending for the index (written with
-        deferred sync, here or by another process), so that search sees every acknowledged write."""
-        rowids, blobs = self.records.filtered_vectors((where, args), 10**9, pending_only=True)
-        return self._score_blobs(qvec, rowids, blobs, n)
-
-    def _rowids_passing(self, ids: Sequence[str], where: str, args: list[Any]) -> dict[str, int]:
-        if not ids:
-            return {}
-        return self.records.rowids_passing(ids, (where, args))  # type: ignore[arg-type]
-
-    @staticmethod
-    def _score_blobs(qvec: np.ndarray, rowids: list[int], blobs: list[bytes], n: int) -> list[tuple[int, float]]:
-        """Exact cosine scores (stored embeddings are unit length) of ``blobs``; the best ``n``, stable order."""
-        if not rowids:
-            return []
-        mat = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), -1)
-        sims = _matvec(mat, qvec)
-        top = np.argsort(-sims, kind="stable")[:n]
-        return [(rowids[i], float(sims[i])) for i in top]
-
-    def _exact_dense(self, qvec: np.ndarray, rowids: Sequence[int], n: int) -> list[tuple[int, float]]:
-        keep, blobs = self.records.embeddings_of(rowids)
-        return self._score_blobs(qvec, keep, blobs, n)
+    def _index_down(self, exc: BaseException) -> None:
+        self.index_degraded = True
 
     # ------------------------------------------------------------------ maintenance
     def expire(self, *, action: RetentionAction | str | None = None, actor: str | None = None) -> list[str]:
@@ -1521,28 +1351,7 @@ def _count(batch: Any) -> dict[str, int]:
         else {}
 
 
-_POOL: ThreadPoolExecutor | None = None
-#: whether a hybrid search overlaps BM25 with the query embedding (MEMOS_OVERLAP_LEXICAL=0/1 overrides)
-_OVERLAP_ENV = os.environ.get("MEMOS_OVERLAP_LEXICAL")
-_SPARE_CORES = _OVERLAP_ENV == "1" or (_OVERLAP_ENV != "0" and (os.cpu_count() or 1) >= 4)
 _POOL_LOCK = threading.Lock()
-
-
-def _search_pool() -> ThreadPoolExecutor:
-    """A small process-wide pool for the lexical leg of hybrid searches (created on first use)."""
-    global _POOL
-    if _POOL is None:
-        with _POOL_LOCK:
-            if _POOL is None:
-                _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="memos-lexical")
-    return _POOL
-
-
-def _matvec(mat: np.ndarray, qvec: np.ndarray) -> np.ndarray:
-    """``mat @ qvec`` without multi-threaded BLAS: a BLAS call on a few thousand rows wakes OpenBLAS's threads,
-    which then busy-wait and slow the next query's embedding (torch) by 2x on a small machine. A plain loop
-    over rows costs well under a millisecond here."""
-    return np.einsum("ij,j->i", mat, qvec.astype(np.float32, copy=False))
 
 
 #: deferred vector sync: at most this many written rows wait for the index (then one batched upsert)

@@ -269,9 +269,9 @@ def test_concurrent_searches_match_serial_ones_and_a_search_under_the_records_lo
         facts, overlap, monkeypatch) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    import memos_core.cube as cube_module
+    import memos_core.plaintext.retrieval as retrieval_module
 
-    monkeypatch.setattr(cube_module, "_SPARE_CORES", overlap)  # BM25 on a worker thread, or inline
+    monkeypatch.setattr(retrieval_module, "_SPARE_CORES", overlap)  # BM25 on a worker thread, or inline
     cube, _ = facts
     serial = {q: [(h.item.id, h.score) for h in cube.search(q, k=5, record_usage=False)] for q in QUERIES}
     with ThreadPoolExecutor(max_workers=6) as pool:
@@ -293,12 +293,12 @@ def test_a_candidate_erased_between_the_legs_is_dropped_not_a_key_error(facts, m
     baseline = cube.search("Where does Ann live?", k=5)
     gone = baseline[0]
     gone_rowid, _ = cube._load(gone.item.id)
-    real = cube._exact_dense
+    real = cube.retriever.exact_dense
 
     def without_gone(qvec, rowids, n):  # its stored embedding vanished in between (as a forget leaves it)
         return [(r, sc) for r, sc in real(qvec, rowids, n) if r != gone_rowid]
 
-    monkeypatch.setattr(cube, "_exact_dense", without_gone)
+    monkeypatch.setattr(cube.retriever, "exact_dense", without_gone)
     hits = cube.search("Where does Ann live?", k=5)
     assert hits and gone.item.id not in [h.item.id for h in hits]
     assert all(set(h.ranks) <= set(h.retrievers) for h in hits)

@@ -1,0 +1,316 @@
+"""Retrieval orchestration: from a query and a compiled filter to ranked, scored hits.
+
+:class:`Retriever` runs the retrievers of one cube -- dense (the vector index, with exact scoring from the stored
+embeddings where that is cheaper or the index cannot answer) and lexical (BM25 inside the record store) -- takes
+the union of their candidates, scores each exactly, fuses them (:mod:`.fusion`) and gives each hit its absolute
+score (:mod:`.calibration`). It reads the record store and the vector index and writes nothing: validation,
+authorization, usage recording, the audit record and listeners stay with the caller (``MemCube.search``).
+
+Data flows one way: ``cube -> plaintext.retrieval -> {records, plaintext index, fusion, calibration}``; nothing
+here imports the cube.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import TYPE_CHECKING, Any, Callable, Literal, NamedTuple, Protocol, Sequence
+
+import numpy as np
+
+from ..embedding import cached_query_vector, peek_query_vector
+from ..errors import BackendUnavailable, EmbeddingDimensionError
+from ..items import MemoryItem, SearchFilter, SearchHit
+from ..log import get_logger
+from . import calibration
+from .fusion import Candidates, fuse, rrf
+from .lexical import fts_query
+from .query import QueryPlan, analyze_query, entity_matcher
+
+if TYPE_CHECKING:
+    from ..records import RecordStore
+
+__all__ = ["Retriever", "RetrievalSettings", "Fused"]
+
+log = get_logger(__name__)
+
+Ranked = dict[str, list[tuple[int, float]]]
+
+
+class RetrievalSettings(Protocol):
+    """What the retriever reads from its settings (``memos_core.cube.RetrievalConfig`` documents each)."""
+
+    fusion: Literal["zscore", "rrf"]
+    dense_weight: float
+    lexical_weight: float | None
+    rrf_k: float
+    candidates: int
+    exact_below: int
+    focus_weight: float
+    query_cache: int
+
+
+class Fused(NamedTuple):
+    """One fused candidate: its record-store rowid, the fusion's value, each retriever's score and rank, and the
+    exact cosine of its stored embedding to the query vector (``None`` in lexical-only mode)."""
+
+    rowid: int
+    value: float
+    scores: dict[str, float]
+    ranks: dict[str, int]
+    cosine: float | None
+
+
+class Retriever:
+    """The retrieval pipeline of one cube (read-only; thread-safe as long as its store and index are).
+
+    ``records`` is the system of record (filters, BM25, stored embeddings, contents), ``index`` the vector index
+    (``query(qvec, n, where) -> [(id, score)]``), ``embedder`` embeds queries, ``config`` holds the weights and
+    limits (read on every call, so changing an attribute takes effect at once). ``dim`` is the cube's embedding
+    dimension. ``degraded()`` says whether the index is known to be unreachable (dense scores then come from an
+    exact scan of the stored embeddings); ``on_index_down(exc)`` is called when a query to the index fails.
+    """
+
+    def __init__(self, records: "RecordStore", index: Any, embedder: Any, config: RetrievalSettings, *, dim: int,
+                 degraded: Callable[[], bool] = lambda: False,
+                 on_index_down: Callable[[BaseException], None] = lambda exc: None) -> None:
+        self.records = records
+        self.index = index
+        self.embedder = embedder
+        self.config = config
+        self.dim = int(dim)
+        self._degraded = degraded
+        self._on_index_down = on_index_down
+
+    # ------------------------------------------------------------------ the whole pipeline
+    def search(self, query: str, mode: str, f: SearchFilter, cf: tuple[str, list[Any]], k: int,
+               min_score: float | None = None) -> tuple[list[SearchHit], list[int]]:
+        """Hits for ``query`` among the rows passing the compiled filter ``cf`` (``RecordStore.compile_filter``),
+        in the fusion's order, each with its absolute score; those scoring under ``min_score`` are dropped.
+        Returns the hits and their rowids (for usage recording)."""
+        where, args = cf
+        plan, fused = self.retrieve(query, mode, f, where, args, k)
+        items = self.records.get_many_by_rowid([int(r.rowid) for r in fused])
+        return self.assemble(plan, mode, fused, items, min_score)
+
+    @staticmethod
+    def assemble(plan: QueryPlan, mode: str, fused: Sequence[Fused], items: dict[int, MemoryItem],
+                 min_score: float | None) -> tuple[list[SearchHit], list[int]]:
+        """Hits from fused candidates and their items (a candidate whose item vanished meanwhile is skipped)."""
+        score = calibration.scorer(plan.text, entity_matcher(plan.entities))
+        hits: list[SearchHit] = []
+        used: list[int] = []
+        rank = 0
+        for key, value, sc, rk, cos in fused:
+            item = items.get(int(key))
+            if item is None:
+                continue
+            rank += 1
+            hit = SearchHit(item=item, score=score(mode, item.content, cos, calibration.recall_weight(item.metadata)),
+                            retrievers=sc, ranks=rk, rank=rank, fused=value)
+            if min_score is None or hit.score >= min_score:
+                hits.append(hit)
+                used.append(int(key))
+        return hits, used
+
+    def retrieve(self, query: str, mode: str, f: SearchFilter, where: str, args: list[Any], k: int
+                 ) -> tuple[QueryPlan, list[Fused]]:
+        """Candidates from each retriever, fused. Returns the query plan and the best ``k`` :class:`Fused`
+        candidates, best first.
+
+        The query is first normalised (:func:`analyze_query`: dialogue markup, names). Hybrid search then takes
+        the union of the dense and BM25 candidates, scores the BM25-only ones exactly against their stored
+        embeddings (so every candidate has a dense score), and fuses them (:func:`fuse`). ``ranks`` are each
+        retriever's own ranks.
+        """
+        cfg = self.config
+        plan = analyze_query(query)
+        n_cand = max(cfg.candidates, k)
+        ranked, qvec = self.gather(plan, mode, f, where, args, n_cand)
+        weights = {"dense": cfg.dense_weight, "lexical": 0.8 if cfg.lexical_weight is None else cfg.lexical_weight}
+        if mode != "hybrid" or cfg.fusion == "rrf":
+            top = rrf(ranked, weights, cfg.rrf_k)[:k]
+            # the score's cosine comes from the stored embedding (exact), not the ANN's rounding
+            cos = dict(self.exact_dense(qvec, [key for key, *_ in top], len(top))) if qvec is not None and top \
+                else {}
+            return plan, [Fused(key, v, sc, rk, cos.get(key)) for key, v, sc, rk in top]
+        assert qvec is not None
+        cands = self.candidates(plan, qvec, ranked, n_cand)
+        return plan, [Fused(key, z, sc, rk, cands.dense.get(key)) for key, z, sc, rk in fuse(cands, plan, cfg)[:k]]
+
+    # ------------------------------------------------------------------ the query vector
+    def query_key(self, plan: QueryPlan) -> tuple[str, str | None, float]:
+        fw = self.config.focus_weight
+        return (plan.text, plan.focus if fw > 0 else None, fw)
+
+    def query_vector(self, plan: QueryPlan) -> np.ndarray:
+        """The query embedding: the normalised query, plus its last user turn when it is a dialogue.
+
+        Memoised per embedder (``query_cache`` entries; see :func:`memos_core.embedding.cached_query_vector`)."""
+        key = self.query_key(plan)
+        _, focus, fw = key
+        embedder = self.embedder
+
+        def compute() -> np.ndarray:
+            if focus:
+                both = getattr(embedder, "embed_queries", None) or embedder.embed_documents
+                v = both([plan.text, focus])
+                qvec = v[0] + fw * v[1]
+                return qvec / max(float(np.linalg.norm(qvec)), 1e-12)
+            return embedder.embed_query(plan.text)
+
+        return cached_query_vector(embedder, key, compute, self.config.query_cache)
+
+    # ------------------------------------------------------------------ the retrievers
+    def gather(self, plan: QueryPlan, mode: str, f: SearchFilter, where: str, args: list[Any], n_cand: int
+               ) -> tuple[Ranked, np.ndarray | None]:
+        """Each retriever's best ``n_cand`` (rowid, score) for the normalised query, and the query vector."""
+        cfg = self.config
+        ranked: Ranked = {}
+        qvec = None
+        if mode in ("hybrid", "dense") and cfg.query_cache:
+            qvec = peek_query_vector(self.embedder, self.query_key(plan))
+        lexical_job = None
+        owned = self.records.in_transaction()
+        if (mode == "hybrid" and qvec is None and not owned
+                and (_SPARE_CORES or (_OVERLAP_ENV != "0" and getattr(self.embedder, "overlaps_well", False)))):
+            # BM25 (SQLite) runs on a worker thread while the query is embedded: both release the GIL, so the
+            # lexical leg costs little extra wall time. That holds with >= 4 cores, or when the embedder's threads
+            # do not busy-wait (the default MiniLM's ONNX twin: `overlaps_well`). Not with PyTorch on 2-3 cores: its
+            # parallel kernels then wait for the core SQLite took, and the overlap is slower than running one after
+            # the other. Not when the query vector is cached (nothing to overlap), nor when this thread holds the
+            # records lock, e.g. a search from inside a transaction: the worker could not take it.
+            lexical_job = search_pool().submit(self.records.lexical, fts_query(plan.text), (where, args), n_cand)
+        try:
+            if mode in ("hybrid", "dense"):
+                if qvec is None:
+                    qvec = self.query_vector(plan)
+                ranked["dense"] = self.dense(qvec, f, where, args, n_cand)
+        finally:
+            if lexical_job is not None:
+                wait([lexical_job])  # also when the dense leg raised: no query is left running on the cube
+        if lexical_job is not None:
+            ranked["lexical"] = lexical_job.result()
+        elif mode in ("hybrid", "lexical"):
+            ranked["lexical"] = self.records.lexical(fts_query(plan.text), (where, args), n_cand)
+        return ranked, qvec
+
+    def candidates(self, plan: QueryPlan, qvec: np.ndarray, ranked: Ranked, n_cand: int) -> Candidates:
+        """The union of the retrievers' candidates with what fusion needs to know about each: the exact dense
+        score of every one (from its stored embedding, whichever retriever found it: fused scores then do not
+        depend on the ANN's float rounding), BM25 where the lexical leg found it, and the memory's text."""
+        lexical = dict(ranked["lexical"])
+        complete = len(lexical) < n_cand
+        keys = sorted({r for r, _ in ranked["dense"]} | set(lexical))
+        dense = dict(self.exact_dense(qvec, keys, len(keys)))
+        if dense:
+            # A candidate whose stored embedding is gone was erased after a leg found it (a forget by another
+            # handle or worker in between): it is no longer a memory, so it is not a candidate either.
+            keys = [key for key in keys if key in dense]
+            lexical = {key: v for key, v in lexical.items() if key in dense}
+        else:
+            dense = dict(ranked["dense"])
+        texts: dict[int, str] = {}
+        weights: dict[int, float] = {}
+        for r, (c, w) in self.records.contents_with(keys, "recall_weight").items():
+            texts[r] = c or ""
+            if isinstance(w, (int, float)) and not isinstance(w, bool):
+                weights[r] = float(w)
+        return Candidates(keys=keys, dense=dense, lexical=lexical, lexical_complete=complete,
+                          texts=texts,
+                          dense_ranks={key: i for i, (key, _) in enumerate(ranked["dense"], 1) if key in dense},
+                          lexical_ranks={key: i for i, (key, _) in enumerate(ranked["lexical"], 1) if key in lexical},
+                          weights=weights)
+
+    def dense(self, query: str | np.ndarray, f: SearchFilter, where: str, args: list[Any], n: int
+              ) -> list[tuple[int, float]]:
+        """The best ``n`` (rowid, cosine) passing the filter: exact over stored embeddings when the filter narrows
+        the search to at most ``exact_below`` rows or the index is down, else the ANN index checked against the
+        filter in the store, plus rows whose vectors the index has not received yet (scored exactly)."""
+        qvec = self.embedder.embed_query(query) if isinstance(query, str) else query
+        if qvec.shape[-1] != self.dim:
+            raise EmbeddingDimensionError(f"query embedding has dimension {qvec.shape[-1]}")
+        cfg = self.config
+        narrowed = any(v is not None for v in (f.tags_any, f.tags_all, f.metadata, f.ids, f.event_after,
+                                                 f.event_before, f.forms, f.user_id, f.agent_id, f.session_id))
+        degraded = self._degraded()
+        if narrowed or f.kinds or degraded:
+            limit = 10**9 if degraded else cfg.exact_below + 1
+            rowids, blobs = self.records.filtered_vectors((where, args), limit)
+            if len(rowids) <= cfg.exact_below or degraded:
+                return score_blobs(qvec, rowids, blobs, n)
+        fresh = self.pending_scores(qvec, where, args, n)
+        # ANN over the whole index, then the authoritative SQL filter on the candidates, over-fetching while
+        # too few pass. Nothing is pushed down to Chroma: its metadata pre-filter costs time proportional to
+        # the rows it matches on every query (~100 ms at 30k memories even for a filter on the state alone),
+        # while checking a few candidates in SQL costs well under a millisecond. Small filtered sets were
+        # served exactly above.
+        fetch = n
+        while True:
+            try:
+                res = self.index.query(qvec, fetch, None)
+            except BackendUnavailable as exc:
+                self._on_index_down(exc)
+                log.warning("dense search falls back to exact scan: %s", exc)
+                return score_blobs(qvec, *self.records.filtered_vectors((where, args), 10**9), n)
+            ok = self.rowids_passing([i for i, _ in res], where, args)
+            out = [(ok[i], s) for i, s in res if i in ok]
+            if fresh:  # rows whose vectors the index has not received yet, scored exactly
+                mine = {r for r, _ in fresh}
+                out = sorted([p for p in out if p[0] not in mine] + fresh, key=lambda p: -p[1])
+            if len(out) >= n or len(res) < fetch:  # enough, or the whole index was seen
+                return out[:n]
+            if fetch >= 20000:  # the filter passes very few of the nearest rows: scan them exactly
+                return score_blobs(qvec, *self.records.filtered_vectors((where, args), 10**9), n)
+            fetch *= 4
+
+    def pending_scores(self, qvec: np.ndarray, where: str, args: list[Any], n: int) -> list[tuple[int, float]]:
+        """Exact scores of rows passing the filter whose vectors are still pending for the index (written with
+        deferred sync, here or by another process), so that search sees every acknowledged write."""
+        rowids, blobs = self.records.filtered_vectors((where, args), 10**9, pending_only=True)
+        return score_blobs(qvec, rowids, blobs, n)
+
+    def rowids_passing(self, ids: Sequence[str], where: str, args: list[Any]) -> dict[str, int]:
+        if not ids:
+            return {}
+        return self.records.rowids_passing(ids, (where, args))  # type: ignore[arg-type]
+
+    def exact_dense(self, qvec: np.ndarray, rowids: Sequence[int], n: int) -> list[tuple[int, float]]:
+        """Exact cosine of the stored embeddings of ``rowids`` (those still stored), the best ``n``."""
+        keep, blobs = self.records.embeddings_of(rowids)
+        return score_blobs(qvec, keep, blobs, n)
+
+
+def score_blobs(qvec: np.ndarray, rowids: list[int], blobs: list[bytes], n: int) -> list[tuple[int, float]]:
+    """Exact cosine scores (stored embeddings are unit length) of ``blobs``; the best ``n``, stable order."""
+    if not rowids:
+        return []
+    mat = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), -1)
+    sims = matvec(mat, qvec)
+    top = np.argsort(-sims, kind="stable")[:n]
+    return [(rowids[i], float(sims[i])) for i in top]
+
+
+def matvec(mat: np.ndarray, qvec: np.ndarray) -> np.ndarray:
+    """``mat @ qvec`` without multi-threaded BLAS: a BLAS call on a few thousand rows wakes OpenBLAS's threads,
+    which then busy-wait and slow the next query's embedding (torch) by 2x on a small machine. A plain loop
+    over rows costs well under a millisecond here."""
+    return np.einsum("ij,j->i", mat, qvec.astype(np.float32, copy=False))
+
+
+_POOL: ThreadPoolExecutor | None = None
+#: whether a hybrid search overlaps BM25 with the query embedding (MEMOS_OVERLAP_LEXICAL=0/1 overrides)
+_OVERLAP_ENV = os.environ.get("MEMOS_OVERLAP_LEXICAL")
+_SPARE_CORES = _OVERLAP_ENV == "1" or (_OVERLAP_ENV != "0" and (os.cpu_count() or 1) >= 4)
+_POOL_LOCK = threading.Lock()
+
+
+def search_pool() -> ThreadPoolExecutor:
+    """A small process-wide pool for the concurrent legs of searches (created on first use)."""
+    global _POOL
+    if _POOL is None:
+        with _POOL_LOCK:
+            if _POOL is None:
+                _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="memos-lexical")
+    return _POOL
