@@ -69,6 +69,7 @@ from .plaintext import ChromaVectorIndex
 from .plaintext.retrieval import Retriever
 from .records import RecordStore, SQLiteRecordStore
 from .records.migrate import MANIFEST_META_KEY, is_store_url, open_record_store
+from .erasure import Erasure
 from .governance import Governance, Right
 from .governance.core import query_digest
 from .governance.retention import RetentionAction
@@ -310,8 +311,8 @@ class MemCube:
             raise
         if self.store_url is None:
             self.records = SQLiteRecordStore(self.path / "records.sqlite3")
-        if is_new:  # an empty vector index: no vector a plain delete left behind (governance/erasure.py)
-            from .governance.erasure import VECTOR_SCRUBBED_KEY
+        if is_new:  # an empty vector index: no vector a plain delete left behind (memos_core/erasure.py)
+            from .erasure import VECTOR_SCRUBBED_KEY
 
             with self.records.transaction() as c:
                 self.records.set_meta(c, VECTOR_SCRUBBED_KEY, "1")
@@ -324,9 +325,13 @@ class MemCube:
         self.index_degraded = False
         #: callables ``(query, hits)`` told about every search (e.g. the MemScheduler's usage tracking)
         self.listeners: list[Callable[[str, list[SearchHit]], None]] = []
-        self._index_checked = False  # before Governance: it finishes an interrupted forget, which uses the index
-        #: access control, policies, audit chain, legal hold, forget (tables live in the records database)
-        self.governance = Governance(self)
+        self._index_checked = False  # before the erasure resumes: finishing an interrupted forget uses the index
+        #: access control, policies, audit chain (tables live in the records database); it holds no cube
+        self.governance = Governance(self.records, cube_id=self.cube_id, name=self.name, actor=self.actor,
+                                     clock=self._clock, missing=self._missing)
+        #: forget, purge's re-derivation and their after-commit work (memos_core/erasure.py)
+        self._erasure = Erasure(self)
+        self._erasure.resume()  # an erasure a dead process left unfinished, ids a down index missed
         # The vector index is checked against the records (repair_index) before its first use, not here: opening
         # the index costs a second or more (importing Chroma), and a scoped search on a small cube never needs it.
         # Rows a crash left pending are applied now, so the index is never behind what earlier runs acknowledged.
@@ -737,13 +742,13 @@ class MemCube:
     def vector_compaction_pending(self) -> int:
         """How many erased memories' vectors may still be in the vector index's files, waiting for
         :meth:`compact_index` (0: none; their text is gone from every file in any case)."""
-        from .governance.erasure import compaction_pending
+        from .erasure import compaction_pending
 
         return compaction_pending(self)
 
     def _compact_index(self) -> int:
         """Rebuild the vector index from the records (no authorization: forget/purge call it when it is cheap)."""
-        from .governance.erasure import VECTOR_COMPACTION_KEY, VECTOR_SCRUBBED_KEY
+        from .erasure import VECTOR_COMPACTION_KEY, VECTOR_SCRUBBED_KEY
 
         with self._lock:
             def batches() -> Iterable[tuple[list[str], np.ndarray, list[dict[str, Any]]]]:
@@ -1046,8 +1051,8 @@ class MemCube:
                 lifecycle.check_transition(item.state, _S.PURGED)
                 now = self._now()
                 with self.records.transaction() as c:
-                    # neighbours whose index text quotes this memory are re-derived first (governance/erasure.py)
-                    plan = self.governance.plan_purge(c, item)
+                    # neighbours whose index text quotes this memory are re-derived first (memos_core/erasure.py)
+                    plan = self._erasure.plan_purge(c, item)
                     self.records.erase_content(c, rowid, item_id)
                     self.records.set_state(c, rowid, item_id, item.state, _S.PURGED, now.timestamp(), actor, reason)
                     detail: dict[str, Any] = {"reason": reason}
@@ -1056,8 +1061,7 @@ class MemCube:
                     self.records.append_event(c, now.timestamp(), actor, "purge", item_id, detail=detail)
                 self._sync_after_write()
                 self.records.optimize_lexical()
-                if not getattr(self.governance._tls, "defer_erasure", False):
-                    self.governance.finish_erasure()
+                self._erasure.finish_unless_deferred()
                 got = self.records.get(item_id)
                 assert got is not None
                 return got
@@ -1285,11 +1289,11 @@ class MemCube:
             now = self._now().timestamp()
             ids = self.records.expired_ids(now, states)
             done: list[str] = []
-            with self.governance.deferred_erasure():  # one index rebuild/compaction for the whole sweep
+            with self._erasure.deferred():  # one index scrub/compaction for the whole sweep
                 for item_id in ids:
                     try:
                         if act == RetentionAction.FORGET:
-                            self.governance.forget(item_id, actor=actor, reason="expired (retention)", cascade=False)
+                            self.forget(item_id, actor=actor, reason="expired (retention)", cascade=False)
                         elif act == RetentionAction.PURGE:
                             if self.records.get(item_id).state != D:  # type: ignore[union-attr]
                                 self.transition(item_id, D, reason="expired (retention)", actor=actor)
@@ -1322,19 +1326,57 @@ class MemCube:
 
     def forget(self, item_id: str, *, actor: str | None = None, reason: str | None = None,
                cascade: bool = True, drop_artifacts: bool = True) -> list[str]:
-        """Erase a memory, its versions, index entries and what was derived from it (derived memories, and the
-        cube's stored KV caches and LoRA adapters built from it); see :meth:`Governance.forget`. Returns the
-        ids erased."""
-        return self.governance.forget(item_id, actor=actor, reason=reason, cascade=cascade,
-                                      drop_artifacts=drop_artifacts)
+        """Erase a memory and everything derived from it, for good. Needs **administer**.
+
+        Removes the item row, every version, its lifecycle transitions, its embedding, its lexical-index
+        entries and its vector-index row, and removes its text from what was derived from it
+        (:mod:`memos_core.erasure` says exactly what): neighbours whose index text quotes it are
+        re-derived and re-embedded; with ``cascade`` (default) memories derived from it (``parent_ids`` /
+        ``parent_versions``, duplicates merged into it, facts extracted from the turn it records) are erased
+        too, and facts that only cited its turn lose that citation. Then the lexical index is merged, the
+        erased vectors overwritten and deleted in the vector index and its files scrubbed (see
+        :func:`memos_core.erasure.scrub_vectors`: a compaction may be left pending in a large cube written before
+        this release; :meth:`compact_index`), the WAL checkpointed and truncated, so the bytes leave every file
+        of the cube folder. Activation and parametric artefacts built from erased memories become stale
+        (:func:`memos_core.artifacts.stale_sources` finds the id gone); with ``drop_artifacts`` (default) those
+        stored in the cube (``activation/`` KV caches, whose token ids encode the text, and ``parametric/`` LoRA
+        adapters, whose weights were trained on it) are deleted as well. Artefacts kept in folders outside the
+        cube are the caller's to delete (``KVCacheStore.delete_for_items``,
+        ``AdapterStore.forget_items(..., delete=True)``).
+
+        The records change in one transaction; the work after it (vector scrub, compaction, artefacts) is
+        resumed on the next open if the process dies first (:meth:`deferred_erasure` batches it). The audit
+        record keeps the ids, who and when, never the content. A memory under legal hold (or a memory the
+        erasure would change under hold) cannot be forgotten: :class:`Conflict`, nothing changes. Returns the
+        ids erased.
+        """
+        return self._erasure.forget(item_id, actor=actor, reason=reason, cascade=cascade,
+                                    drop_artifacts=drop_artifacts)
+
+    def deferred_erasure(self) -> Any:
+        """``with cube.deferred_erasure(): ...`` runs several forgets and purges on this thread, then their
+        after-commit work (vector-index scrub, lexical merge, WAL checkpoint) once at the end (expiry sweeps use
+        it). Each forget's records are committed (and durable) when it returns, as without it."""
+        return self._erasure.deferred()
 
     def legal_hold(self, item_id: str, *, actor: str | None = None, reason: str | None = None) -> MemoryItem:
-        """Freeze a memory (no update, delete, expiry, purge or forget) until :meth:`lift_hold`."""
-        return self.governance.hold(item_id, actor=actor, reason=reason)
+        """Put a memory under legal hold (the frozen state): no update, delete, expiry, purge or forget until
+        :meth:`lift_hold`. Needs **administer**."""
+        with self.governance._audited(actor, "legal_hold", item_id):
+            return self.transition(item_id, _S.FROZEN, actor=actor, reason=reason or "legal hold")
 
     def lift_hold(self, item_id: str, *, actor: str | None = None, reason: str | None = None) -> MemoryItem:
-        """Lift a legal hold; the memory returns to activated (or archived, if it was)."""
-        return self.governance.release(item_id, actor=actor, reason=reason)
+        """Lift a legal hold (needs **administer**); the memory returns to the state it was in (activated, or
+        archived if it was)."""
+        with self.governance._audited(actor, "release", item_id):
+            actor = self._authorize(actor, Right.ADMINISTER, "release", item_id)
+            back = _S.ACTIVATED
+            for t in reversed(self.records.transitions(item_id)):
+                if t.to_state == _S.FROZEN:
+                    if t.from_state == _S.ARCHIVED:
+                        back = _S.ARCHIVED
+                    break
+            return self.transition(item_id, back, actor=actor, reason=reason or "legal hold lifted")
 
 
 def _state_value(state: Any) -> str | None:

@@ -252,7 +252,7 @@ CHILD = textwrap.dedent(
     sys.path.insert(0, {str(TESTS_DIR)!r})
     from test_forget_derived import dense_embed, PIN
     from memos_core import MemOS
-    from memos_core.governance.core import Governance
+    from memos_core.erasure import Erasure
     path, mode = sys.argv[1], sys.argv[2]
     mem = MemOS(path, embedder=dense_embed)
     mem.add([{{"role": "user", "content": f"filler turn {{i}} about tea", "id": f"f{{i}}"}} for i in range(20)],
@@ -264,7 +264,7 @@ CHILD = textwrap.dedent(
         # the records commit, then the process dies before the index rebuild / compaction
         def die(self):
             os.kill(os.getpid(), signal.SIGKILL)
-        Governance.finish_erasure = die
+        Erasure.finish = die
     mem.forget(r.added[0].id)
     print("FORGOT", flush=True)
     time.sleep(120)

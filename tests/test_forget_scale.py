@@ -18,7 +18,7 @@ import pytest
 from test_forget_derived import PIN, dense_embed, stored_vec, text_traces, vector_traces
 
 from memos_core import LifecycleState, MemCube
-from memos_core.governance import erasure
+from memos_core import erasure
 from memos_core.plaintext.vector import ChromaVectorIndex
 from memos_core.reader.offline import OfflineReader, Turn
 
@@ -114,7 +114,7 @@ def test_unverified_chroma_batches_deferred_forgets_into_one_compaction(
         pins = [_pin_pair(cube, user) for user in ("ann", "bob")]
         vecs = {f"pin{n}": stored_vec(cube, p.id) for n, (p, _) in enumerate(pins)}
         with caplog.at_level(logging.WARNING, logger="memos_core"):
-            with cube.governance.deferred_erasure():  # several forgets, one scrub at the end
+            with cube.deferred_erasure():  # several forgets, one scrub at the end
                 for p, _ in pins:
                     cube.forget(p.id)
         warnings = [r.getMessage() for r in caplog.records if "erased memories" in r.getMessage()]

@@ -1,5 +1,10 @@
 """Per-cube governance: who may do what (ACL), policies (retention, redaction, read auditing), the checks
-every :class:`~memos_core.cube.MemCube` operation runs, legal hold and forget.
+every :class:`~memos_core.cube.MemCube` operation runs, and the audit chain.
+
+Governance is access policy + audit over the cube's record store: it holds the store and what it needs to know
+about its cube (id, name, default actor, clock, the cube's NotFound), given at construction, never the cube
+itself; it imports nothing from ``cube.py``. The operations it governs (writes, legal hold, forget: see
+:mod:`memos_core.erasure`) are the cube's.
 
 Everything lives in the cube's own records database (tables ``gov_*``), so sharing travels with the cube
 and every change is in the same fsync'd transactions and hash-chained audit log as the memories.
@@ -12,14 +17,13 @@ import json
 import os
 import threading
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..log import get_logger
-from ..errors import BackendUnavailable, Conflict, MemOSError, NotFound, PermissionDenied, ValidationError
-from ..items import LifecycleState, MemoryItem
+from ..errors import Conflict, MemOSError, NotFound, PermissionDenied, ValidationError
+from ..items import MemoryItem, to_utc, utcnow
 from .audit import AuditReport, verify_rows
 from .redaction import RedactionPolicy, RedactionRejected, redact_text, redact_value
 from .retention import RetentionPolicy
@@ -36,8 +40,7 @@ from .roles import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..cube import MemCube
-    from ..records.base import Txn
+    from ..records.base import RecordStore, Txn
 
 __all__ = ["Governance", "GovernanceSettings", "PRINCIPAL_KEYS"]
 
@@ -50,7 +53,6 @@ log = get_logger(__name__)
 #: else is an attempt to write on someone else's behalf and is refused (PermissionDenied, audited).
 PRINCIPAL_KEYS = frozenset({"actor", "principal", "principal_id", "created_by", "on_behalf_of", "acting_as"})
 
-_S = LifecycleState
 _OUTCOME = {PermissionDenied: "denied", ValidationError: "invalid", NotFound: "not_found", Conflict: "conflict"}
 
 
@@ -101,32 +103,12 @@ class _Attempt:
         gov._tls.depth = self.depth
         if exc is None or not isinstance(exc, Exception) or self.depth or gov._recorded(exc):
             return False
-        actor = gov._cube.actor if self.actor is None else self.actor
+        actor = gov.actor if self.actor is None else self.actor
         try:
             gov._audit(actor, self.op, self.item_id, _outcome(exc),
                        {**(self.detail or {}), "error": type(exc).__name__}, exc)
         except Exception:  # noqa: BLE001 - never hide the operation's own error behind the audit's
-            log.exception("could not record the failed %s in the audit log of cube %r", self.op, gov._cube.name)
-        return False
-
-
-class _Deferred:
-    """The context manager behind :meth:`Governance.deferred_erasure`."""
-
-    __slots__ = ("gov", "outer")
-
-    def __init__(self, gov: "Governance") -> None:
-        self.gov = gov
-        self.outer = False
-
-    def __enter__(self) -> None:
-        self.outer = getattr(self.gov._tls, "defer_erasure", False)
-        self.gov._tls.defer_erasure = True
-
-    def __exit__(self, *exc: Any) -> bool:
-        self.gov._tls.defer_erasure = self.outer
-        if not self.outer:
-            self.gov.finish_erasure()
+            log.exception("could not record the failed %s in the audit log of cube %r", self.op, gov.name)
         return False
 
 
@@ -146,27 +128,37 @@ class Governance:
     A new cube is owned by the principal that created it (``MemCube(path, actor=...)``, ``"local"`` by
     default), so a single-user program never has to think about any of this: every check still runs and
     passes. A cube written before governance existed gets the same bootstrap the first time it is opened.
+
+    The cube builds it (``MemCube.governance``) over its record store and passes what governance needs to know
+    about it: ``cube_id`` and ``name`` (messages; which audit logs recorded an error), ``actor`` (the principal
+    an operation without ``actor=`` runs as, the owner of a new cube), ``clock`` (a zero-argument callable
+    returning a ``datetime``: the time of every record) and ``missing`` (``item_id -> NotFound``: the cube's
+    own error for an unknown id, which an actor who may not read the cube gets as well).
     """
 
-    def __init__(self, cube: "MemCube") -> None:
-        self._cube = cube
-        self.records = cube.records
+    def __init__(self, records: "RecordStore", *, cube_id: str, name: str, actor: str = "local",
+                 clock: Callable[[], datetime] | None = None,
+                 missing: Callable[[str], NotFound] | None = None) -> None:
+        self.records = records
+        self.cube_id = cube_id
+        self.name = name
+        self.actor = check_principal_id(actor, "actor")
+        self._clock = clock or utcnow
+        self._missing = missing or self._not_found
         self._tls = threading.local()  # depth of nested audited operations on this thread
         self._ensure()
-        # a forget/purge whose process died before its after-commit work (first: it overwrites the erased rows
-        # before they are deleted); then forgotten ids a down index missed, and a small pending compaction
-        self.finish_erasure()
-        self.flush_forgets()
-        self.compact_on_open()
 
     # ------------------------------------------------------------------ plumbing
     def _now(self) -> float:
-        return self._cube._now().timestamp()
+        return (to_utc(self._clock()) or utcnow()).timestamp()
+
+    def _not_found(self, item_id: str) -> NotFound:
+        return NotFound(f"no memory with id {item_id!r} in cube {self.name!r}")
 
     def _ensure(self) -> None:
         if self.records.governance_ready():
             return
-        owner = check_principal_id(self._cube.actor, "actor")
+        owner = self.actor
         with self.records.transaction() as c:
             now = self._now()
             # A new cube starts with an empty log (a bundle import copies the source chain into it); an
@@ -206,12 +198,12 @@ class Governance:
                 setattr(exc, _MARK, seen)
             except (AttributeError, TypeError):  # pragma: no cover - an exception type with __slots__
                 return exc
-        seen.add(self._cube.cube_id)
+        seen.add(self.cube_id)
         return exc
 
     def _recorded(self, exc: BaseException) -> bool:
         seen = getattr(exc, _MARK, None)
-        return isinstance(seen, set) and self._cube.cube_id in seen
+        return isinstance(seen, set) and self.cube_id in seen
 
     def _audited(self, actor: Any, op: str, item_id: Any = None,
                  detail: Mapping[str, Any] | None = None) -> "_Attempt":
@@ -232,7 +224,7 @@ class Governance:
                      detail: Mapping[str, Any] | None = None) -> None:
         """Record a failure that the caller handles itself (e.g. an item an expiry sweep had to skip)."""
         if not self._recorded(exc):
-            self._audit(self._cube.actor if actor is None else actor, op, item_id, _outcome(exc),
+            self._audit(self.actor if actor is None else actor, op, item_id, _outcome(exc),
                         {**(detail or {}), "error": type(exc).__name__}, exc)
 
     def _role(self, c: Txn, principal: str) -> Role | None:
@@ -264,7 +256,7 @@ class Governance:
 
     def allows(self, actor: str | None, right: Right | str) -> bool:
         """Whether ``actor`` holds ``right`` (no audit record; for UIs and pre-filtering)."""
-        actor = self._cube.actor if actor is None else actor
+        actor = self.actor if actor is None else actor
         if not isinstance(actor, str):
             return False
         role = self.role_of(actor)
@@ -279,7 +271,7 @@ class Governance:
         read the cube, it raises the same :class:`NotFound` as an unknown id: the answer never depends on
         whether the item exists.
         """
-        actor = self._cube.actor if actor is None else actor
+        actor = self.actor if actor is None else actor
         try:
             check_principal_id(actor, "actor")
         except ValidationError as exc:
@@ -289,16 +281,16 @@ class Governance:
         if role is None or right not in ROLE_RIGHTS[role]:
             err: MemOSError
             if item_id is not None and (role is None or Right.READ not in ROLE_RIGHTS[role]):
-                err = self._cube._missing(item_id)
+                err = self._missing(item_id)
             elif role is None:
-                err = PermissionDenied(f"principal {actor!r} has no access to cube {self._cube.name!r}; an owner or "
+                err = PermissionDenied(f"principal {actor!r} has no access to cube {self.name!r}; an owner or "
                                        "admin must share it first")
             else:
-                err = PermissionDenied(f"{actor!r} is {role.value} on cube {self._cube.name!r} and lacks the "
+                err = PermissionDenied(f"{actor!r} is {role.value} on cube {self.name!r} and lacks the "
                                        f"{right.value!r} right that {op} needs")
             self._audit(actor, op, item_id, "denied",
                         {"right": right.value, "role": None if role is None else role.value}, err)
-            log.info("refused %s on cube %s: %r (%s) lacks the %r right", op, self._cube.name, actor,
+            log.info("refused %s on cube %s: %r (%s) lacks the %r right", op, self.name, actor,
                      role.value if role is not None else "no role", right.value)
             raise err
         if filter is not None:
@@ -392,7 +384,7 @@ class Governance:
         a principal is seen. Refusals raise :class:`PermissionDenied` / :class:`ValidationError`, change
         nothing and are audited.
         """
-        actor = self._cube.actor if actor is None else actor
+        actor = self.actor if actor is None else actor
         detail = {"principal": principal if isinstance(principal, str) else None,
                   "role": role.value if isinstance(role, Role) else str(role)[:32]}
         with self._audited(actor, "acl.grant", None, detail):
@@ -434,7 +426,7 @@ class Governance:
         """Remove ``principal``'s role. Anyone may leave (revoke themselves); revoking others needs the
         **share** right and a role above theirs (owners may revoke owners). The last owner cannot be removed.
         """
-        actor = self._cube.actor if actor is None else actor
+        actor = self.actor if actor is None else actor
         detail = {"principal": principal if isinstance(principal, str) else None}
         with self._audited(actor, "acl.revoke", None, detail):
             check_principal_id(actor, "actor")
@@ -445,7 +437,7 @@ class Governance:
                 current = self._role(c, principal)
                 check_revoke(actor, revoker_role, principal, current, self._owners(c))
                 if current is None:
-                    raise NotFound(f"{principal!r} has no role on cube {self._cube.name!r}")
+                    raise NotFound(f"{principal!r} has no role on cube {self.name!r}")
                 self.records.delete_grant(c, principal)
                 self.records.append_event(c, now, actor, "acl.revoke", None,
                                           detail={"principal": principal, "previous": current.value})
@@ -503,222 +495,6 @@ class Governance:
                 self.records.append_event(c, self._now(), actor, "policy.set", None,
                                           detail={k: json.loads(v) for k, v in updates.items()})
         return self._policy()
-
-    # ------------------------------------------------------------------ legal hold
-    def hold(self, item_id: str, *, actor: str | None = None, reason: str | None = None) -> MemoryItem:
-        """Put a memory under legal hold (the frozen state): no update, delete, expiry, purge or forget until
-        :meth:`release`. Needs **administer**."""
-        with self._audited(actor, "legal_hold", item_id):
-            return self._cube.transition(item_id, _S.FROZEN, actor=actor, reason=reason or "legal hold")
-
-    def release(self, item_id: str, *, actor: str | None = None, reason: str | None = None) -> MemoryItem:
-        """Lift a legal hold; the memory returns to the state it was in (activated or archived)."""
-        with self._audited(actor, "release", item_id):
-            actor = self._cube._authorize(actor, Right.ADMINISTER, "release", item_id)
-            back = _S.ACTIVATED
-            for t in reversed(self._cube.records.transitions(item_id)):
-                if t.to_state == _S.FROZEN:
-                    if t.from_state == _S.ARCHIVED:
-                        back = _S.ARCHIVED
-                    break
-            return self._cube.transition(item_id, back, actor=actor, reason=reason or "legal hold lifted")
-
-    # ------------------------------------------------------------------ forget
-    def forget(self, item_id: str, *, actor: str | None = None, reason: str | None = None,
-               cascade: bool = True, drop_artifacts: bool = True) -> list[str]:
-        """Erase a memory and everything derived from it, for good. Needs **administer**.
-
-        Removes the item row, every version, its lifecycle transitions, its embedding, its lexical-index
-        entries and its vector-index row, and removes its text from what was derived from it
-        (:mod:`memos_core.governance.erasure` says exactly what): neighbours whose index text quotes it are
-        re-derived and re-embedded; with ``cascade`` (default) memories derived from it (``parent_ids`` /
-        ``parent_versions``, duplicates merged into it, facts extracted from the turn it records) are erased
-        too, and facts that only cited its turn lose that citation. Then the lexical index is merged, the
-        erased vectors overwritten and deleted in the vector index and its files scrubbed (see
-        :func:`.erasure.scrub_vectors`: a compaction may be left pending in a large cube written before this
-        release; ``MemCube.compact_index()``), the WAL checkpointed and
-        truncated, so the bytes leave every file of the cube folder. Activation and parametric artefacts built
-        from erased memories become stale (:func:`memos_core.artifacts.stale_sources` finds the id gone); with
-        ``drop_artifacts`` (default) those stored in the cube (``activation/`` KV caches, whose token ids encode
-        the text, and ``parametric/`` LoRA adapters, whose weights were trained on it) are deleted as well.
-        Artefacts kept in folders outside the cube are the caller's to delete (``KVCacheStore.delete_for_items``,
-        ``AdapterStore.forget_items(..., delete=True)``).
-
-        The records change in one transaction; the work after it (vector scrub, compaction, artefacts) is
-        resumed on the next open if the process dies first. The audit record keeps the ids, who and when,
-        never the content. A memory under legal hold (or a memory the erasure would change under hold)
-        cannot be forgotten: :class:`Conflict`, nothing changes. Returns the ids erased.
-        """
-        from .erasure import check_not_held, plan_erasure
-
-        cube = self._cube
-        with cube._lock:
-            with self._audited(actor, "forget", item_id, {"cascade": bool(cascade)}):
-                if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
-                    raise ValidationError("reason must be a string of at most 500 characters")
-                actor = cube._authorize(actor, Right.ADMINISTER, "forget", item_id)
-                cube._load(item_id)
-                now = self._now()
-                with self.records.transaction() as c:
-                    root = self.records.get(item_id)
-                    if root is None:
-                        raise cube._missing(item_id)
-                    plan = plan_erasure(self.records, root, cascade=cascade, c=c)
-                    check_not_held(self.records, plan, item_id, c)
-                    self._apply_plan(c, plan)
-                    self.records.add_forget_pending(c, plan.erase)
-                    self._mark_pending(c, plan.erase, drop_artifacts)
-                    self.records.append_event(c, now, actor, "forget", item_id,
-                                              detail={"ids": plan.erase, "cascade": cascade, "reason": reason,
-                                                      "rederived": sorted(plan.rederive),
-                                                      "unlinked": sorted(plan.unlink)})
-            if not getattr(self._tls, "defer_erasure", False):
-                self.finish_erasure()
-        return plan.erase
-
-    def _apply_plan(self, c: Any, plan: Any) -> None:
-        """Inside a transaction: erase ``plan.erase``; rewrite the memories whose index text or provenance held
-        erased text (current row and every version; re-embedded when their index text changed)."""
-        from .. import lifecycle
-        from .erasure import revised
-
-        rows = self.records.rowids_of([*plan.erase, *plan.rederive, *plan.unlink], c)
-        for iid in plan.erase:
-            if iid in rows:
-                self.records.erase_item(c, rows[iid][0], iid)
-        changed = [i for i in dict.fromkeys([*plan.rederive, *plan.unlink]) if i in rows]
-        work = []
-        for iid in changed:
-            item = self.records.get(iid)
-            if item is None:  # pragma: no cover - read inside the same transaction
-                continue
-            new, versions = revised(item, self.records.versions(iid), plan.rederive.get(iid, []),
-                                    plan.unlink.get(iid, []))
-            indexed = item.state in lifecycle.INDEXED
-            vec = None
-            if indexed and iid not in plan.rederive:
-                vec = self.records.embedding(rows[iid][0])
-            work.append((rows[iid][0], new, versions, self.records.transitions(iid), indexed, vec))
-        todo = [n for n, w in enumerate(work) if w[4] and w[5] is None]
-        if todo:
-            vecs = self._cube._embed([work[n][1].index_text or work[n][1].content for n in todo])
-            for n, vec in zip(todo, vecs):
-                work[n] = (*work[n][:5], vec)
-        for rowid, new, versions, transitions, indexed, vec in work:
-            self.records.erase_item(c, rowid, new.id)
-            self.records.restore_item(c, new, versions, transitions, vec, indexed)
-
-    def _mark_pending(self, c: Any, ids: Sequence[str], drop_artifacts: bool) -> None:
-        """Record (in the erasing transaction) the after-commit work :meth:`finish_erasure` still has to do."""
-        from .erasure import PENDING_KEY
-
-        raw = self.records.get_meta(PENDING_KEY)
-        try:
-            cur = json.loads(raw) if raw else {}
-        except ValueError:
-            cur = {}
-        old = [i for i in cur.get("ids", []) if isinstance(i, str)]
-        self.records.set_meta(c, PENDING_KEY, json.dumps({
-            "ids": list(dict.fromkeys([*old, *ids])), "artifacts": bool(cur.get("artifacts")) or drop_artifacts}))
-
-    def plan_purge(self, c: Any, item: MemoryItem) -> Any:
-        """Inside the purge transaction, before the content is blanked: re-derive the neighbours whose index
-        text quotes ``item`` (see :mod:`.erasure`); returns the plan (its ``rederive`` ids)."""
-        from .erasure import check_not_held, plan_erasure
-
-        plan = plan_erasure(self.records, item, cascade=False, c=c, erase_root=False)
-        check_not_held(self.records, plan, item.id, c)
-        self._apply_plan(c, plan)
-        # the purged text also leaves the lexical index, the WAL and the vector index's files (its vector was
-        # deleted from the index when it was tombstoned, but Chroma keeps deleted vectors in its files)
-        self._mark_pending(c, [item.id], False)
-        return plan
-
-    def deferred_erasure(self) -> "_Deferred":
-        """``with gov.deferred_erasure(): ...`` runs several forgets and purges, then the after-commit work
-        (vector-index scrub, lexical merge, checkpoint) once at the end (expiry sweeps use it)."""
-        return _Deferred(self)
-
-    def finish_erasure(self) -> bool:
-        """Finish erasures whose records are committed: overwrite and delete the erased rows in the vector index,
-        push the re-derived ones, make the index's files keep no erased vector (in place when that is verified;
-        otherwise by a compaction, now if the cube is small, else recorded as pending: see
-        :func:`.erasure.scrub_vectors`), merge the lexical index, checkpoint and truncate the WAL, delete stored
-        artefacts. Runs after every forget/purge and on open when a previous process died first. True when
-        nothing is left to do (a pending compaction aside: :meth:`MemCube.compact_index`)."""
-        from .erasure import PENDING_KEY, scrub_vectors
-
-        raw = self.records.get_meta(PENDING_KEY)
-        if not raw:
-            return True
-        try:
-            pending = json.loads(raw)
-        except ValueError:
-            pending = {"ids": [], "artifacts": True}
-        ids = [i for i in pending.get("ids", []) if isinstance(i, str)]
-        cube = self._cube
-        vectors_done = True
-        try:
-            scrub_vectors(cube, ids, self)
-        except BackendUnavailable as exc:
-            vectors_done = False
-            cube.index_degraded = True
-            log.warning("vector index unavailable after an erasure (%s); its rows are removed on the next open", exc)
-        self.records.compact_erased()
-        if pending.get("artifacts"):
-            self._drop_artifacts(ids)
-        if not vectors_done:
-            return False
-        with self.records.transaction() as c:
-            self.records.set_meta(c, PENDING_KEY, "")
-        self.records.checkpoint()
-        return True
-
-    def compact_on_open(self) -> bool:
-        """Run a pending vector-index compaction when the cube is small enough for it to be quick (at most
-        :data:`.erasure.SYNC_COMPACT_MAX` vectors); True when none is pending afterwards."""
-        from .erasure import SYNC_COMPACT_MAX, compaction_pending
-
-        if not compaction_pending(self._cube):
-            return True
-        if self.records.embedding_count() > SYNC_COMPACT_MAX:
-            return False
-        try:
-            self._cube._compact_index()
-        except BackendUnavailable as exc:
-            log.warning("pending vector-index compaction could not run on open: %s", exc)
-            return False
-        return True
-
-    def _drop_artifacts(self, ids: list[str]) -> None:
-        """Delete the cube's stored KV caches and LoRA adapters built from any of ``ids``."""
-        from ..activation.store import KVCacheStore
-        from ..parametric.store import AdapterStore
-
-        root = Path(self._cube.path)
-        dropped: dict[str, list[str]] = {}
-        if (root / "activation").is_dir():
-            dropped["kv_caches"] = KVCacheStore(root / "activation").delete_for_items(ids)
-        if (root / "parametric").is_dir():
-            dropped["adapters"] = AdapterStore(root / "parametric").forget_items(ids, delete=True)
-        if any(dropped.values()):
-            log.info("forget deleted derived artefacts: %s", {k: len(v) for k, v in dropped.items()})
-
-    def flush_forgets(self) -> int:
-        """Remove forgotten ids from the vector index (after a forget; again on open if the index was down).
-        Each is overwritten before it is deleted (:meth:`ChromaVectorIndex.erase`)."""
-        ids = self.records.forget_pending()
-        if not ids:
-            return 0
-        try:
-            from ..plaintext.vector import erase_rows
-
-            erase_rows(self._cube.index, ids)
-        except BackendUnavailable:
-            self._cube.index_degraded = True
-            return 0
-        self.records.clear_forget_pending(ids)
-        return len(ids)
 
     # ------------------------------------------------------------------ audit log
     def audit_log(self, *, actor: str | None = None, item_id: str | None = None, principal: str | None = None,

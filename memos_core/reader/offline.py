@@ -161,7 +161,7 @@ def reply_context(previous: str) -> str:
     content, ``"<speaker>: <text>"``): ``"(in reply to: <previous, cut to 240 characters>)"``.
 
     It is derived text: forgetting or purging the previous turn's memory removes this fragment from every
-    memory whose index text holds it (:mod:`memos_core.governance.erasure`), which finds it by calling this
+    memory whose index text holds it (:mod:`memos_core.erasure`), which finds it by calling this
     same function on the erased content.
     """
     ctx = previous

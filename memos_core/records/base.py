@@ -199,7 +199,7 @@ class RecordStore(ABC):
         """Rowids of the items of exactly this user/agent scope whose index text may hold any of ``fragments``
         now or in an earlier version: those whose current index text contains one, and every item past version 1
         (its versions are checked by the caller). A superset of what forget must re-derive
-        (:mod:`memos_core.governance.erasure`), found without loading the scope. This default scans the scope;
+        (:mod:`memos_core.erasure`), found without loading the scope. This default scans the scope;
         backends answer it in SQL."""
         cf = self.compile_filter(SearchFilter(user_id=user_id, agent_id=agent_id), list(LifecycleState),
                                  float("-inf"))
