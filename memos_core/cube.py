@@ -26,9 +26,10 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -238,6 +239,7 @@ class MemCube:
         max_content_chars: int = MAX_CONTENT_CHARS_DEFAULT,
         retrieval: RetrievalConfig | None = None,
         vector_sync: Literal["immediate", "deferred"] | None = None,
+        embed_sync: Literal["immediate", "deferred"] | None = None,
     ) -> None:
         #: the system of record's URL when it is a server (PostgreSQL); None for a cube folder
         self.store_url: str | None = str(path) if is_store_url(path) else None
@@ -249,6 +251,10 @@ class MemCube:
         self._count_lock = threading.Lock()  # guards _unapplied
         self._index_lock = threading.RLock()  # one apply at a time: read pending rows -> upsert -> mark applied
         self._flush_job: Any = None  # the deferred batch being applied on the background thread
+        self._embed_sync = _sync_mode(embed_sync, "embed_sync", "MEMOS_EMBED_SYNC")
+        self._waiting = 0  # rows this process committed without their embedding, not yet embedded (guarded by _count_lock)
+        self._embed_lock = threading.Lock()  # one thread lists, embeds and stores waiting rows at a time
+        self._embed_job: Any = None  # waiting rows being embedded on the background thread
         self._clock = clock or utcnow
         self.actor = check_principal_id(actor, "actor")
         self.max_content_chars = max_content_chars
@@ -447,12 +453,12 @@ class MemCube:
         self._index_degraded = bool(value)
 
     def close(self) -> None:
-        job = self._flush_job
-        if job is not None:  # before the cube lock: the job may be waiting for a records lock held under it
-            try:
-                job.result()
-            except Exception:  # noqa: BLE001 - logged by the job
-                pass
+        for job in (self._embed_job, self._flush_job):
+            if job is not None:  # before the cube lock: the job may be waiting for a records lock held under it
+                try:
+                    job.result()
+                except Exception:  # noqa: BLE001 - logged by the job
+                    pass
         with self._lock:
             try:
                 self._flush_deferred()
@@ -583,7 +589,11 @@ class MemCube:
         upsert_vecs: list[np.ndarray] = []
         upsert_meta: list[dict[str, Any]] = []
         delete_ids: list[str] = []
-        for _, item_id, state, kind, user_id, agent_id, session_id, blob in self.records.index_rows(pending):
+        waiting: set[int] = set()
+        for rowid, item_id, state, kind, user_id, agent_id, session_id, blob in self.records.index_rows(pending):
+            if blob is None and state in indexed:  # its embedding is still to come (embed_sync="deferred"): the
+                waiting.add(rowid)  # mark stays; storing the embedding marks the row again (_embed_waiting)
+                continue
             if blob is None or state not in indexed:
                 delete_ids.append(item_id)
                 continue
@@ -600,7 +610,7 @@ class MemCube:
             erase_rows(self.index, delete_ids)
         if upsert_ids:
             self.index.upsert(upsert_ids, np.stack(upsert_vecs), upsert_meta)
-        self.records.mark_vectors_applied(pending)
+        self.records.mark_vectors_applied([r for r in pending if r not in waiting] if waiting else pending)
         self.index_degraded = False
         with self._count_lock:  # rows written meanwhile stay counted
             self._unapplied = max(0, self._unapplied - taken)
@@ -616,13 +626,15 @@ class MemCube:
 
     def _flush_deferred(self) -> None:
         """Apply the vectors of writes whose index update was deferred (``vector_sync="deferred"``), waiting for
-        a batch being applied in the background first."""
-        job = self._flush_job
-        if job is not None:
-            try:
-                job.result()
-            except Exception:  # noqa: BLE001 - logged by the job; the rows are still pending in the records
-                pass
+        a batch being applied in the background first; rows still waiting for their embedding
+        (``embed_sync="deferred"``) are embedded first."""
+        for job in (self._embed_job, self._flush_job):
+            if job is not None:
+                try:
+                    job.result()
+                except Exception:  # noqa: BLE001 - logged by the job; the rows are still pending in the records
+                    pass
+        self._embed_waiting()
         if self._unapplied:
             with self._lock:
                 if self._unapplied:
@@ -644,6 +656,65 @@ class MemCube:
 
         self._flush_job = _index_pool().submit(run)
 
+    # ------------------------------------------------------------------ deferred embeddings (embed_sync="deferred")
+    def _embed_waiting(self, batches: int | None = None) -> int:
+        """Embed the rows that were committed without their embedding (``embed_sync="deferred"``, by this process
+        or another one, or by one that died) and store the vectors; returns how many were stored.
+
+        Whatever needs every acknowledged write's vector calls it first: search, inspecting or rebuilding the
+        vector index, export, close, and the open-time repair. A row changed meanwhile (updated, deleted,
+        forgotten) keeps what that write stored (:meth:`RecordStore.put_embeddings` checks the text). At most
+        ``batches`` batches of :data:`_EMBED_BATCH` rows (None: until none is left)."""
+        if not self.records.embeds_later:
+            return 0
+        stored = 0
+        done_batches = 0
+        while batches is None or done_batches < batches:
+            with self._embed_lock:  # listed, embedded and stored by one thread at a time
+                rows = self.records.waiting_embeddings(_EMBED_BATCH)
+                if not rows:
+                    with self._count_lock:
+                        self._waiting = 0
+                    break
+                vecs = self._embed([text for _, text in rows])
+                # derived data: no fsync of its own (a lost embedding leaves the row waiting; it is embedded again)
+                with self.records.derived_transaction() as c:
+                    done = self.records.put_embeddings(c, [(r, t, v) for (r, t), v in zip(rows, vecs)])
+                with self._count_lock:
+                    self._waiting = max(0, self._waiting - len(rows))
+                    self._unapplied += len(done)
+            stored += len(done)
+            done_batches += 1
+            if len(rows) < _EMBED_BATCH or not done:
+                break
+        if stored:
+            log.debug("cube %s: stored %d deferred embeddings", self.name, stored)
+        return stored
+
+    def _embed_in_background(self) -> None:
+        """Embed waiting rows on the background thread (one job at a time per cube), then hand their vectors to
+        the deferred vector-index batch. A failure leaves the rows waiting: the next write, search or open retries."""
+        job = self._embed_job
+        if job is not None and not job.done():
+            return
+
+        def run() -> None:
+            try:
+                self._embed_waiting()
+            except Exception:  # noqa: BLE001 - the rows stay waiting in the records
+                log.exception("background embedding of cube %s failed", self.name)
+
+        self._embed_job = _index_pool().submit(run)
+
+    def _embed_before_search(self) -> None:
+        """Search sees every acknowledged write: rows still waiting for their embedding are embedded first (an
+        embedder failure is logged; such rows are then found by the lexical index only, until it recovers)."""
+        try:
+            self._embed_waiting()
+        except MemOSError as exc:
+            log.warning("cube %s: could not embed rows waiting for their embedding before a search: %s",
+                        self.name, exc)
+
     def repair_index(self) -> dict[str, int]:
         """Bring the vector index in line with the records (run once per open, before the index is first used).
 
@@ -651,6 +722,7 @@ class MemCube:
         re-adds/removes whatever differs. Returns counts of what was fixed.
         """
         with self._lock:
+            self._embed_waiting()  # rows a process that died left without their embedding (embed_sync="deferred")
             pending = len(self.records.pending_vectors())
             self._apply_pending()
             fixed = {"pending": pending, "added": 0, "removed": 0}
@@ -689,9 +761,11 @@ class MemCube:
         With ``reembed`` every indexed memory is embedded again with the current embedder (use after
         changing the embedding model); otherwise the stored embeddings are reused.
         """
-        with self.governance._audited(actor, "reindex"):
-            actor = self._authorize(actor, Right.ADMINISTER, "reindex")
+        with self._write("reindex", actor) as w:
+            actor = w.authorize(Right.ADMINISTER)
             with self._lock:
+                if not reembed:
+                    self._embed_waiting()  # every indexed row has its embedding before the rebuild reads them
                 if reembed:
                     rows = [(self.records.rowid(it.id), it) for it in self.records.iter_items(states=lifecycle.INDEXED)]
                     it_range: Iterable[int] = progress_iter(range(0, len(rows), batch_size), "re-embedding",
@@ -699,12 +773,11 @@ class MemCube:
                     for s in it_range:
                         chunk = rows[s:s + batch_size]
                         vecs = self._embed([it.index_text or it.content for _, it in chunk])
-                        with self.records.transaction() as c:
+                        with w.commit(sync=None) as c:  # the index is rebuilt below
                             for (rowid, it), vec in zip(chunk, vecs):
                                 assert rowid is not None
                                 self.records.reindex_row(c, rowid, it, vec)
-                            self.records.append_event(c, time.time(), actor, "reindex", None,
-                                                      detail={"reembedded": len(chunk)})
+                            w.record(c, time.time(), {"reembedded": len(chunk)})
                     self.manifest["embedder"] = {"name": self._embedder.name, "dim": self._embedder.dim}
                     self._save_manifest()
                 self.index.reset()
@@ -729,14 +802,13 @@ class MemCube:
         (:meth:`vector_compaction_pending`: a large cube written before in-place scrubbing, or a Chroma release
         where it is not verified), and costs the whole index (about 1-2 s per 1,000 vectors). Batch it: run it
         once after many forgets. Returns ``{"indexed": n, "erased_ids": ids that were waiting}``."""
-        with self.governance._audited(actor, "compact_index"):
-            actor = self._authorize(actor, Right.ADMINISTER, "compact_index")
+        with self._write("compact_index", actor) as w:
+            actor = w.authorize(Right.ADMINISTER)
             with self._lock:
                 waiting = self.vector_compaction_pending()
                 n = self._compact_index()
-                with self.records.transaction() as c:
-                    self.records.append_event(c, time.time(), actor, "compact_index", None,
-                                              detail={"indexed": n, "erased_ids": waiting})
+                with w.commit(sync=None) as c:
+                    w.record(c, time.time(), {"indexed": n, "erased_ids": waiting})
                 return {"indexed": n, "erased_ids": waiting}
 
     def vector_compaction_pending(self) -> int:
@@ -751,6 +823,8 @@ class MemCube:
         from .erasure import VECTOR_COMPACTION_KEY, VECTOR_SCRUBBED_KEY
 
         with self._lock:
+            self._embed_waiting()  # every indexed row has its embedding before the rebuild reads them
+
             def batches() -> Iterable[tuple[list[str], np.ndarray, list[dict[str, Any]]]]:
                 for batch in self.records.all_embeddings():
                     rows = {r.rowid: r for r in self.records.index_rows([b[0] for b in batch])}
@@ -789,6 +863,54 @@ class MemCube:
             return n
 
     # ------------------------------------------------------------------ writes
+    def _write(self, op: str, actor: str | None, item_id: str | None = None,
+               detail: Mapping[str, Any] | None = None) -> "_Write":
+        """The pipeline of every write method (``with self._write("update", actor, item_id) as w: ...``): the
+        attempt is audited, ``w.authorize()`` checks the right, ``w.commit()`` is the one records transaction
+        (under the cube lock) in which ``w.record()`` appends the audit event, and the vector index is synced
+        after the commit. See :class:`_Write`."""
+        return _Write(self, op, actor, item_id, detail)
+
+    @property
+    def embed_sync(self) -> str:
+        """``"deferred"`` when a small add commits without its embedding and the background thread embeds it
+        right after (``embed_sync="deferred"``, MemOS's default; needs ``vector_sync="deferred"`` and a record
+        store that supports it, else ``"immediate"``: the add embeds before it commits).
+
+        What holds either way: an add is durable when it returns; search embeds any row still waiting before it
+        scores (it sees every acknowledged write, dense included); inspecting the vector index, reindex, export
+        and close embed them too; a crash leaves them waiting in the records (marked pending, with their text),
+        and the next open embeds them. At most :data:`_EMBED_BACKLOG` rows of a process wait at a time; past
+        that an add embeds inline again."""
+        if self._embed_sync == "deferred" and self.vector_sync == "deferred" and self.records.embeds_later:
+            return "deferred"
+        return "immediate"
+
+    def _defer_embedding(self, n: int) -> bool:
+        """Whether an add of ``n`` memories commits without their embeddings (see :attr:`embed_sync`)."""
+        if n > _EMBED_BATCH or self.embed_sync != "deferred":
+            return False
+        with self._count_lock:
+            return self._waiting + n <= _EMBED_BACKLOG
+
+    def _after_add(self, rows: int, waiting: bool) -> None:
+        """After an add's commit (under the cube lock): the vector index now, or a batch later; rows committed
+        without their embedding go to the background thread first."""
+        if self.vector_sync == "immediate":
+            self._sync_after_write()
+            return
+        with self._count_lock:
+            if waiting:
+                self._waiting += rows
+            else:
+                self._unapplied += rows
+            due = self._unapplied >= _DEFER_MAX
+            behind = self._waiting > 0
+        if behind:  # also after an inline add: rows may still wait (a full backlog, a job that just ended)
+            self._embed_in_background()
+        if due:
+            self._flush_in_background()
+
     def add(self, content: str | Mapping[str, Any] | MemoryItem, *, kind: MemoryKind | str | None = None,
             user_id: str | None = None, agent_id: str | None = None, session_id: str | None = None,
             event_time: Any = None, expires_at: Any = None, ttl: timedelta | float | None = None,
@@ -801,7 +923,7 @@ class MemCube:
         ``content`` may be a string (with the keyword fields) or a dict / :class:`MemoryItem` with the same
         fields. ``ttl`` (seconds or a timedelta) sets ``expires_at`` relative to now.
         """
-        with self.governance._audited(actor, "add", id):
+        with self._write("add", actor, id):  # add_many below authorizes and commits (a nested write)
             spec: dict[str, Any]
             if isinstance(content, str):
                 spec = {"content": content}
@@ -831,15 +953,19 @@ class MemCube:
         ``defaults`` (e.g. ``user_id=...``, ``kind=...``) apply to every memory that does not set the field.
         ``progress``: a progress bar while a large batch is embedded (default: in a terminal, unless
         ``MEMOS_PROGRESS=0``; see :mod:`memos_core.log`).
+
+        With ``embed_sync="deferred"`` (see :attr:`embed_sync`) a small add commits without its embedding, which
+        the background thread computes right after; search embeds whatever is still waiting first, so it sees
+        the write at once.
         """
-        with self.governance._audited(actor, "add", None, _count(memories)):
+        with self._write("add", actor, None, _count(memories)) as w:
             if isinstance(memories, (str, bytes)) or not isinstance(memories, Sequence):
                 raise ValidationError("add_many expects a list of memories")
             unknown = set(defaults) - {"kind", "user_id", "agent_id", "session_id", "event_time", "expires_at", "tags",
                                        "metadata", "provenance", "confidence", "state", "ttl"}
             if unknown:
                 raise ValidationError(f"add_many: unknown default field(s) {sorted(unknown)}")
-            actor = self._authorize(actor, Right.WRITE, "add")
+            actor = w.authorize()
             items: list[MemoryItem] = []
             now = self._now()
             seen: set[str] = set()
@@ -866,21 +992,13 @@ class MemCube:
                 return []
             # forged principals refused, default TTL, redaction policy (memos_core.governance), before embedding
             items = [it.model_copy(update={"created_by": actor}) for it in self.governance.prepare_add(items, actor, now)]
-            vecs = self._embed_bulk([it.index_text or it.content for it in items], progress)
-            with self._lock:
-                with self.records.transaction() as c:
-                    at = now.timestamp()
-                    self.records.add_items(c, items, vecs, [it.state in lifecycle.INDEXED for it in items], actor, at)
-                # Durable now (the records commit above). The vector index is derived: it is updated right away,
-                # or with "deferred" sync in batches (search scores rows still pending exactly, see _dense).
-                if self.vector_sync == "immediate":
-                    self._sync_after_write()
-                else:
-                    with self._count_lock:
-                        self._unapplied += len(items)
-                        due = self._unapplied >= _DEFER_MAX
-                    if due:
-                        self._flush_in_background()
+            later = self._defer_embedding(len(items))
+            vecs: Sequence[np.ndarray | None] = [None] * len(items) if later else \
+                self._embed_bulk([it.index_text or it.content for it in items], progress)
+            # one transaction: the rows, their first versions, transitions and "add" audit records (add_items)
+            with w.commit(sync="add", rows=len(items), waiting=later) as c:
+                self.records.add_items(c, items, vecs, [it.state in lifecycle.INDEXED for it in items], actor,
+                                       now.timestamp())
             if log.isEnabledFor(logging.INFO):
                 log.info("added %d memories to cube %s by %s: %s", len(items), self.name, actor,
                          ", ".join(it.id for it in items[:20]) + (" ..." if len(items) > 20 else ""))
@@ -917,7 +1035,7 @@ class MemCube:
         re-derives the index text: the old content inside it is replaced by the new one (context such as an
         "in reply to ..." suffix stays), or, where that is not possible, the new content is indexed alone.
         """
-        with self.governance._audited(actor, "update", item_id):
+        with self._write("update", actor, item_id) as w:
             unknown = set(fields) - _UPDATABLE_FIELDS
             if unknown:
                 raise ValidationError(f"update: unknown or read-only field(s) {sorted(unknown)}; "
@@ -926,7 +1044,7 @@ class MemCube:
                 fields["content"] = content
             if not fields:
                 raise ValidationError("update: nothing to change")
-            actor = self._authorize(actor, Right.WRITE, "update", item_id)
+            actor = w.authorize()
             with self._lock:
                 rowid, item = self._load(item_id)
                 if item.state not in lifecycle.WRITABLE:
@@ -936,7 +1054,7 @@ class MemCube:
                     raise Conflict(f"memory {item_id!r} is at version {item.version}, not {expected_version}")
                 new = self.governance.prepare_update(item, self._revise(item, fields), actor)
                 vec = self._embed([new.index_text or new.content])[0]
-                with self.records.transaction() as c:
+                with w.commit() as c:
                     # Read again inside the write transaction: a writer that deleted, froze or archived the memory
                     # after we read it must not have its state overwritten by ours (replace_item checks the
                     # version; a state change keeps the version).
@@ -946,9 +1064,7 @@ class MemCube:
                                        f"{'gone' if now_item is None else now_item.state.value}); read it again")
                     self.records.replace_item(c, rowid, new, vec, new.state in lifecycle.INDEXED, True, actor,
                                               reason or "update")
-                    self.records.append_event(c, new.updated_at.timestamp(), actor, "update", item_id,
-                                              detail={"version": new.version, "reason": reason})
-                self._sync_after_write()
+                    w.record(c, new.updated_at.timestamp(), {"version": new.version, "reason": reason})
                 return new
 
     def _revise(self, item: MemoryItem, fields: Mapping[str, Any]) -> MemoryItem:
@@ -985,18 +1101,18 @@ class MemCube:
     def transition(self, item_id: str, state: LifecycleState | str, *, reason: str | None = None,
                    actor: str | None = None) -> MemoryItem:
         """Move a memory to another lifecycle state (checked by :mod:`memos_core.lifecycle`)."""
-        with self.governance._audited(actor, "transition", item_id, {"to": _state_value(state)}):
+        with self._write("transition", actor, item_id, {"to": _state_value(state)}) as w:
             try:
                 target = LifecycleState(state)
             except ValueError:
                 raise ValidationError(f"unknown state {state!r}; one of {[s.value for s in LifecycleState]}") from None
             if target == _S.PURGED:
                 return self.purge(item_id, reason=reason, actor=actor)
-            actor = self._authorize(actor, Right.WRITE, "transition", item_id)
+            actor = w.authorize()
             with self._lock:
                 rowid, item = self._load(item_id)
                 if _S.FROZEN in (item.state, target):  # placing or lifting a legal hold
-                    self._authorize(actor, Right.ADMINISTER, "legal_hold", item_id)
+                    w.authorize(Right.ADMINISTER, "legal_hold")
                 lifecycle.check_transition(item.state, target)
                 now = self._now()
                 new = item.model_copy(update={"state": target, "updated_at": now})
@@ -1007,7 +1123,7 @@ class MemCube:
                     vec = self.records.embedding(rowid)
                     if vec is None:
                         vec = self._embed([item.index_text or item.content])[0]
-                with self.records.transaction() as c:
+                with w.commit() as c:
                     self.records.set_state(c, rowid, item_id, item.state, target, now.timestamp(), actor, reason)
                     if was_indexed and not will_index:
                         self.records.unindex(c, rowid)
@@ -1015,15 +1131,13 @@ class MemCube:
                         self.records.reindex_row(c, rowid, new, vec)
                     elif will_index:  # metadata in the vector index carries the state
                         self.records.mark_pending(c, rowid)
-                    self.records.append_event(c, now.timestamp(), actor, "transition", item_id,
-                                              detail={"from": item.state.value, "to": target.value, "reason": reason})
-                self._sync_after_write()
+                    w.record(c, now.timestamp(), {"from": item.state.value, "to": target.value, "reason": reason})
                 return new
 
     def delete(self, item_id: str, *, reason: str | None = None, actor: str | None = None) -> MemoryItem:
         """Tombstone a memory: hidden from search and get (unless asked), kept with its history until purged."""
-        with self.governance._audited(actor, "delete", item_id):
-            actor = self._authorize(actor, Right.WRITE, "delete", item_id)
+        with self._write("delete", actor, item_id) as w:
+            actor = w.authorize()
             with self._lock:
                 _, item = self._load(item_id)
                 if item.state == _S.FROZEN:
@@ -1034,8 +1148,8 @@ class MemCube:
 
     def restore(self, item_id: str, *, reason: str | None = None, actor: str | None = None) -> MemoryItem:
         """Undo a delete (tombstone -> activated)."""
-        with self.governance._audited(actor, "restore", item_id):
-            actor = self._authorize(actor, Right.WRITE, "restore", item_id)
+        with self._write("restore", actor, item_id) as w:
+            actor = w.authorize()
             return self.transition(item_id, _S.ACTIVATED, reason=reason or "restore", actor=actor)
 
     def purge(self, item_id: str, *, reason: str | None = None, actor: str | None = None) -> MemoryItem:
@@ -1044,13 +1158,13 @@ class MemCube:
         The item id, its lifecycle record and the event log stay (they hold no content). Needs
         **administer**; see also :meth:`forget`, which removes the item entirely.
         """
-        with self.governance._audited(actor, "purge", item_id):
-            actor = self._authorize(actor, Right.ADMINISTER, "purge", item_id)
+        with self._write("purge", actor, item_id) as w:
+            actor = w.authorize(Right.ADMINISTER)
             with self._lock:
                 rowid, item = self._load(item_id)
                 lifecycle.check_transition(item.state, _S.PURGED)
                 now = self._now()
-                with self.records.transaction() as c:
+                with w.commit() as c:
                     # neighbours whose index text quotes this memory are re-derived first (memos_core/erasure.py)
                     plan = self._erasure.plan_purge(c, item)
                     self.records.erase_content(c, rowid, item_id)
@@ -1058,8 +1172,7 @@ class MemCube:
                     detail: dict[str, Any] = {"reason": reason}
                     if plan.rederive:
                         detail["rederived"] = sorted(plan.rederive)
-                    self.records.append_event(c, now.timestamp(), actor, "purge", item_id, detail=detail)
-                self._sync_after_write()
+                    w.record(c, now.timestamp(), detail)
                 self.records.optimize_lexical()
                 self._erasure.finish_unless_deferred()
                 got = self.records.get(item_id)
@@ -1070,10 +1183,10 @@ class MemCube:
                  actor: str | None = None) -> MemoryItem:
         """Restore the content of an earlier version as a *new* version (history is never rewritten)."""
         asked = {"version": version if type(version) is int else None}
-        with self.governance._audited(actor, "rollback", item_id, asked):
+        with self._write("rollback", actor, item_id, asked) as w:
             if type(version) is not int or not -(2**62) < version < 2**62:  # 0 or -1: NotFound below
                 raise ValidationError(f"version must be a whole number, not {str(version)[:40]!r}")
-            actor = self._authorize(actor, Right.WRITE, "rollback", item_id)
+            actor = w.authorize()
             with self._lock:
                 _, item = self._load(item_id)
                 old = self.records.version(item_id, version)
@@ -1176,23 +1289,21 @@ class MemCube:
         event. Memories without an expiry, already expired, or not generated/activated are left alone (an
         expired memory is never revived by a read). Returns how many changed. Needs **write**.
         """
-        with self.governance._audited(actor, "refresh_expiry", None, _count(ttls)):
-            actor = self._authorize(actor, Right.WRITE, "refresh_expiry")
+        with self._write("refresh_expiry", actor, None, _count(ttls)) as w:
+            actor = w.authorize()
             now = self._now()
             at = now.timestamp()
             changed: list[str] = []
-            with self._lock:
-                with self.records.transaction() as c:
-                    if not isinstance(ttls, Mapping):
-                        raise ValidationError(f"ttls must map item ids to seconds, not {type(ttls).__name__}")
-                    for item_id, ttl in ttls.items():
-                        check_text(item_id, "item id")
-                        seconds = ttl_seconds(ttl)  # positive, finite, at most MAX_TTL_SECONDS
-                        if self.records.refresh_expiry(c, item_id, at + seconds, at, (_S.GENERATED, _S.ACTIVATED)):
-                            changed.append(item_id)
-                    if changed:
-                        self.records.append_event(c, at, actor, "refresh_expiry", None,
-                                                  detail={"ids": changed})
+            with w.commit(sync=None) as c:  # retention metadata only: nothing for the vector index
+                if not isinstance(ttls, Mapping):
+                    raise ValidationError(f"ttls must map item ids to seconds, not {type(ttls).__name__}")
+                for item_id, ttl in ttls.items():
+                    check_text(item_id, "item id")
+                    seconds = ttl_seconds(ttl)  # positive, finite, at most MAX_TTL_SECONDS
+                    if self.records.refresh_expiry(c, item_id, at + seconds, at, (_S.GENERATED, _S.ACTIVATED)):
+                        changed.append(item_id)
+                if changed:
+                    w.record(c, at, {"ids": changed})
             return len(changed)
 
     @staticmethod
@@ -1239,6 +1350,7 @@ class MemCube:
         states = self._states(f)
         now = self._now().timestamp()
         where, args = self.records.compile_filter(f, states, now)
+        self._embed_before_search()  # rows committed without their embedding yet (embed_sync="deferred")
         hits, used = self.retriever.search(query, mode, f, (where, args), k, min_score)
         if record_usage and hits:
             self.records.record_usage(used, now)
@@ -1393,19 +1505,84 @@ def _count(batch: Any) -> dict[str, int]:
         else {}
 
 
+class _Write:
+    """One governed write of a cube: the pipeline behind every write method (:meth:`MemCube._write`).
+
+    1. The attempt is audited (:meth:`Governance._audited`): if the block raises, one failure record is appended
+       after the write's own transaction rolled back (a nested write, e.g. delete -> transition, leaves it to
+       the outermost one).
+    2. The method validates its arguments, then :meth:`authorize` checks the actor's right (a refusal is
+       audited and raised as PermissionDenied, or NotFound for an item in a cube the actor may not read).
+    3. :meth:`commit` takes the cube lock and opens one records transaction; the method writes its rows and
+       :meth:`record` appends the audit event in that same transaction, so both commit (fsync'd) or neither.
+    4. After the commit, still under the lock, the vector index is synced: ``sync="now"`` applies the pending
+       rows at once, ``"add"`` counts them for a deferred batch (and hands rows committed without their
+       embedding to the background thread), ``None`` leaves the index alone (nothing it holds changed).
+    """
+
+    __slots__ = ("cube", "op", "item_id", "given", "actor", "_attempt")
+
+    def __init__(self, cube: MemCube, op: str, actor: str | None, item_id: str | None,
+                 detail: Mapping[str, Any] | None) -> None:
+        self.cube, self.op, self.item_id, self.given = cube, op, item_id, actor
+        self.actor: str | None = None  # set by authorize()
+        self._attempt = cube.governance._audited(actor, op, item_id, detail)
+
+    def __enter__(self) -> "_Write":
+        self._attempt.__enter__()
+        return self
+
+    def __exit__(self, typ: Any, exc: BaseException | None, tb: Any) -> bool:
+        return bool(self._attempt.__exit__(typ, exc, tb))
+
+    def authorize(self, right: Right = Right.WRITE, op: str | None = None) -> str:
+        """Check that the acting principal holds ``right`` for this write (``op`` names the check in a refusal
+        record, default the write's own op) and return it."""
+        self.actor = self.cube._authorize(self.given, right, op or self.op, self.item_id)
+        return self.actor
+
+    @contextmanager
+    def commit(self, sync: Literal["now", "add"] | None = "now", rows: int = 0,
+               waiting: bool = False) -> Iterator[Any]:
+        """The write's one records transaction (yields its handle), then the vector-index sync (see the class)."""
+        cube = self.cube
+        with cube._lock:
+            with cube.records.transaction() as c:
+                yield c
+            # Durable now (the records commit above). The vector index is derived: updated right away, or with
+            # "deferred" sync in batches (search scores rows still pending exactly).
+            if sync == "now":
+                cube._sync_after_write()
+            elif sync == "add":
+                cube._after_add(rows, waiting)
+
+    def record(self, c: Any, at: float, detail: Mapping[str, Any] | None) -> None:
+        """Append this write's audit event inside its transaction ``c`` (``detail`` never holds content)."""
+        self.cube.records.append_event(c, at, self.actor, self.op, self.item_id, detail=dict(detail or {}))
+
+
 _POOL_LOCK = threading.Lock()
 
 
 #: deferred vector sync: at most this many written rows wait for the index (then one batched upsert)
 _DEFER_MAX = 64
+#: deferred embeddings (embed_sync="deferred"): rows embedded per batch on the background thread
+_EMBED_BATCH = 8
+#: ... and at most this many rows of this process wait for their embedding (a search embeds those still waiting
+#: first, so this bounds what it may have to do); past it an add embeds inline again
+_EMBED_BACKLOG = 16
 #: a large ingest embeds in chunks of this many texts when a progress bar is shown
 _EMBED_CHUNK = 256
 
 
 def _vector_sync_mode(value: Any) -> str:
-    mode = value if value is not None else (os.environ.get("MEMOS_VECTOR_SYNC") or "immediate")
+    return _sync_mode(value, "vector_sync", "MEMOS_VECTOR_SYNC")
+
+
+def _sync_mode(value: Any, name: str, env: str) -> str:
+    mode = value if value is not None else (os.environ.get(env) or "immediate")
     if mode not in ("immediate", "deferred"):
-        raise ValidationError(f"vector_sync must be 'immediate' or 'deferred', not {mode!r}")
+        raise ValidationError(f"{name} must be 'immediate' or 'deferred', not {mode!r}")
     return str(mode)
 
 

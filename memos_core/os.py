@@ -434,6 +434,9 @@ class MemOS:
         # one memory per call is the agent pattern: vectors reach the index in batches (search still sees every
         # acknowledged write; see MemCube's vector_sync). MEMOS_VECTOR_SYNC=immediate or vector_sync= overrides.
         self._cube_options.setdefault("vector_sync", os.environ.get("MEMOS_VECTOR_SYNC") or "deferred")
+        # ... and a turn's embedding is computed on a background thread right after its commit (search embeds what
+        # is still waiting first; see MemCube.embed_sync). MEMOS_EMBED_SYNC=immediate or embed_sync= overrides.
+        self._cube_options.setdefault("embed_sync", os.environ.get("MEMOS_EMBED_SYNC") or "deferred")
         self.embedder = resolve_embedder(embedder)
         self.reader = OfflineReader(context_turns=context_turns)
         self.llm_reader: LLMReader | None = None

@@ -87,6 +87,7 @@ def export_cube(cube: MemCube, file: str | os.PathLike[str], *, hmac_key: bytes 
     out = Path(file)
     kind = _kind(out)
     cube._authorize(actor, Right.ADMINISTER, "export")
+    cube._embed_waiting()  # rows committed without their embedding yet (embed_sync="deferred") get it first
     cube.records.flush()
     items = list(cube.records.iter_items())
     files: dict[str, bytes] = {}

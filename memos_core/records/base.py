@@ -41,6 +41,7 @@ from typing import Any, Iterable, Iterator, Literal, Mapping, NamedTuple, Sequen
 import numpy as np
 
 from ..items import LifecycleState, MemoryItem, MemoryVersion, SearchFilter, Transition
+from ..lifecycle import INDEXED as _INDEXED
 
 __all__ = [
     "RecordStore",
@@ -130,6 +131,12 @@ class RecordStore(ABC):
     @abstractmethod
     def transaction(self) -> AbstractContextManager[Txn]:
         """One all-or-nothing, durable transaction. Re-entrant calls on the same thread are not allowed."""
+
+    def derived_transaction(self) -> AbstractContextManager[Txn]:
+        """A transaction that writes only derived data the cube recomputes when it is lost (deferred embeddings):
+        all-or-nothing like :meth:`transaction`, but a backend may skip its own flush to disk (it must still
+        survive a crash of the process, and never weaken an earlier durable commit). Default: :meth:`transaction`."""
+        return self.transaction()
 
     @abstractmethod
     def read_snapshot(self) -> AbstractContextManager[None]:
@@ -460,6 +467,35 @@ class RecordStore(ABC):
     def embedding_count(self) -> int:
         """How many items have a stored embedding (what the vector index should hold)."""
         return sum(len(b) for b in self.all_embeddings())
+
+    #: Whether :meth:`insert_item` / :meth:`add_items` accept an indexed item with ``vec=None``: the row is
+    #: written (lexical index included) and marked pending, and its embedding comes later through
+    #: :meth:`put_embeddings` (a cube's ``embed_sync="deferred"``). Rows in that state are listed by
+    #: :meth:`waiting_embeddings`; :meth:`index_rows` gives them ``vec=None`` in an indexed state.
+    embeds_later: bool = False
+
+    def waiting_embeddings(self, limit: int = 10_000) -> list[tuple[int, str]]:
+        """``(rowid, indexed text)`` of pending indexed items that have no embedding yet (written with
+        ``vec=None``), oldest first. Derived from the pending marks; backends answer it in one query."""
+        rows = self.index_rows(self.pending_vectors()[:limit])
+        waiting = [r.rowid for r in rows if r.vec is None and r.state in {s.value for s in _INDEXED}]
+        items = self.get_many_by_rowid(waiting)
+        return [(r, items[r].index_text or items[r].content) for r in waiting if r in items]
+
+    def put_embeddings(self, c: Txn, rows: Sequence[tuple[int, str, np.ndarray]]) -> list[int]:
+        """Store the embedding of each ``(rowid, text, vec)`` listed by :meth:`waiting_embeddings`, only if the
+        item still has no embedding and still indexes exactly ``text`` (an update, a delete, a forget or another
+        worker's write since then wins; that row is skipped), and mark it pending for the vector index. Returns
+        the rowids written. This default reads then writes inside ``c``; backends do it in one statement."""
+        done: list[int] = []
+        for rowid, text, vec in rows:
+            item = self.get_many_by_rowid([rowid]).get(rowid)
+            if item is None or item.state not in _INDEXED or (item.index_text or item.content) != text \
+                    or self.embedding(rowid) is not None:
+                continue
+            self.reindex_row(c, rowid, item, vec)
+            done.append(rowid)
+        return done
 
     def missing_embeddings(self, states: Sequence[LifecycleState]) -> list[int]:
         have = {r for batch in self.all_embeddings() for r, _, _ in batch}

@@ -73,8 +73,10 @@ def copy_records(src: RecordStore, dst: RecordStore, *, batch: int = 500, verify
             for it in ids_batch:
                 vec = vecs.get(rowids[it.id][0])
                 versions = src.versions(it.id)
+                # an indexed row still waiting for its embedding (embed_sync="deferred") stays indexed where the
+                # target can hold it so (the target's first open embeds it); elsewhere it arrives unindexed
                 dst.restore_item(c, it, versions, src.transitions(it.id), vec,
-                                 vec is not None and it.state in INDEXED)
+                                 it.state in INDEXED and (vec is not None or dst.embeds_later))
                 n_items += 1
                 n_versions += len(versions)
             ids_batch.clear()

@@ -130,6 +130,7 @@ class SQLiteRecordStore(RecordStore):
 
     backend = "sqlite"
     schema_version = RECORDS_SCHEMA_VERSION
+    embeds_later = True
 
     def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
@@ -192,6 +193,21 @@ class SQLiteRecordStore(RecordStore):
             except BaseException:
                 c.execute("ROLLBACK")
                 raise
+
+    @contextmanager
+    def derived_transaction(self) -> Iterator[sqlite3.Connection]:
+        """:meth:`transaction` committed without its own fsync (``synchronous=NORMAL`` in WAL mode): it survives a
+        process crash (the WAL is in the OS's cache), the next fsync'd commit makes it durable with it, and a
+        power loss may drop it but never an earlier fsync'd commit. For derived data only (deferred embeddings:
+        a row whose embedding is lost is still pending and the next open embeds it again)."""
+        with self._lock:
+            c = self._conn
+            c.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with self.transaction() as t:
+                    yield t
+            finally:
+                c.execute("PRAGMA synchronous=FULL")
 
     def _flush_lazy(self, c: sqlite3.Connection) -> None:
         """Piggy-back cheap bookkeeping on a transaction that commits anyway."""
@@ -445,10 +461,9 @@ class SQLiteRecordStore(RecordStore):
         text = item.index_text or item.content
         c.execute("INSERT INTO fts(rowid, text) VALUES(?, ?)", (rowid, text))
         c.execute("UPDATE items SET indexed_text=? WHERE rowid=?", (text, rowid))
-        if vec is None:
-            raise ValidationError("internal: an indexed item needs its embedding")
-        c.execute("INSERT OR REPLACE INTO embeddings(item_rowid, version, vec) VALUES(?, ?, ?)",
-                  (rowid, item.version, np.asarray(vec, dtype=np.float32).tobytes()))
+        if vec is not None:  # None: the embedding comes later (put_embeddings); the pending mark finds the row
+            c.execute("INSERT OR REPLACE INTO embeddings(item_rowid, version, vec) VALUES(?, ?, ?)",
+                      (rowid, item.version, np.asarray(vec, dtype=np.float32).tobytes()))
         self.mark_pending(c, rowid)
 
     def _unindex(self, c: sqlite3.Connection, rowid: int) -> None:
@@ -701,6 +716,26 @@ class SQLiteRecordStore(RecordStore):
             yield [(r[0], r[1], np.frombuffer(r[2], dtype=np.float32)) for r in rows]
             last = rows[-1][0]
 
+    def waiting_embeddings(self, limit: int = 10_000) -> list[tuple[int, str]]:
+        with self._lock:
+            return [(r[0], r[1]) for r in self._conn.execute(
+                "SELECT v.item_rowid, i.indexed_text FROM vec_pending v JOIN items i ON i.rowid = v.item_rowid "
+                "WHERE i.indexed_text IS NOT NULL AND NOT EXISTS "
+                "(SELECT 1 FROM embeddings e WHERE e.item_rowid = v.item_rowid) ORDER BY v.item_rowid LIMIT ?",
+                (limit,))]
+
+    def put_embeddings(self, c: sqlite3.Connection, rows: Sequence[tuple[int, str, np.ndarray]]) -> list[int]:
+        done: list[int] = []
+        for rowid, text, vec in rows:
+            cur = c.execute(
+                "INSERT INTO embeddings(item_rowid, version, vec) SELECT rowid, version, ? FROM items "
+                "WHERE rowid=? AND indexed_text=? AND NOT EXISTS (SELECT 1 FROM embeddings WHERE item_rowid=?)",
+                (np.asarray(vec, dtype=np.float32).tobytes(), rowid, text, rowid))
+            if cur.rowcount == 1:
+                self.mark_pending(c, rowid)
+                done.append(rowid)
+        return done
+
     def missing_embeddings(self, states: Sequence[LifecycleState]) -> list[int]:
         st = [s.value for s in states]
         with self._lock:
@@ -732,7 +767,7 @@ class SQLiteRecordStore(RecordStore):
             "INSERT INTO transitions(item_id, from_state, to_state, at, actor, reason) VALUES(?,?,?,?,?,?)",
             [(item.id, None if t.from_state is None else t.from_state.value, t.to_state.value, _ts(t.at), t.actor,
               t.reason) for t in transitions])
-        if indexed and vec is not None:
+        if indexed:  # vec None: indexed, its embedding to come (see RecordStore.embeds_later)
             self._index(c, rowid, item, vec)
         return rowid
 

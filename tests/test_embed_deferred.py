@@ -1,0 +1,198 @@
+"""Deferred embeddings: one memory per call without embedding on the caller's thread.
+
+With ``embed_sync="deferred"`` (MemOS's default, with ``vector_sync="deferred"``) a small add commits its row
+(content, versions, lexical index, audit record) without the embedding; a background thread embeds it right
+after. What a user relies on, tested here: the add is durable and acknowledged at once; search sees it at once,
+dense retrieval included (it embeds rows still waiting first); a write that changes the memory before its
+embedding is stored always wins; close, reopen after kill -9, export and migration lose nothing; the backlog is
+bounded.
+
+Most tests switch the background thread off (``_embed_in_background`` replaced by a no-op) so that the rows
+stay waiting until the behaviour under test runs: the order of events is then fixed, not left to a race.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from conftest import TESTS_DIR, hashed_embed
+
+from memos_core.cube import _EMBED_BACKLOG, MemCube
+from memos_core.errors import ValidationError
+
+
+def _cube(path, **kw) -> MemCube:
+    return MemCube(path, embedder=hashed_embed, vector_sync="deferred", embed_sync="deferred", **kw)
+
+
+def _no_background(cube: MemCube) -> None:
+    cube._embed_in_background = lambda: None  # type: ignore[method-assign]
+
+
+def _unit(texts: list[str]) -> np.ndarray:
+    v = hashed_embed(texts)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_setting_is_validated_and_needs_deferred_vector_sync(tmp_path, monkeypatch) -> None:
+    with pytest.raises(ValidationError, match="embed_sync"):
+        MemCube(tmp_path / "a", embedder=hashed_embed, embed_sync="later")  # type: ignore[arg-type]
+    monkeypatch.delenv("MEMOS_EMBED_SYNC", raising=False)
+    monkeypatch.delenv("MEMOS_VECTOR_SYNC", raising=False)
+    with MemCube(tmp_path / "b", embedder=hashed_embed) as cube:
+        assert cube.embed_sync == "immediate"
+    with MemCube(tmp_path / "c", embedder=hashed_embed, embed_sync="deferred") as cube:
+        assert cube.embed_sync == "immediate"  # the vector index is written at once: embedding later gains nothing
+        cube.add("embedded before the commit")
+        assert cube.records.waiting_embeddings() == []
+    with _cube(tmp_path / "d") as cube:
+        assert cube.embed_sync == "deferred"
+
+
+def test_memos_defaults_to_deferred_embeddings(tmp_path, monkeypatch) -> None:
+    from memos_core.os import MemOS
+
+    monkeypatch.delenv("MEMOS_EMBED_SYNC", raising=False)
+    monkeypatch.delenv("MEMOS_VECTOR_SYNC", raising=False)
+    with MemOS(tmp_path / "a", embedder=hashed_embed) as mem:
+        assert mem.cubes["default"].embed_sync == "deferred"
+        mem.add("Ann moved to Lisbon in May", user_id="ann")
+        hits = mem.search("Where did Ann move?", user_id="ann", k=1, mode="dense")
+        assert [h.item.content for h in hits] == ["Ann moved to Lisbon in May"]
+    with MemOS(tmp_path / "b", embedder=hashed_embed, embed_sync="immediate") as mem:
+        assert mem.cubes["default"].embed_sync == "immediate"
+
+
+def test_an_add_is_acknowledged_before_its_embedding_and_search_sees_it(tmp_path) -> None:
+    with _cube(tmp_path / "c") as cube:
+        cube.add_many([f"background memory {i} about gardening and tomatoes" for i in range(20)])
+        _no_background(cube)
+        item = cube.add("the lighthouse keeper paints the stairs blue")
+        rowid = cube.records.rowid(item.id)
+        assert cube.records.embedding(rowid) is None  # committed without it
+        assert cube.records.waiting_embeddings() == [(rowid, item.content)]
+        assert [e["op"] for e in cube.events(item.id)] == ["add"]  # the same audit record as an inline add
+        assert cube.get(item.id).content == item.content  # durable and readable at once
+        hits = cube.search("lighthouse keeper paints stairs", k=3, mode="dense")
+        assert hits[0].item.id == item.id
+        stored = cube.records.embedding(rowid)
+        assert stored is not None and np.allclose(stored, _unit([item.content])[0], atol=1e-6)
+        assert cube.records.waiting_embeddings() == []
+        assert item.id in cube.index.ids()  # and the vector index receives it with the next batch
+
+
+def test_the_background_thread_embeds_waiting_rows(tmp_path) -> None:
+    with _cube(tmp_path / "c") as cube:
+        ids = [cube.add(f"note {i} about the harbour crane").id for i in range(5)]
+        job = cube._embed_job
+        assert job is not None
+        job.result(timeout=60)
+        cube._embed_waiting()  # a row committed while the last job was finishing
+        assert cube.records.waiting_embeddings() == []
+        for i in ids:
+            assert cube.records.embedding(cube.records.rowid(i)) is not None
+
+
+def test_a_write_before_the_embedding_is_stored_wins(tmp_path) -> None:
+    with _cube(tmp_path / "c") as cube:
+        _no_background(cube)
+        a = cube.add("the ferry leaves at nine")
+        b = cube.add("the bakery opens at seven")
+        c = cube.add("the museum closes on mondays")
+        listed = dict(cube.records.waiting_embeddings())  # what a background batch read before the writes below
+        stale = {r: _unit([t])[0] for r, t in listed.items()}
+        cube.update(a.id, "the ferry leaves at ten")  # embeds the new text inline
+        cube.delete(b.id)
+        cube.forget(c.id)
+        with cube.records.transaction() as txn:
+            done = cube.records.put_embeddings(txn, [(r, t, stale[r]) for r, t in listed.items()])
+        assert done == []  # every row changed since it was listed: nothing stale is stored
+        ra = cube.records.rowid(a.id)
+        assert np.allclose(cube.records.embedding(ra), _unit(["the ferry leaves at ten"])[0], atol=1e-6)
+        assert cube.records.embedding(cube.records.rowid(b.id)) is None  # a tombstone is not indexed
+        assert cube.records.waiting_embeddings() == []
+        hits = cube.search("ferry leaves", k=1, mode="dense")
+        assert hits[0].item.content == "the ferry leaves at ten"
+        assert cube.index.ids() == {a.id}
+
+
+def test_the_backlog_is_bounded(tmp_path) -> None:
+    with _cube(tmp_path / "c") as cube:
+        _no_background(cube)
+        for i in range(_EMBED_BACKLOG + 6):
+            cube.add(f"turn {i} of a long chat about sailing")
+        assert len(cube.records.waiting_embeddings()) == _EMBED_BACKLOG  # past it, adds embed inline
+        assert cube.count() == _EMBED_BACKLOG + 6
+
+
+def test_close_embeds_waiting_rows(tmp_path) -> None:
+    path = tmp_path / "c"
+    cube = _cube(path)
+    _no_background(cube)
+    ids = [cube.add(f"note {i} on the harbour crane").id for i in range(5)]
+    cube.close()
+    with MemCube(path, embedder=hashed_embed) as again:
+        assert again.records.waiting_embeddings() == [] and again.records.pending_vectors() == []
+        assert again.index._inner.ids() == set(ids)
+
+
+def test_export_and_migration_carry_rows_waiting_for_their_embedding(tmp_path) -> None:
+    from memos_core.bundle import export_cube, import_bundle
+    from memos_core.records.migrate import migrate_store
+
+    with _cube(tmp_path / "c") as cube:
+        _no_background(cube)
+        item = cube.add("the glacier walk starts at the blue hut")
+        export_cube(cube, tmp_path / "c.zip")
+        assert cube.records.waiting_embeddings() == []  # export embedded it first
+        _no_background(cube)
+        other = cube.add("the cable car stops in strong wind")
+        assert cube.records.waiting_embeddings()
+        cube.records.flush()
+        report = migrate_store(tmp_path / "c", tmp_path / "m")  # straight from the records, one row waiting
+        assert report["items"] == 2
+    imported = import_bundle(tmp_path / "c.zip", tmp_path / "i", embedder=hashed_embed)
+    imported.close()
+    with MemCube(tmp_path / "i", embedder=hashed_embed) as cube:
+        assert cube.search("glacier walk blue hut", k=1, mode="dense")[0].item.id == item.id
+    with MemCube(tmp_path / "m", embedder=hashed_embed) as cube:  # the open embeds the row that was waiting
+        assert cube.records.waiting_embeddings() == []
+        assert cube.search("cable car strong wind", k=1, mode="dense")[0].item.id == other.id
+        assert cube.index._inner.ids() == {item.id, other.id}
+
+
+WRITER = textwrap.dedent(f"""
+    import os, signal, sys
+    sys.path.insert(0, {str(TESTS_DIR)!r})
+    from conftest import hashed_embed
+    from memos_core.cube import MemCube
+    cube = MemCube(sys.argv[1], embedder=hashed_embed, vector_sync="deferred", embed_sync="deferred")
+    cube._embed_in_background = lambda: None  # the rows stay waiting for their embedding
+    for i in range(10):
+        print(cube.add(f"acknowledged memory {{i}} about the ferry timetable", id=f"k-{{i}}").id, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # no close: nothing embedded these rows
+""")
+
+
+def test_kill_9_before_the_embeddings_loses_nothing(tmp_path) -> None:
+    path = tmp_path / "c"
+    MemCube(path, embedder=hashed_embed).close()
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    proc = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, MEMOS_PRELOAD="0"))
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    acked = proc.stdout.split()
+    assert acked == [f"k-{i}" for i in range(10)]
+    with MemCube(path, embedder=hashed_embed) as cube:  # the open embeds what was waiting and repairs the index
+        assert cube.records.waiting_embeddings() == [] and cube.records.pending_vectors() == []
+        assert cube.index._inner.ids() == set(acked)
+        for i in (0, 9):
+            hits = cube.search(f"acknowledged memory {i} about the ferry timetable", k=1, mode="dense")
+            assert hits[0].item.id == f"k-{i}"
