@@ -584,15 +584,49 @@ class MemCube:
             return
         # One query per 900 rows for exactly what the index needs (no MemoryItem per row, no query per
         # embedding): this runs after every write, so it is on the ingest path.
+        rows = self.records.index_rows(pending)
+        waiting = self._push_rows(rows)
+        # Another worker (a process, or a thread of this one) may have written one of these rows and applied its
+        # new vector between our read and our upsert, and cleared its pending mark: our upsert then replaced the
+        # new vector with the old one. So read the rows again after the upsert and push whatever changed since the
+        # first read (a row gone meanwhile, forgotten, is erased); a write committed after this re-read marks
+        # its row pending again, and whoever applies that mark upserts after it. Repeated while rows keep
+        # changing; rows still changing after that are marked pending again for the next apply.
+        for _ in range(3):
+            seen = {r.rowid: r for r in rows if r.rowid not in waiting}
+            now = {r.rowid: r for r in self.records.index_rows(list(seen))} if seen else {}
+            changed = [r for rowid, r in now.items() if r != seen[rowid]]
+            gone = [seen[rowid].id for rowid in seen if rowid not in now]
+            if gone:
+                from .plaintext.vector import erase_rows
+
+                erase_rows(self.index, gone)
+            if not changed:
+                break
+            rows = changed
+            waiting |= self._push_rows(rows)
+        else:
+            with self.records.transaction() as c:
+                for r in rows:
+                    self.records.mark_pending(c, r.rowid)
+        self.records.mark_vectors_applied([r for r in pending if r not in waiting] if waiting else pending)
+        self.index_degraded = False
+        with self._count_lock:  # rows written meanwhile stay counted
+            self._unapplied = max(0, self._unapplied - taken)
+
+    def _push_rows(self, rows: Sequence[Any]) -> set[int]:
+        """Upsert or erase these index rows (:meth:`RecordStore.index_rows`) in the vector index; returns the
+        rowids left alone because their embedding is still to come (``embed_sync="deferred"``: their mark stays,
+        and storing the embedding marks them again)."""
         indexed = {s.value for s in lifecycle.INDEXED}
         upsert_ids: list[str] = []
         upsert_vecs: list[np.ndarray] = []
         upsert_meta: list[dict[str, Any]] = []
         delete_ids: list[str] = []
         waiting: set[int] = set()
-        for rowid, item_id, state, kind, user_id, agent_id, session_id, blob in self.records.index_rows(pending):
-            if blob is None and state in indexed:  # its embedding is still to come (embed_sync="deferred"): the
-                waiting.add(rowid)  # mark stays; storing the embedding marks the row again (_embed_waiting)
+        for rowid, item_id, state, kind, user_id, agent_id, session_id, blob in rows:
+            if blob is None and state in indexed:
+                waiting.add(rowid)
                 continue
             if blob is None or state not in indexed:
                 delete_ids.append(item_id)
@@ -610,11 +644,8 @@ class MemCube:
             erase_rows(self.index, delete_ids)
         if upsert_ids:
             self.index.upsert(upsert_ids, np.stack(upsert_vecs), upsert_meta)
-        self.records.mark_vectors_applied([r for r in pending if r not in waiting] if waiting else pending)
-        self.index_degraded = False
-        with self._count_lock:  # rows written meanwhile stay counted
-            self._unapplied = max(0, self._unapplied - taken)
         log.debug("vector index of cube %s: %d upserted, %d removed", self.name, len(upsert_ids), len(delete_ids))
+        return waiting
 
     def _sync_after_write(self) -> None:
         try:

@@ -79,6 +79,7 @@ def vector_traces(folder: Path, vecs: dict[str, np.ndarray]) -> list[tuple[str, 
 
 
 def stored_vec(cube: MemCube, item_id: str) -> np.ndarray:
+    cube._embed_waiting()  # MemOS embeds a turn right after its add, off the caller's thread (embed_sync)
     vec = cube.records.embedding(cube.records.rowid(item_id))  # type: ignore[arg-type]
     assert vec is not None
     return vec.copy()
