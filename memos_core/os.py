@@ -46,6 +46,7 @@ from collections import OrderedDict
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
+from urllib.parse import urlparse
 
 from .log import get_logger
 from .cube import MANIFEST, MemCube, SearchMode
@@ -184,6 +185,48 @@ class MemoryArgumentError(ValidationError, TypeError):
     (or a store URL with no vector index known)."""
 
 
+def check_index_url(index: Any, what: str = "index") -> str:
+    """``index`` if it names a vector index an adapter can open: ``"http(s)://host[:port]"`` (a Chroma server)
+    or ``"embedded"``; otherwise :class:`MemoryArgumentError` saying what was wrong (no connection is made)."""
+    if not isinstance(index, str):
+        raise MemoryArgumentError(f"{what} must be a Chroma server URL 'http://host:port' or 'embedded', "
+                                  f"got {type(index).__name__}")
+    if index == "embedded":
+        return index
+    try:
+        u = urlparse(index)
+        u.port  # noqa: B018 -- raises ValueError for a port that is not a number in range
+    except ValueError as exc:
+        raise MemoryArgumentError(f"{what}={index!r} is not a valid URL ({exc}); expected 'http://host:port' "
+                                  "(a Chroma server) or 'embedded'") from None
+    if u.scheme not in ("http", "https") or not u.hostname or u.path not in ("", "/") or u.query:
+        raise MemoryArgumentError(f"{what}={index!r}: expected a Chroma server 'http://host:port' (or "
+                                  "'https://...'), or 'embedded' for a single process")
+    return index
+
+
+def adapter_index(memory: Any, index: Any, adapter: str = "this adapter") -> str | None:
+    """The vector index an adapter opens a store URL with: ``index`` (an adapter's ``index=``) or else
+    ``$MEMOS_INDEX``, checked by :func:`check_index_url`; ``None`` when ``memory`` is not a store URL. Raises
+    :class:`MemoryArgumentError` for ``index`` given with anything but a store URL, or a store URL with neither."""
+    if not is_store_url(memory):
+        if index is not None:
+            got = ("a MemCube" if isinstance(memory, MemCube) else "a MemOS" if isinstance(memory, MemOS)
+                   else "a folder path" if isinstance(memory, (str, os.PathLike)) else type(memory).__name__)
+            raise MemoryArgumentError(
+                f"{adapter}: index= names the Chroma server of a postgresql:// store URL, but it was given {got}, "
+                "whose vector index is already chosen (a folder keeps embedded Chroma); drop index=, or pass the "
+                "store URL")
+        return None
+    if index is not None:
+        return check_index_url(index, f"{adapter}: index=")
+    if os.environ.get("MEMOS_INDEX"):
+        return check_index_url(os.environ["MEMOS_INDEX"], f"{adapter}: $MEMOS_INDEX")
+    raise MemoryArgumentError(
+        f"{adapter} was given a store URL but no vector index: a cube on PostgreSQL shares its vectors through a "
+        "Chroma server; pass index='http://host:port' (or 'embedded' for a single process), or set $MEMOS_INDEX")
+
+
 def resolve_memory(memory: Any, *, embedder: Any = None, adapter: str = "this adapter",
                    index: str | None = None) -> "MemOS":
     """The one constructor rule of every adapter class: what it may be given, as a :class:`MemOS`.
@@ -196,21 +239,20 @@ def resolve_memory(memory: Any, *, embedder: Any = None, adapter: str = "this ad
       given as ``index`` or, when not given, ``$MEMOS_INDEX`` (as the CLI's ``--index``); with neither,
       :class:`MemoryArgumentError` says so (no connection is made).
 
+    ``index`` (every adapter class's ``index=`` keyword) is checked here, before anything is opened: only with a
+    store URL, and only ``"http(s)://host:port"`` or ``"embedded"`` (:func:`check_index_url`); otherwise
+    :class:`MemoryArgumentError`. ``$MEMOS_INDEX`` is the fallback and is checked the same way.
+
     ``embedder`` is used only when a folder or URL is opened here. Anything else raises
     :class:`MemoryArgumentError` (a ``ValidationError`` and a ``TypeError``) at once, so a wrong argument fails
     when the adapter is built, not on its first call.
     """
+    index = adapter_index(memory, index, adapter)
     if isinstance(memory, MemOS):
         return memory
     if isinstance(memory, MemCube):
         return MemOS.over_cube(memory)
-    if is_store_url(memory):
-        index = index or os.environ.get("MEMOS_INDEX") or None
-        if index is None:
-            raise MemoryArgumentError(
-                f"{adapter} was given a store URL but no vector index: a cube on PostgreSQL shares its vectors "
-                "through a Chroma server; set $MEMOS_INDEX=http://host:port (or 'embedded' for a single process), "
-                "or pass MemOS(url, index='http://host:port')")
+    if index is not None:  # a store URL
         return MemOS(memory, embedder=embedder, index=index)
     if isinstance(memory, (str, os.PathLike)) and str(memory).strip():
         folder = Path(memory)

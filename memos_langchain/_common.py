@@ -18,17 +18,18 @@ T = TypeVar("T")
 DEFAULT_CUBE = "default"
 
 
-def resolve_cube(memory: Any, cube: str | None = None, *, embedder: Any = None, adapter: str = "this adapter"
-                 ) -> MemCube:
+def resolve_cube(memory: Any, cube: str | None = None, *, embedder: Any = None, adapter: str = "this adapter",
+                 index: str | None = None) -> MemCube:
     """The :class:`MemCube` an adapter works on, by the one constructor rule of every adapter
     (:func:`memos_core.os.resolve_memory`): a cube as is; a ``MemOS`` or a view of one: ``cube`` names one of its
     cubes (default: its default cube); a folder path: a cube folder is that cube, any other folder a MemOS data
-    folder (opened or created with ``embedder``) whose default cube (or ``cube``) is used."""
-    if isinstance(memory, MemCube):
+    folder (opened or created with ``embedder``) whose default cube (or ``cube``) is used; a store URL with its
+    Chroma server ``index`` (checked by ``resolve_memory``, which refuses ``index`` with anything else)."""
+    if isinstance(memory, MemCube) and index is None:
         if cube is not None and cube not in (memory.name, memory.cube_id):
             raise ValidationError(f"cube={cube!r} was given with a MemCube named {memory.name!r}")
         return memory
-    mem = resolve_memory(memory, embedder=embedder, adapter=adapter)
+    mem = resolve_memory(memory, embedder=embedder, adapter=adapter, index=index)
     cubes = mem.cubes
     name = cube or mem.default_cube or DEFAULT_CUBE
     if name in cubes:

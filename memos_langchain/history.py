@@ -54,7 +54,7 @@ class MemOSChatMessageHistory(BaseChatMessageHistory):
     ----------
     memory:
         A ``MemOS`` (its default cube, or ``cube``), a view of one, a :class:`MemCube` or a folder path (the
-        constructor rule of every adapter: :func:`memos_core.os.resolve_memory`).
+        constructor rule of every adapter: :func:`memos_core.os.resolve_memory`), or a ``postgresql://`` store URL.
     session_id:
         The conversation; each session has its own history.
     user_id, agent_id:
@@ -65,18 +65,20 @@ class MemOSChatMessageHistory(BaseChatMessageHistory):
         Also feed human/AI messages to the MemReader (``MemOS.add``) so long-term memories accrue.
     infer:
         Passed to ``MemOS.add`` (``None``: LLM reader when the facade has an LLM, else offline).
+    index:
+        With a store URL only: its Chroma server, ``"http://host:port"`` (default ``$MEMOS_INDEX``).
     """
 
     def __init__(self, memory: Any, session_id: str, *, user_id: str | None = None, agent_id: str | None = None,
                  cube: str | None = None, memorize: bool = False, infer: bool | None = None,
                  user_name: str | None = None, ai_name: str = "assistant", actor: str | None = None,
-                 single_user: bool = False) -> None:
+                 single_user: bool = False, index: str | None = None) -> None:
         if not isinstance(session_id, str) or not session_id.strip():
             raise ValidationError("session_id must be a non-empty string")
         rule = UserRule(memory, user_id=user_id, single_user=single_user, adapter="MemOSChatMessageHistory",
                         how="pass user_id=... (MemOSChatMessageHistory(mem, session_id, user_id=...))")
         user_id = rule.require()
-        memory = resolve_memory(memory, adapter="MemOSChatMessageHistory")  # a MemCube: a MemOS over it
+        memory = resolve_memory(memory, adapter="MemOSChatMessageHistory", index=index)  # a MemCube: a MemOS over it
         self.memory = memory
         self.cube: MemCube = resolve_cube(memory, cube)
         self.cube_name = cube

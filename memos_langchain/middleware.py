@@ -78,7 +78,10 @@ class MemOSMiddleware(AgentMiddleware):
     ----------
     memory:
         A ``MemOS``, a view of one (``mem.for_user(...)``, ``mem.as_principal(...)``), a ``MemCube`` or a folder
-        path (the constructor rule of every adapter: :func:`memos_core.os.resolve_memory`).
+        path (the constructor rule of every adapter: :func:`memos_core.os.resolve_memory`), or a
+        ``postgresql://`` store URL.
+    index:
+        With a store URL only: its Chroma server, ``"http://host:port"`` (default ``$MEMOS_INDEX``).
     user_id, agent_id:
         Fixed scope. Without ``user_id`` the run's context/config is asked (see the module docs); when none is
         found, the call raises :class:`memos_core.UserRequired`.
@@ -110,9 +113,9 @@ class MemOSMiddleware(AgentMiddleware):
                  token_budget: int = 800, inject: bool = True, save: bool = True, infer: bool | None = None,
                  template: str = DEFAULT_TEMPLATE, roles: Sequence[str] = ("human", "ai"),
                  ai_name: str = "assistant", tools: Sequence[Any] = (), single_user: bool = False,
-                 require_user: bool | None = None) -> None:
+                 require_user: bool | None = None, index: str | None = None) -> None:
         super().__init__()
-        memory = resolve_memory(memory, adapter="MemOSMiddleware")
+        memory = resolve_memory(memory, adapter="MemOSMiddleware", index=index)
         check_require_user(require_user, "MemOSMiddleware")
         self._rule = UserRule(memory, user_id=user_id, single_user=single_user, adapter="MemOSMiddleware",
                               how=RUN_USER_HOW)

@@ -29,7 +29,8 @@ class MemOSRetriever(BaseRetriever):
     ``memory`` follows the constructor rule of every adapter (:func:`memos_core.os.resolve_memory`, checked when
     the retriever is built): a ``MemOS`` (searches every mounted cube the principal may read, or ``cubes``), a
     view of one (``mem.for_user("ann")``, ``mem.as_principal(...)``), a :class:`memos_core.MemCube` or a folder
-    path. ``k`` (default 5, as in every adapter), the scope (``user_id`` / ``agent_id`` / ``session_id``),
+    path, or a ``postgresql://`` store URL (its Chroma server as ``index="http://host:port"``, else
+    ``$MEMOS_INDEX``). ``k`` (default 5, as in every adapter), the scope (``user_id`` / ``agent_id`` / ``session_id``),
     ``filter`` (a :class:`memos_core.SearchFilter` or its dict form: kinds, tags, metadata operators, event
     time ...) and ``mode`` (``hybrid`` / ``dense`` / ``lexical``) are set here and may be overridden per call:
     ``retriever.invoke("query", k=3, user_id="ann")``. A blank query returns no documents (as in the LlamaIndex
@@ -56,7 +57,7 @@ class MemOSRetriever(BaseRetriever):
 
     def __init__(self, **data: Any) -> None:
         # Checked here, before pydantic (which would wrap our typed errors in its own ValidationError).
-        data["memory"] = resolve_memory(data.get("memory"), adapter="MemOSRetriever")
+        data["memory"] = resolve_memory(data.get("memory"), adapter="MemOSRetriever", index=data.pop("index", None))
         rule = UserRule(data["memory"], user_id=data.get("user_id"), single_user=data.get("single_user", False),
                         adapter="MemOSRetriever", how="pass user_id=... here or per call "
                         "(retriever.invoke(query, user_id=...))")

@@ -183,7 +183,8 @@ class MemOSStore(BaseStore):
     Parameters
     ----------
     memory:
-        A ``MemOS`` facade, a :class:`MemCube`, or a folder path (a cube is created there if needed).
+        A ``MemOS`` facade, a :class:`MemCube`, a folder path (a cube is created there if needed), or a
+        ``postgresql://`` store URL (see ``vector_index``).
     cube:
         With a ``MemOS`` facade: the name of the cube to use (default: its default cube).
     index:
@@ -207,13 +208,22 @@ class MemOSStore(BaseStore):
     single_user:
         ``True`` for an app with one user: every item goes to one fixed user scope, whatever the namespace
         (see "Whose memory an item is" in the module docs).
+    vector_index:
+        With a ``postgresql://`` store URL as ``memory`` only: its Chroma server, ``"http://host:port"``
+        (default ``$MEMOS_INDEX``). Every other adapter class calls this ``index=``; here ``index`` is
+        LangGraph's ``IndexConfig``.
     """
 
     supports_ttl: bool = True
 
     def __init__(self, memory: Any, *, cube: str | None = None, index: IndexConfig | bool | None = None,
                  ttl: TTLConfig | None = None, scope_templates: Sequence[Sequence[str]] = DEFAULT_SCOPE_TEMPLATES,
-                 search_mode: str = "hybrid", actor: str | None = None, single_user: bool = False) -> None:
+                 search_mode: str = "hybrid", actor: str | None = None, single_user: bool = False,
+                 vector_index: str | None = None) -> None:
+        if isinstance(index, str):
+            raise ValidationError(
+                "MemOSStore: index= is LangGraph's IndexConfig ({'dims': ..., 'embed': ..., 'fields': [...]}, or "
+                "False); name the Chroma server of a postgresql:// store URL with vector_index='http://host:port'")
         self._rule = UserRule(memory, single_user=single_user, adapter="MemOSStore",
                               how="use namespaces that name the user (scope_templates; default "
                                   "('memories', '{user_id}'), e.g. ('memories', 'ann'))")
@@ -224,7 +234,7 @@ class MemOSStore(BaseStore):
                     "index['embed'] can only be used when MemOSStore opens the cube from a path; an existing cube "
                     "keeps the embedder it was built with (leave 'embed' out)")
             embedder = ensure_embeddings(index["embed"])
-        self.cube: MemCube = resolve_cube(memory, cube, embedder=embedder)
+        self.cube: MemCube = resolve_cube(memory, cube, embedder=embedder, adapter="MemOSStore", index=vector_index)
         self.index_config: IndexConfig | None
         if index is False:
             self.index_config = None

@@ -66,12 +66,13 @@ class ForgetMemoryArgs(_Args):
 
 class MemoryToolkit:
     """The memory tools bound to one ``MemOS`` (and optionally one user / agent / cube). ``memory`` follows the
-    constructor rule of every adapter: a MemOS, a view of one, a MemCube or a folder path."""
+    constructor rule of every adapter: a MemOS, a view of one, a MemCube, a folder path or a ``postgresql://``
+    store URL (its Chroma server as ``index="http://host:port"``, else ``$MEMOS_INDEX``)."""
 
     def __init__(self, memory: Any, *, user_id: str | None = None, agent_id: str | None = None,
                  cube: str | None = None, forget_mode: Literal["delete", "erase"] = "delete",
-                 require_user: bool | None = None, single_user: bool = False) -> None:
-        memory = resolve_memory(memory, adapter="the memory tools")
+                 require_user: bool | None = None, single_user: bool = False, index: str | None = None) -> None:
+        memory = resolve_memory(memory, adapter="the memory tools", index=index)
         check_require_user(require_user, "memory tools")
         self._rule = UserRule(memory, user_id=user_id, single_user=single_user, adapter="the memory tools",
                               how=RUN_USER_HOW)
@@ -204,14 +205,14 @@ def _async(fn: Any) -> Any:
 def create_memory_tools(memory: Any, *, user_id: str | None = None, agent_id: str | None = None,
                         cube: str | None = None, include: Sequence[str] = ("search", "save", "update", "forget"),
                         forget_mode: Literal["delete", "erase"] = "delete", require_user: bool | None = None,
-                        single_user: bool = False, prefix: str = "") -> list[BaseTool]:
+                        single_user: bool = False, prefix: str = "", index: str | None = None) -> list[BaseTool]:
     """Memory tools for an agent: ``search_memory``, ``save_memory``, ``update_memory``, ``forget_memory``.
 
     ``include`` picks a subset (e.g. ``("search", "save")`` for an agent that may not change memories);
     ``forget_mode="erase"`` makes forgetting irreversible (the principal needs the *administer* right);
     without a user (``user_id``, a user-bound view, or the run's context/config) every call raises
     :class:`memos_core.UserRequired`, unless ``single_user=True`` (one fixed scope); ``require_user=True`` is
-    accepted and is the default; ``prefix`` renames the tools.
+    accepted and is the default; ``prefix`` renames the tools; ``index`` is a store URL's Chroma server.
     """
     return MemoryToolkit(memory, user_id=user_id, agent_id=agent_id, cube=cube, forget_mode=forget_mode,
-                         require_user=require_user, single_user=single_user).tools(include, prefix=prefix)
+                         require_user=require_user, single_user=single_user, index=index).tools(include, prefix=prefix)

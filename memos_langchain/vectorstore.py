@@ -65,15 +65,19 @@ class MemOSVectorStore(VectorStore):
         ``"dense"`` (default; scores are cosine similarities), ``"hybrid"`` or ``"lexical"``.
     actor:
         The principal acting on the cube (default: the cube's own actor).
+    index:
+        With a ``postgresql://`` store URL as ``memory`` only: its Chroma server, ``"http://host:port"``
+        (default ``$MEMOS_INDEX``).
     """
 
     def __init__(self, memory: Any, *, embedding: Embeddings | None = None, cube: str | None = None,
                  user_id: str | None = None, agent_id: str | None = None, session_id: str | None = None,
                  kind: MemoryKind | str = MemoryKind.DOCUMENT, kinds: Sequence[MemoryKind | str] | None = None,
-                 search_mode: str = "dense", actor: str | None = None, single_user: bool = False) -> None:
+                 search_mode: str = "dense", actor: str | None = None, single_user: bool = False,
+                 index: str | None = None) -> None:
         user_id = UserRule(memory, user_id=user_id, single_user=single_user, adapter="MemOSVectorStore",
                            how="pass user_id=... (MemOSVectorStore(mem, user_id=...))").require()
-        self.cube: MemCube = resolve_cube(memory, cube, embedder=embedding)
+        self.cube: MemCube = resolve_cube(memory, cube, embedder=embedding, adapter="MemOSVectorStore", index=index)
         self._embedding = embedding
         self.scope = {k: v for k, v in (("user_id", user_id), ("agent_id", agent_id), ("session_id", session_id))
                       if v is not None}

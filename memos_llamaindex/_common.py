@@ -17,11 +17,14 @@ import threading
 import weakref
 from pathlib import Path
 from typing import Any, Sequence
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from llama_index.core.base.llms.types import ChatMessage, TextBlock
 
 from memos_core import MemOS, MemOSError, ValidationError
 from memos_core.items import check_text
+from memos_core.os import adapter_index
+from memos_core.records.migrate import is_store_url
 
 __all__ = [
     "DIGEST_KEY",
@@ -32,6 +35,7 @@ __all__ = [
     "build_query",
     "exclude_filter",
     "memos_spec",
+    "memos_index",
     "resolve_memos",
     "register_memos",
     "track_memos",
@@ -164,8 +168,36 @@ def exclude_filter(
 
 # ---------------------------------------------------------------------------------------------- handles
 def memos_spec(mem: MemOS) -> tuple[str, str]:
-    """``(absolute folder, principal)``: what a serialised adapter records to find its MemOS again."""
+    """``(where, principal)``: what a serialised adapter records to find its MemOS again. ``where`` is the
+    absolute folder of a MemOS data folder, or the store URL of a MemOS opened by one (``postgresql://...``,
+    without its password: a dict or pickle of a memory must not carry credentials; a new process connects with
+    ``$PGPASSWORD`` / ``~/.pgpass``, or registers its own MemOS with :func:`register_memos`)."""
+    if mem.store_url is not None:
+        return _without_password(mem.store_url), mem.principal
     return str(Path(mem.path).resolve()), mem.principal
+
+
+def memos_index(mem: MemOS) -> str | None:
+    """The vector index a MemOS opened by a store URL uses (a Chroma server URL, or ``"embedded"``); ``None`` for
+    a data folder. Saved with a serialised adapter so that a new process opens the same index."""
+    if mem.store_url is None:
+        return None
+    opts = getattr(mem, "_cube_options", None) or {}  # what MemOS(url, index=...) was opened with: no I/O
+    url = opts.get("index") or opts.get("chroma_url")
+    if not isinstance(url, str):
+        cube = mem.cubes.get(mem.default_cube)
+        url = getattr(getattr(cube, "index", None), "url", None)
+    return url if isinstance(url, str) else "embedded"
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = userinfo.split(":", 1)[0] + "@" + host
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "password"])
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def register_memos(mem: MemOS) -> MemOS:
@@ -196,16 +228,21 @@ def track_memos(mem: MemOS) -> MemOS:
     return mem
 
 
-def resolve_memos(path: str, principal: str) -> MemOS:
-    """The live registered MemOS for this folder and principal, or a newly opened one (offline defaults)."""
-    key = (str(Path(path).resolve()), principal)
+def resolve_memos(path: str, principal: str, index: str | None = None) -> MemOS:
+    """The live registered MemOS for this folder (or store URL) and principal, or a newly opened one (offline
+    defaults; a store URL with the saved vector ``index``, else ``$MEMOS_INDEX``)."""
+    url = is_store_url(path)
+    key = (path if url else str(Path(path).resolve()), principal)
     with _LOCK:
         for registry in (_PINNED, _LIVE):
             mem = registry.get(key)
             if mem is not None and not getattr(mem, "_closed", False):
                 return mem
         try:
-            mem = MemOS(key[0], principal=principal)
+            if url:
+                mem = MemOS(path, principal=principal, index=adapter_index(path, index, "restoring a memory"))
+            else:
+                mem = MemOS(key[0], principal=principal)
         except MemOSError as exc:
             raise type(exc)(
                 f"{exc} (reopening {key[0]} with the offline defaults; if it needs another embedder or LLM, "

@@ -33,13 +33,14 @@ from llama_index.core.utils import get_tokenizer
 
 from memos_core.log import get_logger
 from memos_core import MemOS
-from memos_core.os import CONTEXT_HEADER, DEFAULT_K, AddResult, UserRule, resolve_memory
+from memos_core.os import CONTEXT_HEADER, DEFAULT_K, AddResult, UserRule, adapter_index, resolve_memory
 
 from ._common import (
     USER_HOW,
     build_query,
     check_messages,
     exclude_filter,
+    memos_index,
     memos_spec,
     messages_to_turns,
     mount_cube,
@@ -61,7 +62,8 @@ class MemOSMemoryBlock(BaseMemoryBlock[str]):
     description: str | None = Field(default="Long-term memories from MemOS relevant to the conversation.")
     priority: int = Field(default=1, description="Truncation priority (0 = never truncate; higher goes first"
                                                  " only after lower ones).")
-    memos_path: str = Field(description="Folder of the MemOS this block uses.")
+    memos_path: str = Field(description="Folder (or store URL, without password) of the MemOS this block uses.")
+    memos_index: str | None = Field(default=None, description="Vector index of a MemOS on a store URL.")
     principal: str = Field(default="local")
     cube: str | None = Field(default=None, description="Cube to write to (None: the MemOS default cube).")
     search_cubes: list[str] | None = Field(default=None, description="Cubes to read (None: all mounted).")
@@ -84,15 +86,17 @@ class MemOSMemoryBlock(BaseMemoryBlock[str]):
     _queries: "OrderedDict[str, tuple[str, dict[str, Any]]]" = PrivateAttr(default_factory=OrderedDict)
     _last_add: AddResult | None = PrivateAttr(default=None)
 
-    def __init__(self, memos: Any = None, **data: Any) -> None:
-        if memos is not None:
-            memos = resolve_memory(memos, adapter="MemOSMemoryBlock")  # a MemOS, a view, a MemCube or a folder
+    def __init__(self, memos: Any = None, *, index: str | None = None, **data: Any) -> None:
+        if memos is not None or index is not None:  # a MemOS, a view, a MemCube, a folder or a store URL
+            memos = resolve_memory(memos, adapter="MemOSMemoryBlock", index=index)
             path, principal = memos_spec(memos)
             data["memos_path"], data["principal"] = path, principal  # the object given wins over a saved path
+            data["memos_index"] = memos_index(memos)
             if data.get("user_id") is None and memos.bound_user is not None and not data.get("single_user"):
                 data["user_id"] = memos.bound_user  # saved with the config: a restored block keeps its user
         super().__init__(**data)
-        self._memos = track_memos(memos) if memos is not None else resolve_memos(self.memos_path, self.principal)
+        self._memos = (track_memos(memos) if memos is not None
+                       else resolve_memos(self.memos_path, self.principal, self.memos_index))
         self._user = UserRule(self._memos, user_id=self.user_id, single_user=self.single_user,
                               adapter="MemOSMemoryBlock", how=USER_HOW).require()
 
@@ -103,9 +107,12 @@ class MemOSMemoryBlock(BaseMemoryBlock[str]):
 
     @classmethod
     def from_defaults(cls, path: str = "./memos_data", *, embedder: Any = None, llm: Any = None,
-                      principal: str = "local", **kwargs: Any) -> "MemOSMemoryBlock":
-        """Open (or create) the MemOS at ``path`` and build a block on it."""
-        return cls(memos=MemOS(path, embedder=embedder, llm=llm, principal=principal), **kwargs)
+                      principal: str = "local", index: str | None = None, **kwargs: Any) -> "MemOSMemoryBlock":
+        """Open (or create) the MemOS at ``path`` (a folder, or a ``postgresql://`` store URL with its Chroma
+        server as ``index``, default ``$MEMOS_INDEX``) and build a block on it."""
+        index = adapter_index(path, index, "MemOSMemoryBlock.from_defaults")
+        extra = {} if index is None else {"index": index}
+        return cls(memos=MemOS(path, embedder=embedder, llm=llm, principal=principal, **extra), **kwargs)
 
     @classmethod
     def from_cube(cls, cube: Any, *, memos: MemOS | None = None, **kwargs: Any) -> "MemOSMemoryBlock":

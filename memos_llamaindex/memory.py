@@ -32,13 +32,15 @@ from llama_index.core.utils import get_tokenizer
 
 from memos_core.log import get_logger
 from memos_core import MemOS
-from memos_core.os import CONTEXT_HEADER, DEFAULT_K, AddResult, UserRule, resolve_memory
+from memos_core.os import (CONTEXT_HEADER, DEFAULT_K, AddResult, MemoryArgumentError, UserRule, adapter_index,
+                           resolve_memory)
 
 from ._common import (
     USER_HOW,
     build_query,
     check_messages,
     exclude_filter,
+    memos_index,
     memos_spec,
     message_text,
     messages_to_turns,
@@ -112,7 +114,9 @@ class MemOSMemory(BaseMemory):
       refuses raises its :class:`~memos_core.MemOSError`; nothing is written to the history then either.
     """
 
-    memos_path: str = Field(description="Folder of the MemOS this memory writes to.")
+    memos_path: str = Field(description="Folder (or store URL, without password) of the MemOS this memory "
+                                        "writes to.")
+    memos_index: str | None = Field(default=None, description="Vector index of a MemOS on a store URL.")
     principal: str = Field(default="local", description="Principal of that MemOS.")
     cube: str | None = Field(default=None, description="Cube to write to (None: the MemOS default cube).")
     search_cubes: list[str] | None = Field(default=None, description="Cubes to read (None: all mounted).")
@@ -141,19 +145,22 @@ class MemOSMemory(BaseMemory):
     _tokenizer: Any = PrivateAttr(default=None)
     _last_add: AddResult | None = PrivateAttr(default=None)
 
-    def __init__(self, memos: Any = None, chat_history: list[Any] | None = None,
+    def __init__(self, memos: Any = None, chat_history: list[Any] | None = None, *, index: str | None = None,
                  **data: Any) -> None:
         """Prefer the ``from_*`` constructors. ``chat_history`` here restores a saved history as is (it is not
-        read into long-term memory again); ``from_defaults(chat_history=...)`` reads it."""
-        if memos is not None:
-            memos = resolve_memory(memos, adapter="MemOSMemory")  # a MemOS, a view, a MemCube or a folder
+        read into long-term memory again); ``from_defaults(chat_history=...)`` reads it. ``index`` is the Chroma
+        server of a ``postgresql://`` store URL given as ``memos`` (default ``$MEMOS_INDEX``)."""
+        if memos is not None or index is not None:  # a MemOS, a view, a MemCube, a folder or a store URL
+            memos = resolve_memory(memos, adapter="MemOSMemory", index=index)
             path, principal = memos_spec(memos)
             data["memos_path"], data["principal"] = path, principal  # the object given wins over a saved path
+            data["memos_index"] = memos_index(memos)
             if data.get("user_id") is None and memos.bound_user is not None and not data.get("single_user"):
                 data["user_id"] = memos.bound_user  # saved with the config: a restored memory keeps its user
         data.pop("class_name", None)
         super().__init__(**data)
-        self._memos = track_memos(memos) if memos is not None else resolve_memos(self.memos_path, self.principal)
+        self._memos = (track_memos(memos) if memos is not None
+                       else resolve_memos(self.memos_path, self.principal, self.memos_index))
         self._user = UserRule(self._memos, user_id=self.user_id, single_user=self.single_user,
                               adapter="MemOSMemory", how=USER_HOW).require()
         store = SQLAlchemyChatStore(table_name=self.chat_store_table,
@@ -182,6 +189,7 @@ class MemOSMemory(BaseMemory):
         llm: Any = None,
         principal: str = "local",
         chat_history: list[ChatMessage] | None = None,
+        index: str | None = None,
         **kwargs: Any,
     ) -> "MemOSMemory":
         """Open (or create) the MemOS at ``path`` and build a memory on it.
@@ -190,9 +198,16 @@ class MemOSMemory(BaseMemory):
         facts; any LlamaIndex LLM works). Pass ``memos=`` to use an open one instead. Other keyword arguments
         are this class's fields (``user_id``, ``session_id``, ``k``, ``memory_token_budget``,
         ``chat_store_uri`` ...). ``chat_history`` is set as the starting history and read into memory.
+        ``path`` may be a ``postgresql://`` store URL; ``index`` is then its Chroma server (default
+        ``$MEMOS_INDEX``).
         """
         if memos is None:
-            memos = MemOS(path, embedder=embedder, llm=llm, principal=principal)
+            index = adapter_index(path, index, "MemOSMemory.from_defaults")
+            extra = {} if index is None else {"index": index}
+            memos = MemOS(path, embedder=embedder, llm=llm, principal=principal, **extra)
+        elif index is not None:
+            raise MemoryArgumentError("MemOSMemory.from_defaults: index= goes with a store URL as path, not with "
+                                      "memos=")
         mem = cls(memos=memos, **kwargs)
         if chat_history:
             mem.set(chat_history)

@@ -54,7 +54,8 @@ class MemOSRetriever(BaseRetriever):
     """Retrieve memories from a :class:`~memos_core.MemOS` (every mounted cube, or ``cubes``).
 
     ``memos`` follows the constructor rule of every adapter (:func:`memos_core.os.resolve_memory`): a MemOS, a
-    view of one (``mem.for_user("ann")``), a MemCube or a folder path.
+    view of one (``mem.for_user("ann")``), a MemCube, a folder path or a ``postgresql://`` store URL (its Chroma
+    server as ``index="http://host:port"``, else ``$MEMOS_INDEX``).
 
     Scope (``user_id`` / ``agent_id`` / ``session_id``), ``k``, ``filter`` (a core SearchFilter dict) and
     ``mode`` (``"hybrid"``, ``"dense"``, ``"lexical"``) are passed to :meth:`MemOS.search` unchanged. A blank
@@ -79,8 +80,9 @@ class MemOSRetriever(BaseRetriever):
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
         single_user: bool = False,
+        index: str | None = None,
     ) -> None:
-        memos = resolve_memory(memos, adapter="MemOSRetriever")
+        memos = resolve_memory(memos, adapter="MemOSRetriever", index=index)
         user = UserRule(memos, user_id=user_id, single_user=single_user, adapter="MemOSRetriever",
                         how=USER_HOW).require()
         super().__init__(callback_manager=callback_manager, verbose=verbose)

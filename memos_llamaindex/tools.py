@@ -36,7 +36,8 @@ def _line(item: MemoryItem) -> str:
 
 class MemOSToolSpec(BaseToolSpec):
     """``search_memory``, ``save_memory``, ``update_memory`` and ``forget_memory`` as LlamaIndex tools
-    (each with a native async variant)."""
+    (each with a native async variant). ``memos`` follows the constructor rule of every adapter (a MemOS, a view
+    of one, a MemCube, a folder path, or a ``postgresql://`` store URL with ``index="http://host:port"``)."""
 
     spec_functions = [
         ("search_memory", "asearch_memory"),
@@ -48,8 +49,9 @@ class MemOSToolSpec(BaseToolSpec):
     def __init__(self, memos: Any, *, user_id: str | None = None, agent_id: str | None = None,
                  session_id: str | None = None, cube: str | None = None,
                  search_cubes: Sequence[str] | None = None, k: int = DEFAULT_K, hard_forget: bool = False,
-                 single_user: bool = False) -> None:
-        memos = resolve_memory(memos, adapter="MemOSToolSpec")  # a MemOS, a view, a MemCube or a folder
+                 single_user: bool = False, index: str | None = None) -> None:
+        # a MemOS, a view, a MemCube, a folder, or a store URL with its Chroma server as index=
+        memos = resolve_memory(memos, adapter="MemOSToolSpec", index=index)
         self.memos = memos
         self.user_id = UserRule(memos, user_id=user_id, single_user=single_user, adapter="MemOSToolSpec",
                                 how=USER_HOW).require()

@@ -1,7 +1,7 @@
 """One constructor rule for every adapter class of both frameworks (issue 18, item 1), and the behaviours the
-two adapters share (item 2): each accepts a MemOS, a user-bound or principal view, a MemCube or a folder path,
-checked when it is built; the retrievers return the same metadata keys, the same default k and ``[]`` for a
-blank query."""
+two adapters share (item 2): each accepts a MemOS, a user-bound or principal view, a MemCube, a folder path or a
+``postgresql://`` store URL with its Chroma server as ``index=`` (issue 14), checked when it is built; the
+retrievers return the same metadata keys, the same default k and ``[]`` for a blank query."""
 
 from __future__ import annotations
 
@@ -27,18 +27,24 @@ from memos_llamaindex import MemOSRetriever as LIRetriever
 
 EMB = HashingEmbeddings(64)
 
-BUILDERS: dict[str, Callable[[Any], Any]] = {
-    "MemOSMiddleware": lambda m: MemOSMiddleware(m, user_id="ann"),
-    "MemoryToolkit": lambda m: MemoryToolkit(m, user_id="ann"),
-    "MemOSRetriever (LangChain)": lambda m: MemOSRetriever(memory=m, user_id="ann"),
-    "MemOSChatMessageHistory": lambda m: MemOSChatMessageHistory(m, "s1", user_id="ann"),
-    "MemOSVectorStore": lambda m: MemOSVectorStore(m, user_id="ann"),
-    "MemOSStore": lambda m: MemOSStore(m),
-    "MemOSMemory": lambda m: MemOSMemory.from_memos(m, user_id="ann"),
-    "MemOSMemoryBlock": lambda m: MemOSMemoryBlock.from_memos(m, user_id="ann"),
-    "MemOSRetriever (LlamaIndex)": lambda m: LIRetriever(m, user_id="ann"),
-    "MemOSToolSpec": lambda m: MemOSToolSpec(m, user_id="ann"),
+# ``kw`` is where a test passes the vector index (``index=``; MemOSStore: ``vector_index=``, see INDEX_KEYWORD)
+BUILDERS: dict[str, Callable[..., Any]] = {
+    "MemOSMiddleware": lambda m, **kw: MemOSMiddleware(m, user_id="ann", **kw),
+    "MemoryToolkit": lambda m, **kw: MemoryToolkit(m, user_id="ann", **kw),
+    "MemOSRetriever (LangChain)": lambda m, **kw: MemOSRetriever(memory=m, user_id="ann", **kw),
+    "MemOSChatMessageHistory": lambda m, **kw: MemOSChatMessageHistory(m, "s1", user_id="ann", **kw),
+    "MemOSVectorStore": lambda m, **kw: MemOSVectorStore(m, user_id="ann", **kw),
+    "MemOSStore": lambda m, **kw: MemOSStore(m, **kw),
+    "MemOSMemory": lambda m, **kw: MemOSMemory(m, user_id="ann", **kw),
+    "MemOSMemoryBlock": lambda m, **kw: MemOSMemoryBlock(m, user_id="ann", **kw),
+    "MemOSRetriever (LlamaIndex)": lambda m, **kw: LIRetriever(m, user_id="ann", **kw),
+    "MemOSToolSpec": lambda m, **kw: MemOSToolSpec(m, user_id="ann", **kw),
 }
+#: the keyword naming a store URL's Chroma server: ``index`` everywhere but in MemOSStore, where ``index`` is
+#: LangGraph's IndexConfig
+INDEX_KEYWORD = {name: "vector_index" if name == "MemOSStore" else "index" for name in BUILDERS}
+#: a store URL nothing listens on: every check below must fail before any connection is tried
+NOWHERE = "postgresql://nobody@127.0.0.1:9/nodb?cube=nothing"
 
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))
@@ -79,3 +85,80 @@ def test_the_two_retrievers_agree(tmp_path: Path) -> None:
         assert set(hit_metadata(hit)) == set(doc.metadata)
     finally:
         mem.close()
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_every_adapter_checks_index_when_built(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``index=`` (a store URL's Chroma server) is checked at construction, before any connection: only with a
+    ``postgresql://`` URL, only ``http(s)://host:port`` or ``'embedded'``; ``$MEMOS_INDEX`` is the fallback and
+    is checked the same way."""
+    build, key = BUILDERS[name], INDEX_KEYWORD[name]
+    monkeypatch.delenv("MEMOS_INDEX", raising=False)
+    mem = MemOS(tmp_path / "data", embedder=EMB)
+    try:
+        for memory, what in ((mem, "a MemOS"), (mem.cubes["default"], "a MemCube"), (tmp_path / "data", "a folder")):
+            with pytest.raises(MemoryArgumentError, match="postgresql://") as err:
+                build(memory, **{key: "http://127.0.0.1:8000"})
+            assert what in str(err.value) and "index=" in str(err.value)
+    finally:
+        mem.close()
+    for bad in ("127.0.0.1:8000", "ftp://host:21", "http://", "http://host:port", "http://host:8000/api?x=1", 42):
+        with pytest.raises(MemoryArgumentError, match="index"):
+            build(NOWHERE, **{key: bad})
+    with pytest.raises(MemoryArgumentError, match="MEMOS_INDEX"):  # neither index= nor $MEMOS_INDEX
+        build(NOWHERE)
+    monkeypatch.setenv("MEMOS_INDEX", "chroma-host:8000")
+    with pytest.raises(MemoryArgumentError, match=r"\$MEMOS_INDEX='chroma-host:8000'"):
+        build(NOWHERE)
+
+
+def test_the_store_keeps_langgraphs_index_and_names_the_server_vector_index(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="vector_index="):  # a URL where LangGraph's IndexConfig goes
+        MemOSStore(NOWHERE, index="http://127.0.0.1:8000")  # type: ignore[arg-type]
+    with pytest.raises(MemoryArgumentError, match="index="):
+        MemOSStore(tmp_path / "c", vector_index="http://127.0.0.1:8000")
+
+
+def test_llamaindex_from_defaults_takes_index_with_a_store_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MEMOS_INDEX", raising=False)
+    for cls in (MemOSMemory, MemOSMemoryBlock):
+        with pytest.raises(MemoryArgumentError, match="postgresql://"):
+            cls.from_defaults(str(tmp_path / "folder"), index="http://127.0.0.1:8000", user_id="ann")
+        with pytest.raises(MemoryArgumentError, match="index"):
+            cls.from_defaults(NOWHERE, index="not a url", user_id="ann")
+        with pytest.raises(MemoryArgumentError, match="MEMOS_INDEX"):
+            cls.from_defaults(NOWHERE, user_id="ann")
+        assert not (tmp_path / "folder").exists()
+
+
+def _cube_of(adapter: Any) -> MemCube:
+    cube = getattr(adapter, "cube", None)
+    if isinstance(cube, MemCube):
+        return cube
+    mem = getattr(adapter, "memos", None) or adapter.memory
+    return mem.cubes[mem.default_cube]
+
+
+def test_every_adapter_opens_a_store_url_with_the_index_it_is_given(pg_server: Any, chroma_server: Any, minilm: Any,
+                                                                     tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``index=`` and no ``$MEMOS_INDEX`` each adapter class opens the PostgreSQL cube with that Chroma
+    server; all of them see one memory (one shared cube), and ``index=`` wins over ``$MEMOS_INDEX``. (An adapter
+    that opens a URL itself uses the default embedder, so the cube is built with it.)"""
+    from pg_server import fresh_schema_name
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the local folder of a URL MemOS
+    monkeypatch.delenv("MEMOS_INDEX", raising=False)
+    url = pg_server.url() + "?cube=" + fresh_schema_name("ix")
+    with MemOS(url, index=chroma_server.url, workdir=tmp_path / "w", embedder=minilm) as mem:
+        item = mem.cubes["default"].add("Ann keeps bees in the garden", user_id="ann")
+    monkeypatch.setenv("MEMOS_INDEX", "http://127.0.0.1:9")  # nothing there: index= must win
+    for name in sorted(BUILDERS):
+        adapter = BUILDERS[name](url, **{INDEX_KEYWORD[name]: chroma_server.url})
+        cube = _cube_of(adapter)
+        try:
+            assert cube.records.backend == "postgresql", name
+            assert cube.index.url == chroma_server.url, name
+            assert [h.item.id for h in cube.search("bees", user_id="ann")] == [item.id], name
+        finally:
+            cube.close()
