@@ -36,7 +36,10 @@ def _table_counts(cube) -> dict[str, int]:
 
 
 def _state(cube):
-    return _table_counts(cube), cube.index.count(), cube.records.lexical('"anchor"', "1", [], 10)
+    from memos_core.items import LifecycleState, SearchFilter
+
+    everything = cube.records.compile_filter(SearchFilter(), list(LifecycleState), 0.0)
+    return _table_counts(cube), cube.index.count(), cube.records.lexical('"anchor"', everything, 10)
 
 
 @pytest.fixture

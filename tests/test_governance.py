@@ -717,7 +717,7 @@ def test_appends_after_a_deleted_tail_still_show_the_gap(make: Callable[..., Mem
 @pytest.mark.sqlite_only  # inspects or tampers with the SQLite file itself
 def test_an_anchor_catches_a_fully_rewritten_chain(make: Callable[..., MemCube], base: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    from memos_core.records.sqlite import GENESIS_HASH, event_hash
+    from memos_core.records.base import GENESIS_HASH, event_hash
 
     cube = make("anch", actor="olga")
     it = cube.add("one")

@@ -9,7 +9,8 @@ import pytest
 from memos_core.errors import CorruptData
 from memos_core.items import LifecycleState as S
 from memos_core.items import MemoryItem
-from memos_core.records.sqlite import GENESIS_HASH, SQLiteRecordStore, event_hash
+from memos_core.records.base import GENESIS_HASH, event_hash
+from memos_core.records.sqlite import SQLiteRecordStore
 
 
 def test_a_failed_transaction_leaves_nothing(tmp_path) -> None:

@@ -80,8 +80,8 @@ class IndexRow(NamedTuple):
 
 class CompiledFilter(NamedTuple):
     """A :class:`SearchFilter` compiled by one backend for one query (opaque to callers: pass it back to the
-    same store's :meth:`RecordStore.lexical`, :meth:`~RecordStore.filtered_vectors`, ... ). It unpacks as
-    ``where, args`` for code written before the seam."""
+    same store's :meth:`RecordStore.lexical`, :meth:`~RecordStore.filtered_vectors`, ... ). What ``where`` and
+    ``args`` hold is the backend's business (SQL with its own placeholders for both backends here)."""
 
     where: str
     args: list[Any]

@@ -43,7 +43,7 @@ from ..items import (
     Usage,
 )
 
-__all__ = ["SQLiteRecordStore", "RECORDS_SCHEMA_VERSION", "GENESIS_HASH", "event_hash"]
+__all__ = ["SQLiteRecordStore", "RECORDS_SCHEMA_VERSION"]
 
 #: 1: the first layout; 2: ``vec_pending.gen`` (a pending mark is cleared only as it was listed)
 RECORDS_SCHEMA_VERSION = 2
@@ -122,9 +122,6 @@ def _dt(ts: float | None) -> datetime | None:
     return None if ts is None else datetime.fromtimestamp(ts, tz=timezone.utc)
 
 
-_canonical = canonical_json
-
-
 class SQLiteRecordStore(RecordStore):
     """The durable system of record for one cube (one SQLite file). Implements :class:`RecordStore`."""
 
@@ -142,10 +139,9 @@ class SQLiteRecordStore(RecordStore):
         self._db: sqlite3.Connection | None = None
         mmap_size = _mmap_size()
         try:
-            self._conn = sqlite3.connect(
+            self._db = c = sqlite3.connect(
                 str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False
             )
-            c = self._conn
             c.execute("PRAGMA journal_mode=WAL")
             c.execute("PRAGMA synchronous=FULL")
             c.execute("PRAGMA foreign_keys=ON")
@@ -235,10 +231,6 @@ class SQLiteRecordStore(RecordStore):
             raise CubeClosed(f"records database {self.path} is closed")
         return db
 
-    @_conn.setter
-    def _conn(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
     @property
     def closed(self) -> bool:
         return self._db is None
@@ -285,7 +277,7 @@ class SQLiteRecordStore(RecordStore):
             created_at=_ts(item.created_at), updated_at=_ts(item.updated_at), event_time=_ts(item.event_time),
             valid_until=_ts(item.valid_until), expires_at=_ts(item.expires_at),
             provenance=item.provenance.model_dump_json(), tags=json.dumps(item.tags),
-            metadata=_canonical(item.metadata), confidence=item.confidence,
+            metadata=canonical_json(item.metadata), confidence=item.confidence,
             access_count=item.usage.access_count, last_access=_ts(item.usage.last_access), created_by=item.created_by,
         )
 
@@ -499,7 +491,7 @@ class SQLiteRecordStore(RecordStore):
         for (ver, snap) in c.execute("SELECT version, snapshot FROM versions WHERE item_id=?", (item_id,)).fetchall():
             v = json.loads(snap)
             v.update(content="", index_text=None, metadata={}, tags=[])
-            c.execute("UPDATE versions SET snapshot=? WHERE item_id=? AND version=?", (_canonical(v), item_id, ver))
+            c.execute("UPDATE versions SET snapshot=? WHERE item_id=? AND version=?", (canonical_json(v), item_id, ver))
 
     def erase_item(self, c: sqlite3.Connection, rowid: int, item_id: str) -> None:
         """Forget: delete the item row, every version, its transitions, embedding and lexical entries.
@@ -524,7 +516,7 @@ class SQLiteRecordStore(RecordStore):
         # shows as a gap (governance/audit.py) instead of being silently re-used.
         top = c.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
         seq = max(0 if row is None else row[0], 0 if top is None else top[0]) + 1
-        d = _canonical(detail or {})
+        d = canonical_json(detail or {})
         h = event_hash(prev, seq, at, actor, op, item_id, outcome, d)
         c.execute("INSERT INTO events(seq, at, actor, op, item_id, outcome, detail, prev_hash, hash) "
                   "VALUES(?,?,?,?,?,?,?,?,?)", (seq, at, actor, op, item_id, outcome, d, prev, h))
@@ -538,10 +530,10 @@ class SQLiteRecordStore(RecordStore):
                      detail=json.loads(r[6]), prev_hash=r[7], hash=r[8]) for r in rows]
 
     # ------------------------------------------------------------------ filtering and lexical search
-    def filter_sql(self, f: SearchFilter, states: Sequence[LifecycleState], now: float,
-                   alias: str = "items") -> tuple[str, list[Any]]:
-        """SQL ``WHERE`` fragment (and its parameters) for a filter. Keys are validated; values are bound."""
-        a = alias
+    def compile_filter(self, f: SearchFilter, states: Sequence[LifecycleState], now: float) -> CompiledFilter:
+        """The filter as a ``WHERE`` fragment over ``items`` and its parameters. Keys are validated by
+        :class:`SearchFilter`; values (and metadata paths) are bound."""
+        a = "items"
         where = [f"{a}.state IN ({','.join('?' * len(states))})"]
         args: list[Any] = [s.value for s in states]
         where.append(f"({a}.expires_at IS NULL OR {a}.expires_at > ?)")
@@ -602,14 +594,13 @@ class SQLiteRecordStore(RecordStore):
                     sql_op = {"$eq": "IS", "$ne": "IS NOT"}[op]
                     where.append(f"{expr} {sql_op} ?")
                     args += [path, int(val) if isinstance(val, bool) else val]
-        return " AND ".join(where), args
+        return CompiledFilter(" AND ".join(where), args)
 
-    def filtered_vectors(self, cf: CompiledFilter | str, *rest: Any, pending_only: bool = False
+    def filtered_vectors(self, cf: CompiledFilter, limit: int, *, pending_only: bool = False
                          ) -> tuple[list[int], list[bytes]]:
         """(rowids, embedding blobs) of up to ``limit`` items passing the filter that have an embedding, in one
-        pass (exact dense scoring of a narrow filter: a user's memories, a tag, a time range).
-        ``filtered_vectors(cf, limit)``; the older ``(where, args, limit)`` form is still accepted."""
-        where, args, limit = (cf, rest[0], rest[1]) if isinstance(cf, str) else (cf[0], cf[1], rest[0])
+        pass (exact dense scoring of a narrow filter: a user's memories, a tag, a time range)."""
+        where, args = cf
         if pending_only:
             where = f"({where}) AND items.rowid IN (SELECT item_rowid FROM vec_pending)"
         with self._lock:
@@ -657,10 +648,9 @@ class SQLiteRecordStore(RecordStore):
             used += dfs[p]
         return " OR ".join(p for p in phrases if p in keep)
 
-    def lexical(self, match: str, cf: CompiledFilter | str, *rest: Any) -> list[tuple[int, float]]:
-        """BM25 search. Returns (rowid, score) best first; score is -bm25 (higher is better).
-        ``lexical(match, cf, k)``; the older ``(match, where, args, k)`` form is still accepted."""
-        where, args, k = (cf, rest[0], rest[1]) if isinstance(cf, str) else (cf[0], cf[1], rest[0])
+    def lexical(self, match: str, cf: CompiledFilter, k: int) -> list[tuple[int, float]]:
+        """BM25 search. Returns (rowid, score) best first; score is -bm25 (higher is better)."""
+        where, args = cf
         if not match:
             return []
         with self._lock:
@@ -922,10 +912,6 @@ class SQLiteRecordStore(RecordStore):
         with self._lock:
             row = self._conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
         return None if row is None else (int(row[0]), row[1])
-
-    def compile_filter(self, f: SearchFilter, states: Sequence[LifecycleState], now: float) -> CompiledFilter:
-        where, args = self.filter_sql(f, states, now)
-        return CompiledFilter(where, args)
 
     def embeddings_of(self, rowids: Sequence[int]) -> tuple[list[int], list[bytes]]:
         keep: list[int] = []
