@@ -1,5 +1,7 @@
 """Governance: principals and roles, per-cube access control and sharing, the tamper-evident audit log,
-retention (TTL, expiry sweeps, legal hold), redaction of personal data on write, and forget.
+retention (TTL, expiry sweeps, legal hold) and redaction policies: access policy + audit over a cube's record
+store. It holds no cube and imports nothing from ``cube.py``; the operations it governs (writes, legal hold,
+forget and its erasure in :mod:`memos_core.erasure`) are the cube's.
 
 Every :class:`~memos_core.cube.MemCube` operation runs on behalf of a principal (``actor=``, default: the
 cube's default actor, ``"local"``, which owns a cube it creates) and is checked against the cube's ACL
