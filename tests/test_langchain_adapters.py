@@ -9,7 +9,7 @@ import inspect
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from langchain_core.documents import Document
@@ -42,10 +42,9 @@ def shared_memory() -> MemOS:
 
 
 @pytest.fixture
-def mem(tmp_path: Path) -> Iterator[MemOS]:
-    m = MemOS(tmp_path / "mem", embedder=EMB)
-    yield m
-    m.close()
+def mem(tmp_path: Path, open_memos: Any) -> MemOS:
+    """A MemOS data folder; in tests marked ``records_backends`` also a MemOS over a PostgreSQL cube."""
+    return open_memos(tmp_path / "mem", embedder=EMB)
 
 
 # ---------------------------------------------------------------------- retriever
@@ -64,6 +63,7 @@ class TestMemOSRetrieverStandard(RetrieversIntegrationTests):
         return "tea"
 
 
+@pytest.mark.records_backends
 def test_retriever_scope_filters_and_metadata(mem: MemOS) -> None:
     mem.add("I love hiking in the Alps", user_id="ann", session_id="s1")
     mem.add("I love sailing", user_id="bob")
@@ -100,8 +100,9 @@ def test_retriever_in_a_chain(mem: MemOS) -> None:
 
 
 # ---------------------------------------------------------------------- chat history
-def test_history_is_durable_ordered_and_exact(tmp_path: Path) -> None:
-    mem = MemOS(tmp_path / "m", embedder=EMB)
+@pytest.mark.records_backends
+def test_history_is_durable_ordered_and_exact(tmp_path: Path, open_memos: Any) -> None:
+    mem = open_memos(tmp_path / "m", embedder=EMB)
     h = MemOSChatMessageHistory(mem, "s1", user_id="ann")
     msgs = [SystemMessage("be nice"), HumanMessage("hi, I'm Ann", id="h1"),
             AIMessage("", tool_calls=[{"name": "lookup", "args": {"q": "x"}, "id": "c1", "type": "tool_call"}]),
@@ -117,7 +118,7 @@ def test_history_is_durable_ordered_and_exact(tmp_path: Path) -> None:
     assert mem.search("hello Ann", user_id="ann") == []
     mem.close()
     # durable: a new process-level object over the same folder sees the same messages
-    mem2 = MemOS(tmp_path / "m", embedder=EMB)
+    mem2 = open_memos(tmp_path / "m", embedder=EMB)  # the same folder, or the same PostgreSQL cube
     assert MemOSChatMessageHistory(mem2, "s1", user_id="ann").messages == got
     h2 = MemOSChatMessageHistory(mem2, "s1", user_id="ann")
     h2.clear()
@@ -129,6 +130,7 @@ def test_history_is_durable_ordered_and_exact(tmp_path: Path) -> None:
     mem2.close()
 
 
+@pytest.mark.records_backends
 def test_history_memorize_feeds_the_reader(mem: MemOS) -> None:
     h = MemOSChatMessageHistory(mem, "s1", user_id="ann", memorize=True)
     h.add_messages([HumanMessage("My sister Joana lives in Porto", id="m1"), AIMessage("Nice!", id="m2")])
@@ -171,6 +173,7 @@ def by_name(tools: list[Any]) -> dict[str, Any]:
     return {t.name: t for t in tools}
 
 
+@pytest.mark.records_backends
 def test_memory_tools_schemas_and_governance(mem: MemOS) -> None:
     tools = by_name(create_memory_tools(mem, user_id="ann"))
     assert set(tools) == {"search_memory", "save_memory", "update_memory", "forget_memory"}

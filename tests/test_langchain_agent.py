@@ -8,7 +8,7 @@ import asyncio
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from langchain.agents import create_agent
@@ -33,10 +33,9 @@ class Ctx:
 
 
 @pytest.fixture
-def mem(tmp_path: Path) -> Iterator[MemOS]:
-    m = MemOS(tmp_path / "mem", embedder=EMB)
-    yield m
-    m.close()
+def mem(tmp_path: Path, open_memos: Any) -> MemOS:
+    """A MemOS data folder; in tests marked ``records_backends`` also a MemOS over a PostgreSQL cube."""
+    return open_memos(tmp_path / "mem", embedder=EMB)
 
 
 def system_text(msgs: list[BaseMessage]) -> str:
@@ -58,6 +57,7 @@ def run(agent: Any, text: str, thread: str, user: str, **kw: Any) -> str:
 
 
 # ---------------------------------------------------------------------- middleware
+@pytest.mark.records_backends
 def test_middleware_remembers_across_threads_without_double_writes(mem: MemOS) -> None:
     model = ScriptedChatModel(default=colour_bot)
     mw = MemOSMiddleware(mem, k=5)
@@ -129,6 +129,7 @@ def test_middleware_async_agent_and_options(mem: MemOS) -> None:
 
 
 # ---------------------------------------------------------------------- memory tools, called by the model
+@pytest.mark.records_backends
 def test_agent_with_memory_tools_remembers_across_threads(mem: MemOS) -> None:
     def answer_from_tool(msgs: list[BaseMessage]) -> str:
         found = msgs[-1].text
@@ -151,10 +152,11 @@ def test_agent_with_memory_tools_remembers_across_threads(mem: MemOS) -> None:
 
 
 # ---------------------------------------------------------------------- LangMem's tools on MemOSStore
-def test_langmem_tools_on_memos_store(tmp_path: Path) -> None:
+@pytest.mark.records_backends
+def test_langmem_tools_on_memos_store(tmp_path: Path, open_cube: Any) -> None:
     from langmem import create_manage_memory_tool, create_search_memory_tool
 
-    store = MemOSStore(MemCube(tmp_path / "cube", embedder=EMB))
+    store = MemOSStore(open_cube(tmp_path / "cube", embedder=EMB, clock=None))
     ns = ("memories", "{langgraph_user_id}")
 
     def answer(msgs: list[BaseMessage]) -> str:
@@ -193,8 +195,9 @@ class S(TypedDict, total=False):
     answer: str
 
 
-def test_store_in_graph_compile_and_runtime_store(tmp_path: Path) -> None:
-    store = MemOSStore(MemCube(tmp_path / "cube", embedder=EMB))
+@pytest.mark.records_backends
+def test_store_in_graph_compile_and_runtime_store(tmp_path: Path, open_cube: Any) -> None:
+    store = MemOSStore(open_cube(tmp_path / "cube", embedder=EMB, clock=None))
 
     def remember(state: S, runtime: Runtime[Ctx]) -> S:
         if state.get("fact"):

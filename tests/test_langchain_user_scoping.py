@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from langchain.agents import create_agent
@@ -41,11 +41,11 @@ class Ctx:
 
 
 @pytest.fixture
-def mem(tmp_path: Path) -> Iterator[MemOS]:
-    m = MemOS(tmp_path / "mem", embedder=EMB)
+def mem(tmp_path: Path, open_memos: Any) -> MemOS:
+    """A MemOS data folder; in tests marked ``records_backends`` also a MemOS over a PostgreSQL cube."""
+    m = open_memos(tmp_path / "mem", embedder=EMB)
     m.add([{"role": "ann", "content": PIN}], user_id="ann")
-    yield m
-    m.close()
+    return m
 
 
 def everything_shown(model: ScriptedChatModel) -> str:
@@ -140,6 +140,7 @@ def test_middleware_and_tools_accept_a_bound_view(mem: MemOS) -> None:
         MemOSMiddleware(ann, user_id="bob")
 
 
+@pytest.mark.records_backends
 def test_retriever_fails_closed_and_takes_a_bound_view(mem: MemOS) -> None:
     r = MemOSRetriever(memory=mem)
     with pytest.raises(UserRequired, match="user_id"):
@@ -196,6 +197,7 @@ def test_vectorstore_fails_closed(mem: MemOS) -> None:
     assert single.similarity_search("chess", k=5) == []
 
 
+@pytest.mark.records_backends
 def test_store_fails_closed_per_namespace(mem: MemOS) -> None:
     store = MemOSStore(mem)
     with pytest.raises(UserRequired):  # no {user_id} label: whose memory is it?

@@ -1,14 +1,16 @@
 """MemOSVectorStore: LangChain's standard VectorStore suite (sync and async) plus MemOS specifics.
 
 The standard suite hands the store its own embeddings (``DeterministicFakeEmbedding(size=6)`` from
-``get_embeddings()``); the fixture builds each cube with them, in a fresh folder per test.
+``get_embeddings()``); the fixture builds each cube with them, in a fresh folder per test. The standard suite and
+the scope/version test also run on PostgreSQL (records_backends): there the store is built from the
+``postgresql://`` URL with the Chroma server as ``index=``, as an app on several workers would build it.
 """
 
 from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 from langchain_core.documents import Document
@@ -28,11 +30,27 @@ def mark_async_tests(cls: type) -> type:
     return cls
 
 
+def open_store(path: Path, store_for: Any, chroma_url: str | None, **kw: Any) -> MemOSVectorStore:
+    """A store on a cube folder at ``path``, or (PostgreSQL backend) on a fresh PostgreSQL cube opened by URL."""
+    target = store_for(path)
+    if target != path:
+        kw["index"] = chroma_url
+    return MemOSVectorStore(target, **kw)
+
+
+@pytest.fixture
+def url_workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A MemOS opened by URL keeps its local folder under $XDG_CACHE_HOME: the test's own folder here."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+
+
 @mark_async_tests
+@pytest.mark.records_backends
 class TestMemOSVectorStoreStandard(VectorStoreIntegrationTests):
     @pytest.fixture()
-    def vectorstore(self, tmp_path: Path) -> Iterator[MemOSVectorStore]:  # type: ignore[override]
-        store = MemOSVectorStore(tmp_path / "cube", embedding=self.get_embeddings(), user_id="ann")
+    def vectorstore(self, tmp_path: Path, store_for: Any, chroma_url: str | None,  # type: ignore[override]
+                    url_workdir: None) -> Iterator[MemOSVectorStore]:
+        store = open_store(tmp_path / "cube", store_for, chroma_url, embedding=self.get_embeddings(), user_id="ann")
         try:
             yield store
         finally:
@@ -40,12 +58,13 @@ class TestMemOSVectorStoreStandard(VectorStoreIntegrationTests):
 
 
 @pytest.fixture
-def vs(tmp_path: Path) -> Iterator[MemOSVectorStore]:
-    store = MemOSVectorStore(tmp_path / "cube", embedding=HashingEmbeddings(64), user_id="ann")
+def vs(tmp_path: Path, store_for: Any, chroma_url: str | None, url_workdir: None) -> Iterator[MemOSVectorStore]:
+    store = open_store(tmp_path / "cube", store_for, chroma_url, embedding=HashingEmbeddings(64), user_id="ann")
     yield store
     store.cube.close()
 
 
+@pytest.mark.records_backends
 def test_versions_scope_filters_and_scores(vs: MemOSVectorStore) -> None:
     ids = vs.add_texts(["Ann likes green tea", "Ann lives in Lisbon", "The cello is a string instrument"],
                        [{"topic": "food", "n": 1}, {"topic": "home", "n": 2}, {"topic": "music", "n": 3}],

@@ -59,17 +59,20 @@ class Clock:
         self.now += timedelta(**kw)
 
 
-def make_store(path: Path, *, clock: Clock | None = None, **kw: Any) -> MemOSStore:
+def make_store(path: Path, *, clock: Clock | None = None, opener: Any = None, **kw: Any) -> MemOSStore:
     """A store on a fresh cube. Single-user by default (one fixed user scope, so any namespace works, as in
-    ``InMemoryStore``); ``single_user=False`` gives the per-user store that needs a user label in namespaces."""
-    cube = MemCube(path, embedder=EMB, clock=clock)
+    ``InMemoryStore``); ``single_user=False`` gives the per-user store that needs a user label in namespaces.
+    ``opener`` is conftest's ``open_cube`` in tests marked ``records_backends`` (a SQLite cube at ``path``, or a
+    PostgreSQL cube whose local folder is ``path``); default a SQLite cube."""
+    cube = (opener or MemCube)(path, embedder=EMB, clock=clock)
     kw.setdefault("single_user", True)
     return MemOSStore(cube, **kw)
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    s = make_store(tmp_path / "cube", index={"dims": 64, "fields": ["text"]})
+def store(tmp_path: Path, open_cube: Any):
+    """A single-user store with an index on ``text``; on PostgreSQL too in tests marked ``records_backends``."""
+    s = make_store(tmp_path / "cube", opener=open_cube, index={"dims": 64, "fields": ["text"]})
     yield s
     s.cube.close()
 
@@ -91,6 +94,7 @@ def same_item(a: Any, b: Any) -> bool:
 
 
 # ---------------------------------------------------------------------- a hand-written sequence
+@pytest.mark.records_backends
 def test_basic_sequence_matches_inmemory(store: MemOSStore) -> None:
     ref = InMemoryStore()
     puts = [
@@ -125,6 +129,7 @@ def test_basic_sequence_matches_inmemory(store: MemOSStore) -> None:
         assert store.list_namespaces(**kw) == ref.list_namespaces(**kw), kw
 
 
+@pytest.mark.records_backends
 def test_batch_mixed_ops_apply_in_order(store: MemOSStore) -> None:
     res = store.batch([
         PutOp(("a",), "k", {"text": "one"}),
@@ -215,23 +220,44 @@ def check_step(store: MemOSStore, ref: InMemoryStore, op: tuple[Any, ...]) -> No
     prune(ref)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(ops, min_size=1, max_size=14))
-def test_random_sequences_match_inmemory(seq: list[tuple[Any, ...]]) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="memos-lg-"))
-    store = make_store(tmp / "cube", index={"fields": ["text"]})
-    ref = InMemoryStore()
-    try:
-        for op in seq:
-            check_step(store, ref, op)
-        # and a final full comparison
-        for ns in {tuple(ns) for ns in ref._data}:
-            for key in ref._data[ns]:
-                assert same_item(store.get(ns, key), ref.get(ns, key))
-        assert store.list_namespaces(limit=1000) == ref.list_namespaces(limit=1000)
-    finally:
-        store.cube.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+def random_sequences_match_inmemory(opener: Any, max_examples: int) -> None:
+    """Hypothesis-generated sequences, each on a fresh store from ``opener(path, **kw)``, against InMemoryStore."""
+
+    @settings(max_examples=max_examples, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(ops, min_size=1, max_size=14))
+    def run(seq: list[tuple[Any, ...]]) -> None:
+        tmp = Path(tempfile.mkdtemp(prefix="memos-lg-"))
+        store = make_store(tmp / "cube", opener=opener, index={"fields": ["text"]})
+        ref = InMemoryStore()
+        try:
+            for op in seq:
+                check_step(store, ref, op)
+            # and a final full comparison
+            for ns in {tuple(ns) for ns in ref._data}:
+                for key in ref._data[ns]:
+                    assert same_item(store.get(ns, key), ref.get(ns, key))
+            assert store.list_namespaces(limit=1000) == ref.list_namespaces(limit=1000)
+        finally:
+            store.cube.close()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    run()
+
+
+def test_random_sequences_match_inmemory() -> None:
+    random_sequences_match_inmemory(MemCube, 25)
+
+
+def test_random_sequences_match_inmemory_on_postgresql(pg_server: Any, chroma_server: Any) -> None:
+    """The same differential check on PostgreSQL records + the Chroma server (fewer examples: a fresh cube schema
+    each)."""
+    from pg_server import fresh_schema_name
+
+    def opener(path: Path, **kw: Any) -> MemCube:
+        return MemCube(pg_server.url() + "?cube=" + fresh_schema_name("lg"), index=chroma_server.url, workdir=path,
+                       **kw)
+
+    random_sequences_match_inmemory(opener, 10)
 
 
 # ---------------------------------------------------------------------- query search
@@ -255,6 +281,7 @@ def test_query_search_same_results_clear_winner_first(tmp_path: Path) -> None:
     assert [i.key for i in ours.search(("facts",), query="coffee", limit=2, offset=1)] == [i.key for i in full[1:3]]
 
 
+@pytest.mark.records_backends
 def test_index_config_fields_and_index_false(store: MemOSStore) -> None:
     store.put(("n",), "a", {"text": "green tea", "other": "zebra"})
     store.put(("n",), "b", {"text": "coffee", "other": "green tea"}, index=["other"])
@@ -281,8 +308,9 @@ def test_plain_kv_store_ignores_queries(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- MemOS semantics behind the store
-def test_versions_tombstones_and_scope(tmp_path: Path) -> None:
-    store = make_store(tmp_path / "u", index={"dims": 64, "fields": ["text"]}, single_user=False)
+@pytest.mark.records_backends
+def test_versions_tombstones_and_scope(tmp_path: Path, open_cube: Any) -> None:
+    store = make_store(tmp_path / "u", opener=open_cube, index={"dims": 64, "fields": ["text"]}, single_user=False)
     ns = ("memories", "ann")
     store.put(ns, "fav", {"text": "likes tea"})
     store.put(ns, "fav", {"text": "likes tea"})  # identical: no new version
@@ -306,6 +334,7 @@ def test_versions_tombstones_and_scope(tmp_path: Path) -> None:
     assert store.get(ns, "fav").value == {"text": "likes cocoa"}
 
 
+@pytest.mark.records_backends
 def test_purged_key_can_be_written_again(store: MemOSStore) -> None:
     store.put(("p",), "k", {"text": "secret"})
     item_id, _ = store._resolve(("p",), "k")
@@ -336,6 +365,7 @@ def test_scope_templates_and_reversibility(tmp_path: Path) -> None:
         make_store(tmp_path / "d", scope_templates=[("x", "{tenant}")])
 
 
+@pytest.mark.records_backends
 def test_memories_not_written_by_the_store_stay_out(store: MemOSStore) -> None:
     store.cube.add("a conversation memory", user_id="ann")
     store.put(("memories", "ann"), "k", {"text": "store memory"})
@@ -344,11 +374,12 @@ def test_memories_not_written_by_the_store_stay_out(store: MemOSStore) -> None:
     assert store.list_namespaces() == [("memories", "ann")]
 
 
-def test_durable_across_reopen(tmp_path: Path) -> None:
-    s = make_store(tmp_path / "c")
+@pytest.mark.records_backends
+def test_durable_across_reopen(tmp_path: Path, open_cube: Any) -> None:
+    s = make_store(tmp_path / "c", opener=open_cube)
     s.put(("a",), "k", {"text": "kept"})
     s.cube.close()
-    s2 = make_store(tmp_path / "c")
+    s2 = make_store(tmp_path / "c", opener=open_cube)  # the same folder, or the same PostgreSQL cube
     assert s2.get(("a",), "k").value == {"text": "kept"}
 
 
@@ -363,9 +394,10 @@ def test_store_from_path_with_embed(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- TTL
-def test_ttl_refresh_on_read_and_sweep(tmp_path: Path) -> None:
+@pytest.mark.records_backends
+def test_ttl_refresh_on_read_and_sweep(tmp_path: Path, open_cube: Any) -> None:
     clock = Clock()
-    s = make_store(tmp_path / "c", clock=clock)
+    s = make_store(tmp_path / "c", clock=clock, opener=open_cube)
     assert s.supports_ttl
     s.put(("t",), "short", {"text": "short lived"}, ttl=1.0)
     s.put(("t",), "keep", {"text": "no ttl"})
@@ -409,6 +441,7 @@ def test_ttl_sweeper_thread(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- async
+@pytest.mark.records_backends
 def test_async_api(store: MemOSStore) -> None:
     async def run() -> None:
         await store.aput(("a", "b"), "k", {"text": "async hello"})
@@ -497,6 +530,7 @@ def test_bad_limits_ttl_and_ops(store: MemOSStore) -> None:
 
 
 # ---------------------------------------------------------------------- governance, concurrency, core helpers
+@pytest.mark.records_backends
 def test_store_acts_under_the_cubes_governance(store: MemOSStore) -> None:
     from memos_core import PermissionDenied
 
@@ -529,6 +563,7 @@ def test_store_over_a_memos_facade_acts_as_its_principal(tmp_path: Path) -> None
         mem.close()
 
 
+@pytest.mark.records_backends
 def test_concurrent_puts_of_one_key(store: MemOSStore) -> None:
     async def run() -> None:
         await asyncio.gather(*(store.aput(("c",), "same", {"text": f"v{i}"}) for i in range(6)))
@@ -560,6 +595,7 @@ def test_core_helpers_used_by_the_store(tmp_path: Path) -> None:
         cube.distinct_metadata("bad key")
 
 
+@pytest.mark.records_backends
 def test_query_search_beyond_the_ranking_window_is_an_error_not_a_short_page(store: MemOSStore) -> None:
     store.put(("a",), "k", {"text": "hello world"})
     assert [i.key for i in store.search(("a",), query="hello", limit=10, offset=990)] == []

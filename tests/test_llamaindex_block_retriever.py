@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 from pathlib import Path
-from typing import Any, Iterator, List
+from typing import Any, List
 
 import pytest
 from llama_index.core.llms import ChatMessage
@@ -15,14 +15,13 @@ from llama_index.core.schema import MetadataMode
 
 from memos_core import MemCube
 from memos_llamaindex import MemOSMemoryBlock, MemOSRetriever
-from test_llamaindex_support import RecordingLLM, hashed_embed, new_memos
+from test_llamaindex_support import RecordingLLM, hashed_embed
 
 
 @pytest.fixture
-def mem(tmp_path: Path) -> Iterator[Any]:
-    m = new_memos(tmp_path / "memos")
-    yield m
-    m.close()
+def mem(tmp_path: Path, open_memos: Any) -> Any:
+    """A MemOS data folder; in tests marked ``records_backends`` also a MemOS over a PostgreSQL cube."""
+    return open_memos(tmp_path / "memos", embedder=hashed_embed)
 
 
 CHAT = [
@@ -47,6 +46,7 @@ def _put_chat(memory: Memory) -> None:
         memory.put(ChatMessage(role=role, content=text))
 
 
+@pytest.mark.records_backends
 def test_block_receives_flushed_messages_and_contributes_text(mem: Any) -> None:
     block = MemOSMemoryBlock.from_memos(mem, user_id="ann")
     memory = _memory(block, "s1")
@@ -140,10 +140,14 @@ def test_block_truncation_under_the_token_limit(mem: Any) -> None:
     assert tight_system.count("apple trees") < 8
 
 
+@pytest.mark.records_backends
 def test_block_serialises(mem: Any) -> None:
     block = MemOSMemoryBlock.from_memos(mem, user_id="ann", k=3, token_budget=300, priority=2)
     dumped = block.model_dump()
-    assert dumped["memos_path"] == str(Path(mem.path).resolve()) and dumped["k"] == 3
+    # where a restored block finds its MemOS: the data folder, or the store URL and its Chroma server
+    where = (str(Path(mem.path).resolve()), None) if mem.store_url is None else \
+        (mem.store_url, mem.cubes["default"].index.url)
+    assert (dumped["memos_path"], dumped["memos_index"]) == where and dumped["k"] == 3
     for clone in (MemOSMemoryBlock.model_validate(dumped), copy.deepcopy(block)):
         assert clone.memos is mem and (clone.user_id, clone.k, clone.priority) == ("ann", 3, 2)
 
@@ -157,6 +161,7 @@ def _seed(mem: Any) -> List[str]:
     return [i.id for i in res.added]
 
 
+@pytest.mark.records_backends
 def test_retriever_nodes_carry_ids_versions_provenance(mem: Any) -> None:
     ids = _seed(mem)
     mem.update(ids[0], "Ann: I adopted a grey cat called Miso in May.")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any, Iterator, List, Sequence
+from typing import Any, List, Sequence
 
 import pytest
 from llama_index.core.agent.workflow import AgentWorkflow, FunctionAgent, ReActAgent
@@ -21,14 +21,13 @@ from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 from workflows import Context
 
 from memos_llamaindex import MemOSMemory, MemOSToolSpec
-from test_llamaindex_support import RecordingLLM, ScriptedAgentLLM, new_memos, text_of
+from test_llamaindex_support import RecordingLLM, ScriptedAgentLLM, hashed_embed, text_of
 
 
 @pytest.fixture
-def mem(tmp_path: Path) -> Iterator[Any]:
-    m = new_memos(tmp_path / "memos")
-    yield m
-    m.close()
+def mem(tmp_path: Path, open_memos: Any) -> Any:
+    """A MemOS data folder; in tests marked ``records_backends`` also a MemOS over a PostgreSQL cube."""
+    return open_memos(tmp_path / "memos", embedder=hashed_embed)
 
 
 def _memory(mem: Any, session: str, **kw: Any) -> MemOSMemory:
@@ -49,6 +48,7 @@ def _system_texts(messages: Sequence[ChatMessage]) -> str:
     return "\n".join(m.content or "" for m in messages if m.role.value == "system")
 
 
+@pytest.mark.records_backends
 def test_simple_chat_engine_remembers_across_sessions(mem: Any) -> None:
     llm = RecordingLLM()
     engine = SimpleChatEngine.from_defaults(llm=llm, memory=_memory(mem, "s1"), system_prompt="Be brief.")
@@ -193,6 +193,7 @@ def test_react_agent_and_agent_workflow(mem: Any) -> None:
     asyncio.run(run())
 
 
+@pytest.mark.records_backends
 def test_tool_spec(mem: Any) -> None:
     spec = MemOSToolSpec(mem, user_id="ann", session_id="t1")
     tools = {t.metadata.name: t for t in spec.to_tool_list()}

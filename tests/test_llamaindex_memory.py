@@ -11,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from llama_index.core.llms import ChatMessage
@@ -24,10 +24,9 @@ from test_llamaindex_support import REPO, hashed_embed, new_memos
 
 
 @pytest.fixture
-def mem(tmp_path: Path) -> Iterator[Any]:
-    m = new_memos(tmp_path / "memos")
-    yield m
-    m.close()
+def mem(tmp_path: Path, open_memos: Any) -> Any:
+    """A MemOS data folder; in tests marked ``records_backends`` also a MemOS over a PostgreSQL cube."""
+    return open_memos(tmp_path / "memos", embedder=hashed_embed)
 
 
 def _user(text: str) -> ChatMessage:
@@ -42,6 +41,7 @@ def _items(mem: Any, **kw: Any) -> list:
     return mem.cubes["default"].list(kw or None, limit=1000)
 
 
+@pytest.mark.records_backends
 def test_fact_from_one_session_is_in_another_sessions_get(mem: Any) -> None:
     s1 = MemOSMemory.from_memos(mem, user_id="ann", session_id="s1")
     s1.put(_user("My favourite colour is teal."))
@@ -59,6 +59,7 @@ def test_fact_from_one_session_is_in_another_sessions_get(mem: Any) -> None:
     assert [m.content for m in s2.get_all()] == ["What is my favourite colour?"]
 
 
+@pytest.mark.records_backends
 def test_messages_already_in_the_prompt_are_not_repeated(mem: Any) -> None:
     m = MemOSMemory.from_memos(mem, user_id="ann", session_id="s1")
     m.put(_user("My dog is called Rex."))
@@ -77,6 +78,7 @@ def test_get_with_input_queries_the_input(mem: Any) -> None:
     assert "nurse" in out[0].content
 
 
+@pytest.mark.records_backends
 def test_scopes_do_not_leak(mem: Any) -> None:
     MemOSMemory.from_memos(mem, user_id="ann", session_id="a1").put(_user("My password hint is pelican."))
     bob = MemOSMemory.from_memos(mem, user_id="bob", session_id="b1")
@@ -112,6 +114,7 @@ def test_memory_token_budget_bounds_the_memory_message(mem: Any) -> None:
     assert "cat likes fish" in out[0].content
 
 
+@pytest.mark.records_backends
 def test_set_reads_only_new_messages_and_reset_keeps_long_term(mem: Any) -> None:
     m = MemOSMemory.from_memos(mem, user_id="ann", session_id="s1")
     m.put(_user("I moved to Lisbon."))
@@ -171,6 +174,7 @@ def test_core_errors_propagate_and_nothing_half_written(mem: Any) -> None:
     assert m.get_all() == []
 
 
+@pytest.mark.records_backends
 def test_async_api_is_native(mem: Any) -> None:
     async def run() -> None:
         w = MemOSMemory.from_memos(mem, user_id="ann", session_id="s1")
@@ -187,11 +191,16 @@ def test_async_api_is_native(mem: Any) -> None:
     asyncio.run(run())
 
 
+@pytest.mark.records_backends
 def test_to_dict_from_dict_pickle_deepcopy(mem: Any) -> None:
     m = MemOSMemory.from_memos(mem, user_id="ann", session_id="s1", k=3, memory_token_budget=200)
     m.put_messages([_user("I play the cello."), _assistant("Lovely.")])
     data = json.loads(m.to_json())
-    assert data["class_name"] == "MemOSMemory" and data["memos_path"] == str(Path(mem.path).resolve())
+    assert data["class_name"] == "MemOSMemory"
+    if mem.store_url is None:  # a data folder
+        assert data["memos_path"] == str(Path(mem.path).resolve()) and data["memos_index"] is None
+    else:  # PostgreSQL: the store URL (a new process opens that, not the local folder) and its Chroma server
+        assert (data["memos_path"], data["memos_index"]) == (mem.store_url, mem.cubes["default"].index.url)
     assert [c["blocks"][0]["text"] for c in data["chat_history"]] == ["I play the cello.", "Lovely."]
     for clone in (MemOSMemory.from_dict(data), pickle.loads(pickle.dumps(m)), copy.deepcopy(m)):
         assert clone.memos is mem  # the live MemOS of this process is reused
@@ -312,3 +321,36 @@ def test_llm_reader_extracts_facts_from_put_messages(tmp_path: Path) -> None:
         assert "Ann's favourite colour is teal" in other.get(input="Which colour do I like?")[0].content
     finally:
         m.memos.close()
+
+
+def test_a_memory_on_postgresql_is_restored_without_its_memos(pg_server: Any, chroma_server: Any, minilm: Any,
+                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A memory saved (to_json) over a MemOS on a PostgreSQL store comes back, once no MemOS for it is open (as in
+    a new process), on the same PostgreSQL cube and Chroma server -- not on a new local folder; the saved dict
+    carries no password. (The MemOS is built with the default embedder, which a restore opens with.)"""
+    from memos_core import MemOS
+    from pg_server import fresh_schema_name
+
+    base = pg_server.url()
+    url = base.replace("://memos@", "://memos:s3cret@", 1) + "?cube=" + fresh_schema_name("li")  # trust: ignored
+    assert ":s3cret@" in url
+    uri = f"sqlite+aiosqlite:///{tmp_path / 'chat.sqlite3'}"
+    with MemOS(url, index=chroma_server.url, workdir=tmp_path / "w1", embedder=minilm) as writer:
+        m = MemOSMemory.from_memos(writer, user_id="ann", session_id="s1", chat_store_uri=uri)
+        m.put(_user("My boat is called Albatross."))
+        saved = m.to_json()
+    assert "s3cret" not in saved
+    data = json.loads(saved)
+    assert data["memos_path"] == url.replace(":s3cret", "") and data["memos_index"] == chroma_server.url
+    monkeypatch.delenv("MEMOS_INDEX", raising=False)  # the saved index is used
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # this process's local folder for the store
+    restored = MemOSMemory.from_dict(data)
+    try:
+        assert restored.memos.store_url == data["memos_path"]
+        assert restored.memos.cubes["default"].records.backend == "postgresql"
+        assert [x.content for x in restored.get_all()] == ["My boat is called Albatross."]
+        other = MemOSMemory.from_dict({**data, "session_id": "s2", "chat_history": []})
+        other.put(_user("What is my boat called?"))
+        assert "My boat is called Albatross." in other.get()[0].content  # long-term memory, from PostgreSQL
+    finally:
+        restored.memos.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import pickle
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from llama_index.core.llms import ChatMessage
@@ -19,17 +19,17 @@ from llama_index.core.memory import Memory
 from memos_core import PermissionDenied, UserRequired, ValidationError
 from memos_core.os import SINGLE_USER
 from memos_llamaindex import MemOSMemory, MemOSMemoryBlock, MemOSRetriever, MemOSToolSpec, register_memos
-from test_llamaindex_support import new_memos
+from test_llamaindex_support import hashed_embed
 
 PIN = "My bank PIN is 4321"
 
 
 @pytest.fixture
-def mem(tmp_path: Path) -> Iterator[Any]:
-    m = new_memos(tmp_path / "memos")
+def mem(tmp_path: Path, open_memos: Any) -> Any:
+    """A MemOS data folder; in tests marked ``records_backends`` also a MemOS over a PostgreSQL cube."""
+    m = open_memos(tmp_path / "memos", embedder=hashed_embed)
     m.add([{"role": "ann", "content": PIN}], user_id="ann")
-    yield m
-    m.close()
+    return m
 
 
 def test_every_class_refuses_without_a_user(mem: Any) -> None:
@@ -45,6 +45,7 @@ def test_every_class_refuses_without_a_user(mem: Any) -> None:
         MemOSMemory.from_defaults(memos=mem)
 
 
+@pytest.mark.records_backends
 def test_bound_views_need_no_user_argument_and_refuse_another(mem: Any) -> None:
     bob = mem.for_user("bob")
     memory = MemOSMemory.from_memos(bob, session_id="s1")
