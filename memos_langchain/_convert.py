@@ -20,12 +20,20 @@ __all__ = ["LangChainChat", "embedder_from_langchain"]
 _ROLES = {"system": "system", "user": "human", "assistant": "ai"}
 
 
+def _reply_unparsable(exc: BaseException) -> bool:
+    """One reply did not parse (LangChain's ``OutputParserException``): the model accepted the schema, so its
+    structured output stays in use for the next request (e.g. a constrained local model cut by its token limit)."""
+    from langchain_core.exceptions import OutputParserException
+
+    return isinstance(exc, OutputParserException)
+
+
 class LangChainChat:
     """A LangChain ``Runnable`` as a :class:`memos_core._adapters.ChatBackend`.
 
     Messages go in as ``[(role, text), ...]``. When asked for a schema, the model's ``with_structured_output``
     is used if it has one; once that raises (e.g. the provider rejects the schema), this model answers in plain
-    text for that schema from then on.
+    text for that schema from then on -- unless the error is only that one reply did not parse.
     """
 
     kind = "langchain"
@@ -54,8 +62,9 @@ class LangChainChat:
         if runnable is not None:
             try:
                 return runnable.invoke(self.messages(messages))
-            except Exception:
-                self._structured[schema] = None  # type: ignore[index]  # text from now on
+            except Exception as exc:
+                if not _reply_unparsable(exc):  # the schema was refused: text from now on
+                    self._structured[schema] = None  # type: ignore[index]
                 raise
         return self.llm.invoke(self.messages(messages))
 
@@ -64,8 +73,9 @@ class LangChainChat:
         if runnable is not None:
             try:
                 return await runnable.ainvoke(self.messages(messages))
-            except Exception:
-                self._structured[schema] = None  # type: ignore[index]
+            except Exception as exc:
+                if not _reply_unparsable(exc):
+                    self._structured[schema] = None  # type: ignore[index]
                 raise
         return await self.llm.ainvoke(self.messages(messages))
 

@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Any, Iterator
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
@@ -27,14 +28,16 @@ from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ChatMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import ConfigDict, Field
+from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
+from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
+from pydantic import BaseModel, ConfigDict, Field
 
 from memos_core.activation.local_llm import LocalLLMWrapper
 from memos_core.errors import ValidationError
 
 __all__ = ["MemOSLocalChatModel"]
 
-_OPTIONS = ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "ignore_eos")
+_OPTIONS = ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "ignore_eos", "json_schema")
 
 
 def _text(content: Any) -> str:
@@ -73,6 +76,13 @@ class MemOSLocalChatModel(LocalLLMWrapper, BaseChatModel):
     ``memories=[MemoryItem, ...]`` as a call kwarg (or through ``.bind``) to choose the memories of one call;
     otherwise the ``LocalLLM``'s own memory source is used. ``response_metadata`` reports the KV cache used
     (``cache_id``, ``cache_origin``, ``cached_tokens``, ``ttft_s``) and ``usage_metadata`` the token counts.
+
+    ``with_structured_output(schema)`` (a pydantic class or a JSON Schema dict) decodes under the schema
+    (constrained decoding, :mod:`memos_core.activation.constrained`; needs ``lm-format-enforcer``): a reply that
+    ends by itself is valid JSON of the schema, parsed into the pydantic class (or a dict). Strings are capped at
+    ``max_string_length`` characters and arrays at ``max_items`` unless the schema says otherwise, so a small
+    model that repeats itself still closes its JSON. ``json_schema=...`` as a call kwarg (or ``.bind``) gives
+    the constrained text without parsing.
 
     ``MemOSLocalChatModel.from_cube(cube, model_or_path, tokenizer=None, **kwargs)`` (shared with the
     LlamaIndex wrapper, :class:`memos_core.activation.local_llm.LocalLLMWrapper`): keyword arguments naming
@@ -122,6 +132,30 @@ class MemOSLocalChatModel(LocalLLMWrapper, BaseChatModel):
         out = len(res.token_ids)
         usage = UsageMetadata(input_tokens=res.prompt_tokens, output_tokens=out, total_tokens=res.prompt_tokens + out)
         return meta, usage
+
+    def with_structured_output(self, schema: dict[str, Any] | type, *, include_raw: bool = False,
+                               max_string_length: int | None = 400, max_items: int | None = 16,
+                               **kwargs: Any) -> Runnable:
+        """Replies decoded under ``schema`` and parsed (see the class docs); ``include_raw=True`` returns
+        ``{"raw", "parsed", "parsing_error"}`` as LangChain's own implementation does."""
+        from memos_core.activation.constrained import bounded_schema, schema_dict
+
+        kwargs.pop("method", None)
+        kwargs.pop("strict", None)
+        if kwargs:
+            raise ValidationError(f"with_structured_output: unsupported arguments {sorted(kwargs)}")
+        wanted = bounded_schema(schema_dict(schema), max_string_length=max_string_length, max_items=max_items)
+        bound = self.bind(json_schema=wanted)
+        parser: Any
+        if isinstance(schema, type) and issubclass(schema, BaseModel):
+            parser = PydanticOutputParser(pydantic_object=schema)
+        else:
+            parser = JsonOutputParser()
+        if include_raw:
+            parsed = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)
+            failed = RunnablePassthrough.assign(parsed=lambda _: None)
+            return RunnableMap(raw=bound) | parsed.with_fallbacks([failed], exception_key="parsing_error")
+        return bound | parser
 
     def _generate(
         self,

@@ -22,6 +22,10 @@ Sampling: ``temperature == 0`` is greedy; otherwise temperature, top-k and top-p
 by ``seed`` when given. Generation stops at an end-of-sequence id (the model's generation config and the
 tokenizer's), at ``max_new_tokens``, or at the first occurrence of a ``stop`` string (which is not returned).
 Batch size is 1.
+
+Constrained decoding: with ``json_schema`` set, each step picks only among the tokens that keep the reply a
+prefix of a JSON document valid for that schema, and ends only when the document is complete (see
+:mod:`memos_core.activation.constrained`; needs ``lm-format-enforcer``). Without it the loop is unchanged.
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ class SamplingParams(BaseModel):
     seed: int | None = None
     stop: list[str] = Field(default_factory=list)
     ignore_eos: bool = False
+    #: a JSON Schema (dict) the reply must follow: constrained decoding, see :mod:`.constrained`
+    json_schema: dict[str, Any] | None = None
 
 
 @dataclass
@@ -178,6 +184,15 @@ def prefill(
     return logits, past, reuse
 
 
+def _vocab_size(model: Any) -> int:
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(out, "weight", None)
+    if weight is not None:
+        return int(weight.shape[0])
+    return int(model.config.get_text_config().vocab_size if hasattr(model.config, "get_text_config")
+               else model.config.vocab_size)
+
+
 def _pick(logits: Any, params: SamplingParams, generator: Any) -> int:
     import torch
 
@@ -259,8 +274,16 @@ class GenerationStream:
         import torch
 
         p, res = self.params, self.result
-        t0 = self.started_at = time.perf_counter()
         eos = set() if p.ignore_eos else eos_token_ids(self.model, self.tokenizer)
+        constraint = None
+        if p.json_schema is not None:  # built before the clock starts: the vocabulary table is a one-off cost
+            from .constrained import JSONSchemaConstraint
+
+            if p.ignore_eos:
+                raise ValidationError("json_schema and ignore_eos cannot be combined: the reply ends when the JSON does")
+            constraint = JSONSchemaConstraint(self.tokenizer, p.json_schema, vocab_size=_vocab_size(self.model),
+                                              eos_ids=sorted(eos))
+        t0 = self.started_at = time.perf_counter()
         generator = None
         if p.temperature > 0 and p.seed is not None:
             generator = torch.Generator(device=model_device(self.model))
@@ -278,6 +301,8 @@ class GenerationStream:
             pos = len(self.input_ids)
             res.finish_reason = "length"
             for step in range(p.max_new_tokens):
+                if constraint is not None:
+                    logits = constraint.mask(logits, res.token_ids)
                 tok = _pick(logits, p, generator)
                 if step == 0:
                     res.ttft_s = time.perf_counter() - t0
