@@ -293,12 +293,16 @@ def test_a_candidate_erased_between_the_legs_is_dropped_not_a_key_error(facts, m
     baseline = cube.search("Where does Ann live?", k=5)
     gone = baseline[0]
     gone_rowid, _ = cube._load(gone.item.id)
-    real = cube.retriever.exact_dense
+    rows_of, passing = cube.records.candidate_rows, cube.records.candidates_passing
 
-    def without_gone(qvec, rowids, n):  # its stored embedding vanished in between (as a forget leaves it)
-        return [(r, sc) for r, sc in real(qvec, rowids, n) if r != gone_rowid]
+    def without_gone(rows):  # its stored embedding vanished in between (as a forget leaves it)
+        return {r: (None if r == gone_rowid else vec, c, w) for r, (vec, c, w) in rows.items()}
 
-    monkeypatch.setattr(cube.retriever, "exact_dense", without_gone)
+    # where hybrid search reads the candidates' embeddings (a server store reads them with the ANN filter check)
+    monkeypatch.setattr(cube.records, "candidate_rows", lambda rowids, key: without_gone(rows_of(rowids, key)))
+    monkeypatch.setattr(cube.records, "candidates_passing",
+                        lambda ids, rowids, cf, key: (lambda ok, rows: (ok, without_gone(rows)))(
+                            *passing(ids, rowids, cf, key)))
     hits = cube.search("Where does Ann live?", k=5)
     assert hits and gone.item.id not in [h.item.id for h in hits]
     assert all(set(h.ranks) <= set(h.retrievers) for h in hits)

@@ -485,3 +485,33 @@ def test_lexical_search_survives_a_cube_that_grew_since_its_statistics(store: Re
     for i in range(6):  # other workers write; a term first searched now matches more rows than were counted
         add(store, f"zephyr {i} again")
     assert len(store.lexical('"zephyr"', everything, 10)) == 6
+
+
+def test_candidate_rows_read_embedding_text_and_weight_at_once(store: RecordStore) -> None:
+    """What hybrid search reads about each candidate (exact scoring and fusion), in one call on each backend."""
+    ra, _ = add(store, "weighted", metadata={"recall_weight": 0.25, "flag": True}, vec=vec(0.0, 1.0))
+    rb, _ = add(store, "plain")
+    with store.transaction() as c:
+        rn = store.insert_item(c, MemoryItem(content="no vector", cube_id="c"), None, False, "me", "add")
+    got = store.candidate_rows([rn, rb, ra, rb, 10**9], "recall_weight")
+    assert list(got) == sorted([ra, rb, rn])  # rowid order; unknown rows left out
+    assert got[ra][1:] == ("weighted", 0.25) and np.array_equal(np.frombuffer(got[ra][0], np.float32), vec(0.0, 1.0))
+    assert got[rb][1:] == ("plain", None) and got[rn] == (None, "no vector", None)
+    assert store.candidate_rows([ra], "flag")[ra][2] == 1  # booleans as 0/1, as json_extract gives them
+    # the same answer as the reads it replaces (the interface's derived version)
+    assert RecordStore.candidate_rows(store, [rn, rb, ra, rb, 10**9], "recall_weight") == got
+    assert store.candidate_rows([], "recall_weight") == {}
+
+
+def test_candidates_passing_checks_the_filter_and_reads_the_rows_at_once(store: RecordStore) -> None:
+    """The dense leg's filter check of vector-index hits, with the rows of every candidate, in one call."""
+    ra, a = add(store, "alpha", user_id="ann", metadata={"recall_weight": 0.5})
+    rb, b = add(store, "beta", user_id="bob")
+    rc, _ = add(store, "gamma", user_id="bob")
+    cf = store.compile_filter(SearchFilter(user_id="ann"), ALL_LIVE, 0.0)
+    ok, rows = store.candidates_passing([a.id, b.id, "unknown"], [rc], cf, "recall_weight")
+    assert ok == {a.id: ra}  # bob's hit fails the filter; rc comes from another leg and is read as given
+    assert list(rows) == [ra, rc] and rows[ra][1:] == ("alpha", 0.5) and rows[rc][1:] == ("gamma", None)
+    assert rows[ra][0] is not None and len(rows[ra][0]) == 8 * 4
+    assert (ok, rows) == RecordStore.candidates_passing(store, [a.id, b.id, "unknown"], [rc], cf, "recall_weight")
+    assert store.candidates_passing([], [], cf, "recall_weight") == ({}, {})

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, Callable, Literal, NamedTuple, Protocol, Sequence
 
 import numpy as np
@@ -36,6 +36,8 @@ __all__ = ["Retriever", "RetrievalSettings", "Fused"]
 log = get_logger(__name__)
 
 Ranked = dict[str, list[tuple[int, float]]]
+#: what hybrid search reads about a candidate: (float32 embedding bytes or None, content, recall weight or None)
+Row = tuple[bytes | None, str, Any]
 
 
 class RetrievalSettings(Protocol):
@@ -127,7 +129,8 @@ class Retriever:
         cfg = self.config
         plan = analyze_query(query)
         n_cand = max(cfg.candidates, k)
-        ranked, qvec = self.gather(plan, mode, f, where, args, n_cand)
+        rows: dict[int, Row] = {}
+        ranked, qvec = self.gather(plan, mode, f, where, args, n_cand, rows)
         weights = {"dense": cfg.dense_weight, "lexical": 0.8 if cfg.lexical_weight is None else cfg.lexical_weight}
         if mode != "hybrid" or cfg.fusion == "rrf":
             top = rrf(ranked, weights, cfg.rrf_k)[:k]
@@ -136,7 +139,7 @@ class Retriever:
                 else {}
             return plan, [Fused(key, v, sc, rk, cos.get(key)) for key, v, sc, rk in top]
         assert qvec is not None
-        cands = self.candidates(plan, qvec, ranked, n_cand)
+        cands = self.candidates(plan, qvec, ranked, n_cand, rows)
         return plan, [Fused(key, z, sc, rk, cands.dense.get(key)) for key, z, sc, rk in fuse(cands, plan, cfg)[:k]]
 
     # ------------------------------------------------------------------ the query vector
@@ -163,9 +166,11 @@ class Retriever:
         return cached_query_vector(embedder, key, compute, self.config.query_cache)
 
     # ------------------------------------------------------------------ the retrievers
-    def gather(self, plan: QueryPlan, mode: str, f: SearchFilter, where: str, args: list[Any], n_cand: int
-               ) -> tuple[Ranked, np.ndarray | None]:
-        """Each retriever's best ``n_cand`` (rowid, score) for the normalised query, and the query vector."""
+    def gather(self, plan: QueryPlan, mode: str, f: SearchFilter, where: str, args: list[Any], n_cand: int,
+               rows: dict[int, Row] | None = None) -> tuple[Ranked, np.ndarray | None]:
+        """Each retriever's best ``n_cand`` (rowid, score) for the normalised query, and the query vector.
+        ``rows``, when given, receives what :meth:`candidates` will need about the candidates if a leg could
+        read it on the way (see :meth:`dense`)."""
         cfg = self.config
         ranked: Ranked = {}
         qvec = None
@@ -173,20 +178,28 @@ class Retriever:
             qvec = peek_query_vector(self.embedder, self.query_key(plan))
         lexical_job = None
         owned = self.records.in_transaction()
-        if (mode == "hybrid" and qvec is None and not owned
-                and (_SPARE_CORES or (_OVERLAP_ENV != "0" and getattr(self.embedder, "overlaps_well", False)))):
-            # BM25 (SQLite) runs on a worker thread while the query is embedded: both release the GIL, so the
-            # lexical leg costs little extra wall time. That holds with >= 4 cores, or when the embedder's threads
-            # do not busy-wait (the default MiniLM's ONNX twin: `overlaps_well`). Not with PyTorch on 2-3 cores: its
-            # parallel kernels then wait for the core SQLite took, and the overlap is slower than running one after
-            # the other. Not when the query vector is cached (nothing to overlap), nor when this thread holds the
-            # records lock, e.g. a search from inside a transaction: the worker could not take it.
+        if mode == "hybrid" and not owned and (
+                self.records.concurrent_reads
+                or (qvec is None
+                    and (_SPARE_CORES or (_OVERLAP_ENV != "0" and getattr(self.embedder, "overlaps_well", False))))):
+            # The lexical leg runs on a worker thread while this one embeds the query and runs the dense leg.
+            # On a database server (`concurrent_reads`: PostgreSQL) both legs mostly wait on sockets -- BM25 in
+            # the server, the vector index over HTTP or in Chroma's native code -- so they always overlap.
+            # With SQLite, BM25 overlaps the query embedding only: both release the GIL, so the lexical leg costs
+            # little extra wall time. That holds with >= 4 cores, or when the embedder's threads do not busy-wait
+            # (the default MiniLM's ONNX twin: `overlaps_well`). Not with PyTorch on 2-3 cores: its parallel
+            # kernels then wait for the core SQLite took, and the overlap is slower than running one after the
+            # other. Not when the query vector is cached (nothing to overlap). Never when this thread is inside a
+            # records transaction, e.g. a search from a hook: the worker could not take the SQLite lock, and on a
+            # server it would not see the transaction's writes.
             lexical_job = search_pool().submit(self.records.lexical, fts_query(plan.text), (where, args), n_cand)
         try:
             if mode in ("hybrid", "dense"):
                 if qvec is None:
                     qvec = self.query_vector(plan)
-                ranked["dense"] = self.dense(qvec, f, where, args, n_cand)
+                share = rows is not None and lexical_job is not None and self.records.concurrent_reads
+                ranked["dense"] = self.dense(qvec, f, where, args, n_cand, lexical=lexical_job if share else None,
+                                             rows=rows if share else None)
         finally:
             if lexical_job is not None:
                 wait([lexical_job])  # also when the dense leg raised: no query is left running on the cube
@@ -196,14 +209,20 @@ class Retriever:
             ranked["lexical"] = self.records.lexical(fts_query(plan.text), (where, args), n_cand)
         return ranked, qvec
 
-    def candidates(self, plan: QueryPlan, qvec: np.ndarray, ranked: Ranked, n_cand: int) -> Candidates:
+    def candidates(self, plan: QueryPlan, qvec: np.ndarray, ranked: Ranked, n_cand: int,
+                   rows: dict[int, Row] | None = None) -> Candidates:
         """The union of the retrievers' candidates with what fusion needs to know about each: the exact dense
         score of every one (from its stored embedding, whichever retriever found it: fused scores then do not
-        depend on the ANN's float rounding), BM25 where the lexical leg found it, and the memory's text."""
+        depend on the ANN's float rounding), BM25 where the lexical leg found it, and the memory's text.
+        ``rows``: candidates' rows already read (:meth:`gather`); the others are read here, in one call."""
         lexical = dict(ranked["lexical"])
         complete = len(lexical) < n_cand
         keys = sorted({r for r, _ in ranked["dense"]} | set(lexical))
-        dense = dict(self.exact_dense(qvec, keys, len(keys)))
+        known = rows or {}
+        missing = [r for r in keys if r not in known]
+        rows = {**known, **self.records.candidate_rows(missing, "recall_weight")} if missing else known
+        scored = [r for r in keys if r in rows and rows[r][0] is not None]
+        dense = dict(score_blobs(qvec, scored, [rows[r][0] for r in scored], len(scored)))  # type: ignore[misc]
         if dense:
             # A candidate whose stored embedding is gone was erased after a leg found it (a forget by another
             # handle or worker in between): it is no longer a memory, so it is not a candidate either.
@@ -213,7 +232,10 @@ class Retriever:
             dense = dict(ranked["dense"])
         texts: dict[int, str] = {}
         weights: dict[int, float] = {}
-        for r, (c, w) in self.records.contents_with(keys, "recall_weight").items():
+        for r in keys:
+            if r not in rows:
+                continue
+            _, c, w = rows[r]
             texts[r] = c or ""
             if isinstance(w, (int, float)) and not isinstance(w, bool):
                 weights[r] = float(w)
@@ -223,11 +245,16 @@ class Retriever:
                           lexical_ranks={key: i for i, (key, _) in enumerate(ranked["lexical"], 1) if key in lexical},
                           weights=weights)
 
-    def dense(self, query: str | np.ndarray, f: SearchFilter, where: str, args: list[Any], n: int
+    def dense(self, query: str | np.ndarray, f: SearchFilter, where: str, args: list[Any], n: int, *,
+              lexical: Future[list[tuple[int, float]]] | None = None, rows: dict[int, Row] | None = None
               ) -> list[tuple[int, float]]:
         """The best ``n`` (rowid, cosine) passing the filter: exact over stored embeddings when the filter narrows
         the search to at most ``exact_below`` rows or the index is down, else the ANN index checked against the
-        filter in the store, plus rows whose vectors the index has not received yet (scored exactly)."""
+        filter in the store, plus rows whose vectors the index has not received yet (scored exactly).
+
+        With ``lexical`` (the lexical leg running on another thread) and ``rows``, the filter check of the ANN
+        hits also reads the candidates' rows -- those hits, the lexical leg's and the pending rows -- into
+        ``rows``, in one call (:meth:`RecordStore.candidates_passing`: one round trip on a server)."""
         qvec = self.embedder.embed_query(query) if isinstance(query, str) else query
         if qvec.shape[-1] != self.dim:
             raise EmbeddingDimensionError(f"query embedding has dimension {qvec.shape[-1]}")
@@ -254,7 +281,13 @@ class Retriever:
                 self._on_index_down(exc)
                 log.warning("dense search falls back to exact scan: %s", exc)
                 return score_blobs(qvec, *self.records.filtered_vectors((where, args), 10**9), n)
-            ok = self.rowids_passing([i for i, _ in res], where, args)
+            if rows is not None and lexical is not None and fetch == n:
+                found = [r for r, _ in lexical.result()]  # the lexical leg ran meanwhile
+                ok, got = self.records.candidates_passing([i for i, _ in res], found + [r for r, _ in fresh],
+                                                          (where, args), "recall_weight")
+                rows.update(got)
+            else:
+                ok = self.rowids_passing([i for i, _ in res], where, args)
             out = [(ok[i], s) for i, s in res if i in ok]
             if fresh:  # rows whose vectors the index has not received yet, scored exactly
                 mine = {r for r, _ in fresh}

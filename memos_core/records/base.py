@@ -338,6 +338,29 @@ class RecordStore(ABC):
     def contents_with(self, rowids: Sequence[int], key: str) -> dict[int, tuple[str, Any]]:
         """``{rowid: (content, value of top-level metadata key or None)}`` (e.g. fusion's ``recall_weight``)."""
 
+    #: Whether reads from several threads run at the same time (a database server: each thread borrows its own
+    #: connection). A search then runs its lexical leg and its read of pending rows beside the vector-index
+    #: query. SQLite serializes reads under one lock: there is nothing to overlap.
+    concurrent_reads: bool = False
+
+    def candidate_rows(self, rowids: Sequence[int], key: str) -> dict[int, tuple[bytes | None, str, Any]]:
+        """``{rowid: (float32 embedding bytes or None, content, value of metadata key or None)}`` for those of
+        ``rowids`` that exist, in rowid order: what exact scoring and fusion read about each search candidate.
+        Derived from :meth:`embeddings_of` and :meth:`contents_with`; backends answer it in one query."""
+        ordered = sorted({int(r) for r in rowids})
+        keep, blobs = self.embeddings_of(ordered)
+        vecs = dict(zip(keep, blobs))
+        return {r: (vecs.get(r), c, v) for r, (c, v) in sorted(self.contents_with(ordered, key).items())}
+
+    def candidates_passing(self, ids: Sequence[str], rowids: Sequence[int], cf: CompiledFilter, key: str
+                           ) -> tuple[dict[str, int], dict[int, tuple[bytes | None, str, Any]]]:
+        """The dense leg's filter check and the candidates' reads together: ``{id: rowid}`` for those of ``ids``
+        (vector-index hits) that pass the filter (as :meth:`rowids_passing`), and :meth:`candidate_rows` of
+        those plus ``rowids`` (rows found otherwise: lexical hits, pending rows). Derived here; a database
+        server answers it in one round trip."""
+        passing = self.rowids_passing(ids, cf) if ids else {}
+        return passing, self.candidate_rows([*passing.values(), *rowids], key)
+
     @abstractmethod
     def list_rowids(self, cf: CompiledFilter, order: Literal["created", "event_time"], limit: int,
                     offset: int) -> list[int]: ...

@@ -203,6 +203,7 @@ class PostgresRecordStore(RecordStore):
 
     backend = "postgresql"
     schema_version = PG_SCHEMA_VERSION
+    concurrent_reads = True
 
     #: work budget of one lexical query in matching rows (as :attr:`SQLiteRecordStore.lexical_match_budget`)
     lexical_match_budget = 3000
@@ -934,42 +935,69 @@ class PostgresRecordStore(RecordStore):
         terms = match_terms(match) if match else []
         if not terms:
             return []
-        where, args = cf
-        with self._conn() as conn, conn.transaction():
-            # the GIN index, not a scan of every row: the planner's estimate for an OR of terms is often far off
-            conn.execute("SET LOCAL enable_seqscan = off")
-            lexemes = self._lexemes(conn, terms)
-            if not lexemes:
-                return []
-            n_docs, avgdl = self._index_stats(conn)
-            dfs = self._dfs(conn, lexemes, max(n_docs, 1))
-            keep = lexemes
-            if sum(dfs.values()) > self.lexical_match_budget and len(lexemes) > 1:
-                keep, used = [], 0
-                for lx in sorted(lexemes, key=lambda x: (dfs[x], x)):
-                    if keep and used + dfs[lx] > self.lexical_match_budget:
-                        break
-                    keep.append(lx)
-                    used += dfs[lx]
-            # the row count is refreshed every 30 s while document counts are fresher: never below them
-            n = max(n_docs, max(dfs.values(), default=0), 1)
-            terms_sql: list[str] = []
-            params: list[Any] = []
-            for lx in keep:
-                idf = max(math.log(max((n - dfs[lx] + 0.5) / (dfs[lx] + 0.5), 1e-12)), 1e-6)
-                # tf of the lexeme in the row, recovered exactly from ts_rank: with every position at weight D
-                # (0.1), ts_rank of a one-lexeme query is 0.1 * H2(tf) / zeta(2), H2(n) = sum_{i<=n} 1/i^2, and
-                # 1 / (zeta(2) - H2(n)) - 1/2 rounds to n: exact for every tf a tsvector holds (1..255; 0 when absent)
-                tf = ("round(1.0 / GREATEST(1.6449340668 - 16.449340668 * ts_rank('{0.1,0.2,0.4,1.0}', items.tsv, "
-                      "%s::tsquery, 0), 1e-4) - 0.5)")
-                terms_sql.append(f"%s * {tf} / ({tf} + kk.k)")
-                params += [idf * (_BM25_K1 + 1), _tsq(lx), _tsq(lx)]
-            rows = conn.execute(
-                f"SELECT items.rowid, ({' + '.join(terms_sql)}) AS score FROM items "
-                f"CROSS JOIN LATERAL (SELECT %s * (1 - %s + %s * length(items.tsv) / %s) AS k) AS kk "
-                f"WHERE items.tsv @@ %s::tsquery AND {where} ORDER BY score DESC, items.rowid LIMIT %s",
-                (*params, _BM25_K1, _BM25_B, _BM25_B, avgdl, " | ".join(_tsq(lx) for lx in keep), *args, k)).fetchall()
+        with self._conn() as conn:
+            if conn is getattr(self._tls, "conn", None):  # inside this thread's transaction: a savepoint
+                with conn.transaction():
+                    conn.execute("SET LOCAL enable_seqscan = off")
+                    q = self._bm25_query(conn, terms, cf, k)
+                    rows = conn.execute(*q).fetchall() if q else []
+            else:
+                # Pipelined: BEGIN, SET LOCAL, the query and COMMIT travel together, one round trip when the
+                # lexemes and document counts are cached (a lookup they need costs one more).
+                try:
+                    with conn.pipeline():
+                        conn.execute("BEGIN")
+                        # the GIN index, not a scan of every row: the planner's estimate for an OR of terms is
+                        # often far off
+                        conn.execute("SET LOCAL enable_seqscan = off")
+                        q = self._bm25_query(conn, terms, cf, k)
+                        cur = conn.execute(*q) if q else None
+                        conn.execute("COMMIT")
+                except BaseException:
+                    if conn.info.transaction_status != self._psycopg.pq.TransactionStatus.IDLE and not conn.closed:
+                        try:
+                            conn.execute("ROLLBACK")
+                        except Exception:  # noqa: BLE001 - the pool discards a connection it cannot reset
+                            pass
+                    raise
+                rows = cur.fetchall() if cur is not None else []
         return [(int(r), float(sc)) for r, sc in rows if sc > 0]
+
+    def _bm25_query(self, conn: Any, terms: list[str], cf: CompiledFilter, k: int) -> tuple[str, tuple[Any, ...]] | None:
+        """The BM25 query of :meth:`lexical` (``None`` when no term has a lexeme), looking up what the caches
+        lack (lexemes, document counts, row statistics) on ``conn``."""
+        where, args = cf
+        lexemes = self._lexemes(conn, terms)
+        if not lexemes:
+            return None
+        n_docs, avgdl = self._index_stats(conn)
+        dfs = self._dfs(conn, lexemes, max(n_docs, 1))
+        keep = lexemes
+        if sum(dfs.values()) > self.lexical_match_budget and len(lexemes) > 1:
+            keep, used = [], 0
+            for lx in sorted(lexemes, key=lambda x: (dfs[x], x)):
+                if keep and used + dfs[lx] > self.lexical_match_budget:
+                    break
+                keep.append(lx)
+                used += dfs[lx]
+        # the row count is refreshed every 30 s while document counts are fresher: never below them
+        n = max(n_docs, max(dfs.values(), default=0), 1)
+        terms_sql: list[str] = []
+        params: list[Any] = []
+        for lx in keep:
+            idf = max(math.log(max((n - dfs[lx] + 0.5) / (dfs[lx] + 0.5), 1e-12)), 1e-6)
+            # tf of the lexeme in the row, recovered exactly from ts_rank: with every position at weight D
+            # (0.1), ts_rank of a one-lexeme query is 0.1 * H2(tf) / zeta(2), H2(n) = sum_{i<=n} 1/i^2, and
+            # 1 / (zeta(2) - H2(n)) - 1/2 rounds to n: exact for every tf a tsvector holds (1..255; 0 when absent)
+            tf = ("round(1.0 / GREATEST(1.6449340668 - 16.449340668 * ts_rank('{0.1,0.2,0.4,1.0}', items.tsv, "
+                  "%s::tsquery, 0), 1e-4) - 0.5)")
+            terms_sql.append(f"%s * {tf} / ({tf} + kk.k)")
+            params += [idf * (_BM25_K1 + 1), _tsq(lx), _tsq(lx)]
+        return (
+            f"SELECT items.rowid, ({' + '.join(terms_sql)}) AS score FROM items "
+            f"CROSS JOIN LATERAL (SELECT %s * (1 - %s + %s * length(items.tsv) / %s) AS k) AS kk "
+            f"WHERE items.tsv @@ %s::tsquery AND {where} ORDER BY score DESC, items.rowid LIMIT %s",
+            (*params, _BM25_K1, _BM25_B, _BM25_B, avgdl, " | ".join(_tsq(lx) for lx in keep), *args, k))
 
     # ------------------------------------------------------------------ dense reads and other filtered reads
     def filtered_vectors(self, cf: CompiledFilter, limit: int, *, pending_only: bool = False
@@ -1016,6 +1044,39 @@ class PostgresRecordStore(RecordStore):
                 v = None if raw is None else json.loads(raw)
                 out[r] = (c, int(v) if isinstance(v, bool) else v)  # as SQLite's json_extract
         return out
+
+    def candidate_rows(self, rowids: Sequence[int], key: str) -> dict[int, tuple[bytes | None, str, Any]]:
+        if not rowids:
+            return {}
+        out: dict[int, tuple[bytes | None, str, Any]] = {}
+        with self._conn() as conn:
+            for r, vec, c, raw in conn.execute(
+                    "SELECT i.rowid, e.vec, i.content, (i.metadata #> %s::text[])::text FROM items i LEFT JOIN "
+                    "embeddings e ON e.item_rowid = i.rowid WHERE i.rowid = ANY(%s) ORDER BY i.rowid",
+                    (key.split("."), sorted({int(x) for x in rowids}))):
+                v = None if raw is None else json.loads(raw)
+                out[r] = (None if vec is None else bytes(vec), c, int(v) if isinstance(v, bool) else v)
+        return out
+
+    def candidates_passing(self, ids: Sequence[str], rowids: Sequence[int], cf: CompiledFilter, key: str
+                           ) -> tuple[dict[str, int], dict[int, tuple[bytes | None, str, Any]]]:
+        where, args = cf
+        passing: dict[str, int] = {}
+        out: dict[int, tuple[bytes | None, str, Any]] = {}
+        if not ids and not rowids:
+            return passing, out
+        with self._conn() as conn:
+            for r, item_id, hit, vec, c, raw in conn.execute(
+                    f"SELECT items.rowid, items.id, (items.id = ANY(%s) AND ({where})), e.vec, items.content, "
+                    "(items.metadata #> %s::text[])::text FROM items LEFT JOIN embeddings e ON "
+                    f"e.item_rowid = items.rowid WHERE (items.id = ANY(%s) AND ({where})) OR items.rowid = ANY(%s) "
+                    "ORDER BY items.rowid",
+                    (list(ids), *args, key.split("."), list(ids), *args, sorted({int(x) for x in rowids}))):
+                if hit:
+                    passing[item_id] = r
+                v = None if raw is None else json.loads(raw)
+                out[r] = (None if vec is None else bytes(vec), c, int(v) if isinstance(v, bool) else v)
+        return passing, out
 
     def list_rowids(self, cf: CompiledFilter, order: str, limit: int, offset: int) -> list[int]:
         where, args = cf

@@ -962,6 +962,20 @@ class SQLiteRecordStore(RecordStore):
                     out[r] = (c, v)
         return out
 
+    def candidate_rows(self, rowids: Sequence[int], key: str) -> dict[int, tuple[bytes | None, str, Any]]:
+        path = "$." + ".".join(f'"{part}"' for part in key.split("."))
+        ordered = sorted({int(r) for r in rowids})
+        out: dict[int, tuple[bytes | None, str, Any]] = {}
+        with self._lock:
+            for s in range(0, len(ordered), 900):
+                chunk = ordered[s:s + 900]
+                for r, vec, c, v in self._conn.execute(
+                        f"SELECT items.rowid, e.vec, items.content, json_extract(items.metadata, ?) FROM items "
+                        f"LEFT JOIN embeddings e ON e.item_rowid = items.rowid WHERE items.rowid IN "
+                        f"({','.join('?' * len(chunk))}) ORDER BY items.rowid", (path, *chunk)):
+                    out[r] = (vec, c, v)
+        return out
+
     def list_rowids(self, cf: CompiledFilter, order: str, limit: int, offset: int) -> list[int]:
         where, args = cf
         col = "rowid" if order == "created" else "COALESCE(event_time, created_at), rowid"
