@@ -99,7 +99,7 @@ from langgraph.store.base import (
     tokenize_path,
 )
 
-from memos_core.log import get_logger
+from memos_core.log import PROGRESS_MIN, Progress, get_logger
 from memos_core import LifecycleState, MemCube, MemoryItem, MemoryKind, SourceKind
 from memos_core.errors import EmbeddingDimensionError, PermissionDenied, ValidationError
 from memos_core.items import MAX_METADATA_DEPTH, MAX_TTL_SECONDS, check_nesting, check_text
@@ -212,6 +212,11 @@ class MemOSStore(BaseStore):
         With a ``postgresql://`` store URL as ``memory`` only: its Chroma server, ``"http://host:port"``
         (default ``$MEMOS_INDEX``). Every other adapter class calls this ``index=``; here ``index`` is
         LangGraph's ``IndexConfig``.
+    progress:
+        A progress bar for a :meth:`batch` of at least ``memos_core.log.PROGRESS_MIN`` (200) puts, as for a bulk
+        ingest: ``None`` (default) shows one only in a terminal, unless ``MEMOS_PROGRESS=0``
+        (``MEMOS_PROGRESS=1`` shows it anywhere); ``True`` / ``False`` force it on / off. The embedding of the
+        new items shows its own bar under the same rule.
     """
 
     supports_ttl: bool = True
@@ -219,7 +224,7 @@ class MemOSStore(BaseStore):
     def __init__(self, memory: Any, *, cube: str | None = None, index: IndexConfig | bool | None = None,
                  ttl: TTLConfig | None = None, scope_templates: Sequence[Sequence[str]] = DEFAULT_SCOPE_TEMPLATES,
                  search_mode: str = "hybrid", actor: str | None = None, single_user: bool = False,
-                 vector_index: str | None = None) -> None:
+                 vector_index: str | None = None, progress: bool | None = None) -> None:
         if isinstance(index, str):
             raise ValidationError(
                 "MemOSStore: index= is LangGraph's IndexConfig ({'dims': ..., 'embed': ..., 'fields': [...]}, or "
@@ -261,13 +266,20 @@ class MemOSStore(BaseStore):
         self._write_lock = threading.RLock()  # resolve-then-write of a key is one step within this process
         self._sweeper: threading.Thread | None = None
         self._sweeper_stop = threading.Event()
+        self.progress = progress
 
     # ------------------------------------------------------------------ BaseStore
     def batch(self, ops: Iterable[Op]) -> list[Result]:
-        """Execute ops in order; consecutive puts are written together (one transaction for new items)."""
+        """Execute ops in order; consecutive puts are written together (one transaction for new items). A batch
+        of many puts shows a progress bar (see ``progress``)."""
         ops = list(ops)
         for op in ops:
             self._validate(op)
+        puts = sum(isinstance(op, PutOp) for op in ops)
+        with Progress(puts, "storing items", unit="item", progress=self.progress, minimum=PROGRESS_MIN) as bar:
+            return self._batch(ops, bar)
+
+    def _batch(self, ops: list[Op], bar: Progress) -> list[Result]:
         results: list[Result] = [None] * len(ops)
         i = 0
         while i < len(ops):
@@ -276,7 +288,7 @@ class MemOSStore(BaseStore):
                 j = i
                 while j < len(ops) and isinstance(ops[j], PutOp):
                     j += 1
-                self._apply_puts(ops[i:j])  # type: ignore[arg-type]
+                self._apply_puts(ops[i:j], bar)  # type: ignore[arg-type]
                 i = j
                 continue
             if isinstance(op, GetOp):
@@ -436,15 +448,16 @@ class MemOSStore(BaseStore):
             self.cube.refresh_expiry(ttls, **self._as)
 
     # ------------------------------------------------------------------ ops
-    def _apply_puts(self, ops: Sequence[PutOp]) -> None:
+    def _apply_puts(self, ops: Sequence[PutOp], bar: Progress | None = None) -> None:
         with self._write_lock:
-            self._apply_puts_locked(ops)
+            self._apply_puts_locked(ops, bar or Progress(0, "", progress=False))
 
-    def _apply_puts_locked(self, ops: Sequence[PutOp]) -> None:
+    def _apply_puts_locked(self, ops: Sequence[PutOp], bar: Progress) -> None:
         last: dict[tuple[tuple[str, ...], str], PutOp] = {}
         for op in ops:  # last write wins within a run of puts, as in every LangGraph store
             last.pop((tuple(op.namespace), op.key), None)
             last[(tuple(op.namespace), op.key)] = op
+        bar.update(len(ops) - len(last))  # overwritten within the run: done
         new: list[dict[str, Any]] = []
         scopes = {(ns, key): self._op_scope(ns) for (ns, key) in last}  # every op's user first: all or nothing
         for (ns, key), op in last.items():
@@ -453,6 +466,7 @@ class MemOSStore(BaseStore):
             if op.value is None:
                 if existing is not None and existing.state not in (_S.DELETED, _S.PURGED):
                     self.cube.delete(item_id, reason="langgraph delete", **self._as)
+                bar.update(1)
                 continue
             value = _check_value(op.value)
             text = self._index_text(value, op.index)
@@ -471,9 +485,11 @@ class MemOSStore(BaseStore):
                 new.append(spec)
                 continue
             self._overwrite(item_id, existing, content, meta, op.ttl)
+            bar.update(1)
         if new:
             try:
-                self.cube.add_many(new, **self._as)
+                self.cube.add_many(new, progress=self.progress if bar.shown else False, **self._as)
+                bar.update(len(new))
             except ValidationError:
                 # Another process wrote one of these keys between our lookup and our add (the whole add was
                 # rolled back): write them one by one, overwriting what now exists.
@@ -481,7 +497,7 @@ class MemOSStore(BaseStore):
                     raise
                 by_id = {spec["id"]: op for (ns, key), op in last.items()
                          for spec in new if spec["id"] == self._resolve(ns, key)[0]}
-                self._apply_puts_locked(list(by_id.values()))
+                self._apply_puts_locked(list(by_id.values()), bar)
 
     def _overwrite(self, item_id: str, existing: MemoryItem, content: str, meta: dict[str, Any],
                    ttl: float | None) -> None:

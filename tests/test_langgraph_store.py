@@ -607,3 +607,57 @@ def test_query_search_beyond_the_ranking_window_is_an_error_not_a_short_page(sto
     assert len(store.search(("b",), query="hello", limit=10, offset=990)) == 10
     with pytest.raises(ValueError, match="at most 1000"):
         store.search(("b",), query="hello", limit=10, offset=995)
+
+
+# ---------------------------------------------------------------------- progress of a large batch
+def test_a_large_batch_shows_progress_only_in_a_terminal_or_when_forced(tmp_path: Path, capsys: Any,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """store.batch of many puts shows the bulk-ingest progress bar (memos_core.log): off when stderr is not a
+    terminal, on with MEMOS_PROGRESS=1 or progress=True, off with MEMOS_PROGRESS=0, never for a small batch."""
+    import memos_langchain.store as store_module
+    from memos_core.log import PROGRESS_MIN, Progress
+
+    bars: list[list[int]] = []  # [total, units advanced] of every bar shown
+
+    class Recording(Progress):
+        def __init__(self, total: int | None, *a: Any, **kw: Any) -> None:
+            super().__init__(total, *a, **kw)
+            if self.shown:
+                bars.append([int(total or 0), 0])
+
+        def update(self, n: int = 1) -> None:
+            if self.shown:
+                bars[-1][1] += n
+            super().update(n)
+
+    monkeypatch.setattr(store_module, "Progress", Recording)
+    monkeypatch.delenv("MEMOS_PROGRESS", raising=False)
+    store = make_store(tmp_path / "c", index={"fields": ["text"]})
+    n = PROGRESS_MIN + 50
+
+    def puts(tag: str, count: int = n) -> list[PutOp]:
+        return [PutOp(("docs", tag), f"k{i}", {"text": f"{tag} note {i}"}) for i in range(count)]
+
+    try:
+        store.batch(puts("quiet"))  # pytest's stderr is not a terminal
+        assert "storing items" not in capsys.readouterr().err and bars == []
+        monkeypatch.setenv("MEMOS_PROGRESS", "1")
+        # new items, one written twice (the last wins), a delete, and a get between the puts
+        ops: list[Any] = [*puts("shown"), PutOp(("docs", "shown"), "k1", {"text": "again"}), GetOp(("docs",), "x"),
+                          PutOp(("docs", "quiet"), "k0", None)]
+        store.batch(ops)
+        assert "storing items" in capsys.readouterr().err and bars == [[n + 2, n + 2]]  # every put, once
+        store.batch(puts("shown"))  # overwrites (one changed value, the rest identical) count too
+        assert f"/{n}" in capsys.readouterr().err and bars[-1] == [n, n]
+        store.batch(puts("small", PROGRESS_MIN - 1))  # too small to bother
+        assert "storing items" not in capsys.readouterr().err and len(bars) == 2
+        monkeypatch.setenv("MEMOS_PROGRESS", "0")
+        asyncio.run(store.abatch(puts("async")))
+        assert "storing items" not in capsys.readouterr().err and len(bars) == 2
+        forced = MemOSStore(store.cube, index={"fields": ["text"]}, single_user=True, progress=True)
+        asyncio.run(forced.abatch(puts("forced")))
+        assert "storing items" in capsys.readouterr().err and bars[-1] == [n, n]
+        # every batch was written: quiet (less the deleted k0), shown, small, async, forced
+        assert len(store.search(("docs",), limit=10_000)) == (n - 1) + n + (PROGRESS_MIN - 1) + n + n
+    finally:
+        store.cube.close()
