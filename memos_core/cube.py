@@ -688,14 +688,16 @@ class MemCube:
         self._flush_job = _index_pool().submit(run)
 
     # ------------------------------------------------------------------ deferred embeddings (embed_sync="deferred")
-    def _embed_waiting(self, batches: int | None = None) -> int:
+    def _embed_waiting(self, batches: int | None = None, one_by_one: bool = False) -> int:
         """Embed the rows that were committed without their embedding (``embed_sync="deferred"``, by this process
         or another one, or by one that died) and store the vectors; returns how many were stored.
 
         Whatever needs every acknowledged write's vector calls it first: search, inspecting or rebuilding the
         vector index, export, close, and the open-time repair. A row changed meanwhile (updated, deleted,
         forgotten) keeps what that write stored (:meth:`RecordStore.put_embeddings` checks the text). At most
-        ``batches`` batches of :data:`_EMBED_BATCH` rows (None: until none is left)."""
+        ``batches`` batches of :data:`_EMBED_BATCH` rows (None: until none is left). ``one_by_one`` embeds each
+        text in its own call: the background thread then stays on one core (the default embedder runs a short
+        text on one thread and a batch on all cores), leaving the other to the caller's next write."""
         if not self.records.embeds_later:
             return 0
         stored = 0
@@ -707,7 +709,8 @@ class MemCube:
                     with self._count_lock:
                         self._waiting = 0
                     break
-                vecs = self._embed([text for _, text in rows])
+                texts = [text for _, text in rows]
+                vecs = np.concatenate([self._embed([t]) for t in texts]) if one_by_one else self._embed(texts)
                 # derived data: no fsync of its own (a lost embedding leaves the row waiting; it is embedded again)
                 with self.records.derived_transaction() as c:
                     done = self.records.put_embeddings(c, [(r, t, v) for (r, t), v in zip(rows, vecs)])
@@ -731,7 +734,7 @@ class MemCube:
 
         def run() -> None:
             try:
-                self._embed_waiting()
+                self._embed_waiting(one_by_one=True)
             except Exception:  # noqa: BLE001 - the rows stay waiting in the records
                 log.exception("background embedding of cube %s failed", self.name)
 

@@ -33,6 +33,7 @@ def _cube(path, **kw) -> MemCube:
 
 def _no_background(cube: MemCube) -> None:
     cube._embed_in_background = lambda: None  # type: ignore[method-assign]
+    cube._ensure_index_checked()  # the first use of the vector index embeds what waits: done now, not mid-test
 
 
 def _unit(texts: list[str]) -> np.ndarray:
@@ -196,3 +197,26 @@ def test_kill_9_before_the_embeddings_loses_nothing(tmp_path) -> None:
         for i in (0, 9):
             hits = cube.search(f"acknowledged memory {i} about the ferry timetable", k=1, mode="dense")
             assert hits[0].item.id == f"k-{i}"
+
+
+def test_the_derived_record_store_methods_agree_with_sqlite(tmp_path) -> None:
+    """RecordStore's generic waiting_embeddings/put_embeddings (for a backend without its own query) give what
+    the SQLite queries give, including the skip of a row changed since it was listed."""
+    from memos_core.records.base import RecordStore
+
+    with _cube(tmp_path / "c") as cube:
+        _no_background(cube)
+        a = cube.add("the tram runs every ten minutes")
+        b = cube.add("the library lends umbrellas")
+        store = cube.records
+        listed = store.waiting_embeddings()
+        assert RecordStore.waiting_embeddings(store) == listed == [
+            (store.rowid(a.id), a.content), (store.rowid(b.id), b.content)]
+        cube.update(b.id, "the library lends umbrellas and boots")
+        with store.transaction() as c:
+            done = RecordStore.put_embeddings(store, c, [(r, t, _unit([t])[0]) for r, t in listed])
+        assert done == [store.rowid(a.id)]  # b changed since it was listed: its new embedding stays
+        assert np.allclose(store.embedding(store.rowid(a.id)), _unit([a.content])[0], atol=1e-6)
+        assert np.allclose(store.embedding(store.rowid(b.id)), _unit(["the library lends umbrellas and boots"])[0],
+                           atol=1e-6)
+        assert RecordStore.waiting_embeddings(store) == store.waiting_embeddings() == []
