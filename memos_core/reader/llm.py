@@ -43,7 +43,7 @@ from typing import Any, Generator, Literal, Protocol, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..log import get_logger
+from ..log import Progress, get_logger
 from ..errors import MemOSError, ValidationError
 from ..items import MemoryItem, MemoryKind, Provenance, SourceKind, new_id, to_utc
 from . import prompts
@@ -448,6 +448,9 @@ class LLMReader:
         Also store every turn as an episode (as the offline reader does), not only the extracted facts.
     structured:
         ``"auto"`` uses LangChain's ``with_structured_output`` on first attempts when the model supports it.
+    progress:
+        A progress bar over the turns read (tqdm, on stderr) when an add needs more than one extraction call:
+        ``None`` (default) shows it in a terminal unless ``MEMOS_PROGRESS=0`` (see :mod:`memos_core.log`).
     """
 
     name = EXTRACTOR
@@ -455,7 +458,7 @@ class LLMReader:
     def __init__(self, llm: Any, *, max_retries: int = 2, max_llm_calls: int = 12, batch_turns: int = 20,
                  batch_chars: int = 12_000, similar_k: int = 4, decide_batch: int = 10,
                  near_duplicate: float = DEFAULT_NEAR_THRESHOLD, keep_episodes: bool = False,
-                 structured: Literal["auto", "off"] = "auto") -> None:
+                 structured: Literal["auto", "off"] = "auto", progress: bool | None = None) -> None:
         for nm, v, lo in (("max_retries", max_retries, 0), ("max_llm_calls", max_llm_calls, 1),
                           ("batch_turns", batch_turns, 1), ("batch_chars", batch_chars, 1),
                           ("similar_k", similar_k, 1), ("decide_batch", decide_batch, 1)):
@@ -472,6 +475,7 @@ class LLMReader:
         self.decide_batch = decide_batch
         self.near_duplicate = near_duplicate
         self.keep_episodes = keep_episodes
+        self.progress = progress
         self._offline = OfflineReader(context_turns=1)
 
     # ------------------------------------------------------------------ drivers
@@ -518,20 +522,14 @@ class LLMReader:
         turns = list(turns)
         candidates: list[_Candidate] = []
         failed: list[list[Turn]] = []
-        for chunk in self._chunks(turns):
-            labels = {f"T{i}": t for i, t in enumerate(chunk, start=1)}
-            msgs = prompts.extract_messages([(lb, t.time, t.speaker, t.text) for lb, t in labels.items()],
-                                            user_name=user_name)
-            facts, err = yield from self._ask("extract", msgs, Extraction,
-                                              lambda obj, labels=labels: self._parse_extraction(obj, labels), st)
-            if err is not None:
-                ids = [t.id for t in chunk if t.id]
-                result.errors.append(
-                    f"extraction failed for {len(chunk)} turn(s) ({_ids(ids)}): {err}; "
-                    f"stored them as episodes instead")
-                failed.append(chunk)
-            else:
-                candidates.extend(facts)
+        chunks = self._chunks(turns)
+        with Progress(len(turns), "reading turns (LLM)", unit="turn", progress=self.progress,
+                      minimum=len(turns) if len(chunks) > 1 else len(turns) + 1) as bar:
+            for chunk in chunks:
+                failed_chunk = yield from self._extract(chunk, user_name, st, candidates, result)
+                if failed_chunk:
+                    failed.append(chunk)
+                bar.update(len(chunk))
         # raw turns: after a failed extraction always, otherwise when asked to keep episodes
         episode_turns = turns if self.keep_episodes else [t for c in failed for t in c]
         if episode_turns:
@@ -568,6 +566,23 @@ class LLMReader:
         return result
 
     # ------------------------------------------------------------------ steps
+    def _extract(self, chunk: list[Turn], user_name: str | None, st: _State, candidates: list[_Candidate],
+                 result: AddResult) -> Generator[LLMRequest, Any, bool]:
+        """Extract one batch of turns into ``candidates``; True when it failed (its turns become episodes)."""
+        labels = {f"T{i}": t for i, t in enumerate(chunk, start=1)}
+        msgs = prompts.extract_messages([(lb, t.time, t.speaker, t.text) for lb, t in labels.items()],
+                                        user_name=user_name)
+        facts, err = yield from self._ask("extract", msgs, Extraction,
+                                          lambda obj, labels=labels: self._parse_extraction(obj, labels), st)
+        if err is not None:
+            ids = [t.id for t in chunk if t.id]
+            result.errors.append(
+                f"extraction failed for {len(chunk)} turn(s) ({_ids(ids)}): {err}; "
+                f"stored them as episodes instead")
+            return True
+        candidates.extend(facts)
+        return False
+
     def _chunks(self, turns: Sequence[Turn]) -> list[list[Turn]]:
         out: list[list[Turn]] = []
         cur: list[Turn] = []
