@@ -76,7 +76,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import threading
+import time
 from datetime import timedelta
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -101,7 +103,7 @@ from langgraph.store.base import (
 
 from memos_core.log import PROGRESS_MIN, Progress, get_logger
 from memos_core import LifecycleState, MemCube, MemoryItem, MemoryKind, SourceKind
-from memos_core.errors import EmbeddingDimensionError, PermissionDenied, ValidationError
+from memos_core.errors import Conflict, EmbeddingDimensionError, PermissionDenied, ValidationError
 from memos_core.items import MAX_METADATA_DEPTH, MAX_TTL_SECONDS, check_nesting, check_text
 from memos_core.os import UserRule, value_text
 
@@ -120,6 +122,8 @@ _LG_OPS = {"$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$exists"}
 _S = LifecycleState
 _LIVE = (_S.GENERATED, _S.ACTIVATED)
 _EXTRACTOR = "memos_langchain.store/1"
+#: how often a put or delete that collided with another writer is tried again on a fresh read (``_retrying``)
+_WRITE_RETRIES = 8
 
 
 class InvalidStoreValue(ValidationError, TypeError):
@@ -464,8 +468,11 @@ class MemOSStore(BaseStore):
             scope = scopes[(ns, key)]
             item_id, existing = self._resolve(ns, key, dict(scope))
             if op.value is None:
-                if existing is not None and existing.state not in (_S.DELETED, _S.PURGED):
-                    self.cube.delete(item_id, reason="langgraph delete", **self._as)
+                def delete(found: MemoryItem | None, item_id: str = item_id) -> None:
+                    if found is not None and found.state not in (_S.DELETED, _S.PURGED):
+                        self.cube.delete(item_id, reason="langgraph delete", **self._as)
+
+                self._retrying(ns, key, scope, existing, delete)
                 bar.update(1)
                 continue
             value = _check_value(op.value)
@@ -484,13 +491,14 @@ class MemOSStore(BaseStore):
                     spec["ttl"] = timedelta(minutes=op.ttl)
                 new.append(spec)
                 continue
-            self._overwrite(item_id, existing, content, meta, op.ttl)
+            self._retrying(ns, key, scope, existing, lambda found, item_id=item_id, content=content, meta=meta,
+                           ttl=op.ttl: self._overwrite(item_id, found, content, meta, ttl))
             bar.update(1)
         if new:
             try:
                 self.cube.add_many(new, progress=self.progress if bar.shown else False, **self._as)
                 bar.update(len(new))
-            except ValidationError:
+            except (ValidationError, Conflict):
                 # Another process wrote one of these keys between our lookup and our add (the whole add was
                 # rolled back): write them one by one, overwriting what now exists.
                 if all(self.cube.lookup(spec["id"], **self._as) is None for spec in new):
@@ -498,6 +506,25 @@ class MemOSStore(BaseStore):
                 by_id = {spec["id"]: op for (ns, key), op in last.items()
                          for spec in new if spec["id"] == self._resolve(ns, key)[0]}
                 self._apply_puts_locked(list(by_id.values()), bar)
+
+    def _retrying(self, ns: tuple[str, ...], key: str, scope: dict[str, Any], existing: MemoryItem | None,
+                  write: Any) -> None:
+        """``write(existing)``; when another writer (a worker with its own handle on the cube) changed the memory
+        since it was read and the core raised :class:`Conflict`, read it again and write again: a put is an
+        upsert and the last write wins, as in LangGraph's database stores. A conflict about the memory itself
+        (frozen under legal hold: nothing changed since the read) or one that persists is raised."""
+        for attempt in range(_WRITE_RETRIES):
+            try:
+                write(existing)
+                return
+            except Conflict:
+                fresh = self._resolve(ns, key, dict(scope))[1]
+                seen = None if existing is None else (existing.version, existing.state, existing.updated_at)
+                if attempt + 1 == _WRITE_RETRIES or fresh is None or \
+                        (fresh.version, fresh.state, fresh.updated_at) == seen:
+                    raise
+                existing = fresh
+                time.sleep(random.uniform(0.0, 0.005 * (attempt + 1)))  # let the other writer finish
 
     def _overwrite(self, item_id: str, existing: MemoryItem, content: str, meta: dict[str, Any],
                    ttl: float | None) -> None:

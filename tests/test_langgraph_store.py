@@ -661,3 +661,45 @@ def test_a_large_batch_shows_progress_only_in_a_terminal_or_when_forced(tmp_path
         assert len(store.search(("docs",), limit=10_000)) == (n - 1) + n + (PROGRESS_MIN - 1) + n + n
     finally:
         store.cube.close()
+
+
+@pytest.mark.records_backends
+def test_concurrent_puts_from_several_workers_last_write_wins(tmp_path: Path, open_cube: Any) -> None:
+    """Workers with their own handle on one cube (as processes on a shared PostgreSQL cube) put the same keys at
+    once: every put succeeds (a put is an upsert, as in LangGraph's database stores; a version conflict with
+    another writer is retried on a fresh read, never raised), and each key ends with one of the written values
+    and contiguous versions."""
+    import threading
+
+    first = open_cube(tmp_path / "c", embedder=EMB, clock=None)
+    stores = [MemOSStore(first, single_user=True)] + [
+        MemOSStore(open_cube(tmp_path / "c", embedder=EMB, clock=None, create=False), single_user=True)
+        for _ in range(3)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(stores))
+
+    def work(i: int, s: MemOSStore) -> None:
+        start.wait()
+        for r in range(12):
+            try:
+                if i % 2:
+                    s.batch([PutOp(("ns",), f"k{r}-{j}", {"text": f"w{i} r{r} j{j}"}) for j in range(4)])
+                else:
+                    for j in range(4):
+                        s.put(("ns",), f"k{r}-{j}", {"text": f"w{i} r{r} j{j}"})
+            except BaseException as exc:  # noqa: BLE001 - collected and reported below
+                errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i, s)) for i, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    items = stores[0].search(("ns",), limit=1000)
+    assert sorted(i.key for i in items) == sorted(f"k{r}-{j}" for r in range(12) for j in range(4))
+    for it in items:
+        r, j = it.key[1:].split("-")
+        assert it.value["text"] in {f"w{w} r{r} j{j}" for w in range(4)}
+        versions = [v.version for v in first.history(stores[0].memory_id(("ns",), it.key))]
+        assert versions == list(range(1, len(versions) + 1))
