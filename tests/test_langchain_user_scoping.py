@@ -162,6 +162,7 @@ def test_retriever_fails_closed_and_takes_a_bound_view(mem: MemOS) -> None:
     assert single.invoke("bank PIN") == []
 
 
+@pytest.mark.records_backends
 def test_chat_history_fails_closed(mem: MemOS) -> None:
     with pytest.raises(UserRequired):
         MemOSChatMessageHistory(mem, session_id="s1")
@@ -181,6 +182,7 @@ def test_chat_history_fails_closed(mem: MemOS) -> None:
     assert [m.text for m in single.messages] == ["hello"]
 
 
+@pytest.mark.records_backends
 def test_vectorstore_fails_closed(mem: MemOS) -> None:
     with pytest.raises(UserRequired):
         MemOSVectorStore(mem)

@@ -261,9 +261,10 @@ def test_random_sequences_match_inmemory_on_postgresql(pg_server: Any, chroma_se
 
 
 # ---------------------------------------------------------------------- query search
-def test_query_search_same_results_clear_winner_first(tmp_path: Path) -> None:
+@pytest.mark.records_backends
+def test_query_search_same_results_clear_winner_first(tmp_path: Path, open_cube: Any) -> None:
     emb = HashingEmbeddings(1024)  # few hash collisions, so cosine ranking alone is meaningful too
-    ours = MemOSStore(MemCube(tmp_path / "c", embedder=emb), index={"dims": 1024, "fields": ["text"]}, single_user=True)
+    ours = MemOSStore(open_cube(tmp_path / "c", embedder=emb, clock=None), index={"dims": 1024, "fields": ["text"]}, single_user=True)
     ref = InMemoryStore(index={"dims": 1024, "embed": emb, "fields": ["text"]})
     docs = {"1": "Ann moved to Lisbon in May", "2": "Bob prefers black coffee", "3": "Carol plays the cello",
             "4": "Dan is allergic to peanuts"}
@@ -346,11 +347,12 @@ def test_purged_key_can_be_written_again(store: MemOSStore) -> None:
     assert store._resolve(("p",), "k")[0] == item_id + "-2"
 
 
-def test_scope_templates_and_reversibility(tmp_path: Path) -> None:
+@pytest.mark.records_backends
+def test_scope_templates_and_reversibility(tmp_path: Path, open_cube: Any) -> None:
     from memos_core import UserRequired
     from memos_core.os import SINGLE_USER
 
-    s = make_store(tmp_path / "c", scope_templates=[("agents", "{agent_id}", "{user_id}")], single_user=False)
+    s = make_store(tmp_path / "c", opener=open_cube, scope_templates=[("agents", "{agent_id}", "{user_id}")], single_user=False)
     s.put(("agents", "helper", "ann", "notes"), "k", {"text": "hello", "nested": {"a": [1, 2]}})
     with pytest.raises(UserRequired):  # a namespace that names no user: refused (fail closed)
         s.put(("other",), "k", {"text": "hello"})
@@ -420,9 +422,10 @@ def test_ttl_refresh_on_read_and_sweep(tmp_path: Path, open_cube: Any) -> None:
     assert len(s.cube.history(item_id)) <= 2
 
 
-def test_ttl_config_default_and_refresh_off(tmp_path: Path) -> None:
+@pytest.mark.records_backends
+def test_ttl_config_default_and_refresh_off(tmp_path: Path, open_cube: Any) -> None:
     clock = Clock()
-    s = make_store(tmp_path / "c", clock=clock, ttl={"default_ttl": 2.0, "refresh_on_read": False})
+    s = make_store(tmp_path / "c", clock=clock, opener=open_cube, ttl={"default_ttl": 2.0, "refresh_on_read": False})
     s.put(("t",), "k", {"text": "x"})
     clock.advance(seconds=90)
     assert s.get(("t",), "k") is not None  # no refresh by default

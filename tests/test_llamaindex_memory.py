@@ -130,6 +130,7 @@ def test_set_reads_only_new_messages_and_reset_keeps_long_term(mem: Any) -> None
     assert m.get_all() == []
 
 
+@pytest.mark.records_backends
 def test_what_is_read_into_long_term_memory(mem: Any) -> None:
     m = MemOSMemory.from_memos(mem, user_id="ann", session_id="s1", speaker_names={"user": "Ann"})
     m.put_messages([
