@@ -22,6 +22,10 @@ Backends: ``--store postgresql://user@host/db?cube=bench --index http://host:800
 in one process -- first SQLite + embedded Chroma (the default, in a temp folder), then the given system of record
 and Chroma server -- and reports both plus ``p95_ratio`` (store / SQLite). ``--only-store`` skips the SQLite run.
 The PostgreSQL cube must be empty (a fresh ``?cube=`` name) or already hold exactly N memories (search only).
+After both runs, both cubes stay open for an **interleaved** pass: the same Q queries alternate between the two
+(hybrid, k=10, the order flipped every query), so the load of a shared machine weighs on both alike; it reports
+``interleaved`` (p50/p95 of each and their ratios) next to the sequential figures, whose ratio also carries the
+load's drift between the two runs.
 """
 
 from __future__ import annotations
@@ -192,7 +196,10 @@ def _timed(fn: Any, *a: Any, **kw: Any) -> float:
 
 def run(n: int, queries: int = 200, batch: int = 256, bare_every: int | None = None, embedder: str = "default",
         workdir: str | None = None, seed: int = 0, log: Any = print, threads: int | None = None,
-        store: str | None = None, index: str | None = None) -> dict[str, Any]:
+        store: str | None = None, index: str | None = None, keep: list[Any] | None = None) -> dict[str, Any]:
+    """Build (or reuse) a cube of ``n`` memories, time ingest and search; returns the report. With ``keep`` (a
+    list), the open cube and its temporary folder are appended to it instead of closed (the caller closes them:
+    :func:`close_kept`)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if threads:
         import torch
@@ -321,11 +328,46 @@ def run(n: int, queries: int = 200, batch: int = 256, bare_every: int | None = N
         if not reused:
             log(f"CPU-time ingest: {rep['cpu']['ingest_per_cpu_s']}/s vs bare {rep['cpu']['bare_encode_per_cpu_s']}/s "
                 f"(ratio {rep['cpu']['ingest_vs_bare']})")
+        if keep is not None:
+            keep.append((cube, tmp))
+            cube = tmp = None
         return rep
     finally:
-        cube.close()
+        if cube is not None:
+            cube.close()
         if tmp is not None:
             tmp.cleanup()
+
+
+def close_kept(kept: list[Any]) -> None:
+    for cube, tmp in kept:
+        try:
+            cube.close()
+        finally:
+            if tmp is not None:
+                tmp.cleanup()
+
+
+def interleaved(first: Any, second: Any, queries: list[str], k: int = 10) -> dict[str, Any]:
+    """Search latency of two open cubes measured turn about: each query runs on both, the order flipped every
+    query, so that what else runs on the machine affects both alike. Hybrid, k=10, the cubes' own settings."""
+    a: list[float] = []
+    b: list[float] = []
+    for q in queries[:10]:  # warm-up after the other cube's run
+        first.search(q, k=k)
+        second.search(q, k=k)
+    for i, q in enumerate(queries):
+        turns = [(first, a), (second, b)] if i % 2 == 0 else [(second, b), (first, a)]
+        for cube, lat in turns:
+            t0 = time.perf_counter()
+            cube.search(q, k=k)
+            lat.append((time.perf_counter() - t0) * 1000.0)
+    out = {"sqlite_embedded": {"p50_ms": round(pct(a, 0.5), 2), "p95_ms": round(pct(a, 0.95), 2)},
+           "store": {"p50_ms": round(pct(b, 0.5), 2), "p95_ms": round(pct(b, 0.95), 2)},
+           "load_avg_1m_at_end": round(os.getloadavg()[0], 2)}
+    out["p50_ratio"] = round(out["store"]["p50_ms"] / out["sqlite_embedded"]["p50_ms"], 3)
+    out["p95_ratio"] = round(out["store"]["p95_ms"] / out["sqlite_embedded"]["p95_ms"], 3)
+    return out
 
 
 def _torch_threads() -> int | None:
@@ -359,13 +401,27 @@ def main(argv: list[str] | None = None) -> int:
     if a.store and not a.index:
         p.error("--store needs --index (a Chroma server URL shared by the workers)")
     rep: dict[str, Any] = {}
-    if not (a.store and a.only_store):
-        rep = run(a.n, a.queries, a.batch, a.bare_every, a.embedder, a.workdir, a.seed, log, a.threads)
+    kept: list[Any] = []
+    both = bool(a.store and not a.only_store)
+    try:
+        if not (a.store and a.only_store):
+            rep = run(a.n, a.queries, a.batch, a.bare_every, a.embedder, a.workdir, a.seed, log, a.threads,
+                      keep=kept if both else None)
+        if a.store:
+            log(f"--- the same on {a.store.split('@')[-1]} + Chroma server {a.index}")
+            other = run(a.n, a.queries, a.batch, a.bare_every, a.embedder, None, a.seed, log, a.threads,
+                        store=a.store, index=a.index, keep=kept if both else None)
+            rep = {"sqlite_embedded": rep or None, "store": other}
+            if both:
+                log("--- interleaved: each query on both, turn about")
+                inter = interleaved(kept[0][0], kept[1][0], make_queries(a.queries, a.seed + 1))
+                rep["interleaved"] = inter
+                log(f"interleaved search p50/p95: SQLite {inter['sqlite_embedded']['p50_ms']} / "
+                    f"{inter['sqlite_embedded']['p95_ms']} ms, store {inter['store']['p50_ms']} / "
+                    f"{inter['store']['p95_ms']} ms (x{inter['p50_ratio']} / x{inter['p95_ratio']})")
+    finally:
+        close_kept(kept)
     if a.store:
-        log(f"--- the same on {a.store.split('@')[-1]} + Chroma server {a.index}")
-        other = run(a.n, a.queries, a.batch, a.bare_every, a.embedder, None, a.seed, log, a.threads,
-                    store=a.store, index=a.index)
-        rep = {"sqlite_embedded": rep or None, "store": other}
         if rep["sqlite_embedded"]:
             base = rep["sqlite_embedded"]
             rep["p95_ratio"] = round(other["search_p95_ms"] / base["search_p95_ms"], 3)

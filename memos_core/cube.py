@@ -67,7 +67,7 @@ from .items import (
     utcnow,
 )
 from .plaintext import ChromaVectorIndex
-from .plaintext.retrieval import Retriever
+from .plaintext.retrieval import Retriever, search_pool
 from .records import RecordStore, SQLiteRecordStore
 from .records.migrate import MANIFEST_META_KEY, is_store_url, open_record_store
 from .erasure import Erasure
@@ -1365,7 +1365,34 @@ class MemCube:
         cube size. Deleted, purged and expired memories never appear; archived/merged ones only when
         ``filter.states`` asks for them. Needs **read** (``actor``, default the cube's default actor).
         """
-        actor = self._authorize(actor, Right.READ, "search", filter=filter)
+        if self.records.concurrent_reads and not self.records.in_transaction():
+            # A database server: the role lookup runs beside the search (both wait on the network). Nothing is
+            # returned, recorded or audited as a read before it passed, and its refusal wins over any error the
+            # search raised meanwhile.
+            auth = search_pool().submit(self._authorize, actor, Right.READ, "search", None, filter)
+            try:
+                hits, used, now = self._search(query, k, filter, mode, user_id, agent_id, session_id, min_score)
+            except BaseException:
+                auth.result()
+                raise
+            actor = auth.result()
+        else:
+            actor = self._authorize(actor, Right.READ, "search", filter=filter)
+            hits, used, now = self._search(query, k, filter, mode, user_id, agent_id, session_id, min_score)
+        if record_usage and hits:
+            self.records.record_usage(used, now)
+        self.governance.audit_read(actor, "search", [h.item.id for h in hits],
+                                   {"query_sha256": query_digest(query), "k": k})
+        for listener in list(self.listeners):
+            try:
+                listener(query, hits)
+            except Exception:  # noqa: BLE001 - an observer must never break search
+                log.exception("search listener %r failed", listener)
+        return hits
+
+    def _search(self, query: Any, k: Any, filter: Any, mode: Any, user_id: str | None, agent_id: str | None,
+                session_id: str | None, min_score: Any) -> tuple[list[SearchHit], list[int], float]:
+        """Validate a search's arguments and run it: (hits, their rowids, the time it ran at)."""
         if not isinstance(query, str) or not query.strip():
             raise ValidationError("query must be a non-empty string")
         check_text(query, "query")
@@ -1386,16 +1413,7 @@ class MemCube:
         where, args = self.records.compile_filter(f, states, now)
         self._embed_before_search()  # rows committed without their embedding yet (embed_sync="deferred")
         hits, used = self.retriever.search(query, mode, f, (where, args), k, min_score)
-        if record_usage and hits:
-            self.records.record_usage(used, now)
-        self.governance.audit_read(actor, "search", [h.item.id for h in hits],
-                                   {"query_sha256": query_digest(query), "k": k})
-        for listener in list(self.listeners):
-            try:
-                listener(query, hits)
-            except Exception:  # noqa: BLE001 - an observer must never break search
-                log.exception("search listener %r failed", listener)
-        return hits
+        return hits, used, now
 
     _retriever: Retriever | None = None
 

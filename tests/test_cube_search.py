@@ -301,8 +301,7 @@ def test_a_candidate_erased_between_the_legs_is_dropped_not_a_key_error(facts, m
     # where hybrid search reads the candidates' embeddings (a server store reads them with the ANN filter check)
     monkeypatch.setattr(cube.records, "candidate_rows", lambda rowids, key: without_gone(rows_of(rowids, key)))
     monkeypatch.setattr(cube.records, "candidates_passing",
-                        lambda ids, rowids, cf, key: (lambda ok, rows: (ok, without_gone(rows)))(
-                            *passing(ids, rowids, cf, key)))
+                        lambda *a, **kw: (lambda got: got._replace(rows=without_gone(got.rows)))(passing(*a, **kw)))
     hits = cube.search("Where does Ann live?", k=5)
     assert hits and gone.item.id not in [h.item.id for h in hits]
     assert all(set(h.ranks) <= set(h.retrievers) for h in hits)

@@ -509,9 +509,16 @@ def test_candidates_passing_checks_the_filter_and_reads_the_rows_at_once(store: 
     rb, b = add(store, "beta", user_id="bob")
     rc, _ = add(store, "gamma", user_id="bob")
     cf = store.compile_filter(SearchFilter(user_id="ann"), ALL_LIVE, 0.0)
-    ok, rows = store.candidates_passing([a.id, b.id, "unknown"], [rc], cf, "recall_weight")
+    got = store.candidates_passing([a.id, b.id, "unknown"], [rc], cf, "recall_weight")
+    ok, rows = got.passing, got.rows
     assert ok == {a.id: ra}  # bob's hit fails the filter; rc comes from another leg and is read as given
     assert list(rows) == [ra, rc] and rows[ra][1:] == ("alpha", 0.5) and rows[rc][1:] == ("gamma", None)
-    assert rows[ra][0] is not None and len(rows[ra][0]) == 8 * 4
-    assert (ok, rows) == RecordStore.candidates_passing(store, [a.id, b.id, "unknown"], [rc], cf, "recall_weight")
-    assert store.candidates_passing([], [], cf, "recall_weight") == ({}, {})
+    assert rows[ra][0] is not None and len(rows[ra][0]) == 8 * 4 and got.items == {}
+    assert got == RecordStore.candidates_passing(store, [a.id, b.id, "unknown"], [rc], cf, "recall_weight")
+    assert store.candidates_passing([], [], cf, "recall_weight") == ({}, {}, {})
+    # with the items: the same reads, plus (where the backend reads them in the same query) the full items
+    full = store.candidates_passing([a.id, b.id], [rc], cf, "recall_weight", with_items=True)
+    assert (full.passing, full.rows) == (ok, rows)
+    if store.concurrent_reads:  # a server reads them in the same round trip
+        assert sorted(full.items) == [ra, rc]
+    assert {r: load() for r, load in full.items.items()} == store.get_many_by_rowid(list(full.items))

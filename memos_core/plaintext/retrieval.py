@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass, field
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, Callable, Literal, NamedTuple, Protocol, Sequence
 
@@ -31,7 +32,7 @@ from .query import QueryPlan, analyze_query, entity_matcher
 if TYPE_CHECKING:
     from ..records import RecordStore
 
-__all__ = ["Retriever", "RetrievalSettings", "Fused"]
+__all__ = ["Retriever", "RetrievalSettings", "Fused", "Prefetched"]
 
 log = get_logger(__name__)
 
@@ -51,6 +52,16 @@ class RetrievalSettings(Protocol):
     exact_below: int
     focus_weight: float
     query_cache: int
+
+
+@dataclass
+class Prefetched:
+    """What the legs of one search read about its candidates on the way (on a database server the dense leg's
+    filter check reads them in the same round trip): each candidate's row (embedding, text, recall weight) and
+    loaders of the full items, so that the later steps need not read them again."""
+
+    rows: dict[int, Row] = field(default_factory=dict)
+    items: dict[int, Callable[[], MemoryItem]] = field(default_factory=dict)
 
 
 class Fused(NamedTuple):
@@ -92,8 +103,12 @@ class Retriever:
         in the fusion's order, each with its absolute score; those scoring under ``min_score`` are dropped.
         Returns the hits and their rowids (for usage recording)."""
         where, args = cf
-        plan, fused = self.retrieve(query, mode, f, where, args, k)
-        items = self.records.get_many_by_rowid([int(r.rowid) for r in fused])
+        pre = Prefetched()
+        plan, fused = self.retrieve(query, mode, f, where, args, k, pre)
+        items = {r.rowid: pre.items[r.rowid]() for r in fused if r.rowid in pre.items}
+        missing = [int(r.rowid) for r in fused if r.rowid not in items]
+        if missing:
+            items.update(self.records.get_many_by_rowid(missing))
         return self.assemble(plan, mode, fused, items, min_score)
 
     @staticmethod
@@ -116,21 +131,21 @@ class Retriever:
                 used.append(int(key))
         return hits, used
 
-    def retrieve(self, query: str, mode: str, f: SearchFilter, where: str, args: list[Any], k: int
-                 ) -> tuple[QueryPlan, list[Fused]]:
+    def retrieve(self, query: str, mode: str, f: SearchFilter, where: str, args: list[Any], k: int,
+                 pre: Prefetched | None = None) -> tuple[QueryPlan, list[Fused]]:
         """Candidates from each retriever, fused. Returns the query plan and the best ``k`` :class:`Fused`
         candidates, best first.
 
         The query is first normalised (:func:`analyze_query`: dialogue markup, names). Hybrid search then takes
         the union of the dense and BM25 candidates, scores the BM25-only ones exactly against their stored
         embeddings (so every candidate has a dense score), and fuses them (:func:`fuse`). ``ranks`` are each
-        retriever's own ranks.
+        retriever's own ranks. ``pre`` receives what the legs read about the candidates on the way.
         """
         cfg = self.config
+        pre = Prefetched() if pre is None else pre
         plan = analyze_query(query)
         n_cand = max(cfg.candidates, k)
-        rows: dict[int, Row] = {}
-        ranked, qvec = self.gather(plan, mode, f, where, args, n_cand, rows)
+        ranked, qvec = self.gather(plan, mode, f, where, args, n_cand, pre)
         weights = {"dense": cfg.dense_weight, "lexical": 0.8 if cfg.lexical_weight is None else cfg.lexical_weight}
         if mode != "hybrid" or cfg.fusion == "rrf":
             top = rrf(ranked, weights, cfg.rrf_k)[:k]
@@ -139,7 +154,7 @@ class Retriever:
                 else {}
             return plan, [Fused(key, v, sc, rk, cos.get(key)) for key, v, sc, rk in top]
         assert qvec is not None
-        cands = self.candidates(plan, qvec, ranked, n_cand, rows)
+        cands = self.candidates(plan, qvec, ranked, n_cand, pre.rows)
         return plan, [Fused(key, z, sc, rk, cands.dense.get(key)) for key, z, sc, rk in fuse(cands, plan, cfg)[:k]]
 
     # ------------------------------------------------------------------ the query vector
@@ -167,10 +182,10 @@ class Retriever:
 
     # ------------------------------------------------------------------ the retrievers
     def gather(self, plan: QueryPlan, mode: str, f: SearchFilter, where: str, args: list[Any], n_cand: int,
-               rows: dict[int, Row] | None = None) -> tuple[Ranked, np.ndarray | None]:
+               pre: Prefetched | None = None) -> tuple[Ranked, np.ndarray | None]:
         """Each retriever's best ``n_cand`` (rowid, score) for the normalised query, and the query vector.
-        ``rows``, when given, receives what :meth:`candidates` will need about the candidates if a leg could
-        read it on the way (see :meth:`dense`)."""
+        ``pre``, when given, receives what :meth:`candidates` and the hits will need about the candidates when
+        a leg could read it on the way (see :meth:`dense`)."""
         cfg = self.config
         ranked: Ranked = {}
         qvec = None
@@ -197,9 +212,9 @@ class Retriever:
             if mode in ("hybrid", "dense"):
                 if qvec is None:
                     qvec = self.query_vector(plan)
-                share = rows is not None and lexical_job is not None and self.records.concurrent_reads
+                share = pre is not None and lexical_job is not None and self.records.concurrent_reads
                 ranked["dense"] = self.dense(qvec, f, where, args, n_cand, lexical=lexical_job if share else None,
-                                             rows=rows if share else None)
+                                             pre=pre if share else None)
         finally:
             if lexical_job is not None:
                 wait([lexical_job])  # also when the dense leg raised: no query is left running on the cube
@@ -246,15 +261,16 @@ class Retriever:
                           weights=weights)
 
     def dense(self, query: str | np.ndarray, f: SearchFilter, where: str, args: list[Any], n: int, *,
-              lexical: Future[list[tuple[int, float]]] | None = None, rows: dict[int, Row] | None = None
+              lexical: Future[list[tuple[int, float]]] | None = None, pre: Prefetched | None = None
               ) -> list[tuple[int, float]]:
         """The best ``n`` (rowid, cosine) passing the filter: exact over stored embeddings when the filter narrows
         the search to at most ``exact_below`` rows or the index is down, else the ANN index checked against the
         filter in the store, plus rows whose vectors the index has not received yet (scored exactly).
 
-        With ``lexical`` (the lexical leg running on another thread) and ``rows``, the filter check of the ANN
-        hits also reads the candidates' rows -- those hits, the lexical leg's and the pending rows -- into
-        ``rows``, in one call (:meth:`RecordStore.candidates_passing`: one round trip on a server)."""
+        With ``lexical`` (the lexical leg running on another thread) and ``pre``, the filter check of the ANN
+        hits also reads the candidates -- those hits, the lexical leg's and the pending rows -- into ``pre``
+        (their rows and full items), in one call (:meth:`RecordStore.candidates_passing`: one round trip on a
+        server)."""
         qvec = self.embedder.embed_query(query) if isinstance(query, str) else query
         if qvec.shape[-1] != self.dim:
             raise EmbeddingDimensionError(f"query embedding has dimension {qvec.shape[-1]}")
@@ -281,11 +297,13 @@ class Retriever:
                 self._on_index_down(exc)
                 log.warning("dense search falls back to exact scan: %s", exc)
                 return score_blobs(qvec, *self.records.filtered_vectors((where, args), 10**9), n)
-            if rows is not None and lexical is not None and fetch == n:
+            if pre is not None and lexical is not None and fetch == n:
                 found = [r for r, _ in lexical.result()]  # the lexical leg ran meanwhile
-                ok, got = self.records.candidates_passing([i for i, _ in res], found + [r for r, _ in fresh],
-                                                          (where, args), "recall_weight")
-                rows.update(got)
+                got = self.records.candidates_passing([i for i, _ in res], found + [r for r, _ in fresh],
+                                                      (where, args), "recall_weight", with_items=True)
+                ok = got.passing
+                pre.rows.update(got.rows)
+                pre.items.update(got.items)
             else:
                 ok = self.rowids_passing([i for i, _ in res], where, args)
             out = [(ok[i], s) for i, s in res if i in ok]
@@ -345,5 +363,5 @@ def search_pool() -> ThreadPoolExecutor:
     if _POOL is None:
         with _POOL_LOCK:
             if _POOL is None:
-                _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="memos-lexical")
+                _POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="memos-search")
     return _POOL

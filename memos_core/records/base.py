@@ -36,7 +36,7 @@ import json
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 from datetime import datetime, timezone
-from typing import Any, Iterable, Iterator, Literal, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -46,6 +46,7 @@ from ..lifecycle import INDEXED as _INDEXED
 __all__ = [
     "RecordStore",
     "CompiledFilter",
+    "CandidateReads",
     "Txn",
     "IndexRow",
     "EventRow",
@@ -76,6 +77,17 @@ class IndexRow(NamedTuple):
     agent_id: str | None
     session_id: str | None
     vec: bytes | None
+
+
+class CandidateReads(NamedTuple):
+    """What :meth:`RecordStore.candidates_passing` read: the vector-index hits passing the filter (``{id:
+    rowid}``), each candidate's row (``{rowid: (float32 embedding bytes or None, content, metadata value)}``)
+    and, when asked for and read in the same query, a loader of each candidate's full item (``{rowid:
+    callable -> MemoryItem}``; a backend that does not read them there leaves it empty)."""
+
+    passing: dict[str, int]
+    rows: dict[int, tuple[bytes | None, str, Any]]
+    items: dict[int, Callable[[], MemoryItem]]
 
 
 class CompiledFilter(NamedTuple):
@@ -352,14 +364,16 @@ class RecordStore(ABC):
         vecs = dict(zip(keep, blobs))
         return {r: (vecs.get(r), c, v) for r, (c, v) in sorted(self.contents_with(ordered, key).items())}
 
-    def candidates_passing(self, ids: Sequence[str], rowids: Sequence[int], cf: CompiledFilter, key: str
-                           ) -> tuple[dict[str, int], dict[int, tuple[bytes | None, str, Any]]]:
-        """The dense leg's filter check and the candidates' reads together: ``{id: rowid}`` for those of ``ids``
-        (vector-index hits) that pass the filter (as :meth:`rowids_passing`), and :meth:`candidate_rows` of
-        those plus ``rowids`` (rows found otherwise: lexical hits, pending rows). Derived here; a database
-        server answers it in one round trip."""
+    def candidates_passing(self, ids: Sequence[str], rowids: Sequence[int], cf: CompiledFilter, key: str, *,
+                           with_items: bool = False) -> CandidateReads:
+        """The dense leg's filter check and the candidates' reads together: ``passing``, ``{id: rowid}`` for
+        those of ``ids`` (vector-index hits) that pass the filter (as :meth:`rowids_passing`), and ``rows``,
+        :meth:`candidate_rows` of those plus ``rowids`` (rows found otherwise: lexical hits, pending rows).
+        With ``with_items`` a backend may also read the full items in the same query (``items``: loaders, so
+        that only the hits that are returned are built). Derived here (without items); a database server
+        answers it in one round trip."""
         passing = self.rowids_passing(ids, cf) if ids else {}
-        return passing, self.candidate_rows([*passing.values(), *rowids], key)
+        return CandidateReads(passing, self.candidate_rows([*passing.values(), *rowids], key), {})
 
     @abstractmethod
     def list_rowids(self, cf: CompiledFilter, order: Literal["created", "event_time"], limit: int,

@@ -33,6 +33,7 @@ Design points a user can rely on:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -41,14 +42,15 @@ import re
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 
 from ..errors import BackendUnavailable, Conflict, CubeClosed, SchemaVersionError, ValidationError
 from ..items import LifecycleState, MemoryItem, MemoryVersion, SearchFilter, Transition
-from .base import GENESIS_HASH, CompiledFilter, IndexRow, RecordStore, canonical_json, event_hash, match_terms
+from .base import (GENESIS_HASH, CandidateReads, CompiledFilter, IndexRow, RecordStore, canonical_json, event_hash,
+                   match_terms)
 from .sqlite import SQLiteRecordStore
 
 __all__ = ["PostgresRecordStore", "PG_SCHEMA_VERSION", "parse_postgres_url", "schema_name"]
@@ -142,6 +144,8 @@ _INSERT_ANY = _INSERT_ROW + (
     ", e AS (INSERT INTO embeddings(item_rowid, version, vec) SELECT rowid, %(version)s, %(vec)s FROM i WHERE %(idx)s), "
     "p AS (INSERT INTO vec_pending(item_rowid, gen) SELECT rowid, nextval('vec_gen') FROM i WHERE %(idx)s) "
     "SELECT rowid FROM i")
+#: the item columns qualified by table (for queries that join another table with columns of the same name)
+_ITEM_COLS_Q = ", ".join("items." + c.strip() for c in _ITEM_COLS.split(","))
 _EVENT_COLS = "seq, at, actor, op, item_id, outcome, detail, prev_hash, hash"
 _BM25_K1, _BM25_B = 1.2, 0.75
 
@@ -1058,25 +1062,30 @@ class PostgresRecordStore(RecordStore):
                 out[r] = (None if vec is None else bytes(vec), c, int(v) if isinstance(v, bool) else v)
         return out
 
-    def candidates_passing(self, ids: Sequence[str], rowids: Sequence[int], cf: CompiledFilter, key: str
-                           ) -> tuple[dict[str, int], dict[int, tuple[bytes | None, str, Any]]]:
+    def candidates_passing(self, ids: Sequence[str], rowids: Sequence[int], cf: CompiledFilter, key: str, *,
+                           with_items: bool = False) -> CandidateReads:
         where, args = cf
         passing: dict[str, int] = {}
         out: dict[int, tuple[bytes | None, str, Any]] = {}
+        items: dict[int, Callable[[], MemoryItem]] = {}
         if not ids and not rowids:
-            return passing, out
+            return CandidateReads(passing, out, items)
         with self._conn() as conn:
-            for r, item_id, hit, vec, c, raw in conn.execute(
-                    f"SELECT items.rowid, items.id, (items.id = ANY(%s) AND ({where})), e.vec, items.content, "
-                    "(items.metadata #> %s::text[])::text FROM items LEFT JOIN embeddings e ON "
-                    f"e.item_rowid = items.rowid WHERE (items.id = ANY(%s) AND ({where})) OR items.rowid = ANY(%s) "
-                    "ORDER BY items.rowid",
-                    (list(ids), *args, key.split("."), list(ids), *args, sorted({int(x) for x in rowids}))):
-                if hit:
-                    passing[item_id] = r
-                v = None if raw is None else json.loads(raw)
-                out[r] = (None if vec is None else bytes(vec), c, int(v) if isinstance(v, bool) else v)
-        return passing, out
+            rows = conn.execute(
+                f"SELECT items.rowid, items.id, (items.id = ANY(%s) AND ({where})), e.vec, items.content, "
+                f"(items.metadata #> %s::text[])::text{', ' + _ITEM_COLS_Q if with_items else ''} FROM items "
+                f"LEFT JOIN embeddings e ON e.item_rowid = items.rowid WHERE (items.id = ANY(%s) AND ({where})) "
+                "OR items.rowid = ANY(%s) ORDER BY items.rowid",
+                (list(ids), *args, key.split("."), list(ids), *args, sorted({int(x) for x in rowids}))).fetchall()
+        for row in rows:
+            r, item_id, hit, vec, c, raw = row[:6]
+            if hit:
+                passing[item_id] = r
+            v = None if raw is None else json.loads(raw)
+            out[r] = (None if vec is None else bytes(vec), c, int(v) if isinstance(v, bool) else v)
+            if with_items:
+                items[r] = functools.partial(self._row_to_item, row[6:])
+        return CandidateReads(passing, out, items)
 
     def list_rowids(self, cf: CompiledFilter, order: str, limit: int, offset: int) -> list[int]:
         where, args = cf
