@@ -160,6 +160,8 @@ import re  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from datetime import datetime  # noqa: E402
+
 from memos_core.bench import qa  # noqa: E402
 from memos_core.errors import ValidationError  # noqa: E402
 
@@ -222,7 +224,7 @@ def test_qa_scoring_is_squad_style() -> None:
 def test_qa_with_a_langchain_chat_model(tmp_path) -> None:
     model = _memory_echo_model()
     ans = qa.ChatAnswerer(model)
-    rep = qa.run(QA_FILE, ans, k=3, embedder=hashed_embed, workdir=tmp_path)
+    rep = qa.run(QA_FILE, ans, k=3, embedder=hashed_embed, workdir=tmp_path, min_score=None)
     assert rep["modes"] == ["none", "text", "context"] and rep["questions"] == 18 and rep["scored"] == 18
     o = rep["overall"]
     assert o["none"]["f1"] == 0.0 and o["none"]["contains"] == 0.0  # "I don't know." every time
@@ -240,14 +242,30 @@ def test_qa_with_a_langchain_chat_model(tmp_path) -> None:
     assert "\n" not in row["modes"]["text"]["answer"]  # only the first line is scored
     assert "A2:2" in row["memory_sources"] and len(row["memory_sources"]) <= 3
     # the prompt: memory block (dated lines, oldest first), then the instruction; the question as user message
-    system = next(s for s, q in model.calls if q == "What colour is Bob's bicycle?" and s.startswith("Relevant"))
+    system = next(s for s, q in model.calls if q == "What colour is Bob's bicycle?" and s.startswith(qa.MEMORY_PREAMBLE))
     dated = [ln for ln in system.splitlines() if ln.startswith("- [")]
-    days = [ln[3:13] for ln in dated]
-    assert len(dated) == 3 and days == sorted(days) and system.endswith(qa.DEFAULT_SYSTEM)
+    days = [datetime.strptime(ln[3:ln.index("]")], "%d %B %Y") for ln in dated]  # "- [2 June 2023] Bob: ..."
+    assert len(dated) == row["memories"] == 3 and rep["memories_mean"] == 3.0 and rep["min_score"] is None
+    assert days == sorted(days) and system.endswith(qa.DEFAULT_SYSTEM)
     # (d) without a window: the whole conversation, one dated line per turn
     full = next(s for s, q in model.calls if q == "What colour is Bob's bicycle?" and s.startswith(qa.CONTEXT_PREAMBLE))
-    assert sum(1 for ln in full.splitlines() if ln.startswith("[2023-")) == 13
+    assert sum(1 for ln in full.splitlines() if re.match(r"\[\d{1,2} \w+ 2023\] ", ln)) == 13
     assert rep["f1_gain_vs_none"] == {"text": None, "context": None}  # no F1 without memory: no ratio
+
+
+def test_qa_min_score_leaves_weak_memories_out(tmp_path) -> None:
+    """Only hits scoring at least min_score reach the prompt, the best one always; the dates are resolved."""
+    kept = {}
+    for ms in (None, 0.5, 1.0):
+        rep = qa.run(QA_FILE, qa.ChatAnswerer(_memory_echo_model()), modes=["text"], k=3, embedder=hashed_embed,
+                     limit_conversations=1, min_score=ms)
+        kept[ms] = [r["memories"] for r in rep["answers"]]
+    assert all(n == 3 for n in kept[None]) and all(n == 1 for n in kept[1.0])
+    assert all(1 <= a <= b for a, b in zip(kept[0.5], kept[None]))
+    with pytest.raises(ValidationError, match="min_score"):
+        qa.run(QA_FILE, qa.ChatAnswerer(_memory_echo_model()), min_score=1.5, embedder=hashed_embed)
+    line = qa._dated("Ann: I moved to Lisbon yesterday, last Monday I packed.", datetime(2023, 5, 10, 9))
+    assert line == "[10 May 2023] Ann: I moved to Lisbon yesterday (9 May 2023), last Monday (8 May 2023) I packed."
 
 
 def test_qa_chat_model_window_truncates_the_conversation(tmp_path) -> None:
@@ -280,7 +298,7 @@ def test_qa_judge_and_modes(tmp_path) -> None:
         return None if "Cleo" in question else float(any(g.lower() in answer.lower() for g in golds))
 
     rep = qa.run(QA_FILE, qa.ChatAnswerer(_memory_echo_model()), modes=["none", "text"], judge=verdict,
-                 embedder=hashed_embed, limit_conversations=2)
+                 embedder=hashed_embed, limit_conversations=2, min_score=None)
     assert len(seen) == 2 * 12
     assert rep["overall"]["none"]["judge"] == 0.0
     assert rep["overall"]["text"]["judge"] > 0.5 and rep["overall"]["text"]["judge_unparsed"] == 2

@@ -57,6 +57,8 @@ from .retrieval import ingest_conversation, load_dataset  # the one ingest the b
 __all__ = [
     "MODES",
     "DEFAULT_SYSTEM",
+    "MEMORY_PREAMBLE",
+    "DEFAULT_MIN_SCORE",
     "JUDGE_PROMPT",
     "Answer",
     "LocalAnswerer",
@@ -81,9 +83,15 @@ MODE_LABELS = {
     "context": "(d) conversation in the window",
 }
 
-#: the instruction every mode's prompt carries (after the memory block, in the system message)
-DEFAULT_SYSTEM = ("Answer the user's question with a short phrase taken from what you know about them. "
-                  "Do not repeat the question.")
+#: the instruction every mode's prompt carries (after the memory block, in the system message). It names no
+#: "user" (a small model then answers *about* the user: "The user asked about ...") and asks for the answer alone.
+DEFAULT_SYSTEM = "Answer the question in a few words, using the notes. Reply with the answer only."
+
+#: the memory block's first line in modes (b) and (c)
+MEMORY_PREAMBLE = "Notes from past conversations (oldest first):"
+
+#: memories scoring below this (calibrated hit scores, 0..1) are left out of the prompt, except the best one
+DEFAULT_MIN_SCORE = 0.15
 
 #: the conversation block of mode (d): the same layout as the memory block, with one dated line per turn
 CONTEXT_PREAMBLE = "The conversation so far (oldest first):"
@@ -167,14 +175,36 @@ class Answer:
     cache_build_s: float | None = None
 
 
+_ISO_TAIL = re.compile(r" \(\d{4}-\d{2}-\d{2}\)$")
+_WEEKDAY_HEAD = re.compile(r"^(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday) ")
+
+
+def _resolve_dates(text: str, when: Any) -> str:
+    """``text`` with each relative date resolved in brackets after it, against the turn's date ``when``:
+    "Last Thursday I took ..." said on 30 November 2022 -> "Last Thursday (24 November 2022) I took ..."
+    (:func:`memos_core.reader.offline.resolve_relative_dates`). A small model cannot do that arithmetic itself."""
+    from ..reader.offline import resolve_relative_dates
+
+    for pair in resolve_relative_dates(text, when):
+        phrase, _, value = pair.partition(" = ")
+        value = _WEEKDAY_HEAD.sub("", _ISO_TAIL.sub("", value))
+        text = re.sub(rf"\b({re.escape(phrase)})\b(?! \()", lambda m: f"{m.group(1)} ({value})", text, count=1,
+                      flags=re.IGNORECASE)
+    return text
+
+
 def _dated(content: str, when: Any) -> str:
+    """One prompt line: ``[30 November 2022] <content>``, the date in words (a date written as 2022-11-30 is
+    rarely answered as "30 November 2022") and relative dates resolved (:func:`_resolve_dates`)."""
     text = " ".join(content.split())
-    return f"[{when:%Y-%m-%d}] {text}" if when is not None else text
+    if when is None:
+        return text
+    return f"[{when.day} {when:%B %Y}] {_resolve_dates(text, when)}"
 
 
 def memory_lines(items: Sequence[MemoryItem]) -> list[MemoryItem]:
-    """The memories as the prompt shows them: oldest first, each prefixed with its date (event time, else
-    creation). Copies keep the ids, so KV caches are keyed as usual."""
+    """The memories as the prompt shows them: oldest first, each prefixed with its date in words (event time,
+    else creation) and its relative dates resolved. Copies keep the ids, so KV caches are keyed as usual."""
     ordered = sorted(items, key=lambda it: (it.event_time or it.created_at, it.created_at, it.id))
     return [it.model_copy(update={"content": _dated(it.content, it.event_time or it.created_at)}) for it in ordered]
 
@@ -198,7 +228,8 @@ class LocalAnswerer:
         self.system = system
         self.window = int(window or getattr(model.config, "max_position_embeddings", 0) or 0) or None
         self.name = name or str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
-        self.memory_llm = LocalLLM(model, tokenizer, memory_order="given")
+        self.memory_llm = LocalLLM(model, tokenizer, memory_order="given",
+                                   memory_format=MemoryFormat(preamble=MEMORY_PREAMBLE))
         self.context_llm = LocalLLM(model, tokenizer, memory_order="given",
                                     memory_format=MemoryFormat(preamble=CONTEXT_PREAMBLE, item_template="\n{content}"))
 
@@ -266,7 +297,7 @@ class ChatAnswerer:
         self.window = window
         self.max_new_tokens = max_new_tokens
         self.system = system
-        self.memory_format = MemoryFormat()
+        self.memory_format = MemoryFormat(preamble=MEMORY_PREAMBLE)
         self.context_format = MemoryFormat(preamble=CONTEXT_PREAMBLE, item_template="\n{content}")
         self.name = name or str(getattr(chat_model, "model_name", None) or getattr(chat_model, "model", None)
                                 or type(chat_model).__name__)
@@ -462,16 +493,20 @@ def run(path: str | Path, answerer: Any, *, k: int = 5, modes: Sequence[str] | N
         judge: Judge | Callable[[str, Sequence[str], str], float | None] | None = None,
         limit_conversations: int | None = None, limit_queries: int | None = None, embedder: Any = None,
         workdir: str | Path | None = None, retrieval: RetrievalConfig | None = None,
-        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+        progress: Callable[[str], None] | None = None,
+        min_score: float | None = DEFAULT_MIN_SCORE) -> dict[str, Any]:
     """Run the QA benchmark on the file at ``path`` with ``answerer`` (:class:`LocalAnswerer`,
     :class:`ChatAnswerer` or :func:`load_answerer`'s result) and return the report dict.
 
     ``modes`` default to every mode the answerer supports; asking for one it does not raise
     :class:`ValidationError`. ``limit_queries`` caps the queries per conversation. Queries without a gold
-    answer are answered but not scored.
+    answer are answered but not scored. Of the top ``k`` hits, those with a score below ``min_score`` are left
+    out of the prompt (the best hit always stays; ``None`` keeps all ``k``): fewer, better memories.
     """
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValidationError("k must be a positive integer")
+    if min_score is not None and not 0.0 <= min_score <= 1.0:
+        raise ValidationError("min_score must be within [0, 1] or None")
     modes = tuple(modes or answerer.modes)
     bad = [m for m in modes if m not in MODES]
     if bad:
@@ -510,8 +545,11 @@ def run(path: str | Path, answerer: Any, *, k: int = 5, modes: Sequence[str] | N
                 items: list[MemoryItem] = []
                 if "text" in modes or "kv" in modes:
                     hits = cube.search(q["text"], k=k, user_id=scope, record_usage=False)
+                    if min_score is not None:
+                        hits = hits[:1] + [h for h in hits[1:] if h.score >= min_score]
                     items = memory_lines([h.item for h in hits])
                     row["memory_sources"] = [sid for it in items for sid in it.provenance.source_ids]
+                    row["memories"] = len(items)
                 for mode in modes:
                     if mode == "none":
                         ans = answerer.none(q["text"])
@@ -560,6 +598,8 @@ def run(path: str | Path, answerer: Any, *, k: int = 5, modes: Sequence[str] | N
         "name": data.get("name"),
         "model": answerer.name,
         "k": k,
+        "min_score": min_score,
+        "memories_mean": _mean(r["memories"] for r in rows if "memories" in r),
         "modes": list(modes),
         "window": getattr(answerer, "window", None),
         "questions": len(rows),
@@ -588,7 +628,8 @@ def run(path: str | Path, answerer: Any, *, k: int = 5, modes: Sequence[str] | N
 def format_table(rep: dict[str, Any]) -> str:
     """The report as a readable table (overall, then F1 per category)."""
     lines = [f"dataset: {rep.get('name')}  model: {rep['model']}  questions: {rep['questions']} "
-             f"(scored {rep['scored']})  k={rep['k']}  window={rep.get('window')}  {rep['seconds']}s"]
+             f"(scored {rep['scored']})  k={rep['k']}  min_score={rep.get('min_score')}  "
+             f"memories/question={rep.get('memories_mean')}  window={rep.get('window')}  {rep['seconds']}s"]
     has_judge = any("judge" in s for s in rep["overall"].values())
     head = f"{'mode':<34}{'F1':>7}{'EM':>7}{'contains':>10}" + (f"{'judge':>7}" if has_judge else "") + \
         f"{'TTFT p50 s':>12}{'prompt tok':>12}"
