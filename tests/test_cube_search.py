@@ -305,3 +305,25 @@ def test_a_candidate_erased_between_the_legs_is_dropped_not_a_key_error(facts, m
     hits = cube.search("Where does Ann live?", k=5)
     assert hits and gone.item.id not in [h.item.id for h in hits]
     assert all(set(h.ranks) <= set(h.retrievers) for h in hits)
+
+
+def test_a_refused_search_wins_over_bad_arguments_and_leaves_no_read_behind(facts) -> None:
+    """On a database server the role check runs beside the search (both wait on the network): its refusal must
+    still be what the caller sees, whatever else is wrong, and nothing may be recorded as read."""
+    from memos_core.errors import PermissionDenied
+
+    cube, ids = facts
+    cube.governance.configure(audit_reads=True)
+    before = cube.records.events()
+    with pytest.raises(PermissionDenied):
+        cube.search("Where does Ann live", k=5, actor="mallory")
+    with pytest.raises(PermissionDenied):  # not the ValidationError of k=0
+        cube.search("Where does Ann live", k=0, actor="mallory")
+    with pytest.raises(ValidationError):  # a principal who may read gets the argument error
+        cube.search("Where does Ann live", k=0)
+    after = cube.records.events()[len(before):]
+    assert [e["outcome"] for e in after] == ["denied", "denied"] and {e["actor"] for e in after} == {"mallory"}
+    cube.records.flush()
+    assert all(item.usage.access_count == 0 for item in cube.records.get_many(ids).values())
+    hits = cube.search("Where does Ann live", k=5)  # and a permitted search still reads and records
+    assert hits and cube.records.events()[-1]["op"] == "search"
