@@ -596,7 +596,8 @@ class MemCube:
             seen = {r.rowid: r for r in rows if r.rowid not in waiting}
             now = {r.rowid: r for r in self.records.index_rows(list(seen))} if seen else {}
             changed = [r for rowid, r in now.items() if r != seen[rowid]]
-            gone = [seen[rowid].id for rowid in seen if rowid not in now]
+            # gone: forgotten meanwhile, or its SQLite rowid already reused by a new memory (another id)
+            gone = [seen[rowid].id for rowid in seen if rowid not in now or now[rowid].id != seen[rowid].id]
             if gone:
                 from .plaintext.vector import erase_rows
 
