@@ -134,7 +134,7 @@ class MemOSLocalChatModel(LocalLLMWrapper, BaseChatModel):
         return meta, usage
 
     def with_structured_output(self, schema: dict[str, Any] | type, *, include_raw: bool = False,
-                               max_string_length: int | None = 400, max_items: int | None = 16,
+                               max_string_length: int | None = 200, max_items: int | None = 16,
                                **kwargs: Any) -> Runnable:
         """Replies decoded under ``schema`` and parsed (see the class docs); ``include_raw=True`` returns
         ``{"raw", "parsed", "parsing_error"}`` as LangChain's own implementation does."""

@@ -47,7 +47,7 @@ _ROLES = {
     MessageRole.TOOL: "tool",
     MessageRole.FUNCTION: "tool",
 }
-_OPTIONS = ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop", "ignore_eos", "memories")
+_OPTIONS = ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop", "ignore_eos", "memories", "json_schema")
 
 
 class MemOSLocalLLM(LocalLLMWrapper, CustomLLM):
@@ -55,6 +55,12 @@ class MemOSLocalLLM(LocalLLMWrapper, CustomLLM):
 
     Call kwargs ``memories``, ``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``, ``seed``, ``stop``
     override the defaults for one call. ``raw`` / ``additional_kwargs`` of responses report the KV cache used.
+
+    ``structured_predict(output_cls, prompt, **prompt_args)`` (and ``astructured_predict``) decodes under the
+    pydantic class's JSON Schema (constrained decoding, :mod:`memos_core.activation.constrained`; needs
+    ``lm-format-enforcer``; strings capped at 200 characters and arrays at 16 items unless the schema says
+    otherwise) and returns an ``output_cls`` instance; a reply cut by ``max_new_tokens`` raises
+    :class:`memos_core.errors.ValidationError`.
 
     ``MemOSLocalLLM.from_cube(cube, model_or_path, tokenizer=None, **kwargs)`` (shared with the LangChain
     wrapper, :class:`memos_core.activation.local_llm.LocalLLMWrapper`): keyword arguments naming this class's
@@ -104,6 +110,30 @@ class MemOSLocalLLM(LocalLLMWrapper, CustomLLM):
             "ttft_s": res.ttft_s,
             "notes": list(res.notes),
         }
+
+    def structured_predict(self, output_cls: Any, prompt: Any, llm_kwargs: dict[str, Any] | None = None,
+                           **prompt_args: Any) -> Any:
+        from pydantic import ValidationError as PydanticValidationError
+
+        from memos_core.activation.constrained import bounded_schema
+        from memos_core.errors import ValidationError
+
+        messages = prompt.format_messages(llm=self, **prompt_args)
+        opts = self._options(dict(llm_kwargs or {}))
+        opts["json_schema"] = bounded_schema(output_cls.model_json_schema(), max_string_length=200, max_items=16)
+        res = self.llm.chat(self._conv(messages), **opts)
+        try:
+            return output_cls.model_validate_json(res.text)
+        except PydanticValidationError as exc:
+            raise ValidationError(
+                f"the reply is not a complete {output_cls.__name__} (generation ended by {res.finish_reason!r}; "
+                f"raise max_new_tokens if it was 'length'): {exc.errors()[0].get('msg')}") from None
+
+    async def astructured_predict(self, output_cls: Any, prompt: Any, llm_kwargs: dict[str, Any] | None = None,
+                                  **prompt_args: Any) -> Any:
+        import asyncio
+
+        return await asyncio.to_thread(self.structured_predict, output_cls, prompt, llm_kwargs, **prompt_args)
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:

@@ -198,3 +198,21 @@ def test_reader_adapter_keeps_structured_output_after_an_unparsable_reply():
         chat.call([{"role": "user", "content": "x"}], Pet)
     assert chat.call([{"role": "user", "content": "x"}], Pet) == "text"  # plain text from now on
     assert refused.structured_calls == 1
+
+
+def test_llamaindex_structured_predict(llm):
+    pytest.importorskip("llama_index.core")
+    import asyncio
+
+    from llama_index.core.prompts import PromptTemplate
+
+    from memos_llamaindex.local_llm import MemOSLocalLLM
+
+    wrapper = MemOSLocalLLM(llm=llm, max_new_tokens=400)
+    prompt = PromptTemplate("Describe {what} as JSON.")
+    pet = wrapper.structured_predict(Pet, prompt, what="a pet")
+    assert isinstance(pet, Pet) and pet.kind in ("dog", "cat")
+    again = asyncio.run(wrapper.astructured_predict(Pet, prompt, what="a pet"))
+    assert again == pet  # greedy: the same reply
+    with pytest.raises(ValidationError, match="length"):
+        MemOSLocalLLM(llm=llm, max_new_tokens=3).structured_predict(Pet, prompt, what="a pet")

@@ -154,3 +154,31 @@ def test_llm_reader_on_the_real_model(smollm2, tmp_path) -> None:
             assert all(m.kind.value != "episode" for m in res.added)
         else:
             assert [m.kind.value for m in res.added] == ["episode"]
+
+
+def test_constrained_json_decoding_on_the_real_model(smollm2) -> None:
+    """The reader's two schemas under constrained decoding: replies that end by themselves are valid JSON of
+    the schema; the LangChain wrapper's structured output parses them."""
+    pytest.importorskip("lmformatenforcer")
+    from memos_core.activation import LocalLLM
+    from memos_core.activation.constrained import bounded_schema
+    from memos_core.reader import prompts
+    from memos_core.reader.llm import Decisions, Extraction
+    from memos_langchain.local_chat_model import MemOSLocalChatModel
+
+    model, tok = smollm2
+    llm = LocalLLM(model, tok)
+    msgs = prompts.extract_messages([("T1", None, "Omar", "Our new kitten is called Pixel, she is grey.")],
+                                    user_name="omar")
+    res = llm.chat(msgs, max_new_tokens=160, json_schema=bounded_schema(Extraction.model_json_schema(),
+                                                                        max_string_length=120, max_items=4))
+    assert res.finish_reason == "eos", res.text
+    assert isinstance(Extraction.model_validate_json(res.text), Extraction)
+    msgs = prompts.decide_messages([("M1", None, "Omar has a kitten called Pixel.")],
+                                   [("F1", None, "Omar's kitten is called Pixel.")])
+    chat = MemOSLocalChatModel(llm=llm, max_new_tokens=160)
+    decided = chat.with_structured_output(Decisions, max_string_length=120, max_items=4).invoke(
+        [(m["role"].replace("user", "human"), m["content"]) for m in msgs])
+    assert isinstance(decided, Decisions)
+    assert all(d.op in ("ADD", "UPDATE", "DELETE", "NOOP") for d in decided.decisions)
+
