@@ -172,18 +172,27 @@ def memos_spec(mem: MemOS) -> tuple[str, str]:
     absolute folder of a MemOS data folder, or the store URL of a MemOS opened by one (``postgresql://...``,
     without its password: a dict or pickle of a memory must not carry credentials; a new process connects with
     ``$PGPASSWORD`` / ``~/.pgpass``, or registers its own MemOS with :func:`register_memos`)."""
-    if mem.store_url is not None:
-        return _without_password(mem.store_url), mem.principal
+    url = _store_url(mem)
+    if url is not None:
+        return _without_password(url), mem.principal
     return str(Path(mem.path).resolve()), mem.principal
+
+
+def _store_url(mem: MemOS) -> str | None:
+    """The store URL of a MemOS opened by one, or of one over a single cube on a store (``MemOS.over_cube``)."""
+    if mem.store_url is not None:
+        return mem.store_url
+    url = getattr(mem.cubes.get(mem.default_cube), "store_url", None)
+    return url if isinstance(url, str) else None
 
 
 def memos_index(mem: MemOS) -> str | None:
     """The vector index a MemOS opened by a store URL uses (a Chroma server URL, or ``"embedded"``); ``None`` for
     a data folder. Saved with a serialised adapter so that a new process opens the same index."""
-    if mem.store_url is None:
+    if _store_url(mem) is None:
         return None
     opts = getattr(mem, "_cube_options", None) or {}  # what MemOS(url, index=...) was opened with: no I/O
-    url = opts.get("index") or opts.get("chroma_url")
+    url = (opts.get("index") or opts.get("chroma_url")) if mem.store_url is not None else None
     if not isinstance(url, str):
         cube = mem.cubes.get(mem.default_cube)
         url = getattr(getattr(cube, "index", None), "url", None)
@@ -228,9 +237,10 @@ def track_memos(mem: MemOS) -> MemOS:
     return mem
 
 
-def resolve_memos(path: str, principal: str, index: str | None = None) -> MemOS:
+def resolve_memos(path: str, principal: str, index: str | None = None, cube: str | None = None) -> MemOS:
     """The live registered MemOS for this folder (or store URL) and principal, or a newly opened one (offline
-    defaults; a store URL with the saved vector ``index``, else ``$MEMOS_INDEX``)."""
+    defaults; a store URL with the saved vector ``index``, else ``$MEMOS_INDEX``, its cube mounted as ``cube``,
+    the name the adapter writes to)."""
     url = is_store_url(path)
     key = (path if url else str(Path(path).resolve()), principal)
     with _LOCK:
@@ -240,7 +250,8 @@ def resolve_memos(path: str, principal: str, index: str | None = None) -> MemOS:
                 return mem
         try:
             if url:
-                mem = MemOS(path, principal=principal, index=adapter_index(path, index, "restoring a memory"))
+                mem = MemOS(path, principal=principal, index=adapter_index(path, index, "restoring a memory"),
+                            **({"default_cube": cube} if cube else {}))
             else:
                 mem = MemOS(key[0], principal=principal)
         except MemOSError as exc:

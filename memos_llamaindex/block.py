@@ -96,7 +96,7 @@ class MemOSMemoryBlock(BaseMemoryBlock[str]):
                 data["user_id"] = memos.bound_user  # saved with the config: a restored block keeps its user
         super().__init__(**data)
         self._memos = (track_memos(memos) if memos is not None
-                       else resolve_memos(self.memos_path, self.principal, self.memos_index))
+                       else resolve_memos(self.memos_path, self.principal, self.memos_index, self.cube))
         self._user = UserRule(self._memos, user_id=self.user_id, single_user=self.single_user,
                               adapter="MemOSMemoryBlock", how=USER_HOW).require()
 

@@ -160,7 +160,7 @@ class MemOSMemory(BaseMemory):
         data.pop("class_name", None)
         super().__init__(**data)
         self._memos = (track_memos(memos) if memos is not None
-                       else resolve_memos(self.memos_path, self.principal, self.memos_index))
+                       else resolve_memos(self.memos_path, self.principal, self.memos_index, self.cube))
         self._user = UserRule(self._memos, user_id=self.user_id, single_user=self.single_user,
                               adapter="MemOSMemory", how=USER_HOW).require()
         store = SQLAlchemyChatStore(table_name=self.chat_store_table,

@@ -355,3 +355,18 @@ def test_a_memory_on_postgresql_is_restored_without_its_memos(pg_server: Any, ch
         assert "My boat is called Albatross." in other.get()[0].content  # long-term memory, from PostgreSQL
     finally:
         restored.memos.close()
+    # a block over the PostgreSQL cube itself (from_cube: a MemOS over that cube only) is restored the same way
+    from memos_core import MemCube
+    from memos_llamaindex import MemOSMemoryBlock
+
+    with MemCube(url, index=chroma_server.url, workdir=tmp_path / "w2" / "boats", embedder=minilm) as cube:
+        block = MemOSMemoryBlock.from_cube(cube, user_id="ann")
+        dumped, cube_name = block.model_dump(), block.cube
+        block.memos.close()  # the MemOS over the cube; the cube itself is closed by the with
+    assert dumped["memos_path"] == data["memos_path"] and dumped["memos_index"] == chroma_server.url
+    again = MemOSMemoryBlock.model_validate(dumped)
+    try:
+        assert again.memos.cubes[cube_name].records.backend == "postgresql"
+        assert "Albatross" in asyncio.run(again.aget([_user("what is my boat called?")]))
+    finally:
+        again.memos.close()
