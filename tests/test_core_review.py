@@ -4,6 +4,7 @@ interleavings are forced (a hook inside the call that races), not left to timing
 
 from __future__ import annotations
 
+import pytest
 from conftest import hashed_embed
 
 from memos_core.cube import MemCube
@@ -41,3 +42,32 @@ def test_a_forgotten_row_whose_rowid_is_reused_during_an_apply_leaves_no_vector(
         assert fired and cube.records.rowid(fired[0]) == rowid  # the interleaving under test happened
         assert cube.records.get(secret.id) is None
         assert _index_ids(cube) == {keep.id, fired[0]}  # the forgotten memory's vector did not come back
+
+
+@pytest.mark.integration
+def test_migrating_rows_that_wait_for_their_embedding_into_postgresql(tmp_path, pg_server, chroma_server) -> None:
+    """A folder cube whose process still runs (or was killed) holds rows committed without their embedding
+    (embed_sync="deferred"). PostgreSQL cannot hold such a row indexed, so a copy would land it unindexed: an
+    acknowledged memory no search finds there. The migration refuses, says what to do, and writes nothing; once
+    the source was opened with its embedder (close embeds what waits), the row migrates and is found."""
+    from pg_server import fresh_schema_name
+
+    from memos_core.errors import ValidationError
+    from memos_core.records.migrate import migrate_store
+
+    url = pg_server.url() + "?cube=" + fresh_schema_name("r")
+    src = MemCube(tmp_path / "c", embedder=hashed_embed, vector_sync="deferred", embed_sync="deferred")
+    src.add_many([f"filler memory {i} about the allotment" for i in range(3)])
+    src._embed_waiting()
+    src._embed_in_background = lambda: None  # type: ignore[method-assign]
+    item = src.add("the ferry to the island leaves from pier seven")
+    src.records.flush()
+    assert src.records.waiting_embeddings()
+    with pytest.raises(ValidationError, match="waiting for their embedding"):
+        migrate_store(tmp_path / "c", url)
+    src.close()  # embeds the waiting row
+    report = migrate_store(tmp_path / "c", url)
+    assert report["items"] == 4
+    with MemCube(url, index=chroma_server.url, workdir=tmp_path / "w", embedder=hashed_embed) as dst:
+        for mode in ("lexical", "dense", "hybrid"):
+            assert dst.search("ferry island pier seven", k=1, mode=mode)[0].item.id == item.id, mode

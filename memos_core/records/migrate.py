@@ -51,12 +51,23 @@ def _is_empty(store: RecordStore) -> bool:
 def copy_records(src: RecordStore, dst: RecordStore, *, batch: int = 500, verify: bool = True) -> dict[str, Any]:
     """Copy every record of ``src`` into the empty ``dst`` in one transaction, then (``verify``) compare.
 
-    Raises ValidationError when ``dst`` already holds records, CorruptData when the comparison fails (the
+    Raises ValidationError when ``dst`` already holds records, or when ``src`` holds rows still waiting for their
+    embedding (``embed_sync="deferred"``) and ``dst`` cannot hold them so; CorruptData when the comparison fails (the
     copy is committed by then: the message says what differs). Returns counts.
     """
     if not _is_empty(dst):
         raise ValidationError("the migration target already holds records; migrate into an empty cube")
     src.flush()
+    if not dst.embeds_later:
+        # A row committed without its embedding (embed_sync="deferred": its process still runs, or was killed)
+        # would arrive unindexed here (this target cannot hold it waiting): a memory no search finds.
+        waiting = len(src.waiting_embeddings())
+        if waiting:
+            raise ValidationError(
+                f"{waiting} memories of the source are still waiting for their embedding (a process using the cube "
+                "with embed_sync='deferred' is running or was killed); stop that process, or open the cube once "
+                "with its embedder so that they are embedded (MemCube(path, embedder=...).close(); with the default "
+                "embedder `memos reindex PATH`), then migrate again. Nothing was copied.")
     n_items = n_versions = 0
     with dst.transaction() as c:
         ids_batch: list[Any] = []
@@ -74,7 +85,7 @@ def copy_records(src: RecordStore, dst: RecordStore, *, batch: int = 500, verify
                 vec = vecs.get(rowids[it.id][0])
                 versions = src.versions(it.id)
                 # an indexed row still waiting for its embedding (embed_sync="deferred") stays indexed where the
-                # target can hold it so (the target's first open embeds it); elsewhere it arrives unindexed
+                # target can hold it so (the target's first open embeds it); other targets were refused above
                 dst.restore_item(c, it, versions, src.transitions(it.id), vec,
                                  it.state in INDEXED and (vec is not None or dst.embeds_later))
                 n_items += 1
