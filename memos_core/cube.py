@@ -666,7 +666,7 @@ class MemCube:
                     job.result()
                 except Exception:  # noqa: BLE001 - logged by the job; the rows are still pending in the records
                     pass
-        self._embed_waiting()
+        self._embed_waiting_or_warn("applying deferred vectors")
         if self._unapplied:
             with self._lock:
                 if self._unapplied:
@@ -744,11 +744,23 @@ class MemCube:
     def _embed_before_search(self) -> None:
         """Search sees every acknowledged write: rows still waiting for their embedding are embedded first (an
         embedder failure is logged; such rows are then found by the lexical index only, until it recovers)."""
+        self._embed_waiting_or_warn("a search")
+
+    def _embed_waiting_or_warn(self, before: str) -> None:
+        """:meth:`_embed_waiting`, with an embedder failure logged instead of raised: the rows stay waiting (and
+        marked pending) in the records, and the next search, write, close or open tries again."""
         try:
             self._embed_waiting()
         except MemOSError as exc:
-            log.warning("cube %s: could not embed rows waiting for their embedding before a search: %s",
-                        self.name, exc)
+            log.warning("cube %s: could not embed the rows waiting for their embedding before %s: %s",
+                        self.name, before, exc)
+
+    def _applied_but_waiting(self, pending: list[int]) -> list[int]:
+        """``pending`` without the rows still waiting for their embedding (their mark must stay)."""
+        if not self.records.embeds_later:
+            return pending
+        waiting = {r for r, _ in self.records.waiting_embeddings()}
+        return [r for r in pending if r not in waiting] if waiting else pending
 
     def repair_index(self) -> dict[str, int]:
         """Bring the vector index in line with the records (run once per open, before the index is first used).
@@ -757,7 +769,7 @@ class MemCube:
         re-adds/removes whatever differs. Returns counts of what was fixed.
         """
         with self._lock:
-            self._embed_waiting()  # rows a process that died left without their embedding (embed_sync="deferred")
+            self._embed_waiting_or_warn("the index check")  # rows a dead process left waiting (embed_sync)
             pending = len(self.records.pending_vectors())
             self._apply_pending()
             fixed = {"pending": pending, "added": 0, "removed": 0}
@@ -822,7 +834,7 @@ class MemCube:
                     self.index.upsert([b[1] for b in batch], np.stack([b[2] for b in batch]),
                                       [self._chroma_meta(items[b[1]]) for b in batch])
                     total += len(batch)
-                self.records.mark_vectors_applied(self.records.pending_vectors())
+                self.records.mark_vectors_applied(self._applied_but_waiting(self.records.pending_vectors()))
                 self.records.flush()
                 self.index_degraded = False
                 self._unapplied = 0
@@ -858,7 +870,7 @@ class MemCube:
         from .erasure import VECTOR_COMPACTION_KEY, VECTOR_SCRUBBED_KEY
 
         with self._lock:
-            self._embed_waiting()  # every indexed row has its embedding before the rebuild reads them
+            self._embed_waiting_or_warn("a compaction")  # rows still waiting keep their mark (below)
 
             def batches() -> Iterable[tuple[list[str], np.ndarray, list[dict[str, Any]]]]:
                 for batch in self.records.all_embeddings():
@@ -886,7 +898,7 @@ class MemCube:
                 for ids, vecs, metas in batches():
                     self.index.upsert(ids, vecs, metas)
                     n += len(ids)
-            self.records.mark_vectors_applied(self.records.pending_vectors())
+            self.records.mark_vectors_applied(self._applied_but_waiting(self.records.pending_vectors()))
             self.records.flush()
             with self.records.transaction() as c:
                 self.records.set_meta(c, VECTOR_COMPACTION_KEY, "")

@@ -220,3 +220,34 @@ def test_the_derived_record_store_methods_agree_with_sqlite(tmp_path) -> None:
         assert np.allclose(store.embedding(store.rowid(b.id)), _unit(["the library lends umbrellas and boots"])[0],
                            atol=1e-6)
         assert RecordStore.waiting_embeddings(store) == store.waiting_embeddings() == []
+
+
+def test_an_embedder_outage_leaves_rows_waiting_and_never_blocks_search_close_or_open(tmp_path) -> None:
+    broken = [False]
+
+    def flaky(texts: list[str]) -> np.ndarray:
+        if broken[0]:
+            raise RuntimeError("embedding service down")
+        return hashed_embed(texts)
+
+    from conftest import FAKE_DIM
+
+    from memos_core.embedding import CallableEmbedder
+
+    emb = CallableEmbedder(flaky, dim=FAKE_DIM)  # its dimension is known: opening never calls it
+    path = tmp_path / "c"
+    cube = MemCube(path, embedder=emb, vector_sync="deferred", embed_sync="deferred")
+    _no_background(cube)
+    cube.add("a memory written before the outage")
+    broken[0] = True
+    item = cube.add("the courier leaves parcels at the porch")  # the add itself does not embed: it succeeds
+    hits = cube.search("courier parcels porch", k=1, mode="lexical")  # the embedding fails, logged; BM25 finds it
+    assert hits[0].item.id == item.id
+    assert (cube.records.rowid(item.id), item.content) in cube.records.waiting_embeddings()
+    cube.close()  # applies what it can; the row stays waiting (and marked pending) in the records
+    with MemCube(path, embedder=emb) as again:  # the open-time check cannot embed it: the open still succeeds
+        assert again.records.waiting_embeddings() != []
+        broken[0] = False
+        assert again.search("courier parcels porch", k=1, mode="dense")[0].item.id == item.id
+        assert again.records.waiting_embeddings() == []
+        assert item.id in again.index.ids()
