@@ -4,6 +4,7 @@ interleavings are forced (a hook inside the call that races), not left to timing
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from conftest import hashed_embed
 
@@ -71,3 +72,44 @@ def test_migrating_rows_that_wait_for_their_embedding_into_postgresql(tmp_path, 
     with MemCube(url, index=chroma_server.url, workdir=tmp_path / "w", embedder=hashed_embed) as dst:
         for mode in ("lexical", "dense", "hybrid"):
             assert dst.search("ferry island pier seven", k=1, mode=mode)[0].item.id == item.id, mode
+
+
+def test_a_forget_while_the_background_thread_embeds_the_memory_leaves_nothing(tmp_path) -> None:
+    """embed_sync="deferred": the background thread has listed a waiting memory and is embedding it when the
+    memory is forgotten. Its vector must not be stored or indexed afterwards, nor left in any file."""
+    import threading
+    import time
+
+    from test_forget_derived import dense_embed, text_traces, vector_traces
+
+    state: dict[str, object] = {}
+    entered = threading.Event()
+
+    def embed(texts: list[str]) -> np.ndarray:
+        if any("zorblaxian" in t for t in texts) and threading.current_thread().name.startswith("memos-index"):
+            entered.set()  # the background job listed the secret; it stores the vector after the forget committed
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if "id" in state and state["cube"].records.rowid(state["id"]) is None:  # type: ignore[attr-defined]
+                    break
+                time.sleep(0.01)
+            state["stored_late"] = True
+        return dense_embed(texts)
+
+    folder = tmp_path / "c"
+    with MemCube(folder, embedder=embed, vector_sync="deferred", embed_sync="deferred") as cube:
+        state["cube"] = cube
+        keep = cube.add_many([f"filler memory {i} about tea" for i in range(12)])
+        secret = cube.add("the zorblaxian vault code is Wkpq4417")
+        state["id"] = secret.id
+        assert entered.wait(60)
+        cube.forget(secret.id)
+        cube._embed_job.result(timeout=60)
+        assert state.get("stored_late")  # the interleaving under test happened
+        cube.search("vault code", k=3)  # what a user does next: embeds and applies whatever waits
+        assert cube.records.rowid(secret.id) is None
+        assert cube.records.embedding_count() == len(keep)
+        assert secret.id not in cube.index.ids() and len(cube.index.ids()) == len(keep)
+    v = dense_embed([secret.content])[0]
+    assert text_traces(folder) == []
+    assert vector_traces(folder, {"secret": v / np.linalg.norm(v)}) == []
