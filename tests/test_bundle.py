@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from memos_core import CorruptData, MemCube, PermissionDenied, SchemaVersionError, ValidationError
+from memos_core import Conflict, CorruptData, MemCube, PermissionDenied, SchemaVersionError, ValidationError
 from memos_core.bundle import Limits, export_cube, import_bundle, migrate_cube, verify_bundle
 
 pytestmark = pytest.mark.records_backends
@@ -347,3 +347,41 @@ def test_round_trip_sqlite_postgresql_sqlite(cube: MemCube, tmp_path: Path, pg_s
         assert back.governance.verify().ok
     finally:
         back.close()
+
+
+def test_export_while_another_worker_writes_is_consistent(cube: MemCube, tmp_path: Path, open_cube) -> None:
+    """A write that another worker (its own handle on the cube) commits while an export reads the records does
+    not make an inconsistent bundle (an item at one version with the history of a later one, refused on
+    import): the export reads again until no write landed during its reads."""
+    other = open_cube(tmp_path / "src", embedder=_emb, clock=None, create=False)
+    a = cube.ids["a"]  # type: ignore[attr-defined]
+    real = cube.records.iter_items
+    writes = iter(["Ann likes rooibos", "Ann likes mate"])  # the other worker writes during the first two reads
+
+    def iter_items_then_a_concurrent_update(*args, **kwargs):
+        yield from real(*args, **kwargs)
+        text = next(writes, None)
+        if text is not None:
+            other.update(a, text, reason="another worker")
+
+    cube.records.iter_items = iter_items_then_a_concurrent_update  # type: ignore[method-assign]
+    try:
+        manifest = export_cube(cube, tmp_path / "live.zip")
+    finally:
+        del cube.records.iter_items
+    new = import_bundle(tmp_path / "live.zip", tmp_path / "dst", embedder=_emb)
+    assert next(writes, None) is None  # both concurrent writes happened (the export read three times)
+    try:
+        assert [v.content for v in new.history(a)][-1] == "Ann likes mate" == new.get(a).content
+        assert manifest["audit_head"] == cube.events()[-1]["hash"] and new.governance.verify().ok
+    finally:
+        new.close()
+    # a cube that never stops changing: a typed Conflict after a few reads, and no bundle file
+    writes = iter(f"Ann likes tea number {i}" for i in range(1000))
+    cube.records.iter_items = iter_items_then_a_concurrent_update  # type: ignore[method-assign]
+    try:
+        with pytest.raises(Conflict, match="kept changing"):
+            export_cube(cube, tmp_path / "never.zip")
+    finally:
+        del cube.records.iter_items
+    assert not (tmp_path / "never.zip").exists()

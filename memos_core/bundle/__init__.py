@@ -41,7 +41,7 @@ import numpy as np
 
 from .. import lifecycle
 from ..cube import CUBE_SCHEMA_VERSION, MemCube
-from ..errors import CorruptData, PermissionDenied, SchemaVersionError, ValidationError
+from ..errors import Conflict, CorruptData, PermissionDenied, SchemaVersionError, ValidationError
 from ..items import LifecycleState, MemoryItem, MemoryVersion, Transition, utcnow
 from ..log import Progress, get_logger
 
@@ -89,22 +89,20 @@ def export_cube(cube: MemCube, file: str | os.PathLike[str], *, hmac_key: bytes 
     cube._authorize(actor, Right.ADMINISTER, "export")
     cube._embed_waiting()  # rows committed without their embedding yet (embed_sync="deferred") get it first
     cube.records.flush()
-    items = list(cube.records.iter_items())
-    files: dict[str, bytes] = {}
-    files["records/items.jsonl"] = _jsonl(it.model_dump_json() for it in items)
-    with Progress(2 * len(items), "exporting", unit="memory", progress=progress) as bar:  # two passes below
-        files["records/versions.jsonl"] = _jsonl(
-            v.model_dump_json() for it in items if bar.update(1) is None for v in cube.records.versions(it.id))
-        files["records/transitions.jsonl"] = _jsonl(
-            t.model_dump_json() for it in items if bar.update(1) is None for t in cube.records.transitions(it.id))
-    events = cube.records.raw_events()
-    files["records/events.jsonl"] = _jsonl(json.dumps(list(r)) for r in events)
-    ids: list[str] = []
-    vecs: list[np.ndarray] = []
-    for batch in cube.records.all_embeddings():
-        for _, item_id, vec in batch:
-            ids.append(item_id)
-            vecs.append(vec)
+    for attempt in range(EXPORT_READ_TRIES):
+        # The records are read in several queries; another worker (its own handle on the cube, e.g. on
+        # PostgreSQL) may commit between them, which would pair an item with a later version's history (a
+        # bundle import refuses). Every write appends its audit record in its own transaction, so an audit head
+        # that did not move while we read means that no write landed in between: otherwise read again.
+        head = cube.records.audit_head()
+        items, files, events, ids, vecs = _read_records(cube, progress)
+        if cube.records.audit_head() == head:
+            break
+        log.info("export of cube %s: a write landed while reading (try %d); reading again", cube.cube_id,
+                 attempt + 1)
+    else:
+        raise Conflict(f"cube {cube.name!r} kept changing while it was exported ({EXPORT_READ_TRIES} tries); "
+                       "export again when writes pause")
     dim = int(cube.manifest["embedder"]["dim"])
     mat = np.stack(vecs).astype(np.float32) if vecs else np.zeros((0, dim), dtype=np.float32)
     buf = io.BytesIO()
@@ -173,6 +171,32 @@ def export_cube(cube: MemCube, file: str | os.PathLike[str], *, hmac_key: bytes 
     log.info("exported cube %s (%s) to %s: %d memories, %d embeddings, %d artefact files", cube.name, cube.cube_id,
              out, len(items), len(ids), len(artifact_paths))
     return manifest
+
+
+#: how often :func:`export_cube` reads the records again when another writer committed during its reads
+EXPORT_READ_TRIES = 5
+
+
+def _read_records(cube: MemCube, progress: bool | None
+                  ) -> tuple[list[MemoryItem], dict[str, bytes], list[Any], list[str], list[np.ndarray]]:
+    """Every item, version, transition, audit event and stored embedding of ``cube`` (see :func:`export_cube`)."""
+    items = list(cube.records.iter_items())
+    files: dict[str, bytes] = {}
+    files["records/items.jsonl"] = _jsonl(it.model_dump_json() for it in items)
+    with Progress(2 * len(items), "exporting", unit="memory", progress=progress) as bar:  # two passes below
+        files["records/versions.jsonl"] = _jsonl(
+            v.model_dump_json() for it in items if bar.update(1) is None for v in cube.records.versions(it.id))
+        files["records/transitions.jsonl"] = _jsonl(
+            t.model_dump_json() for it in items if bar.update(1) is None for t in cube.records.transitions(it.id))
+    events = cube.records.raw_events()
+    files["records/events.jsonl"] = _jsonl(json.dumps(list(r)) for r in events)
+    ids: list[str] = []
+    vecs: list[np.ndarray] = []
+    for batch in cube.records.all_embeddings():
+        for _, item_id, vec in batch:
+            ids.append(item_id)
+            vecs.append(vec)
+    return items, files, events, ids, vecs
 
 
 def _sha256_file(p: Path) -> str:
