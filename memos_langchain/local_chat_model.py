@@ -81,7 +81,8 @@ class MemOSLocalChatModel(LocalLLMWrapper, BaseChatModel):
     (constrained decoding, :mod:`memos_core.activation.constrained`; needs ``lm-format-enforcer``): a reply that
     ends by itself is valid JSON of the schema, parsed into the pydantic class (or a dict). Strings are capped at
     ``max_string_length`` characters and arrays at ``max_items`` unless the schema says otherwise, so a small
-    model that repeats itself still closes its JSON. ``json_schema=...`` as a call kwarg (or ``.bind``) gives
+    model that repeats itself still closes its JSON, and every property is written out (``null`` / ``[]`` for
+    the optional ones), so it cannot answer ``{}`` at once. ``json_schema=...`` as a call kwarg (or ``.bind``) gives
     the constrained text without parsing.
 
     ``MemOSLocalChatModel.from_cube(cube, model_or_path, tokenizer=None, **kwargs)`` (shared with the
@@ -144,7 +145,8 @@ class MemOSLocalChatModel(LocalLLMWrapper, BaseChatModel):
         kwargs.pop("strict", None)
         if kwargs:
             raise ValidationError(f"with_structured_output: unsupported arguments {sorted(kwargs)}")
-        wanted = bounded_schema(schema_dict(schema), max_string_length=max_string_length, max_items=max_items)
+        wanted = bounded_schema(schema_dict(schema), max_string_length=max_string_length, max_items=max_items,
+                                require_all=True)
         bound = self.bind(json_schema=wanted)
         parser: Any
         if isinstance(schema, type) and issubclass(schema, BaseModel):

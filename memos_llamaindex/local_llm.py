@@ -59,7 +59,7 @@ class MemOSLocalLLM(LocalLLMWrapper, CustomLLM):
     ``structured_predict(output_cls, prompt, **prompt_args)`` (and ``astructured_predict``) decodes under the
     pydantic class's JSON Schema (constrained decoding, :mod:`memos_core.activation.constrained`; needs
     ``lm-format-enforcer``; strings capped at 200 characters and arrays at 16 items unless the schema says
-    otherwise) and returns an ``output_cls`` instance; a reply cut by ``max_new_tokens`` raises
+    otherwise, every property written out) and returns an ``output_cls`` instance; a reply cut by ``max_new_tokens`` raises
     :class:`memos_core.errors.ValidationError`.
 
     ``MemOSLocalLLM.from_cube(cube, model_or_path, tokenizer=None, **kwargs)`` (shared with the LangChain
@@ -120,7 +120,8 @@ class MemOSLocalLLM(LocalLLMWrapper, CustomLLM):
 
         messages = prompt.format_messages(llm=self, **prompt_args)
         opts = self._options(dict(llm_kwargs or {}))
-        opts["json_schema"] = bounded_schema(output_cls.model_json_schema(), max_string_length=200, max_items=16)
+        opts["json_schema"] = bounded_schema(output_cls.model_json_schema(), max_string_length=200, max_items=16,
+                                             require_all=True)
         res = self.llm.chat(self._conv(messages), **opts)
         try:
             return output_cls.model_validate_json(res.text)

@@ -131,12 +131,22 @@ def test_bounded_schema_caps_strings_and_arrays_without_overriding():
     assert bounded_schema({"type": "string", "maxLength": 5}, max_string_length=50) == {"type": "string", "maxLength": 5}
     assert bounded_schema({"type": ["string", "null"]}, max_string_length=7)["maxLength"] == 7
     assert bounded_schema({"type": "string"}) == {"type": "string"}
+    req = bounded_schema(Extraction.model_json_schema(), require_all=True)
+    assert req["required"] == ["facts"]
+    assert set(req["$defs"]["ExtractedFact"]["required"]) == {"text", "kind", "turns", "event_time"}
+    assert "required" not in Extraction.model_json_schema()  # the caller's schema is not changed
 
 
 def test_missing_library_says_what_to_install(llm, monkeypatch):
     monkeypatch.setitem(sys.modules, "lmformatenforcer", None)
     with pytest.raises(ModelNotInstalled, match="lm-format-enforcer"):
         llm.chat(ASK, max_new_tokens=4, json_schema=Pet.model_json_schema())
+
+
+def pet_json(chat):
+    raw = chat.with_structured_output(Pet, include_raw=True, max_string_length=8, max_items=2).invoke(
+        "Describe a pet as JSON.")
+    return raw["raw"].content
 
 
 def test_langchain_with_structured_output(llm):
@@ -147,6 +157,7 @@ def test_langchain_with_structured_output(llm):
 
     chat = MemOSLocalChatModel(llm=llm, max_new_tokens=400)
     pet = chat.with_structured_output(Pet, max_string_length=8, max_items=2).invoke("Describe a pet as JSON.")
+    assert '"tags"' in pet_json(chat)  # every property written out, the optional one too
     assert isinstance(pet, Pet) and len(pet.name) <= 9 and pet.kind in ("dog", "cat") and len(pet.tags) <= 2
     as_dict = chat.with_structured_output(Pet.model_json_schema(), max_string_length=8).invoke("A pet?")
     assert isinstance(as_dict, dict) and Pet.model_validate(as_dict)

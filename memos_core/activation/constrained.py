@@ -60,10 +60,12 @@ def schema_dict(schema: Any) -> dict[str, Any]:
 
 
 def bounded_schema(schema: Mapping[str, Any], *, max_string_length: int | None = None,
-                   max_items: int | None = None) -> dict[str, Any]:
+                   max_items: int | None = None, require_all: bool = False) -> dict[str, Any]:
     """A copy of ``schema`` where every string without a ``maxLength`` gets ``max_string_length`` and every array
     without ``maxItems`` gets ``max_items`` (``None`` leaves them alone). Under constrained decoding this bounds the
-    reply, so a model that repeats itself inside a string still closes its JSON within its token budget."""
+    reply, so a model that repeats itself inside a string still closes its JSON within its token budget.
+    ``require_all`` makes every property of every object required (optional ones are then written out, e.g. as
+    ``null`` or ``[]``): a small model can otherwise close ``{}`` at once, which a schema of defaults accepts."""
     for name, v in (("max_string_length", max_string_length), ("max_items", max_items)):
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
             raise ValidationError(f"{name} must be a positive integer or None")
@@ -77,6 +79,8 @@ def bounded_schema(schema: Mapping[str, Any], *, max_string_length: int | None =
                 out.setdefault("maxLength", max_string_length)
             if max_items is not None and "array" in types:
                 out.setdefault("maxItems", max_items)
+            if require_all and isinstance(out.get("properties"), Mapping) and "object" in types:
+                out["required"] = list(out["properties"])
             return out
         if isinstance(node, list):
             return [walk(v) for v in node]
