@@ -110,11 +110,38 @@ def test_lexical_work_budget_keeps_the_rarest_terms(cube) -> None:
     pruned = cube.search("weather in Zanzibar", mode="lexical", k=20)
     assert {h.item.id for h in pruned} == rare_ids  # only the rare term was scored ...
     assert [h.item.id for h in pruned] == [h.item.id for h in full[:5]]  # ... in the same order
-    # a query made of common terms only still keeps its rarest one ("today": 100 rows, "weather": 105)
+    # a word no memory holds costs nothing and does not stand in for the rarest word that occurs
+    assert [h.item.id for h in cube.search("weather in Zanzibar quokka", mode="lexical", k=20)] == \
+        [h.item.id for h in full[:5]]
+    # a query made of common terms only still keeps its rarest one ("today": 100 rows, "weather": 105); asked
+    # for more rows than its 40 newest (see the next test), it ranks every row
     hits = cube.search("weather today", mode="lexical", k=200)
     assert {h.item.id for h in hits} == {i.id for i in common}
     cube.records.lexical_match_budget = 10**9
     assert len(cube.search("weather today", mode="lexical", k=200)) == 105
+
+
+def test_lexical_over_budget_ranks_only_the_newest_rows_of_the_rarest_term(cube) -> None:
+    older = cube.add_many([f"today today, an older note {i}" for i in range(120)])  # twice the word: higher BM25
+    newer = cube.add_many([f"today, a newer note {i}" for i in range(120)])
+    best = cube.search("today", mode="lexical", k=20)
+    assert {h.item.id for h in best} <= {i.id for i in older}  # within the budget: the best rows anywhere
+    # "today" alone occurs in 240 rows: over the budget (which must hold the 60 candidates a search asks for)
+    cube.records.lexical_match_budget = 80
+    capped = cube.search("today", mode="lexical", k=20)
+    assert len(capped) == 20 and {h.item.id for h in capped} <= {i.id for i in newer[-80:]}
+
+
+def test_lexical_over_budget_filter_passing_few_newest_rows_sees_every_row(cube) -> None:
+    old = cube.add_many([{"content": f"weather diary of the early days, page {i}", "user_id": "early"}
+                         for i in range(3)])
+    cube.add_many([{"content": f"weather diary, page {i}", "user_id": "late"} for i in range(200)])
+    cube.records.lexical_match_budget = 100  # "weather" (203 rows) and "diary" (203) are both over it
+    late = cube.search("weather diary", mode="lexical", k=5, user_id="late")
+    assert len(late) == 5 and all(h.item.scope.user_id == "late" for h in late)
+    # the 100 newest matches are all "late": the scope "early" passes none of them, so every row is ranked
+    early = cube.search("weather diary", mode="lexical", k=5, user_id="early")
+    assert {h.item.id for h in early} == {i.id for i in old}
 
 
 def test_reads_are_memory_mapped_and_the_size_is_configurable(tmp_path, monkeypatch) -> None:

@@ -611,9 +611,12 @@ class SQLiteRecordStore(RecordStore):
 
     #: Work budget of one lexical query, in matching rows. FTS5 computes bm25 for *every* row that matches
     #: any query term (~1.5 us each), so on a large cube a query with common words costs tens of ms. Above the
-    #: budget the query keeps only its rarest terms (at least one) whose document counts fit in it; the
-    #: common ones add little to BM25 and dense retrieval still sees the whole query. Cubes smaller than the
-    #: budget are never affected.
+    #: budget the query keeps only its rarest terms (at least one that occurs) whose document counts fit in it;
+    #: the common ones add little to BM25 and dense retrieval still sees the whole query. When even the rarest
+    #: term occurs in more rows than the budget (a million memories from a small vocabulary), BM25 ranks only
+    #: its ``lexical_match_budget`` most recent rows (FTS5 walks the term's rows newest first and stops), so
+    #: the cost stays flat as the cube grows; a filter that passes too few of them falls back to every row.
+    #: Cubes smaller than the budget are never affected.
     lexical_match_budget = 3000
 
     def _term_df(self, phrase: str, stamp: int) -> int:
@@ -628,25 +631,28 @@ class SQLiteRecordStore(RecordStore):
         self._df_cache[phrase] = (df, stamp)
         return df
 
-    def _budget_match(self, match: str) -> str:
+    def _budget_match(self, match: str) -> tuple[str, bool]:
+        """The MATCH expression within the work budget, and whether it is still over it (its rarest term alone
+        occurs in more rows than the budget: :meth:`lexical` then ranks only the newest of them)."""
         phrases = match.split(" OR ")
-        if len(phrases) < 2 or not all(len(p) > 2 and p[0] == p[-1] == '"' and '"' not in p[1:-1].replace('""', "")
-                                       for p in phrases):
-            return match
+        if not all(len(p) > 2 and p[0] == p[-1] == '"' and '"' not in p[1:-1].replace('""', "") for p in phrases):
+            return match, False
         stamp = self._conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM items").fetchone()[0]
         if stamp <= self.lexical_match_budget:  # fewer rows than the budget: nothing to save
-            return match
+            return match, False
         dfs = {p: self._term_df(p, stamp) for p in phrases}
         if sum(dfs.values()) <= self.lexical_match_budget:
-            return match
+            return match, False
         keep: set[str] = set()
         used = 0
         for p in sorted(phrases, key=lambda p: (dfs[p], p)):
-            if keep and used + dfs[p] > self.lexical_match_budget:
+            # `used`, not `keep`: a term that occurs nowhere costs nothing and must not stand in for the rarest
+            # term that does occur (the query would match no row at all)
+            if used and used + dfs[p] > self.lexical_match_budget:
                 break
             keep.add(p)
             used += dfs[p]
-        return " OR ".join(p for p in phrases if p in keep)
+        return " OR ".join(p for p in phrases if p in keep), used > self.lexical_match_budget
 
     def lexical(self, match: str, cf: CompiledFilter, k: int) -> list[tuple[int, float]]:
         """BM25 search. Returns (rowid, score) best first; score is -bm25 (higher is better)."""
@@ -655,13 +661,16 @@ class SQLiteRecordStore(RecordStore):
             return []
         with self._lock:
             try:
-                match = self._budget_match(match)
-                # Fast path: the best k*8 matches, then the filter. Exact when the filter is loose.
+                match, over = self._budget_match(match)
+                # Fast path: the best k*8 matches, then the filter. Exact when the filter is loose. Over the
+                # budget: the budget's worth of newest matches (rowid order: no bm25 for the others), then the
+                # filter, so that a filter passing one row in fifty still finds its k here.
+                inner = ("SELECT rowid, bm25(fts) AS score FROM fts WHERE fts MATCH ? ORDER BY rowid DESC LIMIT ?"
+                         if over else "SELECT rowid, bm25(fts) AS score FROM fts WHERE fts MATCH ? ORDER BY score LIMIT ?")
                 rows = self._conn.execute(
-                    f"SELECT m.rowid, m.score FROM (SELECT rowid, bm25(fts) AS score FROM fts WHERE fts MATCH ? "
-                    f"ORDER BY score LIMIT ?) AS m JOIN items ON items.rowid = m.rowid WHERE {where} "
+                    f"SELECT m.rowid, m.score FROM ({inner}) AS m JOIN items ON items.rowid = m.rowid WHERE {where} "
                     "ORDER BY m.score LIMIT ?",
-                    (match, max(k * 8, 200), *args, k),
+                    (match, self.lexical_match_budget if over else max(k * 8, 200), *args, k),
                 ).fetchall()
                 if len(rows) < k:
                     rows = self._conn.execute(
