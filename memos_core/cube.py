@@ -703,28 +703,56 @@ class MemCube:
             return 0
         stored = 0
         done_batches = 0
+        refused: dict[int, str] = {}  # rows whose text the embedder refused in this call: they stay waiting
         while batches is None or done_batches < batches:
             with self._embed_lock:  # listed, embedded and stored by one thread at a time
-                rows = self.records.waiting_embeddings(_EMBED_BATCH)
+                asked = _EMBED_BATCH + len(refused)
+                listed = self.records.waiting_embeddings(asked)
+                rows = [(r, t) for r, t in listed if refused.get(r) != t][:_EMBED_BATCH]
                 if not rows:
-                    with self._count_lock:
-                        self._waiting = 0
+                    if not listed:
+                        with self._count_lock:
+                            self._waiting = 0
                     break
-                texts = [text for _, text in rows]
-                vecs = np.concatenate([self._embed([t]) for t in texts]) if one_by_one else self._embed(texts)
+                got = self._embed_rows(rows, one_by_one)
+                refused.update((r, t) for r, t in rows if r not in got)
                 # derived data: no fsync of its own (a lost embedding leaves the row waiting; it is embedded again)
                 with self.records.derived_transaction() as c:
-                    done = self.records.put_embeddings(c, [(r, t, v) for (r, t), v in zip(rows, vecs)])
+                    done = self.records.put_embeddings(c, [(r, t, got[r]) for r, t in rows if r in got])
                 with self._count_lock:
                     self._waiting = max(0, self._waiting - len(rows))
                     self._unapplied += len(done)
             stored += len(done)
             done_batches += 1
-            if len(rows) < _EMBED_BATCH or not done:
+            if len(listed) < asked or not done:  # none left after these, or every row changed meanwhile
                 break
         if stored:
             log.debug("cube %s: stored %d deferred embeddings", self.name, stored)
         return stored
+
+    def _embed_rows(self, rows: Sequence[tuple[int, str]], one_by_one: bool) -> dict[int, np.ndarray]:
+        """``{rowid: vector}`` for waiting ``(rowid, text)`` rows. A text the embedder refuses (an API's input
+        limit, NaN from a model) must not keep the others waiting: when a batch fails, each text is embedded in
+        its own call and the refused ones are left out (logged; they stay waiting, found by the lexical index,
+        and are tried again later). When every text fails, the embedder itself is down: its error is raised."""
+        if not one_by_one:
+            try:
+                return dict(zip((r for r, _ in rows), self._embed([t for _, t in rows])))
+            except MemOSError:
+                if len(rows) == 1:
+                    raise
+        got: dict[int, np.ndarray] = {}
+        first: MemOSError | None = None
+        for rowid, text in rows:
+            try:
+                got[rowid] = self._embed([text])[0]
+            except MemOSError as exc:
+                first = first or exc
+                log.warning("cube %s: the embedder refused the text of a memory waiting for its embedding (row "
+                            "%d): %s; lexical search finds it, and it is tried again later", self.name, rowid, exc)
+        if not got and first is not None:
+            raise first
+        return got
 
     def _embed_in_background(self) -> None:
         """Embed waiting rows on the background thread (one job at a time per cube), then hand their vectors to

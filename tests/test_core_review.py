@@ -113,3 +113,28 @@ def test_a_forget_while_the_background_thread_embeds_the_memory_leaves_nothing(t
     v = dense_embed([secret.content])[0]
     assert text_traces(folder) == []
     assert vector_traces(folder, {"secret": v / np.linalg.norm(v)}) == []
+
+
+def test_a_memory_the_embedder_rejects_does_not_keep_the_others_from_dense_search(tmp_path) -> None:
+    """embed_sync="deferred" acknowledges an add before its text is embedded. When the embedder then rejects one
+    text (an API's token limit, a model returning NaN), that memory stays waiting (found by the lexical index,
+    retried later), but the memories written after it are still embedded, indexed and found by dense search."""
+    from memos_core.cube import _EMBED_BATCH
+
+    def embed(texts: list[str]) -> np.ndarray:
+        if any("POISON" in t for t in texts):
+            raise RuntimeError("input too long for the embedding model")
+        return hashed_embed(texts)
+
+    with MemCube(tmp_path / "c", embedder=embed, vector_sync="deferred", embed_sync="deferred") as cube:
+        cube._embed_in_background = lambda: None  # type: ignore[method-assign]
+        cube._ensure_index_checked()
+        bad = cube.add("POISON a very long pasted log the embedder refuses")
+        words = ["crane", "ferry", "lighthouse", "gulls", "nets", "buoys", "rope", "tide", "pier", "boats"]
+        assert len(words) > _EMBED_BATCH  # more than one batch waits behind the rejected memory
+        good = {f"the {w} seen from the window": cube.add(f"the {w} seen from the window").id for w in words}
+        for text, item_id in good.items():
+            assert cube.search(text, k=1, mode="dense")[0].item.id == item_id
+        assert [r for r, _ in cube.records.waiting_embeddings()] == [cube.records.rowid(bad.id)]
+        assert cube.search("POISON pasted log", k=1, mode="lexical")[0].item.id == bad.id
+        assert cube.index.ids() == set(good.values())
