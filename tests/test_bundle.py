@@ -385,3 +385,33 @@ def test_export_while_another_worker_writes_is_consistent(cube: MemCube, tmp_pat
     finally:
         del cube.records.iter_items
     assert not (tmp_path / "never.zip").exists()
+
+
+@pytest.mark.sqlite_only  # PostgreSQL stores every embedding with its write (no embeds_later)
+def test_export_carries_embeddings_another_worker_has_not_stored_yet(cube: MemCube, tmp_path: Path,
+                                                                      open_cube) -> None:
+    """A worker that commits memories without their embedding (embed_sync="deferred": its background thread
+    stores it a moment later) while an export runs: the export embeds them itself, so the bundle holds the
+    embedding of every indexed item (an import refuses a bundle without)."""
+    other = open_cube(tmp_path / "src", embedder=_emb, clock=None, create=False, embed_sync="deferred",
+                      vector_sync="deferred")
+    assert other.embed_sync == "deferred"
+    other._embed_waiting = lambda *a, **kw: 0  # its background thread is slow: nothing stored yet
+    real = cube.records.iter_items
+    added: list[str] = []
+
+    def iter_items_then_a_concurrent_add(*args, **kwargs):
+        yield from real(*args, **kwargs)
+        if not added:
+            added.append(other.add("Dana collects stamps", user_id="dana").id)
+
+    cube.records.iter_items = iter_items_then_a_concurrent_add  # type: ignore[method-assign]
+    try:
+        export_cube(cube, tmp_path / "live.tar.gz")
+    finally:
+        del cube.records.iter_items
+    new = import_bundle(tmp_path / "live.tar.gz", tmp_path / "dst", embedder=_emb)
+    try:
+        assert added and new.search("stamps", k=1, mode="dense")[0].item.id == added[0]
+    finally:
+        new.close()

@@ -87,7 +87,6 @@ def export_cube(cube: MemCube, file: str | os.PathLike[str], *, hmac_key: bytes 
     out = Path(file)
     kind = _kind(out)
     cube._authorize(actor, Right.ADMINISTER, "export")
-    cube._embed_waiting()  # rows committed without their embedding yet (embed_sync="deferred") get it first
     cube.records.flush()
     for attempt in range(EXPORT_READ_TRIES):
         # The records are read in several queries; another worker (its own handle on the cube, e.g. on
@@ -95,6 +94,9 @@ def export_cube(cube: MemCube, file: str | os.PathLike[str], *, hmac_key: bytes 
         # bundle import refuses). Every write appends its audit record in its own transaction, so an audit head
         # that did not move while we read means that no write landed in between: otherwise read again.
         head = cube.records.audit_head()
+        # rows committed without their embedding yet (embed_sync="deferred", by any worker, up to the head just
+        # read) get it first: a bundle must carry the embedding of every indexed item
+        cube._embed_waiting()
         items, files, events, ids, vecs = _read_records(cube, progress)
         if cube.records.audit_head() == head:
             break
