@@ -1410,20 +1410,25 @@ class MemCube:
             # A database server: the role lookup runs beside the search (both wait on the network). Nothing is
             # returned, recorded or audited as a read before it passed, and its refusal wins over any error the
             # search raised meanwhile.
-            auth = search_pool().submit(self._authorize, actor, Right.READ, "search", None, filter)
+            # Whether reads are audited is read there too (after the check passed).
+            def check() -> tuple[str, bool]:
+                return self._authorize(actor, Right.READ, "search", None, filter), self.governance.reads_audited()
+
+            auth = search_pool().submit(check)
             try:
                 hits, used, now = self._search(query, k, filter, mode, user_id, agent_id, session_id, min_score)
             except BaseException:
                 auth.result()
                 raise
-            actor = auth.result()
+            actor, audited = auth.result()
         else:
             actor = self._authorize(actor, Right.READ, "search", filter=filter)
             hits, used, now = self._search(query, k, filter, mode, user_id, agent_id, session_id, min_score)
+            audited = None
         if record_usage and hits:
             self.records.record_usage(used, now)
         self.governance.audit_read(actor, "search", [h.item.id for h in hits],
-                                   {"query_sha256": query_digest(query), "k": k})
+                                   {"query_sha256": query_digest(query), "k": k}, audited=audited)
         for listener in list(self.listeners):
             try:
                 listener(query, hits)

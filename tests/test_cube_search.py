@@ -293,15 +293,19 @@ def test_a_candidate_erased_between_the_legs_is_dropped_not_a_key_error(facts, m
     baseline = cube.search("Where does Ann live?", k=5)
     gone = baseline[0]
     gone_rowid, _ = cube._load(gone.item.id)
-    rows_of, passing = cube.records.candidate_rows, cube.records.candidates_passing
+    rows_of, passing, lexical_rows = (cube.records.candidate_rows, cube.records.candidates_passing,
+                                      cube.records.lexical_rows)
 
     def without_gone(rows):  # its stored embedding vanished in between (as a forget leaves it)
         return {r: (None if r == gone_rowid else vec, c, w) for r, (vec, c, w) in rows.items()}
 
-    # where hybrid search reads the candidates' embeddings (a server store reads them with the ANN filter check)
+    # where hybrid search reads the candidates' embeddings (a server store reads them with each leg)
     monkeypatch.setattr(cube.records, "candidate_rows", lambda rowids, key: without_gone(rows_of(rowids, key)))
     monkeypatch.setattr(cube.records, "candidates_passing",
                         lambda *a, **kw: (lambda got: got._replace(rows=without_gone(got.rows)))(passing(*a, **kw)))
+    monkeypatch.setattr(cube.records, "lexical_rows",
+                        lambda *a, **kw: (lambda ranked, got: (ranked, got._replace(rows=without_gone(got.rows))))(
+                            *lexical_rows(*a, **kw)))
     hits = cube.search("Where does Ann live?", k=5)
     assert hits and gone.item.id not in [h.item.id for h in hits]
     assert all(set(h.ranks) <= set(h.retrievers) for h in hits)

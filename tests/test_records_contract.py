@@ -522,3 +522,20 @@ def test_candidates_passing_checks_the_filter_and_reads_the_rows_at_once(store: 
     if store.concurrent_reads:  # a server reads them in the same round trip
         assert sorted(full.items) == [ra, rc]
     assert {r: load() for r, load in full.items.items()} == store.get_many_by_rowid(list(full.items))
+
+
+def test_lexical_rows_are_the_lexical_hits_with_their_rows(store: RecordStore) -> None:
+    """The lexical leg of a search on a server also brings its candidates' rows (and items) in the same query."""
+    ra, _ = add(store, "zebra crossing near the zebra enclosure", metadata={"recall_weight": 0.5})
+    rb, _ = add(store, "a zebra at the zoo")
+    add(store, "nothing striped here")
+    everything = store.compile_filter(SearchFilter(), ALL_LIVE, 0.0)
+    ranked, got = store.lexical_rows('"zebra"', everything, 10, "recall_weight")
+    assert ranked == store.lexical('"zebra"', everything, 10) and [r for r, _ in ranked] == [ra, rb]
+    assert got.passing == {} and got.rows == store.candidate_rows([ra, rb], "recall_weight") and got.items == {}
+    _, full = store.lexical_rows('"zebra"', everything, 1, "recall_weight", with_items=True)
+    assert list(full.rows) == [ra]
+    if store.concurrent_reads:  # a server reads the items in the same round trip
+        assert list(full.items) == [ra]
+    assert {r: load() for r, load in full.items.items()} == store.get_many_by_rowid(list(full.items))
+    assert store.lexical_rows("", everything, 10, "recall_weight") == ([], ({}, {}, {}))

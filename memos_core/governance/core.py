@@ -364,10 +364,17 @@ class Governance:
         self._check_claims(actor, "update", claims, old.id)
         return self._redact(actor, "update", new, self._policy().redaction, old.id)
 
-    def audit_read(self, actor: str, op: str, ids: Sequence[str], detail: Mapping[str, Any] | None = None) -> None:
-        """Record a read when the cube audits reads (``configure(audit_reads=True)``)."""
+    def reads_audited(self) -> bool:
+        """Whether reads are audited now (``configure(audit_reads=True)``)."""
         raw = self._settings_raw().get("audit_reads")
-        if raw is None or not json.loads(raw):
+        return raw is not None and bool(json.loads(raw))
+
+    def audit_read(self, actor: str, op: str, ids: Sequence[str], detail: Mapping[str, Any] | None = None, *,
+                   audited: bool | None = None) -> None:
+        """Record a read when the cube audits reads (``configure(audit_reads=True)``). ``audited``: that setting
+        as the caller read it (:meth:`reads_audited`) during this operation, e.g. beside its other reads on a
+        database server; ``None`` reads it now."""
+        if not (self.reads_audited() if audited is None else audited):
             return
         ids = list(ids)
         d: dict[str, Any] = {"ids": ids[:1000], "count": len(ids), **(detail or {})}

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass, field
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, Callable, Literal, NamedTuple, Protocol, Sequence
 
 import numpy as np
@@ -192,6 +192,7 @@ class Retriever:
         if mode in ("hybrid", "dense") and cfg.query_cache:
             qvec = peek_query_vector(self.embedder, self.query_key(plan))
         lexical_job = None
+        share = False
         owned = self.records.in_transaction()
         if mode == "hybrid" and not owned and (
                 self.records.concurrent_reads
@@ -207,19 +208,28 @@ class Retriever:
             # other. Not when the query vector is cached (nothing to overlap). Never when this thread is inside a
             # records transaction, e.g. a search from a hook: the worker could not take the SQLite lock, and on a
             # server it would not see the transaction's writes.
-            lexical_job = search_pool().submit(self.records.lexical, fts_query(plan.text), (where, args), n_cand)
+            # On a server each leg also reads what fusion and the hits need about the rows it found (embedding,
+            # text, weight, the item), in the same round trip: nothing is left to read after the legs.
+            share = pre is not None and self.records.concurrent_reads
+            lexical_job = search_pool().submit(
+                self.records.lexical_rows if share else self.records.lexical, fts_query(plan.text), (where, args),
+                n_cand, *(("recall_weight",) if share else ()), **({"with_items": True} if share else {}))
         try:
             if mode in ("hybrid", "dense"):
                 if qvec is None:
                     qvec = self.query_vector(plan)
-                share = pre is not None and lexical_job is not None and self.records.concurrent_reads
-                ranked["dense"] = self.dense(qvec, f, where, args, n_cand, lexical=lexical_job if share else None,
-                                             pre=pre if share else None)
+                ranked["dense"] = self.dense(qvec, f, where, args, n_cand, pre=pre if share else None)
         finally:
             if lexical_job is not None:
                 wait([lexical_job])  # also when the dense leg raised: no query is left running on the cube
         if lexical_job is not None:
-            ranked["lexical"] = lexical_job.result()
+            if share:
+                ranked["lexical"], got = lexical_job.result()
+                assert pre is not None
+                pre.rows.update(got.rows)
+                pre.items.update(got.items)
+            else:
+                ranked["lexical"] = lexical_job.result()
         elif mode in ("hybrid", "lexical"):
             ranked["lexical"] = self.records.lexical(fts_query(plan.text), (where, args), n_cand)
         return ranked, qvec
@@ -261,14 +271,12 @@ class Retriever:
                           weights=weights)
 
     def dense(self, query: str | np.ndarray, f: SearchFilter, where: str, args: list[Any], n: int, *,
-              lexical: Future[list[tuple[int, float]]] | None = None, pre: Prefetched | None = None
-              ) -> list[tuple[int, float]]:
+              pre: Prefetched | None = None) -> list[tuple[int, float]]:
         """The best ``n`` (rowid, cosine) passing the filter: exact over stored embeddings when the filter narrows
         the search to at most ``exact_below`` rows or the index is down, else the ANN index checked against the
         filter in the store, plus rows whose vectors the index has not received yet (scored exactly).
 
-        With ``lexical`` (the lexical leg running on another thread) and ``pre``, the filter check of the ANN
-        hits also reads the candidates -- those hits, the lexical leg's and the pending rows -- into ``pre``
+        With ``pre``, the filter check of the ANN hits also reads those hits and the pending rows into ``pre``
         (their rows and full items), in one call (:meth:`RecordStore.candidates_passing`: one round trip on a
         server)."""
         qvec = self.embedder.embed_query(query) if isinstance(query, str) else query
@@ -297,10 +305,9 @@ class Retriever:
                 self._on_index_down(exc)
                 log.warning("dense search falls back to exact scan: %s", exc)
                 return score_blobs(qvec, *self.records.filtered_vectors((where, args), 10**9), n)
-            if pre is not None and lexical is not None and fetch == n:
-                found = [r for r, _ in lexical.result()]  # the lexical leg ran meanwhile
-                got = self.records.candidates_passing([i for i, _ in res], found + [r for r, _ in fresh],
-                                                      (where, args), "recall_weight", with_items=True)
+            if pre is not None and fetch == n:
+                got = self.records.candidates_passing([i for i, _ in res], [r for r, _ in fresh], (where, args),
+                                                      "recall_weight", with_items=True)
                 ok = got.passing
                 pre.rows.update(got.rows)
                 pre.items.update(got.items)

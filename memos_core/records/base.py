@@ -375,6 +375,15 @@ class RecordStore(ABC):
         passing = self.rowids_passing(ids, cf) if ids else {}
         return CandidateReads(passing, self.candidate_rows([*passing.values(), *rowids], key), {})
 
+    def lexical_rows(self, match: str, cf: CompiledFilter, k: int, key: str, *, with_items: bool = False
+                     ) -> tuple[list[tuple[int, float]], CandidateReads]:
+        """:meth:`lexical` and the found rows' :class:`CandidateReads` (``rows``, and ``items`` where the backend
+        reads them in the same query; ``passing`` stays empty), so that the lexical leg of a search brings what
+        fusion and the hits need about its candidates. Derived here; a database server answers it in one
+        round trip."""
+        ranked = self.lexical(match, cf, k)
+        return ranked, CandidateReads({}, self.candidate_rows([r for r, _ in ranked], key), {})
+
     @abstractmethod
     def list_rowids(self, cf: CompiledFilter, order: Literal["created", "event_time"], limit: int,
                     offset: int) -> list[int]: ...

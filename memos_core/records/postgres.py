@@ -936,6 +936,25 @@ class PostgresRecordStore(RecordStore):
         """BM25 (k1=1.2, b=0.75) computed inside PostgreSQL over the rows whose tsvector matches a kept query
         lexeme; only the best ``k`` rows come back. Document frequencies are counted through the GIN index (and
         cached), term frequencies recovered from ``ts_rank``, row length is the row's lexeme count."""
+        return [(int(r[0]), float(r[1])) for r in self._lexical(match, cf, k, None)]
+
+    def lexical_rows(self, match: str, cf: CompiledFilter, k: int, key: str, *, with_items: bool = False
+                     ) -> tuple[list[tuple[int, float]], CandidateReads]:
+        ranked: list[tuple[int, float]] = []
+        out: dict[int, tuple[bytes | None, str, Any]] = {}
+        items: dict[int, Callable[[], MemoryItem]] = {}
+        for row in self._lexical(match, cf, k, (key, with_items)):
+            r, vec, raw = int(row[0]), row[2], row[4]
+            ranked.append((r, float(row[1])))
+            v = None if raw is None else json.loads(raw)
+            out[r] = (None if vec is None else bytes(vec), row[3], int(v) if isinstance(v, bool) else v)
+            if with_items:
+                items[r] = functools.partial(self._row_to_item, row[5:])
+        return ranked, CandidateReads({}, out, items)
+
+    def _lexical(self, match: str, cf: CompiledFilter, k: int, rows: tuple[str, bool] | None) -> list[Any]:
+        """The rows of :meth:`lexical` (rowid, score) with a positive score, best first; with ``rows`` (metadata
+        key, with items) also each row's embedding, content, metadata value (and item columns)."""
         terms = match_terms(match) if match else []
         if not terms:
             return []
@@ -943,8 +962,8 @@ class PostgresRecordStore(RecordStore):
             if conn is getattr(self._tls, "conn", None):  # inside this thread's transaction: a savepoint
                 with conn.transaction():
                     conn.execute("SET LOCAL enable_seqscan = off")
-                    q = self._bm25_query(conn, terms, cf, k)
-                    rows = conn.execute(*q).fetchall() if q else []
+                    q = self._bm25_query(conn, terms, cf, k, rows)
+                    found = conn.execute(*q).fetchall() if q else []
             else:
                 # Pipelined: BEGIN, SET LOCAL, the query and COMMIT travel together, one round trip when the
                 # lexemes and document counts are cached (a lookup they need costs one more).
@@ -954,7 +973,7 @@ class PostgresRecordStore(RecordStore):
                         # the GIN index, not a scan of every row: the planner's estimate for an OR of terms is
                         # often far off
                         conn.execute("SET LOCAL enable_seqscan = off")
-                        q = self._bm25_query(conn, terms, cf, k)
+                        q = self._bm25_query(conn, terms, cf, k, rows)
                         cur = conn.execute(*q) if q else None
                         conn.execute("COMMIT")
                 except BaseException:
@@ -964,12 +983,15 @@ class PostgresRecordStore(RecordStore):
                         except Exception:  # noqa: BLE001 - the pool discards a connection it cannot reset
                             pass
                     raise
-                rows = cur.fetchall() if cur is not None else []
-        return [(int(r), float(sc)) for r, sc in rows if sc > 0]
+                found = cur.fetchall() if cur is not None else []
+        return [r for r in found if r[1] > 0]
 
-    def _bm25_query(self, conn: Any, terms: list[str], cf: CompiledFilter, k: int) -> tuple[str, tuple[Any, ...]] | None:
+    def _bm25_query(self, conn: Any, terms: list[str], cf: CompiledFilter, k: int,
+                    rows: tuple[str, bool] | None = None) -> tuple[str, tuple[Any, ...]] | None:
         """The BM25 query of :meth:`lexical` (``None`` when no term has a lexeme), looking up what the caches
-        lack (lexemes, document counts, row statistics) on ``conn``."""
+        lack (lexemes, document counts, row statistics) on ``conn``. Each kept lexeme's term frequency is
+        computed once per row (a lateral subquery the planner keeps: OFFSET 0). With ``rows`` (metadata key,
+        with items) the query also returns what :meth:`lexical_rows` reads."""
         where, args = cf
         lexemes = self._lexemes(conn, terms)
         if not lexemes:
@@ -986,22 +1008,28 @@ class PostgresRecordStore(RecordStore):
                 used += dfs[lx]
         # the row count is refreshed every 30 s while document counts are fresher: never below them
         n = max(n_docs, max(dfs.values(), default=0), 1)
-        terms_sql: list[str] = []
-        params: list[Any] = []
-        for lx in keep:
-            idf = max(math.log(max((n - dfs[lx] + 0.5) / (dfs[lx] + 0.5), 1e-12)), 1e-6)
-            # tf of the lexeme in the row, recovered exactly from ts_rank: with every position at weight D
-            # (0.1), ts_rank of a one-lexeme query is 0.1 * H2(tf) / zeta(2), H2(n) = sum_{i<=n} 1/i^2, and
-            # 1 / (zeta(2) - H2(n)) - 1/2 rounds to n: exact for every tf a tsvector holds (1..255; 0 when absent)
-            tf = ("round(1.0 / GREATEST(1.6449340668 - 16.449340668 * ts_rank('{0.1,0.2,0.4,1.0}', items.tsv, "
-                  "%s::tsquery, 0), 1e-4) - 0.5)")
-            terms_sql.append(f"%s * {tf} / ({tf} + kk.k)")
-            params += [idf * (_BM25_K1 + 1), _tsq(lx), _tsq(lx)]
-        return (
-            f"SELECT items.rowid, ({' + '.join(terms_sql)}) AS score FROM items "
-            f"CROSS JOIN LATERAL (SELECT %s * (1 - %s + %s * length(items.tsv) / %s) AS k) AS kk "
-            f"WHERE items.tsv @@ %s::tsquery AND {where} ORDER BY score DESC, items.rowid LIMIT %s",
-            (*params, _BM25_K1, _BM25_B, _BM25_B, avgdl, " | ".join(_tsq(lx) for lx in keep), *args, k))
+        idfs = [max(math.log(max((n - dfs[lx] + 0.5) / (dfs[lx] + 0.5), 1e-12)), 1e-6) * (_BM25_K1 + 1)
+                for lx in keep]
+        # tf of the lexeme in the row, recovered exactly from ts_rank: with every position at weight D (0.1),
+        # ts_rank of a one-lexeme query is 0.1 * H2(tf) / zeta(2), H2(n) = sum_{i<=n} 1/i^2, and
+        # 1 / (zeta(2) - H2(n)) - 1/2 rounds to n: exact for every tf a tsvector holds (1..255; 0 when absent)
+        tf = ("round(1.0 / GREATEST(1.6449340668 - 16.449340668 * ts_rank('{0.1,0.2,0.4,1.0}', items.tsv, "
+              "%s::tsquery, 0), 1e-4) - 0.5)")
+        score = " + ".join(f"%s * t.f{i} / (t.f{i} + kk.k)" for i in range(len(keep)))
+        tfs = ", ".join(f"{tf} AS f{i}" for i in range(len(keep)))
+        sql = (f"SELECT items.rowid, ({score}) AS score FROM items "
+               f"CROSS JOIN LATERAL (SELECT %s * (1 - %s + %s * length(items.tsv) / %s) AS k) AS kk "
+               f"CROSS JOIN LATERAL (SELECT {tfs} OFFSET 0) AS t "
+               f"WHERE items.tsv @@ %s::tsquery AND {where} ORDER BY score DESC, items.rowid LIMIT %s")
+        params: tuple[Any, ...] = (*idfs, _BM25_K1, _BM25_B, _BM25_B, avgdl, *[_tsq(lx) for lx in keep],
+                                   " | ".join(_tsq(lx) for lx in keep), *args, k)
+        if rows is None:
+            return sql, params
+        key, with_items = rows
+        return (f"WITH s AS ({sql}) SELECT s.rowid, s.score, e.vec, items.content, "
+                f"(items.metadata #> %s::text[])::text{', ' + _ITEM_COLS_Q if with_items else ''} FROM s "
+                "JOIN items ON items.rowid = s.rowid LEFT JOIN embeddings e ON e.item_rowid = s.rowid "
+                "ORDER BY s.score DESC, s.rowid", (*params, key.split(".")))
 
     # ------------------------------------------------------------------ dense reads and other filtered reads
     def filtered_vectors(self, cf: CompiledFilter, limit: int, *, pending_only: bool = False
