@@ -251,3 +251,57 @@ def test_an_embedder_outage_leaves_rows_waiting_and_never_blocks_search_close_or
         assert again.search("courier parcels porch", k=1, mode="dense")[0].item.id == item.id
         assert again.records.waiting_embeddings() == []
         assert item.id in again.index.ids()
+
+
+def test_concurrent_adds_and_searches_lose_nothing(tmp_path) -> None:
+    """Threads adding one memory per call while another searches: every acknowledged add is found by dense search
+    at once, and after close every row has its embedding and its vector (no deadlock between the writers, the
+    background embedding job and the searches)."""
+    import threading
+
+    from memos_core.os import MemOS
+
+    mem = MemOS(tmp_path / "m", embedder=hashed_embed)
+    errors: list[BaseException] = []
+    acked: dict[str, str] = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def writer(w: int) -> None:
+        try:
+            for i in range(25):
+                text = f"writer {w} note {i} " + " ".join(f"tok{w}x{i}x{j}" for j in range(5))  # distinct
+                # a session per turn: no turn carries the previous one as reply context (its own text must win)
+                r = mem.add(text, user_id=f"u{w}", session_id=f"s{w}-{i}")
+                with lock:
+                    acked[r.added[0].id] = text
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    def searcher() -> None:
+        try:
+            while not stop.is_set():
+                with lock:
+                    some = list(acked.items())[-3:]
+                for item_id, text in some:
+                    hits = mem.search(text, user_id=f"u{text.split()[1]}", k=1, mode="dense")
+                    assert hits and hits[0].item.id == item_id, (text, hits[:1])
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(3)]
+    s = threading.Thread(target=searcher)
+    s.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    stop.set()
+    s.join(timeout=300)
+    assert not any(t.is_alive() for t in [*threads, s]), "deadlock"
+    assert errors == []
+    assert len(acked) == 75
+    mem.close()
+    with MemCube(tmp_path / "m" / "default", embedder=hashed_embed) as cube:
+        assert cube.records.waiting_embeddings() == [] and cube.records.pending_vectors() == []
+        assert cube.index._inner.ids() == set(acked)
