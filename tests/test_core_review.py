@@ -138,3 +138,27 @@ def test_a_memory_the_embedder_rejects_does_not_keep_the_others_from_dense_searc
         assert [r for r, _ in cube.records.waiting_embeddings()] == [cube.records.rowid(bad.id)]
         assert cube.search("POISON pasted log", k=1, mode="lexical")[0].item.id == bad.id
         assert cube.index.ids() == set(good.values())
+
+
+def test_export_refuses_while_a_memory_waits_for_an_embedding_the_embedder_refuses(tmp_path) -> None:
+    """A bundle must carry the embedding of every indexed memory (an import refuses one that lacks it): an export
+    while a memory's text is refused by the embedder fails with a typed error and writes no bundle; once that
+    memory is changed, the export succeeds and the bundle imports."""
+    from memos_core.bundle import export_cube, import_bundle
+    from memos_core.errors import ValidationError
+
+    def embed(texts: list[str]) -> np.ndarray:
+        if any("POISON" in t for t in texts):
+            raise RuntimeError("input too long for the embedding model")
+        return hashed_embed(texts)
+
+    with MemCube(tmp_path / "c", embedder=embed, vector_sync="deferred", embed_sync="deferred") as cube:
+        cube._embed_in_background = lambda: None  # type: ignore[method-assign]
+        bad = cube.add("POISON a very long pasted log the embedder refuses")
+        cube.add("the ferry leaves at nine")
+        with pytest.raises(ValidationError, match="embedding"):
+            export_cube(cube, tmp_path / "c.zip")
+        assert not (tmp_path / "c.zip").exists()
+        cube.update(bad.id, "a short summary of the log")
+        export_cube(cube, tmp_path / "c.zip")
+    import_bundle(tmp_path / "c.zip", tmp_path / "i", embedder=hashed_embed).close()

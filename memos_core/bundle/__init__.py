@@ -105,6 +105,12 @@ def export_cube(cube: MemCube, file: str | os.PathLike[str], *, hmac_key: bytes 
     else:
         raise Conflict(f"cube {cube.name!r} kept changing while it was exported ({EXPORT_READ_TRIES} tries); "
                        "export again when writes pause")
+    unembedded = sorted({it.id for it in items if it.state in lifecycle.INDEXED} - set(ids))
+    if unembedded:  # still waiting: the embedder refused their text (logged); an import would refuse the bundle
+        raise ValidationError(
+            f"{len(unembedded)} memories have no embedding yet because the embedder refused their text (see the "
+            f"log), and a bundle must carry every indexed memory's embedding: update or delete them "
+            f"({', '.join(unembedded[:5])}{' ...' if len(unembedded) > 5 else ''}), then export again")
     dim = int(cube.manifest["embedder"]["dim"])
     mat = np.stack(vecs).astype(np.float32) if vecs else np.zeros((0, dim), dtype=np.float32)
     buf = io.BytesIO()
