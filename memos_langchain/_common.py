@@ -10,7 +10,8 @@ import functools
 from typing import Any, Callable, Mapping, TypeVar
 
 from memos_core import MemCube
-from memos_core.errors import NotFound, ValidationError
+from memos_core.errors import Conflict, NotFound, ValidationError
+from memos_core.items import LifecycleState
 from memos_core.os import resolve_memory
 
 T = TypeVar("T")
@@ -109,3 +110,15 @@ def scope_from_run(context: Any = None, config: Mapping[str, Any] | None = None,
     if found is None and config is not None:
         found = lookup(config.get("configurable") or {}, keys)
     return found
+
+
+def delete_if_live(cube: MemCube, item_id: str, reason: str, as_: Mapping[str, Any]) -> None:
+    """Tombstone a memory, or nothing if it is already gone: when another worker (its own handle on the cube)
+    deleted it between our read and our delete, the core's ``Conflict`` ("already deleted") is not an error for
+    an operation whose outcome is "these are deleted"; any other conflict is raised."""
+    try:
+        cube.delete(item_id, reason=reason, **as_)
+    except Conflict:
+        now = cube.lookup(item_id, **as_)
+        if now is not None and now.state not in (LifecycleState.DELETED, LifecycleState.PURGED):
+            raise

@@ -21,7 +21,7 @@ from memos_core import LifecycleState, MemCube, MemoryKind, SourceKind
 from memos_core.errors import ValidationError
 from memos_core.os import UserRule, resolve_memory
 
-from ._common import message_text, principal_of, resolve_cube, run_sync
+from ._common import delete_if_live, message_text, principal_of, resolve_cube, run_sync
 
 __all__ = ["MemOSChatMessageHistory", "HISTORY_TAG"]
 
@@ -148,7 +148,7 @@ class MemOSChatMessageHistory(BaseChatMessageHistory):
         """Tombstone the session's messages (MemOS deletes are recoverable until purged). Memories the
         MemReader derived from them are kept: forget those explicitly."""
         for it in self._items():
-            self.cube.delete(it.id, reason="chat history cleared", **self._as)
+            delete_if_live(self.cube, it.id, "chat history cleared", self._as)  # another worker may clear too
 
     async def aclear(self) -> None:
         await run_sync(self.clear)

@@ -21,7 +21,7 @@ from memos_core import LifecycleState, MemCube, MemoryItem, MemoryKind, SearchFi
 from memos_core.errors import Conflict, ValidationError
 from memos_core.os import UserRule
 
-from ._common import principal_of, resolve_cube
+from ._common import delete_if_live, principal_of, resolve_cube
 
 __all__ = ["MemOSVectorStore"]
 
@@ -164,7 +164,7 @@ class MemOSVectorStore(VectorStore):
         for item_id in ids:
             existing = self.cube.lookup(item_id, **self._as)
             if existing is not None and existing.state not in (_S.DELETED, _S.PURGED) and self._in_scope(existing):
-                self.cube.delete(item_id, reason="vectorstore delete", **self._as)
+                delete_if_live(self.cube, item_id, "vectorstore delete", self._as)  # or by another worker now
         return True
 
     # ------------------------------------------------------------------ reads

@@ -233,3 +233,44 @@ def test_memory_tools_subset_async_and_errors(mem: MemOS) -> None:
     assert "async fact" in asyncio.run(open_tools["search_memory"].ainvoke({"query": "async fact"}))
     with pytest.raises(ValueError):  # pydantic's ValidationError: the argument schema is enforced
         open_tools["save_memory"].invoke({"content": "x", "kind": "not-a-kind"})  # schema validation
+
+
+# ---------------------------------------------------------------------- several workers on one cube
+@pytest.mark.records_backends
+def test_history_clear_and_vectorstore_delete_tolerate_another_worker_deleting(tmp_path: Path,
+                                                                               open_memos: Any) -> None:
+    """Another worker (its own handle on the cube) deletes a message or document between our read and our
+    delete: clear() and delete() still end with everything deleted, with no error."""
+    from memos_langchain import MemOSVectorStore
+
+    mem = open_memos(tmp_path / "m", embedder=EMB)
+    other = open_memos(tmp_path / "m", embedder=EMB).cubes["default"]  # the same folder, or the same PostgreSQL cube
+    h = MemOSChatMessageHistory(mem, "s1", user_id="ann")
+    h.add_messages([HumanMessage("one"), AIMessage("two"), HumanMessage("three")])
+    listed = h._items()
+    h._items = lambda: listed  # type: ignore[method-assign]  # what we read before the other worker acted
+    other.delete(listed[1].id)
+    h.clear()
+    del h._items
+    assert h.messages == []
+
+    vs = MemOSVectorStore(mem, user_id="ann")
+    vs.add_texts(["alpha", "beta"], ids=["a", "b"])
+    cube = vs.cube
+    real_lookup = cube.lookup
+
+    fired: list[str] = []
+
+    def lookup_then_the_other_worker_deletes(item_id: str, **kw: Any) -> Any:
+        found = real_lookup(item_id, **kw)
+        if item_id == "a" and not fired:
+            fired.append(item_id)
+            other.delete("a")
+        return found
+
+    cube.lookup = lookup_then_the_other_worker_deletes  # type: ignore[method-assign]
+    try:
+        assert vs.delete(["a", "b"]) is True
+    finally:
+        del cube.lookup
+    assert fired and vs.get_by_ids(["a", "b"]) == []
