@@ -3,11 +3,20 @@ fusion settings on the kept candidates in pure Python.
 
     python benchmarks/tune_fusion.py [--cache /tmp/memos-tune] [--sets NAME ...]   # collect, then report
     python benchmarks/tune_fusion.py --calibrate                                    # fit the score calibration
+    python benchmarks/tune_fusion.py --fresh 101 102                                # + fresh generator seeds
+    python benchmarks/tune_fusion.py --fresh 101 102 --variants                     # + the alternatives tried
 
-Which sets are for tuning and which are held out is fixed here (``TUNE`` / ``HELD_OUT``) and in the README:
-held-out sets are only *reported*, never used to choose a setting. Candidates are gathered with the cube's own
-code (``MemCube._gather`` / ``_candidates``) and fused with :func:`memos_core.plaintext.fusion.fuse`, so what is
-measured here is what ``memos bench retrieval`` measures (check with it after tuning).
+Which sets are for tuning and which are not is fixed here (``TUNE`` / ``HELD_OUT`` / ``TARGET``) and in the
+README: held-out sets and target sets are only *reported*, never used to choose a setting. MADial is a target
+set (a published benchmark: report on it, never fit to it). ``--fresh SEED ...`` generates new instances of the
+three generated styles (people-QA with seed SEED, assistant SEED+100, synthetic SEED+200) into the cache folder,
+never committed: a setting that only wins on the committed instances has learnt the instances, not the style.
+``--variants`` evaluates the alternatives to the shipped fusion that issue 15 tried (README: what did not
+help), so each figure there can be reproduced.
+
+Candidates are gathered with the cube's own code (``cube.retriever.gather`` / ``candidates``) and fused with
+:func:`memos_core.plaintext.fusion.fuse`, so what is measured here is what ``memos bench retrieval`` measures
+(check with it after tuning).
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import argparse
 import hashlib
 import json
 import math
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +43,7 @@ from memos_core.embedding import CallableEmbedder, resolve_embedder  # noqa: E40
 from memos_core.items import SearchFilter  # noqa: E402
 from memos_core.plaintext import analyze_query, calibration, entity_matcher  # noqa: E402
 from memos_core.plaintext.fusion import Candidates, fuse  # noqa: E402
-from memos_core.reader.offline import ACT_WEIGHTS, OfflineReader  # noqa: E402
+from memos_core.reader.offline import ACT_WEIGHTS, OfflineReader, topic_text  # noqa: E402
 
 SETS = {
     "madial": Path("/work/shared/data/madial/madial_en.json"),
@@ -41,9 +51,15 @@ SETS = {
     "people_qa": ROOT / "benchmarks/data/people_qa.json",
     "assistant": ROOT / "benchmarks/data/assistant_prefs.json",
 }
-TUNE = ("madial", "synthetic", "people_qa")
+#: generated sets settings may be chosen on (the defaults before issue 15's last stop were also chosen with MADial)
+TUNE = ("synthetic", "people_qa")
 HELD_OUT = ("assistant",)
+TARGET = ("madial",)
+#: generator script and seed offset per generated style (``--fresh SEED``: seed + offset)
+GENERATORS = {"people_qa": ("make_people_qa.py", 0), "assistant": ("make_assistant_prefs.py", 100),
+              "synthetic": ("make_synthetic.py", 200)}
 KS = (1, 5, 10, 20)
+CACHE_FORMAT = 3  # candidates (+ topical cosines) + memory and query-turn vectors (for --variants)
 
 
 class _CachedVectors:
@@ -84,12 +100,15 @@ class _CachedVectors:
 def collect(name: str, path: Path, cache: Path, vectors: _CachedVectors, n_cand: int = 60) -> list[dict[str, Any]]:
     """Every query's candidates with their features and labels (kept as JSON in ``cache``)."""
     out_path = cache / f"{name}.cands.json"
+    vec_path = cache / f"{name}.vecs.npz"
     data = load_dataset(path)
-    digest = hashlib.sha1(path.read_bytes()).hexdigest()[:12]
-    if out_path.exists():
+    digest = f"{hashlib.sha1(path.read_bytes()).hexdigest()[:12]}/{CACHE_FORMAT}"
+    if out_path.exists() and vec_path.exists():
         kept = json.loads(out_path.read_text())
         if kept.get("digest") == digest:
             return kept["queries"]
+    mem_vecs: dict[int, np.ndarray] = {}
+    turn_vecs: list[np.ndarray] = []
     t0 = time.time()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="memos-tune-") as tmp:
@@ -111,22 +130,40 @@ def collect(name: str, path: Path, cache: Path, vectors: _CachedVectors, n_cand:
                 ranked, qvec = cube.retriever.gather(plan, "hybrid", f, where, args, n_cand)
                 c = cube.retriever.candidates(plan, qvec, ranked, n_cand)
                 items = cube.records.get_many_by_rowid(list(c.keys))
+                for r, blob in zip(*cube.records.embeddings_of([k for k in c.keys if k not in mem_vecs])):
+                    mem_vecs[r] = np.frombuffer(blob, dtype=np.float32)
+                # each turn of a pasted-dialogue query, embedded alone (multi-vector variants)
+                turns = vectors.docs([t for _, t in plan.turns]) if plan.turns else np.zeros((0, vectors.base.dim))
+                # the topical leg (not wired into the cube yet: it needs a second stored vector per memory):
+                # each candidate's own words against the query without its names
+                topical: dict[int, float] = {}
+                if plan.topic:
+                    tvecs = vectors.docs([topic_text(items[k].content, items[k].provenance.speaker) for k in c.keys])
+                    topical = dict(zip(c.keys, (tvecs @ vectors.docs([plan.topic])[0]).tolist()))
                 cands = []
                 for key in c.keys:
                     it = items[key]
                     cands.append({"key": key, "dense": c.dense.get(key), "lexical": c.lexical.get(key),
                                   "dr": c.dense_ranks.get(key), "lr": c.lexical_ranks.get(key),
-                                  "text": c.texts.get(key, ""), "meta": it.metadata,
+                                  "topical": topical.get(key), "text": c.texts.get(key, ""), "meta": it.metadata,
                                   "hit": bool(set(it.provenance.source_ids) & evidence)})
                 rows.append({"query": q["text"], "category": q.get("category", "all"),
-                             "lexical_complete": c.lexical_complete, "n_evidence": len(evidence), "cands": cands})
+                             "lexical_complete": c.lexical_complete, "n_evidence": len(evidence), "cands": cands,
+                             "turns": [len(turn_vecs), len(turn_vecs) + len(turns)],
+                             "turn_speakers": [s for s, _ in plan.turns]})
+                turn_vecs.extend(np.asarray(turns, dtype=np.float32))
         cube.close()
+    keys = sorted(mem_vecs)
+    np.savez(vec_path, mem_keys=np.array(keys, dtype=np.int64),
+             mem=np.stack([mem_vecs[k] for k in keys]) if keys else np.zeros((0, vectors.base.dim), np.float32),
+             turns=np.stack(turn_vecs) if turn_vecs else np.zeros((0, vectors.base.dim), np.float32))
     out_path.write_text(json.dumps({"digest": digest, "queries": rows}))
     print(f"  {name}: {len(rows)} queries collected in {time.time() - t0:.0f}s", file=sys.stderr)
     return rows
 
 
-def to_candidates(row: dict[str, Any]) -> Candidates:
+def to_candidates(row: dict[str, Any], topical: bool = False) -> Candidates:
+    """A kept query row as fusion's input; ``topical`` adds the topical leg (``hybrid+topical``)."""
     cs = row["cands"]
     return Candidates(keys=[c["key"] for c in cs], dense={c["key"]: c["dense"] for c in cs},
                       lexical={c["key"]: c["lexical"] for c in cs if c["lexical"] is not None},
@@ -134,7 +171,8 @@ def to_candidates(row: dict[str, Any]) -> Candidates:
                       dense_ranks={c["key"]: c["dr"] for c in cs if c["dr"] is not None},
                       lexical_ranks={c["key"]: c["lr"] for c in cs if c["lr"] is not None},
                       # the reader's current weight for the act the turn was labelled with when collected
-                      weights={c["key"]: ACT_WEIGHTS.get((c["meta"] or {}).get("turn_act"), 1.0) for c in cs})
+                      weights={c["key"]: ACT_WEIGHTS.get((c["meta"] or {}).get("turn_act"), 1.0) for c in cs},
+                      topical={c["key"]: c["topical"] for c in cs if c.get("topical") is not None} if topical else {})
 
 
 def evaluate(rows: list[dict[str, Any]], cfg: RetrievalConfig, mode: str = "hybrid") -> dict[str, float]:
@@ -142,8 +180,9 @@ def evaluate(rows: list[dict[str, Any]], cfg: RetrievalConfig, mode: str = "hybr
     hits = {k: 0 for k in KS}
     for row in rows:
         label = {c["key"]: c["hit"] for c in row["cands"]}
-        if mode == "hybrid":
-            order = [key for key, *_ in fuse(to_candidates(row), analyze_query(row["query"]), cfg)]
+        if mode in ("hybrid", "hybrid+topical"):
+            order = [key for key, *_ in fuse(to_candidates(row, mode == "hybrid+topical"), analyze_query(row["query"]),
+                                             cfg)]
         else:
             field = "dr" if mode == "dense" else "lr"
             order = [c["key"] for c in sorted((c for c in row["cands"] if c[field] is not None), key=lambda c: c[field])]
@@ -153,13 +192,197 @@ def evaluate(rows: list[dict[str, Any]], cfg: RetrievalConfig, mode: str = "hybr
     return {f"any@{k}": round(hits[k] / n, 4) for k in KS}
 
 
+def role(name: str) -> str:
+    if name in TUNE:
+        return "tune"
+    if name in TARGET:
+        return "target (report only)"
+    return "fresh (held out)" if "@" in name else "held-out"
+
+
+def fresh_sets(seeds: list[int], cache: Path) -> dict[str, Path]:
+    """New instances of the generated styles, written into ``cache`` (``people_qa@101`` ...): never committed,
+    never tuned on."""
+    out = {}
+    for seed in seeds:
+        for style, (script, offset) in GENERATORS.items():
+            name = f"{style}@{seed + offset}"
+            path = cache / f"{name}.json"
+            if not path.exists():
+                subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--seed", str(seed + offset),
+                                "--out", str(path)], check=True, stdout=subprocess.DEVNULL)
+            out[name] = path
+    return out
+
+
+# ----------------------------------------------------------------------------------------- variants (README)
+# Alternatives to the shipped fusion that were tried for issue 15 and not kept. Each takes a kept query row and
+# returns candidate keys best first; the figures in the README come from `--variants`.
+
+def _load_vectors(cache: Path, name: str, rows: list[dict[str, Any]]) -> None:
+    with np.load(cache / f"{name}.vecs.npz") as z:
+        mem = {int(k): v for k, v in zip(z["mem_keys"], z["mem"])}
+        turns = z["turns"]
+    for row in rows:
+        a, b = row["turns"]
+        row["_tv"] = turns[a:b]
+        row["_mv"] = np.stack([mem[c["key"]] for c in row["cands"]])
+
+
+def _order(row: dict[str, Any], extra: np.ndarray | None = None, cfg: RetrievalConfig | None = None) -> list[Any]:
+    """The shipped fusion's order, optionally with ``extra`` (per candidate, in standard deviations) added."""
+    fused = fuse(to_candidates(row), analyze_query(row["query"]), cfg or RetrievalConfig())
+    if extra is None:
+        return [key for key, *_ in fused]
+    add = dict(zip((c["key"] for c in row["cands"]), extra))
+    total = {key: z + float(add[key]) for key, z, *_ in fused}
+    return sorted(total, key=lambda key: -total[key])
+
+
+def topical_leg(weight: float) -> Any:
+    """The topical leg (question without its names vs the memory's own words) fused with ``weight``."""
+    cfg = RetrievalConfig()
+    cfg.topical_weight = weight  # type: ignore[attr-defined]
+
+    def order(row: dict[str, Any]) -> list[Any]:
+        return [key for key, *_ in fuse(to_candidates(row, True), analyze_query(row["query"]), cfg)]
+    return order
+
+
+def _z(values: np.ndarray) -> np.ndarray:
+    sd = float(values.std())
+    return (values - values.mean()) / sd if sd > 1e-12 else np.zeros_like(values)
+
+
+def multi_vector(weight: float, agg: str) -> Any:
+    """Pasted dialogues: each user turn embedded alone, a memory's similarity to them aggregated (max / mean)
+    and added as a third retriever (z-scored, ``weight``); other queries unchanged."""
+    from memos_core.plaintext.query import ASSISTANT_NAMES
+
+    def order(row: dict[str, Any]) -> list[Any]:
+        users = [i for i, sp in enumerate(row["turn_speakers"]) if sp and sp.lower() not in ASSISTANT_NAMES]
+        if len(row["turn_speakers"]) < 2 or not users:
+            return _order(row)
+        sims = row["_mv"] @ row["_tv"][users].T
+        return _order(row, weight * _z(sims.max(1) if agg == "max" else sims.mean(1)))
+    return order
+
+
+def neighbour_penalty(alpha: float, k: int = 10, duplicate_above: float | None = None) -> Any:
+    """Hubness: a candidate close to many other candidates is pushed down by ``alpha`` times its mean cosine to
+    its ``k`` nearest fellow candidates (CSLS-like); with ``duplicate_above``, by ``alpha * ln(1 + number of
+    near-duplicates)`` instead."""
+    def order(row: dict[str, Any]) -> list[Any]:
+        m = row["_mv"]
+        sims = m @ m.T
+        np.fill_diagonal(sims, -1.0)
+        if duplicate_above is not None:
+            pen = np.log1p((sims > duplicate_above).sum(1))
+        else:
+            kk = min(k, len(m) - 1)
+            pen = np.sort(sims, 1)[:, -kk:].mean(1) if kk > 0 else np.zeros(len(m))
+        # the dense leg's own scale: the penalty is in cosine units, turned into standard deviations
+        sd = float(np.std([c["dense"] for c in row["cands"]])) or 1.0
+        return _order(row, -alpha * pen / sd)
+    return order
+
+
+_RANKER_FEATURES = ("dense z", "BM25 z", "dense z x dialogue", "BM25 z x dialogue", "entity share",
+                    "ln recall weight", "word coverage", "confidence x BM25 z", "found by BM25", "1/(1+dense rank)",
+                    "1/(1+BM25 rank)", "cosine")
+
+
+def ranker_features(row: dict[str, Any]) -> np.ndarray:
+    from memos_core.plaintext.fusion import _peak
+
+    c = to_candidates(row)
+    plan = analyze_query(row["query"])
+    floor = 0.0 if c.lexical_complete else min(c.lexical.values(), default=0.0)
+    d = np.array([c.dense[k] for k in c.keys])
+    lex = np.array([c.lexical.get(k, floor) for k in c.keys])
+    zd, zl = _z(d), _z(lex)
+    dlg = 1.0 if plan.is_dialogue else 0.0
+    share = entity_matcher(plan.entities)
+    qterms = calibration.query_terms(plan.text)
+    conf = (_peak(list(lex)) - _peak(list(d))) / 2 if c.lexical else 0.0
+    cols = [zd, zl, zd * dlg, zl * dlg, np.array([share(c.texts[k]) for k in c.keys]),
+            np.log(np.clip([c.weights.get(k, 1.0) for k in c.keys], 0.01, 1.0)),
+            np.array([calibration.coverage(qterms, c.texts[k]) for k in c.keys]), conf * zl,
+            np.array([1.0 if k in c.lexical else 0.0 for k in c.keys]),
+            np.array([1 / (1 + c.dense_ranks[k]) if k in c.dense_ranks else 0.0 for k in c.keys]),
+            np.array([1 / (1 + c.lexical_ranks[k]) if k in c.lexical_ranks else 0.0 for k in c.keys]), d]
+    return np.stack(cols, 1)
+
+
+def train_ranker(rows: list[dict[str, Any]], l2: float = 1e-2, iters: int = 300, lr: float = 0.05) -> np.ndarray:
+    """A linear ranker over :func:`ranker_features`, fitted by Adam on the listwise softmax loss (the chance
+    mass the ranker puts on a query's evidence candidates)."""
+    data = [(ranker_features(r), np.array([float(c["hit"]) for c in r["cands"]])) for r in rows]
+    data = [(x, y) for x, y in data if y.any()]
+    w = np.zeros(len(_RANKER_FEATURES))
+    m1, m2 = np.zeros_like(w), np.zeros_like(w)
+    for t in range(1, iters + 1):
+        g = l2 * w
+        for x, y in data:
+            s = x @ w
+            p = np.exp(s - s.max())
+            p /= p.sum()
+            py = p * y
+            g += (x.T @ p - x.T @ (py / py.sum())) / len(data)
+        m1 = 0.9 * m1 + 0.1 * g
+        m2 = 0.999 * m2 + 0.001 * g * g
+        w -= lr * (m1 / (1 - 0.9 ** t)) / (np.sqrt(m2 / (1 - 0.999 ** t)) + 1e-8)
+    return w
+
+
+def ranker(w: np.ndarray) -> Any:
+    def order(row: dict[str, Any]) -> list[Any]:
+        s = ranker_features(row) @ w
+        keys = [c["key"] for c in row["cands"]]
+        return [keys[i] for i in np.argsort(-s, kind="stable")]
+    return order
+
+
+def run_variants(all_rows: dict[str, list[dict[str, Any]]], cache: Path, train_seed: int | None) -> None:
+    for name, rows in all_rows.items():
+        _load_vectors(cache, name, rows)
+    variants: dict[str, Any] = {"shipped fusion": _order}
+    for w in (0.5, 1.0, 1.5):
+        variants[f"topical leg w={w}"] = topical_leg(w)
+    for agg in ("max", "mean"):
+        for w in (0.3, 1.0):
+            variants[f"multi-vector {agg} w={w}"] = multi_vector(w, agg)
+    variants["neighbour penalty a=0.5"] = neighbour_penalty(0.5)
+    variants["duplicate penalty cos>0.97"] = neighbour_penalty(1.0, duplicate_above=0.97)
+    # the learned ranker is fitted on the fresh instances of the first --fresh seed only
+    train = [f"{style}@{train_seed + off}" for style, (_, off) in GENERATORS.items()] if train_seed is not None else []
+    if train:
+        w = train_ranker([r for n in train for r in all_rows[n]])
+        print(f"learned ranker trained on {', '.join(train)}: "
+              + json.dumps({f: round(float(v), 3) for f, v in zip(_RANKER_FEATURES, w)}))
+        variants["learned ranker"] = ranker(w)
+    for vname, order in variants.items():
+        line = []
+        for name, rows in all_rows.items():
+            hits5 = hits10 = 0
+            for row in rows:
+                o = order(row)
+                label = {c["key"]: c["hit"] for c in row["cands"]}
+                hits5 += any(label[k] for k in o[:5])
+                hits10 += any(label[k] for k in o[:10])
+            mark = " (trained on)" if vname == "learned ranker" and name in train else ""
+            line.append(f"{name}{mark} {hits5 / len(rows):.3f}/{hits10 / len(rows):.3f}")
+        print(f"{vname:<28} any@5/any@10: " + "  ".join(line))
+
+
 def report(all_rows: dict[str, list[dict[str, Any]]], cfg: RetrievalConfig) -> dict[str, Any]:
     out = {}
     for name, rows in all_rows.items():
-        res = {m: evaluate(rows, cfg, m) for m in ("hybrid", "dense", "lexical")}
+        res = {m: evaluate(rows, cfg, m) for m in ("hybrid", "hybrid+topical", "dense", "lexical")}
         best = {k: max(res["dense"][k], res["lexical"][k]) for k in ("any@5", "any@10")}
         res["margin"] = {k: round(res["hybrid"][k] - best[k], 4) for k in best}
-        res["role"] = "tune" if name in TUNE else "held-out"
+        res["margin+topical"] = {k: round(res["hybrid+topical"][k] - best[k], 4) for k in best}
+        res["role"] = role(name)
         out[name] = res
     return out
 
@@ -210,17 +433,27 @@ def main() -> None:
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "memos-tune"))
     ap.add_argument("--sets", nargs="*", default=list(SETS))
     ap.add_argument("--calibrate", action="store_true", help="fit the score calibration and print reliability")
+    ap.add_argument("--fresh", nargs="*", type=int, default=[],
+                    help="also generate and report fresh instances of the generated styles with these seeds")
+    ap.add_argument("--variants", action="store_true",
+                    help="evaluate the alternatives tried for issue 15 (the learned ranker trains on the first "
+                         "--fresh seed's sets)")
     args = ap.parse_args()
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     vectors = _CachedVectors(cache / "vectors.npz")
-    rows = {name: collect(name, SETS[name], cache, vectors) for name in args.sets}
+    paths = {**{name: SETS[name] for name in args.sets}, **fresh_sets(args.fresh, cache)}
+    rows = {name: collect(name, path, cache, vectors) for name, path in paths.items()}
     vectors.save()
     if args.calibrate:
         calibrate(rows)
         return
+    if args.variants:
+        run_variants(rows, cache, args.fresh[0] if args.fresh else None)
+        return
     for name, res in report(rows, RetrievalConfig()).items():
-        print(name, res["role"], json.dumps({m: res[m] for m in ("hybrid", "dense", "lexical", "margin")}))
+        print(name, res["role"], json.dumps({m: res[m] for m in ("hybrid", "hybrid+topical", "dense", "lexical", "margin",
+                                                                 "margin+topical")}))
 
 
 if __name__ == "__main__":

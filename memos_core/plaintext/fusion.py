@@ -6,7 +6,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Mapping, Sequence
 
-__all__ = ["rrf", "zscore_fusion", "Candidates", "fuse"]
+__all__ = ["rrf", "zscore_fusion", "Candidates", "fuse", "TOPICAL_WEIGHT"]
+
+#: Weight of the topical leg (:attr:`Candidates.topical`) for a question or keywords, unless the settings carry
+#: ``topical_weight``. Chosen on the generated tuning sets (synthetic, people-QA); see the README.
+TOPICAL_WEIGHT = 1.0
 
 
 def rrf(ranked: Mapping[str, Sequence[tuple[Hashable, float]]], weights: Mapping[str, float],
@@ -78,6 +82,11 @@ class Candidates:
     score (higher is better) of those the lexical leg returned, ``lexical_complete`` whether that leg returned
     every memory matching a query term (then a missing candidate's BM25 is exactly 0); ``texts`` the content;
     ``*_ranks`` each retriever's own 1-based ranks.
+
+    ``topical`` (optional, empty: no such leg) holds, for the candidates whose *topic vector* is known, the cosine
+    of that vector (the memory's own words: :func:`memos_core.reader.offline.topic_text`) to the vector of the
+    query's topic (the question without its names: :attr:`memos_core.plaintext.query.QueryPlan.topic`). It
+    re-scores the candidates the other legs found; fusion adds it for questions and keywords only.
     """
 
     keys: list[Hashable]
@@ -88,6 +97,7 @@ class Candidates:
     dense_ranks: dict[Hashable, int]
     lexical_ranks: dict[Hashable, int]
     weights: dict[Hashable, float] = field(default_factory=dict)
+    topical: dict[Hashable, float] = field(default_factory=dict)
 
 
 def _peak(values: Sequence[float], top: int = 10) -> float:
@@ -134,7 +144,8 @@ def fuse(c: Candidates, plan: Any, cfg: Any) -> list[tuple[Hashable, float, dict
     Z-score fusion of the dense and BM25 scores with a lexical weight chosen for this query
     (:func:`lexical_weight`), a bonus for memories naming the query's entities, and a malus of
     ``cfg.act_weight * ln(recall_weight)`` for memories the reader marked as questions, acknowledgements,
-    "I don't know" replies, echoes or small talk.
+    "I don't know" replies, echoes or small talk. When ``c.topical`` is given and the query is not a pasted
+    dialogue, it is fused as a third leg with weight ``cfg.topical_weight`` (default :data:`TOPICAL_WEIGHT`).
     """
     from .query import entity_matcher
 
@@ -149,8 +160,14 @@ def fuse(c: Candidates, plan: Any, cfg: Any) -> list[tuple[Hashable, float, dict
             b += act * math.log(max(w, 0.01))
         if b:
             bonus[key] = b
-    fused = zscore_fusion({"dense": c.dense, "lexical": c.lexical},
-                          {"dense": cfg.dense_weight, "lexical": lexical_weight(c, plan, cfg)}, floors, bonus)
+    legs: dict[str, Mapping[Hashable, float]] = {"dense": c.dense, "lexical": c.lexical}
+    weights = {"dense": cfg.dense_weight, "lexical": lexical_weight(c, plan, cfg)}
+    topical_w = float(getattr(cfg, "topical_weight", TOPICAL_WEIGHT) or 0.0)
+    if c.topical and topical_w and not plan.is_dialogue:
+        # a candidate without a topic vector gets the leg's lowest score (zscore_fusion's default floor)
+        legs["topical"] = c.topical
+        weights["topical"] = topical_w
+    fused = zscore_fusion(legs, weights, floors, bonus)
     out = []
     for key, z, sc, _ in fused:
         rk = {name: r for name, r in (("dense", c.dense_ranks.get(key)), ("lexical", c.lexical_ranks.get(key)))

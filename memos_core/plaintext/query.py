@@ -10,7 +10,12 @@ of speaker markup, quotes and the assistant's own chatter. :func:`analyze_query`
 * ``focus``: for a user <-> assistant dialogue, the last turn of the user (what the reply must address);
 * ``entities``: lowercase names the answer is likely to mention: the (non-assistant) speakers of a dialogue and
   capitalised words that do not start a sentence ("Maya's", "Lisbon"). Retrieval boosts memories that contain
-  them, so "What is Maya's dog called?" prefers Maya's turns over Leo's about his dog.
+  them, so "What is Maya's dog called?" prefers Maya's turns over Leo's about his dog;
+* ``topic``: for a question or keywords, the text with those names taken out ("What is dog called?"): what the
+  query is *about*. MiniLM's vector of a short question is dominated by the name it contains, so every turn of
+  Maya's (or naming her) looks alike to it; compared with the memories' own words (no speaker tag, date or
+  context: :func:`memos_core.reader.offline.topic_text`), the name-free question finds the turn on the topic,
+  and the names are matched by BM25 and the entity bonus instead (see :class:`memos_core.plaintext.fusion.Candidates`).
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ class QueryPlan:
     focus: str | None
     entities: tuple[str, ...]
     turns: tuple[tuple[str | None, str], ...]
+    #: the query without the names in ``entities`` (``None`` for a pasted dialogue or a query with no name)
+    topic: str | None = None
 
     @property
     def is_dialogue(self) -> bool:
@@ -94,7 +101,24 @@ def analyze_query(query: str) -> QueryPlan:
             word = re.sub(r"['’]s$", "", m.group(0)).lower()
             if len(word) > 1 and word not in STOPWORDS and word not in ASSISTANT_NAMES:
                 ents.setdefault(word, None)
-    return QueryPlan(text=text or query, focus=focus, entities=tuple(ents)[:16], turns=tuple(turns))
+    entities = tuple(ents)[:16]
+    return QueryPlan(text=text or query, focus=focus, entities=entities, turns=tuple(turns),
+                     topic=None if turns else topic_of(text, entities))
+
+
+def topic_of(text: str, entities: tuple[str, ...]) -> str | None:
+    """``text`` without the whole-word mentions of ``entities`` (and their possessive ``'s``), whitespace
+    normalised; ``None`` when nothing was removed or nothing but stopwords and punctuation would be left."""
+    if not entities:
+        return None
+    out = text
+    for e in entities:
+        out = re.sub(r"(?i)(?<!\w)" + re.escape(e) + r"(?:['’]s)?(?!\w)", " ", out)
+    out = " ".join(out.split())
+    if out == " ".join(text.split()):
+        return None
+    words = [w for w in re.findall(r"[^\W_]+", out.lower()) if w not in STOPWORDS]
+    return out if words else None
 
 
 def entity_matcher(entities: tuple[str, ...]) -> "Callable[[str], float]":

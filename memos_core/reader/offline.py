@@ -22,7 +22,7 @@ from ..items import MemoryKind, SourceKind, check_text, to_utc
 from ..plaintext.lexical import STOPWORDS as _STOP
 
 __all__ = ["Turn", "OfflineReader", "resolve_relative_dates", "coerce_turns", "reply_context", "turn_act",
-           "ACT_WEIGHTS"]
+           "ACT_WEIGHTS", "topic_text"]
 
 EXTRACTOR = "reader.offline/1"
 _CONTEXT_CHARS = 240
@@ -168,6 +168,20 @@ def reply_context(previous: str) -> str:
     if len(ctx) > _CONTEXT_CHARS:
         ctx = ctx[:_CONTEXT_CHARS].rsplit(" ", 1)[0] + " ..."
     return f"(in reply to: {ctx})"
+
+
+def topic_text(content: str, speaker: str | None = None) -> str:
+    """What a memory is *about*: its content without the ``"<speaker>: "`` tag the reader puts in front (and,
+    unlike the index text, without the date or the previous turn). A second vector of this text lets retrieval
+    compare a question's topic with the turn's own words: MiniLM's vector of a turn is otherwise dominated by the
+    speaker's name and the quoted context, so all of one person's turns look alike to a question naming her
+    (measured in the README, "Retrieval quality": the topical leg). Pairs with
+    :attr:`memos_core.plaintext.query.QueryPlan.topic`."""
+    if speaker:
+        tag = f"{speaker}: "
+        if content.startswith(tag) and content[len(tag):].strip():
+            return content[len(tag):]
+    return content
 
 
 # ---------------------------------------------------------------------------------------------- turn acts
