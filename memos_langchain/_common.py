@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import random
+import time
 from typing import Any, Callable, Mapping, TypeVar
 
 from memos_core import MemCube
@@ -122,3 +124,25 @@ def delete_if_live(cube: MemCube, item_id: str, reason: str, as_: Mapping[str, A
         now = cube.lookup(item_id, **as_)
         if now is not None and now.state not in (LifecycleState.DELETED, LifecycleState.PURGED):
             raise
+
+
+#: how often a write that collided with another writer is tried again on a fresh read (:func:`write_retrying`)
+WRITE_RETRIES = 8
+
+
+def write_retrying(existing: Any, read: Callable[[], Any], write: Callable[[Any], None]) -> None:
+    """``write(existing)``; when another writer (a worker with its own handle on the cube) changed the memory
+    since it was read and the core raised :class:`Conflict`, ``read()`` it again and write again: an upsert's
+    last write wins, as in LangGraph's database stores. A conflict about the memory itself (e.g. frozen under
+    legal hold: nothing changed since the read), or one that persists, is raised."""
+    for attempt in range(WRITE_RETRIES):
+        try:
+            write(existing)
+            return
+        except Conflict:
+            fresh = read()
+            seen = None if existing is None else (existing.version, existing.state, existing.updated_at)
+            if attempt + 1 == WRITE_RETRIES or fresh is None or (fresh.version, fresh.state, fresh.updated_at) == seen:
+                raise
+            existing = fresh
+            time.sleep(random.uniform(0.0, 0.005 * (attempt + 1)))  # let the other writer finish

@@ -76,9 +76,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import threading
-import time
 from datetime import timedelta
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -107,7 +105,7 @@ from memos_core.errors import Conflict, EmbeddingDimensionError, PermissionDenie
 from memos_core.items import MAX_METADATA_DEPTH, MAX_TTL_SECONDS, check_nesting, check_text
 from memos_core.os import UserRule, value_text
 
-from ._common import principal_of, resolve_cube, run_sync
+from ._common import principal_of, resolve_cube, run_sync, write_retrying
 
 __all__ = ["MemOSStore", "InvalidStoreValue", "DEFAULT_SCOPE_TEMPLATES", "META_KEY"]
 
@@ -122,8 +120,6 @@ _LG_OPS = {"$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$exists"}
 _S = LifecycleState
 _LIVE = (_S.GENERATED, _S.ACTIVATED)
 _EXTRACTOR = "memos_langchain.store/1"
-#: how often a put or delete that collided with another writer is tried again on a fresh read (``_retrying``)
-_WRITE_RETRIES = 8
 
 
 class InvalidStoreValue(ValidationError, TypeError):
@@ -509,22 +505,9 @@ class MemOSStore(BaseStore):
 
     def _retrying(self, ns: tuple[str, ...], key: str, scope: dict[str, Any], existing: MemoryItem | None,
                   write: Any) -> None:
-        """``write(existing)``; when another writer (a worker with its own handle on the cube) changed the memory
-        since it was read and the core raised :class:`Conflict`, read it again and write again: a put is an
-        upsert and the last write wins, as in LangGraph's database stores. A conflict about the memory itself
-        (frozen under legal hold: nothing changed since the read) or one that persists is raised."""
-        for attempt in range(_WRITE_RETRIES):
-            try:
-                write(existing)
-                return
-            except Conflict:
-                fresh = self._resolve(ns, key, dict(scope))[1]
-                seen = None if existing is None else (existing.version, existing.state, existing.updated_at)
-                if attempt + 1 == _WRITE_RETRIES or fresh is None or \
-                        (fresh.version, fresh.state, fresh.updated_at) == seen:
-                    raise
-                existing = fresh
-                time.sleep(random.uniform(0.0, 0.005 * (attempt + 1)))  # let the other writer finish
+        """``write(existing)``, read again and retried when another worker's write collided with it (a put is an
+        upsert: :func:`memos_langchain._common.write_retrying`)."""
+        write_retrying(existing, lambda: self._resolve(ns, key, dict(scope))[1], write)
 
     def _overwrite(self, item_id: str, existing: MemoryItem, content: str, meta: dict[str, Any],
                    ttl: float | None) -> None:

@@ -21,7 +21,7 @@ from memos_core import LifecycleState, MemCube, MemoryItem, MemoryKind, SearchFi
 from memos_core.errors import Conflict, ValidationError
 from memos_core.os import UserRule
 
-from ._common import delete_if_live, principal_of, resolve_cube
+from ._common import delete_if_live, principal_of, resolve_cube, write_retrying
 
 __all__ = ["MemOSVectorStore"]
 
@@ -143,19 +143,40 @@ class MemOSVectorStore(VectorStore):
                             "provenance": {"source": SourceKind.DOCUMENT, "source_ids": [item_id],
                                            "extractor": _EXTRACTOR}})
                 continue
-            if not self._in_scope(existing):
-                raise Conflict(f"document id {item_id!r} is used by a memory outside this store's scope")
-            if existing.state == _S.PURGED:
-                raise Conflict(f"document id {item_id!r} belonged to a purged memory and cannot be reused")
-            if existing.state == _S.DELETED:
-                self.cube.restore(item_id, reason="vectorstore re-add", **self._as)
-            elif existing.state in (_S.ARCHIVED, _S.MERGED):
-                self.cube.transition(item_id, _S.ACTIVATED, reason="vectorstore re-add", **self._as)
-            if existing.content != text or existing.metadata != meta:
-                self.cube.update(item_id, content=text, metadata=meta, reason="vectorstore upsert", **self._as)
+            self._upsert(item_id, existing, text, meta)
         if new:
-            self.cube.add_many(new, **self._as)
+            try:
+                self.cube.add_many(new, **self._as)
+            except (ValidationError, Conflict):
+                # another worker added one of these ids between our lookup and our add (the whole add was rolled
+                # back): write them one by one, as new memories or new versions of what now exists
+                if all(self.cube.lookup(spec["id"], **self._as) is None for spec in new):
+                    raise
+                for spec in new:
+                    found = self.cube.lookup(spec["id"], **self._as)
+                    if found is None:
+                        self.cube.add_many([spec], **self._as)
+                    else:
+                        self._upsert(spec["id"], found, spec["content"], spec["metadata"])
         return out_ids
+
+    def _upsert(self, item_id: str, existing: MemoryItem, text: str, meta: dict[str, Any]) -> None:
+        """A new version of an existing document (restored if deleted), read again and retried when another
+        worker's write collided with it (:func:`memos_langchain._common.write_retrying`)."""
+
+        def write(found: MemoryItem) -> None:
+            if not self._in_scope(found):
+                raise Conflict(f"document id {item_id!r} is used by a memory outside this store's scope")
+            if found.state == _S.PURGED:
+                raise Conflict(f"document id {item_id!r} belonged to a purged memory and cannot be reused")
+            if found.state == _S.DELETED:
+                self.cube.restore(item_id, reason="vectorstore re-add", **self._as)
+            elif found.state in (_S.ARCHIVED, _S.MERGED):
+                self.cube.transition(item_id, _S.ACTIVATED, reason="vectorstore re-add", **self._as)
+            if found.content != text or found.metadata != meta:
+                self.cube.update(item_id, content=text, metadata=meta, reason="vectorstore upsert", **self._as)
+
+        write_retrying(existing, lambda: self.cube.lookup(item_id, **self._as), write)
 
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
         """Tombstone the memories with these ids (unknown or already deleted ids are ignored)."""

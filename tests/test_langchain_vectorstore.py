@@ -116,3 +116,44 @@ def test_from_texts_without_memory_creates_a_cube() -> None:
         assert isinstance(vs.embeddings, HashingEmbeddings)
     finally:
         vs.cube.close()
+
+
+@pytest.mark.records_backends
+def test_upserts_from_several_workers(tmp_path: Path, store_for: Any, chroma_url: str | None, url_workdir: None
+                                      ) -> None:
+    """Workers with their own handle on one cube add documents with the same ids at once: no error (a version
+    conflict with another writer is read again and retried; an id another worker added first becomes a new
+    version), every id ends with one of the written texts, versions contiguous."""
+    import threading
+
+    stores = [open_store(tmp_path / "cube", store_for, chroma_url, embedding=HashingEmbeddings(64), user_id="ann")
+              for _ in range(3)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(stores))
+
+    def work(w: int, vs: MemOSVectorStore) -> None:
+        start.wait()
+        for r in range(10):
+            try:
+                vs.add_texts([f"worker {w} round {r} doc {d}" for d in range(3)], ids=[f"r{r}-d{d}" for d in range(3)])
+            except BaseException as exc:  # noqa: BLE001 - collected and reported below
+                errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(w, vs)) for w, vs in enumerate(stores)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        ids = [f"r{r}-d{d}" for r in range(10) for d in range(3)]
+        docs = {d.id: d.page_content for d in stores[0].get_by_ids(ids)}
+        assert set(docs) == set(ids)
+        for item_id, text in docs.items():
+            r, d = item_id[1:].split("-d")
+            assert text in {f"worker {w} round {r} doc {d}" for w in range(3)}
+            versions = [v.version for v in stores[0].cube.history(item_id)]
+            assert versions == list(range(1, len(versions) + 1))
+    finally:
+        for vs in stores:
+            vs.cube.close()
