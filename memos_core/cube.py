@@ -950,7 +950,9 @@ class MemCube:
     def embed_sync(self) -> str:
         """``"deferred"`` when a small add commits without its embedding and the background thread embeds it
         right after (``embed_sync="deferred"``, MemOS's default; needs ``vector_sync="deferred"`` and a record
-        store that supports it, else ``"immediate"``: the add embeds before it commits).
+        store that supports it, :attr:`RecordStore.embeds_later`: SQLite and PostgreSQL do; else
+        ``"immediate"``: the add embeds before it commits). On a store shared by workers, any worker's search
+        (or open) embeds the rows another worker left waiting.
 
         What holds either way: an add is durable when it returns; search embeds any row still waiting before it
         scores (it sees every acknowledged write, dense included); inspecting the vector index, reindex, export

@@ -305,3 +305,31 @@ def test_concurrent_adds_and_searches_lose_nothing(tmp_path) -> None:
     with MemCube(tmp_path / "m" / "default", embedder=hashed_embed) as cube:
         assert cube.records.waiting_embeddings() == [] and cube.records.pending_vectors() == []
         assert cube.index._inner.ids() == set(acked)
+
+
+@pytest.mark.records_backends
+def test_deferred_embeddings_on_each_record_store(tmp_path, cube_backend, store_for, chroma_url) -> None:
+    """The same guarantees on SQLite and on PostgreSQL (records on the server, vectors on a Chroma server): a
+    second handle on the cube (another worker) sees and embeds the first one's waiting rows."""
+    target = store_for(tmp_path / "c")
+    kw = {"workdir": tmp_path / "w1"} if cube_backend == "postgres" else {}
+    a = _cube(target, chroma_url=chroma_url, **kw)
+    try:
+        assert a.embed_sync == "deferred"
+        _no_background(a)
+        a.add_many(["the ferry leaves at nine", "the bakery opens at seven"])  # two rows: the batched insert
+        item = a.add("the lighthouse keeper paints the stairs blue")
+        stale = dict(a.records.waiting_embeddings())
+        assert len(stale) == 3 and a.records.rowid(item.id) in stale
+        kw2 = {"workdir": tmp_path / "w2"} if cube_backend == "postgres" else {}
+        with MemCube(target, embedder=hashed_embed, chroma_url=chroma_url, **kw2) as b:  # another worker
+            hits = b.search("lighthouse keeper paints stairs", k=1, mode="dense")
+            assert hits[0].item.id == item.id  # it embedded the other worker's waiting rows first
+            assert b.records.waiting_embeddings() == []
+        rowid = a.records.rowid(item.id)
+        with a.records.transaction() as c:  # a batch that listed the rows before b stored them: nothing stale
+            assert a.records.put_embeddings(c, [(r, t, _unit(["stale"])[0]) for r, t in stale.items()]) == []
+        assert np.allclose(a.records.embedding(rowid), _unit([item.content])[0], atol=1e-6)
+        assert item.id in a.index.ids()
+    finally:
+        a.close()

@@ -140,8 +140,12 @@ _INSERT_PLAIN = _INSERT_ROW + " SELECT rowid FROM i"
 _INSERT_INDEXED = _INSERT_ROW + (
     ", e AS (INSERT INTO embeddings(item_rowid, version, vec) SELECT rowid, %(version)s, %(vec)s FROM i), "
     "p AS (INSERT INTO vec_pending(item_rowid, gen) SELECT rowid, nextval('vec_gen') FROM i) SELECT rowid FROM i")
+# an indexed row whose embedding comes later (RecordStore.embeds_later): its pending mark, no embedding row
+_INSERT_WAITING = _INSERT_ROW + (
+    ", p AS (INSERT INTO vec_pending(item_rowid, gen) SELECT rowid, nextval('vec_gen') FROM i) SELECT rowid FROM i")
 _INSERT_ANY = _INSERT_ROW + (
-    ", e AS (INSERT INTO embeddings(item_rowid, version, vec) SELECT rowid, %(version)s, %(vec)s FROM i WHERE %(idx)s), "
+    ", e AS (INSERT INTO embeddings(item_rowid, version, vec) SELECT rowid, %(version)s, %(vec)s FROM i "
+    "WHERE %(idx)s AND %(hasvec)s), "
     "p AS (INSERT INTO vec_pending(item_rowid, gen) SELECT rowid, nextval('vec_gen') FROM i WHERE %(idx)s) "
     "SELECT rowid FROM i")
 #: the item columns qualified by table (for queries that join another table with columns of the same name)
@@ -208,6 +212,7 @@ class PostgresRecordStore(RecordStore):
     backend = "postgresql"
     schema_version = PG_SCHEMA_VERSION
     concurrent_reads = True
+    embeds_later = True
 
     #: work budget of one lexical query in matching rows (as :attr:`SQLiteRecordStore.lexical_match_budget`)
     lexical_match_budget = 3000
@@ -535,18 +540,17 @@ class PostgresRecordStore(RecordStore):
 
     def _insert(self, c: Any, item: MemoryItem, versions: Sequence[MemoryVersion], transitions: Sequence[Transition],
                 vec: np.ndarray | None, indexed: bool, dup: str) -> int:
-        if indexed and vec is None:
-            raise ValidationError("internal: an indexed item needs its embedding")
         text = (item.index_text or item.content) if indexed else None
         errors = self._psycopg.errors
         p = self._params(item, text)
         p["vv"] = [v.version for v in versions]
         p["vs"] = [v.model_dump_json() for v in versions]
-        p["vec"] = np.asarray(vec, dtype=np.float32).tobytes() if indexed else None
+        p["vec"] = np.asarray(vec, dtype=np.float32).tobytes() if indexed and vec is not None else None
         # One round trip: the row, its versions, its embedding and its pending mark (a taken id raises, and the
         # caller's transaction rolls back as a whole, as on SQLite).
         try:
-            rowid = int(c.execute(_INSERT_INDEXED if indexed else _INSERT_PLAIN, p).fetchone()[0])
+            sql = (_INSERT_INDEXED if vec is not None else _INSERT_WAITING) if indexed else _INSERT_PLAIN
+            rowid = int(c.execute(sql, p).fetchone()[0])
         except errors.UniqueViolation:
             raise ValidationError(dup.format(item_id=item.id)) from None
         except (errors.UntranslatableCharacter, errors.CharacterNotInRepertoire) as exc:
@@ -570,13 +574,12 @@ class PostgresRecordStore(RecordStore):
         errors = self._psycopg.errors
         rows = []
         for item, vec, idx in zip(items, vecs, indexed):
-            if idx and vec is None:
-                raise ValidationError("internal: an indexed item needs its embedding")
             p = self._params(item, (item.index_text or item.content) if idx else None)
             p["vv"] = [item.version]
             p["vs"] = [self.snapshot(item, actor, "add").model_dump_json()]
-            p["vec"] = np.asarray(vec, dtype=np.float32).tobytes() if idx else None
+            p["vec"] = np.asarray(vec, dtype=np.float32).tobytes() if idx and vec is not None else None
             p["idx"] = bool(idx)
+            p["hasvec"] = vec is not None  # an indexed row without one waits for it (embeds_later)
             rows.append(p)
         cur = c.cursor()
         try:
@@ -1161,6 +1164,27 @@ class PostgresRecordStore(RecordStore):
     def embedding_count(self) -> int:
         with self._conn() as conn:
             return int(conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0])
+
+    def waiting_embeddings(self, limit: int = 10_000) -> list[tuple[int, str]]:
+        with self._conn() as conn:
+            return [(int(r[0]), r[1]) for r in conn.execute(
+                "SELECT v.item_rowid, i.indexed_text FROM vec_pending v JOIN items i ON i.rowid = v.item_rowid "
+                "WHERE i.indexed_text IS NOT NULL AND NOT EXISTS "
+                "(SELECT 1 FROM embeddings e WHERE e.item_rowid = v.item_rowid) ORDER BY v.item_rowid LIMIT %s",
+                (int(limit),))]
+
+    def put_embeddings(self, c: Any, rows: Sequence[tuple[int, str, np.ndarray]]) -> list[int]:
+        done: list[int] = []
+        for rowid, text, vec in rows:
+            # ON CONFLICT: a writer that stored an embedding meanwhile (an update) wins, committed or not yet
+            got = c.execute(
+                "INSERT INTO embeddings(item_rowid, version, vec) SELECT rowid, version, %s FROM items "
+                "WHERE rowid=%s AND indexed_text=%s ON CONFLICT (item_rowid) DO NOTHING RETURNING item_rowid",
+                (np.asarray(vec, dtype=np.float32).tobytes(), int(rowid), text)).fetchone()
+            if got is not None:
+                self.mark_pending(c, rowid)
+                done.append(int(rowid))
+        return done
 
     def missing_embeddings(self, states: Sequence[LifecycleState]) -> list[int]:
         with self._conn() as conn:
