@@ -205,7 +205,10 @@ def _without_password(url: str) -> str:
     if parts.password is not None:
         userinfo, _, host = netloc.rpartition("@")
         netloc = userinfo.split(":", 1)[0] + "@" + host
-    query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "password"])
+    query = parts.query
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(k == "password" for k, _ in pairs):
+        query = urlencode([(k, v) for k, v in pairs if k != "password"])
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
