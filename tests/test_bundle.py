@@ -298,7 +298,8 @@ def test_import_into_postgresql_keeps_everything(cube: MemCube, tmp_path: Path, 
         assert _history(new) == _history(cube)
         a = cube.ids["a"]  # type: ignore[attr-defined]
         assert [h.item.id for h in new.search("jasmine tea")] == [a]
-        assert cube.ids["gone"] not in {h.item.id for h in new.search("secret phone number")}  # type: ignore[attr-defined]
+        gone = cube.ids["gone"]  # type: ignore[attr-defined]
+        assert gone not in {h.item.id for h in new.search("secret phone number")}
         assert (new.path / "activation" / "cache1.json").read_text() == '{"k": 1}'
         src, got = cube.events(), new.events()
         assert [e["hash"] for e in got[: len(src)]] == [e["hash"] for e in src] and got[-1]["op"] == "import"

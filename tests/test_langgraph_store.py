@@ -264,7 +264,8 @@ def test_random_sequences_match_inmemory_on_postgresql(pg_server: Any, chroma_se
 @pytest.mark.records_backends
 def test_query_search_same_results_clear_winner_first(tmp_path: Path, open_cube: Any) -> None:
     emb = HashingEmbeddings(1024)  # few hash collisions, so cosine ranking alone is meaningful too
-    ours = MemOSStore(open_cube(tmp_path / "c", embedder=emb, clock=None), index={"dims": 1024, "fields": ["text"]}, single_user=True)
+    ours = MemOSStore(open_cube(tmp_path / "c", embedder=emb, clock=None), index={"dims": 1024, "fields": ["text"]},
+                      single_user=True)
     ref = InMemoryStore(index={"dims": 1024, "embed": emb, "fields": ["text"]})
     docs = {"1": "Ann moved to Lisbon in May", "2": "Bob prefers black coffee", "3": "Carol plays the cello",
             "4": "Dan is allergic to peanuts"}
@@ -352,7 +353,8 @@ def test_scope_templates_and_reversibility(tmp_path: Path, open_cube: Any) -> No
     from memos_core import UserRequired
     from memos_core.os import SINGLE_USER
 
-    s = make_store(tmp_path / "c", opener=open_cube, scope_templates=[("agents", "{agent_id}", "{user_id}")], single_user=False)
+    s = make_store(tmp_path / "c", opener=open_cube, scope_templates=[("agents", "{agent_id}", "{user_id}")],
+                   single_user=False)
     s.put(("agents", "helper", "ann", "notes"), "k", {"text": "hello", "nested": {"a": [1, 2]}})
     with pytest.raises(UserRequired):  # a namespace that names no user: refused (fail closed)
         s.put(("other",), "k", {"text": "hello"})

@@ -377,7 +377,8 @@ def test_a_saved_store_url_never_carries_a_password() -> None:
 
     from memos_llamaindex._common import memos_spec
 
-    for url, saved in [("postgresql://memos:s3cret@db:5432/m?cube=a&pool_size=4", "postgresql://memos@db:5432/m?cube=a&pool_size=4"),
+    for url, saved in [("postgresql://memos:s3cret@db:5432/m?cube=a&pool_size=4",
+                        "postgresql://memos@db:5432/m?cube=a&pool_size=4"),
                        ("postgresql://memos@db/m?password=s3cret&cube=a", "postgresql://memos@db/m?cube=a"),
                        ("postgresql://memos@db/m?cube=a%2Fb", "postgresql://memos@db/m?cube=a%2Fb")]:
         mem = SimpleNamespace(store_url=url, principal="local", cubes={}, default_cube="default")
