@@ -95,6 +95,19 @@ def test_after_agent_retry_does_not_write_twice(mem: MemOS) -> None:
     assert mw.after_agent({**state, "memos_saved_ids": ["h1", "a1"]}, Runtime()) is None
 
 
+@pytest.mark.records_backends
+def test_after_agent_retried_on_another_worker_does_not_write_twice(mem: MemOS, tmp_path: Path,
+                                                                    open_memos: Any) -> None:
+    """The retry runs in another worker (its own MemOS on the same folder or PostgreSQL cube, nothing shared in
+    memory): the turn is still stored once."""
+    state = {"messages": [HumanMessage("I was born in Faro", id="h1"), AIMessage("Lovely", id="a1")]}
+    assert MemOSMiddleware(mem, user_id="ann").after_agent(state, Runtime()) == {"memos_saved_ids": ["h1", "a1"]}
+    other = open_memos(tmp_path / "mem", embedder=EMB)
+    assert MemOSMiddleware(other, user_id="ann").after_agent(state, Runtime()) == {"memos_saved_ids": ["h1", "a1"]}
+    assert sorted(i.content for i in other.cubes["default"].list()) == ["ann: I was born in Faro",
+                                                                        "assistant: Lovely"]
+
+
 def test_middleware_async_agent_and_options(mem: MemOS) -> None:
     model = ScriptedChatModel(default=colour_bot)
     agent = create_agent(model, tools=[], middleware=[MemOSMiddleware(mem, roles=("human",))],
