@@ -18,7 +18,12 @@ Reported:
 
 Usage::
 
-    python benchmarks/reader_llm.py [--model smollm2|FOLDER|FILE.gguf] [--max-new-tokens 192] [--json]
+    python benchmarks/reader_llm.py [--model smollm2|FOLDER|FILE.gguf] [--max-new-tokens 192]
+                                    [--structured auto|off] [--json]
+
+``--structured auto`` (default) lets the reader ask the wrapper for structured output on first attempts, which
+``MemOSLocalChatModel.with_structured_output`` serves by constrained JSON decoding (lm-format-enforcer, see
+:mod:`memos_core.activation.constrained`); ``off`` is free text parsed leniently (the only path before).
 
 A 135M model is a weak extractor; this measures how weak, and that nothing is lost when it fails.
 """
@@ -68,6 +73,7 @@ def recording_chat_model(model: Any, tokenizer: Any, max_new_tokens: int) -> Any
             purpose = "extract" if system.startswith("You extract") else "decide" if system.startswith("You keep") else "other"
             msg = out.generations[0].message
             self.replies.append({"purpose": purpose, "text": msg.content, "retry": len(messages) > 2,
+                                 "constrained": kwargs.get("json_schema") is not None,
                                  "tokens": (msg.usage_metadata or {}).get("output_tokens"),
                                  "ttft_s": msg.response_metadata.get("ttft_s")})
             return out
@@ -117,8 +123,10 @@ def observed_op(res: Any) -> str:
 
 
 def run(model: Any, tokenizer: Any, *, max_new_tokens: int = 192, cases_path: Path = CASES,
-        embedder: Any = None, log: Any = print, limit: int | None = None) -> dict[str, Any]:
+        embedder: Any = None, log: Any = print, limit: int | None = None,
+        structured: str = "auto") -> dict[str, Any]:
     from memos_core.os import MemOS
+    from memos_core.reader import LLMReader
 
     cases = json.loads(cases_path.read_text())["cases"][:limit]
     chat = recording_chat_model(model, tokenizer, max_new_tokens)
@@ -127,7 +135,7 @@ def run(model: Any, tokenizer: Any, *, max_new_tokens: int = 192, cases_path: Pa
     decisions: list[dict[str, Any]] = []
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="memos-reader-bench-") as tmp:
-        mem = MemOS(Path(tmp) / "mem", embedder=embedder, llm=chat)
+        mem = MemOS(Path(tmp) / "mem", embedder=embedder, llm=LLMReader(chat, structured=structured))
         try:
             for case in cases:
                 user = f"{case['id']}-{case['user']}"
@@ -169,11 +177,15 @@ def run(model: Any, tokenizer: Any, *, max_new_tokens: int = 192, cases_path: Pa
         ok = [shape_ok(purpose, r["text"]) for r in rs]
         first = [shape_ok(purpose, r["text"]) for r in rs if not r["retry"]]
         by_purpose[purpose] = {"calls": len(rs), "json_ok": sum(ok), "json_ok_rate": round(sum(ok) / len(rs), 3) if rs else None,
-                               "first_attempt_ok_rate": round(sum(first) / len(first), 3) if first else None}
+                               "first_attempt_ok_rate": round(sum(first) / len(first), 3) if first else None,
+                               "constrained": sum(1 for r in rs if r["constrained"]),
+                               "constrained_ok": sum(1 for r, k in zip(rs, ok) if r["constrained"] and k),
+                               "tokens_mean": round(sum(r["tokens"] or 0 for r in rs) / len(rs), 1) if rs else None}
     failed_adds = [a for a in adds if a["extraction_failed"]]
     report = {
         "cases": len(cases),
         "max_new_tokens": max_new_tokens,
+        "structured": structured,
         "calls": by_purpose,
         "adds": {"total": len(adds), "extraction_ok": len(adds) - len(failed_adds),
                  "fell_back_to_episodes": len(failed_adds),
@@ -197,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=192)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--limit", type=int, help="only the first N cases")
+    ap.add_argument("--structured", choices=("auto", "off"), default="auto",
+                    help="auto: constrained JSON decoding on first attempts; off: free text only")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -210,12 +224,14 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     model, tok, label = load_model(args.model)
     print(f"model: {label}, loaded in {time.perf_counter() - t0:.1f}s", flush=True)
-    rep = run(model, tok, max_new_tokens=args.max_new_tokens, limit=args.limit,
+    rep = run(model, tok, max_new_tokens=args.max_new_tokens, limit=args.limit, structured=args.structured,
               log=lambda m: print(m, flush=True))
     rep["model"] = label
     c, a, f, d = rep["calls"], rep["adds"], rep["facts"], rep["decisions"]
     print(f"replies parsing as the JSON asked for: extract {c['extract']['json_ok']}/{c['extract']['calls']}, "
-          f"decide {c['decide']['json_ok']}/{c['decide']['calls']}")
+          f"decide {c['decide']['json_ok']}/{c['decide']['calls']} (constrained: extract "
+          f"{c['extract']['constrained_ok']}/{c['extract']['constrained']}, decide "
+          f"{c['decide']['constrained_ok']}/{c['decide']['constrained']})")
     print(f"adds: {a['extraction_ok']}/{a['total']} extracted; {a['fell_back_to_episodes']} fell back to episodes "
           f"(turns kept: {a['turns_kept_after_failure']})")
     print(f"facts: {f['found']}/{f['expected']} expected facts found; {f['stored']} stored, "
