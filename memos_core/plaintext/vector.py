@@ -9,8 +9,9 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import threading
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 from urllib.parse import urlparse
 
 import numpy as np
@@ -33,6 +34,66 @@ _BATCH = 4000
 #: tenant default_tenant", and the cube opens degraded. Every embedded client of this process is created and
 #: closed through this lock, so that never happens. (HTTP clients share no System: each gets its own.)
 _EMBEDDED_CLIENTS = threading.RLock()
+
+
+class _FolderGuard:
+    """Chroma calls on one embedded folder (shared) versus this module's own SQL on its ``chroma.sqlite3``
+    (exclusive: the free-page scrub after an erasure, the vacuum of a compaction). That SQL goes through Python's
+    sqlite3, a second copy of the SQLite library in the process (Chroma's is built into its bindings), and two
+    copies do not see each other's POSIX file locks: run while another thread was inside a Chroma call (a
+    search's query), the scrub corrupted the file ("database disk image is malformed"). So it waits for the
+    calls in progress to end and holds new ones back (a waiting scrub goes first). In this process only: an
+    embedded folder is for one process (README)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._calls = 0
+        self._own = False
+        self._waiting = 0
+
+    @contextmanager
+    def call(self) -> Iterator[None]:
+        with self._cond:
+            while self._own or self._waiting:
+                self._cond.wait()
+            self._calls += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._calls -= 1
+                if not self._calls:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def own_sql(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            try:
+                while self._own or self._calls:
+                    self._cond.wait()
+            finally:
+                self._waiting -= 1
+            self._own = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._own = False
+                self._cond.notify_all()
+
+
+_GUARDS: dict[str, _FolderGuard] = {}
+_GUARDS_LOCK = threading.Lock()
+
+
+def _guard_of(folder: Path) -> _FolderGuard:
+    key = str(folder.resolve())
+    with _GUARDS_LOCK:
+        guard = _GUARDS.get(key)
+        if guard is None:
+            guard = _GUARDS[key] = _FolderGuard()
+        return guard
 
 
 def erase_rows(index: Any, ids: Sequence[str]) -> set[str]:
@@ -83,11 +144,12 @@ class ChromaVectorIndex:
             elif self._client is None:
                 assert self.path is not None
                 self.path.mkdir(parents=True, exist_ok=True)
-                with _EMBEDDED_CLIENTS:
+                with _guard_of(self.path).call(), _EMBEDDED_CLIENTS:
                     self._client = chromadb.PersistentClient(path=str(self.path), settings=settings)
-            self._col = self._client.get_or_create_collection(
-                self.collection_name, configuration={"hnsw": self._hnsw}, embedding_function=None
-            )
+            with _guard_of(self.path).call() if self.path is not None else nullcontext():
+                self._col = self._client.get_or_create_collection(
+                    self.collection_name, configuration={"hnsw": self._hnsw}, embedding_function=None
+                )
         except ValidationError:
             raise
         except Exception as exc:
@@ -97,6 +159,9 @@ class ChromaVectorIndex:
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
+            if self.path is not None:  # never beside this module's own SQL on the folder's file (_FolderGuard)
+                with _guard_of(self.path).call():
+                    return fn(*args, **kwargs)
             return fn(*args, **kwargs)
         except (ValidationError, BackendUnavailable):
             raise
@@ -235,6 +300,11 @@ class ChromaVectorIndex:
         db = self.path / "chroma.sqlite3" if self.path is not None else None
         if db is None or not db.exists():
             return
+        assert self.path is not None
+        with _guard_of(self.path).own_sql():  # no Chroma call meanwhile: see _FolderGuard
+            self._scrub_free_pages_now(db)
+
+    def _scrub_free_pages_now(self, db: Path) -> None:
         try:
             conn = sqlite3.connect(str(db), timeout=30.0, isolation_level=None)
             try:
@@ -291,12 +361,13 @@ class ChromaVectorIndex:
         if not db.exists():
             return
         try:
-            conn = sqlite3.connect(str(db), timeout=30.0)
-            try:
-                live = {r[0] for r in conn.execute("SELECT id FROM segments")}
-                conn.execute("VACUUM")
-            finally:
-                conn.close()
+            with _guard_of(folder).own_sql():  # no Chroma call meanwhile (another handle): see _FolderGuard
+                conn = sqlite3.connect(str(db), timeout=30.0)
+                try:
+                    live = {r[0] for r in conn.execute("SELECT id FROM segments")}
+                    conn.execute("VACUUM")
+                finally:
+                    conn.close()
         except sqlite3.Error as exc:
             raise BackendUnavailable(f"could not compact the vector index folder {folder}: {exc}") from exc
         for sub in folder.iterdir():
@@ -308,7 +379,8 @@ class ChromaVectorIndex:
         """Drop and recreate the collection (used by a full reindex)."""
         self._collection()
         try:
-            self._client.delete_collection(self.collection_name)
+            with _guard_of(self.path).call() if self.path is not None else nullcontext():
+                self._client.delete_collection(self.collection_name)
         except Exception as exc:  # noqa: BLE001 - a missing collection is fine
             log.debug("delete_collection: %s", exc)
         self._col = None
