@@ -59,7 +59,7 @@ TARGET = ("madial",)
 GENERATORS = {"people_qa": ("make_people_qa.py", 0), "assistant": ("make_assistant_prefs.py", 100),
               "synthetic": ("make_synthetic.py", 200)}
 KS = (1, 5, 10, 20)
-CACHE_FORMAT = 3  # candidates (+ topical cosines) + memory and query-turn vectors (for --variants)
+CACHE_FORMAT = 5  # candidates (+ topical cosines) + memory and query-turn vectors (for --variants)
 
 
 class _CachedVectors:
@@ -136,16 +136,19 @@ def collect(name: str, path: Path, cache: Path, vectors: _CachedVectors, n_cand:
                 turns = vectors.docs([t for _, t in plan.turns]) if plan.turns else np.zeros((0, vectors.base.dim))
                 # the topical leg (not wired into the cube yet: it needs a second stored vector per memory):
                 # each candidate's own words against the query without its names
+                # (``topical_q``: the same against the full query vector -- no second query embedding)
                 topical: dict[int, float] = {}
+                topical_q: dict[int, float] = {}
                 if plan.topic:
                     tvecs = vectors.docs([topic_text(items[k].content, items[k].provenance.speaker) for k in c.keys])
                     topical = dict(zip(c.keys, (tvecs @ vectors.docs([plan.topic])[0]).tolist()))
+                    topical_q = dict(zip(c.keys, (tvecs @ np.asarray(qvec, dtype=np.float32)).tolist()))
                 cands = []
                 for key in c.keys:
                     it = items[key]
                     cands.append({"key": key, "dense": c.dense.get(key), "lexical": c.lexical.get(key),
                                   "dr": c.dense_ranks.get(key), "lr": c.lexical_ranks.get(key),
-                                  "topical": topical.get(key), "text": c.texts.get(key, ""), "meta": it.metadata,
+                                  "topical": topical.get(key), "topical_q": topical_q.get(key), "text": c.texts.get(key, ""), "meta": it.metadata,
                                   "hit": bool(set(it.provenance.source_ids) & evidence)})
                 rows.append({"query": q["text"], "category": q.get("category", "all"),
                              "lexical_complete": c.lexical_complete, "n_evidence": len(evidence), "cands": cands,
@@ -162,9 +165,11 @@ def collect(name: str, path: Path, cache: Path, vectors: _CachedVectors, n_cand:
     return rows
 
 
-def to_candidates(row: dict[str, Any], topical: bool = False) -> Candidates:
-    """A kept query row as fusion's input; ``topical`` adds the topical leg (``hybrid+topical``)."""
+def to_candidates(row: dict[str, Any], topical: bool | str = False) -> Candidates:
+    """A kept query row as fusion's input; ``topical`` adds the topical leg (``hybrid+topical``; ``"full query"``:
+    the topic vectors compared with the full query's vector instead of the name-free question's)."""
     cs = row["cands"]
+    field = "topical_q" if topical == "full query" else "topical"
     return Candidates(keys=[c["key"] for c in cs], dense={c["key"]: c["dense"] for c in cs},
                       lexical={c["key"]: c["lexical"] for c in cs if c["lexical"] is not None},
                       lexical_complete=row["lexical_complete"], texts={c["key"]: c["text"] for c in cs},
@@ -172,7 +177,7 @@ def to_candidates(row: dict[str, Any], topical: bool = False) -> Candidates:
                       lexical_ranks={c["key"]: c["lr"] for c in cs if c["lr"] is not None},
                       # the reader's current weight for the act the turn was labelled with when collected
                       weights={c["key"]: ACT_WEIGHTS.get((c["meta"] or {}).get("turn_act"), 1.0) for c in cs},
-                      topical={c["key"]: c["topical"] for c in cs if c.get("topical") is not None} if topical else {})
+                      topical={c["key"]: c[field] for c in cs if c.get(field) is not None} if topical else {})
 
 
 def evaluate(rows: list[dict[str, Any]], cfg: RetrievalConfig, mode: str = "hybrid") -> dict[str, float]:
@@ -239,13 +244,14 @@ def _order(row: dict[str, Any], extra: np.ndarray | None = None, cfg: RetrievalC
     return sorted(total, key=lambda key: -total[key])
 
 
-def topical_leg(weight: float) -> Any:
-    """The topical leg (question without its names vs the memory's own words) fused with ``weight``."""
+def topical_leg(weight: float, query: bool | str = True) -> Any:
+    """The topical leg (question without its names vs the memory's own words) fused with ``weight``;
+    ``query="full query"`` compares the memories' topic vectors with the full query vector instead."""
     cfg = RetrievalConfig()
     cfg.topical_weight = weight  # type: ignore[attr-defined]
 
     def order(row: dict[str, Any]) -> list[Any]:
-        return [key for key, *_ in fuse(to_candidates(row, True), analyze_query(row["query"]), cfg)]
+        return [key for key, *_ in fuse(to_candidates(row, query), analyze_query(row["query"]), cfg)]
     return order
 
 
@@ -349,6 +355,7 @@ def run_variants(all_rows: dict[str, list[dict[str, Any]]], cache: Path, train_s
     variants: dict[str, Any] = {"shipped fusion": _order}
     for w in (0.5, 1.0, 1.5):
         variants[f"topical leg w={w}"] = topical_leg(w)
+    variants["topical leg w=1.0, full query"] = topical_leg(1.0, "full query")
     for agg in ("max", "mean"):
         for w in (0.3, 1.0):
             variants[f"multi-vector {agg} w={w}"] = multi_vector(w, agg)

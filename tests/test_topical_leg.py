@@ -24,7 +24,7 @@ def test_query_topic_drops_the_names_and_their_possessive() -> None:
 
 
 def test_query_topic_is_none_without_names_for_dialogues_and_when_nothing_is_left() -> None:
-    assert analyze_query("Where do I live?").topic is None  # no name: the query vector is already topical
+    assert analyze_query("Where do I live?").topic is None  # no name: no topical leg (README: measured)
     assert analyze_query("<Bart>: I won a prize! <Assistant>: Well done, Bart!").topic is None  # a dialogue
     assert analyze_query("And Maya?").topic is None  # only stopwords would be left
 

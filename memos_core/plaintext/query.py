@@ -11,8 +11,8 @@ of speaker markup, quotes and the assistant's own chatter. :func:`analyze_query`
 * ``entities``: lowercase names the answer is likely to mention: the (non-assistant) speakers of a dialogue and
   capitalised words that do not start a sentence ("Maya's", "Lisbon"). Retrieval boosts memories that contain
   them, so "What is Maya's dog called?" prefers Maya's turns over Leo's about his dog;
-* ``topic``: for a question or keywords, the text with those names taken out ("What is dog called?"): what the
-  query is *about*. MiniLM's vector of a short question is dominated by the name it contains, so every turn of
+* ``topic``: for a question or keywords that name someone, the text with those names taken out ("What is dog
+  called?"): what the query is *about*. MiniLM's vector of a short question is dominated by the name it contains, so every turn of
   Maya's (or naming her) looks alike to it; compared with the memories' own words (no speaker tag, date or
   context: :func:`memos_core.reader.offline.topic_text`), the name-free question finds the turn on the topic,
   and the names are matched by BM25 and the entity bonus instead (see :class:`memos_core.plaintext.fusion.Candidates`).
@@ -44,7 +44,8 @@ class QueryPlan:
     focus: str | None
     entities: tuple[str, ...]
     turns: tuple[tuple[str | None, str], ...]
-    #: the query without the names in ``entities`` (``None`` for a pasted dialogue or a query with no name)
+    #: the query without the names in ``entities`` (``None`` for a pasted dialogue or a query naming no one: the
+    #: topical leg then stays out, measured as the better choice on the assistant-style sets)
     topic: str | None = None
 
     @property
