@@ -388,7 +388,6 @@ def test_export_while_another_worker_writes_is_consistent(cube: MemCube, tmp_pat
     assert not (tmp_path / "never.zip").exists()
 
 
-@pytest.mark.sqlite_only  # PostgreSQL stores every embedding with its write (no embeds_later)
 def test_export_carries_embeddings_another_worker_has_not_stored_yet(cube: MemCube, tmp_path: Path,
                                                                       open_cube) -> None:
     """A worker that commits memories without their embedding (embed_sync="deferred": its background thread
