@@ -203,3 +203,88 @@ def test_the_scrub_of_chromas_sqlite_file_waits_for_chroma_calls_on_that_folder(
         monkeypatch.undo()
         assert not scrub.is_alive() and "scrub" in order
         assert order.index("scrub") > order.index("call ended"), order
+
+
+def _pg_cube(pg_server, chroma_server, tmp_path):
+    from pg_server import fresh_schema_name
+
+    url = pg_server.url() + "?cube=" + fresh_schema_name("e")
+    return MemCube(url, index=chroma_server.url, workdir=tmp_path / "w", embedder=hashed_embed,
+                   vector_sync="deferred", embed_sync="deferred")
+
+
+def _stored_rows(store, rowid: int) -> int:
+    with store._conn() as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM embeddings WHERE item_rowid=%s", (rowid,)).fetchone()[0])
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("first", ["forget", "embedding", "between"])
+def test_postgresql_a_deferred_embedding_racing_a_forget_leaves_no_orphan(tmp_path, pg_server, chroma_server,
+                                                                          first) -> None:
+    """PostgreSQL (READ COMMITTED): a background job stores a waiting memory's embedding while another worker's
+    forget of that memory is in flight. Whichever transaction takes the row first, no embedding of the forgotten
+    memory may stay in the store (its vector bytes would outlive the erasure, and an embedding without its item
+    makes every open rebuild the vector index). ``first="forget"``: the forget has erased the row, not yet
+    committed, when the job stores; ``first="embedding"``: the job has stored, not yet committed, when the
+    forget erases; ``first="between"``: the forget erases after the job wrote the embedding and before it
+    marks the row pending."""
+    import threading
+
+    with _pg_cube(pg_server, chroma_server, tmp_path) as cube:
+        cube._embed_in_background = lambda: None  # type: ignore[method-assign]
+        keep = cube.add_many([f"memory {i} about the orchard" for i in range(9)])  # embedded inline
+        item = cube.add("the vault code is Wkpq4417")
+        store = cube.records
+        [(rowid, text)] = store.waiting_embeddings()
+        vec = cube._embed([text])[0]
+        stages = {n: threading.Event() for n in ("forget held", "stored held", "go")}
+        errors: list[BaseException] = []
+
+        def forget() -> None:
+            try:
+                if first in ("embedding", "between"):
+                    assert stages["stored held"].wait(30)
+                with store.transaction() as c:
+                    store.erase_item(c, rowid, item.id)
+                    if first == "forget":
+                        stages["forget held"].set()
+                        stages["go"].wait(3)  # the store below waits for this commit (or wrongly does not)
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        def embed() -> None:
+            try:
+                if first == "forget":
+                    assert stages["forget held"].wait(30)
+                if first == "between":
+                    real = store.mark_pending
+
+                    def paused(c, r):
+                        stages["stored held"].set()
+                        stages["go"].wait(3)  # the forget waits for this transaction (or wrongly does not)
+                        return real(c, r)
+
+                    store.mark_pending = paused  # type: ignore[method-assign]
+                try:
+                    with store.derived_transaction() as c:
+                        store.put_embeddings(c, [(rowid, text, vec)])
+                        if first == "embedding":
+                            stages["stored held"].set()
+                            stages["go"].wait(3)  # the forget waits for this commit (or wrongly does not)
+                finally:
+                    store.__dict__.pop("mark_pending", None)
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=forget), threading.Thread(target=embed)]
+        for t in threads:
+            t.start()
+        threads[0 if first in ("embedding", "between") else 1].join(3)
+        stages["go"].set()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors
+        assert store.get(item.id) is None
+        assert _stored_rows(store, rowid) == 0  # no embedding of the forgotten memory stays
+        assert store.embedding_count() == len(keep)

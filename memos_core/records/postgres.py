@@ -678,6 +678,9 @@ class PostgresRecordStore(RecordStore):
 
     def erase_item(self, c: Any, rowid: int, item_id: str) -> None:
         r = int(rowid)
+        # the row first: a deferred embedding being stored for it (put_embeddings) commits before we go on, so the
+        # deletes below see it and remove it
+        c.execute("SELECT 1 FROM items WHERE rowid=%s FOR UPDATE", (r,))
         c.execute("DELETE FROM vec_pending WHERE item_rowid=%s", (r,))
         c.execute("DELETE FROM embeddings WHERE item_rowid=%s", (r,))
         c.execute("DELETE FROM versions WHERE item_id=%s", (item_id,))
@@ -1176,11 +1179,16 @@ class PostgresRecordStore(RecordStore):
     def put_embeddings(self, c: Any, rows: Sequence[tuple[int, str, np.ndarray]]) -> list[int]:
         done: list[int] = []
         for rowid, text, vec in rows:
-            # ON CONFLICT: a writer that stored an embedding meanwhile (an update) wins, committed or not yet
+            # ON CONFLICT: a writer that stored an embedding meanwhile (an update) wins, committed or not yet.
+            # FOR SHARE SKIP LOCKED: a row a writer holds (a forget, delete or update in flight) is skipped, not
+            # read as it was before that writer (READ COMMITTED): storing then would leave the embedding of a
+            # forgotten memory behind; the row stays waiting if it still is. Once we hold the row, such a writer
+            # waits for our commit (erase_item locks the row first) and then removes what we stored.
             got = c.execute(
-                "INSERT INTO embeddings(item_rowid, version, vec) SELECT rowid, version, %s FROM items "
-                "WHERE rowid=%s AND indexed_text=%s ON CONFLICT (item_rowid) DO NOTHING RETURNING item_rowid",
-                (np.asarray(vec, dtype=np.float32).tobytes(), int(rowid), text)).fetchone()
+                "WITH it AS (SELECT rowid, version FROM items WHERE rowid=%s AND indexed_text=%s "
+                "FOR SHARE SKIP LOCKED) INSERT INTO embeddings(item_rowid, version, vec) SELECT rowid, version, %s "
+                "FROM it ON CONFLICT (item_rowid) DO NOTHING RETURNING item_rowid",
+                (int(rowid), text, np.asarray(vec, dtype=np.float32).tobytes())).fetchone()
             if got is not None:
                 self.mark_pending(c, rowid)
                 done.append(int(rowid))
