@@ -121,13 +121,13 @@ def collect(name: str, path: Path, cache: Path, vectors: _CachedVectors, n_cand:
             vectors.save()
             f = SearchFilter(user_id=scope)
             states = cube._states(f)
-            where, args = cube.records.compile_filter(f, states, cube._now().timestamp())
+            cf = cube.records.compile_filter(f, states, cube._now().timestamp())
             for q in conv["queries"]:
                 evidence = {str(e) for e in q.get("evidence", [])}
                 if not evidence:
                     continue
                 plan = analyze_query(q["text"])
-                ranked, qvec = cube.retriever.gather(plan, "hybrid", f, where, args, n_cand)
+                ranked, qvec = cube.retriever.gather(plan, "hybrid", f, cf, n_cand)
                 c = cube.retriever.candidates(plan, qvec, ranked, n_cand)
                 items = cube.records.get_many_by_rowid(list(c.keys))
                 for r, blob in zip(*cube.records.embeddings_of([k for k in c.keys if k not in mem_vecs])):

@@ -1458,9 +1458,9 @@ class MemCube:
             f = SearchFilter.coerce({**f.model_dump(exclude_none=True), **scope_over})  # validated, not just copied
         states = self._states(f)
         now = self._now().timestamp()
-        where, args = self.records.compile_filter(f, states, now)
+        cf = self.records.compile_filter(f, states, now)  # passed on unopened: only the store reads it
         self._embed_before_search()  # rows committed without their embedding yet (embed_sync="deferred")
-        hits, used = self.retriever.search(query, mode, f, (where, args), k, min_score)
+        hits, used = self.retriever.search(query, mode, f, cf, k, min_score)
         return hits, used, now
 
     _retriever: Retriever | None = None

@@ -31,6 +31,7 @@ from .query import QueryPlan, analyze_query, entity_matcher
 
 if TYPE_CHECKING:
     from ..records import RecordStore
+    from ..records.base import CompiledFilter
 
 __all__ = ["Retriever", "RetrievalSettings", "Fused", "Prefetched"]
 
@@ -97,14 +98,13 @@ class Retriever:
         self._on_index_down = on_index_down
 
     # ------------------------------------------------------------------ the whole pipeline
-    def search(self, query: str, mode: str, f: SearchFilter, cf: tuple[str, list[Any]], k: int,
+    def search(self, query: str, mode: str, f: SearchFilter, cf: "CompiledFilter", k: int,
                min_score: float | None = None) -> tuple[list[SearchHit], list[int]]:
         """Hits for ``query`` among the rows passing the compiled filter ``cf`` (``RecordStore.compile_filter``),
         in the fusion's order, each with its absolute score; those scoring under ``min_score`` are dropped.
         Returns the hits and their rowids (for usage recording)."""
-        where, args = cf
         pre = Prefetched()
-        plan, fused = self.retrieve(query, mode, f, where, args, k, pre)
+        plan, fused = self.retrieve(query, mode, f, cf, k, pre)
         items = {r.rowid: pre.items[r.rowid]() for r in fused if r.rowid in pre.items}
         missing = [int(r.rowid) for r in fused if r.rowid not in items]
         if missing:
@@ -131,7 +131,7 @@ class Retriever:
                 used.append(int(key))
         return hits, used
 
-    def retrieve(self, query: str, mode: str, f: SearchFilter, where: str, args: list[Any], k: int,
+    def retrieve(self, query: str, mode: str, f: SearchFilter, cf: "CompiledFilter", k: int,
                  pre: Prefetched | None = None) -> tuple[QueryPlan, list[Fused]]:
         """Candidates from each retriever, fused. Returns the query plan and the best ``k`` :class:`Fused`
         candidates, best first.
@@ -145,7 +145,7 @@ class Retriever:
         pre = Prefetched() if pre is None else pre
         plan = analyze_query(query)
         n_cand = max(cfg.candidates, k)
-        ranked, qvec = self.gather(plan, mode, f, where, args, n_cand, pre)
+        ranked, qvec = self.gather(plan, mode, f, cf, n_cand, pre)
         weights = {"dense": cfg.dense_weight, "lexical": 0.8 if cfg.lexical_weight is None else cfg.lexical_weight}
         if mode != "hybrid" or cfg.fusion == "rrf":
             top = rrf(ranked, weights, cfg.rrf_k)[:k]
@@ -181,7 +181,7 @@ class Retriever:
         return cached_query_vector(embedder, key, compute, self.config.query_cache)
 
     # ------------------------------------------------------------------ the retrievers
-    def gather(self, plan: QueryPlan, mode: str, f: SearchFilter, where: str, args: list[Any], n_cand: int,
+    def gather(self, plan: QueryPlan, mode: str, f: SearchFilter, cf: "CompiledFilter", n_cand: int,
                pre: Prefetched | None = None) -> tuple[Ranked, np.ndarray | None]:
         """Each retriever's best ``n_cand`` (rowid, score) for the normalised query, and the query vector.
         ``pre``, when given, receives what :meth:`candidates` and the hits will need about the candidates when
@@ -212,13 +212,13 @@ class Retriever:
             # text, weight, the item), in the same round trip: nothing is left to read after the legs.
             share = pre is not None and self.records.concurrent_reads
             lexical_job = search_pool().submit(
-                self.records.lexical_rows if share else self.records.lexical, fts_query(plan.text), (where, args),
+                self.records.lexical_rows if share else self.records.lexical, fts_query(plan.text), cf,
                 n_cand, *(("recall_weight",) if share else ()), **({"with_items": True} if share else {}))
         try:
             if mode in ("hybrid", "dense"):
                 if qvec is None:
                     qvec = self.query_vector(plan)
-                ranked["dense"] = self.dense(qvec, f, where, args, n_cand, pre=pre if share else None)
+                ranked["dense"] = self.dense(qvec, f, cf, n_cand, pre=pre if share else None)
         finally:
             if lexical_job is not None:
                 wait([lexical_job])  # also when the dense leg raised: no query is left running on the cube
@@ -231,7 +231,7 @@ class Retriever:
             else:
                 ranked["lexical"] = lexical_job.result()
         elif mode in ("hybrid", "lexical"):
-            ranked["lexical"] = self.records.lexical(fts_query(plan.text), (where, args), n_cand)
+            ranked["lexical"] = self.records.lexical(fts_query(plan.text), cf, n_cand)
         return ranked, qvec
 
     def candidates(self, plan: QueryPlan, qvec: np.ndarray, ranked: Ranked, n_cand: int,
@@ -270,7 +270,7 @@ class Retriever:
                           lexical_ranks={key: i for i, (key, _) in enumerate(ranked["lexical"], 1) if key in lexical},
                           weights=weights)
 
-    def dense(self, query: str | np.ndarray, f: SearchFilter, where: str, args: list[Any], n: int, *,
+    def dense(self, query: str | np.ndarray, f: SearchFilter, cf: "CompiledFilter", n: int, *,
               pre: Prefetched | None = None) -> list[tuple[int, float]]:
         """The best ``n`` (rowid, cosine) passing the filter: exact over stored embeddings when the filter narrows
         the search to at most ``exact_below`` rows or the index is down, else the ANN index checked against the
@@ -288,10 +288,10 @@ class Retriever:
         degraded = self._degraded()
         if narrowed or f.kinds or degraded:
             limit = 10**9 if degraded else cfg.exact_below + 1
-            rowids, blobs = self.records.filtered_vectors((where, args), limit)
+            rowids, blobs = self.records.filtered_vectors(cf, limit)
             if len(rowids) <= cfg.exact_below or degraded:
                 return score_blobs(qvec, rowids, blobs, n)
-        fresh = self.pending_scores(qvec, where, args, n)
+        fresh = self.pending_scores(qvec, cf, n)
         # ANN over the whole index, then the authoritative SQL filter on the candidates, over-fetching while
         # too few pass. Nothing is pushed down to Chroma: its metadata pre-filter costs time proportional to
         # the rows it matches on every query (~100 ms at 30k memories even for a filter on the state alone),
@@ -304,15 +304,15 @@ class Retriever:
             except BackendUnavailable as exc:
                 self._on_index_down(exc)
                 log.warning("dense search falls back to exact scan: %s", exc)
-                return score_blobs(qvec, *self.records.filtered_vectors((where, args), 10**9), n)
+                return score_blobs(qvec, *self.records.filtered_vectors(cf, 10**9), n)
             if pre is not None and fetch == n:
-                got = self.records.candidates_passing([i for i, _ in res], [r for r, _ in fresh], (where, args),
+                got = self.records.candidates_passing([i for i, _ in res], [r for r, _ in fresh], cf,
                                                       "recall_weight", with_items=True)
                 ok = got.passing
                 pre.rows.update(got.rows)
                 pre.items.update(got.items)
             else:
-                ok = self.rowids_passing([i for i, _ in res], where, args)
+                ok = self.rowids_passing([i for i, _ in res], cf)
             out = [(ok[i], s) for i, s in res if i in ok]
             if fresh:  # rows whose vectors the index has not received yet, scored exactly
                 mine = {r for r, _ in fresh}
@@ -320,19 +320,19 @@ class Retriever:
             if len(out) >= n or len(res) < fetch:  # enough, or the whole index was seen
                 return out[:n]
             if fetch >= 20000:  # the filter passes very few of the nearest rows: scan them exactly
-                return score_blobs(qvec, *self.records.filtered_vectors((where, args), 10**9), n)
+                return score_blobs(qvec, *self.records.filtered_vectors(cf, 10**9), n)
             fetch *= 4
 
-    def pending_scores(self, qvec: np.ndarray, where: str, args: list[Any], n: int) -> list[tuple[int, float]]:
+    def pending_scores(self, qvec: np.ndarray, cf: "CompiledFilter", n: int) -> list[tuple[int, float]]:
         """Exact scores of rows passing the filter whose vectors are still pending for the index (written with
         deferred sync, here or by another process), so that search sees every acknowledged write."""
-        rowids, blobs = self.records.filtered_vectors((where, args), 10**9, pending_only=True)
+        rowids, blobs = self.records.filtered_vectors(cf, 10**9, pending_only=True)
         return score_blobs(qvec, rowids, blobs, n)
 
-    def rowids_passing(self, ids: Sequence[str], where: str, args: list[Any]) -> dict[str, int]:
+    def rowids_passing(self, ids: Sequence[str], cf: "CompiledFilter") -> dict[str, int]:
         if not ids:
             return {}
-        return self.records.rowids_passing(ids, (where, args))  # type: ignore[arg-type]
+        return self.records.rowids_passing(ids, cf)
 
     def exact_dense(self, qvec: np.ndarray, rowids: Sequence[int], n: int) -> list[tuple[int, float]]:
         """Exact cosine of the stored embeddings of ``rowids`` (those still stored), the best ``n``."""
