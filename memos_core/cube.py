@@ -453,6 +453,8 @@ class MemCube:
         self._index_degraded = bool(value)
 
     def close(self) -> None:
+        if self.records.closed:  # closed already: nothing is left to embed or apply
+            return
         for job in (self._embed_job, self._flush_job):
             if job is not None:  # before the cube lock: the job may be waiting for a records lock held under it
                 try:

@@ -288,3 +288,16 @@ def test_postgresql_a_deferred_embedding_racing_a_forget_leaves_no_orphan(tmp_pa
         assert store.get(item.id) is None
         assert _stored_rows(store, rowid) == 0  # no embedding of the forgotten memory stays
         assert store.embedding_count() == len(keep)
+
+
+def test_closing_a_cube_twice_is_quiet(tmp_path, caplog) -> None:
+    """close() is idempotent (a ``with`` block after an explicit close, MemOS.close after the cube's): the second
+    call finds nothing to embed or apply and logs nothing (it logged a warning about rows it could not embed)."""
+    import logging
+
+    cube = MemCube(tmp_path / "c", embedder=hashed_embed, vector_sync="deferred", embed_sync="deferred")
+    cube.add("the tram runs every ten minutes")
+    cube.close()
+    with caplog.at_level(logging.WARNING, logger="memos"):
+        cube.close()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
