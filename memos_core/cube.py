@@ -736,19 +736,25 @@ class MemCube:
         """``{rowid: vector}`` for waiting ``(rowid, text)`` rows. A text the embedder refuses (an API's input
         limit, NaN from a model) must not keep the others waiting: when a batch fails, each text is embedded in
         its own call and the refused ones are left out (logged; they stay waiting, found by the lexical index,
-        and are tried again later). When every text fails, the embedder itself is down: its error is raised."""
+        and are tried again later). When the embedder itself is down (a short probe text fails too) or every
+        text fails, its error is raised: an outage costs one more call, not one per text."""
+        probed = not one_by_one
         if not one_by_one:
             try:
                 return dict(zip((r for r, _ in rows), self._embed([t for _, t in rows])))
             except MemOSError:
                 if len(rows) == 1:
                     raise
+                self._embed(["embedding probe"])  # raises in an outage
         got: dict[int, np.ndarray] = {}
         first: MemOSError | None = None
         for rowid, text in rows:
             try:
                 got[rowid] = self._embed([text])[0]
             except MemOSError as exc:
+                if not probed:
+                    probed = True
+                    self._embed(["embedding probe"])  # raises in an outage
                 first = first or exc
                 log.warning("cube %s: the embedder refused the text of a memory waiting for its embedding (row "
                             "%d): %s; lexical search finds it, and it is tried again later", self.name, rowid, exc)

@@ -301,3 +301,31 @@ def test_closing_a_cube_twice_is_quiet(tmp_path, caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="memos"):
         cube.close()
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+@pytest.mark.parametrize("one_by_one", [False, True])
+def test_an_embedder_outage_costs_two_calls_not_one_per_waiting_memory(tmp_path, one_by_one) -> None:
+    """Telling a refused text from an embedder that is down: while it is down, embedding the waiting rows (before
+    a search: a batch; on the background thread: one text per call) stops after a probe, so a search does not
+    wait for one failing call (an API timeout) per waiting memory."""
+    from memos_core.cube import _EMBED_BATCH
+    from memos_core.errors import ValidationError
+
+    calls: list[int] = []
+    down = [False]
+
+    def embed(texts: list[str]) -> np.ndarray:
+        if down[0]:
+            calls.append(len(texts))
+            raise RuntimeError("connection refused")
+        return hashed_embed(texts)
+
+    with MemCube(tmp_path / "c", embedder=embed, vector_sync="deferred", embed_sync="deferred") as cube:
+        cube._embed_in_background = lambda: None  # type: ignore[method-assign]
+        for i in range(_EMBED_BATCH):
+            cube.add(f"memory {i} about the harbour")
+        down[0] = True
+        with pytest.raises(ValidationError, match="connection refused"):
+            cube._embed_waiting(one_by_one=one_by_one)
+        assert len(calls) == 2, calls
+        down[0] = False
