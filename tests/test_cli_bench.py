@@ -268,14 +268,6 @@ def test_qa_min_score_leaves_weak_memories_out(tmp_path) -> None:
     assert line == "[10 May 2023] Ann: I moved to Lisbon yesterday (9 May 2023), last Monday (8 May 2023) I packed."
 
 
-def test_qa_answer_lead_ins_are_not_scored() -> None:
-    assert qa.first_line("\n  Dana: Ana\nmore") == "Ana"  # a speaker label copied from the notes' format
-    assert qa.first_line('The answer is: "a camper van"') == "a camper van"
-    assert qa.first_line("Answer: Biscuit") == "Biscuit"
-    assert qa.first_line("Ann moved to Lisbon.") == "Ann moved to Lisbon."
-    assert qa.first_line("12:30 pm") == "12:30 pm" and qa.first_line("Dana:") == "Dana:"
-
-
 def test_qa_chat_model_window_truncates_the_conversation(tmp_path) -> None:
     model = _memory_echo_model()
     rep = qa.run(QA_FILE, qa.ChatAnswerer(model, window=120), modes=["context"], embedder=hashed_embed,

@@ -157,19 +157,9 @@ def gold_answers(query: dict[str, Any]) -> list[str] | None:
     return golds
 
 
-_LEAD_IN = re.compile(r"^(?:(?:the )?answer(?: is)?\s*:\s*|(?:[A-Z][\w'-]*(?: [A-Z][\w'-]*)?):\s+(?=\S))", re.I)
-
-
 def first_line(text: str) -> str:
-    """The answer as scored: its first non-empty line, stripped, without a lead-in a small model copies from
-    the prompt's format -- "The answer is: ", "Answer: " or a speaker label ("Dana: Ana" -> "Ana"), once each."""
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-    for _ in range(2):
-        cut = _LEAD_IN.sub("", line, count=1).strip()
-        if not cut or cut == line:
-            break
-        line = cut
-    return line.strip().strip('"').strip()
+    """The answer as scored: its first non-empty line, stripped."""
+    return next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
 
 
 # ---------------------------------------------------------------------------------------------- answering
