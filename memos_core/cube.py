@@ -874,6 +874,9 @@ class MemCube:
                 self.records.flush()
                 self.index_degraded = False
                 self._unapplied = 0
+                if not reembed:  # a re-embedding recorded each of its chunks above
+                    with w.commit(sync=None) as c:
+                        w.record(c, time.time(), {"indexed": total})
                 log.info("rebuilt the vector index of cube %s: %d vectors%s", self.name, total,
                          " (re-embedded)" if reembed else "")
                 return {"indexed": total}

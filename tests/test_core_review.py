@@ -329,3 +329,15 @@ def test_an_embedder_outage_costs_two_calls_not_one_per_waiting_memory(tmp_path,
             cube._embed_waiting(one_by_one=one_by_one)
         assert len(calls) == 2, calls
         down[0] = False
+
+
+def test_a_reindex_is_audited(tmp_path) -> None:
+    """Every write of the cube's write pipeline appends its audit event; a reindex (an administer operation that
+    rebuilds the vector index) recorded one only when it re-embedded."""
+    with MemCube(tmp_path / "c", embedder=hashed_embed) as cube:
+        cube.add_many(["the tram runs every ten minutes", "the library lends umbrellas"])
+        assert cube.reindex() == {"indexed": 2}
+        last = cube.events()[-1]
+        assert (last["op"], last["outcome"], last["actor"], last["detail"]) == ("reindex", "ok", "local",
+                                                                                 {"indexed": 2})
+        assert cube.governance.verify().ok
