@@ -60,7 +60,7 @@ def test_a_schema_1_cube_is_migrated_and_its_rows_become_searchable(pg: Any, cub
         old.close()
     new = _store(pg, cube_name)
     try:
-        assert new.stored_schema_version() == 2
+        assert new.stored_schema_version() == 3
         everything = new.compile_filter(SearchFilter(), [S.ACTIVATED], 0.0)
         assert [r for r, _ in new.lexical('"lighthouse" OR "zennor"', everything, 5)] == [rowid]
         assert new.get(item.id).content == "the lighthouse keeper of Zennor"

@@ -175,7 +175,7 @@ def test_a_schema_1_database_is_migrated_on_open(tmp_path) -> None:
     conn.close()
     store = SQLiteRecordStore(path)
     try:
-        assert store.stored_schema_version() == 2
+        assert store.stored_schema_version() == 3
         assert store.pending_vectors() == [rowid]
         store.mark_vectors_applied([rowid])
         store.flush()

@@ -543,6 +543,28 @@ class RecordStore(ABC):
             done.append(rowid)
         return done
 
+    # ------------------------------------------------------------------ topic vectors (schema 3)
+    #: Each stored embedding may carry a *topic vector*: the embedding of the memory's own words
+    #: (:func:`memos_core.reader.offline.topic_text`), which the topical leg of hybrid search compares with a
+    #: question naming people (:class:`memos_core.plaintext.fusion.Candidates`). It lives in the embedding's row:
+    #: every write that replaces or removes the embedding (update, re-embedding, delete, forget) drops it too,
+    #: and the writer stores the new one in the same transaction. ``b""`` means "the same text as the indexed
+    #: text": the topic vector is the embedding itself (nothing extra stored or embedded).
+
+    def put_topics(self, c: Txn, rows: Sequence[tuple[int, int, bytes]]) -> None:
+        """Store the topic vector (float32 bytes, or ``b""``: the embedding itself) of each ``(rowid, version,
+        blob)`` beside that row's embedding, if the embedding is still of that item version (else skipped)."""
+        raise NotImplementedError
+
+    def topic_vectors(self, rowids: Sequence[int]) -> dict[int, bytes]:
+        """``{rowid: topic blob}`` of those ``rowids`` whose embedding has a topic vector (see
+        :meth:`put_topics`); rows without one (none stored yet: written before schema 3) are left out."""
+        return {}
+
+    def missing_topics(self, limit: int = 10_000) -> list[tuple[int, int]]:
+        """``(rowid, version)`` of stored embeddings without a topic vector (at most ``limit``, oldest first)."""
+        return []
+
     def missing_embeddings(self, states: Sequence[LifecycleState]) -> list[int]:
         have = {r for batch in self.all_embeddings() for r, _, _ in batch}
         want = {s.value for s in states}

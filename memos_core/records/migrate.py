@@ -81,15 +81,22 @@ def copy_records(src: RecordStore, dst: RecordStore, *, batch: int = 500, verify
             import numpy as np
 
             vecs = {r: np.frombuffer(b, dtype=np.float32) for r, b in zip(have, blobs)}
+            topics = src.topic_vectors(have)  # copied beside their embeddings (schema 3)
+            put: list[tuple[int, int, bytes]] = []
             for it in ids_batch:
                 vec = vecs.get(rowids[it.id][0])
                 versions = src.versions(it.id)
                 # an indexed row still waiting for its embedding (embed_sync="deferred") stays indexed where the
                 # target can hold it so (the target's first open embeds it); other targets were refused above
-                dst.restore_item(c, it, versions, src.transitions(it.id), vec,
-                                 it.state in INDEXED and (vec is not None or dst.embeds_later))
+                new_rowid = dst.restore_item(c, it, versions, src.transitions(it.id), vec,
+                                             it.state in INDEXED and (vec is not None or dst.embeds_later))
+                topic = topics.get(rowids[it.id][0])
+                if vec is not None and topic is not None:
+                    put.append((int(new_rowid), it.version, topic))
                 n_items += 1
                 n_versions += len(versions)
+            if put:
+                dst.put_topics(c, put)
             ids_batch.clear()
 
         for item in src.iter_items(batch=batch):

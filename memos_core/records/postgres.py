@@ -58,7 +58,7 @@ __all__ = ["PostgresRecordStore", "PG_SCHEMA_VERSION", "parse_postgres_url", "sc
 _log = logging.getLogger(__name__)
 
 #: Schema versions: 1 = tables; 2 = the lexical index (generated tsvector column + GIN index).
-PG_SCHEMA_VERSION = 2
+PG_SCHEMA_VERSION = 3
 
 _V1 = """
 CREATE TABLE IF NOT EXISTS items(
@@ -117,8 +117,13 @@ ALTER TABLE items ADD COLUMN IF NOT EXISTS tsv tsvector
 CREATE INDEX IF NOT EXISTS items_tsv ON items USING GIN (tsv)
 """
 
+# the topic vector beside the embedding (NULL: none yet; see RecordStore.put_topics)
+_V3 = """
+ALTER TABLE embeddings ADD COLUMN IF NOT EXISTS topic BYTEA
+"""
+
 #: migration n brings a schema from version n-1 to n
-_MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2}
+_MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3}
 
 _ITEM_COLS = (
     "rowid, id, cube_id, content, index_text, form, kind, user_id, agent_id, session_id, state, version, "
@@ -602,7 +607,7 @@ class PostgresRecordStore(RecordStore):
 
     def _put_vec(self, c: Any, rowid: int, version: int, vec: np.ndarray) -> None:
         c.execute("INSERT INTO embeddings(item_rowid, version, vec) VALUES(%s, %s, %s) ON CONFLICT(item_rowid) DO "
-                  "UPDATE SET version=excluded.version, vec=excluded.vec",
+                  "UPDATE SET version=excluded.version, vec=excluded.vec, topic=NULL",
                   (rowid, version, np.asarray(vec, dtype=np.float32).tobytes()))
         self.mark_pending(c, rowid)
 
@@ -1193,6 +1198,25 @@ class PostgresRecordStore(RecordStore):
                 self.mark_pending(c, rowid)
                 done.append(int(rowid))
         return done
+
+    def put_topics(self, c: Any, rows: Sequence[tuple[int, int, bytes]]) -> None:
+        if rows:
+            c.cursor().executemany("UPDATE embeddings SET topic=%s WHERE item_rowid=%s AND version=%s",
+                                   [(bytes(blob), int(r), int(v)) for r, v, blob in rows])
+
+    def topic_vectors(self, rowids: Sequence[int]) -> dict[int, bytes]:
+        if not rowids:
+            return {}
+        with self._conn() as conn:
+            rows = conn.execute("SELECT item_rowid, topic FROM embeddings WHERE topic IS NOT NULL AND "
+                                "item_rowid = ANY(%s)", ([int(r) for r in rowids],)).fetchall()
+        return {int(r[0]): bytes(r[1]) for r in rows}
+
+    def missing_topics(self, limit: int = 10_000) -> list[tuple[int, int]]:
+        with self._conn() as conn:
+            return [(int(r[0]), int(r[1])) for r in conn.execute(
+                "SELECT item_rowid, version FROM embeddings WHERE topic IS NULL ORDER BY item_rowid LIMIT %s",
+                (int(limit),))]
 
     def missing_embeddings(self, states: Sequence[LifecycleState]) -> list[int]:
         with self._conn() as conn:

@@ -46,7 +46,7 @@ from ..items import (
 __all__ = ["SQLiteRecordStore", "RECORDS_SCHEMA_VERSION"]
 
 #: 1: the first layout; 2: ``vec_pending.gen`` (a pending mark is cleared only as it was listed)
-RECORDS_SCHEMA_VERSION = 2
+RECORDS_SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -88,7 +88,8 @@ CREATE TABLE IF NOT EXISTS events(
   seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, actor TEXT, op TEXT NOT NULL, item_id TEXT,
   outcome TEXT NOT NULL, detail TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS embeddings(item_rowid INTEGER PRIMARY KEY, version INTEGER NOT NULL, vec BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS embeddings(item_rowid INTEGER PRIMARY KEY, version INTEGER NOT NULL, vec BLOB NOT NULL,
+  topic BLOB);
 CREATE TABLE IF NOT EXISTS vec_pending(item_rowid INTEGER PRIMARY KEY, gen INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS gov_principals(id TEXT PRIMARY KEY, kind TEXT NOT NULL, created_at REAL NOT NULL,
   created_by TEXT);
@@ -735,6 +736,26 @@ class SQLiteRecordStore(RecordStore):
                 done.append(rowid)
         return done
 
+    def put_topics(self, c: sqlite3.Connection, rows: Sequence[tuple[int, int, bytes]]) -> None:
+        c.executemany("UPDATE embeddings SET topic=? WHERE item_rowid=? AND version=?",
+                      [(bytes(blob), int(r), int(v)) for r, v, blob in rows])
+
+    def topic_vectors(self, rowids: Sequence[int]) -> dict[int, bytes]:
+        out: dict[int, bytes] = {}
+        with self._lock:
+            for s in range(0, len(rowids), 900):
+                chunk = [int(r) for r in rowids[s:s + 900]]
+                out.update(self._conn.execute(
+                    f"SELECT item_rowid, topic FROM embeddings WHERE topic IS NOT NULL AND item_rowid IN "
+                    f"({','.join('?' * len(chunk))})", chunk).fetchall())
+        return out
+
+    def missing_topics(self, limit: int = 10_000) -> list[tuple[int, int]]:
+        with self._lock:
+            return [(int(r), int(v)) for r, v in self._conn.execute(
+                "SELECT item_rowid, version FROM embeddings WHERE topic IS NULL ORDER BY item_rowid LIMIT ?",
+                (limit,))]
+
     def missing_embeddings(self, states: Sequence[LifecycleState]) -> list[int]:
         st = [s.value for s in states]
         with self._lock:
@@ -880,6 +901,9 @@ class SQLiteRecordStore(RecordStore):
         transaction). A new database was created at the current layout by ``_SCHEMA``."""
         if have < 2 and "gen" not in {r[1] for r in c.execute("PRAGMA table_info(vec_pending)")}:
             c.execute("ALTER TABLE vec_pending ADD COLUMN gen INTEGER NOT NULL DEFAULT 0")
+        if have < 3 and "topic" not in {r[1] for r in c.execute("PRAGMA table_info(embeddings)")}:
+            # schema 3: the topic vector beside the embedding (NULL: none yet; see RecordStore.put_topics)
+            c.execute("ALTER TABLE embeddings ADD COLUMN topic BLOB")
         c.execute("INSERT INTO meta(key, value) VALUES('records_schema', ?) ON CONFLICT(key) DO UPDATE SET "
                   "value=excluded.value", (str(RECORDS_SCHEMA_VERSION),))
 
