@@ -111,6 +111,12 @@ class RetrievalConfig:
     * ``entity_weight``: bonus (in standard deviations, z-score fusion only) for a memory that contains the
       names the query mentions (speakers of a pasted dialogue, capitalised non-initial words), scaled by the
       share of those names it contains.
+    * ``topical_weight``: weight of the topical leg of z-score fusion for a question or keywords naming people
+      (:attr:`memos_core.plaintext.query.QueryPlan.topic`): each candidate's *topic vector* (the embedding of
+      its own words, without speaker tag, date or reply context, stored beside its embedding) is compared with
+      the query vector and fused as a third leg. Default :data:`memos_core.plaintext.fusion.TOPICAL_WEIGHT`;
+      0 turns the leg off. Memories stored before topic vectors existed have none until re-embedded
+      (``reindex(reembed=True)``).
     * ``focus_weight``: when the query is a pasted user <-> assistant dialogue, weight of its last user turn
       added to the query embedding (one extra text in the same embedding batch; 0 disables it).
     * ``query_cache``: how many query vectors to keep per embedder (LRU; 0 disables). Agents repeat queries:
@@ -126,7 +132,7 @@ class RetrievalConfig:
                  fusion: Literal["zscore", "rrf"] = "zscore", entity_weight: float = 0.3,
                  focus_weight: float = 0.5, query_cache: int = 256, question_lexical_weight: float = 0.5,
                  dialogue_lexical_weight: float = 0.3, act_weight: float = 2.0,
-                 confidence_weight: float = 1.0) -> None:
+                 confidence_weight: float = 1.0, topical_weight: float | None = None) -> None:
         if fusion not in ("zscore", "rrf"):
             raise ValidationError(f"fusion must be 'zscore' or 'rrf', not {fusion!r}")
         self.fusion = fusion
@@ -138,6 +144,11 @@ class RetrievalConfig:
         self.dialogue_lexical_weight = dialogue_lexical_weight
         self.act_weight = act_weight
         self.confidence_weight = confidence_weight
+        if topical_weight is None:
+            from .plaintext.fusion import TOPICAL_WEIGHT
+
+            topical_weight = TOPICAL_WEIGHT
+        self.topical_weight = float(topical_weight)
         self.entity_weight = entity_weight
         self.focus_weight = focus_weight
         if not isinstance(query_cache, int) or isinstance(query_cache, bool) or query_cache < 0:
@@ -569,6 +580,41 @@ class MemCube:
             raise EmbeddingDimensionError(f"embedder returned dimension {vecs.shape[1]}, cube expects {dim}")
         return vecs
 
+    def _embed_items(self, items: Sequence[MemoryItem], embed: Callable[[list[str]], np.ndarray] | None = None
+                     ) -> tuple[np.ndarray, list[bytes]]:
+        """The embeddings of ``items``' index texts and their topic vectors (see :meth:`_topic_blobs`), in one
+        embedder call (``embed``: default :meth:`_embed`)."""
+        topics = _topic_texts(items)
+        extra = [t for t in topics if t is not None]
+        vecs = (embed or self._embed)([it.index_text or it.content for it in items] + extra)
+        return vecs[:len(items)], _topic_blobs(topics, vecs[len(items):])
+
+    def _topic_blobs(self, items: Sequence[MemoryItem]) -> list[bytes]:
+        """Each item's topic vector for :meth:`RecordStore.put_topics`: float32 bytes of the embedding of its own
+        words (:func:`memos_core.reader.offline.topic_text`), or ``b""`` when those are its index text (the topic
+        vector is then the embedding itself: nothing more is embedded)."""
+        topics = _topic_texts(items)
+        extra = [t for t in topics if t is not None]
+        return _topic_blobs(topics, self._embed(extra) if extra else np.zeros((0, 0), np.float32))
+
+    def _fill_topics(self, batch: int = 256) -> int:
+        """Store the topic vectors of stored embeddings that have none (an imported bundle, or a cube written
+        before topic vectors existed, re-embedded); returns how many were stored."""
+        done = 0
+        skipped: set[int] = set()
+        while True:
+            rows = [(r, v) for r, v in self.records.missing_topics(batch + len(skipped)) if r not in skipped]
+            if not rows:
+                return done
+            items = self.records.get_many_by_rowid([r for r, _ in rows])
+            todo = [(r, v, items[r]) for r, v in rows if r in items and items[r].version == v]
+            skipped.update(r for r, v in rows if not (r in items and items[r].version == v))
+            if todo:
+                blobs = self._topic_blobs([it for _, _, it in todo])
+                with self.records.derived_transaction() as c:
+                    self.records.put_topics(c, [(r, v, b) for (r, v, _), b in zip(todo, blobs)])
+                done += len(todo)
+
     # ------------------------------------------------------------------ vector index sync
     def _apply_pending(self) -> None:
         """Push pending rows to the vector index. Safe to call any time; idempotent."""
@@ -716,11 +762,20 @@ class MemCube:
                         with self._count_lock:
                             self._waiting = 0
                     break
-                got = self._embed_rows(rows, one_by_one)
+                # each row's topic text (its own words) rides in the same embedder call, keyed by -rowid
+                items = self.records.get_many_by_rowid([r for r, _ in rows])
+                with_item = [(r, items[r]) for r, _ in rows if r in items]
+                topics = dict(zip((r for r, _ in with_item), _topic_texts([it for _, it in with_item])))
+                got = self._embed_rows(rows + [(-r, t) for r, t in topics.items() if t is not None], one_by_one)
                 refused.update((r, t) for r, t in rows if r not in got)
+                put_topics = [(r, items[r].version, b"" if topics[r] is None else
+                               np.asarray(got[-r], dtype=np.float32).tobytes())
+                              for r, _ in rows if r in got and r in topics and (topics[r] is None or -r in got)]
                 # derived data: no fsync of its own (a lost embedding leaves the row waiting; it is embedded again)
                 with self.records.derived_transaction() as c:
                     done = self.records.put_embeddings(c, [(r, t, got[r]) for r, t in rows if r in got])
+                    stored_now = set(done)
+                    self.records.put_topics(c, [row for row in put_topics if row[0] in stored_now])
                 with self._count_lock:
                     self._waiting = max(0, self._waiting - len(rows))
                     self._unapplied += len(done)
@@ -855,11 +910,13 @@ class MemCube:
                                                             unit="batch", progress=progress, minimum=2)
                     for s in it_range:
                         chunk = rows[s:s + batch_size]
-                        vecs = self._embed([it.index_text or it.content for _, it in chunk])
+                        vecs, topics = self._embed_items([it for _, it in chunk])
                         with w.commit(sync=None) as c:  # the index is rebuilt below
                             for (rowid, it), vec in zip(chunk, vecs):
                                 assert rowid is not None
                                 self.records.reindex_row(c, rowid, it, vec)
+                            self.records.put_topics(c, [(rowid, it.version, b)  # type: ignore[misc]
+                                                        for (rowid, it), b in zip(chunk, topics)])
                             w.record(c, time.time(), {"reembedded": len(chunk)})
                     self.manifest["embedder"] = {"name": self._embedder.name, "dim": self._embedder.dim}
                     self._save_manifest()
@@ -1081,12 +1138,17 @@ class MemCube:
             # forged principals refused, default TTL, redaction policy (memos_core.governance), before embedding
             items = [it.model_copy(update={"created_by": actor}) for it in self.governance.prepare_add(items, actor, now)]
             later = self._defer_embedding(len(items))
-            vecs: Sequence[np.ndarray | None] = [None] * len(items) if later else \
-                self._embed_bulk([it.index_text or it.content for it in items], progress)
+            vecs: Sequence[np.ndarray | None] = [None] * len(items)
+            topics: list[bytes] = []
+            if not later:  # index texts and topic texts in one embedder call
+                vecs, topics = self._embed_items(items, lambda texts: self._embed_bulk(texts, progress))
             # one transaction: the rows, their first versions, transitions and "add" audit records (add_items)
             with w.commit(sync="add", rows=len(items), waiting=later) as c:
-                self.records.add_items(c, items, vecs, [it.state in lifecycle.INDEXED for it in items], actor,
-                                       now.timestamp())
+                indexed = [it.state in lifecycle.INDEXED for it in items]
+                rowids = self.records.add_items(c, items, vecs, indexed, actor, now.timestamp())
+                if topics:
+                    self.records.put_topics(c, [(r, it.version, b) for r, it, b, i
+                                                in zip(rowids, items, topics, indexed) if i])
             if log.isEnabledFor(logging.INFO):
                 log.info("added %d memories to cube %s by %s: %s", len(items), self.name, actor,
                          ", ".join(it.id for it in items[:20]) + (" ..." if len(items) > 20 else ""))
@@ -1141,7 +1203,8 @@ class MemCube:
                 if expected_version is not None and expected_version != item.version:
                     raise Conflict(f"memory {item_id!r} is at version {item.version}, not {expected_version}")
                 new = self.governance.prepare_update(item, self._revise(item, fields), actor)
-                vec = self._embed([new.index_text or new.content])[0]
+                vecs, topics = self._embed_items([new])
+                vec = vecs[0]
                 with w.commit() as c:
                     # Read again inside the write transaction: a writer that deleted, froze or archived the memory
                     # after we read it must not have its state overwritten by ours (replace_item checks the
@@ -1152,6 +1215,8 @@ class MemCube:
                                        f"{'gone' if now_item is None else now_item.state.value}); read it again")
                     self.records.replace_item(c, rowid, new, vec, new.state in lifecycle.INDEXED, True, actor,
                                               reason or "update")
+                    if new.state in lifecycle.INDEXED:
+                        self.records.put_topics(c, [(rowid, new.version, topics[0])])
                     w.record(c, new.updated_at.timestamp(), {"version": new.version, "reason": reason})
                 return new
 
@@ -1207,16 +1272,20 @@ class MemCube:
                 was_indexed = item.state in lifecycle.INDEXED
                 will_index = target in lifecycle.INDEXED
                 vec = None
+                topic: list[tuple[int, int, bytes]] = []
                 if will_index and not was_indexed:
                     vec = self.records.embedding(rowid)
                     if vec is None:
-                        vec = self._embed([item.index_text or item.content])[0]
+                        vecs, topics = self._embed_items([item])
+                        vec, topic = vecs[0], [(rowid, new.version, topics[0])]
                 with w.commit() as c:
                     self.records.set_state(c, rowid, item_id, item.state, target, now.timestamp(), actor, reason)
                     if was_indexed and not will_index:
                         self.records.unindex(c, rowid)
                     elif will_index and not was_indexed:
                         self.records.reindex_row(c, rowid, new, vec)
+                        if topic:
+                            self.records.put_topics(c, topic)
                     elif will_index:  # metadata in the vector index carries the state
                         self.records.mark_pending(c, rowid)
                     w.record(c, now.timestamp(), {"from": item.state.value, "to": target.value, "reason": reason})
@@ -1600,6 +1669,32 @@ class MemCube:
                         back = _S.ARCHIVED
                     break
             return self.transition(item_id, back, actor=actor, reason=reason or "legal hold lifted")
+
+
+def _topic_texts(items: Sequence[MemoryItem]) -> list[str | None]:
+    """Each item's own words (:func:`memos_core.reader.offline.topic_text`), or ``None`` where they are its index
+    text (its topic vector is then its embedding)."""
+    from .reader.offline import topic_text
+
+    out: list[str | None] = []
+    for it in items:
+        t = topic_text(it.content, it.provenance.speaker if it.provenance is not None else None)
+        out.append(None if t == (it.index_text or it.content) else t)
+    return out
+
+
+def _topic_blobs(topics: Sequence[str | None], vecs: np.ndarray) -> list[bytes]:
+    """Topic blobs for :meth:`RecordStore.put_topics` from :func:`_topic_texts` and the vectors of its texts
+    (in order): float32 bytes, or ``b""`` for an item whose topic vector is its embedding."""
+    out: list[bytes] = []
+    j = 0
+    for t in topics:
+        if t is None:
+            out.append(b"")
+        else:
+            out.append(np.asarray(vecs[j], dtype=np.float32).tobytes())
+            j += 1
+    return out
 
 
 def _state_value(state: Any) -> str | None:

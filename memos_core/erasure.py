@@ -432,9 +432,15 @@ class Erasure:
             vecs = self.cube._embed([work[n][1].index_text or work[n][1].content for n in todo])
             for n, vec in zip(todo, vecs):
                 work[n] = (*work[n][:5], vec)
+        restored: list[tuple[int, MemoryItem]] = []
         for rowid, new, versions, transitions, indexed, vec in work:
             self.records.erase_item(c, rowid, new.id)
-            self.records.restore_item(c, new, versions, transitions, vec, indexed)
+            r = self.records.restore_item(c, new, versions, transitions, vec, indexed)
+            if indexed and vec is not None:
+                restored.append((r, new))
+        if restored:  # their topic vectors (the memory's own words: no erased context) go with the embeddings
+            blobs = self.cube._topic_blobs([it for _, it in restored])
+            self.records.put_topics(c, [(r, it.version, b) for (r, it), b in zip(restored, blobs)])
 
     def _mark_pending(self, c: "Txn", ids: Sequence[str], drop_artifacts: bool) -> None:
         """Record (in the erasing transaction) the after-commit work :meth:`finish` still has to do."""

@@ -90,7 +90,10 @@ def test_hybrid_is_at_least_as_good_as_each_retriever(report) -> None:
     for k in (5, 10):
         assert report[f"any@{k}"] >= max(dense[f"any@{k}"], lexical[f"any@{k}"]) - 1e-9
     assert report["any@5"] >= 0.9
-    assert report["any@1"] >= 0.8  # a floor: on a corpus this small the embedder alone is often right at 1
+    # a floor: on a corpus this small the embedder alone is often right at 1. 0.7 since the topical leg (issue
+    # 15): a bare reply ("Friday at seven works for me.") found through the turn it answers drops from rank 1 to
+    # 2 behind that turn, which the name-free topic matches (still in the top 5; README, the topical leg)
+    assert report["any@1"] >= 0.7
 
 
 def test_each_kind_of_query_is_served_by_the_right_retriever(report) -> None:

@@ -494,6 +494,7 @@ def import_bundle(file: str | os.PathLike[str], dest: str | os.PathLike[str], *,
                     "source_cube_id": manifest["cube"].get("cube_id"), "source_audit_head": manifest.get("audit_head"),
                     "items": len(items), "events_copied": copied})
             cube.repair_index()
+            cube._fill_topics()  # topic vectors are rebuilt, not exported (see RecordStore.put_topics)
             for name in files:
                 if name.startswith("artifacts/"):
                     target = tmp / name[len("artifacts/"):]
