@@ -614,6 +614,7 @@ class MemCube:
                 with self.records.derived_transaction() as c:
                     self.records.put_topics(c, [(r, v, b) for (r, v, _), b in zip(todo, blobs)])
                 done += len(todo)
+                skipped.update(r for r, _, _ in todo)  # never twice, even if a writer changed one meanwhile
 
     # ------------------------------------------------------------------ vector index sync
     def _apply_pending(self) -> None:
