@@ -116,7 +116,9 @@ class RetrievalConfig:
       its own words, without speaker tag, date or reply context, stored beside its embedding) is compared with
       the query vector and fused as a third leg. Default :data:`memos_core.plaintext.fusion.TOPICAL_WEIGHT`;
       0 turns the leg off. Memories stored before topic vectors existed have none until re-embedded
-      (``reindex(reembed=True)``).
+      (``reindex(reembed=True)``). ``topical_query``: what the topic vectors are compared with: ``"full"``
+      (default) the query vector itself, ``"topic"`` a second query vector of the question without its names
+      (one more short text embedded per such search; better recall, see the README).
     * ``focus_weight``: when the query is a pasted user <-> assistant dialogue, weight of its last user turn
       added to the query embedding (one extra text in the same embedding batch; 0 disables it).
     * ``query_cache``: how many query vectors to keep per embedder (LRU; 0 disables). Agents repeat queries:
@@ -132,7 +134,8 @@ class RetrievalConfig:
                  fusion: Literal["zscore", "rrf"] = "zscore", entity_weight: float = 0.3,
                  focus_weight: float = 0.5, query_cache: int = 256, question_lexical_weight: float = 0.5,
                  dialogue_lexical_weight: float = 0.3, act_weight: float = 2.0,
-                 confidence_weight: float = 1.0, topical_weight: float | None = None) -> None:
+                 confidence_weight: float = 1.0, topical_weight: float | None = None,
+                 topical_query: Literal["full", "topic"] = "full") -> None:
         if fusion not in ("zscore", "rrf"):
             raise ValidationError(f"fusion must be 'zscore' or 'rrf', not {fusion!r}")
         self.fusion = fusion
@@ -149,6 +152,9 @@ class RetrievalConfig:
 
             topical_weight = TOPICAL_WEIGHT
         self.topical_weight = float(topical_weight)
+        if topical_query not in ("full", "topic"):
+            raise ValidationError(f"topical_query must be 'full' or 'topic', not {topical_query!r}")
+        self.topical_query = topical_query
         self.entity_weight = entity_weight
         self.focus_weight = focus_weight
         if not isinstance(query_cache, int) or isinstance(query_cache, bool) or query_cache < 0:

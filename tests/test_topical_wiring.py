@@ -177,3 +177,22 @@ def test_forget_leaves_no_byte_of_the_topic_vector(tmp_path: Path) -> None:
         assert vector_traces(tmp_path / "c", {"topic": topic})  # the probe finds it while it is stored
         cube.forget(turn.id)
     assert vector_traces(tmp_path / "c", {"topic": topic}) == []
+
+
+def test_the_topic_query_option_compares_the_topic_vectors_with_the_name_free_question(
+        cube: MemCube, monkeypatch: pytest.MonkeyPatch) -> None:
+    from memos_core.errors import ValidationError
+
+    with pytest.raises(ValidationError, match="topical_query"):
+        RetrievalConfig(topical_query="both")  # type: ignore[arg-type]
+    turn, plain = cube.add_many([TURN, {"content": "Maya likes beagle puppies and tea"}])
+    cube.retrieval.topical_query = "topic"
+    seen = _capture(monkeypatch)
+    cube.search("What pet did Maya adopt?", k=5)
+    c = seen[-1]
+    tq = cube.embedder.embed_query("What pet did adopt?")  # the question without its names
+    topic = np.frombuffer(_vec(cube, "I adopted a beagle called Biscuit."), dtype=np.float32)
+    emb = cube.records.embedding(cube.records.rowid(plain.id))  # type: ignore[arg-type]
+    assert c.topical[cube.records.rowid(turn.id)] == pytest.approx(float(topic @ tq), abs=1e-5)
+    assert c.topical[cube.records.rowid(plain.id)] == pytest.approx(float(emb @ tq), abs=1e-5)
+    assert c.topical[cube.records.rowid(plain.id)] != pytest.approx(c.dense[cube.records.rowid(plain.id)], abs=1e-4)

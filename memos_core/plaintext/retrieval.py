@@ -268,23 +268,34 @@ class Retriever:
                           texts=texts,
                           dense_ranks={key: i for i, (key, _) in enumerate(ranked["dense"], 1) if key in dense},
                           lexical_ranks={key: i for i, (key, _) in enumerate(ranked["lexical"], 1) if key in lexical},
-                          weights=weights, topical=self.topical(plan, qvec, keys, dense))
+                          weights=weights, topical=self.topical(plan, qvec, keys, dense, rows))
 
-    def topical(self, plan: QueryPlan, qvec: np.ndarray, keys: Sequence[int], dense: dict[int, float]
-                ) -> dict[int, float]:
+    def topical(self, plan: QueryPlan, qvec: np.ndarray, keys: Sequence[int], dense: dict[int, float],
+                rows: dict[int, Row] | None = None) -> dict[int, float]:
         """The topical leg (:attr:`Candidates.topical`) for a question naming people (``plan.topic``): the cosine
         of each candidate's stored topic vector to the query vector (no second query embedding: measured to keep
         about two thirds of the gain of embedding the name-free question, at no query cost; README). A topic
         blob ``b""`` is the embedding itself (its dense cosine). Empty when the leg is off (``topical_weight``
-        0), for dialogues and queries naming no one, and when no candidate has a topic vector (older cubes)."""
-        if not plan.topic or not float(getattr(self.config, "topical_weight", 0.0) or 0.0) or not keys:
+        0), for dialogues and queries naming no one, and when no candidate has a topic vector (older cubes).
+
+        With ``topical_query="topic"`` the topic vectors are compared with a second query vector, of the
+        question without its names (``plan.topic``: one more short text embedded per such search)."""
+        topic = plan.topic
+        if not topic or not float(getattr(self.config, "topical_weight", 0.0) or 0.0) or not keys:
             return {}
         blobs = self.records.topic_vectors(list(keys))
         out: dict[int, float] = {}
         own = [r for r in keys if r in dense and blobs.get(r)]
-        for r in keys:
-            if r in dense and r in blobs and not blobs[r]:
-                out[r] = dense[r]
+        same = [r for r in keys if r in dense and r in blobs and not blobs[r]]  # b"": the embedding itself
+        if getattr(self.config, "topical_query", "full") == "topic":
+            emb = self.embedder
+            tvec = cached_query_vector(emb, ("topic", topic), lambda: emb.embed_query(topic), self.config.query_cache)
+            have = [r for r in same if rows and rows.get(r) and rows[r][0]]
+            if have:
+                out.update(score_blobs(tvec, have, [rows[r][0] for r in have], len(have)))  # type: ignore[index,misc]
+            qvec = tvec
+        else:
+            out.update((r, dense[r]) for r in same)
         if own:
             out.update(score_blobs(qvec, own, [blobs[r] for r in own], len(own)))
         return out
