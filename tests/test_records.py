@@ -132,6 +132,20 @@ def test_lexical_over_budget_ranks_only_the_newest_rows_of_the_rarest_term(cube)
     assert len(capped) == 20 and {h.item.id for h in capped} <= {i.id for i in newer[-80:]}
 
 
+def test_lexical_over_budget_filter_passing_few_of_the_best_newest_rows_ranks_all_newest(cube) -> None:
+    old = cube.add_many([{"content": "diary", "user_id": "x"} for _ in range(80)])  # short: the best BM25
+    cube.add_many([{"content": "diary diary", "user_id": "y"} for _ in range(500)])
+    wordy = cube.add_many([{"content": "diary of a rather long and wordy week, page " + str(i), "user_id": "x"}
+                           for i in range(100)])
+    cube.records.lexical_match_budget = 600  # "diary" (680 rows) is over it: the 600 newest are ranked
+    # a search asks for 60 candidates; the best 480 of the newest 600 are all "y" (shorter rows), so every one of
+    # the 600 is joined: the 100 wordy "x" rows are found, the older and better "x" rows are not ranked
+    hits = cube.search("diary", mode="lexical", k=10, user_id="x")
+    assert len(hits) == 10 and {h.item.id for h in hits} <= {i.id for i in wordy}
+    cube.records.lexical_match_budget = 10**9
+    assert {h.item.id for h in cube.search("diary", mode="lexical", k=10, user_id="x")} <= {i.id for i in old}
+
+
 def test_lexical_over_budget_filter_passing_few_newest_rows_sees_every_row(cube) -> None:
     old = cube.add_many([{"content": f"weather diary of the early days, page {i}", "user_id": "early"}
                          for i in range(3)])

@@ -664,15 +664,26 @@ class SQLiteRecordStore(RecordStore):
             try:
                 match, over = self._budget_match(match)
                 # Fast path: the best k*8 matches, then the filter. Exact when the filter is loose. Over the
-                # budget: the budget's worth of newest matches (rowid order: no bm25 for the others), then the
-                # filter, so that a filter passing one row in fifty still finds its k here.
-                inner = ("SELECT rowid, bm25(fts) AS score FROM fts WHERE fts MATCH ? ORDER BY rowid DESC LIMIT ?"
-                         if over else "SELECT rowid, bm25(fts) AS score FROM fts WHERE fts MATCH ? ORDER BY score LIMIT ?")
-                rows = self._conn.execute(
-                    f"SELECT m.rowid, m.score FROM ({inner}) AS m JOIN items ON items.rowid = m.rowid WHERE {where} "
-                    "ORDER BY m.score LIMIT ?",
-                    (match, self.lexical_match_budget if over else max(k * 8, 200), *args, k),
-                ).fetchall()
+                # budget the matches are the budget's worth of newest rows (rowid order: no bm25 for the others);
+                # only their best k*8 are joined to `items` first (joining all of them cost more than scoring),
+                # then all of them when the filter passes too few, so that a filter passing one row in fifty
+                # still finds its k here.
+                newest = "SELECT rowid, bm25(fts) AS score FROM fts WHERE fts MATCH ? ORDER BY rowid DESC LIMIT ?"
+
+                def joined(inner: str) -> str:
+                    return (f"SELECT m.rowid, m.score FROM ({inner}) AS m JOIN items ON items.rowid = m.rowid "
+                            f"WHERE {where} ORDER BY m.score LIMIT ?")
+
+                if over:
+                    rows = self._conn.execute(joined(f"SELECT rowid, score FROM ({newest}) ORDER BY score LIMIT ?"),
+                                              (match, self.lexical_match_budget, max(k * 8, 200), *args, k)).fetchall()
+                    if len(rows) < k:
+                        rows = self._conn.execute(joined(newest),
+                                                  (match, self.lexical_match_budget, *args, k)).fetchall()
+                else:
+                    rows = self._conn.execute(
+                        joined("SELECT rowid, bm25(fts) AS score FROM fts WHERE fts MATCH ? ORDER BY score LIMIT ?"),
+                        (match, max(k * 8, 200), *args, k)).fetchall()
                 if len(rows) < k:
                     rows = self._conn.execute(
                         f"SELECT fts.rowid, bm25(fts) AS score FROM fts JOIN items ON items.rowid = fts.rowid "
