@@ -165,6 +165,30 @@ def test_a_schema_2_cube_opens_without_topic_vectors_until_re_embedded(tmp_path:
 
 
 @pytest.mark.sqlite_only
+def test_an_upgraded_cube_scores_older_memories_without_topic_vectors_by_their_embedding(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # memories written before schema 3 have no topic vector; newer ones do. On the topical leg an older one must
+    # not sit at the floor (every older memory would rank below every newer one): it is scored by its embedding.
+    with MemCube(tmp_path / "c", embedder=hashed_embed) as cube:
+        old, new = cube.add_many([TURN, {**TURN, "content": "Maya: I adopted a kitten called Pip.",
+                                         "index_text": "Maya: I adopted a kitten called Pip. (2023-06-01)"}])
+    conn = sqlite3.connect(tmp_path / "c" / "records.sqlite3")
+    conn.execute("UPDATE embeddings SET topic=NULL WHERE item_rowid=(SELECT rowid FROM items WHERE id=?)", (old.id,))
+    conn.commit()
+    conn.close()
+    with MemCube(tmp_path / "c", embedder=hashed_embed) as cube:
+        assert _topic(cube, old.id) is None and _topic(cube, new.id)
+        seen = _capture(monkeypatch)
+        cube.search("What pet did Maya adopt?", k=5)
+        c = seen[-1]
+        ro, rn = cube.records.rowid(old.id), cube.records.rowid(new.id)
+        assert c.topical[ro] == pytest.approx(c.dense[ro], abs=1e-6)
+        q = cube.embedder.embed_query("What pet did Maya adopt?")
+        own = np.frombuffer(_vec(cube, "I adopted a kitten called Pip."), dtype=np.float32)
+        assert c.topical[rn] == pytest.approx(float(own @ q), abs=1e-5)
+
+
+@pytest.mark.sqlite_only
 def test_forget_leaves_no_byte_of_the_topic_vector(tmp_path: Path) -> None:
     from test_forget_derived import dense_embed, vector_traces
 

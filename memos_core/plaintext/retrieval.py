@@ -275,8 +275,9 @@ class Retriever:
         """The topical leg (:attr:`Candidates.topical`) for a question naming people (``plan.topic``): the cosine
         of each candidate's stored topic vector to the query vector (no second query embedding: measured to keep
         about two thirds of the gain of embedding the name-free question, at no query cost; README). A topic
-        blob ``b""`` is the embedding itself (its dense cosine). Empty when the leg is off (``topical_weight``
-        0), for dialogues and queries naming no one, and when no candidate has a topic vector (older cubes).
+        blob ``b""`` is the embedding itself (its dense cosine), and so is a missing one when other candidates have
+        theirs (memories written before schema 3). Empty when the leg is off (``topical_weight`` 0), for dialogues
+        and queries naming no one, and when no candidate has a topic vector (a cube written before schema 3).
 
         With ``topical_query="topic"`` the topic vectors are compared with a second query vector, of the
         question without its names (``plan.topic``: one more short text embedded per such search)."""
@@ -284,9 +285,14 @@ class Retriever:
         if not topic or not float(getattr(self.config, "topical_weight", 0.0) or 0.0) or not keys:
             return {}
         blobs = self.records.topic_vectors(list(keys))
+        if not blobs:  # no candidate has one (a cube written before schema 3): no such leg, fusion as before
+            return {}
         out: dict[int, float] = {}
         own = [r for r in keys if r in dense and blobs.get(r)]
-        same = [r for r in keys if r in dense and r in blobs and not blobs[r]]  # b"": the embedding itself
+        # b"": the embedding itself. A candidate with no topic vector at all (written before schema 3, in a cube
+        # that has newer ones) is scored the same way rather than at the leg's floor: otherwise an upgraded cube
+        # would rank every older memory below the newer ones on this leg.
+        same = [r for r in keys if r in dense and not blobs.get(r)]
         if getattr(self.config, "topical_query", "full") == "topic":
             emb = self.embedder
             tvec = cached_query_vector(emb, ("topic", topic), lambda: emb.embed_query(topic), self.config.query_cache)
