@@ -60,6 +60,8 @@ def test_migrating_rows_that_wait_for_their_embedding_into_postgresql(tmp_path, 
     src.add_many([f"filler memory {i} about the allotment" for i in range(3)])
     src._embed_waiting()
     src._embed_in_background = lambda: None  # type: ignore[method-assign]
+    if src._embed_job is not None:  # the add_many's job may still be running: it would embed the next row too
+        src._embed_job.result(timeout=60)
     item = src.add("the ferry to the island leaves from pier seven")
     src.records.flush()
     assert src.records.waiting_embeddings()
