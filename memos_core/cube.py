@@ -50,7 +50,6 @@ from .errors import (
 from .items import (
     MAX_CONTENT_CHARS_DEFAULT,
     LifecycleState,
-    MemoryForm,
     MemoryItem,
     MemoryKind,
     MemoryVersion,

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 from llama_index.core.tools.tool_spec.base import BaseToolSpec
 
-from memos_core import MemOS, MemoryItem, NotFound, SearchHit
+from memos_core import MemoryItem, NotFound, SearchHit
 from memos_core.os import DEFAULT_K, AddResult, UserRule, memory_text, resolve_memory
 
 from ._common import USER_HOW

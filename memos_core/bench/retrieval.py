@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path

@@ -28,7 +28,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import Conflict, CorruptData, CubeClosed, NotFound, SchemaVersionError, ValidationError
+from ..errors import Conflict, CorruptData, CubeClosed, SchemaVersionError, ValidationError
 from .base import GENESIS_HASH, CompiledFilter, IndexRow, RecordStore, canonical_json, event_hash
 from ..items import (
     LifecycleState,
