@@ -331,3 +331,18 @@ def test_a_refused_search_wins_over_bad_arguments_and_leaves_no_read_behind(fact
     assert all(item.usage.access_count == 0 for item in cube.records.get_many(ids).values())
     hits = cube.search("Where does Ann live", k=5)  # and a permitted search still reads and records
     assert hits and cube.records.events()[-1]["op"] == "search"
+
+
+def test_a_query_word_no_memory_holds_does_not_stand_in_for_the_rarest_word_over_the_work_budget(cube) -> None:
+    # both backends cap the lexical leg's work on a large cube by keeping the query's rarest terms; a word that
+    # occurs nowhere costs nothing and must not be kept instead of the rarest word that does occur (the leg would
+    # then match no row at all)
+    cube.add_many([f"a note about the weather today, number {i}" for i in range(100)])
+    rare = {i.id for i in cube.add_many([f"weather report from Zanzibar, part {i}" for i in range(5)])}
+    cube.records.lexical_match_budget = 40  # "weather" (105 rows) is over it
+    hits = cube.search("weather in Zanzibar quokka", mode="lexical", k=5)
+    assert {h.item.id for h in hits} == rare
+    # the word next to the missing one is itself over the budget: it is kept all the same
+    common = [h.item.id for h in cube.search("weather", mode="lexical", k=5)]
+    assert len(common) == 5
+    assert [h.item.id for h in cube.search("weather quokka", mode="lexical", k=5)] == common

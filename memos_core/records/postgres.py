@@ -1013,7 +1013,9 @@ class PostgresRecordStore(RecordStore):
         if sum(dfs.values()) > self.lexical_match_budget and len(lexemes) > 1:
             keep, used = [], 0
             for lx in sorted(lexemes, key=lambda x: (dfs[x], x)):
-                if keep and used + dfs[lx] > self.lexical_match_budget:
+                # `used`, not `keep`: a lexeme that occurs nowhere costs nothing and must not stand in for the
+                # rarest one that does occur (the query would match no row at all)
+                if used and used + dfs[lx] > self.lexical_match_budget:
                     break
                 keep.append(lx)
                 used += dfs[lx]
