@@ -220,3 +220,25 @@ def test_the_topic_query_option_compares_the_topic_vectors_with_the_name_free_qu
     assert c.topical[cube.records.rowid(turn.id)] == pytest.approx(float(topic @ tq), abs=1e-5)
     assert c.topical[cube.records.rowid(plain.id)] == pytest.approx(float(emb @ tq), abs=1e-5)
     assert c.topical[cube.records.rowid(plain.id)] != pytest.approx(c.dense[cube.records.rowid(plain.id)], abs=1e-4)
+
+
+@pytest.mark.sqlite_only
+def test_a_backend_without_topic_vectors_writes_and_searches_without_the_leg(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a RecordStore that keeps the seam's defaults for topic vectors (a third-party backend): every write path
+    # works, and hybrid search runs without the topical leg
+    from memos_core.records.base import RecordStore
+    from memos_core.records.sqlite import SQLiteRecordStore
+
+    for name in ("put_topics", "topic_vectors", "missing_topics"):
+        monkeypatch.setattr(SQLiteRecordStore, name, getattr(RecordStore, name))
+    with MemCube(tmp_path / "c", embedder=hashed_embed) as cube:
+        turn = cube.add_many([TURN])[0]
+        one = cube.add(TURN["content"], provenance={"speaker": "Maya"}, index_text=TURN["index_text"])
+        cube.update(turn.id, content="Maya: I adopted a cat called Biscuit.", index_text="Maya: cat (2023-05-03)")
+        cube.reindex(reembed=True)
+        seen = _capture(monkeypatch)
+        hits = cube.search("What pet did Maya adopt?", k=2)
+        assert {h.item.id for h in hits} == {turn.id, one.id}
+        assert seen[-1].topical == {}
+        cube.forget(one.id)

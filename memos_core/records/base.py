@@ -553,8 +553,11 @@ class RecordStore(ABC):
 
     def put_topics(self, c: Txn, rows: Sequence[tuple[int, int, bytes]]) -> None:
         """Store the topic vector (float32 bytes, or ``b""``: the embedding itself) of each ``(rowid, version,
-        blob)`` beside that row's embedding, if the embedding is still of that item version (else skipped)."""
-        raise NotImplementedError
+        blob)`` beside that row's embedding, if the embedding is still of that item version (else skipped).
+
+        The default stores nothing: a backend without topic vectors answers :meth:`topic_vectors` with ``{}``,
+        and hybrid search then runs without the topical leg (as on a cube written before schema 3)."""
+        return None
 
     def topic_vectors(self, rowids: Sequence[int]) -> dict[int, bytes]:
         """``{rowid: topic blob}`` of those ``rowids`` whose embedding has a topic vector (see
