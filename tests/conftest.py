@@ -59,6 +59,18 @@ class FakeClock:
         return self.now
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models gain nothing from intra-op threads and suffer from them on a busy 2-core CI box: modules that
+    run them use ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def grant(cube: Any, *principals: str, role: str = "admin") -> None:
     """Let ``principals`` act on ``cube`` (a cube only accepts actors it was shared with)."""
     share = getattr(cube, "share", None)

@@ -51,13 +51,7 @@ FACTS = [
 QUESTION = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Where does Ann live, and what does Bob drink?"}]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny models gain nothing from intra-op threads and suffer from them on a busy 2-core CI box
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen2"])

@@ -36,12 +36,7 @@ ASK = [{"role": "user", "content": "Where does Ann live?"}]
 OPTS = dict(max_new_tokens=8, ignore_eos=True)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -296,7 +291,6 @@ def test_from_cube_rebuilds_after_update_and_drops_deleted(folder, cube, clock):
     assert gone.token_ids == _full_prompt(llm, items, **OPTS).token_ids
     llm.drop_stale()
     assert all(ids[ANN] not in info.meta.source_ids for info in llm.store.list())
-
 
 
 def test_from_cube_never_uses_a_cache_of_a_forgotten_memory(folder, cube, clock):

@@ -42,19 +42,11 @@ OTHER_FACTS = [
     "The user's favourite fruit is mango.",
     "Frank lives in Quito.",
 ]
-pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning"),
+              pytest.mark.usefixtures("one_torch_thread")]
 
 CFG = TrainingConfig(max_steps=40, learning_rate=3e-3, rank=8, alpha=16, progress=False, seed=7)
 PROMPT = "Question: What is true about Ann's dog? Answer: Ann's dog is called Rex."
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny matrices: one thread is faster and timing-stable on a shared 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -80,12 +80,7 @@ def _tokenizer(style: str):
     return fast
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama3", "qwen2", "sentencepiece"])
