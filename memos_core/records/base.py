@@ -522,11 +522,24 @@ class RecordStore(ABC):
 
     def waiting_embeddings(self, limit: int = 10_000) -> list[tuple[int, str]]:
         """``(rowid, indexed text)`` of pending indexed items that have no embedding yet (written with
-        ``vec=None``), oldest first. Derived from the pending marks; backends answer it in one query."""
-        rows = self.index_rows(self.pending_vectors()[:limit])
-        waiting = [r.rowid for r in rows if r.vec is None and r.state in {s.value for s in _INDEXED}]
-        items = self.get_many_by_rowid(waiting)
-        return [(r, items[r].index_text or items[r].content) for r in waiting if r in items]
+        ``vec=None``), oldest first, at most ``limit``. Derived from the pending marks; backends answer it in one
+        query.
+
+        The pending marks are filtered first and the result trimmed after: many pending rows that already have
+        their embedding (waiting only for the vector index) may come before the waiting ones."""
+        if limit <= 0:
+            return []
+        indexed = {s.value for s in _INDEXED}
+        pending = self.pending_vectors()
+        step = max(int(limit), 256)
+        out: list[tuple[int, str]] = []
+        for s in range(0, len(pending), step):
+            waiting = [r.rowid for r in self.index_rows(pending[s:s + step]) if r.vec is None and r.state in indexed]
+            items = self.get_many_by_rowid(waiting) if waiting else {}
+            out.extend((r, items[r].index_text or items[r].content) for r in waiting if r in items)
+            if len(out) >= limit:
+                break
+        return out[:limit]
 
     def put_embeddings(self, c: Txn, rows: Sequence[tuple[int, str, np.ndarray]]) -> list[int]:
         """Store the embedding of each ``(rowid, text, vec)`` listed by :meth:`waiting_embeddings`, only if the
