@@ -38,6 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
+import zlib
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -160,7 +161,9 @@ def make_queries(q: int, seed: int = 1) -> list[str]:
 
 
 class HashedEmbedder:
-    """A fast stand-in for smoke runs (``--embedder hashed``): hashed bag of words, 384 dimensions."""
+    """A fast stand-in for smoke runs (``--embedder hashed``): hashed bag of words, 384 dimensions. The hash is
+    CRC-32, not Python's ``hash`` (salted per process): a cube kept with ``--workdir`` (or on a server) and searched
+    by a later run gets the same vectors for the same words."""
 
     name = "bench-hashed-384"
     dim = 384
@@ -169,7 +172,7 @@ class HashedEmbedder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for i, t in enumerate(texts):
             for w in t.lower().split():
-                out[i, hash(w) % self.dim] += 1.0
+                out[i, zlib.crc32(w.encode()) % self.dim] += 1.0
             out[i] /= max(float(np.linalg.norm(out[i])), 1e-9)
         return out
 

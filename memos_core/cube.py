@@ -1545,8 +1545,10 @@ class MemCube:
         states = self._states(f)
         now = self._now().timestamp()
         cf = self.records.compile_filter(f, states, now)  # passed on unopened: only the store reads it
-        self._embed_before_search()  # rows committed without their embedding yet (embed_sync="deferred")
-        hits, used = self.retriever.search(query, mode, f, cf, k, min_score)
+        retriever = self.retriever
+        if not retriever.folds_waiting(mode):  # on a database server the retriever asks beside its pending read
+            self._embed_before_search()  # rows committed without their embedding yet (embed_sync="deferred")
+        hits, used = retriever.search(query, mode, f, cf, k, min_score)
         return hits, used, now
 
     _retriever: Retriever | None = None
@@ -1561,6 +1563,7 @@ class MemCube:
             r = self._retriever = Retriever(self.records, self.index, self._embedder, self.retrieval, dim=dim,
                                             degraded=lambda: self._index_degraded,
                                             on_index_down=self._index_down)
+            r.embed_waiting = self._embed_before_search
         return r
 
     def _index_down(self, exc: BaseException) -> None:

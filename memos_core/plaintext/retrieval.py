@@ -214,19 +214,26 @@ class Retriever:
             lexical_job = search_pool().submit(
                 self.records.lexical_rows if share else self.records.lexical, fts_query(plan.text), cf,
                 n_cand, *(("recall_weight",) if share else ()), **({"with_items": True} if share else {}))
+        embedded = False
         try:
             if mode in ("hybrid", "dense"):
+                if self.folds_waiting(mode):
+                    embedded = self.read_pending(cf)
                 if qvec is None:
                     qvec = self.query_vector(plan)
                 ranked["dense"] = self.dense(qvec, f, cf, n_cand, pre=pre if share else None)
         finally:
+            _PENDING.read = None
             if lexical_job is not None:
                 wait([lexical_job])  # also when the dense leg raised: no query is left running on the cube
         if lexical_job is not None:
             if share:
                 ranked["lexical"], got = lexical_job.result()
                 assert pre is not None
-                pre.rows.update(got.rows)
+                rows = got.rows
+                if embedded:  # the lexical leg may have read rows before their embeddings were stored: re-read
+                    rows = {r: row for r, row in rows.items() if row[0] is not None}
+                pre.rows.update(rows)
                 pre.items.update(got.items)
             else:
                 ranked["lexical"] = lexical_job.result()
@@ -361,9 +368,39 @@ class Retriever:
 
     def pending_scores(self, qvec: np.ndarray, cf: "CompiledFilter", n: int) -> list[tuple[int, float]]:
         """Exact scores of rows passing the filter whose vectors are still pending for the index (written with
-        deferred sync, here or by another process), so that search sees every acknowledged write."""
-        rowids, blobs = self.records.filtered_vectors(cf, 10**9, pending_only=True)
+        deferred sync, here or by another process), so that search sees every acknowledged write. Uses what
+        :meth:`read_pending` read for this search (``cf``) on this thread, if it did."""
+        got = getattr(_PENDING, "read", None)
+        _PENDING.read = None
+        if got is not None and got[0] is cf:
+            rowids, blobs = got[1], got[2]
+        else:
+            rowids, blobs = self.records.filtered_vectors(cf, 10**9, pending_only=True)
         return score_blobs(qvec, rowids, blobs, n)
+
+    #: ``callable()`` that embeds and stores the rows waiting for their embedding (``embed_sync="deferred"``, any
+    #: worker's); set by the cube. With it, a search on a database server asks whether any row is waiting in the
+    #: same round trip as its read of pending rows (:meth:`read_pending`) instead of in one of its own before.
+    embed_waiting: Callable[[], Any] | None = None
+
+    def folds_waiting(self, mode: str) -> bool:
+        """Whether a ``mode`` search checks for rows waiting for their embedding itself (:meth:`read_pending`),
+        so that the caller need not before it: on a database server, with :attr:`embed_waiting` set, when the
+        search has a dense leg."""
+        return (self.embed_waiting is not None and mode in ("hybrid", "dense") and self.records.embeds_later
+                and self.records.concurrent_reads and not self.records.in_transaction())
+
+    def read_pending(self, cf: "CompiledFilter") -> bool:
+        """Before the dense leg: read the pending rows passing ``cf`` (for :meth:`pending_scores`) and whether any
+        row waits for its embedding, in one call; if one does, embed the waiting rows (:attr:`embed_waiting`) and
+        read the pending rows again. Returns whether it embedded. Read before the vector-index query, so that a
+        row applied to the index and cleared in between is never missed."""
+        rowids, blobs, waiting = self.records.pending_with_waiting(cf)
+        if waiting and self.embed_waiting is not None:
+            self.embed_waiting()
+            rowids, blobs = self.records.filtered_vectors(cf, 10**9, pending_only=True)
+        _PENDING.read = (cf, rowids, blobs)
+        return bool(waiting)
 
     def rowids_passing(self, ids: Sequence[str], cf: "CompiledFilter") -> dict[str, int]:
         if not ids:
@@ -393,6 +430,8 @@ def matvec(mat: np.ndarray, qvec: np.ndarray) -> np.ndarray:
     return np.einsum("ij,j->i", mat, qvec.astype(np.float32, copy=False))
 
 
+#: the pending rows :meth:`Retriever.read_pending` read for the search running on this thread
+_PENDING = threading.local()
 _POOL: ThreadPoolExecutor | None = None
 #: whether a hybrid search overlaps BM25 with the query embedding (MEMOS_OVERLAP_LEXICAL=0/1 overrides)
 _OVERLAP_ENV = os.environ.get("MEMOS_OVERLAP_LEXICAL")

@@ -384,6 +384,14 @@ class RecordStore(ABC):
         ranked = self.lexical(match, cf, k)
         return ranked, CandidateReads({}, self.candidate_rows([r for r, _ in ranked], key), {})
 
+    def pending_with_waiting(self, cf: CompiledFilter) -> tuple[list[int], list[bytes], bool]:
+        """:meth:`filtered_vectors` of the pending rows passing the filter (``pending_only``) and whether any row is
+        waiting for its embedding (:meth:`waiting_embeddings`; any scope, any worker), read together: what a search
+        must know before its dense leg runs. Derived here; a database server answers it in one round trip."""
+        rowids, blobs = self.filtered_vectors(cf, 10**9, pending_only=True)
+        return rowids, blobs, bool(self.embeds_later and self.waiting_embeddings(1))
+
+
     @abstractmethod
     def list_rowids(self, cf: CompiledFilter, order: Literal["created", "event_time"], limit: int,
                     offset: int) -> list[int]: ...
