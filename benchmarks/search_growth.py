@@ -189,6 +189,7 @@ def run(sizes: list[int], queries: int = 200, batch: int = 2000, workdir: str | 
             log(f"growth {key}: hybrid p50 x{growth[key]['hybrid']['p50']}, p95 x{growth[key]['hybrid']['p95']} "
                 f"(CPU p95 x{growth[key]['hybrid']['cpu_p95']})")
         return {"steps": steps, "growth": growth, "queries": len(qs), "k": 10, "batch": batch, "seed": seed,
+                "users": users,
                 "embedder": emb.name, "query_vector": "precomputed (embedding excluded)",
                 "records": cube.records.backend, "vector_index": "chroma-server" if index else "chroma-embedded",
                 "cpu_count": os.cpu_count()}
@@ -206,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=2000, help="add_many batch size (default 2000)")
     p.add_argument("--workdir", help="keep the cube (and local artefacts) here; resumes a cube built earlier")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--users", type=int, default=50,
+                   help="user scopes the memories are spread over (default 50; the scoped search uses them)")
     p.add_argument("--store", help="a postgresql:// URL with ?cube=NAME (default: SQLite in --workdir)")
     p.add_argument("--index", help="a Chroma server URL (required with --store)")
     p.add_argument("--json", action="store_true", help="last stdout line: one JSON object with every figure")
@@ -214,13 +217,13 @@ def main(argv: list[str] | None = None) -> int:
         sizes = [int(s) for s in a.sizes.split(",") if s.strip()]
     except ValueError:
         p.error("--sizes takes integers separated by commas")
-    if not sizes or min(sizes) < 20 or a.queries < 1 or a.batch < 1:
-        p.error("every size must be at least 20, --queries and --batch at least 1")
+    if not sizes or min(sizes) < 20 or a.queries < 1 or a.batch < 1 or a.users < 1:
+        p.error("every size must be at least 20, --queries, --batch and --users at least 1")
     if a.store and not a.index:
         p.error("--store needs --index (a Chroma server URL)")
     os.environ.setdefault("MEMOS_PROGRESS", "0")
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if a.json else (lambda m: print(m, flush=True))
-    rep = run(sizes, a.queries, a.batch, a.workdir, a.seed, a.store, a.index, log=log)
+    rep = run(sizes, a.queries, a.batch, a.workdir, a.seed, a.store, a.index, users=a.users, log=log)
     if a.json:
         print(json.dumps(rep, sort_keys=True))
     return 0

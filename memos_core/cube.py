@@ -67,6 +67,7 @@ from .items import (
 )
 from .plaintext import ChromaVectorIndex
 from .plaintext.retrieval import Retriever, search_pool
+from .plaintext import scope_cache
 from .records import RecordStore, SQLiteRecordStore
 from .records.migrate import MANIFEST_META_KEY, is_store_url, open_record_store
 from .erasure import Erasure
@@ -482,6 +483,7 @@ class MemCube:
                 self._flush_deferred()
             except Exception:  # noqa: BLE001 - the rows stay pending in the records; the next open applies them
                 log.exception("applying deferred vectors on close of cube %s failed", self.name)
+            scope_cache.drop(self.records)  # no copy of a stored vector outlives the handle
             self.records.close()
             self.index.close()
 

@@ -479,6 +479,9 @@ class Erasure:
         except ValueError:
             pending = {"ids": [], "artifacts": True}
         ids = [i for i in pending.get("ids", []) if isinstance(i, str)]
+        # in-process copies of stored vectors (the scoped-search cache) drop the erased rows now
+        from .plaintext import scope_cache
+        scope_cache.sync(self.records)
         vectors_done = True
         try:
             scrub_vectors(self.cube, ids)

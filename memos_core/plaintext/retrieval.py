@@ -24,7 +24,7 @@ from ..embedding import cached_query_vector, peek_query_vector
 from ..errors import BackendUnavailable, EmbeddingDimensionError
 from ..items import MemoryItem, SearchFilter, SearchHit
 from ..log import get_logger
-from . import calibration
+from . import calibration, scope_cache
 from .fusion import Candidates, fuse, rrf
 from .lexical import fts_query
 from .query import QueryPlan, analyze_query, entity_matcher
@@ -170,15 +170,33 @@ class Retriever:
         _, focus, fw = key
         embedder = self.embedder
 
+        size = self.config.query_cache
+        many = getattr(embedder, "embed_queries", None)
+        topic = plan.topic if self._topic_query() else None
+
         def compute() -> np.ndarray:
             if focus:
-                both = getattr(embedder, "embed_queries", None) or embedder.embed_documents
-                v = both([plan.text, focus])
+                v = (many or embedder.embed_documents)([plan.text, focus])
                 qvec = v[0] + fw * v[1]
                 return qvec / max(float(np.linalg.norm(qvec)), 1e-12)
+            if topic and many is not None and peek_query_vector(embedder, ("topic", topic)) is None:
+                # the name-free question for the topical leg (`topical_query="topic"`), embedded in the same call:
+                # a batch of two short texts costs about as much as one (measured: README, "the topical leg"),
+                # where a second call would double the query's embedding time. Handed to :meth:`topical` on this
+                # thread, and kept in the query cache for the next search with the same question.
+                v = many([plan.text, topic])
+                _TOPIC_VEC.last = (embedder, topic, v[1])
+                cached_query_vector(embedder, ("topic", topic), lambda: v[1], size)
+                return v[0]
             return embedder.embed_query(plan.text)
 
-        return cached_query_vector(embedder, key, compute, self.config.query_cache)
+        return cached_query_vector(embedder, key, compute, size)
+
+    def _topic_query(self) -> bool:
+        """Whether the topical leg compares the topic vectors with the name-free question's own vector."""
+        cfg = self.config
+        return getattr(cfg, "topical_query", "full") == "topic" and bool(float(getattr(cfg, "topical_weight", 0.0)
+                                                                              or 0.0))
 
     # ------------------------------------------------------------------ the retrievers
     def gather(self, plan: QueryPlan, mode: str, f: SearchFilter, cf: "CompiledFilter", n_cand: int,
@@ -300,9 +318,14 @@ class Retriever:
         # that has newer ones) is scored the same way rather than at the leg's floor: otherwise an upgraded cube
         # would rank every older memory below the newer ones on this leg.
         same = [r for r in keys if r in dense and not blobs.get(r)]
-        if getattr(self.config, "topical_query", "full") == "topic":
+        if self._topic_query():
             emb = self.embedder
-            tvec = cached_query_vector(emb, ("topic", topic), lambda: emb.embed_query(topic), self.config.query_cache)
+            last, _TOPIC_VEC.last = getattr(_TOPIC_VEC, "last", None), None
+            if last is not None and last[0] is emb and last[1] == topic:  # embedded with the query (query_vector)
+                tvec = last[2]
+            else:
+                tvec = cached_query_vector(emb, ("topic", topic), lambda: emb.embed_query(topic),
+                                           self.config.query_cache)
             have = [r for r in same if rows and rows.get(r) and rows[r][0]]
             if have:
                 out.update(score_blobs(tvec, have, [rows[r][0] for r in have], len(have)))  # type: ignore[index,misc]
@@ -326,6 +349,11 @@ class Retriever:
         if qvec.shape[-1] != self.dim:
             raise EmbeddingDimensionError(f"query embedding has dimension {qvec.shape[-1]}")
         cfg = self.config
+        if (f.user_id is not None or f.agent_id is not None or f.session_id is not None) \
+                and not self.records.in_transaction():
+            got = self.scoped_dense(qvec, (f.user_id, f.agent_id, f.session_id), cf, n)
+            if got is not None:
+                return got
         narrowed = any(v is not None for v in (f.tags_any, f.tags_all, f.metadata, f.ids, f.event_after,
                                                  f.event_before, f.forms, f.user_id, f.agent_id, f.session_id))
         degraded = self._degraded()
@@ -365,6 +393,44 @@ class Retriever:
             if fetch >= 20000:  # the filter passes very few of the nearest rows: scan them exactly
                 return score_blobs(qvec, *self.records.filtered_vectors(cf, 10**9), n)
             fetch *= 4
+
+    def scoped_dense(self, qvec: np.ndarray, scope: tuple[str | None, str | None, str | None],
+                     cf: "CompiledFilter", n: int) -> list[tuple[int, float]] | None:
+        """The exact best ``n`` (rowid, cosine) passing ``cf`` in a user/agent/session scope, from the scope's
+        cached vectors (:mod:`.scope_cache`: one matrix-vector product, no blob read, no ANN over-fetch), best
+        first, equal scores in rowid order. ``None`` when there is no cache for this store (no change log,
+        ``MEMOS_SCOPE_CACHE_MB=0``) or the scope does not fit in it: the caller reads the store.
+
+        Every candidate is checked against the full filter in the store (state, expiry, kinds, tags, ...), best
+        first, in growing chunks until ``n`` pass; when the filter passes few of the scope's rows, the rowids
+        passing it are listed once instead (no vectors read). So the answer is the exact filtered scan's."""
+        cache = scope_cache.cache_for(self.records)
+        got = None if cache is None else cache.scores(scope, qvec, self.dim)
+        if got is None:
+            return None
+        rowids, ids, sims = got
+        total = len(rowids)
+        if not total or n <= 0:
+            return []
+        out: list[tuple[int, float]] = []
+        seen = 0
+        want = min(total, max(2 * n, 32))
+        for _ in range(2):  # the best 2n (usually enough: a scope's rows mostly pass), then 8n more
+            order = best_order(sims, rowids, want)
+            chunk = order[seen:]
+            ok = self.rowids_passing(list(ids[chunk]), cf)
+            out += [(int(rowids[i]), float(sims[i])) for i in chunk if ok.get(ids[i]) == rowids[i]]
+            seen = len(order)
+            if len(out) >= n or seen >= total:
+                return out[:n]
+            want = min(total, want * 4)
+        # The filter passes few of the scope's best rows (tags, metadata, a time range, archived ones...): list
+        # the rows passing it (one pass over the scope's rows in the store, no vectors) and rank those.
+        passing = np.fromiter(self.records.list_rowids(cf, "created", 10**12, 0), dtype=np.int64)
+        mask = np.isin(rowids, passing)
+        idx = np.flatnonzero(mask)
+        order = idx[best_order(sims[idx], rowids[idx], n)]
+        return [(int(rowids[i]), float(sims[i])) for i in order]
 
     def pending_scores(self, qvec: np.ndarray, cf: "CompiledFilter", n: int) -> list[tuple[int, float]]:
         """Exact scores of rows passing the filter whose vectors are still pending for the index (written with
@@ -423,6 +489,18 @@ def score_blobs(qvec: np.ndarray, rowids: list[int], blobs: list[bytes], n: int)
     return [(rowids[i], float(sims[i])) for i in top]
 
 
+def best_order(sims: np.ndarray, rowids: np.ndarray, m: int) -> np.ndarray:
+    """Indices of the best ``m`` of ``sims`` (at least ``m`` when there are ties at the boundary: every row scoring
+    what the m-th does), best first, equal scores in rowid order."""
+    total = len(sims)
+    if m < total:
+        cut = np.partition(sims, total - m)[total - m]
+        idx = np.flatnonzero(sims >= cut)
+    else:
+        idx = np.arange(total)
+    return idx[np.lexsort((rowids[idx], -sims[idx]))]
+
+
 def matvec(mat: np.ndarray, qvec: np.ndarray) -> np.ndarray:
     """``mat @ qvec`` without multi-threaded BLAS: a BLAS call on a few thousand rows wakes OpenBLAS's threads,
     which then busy-wait and slow the next query's embedding (torch) by 2x on a small machine. A plain loop
@@ -432,6 +510,10 @@ def matvec(mat: np.ndarray, qvec: np.ndarray) -> np.ndarray:
 
 #: the pending rows :meth:`Retriever.read_pending` read for the search running on this thread
 _PENDING = threading.local()
+#: the name-free question's vector that :meth:`Retriever.query_vector` embedded beside the query on this thread,
+#: for :meth:`Retriever.topical` of the same search: ``(embedder, topic, vector)`` (taken once, then cleared)
+_TOPIC_VEC = threading.local()
+
 _POOL: ThreadPoolExecutor | None = None
 #: whether a hybrid search overlaps BM25 with the query embedding (MEMOS_OVERLAP_LEXICAL=0/1 overrides)
 _OVERLAP_ENV = os.environ.get("MEMOS_OVERLAP_LEXICAL")

@@ -343,6 +343,32 @@ class RecordStore(ABC):
     def rowids_passing(self, ids: Sequence[str], cf: CompiledFilter) -> dict[str, int]:
         """``{id: rowid}`` for the ids that pass the filter (checks ANN candidates)."""
 
+    def vector_changes(self, since: int | None) -> tuple[int, list[int] | None] | None:
+        """The store's log of vector changes, for in-process copies of stored embeddings (the scoped-search
+        cache, :mod:`memos_core.plaintext.scope_cache`). Returns ``(position, rowids)``: the log's position now and
+        the rowids whose stored embedding was added, replaced or removed, whose scope (user/agent/session)
+        changed, or that were deleted, by any writer (any process) after position ``since`` (``since=None``:
+        the position only, ``rowids`` empty). ``rowids`` is ``None`` when the log no longer reaches back to
+        ``since`` (trimmed, or another log): the caller must drop everything it copied. Positions follow commit
+        order, so a reader that took a position *before* reading rows never misses a later change.
+
+        The default returns ``None``: this backend keeps no such log, and nothing may be cached (searches read
+        the store every time). Never call it inside a transaction (its own writes could still roll back)."""
+        return None
+
+    def scope_vectors(self, user_id: str | None, agent_id: str | None, session_id: str | None
+                      ) -> tuple[list[int], list[str], list[bytes]]:
+        """``(rowids, ids, float32 embedding bytes)`` of every item with a stored embedding whose user, agent and
+        session equal those given (``None``: any), in every lifecycle state, in rowid order: what the scoped-search
+        cache copies (it checks each candidate against the full filter afterwards). Derived here; backends
+        answer it in one query."""
+        f = SearchFilter.coerce({k: v for k, v in (("user_id", user_id), ("agent_id", agent_id),
+                                                   ("session_id", session_id)) if v is not None})
+        cf = self.compile_filter(f, list(LifecycleState), float("-inf"))
+        rowids, _ = self.filtered_vectors(cf, 10**12)
+        rows = [r for r in self.index_rows(sorted(rowids)) if r.vec is not None]
+        return [r.rowid for r in rows], [r.id for r in rows], [r.vec for r in rows]  # type: ignore[misc]
+
     @abstractmethod
     def contents(self, rowids: Sequence[int]) -> dict[int, str]: ...
 
@@ -390,7 +416,6 @@ class RecordStore(ABC):
         must know before its dense leg runs. Derived here; a database server answers it in one round trip."""
         rowids, blobs = self.filtered_vectors(cf, 10**9, pending_only=True)
         return rowids, blobs, bool(self.embeds_later and self.waiting_embeddings(1))
-
 
     @abstractmethod
     def list_rowids(self, cf: CompiledFilter, order: Literal["created", "event_time"], limit: int,

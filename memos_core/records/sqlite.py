@@ -100,6 +100,32 @@ CREATE TABLE IF NOT EXISTS gov_forget_pending(item_id TEXT PRIMARY KEY);
 CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(text, content='', tokenize='porter unicode61 remove_diacritics 2');
 """
 
+#: The vector change log (:meth:`SQLiteRecordStore.vector_changes`): triggers append the rowid of every item whose
+#: stored embedding was added, replaced or removed, whose scope (user/agent/session) changed, or that was deleted
+#: (forget), so that an in-process copy of a scope's vectors (plaintext/scope_cache.py) can catch up with every
+#: write of every process in O(changes). Triggers, not calls in the write methods: every path that touches an
+#: embedding (add, update, reindex, restore, forget, purge, migrations, bundle import) is logged, including
+#: writes by other processes. Only rowids: no content. Writers are serialised (BEGIN IMMEDIATE), so the seq
+#: order is the commit order. It trims itself (keeps about the last 64k changes; a reader further behind
+#: rebuilds). Created on every read-write open (IF NOT EXISTS); older code opening the file keeps logging.
+_VEC_LOG_DDL = (
+    "CREATE TABLE IF NOT EXISTS vec_changes(seq INTEGER PRIMARY KEY AUTOINCREMENT, item_rowid INTEGER NOT NULL)",
+    "CREATE TRIGGER IF NOT EXISTS vec_changes_add AFTER INSERT ON embeddings BEGIN "
+    "INSERT INTO vec_changes(item_rowid) VALUES(new.item_rowid); END",
+    "CREATE TRIGGER IF NOT EXISTS vec_changes_set AFTER UPDATE OF vec, item_rowid ON embeddings BEGIN "
+    "INSERT INTO vec_changes(item_rowid) VALUES(old.item_rowid); "
+    "INSERT INTO vec_changes(item_rowid) VALUES(new.item_rowid); END",
+    "CREATE TRIGGER IF NOT EXISTS vec_changes_del AFTER DELETE ON embeddings BEGIN "
+    "INSERT INTO vec_changes(item_rowid) VALUES(old.item_rowid); END",
+    "CREATE TRIGGER IF NOT EXISTS vec_changes_scope AFTER UPDATE OF user_id, agent_id, session_id ON items "
+    "WHEN old.user_id IS NOT new.user_id OR old.agent_id IS NOT new.agent_id OR old.session_id IS NOT new.session_id "
+    "BEGIN INSERT INTO vec_changes(item_rowid) VALUES(new.rowid); END",
+    "CREATE TRIGGER IF NOT EXISTS vec_changes_gone AFTER DELETE ON items BEGIN "
+    "INSERT INTO vec_changes(item_rowid) VALUES(old.rowid); END",
+    "CREATE TRIGGER IF NOT EXISTS vec_changes_trim AFTER INSERT ON vec_changes WHEN new.seq % 4096 = 0 BEGIN "
+    "DELETE FROM vec_changes WHERE seq <= new.seq - 65536; END",
+)
+
 _ITEM_COLS = (
     "rowid, id, cube_id, content, index_text, form, kind, user_id, agent_id, session_id, state, version, "
     "created_at, updated_at, event_time, valid_until, expires_at, provenance, tags, metadata, confidence, "
@@ -161,6 +187,8 @@ class SQLiteRecordStore(RecordStore):
                     for stmt in _SCHEMA.strip().split(";"):
                         if stmt.strip():
                             c.execute(stmt)
+                    for stmt in _VEC_LOG_DDL:  # (triggers hold ';': not in _SCHEMA, which is split on it)
+                        c.execute(stmt)
                     row = c.execute("SELECT value FROM meta WHERE key='records_schema'").fetchone()
                     if row is not None and int(row[0]) > RECORDS_SCHEMA_VERSION:
                         raise SchemaVersionError(
@@ -956,6 +984,43 @@ class SQLiteRecordStore(RecordStore):
         with self._lock:
             row = self._conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
         return None if row is None else (int(row[0]), row[1])
+
+    #: a reader further behind than this many changes rebuilds rather than replaying them
+    _VEC_LOG_REPLAY = 50_000
+
+    def vector_changes(self, since: int | None) -> tuple[int, list[int] | None] | None:
+        """See :meth:`RecordStore.vector_changes`: the ``vec_changes`` log (filled by triggers: ``_VEC_LOG_DDL``)."""
+        with self._lock:
+            c = self._conn
+            try:
+                row = c.execute("SELECT seq FROM sqlite_sequence WHERE name='vec_changes'").fetchone()
+                if row is None and not c.execute(
+                        "SELECT 1 FROM sqlite_master WHERE type='table' AND name='vec_changes'").fetchone():
+                    return None  # a file opened read-only that no read-write open has given the log yet
+            except sqlite3.OperationalError:  # no sqlite_sequence at all: same
+                return None
+            top = 0 if row is None else int(row[0])
+            if since is None:
+                return top, []
+            if since > top or top - since > self._VEC_LOG_REPLAY:
+                return top, None  # another log (the file was replaced) or too far behind: rebuild
+            if since == top:
+                return top, []
+            rows = c.execute("SELECT seq, item_rowid FROM vec_changes WHERE seq > ? ORDER BY seq", (since,)).fetchall()
+        if not rows or rows[0][0] != since + 1:
+            return top, None  # trimmed past ``since``
+        return int(rows[-1][0]), list(dict.fromkeys(int(r[1]) for r in rows))
+
+    def scope_vectors(self, user_id: str | None, agent_id: str | None, session_id: str | None
+                      ) -> tuple[list[int], list[str], list[bytes]]:
+        where = " AND ".join(f"i.{col} = ?" for col, v in (("user_id", user_id), ("agent_id", agent_id),
+                                                          ("session_id", session_id)) if v is not None) or "1"
+        args = [v for v in (user_id, agent_id, session_id) if v is not None]
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT i.rowid, i.id, e.vec FROM items i JOIN embeddings e ON e.item_rowid = i.rowid WHERE {where} "
+                "ORDER BY i.rowid", args).fetchall()
+        return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
 
     def embeddings_of(self, rowids: Sequence[int]) -> tuple[list[int], list[bytes]]:
         keep: list[int] = []

@@ -1,0 +1,270 @@
+"""Scoped search (user/agent/session) from the in-process scope cache (memos_core/plaintext/scope_cache.py).
+
+What a user relies on: a scoped search returns exactly what an exact scan of the filtered rows returns; every
+acknowledged write is seen (adds, updates, deletes, expiry, writes through another handle = another
+connection, as another worker's are); a forgotten memory's vector leaves the cache when forget returns (and
+with another handle's forget, before the next search); closing drops every cached vector. The exactness test
+also runs on PostgreSQL + Chroma server (no change log there: no cache, the store is read every time).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import hashed_embed
+from memos_core.cube import MemCube
+from memos_core.items import SearchFilter
+from memos_core.plaintext import scope_cache
+from memos_core.plaintext.retrieval import matvec
+
+WORDS = ("apple banana cherry dog egg fig grape hat ice jam kite lemon mango nut orange pear quilt rose sand "
+         "tulip umbrella violin whale yak zebra").split()
+
+
+def _qvec(text: str) -> np.ndarray:
+    v = hashed_embed([text])[0]
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def _fill(cube, n: int = 240, seed: int = 0) -> list:
+    rng = random.Random(seed)
+    specs = [{"content": " ".join(rng.sample(WORDS, 4)), "user_id": f"u{i % 3}", "agent_id": f"a{i % 2}",
+              "session_id": f"s{i % 5}", "kind": ["fact", "episode", "preference"][i % 3],
+              "tags": [["x", "y", "z"][i % 3]], "metadata": {"imp": i % 4}} for i in range(n)]
+    return cube.add_many(specs, progress=False)
+
+
+def _filtered(cube, **flt):
+    f = SearchFilter.coerce(flt)
+    return f, cube.records.compile_filter(f, cube._states(f), cube._now().timestamp())
+
+
+def _exact(cube, qvec: np.ndarray, n: int, **flt) -> list[tuple[int, float]]:
+    """The reference: every row passing the filter scored from its stored embedding, best first, ties by rowid."""
+    _, cf = _filtered(cube, **flt)
+    rowids, blobs = cube.records.filtered_vectors(cf, 10**9)
+    if not rowids:
+        return []
+    sims = matvec(np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), -1), qvec)
+    order = sorted(range(len(rowids)), key=lambda i: (-float(sims[i]), rowids[i]))[:n]
+    return [(rowids[i], float(sims[i])) for i in order]
+
+
+def _same(got: list[tuple[int, float]], want: list[tuple[int, float]]) -> None:
+    """Equal rankings: the same scores rank by rank, and the same rows (rows with equal scores may swap places
+    only among themselves, and only at the cut)."""
+    assert len(got) == len(want)
+    assert [round(s, 5) for _, s in got] == [round(s, 5) for _, s in want]
+    if want:
+        cut = round(want[-1][1], 5)
+        assert {r for r, s in got if round(s, 5) > cut} == {r for r, s in want if round(s, 5) > cut}
+        assert len({r for r, _ in got}) == len(got)
+
+
+def _dense(cube, q: str, n: int, **flt) -> list[tuple[int, float]]:
+    f, cf = _filtered(cube, **flt)
+    return cube.retriever.dense(_qvec(q), f, cf, n)
+
+
+FILTERS = [
+    {"user_id": "u1"},
+    {"user_id": "u2", "tags_any": ["y"]},
+    {"user_id": "u0", "kinds": ["fact"]},
+    {"user_id": "u1", "metadata": {"imp": {"$gte": 2}}},
+    {"agent_id": "a1"},
+    {"session_id": "s3"},
+    {"user_id": "u2", "agent_id": "a0"},
+    {"user_id": "nobody"},
+]
+
+
+@pytest.mark.records_backends
+@pytest.mark.parametrize("flt", FILTERS, ids=lambda f: ",".join(sorted(f)))
+def test_scoped_dense_is_the_exact_filtered_scan(cube, flt) -> None:
+    items = _fill(cube)
+    cube.delete(items[4].id)  # a tombstone and an archived memory in the scopes: never returned
+    cube.transition(items[7].id, "archived")
+    for q in ("apple banana cherry", "whale zebra", "ice jam kite lemon", "sand"):
+        for n in (5, 60, 1000):
+            _same(_dense(cube, q, n, **flt), _exact(cube, _qvec(q), n, **flt))
+    uses_cache = scope_cache.cache_for(cube.records) is not None
+    assert uses_cache == (cube.records.backend == "sqlite")  # PostgreSQL keeps no change log (yet): no cache
+
+
+def test_hybrid_scoped_search_same_hits_with_and_without_the_cache(tmp_path: Path, clock, monkeypatch) -> None:
+    queries = [(q, scope) for q in ("apple banana cherry", "whale zebra yak", "grape")
+               for scope in ({"user_id": "u1"}, {"session_id": "s2"}, {"user_id": "u0", "agent_id": "a1"})]
+    a = MemCube(tmp_path / "c", embedder=hashed_embed, clock=clock)
+    try:
+        _fill(a, 300)
+        with_cache = [[(h.item.id, round(h.score, 6)) for h in a.search(q, k=10, **scope)] for q, scope in queries]
+        assert a.records in scope_cache._CACHES and len(scope_cache.cache_for(a.records).scopes) == 3
+        monkeypatch.setenv("MEMOS_SCOPE_CACHE_MB", "0")
+        b = MemCube(tmp_path / "c", embedder=hashed_embed, clock=clock)  # another handle, no cache
+        try:
+            without = [[(h.item.id, round(h.score, 6)) for h in b.search(q, k=10, **scope)] for q, scope in queries]
+            assert b.records not in scope_cache._CACHES
+        finally:
+            b.close()
+        assert with_cache == without
+    finally:
+        a.close()
+
+
+def test_every_write_is_seen_by_a_cached_scope(cube, clock) -> None:
+    items = _fill(cube)
+    q = "violin whale yak zebra"
+    assert _dense(cube, q, 10, user_id="u1")  # the scope is cached now
+    cache = scope_cache.cache_for(cube.records)
+    assert cache is not None and ("u1", None, None) in cache.scopes
+    builds = cache.builds
+
+    new = cube.add("violin whale yak zebra", user_id="u1")
+    top = cube.search(q, k=3, user_id="u1", mode="dense")
+    assert top[0].item.id == new.id and top[0].retrievers["dense"] > 0.99
+
+    mine = [it for it in items if it.scope.user_id == "u1"]
+    moved = cube.update(mine[0].id, "violin whale yak zebra quilt")  # a new vector for an old row
+    top = cube.search(q, k=3, user_id="u1", mode="dense")
+    assert {h.item.id for h in top[:2]} == {new.id, moved.id}
+
+    cube.delete(new.id)
+    assert new.id not in {h.item.id for h in cube.search(q, k=20, user_id="u1", mode="dense")}
+
+    short = cube.add("violin whale yak zebra sand", user_id="u1", ttl=60)
+    assert cube.search(q, k=3, user_id="u1", mode="dense")[0].item.id in {short.id, moved.id}
+    clock.advance(120)
+    assert short.id not in {h.item.id for h in cube.search(q, k=20, user_id="u1", mode="dense")}
+
+    assert cache.builds == builds  # all of it replayed from the change log, not re-read
+    _same(_dense(cube, q, 1000, user_id="u1"), _exact(cube, _qvec(q), 1000, user_id="u1"))
+
+
+def _holds_vector(cache: scope_cache.ScopeCache, vec: np.ndarray) -> bool:
+    return any(bool(np.any(np.all(e.mat == vec, axis=1))) for e in cache._entries.values())
+
+
+def test_forget_drops_the_cached_vector_when_it_returns_and_close_drops_all(cube) -> None:
+    items = _fill(cube)
+    victim = next(it for it in items if it.scope.user_id == "u2")
+    rowid = cube.records.rowid(victim.id)
+    vec = cube.records.embedding(rowid).astype(np.float32)
+    cube.search("apple", k=5, user_id="u2")
+    cube.search("apple", k=5, agent_id=victim.scope.agent_id)
+    cache = scope_cache.cache_for(cube.records)
+    assert rowid in cache.cached_rowids() and _holds_vector(cache, vec)
+
+    cube.forget(victim.id)  # no search in between: forget itself drops it
+    assert rowid not in cache.cached_rowids()
+    assert not _holds_vector(cache, vec)
+    assert victim.id not in {h.item.id for h in cube.search(" ".join(victim.content.split()), k=50, user_id="u2")}
+
+    records = cube.records
+    cube.close()
+    assert records not in scope_cache._CACHES
+    assert not _holds_vector(cache, vec) and not cache.cached_rowids() and not cache.scopes
+
+
+def test_another_handles_writes_and_forgets_are_seen(tmp_path: Path, clock) -> None:
+    """A second handle on the same cube is another connection, as another worker's is: its commits reach this
+    handle's cache through the change log, before this handle's next search."""
+    a = MemCube(tmp_path / "c", embedder=hashed_embed, clock=clock)
+    b = MemCube(tmp_path / "c", embedder=hashed_embed, clock=clock)
+    try:
+        items = _fill(a)
+        q = "quilt rose sand tulip"
+        a.search(q, k=5, user_id="u0")
+        cache = scope_cache.cache_for(a.records)
+        added = b.add("quilt rose sand tulip", user_id="u0")
+        assert a.search(q, k=1, user_id="u0", mode="dense")[0].item.id == added.id
+        victim = next(it for it in items if it.scope.user_id == "u0")
+        rowid = a.records.rowid(victim.id)
+        vec = a.records.embedding(rowid).astype(np.float32)
+        assert rowid in cache.cached_rowids()
+        b.forget(victim.id)
+        b.forget(added.id)
+        got = a.search(q, k=200, user_id="u0", mode="dense")
+        assert not {victim.id, added.id} & {h.item.id for h in got}
+        assert rowid not in cache.cached_rowids() and not _holds_vector(cache, vec)
+        _same(_dense(a, q, 1000, user_id="u0"), _exact(a, _qvec(q), 1000, user_id="u0"))
+    finally:
+        b.close()
+        a.close()
+
+
+def test_a_reused_rowid_is_not_scored_with_the_old_vector(cube) -> None:
+    _fill(cube, 30)
+    last = cube.add("whale whale whale whale", user_id="u1")
+    cube.search("whale", k=5, user_id="u1")
+    old_rowid = cube.records.rowid(last.id)
+    cube.forget(last.id)
+    fresh = cube.add("apple apple apple", user_id="u1")
+    got = {h.item.id: h.retrievers.get("dense") for h in cube.search("whale", k=50, user_id="u1", mode="dense")}
+    assert last.id not in got
+    if cube.records.rowid(fresh.id) == old_rowid:  # SQLite reuses the highest rowid after it was deleted
+        assert got.get(fresh.id, 0.0) < 0.5
+    _same(_dense(cube, "whale", 1000, user_id="u1"), _exact(cube, _qvec("whale"), 1000, user_id="u1"))
+
+
+def test_a_cache_too_far_behind_the_log_rebuilds(tmp_path: Path, clock, monkeypatch) -> None:
+    a = MemCube(tmp_path / "c", embedder=hashed_embed, clock=clock)
+    b = MemCube(tmp_path / "c", embedder=hashed_embed, clock=clock)
+    try:
+        _fill(a, 60)
+        a.search("apple", k=5, user_id="u1")
+        cache = scope_cache.cache_for(a.records)
+        builds = cache.builds
+        monkeypatch.setattr(type(a.records), "_VEC_LOG_REPLAY", 3)
+        added = [b.add(f"mango nut orange {w}", user_id="u1") for w in ("pear", "quilt", "rose", "sand", "tulip")]
+        got = {h.item.id for h in a.search("mango nut orange", k=10, user_id="u1", mode="dense")}
+        assert {it.id for it in added} <= got
+        assert cache.builds == builds + 1  # read again from the store, not replayed
+    finally:
+        b.close()
+        a.close()
+
+
+def test_a_scope_larger_than_the_cap_is_read_from_the_store(tmp_path: Path, clock, monkeypatch) -> None:
+    monkeypatch.setenv("MEMOS_SCOPE_CACHE_MB", "0.001")  # ~1 KB: not even one scope of 80 vectors fits
+    c = MemCube(tmp_path / "c", embedder=hashed_embed, clock=clock)
+    try:
+        _fill(c)
+        _same(_dense(c, "apple banana", 20, user_id="u1"), _exact(c, _qvec("apple banana"), 20, user_id="u1"))
+        cache = scope_cache.cache_for(c.records)
+        assert cache is not None and not cache.scopes and not cache.cached_rowids()
+    finally:
+        c.close()
+
+
+def test_vector_change_log(cube) -> None:
+    """The SQLite log behind the cache: adds, updates, scope moves, deletes and forgets are logged in commit
+    order; topic vectors and usage counters are not; a position from another log means 'start again'."""
+    store = cube.records
+    pos, none = store.vector_changes(None)
+    assert none == []
+    a = cube.add("apple banana", user_id="u1")
+    ra = store.rowid(a.id)
+    pos2, changed = store.vector_changes(pos)
+    assert pos2 > pos and changed == [ra]
+    assert store.vector_changes(pos2) == (pos2, [])
+    cube.search("apple", k=3)
+    store.flush()  # usage counters written
+    assert store.vector_changes(pos2) == (pos2, [])
+    cube.update(a.id, "apple cherry")
+    pos3, changed = store.vector_changes(pos2)
+    assert changed == [ra]
+    with store.transaction() as c:  # a scope move alone (no new embedding) is logged too
+        c.execute("UPDATE items SET user_id='u9' WHERE rowid=?", (ra,))
+    pos4, changed = store.vector_changes(pos3)
+    assert changed == [ra]
+    cube.forget(a.id)
+    pos5, changed = store.vector_changes(pos4)
+    assert changed == [ra]
+    assert store.vector_changes(pos5 + 10)[1] is None  # ahead of this log: not ours
+    with store.transaction() as c:
+        c.execute("DELETE FROM vec_changes WHERE seq <= ?", (pos4 + 1,))
+    assert store.vector_changes(pos3)[1] is None  # trimmed past the reader's position
