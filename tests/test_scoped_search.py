@@ -268,3 +268,23 @@ def test_vector_change_log(cube) -> None:
     with store.transaction() as c:
         c.execute("DELETE FROM vec_changes WHERE seq <= ?", (pos4 + 1,))
     assert store.vector_changes(pos3)[1] is None  # trimmed past the reader's position
+
+
+def test_the_seams_derived_scope_reads_agree_with_sqlites(cube) -> None:
+    """RecordStore's default scope_vectors / passing_rowids (what a backend gets without its own) answer what
+    SQLite's one-query versions do."""
+    from memos_core.records.base import RecordStore
+
+    items = _fill(cube, 90)
+    cube.delete(items[1].id)
+    store = cube.records
+    for scope in (("u1", None, None), (None, "a0", None), ("u2", "a1", "s4"), ("nobody", None, None)):
+        own = store.scope_vectors(*scope)
+        derived = RecordStore.scope_vectors(store, *scope)
+        assert sorted(zip(*own)) == sorted(zip(*derived))
+    _, cf = _filtered(cube, user_id="u1", kinds=["fact"])
+    every = [store.rowid(it.id) for it in items] + [10**9]
+    assert store.passing_rowids(every, cf) == RecordStore.passing_rowids(store, every, cf)
+    assert store.passing_rowids(every, cf) == {store.rowid(it.id) for it in items
+                                                if it.scope.user_id == "u1" and it.kind.value == "fact"
+                                                and it.id != items[1].id}

@@ -408,7 +408,7 @@ class Retriever:
         got = None if cache is None else cache.scores(scope, qvec, self.dim)
         if got is None:
             return None
-        rowids, ids, sims = got
+        rowids, sims = got
         total = len(rowids)
         if not total or n <= 0:
             return []
@@ -418,8 +418,8 @@ class Retriever:
         for _ in range(2):  # the best 2n (usually enough: a scope's rows mostly pass), then 8n more
             order = best_order(sims, rowids, want)
             chunk = order[seen:]
-            ok = self.rowids_passing(list(ids[chunk]), cf)
-            out += [(int(rowids[i]), float(sims[i])) for i in chunk if ok.get(ids[i]) == rowids[i]]
+            ok = self.records.passing_rowids(rowids[chunk].tolist(), cf)
+            out += [(int(rowids[i]), float(sims[i])) for i in chunk if int(rowids[i]) in ok]
             seen = len(order)
             if len(out) >= n or seen >= total:
                 return out[:n]

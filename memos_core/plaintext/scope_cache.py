@@ -52,12 +52,12 @@ def _cap_bytes() -> int:
 
 
 class _Entry:
-    """One scope's rows: ``mat[:n]`` vectors, ``rowids[:n]``, ``ids[:n]`` and ``live[:n]`` (a dropped row is
-    zeroed and marked dead; dead rows are compacted away once they are a quarter of the rows)."""
+    """One scope's rows: ``mat[:n]`` vectors, ``rowids[:n]`` and ``live[:n]`` (a dropped row is zeroed and
+    marked dead; dead rows are compacted away once they are a quarter of the rows)."""
 
-    __slots__ = ("mat", "rowids", "ids", "live", "n", "dead", "where")
+    __slots__ = ("mat", "rowids", "live", "n", "dead", "where")
 
-    def __init__(self, dim: int, rowids: list[int], ids: list[str], blobs: list[bytes]) -> None:
+    def __init__(self, dim: int, rowids: list[int], blobs: list[bytes]) -> None:
         n = len(rowids)
         cap = max(16, n + n // 8)
         self.mat = np.zeros((cap, dim), dtype=np.float32)
@@ -65,8 +65,6 @@ class _Entry:
             self.mat[:n] = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(n, dim)
         self.rowids = np.zeros(cap, dtype=np.int64)
         self.rowids[:n] = rowids
-        self.ids = np.empty(cap, dtype=object)
-        self.ids[:n] = ids
         self.live = np.zeros(cap, dtype=bool)
         self.live[:n] = True
         self.n = n
@@ -75,7 +73,8 @@ class _Entry:
 
     @property
     def nbytes(self) -> int:
-        return int(self.mat.nbytes + self.rowids.nbytes + self.live.nbytes + self.ids.nbytes + 64 * len(self.where))
+        # (the rowid -> slot dict: ~100 bytes a row)
+        return int(self.mat.nbytes + self.rowids.nbytes + self.live.nbytes + 100 * len(self.where))
 
     def remove(self, rowid: int) -> None:
         i = self.where.pop(rowid, None)
@@ -83,16 +82,14 @@ class _Entry:
             return
         self.mat[i] = 0.0  # the vector leaves this process's memory now, not when the array is freed
         self.live[i] = False
-        self.ids[i] = None
         self.dead += 1
 
-    def add(self, rowid: int, item_id: str, vec: np.ndarray) -> None:
+    def add(self, rowid: int, vec: np.ndarray) -> None:
         if self.n == len(self.rowids):
             self._resize(max(16, self.n + self.n // 2))
         i = self.n
         self.mat[i] = vec
         self.rowids[i] = rowid
-        self.ids[i] = item_id
         self.live[i] = True
         self.where[rowid] = i
         self.n += 1
@@ -110,11 +107,9 @@ class _Entry:
         self.mat = mat
         rowids = np.zeros(cap, dtype=np.int64)
         rowids[:len(keep)] = self.rowids[keep]
-        ids = np.empty(cap, dtype=object)
-        ids[:len(keep)] = self.ids[keep]
         live = np.zeros(cap, dtype=bool)
         live[:len(keep)] = True
-        self.rowids, self.ids, self.live = rowids, ids, live
+        self.rowids, self.live = rowids, live
         self.n = len(keep)
         self.dead = 0
         self.where = {int(r): i for i, r in enumerate(rowids[:self.n])}
@@ -143,9 +138,8 @@ class ScopeCache:
         self.replayed = 0  # log changes applied
 
     # ------------------------------------------------------------------ use
-    def scores(self, scope: Scope, qvec: np.ndarray, dim: int
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """``(rowids, ids, cosines)`` of every row cached for ``scope`` (live rows only; rowid order is not
+    def scores(self, scope: Scope, qvec: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(rowids, cosines)`` of every row cached for ``scope`` (live rows only; rowid order is not
         guaranteed), after catching up with the store's change log. ``None`` when this store keeps no log, the
         cache is off, or the scope does not fit under the cap: the caller reads the store instead."""
         records = self._records()
@@ -158,11 +152,11 @@ class ScopeCache:
                 return None
             entry = self._entries.get(scope)
             if entry is None:
-                rowids, ids, blobs = records.scope_vectors(*scope)
+                rowids, blobs = records.scope_vectors(*scope)
                 self.builds += 1
                 if len(rowids) * dim * 4 > self.cap_bytes:
                     return None
-                entry = _Entry(dim, rowids, ids, blobs)
+                entry = _Entry(dim, rowids, blobs)
                 self._entries[scope] = entry
                 self._evict(keep=scope)
             else:
@@ -173,8 +167,8 @@ class ScopeCache:
             sims = matvec(entry.mat[:n], qvec)  # (a dead row is zeros: it is left out just below)
             if entry.dead:
                 live = np.flatnonzero(entry.live[:n])
-                return entry.rowids[live], entry.ids[live], sims[live]
-            return entry.rowids[:n].copy(), entry.ids[:n].copy(), sims
+                return entry.rowids[live], sims[live]
+            return entry.rowids[:n].copy(), sims
 
     def sync(self) -> None:
         """Catch up with the store's change log now (a forget in this process calls it after its commit)."""
@@ -227,7 +221,7 @@ class ScopeCache:
                         if vec is None:
                             vec = np.frombuffer(row.vec, dtype=np.float32)
                         if vec.shape[0] == entry.mat.shape[1]:
-                            entry.add(row.rowid, row.id, vec)
+                            entry.add(row.rowid, vec)
             for entry in self._entries.values():
                 entry.compact_if_sparse()
             self.replayed += len(changed)

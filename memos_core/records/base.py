@@ -357,17 +357,22 @@ class RecordStore(ABC):
         return None
 
     def scope_vectors(self, user_id: str | None, agent_id: str | None, session_id: str | None
-                      ) -> tuple[list[int], list[str], list[bytes]]:
-        """``(rowids, ids, float32 embedding bytes)`` of every item with a stored embedding whose user, agent and
-        session equal those given (``None``: any), in every lifecycle state, in rowid order: what the scoped-search
-        cache copies (it checks each candidate against the full filter afterwards). Derived here; backends
-        answer it in one query."""
+                      ) -> tuple[list[int], list[bytes]]:
+        """``(rowids, float32 embedding bytes)`` of every item with a stored embedding whose user, agent and
+        session equal those given (``None``: any), in every lifecycle state: what the scoped-search cache copies
+        (it checks each candidate against the full filter afterwards, :meth:`passing_rowids`). Derived here;
+        backends answer it in one query."""
         f = SearchFilter.coerce({k: v for k, v in (("user_id", user_id), ("agent_id", agent_id),
                                                    ("session_id", session_id)) if v is not None})
-        cf = self.compile_filter(f, list(LifecycleState), float("-inf"))
-        rowids, _ = self.filtered_vectors(cf, 10**12)
-        rows = [r for r in self.index_rows(sorted(rowids)) if r.vec is not None]
-        return [r.rowid for r in rows], [r.id for r in rows], [r.vec for r in rows]  # type: ignore[misc]
+        return self.filtered_vectors(self.compile_filter(f, list(LifecycleState), float("-inf")), 10**12)
+
+    def passing_rowids(self, rowids: Sequence[int], cf: CompiledFilter) -> set[int]:
+        """Those of ``rowids`` whose item passes the filter (the scoped-search cache's candidates). Derived from
+        :meth:`index_rows` and :meth:`rowids_passing`; backends answer it in one query by rowid."""
+        if not rowids:
+            return set()
+        ids = {r.id: r.rowid for r in self.index_rows(sorted({int(r) for r in rowids}))}
+        return {rowid for iid, rowid in self.rowids_passing(list(ids), cf).items() if ids.get(iid) == rowid}
 
     @abstractmethod
     def contents(self, rowids: Sequence[int]) -> dict[int, str]: ...

@@ -1012,15 +1012,32 @@ class SQLiteRecordStore(RecordStore):
         return int(rows[-1][0]), list(dict.fromkeys(int(r[1]) for r in rows))
 
     def scope_vectors(self, user_id: str | None, agent_id: str | None, session_id: str | None
-                      ) -> tuple[list[int], list[str], list[bytes]]:
+                      ) -> tuple[list[int], list[bytes]]:
+        # only the scope's index and the embeddings: a user scope's rowids come from items_user (a covering
+        # index), so no wide items row is read (20k vectors: ~70-100 ms here instead of ~120-190 ms)
         where = " AND ".join(f"i.{col} = ?" for col, v in (("user_id", user_id), ("agent_id", agent_id),
                                                           ("session_id", session_id)) if v is not None) or "1"
         args = [v for v in (user_id, agent_id, session_id) if v is not None]
         with self._lock:
             rows = self._conn.execute(
-                f"SELECT i.rowid, i.id, e.vec FROM items i JOIN embeddings e ON e.item_rowid = i.rowid WHERE {where} "
-                "ORDER BY i.rowid", args).fetchall()
-        return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+                f"SELECT e.item_rowid, e.vec FROM items i JOIN embeddings e ON e.item_rowid = i.rowid WHERE {where}",
+                args).fetchall()
+        return [r[0] for r in rows], [r[1] for r in rows]
+
+    def passing_rowids(self, rowids: Sequence[int], cf: CompiledFilter) -> set[int]:
+        if not rowids:
+            return set()
+        where, args = cf
+        out: set[int] = set()
+        # NOT INDEXED: one rowid lookup per candidate (SQLite would otherwise walk the user_id index: see
+        # rowids_passing); 120 candidates ~0.1 ms
+        with self._lock:
+            for s in range(0, len(rowids), 900):
+                chunk = [int(r) for r in rowids[s:s + 900]]
+                out.update(r[0] for r in self._conn.execute(
+                    f"SELECT rowid FROM items NOT INDEXED WHERE rowid IN ({','.join('?' * len(chunk))}) AND {where}",
+                    (*chunk, *args)))
+        return out
 
     def embeddings_of(self, rowids: Sequence[int]) -> tuple[list[int], list[bytes]]:
         keep: list[int] = []
