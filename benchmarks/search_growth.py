@@ -1,10 +1,11 @@
 """How the library's own search cost grows with the cube: 10k, 100k and 1,000,000 memories.
 
-    python benchmarks/search_growth.py [--sizes 10000,100000,1000000] [--queries 200] [--json]
+    python benchmarks/search_growth.py [--sizes 10000,100000,1000000] [--queries 200] [--users 50] [--json]
     python benchmarks/search_growth.py --store 'postgresql://user@host/db?cube=growth' --index http://host:8000
 
 Grows ONE cube in steps (10k, then to 100k, then to 1M) and times search at each size. The memories and queries
-are those of ``benchmarks/search_scale.py`` (its template corpus, 50 user scopes); the vectors come from its
+are those of ``benchmarks/search_scale.py`` (its template corpus, spread over ``--users`` user scopes, 50 by
+default: with 5, a 100k cube has 20,000 memories per user); the vectors come from its
 ``HashedEmbedder`` (a hashed bag of words, 384 dimensions) so that a million memories ingest in tens of minutes
 on two cores. **The query vector is precomputed**: every query is embedded once before the timed passes and the
 embedder then answers from that table (a dict lookup), so the figures are the library's own search overhead
@@ -22,8 +23,12 @@ exactly, which would be a different workload) and ``cube.index.count() == N``.
 
 At each size it times, over the same Q queries (after one warm-up pass), wall time and the process's CPU time
 of: ``search(q, k=10)`` (hybrid, unscoped), ``mode="dense"``, ``mode="lexical"`` (BM25) and a search scoped to
-one of the 50 users (``user_id=``). It reports p50/p95 of each and the growth ratios between consecutive sizes
-(p95 at N2 / p95 at N1). With ``--json`` the last stdout line is one JSON object.
+one of the users (``user_id=``). It reports p50/p95 of each and the growth ratios between consecutive sizes
+(p95 at N2 / p95 at N1). Then an **interleaved** pass: unscoped hybrid, scoped hybrid and scoped hybrid with the
+scope cache off (``Retriever.use_scope_cache = False``: the store is read every time, the path before the
+cache), query by query in rotating order, so that a shared machine's load weighs on the three alike; it reports
+their p50/p95 and the ratios scoped / unscoped (``interleaved``). A resumed run needs the same ``--users`` as
+the run that built the cube. With ``--json`` the last stdout line is one JSON object.
 
 Backends: by default SQLite + embedded Chroma in ``--workdir`` (a temp folder if not given). With ``--store
 URL --index URL`` the cube lives in PostgreSQL (a fresh ``?cube=`` name) with a Chroma server. With
@@ -111,11 +116,40 @@ def measure(cube: Any, emb: PrecomputedQueries, qs: list[str], users: int) -> di
     for name, calls in legs.items():
         wall, cpu = _time_calls(calls)
         out[name] = {**_stats(wall), "cpu": _stats(cpu)}
+    out["interleaved"] = interleaved(cube, qs, users)
     if emb.misses:
         raise RuntimeError(f"{emb.misses} timed queries were embedded: the precomputed table missed them")
     hits = [len(cube.search(q, k=10)) for q in qs[:20]]
     if min(hits) != 10:
         raise RuntimeError(f"a query returned fewer than 10 hits: {hits}")
+    return out
+
+
+def interleaved(cube: Any, qs: list[str], users: int) -> dict[str, Any]:
+    """Unscoped hybrid, scoped hybrid (scope cache) and scoped hybrid reading the store (cache off: the path
+    before the cache), query by query in rotating order, so that a shared machine's load weighs on all three
+    alike; p50/p95 of each (wall and CPU) and the ratios scoped / unscoped."""
+    retriever = cube.retriever
+
+    def scoped(q: str, i: int, cached: bool) -> None:
+        retriever.use_scope_cache = cached
+        try:
+            cube.search(q, k=10, user_id=f"user-{i % users}")
+        finally:
+            retriever.use_scope_cache = True
+
+    runs: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in ("hybrid", "scoped", "scoped_store")}
+    for i, q in enumerate(qs):
+        calls = [("hybrid", lambda q=q: cube.search(q, k=10)), ("scoped", lambda q=q, i=i: scoped(q, i, True)),
+                 ("scoped_store", lambda q=q, i=i: scoped(q, i, False))]
+        for name, fn in calls[i % 3:] + calls[:i % 3]:
+            wall, cpu = _time_calls([fn])
+            runs[name][0].extend(wall)
+            runs[name][1].extend(cpu)
+    out: dict[str, Any] = {k: {**_stats(w), "cpu": _stats(c)} for k, (w, c) in runs.items()}
+    for k in ("scoped", "scoped_store"):
+        out[f"{k}_vs_hybrid_p95"] = round(out[k]["p95_ms"] / max(out["hybrid"]["p95_ms"], 1e-9), 2)
+        out[f"{k}_vs_hybrid_cpu_p95"] = round(out[k]["cpu"]["p95_ms"] / max(out["hybrid"]["cpu"]["p95_ms"], 1e-9), 2)
     return out
 
 
@@ -179,6 +213,12 @@ def run(sizes: list[int], queries: int = 200, batch: int = 2000, workdir: str | 
                 v = step[name]
                 log(f"   {name:<20} p50 {v['p50_ms']:>8} / p95 {v['p95_ms']:>8} ms "
                     f"(CPU {v['cpu']['p50_ms']} / {v['cpu']['p95_ms']} ms)")
+            il = step["interleaved"]
+            log("   interleaved: " + "; ".join(
+                f"{k} p50 {il[k]['p50_ms']} / p95 {il[k]['p95_ms']} ms (CPU {il[k]['cpu']['p50_ms']} / "
+                f"{il[k]['cpu']['p95_ms']})" for k in ("hybrid", "scoped", "scoped_store")) +
+                f"; scoped/hybrid p95 x{il['scoped_vs_hybrid_p95']} (CPU x{il['scoped_vs_hybrid_cpu_p95']}), "
+                f"store path x{il['scoped_store_vs_hybrid_p95']}")
         growth = {}
         for a, b in zip(steps, steps[1:]):
             key = f"{a['n']}->{b['n']}"

@@ -288,3 +288,45 @@ def test_the_seams_derived_scope_reads_agree_with_sqlites(cube) -> None:
     assert store.passing_rowids(every, cf) == {store.rowid(it.id) for it in items
                                                 if it.scope.user_id == "u1" and it.kind.value == "fact"
                                                 and it.id != items[1].id}
+
+
+_CHILD = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from conftest import hashed_embed
+from memos_core.cube import MemCube
+c = MemCube(sys.argv[2], embedder=hashed_embed)
+added = c.add("xylophone yodel zither quartz", user_id="u1")
+c.forget(sys.argv[3])
+c.close()
+print(added.id)
+"""
+
+
+def test_another_process_writes_and_forgets_are_seen(tmp_path: Path) -> None:
+    """Another worker process adds to and forgets from a scope this process has cached: this process's next
+    scoped search returns the added memory, not the forgotten one, and its cache no longer holds that vector."""
+    import subprocess
+    import sys
+
+    a = MemCube(tmp_path / "c", embedder=hashed_embed)
+    try:
+        items = _fill(a, 120)
+        q = "xylophone yodel zither quartz"
+        a.search(q, k=5, user_id="u1")
+        cache = scope_cache.cache_for(a.records)
+        victim = next(it for it in items if it.scope.user_id == "u1")
+        rowid = a.records.rowid(victim.id)
+        vec = a.records.embedding(rowid).astype(np.float32)
+        assert rowid in cache.cached_rowids()
+        res = subprocess.run([sys.executable, "-c", _CHILD, str(Path(__file__).parent), str(tmp_path / "c"),
+                              victim.id], capture_output=True, text=True, timeout=240)
+        assert res.returncode == 0, res.stderr[-2000:]
+        added = res.stdout.strip().splitlines()[-1]
+        got = a.search(q, k=100, user_id="u1", mode="dense")
+        assert got[0].item.id == added
+        assert victim.id not in {h.item.id for h in got}
+        assert rowid not in cache.cached_rowids() and not _holds_vector(cache, vec)
+        _same(_dense(a, q, 1000, user_id="u1"), _exact(a, _qvec(q), 1000, user_id="u1"))
+    finally:
+        a.close()

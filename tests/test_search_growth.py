@@ -27,6 +27,11 @@ def test_search_growth_grows_one_cube_and_resumes(tmp_path: Path) -> None:
         for mode in ("hybrid", "dense_only", "lexical_only", "hybrid_scoped_user"):
             assert 0 < step[mode]["p50_ms"] <= step[mode]["p95_ms"]
             assert step[mode]["cpu"]["p95_ms"] > 0
+        il = step["interleaved"]
+        for mode in ("hybrid", "scoped", "scoped_store"):
+            assert 0 < il[mode]["p50_ms"] <= il[mode]["p95_ms"]
+        assert il["scoped_vs_hybrid_p95"] == round(il["scoped"]["p95_ms"] / il["hybrid"]["p95_ms"], 2)
+    assert rep["users"] == 50
     g = rep["growth"]["60->200"]["hybrid"]
     a, b = rep["steps"]
     assert g["p95"] == round(b["hybrid"]["p95_ms"] / a["hybrid"]["p95_ms"], 2)

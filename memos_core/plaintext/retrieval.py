@@ -394,6 +394,10 @@ class Retriever:
                 return score_blobs(qvec, *self.records.filtered_vectors(cf, 10**9), n)
             fetch *= 4
 
+    #: whether scoped searches use the scope cache (:meth:`scoped_dense`); False reads the store every time
+    #: (benchmarks compare the two; ``MEMOS_SCOPE_CACHE_MB=0`` turns it off for the whole process)
+    use_scope_cache: bool = True
+
     def scoped_dense(self, qvec: np.ndarray, scope: tuple[str | None, str | None, str | None],
                      cf: "CompiledFilter", n: int) -> list[tuple[int, float]] | None:
         """The exact best ``n`` (rowid, cosine) passing ``cf`` in a user/agent/session scope, from the scope's
@@ -404,7 +408,7 @@ class Retriever:
         Every candidate is checked against the full filter in the store (state, expiry, kinds, tags, ...), best
         first, in growing chunks until ``n`` pass; when the filter passes few of the scope's rows, the rowids
         passing it are listed once instead (no vectors read). So the answer is the exact filtered scan's."""
-        cache = scope_cache.cache_for(self.records)
+        cache = scope_cache.cache_for(self.records) if self.use_scope_cache else None
         got = None if cache is None else cache.scores(scope, qvec, self.dim)
         if got is None:
             return None
