@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
 import numpy as np
 
 from . import lifecycle
-from .embedding import Embedder, resolve_embedder
+from .embedding import Embedder, one_core, resolve_embedder
 from .log import Progress, get_logger
 from .log import progress as progress_iter
 from .errors import (
@@ -834,7 +834,10 @@ class MemCube:
 
         def run() -> None:
             try:
-                self._embed_waiting(one_by_one=True)
+                # every waiting row's index and topic texts in length-sorted batches on one core (the default
+                # embedder's one-thread session): the other core stays with the caller's next write
+                with one_core():
+                    self._embed_waiting()
             except Exception:  # noqa: BLE001 - the rows stay waiting in the records
                 log.exception("background embedding of cube %s failed", self.name)
 
