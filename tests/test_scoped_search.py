@@ -330,3 +330,25 @@ def test_another_process_writes_and_forgets_are_seen(tmp_path: Path) -> None:
         _same(_dense(a, q, 1000, user_id="u1"), _exact(a, _qvec(q), 1000, user_id="u1"))
     finally:
         a.close()
+
+
+def test_more_active_scopes_than_fit_do_not_thrash(tmp_path: Path, clock, monkeypatch) -> None:
+    """Three users searched in turn, room for two: two stay cached, the third is served from the store (exactly)
+    instead of evicting a busy scope on every search; once a cached scope goes idle, a new one takes its place."""
+    monkeypatch.setenv("MEMOS_SCOPE_CACHE_MB", "0.065")  # ~68 KB: two scopes of 80 64-d vectors, not three
+    c = MemCube(tmp_path / "c", embedder=hashed_embed, clock=clock)
+    try:
+        _fill(c)
+        cache = scope_cache.cache_for(c.records)
+        for rnd in range(4):
+            for u in ("u0", "u1", "u2"):
+                _same(_dense(c, "apple kite", 10, user_id=u), _exact(c, _qvec("apple kite"), 10, user_id=u))
+        assert sorted(cache.scopes) == [("u0", None, None), ("u1", None, None)]
+        assert cache.builds == 3  # u2 was read once, then left to the store: no rebuild per search
+        cache.idle_after = 4
+        for _ in range(10):  # u1 idles while u0 and u2 are searched
+            _dense(c, "apple kite", 10, user_id="u0")
+            _same(_dense(c, "apple kite", 10, user_id="u2"), _exact(c, _qvec("apple kite"), 10, user_id="u2"))
+        assert sorted(cache.scopes) == [("u0", None, None), ("u2", None, None)]
+    finally:
+        c.close()

@@ -55,7 +55,13 @@ class _Entry:
     """One scope's rows: ``mat[:n]`` vectors, ``rowids[:n]`` and ``live[:n]`` (a dropped row is zeroed and
     marked dead; dead rows are compacted away once they are a quarter of the rows)."""
 
-    __slots__ = ("mat", "rowids", "live", "n", "dead", "where")
+    __slots__ = ("mat", "rowids", "live", "n", "dead", "where", "used")
+
+    @staticmethod
+    def estimate(rows: int, dim: int) -> int:
+        """What :attr:`nbytes` will be for ``rows`` rows (with the initial headroom)."""
+        cap = max(16, rows + rows // 8)
+        return cap * (dim * 4 + 9) + 100 * rows
 
     def __init__(self, dim: int, rowids: list[int], blobs: list[bytes]) -> None:
         n = len(rowids)
@@ -70,6 +76,7 @@ class _Entry:
         self.n = n
         self.dead = 0
         self.where = {r: i for i, r in enumerate(rowids)}
+        self.used = 0
 
     @property
     def nbytes(self) -> int:
@@ -134,14 +141,29 @@ class ScopeCache:
         self._lock = threading.Lock()
         self._entries: "OrderedDict[Scope, _Entry]" = OrderedDict()
         self._pos: int | None = None
+        self._tick = 0  # scoped searches served (an entry's ``used`` is the tick of its last one)
+        self._sizes: dict[Scope, int] = {}  # bytes each scope took when it was last read
         self.builds = 0  # scopes read from the store (tests and benchmarks look at it)
+        self.refused = 0  # misses not cached: the busy scopes fill the cap
         self.replayed = 0  # log changes applied
+
+    #: a cached scope is idle (may be evicted to admit another) after this many scoped searches without it,
+    #: or 8 per cached scope when more are cached
+    idle_after = 64
 
     # ------------------------------------------------------------------ use
     def scores(self, scope: Scope, qvec: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """``(rowids, cosines)`` of every row cached for ``scope`` (live rows only; rowid order is not
-        guaranteed), after catching up with the store's change log. ``None`` when this store keeps no log, the
-        cache is off, or the scope does not fit under the cap: the caller reads the store instead."""
+        """``(rowids, cosines)`` of every row with a stored embedding in ``scope`` (any state; live rows only;
+        rowid order is not guaranteed), after catching up with the store's change log. ``None`` when this store
+        keeps no log, the cache is off, or the scope is known not to fit now (see below): the caller reads the
+        store instead.
+
+        Admission: a scope read for the first time is cached when it fits under the cap once *idle* scopes
+        (unused for the last :attr:`idle_after` scoped searches, or more when many scopes are cached) are
+        evicted; otherwise this search is scored from what was just read, and later misses of that scope
+        return ``None`` while the busy scopes stay. So when more scopes are active than fit, the cache keeps
+        some of them instead of thrashing (rebuilding 30 MB matrices on every search would cost twice what
+        reading the store does)."""
         records = self._records()
         if records is None or self.cap_bytes <= 0 or records.closed:
             return None
@@ -150,17 +172,33 @@ class ScopeCache:
         with self._lock:
             if not self._sync(records):
                 return None
+            self._tick += 1
             entry = self._entries.get(scope)
             if entry is None:
+                known = self._sizes.get(scope)
+                if known is not None and not self._room_for(known):
+                    self.refused += 1
+                    return None
                 rowids, blobs = records.scope_vectors(*scope)
                 self.builds += 1
-                if len(rowids) * dim * 4 > self.cap_bytes:
-                    return None
+                need = _Entry.estimate(len(rowids), dim)
+                if len(self._sizes) >= 4096:
+                    self._sizes.clear()
+                self._sizes[scope] = need
+                if not self._room_for(need):  # score what was read, keep nothing
+                    self.refused += 1
+                    if not rowids:
+                        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+                    mat = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(rowids), -1)
+                    if mat.shape[1] != dim:
+                        return None
+                    return np.asarray(rowids, dtype=np.int64), matvec(mat, qvec)
                 entry = _Entry(dim, rowids, blobs)
                 self._entries[scope] = entry
                 self._evict(keep=scope)
             else:
                 self._entries.move_to_end(scope)
+            entry.used = self._tick
             if entry.mat.shape[1] != dim:  # another embedder's vectors: not this search's
                 return None
             n = entry.n
@@ -169,6 +207,22 @@ class ScopeCache:
                 live = np.flatnonzero(entry.live[:n])
                 return entry.rowids[live], sims[live]
             return entry.rowids[:n].copy(), sims
+
+    def _room_for(self, need: int) -> bool:
+        """Whether ``need`` bytes fit under the cap after evicting only idle scopes."""
+        if need > self.cap_bytes:
+            return False
+        free = self.cap_bytes - sum(e.nbytes for e in self._entries.values())
+        if free >= need:
+            return True
+        idle = max(self.idle_after, 8 * len(self._entries))
+        for entry in self._entries.values():  # least recently used first
+            if self._tick - entry.used <= idle:
+                break
+            free += entry.nbytes
+            if free >= need:
+                return True
+        return False
 
     def sync(self) -> None:
         """Catch up with the store's change log now (a forget in this process calls it after its commit)."""
