@@ -760,8 +760,14 @@ class MemCube:
         stored = 0
         done_batches = 0
         refused: dict[int, str] = {}  # rows whose text the embedder refused in this call: they stay waiting
+        # A caller holding the records' transaction (a search inside a write's transaction) must not wait for the
+        # lock: its holder (the background embedder) may be waiting for the records. Then the rows stay waiting
+        # (found by the lexical leg) and that thread embeds them once the transaction ends.
+        wait = not self.records.in_transaction()
         while batches is None or done_batches < batches:
-            with self._embed_lock:  # listed, embedded and stored by one thread at a time
+            with _lock_turn(self._embed_lock, wait) as mine:  # listed, embedded and stored by one thread at a time
+                if not mine:
+                    break
                 asked = _EMBED_BATCH + len(refused)
                 listed = self.records.waiting_embeddings(asked)
                 rows = [(r, t) for r, t in listed if refused.get(r) != t][:_EMBED_BATCH]
@@ -1793,6 +1799,17 @@ _EMBED_BATCH = 8
 _EMBED_BACKLOG = 16
 #: a large ingest embeds in chunks of this many texts when a progress bar is shown
 _EMBED_CHUNK = 256
+
+
+@contextmanager
+def _lock_turn(lock: threading.Lock, wait: bool) -> Iterator[bool]:
+    """Hold ``lock`` for the block; with ``wait=False`` only if it is free now. Yields whether it is held."""
+    got = lock.acquire(blocking=wait)
+    try:
+        yield got
+    finally:
+        if got:
+            lock.release()
 
 
 def _vector_sync_mode(value: Any) -> str:

@@ -159,6 +159,7 @@ class SQLiteRecordStore(RecordStore):
     def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
         self._lock = threading.RLock()
+        self._savepoints = 0  # nesting depth of transaction() inside an open one (guarded by _lock)
         self._pending_done: dict[int, int] = {}  # rowid -> gen of the mark the vector index accepted
         self._pending_seen: dict[int, int] = {}  # rowid -> gen as pending_vectors() listed it
         self._usage: dict[int, tuple[int, float]] = {}
@@ -207,9 +208,18 @@ class SQLiteRecordStore(RecordStore):
     # ------------------------------------------------------------------ plumbing
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE ... COMMIT`` (fsync'd). Rolls back everything on any exception."""
+        """One ``BEGIN IMMEDIATE ... COMMIT`` (fsync'd). Rolls back everything on any exception.
+
+        Called while this thread already has a transaction of this store open (a search run inside a write's
+        transaction writes usage, index bookkeeping, deferred embeddings or an audited read), it nests: a
+        SAVEPOINT of the open transaction, undone alone when its block raises, and committed or rolled back
+        with the open transaction (never on its own: one connection has one transaction)."""
         with self._lock:
             c = self._conn
+            if c.in_transaction:  # ours: the connection is only used under this (re-entrant) lock
+                with self._savepoint(c):
+                    yield c
+                return
             c.execute("BEGIN IMMEDIATE")
             try:
                 yield c
@@ -220,6 +230,25 @@ class SQLiteRecordStore(RecordStore):
                 raise
 
     @contextmanager
+    def _savepoint(self, c: sqlite3.Connection) -> Iterator[None]:
+        """A nested transaction inside the open one (see :meth:`transaction`). Buffered bookkeeping is left to
+        the outer commit: written here, a rollback of the outer transaction would lose it."""
+        self._savepoints += 1
+        name = f"memos_nested_{self._savepoints}"
+        c.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            if c.in_transaction:  # (an error that ended the whole transaction leaves nothing to roll back to)
+                c.execute(f"ROLLBACK TO {name}")
+                c.execute(f"RELEASE {name}")
+            raise
+        else:
+            c.execute(f"RELEASE {name}")
+        finally:
+            self._savepoints -= 1
+
+    @contextmanager
     def derived_transaction(self) -> Iterator[sqlite3.Connection]:
         """:meth:`transaction` committed without its own fsync (``synchronous=NORMAL`` in WAL mode): it survives a
         process crash (the WAL is in the OS's cache), the next fsync'd commit makes it durable with it, and a
@@ -227,6 +256,10 @@ class SQLiteRecordStore(RecordStore):
         a row whose embedding is lost is still pending and the next open embeds it again)."""
         with self._lock:
             c = self._conn
+            if c.in_transaction:  # nested: a savepoint, made durable by the open transaction's own commit
+                with self.transaction() as t:
+                    yield t
+                return
             c.execute("PRAGMA synchronous=NORMAL")
             try:
                 with self.transaction() as t:
@@ -247,9 +280,10 @@ class SQLiteRecordStore(RecordStore):
             self._usage.clear()
 
     def flush(self) -> None:
-        """Write buffered usage counters and index bookkeeping now."""
+        """Write buffered usage counters and index bookkeeping now (inside an open transaction of this thread:
+        with that transaction's commit)."""
         with self._lock:
-            if self._pending_done or self._usage:
+            if (self._pending_done or self._usage) and not self._conn.in_transaction:
                 with self.transaction():
                     pass
 
@@ -959,6 +993,9 @@ class SQLiteRecordStore(RecordStore):
         # must leave no other trace than its record.
         with self._lock:
             c = self._conn
+            if c.in_transaction:  # inside this thread's open transaction: recorded (and kept) with it
+                with self._savepoint(c):
+                    return self.append_event(c, at, actor, op, item_id, outcome=outcome, detail=dict(detail))
             c.execute("BEGIN IMMEDIATE")
             try:
                 h = self.append_event(c, at, actor, op, item_id, outcome=outcome, detail=dict(detail))
