@@ -60,13 +60,54 @@ def test_a_schema_1_cube_is_migrated_and_its_rows_become_searchable(pg: Any, cub
         old.close()
     new = _store(pg, cube_name)
     try:
-        assert new.stored_schema_version() == 3
+        from memos_core.records.postgres import PG_SCHEMA_VERSION
+
+        assert new.stored_schema_version() == PG_SCHEMA_VERSION
         everything = new.compile_filter(SearchFilter(), [S.ACTIVATED], 0.0)
         assert [r for r, _ in new.lexical('"lighthouse" OR "zennor"', everything, 5)] == [rowid]
         assert new.get(item.id).content == "the lighthouse keeper of Zennor"
         assert verify_rows(*new.audit_chain()).ok
     finally:
         new.close()
+
+
+def test_schema_4_derives_the_lexical_postings_of_rows_written_before_and_keeps_them_on_every_write(
+        pg: Any, cube_name: str) -> None:
+    """The postings BM25 reads (``lex_terms``) are filled from the rows a schema-3 cube already holds, then kept by
+    triggers: an update re-derives them, unindexing (delete, purge) and forget remove them."""
+    old = _store(pg, cube_name, _migrate_to=3)
+    try:
+        r_old, first = _add(old, "the lighthouse keeper of Zennor keeps the lighthouse lamp lit")
+    finally:
+        old.close()
+    store = _store(pg, cube_name)
+    try:
+        assert store.stored_schema_version() == 4
+        everything = store.compile_filter(SearchFilter(), [S.ACTIVATED], 0.0)
+
+        def postings(rowid: int) -> dict[str, tuple[int, int]]:
+            with store._pool.connection() as conn:
+                return {lx: (tf, dl) for lx, tf, dl in conn.execute(
+                    "SELECT lexeme, tf, dl FROM lex_terms WHERE rowid=%s", (rowid,)).fetchall()}
+
+        assert postings(r_old)["lighthous"] == (2, 6)  # lighthous x2, keeper, zennor, keep, lamp, lit: 6 lexemes
+        r_new, item = _add(store, "a zennor fisherman mends his nets")
+        assert set(postings(r_new)) == {"zennor", "fisherman", "mend", "net"}
+        assert [r for r, _ in store.lexical('"zennor"', everything, 5)] == [r_new, r_old]  # shorter row first
+        changed = item.model_copy(update={"content": "a fisherman from Penzance", "version": 2})
+        with store.transaction() as c:
+            store.replace_item(c, r_new, changed, np.ones(8, np.float32), True, True, "me", "update")
+        assert set(postings(r_new)) == {"fisherman", "penzanc"}
+        assert [r for r, _ in store.lexical('"zennor"', everything, 5)] == [r_old]
+        with store.transaction() as c:
+            store.unindex(c, r_new)
+        assert postings(r_new) == {} and store.lexical('"fisherman"', everything, 5) == []
+        with store.transaction() as c:
+            store.erase_item(c, r_old, first.id)
+        with store._pool.connection() as conn:
+            assert conn.execute("SELECT COUNT(*) FROM lex_terms").fetchone()[0] == 0
+    finally:
+        store.close()
 
 
 def test_cubes_sharing_a_database_are_isolated(pg: Any, cube_name: str) -> None:

@@ -21,9 +21,10 @@ Design points a user can rely on:
   advisory lock on the cube (``pg_advisory_xact_lock``), reads the head, and the lock is held until commit. The
   sequence high-water mark is a row in ``meta`` written in the same transaction (a deleted tail shows as a gap).
 * **Lexical search in PostgreSQL**: a generated ``tsvector`` column (``english`` configuration: Snowball stemmer,
-  stopwords) with a GIN index, ranked by **BM25** computed from tsvector statistics (document frequency per
-  lexeme, lexeme counts per row, average row length), with the same per-query work budget as the SQLite
-  backend (above it only the rarest query terms are kept).
+  stopwords) and, derived from it by triggers in the writer's transaction, narrow postings (``lex_terms``: lexeme,
+  row, count in the row, row length; schema 4), ranked by **BM25** (document frequency per lexeme, lexeme counts
+  per row, average row length), with the same per-query work budget as the SQLite backend (above it only the
+  rarest query terms are kept, and only the newest rows of a term that alone is over it are ranked).
 * **Embeddings** are ``bytea`` (float32), scored exactly by the cube; pgvector is not needed.
 * **Unavailability**: a lost connection, a server restart, a pool timeout raise ``BackendUnavailable``; after
   a failure the pool drops its broken connections, so the next call after the server is back succeeds.
@@ -57,8 +58,9 @@ __all__ = ["PostgresRecordStore", "PG_SCHEMA_VERSION", "parse_postgres_url", "sc
 
 _log = logging.getLogger(__name__)
 
-#: Schema versions: 1 = tables; 2 = the lexical index (generated tsvector column + GIN index).
-PG_SCHEMA_VERSION = 3
+#: Schema versions: 1 = tables; 2 = the lexical index (generated tsvector column + GIN index); 3 = topic vectors;
+#: 4 = the lexical postings (``lex_terms``, kept by triggers).
+PG_SCHEMA_VERSION = 4
 
 _V1 = """
 CREATE TABLE IF NOT EXISTS items(
@@ -122,8 +124,44 @@ _V3 = """
 ALTER TABLE embeddings ADD COLUMN IF NOT EXISTS topic BYTEA
 """
 
-#: migration n brings a schema from version n-1 to n
-_MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3}
+# The lexical postings: one narrow row per (lexeme, item) with the lexeme's count in the item's indexed text and the
+# item's length in lexemes, keyed by (lexeme, rowid): BM25 reads a lexeme's rows as one index range, newest first
+# when the lexeme is over the work budget, instead of visiting every matching wide row of `items` (the tsvector
+# column and its GIN index stay: they are what the postings are derived from). Kept by triggers on `items` in the
+# writer's transaction, so every write path (insert, update, unindex, purge, forget) keeps them exact.
+_V4 = (
+    # INCLUDE: a lexeme's postings are read from the index alone (index-only scan) once autovacuum has marked
+    # the pages visible
+    "CREATE TABLE IF NOT EXISTS lex_terms(lexeme TEXT NOT NULL, rowid BIGINT NOT NULL, tf INTEGER NOT NULL, "
+    "dl INTEGER NOT NULL, PRIMARY KEY (lexeme, rowid) INCLUDE (tf, dl))",
+    "CREATE INDEX IF NOT EXISTS lex_terms_row ON lex_terms(rowid)",
+    """CREATE OR REPLACE FUNCTION lex_terms_sync() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+BEGIN
+  IF TG_OP <> 'INSERT' THEN
+    DELETE FROM lex_terms WHERE rowid = OLD.rowid;
+  END IF;
+  IF TG_OP <> 'DELETE' AND NEW.indexed_text IS NOT NULL THEN
+    INSERT INTO lex_terms(lexeme, rowid, tf, dl)
+      SELECT u.lexeme, NEW.rowid, GREATEST(COALESCE(cardinality(u.positions), 1), 1), length(NEW.tsv)
+      FROM unnest(NEW.tsv) AS u;
+  END IF;
+  RETURN NULL;
+END
+$$""",
+    "DROP TRIGGER IF EXISTS items_lex_ins ON items",
+    "DROP TRIGGER IF EXISTS items_lex_upd ON items",
+    "DROP TRIGGER IF EXISTS items_lex_del ON items",
+    "CREATE TRIGGER items_lex_ins AFTER INSERT ON items FOR EACH ROW EXECUTE FUNCTION lex_terms_sync()",
+    "CREATE TRIGGER items_lex_upd AFTER UPDATE OF indexed_text ON items FOR EACH ROW "
+    "WHEN (OLD.indexed_text IS DISTINCT FROM NEW.indexed_text) EXECUTE FUNCTION lex_terms_sync()",
+    "CREATE TRIGGER items_lex_del AFTER DELETE ON items FOR EACH ROW EXECUTE FUNCTION lex_terms_sync()",
+    "INSERT INTO lex_terms(lexeme, rowid, tf, dl) SELECT u.lexeme, i.rowid, GREATEST(COALESCE(cardinality(u.positions), "
+    "1), 1), length(i.tsv) FROM items i CROSS JOIN LATERAL unnest(i.tsv) AS u WHERE i.indexed_text IS NOT NULL "
+    "ON CONFLICT DO NOTHING",
+)
+
+#: migration n brings a schema from version n-1 to n (a string: statements separated by ";"; a tuple: statements)
+_MIGRATIONS: dict[int, str | tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
 
 _ITEM_COLS = (
     "rowid, id, cube_id, content, index_text, form, kind, user_id, agent_id, session_id, state, version, "
@@ -322,7 +360,8 @@ class PostgresRecordStore(RecordStore):
                     f"cube {self.cube!r} in {self.url} has records schema version {have}; this MemOS understands "
                     f"up to {PG_SCHEMA_VERSION}. Upgrade memos-langchain-llamaindex to open it.")
             for n in range(have + 1, target + 1):
-                for stmt in _MIGRATIONS[n].strip().split(";"):
+                m = _MIGRATIONS[n]
+                for stmt in (m if isinstance(m, tuple) else m.strip().split(";")):
                     if stmt.strip():
                         conn.execute(stmt)
                 conn.execute("INSERT INTO meta(key, value) VALUES('records_schema', %s) ON CONFLICT(key) DO UPDATE "
@@ -936,17 +975,18 @@ class PostgresRecordStore(RecordStore):
             if len(self._df_cache) > 50_000:
                 self._df_cache.clear()
             rows = conn.execute(
-                "SELECT q, (SELECT COUNT(*) FROM (SELECT 1 FROM items WHERE tsv @@ q::tsquery LIMIT %s) AS m) "
-                "FROM unnest(%s::text[]) AS q", (self.lexical_match_budget + 1, [_tsq(lx) for lx in todo])).fetchall()
+                "SELECT q, (SELECT COUNT(*) FROM (SELECT 1 FROM lex_terms WHERE lexeme = q LIMIT %s) AS m) "
+                "FROM unnest(%s::text[]) AS q", (self.lexical_match_budget + 1, todo)).fetchall()
             for lx, (_, df) in zip(todo, rows):
                 out[lx] = int(df)
                 self._df_cache[lx] = (int(df), stamp)
         return out
 
     def lexical(self, match: str, cf: CompiledFilter, k: int) -> list[tuple[int, float]]:
-        """BM25 (k1=1.2, b=0.75) computed inside PostgreSQL over the rows whose tsvector matches a kept query
-        lexeme; only the best ``k`` rows come back. Document frequencies are counted through the GIN index (and
-        cached), term frequencies recovered from ``ts_rank``, row length is the row's lexeme count."""
+        """BM25 (k1=1.2, b=0.75) computed inside PostgreSQL over the rows holding a kept query lexeme, from the
+        lexical postings (``lex_terms``); only the best ``k`` rows come back. Document frequencies are counted in
+        the postings (capped just above the work budget, cached), term frequencies are the lexeme's positions in
+        the row's tsvector, row length is the row's lexeme count."""
         return [(int(r[0]), float(r[1])) for r in self._lexical(match, cf, k, None)]
 
     def lexical_rows(self, match: str, cf: CompiledFilter, k: int, key: str, *, with_items: bool = False
@@ -1006,18 +1046,17 @@ class PostgresRecordStore(RecordStore):
                     rows: tuple[str, bool] | None = None
                     ) -> tuple[str, tuple[Any, ...], tuple[str, tuple[Any, ...]] | None] | None:
         """The BM25 query of :meth:`lexical` (``None`` when no term has a lexeme), looking up what the caches
-        lack (lexemes, document counts, row statistics) on ``conn``: ``(sql, params, fallback)``. Each kept
-        lexeme's term frequency is computed once per row (a lateral subquery the planner keeps: OFFSET 0). With
-        ``rows`` (metadata key, with items) the query also returns what :meth:`lexical_rows` reads.
+        lack (lexemes, document counts, row statistics) on ``conn``: ``(sql, params, fallback)``. It reads the
+        kept lexemes' postings (``lex_terms``: term frequency and row length per row, one index range per lexeme),
+        scores every row holding one, and checks the best ``max(8k, 200)`` against the filter (every scored row
+        only when fewer than ``k`` of those pass), so a wide ``items`` row is read only for the rows that can be
+        returned. With ``rows`` (metadata key, with items) the query also returns what :meth:`lexical_rows` reads.
 
         As on SQLite (:attr:`lexical_match_budget`): above the work budget only the rarest lexemes are kept, and
         when even the rarest one alone matches more rows than the budget, only its newest ``budget`` rows (by
-        rowid) are ranked; ``fallback`` is then the query over every matching row, for a filter that passes
-        fewer than ``k`` of the newest ones (else ``None``).
-
-        The matching rows are read by a subquery with the text match as its only condition (``OFFSET 0``: the
-        filter is not pushed into it), so the plan is always the GIN index: with the filter beside the match,
-        the planner sometimes walked the state index over every row instead (20-40 ms at 10,000 rows)."""
+        rowid: the index range read backwards, so the cost stays flat as the cube grows) are ranked; ``fallback``
+        is then the query over every matching row, for a filter that passes fewer than ``k`` of the newest ones
+        (else ``None``)."""
         where, args = cf
         lexemes = self._lexemes(conn, terms)
         if not lexemes:
@@ -1036,28 +1075,43 @@ class PostgresRecordStore(RecordStore):
                 keep.append(lx)
                 used += dfs[lx]
         over = sum(dfs[lx] for lx in keep) > budget  # the rarest kept lexeme alone is over the budget
+        if over:  # the others kept occur nowhere: the one that does is read newest first, as one index range
+            keep = [lx for lx in keep if dfs[lx] > 0]
         # the row count is refreshed every 30 s while document counts are fresher: never below them
         n = max(n_docs, max(dfs.values(), default=0), 1)
         idfs = [max(math.log(max((n - dfs[lx] + 0.5) / (dfs[lx] + 0.5), 1e-12)), 1e-6) * (_BM25_K1 + 1)
                 for lx in keep]
-        # tf of the lexeme in the row, recovered exactly from ts_rank: with every position at weight D (0.1),
-        # ts_rank of a one-lexeme query is 0.1 * H2(tf) / zeta(2), H2(n) = sum_{i<=n} 1/i^2, and
-        # 1 / (zeta(2) - H2(n)) - 1/2 rounds to n: exact for every tf a tsvector holds (1..255; 0 when absent)
-        tf = ("round(1.0 / GREATEST(1.6449340668 - 16.449340668 * ts_rank('{0.1,0.2,0.4,1.0}', items.tsv, "
-              "%s::tsquery, 0), 1e-4) - 0.5)")
-        score = " + ".join(f"%s * t.f{i} / (t.f{i} + kk.k)" for i in range(len(keep)))
-        tfs = ", ".join(f"{tf} AS f{i}" for i in range(len(keep)))
+        wide = max(k * 8, 200)
+        kk, kb = _BM25_K1 * (1 - _BM25_B), _BM25_K1 * _BM25_B / avgdl  # tf / (tf + k1 (1 - b + b dl / avgdl))
         tsq = " | ".join(_tsq(lx) for lx in keep)
+        scoped = any(f"items.{col} = %s" in where for col in ("user_id", "agent_id", "session_id"))
 
         def query(newest: bool) -> tuple[str, tuple[Any, ...]]:
-            cap = " ORDER BY items.rowid DESC LIMIT %s" if newest else " OFFSET 0"
-            sql = (f"SELECT items.rowid, ({score}) AS score FROM "
-                   f"(SELECT * FROM items WHERE items.tsv @@ %s::tsquery{cap}) AS items "
-                   f"CROSS JOIN LATERAL (SELECT %s * (1 - %s + %s * length(items.tsv) / %s) AS k) AS kk "
-                   f"CROSS JOIN LATERAL (SELECT {tfs} OFFSET 0) AS t "
-                   f"WHERE {where} ORDER BY score DESC, items.rowid LIMIT %s")
-            params: tuple[Any, ...] = (*idfs, tsq, *((budget,) if newest else ()), _BM25_K1, _BM25_B, _BM25_B,
-                                       avgdl, *[_tsq(lx) for lx in keep], *args, k)
+            # m: BM25 of every row holding a kept lexeme (their postings: tf and the row's length in lexemes);
+            # a: the best `wide` of them that pass the filter (an index lookup each), enough unless the filter is
+            # selective; b: all of them that pass the filter, run only when a holds fewer than k rows: the rows
+            # passing the filter and the text match found as the planner sees fit (e.g. the user index AND the
+            # GIN index for a user's scope), not one lookup per scored row
+            # one index range per kept lexeme (newest first over the budget), its BM25 term per row, summed per row
+            one = "SELECT rowid, %s * tf / (tf + %s + %s * dl) AS s FROM lex_terms WHERE lexeme = %s"
+            if newest:
+                one += " ORDER BY rowid DESC LIMIT %s"
+            postings = " UNION ALL ".join(f"({one})" for _ in keep)
+            m = f"WITH m AS MATERIALIZED (SELECT rowid, SUM(s) AS score FROM ({postings}) AS p GROUP BY rowid)"
+            by_rows = [x for lx, idf in zip(keep, idfs) for x in (idf, kk, kb, lx, *((budget,) if newest else ()))]
+            b = (f"b AS (SELECT m.rowid, m.score FROM m JOIN (SELECT items.rowid FROM items WHERE items.tsv @@ "
+                 f"%s::tsquery AND {where}) AS f ON f.rowid = m.rowid ORDER BY m.score DESC, m.rowid LIMIT %s)")
+            if scoped:  # a user's (agent's, session's) rows: few of the scored ones pass, so straight to b
+                sql = f"{m}, {b} SELECT rowid, score FROM b ORDER BY score DESC, rowid"
+                params: tuple[Any, ...] = (*by_rows, tsq, *args, k)
+            else:
+                sql = (
+                    f"{m}, a AS MATERIALIZED (SELECT m.rowid, m.score FROM (SELECT rowid, score FROM m ORDER BY "
+                    f"score DESC, rowid LIMIT %s) AS m JOIN items ON items.rowid = m.rowid WHERE {where} "
+                    f"ORDER BY m.score DESC, m.rowid LIMIT %s), {b} "
+                    "SELECT rowid, score FROM (SELECT rowid, score FROM a WHERE (SELECT COUNT(*) FROM a) >= %s UNION "
+                    "ALL SELECT rowid, score FROM b WHERE (SELECT COUNT(*) FROM a) < %s) AS r ORDER BY score DESC, rowid")
+                params = (*by_rows, wide, *args, k, tsq, *args, k, k, k)
             if rows is None:
                 return sql, params
             key, with_items = rows
@@ -1377,7 +1431,7 @@ class PostgresRecordStore(RecordStore):
         try:
             self.flush()
             with self._guard(), self._pool.connection() as conn:
-                for table in ("items", "versions", "transitions", "embeddings", "vec_pending"):
+                for table in ("items", "versions", "transitions", "embeddings", "vec_pending", "lex_terms"):
                     conn.execute(self._sql.SQL("VACUUM {}").format(self._sql.Identifier(self.schema, table)))
         except BackendUnavailable as exc:
             _log.warning("VACUUM after an erasure skipped (%s); autovacuum will reclaim the dead tuples", exc)
