@@ -570,13 +570,16 @@ class MemCube:
             item = item.model_copy(update={"updated_at": item.created_at})
         return item
 
-    def _chroma_meta(self, item: MemoryItem) -> dict[str, Any]:
-        meta: dict[str, Any] = {"state": item.state.value, "kind": item.kind.value}
-        for axis in ("user_id", "agent_id", "session_id"):
-            val = getattr(item.scope, axis)
-            if val is not None:
-                meta[axis] = val
-        return meta
+    def _index_batch(self, batch: Sequence[tuple[int, str, np.ndarray]]
+                     ) -> tuple[list[str], np.ndarray, list[dict[str, Any]]]:
+        """``(ids, vectors, metadata)`` for the vector index of stored embeddings ``(rowid, item id, vector)``
+        (as :meth:`RecordStore.all_embeddings` yields them), metadata from the records' index rows; rows
+        forgotten meanwhile are left out."""
+        rows = {r.rowid: r for r in self.records.index_rows([b[0] for b in batch])}
+        keep = [b for b in batch if b[0] in rows]
+        metas = [_index_meta(r.state, r.kind, r.user_id, r.agent_id, r.session_id) for r in (rows[b[0]] for b in keep)]
+        vecs = np.stack([b[2] for b in keep]) if keep else np.zeros((0, 0), dtype=np.float32)
+        return [b[1] for b in keep], vecs, metas
 
     def _embed(self, texts: Sequence[str]) -> np.ndarray:
         vecs = self._embedder.embed_documents(list(texts))
@@ -688,13 +691,9 @@ class MemCube:
             if blob is None or state not in indexed:
                 delete_ids.append(item_id)
                 continue
-            meta: dict[str, Any] = {"state": state, "kind": kind}  # as _chroma_meta
-            for axis, val in (("user_id", user_id), ("agent_id", agent_id), ("session_id", session_id)):
-                if val is not None:
-                    meta[axis] = val
             upsert_ids.append(item_id)
             upsert_vecs.append(np.frombuffer(blob, dtype=np.float32))
-            upsert_meta.append(meta)
+            upsert_meta.append(_index_meta(state, kind, user_id, agent_id, session_id))
         if delete_ids:  # overwritten first: a plain delete leaves the vector in Chroma's files (purge, forget)
             from .plaintext.vector import erase_rows
 
@@ -899,10 +898,10 @@ class MemCube:
             want.update(ids)
             missing = [b for b in batch if b[1] not in have]
             if missing:
-                items = self.records.get_many([m[1] for m in missing])
-                self.index.upsert([m[1] for m in missing], np.stack([m[2] for m in missing]),
-                                  [self._chroma_meta(items[m[1]]) for m in missing])
-                added += len(missing)
+                ids, vecs, metas = self._index_batch(missing)
+                if ids:
+                    self.index.upsert(ids, vecs, metas)
+                added += len(ids)
         extra = sorted(have - want)
         from .plaintext.vector import erase_rows
 
@@ -940,10 +939,10 @@ class MemCube:
                 self.index.reset()
                 total = 0
                 for batch in self.records.all_embeddings():
-                    items = self.records.get_many([b[1] for b in batch])
-                    self.index.upsert([b[1] for b in batch], np.stack([b[2] for b in batch]),
-                                      [self._chroma_meta(items[b[1]]) for b in batch])
-                    total += len(batch)
+                    ids, vecs, metas = self._index_batch(batch)
+                    if ids:
+                        self.index.upsert(ids, vecs, metas)
+                    total += len(ids)
                 self.records.mark_vectors_applied(self._applied_but_waiting(self.records.pending_vectors()))
                 self.records.flush()
                 self.index_degraded = False
@@ -987,20 +986,9 @@ class MemCube:
 
             def batches() -> Iterable[tuple[list[str], np.ndarray, list[dict[str, Any]]]]:
                 for batch in self.records.all_embeddings():
-                    rows = {r.rowid: r for r in self.records.index_rows([b[0] for b in batch])}
-                    keep = [b for b in batch if b[0] in rows]
-                    if not keep:
-                        continue
-                    metas = []
-                    for b in keep:  # what the vector index pre-filters on, as _chroma_meta
-                        r = rows[b[0]]
-                        meta: dict[str, Any] = {"state": r.state, "kind": r.kind}
-                        for axis, val in (("user_id", r.user_id), ("agent_id", r.agent_id),
-                                          ("session_id", r.session_id)):
-                            if val is not None:
-                                meta[axis] = val
-                        metas.append(meta)
-                    yield [b[1] for b in keep], np.stack([b[2] for b in keep]), metas
+                    ids, vecs, metas = self._index_batch(batch)
+                    if ids:
+                        yield ids, vecs, metas
 
             compact = getattr(self.index, "compact", None)
             if compact is not None:
@@ -1799,6 +1787,18 @@ _EMBED_BATCH = 8
 _EMBED_BACKLOG = 16
 #: a large ingest embeds in chunks of this many texts when a progress bar is shown
 _EMBED_CHUNK = 256
+
+
+def _index_meta(state: str, kind: str, user_id: str | None, agent_id: str | None,
+                session_id: str | None) -> dict[str, Any]:
+    """What the vector index stores beside a vector and pre-filters on: the lifecycle state, the kind and each
+    scope axis that is set (an unset one is left out: Chroma metadata holds no None). Every path that writes
+    the index (a write applied after commit, the open-time repair, reindex, compaction) builds it here."""
+    meta: dict[str, Any] = {"state": state, "kind": kind}
+    for axis, val in (("user_id", user_id), ("agent_id", agent_id), ("session_id", session_id)):
+        if val is not None:
+            meta[axis] = val
+    return meta
 
 
 @contextmanager

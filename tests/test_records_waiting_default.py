@@ -52,7 +52,10 @@ def test_default_waiting_embeddings_drives_the_deferred_embedder_to_completion(t
         assert len(store.pending_vectors()) == 40 and store.waiting_embeddings() == []
         late = cube.add("the ferry leaves at noon from pier nine")
         # the store answers with the seam's default from here on
-        store.waiting_embeddings = lambda limit=10_000: RecordStore.waiting_embeddings(store, limit)  # type: ignore[method-assign]
+        def default(limit: int = 10_000) -> list[tuple[int, str]]:
+            return RecordStore.waiting_embeddings(store, limit)
+
+        store.waiting_embeddings = default  # type: ignore[method-assign]
         assert cube._embed_waiting() == 1
         assert store.embedding(store.rowid(late.id)) is not None
         assert RecordStore.waiting_embeddings(store) == []
