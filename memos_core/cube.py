@@ -114,11 +114,13 @@ class RetrievalConfig:
     * ``topical_weight``: weight of the topical leg of z-score fusion for a question or keywords naming people
       (:attr:`memos_core.plaintext.query.QueryPlan.topic`): each candidate's *topic vector* (the embedding of
       its own words, without speaker tag, date or reply context, stored beside its embedding) is compared with
-      the query vector and fused as a third leg. Default :data:`memos_core.plaintext.fusion.TOPICAL_WEIGHT`;
-      0 turns the leg off. Memories stored before topic vectors existed have none until re-embedded
-      (``reindex(reembed=True)``). ``topical_query``: what the topic vectors are compared with: ``"full"``
-      (default) the query vector itself, ``"topic"`` a second query vector of the question without its names
-      (one more short text embedded per such search; better recall, see the README).
+      the vector of the question without its names and fused as a third leg. Default
+      :data:`memos_core.plaintext.fusion.TOPICAL_WEIGHT` (plus :data:`~memos_core.plaintext.fusion.TOPICAL_SHIFT` of
+      the dense weight); 0 turns the leg off. Memories stored before topic vectors existed have none until
+      re-embedded (``reindex(reembed=True)``). ``topical_query``: what the topic vectors are compared with:
+      ``"topic"`` (default) a vector of the question without its names (the default embedder embeds it in the same
+      call as the query: ~2 ms more per such search on a CPU), ``"full"`` the query vector itself (no extra text
+      embedded; lower recall, see the README).
     * ``focus_weight``: when the query is a pasted user <-> assistant dialogue, weight of its last user turn
       added to the query embedding (one extra text in the same embedding batch; 0 disables it).
     * ``query_cache``: how many query vectors to keep per embedder (LRU; 0 disables). Agents repeat queries:
@@ -126,7 +128,9 @@ class RetrievalConfig:
     * ``rrf_k``: the RRF constant (larger flattens rank differences).
     * ``candidates``: how many results each retriever contributes to fusion (at least ``k``).
     * ``exact_below``: when a filter narrows the search to at most this many items, dense scores are computed
-      exactly from stored embeddings instead of through the ANN index.
+      exactly from stored embeddings instead of through the ANN index. (A search scoped to a user, agent or
+      session is exact at any size where the process holds the scope's vectors: the scope cache,
+      :mod:`memos_core.plaintext.scope_cache`.)
     """
 
     def __init__(self, dense_weight: float | None = None, lexical_weight: float | None = None,
@@ -135,7 +139,7 @@ class RetrievalConfig:
                  focus_weight: float = 0.5, query_cache: int = 256, question_lexical_weight: float = 0.5,
                  dialogue_lexical_weight: float = 0.3, act_weight: float = 2.0,
                  confidence_weight: float = 1.0, topical_weight: float | None = None,
-                 topical_query: Literal["full", "topic"] = "full") -> None:
+                 topical_query: Literal["full", "topic"] = "topic") -> None:
         if fusion not in ("zscore", "rrf"):
             raise ValidationError(f"fusion must be 'zscore' or 'rrf', not {fusion!r}")
         self.fusion = fusion

@@ -86,7 +86,7 @@ def test_the_default_embedder_embeds_the_question_and_its_topic_in_one_call(
         assert calls.calls[1:] == ([] if query_cache else [("embed_queries", [QUESTION, TOPIC])])
         for rowid, v in want.items():
             assert seen[-1].topical[rowid] == pytest.approx(v, abs=1e-4)
-        # the default (full query vector) embeds the question alone
+        # topical_query="full" (the query vector alone) embeds the question alone
         cube.retrieval.topical_query = "full"
         cube.search("What pet did Leo adopt?", k=3)
         assert calls.calls[-1] == ("embed_query", ["What pet did Leo adopt?"])

@@ -79,6 +79,7 @@ def test_hybrid_search_scores_the_candidates_topic_vectors_for_questions_naming_
         cube: MemCube, monkeypatch: pytest.MonkeyPatch) -> None:
     assert RetrievalConfig().topical_weight == TOPICAL_WEIGHT
     turn, plain = cube.add_many([TURN, {"content": "Maya likes beagle puppies and tea"}])
+    cube.retrieval.topical_query = "full"  # the topic vectors against the query vector (the default: next test)
     seen = _capture(monkeypatch)
     cube.search("What pet did Maya adopt?", k=5)
     c = seen[-1]
@@ -178,6 +179,7 @@ def test_an_upgraded_cube_scores_older_memories_without_topic_vectors_by_their_e
     conn.close()
     with MemCube(tmp_path / "c", embedder=hashed_embed) as cube:
         assert _topic(cube, old.id) is None and _topic(cube, new.id)
+        cube.retrieval.topical_query = "full"  # compared with the query vector: the older one's value is its dense cosine
         seen = _capture(monkeypatch)
         cube.search("What pet did Maya adopt?", k=5)
         c = seen[-1]

@@ -6,11 +6,20 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Mapping, Sequence
 
-__all__ = ["rrf", "zscore_fusion", "Candidates", "fuse", "TOPICAL_WEIGHT"]
+__all__ = ["rrf", "zscore_fusion", "Candidates", "fuse", "TOPICAL_WEIGHT", "TOPICAL_SHIFT"]
 
 #: Weight of the topical leg (:attr:`Candidates.topical`) for a question or keywords, unless the settings carry
 #: ``topical_weight``. Chosen on the generated tuning sets (synthetic, people-QA); see the README.
 TOPICAL_WEIGHT = 1.0
+
+#: With ``topical_query="topic"`` (the topic vectors compared with the name-free question's own vector), the share of
+#: the dense leg's weight that moves to the topical leg when that leg applies: the full question's vector is
+#: dominated by the names in it (every turn of the person asked about looks alike to it), the name-free one is not,
+#: and the names still count through BM25 and the entity bonus. The dense and topical weights still add up to the
+#: same total, so BM25's share is unchanged. 0.5 (dense 0.5, topical 1.5 at the default weights) was chosen on the
+#: tuning sets (synthetic, people-QA) and checked on fresh generator seeds (README, "Retrieval quality"); with the
+#: full query vector (``"full"``) moving weight cost people-QA, so nothing moves there.
+TOPICAL_SHIFT = 0.5
 
 
 def rrf(ranked: Mapping[str, Sequence[tuple[Hashable, float]]], weights: Mapping[str, float],
@@ -145,7 +154,9 @@ def fuse(c: Candidates, plan: Any, cfg: Any) -> list[tuple[Hashable, float, dict
     (:func:`lexical_weight`), a bonus for memories naming the query's entities, and a malus of
     ``cfg.act_weight * ln(recall_weight)`` for memories the reader marked as questions, acknowledgements,
     "I don't know" replies, echoes or small talk. When ``c.topical`` is given and the query is not a pasted
-    dialogue, it is fused as a third leg with weight ``cfg.topical_weight`` (default :data:`TOPICAL_WEIGHT`).
+    dialogue, it is fused as a third leg with weight ``cfg.topical_weight`` (default :data:`TOPICAL_WEIGHT`); when
+    it holds cosines to the name-free question (``cfg.topical_query == "topic"``), :data:`TOPICAL_SHIFT` of the dense
+    leg's weight moves to it.
     """
     from .query import entity_matcher
 
@@ -167,6 +178,10 @@ def fuse(c: Candidates, plan: Any, cfg: Any) -> list[tuple[Hashable, float, dict
         # a candidate without a topic vector gets the leg's lowest score (zscore_fusion's default floor)
         legs["topical"] = c.topical
         weights["topical"] = topical_w
+        if getattr(cfg, "topical_query", "full") == "topic":
+            moved = weights["dense"] * float(getattr(cfg, "topical_shift", TOPICAL_SHIFT))
+            weights["dense"] -= moved
+            weights["topical"] += moved
     fused = zscore_fusion(legs, weights, floors, bonus)
     out = []
     for key, z, sc, _ in fused:
