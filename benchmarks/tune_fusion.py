@@ -25,6 +25,7 @@ import argparse
 import hashlib
 import json
 import math
+import re
 import subprocess
 import sys
 import tempfile
@@ -134,9 +135,9 @@ def collect(name: str, path: Path, cache: Path, vectors: _CachedVectors, n_cand:
                     mem_vecs[r] = np.frombuffer(blob, dtype=np.float32)
                 # each turn of a pasted-dialogue query, embedded alone (multi-vector variants)
                 turns = vectors.docs([t for _, t in plan.turns]) if plan.turns else np.zeros((0, vectors.base.dim))
-                # the topical leg (not wired into the cube yet: it needs a second stored vector per memory):
-                # each candidate's own words against the query without its names
-                # (``topical_q``: the same against the full query vector -- no second query embedding)
+                # the topical leg: each candidate's own words (its topic vector) against the query without its
+                # names (``topical``: ``topical_query="topic"``) and against the full query vector (``topical_q``:
+                # ``"full"``); computed here rather than read from the cube so that both are kept
                 topical: dict[int, float] = {}
                 topical_q: dict[int, float] = {}
                 if plan.topic:
@@ -180,14 +181,30 @@ def to_candidates(row: dict[str, Any], topical: bool | str = False) -> Candidate
                       topical={c["key"]: c[field] for c in cs if c.get(field) is not None} if topical else {})
 
 
+def shipped_topical(cfg: RetrievalConfig) -> bool | str:
+    """The topical leg as the cube runs it with ``cfg`` (:func:`to_candidates`' ``topical``): the name-free
+    question's vector (``topical_query="topic"``), the full query vector (``"full"``), or none (weight 0)."""
+    if not float(getattr(cfg, "topical_weight", 0.0) or 0.0):
+        return False
+    return True if getattr(cfg, "topical_query", "full") == "topic" else "full query"
+
+
+#: the modes :func:`evaluate` knows: ``hybrid`` is the cube's fusion with ``cfg`` (topical leg as configured);
+#: ``hybrid-no-topical`` the same without the topical leg, ``hybrid+topical`` with the name-free question's vector and
+#: ``hybrid+topical-full`` with the full query vector, whatever ``cfg`` says
+HYBRID_MODES = {"hybrid": None, "hybrid-no-topical": False, "hybrid+topical": True, "hybrid+topical-full": "full query"}
+
+
 def evaluate(rows: list[dict[str, Any]], cfg: RetrievalConfig, mode: str = "hybrid") -> dict[str, float]:
-    """any@k of ``mode`` over the kept candidates (dense/lexical: each retriever's own order)."""
+    """any@k of ``mode`` over the kept candidates (dense/lexical: each retriever's own order; the hybrid modes:
+    :data:`HYBRID_MODES`)."""
     hits = {k: 0 for k in KS}
     for row in rows:
         label = {c["key"]: c["hit"] for c in row["cands"]}
-        if mode in ("hybrid", "hybrid+topical"):
-            order = [key for key, *_ in fuse(to_candidates(row, mode == "hybrid+topical"), analyze_query(row["query"]),
-                                             cfg)]
+        if mode in HYBRID_MODES:
+            topical = HYBRID_MODES[mode]
+            order = [key for key, *_ in fuse(to_candidates(row, shipped_topical(cfg) if topical is None else topical),
+                                             analyze_query(row["query"]), cfg)]
         else:
             field = "dr" if mode == "dense" else "lr"
             order = [c["key"] for c in sorted((c for c in row["cands"] if c[field] is not None), key=lambda c: c[field])]
@@ -234,9 +251,11 @@ def _load_vectors(cache: Path, name: str, rows: list[dict[str, Any]]) -> None:
         row["_mv"] = np.stack([mem[c["key"]] for c in row["cands"]])
 
 
-def _order(row: dict[str, Any], extra: np.ndarray | None = None, cfg: RetrievalConfig | None = None) -> list[Any]:
-    """The shipped fusion's order, optionally with ``extra`` (per candidate, in standard deviations) added."""
-    fused = fuse(to_candidates(row), analyze_query(row["query"]), cfg or RetrievalConfig())
+def _order(row: dict[str, Any], extra: np.ndarray | None = None, cfg: RetrievalConfig | None = None,
+           topical: bool | str = False) -> list[Any]:
+    """The fusion's order (without the topical leg unless ``topical``), optionally with ``extra`` (per candidate,
+    in standard deviations) added."""
+    fused = fuse(to_candidates(row, topical), analyze_query(row["query"]), cfg or RetrievalConfig())
     if extra is None:
         return [key for key, *_ in fused]
     add = dict(zip((c["key"] for c in row["cands"]), extra))
@@ -271,6 +290,79 @@ def multi_vector(weight: float, agg: str) -> Any:
             return _order(row)
         sims = row["_mv"] @ row["_tv"][users].T
         return _order(row, weight * _z(sims.max(1) if agg == "max" else sims.mean(1)))
+    return order
+
+
+def _user_turn_weights(row: dict[str, Any], decay: float) -> tuple[list[int], np.ndarray] | None:
+    """The user turns of a pasted dialogue and their weights, the last one 1, each earlier one ``decay`` times the
+    next (summing to 1); None for a query that is not a dialogue or has no user turn."""
+    from memos_core.plaintext.query import ASSISTANT_NAMES
+
+    sp = row["turn_speakers"]
+    users = [i for i, s in enumerate(sp) if s and s.lower() not in ASSISTANT_NAMES]
+    if len(sp) < 2 or not users:
+        return None
+    w = np.array([decay ** (len(users) - 1 - j) for j in range(len(users))])
+    return users, w / w.sum()
+
+
+def _topic_vectors(row: dict[str, Any], vectors: "_CachedVectors") -> np.ndarray:
+    """The candidates' topic vectors (their own words: what the cube stores beside each embedding)."""
+    if "_topv" not in row:
+        row["_topv"] = vectors.docs([topic_text(c["text"], (c["meta"] or {}).get("speaker")) for c in row["cands"]])
+    return row["_topv"]
+
+
+def recency_dense(weight: float, decay: float, vectors: "_CachedVectors", memory_side: str = "topic") -> Any:
+    """Pasted dialogues: the user turns' vectors averaged with recency weights (:func:`_user_turn_weights`),
+    compared with the candidates' topic vectors (``memory_side="topic"``) or embeddings (``"full"``) and added
+    as a third z-scored leg with ``weight``; other queries as shipped."""
+    def order(row: dict[str, Any]) -> list[Any]:
+        uw = _user_turn_weights(row, decay)
+        if uw is None:
+            return _order(row, topical=shipped_topical(RetrievalConfig()))
+        users, w = uw
+        q = (row["_tv"][users] * w[:, None]).sum(0)
+        q = q / max(float(np.linalg.norm(q)), 1e-12)
+        mem = _topic_vectors(row, vectors) if memory_side == "topic" else row["_mv"]
+        return _order(row, weight * _z(mem @ q))
+    return order
+
+
+def recency_bm25(weight: float, decay: float, k1: float = 1.2, b: float = 0.75) -> Any:
+    """Pasted dialogues: BM25 of each candidate's own words against the user turns, each turn's terms weighted
+    by recency (:func:`_user_turn_weights`; document frequencies over the candidates), added as a z-scored leg
+    with ``weight``; other queries as shipped."""
+    from memos_core.plaintext.lexical import STOPWORDS
+
+    def terms(text: str) -> list[str]:
+        return [w for w in re.findall(r"[^\W_]+", text.lower()) if w not in STOPWORDS and len(w) > 1]
+
+    def order(row: dict[str, Any]) -> list[Any]:
+        uw = _user_turn_weights(row, decay)
+        if uw is None:
+            return _order(row, topical=shipped_topical(RetrievalConfig()))
+        users, w = uw
+        docs = [terms(topic_text(c["text"], (c["meta"] or {}).get("speaker"))) for c in row["cands"]]
+        n, avg = len(docs), sum(map(len, docs)) / max(len(docs), 1)
+        df: dict[str, int] = {}
+        for d in docs:
+            for t in set(d):
+                df[t] = df.get(t, 0) + 1
+        turns = [t for _, t in analyze_query(row["query"]).turns]
+        qw: dict[str, float] = {}
+        for j, i in enumerate(users):
+            for t in set(terms(turns[i])):
+                qw[t] = qw.get(t, 0.0) + float(w[j])
+        scores = []
+        for d in docs:
+            tf: dict[str, int] = {}
+            for t in d:
+                tf[t] = tf.get(t, 0) + 1
+            scores.append(sum(qv * math.log(1 + (n - df[t] + 0.5) / (df[t] + 0.5)) * tf[t] * (k1 + 1)
+                              / (tf[t] + k1 * (1 - b + b * len(d) / max(avg, 1e-9)))
+                              for t, qv in qw.items() if t in tf))
+        return _order(row, weight * _z(np.array(scores)))
     return order
 
 
@@ -349,13 +441,22 @@ def ranker(w: np.ndarray) -> Any:
     return order
 
 
-def run_variants(all_rows: dict[str, list[dict[str, Any]]], cache: Path, train_seed: int | None) -> None:
+def run_variants(all_rows: dict[str, list[dict[str, Any]]], cache: Path, train_seed: int | None,
+                 vectors: "_CachedVectors") -> None:
     for name, rows in all_rows.items():
         _load_vectors(cache, name, rows)
-    variants: dict[str, Any] = {"shipped fusion": _order}
+    variants: dict[str, Any] = {"no topical leg": _order}
     for w in (0.5, 1.0, 1.5):
         variants[f"topical leg w={w}"] = topical_leg(w)
     variants["topical leg w=1.0, full query"] = topical_leg(1.0, "full query")
+    # pasted dialogues (with the shipped topical leg for the other queries)
+    for side in ("topic", "full"):
+        for decay in (1.0, 0.5):
+            for w in (0.3, 1.0):
+                variants[f"recency dense {side} d={decay} w={w}"] = recency_dense(w, decay, vectors, side)
+    for decay in (1.0, 0.5):
+        for w in (0.2, 0.4):
+            variants[f"recency BM25 d={decay} w={w}"] = recency_bm25(w, decay)
     for agg in ("max", "mean"):
         for w in (0.3, 1.0):
             variants[f"multi-vector {agg} w={w}"] = multi_vector(w, agg)
@@ -379,16 +480,15 @@ def run_variants(all_rows: dict[str, list[dict[str, Any]]], cache: Path, train_s
                 hits10 += any(label[k] for k in o[:10])
             mark = " (trained on)" if vname == "learned ranker" and name in train else ""
             line.append(f"{name}{mark} {hits5 / len(rows):.3f}/{hits10 / len(rows):.3f}")
-        print(f"{vname:<28} any@5/any@10: " + "  ".join(line))
+        print(f"{vname:<34} any@5/any@10: " + "  ".join(line), flush=True)
 
 
 def report(all_rows: dict[str, list[dict[str, Any]]], cfg: RetrievalConfig) -> dict[str, Any]:
     out = {}
     for name, rows in all_rows.items():
-        res = {m: evaluate(rows, cfg, m) for m in ("hybrid", "hybrid+topical", "dense", "lexical")}
+        res = {m: evaluate(rows, cfg, m) for m in ("hybrid", "hybrid-no-topical", "dense", "lexical")}
         best = {k: max(res["dense"][k], res["lexical"][k]) for k in ("any@5", "any@10")}
         res["margin"] = {k: round(res["hybrid"][k] - best[k], 4) for k in best}
-        res["margin+topical"] = {k: round(res["hybrid+topical"][k] - best[k], 4) for k in best}
         res["role"] = role(name)
         out[name] = res
     return out
@@ -456,11 +556,11 @@ def main() -> None:
         calibrate(rows)
         return
     if args.variants:
-        run_variants(rows, cache, args.fresh[0] if args.fresh else None)
+        run_variants(rows, cache, args.fresh[0] if args.fresh else None, vectors)
         return
     for name, res in report(rows, RetrievalConfig()).items():
-        print(name, res["role"], json.dumps({m: res[m] for m in ("hybrid", "hybrid+topical", "dense", "lexical", "margin",
-                                                                 "margin+topical")}))
+        print(name, res["role"], json.dumps({m: res[m] for m in ("hybrid", "hybrid-no-topical", "dense", "lexical",
+                                                                 "margin")}))
 
 
 if __name__ == "__main__":
