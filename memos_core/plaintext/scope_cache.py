@@ -165,8 +165,8 @@ class ScopeCache:
         some of them instead of thrashing (rebuilding 30 MB matrices on every search would cost twice what
         reading the store does)."""
         records = self._records()
-        if records is None or self.cap_bytes <= 0 or records.closed:
-            return None
+        if records is None or self.cap_bytes <= 0 or records.closed or records.in_transaction():
+            return None  # (never inside a transaction: see sync)
         from .retrieval import matvec
 
         with self._lock:
@@ -228,7 +228,9 @@ class ScopeCache:
         """Catch up with the store's change log now (a forget in this process calls it after its commit)."""
         records = self._records()
         with self._lock:
-            if records is None or records.closed:
+            if records is None or records.closed or records.in_transaction():
+                # (inside a transaction the log holds its uncommitted rows, whose positions a rollback would hand
+                # out again: drop everything rather than sync to them)
                 self._clear()
                 return
             self._sync(records)
