@@ -1581,10 +1581,10 @@ class MemCube:
         ``delete`` (tombstone), ``purge`` (tombstone + erase content) or ``forget`` (erase entirely). Frozen
         memories (legal hold) are skipped. Returns the ids that changed.
         """
-        with self.governance._audited(actor, "expire"):
+        with self.governance.attempt(actor, "expire"):
             actor = self._authorize(actor, Right.ADMINISTER, "expire")
             try:
-                act = RetentionAction(action) if action is not None else self.governance._policy().retention.action
+                act = RetentionAction(action) if action is not None else self.governance.retention_policy().action
             except ValueError:
                 raise ValidationError(f"expiry action must be one of {[a.value for a in RetentionAction]}") from None
             G, A, AR, M, D, P = _S.GENERATED, _S.ACTIVATED, _S.ARCHIVED, _S.MERGED, _S.DELETED, _S.PURGED
@@ -1666,13 +1666,13 @@ class MemCube:
     def legal_hold(self, item_id: str, *, actor: str | None = None, reason: str | None = None) -> MemoryItem:
         """Put a memory under legal hold (the frozen state): no update, delete, expiry, purge or forget until
         :meth:`lift_hold`. Needs **administer**."""
-        with self.governance._audited(actor, "legal_hold", item_id):
+        with self.governance.attempt(actor, "legal_hold", item_id):
             return self.transition(item_id, _S.FROZEN, actor=actor, reason=reason or "legal hold")
 
     def lift_hold(self, item_id: str, *, actor: str | None = None, reason: str | None = None) -> MemoryItem:
         """Lift a legal hold (needs **administer**); the memory returns to the state it was in (activated, or
         archived if it was)."""
-        with self.governance._audited(actor, "release", item_id):
+        with self.governance.attempt(actor, "release", item_id):
             actor = self._authorize(actor, Right.ADMINISTER, "release", item_id)
             back = _S.ACTIVATED
             for t in reversed(self.records.transitions(item_id)):
@@ -1726,7 +1726,7 @@ def _count(batch: Any) -> dict[str, int]:
 class _Write:
     """One governed write of a cube: the pipeline behind every write method (:meth:`MemCube._write`).
 
-    1. The attempt is audited (:meth:`Governance._audited`): if the block raises, one failure record is appended
+    1. The attempt is audited (:meth:`Governance.attempt`): if the block raises, one failure record is appended
        after the write's own transaction rolled back (a nested write, e.g. delete -> transition, leaves it to
        the outermost one).
     2. The method validates its arguments, then :meth:`authorize` checks the actor's right (a refusal is
@@ -1744,7 +1744,7 @@ class _Write:
                  detail: Mapping[str, Any] | None) -> None:
         self.cube, self.op, self.item_id, self.given = cube, op, item_id, actor
         self.actor: str | None = None  # set by authorize()
-        self._attempt = cube.governance._audited(actor, op, item_id, detail)
+        self._attempt = cube.governance.attempt(actor, op, item_id, detail)
 
     def __enter__(self) -> "_Write":
         self._attempt.__enter__()

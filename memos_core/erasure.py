@@ -374,7 +374,7 @@ class Erasure:
         <memos_core.cube.MemCube.forget>`, which is this). Returns the ids erased."""
         cube = self.cube
         with cube._lock:
-            with cube.governance._audited(actor, "forget", item_id, {"cascade": bool(cascade)}):
+            with cube.governance.attempt(actor, "forget", item_id, {"cascade": bool(cascade)}):
                 if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
                     raise ValidationError("reason must be a string of at most 500 characters")
                 actor = cube._authorize(actor, Right.ADMINISTER, "forget", item_id)

@@ -118,7 +118,7 @@ def test_governance_over_a_bare_record_store(tmp_path: Path) -> None:
         assert asked == ["x1"]
         clock.advance(60)
         with pytest.raises(ValueError):
-            with gov._audited(None, "update", "x2"):
+            with gov.attempt(None, "update", "x2"):
                 raise ValueError("boom")
         log = gov.audit_log()
         assert [(e["op"], e["outcome"], e["actor"]) for e in log] == [

@@ -83,7 +83,7 @@ _MARK = "_memos_audited_in"  # attribute on an exception: ids of the cubes whose
 
 
 class _Attempt:
-    """The context manager behind :meth:`Governance._audited` (a class, not a generator: it runs on every
+    """The context manager behind :meth:`Governance.attempt` (a class, not a generator: it runs on every
     write, and the success path must cost next to nothing)."""
 
     __slots__ = ("gov", "actor", "op", "item_id", "detail", "depth")
@@ -205,9 +205,10 @@ class Governance:
         seen = getattr(exc, _MARK, None)
         return isinstance(seen, set) and self.cube_id in seen
 
-    def _audited(self, actor: Any, op: str, item_id: Any = None,
-                 detail: Mapping[str, Any] | None = None) -> "_Attempt":
-        """Run a governed operation (``with gov._audited(actor, op, item_id, detail): ...``).
+    def attempt(self, actor: Any, op: str, item_id: Any = None,
+                detail: Mapping[str, Any] | None = None) -> "_Attempt":
+        """Run a governed operation (``with gov.attempt(actor, op, item_id, detail): ...``): what the cube's
+        write pipeline, its erasure and its sweeps wrap every operation in.
 
         When it raises, one record of the failed attempt (outcome ``invalid``, ``not_found``, ``conflict``,
         ``denied`` or ``error``, and ``detail["error"]``, the error's type) is appended in its own transaction
@@ -242,6 +243,11 @@ class Governance:
             retention=RetentionPolicy() if ret is None else RetentionPolicy.model_validate_json(ret),
             redaction=RedactionPolicy() if red is None else RedactionPolicy.model_validate_json(red),
         )
+
+    def retention_policy(self) -> RetentionPolicy:
+        """The retention policy in force now, read without an authorization check: for code that authorized the
+        caller already (the cube's expiry sweep). Users read the policies with :meth:`settings`."""
+        return self._policy().retention
 
     def _redaction_key(self) -> bytes:
         raw = self._settings_raw().get("redaction_key")
@@ -394,7 +400,7 @@ class Governance:
         actor = self.actor if actor is None else actor
         detail = {"principal": principal if isinstance(principal, str) else None,
                   "role": role.value if isinstance(role, Role) else str(role)[:32]}
-        with self._audited(actor, "acl.grant", None, detail):
+        with self.attempt(actor, "acl.grant", None, detail):
             check_principal_id(actor, "actor")
             check_principal_id(principal)
             new = coerce_role(role)
@@ -435,7 +441,7 @@ class Governance:
         """
         actor = self.actor if actor is None else actor
         detail = {"principal": principal if isinstance(principal, str) else None}
-        with self._audited(actor, "acl.revoke", None, detail):
+        with self.attempt(actor, "acl.revoke", None, detail):
             check_principal_id(actor, "actor")
             check_principal_id(principal)
             now = self._now()
@@ -478,7 +484,7 @@ class Governance:
         """
         actor = self.authorize(actor, Right.ADMINISTER, "policy.set")
         updates: dict[str, str] = {}
-        with self._audited(actor, "policy.set"):
+        with self.attempt(actor, "policy.set"):
             if audit_reads is not None:
                 if not isinstance(audit_reads, bool):
                     raise ValidationError("audit_reads must be True or False")
