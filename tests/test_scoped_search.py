@@ -352,3 +352,67 @@ def test_more_active_scopes_than_fit_do_not_thrash(tmp_path: Path, clock, monkey
         assert sorted(cache.scopes) == [("u0", None, None), ("u2", None, None)]
     finally:
         c.close()
+
+
+def _cache_rows(cache: scope_cache.ScopeCache, scope) -> dict[int, bytes]:
+    entry = cache._entries[scope]
+    return {int(r): entry.mat[i].tobytes() for r, i in entry.where.items()}
+
+
+def test_the_cache_equals_the_store_after_every_write(tmp_path: Path, clock) -> None:
+    """A seeded random sequence of writes through two handles (add, add_many, update, delete, restore, archive,
+    purge, rollback, forget) with scoped searches between them: after each search, every cached scope holds
+    exactly the rows and vectors the store has for that scope."""
+    from memos_core.errors import MemOSError
+
+    a = MemCube(tmp_path / "c", embedder=hashed_embed, clock=clock)
+    b = MemCube(tmp_path / "c", embedder=hashed_embed, clock=clock)
+    try:
+        live = [it.id for it in _fill(a, 60)]
+        gone: list[str] = []  # deleted (tombstones): what restore and purge take
+        rng = random.Random(7)
+        scopes = [("u0", None, None), ("u1", None, None), (None, "a1", None), ("u2", None, "s3")]
+        cache = scope_cache.cache_for(a.records)
+        for step in range(80):
+            w = rng.choice([a, b])
+            op = rng.choice(["add", "add_many", "update", "delete", "restore", "archive", "purge", "rollback",
+                             "forget"])
+            target = rng.choice(gone if op in ("restore", "purge") and gone else live)
+            try:
+                if op == "add":
+                    live.append(w.add(" ".join(rng.sample(WORDS, 3)), user_id=f"u{rng.randrange(3)}",
+                                      agent_id=f"a{rng.randrange(2)}", session_id=f"s{rng.randrange(5)}").id)
+                elif op == "add_many":
+                    live += [it.id for it in w.add_many(
+                        [{"content": " ".join(rng.sample(WORDS, 3)), "user_id": f"u{rng.randrange(3)}",
+                          "agent_id": "a1", "session_id": "s3"} for _ in range(3)], progress=False)]
+                elif op == "update":
+                    w.update(target, " ".join(rng.sample(WORDS, 4)))
+                elif op == "delete":
+                    w.delete(target)
+                    gone.append(target)
+                elif op == "restore":
+                    w.restore(target)
+                elif op == "archive":
+                    w.transition(target, "archived")
+                elif op == "purge":
+                    w.purge(target)
+                elif op == "rollback":
+                    w.rollback(target, 1)
+                else:
+                    w.forget(target)
+                    live.remove(target)
+                    gone[:] = [g for g in gone if g != target]
+            except MemOSError:
+                pass  # an illegal transition for the memory's state, a purged memory's update...: nothing changed
+            scope = rng.choice(scopes)
+            flt = {k: v for k, v in zip(("user_id", "agent_id", "session_id"), scope) if v is not None}
+            q = " ".join(rng.sample(WORDS, 2))
+            _same(_dense(a, q, 15, **flt), _exact(a, _qvec(q), 15, **flt))
+            for cached in cache.scopes:
+                rowids, blobs = a.records.scope_vectors(*cached)
+                assert _cache_rows(cache, cached) == dict(zip(rowids, blobs)), (step, op, cached)
+        assert set(cache.scopes) == set(scopes)
+    finally:
+        b.close()
+        a.close()
