@@ -97,3 +97,51 @@ def test_on_a_database_server_a_search_asks_for_waiting_rows_beside_its_pending_
             assert calls == ["pending+waiting"]
         else:
             assert "pending+waiting" not in calls
+
+
+def test_topic_vectors_ride_on_the_legs_reads_with_the_same_hits(tmp_path, store_for, chroma_url,
+                                                                 cube_backend) -> None:
+    """For a question naming someone, the topical leg compares the candidates' topic vectors with the question. On a
+    database server the legs read those vectors with the candidates (no read of its own); the hits and scores are
+    those of reading them separately."""
+    with _open(tmp_path / "c", store_for, chroma_url) as cube:
+        cube.add_many(["Ann cooked a big pot of lentil soup for her neighbours on Sunday",
+                       "Ann is learning the cello and practises every evening",
+                       "Bob cooked ramen for Ann after the concert",
+                       "The neighbours complained about the noise of the cello",
+                       "Carla bakes sourdough bread every Saturday morning"])
+        query = "What did Ann cook for the neighbours?"
+        cube.search(query, k=3)
+        calls: list[int] = []
+        real = cube.records.topic_vectors
+        cube.records.topic_vectors = lambda rowids: calls.append(len(rowids)) or real(rowids)
+        legs: list[dict[int, float]] = []
+        topical = cube.retriever.topical
+        cube.retriever.topical = lambda *a, **kw: legs.append(topical(*a, **kw)) or legs[-1]  # type: ignore
+        hits = cube.search(query, k=5, record_usage=False)
+        assert len(hits) == 5 and legs[-1]  # the topical leg scored the candidates
+        if cube_backend != "postgres":
+            assert calls  # the leg ran: it read the candidates' topic vectors
+        else:
+            assert calls == []
+            # the same search with nothing prefetched: the leg reads the vectors itself, with the same result
+            passing, lexical_rows = cube.records.candidates_passing, cube.records.lexical_rows
+            cube.records.candidates_passing = lambda *a, **kw: passing(*a, **kw)._replace(topics={})
+            cube.records.lexical_rows = lambda *a, **kw: (lambda r, got: (r, got._replace(topics={})))(
+                *lexical_rows(*a, **kw))
+            again = cube.search(query, k=5, record_usage=False)
+            assert calls and [(h.item.id, h.score, h.retrievers) for h in again] == \
+                [(h.item.id, h.score, h.retrievers) for h in hits]
+
+
+def test_usage_counts_of_many_searches_are_all_written_by_flush(tmp_path, store_for, chroma_url) -> None:
+    """Usage counts are buffered (a database server writes a full buffer on a thread of its own, not in the
+    search that filled it); ``flush()`` and close write every one."""
+    with _open(tmp_path / "c", store_for, chroma_url) as cube:
+        items = cube.add_many([f"note number {i} about the garden" for i in range(700)])
+        rowids = [cube.records.rowid(i.id) for i in items]
+        cube.records.record_usage(rowids[:600], 1.0)  # over the buffer's 512 rows
+        cube.records.record_usage(rowids[100:], 2.0)
+        cube.records.flush()
+        counts = {i.id: i.usage.access_count for i in cube.records.get_many([i.id for i in items]).values()}
+        assert [counts[i.id] for i in items] == [1] * 100 + [2] * 500 + [1] * 100

@@ -59,10 +59,12 @@ class RetrievalSettings(Protocol):
 class Prefetched:
     """What the legs of one search read about its candidates on the way (on a database server the BM25 query and
     the ANN hits' filter check return them in the same round trips): each candidate's row (embedding, text,
-    recall weight) and loaders of the full items, so that the later steps need not read them again."""
+    recall weight), loaders of the full items and topic vectors (``None``: the row has none), so that the later
+    steps need not read them again."""
 
     rows: dict[int, Row] = field(default_factory=dict)
     items: dict[int, Callable[[], MemoryItem]] = field(default_factory=dict)
+    topics: dict[int, bytes | None] = field(default_factory=dict)
 
 
 class Fused(NamedTuple):
@@ -154,7 +156,7 @@ class Retriever:
                 else {}
             return plan, [Fused(key, v, sc, rk, cos.get(key)) for key, v, sc, rk in top]
         assert qvec is not None
-        cands = self.candidates(plan, qvec, ranked, n_cand, pre.rows)
+        cands = self.candidates(plan, qvec, ranked, n_cand, pre.rows, pre.topics)
         return plan, [Fused(key, z, sc, rk, cands.dense.get(key)) for key, z, sc, rk in fuse(cands, plan, cfg)[:k]]
 
     # ------------------------------------------------------------------ the query vector
@@ -253,6 +255,7 @@ class Retriever:
                     rows = {r: row for r, row in rows.items() if row[0] is not None}
                 pre.rows.update(rows)
                 pre.items.update(got.items)
+                pre.topics.update((r, t) for r, t in got.topics.items() if r in rows)
             else:
                 ranked["lexical"] = lexical_job.result()
         elif mode in ("hybrid", "lexical"):
@@ -260,11 +263,12 @@ class Retriever:
         return ranked, qvec
 
     def candidates(self, plan: QueryPlan, qvec: np.ndarray, ranked: Ranked, n_cand: int,
-                   rows: dict[int, Row] | None = None) -> Candidates:
+                   rows: dict[int, Row] | None = None, topics: dict[int, bytes | None] | None = None) -> Candidates:
         """The union of the retrievers' candidates with what fusion needs to know about each: the exact dense
         score of every one (from its stored embedding, whichever retriever found it: fused scores then do not
         depend on the ANN's float rounding), BM25 where the lexical leg found it, and the memory's text.
-        ``rows``: candidates' rows already read (:meth:`gather`); the others are read here, in one call."""
+        ``rows``: candidates' rows already read (:meth:`gather`); the others are read here, in one call.
+        ``topics``: their topic vectors already read (for :meth:`topical`)."""
         lexical = dict(ranked["lexical"])
         complete = len(lexical) < n_cand
         keys = sorted({r for r, _ in ranked["dense"]} | set(lexical))
@@ -293,10 +297,11 @@ class Retriever:
                           texts=texts,
                           dense_ranks={key: i for i, (key, _) in enumerate(ranked["dense"], 1) if key in dense},
                           lexical_ranks={key: i for i, (key, _) in enumerate(ranked["lexical"], 1) if key in lexical},
-                          weights=weights, topical=self.topical(plan, qvec, keys, dense, rows))
+                          weights=weights, topical=self.topical(plan, qvec, keys, dense, rows, topics))
 
     def topical(self, plan: QueryPlan, qvec: np.ndarray, keys: Sequence[int], dense: dict[int, float],
-                rows: dict[int, Row] | None = None) -> dict[int, float]:
+                rows: dict[int, Row] | None = None, topics: dict[int, bytes | None] | None = None
+                ) -> dict[int, float]:
         """The topical leg (:attr:`Candidates.topical`) for a question naming people (``plan.topic``): the cosine
         of each candidate's stored topic vector to the query vector (no second query embedding: measured to keep
         about two thirds of the gain of embedding the name-free question, at no query cost; README). A topic
@@ -305,11 +310,17 @@ class Retriever:
         and queries naming no one, and when no candidate has a topic vector (a cube written before schema 3).
 
         With ``topical_query="topic"`` the topic vectors are compared with a second query vector, of the
-        question without its names (``plan.topic``: one more short text embedded per such search)."""
+        question without its names (``plan.topic``: one more short text embedded per such search).
+
+        ``topics``: topic vectors the legs already read (:class:`Prefetched`); only the others are read here."""
         topic = plan.topic
         if not topic or not float(getattr(self.config, "topical_weight", 0.0) or 0.0) or not keys:
             return {}
-        blobs = self.records.topic_vectors(list(keys))
+        known = topics or {}
+        blobs = {r: t for r in keys if (t := known.get(r)) is not None}
+        missing = [r for r in keys if r not in known]
+        if missing:
+            blobs.update(self.records.topic_vectors(missing))
         if not blobs:  # no candidate has one (a cube written before schema 3): no such leg, fusion as before
             return {}
         out: dict[int, float] = {}
@@ -382,6 +393,7 @@ class Retriever:
                 ok = got.passing
                 pre.rows.update(got.rows)
                 pre.items.update(got.items)
+                pre.topics.update(got.topics)
             else:
                 ok = self.rowids_passing([i for i, _ in res], cf)
             out = [(ok[i], s) for i, s in res if i in ok]

@@ -83,11 +83,14 @@ class CandidateReads(NamedTuple):
     """What :meth:`RecordStore.candidates_passing` read: the vector-index hits passing the filter (``{id:
     rowid}``), each candidate's row (``{rowid: (float32 embedding bytes or None, content, metadata value)}``)
     and, when asked for and read in the same query, a loader of each candidate's full item (``{rowid:
-    callable -> MemoryItem}``; a backend that does not read them there leaves it empty)."""
+    callable -> MemoryItem}``; a backend that does not read them there leaves it empty) and, read with the items,
+    each candidate's topic vector (``{rowid: blob, or None when it has none}``, as :meth:`RecordStore.topic_vectors`;
+    a row left out was not read: empty where the backend does not read them there). Read-only."""
 
     passing: dict[str, int]
     rows: dict[int, tuple[bytes | None, str, Any]]
     items: dict[int, Callable[[], MemoryItem]]
+    topics: dict[int, bytes | None] = {}
 
 
 class CompiledFilter(NamedTuple):

@@ -193,6 +193,7 @@ _INSERT_ANY = _INSERT_ROW + (
     "SELECT rowid FROM i")
 #: the item columns qualified by table (for queries that join another table with columns of the same name)
 _ITEM_COLS_Q = ", ".join("items." + c.strip() for c in _ITEM_COLS.split(","))
+_N_ITEM_COLS = len(_ITEM_COLS.split(","))
 _EVENT_COLS = "seq, at, actor, op, item_id, outcome, detail, prev_hash, hash"
 _BM25_K1, _BM25_B = 1.2, 0.75
 
@@ -273,6 +274,7 @@ class PostgresRecordStore(RecordStore):
         self._tls = threading.local()
         self._buf_lock = threading.Lock()
         self._usage: dict[int, tuple[int, float]] = {}
+        self._flusher: threading.Thread | None = None  # a background write of the buffered usage counts
         self._pending_seen: dict[int, int] = {}
         self._pending_done: dict[int, int] = {}
         self._df_cache: dict[str, tuple[int, int]] = {}  # lexeme -> (capped document count, rows then)
@@ -430,8 +432,30 @@ class PostgresRecordStore(RecordStore):
                 for r, g in done.items():
                     self._pending_done.setdefault(r, g)
 
+    def _flush_in_background(self) -> None:
+        """:meth:`_flush_soft` on a thread of its own (one at a time), so that the search whose usage filled the
+        buffer does not wait for hundreds of row updates. Counts it could not write stay buffered."""
+        with self._buf_lock:
+            if self._closed or (self._flusher is not None and self._flusher.is_alive()):
+                return
+
+            def run() -> None:
+                try:
+                    self._flush_soft()
+                except Exception as exc:  # noqa: BLE001 - soft state: the next flush (or close) writes them
+                    _log.warning("writing buffered usage counts of cube %s failed: %s", self.cube, exc)
+
+            self._flusher = threading.Thread(target=run, name=f"memos-usage-{self.schema}", daemon=True)
+            self._flusher.start()
+
+    def _wait_flusher(self) -> None:
+        t = self._flusher
+        if t is not None and t is not threading.current_thread():
+            t.join()
+
     def flush(self) -> None:
         if not self._closed:
+            self._wait_flusher()  # what a background flush took from the buffer is written when this returns
             self._flush_soft()
 
     @property
@@ -442,6 +466,7 @@ class PostgresRecordStore(RecordStore):
         if self._closed:
             return
         try:
+            self._wait_flusher()
             self._flush_soft()
         except Exception:  # noqa: BLE001 - closing must not fail on an unreachable server
             pass
@@ -743,7 +768,7 @@ class PostgresRecordStore(RecordStore):
                 self._usage[int(r)] = (n + 1, at)
             big = len(self._usage) >= 512
         if big and getattr(self._tls, "conn", None) is None:
-            self._flush_soft()
+            self._flush_in_background()
 
     # ------------------------------------------------------------------ audit chain
     def append_event(self, c: Any, at: float, actor: str | None, op: str, item_id: str | None,
@@ -994,14 +1019,16 @@ class PostgresRecordStore(RecordStore):
         ranked: list[tuple[int, float]] = []
         out: dict[int, tuple[bytes | None, str, Any]] = {}
         items: dict[int, Callable[[], MemoryItem]] = {}
+        topics: dict[int, bytes | None] = {}
         for row in self._lexical(match, cf, k, (key, with_items)):
             r, vec, raw = int(row[0]), row[2], row[4]
             ranked.append((r, float(row[1])))
             v = None if raw is None else json.loads(raw)
             out[r] = (None if vec is None else bytes(vec), row[3], int(v) if isinstance(v, bool) else v)
             if with_items:
-                items[r] = functools.partial(self._row_to_item, row[5:])
-        return ranked, CandidateReads({}, out, items)
+                items[r] = functools.partial(self._row_to_item, row[5:5 + _N_ITEM_COLS])
+                topics[r] = None if row[-1] is None else bytes(row[-1])
+        return ranked, CandidateReads({}, out, items, topics)
 
     def _lexical(self, match: str, cf: CompiledFilter, k: int, rows: tuple[str, bool] | None) -> list[Any]:
         """The rows of :meth:`lexical` (rowid, score) with a positive score, best first; with ``rows`` (metadata
@@ -1115,8 +1142,8 @@ class PostgresRecordStore(RecordStore):
             if rows is None:
                 return sql, params
             key, with_items = rows
-            return (f"WITH s AS ({sql}) SELECT s.rowid, s.score, e.vec, items.content, "
-                    f"(items.metadata #> %s::text[])::text{', ' + _ITEM_COLS_Q if with_items else ''} FROM s "
+            return (f"WITH s AS ({sql}) SELECT s.rowid, s.score, e.vec, items.content, (items.metadata #> "
+                    f"%s::text[])::text{', ' + _ITEM_COLS_Q + ', e.topic' if with_items else ''} FROM s "
                     "JOIN items ON items.rowid = s.rowid LEFT JOIN embeddings e ON e.item_rowid = s.rowid "
                     "ORDER BY s.score DESC, s.rowid", (*params, key.split(".")))
 
@@ -1201,12 +1228,13 @@ class PostgresRecordStore(RecordStore):
         passing: dict[str, int] = {}
         out: dict[int, tuple[bytes | None, str, Any]] = {}
         items: dict[int, Callable[[], MemoryItem]] = {}
+        topics: dict[int, bytes | None] = {}
         if not ids and not rowids:
             return CandidateReads(passing, out, items)
         with self._conn() as conn:
             rows = conn.execute(
-                f"SELECT items.rowid, items.id, (items.id = ANY(%s) AND ({where})), e.vec, items.content, "
-                f"(items.metadata #> %s::text[])::text{', ' + _ITEM_COLS_Q if with_items else ''} FROM items "
+                f"SELECT items.rowid, items.id, (items.id = ANY(%s) AND ({where})), e.vec, items.content, (items."
+                f"metadata #> %s::text[])::text{', ' + _ITEM_COLS_Q + ', e.topic' if with_items else ''} FROM items "
                 f"LEFT JOIN embeddings e ON e.item_rowid = items.rowid WHERE (items.id = ANY(%s) AND ({where})) "
                 "OR items.rowid = ANY(%s) ORDER BY items.rowid",
                 (list(ids), *args, key.split("."), list(ids), *args, sorted({int(x) for x in rowids}))).fetchall()
@@ -1217,8 +1245,9 @@ class PostgresRecordStore(RecordStore):
             v = None if raw is None else json.loads(raw)
             out[r] = (None if vec is None else bytes(vec), c, int(v) if isinstance(v, bool) else v)
             if with_items:
-                items[r] = functools.partial(self._row_to_item, row[6:])
-        return CandidateReads(passing, out, items)
+                items[r] = functools.partial(self._row_to_item, row[6:6 + _N_ITEM_COLS])
+                topics[r] = None if row[-1] is None else bytes(row[-1])
+        return CandidateReads(passing, out, items, topics)
 
     def list_rowids(self, cf: CompiledFilter, order: str, limit: int, offset: int) -> list[int]:
         where, args = cf
