@@ -109,7 +109,9 @@ CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(text, content='', tokenize='po
 #: order is the commit order. It trims itself (keeps about the last 64k changes; a reader further behind
 #: rebuilds). Created on every read-write open (IF NOT EXISTS); older code opening the file keeps logging.
 _VEC_LOG_DDL = (
-    "CREATE TABLE IF NOT EXISTS vec_changes(seq INTEGER PRIMARY KEY AUTOINCREMENT, item_rowid INTEGER NOT NULL)",
+    # (no AUTOINCREMENT: it updates sqlite_sequence on every insert; max+1 is monotonic here, since trimming never
+    # deletes the newest row and a rolled-back number was never seen outside its transaction)
+    "CREATE TABLE IF NOT EXISTS vec_changes(seq INTEGER PRIMARY KEY, item_rowid INTEGER NOT NULL)",
     "CREATE TRIGGER IF NOT EXISTS vec_changes_add AFTER INSERT ON embeddings BEGIN "
     "INSERT INTO vec_changes(item_rowid) VALUES(new.item_rowid); END",
     "CREATE TRIGGER IF NOT EXISTS vec_changes_set AFTER UPDATE OF vec, item_rowid ON embeddings BEGIN "
@@ -1030,13 +1032,9 @@ class SQLiteRecordStore(RecordStore):
         with self._lock:
             c = self._conn
             try:
-                row = c.execute("SELECT seq FROM sqlite_sequence WHERE name='vec_changes'").fetchone()
-                if row is None and not c.execute(
-                        "SELECT 1 FROM sqlite_master WHERE type='table' AND name='vec_changes'").fetchone():
-                    return None  # a file opened read-only that no read-write open has given the log yet
-            except sqlite3.OperationalError:  # no sqlite_sequence at all: same
+                top = int(c.execute("SELECT MAX(seq) FROM vec_changes").fetchone()[0] or 0)
+            except sqlite3.OperationalError:  # a file opened read-only that no read-write open has given the log
                 return None
-            top = 0 if row is None else int(row[0])
             if since is None:
                 return top, []
             if since > top or top - since > self._VEC_LOG_REPLAY:
