@@ -243,7 +243,9 @@ def resolve_memory(memory: Any, *, embedder: Any = None, adapter: str = "this ad
     store URL, and only ``"http(s)://host:port"`` or ``"embedded"`` (:func:`check_index_url`); otherwise
     :class:`MemoryArgumentError`. ``$MEMOS_INDEX`` is the fallback and is checked the same way.
 
-    ``embedder`` is used only when a folder or URL is opened here. Anything else raises
+    A folder or a store URL opens one MemOS per process (:func:`memos_core.shared.shared_memos`): adapters given
+    the same place share it while any of them uses it. ``embedder`` is used only when a folder or URL is opened
+    here (for one already open it must agree with it). Anything else raises
     :class:`MemoryArgumentError` (a ``ValidationError`` and a ``TypeError``) at once, so a wrong argument fails
     when the adapter is built, not on its first call.
     """
@@ -252,13 +254,11 @@ def resolve_memory(memory: Any, *, embedder: Any = None, adapter: str = "this ad
         return memory
     if isinstance(memory, MemCube):
         return MemOS.over_cube(memory)
-    if index is not None:  # a store URL
-        return MemOS(memory, embedder=embedder, index=index)
-    if isinstance(memory, (str, os.PathLike)) and str(memory).strip():
-        folder = Path(memory)
-        if (folder / MANIFEST).is_file():
-            return MemOS.over_cube(folder, embedder=embedder)
-        return MemOS(folder, embedder=embedder)
+    if index is not None or (isinstance(memory, (str, os.PathLike)) and str(memory).strip()):
+        # a store URL or a folder: every adapter given the same one in this process shares one MemOS
+        from .shared import shared_memos
+
+        return shared_memos(memory, embedder=embedder, index=index)
     raise MemoryArgumentError(
         f"{adapter} takes a MemOS (or a view of one: mem.for_user(...), mem.as_principal(...)), a MemCube, a "
         f"folder path or a postgresql:// URL; got {type(memory).__name__}")

@@ -27,19 +27,28 @@ def resolve_cube(memory: Any, cube: str | None = None, *, embedder: Any = None, 
     (:func:`memos_core.os.resolve_memory`): a cube as is; a ``MemOS`` or a view of one: ``cube`` names one of its
     cubes (default: its default cube); a folder path: a cube folder is that cube, any other folder a MemOS data
     folder (opened or created with ``embedder``) whose default cube (or ``cube``) is used; a store URL with its
-    Chroma server ``index`` (checked by ``resolve_memory``, which refuses ``index`` with anything else)."""
+    Chroma server ``index`` (checked by ``resolve_memory``, which refuses ``index`` with anything else).
+
+    An adapter that keeps only the cube uses :func:`resolve_cube_memos` and keeps the MemOS too: a folder or URL
+    opens the process's shared MemOS (:mod:`memos_core.shared`), which closes its cubes once nothing holds it."""
+    return resolve_cube_memos(memory, cube, embedder=embedder, adapter=adapter, index=index)[0]
+
+
+def resolve_cube_memos(memory: Any, cube: str | None = None, *, embedder: Any = None,
+                       adapter: str = "this adapter", index: str | None = None) -> tuple[MemCube, Any]:
+    """:func:`resolve_cube` and the MemOS the cube was found in (``None`` for a MemCube given as is)."""
     if isinstance(memory, MemCube) and index is None:
         if cube is not None and cube not in (memory.name, memory.cube_id):
             raise ValidationError(f"cube={cube!r} was given with a MemCube named {memory.name!r}")
-        return memory
+        return memory, None
     mem = resolve_memory(memory, embedder=embedder, adapter=adapter, index=index)
     cubes = mem.cubes
     name = cube or mem.default_cube or DEFAULT_CUBE
     if name in cubes:
-        return cubes[name]
+        return cubes[name], mem
     for c in cubes.values():
         if c.cube_id == name:
-            return c
+            return c, mem
     raise NotFound(f"no cube named {name!r} is mounted; mounted: {sorted(cubes)}")
 
 

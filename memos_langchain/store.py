@@ -105,7 +105,7 @@ from memos_core.errors import Conflict, EmbeddingDimensionError, PermissionDenie
 from memos_core.items import MAX_METADATA_DEPTH, MAX_TTL_SECONDS, check_nesting, check_text
 from memos_core.os import UserRule, value_text
 
-from ._common import principal_of, resolve_cube, run_sync, write_retrying
+from ._common import principal_of, resolve_cube_memos, run_sync, write_retrying
 
 __all__ = ["MemOSStore", "InvalidStoreValue", "DEFAULT_SCOPE_TEMPLATES", "META_KEY"]
 
@@ -239,7 +239,10 @@ class MemOSStore(BaseStore):
                     "index['embed'] can only be used when MemOSStore opens the cube from a path; an existing cube "
                     "keeps the embedder it was built with (leave 'embed' out)")
             embedder = ensure_embeddings(index["embed"])
-        self.cube: MemCube = resolve_cube(memory, cube, embedder=embedder, adapter="MemOSStore", index=vector_index)
+        # the MemOS is kept too: one opened from a path is the process's shared one, closed when nothing holds it
+        self.cube: MemCube
+        self.cube, self._memos = resolve_cube_memos(memory, cube, embedder=embedder, adapter="MemOSStore",
+                                                    index=vector_index)
         self.index_config: IndexConfig | None
         if index is False:
             self.index_config = None

@@ -21,7 +21,7 @@ from memos_core import LifecycleState, MemCube, MemoryItem, MemoryKind, SearchFi
 from memos_core.errors import Conflict, ValidationError
 from memos_core.os import UserRule
 
-from ._common import delete_if_live, principal_of, resolve_cube, write_retrying
+from ._common import delete_if_live, principal_of, resolve_cube_memos, write_retrying
 
 __all__ = ["MemOSVectorStore"]
 
@@ -77,7 +77,10 @@ class MemOSVectorStore(VectorStore):
                  index: str | None = None) -> None:
         user_id = UserRule(memory, user_id=user_id, single_user=single_user, adapter="MemOSVectorStore",
                            how="pass user_id=... (MemOSVectorStore(mem, user_id=...))").require()
-        self.cube: MemCube = resolve_cube(memory, cube, embedder=embedding, adapter="MemOSVectorStore", index=index)
+        # the MemOS is kept too: one opened from a path is the process's shared one, closed when nothing holds it
+        self.cube: MemCube
+        self.cube, self._memos = resolve_cube_memos(memory, cube, embedder=embedding, adapter="MemOSVectorStore",
+                                                    index=index)
         self._embedding = embedding
         self.scope = {k: v for k, v in (("user_id", user_id), ("agent_id", agent_id), ("session_id", session_id))
                       if v is not None}

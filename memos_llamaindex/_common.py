@@ -25,6 +25,7 @@ from memos_core import MemOS, MemOSError, ValidationError
 from memos_core.items import check_text
 from memos_core.os import adapter_index
 from memos_core.records.migrate import is_store_url
+from memos_core.shared import shared_memos
 
 __all__ = [
     "DIGEST_KEY",
@@ -255,8 +256,8 @@ def resolve_memos(path: str, principal: str, index: str | None = None, cube: str
             if url:
                 mem = MemOS(path, principal=principal, index=adapter_index(path, index, "restoring a memory"),
                             **({"default_cube": cube} if cube else {}))
-            else:
-                mem = MemOS(key[0], principal=principal)
+            else:  # the process's shared MemOS of that folder when another adapter opened it from a path
+                mem = shared_memos(key[0], principal=principal)
         except MemOSError as exc:
             raise type(exc)(
                 f"{exc} (reopening {key[0]} with the offline defaults; if it needs another embedder or LLM, "

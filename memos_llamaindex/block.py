@@ -33,6 +33,7 @@ from llama_index.core.utils import get_tokenizer
 
 from memos_core.log import get_logger
 from memos_core import MemOS
+from memos_core.shared import shared_memos
 from memos_core.os import CONTEXT_HEADER, DEFAULT_K, AddResult, UserRule, adapter_index, resolve_memory
 
 from ._common import (
@@ -112,7 +113,7 @@ class MemOSMemoryBlock(BaseMemoryBlock[str]):
         server as ``index``, default ``$MEMOS_INDEX``) and build a block on it."""
         index = adapter_index(path, index, "MemOSMemoryBlock.from_defaults")
         extra = {} if index is None else {"index": index}
-        return cls(memos=MemOS(path, embedder=embedder, llm=llm, principal=principal, **extra), **kwargs)
+        return cls(memos=shared_memos(path, embedder=embedder, llm=llm, principal=principal, **extra), **kwargs)
 
     @classmethod
     def from_cube(cls, cube: Any, *, memos: MemOS | None = None, **kwargs: Any) -> "MemOSMemoryBlock":

@@ -32,6 +32,7 @@ from llama_index.core.utils import get_tokenizer
 
 from memos_core.log import get_logger
 from memos_core import MemOS
+from memos_core.shared import shared_memos
 from memos_core.os import (CONTEXT_HEADER, DEFAULT_K, AddResult, MemoryArgumentError, UserRule, adapter_index,
                            resolve_memory)
 
@@ -204,7 +205,7 @@ class MemOSMemory(BaseMemory):
         if memos is None:
             index = adapter_index(path, index, "MemOSMemory.from_defaults")
             extra = {} if index is None else {"index": index}
-            memos = MemOS(path, embedder=embedder, llm=llm, principal=principal, **extra)
+            memos = shared_memos(path, embedder=embedder, llm=llm, principal=principal, **extra)
         elif index is not None:
             raise MemoryArgumentError("MemOSMemory.from_defaults: index= goes with a store URL as path, not with "
                                       "memos=")
