@@ -5,6 +5,7 @@ fusion settings on the kept candidates in pure Python.
     python benchmarks/tune_fusion.py --calibrate                                    # fit the score calibration
     python benchmarks/tune_fusion.py --fresh 101 102                                # + fresh generator seeds
     python benchmarks/tune_fusion.py --fresh 101 102 --variants                     # + the alternatives tried
+    python benchmarks/tune_fusion.py --latency 4                                    # search time, topical modes
 
 Which sets are for tuning and which are not is fixed here (``TUNE`` / ``HELD_OUT`` / ``TARGET``) and in the
 README: held-out sets and target sets are only *reported*, never used to choose a setting. MADial is a target
@@ -263,11 +264,14 @@ def _order(row: dict[str, Any], extra: np.ndarray | None = None, cfg: RetrievalC
     return sorted(total, key=lambda key: -total[key])
 
 
-def topical_leg(weight: float, query: bool | str = True) -> Any:
-    """The topical leg (question without its names vs the memory's own words) fused with ``weight``;
-    ``query="full query"`` compares the memories' topic vectors with the full query vector instead."""
-    cfg = RetrievalConfig()
+def topical_leg(weight: float, query: bool | str = True, shift: bool = True) -> Any:
+    """The topical leg (question without its names vs the memory's own words) fused with ``weight`` (plus
+    ``TOPICAL_SHIFT`` of the dense weight unless ``shift`` is false); ``query="full query"`` compares the memories'
+    topic vectors with the full query vector instead (``topical_query="full"``: no weight moves)."""
+    cfg = RetrievalConfig(topical_query="topic" if query is True else "full")
     cfg.topical_weight = weight  # type: ignore[attr-defined]
+    if not shift:
+        cfg.topical_shift = 0.0  # type: ignore[attr-defined]
 
     def order(row: dict[str, Any]) -> list[Any]:
         return [key for key, *_ in fuse(to_candidates(row, query), analyze_query(row["query"]), cfg)]
@@ -448,6 +452,7 @@ def run_variants(all_rows: dict[str, list[dict[str, Any]]], cache: Path, train_s
     variants: dict[str, Any] = {"no topical leg": _order}
     for w in (0.5, 1.0, 1.5):
         variants[f"topical leg w={w}"] = topical_leg(w)
+    variants["topical leg w=1.0, no shift"] = topical_leg(1.0, shift=False)
     variants["topical leg w=1.0, full query"] = topical_leg(1.0, "full query")
     # pasted dialogues (with the shipped topical leg for the other queries)
     for side in ("topic", "full"):
@@ -535,6 +540,37 @@ def calibrate(all_rows: dict[str, list[dict[str, Any]]]) -> None:
             print(f"  reliability {name} ({'fit' if name in CALIBRATE_ON else 'not fitted on'}): {table}")
 
 
+def latency(rounds: int, conversations: int = 2) -> None:
+    """Search time of the topical leg's two query modes, same cube and questions, alternated query by query
+    (people-QA's first ``conversations`` conversations, the real embedder, ``query_cache=0`` so every search embeds):
+    p50 / p95 ms of ``topical_query="full"`` (no second text) and ``"topic"`` (the name-free question too)."""
+    from memos_core.bench import retrieval as bench
+
+    data = load_dataset(SETS["people_qa"])
+    cfg = RetrievalConfig(query_cache=0)
+    with tempfile.TemporaryDirectory(prefix="memos-lat-") as tmp:
+        cube = MemCube(Path(tmp) / "c", retrieval=cfg)
+        qs = []
+        for ci, conv in enumerate(data["conversations"][:conversations]):
+            scope = bench.scope_of(ci, conv)
+            bench.ingest_conversation(cube, conv, scope, OfflineReader())
+            qs += [(q["text"], scope) for q in conv["queries"]]
+        cube.embedder.embed_query("warm up")
+        lat: dict[str, list[float]] = {"full": [], "topic": []}
+        for rnd in range(rounds):
+            for q, scope in qs:
+                for mode in (("full", "topic") if rnd % 2 == 0 else ("topic", "full")):
+                    cfg.topical_query = mode  # type: ignore[assignment]
+                    t0 = time.perf_counter()
+                    cube.search(q, k=20, user_id=scope, record_usage=False)
+                    lat[mode].append((time.perf_counter() - t0) * 1000)
+        cube.close()
+    for mode, v in lat.items():
+        v.sort()
+        print(json.dumps({"topical_query": mode, "searches": len(v), "p50_ms": round(v[len(v) // 2], 2),
+                          "p95_ms": round(v[min(len(v) - 1, int(0.95 * len(v)))], 2)}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "memos-tune"))
@@ -545,7 +581,12 @@ def main() -> None:
     ap.add_argument("--variants", action="store_true",
                     help="evaluate the alternatives tried for issue 15 (the learned ranker trains on the first "
                          "--fresh seed's sets)")
+    ap.add_argument("--latency", type=int, metavar="ROUNDS", default=0,
+                    help="only time searches with topical_query 'full' vs 'topic', alternated, ROUNDS rounds")
     args = ap.parse_args()
+    if args.latency:
+        latency(args.latency)
+        return
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     vectors = _CachedVectors(cache / "vectors.npz")
