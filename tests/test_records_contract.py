@@ -15,7 +15,7 @@ from memos_core.errors import Conflict, SchemaVersionError, ValidationError
 from memos_core.governance.audit import verify_rows
 from memos_core.items import LifecycleState as S
 from memos_core.items import MemoryItem, SearchFilter
-from memos_core.records.base import GENESIS_HASH, RecordStore
+from memos_core.records.base import GENESIS_HASH, CandidateReads, RecordStore
 
 ALL_LIVE = [S.GENERATED, S.ACTIVATED]
 
@@ -515,7 +515,7 @@ def test_candidates_passing_checks_the_filter_and_reads_the_rows_at_once(store: 
     assert list(rows) == [ra, rc] and rows[ra][1:] == ("alpha", 0.5) and rows[rc][1:] == ("gamma", None)
     assert rows[ra][0] is not None and len(rows[ra][0]) == 8 * 4 and got.items == {}
     assert got == RecordStore.candidates_passing(store, [a.id, b.id, "unknown"], [rc], cf, "recall_weight")
-    assert store.candidates_passing([], [], cf, "recall_weight") == ({}, {}, {})
+    assert store.candidates_passing([], [], cf, "recall_weight") == CandidateReads({}, {}, {})
     # with the items: the same reads, plus (where the backend reads them in the same query) the full items
     full = store.candidates_passing([a.id, b.id], [rc], cf, "recall_weight", with_items=True)
     assert (full.passing, full.rows) == (ok, rows)
@@ -538,4 +538,6 @@ def test_lexical_rows_are_the_lexical_hits_with_their_rows(store: RecordStore) -
     if store.concurrent_reads:  # a server reads the items in the same round trip
         assert list(full.items) == [ra]
     assert {r: load() for r, load in full.items.items()} == store.get_many_by_rowid(list(full.items))
-    assert store.lexical_rows("", everything, 10, "recall_weight") == ([], ({}, {}, {}))
+    # topic vectors read with the items are those topic_vectors gives (None: the row has none)
+    assert {r: t for r, t in full.topics.items() if t is not None} == store.topic_vectors(list(full.topics))
+    assert store.lexical_rows("", everything, 10, "recall_weight") == ([], CandidateReads({}, {}, {}))

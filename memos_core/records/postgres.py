@@ -1041,7 +1041,7 @@ class PostgresRecordStore(RecordStore):
                 with conn.transaction():
                     conn.execute("SET LOCAL enable_seqscan = off")
                     q = self._bm25_query(conn, terms, cf, k, rows)
-                    found = conn.execute(*q[:2]).fetchall() if q else []
+                    found = conn.cursor(binary=True).execute(*q[:2]).fetchall() if q else []
             else:
                 # Pipelined: BEGIN, SET LOCAL, the query and COMMIT travel together, one round trip when the
                 # lexemes and document counts are cached (a lookup they need costs one more).
@@ -1052,7 +1052,8 @@ class PostgresRecordStore(RecordStore):
                         # often far off
                         conn.execute("SET LOCAL enable_seqscan = off")
                         q = self._bm25_query(conn, terms, cf, k, rows)
-                        cur = conn.execute(*q[:2]) if q else None
+                        # binary results: embeddings and topic vectors come as bytes, not hex text
+                        cur = conn.cursor(binary=True).execute(*q[:2]) if q else None
                         conn.execute("COMMIT")
                 except BaseException:
                     if conn.info.transaction_status != self._psycopg.pq.TransactionStatus.IDLE and not conn.closed:
@@ -1066,7 +1067,7 @@ class PostgresRecordStore(RecordStore):
                 # over the budget, the filter passed fewer than k of the newest rows: rank every matching row
                 with conn.transaction():
                     conn.execute("SET LOCAL enable_seqscan = off")
-                    found = conn.execute(*q[2]).fetchall()
+                    found = conn.cursor(binary=True).execute(*q[2]).fetchall()
         return [r for r in found if r[1] > 0]
 
     def _bm25_query(self, conn: Any, terms: list[str], cf: CompiledFilter, k: int,
@@ -1165,7 +1166,7 @@ class PostgresRecordStore(RecordStore):
         # NULL) when any pending indexed row of the cube has no embedding yet (waiting, any worker's)
         where, args = cf
         with self._conn() as conn:
-            rows = conn.execute(
+            rows = conn.cursor(binary=True).execute(
                 f"(SELECT items.rowid, e.vec FROM items JOIN embeddings e ON e.item_rowid = items.rowid WHERE ({where}) "
                 "AND items.rowid IN (SELECT item_rowid FROM vec_pending)) UNION ALL (SELECT NULL, NULL FROM vec_pending v "
                 "JOIN items i ON i.rowid = v.item_rowid WHERE i.indexed_text IS NOT NULL AND NOT EXISTS "
@@ -1232,7 +1233,7 @@ class PostgresRecordStore(RecordStore):
         if not ids and not rowids:
             return CandidateReads(passing, out, items)
         with self._conn() as conn:
-            rows = conn.execute(
+            rows = conn.cursor(binary=True).execute(  # binary: embeddings and topic vectors as bytes, not hex text
                 f"SELECT items.rowid, items.id, (items.id = ANY(%s) AND ({where})), e.vec, items.content, (items."
                 f"metadata #> %s::text[])::text{', ' + _ITEM_COLS_Q + ', e.topic' if with_items else ''} FROM items "
                 f"LEFT JOIN embeddings e ON e.item_rowid = items.rowid WHERE (items.id = ANY(%s) AND ({where})) "
