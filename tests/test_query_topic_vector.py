@@ -54,14 +54,17 @@ def _capture(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     return seen
 
 
-def _expected_topical(cube: MemCube, tvec: np.ndarray) -> dict[int, float]:
+def _expected_topical(cube: MemCube, tvec: np.ndarray, qvec: np.ndarray) -> dict[int, float]:
+    """A turn's topic vector against the name-free question; a plain memory (topic blob b"": its own words are its
+    index text, names included) by its embedding against the full question."""
     out = {}
     for m in cube.list(limit=10):
         rowid = cube.records.rowid(m.id)
         assert rowid is not None
         blob = cube.records.topic_vectors([rowid]).get(rowid)
-        vec = np.frombuffer(blob, dtype=np.float32) if blob else cube.records.embedding(rowid)
-        out[rowid] = float(vec @ tvec)
+        emb = cube.records.embedding(rowid)
+        assert emb is not None
+        out[rowid] = float(np.frombuffer(blob, dtype=np.float32) @ tvec) if blob else float(emb @ qvec)
     return out
 
 
@@ -70,6 +73,7 @@ def test_the_default_embedder_embeds_the_question_and_its_topic_in_one_call(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, query_cache: int) -> None:
     emb = resolve_embedder(None)
     tvec = np.array(emb.embed_query(TOPIC))  # the vector a separate call gives
+    qvec = np.array(emb.embed_query(QUESTION))
     with MemCube(tmp_path / "c", retrieval=RetrievalConfig(topical_query="topic", query_cache=query_cache)) as cube:
         cube.add_many(MEMORIES)
         calls = _Calls(cube.embedder, monkeypatch)
@@ -77,7 +81,8 @@ def test_the_default_embedder_embeds_the_question_and_its_topic_in_one_call(
         hits = cube.search(QUESTION, k=3)
         assert hits[0].item.content == MEMORIES[0]["content"]
         assert calls.calls == [("embed_queries", [QUESTION, TOPIC])]  # one call, both texts
-        want = _expected_topical(cube, tvec)
+        want = _expected_topical(cube, tvec, qvec)
+        assert len(want) == 3 and sum(bool(cube.records.topic_vectors([r]).get(r)) for r in want) == 2
         assert seen[-1].topical.keys() == want.keys()
         for rowid, v in want.items():
             assert seen[-1].topical[rowid] == pytest.approx(v, abs=1e-4)
@@ -117,7 +122,7 @@ def test_an_embedder_without_a_batched_query_call_embeds_the_topic_as_a_query(
         cube.search(QUESTION, k=3)
         assert docs == []
         assert calls.calls == [("embed_query", [QUESTION]), ("embed_query", [TOPIC])]
-        tvec = np.asarray(hashed_embed(["query: " + TOPIC]))[0]
-        tvec = tvec / np.linalg.norm(tvec)
-        for rowid, v in _expected_topical(cube, tvec).items():
+        tvec, qvec = np.asarray(hashed_embed(["query: " + TOPIC, "query: " + QUESTION]))
+        tvec, qvec = tvec / np.linalg.norm(tvec), qvec / np.linalg.norm(qvec)
+        for rowid, v in _expected_topical(cube, tvec, qvec).items():
             assert seen[-1].topical[rowid] == pytest.approx(v, abs=1e-4)

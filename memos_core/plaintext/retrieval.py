@@ -303,14 +303,17 @@ class Retriever:
                 rows: dict[int, Row] | None = None, topics: dict[int, bytes | None] | None = None
                 ) -> dict[int, float]:
         """The topical leg (:attr:`Candidates.topical`) for a question naming people (``plan.topic``): the cosine
-        of each candidate's stored topic vector to the query vector (no second query embedding: measured to keep
-        about two thirds of the gain of embedding the name-free question, at no query cost; README). A topic
-        blob ``b""`` is the embedding itself (its dense cosine), and so is a missing one when other candidates have
-        theirs (memories written before schema 3). Empty when the leg is off (``topical_weight`` 0), for dialogues
-        and queries naming no one, and when no candidate has a topic vector (a cube written before schema 3).
+        of each candidate's stored topic vector to the vector of the question without its names (``plan.topic``;
+        ``topical_query="topic"``, the default: embedded in the same call as the question by an embedder with
+        ``embed_queries``, see :meth:`query_vector`) or to the query vector itself (``"full"``: no second text).
 
-        With ``topical_query="topic"`` the topic vectors are compared with a second query vector, of the
-        question without its names (``plan.topic``: one more short text embedded per such search).
+        A topic blob ``b""`` means the memory's own words *are* its index text (a plain fact, a store value: no
+        speaker tag or context was added), so the names in it are its content; it is scored by its dense cosine
+        to the full question, in both modes (the name-free question would lose the very word such a memory is
+        found by: "Ann moved to Lisbon" for "Where did Ann move?"). So is a missing one when other candidates
+        have theirs (memories written before schema 3). Empty when the leg is off (``topical_weight`` 0), for
+        dialogues and queries naming no one, and when no candidate has a topic vector (a cube written before
+        schema 3).
 
         ``topics``: topic vectors the legs already read (:class:`Prefetched`); only the others are read here."""
         topic = plan.topic
@@ -337,12 +340,8 @@ class Retriever:
             else:
                 tvec = cached_query_vector(emb, ("topic", topic), lambda: emb.embed_query(topic),
                                            self.config.query_cache)
-            have = [r for r in same if rows and rows.get(r) and rows[r][0]]
-            if have:
-                out.update(score_blobs(tvec, have, [rows[r][0] for r in have], len(have)))  # type: ignore[index,misc]
             qvec = tvec
-        else:
-            out.update((r, dense[r]) for r in same)
+        out.update((r, dense[r]) for r in same)
         if own:
             out.update(score_blobs(qvec, own, [blobs[r] for r in own], len(own)))
         return out
