@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import json
 import logging
 import math
@@ -48,6 +49,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 
+from .. import forksafe
 from ..errors import BackendUnavailable, Conflict, CubeClosed, SchemaVersionError, ValidationError
 from ..items import LifecycleState, MemoryItem, MemoryVersion, SearchFilter, Transition
 from .base import (GENESIS_HASH, CandidateReads, CompiledFilter, IndexRow, RecordStore, canonical_json, event_hash,
@@ -272,6 +274,7 @@ class PostgresRecordStore(RecordStore):
         self.schema = schema_name(self.cube)
         self._lock_key = int.from_bytes(hashlib.sha256(self.schema.encode()).digest()[:8], "big", signed=True)
         self._tls = threading.local()
+        self._pid = os.getpid()  # the process this pool's sockets belong to (memos_core.forksafe)
         self._buf_lock = threading.Lock()
         self._usage: dict[int, tuple[int, float]] = {}
         self._flusher: threading.Thread | None = None  # a background write of the buffered usage counts
@@ -307,6 +310,8 @@ class PostgresRecordStore(RecordStore):
     @contextmanager
     def _guard(self) -> Iterator[None]:
         """psycopg / pool errors -> the typed errors of MemOS."""
+        if self._pid != os.getpid():  # a forked child never uses the parent's sockets (memos_core.forksafe)
+            forksafe.check(self._pid, f"the PostgreSQL store of cube {self.cube!r}")
         psycopg = self._psycopg
         errors = psycopg.errors
         try:
@@ -463,7 +468,7 @@ class PostgresRecordStore(RecordStore):
         return self._closed
 
     def close(self) -> None:
-        if self._closed:
+        if self._closed or self._pid != os.getpid():  # in a forked child: the parent's pool, left alone
             return
         try:
             self._wait_flusher()
@@ -969,17 +974,25 @@ class PostgresRecordStore(RecordStore):
             st = self._stats = (now, int(n), float(avg))
         return st[1], max(st[2], 1.0)
 
-    def _lexemes(self, conn: Any, terms: list[str]) -> list[str]:
+    def _lexemes(self, conn: Any, terms: list[str], stamp: int) -> list[str]:
         """The distinct lexemes (english configuration: stemmed, stopwords dropped) of the query terms, in
-        order; memoised per term."""
+        order; memoised per term. The lexemes of terms seen for the first time come with their document counts
+        (as :meth:`_dfs`, cached the same way) in the same query: a new term costs one round trip, not two."""
         todo = [t for t in terms if t not in self._lex_cache]
         if todo:
             if len(self._lex_cache) > 50_000:
                 self._lex_cache.clear()
-            for t, lex in conn.execute(
-                    "SELECT t, (SELECT array_agg(l) FROM unnest(tsvector_to_array(to_tsvector('english'::regconfig, "
-                    "t))) AS l) FROM unnest(%s::text[]) AS t", (todo,)).fetchall():
-                self._lex_cache[t] = list(lex or [])
+            if len(self._df_cache) > 50_000:
+                self._df_cache.clear()
+            got: dict[str, list[str]] = {t: [] for t in todo}
+            for t, lx, df in conn.execute(
+                    "SELECT t.t, x.l, (SELECT COUNT(*) FROM (SELECT 1 FROM lex_terms WHERE lexeme = x.l LIMIT %s) AS m) "
+                    "FROM unnest(%s::text[]) WITH ORDINALITY AS t(t, i) CROSS JOIN LATERAL unnest(tsvector_to_array("
+                    "to_tsvector('english'::regconfig, t.t))) WITH ORDINALITY AS x(l, o) ORDER BY t.i, x.o",
+                    (self.lexical_match_budget + 1, todo)).fetchall():
+                got[t].append(lx)
+                self._df_cache[lx] = (int(df), stamp)
+            self._lex_cache.update(got)
         out: dict[str, None] = {}
         for t in terms:
             for lx in self._lex_cache.get(t, []):
@@ -1086,10 +1099,10 @@ class PostgresRecordStore(RecordStore):
         is then the query over every matching row, for a filter that passes fewer than ``k`` of the newest ones
         (else ``None``)."""
         where, args = cf
-        lexemes = self._lexemes(conn, terms)
+        n_docs, avgdl = self._index_stats(conn)
+        lexemes = self._lexemes(conn, terms, max(n_docs, 1))
         if not lexemes:
             return None
-        n_docs, avgdl = self._index_stats(conn)
         dfs = self._dfs(conn, lexemes, max(n_docs, 1))
         budget = self.lexical_match_budget
         keep = lexemes
