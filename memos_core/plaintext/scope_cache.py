@@ -169,7 +169,10 @@ class ScopeCache:
             return None  # (never inside a transaction: see sync)
         from .retrieval import matvec
 
-        with self._lock:
+        # Lock order, everywhere: the store's (read_snapshot: SQLite's connection lock) before this cache's. A
+        # forget finishing inside a caller's records transaction syncs while holding the store's lock; taking
+        # this cache's lock first here could deadlock against it.
+        with records.read_snapshot(), self._lock:
             if not self._sync(records):
                 return None
             self._tick += 1
@@ -227,12 +230,13 @@ class ScopeCache:
     def sync(self) -> None:
         """Catch up with the store's change log now (a forget in this process calls it after its commit)."""
         records = self._records()
-        with self._lock:
-            if records is None or records.closed or records.in_transaction():
-                # (inside a transaction the log holds its uncommitted rows, whose positions a rollback would hand
-                # out again: drop everything rather than sync to them)
-                self._clear()
-                return
+        if records is None or records.closed or records.in_transaction():
+            # (inside a transaction the log holds its uncommitted rows, whose positions a rollback would hand out
+            # again: drop everything rather than sync to them; this thread holds the store's lock already, so
+            # taking this cache's lock keeps the lock order)
+            self.clear()
+            return
+        with records.read_snapshot(), self._lock:
             self._sync(records)
 
     def clear(self) -> None:
