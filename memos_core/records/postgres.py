@@ -36,10 +36,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import json
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -1170,8 +1170,10 @@ class PostgresRecordStore(RecordStore):
         if pending_only:
             where = f"({where}) AND items.rowid IN (SELECT item_rowid FROM vec_pending)"
         with self._conn() as conn:
-            rows = conn.execute(f"SELECT items.rowid, e.vec FROM items JOIN embeddings e ON e.item_rowid = items.rowid "
-                                f"WHERE {where} LIMIT %s", (*args, limit)).fetchall()
+            # binary: the embeddings as bytes, not hex text (a scoped search reads thousands of them)
+            rows = conn.cursor(binary=True).execute(
+                f"SELECT items.rowid, e.vec FROM items JOIN embeddings e ON e.item_rowid = items.rowid "
+                f"WHERE {where} LIMIT %s", (*args, limit)).fetchall()
         return [r[0] for r in rows], [bytes(r[1]) for r in rows]
 
     def pending_with_waiting(self, cf: CompiledFilter) -> tuple[list[int], list[bytes], bool]:
@@ -1192,8 +1194,8 @@ class PostgresRecordStore(RecordStore):
         if not rowids:
             return [], []
         with self._conn() as conn:
-            rows = conn.execute("SELECT item_rowid, vec FROM embeddings WHERE item_rowid = ANY(%s)",
-                                ([int(r) for r in rowids],)).fetchall()
+            rows = conn.cursor(binary=True).execute("SELECT item_rowid, vec FROM embeddings WHERE item_rowid = ANY(%s)",
+                                                    ([int(r) for r in rowids],)).fetchall()
         return [r[0] for r in rows], [bytes(r[1]) for r in rows]
 
     def rowids_passing(self, ids: Sequence[str], cf: CompiledFilter) -> dict[str, int]:
@@ -1228,7 +1230,7 @@ class PostgresRecordStore(RecordStore):
             return {}
         out: dict[int, tuple[bytes | None, str, Any]] = {}
         with self._conn() as conn:
-            for r, vec, c, raw in conn.execute(
+            for r, vec, c, raw in conn.cursor(binary=True).execute(
                     "SELECT i.rowid, e.vec, i.content, (i.metadata #> %s::text[])::text FROM items i LEFT JOIN "
                     "embeddings e ON e.item_rowid = i.rowid WHERE i.rowid = ANY(%s) ORDER BY i.rowid",
                     (key.split("."), sorted({int(x) for x in rowids}))):
@@ -1345,8 +1347,8 @@ class PostgresRecordStore(RecordStore):
         if not rowids:
             return {}
         with self._conn() as conn:
-            rows = conn.execute("SELECT item_rowid, topic FROM embeddings WHERE topic IS NOT NULL AND "
-                                "item_rowid = ANY(%s)", ([int(r) for r in rowids],)).fetchall()
+            rows = conn.cursor(binary=True).execute("SELECT item_rowid, topic FROM embeddings WHERE topic IS NOT NULL "
+                                                    "AND item_rowid = ANY(%s)", ([int(r) for r in rowids],)).fetchall()
         return {int(r[0]): bytes(r[1]) for r in rows}
 
     def missing_topics(self, limit: int = 10_000) -> list[tuple[int, int]]:
