@@ -163,7 +163,8 @@ def cmd_bench_qa(a: argparse.Namespace) -> None:
     answerer = qa.load_answerer(a.model, max_new_tokens=a.max_new_tokens, window=a.window)
     judge = qa.Judge(qa.load_object(a.judge, what="--judge")) if a.judge else None
     rep = qa.run(a.file, answerer, k=a.k, modes=modes, judge=judge, limit_conversations=a.limit,
-                 limit_queries=a.limit_queries, progress=log)
+                 limit_queries=a.limit_queries, progress=log, order=a.order,
+                 min_score=None if a.min_score is not None and a.min_score < 0 else a.min_score)
     if a.json:
         print(qa.format_table(rep), file=sys.stderr)
         print(json.dumps(rep, sort_keys=True, ensure_ascii=False))
@@ -294,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--window", type=int, help="context window in tokens for mode (d) (default: the model's)")
     b.add_argument("--limit", type=int, help="only the first N conversations")
     b.add_argument("--limit-queries", type=int, help="only the first N questions of each conversation")
+    b.add_argument("--order", choices=["time", "relevance"], default="time",
+                   help="memories in the prompt oldest first (default) or the best hit last")
+    b.add_argument("--min-score", type=float, default=0.15,
+                   help="leave out hits scoring below this (the best always stays; default 0.15; -1 keeps all k)")
     b.add_argument("--threads", type=int, help="torch CPU threads (one is fastest on a busy shared CPU)")
     b.add_argument("--json", action="store_true", help="last line: one JSON object with every metric and answer")
     b.set_defaults(fn=cmd_bench_qa)
