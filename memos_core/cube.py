@@ -756,8 +756,8 @@ class MemCube:
         vector index, export, close, and the open-time repair. A row changed meanwhile (updated, deleted,
         forgotten) keeps what that write stored (:meth:`RecordStore.put_embeddings` checks the text). At most
         ``batches`` batches of :data:`_EMBED_BATCH` rows (None: until none is left). ``one_by_one`` embeds each
-        text in its own call: the background thread then stays on one core (the default embedder runs a short
-        text on one thread and a batch on all cores), leaving the other to the caller's next write."""
+        text in its own call. The background thread calls it inside :func:`memos_core.embedding.one_core`: the
+        rows' index and topic texts go in length-sorted batches on one core, leaving the other to the caller."""
         if not self.records.embeds_later:
             return 0
         stored = 0
