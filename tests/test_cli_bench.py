@@ -253,6 +253,30 @@ def test_qa_with_a_langchain_chat_model(tmp_path) -> None:
     assert rep["f1_gain_vs_none"] == {"text": None, "context": None}  # no F1 without memory: no ratio
 
 
+def test_qa_memory_order_time_or_best_hit_last(tmp_path) -> None:
+    """order="time": oldest first; order="relevance": the search's order reversed (the best hit right before the
+    instruction and the question). Both show the same memories; an unknown order is refused."""
+    from memos_core.items import MemoryItem
+
+    hits = [MemoryItem(content=f"Ann: fact {i}", event_time=datetime(2023, 5, d, 9)) for i, d in enumerate((3, 9, 1))]
+    by_time = qa.memory_lines(hits)
+    by_rel = qa.memory_lines(hits, "relevance")
+    assert [it.id for it in by_time] == [hits[2].id, hits[0].id, hits[1].id]
+    assert [it.id for it in by_rel] == [hits[2].id, hits[1].id, hits[0].id]  # best (hits[0]) last
+    assert by_rel[-1].content == "[3 May 2023] Ann: fact 0"
+    with pytest.raises(ValidationError, match="order"):
+        qa.memory_lines(hits, "random")
+    reps = {o: qa.run(QA_FILE, qa.ChatAnswerer(_memory_echo_model()), modes=["text"], k=3, embedder=hashed_embed,
+                      limit_conversations=1, min_score=None, order=o) for o in ("time", "relevance")}
+    assert reps["relevance"]["order"] == "relevance" and reps["time"]["topical_query"] == "topic"
+    for a, b in zip(reps["time"]["answers"], reps["relevance"]["answers"]):
+        assert sorted(a["memory_sources"]) == sorted(b["memory_sources"]) and len(a["memory_sources"]) == 3
+    assert any(a["memory_sources"] != b["memory_sources"]
+               for a, b in zip(reps["time"]["answers"], reps["relevance"]["answers"]))
+    with pytest.raises(ValidationError, match="order"):
+        qa.run(QA_FILE, qa.ChatAnswerer(_memory_echo_model()), order="random", embedder=hashed_embed)
+
+
 def test_qa_min_score_leaves_weak_memories_out(tmp_path) -> None:
     """Only hits scoring at least min_score reach the prompt, the best one always; the dates are resolved."""
     kept = {}
