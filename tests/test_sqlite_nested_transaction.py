@@ -49,6 +49,9 @@ def test_first_search_inside_a_transaction_runs_the_index_check_in_it(tmp_path) 
     """The first search of a handle checks the vector index and flushes what it applied: inside the caller's
     transaction (it was a nested BEGIN)."""
     with _cube(tmp_path / "c") as cube:
+        # no background embedder here: the search embeds the waiting rows itself (inside the transaction); a busy
+        # background embedder is the next test's case
+        cube._embed_in_background = lambda: None  # type: ignore[method-assign]
         cube.add("the tram runs every ten minutes", user_id="ann")  # pending for the vector index (deferred)
         cube.add("the ferry leaves at noon", user_id="ann")
 
