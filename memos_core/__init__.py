@@ -18,6 +18,7 @@ from .errors import (
     CorruptData,
     CubeClosed,
     EmbeddingDimensionError,
+    ForkedProcessError,
     IllegalTransition,
     MemOSError,
     NotFound,
@@ -70,6 +71,7 @@ __all__ = [
     "IllegalTransition",
     "CorruptData",
     "CubeClosed",
+    "ForkedProcessError",
     "SchemaVersionError",
     "BackendUnavailable",
 ]

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 
-from . import lifecycle
+from . import forksafe, lifecycle
 from .embedding import Embedder, one_core, resolve_embedder
 from .log import Progress, get_logger
 from .log import progress as progress_iter
@@ -281,6 +281,7 @@ class MemCube:
         self.max_content_chars = max_content_chars
         self.retrieval = retrieval or RetrievalConfig()
         self._lock = threading.RLock()
+        self._pid = forksafe.register(self)  # used in a forked child, it refuses (memos_core.forksafe)
         self._embedder: Embedder = resolve_embedder(embedder)
         _preload(self._embedder)  # the embedding model loads while the rest of the cube opens
         manifest_path = self.path / MANIFEST
@@ -438,6 +439,7 @@ class MemCube:
                    filter: Any = None) -> str:
         """Check that ``actor`` (default :attr:`actor`) holds ``right`` here and return it. Refusals are
         audited and raised as PermissionDenied (NotFound for an item in a cube the actor may not read)."""
+        forksafe.check(self._pid, f"cube {self.name!r}")  # first: nothing of a parent's handle is used in a child
         return self.governance.authorize(actor, right, op, item_id, filter)
 
     def _check_embedder(self) -> None:
@@ -474,6 +476,8 @@ class MemCube:
         self._index_degraded = bool(value)
 
     def close(self) -> None:
+        if forksafe.inherited(self._pid):  # in a forked child: the parent's connections and threads, left alone
+            return
         if self.records.closed:  # closed already: nothing is left to embed or apply
             return
         for job in (self._embed_job, self._flush_job):

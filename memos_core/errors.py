@@ -35,6 +35,7 @@ __all__ = [
     "SchemaVersionError",
     "BackendUnavailable",
     "CubeClosed",
+    "ForkedProcessError",
 ]
 
 
@@ -92,3 +93,9 @@ class BackendUnavailable(MemOSError):
 
 class CubeClosed(MemOSError):
     """The cube was closed; no operation can run on it. Open the folder again to go on."""
+
+
+class ForkedProcessError(CubeClosed):
+    """This MemCube/MemOS was opened in another process, which then forked (gunicorn ``--preload``,
+    ``multiprocessing`` with ``fork``): its connections, pools and background threads belong to that process.
+    Open MemOS (and build the adapters) inside each worker, after the fork."""

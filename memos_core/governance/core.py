@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..log import get_logger
-from ..errors import Conflict, MemOSError, NotFound, PermissionDenied, ValidationError
+from ..errors import Conflict, CubeClosed, MemOSError, NotFound, PermissionDenied, ValidationError
 from ..items import MemoryItem, to_utc, utcnow
 from .audit import AuditReport, verify_rows
 from .redaction import RedactionPolicy, RedactionRejected, redact_text, redact_value
@@ -101,7 +101,8 @@ class _Attempt:
     def __exit__(self, typ: Any, exc: BaseException | None, tb: Any) -> bool:
         gov = self.gov
         gov._tls.depth = self.depth
-        if exc is None or not isinstance(exc, Exception) or self.depth or gov._recorded(exc):
+        if exc is None or not isinstance(exc, Exception) or self.depth or gov._recorded(exc) \
+                or isinstance(exc, CubeClosed):  # a closed (or another process's) handle records nothing
             return False
         actor = gov.actor if self.actor is None else self.actor
         try:

@@ -39,6 +39,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -48,6 +49,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 
+from .. import forksafe
 from ..errors import BackendUnavailable, Conflict, CubeClosed, SchemaVersionError, ValidationError
 from ..items import LifecycleState, MemoryItem, MemoryVersion, SearchFilter, Transition
 from .base import (GENESIS_HASH, CandidateReads, CompiledFilter, IndexRow, RecordStore, canonical_json, event_hash,
@@ -272,6 +274,7 @@ class PostgresRecordStore(RecordStore):
         self.schema = schema_name(self.cube)
         self._lock_key = int.from_bytes(hashlib.sha256(self.schema.encode()).digest()[:8], "big", signed=True)
         self._tls = threading.local()
+        self._pid = os.getpid()  # the process this pool's sockets belong to (memos_core.forksafe)
         self._buf_lock = threading.Lock()
         self._usage: dict[int, tuple[int, float]] = {}
         self._flusher: threading.Thread | None = None  # a background write of the buffered usage counts
@@ -307,6 +310,8 @@ class PostgresRecordStore(RecordStore):
     @contextmanager
     def _guard(self) -> Iterator[None]:
         """psycopg / pool errors -> the typed errors of MemOS."""
+        if self._pid != os.getpid():  # a forked child never uses the parent's sockets (memos_core.forksafe)
+            forksafe.check(self._pid, f"the PostgreSQL store of cube {self.cube!r}")
         psycopg = self._psycopg
         errors = psycopg.errors
         try:
@@ -463,7 +468,7 @@ class PostgresRecordStore(RecordStore):
         return self._closed
 
     def close(self) -> None:
-        if self._closed:
+        if self._closed or self._pid != os.getpid():  # in a forked child: the parent's pool, left alone
             return
         try:
             self._wait_flusher()

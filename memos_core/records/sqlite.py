@@ -28,6 +28,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from .. import forksafe
 from ..errors import Conflict, CorruptData, CubeClosed, SchemaVersionError, ValidationError
 from .base import GENESIS_HASH, CompiledFilter, IndexRow, RecordStore, canonical_json, event_hash
 from ..items import (
@@ -161,6 +162,7 @@ class SQLiteRecordStore(RecordStore):
     def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
         self._lock = threading.RLock()
+        self._pid = os.getpid()  # the process this connection belongs to
         self._savepoints = 0  # nesting depth of transaction() inside an open one (guarded by _lock)
         self._pending_done: dict[int, int] = {}  # rowid -> gen of the mark the vector index accepted
         self._pending_seen: dict[int, int] = {}  # rowid -> gen as pending_vectors() listed it
@@ -294,6 +296,8 @@ class SQLiteRecordStore(RecordStore):
         db = self._db
         if db is None:
             raise CubeClosed(f"records database {self.path} is closed")
+        if self._pid != os.getpid():  # a SQLite connection must not be used across fork() (memos_core.forksafe)
+            forksafe.check(self._pid, f"records database {self.path}")
         return db
 
     @property
@@ -301,7 +305,10 @@ class SQLiteRecordStore(RecordStore):
         return self._db is None
 
     def close(self) -> None:
-        """Flush buffered counters and close the connection. Closing twice is a no-op."""
+        """Flush buffered counters and close the connection. Closing twice is a no-op. In a forked child, a
+        connection the parent opened is left alone (closing it there could checkpoint or unlink the parent's WAL)."""
+        if self._pid != os.getpid():
+            return
         with self._lock:
             if self._db is None:
                 return
