@@ -126,3 +126,18 @@ def test_an_embedder_without_a_batched_query_call_embeds_the_topic_as_a_query(
         tvec, qvec = tvec / np.linalg.norm(tvec), qvec / np.linalg.norm(qvec)
         for rowid, v in _expected_topical(cube, tvec, qvec).items():
             assert seen[-1].topical[rowid] == pytest.approx(v, abs=1e-4)
+
+
+def test_a_dense_only_search_embeds_the_question_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only hybrid searches have a topical leg: a dense-only search naming someone embeds the question alone
+    (no name-free question it would never use), and finds the same memory."""
+    with MemCube(tmp_path / "c", retrieval=RetrievalConfig(topical_query="topic", query_cache=0)) as cube:
+        cube.add_many(MEMORIES)
+        calls = _Calls(cube.embedder, monkeypatch)
+        question = "Which pet did Maya adopt last spring?"  # not asked by another test: no cached vectors
+        hits = cube.search(question, k=3, mode="dense")
+        assert hits[0].item.content == MEMORIES[0]["content"]
+        assert calls.calls == [("embed_query", [question])]
+        cube.search(question, k=3)  # hybrid: the question and its name-free form in one call
+        assert [(name, texts[0], len(texts)) for name, texts in calls.calls[1:]] == [("embed_queries", question, 2)]
+        assert "Maya" not in calls.calls[1][1][1]

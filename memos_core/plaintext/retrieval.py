@@ -164,8 +164,10 @@ class Retriever:
         fw = self.config.focus_weight
         return (plan.text, plan.focus if fw > 0 else None, fw)
 
-    def query_vector(self, plan: QueryPlan) -> np.ndarray:
+    def query_vector(self, plan: QueryPlan, *, with_topic: bool = True) -> np.ndarray:
         """The query embedding: the normalised query, plus its last user turn when it is a dialogue.
+        ``with_topic`` (hybrid searches only: the only mode with a topical leg) embeds the name-free question in
+        the same call when the topical leg will want it.
 
         Memoised per embedder (``query_cache`` entries; see :func:`memos_core.embedding.cached_query_vector`)."""
         key = self.query_key(plan)
@@ -174,7 +176,7 @@ class Retriever:
 
         size = self.config.query_cache
         many = getattr(embedder, "embed_queries", None)
-        topic = plan.topic if self._topic_query() else None
+        topic = plan.topic if with_topic and self._topic_query() else None
 
         def compute() -> np.ndarray:
             if focus:
@@ -240,7 +242,7 @@ class Retriever:
                 if self.folds_waiting(mode):
                     embedded = self.read_pending(cf)
                 if qvec is None:
-                    qvec = self.query_vector(plan)
+                    qvec = self.query_vector(plan, with_topic=mode == "hybrid")
                 ranked["dense"] = self.dense(qvec, f, cf, n_cand, pre=pre if share else None)
         finally:
             _PENDING.read = None
