@@ -65,7 +65,7 @@ def shared_memos(where: str | os.PathLike[str], *, embedder: Any = None, llm: An
     with _LOCK:
         ref = _OPEN.get(key)
         mem = ref() if ref is not None else None
-        if mem is None or mem._closed:
+        if mem is None or not _usable(mem):
             if key[0] == "store":
                 mem = MemOS(where, embedder=embedder, llm=llm, principal=principal, index=index)
             elif (Path(key[1]) / MANIFEST).is_file():
@@ -82,6 +82,13 @@ def shared_memos(where: str | os.PathLike[str], *, embedder: Any = None, llm: An
             return mem
         _check_agrees(mem, where, embedder, llm)
     return mem if principal == mem.principal else mem.as_principal(principal)
+
+
+def _usable(mem: "MemOS") -> bool:
+    """Open, and none of its cubes closed behind its back (``adapter.cube.close()``): else a fresh one is opened."""
+    if mem._closed:
+        return False
+    return not any(getattr(getattr(c, "records", None), "closed", False) for c in list(mem._cubes.values()))
 
 
 def _check_agrees(mem: "MemOS", where: Any, embedder: Any, llm: Any) -> None:
@@ -121,7 +128,7 @@ def _close_unused(key: Hashable, cubes: dict[str, Any], owned: set[str]) -> None
 def shared_count() -> int:
     """How many shared MemOS instances are open in this process now."""
     with _LOCK:
-        return sum(1 for ref in _OPEN.values() if (m := ref()) is not None and not m._closed)
+        return sum(1 for ref in _OPEN.values() if (m := ref()) is not None and _usable(m))
 
 
 def _forget_all_in_child() -> None:

@@ -68,6 +68,9 @@ def test_a_memos_closed_by_its_user_is_not_handed_out_again(tmp_path) -> None:
     assert second is not first and not second._closed
     second.add("ann likes tea", user_id="ann", infer=False)
     assert second.search("tea", user_id="ann")
+    second.cubes[second.default_cube].close()  # a cube closed behind the MemOS's back (adapter.cube.close())
+    third = resolve_memory(str(tmp_path / "d"))
+    assert third is not second and third.search("tea", user_id="ann")
 
 
 def test_concurrent_adapters_get_one_memos(tmp_path) -> None:
