@@ -4,7 +4,8 @@ What a user relies on: a scoped search returns exactly what an exact scan of the
 acknowledged write is seen (adds, updates, deletes, expiry, writes through another handle = another
 connection, as another worker's are); a forgotten memory's vector leaves the cache when forget returns (and
 with another handle's forget, before the next search); closing drops every cached vector. The exactness test
-also runs on PostgreSQL + Chroma server (no change log there: no cache, the store is read every time).
+and the write/forget tests also run on PostgreSQL + Chroma server, whose change log is snapshot-based (writers on
+many hosts commit out of order: tested below with a transaction that commits after a later one).
 """
 
 from __future__ import annotations
@@ -91,8 +92,8 @@ def test_scoped_dense_is_the_exact_filtered_scan(cube, flt) -> None:
     for q in ("apple banana cherry", "whale zebra", "ice jam kite lemon", "sand"):
         for n in (5, 60, 1000):
             _same(_dense(cube, q, n, **flt), _exact(cube, _qvec(q), n, **flt))
-    uses_cache = scope_cache.cache_for(cube.records) is not None
-    assert uses_cache == (cube.records.backend == "sqlite")  # PostgreSQL keeps no change log (yet): no cache
+    cache = scope_cache.cache_for(cube.records)
+    assert cache is not None and cache.builds > 0  # both backends keep a change log: served from the cache
 
 
 def test_hybrid_scoped_search_same_hits_with_and_without_the_cache(tmp_path: Path, clock, monkeypatch) -> None:
@@ -115,6 +116,7 @@ def test_hybrid_scoped_search_same_hits_with_and_without_the_cache(tmp_path: Pat
         a.close()
 
 
+@pytest.mark.records_backends
 def test_every_write_is_seen_by_a_cached_scope(cube, clock) -> None:
     items = _fill(cube)
     q = "violin whale yak zebra"
@@ -148,6 +150,7 @@ def _holds_vector(cache: scope_cache.ScopeCache, vec: np.ndarray) -> bool:
     return any(bool(np.any(np.all(e.mat == vec, axis=1))) for e in cache._entries.values())
 
 
+@pytest.mark.records_backends
 def test_forget_drops_the_cached_vector_when_it_returns_and_close_drops_all(cube) -> None:
     items = _fill(cube)
     victim = next(it for it in items if it.scope.user_id == "u2")
@@ -169,11 +172,12 @@ def test_forget_drops_the_cached_vector_when_it_returns_and_close_drops_all(cube
     assert not _holds_vector(cache, vec) and not cache.cached_rowids() and not cache.scopes
 
 
-def test_another_handles_writes_and_forgets_are_seen(tmp_path: Path, clock) -> None:
+@pytest.mark.records_backends
+def test_another_handles_writes_and_forgets_are_seen(tmp_path: Path, open_cube) -> None:
     """A second handle on the same cube is another connection, as another worker's is: its commits reach this
     handle's cache through the change log, before this handle's next search."""
-    a = MemCube(tmp_path / "c", embedder=hashed_embed, clock=clock)
-    b = MemCube(tmp_path / "c", embedder=hashed_embed, clock=clock)
+    a = open_cube(tmp_path / "c")
+    b = open_cube(tmp_path / "c")
     try:
         items = _fill(a)
         q = "quilt rose sand tulip"
@@ -196,6 +200,7 @@ def test_another_handles_writes_and_forgets_are_seen(tmp_path: Path, clock) -> N
         a.close()
 
 
+@pytest.mark.records_backends
 def test_a_reused_rowid_is_not_scored_with_the_old_vector(cube) -> None:
     _fill(cube, 30)
     last = cube.add("whale whale whale whale", user_id="u1")
@@ -210,9 +215,10 @@ def test_a_reused_rowid_is_not_scored_with_the_old_vector(cube) -> None:
     _same(_dense(cube, "whale", 1000, user_id="u1"), _exact(cube, _qvec("whale"), 1000, user_id="u1"))
 
 
-def test_a_cache_too_far_behind_the_log_rebuilds(tmp_path: Path, clock, monkeypatch) -> None:
-    a = MemCube(tmp_path / "c", embedder=hashed_embed, clock=clock)
-    b = MemCube(tmp_path / "c", embedder=hashed_embed, clock=clock)
+@pytest.mark.records_backends
+def test_a_cache_too_far_behind_the_log_rebuilds(tmp_path: Path, open_cube, monkeypatch) -> None:
+    a = open_cube(tmp_path / "c")
+    b = open_cube(tmp_path / "c")
     try:
         _fill(a, 60)
         a.search("apple", k=5, user_id="u1")
@@ -359,14 +365,15 @@ def _cache_rows(cache: scope_cache.ScopeCache, scope) -> dict[int, bytes]:
     return {int(r): entry.mat[i].tobytes() for r, i in entry.where.items()}
 
 
-def test_the_cache_equals_the_store_after_every_write(tmp_path: Path, clock) -> None:
+@pytest.mark.records_backends
+def test_the_cache_equals_the_store_after_every_write(tmp_path: Path, open_cube) -> None:
     """A seeded random sequence of writes through two handles (add, add_many, update, delete, restore, archive,
     purge, rollback, forget) with scoped searches between them: after each search, every cached scope holds
     exactly the rows and vectors the store has for that scope."""
     from memos_core.errors import MemOSError
 
-    a = MemCube(tmp_path / "c", embedder=hashed_embed, clock=clock)
-    b = MemCube(tmp_path / "c", embedder=hashed_embed, clock=clock)
+    a = open_cube(tmp_path / "c")
+    b = open_cube(tmp_path / "c")
     try:
         live = [it.id for it in _fill(a, 60)]
         gone: list[str] = []  # deleted (tombstones): what restore and purge take
@@ -413,6 +420,212 @@ def test_the_cache_equals_the_store_after_every_write(tmp_path: Path, clock) -> 
                 rowids, blobs = a.records.scope_vectors(*cached)
                 assert _cache_rows(cache, cached) == dict(zip(rowids, blobs)), (step, op, cached)
         assert set(cache.scopes) == set(scopes)
+    finally:
+        b.close()
+        a.close()
+
+
+# ------------------------------------------------------------------ PostgreSQL: the snapshot-based change log
+@pytest.fixture
+def pg_cube_url(pg_server) -> str:
+    from pg_server import fresh_schema_name
+
+    return pg_server.url() + "?cube=" + fresh_schema_name("sc")
+
+
+def _pg_cube(url: str, tmp_path: Path, chroma_server, clock, name: str = "w"):
+    return MemCube(url, embedder=hashed_embed, clock=clock, index=chroma_server.url, workdir=tmp_path / name)
+
+
+def _raw_item(content: str, user_id: str):
+    """An item and its embedding, to be written through the store's seam (no audit event: the audit chain's
+    advisory lock would serialise that writer with the other one)."""
+    from memos_core.items import LifecycleState, MemoryItem, Scope
+
+    item = MemoryItem(content=content, cube_id="c", scope=Scope(user_id=user_id))
+    return item, hashed_embed([content])[0].astype(np.float32), LifecycleState.ACTIVATED
+
+
+def test_postgres_a_writer_committing_after_a_later_one_is_not_missed(pg_cube_url, tmp_path, chroma_server,
+                                                                      clock) -> None:
+    """Writers on many hosts commit out of order: transaction T1 starts writing first (the smaller xid), T2 writes
+    and commits, a worker's cached scope syncs (its position is now after T2), then T1 commits. A log read by
+    sequence number or xid past the last one seen would skip T1 forever; the snapshot-based log replays it."""
+    import threading
+
+    from memos_core.records.postgres import PostgresRecordStore
+
+    a = _pg_cube(pg_cube_url, tmp_path, chroma_server, clock, "a")
+    b = _pg_cube(pg_cube_url, tmp_path, chroma_server, clock, "b")
+    slow = PostgresRecordStore(pg_cube_url)
+    try:
+        _fill(a, 60)
+        q = "xylophone yodel zither quartz"
+        a.search(q, k=5, user_id="u1")
+        cache = scope_cache.cache_for(a.records)
+        assert cache is not None and ("u1", None, None) in cache.scopes
+        builds = cache.builds
+        pos0, _ = a.records.vector_changes(None)
+
+        item, vec, state = _raw_item(q, "u1")
+        written, release, done = threading.Event(), threading.Event(), threading.Event()
+        box: dict = {}
+
+        def t1() -> None:
+            try:
+                with slow.transaction() as c:
+                    box["rowid"] = rowid = slow.insert_item(c, item, vec, True, "me", "add")
+                    slow.set_state(c, rowid, item.id, None, state, 1.0, "me", "created")
+                    box["xid"] = int(c.execute("SELECT pg_current_xact_id()::text").fetchone()[0])
+                    written.set()
+                    assert release.wait(60)
+            except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+                box["error"] = exc
+            finally:
+                written.set()
+                done.set()
+
+        th = threading.Thread(target=t1)
+        th.start()
+        assert written.wait(60) and "error" not in box
+        later = b.add("xylophone yodel zither", user_id="u1")  # T2: a larger xid, committed first
+        got = a.search(q, k=5, user_id="u1", mode="dense")
+        assert later.id in {h.item.id for h in got} and item.id not in {h.item.id for h in got}
+        pos1, changed = a.records.vector_changes(pos0)
+        assert changed == [a.records.rowid(later.id)]  # T1 is not committed: not in the log yet
+        assert a.records.vector_changes(pos1)[1] == []
+        release.set()
+        th.join(60)
+        assert done.is_set() and "error" not in box, box.get("error")
+        with slow._pool.connection() as conn:  # the premise: T1 started first, so its xid is the smaller one
+            xids = dict(conn.execute("SELECT item_rowid, xid::text::bigint FROM vec_changes").fetchall())
+        assert xids[box["rowid"]] == box["xid"] < xids[a.records.rowid(later.id)]
+        assert a.records.vector_changes(pos1)[1] == [box["rowid"]]  # T1's change, after T2's position
+        top = a.search(q, k=5, user_id="u1", mode="dense")
+        assert top[0].item.id == item.id and top[0].retrievers["dense"] > 0.99
+        assert box["rowid"] in cache.cached_rowids() and cache.builds == builds  # replayed, not re-read
+        _same(_dense(a, q, 1000, user_id="u1"), _exact(a, _qvec(q), 1000, user_id="u1"))
+    finally:
+        slow.close()
+        b.close()
+        a.close()
+
+
+def test_postgres_vector_change_log(pg_cube_url, monkeypatch) -> None:
+    """The PostgreSQL log: embedding adds, replacements and removals, scope moves and deletes are logged; topic
+    vectors, states and usage counters are not; a trimmed log or a position from another log means 'start
+    again'; a trim keeps what a reader at or after the watermark needs."""
+    from memos_core.items import LifecycleState, MemoryItem, Scope
+    from memos_core.records.postgres import PostgresRecordStore
+
+    store = PostgresRecordStore(pg_cube_url)
+    other = None
+    try:
+        def add(content: str, user: str = "u1") -> int:
+            item = MemoryItem(content=content, cube_id="c", scope=Scope(user_id=user))
+            with store.transaction() as c:
+                r = store.insert_item(c, item, hashed_embed([content])[0], True, "me", "add")
+                store.set_state(c, r, item.id, None, LifecycleState.ACTIVATED, 1.0, "me", "created")
+            return r
+
+        pos, none = store.vector_changes(None)
+        assert none == []
+        ra = add("apple banana")
+        pos2, changed = store.vector_changes(pos)
+        assert changed == [ra] and pos2 != pos
+        assert store.vector_changes(pos2)[1] == []
+        with store.transaction() as c:  # topic vectors, states, usage: not vector changes
+            store.put_topics(c, [(ra, 1, b"\0" * 8)])
+            c.execute("UPDATE items SET state='archived', access_count=access_count+1 WHERE rowid=%s", (ra,))
+        assert store.vector_changes(pos2)[1] == []
+        with store.transaction() as c:
+            store._put_vec(c, ra, 2, hashed_embed(["apple cherry"])[0])
+        pos3, changed = store.vector_changes(pos2)
+        assert changed == [ra]
+        with store.transaction() as c:  # a scope move alone (no new embedding) is logged too
+            c.execute("UPDATE items SET user_id='u9' WHERE rowid=%s", (ra,))
+        pos4, changed = store.vector_changes(pos3)
+        assert changed == [ra]
+        assert store.scope_vectors("u9", None, None)[0] == [ra] and store.scope_vectors("u1", None, None)[0] == []
+        with store.transaction() as c:
+            store.unindex(c, ra)
+        pos5, changed = store.vector_changes(pos4)
+        assert changed == [ra]
+        rb = add("cherry dog")
+        with store.transaction() as c:
+            store.erase_item(c, rb, store.get_many_by_rowid([rb])[rb].id)
+        pos6, changed = store.vector_changes(pos5)
+        assert changed == [rb]
+        assert store.vector_changes(("another log", pos6[1]))[1] is None
+        assert store.vector_changes(42)[1] is None  # not a position of this backend
+
+        # trimming: rows below the watermark go; a reader older than it starts again, a newer one replays
+        for i in range(6):
+            add(f"egg fig {i}")
+        keep_from, _ = store.vector_changes(None)
+        newer = [add(f"grape hat {i}") for i in range(3)]
+        monkeypatch.setattr(type(store), "_VEC_LOG_KEEP", 2)
+        store._trim_vec_log()
+        with store._pool.connection() as conn:
+            left = conn.execute("SELECT COUNT(*) FROM vec_changes").fetchone()[0]
+        assert left <= 3
+        assert store.vector_changes(pos6)[1] is None  # trimmed past this reader: start again
+        # a reader after the deleted rows replays all it needs (or, were the watermark above its xmin, starts again)
+        assert store.vector_changes(keep_from)[1] in (sorted(newer), None)
+        got = store.vector_changes(store.vector_changes(None)[0])
+        assert got[1] == []
+
+        # another log: the schema made again under the same name
+        store.drop_schema()
+        store.close()
+        other = PostgresRecordStore(pg_cube_url)
+        assert other.vector_changes(pos6)[1] is None
+    finally:
+        store.close()
+        if other is not None:
+            other.close()
+
+
+def test_postgres_schema_4_cube_is_migrated_to_the_change_log(pg_cube_url, tmp_path, chroma_server, clock) -> None:
+    from memos_core.records.postgres import PG_SCHEMA_VERSION, PostgresRecordStore
+
+    old = PostgresRecordStore(pg_cube_url, _migrate_to=4)
+    try:
+        assert old.stored_schema_version() == 4
+        assert old.vector_changes(None) is None  # no log at schema 4: no cache
+    finally:
+        old.close()
+    a = _pg_cube(pg_cube_url, tmp_path, chroma_server, clock)
+    try:
+        assert PG_SCHEMA_VERSION == 5 and a.records.stored_schema_version() == 5
+        _fill(a, 60)
+        q = "apple banana cherry"
+        _same(_dense(a, q, 30, user_id="u1"), _exact(a, _qvec(q), 30, user_id="u1"))
+        cache = scope_cache.cache_for(a.records)
+        assert cache is not None and ("u1", None, None) in cache.scopes
+        new = a.add(q, user_id="u1")
+        assert a.search(q, k=1, user_id="u1", mode="dense")[0].item.id == new.id
+        assert cache.replayed >= 1
+    finally:
+        a.close()
+
+
+def test_postgres_a_trimmed_log_makes_the_cache_read_the_scope_again(pg_cube_url, tmp_path, chroma_server, clock,
+                                                                     monkeypatch) -> None:
+    a = _pg_cube(pg_cube_url, tmp_path, chroma_server, clock, "a")
+    b = _pg_cube(pg_cube_url, tmp_path, chroma_server, clock, "b")
+    try:
+        _fill(a, 60)
+        a.search("apple", k=5, user_id="u1")
+        cache = scope_cache.cache_for(a.records)
+        builds = cache.builds
+        added = [b.add(f"mango nut orange {w}", user_id="u1") for w in ("pear", "quilt", "rose")]
+        monkeypatch.setattr(type(b.records), "_VEC_LOG_KEEP", 1)
+        b.records._trim_vec_log()
+        got = {h.item.id for h in a.search("mango nut orange", k=10, user_id="u1", mode="dense")}
+        assert {it.id for it in added} <= got
+        assert cache.builds == builds + 1  # read again from the store: the log no longer reaches back
+        _same(_dense(a, "mango nut", 1000, user_id="u1"), _exact(a, _qvec("mango nut"), 1000, user_id="u1"))
     finally:
         b.close()
         a.close()

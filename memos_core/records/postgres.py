@@ -61,8 +61,9 @@ __all__ = ["PostgresRecordStore", "PG_SCHEMA_VERSION", "parse_postgres_url", "sc
 _log = logging.getLogger(__name__)
 
 #: Schema versions: 1 = tables; 2 = the lexical index (generated tsvector column + GIN index); 3 = topic vectors;
-#: 4 = the lexical postings (``lex_terms``, kept by triggers).
-PG_SCHEMA_VERSION = 4
+#: 4 = the lexical postings (``lex_terms``, kept by triggers); 5 = the vector change log (``vec_changes``, kept by
+#: triggers: what the scoped-search cache replays).
+PG_SCHEMA_VERSION = 5
 
 _V1 = """
 CREATE TABLE IF NOT EXISTS items(
@@ -162,8 +163,58 @@ $$""",
     "ON CONFLICT DO NOTHING",
 )
 
+# The vector change log (PostgresRecordStore.vector_changes): triggers append the rowid of every item whose stored
+# embedding was added, replaced or removed, whose scope (user/agent/session) changed, or that was deleted, with the
+# id of the writing transaction (``xid``: the top-level one, also from a savepoint). Writers on many hosts commit
+# out of xid order, so a position in this log is not a number but a snapshot (``pg_current_snapshot()``): a reader
+# that read the rows visible in snapshot P and later reads under snapshot N replays exactly the rows visible in N
+# and not in P -- ``xid >= xmin(P) AND NOT pg_visible_in_snapshot(xid, P)`` (every xid not visible in P is >=
+# xmin(P)), whatever order the writers committed in. Trimming (``_trim_vec_log``) deletes rows whose xid is below
+# a watermark kept in ``vec_log`` in the same transaction; a reader whose xmin(P) is below the watermark may have
+# lost rows and starts again (a transaction running when P was taken has an xid >= xmin(P), so a reader at or above
+# the watermark lost nothing). ``vec_log.epoch`` names this log: a position from another one (the schema was
+# dropped and made again) starts again too. Only rowids: no content.
+_V5 = (
+    "CREATE TABLE IF NOT EXISTS vec_changes(seq BIGSERIAL PRIMARY KEY, xid xid8 NOT NULL DEFAULT pg_current_xact_id(), "
+    "item_rowid BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS vec_changes_xid ON vec_changes(xid)",
+    "CREATE TABLE IF NOT EXISTS vec_log(one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one), epoch TEXT NOT NULL, "
+    "trimmed_below xid8 NOT NULL)",
+    "INSERT INTO vec_log(epoch, trimmed_below) VALUES(md5(random()::text || clock_timestamp()::text), '0'::xid8) "
+    "ON CONFLICT DO NOTHING",
+    """CREATE OR REPLACE FUNCTION vec_changes_log() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+BEGIN
+  IF TG_TABLE_NAME = 'embeddings' THEN
+    IF TG_OP <> 'INSERT' THEN
+      INSERT INTO vec_changes(item_rowid) VALUES(OLD.item_rowid);
+    END IF;
+    IF TG_OP = 'INSERT' OR (TG_OP = 'UPDATE' AND NEW.item_rowid IS DISTINCT FROM OLD.item_rowid) THEN
+      INSERT INTO vec_changes(item_rowid) VALUES(NEW.item_rowid);
+    END IF;
+  ELSE
+    INSERT INTO vec_changes(item_rowid) VALUES(CASE WHEN TG_OP = 'DELETE' THEN OLD.rowid ELSE NEW.rowid END);
+  END IF;
+  RETURN NULL;
+END
+$$""",
+    "DROP TRIGGER IF EXISTS vec_changes_add ON embeddings",
+    "DROP TRIGGER IF EXISTS vec_changes_set ON embeddings",
+    "DROP TRIGGER IF EXISTS vec_changes_del ON embeddings",
+    "DROP TRIGGER IF EXISTS vec_changes_scope ON items",
+    "DROP TRIGGER IF EXISTS vec_changes_gone ON items",
+    "CREATE TRIGGER vec_changes_add AFTER INSERT ON embeddings FOR EACH ROW EXECUTE FUNCTION vec_changes_log()",
+    "CREATE TRIGGER vec_changes_set AFTER UPDATE OF vec, item_rowid ON embeddings FOR EACH ROW WHEN "
+    "(OLD.vec IS DISTINCT FROM NEW.vec OR OLD.item_rowid IS DISTINCT FROM NEW.item_rowid) "
+    "EXECUTE FUNCTION vec_changes_log()",
+    "CREATE TRIGGER vec_changes_del AFTER DELETE ON embeddings FOR EACH ROW EXECUTE FUNCTION vec_changes_log()",
+    "CREATE TRIGGER vec_changes_scope AFTER UPDATE OF user_id, agent_id, session_id ON items FOR EACH ROW WHEN "
+    "(OLD.user_id IS DISTINCT FROM NEW.user_id OR OLD.agent_id IS DISTINCT FROM NEW.agent_id "
+    "OR OLD.session_id IS DISTINCT FROM NEW.session_id) EXECUTE FUNCTION vec_changes_log()",
+    "CREATE TRIGGER vec_changes_gone AFTER DELETE ON items FOR EACH ROW EXECUTE FUNCTION vec_changes_log()",
+)
+
 #: migration n brings a schema from version n-1 to n (a string: statements separated by ";"; a tuple: statements)
-_MIGRATIONS: dict[int, str | tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
+_MIGRATIONS: dict[int, str | tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5}
 
 _ITEM_COLS = (
     "rowid, id, cube_id, content, index_text, form, kind, user_id, agent_id, session_id, state, version, "
@@ -284,6 +335,8 @@ class PostgresRecordStore(RecordStore):
         self._lex_cache: dict[str, list[str]] = {}  # query term -> its lexemes
         self._stats: tuple[float, int, float] | None = None  # (when, indexed rows, average length)
         self._closed = False
+        self._has_vec_log = False  # schema 5 or later: the vector change log exists (set by _migrate)
+        self._commits = 0  # write transactions committed through this store (every so many trims the log)
         ident = sql.Identifier(self.schema)
 
         def configure(conn: Any) -> None:
@@ -373,6 +426,7 @@ class PostgresRecordStore(RecordStore):
                         conn.execute(stmt)
                 conn.execute("INSERT INTO meta(key, value) VALUES('records_schema', %s) ON CONFLICT(key) DO UPDATE "
                              "SET value=excluded.value", (str(n),))
+            self._has_vec_log = max(have, target) >= 5
 
     @contextmanager
     def transaction(self) -> Iterator[Any]:
@@ -390,6 +444,9 @@ class PostgresRecordStore(RecordStore):
                     self._tls.conn = None
                     self._tls.chain = None
         self._flush_soft()
+        self._commits += 1
+        if self._has_vec_log and self._commits % self._VEC_LOG_TRIM_EVERY == 0:
+            self._trim_vec_log()
 
     def in_transaction(self) -> bool:
         return getattr(self._tls, "conn", None) is not None
@@ -1381,6 +1438,82 @@ class PostgresRecordStore(RecordStore):
                 "LEFT JOIN embeddings e ON e.item_rowid = i.rowid WHERE i.rowid = ANY(%s) ORDER BY i.rowid",
                 ([int(r) for r in rowids],)).fetchall()
         return [IndexRow(*r[:7], None if r[7] is None else bytes(r[7])) for r in rows]
+
+    # ------------------------------------------------------------------ the vector change log (schema 5: _V5)
+    #: a reader further behind than this many changed rows starts again rather than replaying them
+    _VEC_LOG_REPLAY = 50_000
+    #: the log keeps about this many newest rows ...
+    _VEC_LOG_KEEP = 65_536
+    #: ... trimmed after every this many write transactions of this store
+    _VEC_LOG_TRIM_EVERY = 64
+
+    def vector_changes(self, since: Any) -> tuple[Any, list[int] | None] | None:
+        """See :meth:`RecordStore.vector_changes`. The position is opaque here: ``(log epoch, snapshot text)``,
+        the snapshot the log was read under (``pg_current_snapshot()``; inside :meth:`read_snapshot` the one every
+        read of that block sees). The changes after it are the log rows visible now that were not visible in it:
+        exact with writers on many hosts committing out of order (see ``_V5``). ``None``: a store opened at an
+        older schema (tests), which has no log."""
+        if not self._has_vec_log:
+            return None
+        with self._conn() as conn:
+            if since is None:
+                row = conn.execute("SELECT epoch, pg_current_snapshot()::text FROM vec_log").fetchone()
+                return (row[0], row[1]), []
+            if not (isinstance(since, tuple) and len(since) == 2 and all(isinstance(x, str) for x in since)):
+                row = conn.execute("SELECT epoch, pg_current_snapshot()::text FROM vec_log").fetchone()
+                return (row[0], row[1]), None  # not a position of this backend: start again
+            epoch, prev = since
+            # one statement, so one snapshot, also outside read_snapshot
+            row = conn.execute(
+                "WITH s AS (SELECT l.epoch, l.trimmed_below, pg_current_snapshot() AS now, %s::pg_snapshot AS prev "
+                "FROM vec_log l) SELECT s.epoch, s.now::text, (s.epoch = %s AND s.trimmed_below <= "
+                "pg_snapshot_xmin(s.prev) AND pg_snapshot_xmax(s.prev) <= pg_snapshot_xmax(s.now)), "
+                "ARRAY(SELECT DISTINCT c.item_rowid FROM vec_changes c WHERE c.xid >= pg_snapshot_xmin(s.prev) "
+                "AND NOT pg_visible_in_snapshot(c.xid, s.prev) LIMIT %s) FROM s",
+                (prev, epoch, self._VEC_LOG_REPLAY + 1)).fetchone()
+        pos = (row[0], row[1])
+        if not row[2] or len(row[3]) > self._VEC_LOG_REPLAY:
+            return pos, None  # another log, trimmed past ``since``, or too far behind: start again
+        return pos, sorted(int(r) for r in row[3])
+
+    def _trim_vec_log(self) -> None:
+        """Delete the log rows older than about the newest :attr:`_VEC_LOG_KEEP` (in a short transaction of its own
+        after a write committed; one trimmer per cube at a time). The watermark written with the deletion tells a
+        reader whose position is older to start again. Best effort: a failure leaves the log longer, nothing else."""
+        try:
+            with self._guard(), self._pool.connection() as conn, conn.transaction():
+                if not conn.execute("SELECT pg_try_advisory_xact_lock(%s)",
+                                    (self._lock_key ^ 0x7665635F6C6F67,)).fetchone()[0]:
+                    return  # another worker is trimming
+                row = conn.execute("SELECT xid::text FROM vec_changes WHERE seq <= (SELECT max(seq) FROM vec_changes) "
+                                   "- %s ORDER BY seq DESC LIMIT 1", (self._VEC_LOG_KEEP,)).fetchone()
+                if row is None:
+                    return
+                conn.execute("UPDATE vec_log SET trimmed_below = %s::xid8 WHERE trimmed_below < %s::xid8",
+                             (row[0], row[0]))
+                conn.execute("DELETE FROM vec_changes WHERE xid < %s::xid8", (row[0],))
+        except Exception as exc:  # noqa: BLE001 - the write committed; a longer log is harmless
+            _log.warning("trimming the vector change log of cube %s failed: %s", self.cube, exc)
+
+    def scope_vectors(self, user_id: str | None, agent_id: str | None, session_id: str | None
+                      ) -> tuple[list[int], list[bytes]]:
+        where = " AND ".join(f"i.{col} = %s" for col, v in (("user_id", user_id), ("agent_id", agent_id),
+                                                           ("session_id", session_id)) if v is not None) or "TRUE"
+        args = [v for v in (user_id, agent_id, session_id) if v is not None]
+        with self._conn() as conn:
+            rows = conn.cursor(binary=True).execute(
+                f"SELECT e.item_rowid, e.vec FROM items i JOIN embeddings e ON e.item_rowid = i.rowid WHERE {where}",
+                args).fetchall()
+        return [r[0] for r in rows], [bytes(r[1]) for r in rows]
+
+    def passing_rowids(self, rowids: Sequence[int], cf: CompiledFilter) -> set[int]:
+        if not rowids:
+            return set()
+        where, args = cf
+        with self._conn() as conn:
+            rows = conn.execute(f"SELECT rowid FROM items WHERE items.rowid = ANY(%s) AND ({where})",
+                                ([int(r) for r in rowids], *args)).fetchall()
+        return {r[0] for r in rows}
 
     def mark_vectors_applied(self, rowids: Iterable[int]) -> None:
         """Clears only the marks as they were listed: a row pending again since (another worker wrote it)
