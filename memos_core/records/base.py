@@ -354,8 +354,10 @@ class RecordStore(ABC):
         the rowids whose stored embedding was added, replaced or removed, whose scope (user/agent/session)
         changed, or that were deleted, by any writer (any process) after position ``since`` (``since=None``:
         the position only, ``rowids`` empty). ``rowids`` is ``None`` when the log no longer reaches back to
-        ``since`` (trimmed, or another log): the caller must drop everything it copied. Positions follow commit
-        order, so a reader that took a position *before* reading rows never misses a later change.
+        ``since`` (trimmed, or another log): the caller must drop everything it copied. A position is opaque to
+        the caller (SQLite: a sequence number; PostgreSQL, whose writers commit out of order: the snapshot the log
+        was read under); a reader that took a position *before* (or in the same snapshot as) reading rows never
+        misses a later change.
 
         The default returns ``None``: this backend keeps no such log, and nothing may be cached (searches read
         the store every time). Never call it inside a transaction (its own writes could still roll back)."""
