@@ -26,6 +26,9 @@ Design points a user can rely on:
   per row, average row length), with the same per-query work budget as the SQLite backend (above it only the
   rarest query terms are kept, and only the newest rows of a term that alone is over it are ranked).
 * **Embeddings** are ``bytea`` (float32), scored exactly by the cube; pgvector is not needed.
+* **The vector change log** (schema 5, ``_V5``) keeps every worker's in-process scope cache exact
+  (:meth:`PostgresRecordStore.vector_changes`): triggers log changed rowids with the writing transaction's id, and
+  a reader's position is the snapshot it read under, so writers committing out of order are never missed.
 * **Unavailability**: a lost connection, a server restart, a pool timeout raise ``BackendUnavailable``; after
   a failure the pool drops its broken connections, so the next call after the server is back succeeds.
 * **Erasure** deletes (forget) or blanks (purge) the live rows in one transaction, then VACUUMs the tables so
