@@ -629,3 +629,82 @@ def test_postgres_a_trimmed_log_makes_the_cache_read_the_scope_again(pg_cube_url
     finally:
         b.close()
         a.close()
+
+
+def test_postgres_concurrent_writers_and_a_syncing_reader_end_exact(pg_cube_url, tmp_path, chroma_server,
+                                                                    clock) -> None:
+    """Three writer handles (own connections, as workers on other hosts) add, update, delete and forget at once
+    while a fourth handle keeps searching its cached scopes: afterwards every cached scope holds exactly the rows
+    and vectors the store has, and scoped search equals the exact filtered scan."""
+    import threading
+
+    from memos_core.errors import MemOSError
+
+    a = _pg_cube(pg_cube_url, tmp_path, chroma_server, clock, "a")
+    writers = [_pg_cube(pg_cube_url, tmp_path, chroma_server, clock, f"w{i}") for i in range(3)]
+    try:
+        _fill(a, 60)
+        scopes = [("u0", None, None), ("u1", None, None), (None, "a1", None)]
+        for u, ag, _ in scopes:
+            a.search("apple", k=5, **({"user_id": u} if u else {"agent_id": ag}))
+        cache = scope_cache.cache_for(a.records)
+        errors: list[BaseException] = []
+        done: list[str] = []
+        stop = threading.Event()
+
+        def write(w, seed: int) -> None:
+            rng = random.Random(seed)
+            mine: list[str] = []
+            try:
+                for _ in range(25):
+                    op = rng.choice(["add", "add", "update", "delete", "forget"]) if mine else "add"
+                    try:
+                        if op == "add":
+                            mine.append(w.add(" ".join(rng.sample(WORDS, 3)), user_id=f"u{rng.randrange(3)}",
+                                              agent_id=f"a{rng.randrange(2)}").id)
+                        elif op == "update":
+                            w.update(rng.choice(mine), " ".join(rng.sample(WORDS, 4)))
+                        elif op == "delete":
+                            w.delete(rng.choice(mine))
+                        else:
+                            victim = rng.choice(mine)
+                            w.forget(victim)
+                            mine.remove(victim)
+                        done.append(op)
+                    except MemOSError:
+                        pass  # a Conflict or an illegal transition: nothing changed
+            except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+                errors.append(exc)
+
+        def read() -> None:
+            rng = random.Random(99)
+            try:
+                while not stop.is_set():
+                    u, ag, _ = rng.choice(scopes)
+                    a.search(" ".join(rng.sample(WORDS, 2)), k=5, mode="dense",
+                             **({"user_id": u} if u else {"agent_id": ag}))
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=write, args=(w, i)) for i, w in enumerate(writers)]
+        reader = threading.Thread(target=read)
+        reader.start()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(240)
+        stop.set()
+        reader.join(60)
+        assert not errors, errors
+        assert {"add", "update", "delete", "forget"} <= set(done)
+        for u, ag, _ in scopes:
+            flt = {"user_id": u} if u else {"agent_id": ag}
+            _same(_dense(a, "apple kite", 1000, **flt), _exact(a, _qvec("apple kite"), 1000, **flt))
+        for cached in cache.scopes:
+            rowids, blobs = a.records.scope_vectors(*cached)
+            assert _cache_rows(cache, cached) == dict(zip(rowids, blobs)), cached
+        assert set(cache.scopes) == set(scopes) and cache.replayed > 0
+    finally:
+        for w in writers:
+            w.close()
+        a.close()
