@@ -14,8 +14,9 @@ cheaper texts:
 * ``tag``    ``"<speaker>: <own words>"`` (the memory's content),
 * ``dated``  the index text without the quoted previous turn: ``"[date] <speaker>: <words> (relative dates)"``,
 * ``date``   the date prefix alone (one text per distinct day, shared by every turn of that day),
+* ``speaker`` the speaker's name alone (one text per speaker),
 
-combined as ``normalize(v + a * v_prev [+ b * v_date])`` where ``v_prev`` is the same kind of vector of the turn
+combined as ``normalize(v + a * v_prev [+ b * v_date] [+ c * v_speaker])`` where ``v_prev`` is the same kind of vector of the turn
 the reader quotes (it was embedded when that turn was written; a turn with no quoted predecessor gets none).
 
 How it is measured: each set is ingested once through the cube with the shipped vectors (cached on disk, so
@@ -27,7 +28,7 @@ are the union of the best 60 of each leg as in :meth:`Retriever.candidates`, and
 variant is checked against ``cube.search`` (hybrid) on the same cube: the script prints the difference.
 
 Tokens per turn: the MiniLM tokenizer's ids (with [CLS]/[SEP]) of every text a turn embeds, averaged over the
-set's turns; a date text is counted once per distinct day and spread over that day's turns.
+set's turns; a date or speaker text is counted once per distinct value and spread over the set's turns.
 
 Roles of the sets as in ``tune_fusion.py``: synthetic and people_qa tune, fresh seeds check, MADial is report-only,
 assistant is held out (report only: nothing is chosen on it).
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -72,6 +74,13 @@ class _Seeded(_CachedVectors):
                 with np.load(s) as z:
                     for k in z.files:
                         self.vecs.setdefault(k, z[k])
+
+    def save(self) -> None:  # atomically: another run may read this cache as its --seed-cache meanwhile
+        if self.dirty:
+            tmp = self.path.with_name(self.path.name + ".tmp.npz")
+            np.savez(tmp, **self.vecs)
+            os.replace(tmp, self.path)
+            self.dirty = False
 
 
 def _tokenizer() -> Any:
@@ -124,6 +133,7 @@ def collect(name: str, path: Path, vectors: _Seeded) -> dict[str, Any]:
                 date = idx[:idx.index("] ") + 1] if idx.startswith("[") and "] " in idx else None
                 w = rows[r][2]
                 mems.append({"key": r, "index": idx, "own": own, "tag": it.content, "dated": dated, "date": date,
+                             "speaker": it.provenance.speaker, "act": (it.metadata or {}).get("turn_act", "statement"),
                              "prev": quoted, "text": rows[r][1],
                              "weight": float(w) if isinstance(w, (int, float)) and not isinstance(w, bool) else None,
                              "turn": t.id})
@@ -148,9 +158,9 @@ def collect(name: str, path: Path, vectors: _Seeded) -> dict[str, Any]:
 
 
 #: variant -> (index recipe, topic kind). Index recipe: (kind, a = weight of the quoted turn's vector of the
-#: same kind, b = weight of the date vector).
-def variants() -> dict[str, tuple[tuple[str, float, float], str]]:
-    out: dict[str, tuple[tuple[str, float, float], str]] = {"shipped": (("index", 0.0, 0.0), "own")}
+#: same kind, b = weight of the date vector[, c = weight of the speaker's name vector]).
+def variants() -> dict[str, tuple[tuple[Any, ...], Any]]:
+    out: dict[str, tuple[tuple[Any, ...], Any]] = {"shipped": (("index", 0.0, 0.0), "own")}
     for a in (0.0, 0.3, 0.5, 0.7, 1.0):
         out[f"own + {a} prev own; topic own"] = (("own", a, 0.0), "own")
     for a in (0.0, 0.3, 0.5, 0.7):
@@ -161,15 +171,33 @@ def variants() -> dict[str, tuple[tuple[str, float, float], str]]:
         out[f"tag + {a} prev tag; topic own"] = (("tag", a, 0.0), "own")
     for a in (0.3, 0.5):
         out[f"tag + {a} prev tag + 0.3 date; topic own"] = (("tag", a, 0.3), "own")
+    for a in (0.3, 0.5):
+        for b in (0.0, 0.4, 0.6, 0.8):
+            for c in (0.3, 0.5):
+                out[f"own + {a} prev own + {b} date + {c} speaker; topic own"] = (("own", a, b, c), "own")
+    # replies composed (own words + the quoted turn's own words + the date), a turn quoting nothing as shipped
+    for a in (0.3, 0.5):
+        for b in (0.0, 0.2, 0.4):
+            out[f"mixed: reply own + {a} prev own + {b} date, else dated; topic own"] = (("mixed", a, b), "own")
+    for aq in (0.6, 1.0):  # a reply to a question leans more on it (the question is what a later query repeats)
+        out[f"mixed: reply own + 0.3 prev own ({aq} if a question) + 0.4 date, else dated; topic own"] = (
+            ("mixed", 0.3, 0.4, 0.0, aq), "own")
+    # one text per turn (the dated one), the topic vector with the speaker's name (and the date) subtracted
+    for a in (0.0, 0.3):
+        for lam in (0.3, 0.5, 0.7):
+            for mu in (0.0, 0.3):
+                out[f"dated + {a} prev dated; topic dated - {lam} speaker - {mu} date"] = (
+                    ("dated", a, 0.0), ("dated", lam, mu))
     for a in (0.0, 0.3, 0.5, 0.7):
         out[f"dated + {a} prev dated; topic dated"] = (("dated", a, 0.0), "dated")
         out[f"dated + {a} prev dated; topic own"] = (("dated", a, 0.0), "own")
     return out
 
 
-def texts_of(recipe: tuple[str, float, float], topic: str) -> set[str]:
-    kind, _, b = recipe
-    return {kind, topic} | ({"date"} if b else set())
+def texts_of(recipe: tuple[Any, ...], topic: Any) -> set[str]:
+    kind, _, b, *c = recipe
+    tkind, lam, mu = (topic, 0.0, 0.0) if isinstance(topic, str) else topic
+    return ({kind, tkind} | ({"date"} if b or mu else set()) | ({"speaker"} if (c and c[0]) or lam else set()))
 
 
 def tokens_per_turn(convs: list[dict[str, Any]], kinds: set[str], tok: Any, memo: dict[str, int]) -> float:
@@ -178,15 +206,19 @@ def tokens_per_turn(convs: list[dict[str, Any]], kinds: set[str], tok: Any, memo
             memo[t] = len(tok.encode(t).ids)
         return memo[t]
 
-    total, turns, dates = 0, 0, set()
+    total, turns, shared = 0, 0, set()
     for conv in convs:
         for m in conv["mems"]:
             turns += 1
-            for kind in kinds - {"date"}:
-                total += n(m[kind])
-            if "date" in kinds and m["date"]:
-                dates.add(m["date"])
-    total += sum(n(d) for d in dates) if "date" in kinds else 0
+            for kind in kinds - {"date", "speaker"}:
+                if kind == "mixed":
+                    total += 0 if "own" in kinds else n(m["own"])
+                    total += n(m["dated"]) if m["prev"] is None else 0
+                else:
+                    total += n(m[kind])
+            shared.update(m[kind] for kind in kinds & {"date", "speaker"}
+                          if m[kind] and not (kind == "date" and "mixed" in kinds and m["prev"] is None))
+    total += sum(n(d) for d in shared)
     return total / max(turns, 1)
 
 
@@ -194,27 +226,48 @@ def _norm(v: np.ndarray) -> np.ndarray:
     return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
 
 
-def evaluate(data: dict[str, Any], vectors: _Seeded, recipe: tuple[str, float, float], topic: str,
+def evaluate(data: dict[str, Any], vectors: _Seeded, recipe: tuple[Any, ...], topic: Any,
              cfg: RetrievalConfig) -> dict[str, dict[str, float]]:
-    kind, a, b = recipe
+    kind, a, b, *rest = recipe
+    cw = rest[0] if rest else 0.0
+    aq = rest[1] if len(rest) > 1 else a  # the quoted turn's weight when it is a question
     hits = {"hybrid": {k: 0 for k in KS}, "dense": {k: 0 for k in KS}, "cube": {k: 0 for k in KS}}
     n = 0
     for conv in data["convs"]:
         mems = conv["mems"]
         keys = [m["key"] for m in mems]
         pos = {k: i for i, k in enumerate(keys)}
-        base = vectors.docs([m[kind] for m in mems])
+        if kind == "mixed":  # replies composed from their own words; a turn quoting nothing embeds its dated text
+            base = vectors.docs([m["own"] for m in mems])
+            alone = [i for i, m in enumerate(mems) if m["prev"] is None]
+        else:
+            base = vectors.docs([m[kind] for m in mems])
+            alone = []
         idx = base.copy()
         if a:
             for i, m in enumerate(mems):
                 if m["prev"] is not None:
-                    idx[i] += a * base[pos[m["prev"]]]
+                    idx[i] += (aq if mems[pos[m["prev"]]]["act"] == "question" else a) * base[pos[m["prev"]]]
         if b:
             have = [i for i, m in enumerate(mems) if m["date"]]
             if have:
                 idx[have] += b * vectors.docs([mems[i]["date"] for i in have])
-        idx = _norm(idx) if (a or b) else base
-        top = base if topic == kind else vectors.docs([m[topic] for m in mems])
+        if cw:
+            have = [i for i, m in enumerate(mems) if m["speaker"]]
+            if have:
+                idx[have] += cw * vectors.docs([mems[i]["speaker"] for i in have])
+        idx = _norm(idx) if (a or b or cw) else base
+        if alone:
+            idx[alone] = vectors.docs([mems[i]["dated"] for i in alone])
+        tkind, lam, mu = (topic, 0.0, 0.0) if isinstance(topic, str) else topic
+        top = base if tkind == kind or (kind, tkind) == ("mixed", "own") else vectors.docs([m[tkind] for m in mems])
+        if lam or mu:  # the speaker's name and the date taken out of a text that has them (vector arithmetic)
+            top = top.copy()
+            for w, field in ((lam, "speaker"), (mu, "date")):
+                have = [i for i, m in enumerate(mems) if m[field]] if w else []
+                if have:
+                    top[have] -= w * vectors.docs([mems[i][field] for i in have])
+            top = _norm(top)
         turn_of = {m["key"]: m["turn"] for m in mems}
         texts = {m["key"]: m["text"] for m in mems}
         weights = {m["key"]: m["weight"] for m in mems if m["weight"] is not None}
@@ -244,6 +297,32 @@ def evaluate(data: dict[str, Any], vectors: _Seeded, recipe: tuple[str, float, f
     return {m: {f"any@{k}": round(v / max(n, 1), 4) for k, v in h.items()} for m, h in hits.items()}
 
 
+def summary(out: dict[str, Any]) -> None:
+    """One line per variant: the bar (hybrid any@5 and any@10 within 0.01 of shipped on every tuning set and fresh
+    seed, MADial not lower, >= 40% fewer tokens per turn on the conversation sets) and its figures."""
+    names = list(out)
+    bar_sets = [n for n in names if out[n]["role"] == "tune" or "@" in n]
+    conv_sets = [n for n in names if n != "madial"]
+    print("\nsummary: min delta any@5/any@10 over " + ", ".join(bar_sets) + "; MADial delta; tokens fewer "
+          "(conversation sets, min-max); PASS = meets the bar", flush=True)
+    for vname in out[names[0]]:
+        if not isinstance(out[names[0]][vname], dict) or "hybrid" not in out[names[0]][vname]:
+            continue
+
+        def delta(n: str, k: str) -> float:
+            return out[n][vname]["hybrid"][k] - out[n]["shipped"]["hybrid"][k]
+
+        d5 = min((delta(n, "any@5") for n in bar_sets), default=0.0)
+        d10 = min((delta(n, "any@10") for n in bar_sets), default=0.0)
+        fewer = [1 - out[n][vname]["tokens"] / out[n]["shipped"]["tokens"] for n in conv_sets]
+        mad = (delta("madial", "any@5"), delta("madial", "any@10")) if "madial" in out else (0.0, 0.0)
+        ok = d5 >= -0.01 - 1e-9 and d10 >= -0.01 - 1e-9 and min(mad) >= -1e-9 and fewer and min(fewer) >= 0.40
+        print(f"{'PASS' if ok else '    '} {vname:<60} min {d5:+.3f}/{d10:+.3f}  MADial {mad[0]:+.3f}/{mad[1]:+.3f}  "
+              f"tokens {min(fewer, default=0):.0%}-{max(fewer, default=0):.0%} fewer  | "
+              + " ".join(f"{n} {out[n][vname]['hybrid']['any@5']:.3f}/{out[n][vname]['hybrid']['any@10']:.3f}"
+                         for n in names), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "memos-compose"))
@@ -251,7 +330,11 @@ def main() -> None:
     ap.add_argument("--sets", nargs="*", default=list(SETS))
     ap.add_argument("--fresh", nargs="*", type=int, default=[])
     ap.add_argument("--json", help="write every figure to this file")
+    ap.add_argument("--summary", help="only print the summary of a --json file written before")
     args = ap.parse_args()
+    if args.summary:
+        summary(json.loads(Path(args.summary).read_text()))
+        return
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     vectors = _Seeded(cache / "vectors.npz", [Path(p) for p in args.seed_cache])
@@ -284,6 +367,7 @@ def main() -> None:
                   f"({1 - r['tokens'] / ship['tokens']:.0%} fewer)", flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=1))
+    summary(out)
 
 
 if __name__ == "__main__":
