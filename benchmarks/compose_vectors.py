@@ -18,6 +18,8 @@ cheaper texts:
 
 combined as ``normalize(v + a * v_prev [+ b * v_date] [+ c * v_speaker])`` where ``v_prev`` is the same kind of vector of the turn
 the reader quotes (it was embedded when that turn was written; a turn with no quoted predecessor gets none).
+``mixed`` composes a reply (a turn quoting its predecessor) that way from its own words and embeds a turn that
+quotes nothing as shipped (its index text): the one variant meeting the bar in the README ("One memory per call").
 
 How it is measured: each set is ingested once through the cube with the shipped vectors (cached on disk, so
 a set is embedded once); for every query the cube's own legs give the BM25 candidates, the query vector and the
