@@ -722,14 +722,26 @@ class MemCube:
     def _flush_deferred(self) -> None:
         """Apply the vectors of writes whose index update was deferred (``vector_sync="deferred"``), waiting for
         a batch being applied in the background first; rows still waiting for their embedding
-        (``embed_sync="deferred"``) are embedded first."""
+        (``embed_sync="deferred"``) are embedded first.
+
+        Inside a records transaction of this thread (a search or an index inspection from a hook, or within
+        ``records.transaction()``) a background job still running is not waited for: it may itself be waiting for
+        that transaction's lock (a deadlock). Its rows stay pending -- search scores them exactly -- and the job
+        finishes once the transaction ends."""
+        owned = self.records.in_transaction()
+        busy = False
         for job in (self._embed_job, self._flush_job):
             if job is not None:
+                if owned and not job.done():
+                    busy = True
+                    continue
                 try:
                     job.result()
                 except Exception:  # noqa: BLE001 - logged by the job; the rows are still pending in the records
                     pass
         self._embed_waiting_or_warn("applying deferred vectors")
+        if busy:
+            return
         if self._unapplied:
             with self._lock:
                 if self._unapplied:

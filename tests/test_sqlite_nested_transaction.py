@@ -89,7 +89,11 @@ _DEADLOCK_SCRIPT = textwrap.dedent("""
     with cube.records.transaction():
         go.set()  # the background thread now waits for the records, which this thread holds
         found = [h.item.content for h in cube.search("ferry noon", k=3, user_id="ann", mode="lexical")]
+        # hybrid too: the row still waiting for its embedding is a candidate with BM25's score alone
+        both = [h.item.content for h in cube.search("ferry noon", k=3, user_id="ann")]
+        unscoped = [h.item.content for h in cube.search("ferry noon", k=3)]
     assert found == ["the ferry leaves at noon"], found  # acknowledged: the lexical index has it meanwhile
+    assert both[0] == "the ferry leaves at noon" and unscoped[0] == "the ferry leaves at noon", (both, unscoped)
     hits = cube.search("the ferry leaves at noon", k=1, user_id="ann", mode="dense")
     assert hits[0].item.content == "the ferry leaves at noon"  # embedded once the transaction ended
     cube.close()

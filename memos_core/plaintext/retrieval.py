@@ -23,6 +23,7 @@ import numpy as np
 from ..embedding import cached_query_vector, peek_query_vector
 from ..errors import BackendUnavailable, EmbeddingDimensionError
 from ..items import MemoryItem, SearchFilter, SearchHit
+from ..lifecycle import INDEXED as _INDEXED
 from ..log import get_logger
 from . import calibration, scope_cache
 from .fusion import Candidates, fuse, rrf
@@ -281,9 +282,13 @@ class Retriever:
         dense = dict(score_blobs(qvec, scored, [rows[r][0] for r in scored], len(scored)))  # type: ignore[misc]
         if dense:
             # A candidate whose stored embedding is gone was erased after a leg found it (a forget by another
-            # handle or worker in between): it is no longer a memory, so it is not a candidate either.
-            keys = [key for key in keys if key in dense]
-            lexical = {key: v for key, v in lexical.items() if key in dense}
+            # handle or worker in between): it is no longer a memory, so it is not a candidate either. One whose
+            # embedding is not stored *yet* (an acknowledged write still waiting for the embedder, e.g. a search
+            # inside a records transaction while the background embedder is busy) stays, with BM25's score
+            # alone, as a lexical-only search would return it.
+            keep = set(dense) | self.waiting_for_embedding([r for r in lexical if r not in dense and r in rows])
+            keys = [key for key in keys if key in keep]
+            lexical = {key: v for key, v in lexical.items() if key in keep}
         else:
             dense = dict(ranked["dense"])
         texts: dict[int, str] = {}
@@ -300,6 +305,13 @@ class Retriever:
                           dense_ranks={key: i for i, (key, _) in enumerate(ranked["dense"], 1) if key in dense},
                           lexical_ranks={key: i for i, (key, _) in enumerate(ranked["lexical"], 1) if key in lexical},
                           weights=weights, topical=self.topical(plan, qvec, keys, dense, rows, topics))
+
+    def waiting_for_embedding(self, rowids: Sequence[int]) -> set[int]:
+        """Those of ``rowids`` that are live, indexed memories with no stored embedding yet (waiting for the
+        embedder), as opposed to rows erased or taken out of the index since a leg found them."""
+        if not rowids:
+            return set()
+        return {r.rowid for r in self.records.index_rows(sorted(rowids)) if r.vec is None and r.state in _INDEXED}
 
     def topical(self, plan: QueryPlan, qvec: np.ndarray, keys: Sequence[int], dense: dict[int, float],
                 rows: dict[int, Row] | None = None, topics: dict[int, bytes | None] | None = None
