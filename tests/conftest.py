@@ -40,6 +40,21 @@ def hashed_embed(texts: list[str], dim: int = FAKE_DIM) -> np.ndarray:
     return out
 
 
+def capture_fusion(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Record the :class:`Candidates` every hybrid search of this test hands to fusion (what each leg scored)."""
+    import memos_core.plaintext.retrieval as retrieval_mod
+
+    seen: list[Any] = []
+    real = retrieval_mod.fuse
+
+    def spy(c: Any, plan: Any, cfg: Any) -> Any:
+        seen.append(c)
+        return real(c, plan, cfg)
+
+    monkeypatch.setattr(retrieval_mod, "fuse", spy)
+    return seen
+
+
 def hashed_embed_32(texts: list[str]) -> np.ndarray:
     """The same idea with another dimension (for dimension-mismatch tests)."""
     return hashed_embed(texts, 32)

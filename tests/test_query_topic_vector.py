@@ -11,9 +11,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import hashed_embed
+from conftest import capture_fusion, hashed_embed
 
-import memos_core.plaintext.retrieval as retrieval_mod
 from memos_core.cube import MemCube, RetrievalConfig
 from memos_core.embedding import resolve_embedder
 
@@ -42,18 +41,6 @@ class _Calls:
             monkeypatch.setattr(emb, name, spy)
 
 
-def _capture(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    seen: list[Any] = []
-    real = retrieval_mod.fuse
-
-    def spy(c: Any, plan: Any, cfg: Any) -> Any:
-        seen.append(c)
-        return real(c, plan, cfg)
-
-    monkeypatch.setattr(retrieval_mod, "fuse", spy)
-    return seen
-
-
 def _expected_topical(cube: MemCube, tvec: np.ndarray, qvec: np.ndarray) -> dict[int, float]:
     """A turn's topic vector against the name-free question; a plain memory (topic blob b"": its own words are its
     index text, names included) by its embedding against the full question."""
@@ -77,7 +64,7 @@ def test_the_default_embedder_embeds_the_question_and_its_topic_in_one_call(
     with MemCube(tmp_path / "c", retrieval=RetrievalConfig(topical_query="topic", query_cache=query_cache)) as cube:
         cube.add_many(MEMORIES)
         calls = _Calls(cube.embedder, monkeypatch)
-        seen = _capture(monkeypatch)
+        seen = capture_fusion(monkeypatch)
         hits = cube.search(QUESTION, k=3)
         assert hits[0].item.content == MEMORIES[0]["content"]
         assert calls.calls == [("embed_queries", [QUESTION, TOPIC])]  # one call, both texts
@@ -118,7 +105,7 @@ def test_an_embedder_without_a_batched_query_call_embeds_the_topic_as_a_query(
         cube.add_many(MEMORIES)
         docs.clear()
         calls = _Calls(cube.embedder, monkeypatch)
-        seen = _capture(monkeypatch)
+        seen = capture_fusion(monkeypatch)
         cube.search(QUESTION, k=3)
         assert docs == []
         assert calls.calls == [("embed_query", [QUESTION]), ("embed_query", [TOPIC])]

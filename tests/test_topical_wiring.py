@@ -14,9 +14,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import hashed_embed
+from conftest import capture_fusion, hashed_embed
 
-import memos_core.plaintext.retrieval as retrieval_mod
 from memos_core.cube import MemCube, RetrievalConfig
 from memos_core.plaintext import analyze_query
 from memos_core.plaintext.fusion import TOPICAL_WEIGHT
@@ -63,24 +62,12 @@ def test_writes_keep_a_topic_vector_beside_each_embedding(cube: MemCube) -> None
     assert cube.records.missing_topics() == []
 
 
-def _capture(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    seen: list[Any] = []
-    real = retrieval_mod.fuse
-
-    def spy(c: Any, plan: Any, cfg: Any) -> Any:
-        seen.append(c)
-        return real(c, plan, cfg)
-
-    monkeypatch.setattr(retrieval_mod, "fuse", spy)
-    return seen
-
-
 def test_hybrid_search_scores_the_candidates_topic_vectors_for_questions_naming_someone(
         cube: MemCube, monkeypatch: pytest.MonkeyPatch) -> None:
     assert RetrievalConfig().topical_weight == TOPICAL_WEIGHT
     turn, plain = cube.add_many([TURN, {"content": "Maya likes beagle puppies and tea"}])
     cube.retrieval.topical_query = "full"  # the topic vectors against the query vector (the default: next test)
-    seen = _capture(monkeypatch)
+    seen = capture_fusion(monkeypatch)
     cube.search("What pet did Maya adopt?", k=5)
     c = seen[-1]
     rt, rp = cube.records.rowid(turn.id), cube.records.rowid(plain.id)
@@ -180,7 +167,7 @@ def test_an_upgraded_cube_scores_older_memories_without_topic_vectors_by_their_e
     with MemCube(tmp_path / "c", embedder=hashed_embed) as cube:
         assert _topic(cube, old.id) is None and _topic(cube, new.id)
         cube.retrieval.topical_query = "full"  # compared with the query vector: the older one's value is its dense cosine
-        seen = _capture(monkeypatch)
+        seen = capture_fusion(monkeypatch)
         cube.search("What pet did Maya adopt?", k=5)
         c = seen[-1]
         ro, rn = cube.records.rowid(old.id), cube.records.rowid(new.id)
@@ -213,7 +200,7 @@ def test_the_topic_query_option_compares_the_topic_vectors_with_the_name_free_qu
         RetrievalConfig(topical_query="both")  # type: ignore[arg-type]
     turn, plain = cube.add_many([TURN, {"content": "Maya likes beagle puppies and tea"}])
     cube.retrieval.topical_query = "topic"
-    seen = _capture(monkeypatch)
+    seen = capture_fusion(monkeypatch)
     cube.search("What pet did Maya adopt?", k=5)
     c = seen[-1]
     tq = cube.embedder.embed_query("What pet did adopt?")  # the question without its names
@@ -240,7 +227,7 @@ def test_a_backend_without_topic_vectors_writes_and_searches_without_the_leg(
         one = cube.add(TURN["content"], provenance={"speaker": "Maya"}, index_text=TURN["index_text"])
         cube.update(turn.id, content="Maya: I adopted a cat called Biscuit.", index_text="Maya: cat (2023-05-03)")
         cube.reindex(reembed=True)
-        seen = _capture(monkeypatch)
+        seen = capture_fusion(monkeypatch)
         hits = cube.search("What pet did Maya adopt?", k=2)
         assert {h.item.id for h in hits} == {turn.id, one.id}
         assert seen[-1].topical == {}
