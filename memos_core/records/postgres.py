@@ -252,6 +252,8 @@ _ITEM_COLS_Q = ", ".join("items." + c.strip() for c in _ITEM_COLS.split(","))
 _N_ITEM_COLS = len(_ITEM_COLS.split(","))
 _EVENT_COLS = "seq, at, actor, op, item_id, outcome, detail, prev_hash, hash"
 _BM25_K1, _BM25_B = 1.2, 0.75
+#: add_items of this many rows or more writes them with COPY (PostgresRecordStore._add_items_copy)
+_COPY_MIN_ROWS = 64
 
 
 def schema_name(cube: str) -> str:
@@ -433,9 +435,17 @@ class PostgresRecordStore(RecordStore):
 
     @contextmanager
     def transaction(self) -> Iterator[Any]:
-        """One transaction (READ COMMITTED), committed durably on exit, rolled back on any exception."""
-        if getattr(self._tls, "conn", None) is not None:
-            raise RuntimeError("a records transaction is already open on this thread")
+        """One transaction (READ COMMITTED), committed durably on exit, rolled back on any exception.
+
+        Called while this thread already has a write transaction of this store open (a search run inside a
+        write's transaction stores deferred embeddings or an audited read), it nests as on SQLite: a SAVEPOINT
+        of the open transaction on the same connection (so it sees that transaction's writes), undone alone when
+        its block raises, and committed or rolled back with the open transaction, never on its own."""
+        cur = getattr(self._tls, "conn", None)
+        if cur is not None:
+            with self._savepoint(cur):
+                yield cur
+            return
         if self._closed:
             raise CubeClosed(f"the PostgreSQL store of cube {self.cube!r} is closed")
         with self._guard(), self._pool.connection() as conn:
@@ -450,6 +460,23 @@ class PostgresRecordStore(RecordStore):
         self._commits += 1
         if self._has_vec_log and self._commits % self._VEC_LOG_TRIM_EVERY == 0:
             self._trim_vec_log()
+
+    @contextmanager
+    def _savepoint(self, conn: Any) -> Iterator[None]:
+        """A nested transaction inside this thread's open one (see :meth:`transaction`). The audit chain's head
+        kept for that transaction (:meth:`append_event`) is put back when the savepoint rolls back: the records
+        appended inside it are gone, and so is the advisory lock when the savepoint took it (PostgreSQL releases
+        a lock taken after a savepoint when it is rolled back to). Buffered usage counts are left to the outer
+        transaction's end, as on SQLite."""
+        if getattr(self._tls, "snapshot", False):
+            raise RuntimeError("a records write transaction cannot be opened inside read_snapshot() (read-only)")
+        chain = getattr(self._tls, "chain", None)
+        try:
+            with self._guard(), conn.transaction():
+                yield
+        except BaseException:
+            self._tls.chain = chain
+            raise
 
     def in_transaction(self) -> bool:
         return getattr(self._tls, "conn", None) is not None
@@ -466,11 +493,13 @@ class PostgresRecordStore(RecordStore):
             with conn.transaction():
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 self._tls.conn = conn
+                self._tls.snapshot = True
                 try:
                     yield
                 finally:
                     self._tls.conn = None
                     self._tls.chain = None
+                    self._tls.snapshot = False
 
     def _flush_soft(self) -> None:
         """Write buffered usage counts and clear applied pending marks, in a short transaction of their own
@@ -705,6 +734,8 @@ class PostgresRecordStore(RecordStore):
         transitions; audit records) instead of three round trips per item."""
         if len(items) < 2:
             return super().add_items(c, items, vecs, indexed, actor, at)
+        if len(items) >= _COPY_MIN_ROWS:
+            return self._add_items_copy(c, items, vecs, indexed, actor, at)
         errors = self._psycopg.errors
         rows = []
         for item, vec, idx in zip(items, vecs, indexed):
@@ -731,6 +762,59 @@ class PostgresRecordStore(RecordStore):
                 break
         cur.executemany("INSERT INTO transitions(item_id, from_state, to_state, at, actor, reason) "
                         "VALUES(%s, NULL, %s, %s, %s, 'created')", [(it.id, it.state.value, at, actor) for it in items])
+        self.append_events(c, [(at, actor, "add", it.id, "ok", {"version": 1}) for it in items])
+        return rowids
+
+    def _add_items_copy(self, c: Any, items: Sequence[MemoryItem], vecs: Sequence[np.ndarray | None],
+                        indexed: Sequence[bool], actor: str | None, at: float) -> list[int]:
+        """The bulk form of :meth:`add_items` (``_COPY_MIN_ROWS`` items or more): the same rows in the same
+        transaction, written with ``COPY`` (one stream per table) instead of one statement per item.
+
+        The rowids are taken from the items' own sequence first (one round trip; in item order, so a later item
+        has a larger rowid, as with one INSERT per item), then the rows go in with their rowids: ``items`` (its
+        tsvector column is computed and its row triggers fire as for an INSERT: the lexical postings), their first
+        versions, the stored embeddings (the vector change log's trigger fires), the pending marks (one INSERT,
+        ``vec_gen`` numbers in item order), the creation transitions and the ``add`` audit records. A taken id
+        raises :class:`ValidationError` and the caller's transaction rolls back as a whole, as on the other path.
+        """
+        errors = self._psycopg.errors
+        n = len(items)
+        cur = c.cursor()
+        rowids = sorted(int(r[0]) for r in cur.execute(
+            "SELECT nextval(pg_get_serial_sequence('items', 'rowid')) FROM generate_series(1, %s)", (n,)).fetchall())
+        if len(rowids) != n:
+            raise RuntimeError("internal: the items sequence gave fewer rowids than asked for")
+        cols = ("rowid", "id", "cube_id", "content", "index_text", "indexed_text", "form", "kind", "user_id",
+                "agent_id", "session_id", "state", "version", "created_at", "updated_at", "event_time", "valid_until",
+                "expires_at", "provenance", "tags", "metadata", "confidence", "access_count", "last_access",
+                "created_by")
+        try:
+            with cur.copy(f"COPY items({', '.join(cols)}) FROM STDIN") as cp:
+                for rowid, item, idx in zip(rowids, items, indexed):
+                    p = self._params(item, (item.index_text or item.content) if idx else None)
+                    p["rowid"] = rowid
+                    cp.write_row([p[k] for k in cols])
+        except errors.UniqueViolation as exc:
+            taken = re.search(r"\(id\)=\((.*)\)", getattr(exc.diag, "message_detail", None) or "")
+            raise ValidationError(f"an item with id {taken.group(1) if taken else '(one of them)'!r} already exists; "
+                                  "use update() to change it") from None
+        except (errors.UntranslatableCharacter, errors.CharacterNotInRepertoire) as exc:
+            raise ValidationError(f"a memory holds text PostgreSQL cannot store: {exc}") from None
+        with cur.copy("COPY versions(item_id, version, snapshot) FROM STDIN") as cp:
+            for item in items:
+                cp.write_row((item.id, item.version, self.snapshot(item, actor, "add").model_dump_json()))
+        with cur.copy("COPY embeddings(item_rowid, version, vec) FROM STDIN (FORMAT BINARY)") as cp:
+            cp.set_types(["int8", "int4", "bytea"])
+            for rowid, item, vec, idx in zip(rowids, items, vecs, indexed):
+                if idx and vec is not None:
+                    cp.write_row((rowid, item.version, np.asarray(vec, dtype=np.float32).tobytes()))
+        waiting = [r for r, idx in zip(rowids, indexed) if idx]
+        if waiting:  # every indexed row is marked for the vector index (with or without its embedding yet)
+            cur.execute("INSERT INTO vec_pending(item_rowid, gen) SELECT r, nextval('vec_gen') "
+                        "FROM unnest(%s::bigint[]) WITH ORDINALITY AS t(r, o) ORDER BY o", (waiting,))
+        with cur.copy("COPY transitions(item_id, from_state, to_state, at, actor, reason) FROM STDIN") as cp:
+            for item in items:
+                cp.write_row((item.id, None, item.state.value, at, actor, "created"))
         self.append_events(c, [(at, actor, "add", it.id, "ok", {"version": 1}) for it in items])
         return rowids
 
