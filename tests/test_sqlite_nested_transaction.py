@@ -1,11 +1,16 @@
-"""A search run while the calling thread holds an open SQLite records transaction (code that searches inside
-a write's transaction, a listener, a user holding ``cube.records.transaction()``).
+"""A search run while the calling thread holds an open records transaction (code that searches inside a
+write's transaction, a listener, a user holding ``cube.records.transaction()``), on SQLite and on PostgreSQL
+(the module is marked ``records_backends``: each test runs on a SQLite folder and on a PostgreSQL cube with a
+Chroma server).
 
 Before: the search's side writes (the open-time index check's flush, storing deferred embeddings, an audited
 read) issued a nested ``BEGIN`` (sqlite3.OperationalError), and with ``embed_sync="deferred"`` the search could
 deadlock against the background embedder (which holds its lock and waits for the records'). Now a search
 inside a transaction reuses it: it sees the transaction's own uncommitted writes, its side writes nest as
 SAVEPOINTs (kept or rolled back with the caller's transaction), and it never waits for the background embedder.
+On PostgreSQL a nested ``transaction()`` raised RuntimeError, so every such search failed on its first side write
+(the audited read, the deferred embeddings); now it nests as a SAVEPOINT the same way, and the scope cache
+(memory shared by the process, which must never hold a transaction's uncommitted rows) is not used inside it.
 """
 
 from __future__ import annotations
@@ -21,9 +26,20 @@ from conftest import TESTS_DIR, hashed_embed
 from memos_core.cube import MemCube
 from memos_core.items import MemoryItem, Scope
 
+pytestmark = pytest.mark.records_backends
 
-def _cube(path, **kw) -> MemCube:
-    return MemCube(path, embedder=hashed_embed, vector_sync="deferred", embed_sync="deferred", **kw)
+
+@pytest.fixture
+def make(store_for, chroma_url):
+    """``make(path)``: a cube with deferred vectors and embeddings at ``path`` (SQLite), or on the PostgreSQL
+    cube that ``path`` names (reopening the same path reopens the same cube)."""
+
+    def _make(path, **kw) -> MemCube:
+        target = store_for(path)
+        extra = {"workdir": path, "index": chroma_url} if target != path else {}
+        return MemCube(target, embedder=hashed_embed, vector_sync="deferred", embed_sync="deferred", **extra, **kw)
+
+    return _make
 
 
 def _in_thread(fn, timeout: float = 120.0):
@@ -45,10 +61,10 @@ def _in_thread(fn, timeout: float = 120.0):
     return out.get("value")
 
 
-def test_first_search_inside_a_transaction_runs_the_index_check_in_it(tmp_path) -> None:
+def test_first_search_inside_a_transaction_runs_the_index_check_in_it(tmp_path, make) -> None:
     """The first search of a handle checks the vector index and flushes what it applied: inside the caller's
     transaction (it was a nested BEGIN)."""
-    with _cube(tmp_path / "c") as cube:
+    with make(tmp_path / "c") as cube:
         # no background embedder here: the search embeds the waiting rows itself (inside the transaction); a busy
         # background embedder is the next test's case
         cube._embed_in_background = lambda: None  # type: ignore[method-assign]
@@ -81,7 +97,7 @@ _DEADLOCK_SCRIPT = textwrap.dedent("""
             go.wait(60)  # the background embedder holds its lock here until the main thread is in its transaction
         return hashed_embed(texts)
 
-    cube = MemCube({path!r}, embedder=embed, vector_sync="deferred", embed_sync="deferred")
+    cube = MemCube({path!r}, embedder=embed, vector_sync="deferred", embed_sync="deferred", **{extra!r})
     cube.add("the tram runs every ten minutes", user_id="ann")
     assert [h.item.content for h in cube.search("tram", user_id="ann")] == ["the tram runs every ten minutes"]
     cube.add("the ferry leaves at noon", user_id="ann")  # embedded by the background thread
@@ -101,11 +117,14 @@ _DEADLOCK_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_search_inside_a_transaction_never_waits_for_the_background_embedder(tmp_path) -> None:
+def test_search_inside_a_transaction_never_waits_for_the_background_embedder(tmp_path, store_for,
+                                                                              chroma_url) -> None:
     """The background embedder holds its lock and waits for the records; a search holding the records'
     transaction must not wait for that lock (it deadlocked). Run in a child process: a deadlock there fails
     the test on its timeout instead of hanging this run."""
-    script = _DEADLOCK_SCRIPT.format(tests=str(TESTS_DIR), path=str(tmp_path / "c"))
+    target = store_for(tmp_path / "c")
+    extra = {"workdir": str(tmp_path / "c"), "index": chroma_url} if target != tmp_path / "c" else {}
+    script = _DEADLOCK_SCRIPT.format(tests=str(TESTS_DIR), path=str(target), extra=extra)
     try:
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
     except subprocess.TimeoutExpired:
@@ -113,8 +132,8 @@ def test_search_inside_a_transaction_never_waits_for_the_background_embedder(tmp
     assert out.returncode == 0 and out.stdout.strip().endswith("OK"), out.stderr[-3000:]
 
 
-def test_search_sees_the_open_transactions_own_writes_and_not_after_rollback(tmp_path) -> None:
-    with _cube(tmp_path / "c") as cube:
+def test_search_sees_the_open_transactions_own_writes_and_not_after_rollback(tmp_path, make) -> None:
+    with make(tmp_path / "c") as cube:
         cube.add("the tram runs every ten minutes", user_id="ann")
         store = cube.records
         item = MemoryItem(content="the lighthouse keeper feeds seven cats", scope=Scope(user_id="ann"))
@@ -135,13 +154,13 @@ def test_search_sees_the_open_transactions_own_writes_and_not_after_rollback(tmp
         assert store.get(item.id) is None  # rolled back, with whatever the search wrote inside it
         assert all(h.item.id != item.id for h in cube.search("lighthouse keeper cats", k=3, user_id="ann"))
         cube.close()
-    with _cube(tmp_path / "c") as cube:  # the index check on open agrees with the records
+    with make(tmp_path / "c") as cube:  # the index check on open agrees with the records
         assert cube.repair_index() == {"pending": 0, "added": 0, "removed": 0}
         assert [h.item.content for h in cube.search("tram", k=5, user_id="ann")] == ["the tram runs every ten minutes"]
 
 
-def test_an_audited_read_inside_a_transaction_is_recorded_with_it(tmp_path) -> None:
-    with _cube(tmp_path / "c") as cube:
+def test_an_audited_read_inside_a_transaction_is_recorded_with_it(tmp_path, make) -> None:
+    with make(tmp_path / "c") as cube:
         cube.governance.configure(audit_reads=True)
         cube.add("the tram runs every ten minutes", user_id="ann")
         before = len(cube.records.events())
@@ -156,9 +175,9 @@ def test_an_audited_read_inside_a_transaction_is_recorded_with_it(tmp_path) -> N
         assert cube.governance.verify().ok
 
 
-def test_nested_records_transactions_are_savepoints(tmp_path) -> None:
+def test_nested_records_transactions_are_savepoints(tmp_path, make) -> None:
     """An inner transaction that fails rolls back its own writes only; the outer one commits the rest."""
-    with _cube(tmp_path / "c") as cube:
+    with make(tmp_path / "c") as cube:
         store = cube.records
         with store.transaction() as c:
             store.set_meta(c, "outer", "1")
@@ -180,3 +199,73 @@ def test_nested_records_transactions_are_savepoints(tmp_path) -> None:
         with store.transaction() as c:  # nothing left open
             store.set_meta(c, "after", "1")
         assert store.get_meta("after") == "1"
+
+
+def test_audit_records_of_a_rolled_back_savepoint_leave_the_chain_whole(tmp_path, make) -> None:
+    """An audit record appended in a nested transaction that rolls back is gone, and the records the outer
+    transaction appends after it chain onto the head before it (PostgreSQL keeps the head per transaction)."""
+    with make(tmp_path / "c") as cube:
+        store = cube.records
+        cube.add("the tram runs every ten minutes", user_id="ann")
+        with store.transaction() as c:
+            store.append_event(c, 1.0, "local", "test.outer1", None)
+            with pytest.raises(RuntimeError):
+                with store.transaction() as inner:
+                    store.append_event(inner, 2.0, "local", "test.inner", None)
+                    raise RuntimeError("inner fails")
+            store.append_event(c, 3.0, "local", "test.outer2", None)
+        with pytest.raises(RuntimeError):
+            with store.transaction() as c:
+                with pytest.raises(RuntimeError):
+                    with store.transaction() as inner:  # the savepoint takes the chain's lock first
+                        store.append_event(inner, 4.0, "local", "test.inner2", None)
+                        raise RuntimeError("inner fails")
+                store.append_event(c, 5.0, "local", "test.outer3", None)
+                raise RuntimeError("outer fails")
+        with store.transaction() as c:
+            with pytest.raises(RuntimeError):
+                with store.transaction() as inner:
+                    store.append_event(inner, 6.0, "local", "test.inner3", None)
+                    raise RuntimeError("inner fails")
+            store.append_event(c, 7.0, "local", "test.outer4", None)
+        ops = [e["op"] for e in store.events() if e["op"].startswith("test.")]
+        assert ops == ["test.outer1", "test.outer2", "test.outer4"]
+        report = cube.governance.verify()
+        assert report.ok, report.problems
+
+
+def test_a_scoped_dense_search_inside_a_transaction_reads_it_and_the_scope_cache_keeps_nothing_of_it(
+        tmp_path, make) -> None:
+    """The scope cache is shared by every thread of the process: a scoped search inside an open transaction must
+    read that transaction (its own uncommitted row is found) and must neither use nor fill the cache, so after a
+    rollback the row is not found and the cache still answers from committed rows only."""
+    import numpy as np
+
+    from memos_core.plaintext import scope_cache
+
+    with make(tmp_path / "c") as cube:
+        cube.add("the tram runs every ten minutes", user_id="ann")
+        cube.add("the ferry leaves at noon", user_id="ann")
+        for _ in range(2):  # cached after a scoped search or two
+            assert cube.search("tram", k=5, user_id="ann", mode="dense")
+        cache = scope_cache.cache_for(cube.records)
+        builds = cache.builds
+        store = cube.records
+        item = MemoryItem(content="the lighthouse keeper feeds seven cats", scope=Scope(user_id="ann"))
+        vec = np.asarray(hashed_embed([item.content])[0], dtype=np.float32)
+
+        class Abort(Exception):
+            pass
+
+        def body() -> None:
+            with store.transaction() as c:
+                store.insert_item(c, item, vec, True, None, "test")
+                seen = [h.item.id for h in cube.search(item.content, k=1, user_id="ann", mode="dense")]
+                raise Abort(seen)
+
+        with pytest.raises(Abort) as got:
+            _in_thread(body)
+        assert got.value.args[0] == [item.id]  # scored from the open transaction's own row
+        assert cache.builds == builds  # the cache was neither read into nor rebuilt inside the transaction
+        after = [h.item.id for h in cube.search(item.content, k=3, user_id="ann", mode="dense")]
+        assert item.id not in after and len(after) == 2

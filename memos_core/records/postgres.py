@@ -435,9 +435,17 @@ class PostgresRecordStore(RecordStore):
 
     @contextmanager
     def transaction(self) -> Iterator[Any]:
-        """One transaction (READ COMMITTED), committed durably on exit, rolled back on any exception."""
-        if getattr(self._tls, "conn", None) is not None:
-            raise RuntimeError("a records transaction is already open on this thread")
+        """One transaction (READ COMMITTED), committed durably on exit, rolled back on any exception.
+
+        Called while this thread already has a write transaction of this store open (a search run inside a
+        write's transaction stores deferred embeddings or an audited read), it nests as on SQLite: a SAVEPOINT
+        of the open transaction on the same connection (so it sees that transaction's writes), undone alone when
+        its block raises, and committed or rolled back with the open transaction, never on its own."""
+        cur = getattr(self._tls, "conn", None)
+        if cur is not None:
+            with self._savepoint(cur):
+                yield cur
+            return
         if self._closed:
             raise CubeClosed(f"the PostgreSQL store of cube {self.cube!r} is closed")
         with self._guard(), self._pool.connection() as conn:
@@ -452,6 +460,23 @@ class PostgresRecordStore(RecordStore):
         self._commits += 1
         if self._has_vec_log and self._commits % self._VEC_LOG_TRIM_EVERY == 0:
             self._trim_vec_log()
+
+    @contextmanager
+    def _savepoint(self, conn: Any) -> Iterator[None]:
+        """A nested transaction inside this thread's open one (see :meth:`transaction`). The audit chain's head
+        kept for that transaction (:meth:`append_event`) is put back when the savepoint rolls back: the records
+        appended inside it are gone, and so is the advisory lock when the savepoint took it (PostgreSQL releases
+        a lock taken after a savepoint when it is rolled back to). Buffered usage counts are left to the outer
+        transaction's end, as on SQLite."""
+        if getattr(self._tls, "snapshot", False):
+            raise RuntimeError("a records write transaction cannot be opened inside read_snapshot() (read-only)")
+        chain = getattr(self._tls, "chain", None)
+        try:
+            with self._guard(), conn.transaction():
+                yield
+        except BaseException:
+            self._tls.chain = chain
+            raise
 
     def in_transaction(self) -> bool:
         return getattr(self._tls, "conn", None) is not None
@@ -468,11 +493,13 @@ class PostgresRecordStore(RecordStore):
             with conn.transaction():
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 self._tls.conn = conn
+                self._tls.snapshot = True
                 try:
                     yield
                 finally:
                     self._tls.conn = None
                     self._tls.chain = None
+                    self._tls.snapshot = False
 
     def _flush_soft(self) -> None:
         """Write buffered usage counts and clear applied pending marks, in a short transaction of their own
