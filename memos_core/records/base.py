@@ -146,8 +146,8 @@ class RecordStore(ABC):
     @abstractmethod
     def transaction(self) -> AbstractContextManager[Txn]:
         """One all-or-nothing, durable transaction. Called while this thread already has one of this store open,
-        a backend either nests it (a savepoint, undone alone when its block raises, committed or rolled back with
-        the open transaction: SQLite) or raises; it never opens a second, independent transaction."""
+        a backend nests it (a savepoint, undone alone when its block raises, committed or rolled back with the
+        open transaction: SQLite and PostgreSQL); it never opens a second, independent transaction."""
 
     def derived_transaction(self) -> AbstractContextManager[Txn]:
         """A transaction that writes only derived data the cube recomputes when it is lost (deferred embeddings):
