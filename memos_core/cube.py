@@ -66,7 +66,7 @@ from .items import (
     utcnow,
 )
 from .plaintext import ChromaVectorIndex
-from .plaintext.retrieval import Retriever, search_pool
+from .plaintext.retrieval import Retriever, embedder_down, embedder_failed, search_pool
 from .plaintext import scope_cache
 from .records import RecordStore, SQLiteRecordStore
 from .records.migrate import MANIFEST_META_KEY, is_store_url, open_record_store
@@ -863,8 +863,11 @@ class MemCube:
                 # embedder's one-thread session): the other core stays with the caller's next write
                 with one_core():
                     self._embed_waiting()
-            except Exception:  # noqa: BLE001 - the rows stay waiting in the records
-                log.exception("background embedding of cube %s failed", self.name)
+            except Exception as exc:  # noqa: BLE001 - the rows stay waiting in the records
+                if embedder_down(exc):  # an outage: one WARNING for all of it, not a traceback per write
+                    embedder_failed(self._embedder, exc)
+                else:
+                    log.exception("background embedding of cube %s failed", self.name)
 
         self._embed_job = _index_pool().submit(run)
 
@@ -879,6 +882,9 @@ class MemCube:
         try:
             self._embed_waiting()
         except MemOSError as exc:
+            if embedder_down(exc):  # an outage: one WARNING for all of it (embedder_failed), not one per call
+                embedder_failed(self._embedder, exc)
+                return
             log.warning("cube %s: could not embed the rows waiting for their embedding before %s: %s",
                         self.name, before, exc)
 

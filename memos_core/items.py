@@ -476,7 +476,8 @@ class SearchHit(_Model):
     1-based position and ``fused`` the fusion's own value (hybrid: standard deviations above this query's other
     candidates; RRF and single-retriever modes: the RRF sum), which are relative to the query and the corpus.
     Hits come in ``rank`` order, so ``score`` need not decrease monotonically down the list.
-    ``retrievers`` holds each retriever's own score (dense: cosine similarity; lexical: BM25).
+    ``retrievers`` holds each retriever's own score (dense: cosine similarity; lexical: BM25). ``degraded`` is
+    true when a retriever could not run (see :meth:`memos_core.cube.MemCube.search`).
     """
 
     item: MemoryItem
@@ -485,6 +486,9 @@ class SearchHit(_Model):
     ranks: dict[str, int] = Field(default_factory=dict, description="retriever name -> 1-based rank")
     rank: int | None = Field(default=None, description="1-based position in the fused ranking of this search")
     fused: float | None = Field(default=None, description="the fusion's own (query-relative) value")
+    degraded: bool = Field(default=False, description="True when the search ran without a retriever it would "
+                           "normally use: a hybrid search while the embedder was down returns the lexical leg's "
+                           "hits only, scored as a lexical-only search scores them")
 
 
 def _filter_values(cond: Any) -> list[Any]:

@@ -271,8 +271,8 @@ def hit_metadata(hit: SearchHit) -> dict[str, Any]:
     ``memory_id``, ``cube_id``, ``version``, ``kind``, ``state``, ``score`` (the absolute score in [0, 1]), ``user_id`` /
     ``agent_id`` / ``session_id`` (when set), ``event_time`` (when known), ``created_at``, ``updated_at``,
     ``valid_until`` (when set), ``source``, ``source_ids``, ``extractor`` / ``speaker`` (when set),
-    ``retrievers`` and ``ranks`` (per retriever), ``tags`` and ``memory_metadata`` (the memory's own metadata)
-    when not empty.
+    ``retrievers`` and ``ranks`` (per retriever), ``degraded`` (``True`` when set: see :attr:`SearchHit.degraded`),
+    ``tags`` and ``memory_metadata`` (the memory's own metadata) when not empty.
     """
     item = hit.item
     meta: dict[str, Any] = {"memory_id": item.id, "cube_id": item.cube_id, "version": item.version,
@@ -298,6 +298,8 @@ def hit_metadata(hit: SearchHit) -> dict[str, Any]:
         meta["session_id"] = prov.session_id
     meta["retrievers"] = dict(hit.retrievers)
     meta["ranks"] = dict(hit.ranks)
+    if hit.degraded:  # a retriever could not run (the embedder was down): lexical hits only
+        meta["degraded"] = True
     if item.tags:
         meta["tags"] = list(item.tags)
     if item.metadata:

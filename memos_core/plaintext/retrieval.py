@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+import weakref
 from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, Callable, Literal, NamedTuple, Protocol, Sequence
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, NamedTuple, Protocol, 
 import numpy as np
 
 from ..embedding import cached_query_vector, peek_query_vector
-from ..errors import BackendUnavailable, EmbeddingDimensionError
+from ..errors import BackendUnavailable, EmbeddingDimensionError, MemOSError
 from ..items import MemoryItem, SearchFilter, SearchHit
 from ..lifecycle import INDEXED as _INDEXED
 from ..log import get_logger
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
     from ..records import RecordStore
     from ..records.base import CompiledFilter
 
-__all__ = ["Retriever", "RetrievalSettings", "Fused", "Prefetched"]
+__all__ = ["Retriever", "RetrievalSettings", "Fused", "Prefetched", "embedder_down"]
 
 log = get_logger(__name__)
 
@@ -108,16 +110,18 @@ class Retriever:
         Returns the hits and their rowids (for usage recording)."""
         pre = Prefetched()
         plan, fused = self.retrieve(query, mode, f, cf, k, pre)
+        degraded = bool(skipped_legs())
         items = {r.rowid: pre.items[r.rowid]() for r in fused if r.rowid in pre.items}
         missing = [int(r.rowid) for r in fused if r.rowid not in items]
         if missing:
             items.update(self.records.get_many_by_rowid(missing))
-        return self.assemble(plan, mode, fused, items, min_score)
+        return self.assemble(plan, mode, fused, items, min_score, degraded=degraded)
 
     @staticmethod
     def assemble(plan: QueryPlan, mode: str, fused: Sequence[Fused], items: dict[int, MemoryItem],
-                 min_score: float | None) -> tuple[list[SearchHit], list[int]]:
-        """Hits from fused candidates and their items (a candidate whose item vanished meanwhile is skipped)."""
+                 min_score: float | None, *, degraded: bool = False) -> tuple[list[SearchHit], list[int]]:
+        """Hits from fused candidates and their items (a candidate whose item vanished meanwhile is skipped).
+        ``degraded``: a retriever could not run for this search (marks every hit, :attr:`SearchHit.degraded`)."""
         score = calibration.scorer(plan.text, entity_matcher(plan.entities))
         hits: list[SearchHit] = []
         used: list[int] = []
@@ -128,7 +132,7 @@ class Retriever:
                 continue
             rank += 1
             hit = SearchHit(item=item, score=score(mode, item.content, cos, calibration.recall_weight(item.metadata)),
-                            retrievers=sc, ranks=rk, rank=rank, fused=value)
+                            retrievers=sc, ranks=rk, rank=rank, fused=value, degraded=degraded)
             if min_score is None or hit.score >= min_score:
                 hits.append(hit)
                 used.append(int(key))
@@ -143,20 +147,23 @@ class Retriever:
         the union of the dense and BM25 candidates, scores the BM25-only ones exactly against their stored
         embeddings (so every candidate has a dense score), and fuses them (:func:`fuse`). ``ranks`` are each
         retriever's own ranks. ``pre`` receives what the legs read about the candidates on the way.
+
+        While the embedder is down (:func:`embedder_down`) a hybrid search runs its lexical leg alone: its hits are
+        ranked and scored as a lexical-only search's, and :func:`skipped_legs` names the legs that could not run.
         """
         cfg = self.config
         pre = Prefetched() if pre is None else pre
+        _SKIPPED.legs = set()
         plan = analyze_query(query)
         n_cand = max(cfg.candidates, k)
         ranked, qvec = self.gather(plan, mode, f, cf, n_cand, pre)
         weights = {"dense": cfg.dense_weight, "lexical": 0.8 if cfg.lexical_weight is None else cfg.lexical_weight}
-        if mode != "hybrid" or cfg.fusion == "rrf":
+        if mode != "hybrid" or cfg.fusion == "rrf" or qvec is None:
             top = rrf(ranked, weights, cfg.rrf_k)[:k]
             # the score's cosine comes from the stored embedding (exact), not the ANN's rounding
             cos = dict(self.exact_dense(qvec, [key for key, *_ in top], len(top))) if qvec is not None and top \
                 else {}
             return plan, [Fused(key, v, sc, rk, cos.get(key)) for key, v, sc, rk in top]
-        assert qvec is not None
         cands = self.candidates(plan, qvec, ranked, n_cand, pre.rows, pre.topics)
         return plan, [Fused(key, z, sc, rk, cands.dense.get(key)) for key, z, sc, rk in fuse(cands, plan, cfg)[:k]]
 
@@ -243,8 +250,20 @@ class Retriever:
                 if self.folds_waiting(mode):
                     embedded = self.read_pending(cf)
                 if qvec is None:
-                    qvec = self.query_vector(plan, with_topic=mode == "hybrid")
-                ranked["dense"] = self.dense(qvec, f, cf, n_cand, pre=pre if share else None)
+                    try:
+                        qvec = self.query_vector(plan, with_topic=mode == "hybrid")
+                    except Exception as exc:
+                        # The embedder is down: a hybrid search still has its lexical leg (below, or already
+                        # running beside this thread). A dense search has nothing else: it raises. A wrong
+                        # dimension or an answer that is not vectors is a configuration error: it raises too.
+                        if mode != "hybrid" or not embedder_down(exc):
+                            raise
+                        embedder_failed(self.embedder, exc)
+                        skip_leg("dense")
+                    else:
+                        embedder_answered(self.embedder)
+                if qvec is not None:
+                    ranked["dense"] = self.dense(qvec, f, cf, n_cand, pre=pre if share else None)
         finally:
             _PENDING.read = None
             if lexical_job is not None:
@@ -352,8 +371,15 @@ class Retriever:
             if last is not None and last[0] is emb and last[1] == topic:  # embedded with the query (query_vector)
                 tvec = last[2]
             else:
-                tvec = cached_query_vector(emb, ("topic", topic), lambda: emb.embed_query(topic),
-                                           self.config.query_cache)
+                try:
+                    tvec = cached_query_vector(emb, ("topic", topic), lambda: emb.embed_query(topic),
+                                               self.config.query_cache)
+                except Exception as exc:  # the embedder went down after the query vector (or that was cached)
+                    if not embedder_down(exc):
+                        raise
+                    embedder_failed(emb, exc)
+                    skip_leg("topical")
+                    return {}
             qvec = tvec
         out.update((r, dense[r]) for r in same)
         if own:
@@ -537,6 +563,80 @@ def matvec(mat: np.ndarray, qvec: np.ndarray) -> np.ndarray:
     return np.einsum("ij,j->i", mat, qvec.astype(np.float32, copy=False))
 
 
+def embedder_down(exc: BaseException) -> bool:
+    """Whether ``exc``, raised while embedding a query, means the embedder is *down* (an outage a hybrid search
+    rides out on its lexical leg) rather than misconfigured (which must raise in every mode).
+
+    Down: the embedder itself raised -- a network error, a timeout, a model that cannot load -- whether raw (the
+    default model's loader) or wrapped in a :class:`ValidationError` by :class:`~memos_core.embedding
+    .CallableEmbedder` (``raise ... from`` the original), or a :class:`BackendUnavailable`. Not down: an
+    :class:`EmbeddingDimensionError` (vectors of another dimension than the cube's), an answer that is not vectors
+    (NaN, a wrong shape or count: our own checks, raised with no cause), and ``KeyboardInterrupt``/``SystemExit``.
+    """
+    if not isinstance(exc, Exception) or isinstance(exc, EmbeddingDimensionError):
+        return False
+    if isinstance(exc, BackendUnavailable):
+        return True
+    if isinstance(exc, MemOSError):
+        cause = exc.__cause__
+        return isinstance(cause, Exception) and (not isinstance(cause, MemOSError)
+                                                 or isinstance(cause, BackendUnavailable))
+    return True
+
+
+#: embedders known to be down (weakly: it goes with the embedder) -> when the outage was first seen
+_DOWN: "weakref.WeakKeyDictionary[Any, float]" = weakref.WeakKeyDictionary()
+_DOWN_IDS: dict[int, float] = {}  # for an embedder that cannot be weakly referenced
+_DOWN_LOCK = threading.Lock()
+
+
+def embedder_failed(embedder: Any, exc: BaseException) -> None:
+    """Note that ``embedder`` is down; the first failure of an outage logs one WARNING (not every search: several
+    cubes sharing the embedder, or an agent searching in a loop, would flood the log)."""
+    with _DOWN_LOCK:
+        try:
+            new = embedder not in _DOWN
+            if new:
+                _DOWN[embedder] = time.monotonic()
+        except TypeError:
+            new = id(embedder) not in _DOWN_IDS
+            _DOWN_IDS.setdefault(id(embedder), time.monotonic())
+    if new:
+        log.warning("the embedder %s is down (%s: %s): hybrid searches return the lexical leg's hits only "
+                    "(hit.degraded) and dense searches raise, until it answers again",
+                    getattr(embedder, "name", type(embedder).__name__), type(exc).__name__, str(exc)[:300])
+
+
+def embedder_answered(embedder: Any) -> None:
+    """Note that ``embedder`` embedded a query: if it was down, the outage is over (one INFO line)."""
+    if not _DOWN and not _DOWN_IDS:  # the usual case: no outage, no lock
+        return
+    with _DOWN_LOCK:
+        try:
+            since = _DOWN.pop(embedder, None)
+        except TypeError:
+            since = _DOWN_IDS.pop(id(embedder), None)
+    if since is not None:
+        log.info("the embedder %s answers again after %.1f s: hybrid searches use every retriever again",
+                 getattr(embedder, "name", type(embedder).__name__), time.monotonic() - since)
+
+
+def skip_leg(leg: str) -> None:
+    """Record that ``leg`` could not run in the search running on this thread (see :func:`skipped_legs`)."""
+    legs = getattr(_SKIPPED, "legs", None)
+    if legs is None:
+        legs = _SKIPPED.legs = set()
+    legs.add(leg)
+
+
+def skipped_legs() -> set[str]:
+    """The legs (``"dense"``, ``"topical"``) that the last :meth:`Retriever.retrieve` on this thread could not run
+    because the embedder was down (empty when every leg ran)."""
+    return set(getattr(_SKIPPED, "legs", None) or ())
+
+
+#: the legs the search running on this thread could not run (:func:`skip_leg`)
+_SKIPPED = threading.local()
 #: the pending rows :meth:`Retriever.read_pending` read for the search running on this thread
 _PENDING = threading.local()
 #: the name-free question's vector that :meth:`Retriever.query_vector` embedded beside the query on this thread,
