@@ -177,7 +177,10 @@ class Retriever:
         ``with_topic`` (hybrid searches only: the only mode with a topical leg) embeds the name-free question in
         the same call when the topical leg will want it.
 
-        Memoised per embedder (``query_cache`` entries; see :func:`memos_core.embedding.cached_query_vector`)."""
+        Memoised per embedder (``query_cache`` entries; see :func:`memos_core.embedding.cached_query_vector`).
+        ``query_cache=0`` means no memo at all for this cube: nothing read (not even a topic vector another cube
+        with the same embedder cached), nothing written, and the name-free question still embedded in the same
+        call as the query, once."""
         key = self.query_key(plan)
         _, focus, fw = key
         embedder = self.embedder
@@ -191,15 +194,21 @@ class Retriever:
                 v = (many or embedder.embed_documents)([plan.text, focus])
                 qvec = v[0] + fw * v[1]
                 return qvec / max(float(np.linalg.norm(qvec)), 1e-12)
-            if topic and many is not None and peek_query_vector(embedder, ("topic", topic)) is None:
-                # the name-free question for the topical leg (`topical_query="topic"`), embedded in the same call:
-                # a batch of two short texts costs about as much as one (measured: README, "the topical leg"),
-                # where a second call would double the query's embedding time. Handed to :meth:`topical` on this
-                # thread, and kept in the query cache for the next search with the same question.
-                v = many([plan.text, topic])
-                _TOPIC_VEC.last = (embedder, topic, v[1])
-                cached_query_vector(embedder, ("topic", topic), lambda: v[1], size)
-                return v[0]
+            if topic and many is not None:
+                known = peek_query_vector(embedder, ("topic", topic)) if size > 0 else None
+                if known is None:
+                    # the name-free question for the topical leg (`topical_query="topic"`), embedded in the same
+                    # call: a batch of two short texts costs about as much as one (measured: README, "the topical
+                    # leg"), where a second call would double the query's embedding time. Handed to
+                    # :meth:`topical` on this thread, and kept in the query cache (when this cube has one) for the
+                    # next search with the same question.
+                    v = many([plan.text, topic])
+                    _TOPIC_VEC.last = (embedder, topic, v[1])
+                    if size > 0:
+                        cached_query_vector(embedder, ("topic", topic), lambda: v[1], size)
+                    return v[0]
+                # cached: handed to :meth:`topical` as it is now (an eviction meanwhile must not embed it again)
+                _TOPIC_VEC.last = (embedder, topic, known)
             return embedder.embed_query(plan.text)
 
         return cached_query_vector(embedder, key, compute, size)
