@@ -25,6 +25,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -1145,14 +1146,16 @@ class MemCube:
             items: list[MemoryItem] = []
             now = self._now()
             seen: set[str] = set()
-            for spec in memories:
+            fields = {k: v for k, v in defaults.items() if k != "ttl"}
+            fresh = _new_ids(len(memories))  # the ids of memories that bring none, from one urandom call
+            for spec, fresh_id in zip(memories, fresh):
                 ttl = None
                 if isinstance(spec, Mapping):
                     spec = dict(spec)
                     ttl = spec.pop("ttl", None)
                 if ttl is None:
                     ttl = defaults.get("ttl")
-                item = self._build_item(spec, {k: v for k, v in defaults.items() if k != "ttl"})
+                item = self._build_item(spec, {**fields, "id": fresh_id})
                 if ttl is not None:
                     seconds = ttl_seconds(ttl)  # positive, finite, at most MAX_TTL_SECONDS
                     try:
@@ -1799,6 +1802,14 @@ class _Write:
     def record(self, c: Any, at: float, detail: Mapping[str, Any] | None) -> None:
         """Append this write's audit event inside its transaction ``c`` (``detail`` never holds content)."""
         self.cube.records.append_event(c, at, self.actor, self.op, self.item_id, detail=dict(detail or {}))
+
+
+def _new_ids(n: int) -> list[str]:
+    """``n`` new item ids, as :func:`memos_core.items.new_id` makes them (random UUID4 hex), from one ``urandom``
+    call: a bulk add makes thousands, and each call releases the GIL, which a busy background thread (the
+    vector-index upsert of the previous batch) then holds for up to a switch interval (measured: ~0.3 ms per id)."""
+    raw = os.urandom(16 * n)
+    return [uuid.UUID(bytes=raw[i:i + 16], version=4).hex for i in range(0, 16 * n, 16)]
 
 
 _POOL_LOCK = threading.Lock()

@@ -171,3 +171,23 @@ def test_a_large_batch_appears_in_the_vector_change_log(open_store: Any) -> None
     pos, changed = store.vector_changes(start[0])  # type: ignore[misc]
     assert changed is not None
     assert set(changed) >= {r for r, v, idx in zip(rowids, vecs, indexed) if idx and v is not None}
+
+
+# ---------------------------------------------------------------------------------------------- through the cube
+@pytest.mark.records_backends
+def test_add_many_over_the_bulk_size_keeps_given_ids_and_makes_fresh_ones(cube: Any) -> None:
+    """add_many makes the ids of a large batch in one go: given ids are kept, the others are new UUID4 hex ids,
+    all distinct, and every memory reads back and is found."""
+    import re
+    import uuid
+
+    specs: list[Any] = [f"plain memory {i} about gardening" for i in range(40)]
+    specs += [{"content": f"memory {i} with an id", "id": f"given-{i}"} for i in range(40)]
+    specs += [{"content": f"memory {i} with id None", "id": None, "user_id": "ann"} for i in range(40)]
+    items = cube.add_many(specs)
+    assert [it.id for it in items[40:80]] == [f"given-{i}" for i in range(40)]
+    fresh = [it.id for it in items[:40] + items[80:]]
+    assert len(set(fresh)) == 80 and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in fresh)
+    assert all(uuid.UUID(hex=i).version == 4 for i in fresh)
+    assert cube.count() == 120 and cube.get(items[0].id).content == "plain memory 0 about gardening"
+    assert any(h.item.id == items[100].id for h in cube.search("memory 20 with id None", k=5, user_id="ann"))
