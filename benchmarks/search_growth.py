@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -82,19 +83,37 @@ class PrecomputedQueries(HashedEmbedder):
         return v
 
 
-def _time_calls(calls: list[Callable[[], Any]]) -> tuple[list[float], list[float]]:
+#: major page faults (pages read from disk: a cold page cache) of the timed calls, per label of _time_calls
+FAULTS: dict[str, list[int]] = {}
+
+
+def _majflt() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_majflt
+
+
+def _time_calls(calls: list[Callable[[], Any]], label: str | None = None) -> tuple[list[float], list[float]]:
     wall, cpu = [], []
+    faults = FAULTS.setdefault(label, []) if label else None
     for fn in calls:
+        f0 = _majflt()
         c0 = time.process_time()
         t0 = time.perf_counter()
         fn()
         wall.append((time.perf_counter() - t0) * 1000.0)
         cpu.append((time.process_time() - c0) * 1000.0)
+        if faults is not None:
+            faults.append(_majflt() - f0)
     return wall, cpu
 
 
 def _stats(v: list[float]) -> dict[str, float]:
     return {"p50_ms": round(pct(v, 0.5), 2), "p95_ms": round(pct(v, 0.95), 2)}
+
+
+def _fault_stats(label: str) -> dict[str, Any]:
+    """Major page faults of one mode's timed calls: in all, and the share of calls that had any."""
+    f = FAULTS.pop(label, [])
+    return {"major_faults": sum(f), "calls_with_faults": round(sum(1 for x in f if x) / max(len(f), 1), 3)}
 
 
 def measure(cube: Any, emb: PrecomputedQueries, qs: list[str], users: int) -> dict[str, Any]:
@@ -114,8 +133,8 @@ def measure(cube: Any, emb: PrecomputedQueries, qs: list[str], users: int) -> di
     }
     out: dict[str, Any] = {}
     for name, calls in legs.items():
-        wall, cpu = _time_calls(calls)
-        out[name] = {**_stats(wall), "cpu": _stats(cpu)}
+        wall, cpu = _time_calls(calls, name)
+        out[name] = {**_stats(wall), "cpu": _stats(cpu), **_fault_stats(name)}
     out["interleaved"] = interleaved(cube, qs, users)
     if emb.misses:
         raise RuntimeError(f"{emb.misses} timed queries were embedded: the precomputed table missed them")
@@ -153,9 +172,26 @@ def interleaved(cube: Any, qs: list[str], users: int) -> dict[str, Any]:
     return out
 
 
+def evict(root: Path) -> int:
+    """Drop the page-cache pages of every file under ``root`` (``posix_fadvise(DONTNEED)``): the next reads come
+    from disk, as in the first run after a reboot or after other jobs pushed the cube out of memory. Only this
+    cube's files are touched (nothing machine-wide). Returns the bytes of the files advised."""
+    total = 0
+    for f in root.rglob("*"):
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)  # dirty pages are not dropped: write them first
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                total += os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+    return total
+
+
 def run(sizes: list[int], queries: int = 200, batch: int = 2000, workdir: str | None = None, seed: int = 0,
         store: str | None = None, index: str | None = None, users: int = 50,
-        log: Callable[[str], None] = print) -> dict[str, Any]:
+        log: Callable[[str], None] = print, cold: bool = False) -> dict[str, Any]:
     from memos_core.cube import MemCube, RetrievalConfig
 
     sizes = sorted(sizes)
@@ -165,6 +201,10 @@ def run(sizes: list[int], queries: int = 200, batch: int = 2000, workdir: str | 
     root = Path(workdir or tmp.name)  # type: ignore[union-attr]
     # query_cache=0: the library's own query-vector cache stays out of it; the vectors come from the table above
     cfg = RetrievalConfig(query_cache=0)
+    if cold:
+        if store is not None or workdir is None:
+            raise ValueError("--cold needs a SQLite cube kept in --workdir (the server's files are not ours)")
+        log(f"cold: dropped {evict(root) / 2**30:.2f} GiB of this cube's files from the page cache")
     if store is not None:
         cube = MemCube(store, index=index, workdir=root / "local", embedder=emb, retrieval=cfg,
                        vector_sync="deferred")
@@ -208,11 +248,12 @@ def run(sizes: list[int], queries: int = 200, batch: int = 2000, workdir: str | 
             steps.append(step)
             h = step["hybrid"]
             log(f"N={n}: hybrid p50 {h['p50_ms']} / p95 {h['p95_ms']} ms (CPU {h['cpu']['p50_ms']} / "
-                f"{h['cpu']['p95_ms']} ms)")
+                f"{h['cpu']['p95_ms']} ms; {h['major_faults']} major page faults in "
+                f"{h['calls_with_faults']:.0%} of the calls)")
             for name in ("dense_only", "lexical_only", "hybrid_scoped_user"):
                 v = step[name]
                 log(f"   {name:<20} p50 {v['p50_ms']:>8} / p95 {v['p95_ms']:>8} ms "
-                    f"(CPU {v['cpu']['p50_ms']} / {v['cpu']['p95_ms']} ms)")
+                    f"(CPU {v['cpu']['p50_ms']} / {v['cpu']['p95_ms']} ms; {v['major_faults']} major page faults)")
             il = step["interleaved"]
             log("   interleaved: " + "; ".join(
                 f"{k} p50 {il[k]['p50_ms']} / p95 {il[k]['p95_ms']} ms (CPU {il[k]['cpu']['p50_ms']} / "
@@ -252,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store", help="a postgresql:// URL with ?cube=NAME (default: SQLite in --workdir)")
     p.add_argument("--index", help="a Chroma server URL (required with --store)")
     p.add_argument("--json", action="store_true", help="last stdout line: one JSON object with every figure")
+    p.add_argument("--cold", action="store_true",
+                   help="SQLite cube in --workdir only: drop its files from the page cache before opening it "
+                        "(posix_fadvise DONTNEED), to time a first run from disk")
     a = p.parse_args(argv)
     try:
         sizes = [int(s) for s in a.sizes.split(",") if s.strip()]
@@ -263,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--store needs --index (a Chroma server URL)")
     os.environ.setdefault("MEMOS_PROGRESS", "0")
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if a.json else (lambda m: print(m, flush=True))
-    rep = run(sizes, a.queries, a.batch, a.workdir, a.seed, a.store, a.index, users=a.users, log=log)
+    rep = run(sizes, a.queries, a.batch, a.workdir, a.seed, a.store, a.index, users=a.users, log=log, cold=a.cold)
     if a.json:
         print(json.dumps(rep, sort_keys=True))
     return 0

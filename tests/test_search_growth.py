@@ -39,3 +39,10 @@ def test_search_growth_grows_one_cube_and_resumes(tmp_path: Path) -> None:
     again = _run("--sizes", "60,200", "--queries", "5", "--workdir", str(tmp_path))
     assert [s["n"] for s in again["steps"]] == [200]  # 60 is below what the cube holds: skipped
     assert again["steps"][0]["added"] == 0 and again["steps"][0]["ingest_per_s"] is None
+
+    # a cold run: the cube's files dropped from the page cache first; major page faults are counted per mode
+    cold = _run("--sizes", "200", "--queries", "5", "--workdir", str(tmp_path), "--cold")
+    (step,) = cold["steps"]
+    assert step["added"] == 0
+    for mode in ("hybrid", "dense_only", "lexical_only", "hybrid_scoped_user"):
+        assert step[mode]["major_faults"] >= 0 and 0 <= step[mode]["calls_with_faults"] <= 1
