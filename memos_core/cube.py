@@ -1528,7 +1528,8 @@ class MemCube:
             # search raised meanwhile.
             # Whether reads are audited is read there too (after the check passed).
             def check() -> tuple[str, bool]:
-                return self._authorize(actor, Right.READ, "search", None, filter), self.governance.reads_audited()
+                who = self._authorize(actor, Right.READ, "search", None, filter)
+                return who, self.governance.reads_audited("search", who)  # read with the role: no 2nd round trip
 
             auth = search_pool().submit(check)
             try:

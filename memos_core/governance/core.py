@@ -96,11 +96,15 @@ class _Attempt:
     def __enter__(self) -> None:
         tls = self.gov._tls
         self.depth = getattr(tls, "depth", 0)
+        if not self.depth:
+            tls.op_settings = None  # read by this operation's authorize (see Governance._settings_raw)
         tls.depth = self.depth + 1
 
     def __exit__(self, typ: Any, exc: BaseException | None, tb: Any) -> bool:
         gov = self.gov
         gov._tls.depth = self.depth
+        if not self.depth:
+            gov._tls.op_settings = None
         if exc is None or not isinstance(exc, Exception) or self.depth or gov._recorded(exc) \
                 or isinstance(exc, CubeClosed):  # a closed (or another process's) handle records nothing
             return False
@@ -234,7 +238,25 @@ class Governance:
         return None if role is None else Role(role)
 
     def _settings_raw(self) -> dict[str, str]:
+        """The governance settings: inside a governed write (:meth:`attempt`) that has passed :meth:`authorize`,
+        the ones read together with that check (the same round trip); otherwise read now."""
+        tls = self._tls
+        if getattr(tls, "depth", 0):
+            got = getattr(tls, "op_settings", None)
+            if got is not None:
+                return got
         return self.records.governance_settings()
+
+    def _remember(self, op: str, actor: str, settings: dict[str, str]) -> None:
+        """Keep the settings :meth:`authorize` read with the role, for the rest of this operation only: a write
+        (inside :meth:`attempt`: until its outermost attempt ends) reads its policies from them, and a read's
+        :meth:`audit_read` of the same ``op`` and actor on this thread takes the audit setting from them (once).
+        Every call reads role and settings afresh in its own check, so a revoked role or a changed setting (by
+        any process) holds from the next call on, as when they were two reads."""
+        tls = self._tls
+        tls.read_access = (op, actor, settings)
+        if getattr(tls, "depth", 0):
+            tls.op_settings = settings
 
     def _policy(self) -> GovernanceSettings:
         raw = self._settings_raw()
@@ -284,7 +306,10 @@ class Governance:
         except ValidationError as exc:
             self._audit(actor, op, item_id, "invalid", {"right": right.value, "error": "bad principal id"}, exc)
             raise
-        role = self.role_of(actor)
+        # the role and the settings in one read (one round trip on a server); the settings serve the rest of this
+        # operation (_remember)
+        raw_role, settings = self.records.access(actor)
+        role = None if raw_role is None else Role(raw_role)
         if role is None or right not in ROLE_RIGHTS[role]:
             err: MemOSError
             if item_id is not None and (role is None or Right.READ not in ROLE_RIGHTS[role]):
@@ -302,6 +327,7 @@ class Governance:
             raise err
         if filter is not None:
             self._check_filter(actor, op, filter)
+        self._remember(op, actor, settings)
         return actor
 
     def _check_filter(self, actor: str, op: str, filter: Any) -> None:
@@ -371,9 +397,19 @@ class Governance:
         self._check_claims(actor, "update", claims, old.id)
         return self._redact(actor, "update", new, self._policy().redaction, old.id)
 
-    def reads_audited(self) -> bool:
-        """Whether reads are audited now (``configure(audit_reads=True)``)."""
-        raw = self._settings_raw().get("audit_reads")
+    def reads_audited(self, op: str | None = None, actor: str | None = None) -> bool:
+        """Whether reads are audited now (``configure(audit_reads=True)``). With ``op`` and ``actor``, the ones
+        :meth:`authorize` just checked on this thread for this read: the setting read with that check is used
+        (once), so the read costs no second round trip; anything else reads it now."""
+        settings = None
+        if op is not None:
+            got = getattr(self._tls, "read_access", None)
+            if got is not None and got[0] == op and got[1] == actor:
+                self._tls.read_access = None
+                settings = got[2]
+        if settings is None:
+            settings = self.records.governance_settings()
+        raw = settings.get("audit_reads")
         return raw is not None and bool(json.loads(raw))
 
     def audit_read(self, actor: str, op: str, ids: Sequence[str], detail: Mapping[str, Any] | None = None, *,
@@ -381,7 +417,7 @@ class Governance:
         """Record a read when the cube audits reads (``configure(audit_reads=True)``). ``audited``: that setting
         as the caller read it (:meth:`reads_audited`) during this operation, e.g. beside its other reads on a
         database server; ``None`` reads it now."""
-        if not (self.reads_audited() if audited is None else audited):
+        if not (self.reads_audited(op, actor) if audited is None else audited):
             return
         ids = list(ids)
         d: dict[str, Any] = {"ids": ids[:1000], "count": len(ids), **(detail or {})}

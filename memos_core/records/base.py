@@ -552,6 +552,11 @@ class RecordStore(ABC):
         got = self.grants(c, principal)
         return got[0][2] if got else None
 
+    def access(self, principal: str) -> tuple[str | None, dict[str, str]]:
+        """``principal``'s role (or ``None``) and the governance settings (:meth:`governance_settings`), read
+        together: what every governed call checks. A database server answers both in one round trip."""
+        return self.role(principal), self.governance_settings()
+
     def count_role(self, c: Txn, role: str) -> int:
         return sum(1 for g in self.grants(c) if g[2] == role)
 

@@ -1643,6 +1643,14 @@ class PostgresRecordStore(RecordStore):
             row = conn.execute("SELECT role FROM gov_acl WHERE principal=%s", (principal,)).fetchone()
         return None if row is None else row[0]
 
+    def access(self, principal: str) -> tuple[str | None, dict[str, str]]:
+        # one statement, one round trip: the role row (tagged 0) and every settings row (tagged 1)
+        with self._conn() as conn:
+            rows = conn.execute("SELECT 0, role, NULL FROM gov_acl WHERE principal=%s "
+                                "UNION ALL SELECT 1, key, value FROM gov_settings", (principal,)).fetchall()
+        role = next((r[1] for r in rows if r[0] == 0), None)
+        return role, {r[1]: r[2] for r in rows if r[0] == 1}
+
     def count_role(self, c: Any, role: str) -> int:
         return int(c.execute("SELECT COUNT(*) FROM gov_acl WHERE role=%s", (role,)).fetchone()[0])
 

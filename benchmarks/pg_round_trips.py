@@ -1,0 +1,183 @@
+"""Round trips to PostgreSQL per cube call (search, add, get), counted from libpq's own protocol trace.
+
+    python benchmarks/pg_round_trips.py [--n 200] [--calls 20] [--json]
+
+Starts a temporary PostgreSQL cluster (as the tests do: ``tests/pg_server.py``), opens a cube on it (vectors in
+embedded Chroma: only PostgreSQL's round trips are counted), adds ``--n`` memories, then runs each kind of call
+``--calls`` times and reports per call:
+
+* ``round_trips``: how many times a connection sent messages and then waited for the server's answer (from each
+  connection's ``PQtrace``: a run of frontend messages followed by backend messages is one round trip; a pipeline
+  that sends several statements before reading counts once);
+* ``statements``: statements sent (``Query`` or ``Parse``/``Bind`` messages);
+* ``governance``: statements that read the role or the settings (``gov_acl`` / ``gov_settings``);
+* ``sequential``: round trips on the calling thread's critical path are not separated here: a search on a server
+  runs its lexical leg and its role check on worker threads, so ``round_trips`` is the total, not the latency.
+
+Background work (the usage-count flusher) is waited for before a call's trace is read, so it is counted with the
+call that caused it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+
+class Tracer:
+    """Turns on ``PQtrace`` for every psycopg connection opened from now on, one file per connection."""
+
+    def __init__(self, folder: Path) -> None:
+        import psycopg
+
+        self.folder = folder
+        self.files: list[tuple[Path, Any]] = []
+        self.offsets: dict[Path, int] = {}
+        self._lock = threading.Lock()
+        orig = psycopg.Connection.connect.__func__  # type: ignore[attr-defined]
+        tracer = self
+
+        def connect(cls: Any, *args: Any, **kw: Any) -> Any:
+            conn = orig(cls, *args, **kw)
+            with tracer._lock:
+                path = tracer.folder / f"conn{len(tracer.files)}.trace"
+                f = open(path, "wb", buffering=0)
+                tracer.files.append((path, f))
+            from psycopg import pq
+
+            conn.pgconn.trace(f.fileno())
+            conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+            return conn
+
+        psycopg.Connection.connect = classmethod(connect)  # type: ignore[method-assign]
+
+    def mark(self) -> None:
+        with self._lock:
+            for path, _ in self.files:
+                self.offsets[path] = path.stat().st_size
+
+    def since_mark(self) -> dict[str, Any]:
+        """Round trips, statements and governance statements written to every trace since :meth:`mark`."""
+        trips = stmts = gov = 0
+        texts: list[str] = []
+        with self._lock:
+            files = list(self.files)
+        for path, _ in files:
+            start = self.offsets.get(path, 0)
+            with open(path, "rb") as f:
+                data = f.read().decode("utf-8", "replace")
+            named: dict[str, str] = {}  # prepared statement name -> its text (psycopg prepares a statement
+            # after a few executions; later ones send only Bind with the name)
+            for m in re.finditer(r'^F\s+\d+\s+Parse\s+"([^"]+)"\s+(.*)$', data, re.M):
+                named[m.group(1)] = m.group(2)
+            last = None
+            unnamed = ""
+            for line in data[start:].splitlines():
+                if not line or line[0] not in "FB":
+                    continue
+                d = line[0]
+                if d == "F" and last != "F":
+                    trips += 1
+                last = d
+                if d != "F":
+                    continue
+                m = re.match(r'F\s+\d+\s+(Query|Parse|Bind)\s+(.*)', line)
+                if not m:
+                    continue
+                kind, rest = m.groups()
+                if kind == "Parse":
+                    if rest.startswith('""'):
+                        unnamed = rest[3:]
+                    continue  # counted at its Bind
+                if kind == "Query":
+                    text = rest
+                else:
+                    bm = re.match(r'"[^"]*"\s+"([^"]*)"', rest)
+                    name = bm.group(1) if bm else ""
+                    text = named.get(name, "?") if name else unnamed
+                stmts += 1
+                texts.append(text[:160])
+                if "gov_acl" in text or "gov_settings" in text:
+                    gov += 1
+        return {"round_trips": trips, "statements": stmts, "governance": gov, "texts": texts}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--calls", type=int, default=20)
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--show", action="store_true", help="print the statements of the last call of each kind")
+    args = ap.parse_args()
+
+    from conftest import hashed_embed
+    from pg_server import running_pg
+
+    from memos_core.cube import MemCube
+
+    work = Path(tempfile.mkdtemp(prefix="pg-rt-"))
+    tracer = Tracer(work)
+    gen = running_pg("memos-pg-rt")
+    server = next(gen)
+    out: dict[str, Any] = {}
+    try:
+        url = server.url() + "?cube=rt"
+        with MemCube(url, index="embedded", workdir=work / "w", embedder=hashed_embed) as cube:
+            users = ["ann", "bob", "cy"]
+            cube.add_many([{"content": f"memory {i} about topic {i % 17} in city {i % 5}", "user_id": users[i % 3]}
+                           for i in range(args.n)])
+            ids = [h.item.id for h in cube.search("topic 3", k=5)]
+            for q in ("topic 1 city", "topic 2", "city 4 memory"):  # warm: the lexeme and df caches, the scope cache
+                cube.search(q, k=10)
+                cube.search(q, k=10, user_id="ann")
+            cube.records.flush()
+
+            def run(name: str, fn: Any) -> None:
+                got: list[dict[str, Any]] = []
+                for i in range(args.calls):
+                    tracer.mark()
+                    fn(i)
+                    cube.records._wait_flusher()  # noqa: SLF001 - count the usage flush with its search
+                    got.append(tracer.since_mark())
+                out[name] = {k: statistics.median(g[k] for g in got) for k in ("round_trips", "statements",
+                                                                                  "governance")}
+                if args.show:
+                    out[name]["texts"] = got[-1]["texts"]
+
+            run("search_hybrid", lambda i: cube.search(f"topic {i % 17} city", k=10))
+            run("search_hybrid_scoped", lambda i: cube.search(f"topic {i % 17} city", k=10, user_id="ann"))
+            run("search_lexical", lambda i: cube.search(f"topic {i % 17}", k=10, mode="lexical"))
+            run("get", lambda i: cube.get(ids[i % len(ids)]))
+            run("add", lambda i: cube.add(f"a new memory number {i}", user_id="ann"))
+            cube.governance.configure(audit_reads=True)
+            run("search_hybrid_audited", lambda i: cube.search(f"topic {i % 17} city", k=10))
+    finally:
+        try:
+            next(gen)
+        except StopIteration:
+            pass
+        for _, f in tracer.files:
+            f.close()
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for name, r in out.items():
+            print(f"{name:24s} round trips {r['round_trips']:5.1f}  statements {r['statements']:5.1f}  "
+                  f"governance {r['governance']:4.1f}")
+            for t in r.get("texts", []):
+                print("    ", t)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()

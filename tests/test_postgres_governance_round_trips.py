@@ -1,0 +1,180 @@
+"""Governance on PostgreSQL: what every governed call reads (the caller's role and the cube's settings) costs one
+statement, not two, and sharing it weakens nothing: a role revoked by another worker (its own connections) is
+refused on this worker's very next call, a read-audit switched on there records this worker's next read, and the
+audit chain stays whole and verifiable.
+
+Statements are counted from libpq's own protocol trace (``PQtrace``) of every connection the cube opens: a
+statement that reads ``gov_acl`` or ``gov_settings`` is one message ``Query`` or ``Bind`` naming it (psycopg
+prepares a statement after a few executions; later ones send only ``Bind`` with the prepared name).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import hashed_embed
+from memos_core.errors import NotFound, PermissionDenied
+
+pytestmark = pytest.mark.integration
+
+
+class _Trace:
+    """``PQtrace`` on every psycopg connection opened while it is installed, one file per connection."""
+
+    def __init__(self, folder: Path, monkeypatch: Any) -> None:
+        import psycopg
+
+        self.folder = folder
+        self.files: list[tuple[Path, Any]] = []
+        self.marks: dict[Path, int] = {}
+        self._lock = threading.Lock()
+        orig = psycopg.Connection.connect.__func__  # type: ignore[attr-defined]
+        trace = self
+
+        def connect(cls: Any, *args: Any, **kw: Any) -> Any:
+            from psycopg import pq
+
+            conn = orig(cls, *args, **kw)
+            with trace._lock:
+                path = trace.folder / f"conn{len(trace.files)}.trace"
+                f = open(path, "wb", buffering=0)
+                trace.files.append((path, f))
+            conn.pgconn.trace(f.fileno())
+            conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+            return conn
+
+        monkeypatch.setattr(psycopg.Connection, "connect", classmethod(connect))
+
+    def mark(self) -> None:
+        with self._lock:
+            self.marks = {p: p.stat().st_size for p, _ in self.files}
+
+    def statements(self) -> list[str]:
+        """The statements sent on every traced connection since :meth:`mark`."""
+        out: list[str] = []
+        with self._lock:
+            files = list(self.files)
+        for path, _ in files:
+            data = path.read_bytes().decode("utf-8", "replace")
+            named = {m.group(1): m.group(2) for m in re.finditer(r'^F\s+\d+\s+Parse\s+"([^"]+)"\s+(.*)$', data, re.M)}
+            unnamed = ""
+            for line in data[self.marks.get(path, 0):].splitlines():
+                m = re.match(r"F\s+\d+\s+(Query|Parse|Bind)\s+(.*)", line)
+                if not m:
+                    continue
+                kind, rest = m.groups()
+                if kind == "Parse":
+                    if rest.startswith('""'):
+                        unnamed = rest[3:]
+                    continue
+                if kind == "Query":
+                    out.append(rest)
+                else:
+                    b = re.match(r'"[^"]*"\s+"([^"]*)"', rest)
+                    out.append(named.get(b.group(1), "?") if b and b.group(1) else unnamed)
+        return out
+
+    def close(self) -> None:
+        for _, f in self.files:
+            f.close()
+
+
+@pytest.fixture
+def url(pg_server: Any) -> str:
+    from pg_server import fresh_schema_name
+
+    return pg_server.url() + "?cube=" + fresh_schema_name("g")
+
+
+def _gov(stmts: list[str]) -> list[str]:
+    return [s for s in stmts if "gov_acl" in s or "gov_settings" in s]
+
+
+def test_each_governed_call_reads_role_and_settings_in_one_statement(url: str, tmp_path: Path,
+                                                                     monkeypatch: Any) -> None:
+    from memos_core.cube import MemCube
+
+    trace = _Trace(tmp_path, monkeypatch)
+    try:
+        with MemCube(url, index="embedded", workdir=tmp_path / "w", embedder=hashed_embed) as cube:
+            a = cube.add("the tram runs every ten minutes", user_id="ann")
+            cube.add("the ferry leaves at noon", user_id="ann")
+            cube.search("tram", k=3)
+            cube.records.flush()
+            calls = {
+                "search": lambda: cube.search("ferry noon", k=3),
+                "scoped search": lambda: cube.search("ferry noon", k=3, user_id="ann"),
+                "lexical search": lambda: cube.search("ferry", k=3, mode="lexical"),
+                "get": lambda: cube.get(a.id),
+                "add": lambda: cube.add("the museum opens at nine", user_id="ann"),
+                "update": lambda: cube.update(a.id, "the tram runs every twelve minutes"),
+                "list": lambda: cube.list(limit=5),
+            }
+            for audited in (False, True):
+                if audited:
+                    cube.governance.configure(audit_reads=True)
+                for name, call in calls.items():
+                    for _ in range(7):  # past psycopg's prepare threshold too
+                        trace.mark()
+                        call()
+                        cube.records._wait_flusher()  # noqa: SLF001 - whatever the call started, counted with it
+                        got = _gov(trace.statements())
+                        assert len(got) == 1, (name, audited, got)
+            assert cube.governance.verify().ok
+    finally:
+        trace.close()
+
+
+def test_a_revoked_role_and_a_new_audit_setting_hold_on_the_next_call_of_another_worker(url: str,
+                                                                                       tmp_path: Path) -> None:
+    """Two handles on one cube, each with its own connection pool (two workers): what the owner changes on one is
+    in force on the other's next call, whatever that handle read before."""
+    from memos_core.cube import MemCube
+
+    with MemCube(url, index="embedded", workdir=tmp_path / "a", embedder=hashed_embed, actor="owner") as owner, \
+            MemCube(url, index="embedded", workdir=tmp_path / "b", embedder=hashed_embed, actor="bob",
+                    create=False) as bob:
+        assert owner.records is not bob.records
+        a = owner.add("the tram runs every ten minutes", user_id="ann")
+        owner.governance.share("bob", "writer")
+        for _ in range(3):  # bob's handle reads role and settings a few times (and prepares the statement)
+            assert [h.item.id for h in bob.search("tram", k=3)] == [a.id]
+            assert bob.get(a.id).id == a.id
+        b = bob.add("the ferry leaves at noon", user_id="ann")
+
+        owner.governance.configure(audit_reads=True)  # on the other worker: bob's next read is audited
+        before = len(owner.events())
+        bob.search("ferry", k=3)
+        bob.get(b.id)
+        reads = [(e["op"], e["actor"]) for e in owner.events()[before:]]
+        assert reads == [("search", "bob"), ("get", "bob")]
+
+        owner.governance.share("bob", "reader")  # downgraded: bob's next write is refused
+        with pytest.raises(PermissionDenied):
+            bob.add("the museum opens at nine", user_id="ann")
+        assert bob.search("tram", k=3)
+
+        owner.governance.revoke("bob")  # revoked: bob's very next call of any kind is refused
+        with pytest.raises(PermissionDenied):
+            bob.search("tram", k=3)
+        with pytest.raises(PermissionDenied):
+            bob.search("tram", k=3, mode="lexical")
+        with pytest.raises(NotFound):  # an item in a cube bob may not read: the answer of an unknown id
+            bob.get(a.id)
+        with pytest.raises(PermissionDenied):
+            bob.add("the museum opens at nine", user_id="ann")
+        with pytest.raises(PermissionDenied):
+            bob.list(limit=5)
+
+        owner.governance.configure(audit_reads=False)
+        owner.governance.share("bob", "reader")
+        before = len(owner.events())
+        assert bob.search("tram", k=3) and bob.get(a.id)
+        assert [e["op"] for e in owner.events()[before:]] == []  # not audited any more, on bob's next calls
+        report = owner.governance.verify()
+        assert report.ok, report.problems
