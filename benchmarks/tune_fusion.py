@@ -5,6 +5,7 @@ fusion settings on the kept candidates in pure Python.
     python benchmarks/tune_fusion.py --calibrate                                    # fit the score calibration
     python benchmarks/tune_fusion.py --fresh 101 102                                # + fresh generator seeds
     python benchmarks/tune_fusion.py --fresh 101 102 --variants                     # + the alternatives tried
+    python benchmarks/tune_fusion.py --tune-fresh --fresh 101 102                   # + the fresh tuning instances
     python benchmarks/tune_fusion.py --latency 4                                    # search time, topical modes
 
 Which sets are for tuning and which are not is fixed here (``TUNE`` / ``HELD_OUT`` / ``TARGET``) and in the
@@ -12,6 +13,8 @@ README: held-out sets and target sets are only *reported*, never used to choose 
 set (a published benchmark: report on it, never fit to it). ``--fresh SEED ...`` generates new instances of the
 three generated styles (people-QA with seed SEED, assistant SEED+100, synthetic SEED+200) into the cache folder,
 never committed: a setting that only wins on the committed instances has learnt the instances, not the style.
+``--tune-fresh`` adds fresh assistant-style instances that *are* tuning data (:data:`TUNE_FRESH`, other seeds than
+``--fresh``'s): the only questions naming no one that settings may be chosen on.
 ``--variants`` evaluates the alternatives to the shipped fusion that issue 15 tried (README: what did not
 help), so each figure there can be reproduced.
 
@@ -55,6 +58,10 @@ SETS = {
 }
 #: generated sets settings may be chosen on (the defaults before issue 15's last stop were also chosen with MADial)
 TUNE = ("synthetic", "people_qa")
+#: instances of the assistant style that settings may be chosen on (``--tune-fresh``: generated into the cache with
+#: these generator seeds, never committed): the only tuning data with questions naming no one ("What's my parrot
+#: called?"); the committed assistant set and the ``--fresh`` seeds stay held out
+TUNE_FRESH = {"assistant@251": ("make_assistant_prefs.py", 251), "assistant@252": ("make_assistant_prefs.py", 252)}
 HELD_OUT = ("assistant",)
 TARGET = ("madial",)
 #: generator script and seed offset per generated style (``--fresh SEED``: seed + offset)
@@ -108,7 +115,7 @@ def collect(name: str, path: Path, cache: Path, vectors: _CachedVectors, n_cand:
     if out_path.exists() and vec_path.exists():
         kept = json.loads(out_path.read_text())
         if kept.get("digest") == digest:
-            return kept["queries"]
+            return sync_topical(kept["queries"], vectors)
     mem_vecs: dict[int, np.ndarray] = {}
     turn_vecs: list[np.ndarray] = []
     t0 = time.time()
@@ -152,7 +159,7 @@ def collect(name: str, path: Path, cache: Path, vectors: _CachedVectors, n_cand:
                                   "dr": c.dense_ranks.get(key), "lr": c.lexical_ranks.get(key),
                                   "topical": topical.get(key), "topical_q": topical_q.get(key), "text": c.texts.get(key, ""), "meta": it.metadata,
                                   "hit": bool(set(it.provenance.source_ids) & evidence)})
-                rows.append({"query": q["text"], "category": q.get("category", "all"),
+                rows.append({"query": q["text"], "topic": plan.topic, "category": q.get("category", "all"),
                              "lexical_complete": c.lexical_complete, "n_evidence": len(evidence), "cands": cands,
                              "turns": [len(turn_vecs), len(turn_vecs) + len(turns)],
                              "turn_speakers": [s for s, _ in plan.turns]})
@@ -164,6 +171,32 @@ def collect(name: str, path: Path, cache: Path, vectors: _CachedVectors, n_cand:
              turns=np.stack(turn_vecs) if turn_vecs else np.zeros((0, vectors.base.dim), np.float32))
     out_path.write_text(json.dumps({"digest": digest, "queries": rows}))
     print(f"  {name}: {len(rows)} queries collected in {time.time() - t0:.0f}s", file=sys.stderr)
+    return rows
+
+
+_UNKNOWN = object()
+
+
+def sync_topical(rows: list[dict[str, Any]], vectors: _CachedVectors) -> list[dict[str, Any]]:
+    """Kept rows whose name-free question (``QueryPlan.topic``) is not the one the query analysis gives now (or was
+    not recorded) get their topical cosines recomputed from the cached vectors: each candidate's topic vector
+    against the current topic's vector, as :func:`collect` computes them. So a change to the query analysis is
+    measured without collecting the candidates again (they do not depend on the topic)."""
+    for row in rows:
+        plan = analyze_query(row["query"])
+        if row.get("topic", _UNKNOWN) == plan.topic:
+            continue
+        cands = row["cands"]
+        if plan.topic and cands:
+            tvecs = vectors.docs([topic_text(c["text"], (c["meta"] or {}).get("speaker")) for c in cands])
+            sims = (tvecs @ vectors.docs([plan.topic])[0]).tolist()
+        else:
+            sims = [None] * len(cands)
+        for c, v in zip(cands, sims):
+            c["topical"] = v
+            if v is None:
+                c["topical_q"] = None
+        row["topic"] = plan.topic
     return rows
 
 
@@ -218,15 +251,23 @@ def evaluate(rows: list[dict[str, Any]], cfg: RetrievalConfig, mode: str = "hybr
 def role(name: str) -> str:
     if name in TUNE:
         return "tune"
+    if name in TUNE_FRESH:
+        return "tune (fresh instance)"
     if name in TARGET:
         return "target (report only)"
     return "fresh (held out)" if "@" in name else "held-out"
 
 
-def fresh_sets(seeds: list[int], cache: Path) -> dict[str, Path]:
+def fresh_sets(seeds: list[int], cache: Path, tune: bool = False) -> dict[str, Path]:
     """New instances of the generated styles, written into ``cache`` (``people_qa@101`` ...): never committed,
-    never tuned on."""
+    never tuned on; with ``tune``, first the :data:`TUNE_FRESH` instances (tuning data)."""
     out = {}
+    for name, (script, seed) in (TUNE_FRESH.items() if tune else ()):
+        path = cache / f"{name}.json"
+        if not path.exists():
+            subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--seed", str(seed), "--out", str(path)],
+                           check=True, stdout=subprocess.DEVNULL)
+        out[name] = path
     for seed in seeds:
         for style, (script, offset) in GENERATORS.items():
             name = f"{style}@{seed + offset}"
@@ -445,6 +486,149 @@ def ranker(w: np.ndarray) -> Any:
     return order
 
 
+def _shipped(row: dict[str, Any], cfg: RetrievalConfig | None = None, extra: np.ndarray | None = None,
+             dense: np.ndarray | None = None, topical: dict[Any, float] | None = None) -> list[Any]:
+    """The shipped fusion's order (topical leg as ``cfg`` says), optionally with the dense cosines or the topical
+    leg's cosines replaced, and ``extra`` (per candidate, in standard deviations) added."""
+    cfg = cfg or RetrievalConfig()
+    c = to_candidates(row, shipped_topical(cfg))
+    if dense is not None:
+        c.dense = dict(zip(c.keys, dense.tolist()))
+    if topical is not None:
+        c.topical = topical
+    fused = fuse(c, analyze_query(row["query"]), cfg)
+    if extra is None:
+        return [key for key, *_ in fused]
+    add = dict(zip((x["key"] for x in row["cands"]), extra))
+    total = {key: z + float(add[key]) for key, z, *_ in fused}
+    return sorted(total, key=lambda key: -total[key])
+
+
+def rocchio(b: float, src: str = "dense", dialogues_only: bool = False, top: int = 3) -> Any:
+    """Pseudo-relevance feedback on the query vector (Rocchio): q' = q + b * mean of the ``top`` candidates'
+    embeddings (the dense leg's best, or the shipped fusion's with ``src="fused"``). Over the kept candidates
+    this is one matrix product: cos(q', v) is proportional to cos(q, v) + b * mean(v_top . v)."""
+    def order(row: dict[str, Any]) -> list[Any]:
+        if dialogues_only and not analyze_query(row["query"]).is_dialogue:
+            return _shipped(row)
+        d = np.array([c["dense"] for c in row["cands"]])
+        if src == "dense":
+            idx = np.argsort(-d, kind="stable")[:top]
+        else:
+            pos = {c["key"]: i for i, c in enumerate(row["cands"])}
+            idx = np.array([pos[k] for k in _shipped(row)[:top]])
+        return _shipped(row, dense=d + b * (row["_mv"] @ row["_mv"][idx].mean(0)))
+    return order
+
+
+def rm3(weight: float, src: str = "fused", dialogues_only: bool = False, fb: int = 3, n_terms: int = 10) -> Any:
+    """RM3-style query expansion for BM25: the ``n_terms`` most frequent new words of the ``fb`` best candidates'
+    own words (by the shipped fusion, or by BM25 with ``src="lexical"``), weighted by their share there, scored
+    with BM25 over the candidates' own words (document frequencies over the candidates) and added as a z-scored
+    leg with ``weight``."""
+    from memos_core.plaintext.lexical import STOPWORDS
+
+    def terms(text: str) -> list[str]:
+        return [w for w in re.findall(r"[^\W_]+", text.lower()) if w not in STOPWORDS and len(w) > 1
+                and not w.isdigit()]
+
+    def order(row: dict[str, Any]) -> list[Any]:
+        plan = analyze_query(row["query"])
+        if dialogues_only and not plan.is_dialogue:
+            return _shipped(row)
+        best = _shipped(row)
+        if src == "lexical":
+            best = [c["key"] for c in sorted((c for c in row["cands"] if c["lr"] is not None),
+                                             key=lambda c: c["lr"])] or best
+        docs = {c["key"]: terms(topic_text(c["text"], (c["meta"] or {}).get("speaker"))) for c in row["cands"]}
+        q = set(terms(plan.text))
+        dist: dict[str, float] = {}
+        for key in best[:fb]:
+            for t in docs[key]:
+                if t not in q:
+                    dist[t] = dist.get(t, 0.0) + 1.0 / len(docs[key])
+        exp = sorted(dist, key=lambda t: -dist[t])[:n_terms]
+        if not exp:
+            return _shipped(row)
+        n, avg = len(docs), sum(map(len, docs.values())) / max(len(docs), 1)
+        df = {t: sum(1 for d in docs.values() if t in d) for t in exp}
+        scores = []
+        for c in row["cands"]:
+            d = docs[c["key"]]
+            scores.append(sum(dist[t] * math.log(1 + (n - df[t] + 0.5) / (df[t] + 0.5)) * d.count(t) * 2.2
+                              / (d.count(t) + 1.2 * (0.25 + 0.75 * len(d) / max(avg, 1e-9))) for t in exp if t in d))
+        return _shipped(row, extra=weight * _z(np.array(scores)))
+    return order
+
+
+def opening_turns(weight: float, n: int = 1) -> Any:
+    """Pasted dialogues: the mean vector of the first ``n`` user turns (where a chat usually states its subject)
+    against the candidates' embeddings, added as a z-scored leg with ``weight``; other queries as shipped."""
+    from memos_core.plaintext.query import ASSISTANT_NAMES
+
+    def order(row: dict[str, Any]) -> list[Any]:
+        sp = row["turn_speakers"]
+        users = [i for i, s in enumerate(sp) if s and s.lower() not in ASSISTANT_NAMES]
+        if len(sp) < 2 or not users:
+            return _shipped(row)
+        return _shipped(row, extra=weight * _z(row["_mv"] @ row["_tv"][users[:n]].mean(0)))
+    return order
+
+
+_AUX = "am|is|are|was|were|be|been|do|does|did|has|have|had|will|would|can|could|shall|should|may|might|must"
+
+
+def _person_names(text: str, entities: tuple[str, ...]) -> tuple[str, ...]:
+    """The names of ``entities`` in a person's position in ``text``: right after an auxiliary ("When did Maya
+    ...") or with a possessive ("Maya's"); all of them when none is."""
+    low = text.lower()
+    out = tuple(e for e in entities
+                if re.search(r"(?<!\w)" + re.escape(e) + r"['’]s(?!\w)", low)
+                or re.search(r"(?<!\w)(?:" + _AUX + r")\s+" + re.escape(e) + r"(?!\w)", low))
+    return out or entities
+
+
+def topic_names(which: str, vectors: "_CachedVectors") -> Any:
+    """The topical leg with a name-free question that keeps some names: ``which="speakers"`` takes out only the
+    names of the speakers among the candidates (read from their provenance: what the cube would have to know
+    before it embeds the query), ``"person"`` only the names in a person's position (:func:`_person_names`: no
+    store lookup needed); other capitalised words (a child, a place, a band) stay in the topic."""
+    from memos_core.plaintext.query import topic_of
+
+    def order(row: dict[str, Any]) -> list[Any]:
+        plan = analyze_query(row["query"])
+        if plan.is_dialogue or plan.topic is None:
+            return _shipped(row)
+        if which == "speakers":
+            sp = {((c["meta"] or {}).get("speaker") or "").lower() for c in row["cands"]}
+            names = tuple(e for e in plan.entities if e in sp)
+        else:
+            names = _person_names(plan.text, plan.entities)
+        topic = topic_of(plan.text, names) if names else None
+        if topic == plan.topic:
+            return _shipped(row)
+        topical: dict[Any, float] = {}
+        if topic:
+            tv = vectors.docs([topic_text(c["text"], (c["meta"] or {}).get("speaker")) for c in row["cands"]])
+            topical = dict(zip((c["key"] for c in row["cands"]), (tv @ vectors.docs([topic])[0]).tolist()))
+        return _shipped(row, topical=topical)
+    return order
+
+
+def name_free_dense(weight: float) -> Any:
+    """Questions and keywords naming no one (no topical leg): the dense leg's weight set to ``weight`` (the
+    lexical leg, the entity bonus and the act malus keep theirs); other queries as shipped."""
+    def order(row: dict[str, Any]) -> list[Any]:
+        plan = analyze_query(row["query"])
+        if plan.is_dialogue or plan.entities:
+            return _shipped(row)
+        cfg = RetrievalConfig()
+        cfg.name_free_dense_weight = weight  # type: ignore[attr-defined]
+        cfg.dense_weight = weight
+        return _shipped(row, cfg)
+    return order
+
+
 def run_variants(all_rows: dict[str, list[dict[str, Any]]], cache: Path, train_seed: int | None,
                  vectors: "_CachedVectors") -> None:
     for name, rows in all_rows.items():
@@ -467,6 +651,23 @@ def run_variants(all_rows: dict[str, list[dict[str, Any]]], cache: Path, train_s
             variants[f"multi-vector {agg} w={w}"] = multi_vector(w, agg)
     variants["neighbour penalty a=0.5"] = neighbour_penalty(0.5)
     variants["duplicate penalty cos>0.97"] = neighbour_penalty(1.0, duplicate_above=0.97)
+    # session 7 (issue 15): feedback and expansion on every query, the opening user turns of a dialogue, a
+    # topic keeping some names, a lower dense weight for questions naming no one
+    for src in ("dense", "fused"):
+        for dlg in (False, True):
+            for b in (0.3, 0.7):
+                variants[f"Rocchio {src}{' dialogues' if dlg else ''} b={b}"] = rocchio(b, src, dlg)
+    for src in ("fused", "lexical"):
+        for dlg in (False, True):
+            for w in (0.2, 0.5):
+                variants[f"RM3 {src}{' dialogues' if dlg else ''} w={w}"] = rm3(w, src, dlg)
+    for n in (1, 2):
+        for w in (0.2, 0.4, 0.8):
+            variants[f"opening user turns n={n} w={w}"] = opening_turns(w, n)
+    variants["topic without the speakers' names"] = topic_names("speakers", vectors)
+    variants["topic without person-position names"] = topic_names("person", vectors)
+    for w in (0.8, 0.6, 0.5, 0.4):
+        variants[f"name-free question dense w={w}"] = name_free_dense(w)
     # the learned ranker is fitted on the fresh instances of the first --fresh seed only
     train = [f"{style}@{train_seed + off}" for style, (_, off) in GENERATORS.items()] if train_seed is not None else []
     if train:
@@ -477,15 +678,16 @@ def run_variants(all_rows: dict[str, list[dict[str, Any]]], cache: Path, train_s
     for vname, order in variants.items():
         line = []
         for name, rows in all_rows.items():
-            hits5 = hits10 = 0
+            hits1 = hits5 = hits10 = 0
             for row in rows:
                 o = order(row)
                 label = {c["key"]: c["hit"] for c in row["cands"]}
+                hits1 += any(label[k] for k in o[:1])
                 hits5 += any(label[k] for k in o[:5])
                 hits10 += any(label[k] for k in o[:10])
             mark = " (trained on)" if vname == "learned ranker" and name in train else ""
-            line.append(f"{name}{mark} {hits5 / len(rows):.3f}/{hits10 / len(rows):.3f}")
-        print(f"{vname:<34} any@5/any@10: " + "  ".join(line), flush=True)
+            line.append(f"{name}{mark} {hits1 / len(rows):.3f}/{hits5 / len(rows):.3f}/{hits10 / len(rows):.3f}")
+        print(f"{vname:<36} any@1/any@5/any@10: " + "  ".join(line), flush=True)
 
 
 def report(all_rows: dict[str, list[dict[str, Any]]], cfg: RetrievalConfig) -> dict[str, Any]:
@@ -578,6 +780,8 @@ def main() -> None:
     ap.add_argument("--calibrate", action="store_true", help="fit the score calibration and print reliability")
     ap.add_argument("--fresh", nargs="*", type=int, default=[],
                     help="also generate and report fresh instances of the generated styles with these seeds")
+    ap.add_argument("--tune-fresh", action="store_true",
+                    help="also generate and report the fresh assistant-style instances that are tuning data (TUNE_FRESH)")
     ap.add_argument("--variants", action="store_true",
                     help="evaluate the alternatives tried for issue 15 (the learned ranker trains on the first "
                          "--fresh seed's sets)")
@@ -590,7 +794,7 @@ def main() -> None:
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     vectors = _CachedVectors(cache / "vectors.npz")
-    paths = {**{name: SETS[name] for name in args.sets}, **fresh_sets(args.fresh, cache)}
+    paths = {**{name: SETS[name] for name in args.sets}, **fresh_sets(args.fresh, cache, args.tune_fresh)}
     rows = {name: collect(name, path, cache, vectors) for name, path in paths.items()}
     vectors.save()
     if args.calibrate:
