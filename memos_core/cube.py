@@ -263,6 +263,9 @@ class MemCube:
         vector_sync: Literal["immediate", "deferred"] | None = None,
         embed_sync: Literal["immediate", "deferred"] | None = None,
     ) -> None:
+        from .places import check_place
+
+        check_place(path, "MemCube")  # a wrong type, an empty path or a mistyped URL: refused before anything is created
         #: the system of record's URL when it is a server (PostgreSQL); None for a cube folder
         self.store_url: str | None = str(path) if is_store_url(path) else None
         chroma_url = _resolve_index(self.store_url, chroma_url, index)

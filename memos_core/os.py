@@ -256,7 +256,10 @@ def resolve_memory(memory: Any, *, embedder: Any = None, adapter: str = "this ad
         return MemOS.over_cube(memory)
     if index is not None or (isinstance(memory, (str, os.PathLike)) and str(memory).strip()):
         # a store URL or a folder: every adapter given the same one in this process shares one MemOS
+        from .places import check_place
         from .shared import shared_memos
+
+        check_place(memory, adapter)  # before the registry turns it into an absolute folder path
 
         return shared_memos(memory, embedder=embedder, index=index)
     raise MemoryArgumentError(
@@ -464,6 +467,9 @@ class MemOS:
                  context_turns: int = 1, **cube_options: Any) -> None:
         if not isinstance(principal, str) or not principal.strip():
             raise ValidationError("principal must be a non-empty string")
+        from .places import check_place
+
+        check_place(path, "MemOS")  # a wrong type, an empty path or a mistyped URL: refused before anything is created
         #: the default cube's store URL when its records live on a server (``MemOS("postgresql://...")``)
         self.store_url: str | None = str(path) if is_store_url(path) else None
         workdir = cube_options.pop("workdir", None)

@@ -33,6 +33,7 @@ from llama_index.core.utils import get_tokenizer
 
 from memos_core.log import get_logger
 from memos_core import MemOS
+from memos_core.places import check_place
 from memos_core.shared import shared_memos
 from memos_core.os import CONTEXT_HEADER, DEFAULT_K, AddResult, UserRule, adapter_index, resolve_memory
 
@@ -111,6 +112,7 @@ class MemOSMemoryBlock(BaseMemoryBlock[str]):
                       principal: str = "local", index: str | None = None, **kwargs: Any) -> "MemOSMemoryBlock":
         """Open (or create) the MemOS at ``path`` (a folder, or a ``postgresql://`` store URL with its Chroma
         server as ``index``, default ``$MEMOS_INDEX``) and build a block on it."""
+        check_place(path, "MemOSMemoryBlock.from_defaults")
         index = adapter_index(path, index, "MemOSMemoryBlock.from_defaults")
         extra = {} if index is None else {"index": index}
         return cls(memos=shared_memos(path, embedder=embedder, llm=llm, principal=principal, **extra), **kwargs)

@@ -31,7 +31,8 @@ from llama_index.core.storage.chat_store.sql import MessageStatus, SQLAlchemyCha
 from llama_index.core.utils import get_tokenizer
 
 from memos_core.log import get_logger
-from memos_core import MemOS
+from memos_core import MemCube, MemOS
+from memos_core.places import check_place
 from memos_core.shared import shared_memos
 from memos_core.os import (CONTEXT_HEADER, DEFAULT_K, AddResult, MemoryArgumentError, UserRule, adapter_index,
                            resolve_memory)
@@ -203,9 +204,17 @@ class MemOSMemory(BaseMemory):
         ``$MEMOS_INDEX``).
         """
         if memos is None:
-            index = adapter_index(path, index, "MemOSMemory.from_defaults")
-            extra = {} if index is None else {"index": index}
-            memos = shared_memos(path, embedder=embedder, llm=llm, principal=principal, **extra)
+            if isinstance(path, (MemOS, MemCube)):  # the constructor rule: a MemOS, a view or a cube works here too
+                if embedder is not None or llm is not None or principal != "local" or index is not None:
+                    raise MemoryArgumentError("MemOSMemory.from_defaults: embedder=, llm=, principal= and index= "
+                                              "configure a MemOS opened from a path; the MemOS or MemCube given "
+                                              "is already configured (use mem.as_principal(...) for a principal)")
+                memos = path  # resolved by the constructor rule, as from_memos does
+            else:
+                check_place(path, "MemOSMemory.from_defaults")
+                index = adapter_index(path, index, "MemOSMemory.from_defaults")
+                extra = {} if index is None else {"index": index}
+                memos = shared_memos(path, embedder=embedder, llm=llm, principal=principal, **extra)
         elif index is not None:
             raise MemoryArgumentError("MemOSMemory.from_defaults: index= goes with a store URL as path, not with "
                                       "memos=")
