@@ -164,7 +164,8 @@ def cmd_bench_qa(a: argparse.Namespace) -> None:
     judge = qa.Judge(qa.load_object(a.judge, what="--judge")) if a.judge else None
     rep = qa.run(a.file, answerer, k=a.k, modes=modes, judge=judge, limit_conversations=a.limit,
                  limit_queries=a.limit_queries, progress=log, order=a.order,
-                 min_score=None if a.min_score is not None and a.min_score < 0 else a.min_score)
+                 min_score=None if a.min_score is not None and a.min_score < 0 else a.min_score,
+                 rerank=a.rerank or None)
     if a.json:
         print(qa.format_table(rep), file=sys.stderr)
         print(json.dumps(rep, sort_keys=True, ensure_ascii=False))
@@ -299,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="memories in the prompt oldest first (default) or the best hit last")
     b.add_argument("--min-score", type=float, default=0.15,
                    help="leave out hits scoring below this (the best always stays; default 0.15; -1 keeps all k)")
+    b.add_argument("--rerank", type=int, default=0, metavar="N",
+                   help="keep the N hits whose note makes the question likeliest under the local answering model "
+                        "(0: keep them all)")
     b.add_argument("--threads", type=int, help="torch CPU threads (one is fastest on a busy shared CPU)")
     b.add_argument("--json", action="store_true", help="last line: one JSON object with every metric and answer")
     b.set_defaults(fn=cmd_bench_qa)
