@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # type checkers and IDEs see the names; at run time each load
     from .history import MemOSChatMessageHistory
     from .middleware import MemOSMiddleware
     from .retriever import MemOSRetriever
-    from .store import DEFAULT_SCOPE_TEMPLATES, InvalidStoreValue, MemOSStore
+    from .store import DEFAULT_SCOPE_TEMPLATES, InvalidNamespace, InvalidStoreValue, MemOSStore
     from .tools import MemoryToolkit, create_memory_tools
     from .vectorstore import MemOSVectorStore
 
@@ -41,6 +41,7 @@ _LAZY = {
     "MemOSRetriever": "retriever",
     "DEFAULT_SCOPE_TEMPLATES": "store",
     "InvalidStoreValue": "store",
+    "InvalidNamespace": "store",
     "MemOSStore": "store",
     "MemoryToolkit": "tools",
     "create_memory_tools": "tools",
@@ -50,6 +51,7 @@ _LAZY = {
 __all__ = [
     "MemOSStore",
     "InvalidStoreValue",
+    "InvalidNamespace",
     "DEFAULT_SCOPE_TEMPLATES",
     "MemOSMiddleware",
     "create_memory_tools",

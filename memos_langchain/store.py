@@ -107,7 +107,7 @@ from memos_core.os import UserRule, value_text
 
 from ._common import principal_of, resolve_cube_memos, run_sync, write_retrying
 
-__all__ = ["MemOSStore", "InvalidStoreValue", "DEFAULT_SCOPE_TEMPLATES", "META_KEY"]
+__all__ = ["MemOSStore", "InvalidStoreValue", "InvalidNamespace", "DEFAULT_SCOPE_TEMPLATES", "META_KEY"]
 
 log = get_logger(__name__)
 
@@ -130,28 +130,97 @@ class InvalidStoreValue(ValidationError, TypeError):
     """
 
 
+class InvalidNamespace(InvalidNamespaceError, ValidationError):
+    """A namespace LangGraph refuses (empty, a label that is not a non-empty string without '.' or NUL, the
+    reserved root ``"langgraph"``). It is LangGraph's ``InvalidNamespaceError`` (what ``InMemoryStore`` raises,
+    so code written against it keeps catching it) and a MemOS :class:`~memos_core.errors.ValidationError`."""
+
+
+def _namespace_hint(message: str) -> str:
+    """What to do about a namespace LangGraph refused (appended to its message)."""
+    if "empty strings" in message:
+        return "every label must be a non-empty string (an empty user id in ('memories', user_id)?)"
+    if "periods" in message:
+        return "split the label into several labels or replace the '.'"
+    if "must be strings" in message:
+        return "convert the label with str()"
+    if "tuple of strings" in message:
+        return "write (label,) for a namespace of one label"
+    if "cannot be empty" in message:
+        return "give at least one label, e.g. ('memories', user_id)"
+    if "langgraph" in message:
+        return "the root label 'langgraph' is reserved by LangGraph"
+    return "see LangGraph's namespace rules"
+
+
+def _typed_namespaces(cls: type) -> type:
+    """LangGraph's convenience methods (``put``, ``get``, ``search`` ...) check the namespace themselves and
+    raise LangGraph's ``InvalidNamespaceError``; here that becomes :class:`InvalidNamespace` (a subclass of it, so
+    ``except InvalidNamespaceError`` still catches it, and a MemOS ``ValidationError``) with a hint."""
+    import functools
+    import inspect
+
+    def retyped(exc: Exception) -> InvalidNamespace:
+        message = str(exc)
+        return InvalidNamespace(f"{message.rstrip('.')}: {_namespace_hint(message)}")
+
+    def wrap(name: str) -> None:
+        base = getattr(BaseStore, name)
+        if inspect.iscoroutinefunction(base):
+            @functools.wraps(base)
+            async def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+                try:
+                    return await base(self, *args, **kwargs)
+                except InvalidNamespaceError as exc:
+                    if isinstance(exc, InvalidNamespace):
+                        raise
+                    raise retyped(exc) from None
+        else:
+            @functools.wraps(base)
+            def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+                try:
+                    return base(self, *args, **kwargs)
+                except InvalidNamespaceError as exc:
+                    if isinstance(exc, InvalidNamespace):
+                        raise
+                    raise retyped(exc) from None
+        if name not in cls.__dict__:
+            setattr(cls, name, method)
+
+    for name in ("put", "get", "search", "delete", "list_namespaces",
+                 "aput", "aget", "asearch", "adelete", "alist_namespaces"):
+        if hasattr(BaseStore, name):
+            wrap(name)
+    return cls
+
+
 def _validate_labels(namespace: Sequence[Any], *, for_put: bool = False) -> tuple[str, ...]:
     if not isinstance(namespace, (tuple, list)):
-        raise InvalidNamespaceError(f"Namespace must be a tuple of strings, got {type(namespace).__name__}")
+        raise InvalidNamespace(f"Namespace must be a tuple of strings, got {type(namespace).__name__}: "
+                               f"write ({namespace!r},) for a namespace of one label"[:300])
     ns = tuple(namespace)
     for label in ns:
         if not isinstance(label, str):
-            raise InvalidNamespaceError(f"Invalid namespace label '{label}' found in {ns}. Namespace labels"
-                                        f" must be strings, but got {type(label).__name__}.")
+            raise InvalidNamespace(f"Invalid namespace label '{label}' found in {ns}. Namespace labels"
+                                   f" must be strings, but got {type(label).__name__}: convert it with str().")
         if "." in label:
-            raise InvalidNamespaceError(f"Invalid namespace label '{label}' found in {ns}. Namespace labels "
-                                        "cannot contain periods ('.').")
+            raise InvalidNamespace(f"Invalid namespace label '{label}' found in {ns}. Namespace labels "
+                                   "cannot contain periods ('.'): split it into several labels or replace the '.'.")
         if "\x00" in label:
-            raise InvalidNamespaceError(f"Invalid namespace label '{label}' found in {ns}. Namespace labels "
-                                        "cannot contain NUL bytes ('\\x00').")
+            raise InvalidNamespace(f"Invalid namespace label '{label}' found in {ns}. Namespace labels "
+                                   "cannot contain NUL bytes ('\\x00').")
         check_text(label, "namespace label")  # ValidationError for a lone surrogate (no id can hash it)
         if not label:
-            raise InvalidNamespaceError(f"Namespace labels cannot be empty strings. Got {label} in {ns}")
+            raise InvalidNamespace(f"Namespace labels cannot be empty strings. Got {label!r} in {ns}: every "
+                                   "label must be a non-empty string (an empty user id in "
+                                   "('memories', user_id)?)")
     if for_put:
         if not ns:
-            raise InvalidNamespaceError("Namespace cannot be empty.")
+            raise InvalidNamespace("Namespace cannot be empty: give at least one label, e.g. "
+                                   "('memories', user_id).")
         if ns[0] == "langgraph":
-            raise InvalidNamespaceError(f'Root label for namespace cannot be "langgraph". Got: {ns}')
+            raise InvalidNamespace(f'Root label for namespace cannot be "langgraph" (reserved by LangGraph). '
+                                   f'Got: {ns}')
     return ns
 
 
@@ -174,6 +243,7 @@ def _check_value(value: Any) -> dict[str, Any]:
         raise InvalidStoreValue(f"store values must be JSON-serialisable: {exc}") from None
 
 
+@_typed_namespaces
 class MemOSStore(BaseStore):
     """A LangGraph ``BaseStore`` whose items are MemOS memories (durable, versioned, hybrid-searchable).
 
@@ -400,8 +470,8 @@ class MemOSStore(BaseStore):
                 axis = _PLACEHOLDERS.get(want)
                 if axis is not None:
                     if len(have) > 256:
-                        raise InvalidNamespaceError(f"namespace label {have[:40]!r}... is used as {axis} and must "
-                                                    "be at most 256 characters")
+                        raise InvalidNamespace(f"namespace label {have[:40]!r}... is used as {axis} and must "
+                                               "be at most 256 characters")
                     scope[axis] = have
                 elif want != have:
                     break

@@ -486,6 +486,26 @@ def test_bad_namespaces_raise_like_langgraph(store: MemOSStore, ns: tuple[Any, .
         store.batch([GetOp(ns, "k")])
 
 
+@pytest.mark.parametrize("ns", BAD_NAMESPACES + [(), "memories"])
+def test_bad_namespaces_are_typed_memos_errors_with_a_hint(store: MemOSStore, ns: Any) -> None:
+    """Ours is LangGraph's InvalidNamespaceError (above) and a MemOS ValidationError saying what to do, from the
+    convenience methods (where LangGraph itself checks the namespace) and from batch alike, sync and async."""
+    from memos_core.errors import ValidationError
+    from memos_langchain import InvalidNamespace
+
+    calls = [lambda: store.put(ns, "k", {"text": "x"}), lambda: store.delete(ns, "k"),
+             lambda: store.batch([PutOp(ns, "k", {"text": "x"})]),
+             lambda: asyncio.run(store.aput(ns, "k", {"text": "x"}))]
+    if ns != ():  # an empty namespace is a valid search/get prefix for LangGraph (refused here as UserRequired)
+        calls += [lambda: store.get(ns, "k"), lambda: store.search(ns), lambda: asyncio.run(store.asearch(ns))]
+    for call in calls:
+        with pytest.raises(InvalidNamespace) as ei:
+            call()
+        assert isinstance(ei.value, ValidationError) and isinstance(ei.value, InvalidNamespaceError)
+        assert any(hint in str(ei.value) for hint in ("non-empty string", "replace the '.'", "str()", "NUL",
+                                                      "at least one label", "namespace of one label")), str(ei.value)
+
+
 @pytest.mark.parametrize("ns", [(), ("langgraph",), ("langgraph", "x")])
 def test_reserved_and_empty_namespaces(store: MemOSStore, ns: tuple[str, ...]) -> None:
     for s in (store, InMemoryStore()):
