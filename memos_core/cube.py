@@ -444,7 +444,11 @@ class MemCube:
         """Check that ``actor`` (default :attr:`actor`) holds ``right`` here and return it. Refusals are
         audited and raised as PermissionDenied (NotFound for an item in a cube the actor may not read)."""
         forksafe.check(self._pid, f"cube {self.name!r}")  # first: nothing of a parent's handle is used in a child
-        return self.governance.authorize(actor, right, op, item_id, filter)
+        actor = self.governance.authorize(actor, right, op, item_id, filter)
+        # a forget/purge by another process since the last call: its vectors leave the scope cache now (the check
+        # above read the erasure counter with the role; nothing more is read unless it moved)
+        scope_cache.after_call(self.records)
+        return actor
 
     def _check_embedder(self) -> None:
         want = self.manifest.get("embedder", {})

@@ -16,8 +16,10 @@ search's full filter (state, expiry, kinds, tags, ...) in the store before it is
 archived or expired memory is never returned from here.
 
 Erasure: a row dropped from the cache has its vector overwritten with zeros in place. A forget in this process
-syncs the caches of its store right after its commit (``Erasure.finish`` calls :func:`sync`), a forget by
-another process is applied before this process's next scoped search, and closing the cube drops every copy
+syncs the caches of its store right after its commit (``Erasure.finish`` calls :func:`sync`), a forget (or purge)
+by another process is applied at this process's next call of any kind on the cube (the cube calls
+:func:`after_call` after its governance check, which reads the store's erasure counter in the same statement on
+PostgreSQL; the log is replayed only when that counter moved), and closing the cube drops every copy
 (:func:`drop`). Memory is bounded: an LRU over scopes capped at ``MEMOS_SCOPE_CACHE_MB`` (default 256 MiB per
 store; 0 turns the cache off); a scope larger than the cap alone is not cached.
 """
@@ -35,7 +37,7 @@ import numpy as np
 if TYPE_CHECKING:
     from ..records import RecordStore
 
-__all__ = ["ScopeCache", "cache_for", "sync", "drop", "DEFAULT_CAP_MB"]
+__all__ = ["ScopeCache", "cache_for", "sync", "after_call", "drop", "DEFAULT_CAP_MB"]
 
 Scope = tuple["str | None", "str | None", "str | None"]  # (user_id, agent_id, session_id); None: any
 
@@ -146,6 +148,8 @@ class ScopeCache:
         self.builds = 0  # scopes read from the store (tests and benchmarks look at it)
         self.refused = 0  # misses not cached: the busy scopes fill the cap
         self.replayed = 0  # log changes applied
+        self._erasures: int | None = None  # the store's erasure counter this cache has replayed the log past
+        self.erasure_syncs = 0  # replays started by after_call (another handle's forget or purge)
 
     #: a cached scope is idle (may be evicted to admit another) after this many scoped searches without it,
     #: or 8 per cached scope when more are cached
@@ -258,8 +262,29 @@ class ScopeCache:
         with self._lock:
             return {int(r) for e in self._entries.values() for r in e.where}
 
+    def after_call(self) -> None:
+        """At a call on the cube (any kind: its governance check has just read the store's erasure counter,
+        :attr:`RecordStore.erasures_seen`): when the counter moved past what this cache has replayed -- a forget or
+        purge committed since, by any process -- catch up with the change log now, so that the erased rows'
+        vectors leave this process's memory at this call, not at the next scoped search. Otherwise nothing: the
+        common path costs one comparison."""
+        records = self._records()
+        if records is None or records.closed:
+            return
+        seen = records.erasures_seen
+        if seen is None or seen == self._erasures:
+            return
+        with self._lock:
+            if not self._entries:  # nothing held: nothing to drop (a scope read later is read fresh)
+                self._erasures = seen
+                return
+        self.erasure_syncs += 1
+        self.sync()
+
     # ------------------------------------------------------------------ inside the lock
     def _sync(self, records: "RecordStore") -> bool:
+        # the counter as last read: every erasure it counts committed before this replay's snapshot
+        erasures = records.erasures_seen
         got = records.vector_changes(self._pos)
         if got is None:
             self._clear()
@@ -287,6 +312,8 @@ class ScopeCache:
             self.replayed += len(changed)
             self._evict()
         self._pos = pos
+        if erasures is not None:
+            self._erasures = erasures
         return True
 
     def _evict(self, keep: Scope | None = None) -> None:
@@ -337,6 +364,13 @@ def sync(records: "RecordStore") -> None:
     cache = _CACHES.get(records)
     if cache is not None:
         cache.sync()
+
+
+def after_call(records: "RecordStore") -> None:
+    """Called by the cube at every call, after its governance check (see :meth:`ScopeCache.after_call`)."""
+    cache = _CACHES.get(records)
+    if cache is not None:
+        cache.after_call()
 
 
 def drop(records: "RecordStore") -> None:

@@ -552,9 +552,17 @@ class RecordStore(ABC):
         got = self.grants(c, principal)
         return got[0][2] if got else None
 
+    #: the cube's erasure counter (forgets and purges committed by any process: ``meta`` key ``erasures``) as
+    #: :meth:`access` last read it; ``None`` before. The scope cache compares it with what it has replayed to
+    #: drop another process's forgotten vectors at this process's next call (``scope_cache.after_call``).
+    erasures_seen: int | None = None
+
     def access(self, principal: str) -> tuple[str | None, dict[str, str]]:
         """``principal``'s role (or ``None``) and the governance settings (:meth:`governance_settings`), read
-        together: what every governed call checks. A database server answers both in one round trip."""
+        together: what every governed call checks. A database server answers both in one round trip. Also
+        notes the erasure counter (:attr:`erasures_seen`)."""
+        raw = self.get_meta("erasures")
+        self.erasures_seen = int(raw) if raw is not None else 0
         return self.role(principal), self.governance_settings()
 
     def count_role(self, c: Txn, role: str) -> int:

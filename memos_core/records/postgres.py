@@ -883,7 +883,14 @@ class PostgresRecordStore(RecordStore):
                         "AND state = ANY(%s)", (expires_at, item_id, now, [s.value for s in states]))
         return bool(cur.rowcount)
 
+    def _count_erasure(self, c: Any) -> None:
+        """One more erasure (forget, purge) in the cube's counter, in the erasing transaction: other processes'
+        scope caches see it move at their next call (:attr:`erasures_seen`)."""
+        c.execute("INSERT INTO meta(key, value) VALUES('erasures', '1') ON CONFLICT(key) DO UPDATE "
+                  "SET value=(meta.value::bigint + 1)::text")
+
     def erase_content(self, c: Any, rowid: int, item_id: str) -> None:
+        self._count_erasure(c)
         self.unindex(c, rowid)
         c.execute("UPDATE items SET content='', index_text=NULL, metadata='{}'::jsonb, tags='[]'::jsonb WHERE rowid=%s",
                   (int(rowid),))
@@ -904,6 +911,7 @@ class PostgresRecordStore(RecordStore):
         c.execute("DELETE FROM versions WHERE item_id=%s", (item_id,))
         c.execute("DELETE FROM transitions WHERE item_id=%s", (item_id,))
         c.execute("DELETE FROM items WHERE rowid=%s", (r,))
+        self._count_erasure(c)
         with self._buf_lock:
             self._usage.pop(r, None)
             self._pending_done.pop(r, None)
@@ -1645,10 +1653,13 @@ class PostgresRecordStore(RecordStore):
 
     def access(self, principal: str) -> tuple[str | None, dict[str, str]]:
         # one statement, one round trip: the role row (tagged 0) and every settings row (tagged 1)
+        # (and the erasure counter, tagged 2: base.RecordStore.erasures_seen)
         with self._conn() as conn:
             rows = conn.execute("SELECT 0, role, NULL FROM gov_acl WHERE principal=%s "
-                                "UNION ALL SELECT 1, key, value FROM gov_settings", (principal,)).fetchall()
+                                "UNION ALL SELECT 1, key, value FROM gov_settings "
+                                "UNION ALL SELECT 2, value, NULL FROM meta WHERE key='erasures'", (principal,)).fetchall()
         role = next((r[1] for r in rows if r[0] == 0), None)
+        self.erasures_seen = next((int(r[1]) for r in rows if r[0] == 2), 0)
         return role, {r[1]: r[2] for r in rows if r[0] == 1}
 
     def count_role(self, c: Any, role: str) -> int:

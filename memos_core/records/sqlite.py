@@ -558,6 +558,7 @@ class SQLiteRecordStore(RecordStore):
 
     def erase_content(self, c: sqlite3.Connection, rowid: int, item_id: str) -> None:
         """Purge: blank the content of the item and every version (the tombstone row and history stay)."""
+        self._count_erasure(c)
         self._unindex(c, rowid)
         c.execute("UPDATE items SET content='', index_text=NULL, metadata='{}', tags='[]' WHERE rowid=?", (rowid,))
         for (ver, snap) in c.execute("SELECT version, snapshot FROM versions WHERE item_id=?", (item_id,)).fetchall():
@@ -575,9 +576,17 @@ class SQLiteRecordStore(RecordStore):
         c.execute("DELETE FROM versions WHERE item_id=?", (item_id,))
         c.execute("DELETE FROM transitions WHERE item_id=?", (item_id,))
         c.execute("DELETE FROM items WHERE rowid=?", (rowid,))
+        self._count_erasure(c)
         self._usage.pop(rowid, None)
         self._pending_done.pop(rowid, None)
         self._pending_seen.pop(rowid, None)
+
+    @staticmethod
+    def _count_erasure(c: sqlite3.Connection) -> None:
+        """One more erasure (forget, purge) in the cube's counter, in the erasing transaction: other processes'
+        scope caches see it move at their next call (:attr:`RecordStore.erasures_seen`)."""
+        c.execute("INSERT INTO meta(key, value) VALUES('erasures', '1') ON CONFLICT(key) DO UPDATE "
+                  "SET value=CAST(CAST(meta.value AS INTEGER) + 1 AS TEXT)")
 
     def append_event(self, c: sqlite3.Connection, at: float, actor: str | None, op: str, item_id: str | None,
                      outcome: str = "ok", detail: dict[str, Any] | None = None) -> str:
