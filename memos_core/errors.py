@@ -14,7 +14,9 @@ you can act on:
     ├── ``CorruptData``            stored data failed a check (checksum, format, truncated file)
     ├── ``SchemaVersionError``     a cube written by a newer MemOS than this one
     ├── ``BackendUnavailable``     a backend (e.g. a Chroma server) cannot be reached; records are intact
-    └── ``CubeClosed``             the cube (or MemOS) was closed; open it again
+    ├── ``CubeClosed``             the cube (or MemOS) was closed; open it again
+    └── ``MissingExtra``           an optional dependency is not installed (also an ``ImportError``); the message
+                                   names the ``pip install`` extra
 
 When an operation raises, nothing it started is left half-written: the system of record is transactional,
 and derived indexes are repaired from it.
@@ -36,6 +38,7 @@ __all__ = [
     "BackendUnavailable",
     "CubeClosed",
     "ForkedProcessError",
+    "MissingExtra",
 ]
 
 
@@ -99,3 +102,9 @@ class ForkedProcessError(CubeClosed):
     """This MemCube/MemOS was opened in another process, which then forked (gunicorn ``--preload``,
     ``multiprocessing`` with ``fork``): its connections, pools and background threads belong to that process.
     Open MemOS (and build the adapters) inside each worker, after the fork."""
+
+
+class MissingExtra(MemOSError, ImportError):
+    """An optional dependency of the feature used is not installed. The message names the package and the
+    extra to install (``pip install "memos-langchain-llamaindex[kv]"``). It is an ``ImportError`` too, so code
+    that guards optional imports keeps working (:func:`memos_core.extras.require`)."""

@@ -66,7 +66,16 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    try:
+        mod = importlib.import_module(f".{module}", __name__)
+    except ModuleNotFoundError as exc:  # the framework itself is missing: say which extra installs it
+        from memos_core.extras import missing_extra
+
+        err = missing_extra(exc, f"{__name__}.{name}", "langchain")
+        if err is None:
+            raise
+        raise err from exc
+    value = getattr(mod, name)
     globals()[name] = value  # cache: later lookups skip this hook
     return value
 

@@ -155,6 +155,10 @@ class LocalLLM:
         ``tokenizer`` replaces the folder's tokenizer when given. Remaining keyword arguments go to
         :class:`LocalLLM`.
         """
+        from ..extras import require
+
+        require("torch", "LocalLLM.from_pretrained", "kv")  # MissingExtra naming the extra to install
+        require("transformers", "LocalLLM.from_pretrained", "kv")
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if tokenizer is None:

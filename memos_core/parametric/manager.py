@@ -110,6 +110,9 @@ class AdapterManager:
         store: AdapterStore | str | Path | None = None,
         lookup: ItemLookup | None = None,
     ) -> None:
+        from ..extras import require
+
+        require("peft", "AdapterManager", "lora")  # MissingExtra naming the extra, not a ModuleNotFoundError later
         if hasattr(model, "peft_config") or hasattr(model, "get_base_model"):
             raise ValidationError(
                 "AdapterManager needs the bare base model, not a peft model: pass peft_model.unload() "
