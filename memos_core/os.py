@@ -518,6 +518,7 @@ class MemOS:
                 self._open(self.path / self.default_cube, self.default_cube,
                            create=not (self.path / self.default_cube / MANIFEST).is_file())
             if only is not None:
+                self._register_direct(cube_folder=True)
                 return
             for sub in sorted(p for p in self.path.iterdir() if (p / MANIFEST).is_file()):
                 if sub.name == self.default_cube or not _CUBE_NAME.match(sub.name):
@@ -527,9 +528,23 @@ class MemOS:
                 except MemOSError as exc:  # e.g. built with another embedder: the others still open
                     self.mount_errors[sub.name] = str(exc)
                     log.warning("cube %s not mounted: %s", sub, exc)
+            self._register_direct(cube_folder=False)
         except BaseException:
             self.close()
             raise
+
+    def _register_direct(self, *, cube_folder: bool) -> None:
+        """Make this MemOS the one that adapters given its place (folder, cube folder, store URL) get, while it is
+        open and used, unless one is open there already (:func:`memos_core.shared.register_direct`). Not for a
+        data folder that is itself a cube folder: an adapter given that path opens the cube (``over_cube``)."""
+        from .shared import register_direct
+
+        if self.store_url is not None:
+            register_direct(self, self.store_url, self._cube_options.get("index"))
+        elif cube_folder:
+            register_direct(self, self.path / self.default_cube)
+        elif not (self.path / MANIFEST).is_file():
+            register_direct(self, self.path)
 
     @classmethod
     def over_cube(cls, cube: MemCube | str | os.PathLike[str], *, embedder: Any = None, llm: Any = None,

@@ -17,8 +17,13 @@ process-wide registry hands every adapter given the same place the same MemOS:
   :class:`~memos_core.errors.ValidationError` (build one MemOS and pass it to every adapter);
 * a child process made by ``fork()`` starts with an empty registry (see :mod:`memos_core.forksafe`).
 
-A MemOS the application opens itself (``MemOS(path)``) is not registered: pass that object to the adapters
-to share it.
+A MemOS the application opens itself (``MemOS(path)``, ``MemOS(url, index=...)``, ``MemOS.over_cube(folder)``)
+is registered too, weakly, when no MemOS is open at that place yet (:func:`register_direct`): adapters given the
+same path then share the application's object (and its options: clock, sync modes, reader) instead of opening
+a second one beside it. The registry never closes it: it is the application's, closed by ``close()`` (or, if
+the application drops it unclosed, as any unreferenced MemOS). Opened the other way round -- an adapter first,
+then ``MemOS(path)`` -- the application's object gets its own handles (a constructor cannot hand back another
+object) and a WARNING says so: open the MemOS first, or pass it to the adapters.
 """
 
 from __future__ import annotations
@@ -36,13 +41,14 @@ from .records.migrate import is_store_url
 if TYPE_CHECKING:  # pragma: no cover
     from .os import MemOS
 
-__all__ = ["shared_memos", "shared_count"]
+__all__ = ["shared_memos", "shared_count", "register_direct"]
 
-log = get_logger(__name__)
+log = get_logger("memos_core.os")  # the facade's logger, memos.os (this module has no layer of its own)
 
 _LOCK = threading.Lock()
 _OPEN: dict[Hashable, "weakref.ref[MemOS]"] = {}
 _FINALIZERS: dict[Hashable, weakref.finalize] = {}  # the closer of each key's current MemOS
+_OPENING = threading.local()  # set while shared_memos() opens a MemOS on this thread (it registers that one itself)
 
 
 def _key(where: Any, index: str | None) -> tuple[str, str, str | None]:
@@ -66,12 +72,17 @@ def shared_memos(where: str | os.PathLike[str], *, embedder: Any = None, llm: An
         ref = _OPEN.get(key)
         mem = ref() if ref is not None else None
         if mem is None or not _usable(mem):
-            if key[0] == "store":
-                mem = MemOS(where, embedder=embedder, llm=llm, principal=principal, index=index)
-            elif (Path(key[1]) / MANIFEST).is_file():
-                mem = MemOS.over_cube(key[1], embedder=embedder, llm=llm, principal=principal)
-            else:
-                mem = MemOS(key[1], embedder=embedder, llm=llm, principal=principal)
+            _OPENING.active = True
+            try:
+                if key[0] == "store":
+                    mem = MemOS(where, embedder=embedder, llm=llm, principal=principal, index=index)
+                elif (Path(key[1]) / MANIFEST).is_file():
+                    mem = MemOS.over_cube(key[1], embedder=embedder, llm=llm, principal=principal)
+                else:
+                    mem = MemOS(key[1], embedder=embedder, llm=llm, principal=principal)
+            finally:
+                _OPENING.active = False
+            mem._opened_for_adapters = True  # type: ignore[attr-defined]  # (the warning in register_direct)
             _OPEN[key] = weakref.ref(mem)
             # Closed when nothing uses it any more. The finalizer holds the MemOS's cube table, not the MemOS:
             # cubes it opened are closed (flushed), a cube the caller handed in is left alone, as close() does.
@@ -82,6 +93,30 @@ def shared_memos(where: str | os.PathLike[str], *, embedder: Any = None, llm: An
             return mem
         _check_agrees(mem, where, embedder, llm)
     return mem if principal == mem.principal else mem.as_principal(principal)
+
+
+def register_direct(mem: "MemOS", where: Any, index: str | None = None) -> None:
+    """Register a MemOS the application opened itself (``MemOS.__init__`` calls this once it is open) as the one
+    of ``where`` (its folder, cube folder or store URL with ``index``), weakly, unless one is open there already.
+    Nothing is registered for a MemOS that :func:`shared_memos` is opening (it registers it itself)."""
+    if getattr(_OPENING, "active", False):
+        return
+    key = _key(where, index)
+    with _LOCK:
+        ref = _OPEN.get(key)
+        cur = ref() if ref is not None else None
+        if cur is None or cur is mem or not _usable(cur):
+            # no finalizer: the registry only points at it (a finalizer of an earlier shared MemOS of this key
+            # stays: it closes that one's cubes when it goes, and leaves this entry alone)
+            _OPEN[key] = weakref.ref(mem)
+            log.debug("registered the MemOS opened at %s", key[1])
+            return
+    if getattr(cur, "_opened_for_adapters", False):
+        log.warning("%s is already open in this process (an adapter opened it); this MemOS opens its own handles "
+                    "on the same cubes beside it. Open the MemOS before the adapters (they then share it), or pass "
+                    "this object to them.", key[1])
+    else:
+        log.info("%s is already open in this process by another MemOS; this one opens its own handles", key[1])
 
 
 def _usable(mem: "MemOS") -> bool:
