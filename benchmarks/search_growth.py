@@ -116,6 +116,38 @@ def _fault_stats(label: str) -> dict[str, Any]:
     return {"major_faults": sum(f), "calls_with_faults": round(sum(1 for x in f if x) / max(len(f), 1), 3)}
 
 
+#: processes whose CPU time counts as the servers' work per search (``--server-pids``; a process's live children
+#: are counted too: PostgreSQL's backends are children of the postmaster). Empty: not measured.
+SERVER_PIDS: list[int] = []
+
+
+def _proc_cpu_s(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu_s() -> float:
+    """CPU seconds used so far by the ``SERVER_PIDS`` processes and their live children (Linux /proc)."""
+    if not SERVER_PIDS:
+        return 0.0
+    roots = set(SERVER_PIDS)
+    total = sum(_proc_cpu_s(p) for p in roots)
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid in roots:
+                total += _proc_cpu_s(int(d))
+    return total
+
+
 def measure(cube: Any, emb: PrecomputedQueries, qs: list[str], users: int) -> dict[str, Any]:
     """Search timings at the cube's current size (query vectors precomputed)."""
     emb.recording = True
@@ -133,8 +165,12 @@ def measure(cube: Any, emb: PrecomputedQueries, qs: list[str], users: int) -> di
     }
     out: dict[str, Any] = {}
     for name, calls in legs.items():
+        s0 = server_cpu_s()
         wall, cpu = _time_calls(calls, name)
         out[name] = {**_stats(wall), "cpu": _stats(cpu), **_fault_stats(name)}
+        if SERVER_PIDS:  # the servers' CPU per search, a mean (clock ticks are too coarse for one call)
+            out[name]["server_cpu_mean_ms"] = round((server_cpu_s() - s0) * 1000.0 / len(calls), 2)
+            out[name]["cpu_mean_ms"] = round(sum(cpu) / len(cpu), 2)
     out["interleaved"] = interleaved(cube, qs, users)
     if emb.misses:
         raise RuntimeError(f"{emb.misses} timed queries were embedded: the precomputed table missed them")
@@ -249,11 +285,15 @@ def run(sizes: list[int], queries: int = 200, batch: int = 2000, workdir: str | 
             h = step["hybrid"]
             log(f"N={n}: hybrid p50 {h['p50_ms']} / p95 {h['p95_ms']} ms (CPU {h['cpu']['p50_ms']} / "
                 f"{h['cpu']['p95_ms']} ms; {h['major_faults']} major page faults in "
-                f"{h['calls_with_faults']:.0%} of the calls)")
+                f"{h['calls_with_faults']:.0%} of the calls" + (f"; CPU mean {h['cpu_mean_ms']} ms + servers "
+                                                                   f"{h['server_cpu_mean_ms']} ms" if SERVER_PIDS else "")
+                + ")")
             for name in ("dense_only", "lexical_only", "hybrid_scoped_user"):
                 v = step[name]
                 log(f"   {name:<20} p50 {v['p50_ms']:>8} / p95 {v['p95_ms']:>8} ms "
-                    f"(CPU {v['cpu']['p50_ms']} / {v['cpu']['p95_ms']} ms; {v['major_faults']} major page faults)")
+                    f"(CPU {v['cpu']['p50_ms']} / {v['cpu']['p95_ms']} ms; {v['major_faults']} major page faults"
+                    + (f"; CPU mean {v['cpu_mean_ms']} ms + servers {v['server_cpu_mean_ms']} ms" if SERVER_PIDS
+                       else "") + ")")
             il = step["interleaved"]
             log("   interleaved: " + "; ".join(
                 f"{k} p50 {il[k]['p50_ms']} / p95 {il[k]['p95_ms']} ms (CPU {il[k]['cpu']['p50_ms']} / "
@@ -293,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store", help="a postgresql:// URL with ?cube=NAME (default: SQLite in --workdir)")
     p.add_argument("--index", help="a Chroma server URL (required with --store)")
     p.add_argument("--json", action="store_true", help="last stdout line: one JSON object with every figure")
+    p.add_argument("--server-pids", default="",
+                   help="comma-separated pids of the servers on this host (the postmaster, `chroma run`): their CPU "
+                        "(with their live children's: the PostgreSQL backends) per search is reported as a mean")
     p.add_argument("--cold", action="store_true",
                    help="SQLite cube in --workdir only: drop its files from the page cache before opening it "
                         "(posix_fadvise DONTNEED), to time a first run from disk")
@@ -306,6 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.store and not a.index:
         p.error("--store needs --index (a Chroma server URL)")
     os.environ.setdefault("MEMOS_PROGRESS", "0")
+    try:
+        SERVER_PIDS[:] = [int(x) for x in a.server_pids.split(",") if x.strip()]
+    except ValueError:
+        p.error("--server-pids takes process ids separated by commas")
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if a.json else (lambda m: print(m, flush=True))
     rep = run(sizes, a.queries, a.batch, a.workdir, a.seed, a.store, a.index, users=a.users, log=log, cold=a.cold)
     if a.json:

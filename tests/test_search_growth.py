@@ -4,6 +4,7 @@ adds nothing to a cube already at the requested size (the figures themselves bel
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,8 @@ def _run(*args: str) -> dict:
 
 
 def test_search_growth_grows_one_cube_and_resumes(tmp_path: Path) -> None:
-    rep = _run("--sizes", "60,200", "--queries", "5", "--batch", "50", "--workdir", str(tmp_path))
+    rep = _run("--sizes", "60,200", "--queries", "5", "--batch", "50", "--workdir", str(tmp_path),
+               "--server-pids", str(os.getpid()))
     assert [s["n"] for s in rep["steps"]] == [60, 200]
     assert [s["added"] for s in rep["steps"]] == [60, 140]  # grown, not rebuilt
     assert rep["query_vector"].startswith("precomputed")
@@ -27,6 +29,8 @@ def test_search_growth_grows_one_cube_and_resumes(tmp_path: Path) -> None:
         for mode in ("hybrid", "dense_only", "lexical_only", "hybrid_scoped_user"):
             assert 0 < step[mode]["p50_ms"] <= step[mode]["p95_ms"]
             assert step[mode]["cpu"]["p95_ms"] > 0
+            # --server-pids: here the test process, whose live child is the benchmark itself: its CPU counts
+            assert step[mode]["cpu_mean_ms"] > 0 and step[mode]["server_cpu_mean_ms"] >= 0
         il = step["interleaved"]
         for mode in ("hybrid", "scoped", "scoped_store"):
             assert 0 < il[mode]["p50_ms"] <= il[mode]["p95_ms"]
