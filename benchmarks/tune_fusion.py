@@ -615,16 +615,24 @@ def topic_names(which: str, vectors: "_CachedVectors") -> Any:
     return order
 
 
-def name_free_dense(weight: float) -> Any:
-    """Questions and keywords naming no one (no topical leg): the dense leg's weight set to ``weight`` (the
-    lexical leg, the entity bonus and the act malus keep theirs); other queries as shipped."""
+def name_free_dense(scale: float, lexical: float = 0.5, act: float | None = None) -> Any:
+    """Questions and keywords naming no one (no topical leg): the dense leg's weight scaled by ``scale``
+    (``name_free_dense_scale``) and the lexical leg's base weight ``lexical`` (``name_free_lexical_weight``; 1.0 and
+    0.5: as questions naming someone, the default before session 7); ``act``: the act malus for such questions."""
+    cfg = RetrievalConfig()
+    cfg.name_free_dense_scale = scale  # type: ignore[attr-defined]
+    cfg.name_free_lexical_weight = lexical  # type: ignore[attr-defined]
+    if act is not None:
+        cfg_act = RetrievalConfig(act_weight=act)
+        cfg_act.name_free_dense_scale = scale  # type: ignore[attr-defined]
+        cfg_act.name_free_lexical_weight = lexical  # type: ignore[attr-defined]
+
+        def order_act(row: dict[str, Any]) -> list[Any]:
+            plan = analyze_query(row["query"])
+            return _shipped(row, cfg if plan.is_dialogue or plan.entities else cfg_act)
+        return order_act
+
     def order(row: dict[str, Any]) -> list[Any]:
-        plan = analyze_query(row["query"])
-        if plan.is_dialogue or plan.entities:
-            return _shipped(row)
-        cfg = RetrievalConfig()
-        cfg.name_free_dense_weight = weight  # type: ignore[attr-defined]
-        cfg.dense_weight = weight
         return _shipped(row, cfg)
     return order
 
@@ -666,8 +674,11 @@ def run_variants(all_rows: dict[str, list[dict[str, Any]]], cache: Path, train_s
             variants[f"opening user turns n={n} w={w}"] = opening_turns(w, n)
     variants["topic without the speakers' names"] = topic_names("speakers", vectors)
     variants["topic without person-position names"] = topic_names("person", vectors)
-    for w in (0.8, 0.6, 0.5, 0.4):
-        variants[f"name-free question dense w={w}"] = name_free_dense(w)
+    for scale, lexical, act in ((1.0, 0.5, None), (0.8, 0.5, None), (0.6, 0.5, None), (0.5, 0.5, None),
+                                (0.4, 0.5, None), (0.5, 0.4, None), (0.5, 0.3, None), (0.7, 0.5, 3.0),
+                                (1.0, 0.5, 3.0), (0.5, 0.4, 3.0)):
+        variants[f"name-free: dense x{scale}, lexical {lexical}" + (f", act {act}" if act else "")] = \
+            name_free_dense(scale, lexical, act)
     # the learned ranker is fitted on the fresh instances of the first --fresh seed only
     train = [f"{style}@{train_seed + off}" for style, (_, off) in GENERATORS.items()] if train_seed is not None else []
     if train:

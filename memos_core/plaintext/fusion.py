@@ -6,7 +6,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Mapping, Sequence
 
-__all__ = ["rrf", "zscore_fusion", "Candidates", "fuse", "TOPICAL_WEIGHT", "TOPICAL_SHIFT"]
+__all__ = ["rrf", "zscore_fusion", "Candidates", "fuse", "TOPICAL_WEIGHT", "TOPICAL_SHIFT", "NAME_FREE_DENSE_SCALE",
+           "NAME_FREE_LEXICAL_WEIGHT"]
 
 #: Weight of the topical leg (:attr:`Candidates.topical`) for a question or keywords, unless the settings carry
 #: ``topical_weight``. Chosen on the generated tuning sets (synthetic, people-QA); see the README.
@@ -20,6 +21,19 @@ TOPICAL_WEIGHT = 1.0
 #: tuning sets (synthetic, people-QA) and checked on fresh generator seeds (README, "Retrieval quality"); with the
 #: full query vector (``"full"``) moving weight cost people-QA, so nothing moves there.
 TOPICAL_SHIFT = 0.5
+
+#: For a question or keywords naming no one ("What's my parrot called?", "coffee preferences"), the dense leg's
+#: weight is scaled by this (unless the settings carry ``name_free_dense_scale``), and the lexical leg's base weight
+#: is :data:`NAME_FREE_LEXICAL_WEIGHT` instead of ``question_lexical_weight`` (unless the settings carry
+#: ``name_free_lexical_weight``; a fixed ``lexical_weight`` stays fixed). Such a query has no topical leg; the
+#: embedder's vector of a short question without a name is close to every turn on the subject, the user's own
+#: earlier questions and the assistant's replies included, so the act malus (questions, acknowledgements, "I don't
+#: know") and the exact words get relatively more say. Chosen on the assistant-style tuning instances
+#: (``benchmarks/tune_fusion.py --tune-fresh``: generator seeds 251, 252, the only tuning data with such questions)
+#: as the best any@5 + any@10 with neither instance losing at either; checked on the held-out assistant set and
+#: fresh seeds (README, "Retrieval quality"). Questions naming someone and dialogues keep their weights.
+NAME_FREE_DENSE_SCALE = 0.5
+NAME_FREE_LEXICAL_WEIGHT = 0.4
 
 
 def rrf(ranked: Mapping[str, Sequence[tuple[Hashable, float]]], weights: Mapping[str, float],
@@ -128,14 +142,20 @@ def lexical_weight(c: Candidates, plan: Any, cfg: Any) -> float:
     """The lexical leg's weight for this query.
 
     Fixed when ``cfg.lexical_weight`` is set. Otherwise a base weight by query type (``question_lexical_weight``
-    for a short question or keywords, ``dialogue_lexical_weight`` for a pasted dialogue), scaled by the two
+    for a short question or keywords, :data:`NAME_FREE_LEXICAL_WEIGHT` when they name no one,
+    ``dialogue_lexical_weight`` for a pasted dialogue), scaled by the two
     retrievers' confidence on *this* query: ``1 + confidence_weight * (peak(BM25) - peak(dense)) / 2``, kept
     within [0.5, 2] (see :func:`_peak`). BM25 that singles out one memory while the embedder sees a flat field
     gets more say, and the other way round.
     """
     if cfg.lexical_weight is not None:
         return float(cfg.lexical_weight)
-    base = float(cfg.dialogue_lexical_weight if plan.is_dialogue else cfg.question_lexical_weight)
+    if plan.is_dialogue:
+        base = float(cfg.dialogue_lexical_weight)
+    elif not plan.entities:
+        base = float(getattr(cfg, "name_free_lexical_weight", NAME_FREE_LEXICAL_WEIGHT))
+    else:
+        base = float(cfg.question_lexical_weight)
     gain = float(getattr(cfg, "confidence_weight", 0.0) or 0.0)
     if not gain or not c.lexical:
         return base
@@ -156,7 +176,8 @@ def fuse(c: Candidates, plan: Any, cfg: Any) -> list[tuple[Hashable, float, dict
     "I don't know" replies, echoes or small talk. When ``c.topical`` is given and the query is not a pasted
     dialogue, it is fused as a third leg with weight ``cfg.topical_weight`` (default :data:`TOPICAL_WEIGHT`); when
     it holds cosines to the name-free question (``cfg.topical_query == "topic"``), :data:`TOPICAL_SHIFT` of the dense
-    leg's weight moves to it.
+    leg's weight moves to it. For a question or keywords naming no one, the dense weight is scaled by
+    :data:`NAME_FREE_DENSE_SCALE` (and :func:`lexical_weight` starts from :data:`NAME_FREE_LEXICAL_WEIGHT`).
     """
     from .query import entity_matcher
 
@@ -173,6 +194,8 @@ def fuse(c: Candidates, plan: Any, cfg: Any) -> list[tuple[Hashable, float, dict
             bonus[key] = b
     legs: dict[str, Mapping[Hashable, float]] = {"dense": c.dense, "lexical": c.lexical}
     weights = {"dense": cfg.dense_weight, "lexical": lexical_weight(c, plan, cfg)}
+    if not plan.is_dialogue and not plan.entities:
+        weights["dense"] *= float(getattr(cfg, "name_free_dense_scale", NAME_FREE_DENSE_SCALE))
     topical_w = float(getattr(cfg, "topical_weight", TOPICAL_WEIGHT) or 0.0)
     if c.topical and topical_w and not plan.is_dialogue:
         # a candidate without a topic vector gets the leg's lowest score (zscore_fusion's default floor)
