@@ -1200,7 +1200,9 @@ class MemCube:
         step = _EMBED_CHUNK
         with Progress(len(texts), "embedding memories", unit="memory", progress=progress) as bar:
             if not bar.shown or len(texts) <= step:
-                return self._embed(texts)
+                out = self._embed(texts)
+                bar.update(len(texts))  # one batch: the bar still ends full, not at 0/N
+                return out
             parts = []
             for s in range(0, len(texts), step):
                 parts.append(self._embed(texts[s:s + step]))

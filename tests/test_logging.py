@@ -111,3 +111,21 @@ def test_bulk_ingest_shows_progress_only_when_asked(tmp_path, capsys, monkeypatc
         monkeypatch.setenv("MEMOS_PROGRESS", "0")
         cube.reindex(reembed=True, batch_size=100)
         assert "re-embedding" not in capsys.readouterr().err
+
+
+def test_bulk_ingest_bar_ends_full_in_one_batch(tmp_path, monkeypatch) -> None:
+    """An ingest that fits one embedding batch (200-256 memories) used to show a bar stuck at 0/N."""
+    from memos_core import log as memos_log
+
+    advanced: list[int] = []
+    real_update = memos_log.Progress.update
+
+    def update(self, n: int = 1) -> None:
+        if self.shown:
+            advanced.append(n)
+        real_update(self, n)
+
+    monkeypatch.setattr(memos_log.Progress, "update", update)
+    with MemCube(tmp_path / "c", embedder=hashed_embed) as cube:
+        cube.add_many([f"memory {i}" for i in range(220)], progress=True)
+    assert sum(advanced) >= 220, advanced
