@@ -44,7 +44,7 @@ _LIVE_LOCK = threading.Lock()
 _INHERITED: list[Any] = []
 
 #: background threads that must not be running when the process forks (they hold import or model locks)
-_PRELOAD_THREADS = ("memos-chroma-preload", "memos-embedder-preload")
+_PRELOAD_THREADS = ("memos-chroma-preload", "memos-embedder-preload", "memos-index-warm")
 
 
 def register(obj: Any) -> int:
@@ -103,6 +103,7 @@ def _after_in_child() -> None:
     if retrieval is not None:
         retrieval._POOL = None
         retrieval._POOL_LOCK = threading.Lock()
+        retrieval._DOWN_LOCK = threading.Lock()  # the embedder-outage tracker's
     vector = mods.get("memos_core.plaintext.vector")
     if vector is not None:  # a parent thread may have held these, or a folder guard, at the fork
         vector._EMBEDDED_CLIENTS = threading.RLock()

@@ -125,11 +125,22 @@ class ChromaVectorIndex:
         self._hnsw.update(hnsw or {})
         self._client: Any = None
         self._col: Any = None
+        # one thread opens (or closes) the client at a time: a background warm() and the first real call must not
+        # both open one (the second client would never be closed: Chroma's shared System would outlive close())
+        self._open_lock = threading.RLock()
+        self._closed = False
 
     # ------------------------------------------------------------------ connection
     def _collection(self) -> Any:
         if self._col is not None:
             return self._col
+        with self._open_lock:
+            if self._col is not None:
+                return self._col
+            self._closed = False
+            return self._open_collection()
+
+    def _open_collection(self) -> Any:
         try:
             import chromadb
             from chromadb.config import Settings
@@ -386,10 +397,48 @@ class ChromaVectorIndex:
         self._col = None
         self._collection()
 
+    def persisted_bytes(self) -> int:
+        """Bytes of the HNSW vectors persisted in an embedded folder (``data_level0.bin`` of each segment; 0 for a
+        server or a folder not written yet): what loading the index on its first call reads. A stat per segment."""
+        if self.path is None or not self.path.is_dir():
+            return 0
+        total = 0
+        for seg in self.path.iterdir():
+            try:
+                total += (seg / "data_level0.bin").stat().st_size
+            except OSError:
+                continue
+        return total
+
+    def warm(self) -> float:
+        """Open the collection and load its index now (Chroma reads an embedded folder's HNSW segment and id map on
+        the collection's first call after the client opens: seconds for a large index), so that the first search
+        or write does not wait for it. The cube calls this on a background thread when it opens a large embedded
+        index (``MEMOS_PRELOAD=0`` turns it off). Returns the seconds it took; a failure is left to the first real
+        call to report. Does nothing once :meth:`close` ran."""
+        import time
+
+        started = time.perf_counter()
+        with self._open_lock:
+            if self._closed:
+                return 0.0
+            try:
+                self._call("count", self._collection().count)
+            except Exception as exc:  # noqa: BLE001 - the first real call reports it
+                log.debug("vector index warm-up failed: %s", exc)
+        took = time.perf_counter() - started
+        log.debug("vector index at %s warmed in %.2f s", self.path or self.url, took)
+        return took
+
     def close(self) -> None:
         # Release Chroma's process-wide shared system for this folder. Merely dropping the reference keeps
         # it cached with its in-memory HNSW, so a later reopen in this process (after another process wrote
         # to the cube, e.g. `memos add`) would query a stale index ("Error finding id").
+        with self._open_lock:  # never while warm() or another thread opens the client
+            self._closed = True
+            self._close_client()
+
+    def _close_client(self) -> None:
         client, self._col, self._client = self._client, None, None
         if client is not None and hasattr(client, "close"):
             try:
