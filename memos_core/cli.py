@@ -313,6 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush does not raise BrokenPipeError again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout replaced by an object without a file descriptor (tests)
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     global _PRINCIPAL, _STORE, _INDEX
     args = build_parser().parse_args(argv)
@@ -328,6 +337,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemOSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `memos show DIR ID | head`: the reader left; no traceback (Python's recipe)
+        _quiet_stdout()
+        return 1
     finally:
         _PRINCIPAL = _STORE = _INDEX = None
         if preload is None:

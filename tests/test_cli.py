@@ -318,3 +318,24 @@ def test_stale_staging_folders_are_removed_on_open(cli_cube, tmp_path) -> None:
     MemCube(d).close()
     left = {k for k, p in folders.items() if p.exists()}
     assert left == {"alive", "foreign new", "other cube"}
+
+
+# ---------------------------------------------------------------------------------------------- issue 18 (first hour)
+@pytest.mark.parametrize("place", ["postgresq://memos@db/memos?cube=x", "postgresql:/memos@db/memos?cube=x"])
+def test_mistyped_store_url_is_one_line_error(tmp_path, capsys, monkeypatch, place) -> None:
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = run(capsys, "init", place)
+    assert rc == 2 and out == ""
+    assert err.startswith("error: ") and "not a store URL" in err and err.strip().count("\n") == 0
+    assert list(tmp_path.iterdir()) == []  # no local folder named after the URL
+
+
+def test_closed_pipe_is_not_a_traceback(cli_cube) -> None:
+    """`memos access DIR | head -0`: the reader is gone before the command prints; no traceback, exit 1."""
+    d, _ = cli_cube
+    proc = subprocess.Popen([sys.executable, "-m", "memos_core.cli", "access", d], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the interpreter has even started: every write of the command fails
+    _, err = proc.communicate(timeout=300)
+    assert b"Traceback" not in err and b"BrokenPipeError" not in err, err.decode()[-2000:]
+    assert proc.returncode == 1
