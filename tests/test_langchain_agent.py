@@ -16,6 +16,7 @@ from langchain.tools import ToolRuntime
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.store.memory import InMemoryStore
 from langgraph.graph import START, StateGraph
 from langgraph.runtime import Runtime
 from typing_extensions import TypedDict
@@ -79,6 +80,20 @@ def test_middleware_remembers_across_threads_without_double_writes(mem: MemOS) -
     assert texts.count("assistant: Noted.") == 2  # one per turn of thread-1, each written once
     assert {e.scope.session_id for e in eps} == {"thread-1", "thread-2"}
     assert all(e.provenance.source_ids for e in eps)
+
+
+def test_store_items_reach_the_middleware_prompt_through_the_memos_not_runtime_store(mem: MemOS) -> None:
+    """README: the middleware reads the MemOS it was built on, not runtime.store; a MemOSStore on the same MemOS
+    puts items under ("memories", user) into that user's scope, so they reach that user's prompt only."""
+    store = MemOSStore(mem)
+    store.put(("memories", "ann"), "colour", {"text": "Ann's favourite colour is teal"})
+    other = InMemoryStore()  # an agent's runtime.store that is not the MemOS: never read by the middleware
+    other.put(("memories", "bob"), "colour", {"text": "Bob's favourite colour is teal"})
+    model = ScriptedChatModel(default=colour_bot)
+    agent = create_agent(model, tools=[], middleware=[MemOSMiddleware(mem, k=5)], store=other,
+                         checkpointer=InMemorySaver(), context_schema=Ctx)
+    assert run(agent, "What is my favourite colour?", "t1", "ann") == "Your favourite colour is teal."
+    assert run(agent, "What is my favourite colour?", "t2", "bob") == "I don't know your favourite colour."
 
 
 def test_after_agent_retry_does_not_write_twice(mem: MemOS) -> None:
