@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import hashed_embed
 
-from memos_core import MemCube, MemOS
+from memos_core import MemOS
 from memos_core.errors import BackendUnavailable, EmbeddingDimensionError, ValidationError
 
 
@@ -43,19 +43,21 @@ FACTS = ["Ann keeps bees on the roof", "the ferry to the island leaves at noon",
 
 
 @pytest.fixture
-def flaky(tmp_path):
+def flaky(tmp_path, open_cube):
+    """A cube whose embedder the test switches (on PostgreSQL too, where the two legs run on two threads and the
+    lexical leg reads its rows on the way: ``records_backends``)."""
     emb = Switchable()
-    cube = MemCube(tmp_path / "c", embedder=emb, embed_sync="immediate")
+    cube = open_cube(tmp_path / "c", embedder=emb, embed_sync="immediate")
     cube.retrieval.query_cache = 0  # every search embeds its query
     cube.add_many(FACTS)
-    yield cube, emb
-    cube.close()
+    return cube, emb
 
 
 def _warnings(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name.startswith("memos")]
 
 
+@pytest.mark.records_backends
 def test_hybrid_search_returns_the_lexical_hits_while_the_embedder_is_down(flaky, caplog) -> None:
     cube, emb = flaky
     up = cube.search("when does the ferry leave", k=3)
