@@ -11,6 +11,8 @@ embedded Chroma: only PostgreSQL's round trips are counted), adds ``--n`` memori
   that sends several statements before reading counts once);
 * ``statements``: statements sent (``Query`` or ``Parse``/``Bind`` messages);
 * ``governance``: statements that read the role or the settings (``gov_acl`` / ``gov_settings``);
+* ``wall_p50_ms``: the call's median wall time (hashed test embedder; tracing adds its own cost: compare runs of
+  this script with each other, not with ``search_scale.py``);
 * ``sequential``: round trips on the calling thread's critical path are not separated here: a search on a server
   runs its lexical leg and its role check on worker threads, so ``round_trips`` is the total, not the latency.
 
@@ -28,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -144,13 +147,17 @@ def main() -> None:
 
             def run(name: str, fn: Any) -> None:
                 got: list[dict[str, Any]] = []
+                wall: list[float] = []
                 for i in range(args.calls):
                     tracer.mark()
+                    t0 = time.perf_counter()
                     fn(i)
+                    wall.append(time.perf_counter() - t0)
                     cube.records._wait_flusher()  # noqa: SLF001 - count the usage flush with its search
                     got.append(tracer.since_mark())
                 out[name] = {k: statistics.median(g[k] for g in got) for k in ("round_trips", "statements",
                                                                                   "governance")}
+                out[name]["wall_p50_ms"] = round(statistics.median(wall) * 1e3, 2)
                 if args.show:
                     out[name]["texts"] = got[-1]["texts"]
 
@@ -173,7 +180,7 @@ def main() -> None:
     else:
         for name, r in out.items():
             print(f"{name:24s} round trips {r['round_trips']:5.1f}  statements {r['statements']:5.1f}  "
-                  f"governance {r['governance']:4.1f}")
+                  f"governance {r['governance']:4.1f}  wall p50 {r['wall_p50_ms']:6.2f} ms")
             for t in r.get("texts", []):
                 print("    ", t)
 

@@ -178,3 +178,30 @@ def test_a_revoked_role_and_a_new_audit_setting_hold_on_the_next_call_of_another
         assert [e["op"] for e in owner.events()[before:]] == []  # not audited any more, on bob's next calls
         report = owner.governance.verify()
         assert report.ok, report.problems
+
+
+def test_a_scoped_search_with_a_current_cache_checks_the_change_log_in_one_statement(url: str, tmp_path: Path,
+                                                                                   monkeypatch: Any) -> None:
+    """The scope cache's check before a scoped search: when nothing changed, one statement (the change log read on
+    its own), not a read-only transaction (BEGIN, SET TRANSACTION, the read, COMMIT); after another handle's
+    write it replays in a snapshot and the new memory is found."""
+    from memos_core.cube import MemCube
+
+    trace = _Trace(tmp_path, monkeypatch)
+    try:
+        with MemCube(url, index="embedded", workdir=tmp_path / "a", embedder=hashed_embed) as a, \
+                MemCube(url, index="embedded", workdir=tmp_path / "b", embedder=hashed_embed, create=False) as b:
+            a.add_many([{"content": f"memory {i} of the first user", "user_id": "u0"} for i in range(20)])
+            for _ in range(2):
+                a.search("memory", k=3, user_id="u0", mode="dense")
+            for _ in range(3):
+                trace.mark()
+                a.search("memory", k=3, user_id="u0", mode="dense")
+                got = trace.statements()
+                assert sum("vec_changes" in s for s in got) == 1, got
+                assert not [s for s in got if "BEGIN" in s or "SET TRANSACTION" in s or "COMMIT" in s], got
+            new = b.add("the lighthouse keeper feeds seven cats", user_id="u0")
+            hits = a.search("the lighthouse keeper feeds seven cats", k=1, user_id="u0", mode="dense")
+            assert hits[0].item.id == new.id
+    finally:
+        trace.close()

@@ -176,6 +176,9 @@ class ScopeCache:
         # Lock order, everywhere: the store's (read_snapshot: SQLite's connection lock) before this cache's. A
         # forget finishing inside a caller's records transaction syncs while holding the store's lock; taking
         # this cache's lock first here could deadlock against it.
+        got = self._scores_unchanged(records, scope, qvec, dim)
+        if got is not None:
+            return got
         with records.read_snapshot(), self._lock:
             if not self._sync(records):
                 return None
@@ -206,14 +209,47 @@ class ScopeCache:
             else:
                 self._entries.move_to_end(scope)
             entry.used = self._tick
-            if entry.mat.shape[1] != dim:  # another embedder's vectors: not this search's
-                return None
-            n = entry.n
-            sims = matvec(entry.mat[:n], qvec)  # (a dead row is zeros: it is left out just below)
-            if entry.dead:
-                live = np.flatnonzero(entry.live[:n])
-                return entry.rowids[live], sims[live]
-            return entry.rowids[:n].copy(), sims
+            return self._score(entry, qvec, dim)
+
+    def _scores_unchanged(self, records: "RecordStore", scope: Scope, qvec: np.ndarray, dim: int
+                          ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The fast path of :meth:`scores` when ``scope`` is cached: one read of the change log on its own (one
+        statement, so one snapshot: one round trip on a server instead of a read-only transaction's three); when
+        nothing changed since this cache's position, the cache is the state as of that statement and its snapshot
+        becomes the new position. ``None`` when anything changed (or the scope is not cached): :meth:`scores`
+        then replays inside a snapshot as before. The log is read outside this cache's lock (lock order: the
+        store's before the cache's) and applied only if no other thread moved the position meanwhile."""
+        with self._lock:
+            pos, entry = self._pos, self._entries.get(scope)
+        if pos is None or entry is None:
+            return None
+        erasures = records.erasures_seen  # (read before the log, as in _sync)
+        got = records.vector_changes(pos)
+        if got is None or got[1] is None or got[1]:
+            return None
+        with self._lock:
+            if self._pos != pos or self._entries.get(scope) is not entry:
+                return None  # another thread synced meanwhile: take the full path
+            self._pos = got[0]
+            if erasures is not None:
+                self._erasures = erasures
+            self._tick += 1
+            self._entries.move_to_end(scope)
+            entry.used = self._tick
+            return self._score(entry, qvec, dim)
+
+    @staticmethod
+    def _score(entry: "_Entry", qvec: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray] | None:
+        from .retrieval import matvec
+
+        if entry.mat.shape[1] != dim:  # another embedder's vectors: not this search's
+            return None
+        n = entry.n
+        sims = matvec(entry.mat[:n], qvec)  # (a dead row is zeros: it is left out just below)
+        if entry.dead:
+            live = np.flatnonzero(entry.live[:n])
+            return entry.rowids[live], sims[live]
+        return entry.rowids[:n].copy(), sims
 
     def _room_for(self, need: int) -> bool:
         """Whether ``need`` bytes fit under the cap after evicting only idle scopes."""

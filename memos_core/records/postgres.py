@@ -490,16 +490,26 @@ class PostgresRecordStore(RecordStore):
         if self._closed:
             raise CubeClosed(f"the PostgreSQL store of cube {self.cube!r} is closed")
         with self._guard(), self._pool.connection() as conn:
-            with conn.transaction():
-                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                self._tls.conn = conn
-                self._tls.snapshot = True
+            # one statement, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY" (a BEGIN and then a SET TRANSACTION
+            # were two round trips): the connection's settings for the transactions it starts, put back at once
+            conn.isolation_level = self._psycopg.IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
+            try:
+                with conn.transaction():
+                    self._tls.conn = conn
+                    self._tls.snapshot = True
+                    try:
+                        yield
+                    finally:
+                        self._tls.conn = None
+                        self._tls.chain = None
+                        self._tls.snapshot = False
+            finally:
                 try:
-                    yield
-                finally:
-                    self._tls.conn = None
-                    self._tls.chain = None
-                    self._tls.snapshot = False
+                    conn.isolation_level = None
+                    conn.read_only = None
+                except Exception:  # noqa: BLE001 - a connection left in a transaction: never reuse it read-only
+                    conn.close()  # (the pool discards a closed connection)
 
     def _flush_soft(self) -> None:
         """Write buffered usage counts and clear applied pending marks, in a short transaction of their own
