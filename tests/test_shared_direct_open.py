@@ -10,6 +10,8 @@ import gc
 import logging
 import threading
 
+import pytest
+
 from conftest import hashed_embed
 
 from memos_core import MemCube, MemOS
@@ -118,3 +120,15 @@ def test_the_application_and_adapters_opening_at_once_end_with_one_shared_memos(
     finally:
         for m in {id(m): m for m in got + mine}.values():
             m.close()
+
+
+@pytest.mark.records_backends
+def test_a_store_url_opened_by_the_application_is_shared(tmp_path, store_for, chroma_url) -> None:
+    """On PostgreSQL the place is the store URL with its vector index (a folder on the embedded backend)."""
+    target = store_for(tmp_path / "data")
+    extra = {"index": chroma_url} if chroma_url is not None else {}
+    mem = MemOS(target, embedder=hashed_embed, **extra)
+    try:
+        assert resolve_memory(str(target), **extra) is mem
+    finally:
+        mem.close()
