@@ -11,7 +11,6 @@ import logging
 import threading
 
 import pytest
-
 from conftest import hashed_embed
 
 from memos_core import MemCube, MemOS
