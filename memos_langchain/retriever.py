@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
@@ -45,12 +45,12 @@ class MemOSRetriever(BaseRetriever):
 
     memory: Any
     k: int = Field(default=DEFAULT_K, ge=1, le=1000)
-    user_id: Optional[str] = None
-    agent_id: Optional[str] = None
-    session_id: Optional[str] = None
-    filter: Optional[Any] = None
+    user_id: str | None = None
+    agent_id: str | None = None
+    session_id: str | None = None
+    filter: Any = None
     mode: str = "hybrid"
-    cubes: Optional[list[str]] = None
+    cubes: list[str] | None = None
     single_user: bool = False
 
     _rule: UserRule = PrivateAttr()

@@ -56,12 +56,12 @@ class SaveMemoryArgs(_Args):
 class UpdateMemoryArgs(_Args):
     memory_id: str = Field(description="The id of the memory to change, as shown by search_memory.")
     content: str = Field(description="The corrected memory, as one self-contained statement.")
-    reason: Optional[str] = Field(default=None, description="Why it changes (kept in the memory's history).")
+    reason: str | None = Field(default=None, description="Why it changes (kept in the memory's history).")
 
 
 class ForgetMemoryArgs(_Args):
     memory_id: str = Field(description="The id of the memory to forget, as shown by search_memory.")
-    reason: Optional[str] = Field(default=None, description="Why it should be forgotten (kept in the audit log).")
+    reason: str | None = Field(default=None, description="Why it should be forgotten (kept in the audit log).")
 
 
 class MemoryToolkit:
