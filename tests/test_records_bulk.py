@@ -191,3 +191,21 @@ def test_add_many_over_the_bulk_size_keeps_given_ids_and_makes_fresh_ones(cube: 
     assert all(uuid.UUID(hex=i).version == 4 for i in fresh)
     assert cube.count() == 120 and cube.get(items[0].id).content == "plain memory 0 about gardening"
     assert any(h.item.id == items[100].id for h in cube.search("memory 20 with id None", k=5, user_id="ann"))
+
+
+# ---------------------------------------------------------------------------------------------- pending marks
+def test_rows_applied_but_not_yet_flushed_are_not_listed_again(open_store: Any) -> None:
+    """A vector-index apply that ends while another one waits (a background flush, then repair_index) must not
+    push the same rows twice: rows marked applied whose marks are still buffered are not pending; a row written
+    again since it was listed (a new mark) is."""
+    store = open_store("pendingbuf")
+    items, vecs, indexed = batch(100)
+    rowids = _add(store, items, [v if v is not None else np.ones(8, np.float32) for v in vecs], [True] * 100)
+    listed = store.pending_vectors()
+    assert listed == rowids
+    with store.transaction() as c:  # another writer marks one row again after it was listed
+        store.mark_pending(c, rowids[7])
+    store.mark_vectors_applied(listed[:60])  # buffered: no transaction or flush since
+    assert store.pending_vectors() == [rowids[7]] + rowids[60:]
+    store.flush()
+    assert store.pending_vectors() == [rowids[7]] + rowids[60:]

@@ -1529,10 +1529,14 @@ class PostgresRecordStore(RecordStore):
     def pending_vectors(self) -> list[int]:
         with self._conn() as conn:
             rows = conn.execute("SELECT item_rowid, gen FROM vec_pending ORDER BY item_rowid").fetchall()
+        out = []
         with self._buf_lock:
             for r, g in rows:
+                if self._pending_done.get(r) == g:
+                    continue  # applied by this process, only its mark's deletion is still buffered (_flush_soft)
                 self._pending_seen[r] = g
-        return [r[0] for r in rows]
+                out.append(r)
+        return out
 
     def index_rows(self, rowids: Sequence[int]) -> list[IndexRow]:
         if not rowids:

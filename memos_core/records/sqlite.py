@@ -455,6 +455,8 @@ class SQLiteRecordStore(RecordStore):
     def pending_vectors(self) -> list[int]:
         with self._lock:
             rows = self._conn.execute("SELECT item_rowid, gen FROM vec_pending ORDER BY item_rowid").fetchall()
+            # a row applied by this handle whose mark's deletion still waits for the next transaction is not pending
+            rows = [(r, g) for r, g in rows if self._pending_done.get(r) != g]
             self._pending_seen.update(rows)
         return [r[0] for r in rows]
 
