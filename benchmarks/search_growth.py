@@ -91,9 +91,27 @@ def _majflt() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_majflt
 
 
+#: bytes this process read from storage (not the page cache) during the timed calls, per label of _time_calls
+READS: dict[str, int] = {}
+
+
+def _read_bytes() -> int:
+    """Bytes this process has caused to be fetched from storage (Linux ``/proc/self/io``: page-cache misses of
+    ``read()`` and of memory-mapped pages alike); 0 where not available."""
+    try:
+        with open("/proc/self/io") as f:
+            for line in f:
+                if line.startswith("read_bytes:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def _time_calls(calls: list[Callable[[], Any]], label: str | None = None) -> tuple[list[float], list[float]]:
     wall, cpu = [], []
     faults = FAULTS.setdefault(label, []) if label else None
+    r0 = _read_bytes()
     for fn in calls:
         f0 = _majflt()
         c0 = time.process_time()
@@ -103,6 +121,8 @@ def _time_calls(calls: list[Callable[[], Any]], label: str | None = None) -> tup
         cpu.append((time.process_time() - c0) * 1000.0)
         if faults is not None:
             faults.append(_majflt() - f0)
+    if label:
+        READS[label] = READS.get(label, 0) + _read_bytes() - r0
     return wall, cpu
 
 
@@ -113,7 +133,8 @@ def _stats(v: list[float]) -> dict[str, float]:
 def _fault_stats(label: str) -> dict[str, Any]:
     """Major page faults of one mode's timed calls: in all, and the share of calls that had any."""
     f = FAULTS.pop(label, [])
-    return {"major_faults": sum(f), "calls_with_faults": round(sum(1 for x in f if x) / max(len(f), 1), 3)}
+    return {"major_faults": sum(f), "calls_with_faults": round(sum(1 for x in f if x) / max(len(f), 1), 3),
+            "disk_read_mb": round(READS.pop(label, 0) / 2**20, 2)}
 
 
 #: processes whose CPU time counts as the servers' work per search (``--server-pids``; a process's live children
@@ -151,9 +172,12 @@ def server_cpu_s() -> float:
 def measure(cube: Any, emb: PrecomputedQueries, qs: list[str], users: int) -> dict[str, Any]:
     """Search timings at the cube's current size (query vectors precomputed)."""
     emb.recording = True
+    r0, f0, t0 = _read_bytes(), _majflt(), time.perf_counter()
     for i, q in enumerate(qs):  # warm-up pass: fills the query table, loads the HNSW index, warms page caches
         cube.search(q, k=10)
         cube.search(q, k=10, user_id=f"user-{i % users}")
+    warmup = {"s": round(time.perf_counter() - t0, 2), "disk_read_mb": round((_read_bytes() - r0) / 2**20, 1),
+              "major_faults": _majflt() - f0}
     emb.recording = False
     emb.misses = 0
     legs = {
@@ -163,7 +187,7 @@ def measure(cube: Any, emb: PrecomputedQueries, qs: list[str], users: int) -> di
         "hybrid_scoped_user": [lambda q=q, i=i: cube.search(q, k=10, user_id=f"user-{i % users}")
                                for i, q in enumerate(qs)],
     }
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"warmup": warmup}
     for name, calls in legs.items():
         s0 = server_cpu_s()
         wall, cpu = _time_calls(calls, name)
@@ -282,16 +306,20 @@ def run(sizes: list[int], queries: int = 200, batch: int = 2000, workdir: str | 
             step.update(measure(cube, emb, qs, users))
             step["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
             steps.append(step)
+            wu = step["warmup"]
+            log(f"N={n}: warm-up pass ({2 * len(qs)} searches) {wu['s']} s, {wu['disk_read_mb']} MB read from disk, "
+                f"{wu['major_faults']} major page faults")
             h = step["hybrid"]
             log(f"N={n}: hybrid p50 {h['p50_ms']} / p95 {h['p95_ms']} ms (CPU {h['cpu']['p50_ms']} / "
                 f"{h['cpu']['p95_ms']} ms; {h['major_faults']} major page faults in "
-                f"{h['calls_with_faults']:.0%} of the calls" + (f"; CPU mean {h['cpu_mean_ms']} ms + servers "
+                f"{h['calls_with_faults']:.0%} of the calls, {h['disk_read_mb']} MB read from disk" + (f"; CPU mean {h['cpu_mean_ms']} ms + servers "
                                                                    f"{h['server_cpu_mean_ms']} ms" if SERVER_PIDS else "")
                 + ")")
             for name in ("dense_only", "lexical_only", "hybrid_scoped_user"):
                 v = step[name]
                 log(f"   {name:<20} p50 {v['p50_ms']:>8} / p95 {v['p95_ms']:>8} ms "
-                    f"(CPU {v['cpu']['p50_ms']} / {v['cpu']['p95_ms']} ms; {v['major_faults']} major page faults"
+                    f"(CPU {v['cpu']['p50_ms']} / {v['cpu']['p95_ms']} ms; {v['major_faults']} major page faults, "
+                    f"{v['disk_read_mb']} MB read from disk"
                     + (f"; CPU mean {v['cpu_mean_ms']} ms + servers {v['server_cpu_mean_ms']} ms" if SERVER_PIDS
                        else "") + ")")
             il = step["interleaved"]

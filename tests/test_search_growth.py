@@ -50,3 +50,5 @@ def test_search_growth_grows_one_cube_and_resumes(tmp_path: Path) -> None:
     assert step["added"] == 0
     for mode in ("hybrid", "dense_only", "lexical_only", "hybrid_scoped_user"):
         assert step[mode]["major_faults"] >= 0 and 0 <= step[mode]["calls_with_faults"] <= 1
+        assert step[mode]["disk_read_mb"] >= 0
+    assert step["warmup"]["s"] > 0 and step["warmup"]["disk_read_mb"] >= 0
