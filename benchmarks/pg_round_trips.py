@@ -6,9 +6,9 @@ Starts a temporary PostgreSQL cluster (as the tests do: ``tests/pg_server.py``),
 embedded Chroma: only PostgreSQL's round trips are counted), adds ``--n`` memories, then runs each kind of call
 ``--calls`` times and reports per call:
 
-* ``round_trips``: how many times a connection sent messages and then waited for the server's answer (from each
-  connection's ``PQtrace``: a run of frontend messages followed by backend messages is one round trip; a pipeline
-  that sends several statements before reading counts once);
+* ``round_trips``: how many times a connection waited for the server's answer (from each connection's
+  ``PQtrace``: one per ``Sync`` message of the extended protocol and per simple ``Query``; a pipeline that sends
+  several statements before one sync counts once; ``--show`` marks each wait with ``-- wait``);
 * ``statements``: statements sent (``Query`` or ``Parse``/``Bind`` messages);
 * ``governance``: statements that read the role or the settings (``gov_acl`` / ``gov_settings``);
 * ``wall_p50_ms``: the call's median wall time (hashed test embedder; tracing adds its own cost: compare runs of
@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -83,17 +84,15 @@ class Tracer:
             # after a few executions; later ones send only Bind with the name)
             for m in re.finditer(r'^F\s+\d+\s+Parse\s+"([^"]+)"\s+(.*)$', data, re.M):
                 named[m.group(1)] = m.group(2)
-            last = None
             unnamed = ""
             for line in data[start:].splitlines():
-                if not line or line[0] not in "FB":
+                if not line.startswith("F"):
                     continue
-                d = line[0]
-                if d == "F" and last != "F":
+                # the client waits for the server after each Sync (extended protocol; a pipeline sends one per
+                # sync point, not per statement) and each simple Query
+                if re.match(r"F\s+\d+\s+(Sync|Query)\b", line):
                     trips += 1
-                last = d
-                if d != "F":
-                    continue
+                    texts.append("-- wait")
                 m = re.match(r'F\s+\d+\s+(Query|Parse|Bind)\s+(.*)', line)
                 if not m:
                     continue
@@ -175,6 +174,7 @@ def main() -> None:
             pass
         for _, f in tracer.files:
             f.close()
+        shutil.rmtree(work, ignore_errors=True)
     if args.json:
         print(json.dumps(out))
     else:

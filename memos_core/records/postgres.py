@@ -520,14 +520,29 @@ class PostgresRecordStore(RecordStore):
         if not usage and not done:
             return
         try:
-            with self._guard(), self._pool.connection() as conn, conn.transaction():
-                cur = conn.cursor()
-                if done:
-                    cur.executemany("DELETE FROM vec_pending WHERE item_rowid=%s AND gen=%s", sorted(done.items()))
-                if usage:
-                    cur.executemany(
-                        "UPDATE items SET access_count=access_count+%s, last_access=GREATEST(COALESCE(last_access,0),%s)"
-                        " WHERE rowid=%s", [(n, t, r) for r, (n, t) in sorted(usage.items())])
+            with self._guard(), self._pool.connection() as conn:
+                # Pipelined: BEGIN, the statements and COMMIT travel together, one round trip (psycopg's own
+                # transaction block syncs at BEGIN, after each executemany and at COMMIT: three or four). An error
+                # aborts the rest up to the sync; the transaction is then rolled back here.
+                try:
+                    with conn.pipeline():
+                        conn.execute("BEGIN")
+                        cur = conn.cursor()
+                        if done:
+                            cur.executemany("DELETE FROM vec_pending WHERE item_rowid=%s AND gen=%s",
+                                            sorted(done.items()))
+                        if usage:
+                            cur.executemany(
+                                "UPDATE items SET access_count=access_count+%s, last_access=GREATEST(COALESCE("
+                                "last_access,0),%s) WHERE rowid=%s", [(n, t, r) for r, (n, t) in sorted(usage.items())])
+                        conn.execute("COMMIT")
+                except BaseException:
+                    if conn.info.transaction_status != self._psycopg.pq.TransactionStatus.IDLE and not conn.closed:
+                        try:
+                            conn.execute("ROLLBACK")
+                        except Exception:  # noqa: BLE001 - the pool discards a connection it cannot reset
+                            pass
+                    raise
         except Conflict:  # soft state: a collision loses nothing durable; keep the counts for the next flush
             with self._buf_lock:
                 for r, (n, t) in usage.items():
@@ -946,9 +961,7 @@ class PostgresRecordStore(RecordStore):
         if chain is not None and chain[0] is c:
             top, prev = chain[1], chain[2]
         else:
-            c.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))  # then read: a fresh snapshot
-            row = c.execute("SELECT (SELECT seq FROM events ORDER BY seq DESC LIMIT 1), (SELECT hash FROM events "
-                            "ORDER BY seq DESC LIMIT 1), (SELECT value FROM meta WHERE key='events_counter')").fetchone()
+            row = self._lock_chain(c)
             top = max(int(row[0] or 0), int(row[2] or 0))
             prev = row[1] or GENESIS_HASH
         seq = top + 1
@@ -963,6 +976,16 @@ class PostgresRecordStore(RecordStore):
         self._tls.chain = (c, seq, h)
         return h
 
+    def _lock_chain(self, c: Any) -> Any:
+        """Take the cube's chain lock (held until this transaction ends), then read the chain's head: two
+        statements, so the read's snapshot is taken after the lock is held (a fresh one, READ COMMITTED), sent in
+        one pipeline (one round trip instead of two). Returns (top seq, top hash, events_counter)."""
+        with c.pipeline():
+            c.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
+            cur = c.execute("SELECT (SELECT seq FROM events ORDER BY seq DESC LIMIT 1), (SELECT hash FROM events "
+                            "ORDER BY seq DESC LIMIT 1), (SELECT value FROM meta WHERE key='events_counter')")
+        return cur.fetchone()
+
     def append_events(self, c: Any, records: Sequence[tuple[float, str | None, str, str | None, str,
                                                              Mapping[str, Any]]]) -> list[str]:
         """Append several records (at, actor, op, item_id, outcome, detail) in order, in one batch."""
@@ -972,9 +995,7 @@ class PostgresRecordStore(RecordStore):
         if chain is not None and chain[0] is c:
             top, prev = chain[1], chain[2]
         else:
-            c.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
-            row = c.execute("SELECT (SELECT seq FROM events ORDER BY seq DESC LIMIT 1), (SELECT hash FROM events "
-                            "ORDER BY seq DESC LIMIT 1), (SELECT value FROM meta WHERE key='events_counter')").fetchone()
+            row = self._lock_chain(c)
             top = max(int(row[0] or 0), int(row[2] or 0))
             prev = row[1] or GENESIS_HASH
         out: list[tuple[Any, ...]] = []
