@@ -34,6 +34,7 @@ from typing_extensions import Annotated, NotRequired
 from memos_core.log import get_logger
 from memos_core.errors import MemOSError, ValidationError
 
+from memos_core.adapter_args import check_adapter_args
 from memos_core.os import DEFAULT_K, UserRule, resolve_memory
 
 from ._common import (
@@ -115,6 +116,7 @@ class MemOSMiddleware(AgentMiddleware):
                  ai_name: str = "assistant", tools: Sequence[Any] = (), single_user: bool = False,
                  require_user: bool | None = None, index: str | None = None) -> None:
         super().__init__()
+        check_adapter_args("MemOSMiddleware", user_id=user_id, agent_id=agent_id, k=k)
         memory = resolve_memory(memory, adapter="MemOSMiddleware", index=index)
         check_require_user(require_user, "MemOSMiddleware")
         self._rule = UserRule(memory, user_id=user_id, single_user=single_user, adapter="MemOSMiddleware",

@@ -10,6 +10,7 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from memos_core import SearchHit
+from memos_core.adapter_args import check_adapter_args
 from memos_core.os import DEFAULT_K, UserRule, hit_metadata, memory_text, resolve_memory
 
 __all__ = ["MemOSRetriever", "hit_to_document"]
@@ -57,6 +58,7 @@ class MemOSRetriever(BaseRetriever):
 
     def __init__(self, **data: Any) -> None:
         # Checked here, before pydantic (which would wrap our typed errors in its own ValidationError).
+        check_adapter_args("MemOSRetriever", **{key: data.get(key) for key in ("user_id", "agent_id", "session_id", "k")})
         data["memory"] = resolve_memory(data.get("memory"), adapter="MemOSRetriever", index=data.pop("index", None))
         rule = UserRule(data["memory"], user_id=data.get("user_id"), single_user=data.get("single_user", False),
                         adapter="MemOSRetriever", how="pass user_id=... here or per call "

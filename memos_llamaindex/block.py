@@ -33,6 +33,7 @@ from llama_index.core.utils import get_tokenizer
 
 from memos_core.log import get_logger
 from memos_core import MemOS
+from memos_core.adapter_args import check_adapter_args
 from memos_core.places import check_place
 from memos_core.shared import shared_memos
 from memos_core.os import CONTEXT_HEADER, DEFAULT_K, AddResult, UserRule, adapter_index, resolve_memory
@@ -89,6 +90,7 @@ class MemOSMemoryBlock(BaseMemoryBlock[str]):
     _last_add: AddResult | None = PrivateAttr(default=None)
 
     def __init__(self, memos: Any = None, *, index: str | None = None, **data: Any) -> None:
+        check_adapter_args("MemOSMemoryBlock", **{key: data.get(key) for key in ("user_id", "agent_id", "k")})
         if memos is not None or index is not None:  # a MemOS, a view, a MemCube, a folder or a store URL
             memos = resolve_memory(memos, adapter="MemOSMemoryBlock", index=index)
             path, principal = memos_spec(memos)

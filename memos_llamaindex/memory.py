@@ -32,6 +32,7 @@ from llama_index.core.utils import get_tokenizer
 
 from memos_core.log import get_logger
 from memos_core import MemCube, MemOS
+from memos_core.adapter_args import check_adapter_args
 from memos_core.places import check_place
 from memos_core.shared import shared_memos
 from memos_core.os import (CONTEXT_HEADER, DEFAULT_K, AddResult, MemoryArgumentError, UserRule, adapter_index,
@@ -152,6 +153,7 @@ class MemOSMemory(BaseMemory):
         """Prefer the ``from_*`` constructors. ``chat_history`` here restores a saved history as is (it is not
         read into long-term memory again); ``from_defaults(chat_history=...)`` reads it. ``index`` is the Chroma
         server of a ``postgresql://`` store URL given as ``memos`` (default ``$MEMOS_INDEX``)."""
+        check_adapter_args("MemOSMemory", **{key: data.get(key) for key in ("user_id", "agent_id", "session_id", "k")})
         if memos is not None or index is not None:  # a MemOS, a view, a MemCube, a folder or a store URL
             memos = resolve_memory(memos, adapter="MemOSMemory", index=index)
             path, principal = memos_spec(memos)

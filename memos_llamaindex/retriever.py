@@ -31,6 +31,7 @@ from llama_index.core.callbacks import CallbackManager
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
 from memos_core import MemOS, MemoryItem, SearchHit
+from memos_core.adapter_args import check_adapter_args
 from memos_core.os import DEFAULT_K, UserRule, hit_metadata, memory_text, resolve_memory
 
 from ._common import USER_HOW, mount_cube
@@ -82,6 +83,7 @@ class MemOSRetriever(BaseRetriever):
         single_user: bool = False,
         index: str | None = None,
     ) -> None:
+        check_adapter_args("MemOSRetriever", user_id=user_id, agent_id=agent_id, session_id=session_id, k=k)
         memos = resolve_memory(memos, adapter="MemOSRetriever", index=index)
         user = UserRule(memos, user_id=user_id, single_user=single_user, adapter="MemOSRetriever",
                         how=USER_HOW).require()

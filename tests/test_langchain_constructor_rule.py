@@ -162,3 +162,30 @@ def test_every_adapter_opens_a_store_url_with_the_index_it_is_given(pg_server: A
             assert [h.item.id for h in cube.search("bees", user_id="ann")] == [item.id], name
         finally:
             cube.close()
+
+
+# The shared arguments (user_id / agent_id / session_id / k) are checked alike when each adapter is built
+# (memos_core.adapter_args): a MemOS ValidationError naming the adapter, never pydantic's own error, never a
+# failure on the first call (the middleware and the LlamaIndex retriever used to take k=0).
+SHARED_ARGS: dict[str, Callable[..., Any]] = {
+    "MemOSMiddleware": lambda m, **kw: MemOSMiddleware(m, **kw),
+    "MemOSRetriever (LangChain)": lambda m, **kw: MemOSRetriever(memory=m, **kw),
+    "MemOSMemory": lambda m, **kw: MemOSMemory(m, **kw),
+    "MemOSMemoryBlock": lambda m, **kw: MemOSMemoryBlock(m, **kw),
+    "MemOSRetriever (LlamaIndex)": lambda m, **kw: LIRetriever(m, **kw),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHARED_ARGS))
+def test_shared_arguments_are_checked_alike_when_built(name: str, tmp_path: Path) -> None:
+    from memos_core.errors import ValidationError
+
+    build = SHARED_ARGS[name]
+    with MemOS(tmp_path / "m", embedder=EMB) as mem:
+        build(mem, user_id="ann", k=3)  # good arguments build
+        for bad in ({"user_id": 123}, {"user_id": ""}, {"user_id": "a\nb"}, {"user_id": "ann", "k": 0},
+                    {"user_id": "ann", "k": 1001}, {"user_id": "ann", "k": True}, {"user_id": "ann", "k": "5"},
+                    {"user_id": "ann", "agent_id": 7}):
+            with pytest.raises(ValidationError, match=name.split(" ")[0]) as ei:
+                build(mem, **bad)
+            assert type(ei.value).__module__.startswith("memos_core"), type(ei.value)
