@@ -95,3 +95,21 @@ def test_rerank_needs_a_model_with_likelihoods_and_a_positive_count() -> None:
     ans = ScoringAnswerer()
     rep = qa.run(QA_FILE, ans, modes=["text"], k=3, min_score=None, embedder=hashed_embed, limit_conversations=1)
     assert ans.calls == [] and rep["rerank"] is None and rep["memories_mean"] == 3.0
+
+
+def test_rerank_on_a_local_model_keeps_kv_identical_to_text(tmp_path) -> None:
+    """A tiny random local model scores the notes itself (one forward pass each): the kept memory goes to both
+    (b) and (c), whose tokens stay identical; the scores are the model's log-probabilities of the question."""
+    pytest.importorskip("transformers")
+    from memos_core.activation.testing import save_tiny_model
+
+    folder = save_tiny_model(tmp_path / "tiny", "qwen2", max_positions=600)
+    ans = qa.load_answerer(str(folder), max_new_tokens=4)
+    lps = ans.question_logprobs("Where does Ann live?", ["[1 May 2023] Ann: I live in Lisbon.", "[2 May 2023] Bob: Hi."])
+    assert len(lps) == 2 and all(lp < 0 for lp in lps) and lps[0] != lps[1]
+    # the same note scored again gives the same value (a pure function of note and question)
+    assert ans.question_logprobs("Where does Ann live?", ["[2 May 2023] Bob: Hi."]) == pytest.approx([lps[1]], abs=1e-4)
+    rep = qa.run(QA_FILE, ans, modes=["text", "kv"], k=3, min_score=None, rerank=1, embedder=hashed_embed,
+                 limit_conversations=2, limit_queries=2)
+    assert rep["kv_identical_count"] == "4/4" and rep["memories_mean"] == 1.0 and rep["rerank"] == 1
+    assert all(r["rerank_s"] >= 0 for r in rep["answers"])
