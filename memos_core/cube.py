@@ -1945,9 +1945,12 @@ def _warm_index(index: ChromaVectorIndex) -> None:
     turns it off), like the embedder preload: Chroma reads the segment on the collection's first call, which was
     the first search or write after opening (README, "One memory per call"). Not for a Chroma server (nothing to
     load here) or a small index; the open-time consistency check still runs before the index's first real use."""
-    if os.environ.get("MEMOS_PRELOAD", "1") == "0" or index.persisted_bytes() < WARM_INDEX_BYTES:
+    persisted, warm = getattr(index, "persisted_bytes", None), getattr(index, "warm", None)
+    if not callable(persisted) or not callable(warm):  # another vector index (a test stand-in): nothing to load
         return
-    threading.Thread(target=index.warm, name="memos-index-warm", daemon=False).start()
+    if os.environ.get("MEMOS_PRELOAD", "1") == "0" or persisted() < WARM_INDEX_BYTES:
+        return
+    threading.Thread(target=warm, name="memos-index-warm", daemon=False).start()
 
 
 _PRELOADING: set[int] = set()
