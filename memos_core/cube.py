@@ -121,7 +121,12 @@ class RetrievalConfig:
       re-embedded (``reindex(reembed=True)``). ``topical_query``: what the topic vectors are compared with:
       ``"topic"`` (default) a vector of the question without its names (the default embedder embeds it in the same
       call as the query: ~2 ms more per such search on a CPU), ``"full"`` the query vector itself (no extra text
-      embedded; lower recall, see the README).
+      embedded; lower recall, see the README). ``topical_shift``: the share of the dense weight moved to the
+      topical leg for such a question (default :data:`memos_core.plaintext.fusion.TOPICAL_SHIFT`).
+    * ``name_free_dense_scale`` / ``name_free_lexical_weight``: for a question or keywords naming no one, the dense
+      weight is multiplied by the first and the lexical leg starts from the second (defaults
+      :data:`~memos_core.plaintext.fusion.NAME_FREE_DENSE_SCALE`,
+      :data:`~memos_core.plaintext.fusion.NAME_FREE_LEXICAL_WEIGHT`).
     * ``focus_weight``: when the query is a pasted user <-> assistant dialogue, weight of its last user turn
       added to the query embedding (one extra text in the same embedding batch; 0 disables it).
     * ``query_cache``: how many query vectors to keep per embedder (LRU; 0 disables). Agents repeat queries:
@@ -140,7 +145,9 @@ class RetrievalConfig:
                  focus_weight: float = 0.5, query_cache: int = 256, question_lexical_weight: float = 0.5,
                  dialogue_lexical_weight: float = 0.3, act_weight: float = 2.0,
                  confidence_weight: float = 1.0, topical_weight: float | None = None,
-                 topical_query: Literal["full", "topic"] = "topic") -> None:
+                 topical_query: Literal["full", "topic"] = "topic", topical_shift: float | None = None,
+                 name_free_dense_scale: float | None = None,
+                 name_free_lexical_weight: float | None = None) -> None:
         if fusion not in ("zscore", "rrf"):
             raise ValidationError(f"fusion must be 'zscore' or 'rrf', not {fusion!r}")
         self.fusion = fusion
@@ -160,6 +167,13 @@ class RetrievalConfig:
         if topical_query not in ("full", "topic"):
             raise ValidationError(f"topical_query must be 'full' or 'topic', not {topical_query!r}")
         self.topical_query = topical_query
+        from .plaintext import fusion as _fusion
+
+        self.topical_shift = float(_fusion.TOPICAL_SHIFT if topical_shift is None else topical_shift)
+        self.name_free_dense_scale = float(
+            _fusion.NAME_FREE_DENSE_SCALE if name_free_dense_scale is None else name_free_dense_scale)
+        self.name_free_lexical_weight = float(
+            _fusion.NAME_FREE_LEXICAL_WEIGHT if name_free_lexical_weight is None else name_free_lexical_weight)
         self.entity_weight = entity_weight
         self.focus_weight = focus_weight
         if not isinstance(query_cache, int) or isinstance(query_cache, bool) or query_cache < 0:

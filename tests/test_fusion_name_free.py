@@ -47,14 +47,17 @@ def test_the_lexical_base_weight_of_a_question_naming_no_one() -> None:
     cfg = RetrievalConfig(confidence_weight=0.0)  # the base weight itself, not scaled by confidence
     assert lexical_weight(_cands(), analyze_query("What is my parrot called?"), cfg) == NAME_FREE_LEXICAL_WEIGHT
     assert lexical_weight(_cands(), analyze_query("What is Maya's parrot called?"), cfg) == cfg.question_lexical_weight
-    cfg.name_free_lexical_weight = 0.5  # type: ignore[attr-defined]
+    cfg = RetrievalConfig(confidence_weight=0.0, name_free_lexical_weight=0.5)
     assert lexical_weight(_cands(), analyze_query("What is my parrot called?"), cfg) == 0.5
     fixed = RetrievalConfig(lexical_weight=0.7)  # a fixed lexical weight stays fixed
     assert lexical_weight(_cands(), analyze_query("What is my parrot called?"), fixed) == 0.7
 
 
 def _unscaled() -> RetrievalConfig:
+    return RetrievalConfig(name_free_dense_scale=1.0, name_free_lexical_weight=0.5)
+
+
+def test_the_settings_are_keyword_arguments_with_the_fusion_defaults() -> None:
     cfg = RetrievalConfig()
-    cfg.name_free_dense_scale = 1.0  # type: ignore[attr-defined]
-    cfg.name_free_lexical_weight = cfg.question_lexical_weight  # type: ignore[attr-defined]
-    return cfg
+    assert (cfg.name_free_dense_scale, cfg.name_free_lexical_weight) == (NAME_FREE_DENSE_SCALE, NAME_FREE_LEXICAL_WEIGHT)
+    assert RetrievalConfig(topical_shift=0.0).topical_shift == 0.0
