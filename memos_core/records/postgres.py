@@ -291,6 +291,13 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def _closed_message(url: str) -> str:
+    """What a call on a closed PostgreSQL cube says: what happened and how to go on (password redacted)."""
+    shown = redact_url(url)
+    return (f"the cube at {shown} was closed (by close() or its MemOS); open it again: "
+            f"MemCube({shown!r}, index=...) / MemOS({shown!r}, index=...)")
+
+
 def _import_psycopg() -> tuple[Any, Any, Any]:
     try:
         import psycopg
@@ -391,7 +398,7 @@ class PostgresRecordStore(RecordStore):
             import psycopg_pool
 
             if isinstance(exc, psycopg_pool.PoolClosed):
-                raise CubeClosed(f"the PostgreSQL store of cube {self.cube!r} is closed") from exc
+                raise CubeClosed(_closed_message(self.url)) from exc
             if isinstance(exc, psycopg_pool.PoolTimeout):
                 raise BackendUnavailable(f"PostgreSQL at {self.url}: no connection available ({exc})") from exc
             raise
@@ -407,7 +414,7 @@ class PostgresRecordStore(RecordStore):
             yield cur
             return
         if self._closed:
-            raise CubeClosed(f"the PostgreSQL store of cube {self.cube!r} is closed")
+            raise CubeClosed(_closed_message(self.url))
         with self._guard(), self._pool.connection() as conn:
             yield conn
 
@@ -447,7 +454,7 @@ class PostgresRecordStore(RecordStore):
                 yield cur
             return
         if self._closed:
-            raise CubeClosed(f"the PostgreSQL store of cube {self.cube!r} is closed")
+            raise CubeClosed(_closed_message(self.url))
         with self._guard(), self._pool.connection() as conn:
             with conn.transaction():
                 self._tls.conn = conn
@@ -488,7 +495,7 @@ class PostgresRecordStore(RecordStore):
             yield
             return
         if self._closed:
-            raise CubeClosed(f"the PostgreSQL store of cube {self.cube!r} is closed")
+            raise CubeClosed(_closed_message(self.url))
         with self._guard(), self._pool.connection() as conn:
             # one statement, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY" (a BEGIN and then a SET TRANSACTION
             # were two round trips): the connection's settings for the transactions it starts, put back at once

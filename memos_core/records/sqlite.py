@@ -295,7 +295,8 @@ class SQLiteRecordStore(RecordStore):
     def _conn(self) -> sqlite3.Connection:
         db = self._db
         if db is None:
-            raise CubeClosed(f"records database {self.path} is closed")
+            raise CubeClosed(f"the cube at {self.path.parent} was closed (by close() or its MemOS); open it again: "
+                             f"MemCube({str(self.path.parent)!r}), or MemOS(its data folder)")
         if self._pid != os.getpid():  # a SQLite connection must not be used across fork() (memos_core.forksafe)
             forksafe.check(self._pid, f"records database {self.path}")
         return db
