@@ -2,11 +2,21 @@
 cannot be reached, and when the Chroma server URL is mistyped."""
 from __future__ import annotations
 
+import logging
+import socket
+
 import pytest
 from conftest import hashed_embed
 
 from memos_core.cube import MemCube
-from memos_core.errors import CubeClosed
+from memos_core.errors import BackendUnavailable, CubeClosed
+
+
+def _closed_port() -> int:
+    """A local TCP port nothing listens on (bound once to pick it, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------------------------------- 1. closed cube
@@ -49,3 +59,31 @@ def test_closed_message_never_shows_a_password() -> None:
 
     msg = _closed_message("postgresql://u:hunter2@db.example:5432/app?cube=x")
     assert "hunter2" not in msg and "db.example" in msg and "was closed" in msg
+
+
+# ------------------------------------------------------------------------------------ 2. unreachable PostgreSQL
+def test_unreachable_postgres_is_one_clear_error_without_pool_noise(tmp_path, caplog) -> None:
+    pytest.importorskip("psycopg_pool")
+    port = _closed_port()
+    url = f"postgresql://u:s3cret@127.0.0.1:{port}/appdb?cube=x"
+    caplog.set_level(logging.DEBUG, logger="psycopg.pool")
+    with pytest.raises(BackendUnavailable) as info:
+        MemCube(url, embedder=hashed_embed, index="http://127.0.0.1:1", workdir=tmp_path / "w")
+    msg = str(info.value)
+    assert f"127.0.0.1:{port}" in msg and "appdb" in msg
+    assert "running" in msg and "check the URL" in msg
+    assert "s3cret" not in msg and "pool initialization" not in msg
+    noisy = [r for r in caplog.records if r.name.startswith("psycopg.pool") and r.levelno >= logging.WARNING]
+    assert noisy == []
+    # the pool's logger is left as it was: other code's records still get through afterwards
+    assert not logging.getLogger("psycopg.pool").filters
+
+
+def test_unreachable_postgres_through_memos(tmp_path) -> None:
+    pytest.importorskip("psycopg_pool")
+    from memos_core.os import MemOS
+
+    port = _closed_port()
+    with pytest.raises(BackendUnavailable, match=rf"127\.0\.0\.1:{port}.*check the URL"):
+        MemOS(f"postgresql://u@127.0.0.1:{port}/db?cube=x", index="http://127.0.0.1:1", embedder=hashed_embed,
+              workdir=tmp_path / "w")

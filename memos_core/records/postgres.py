@@ -298,6 +298,36 @@ def _closed_message(url: str) -> str:
             f"MemCube({shown!r}, index=...) / MemOS({shown!r}, index=...)")
 
 
+def _unreachable_message(url: str, reason: str) -> str:
+    """What opening a store whose server cannot be reached says: where it tried, why, and what to check."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port or 5432
+    except ValueError:
+        port = None
+    where = f"{parts.hostname}:{port}" if parts.hostname else f"the local socket (port {port})"
+    db = parts.path.lstrip("/") or parts.username or "(the user's name)"
+    if parts.password:
+        reason = reason.replace(parts.password, "***")
+    reason = " ".join((reason.strip().splitlines() or ["no reason given"])[0].split()).rstrip(".")  # libpq's hint follows
+    return (f"PostgreSQL at {where}, database {db!r}, cannot be reached: {reason}. Is the server running and "
+            f"reachable from here (host, port, firewall), and are the user, password and database right? "
+            f"check the URL {redact_url(url)}")
+
+
+class _DropPoolNoise(logging.Filter):
+    """Hides psycopg_pool's "error connecting" warnings about one pool (by its name) while this store opens it:
+    the open reports a failure itself, as one typed error. Other pools' records pass."""
+
+    def __init__(self, pool_name: str) -> None:
+        super().__init__()
+        self.pool_name = pool_name
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return record.levelno < logging.WARNING or self.pool_name not in args
+
+
 def _import_psycopg() -> tuple[Any, Any, Any]:
     try:
         import psycopg
@@ -354,17 +384,28 @@ class PostgresRecordStore(RecordStore):
         def configure(conn: Any) -> None:
             conn.execute(sql.SQL("SET search_path TO {}").format(ident))
 
+        # One connection first, outside the pool: an unreachable server (or a wrong user, password or database)
+        # is reported at once as one typed error, instead of the pool retrying for the whole timeout and logging
+        # "error connecting" on every retry.
+        try:
+            psycopg.connect(conninfo, autocommit=True, connect_timeout=max(1, int(connect_timeout))).close()
+        except psycopg.Error as exc:
+            raise BackendUnavailable(_unreachable_message(url, str(exc) or type(exc).__name__)) from None
         self._pool = psycopg_pool.ConnectionPool(
             conninfo, min_size=1, max_size=max(1, pool_size), open=False, configure=configure,
             timeout=connect_timeout,
             kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout))},
             name=f"memos-{self.schema}",
         )
+        pool_log, quiet = logging.getLogger("psycopg.pool"), _DropPoolNoise(self._pool.name)
+        pool_log.addFilter(quiet)  # only while opening (the server went away since the check above)
         try:
             self._pool.open(wait=True, timeout=connect_timeout)
         except psycopg_pool.PoolTimeout as exc:
             self._pool.close()
-            raise BackendUnavailable(f"PostgreSQL at {self.url} cannot be reached: {exc}") from exc
+            raise BackendUnavailable(_unreachable_message(url, f"no connection within {connect_timeout:g} s")) from exc
+        finally:
+            pool_log.removeFilter(quiet)
         try:
             self._migrate(ident, PG_SCHEMA_VERSION if _migrate_to is None else _migrate_to)
         except BaseException:
