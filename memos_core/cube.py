@@ -1228,11 +1228,10 @@ class MemCube:
         if not isinstance(item_id, str) or not item_id:
             raise ValidationError("item id must be a non-empty string")
         check_text(item_id, "item id")
-        rowid = self.records.rowid(item_id)
-        item = self.records.get(item_id) if rowid is not None else None
-        if rowid is None or item is None:
+        got = self.records.load(item_id)  # (rowid, item): one statement on a server
+        if got is None:
             raise self._missing(item_id)
-        return rowid, item
+        return got
 
     def update(self, item_id: str, content: str | None = None, *, reason: str | None = None,
                actor: str | None = None, expected_version: int | None = None, **fields: Any) -> MemoryItem:

@@ -205,3 +205,32 @@ def test_a_scoped_search_with_a_current_cache_checks_the_change_log_in_one_state
             assert hits[0].item.id == new.id
     finally:
         trace.close()
+
+
+def test_get_update_and_delete_read_the_item_in_one_statement(url: str, tmp_path: Path, monkeypatch: Any) -> None:
+    """Loading an item by id (get, update, delete, history, ...) reads its row once (it read the rowid, then the
+    item: two round trips); an unknown or deleted id is still NotFound."""
+    from memos_core.cube import MemCube
+
+    trace = _Trace(tmp_path, monkeypatch)
+    try:
+        with MemCube(url, index="embedded", workdir=tmp_path / "w", embedder=hashed_embed) as cube:
+            a = cube.add("the tram runs every ten minutes", user_id="ann")
+            b = cube.add("the ferry leaves at noon", user_id="ann")
+            # (an update also re-reads the row FOR UPDATE inside its transaction, by design: 3 reads before)
+            for name, call, reads in (("get", lambda: cube.get(a.id), 1),
+                                      ("update", lambda: cube.update(a.id, "the tram runs every twelve minutes"), 2),
+                                      ("history", lambda: cube.history(a.id), 1),
+                                      ("delete", lambda: cube.delete(b.id), 2)):
+                trace.mark()
+                call()
+                got = [s for s in trace.statements() if "FROM items WHERE" in s and ("id = ANY" in s or "id=$1" in s)]
+                assert len(got) == reads, (name, got)
+            assert cube.get(a.id).content == "the tram runs every twelve minutes"
+            with pytest.raises(NotFound):
+                cube.get("no-such-id")
+            with pytest.raises(NotFound):
+                cube.get(b.id)  # deleted
+            assert cube.get(b.id, include_deleted=True).state.value == "deleted"
+    finally:
+        trace.close()

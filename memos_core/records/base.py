@@ -525,6 +525,14 @@ class RecordStore(ABC):
         hit = self.rowids_of([item_id]).get(item_id)
         return None if hit is None else hit[0]
 
+    def load(self, item_id: str) -> tuple[int, MemoryItem] | None:
+        """``(rowid, item)`` of ``item_id`` in any state, or ``None``: :meth:`rowid` and :meth:`get` (inside a
+        write transaction the row is locked as :meth:`get` locks it). A server backend reads both in one
+        statement."""
+        rowid = self.rowid(item_id)
+        item = self.get(item_id) if rowid is not None else None
+        return None if rowid is None or item is None else (rowid, item)
+
     def count(self, states: Iterable[LifecycleState] | None = None) -> int:
         by = self.count_by_state()
         if states is None:

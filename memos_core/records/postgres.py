@@ -671,6 +671,13 @@ class PostgresRecordStore(RecordStore):
             row = conn.execute(f"SELECT {_ITEM_COLS} FROM items WHERE id=%s{lock}", (item_id,)).fetchone()
         return None if row is None else self._row_to_item(row)
 
+    def load(self, item_id: str) -> tuple[int, MemoryItem] | None:
+        # one statement (the item columns start with its rowid), locked as get() locks it
+        lock = " FOR UPDATE" if self.in_transaction() else ""
+        with self._conn() as conn:
+            row = conn.execute(f"SELECT {_ITEM_COLS} FROM items WHERE id=%s{lock}", (item_id,)).fetchone()
+        return None if row is None else (int(row[0]), self._row_to_item(row))
+
     def get_many(self, ids: Sequence[str]) -> dict[str, MemoryItem]:
         if not ids:
             return {}
