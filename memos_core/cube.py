@@ -205,6 +205,10 @@ def _resolve_index(store_url: str | None, chroma_url: str | None, index: str | N
         raise ValidationError(
             "a cube on PostgreSQL is shared by workers that must share its vector index too: pass "
             "index='http://host:port' (a Chroma server), or index='embedded' for a single process")
+    if url is not None:  # a mistyped server URL is refused here, before anything is opened or created
+        from .plaintext.vector import check_chroma_url
+
+        check_chroma_url(url, "chroma_url" if chroma_url is not None else "index")
     return url
 
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import hashed_embed
 
 from memos_core.cube import MemCube
-from memos_core.errors import BackendUnavailable, CubeClosed
+from memos_core.errors import BackendUnavailable, CubeClosed, ValidationError
 
 
 def _closed_port() -> int:
@@ -87,3 +87,31 @@ def test_unreachable_postgres_through_memos(tmp_path) -> None:
     with pytest.raises(BackendUnavailable, match=rf"127\.0\.0\.1:{port}.*check the URL"):
         MemOS(f"postgresql://u@127.0.0.1:{port}/db?cube=x", index="http://127.0.0.1:1", embedder=hashed_embed,
               workdir=tmp_path / "w")
+
+
+# ------------------------------------------------------------------------------------- 3. Chroma URL typos
+@pytest.mark.parametrize("bad", ["htp://x:1", "http://:8000", "http://x:port", "x:8000", "localhost:8000",
+                                 "http://x:99999", "ftp://x:8000"])
+def test_mistyped_chroma_url_is_refused_at_construction(tmp_path, bad) -> None:
+    with pytest.raises(ValidationError, match="http://host:port"):
+        MemCube(tmp_path / "c", embedder=hashed_embed, chroma_url=bad)
+    with pytest.raises(ValidationError, match="http://host:port"):
+        MemCube(tmp_path / "c", embedder=hashed_embed, index=bad)
+    assert not (tmp_path / "c").exists()  # refused before the folder was created
+
+
+def test_mistyped_chroma_url_on_the_index_class() -> None:
+    from memos_core.plaintext.vector import ChromaVectorIndex
+
+    with pytest.raises(ValidationError, match="http://host:port"):
+        ChromaVectorIndex(url="htp://x:1")
+
+
+@pytest.mark.parametrize("good", ["http://localhost:8000", "https://chroma.example", "http://10.0.0.5:1/",
+                                  "http://[::1]:8000"])
+def test_well_formed_chroma_url_is_accepted_without_connecting(good) -> None:
+    from memos_core.plaintext.vector import ChromaVectorIndex, check_chroma_url
+
+    assert check_chroma_url(good) == good
+    idx = ChromaVectorIndex(url=good)  # nothing listens there: construction does not connect
+    assert idx.url == good

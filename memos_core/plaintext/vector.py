@@ -107,6 +107,28 @@ def erase_rows(index: Any, ids: Sequence[str]) -> set[str]:
     return set(ids)
 
 
+def check_chroma_url(url: Any, what: str = "chroma_url") -> str:
+    """``url`` if it has the form of a Chroma server URL (``http(s)://host[:port]``: a scheme http or https, a
+    host, a port if given a number from 1 to 65535, no path beyond ``/``); otherwise :class:`ValidationError`
+    saying how to write it. Only the form is checked: nothing connects here."""
+    fix = "write the Chroma server as 'http://host:port' (or 'https://host[:port]')"
+    if not isinstance(url, str):
+        raise ValidationError(f"{what} must be a string URL; {fix}, got {type(url).__name__}")
+    try:
+        u = urlparse(url)
+        port = u.port  # raises ValueError for a port that is not a number in range
+    except ValueError:
+        raise ValidationError(f"{what}={url!r}: the port is not a number from 1 to 65535; {fix}") from None
+    if u.scheme not in ("http", "https"):
+        got = f"the scheme {u.scheme!r}" if u.scheme and u.netloc else "no scheme"
+        raise ValidationError(f"{what}={url!r} has {got}; {fix}")
+    if not u.hostname:
+        raise ValidationError(f"{what}={url!r} names no host; {fix}")
+    if port == 0 or u.path not in ("", "/") or u.query or u.fragment:
+        raise ValidationError(f"{what}={url!r} is not a server address; {fix}")
+    return url
+
+
 class ChromaVectorIndex:
     """A cosine HNSW collection in Chroma.
 
@@ -119,7 +141,7 @@ class ChromaVectorIndex:
         if (path is None) == (url is None):
             raise ValidationError("ChromaVectorIndex needs exactly one of path= (embedded) or url= (server)")
         self.path = None if path is None else Path(path)
-        self.url = url
+        self.url = None if url is None else check_chroma_url(url, "url")
         self.collection_name = collection
         self._hnsw = {"space": "cosine", "ef_construction": 128, "ef_search": 128, "max_neighbors": 16}
         self._hnsw.update(hnsw or {})
