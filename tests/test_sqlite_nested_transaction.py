@@ -269,3 +269,36 @@ def test_a_scoped_dense_search_inside_a_transaction_reads_it_and_the_scope_cache
         assert cache.builds == builds  # the cache was neither read into nor rebuilt inside the transaction
         after = [h.item.id for h in cube.search(item.content, k=3, user_id="ann", mode="dense")]
         assert item.id not in after and len(after) == 2
+
+
+def test_a_refusal_inside_a_transaction_is_typed_and_recorded_with_it(tmp_path, make) -> None:
+    """A refused call inside an open records transaction raises its own typed error (PermissionDenied; on
+    PostgreSQL the refusal's audit record raised RuntimeError) and its record is written inside that transaction:
+    kept when it commits, gone with it when it rolls back, the chain whole either way."""
+    from memos_core.errors import PermissionDenied
+
+    with make(tmp_path / "c") as cube:
+        cube.add("the tram runs every ten minutes", user_id="ann")
+        store = cube.records
+
+        def refused(commit: bool) -> None:
+            class Abort(Exception):
+                pass
+
+            try:
+                with store.transaction():
+                    with pytest.raises(PermissionDenied):
+                        cube.search("tram", k=1, actor="mallory")
+                    if not commit:
+                        raise Abort()
+            except Abort:
+                pass
+
+        before = len(store.events())
+        _in_thread(lambda: refused(True))
+        got = [(e["op"], e["actor"], e["outcome"]) for e in store.events()[before:]]
+        assert got == [("search", "mallory", "denied")]
+        _in_thread(lambda: refused(False))
+        assert len(store.events()) == before + 1
+        report = cube.governance.verify()
+        assert report.ok, report.problems

@@ -1070,8 +1070,10 @@ class PostgresRecordStore(RecordStore):
 
     def append_event_alone(self, at: float, actor: str | None, op: str, item_id: str | None,
                            outcome: str, detail: Mapping[str, Any]) -> str:
-        if getattr(self._tls, "conn", None) is not None:
-            raise RuntimeError("append_event_alone inside an open transaction")
+        cur = getattr(self._tls, "conn", None)
+        if cur is not None:  # inside this thread's open transaction: recorded (and kept) with it, as on SQLite
+            with self._savepoint(cur):
+                return self.append_event(cur, at, actor, op, item_id, outcome, detail)
         try:
             with self._guard(), self._pool.connection() as conn, conn.transaction():
                 return self.append_event(conn, at, actor, op, item_id, outcome, detail)
