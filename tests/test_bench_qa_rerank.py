@@ -113,3 +113,27 @@ def test_rerank_on_a_local_model_keeps_kv_identical_to_text(tmp_path) -> None:
                  limit_conversations=2, limit_queries=2)
     assert rep["kv_identical_count"] == "4/4" and rep["memories_mean"] == 1.0 and rep["rerank"] == 1
     assert all(r["rerank_s"] >= 0 for r in rep["answers"])
+
+
+def test_cli_rerank_flag(monkeypatch, capsys) -> None:
+    """`memos bench qa --rerank N` reaches qa.run; a chat model cannot rerank and says so in one line."""
+    import json
+
+    from memos_core.cli import main
+    from memos_core.cube import MemCube
+
+    monkeypatch.setattr("memos_core.bench.qa.MemCube", lambda *a, **kw: MemCube(*a, **{**kw, "embedder": hashed_embed}))
+    monkeypatch.setattr("memos_core.bench.qa.load_answerer", lambda *a, **kw: ScoringAnswerer())
+    rc = main(["bench", "qa", str(QA_FILE), "--modes", "text", "--k", "3", "--min-score", "-1", "--rerank", "1",
+               "--limit", "1", "--limit-queries", "2", "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    rep = json.loads(out.strip().splitlines()[-1])
+    assert rep["rerank"] == 1 and rep["memories_mean"] == 1.0 and rep["k"] == 3 and rep["min_score"] is None
+    monkeypatch.setattr("memos_core.bench.qa.load_answerer", lambda *a, **kw: qa.ChatAnswerer(_echo_chat_model()))
+    assert main(["bench", "qa", str(QA_FILE), "--modes", "text", "--rerank", "1"]) == 2
+    _, err = capsys.readouterr()
+    assert err.startswith("error: ") and "likelihoods" in err
+    rc = main(["bench", "qa", str(QA_FILE), "--modes", "text", "--limit", "1", "--limit-queries", "1", "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 0 and json.loads(out.strip().splitlines()[-1])["rerank"] is None  # off by default
