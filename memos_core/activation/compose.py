@@ -38,7 +38,7 @@ from typing import Any, Literal, Sequence
 from ..errors import ValidationError
 from .errors import FingerprintMismatch, UnsupportedModel
 from .fingerprint import Fingerprinter
-from .kvcache import KVCache, Segment, cache_tensors, make_cache, model_device, prefix_forward
+from .kvcache import KVCache, Segment, cache_kwarg, cache_tensors, make_cache, model_device, prefix_forward
 from .rope import layer_inv_freqs, rope_regime, rotary_modules
 
 __all__ = ["compose", "rope_for", "rerotate_keys", "composition_error", "CompositionError", "RopeInfo"]
@@ -130,8 +130,8 @@ def rope_for(model: Any, fingerprint_key: str | None = None, *, tolerance: float
                 input_ids=ids,
                 position_ids=torch.arange(start, start + 8, device=device).unsqueeze(0),
                 attention_mask=torch.ones_like(ids),
-                past_key_values=dyn,
                 use_cache=True,
+                **{cache_kwarg(model): dyn},
             )
             runs.append(cache_tensors(dyn))
     worst = 0.0

@@ -250,6 +250,30 @@ def forward_kwargs(model: Any) -> dict[str, Any]:
     return {"logits_to_keep": 1} if _LOGITS_TO_KEEP[cls] else {}
 
 
+def cache_kwarg(model: Any) -> str:
+    """The name the model's forward takes its KV cache by: ``cache`` (transformers 5.2x renamed it; passing
+    ``past_key_values`` there logs a deprecation on every call) or ``past_key_values`` (earlier 5.x)."""
+    cls = type(_base_model(model))
+    if cls not in _CACHE_KWARG:
+        try:
+            params = inspect.signature(_base_model(model).forward).parameters
+        except (TypeError, ValueError):
+            params = {}
+        _CACHE_KWARG[cls] = "cache" if "cache" in params and "past_key_values" not in params else "past_key_values"
+    return _CACHE_KWARG[cls]
+
+
+def output_cache(out: Any) -> Any:
+    """The KV cache a forward returned, read under the name this transformers version gives it (without
+    touching the deprecated alias)."""
+    if "cache" in out.keys():
+        return out["cache"]
+    return out["past_key_values"] if "past_key_values" in out.keys() else None
+
+
+_CACHE_KWARG: dict[type, str] = {}
+
+
 def check_supported(model: Any) -> None:
     """Raise :class:`UnsupportedModel` unless every layer's cache is plain (or sliding-window) attention K/V."""
     from transformers import DynamicCache
@@ -290,11 +314,11 @@ def prefix_forward(model: Any, token_ids: Sequence[int], past: Any | None = None
             input_ids=ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past,
             use_cache=True,
+            **{cache_kwarg(model): past},
             **forward_kwargs(model),
         )
-    return out.logits[:, -1, :], out.past_key_values
+    return out.logits[:, -1, :], output_cache(out)
 
 
 def cache_tensors(dyn: Any, start: int = 0) -> list[tuple["torch.Tensor", "torch.Tensor"]]:
