@@ -305,7 +305,12 @@ class Scoped(RuleBasedStateMachine):
 def test_no_cross_user_reads_through_any_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cube_module, "ChromaVectorIndex", MemIndex)
     Scoped.total_ops = Scoped.nonempty_reads = 0
+    # The same generated runs every time (derandomized), as in test_fuzz: with fresh draws the non-vacuity count
+    # below fell under its floor about once in a hundred runs (10 reads with a marker; 20-52 over 15 seeds), which
+    # made the suite flaky. MEMOS_SCOPE_EXPLORE=1 draws fresh runs for exploring.
+    explore = os.environ.get("MEMOS_SCOPE_EXPLORE") == "1"
     run_state_machine_as_test(Scoped, settings=settings(
         max_examples=int(os.environ.get("MEMOS_SCOPE_EXAMPLES", "12")), stateful_step_count=30, deadline=None,
+        derandomize=not explore, database=None if not explore else settings.default.database,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much], print_blob=True))
     assert Scoped.total_ops >= 100 and Scoped.nonempty_reads >= 20, (Scoped.total_ops, Scoped.nonempty_reads)
