@@ -67,6 +67,7 @@ from .items import (
     utcnow,
 )
 from .plaintext import ChromaVectorIndex
+from .plaintext.vector import IndexFilesDamaged
 from .plaintext.retrieval import Retriever, embedder_down, embedder_failed, search_pool
 from .plaintext import scope_cache
 from .records import RecordStore, SQLiteRecordStore
@@ -401,7 +402,14 @@ class MemCube:
                 return
             self._index_checked = True  # first: the check itself uses the index
             try:
-                self.repair_index()
+                try:
+                    self.repair_index()
+                except IndexFilesDamaged:
+                    # files a killed process left unreadable: the index is derived data, so its folder is moved
+                    # aside (kept, with a WARNING) and the check rebuilds it from the stored embeddings
+                    inner = getattr(self.index, "_inner", self.index)
+                    inner.set_aside()
+                    self.repair_index()
             except BackendUnavailable as exc:
                 self._index_degraded = True
                 log.warning("vector index unavailable (%s); lexical search still works, pending writes will be "

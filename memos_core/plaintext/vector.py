@@ -19,7 +19,7 @@ import numpy as np
 from ..log import get_logger
 from ..errors import BackendUnavailable, ValidationError
 
-__all__ = ["ChromaVectorIndex", "erase_rows"]
+__all__ = ["ChromaVectorIndex", "IndexFilesDamaged", "erase_rows"]
 
 log = get_logger(__name__)
 
@@ -94,6 +94,35 @@ def _guard_of(folder: Path) -> _FolderGuard:
         if guard is None:
             guard = _GUARDS[key] = _FolderGuard()
         return guard
+
+
+class IndexFilesDamaged(BackendUnavailable):
+    """An embedded index folder's HNSW files cannot be read (a process killed while Chroma persisted them left
+    one empty or cut short). The index is derived data: the cube sets the folder aside
+    (:meth:`ChromaVectorIndex.set_aside`) and rebuilds it from the embeddings stored in the records."""
+
+
+#: What chromadb (1.5) says, as ``chromadb.errors.InternalError``, on the first call to a collection whose segment
+#: files are damaged: an empty or cut ``index_metadata.pickle`` -> "Error creating hnsw segment reader: Error
+#: deserializing pickle file: ... EOF while parsing"; an empty ``header.bin`` -> "... Error loading hnsw index".
+#: Only these are recovered from: a lock, a missing package or a server that is down keep raising BackendUnavailable.
+_DAMAGED_HNSW = ("hnsw segment reader", "error loading hnsw index", "error deserializing pickle file")
+
+
+def _damaged_files(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is chromadb's error for unreadable HNSW segment files."""
+    try:
+        from chromadb.errors import InternalError
+    except Exception:  # noqa: BLE001 - no chromadb: nothing it raised
+        return False
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, InternalError) and any(s in str(cur).lower() for s in _DAMAGED_HNSW):
+            return True
+        cur = cur.__cause__
+    return False
 
 
 def erase_rows(index: Any, ids: Sequence[str]) -> set[str]:
@@ -187,7 +216,8 @@ class ChromaVectorIndex:
             raise
         except Exception as exc:
             self._client = self._col = None
-            raise BackendUnavailable(f"vector index (Chroma at {self.url or self.path}) is unavailable: {exc}") from exc
+            err = IndexFilesDamaged if self.path is not None and _damaged_files(exc) else BackendUnavailable
+            raise err(f"vector index (Chroma at {self.url or self.path}) is unavailable: {exc}") from exc
         return self._col
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -202,8 +232,9 @@ class ChromaVectorIndex:
             # fetch the collection again next time: a server may have restarted, and another handle on the same
             # folder may have rebuilt the collection (a compaction does: compact_index, after an erasure)
             self._col = None
-            raise BackendUnavailable(f"vector index {what} failed ({type(exc).__name__}: {exc}); "
-                                     "the records are intact and the index will be repaired") from exc
+            err = IndexFilesDamaged if self.path is not None and _damaged_files(exc) else BackendUnavailable
+            raise err(f"vector index {what} failed ({type(exc).__name__}: {exc}); "
+                      "the records are intact and the index will be repaired") from exc
 
     # ------------------------------------------------------------------ operations
     def upsert(self, ids: Sequence[str], vectors: np.ndarray, metadatas: Sequence[dict[str, Any]]) -> None:
@@ -418,6 +449,36 @@ class ChromaVectorIndex:
             log.debug("delete_collection: %s", exc)
         self._col = None
         self._collection()
+
+    def set_aside(self) -> Path:
+        """Move a damaged embedded folder aside and start an empty one in its place (:class:`IndexFilesDamaged`).
+
+        The folder is renamed ``<name>.damaged-<UTC time>`` beside it, never deleted, and a WARNING says where; the
+        caller rebuilds the index from the records (it holds no content, only ids, vectors and scope fields: the
+        records can rebuild it, it cannot rebuild them). Returns the new place of the old folder. Embedded only."""
+        import time
+
+        if self.path is None:
+            raise ValidationError("set_aside is for an embedded index (path=); a Chroma server keeps its own files")
+        with self._open_lock:
+            self._close_client()
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            dest = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
+            n = 1
+            while dest.exists():
+                n += 1
+                dest = self.path.with_name(f"{self.path.name}.damaged-{stamp}-{n}")
+            with _guard_of(self.path).own_sql():  # no Chroma call of this process is inside the folder
+                try:
+                    self.path.rename(dest)
+                except OSError as exc:
+                    raise BackendUnavailable(f"could not move the damaged vector index {self.path} aside: {exc}") \
+                        from exc
+            log.warning("the vector index at %s was damaged (its HNSW files could not be read: a process killed "
+                        "while writing them?); moved it aside to %s and rebuilding it from the records. The old "
+                        "folder is kept for inspection (it may hold vectors of memories forgotten since): delete it "
+                        "when done", self.path, dest)
+            return dest
 
     def persisted_bytes(self) -> int:
         """Bytes of the HNSW vectors persisted in an embedded folder (``data_level0.bin`` of each segment; 0 for a
