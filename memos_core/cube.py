@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 import uuid
@@ -406,10 +407,14 @@ class MemCube:
                     self.repair_index()
                 except IndexFilesDamaged:
                     # files a killed process left unreadable: the index is derived data, so its folder is moved
-                    # aside (kept, with a WARNING) and the check rebuilds it from the stored embeddings
+                    # aside (with a WARNING) and the check rebuilds it from the stored embeddings; once rebuilt,
+                    # the old folder is deleted: it may hold vectors of memories forgotten since it was written,
+                    # and forget must leave no derived copy (DESIGN: forget removes index rows)
                     inner = getattr(self.index, "_inner", self.index)
-                    inner.set_aside()
+                    aside = inner.set_aside()
                     self.repair_index()
+                    shutil.rmtree(aside, ignore_errors=True)
+                    log.warning("vector index rebuilt from the records; the damaged folder %s was deleted", aside)
             except BackendUnavailable as exc:
                 self._index_degraded = True
                 log.warning("vector index unavailable (%s); lexical search still works, pending writes will be "

@@ -453,9 +453,9 @@ class ChromaVectorIndex:
     def set_aside(self) -> Path:
         """Move a damaged embedded folder aside and start an empty one in its place (:class:`IndexFilesDamaged`).
 
-        The folder is renamed ``<name>.damaged-<UTC time>`` beside it, never deleted, and a WARNING says where; the
-        caller rebuilds the index from the records (it holds no content, only ids, vectors and scope fields: the
-        records can rebuild it, it cannot rebuild them). Returns the new place of the old folder. Embedded only."""
+        The folder is renamed ``<name>.damaged-<UTC time>`` beside it and a WARNING says where; the caller rebuilds the index from the records (it holds no content, only ids, vectors and scope fields: the
+        records can rebuild it, it cannot rebuild them) and then deletes the old folder (vectors of memories forgotten
+        since may be in it). Returns the new place of the old folder. Embedded only."""
         import time
 
         if self.path is None:
@@ -475,9 +475,9 @@ class ChromaVectorIndex:
                     raise BackendUnavailable(f"could not move the damaged vector index {self.path} aside: {exc}") \
                         from exc
             log.warning("the vector index at %s was damaged (its HNSW files could not be read: a process killed "
-                        "while writing them?); moved it aside to %s and rebuilding it from the records. The old "
-                        "folder is kept for inspection (it may hold vectors of memories forgotten since): delete it "
-                        "when done", self.path, dest)
+                        "while writing them?); moved it aside to %s and rebuilding it from the records (the "
+                        "old folder is deleted once the rebuild succeeds: it may hold vectors of memories forgotten "
+                        "since)", self.path, dest)
             return dest
 
     def persisted_bytes(self) -> int:
