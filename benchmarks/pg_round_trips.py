@@ -25,93 +25,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-
-class Tracer:
-    """Turns on ``PQtrace`` for every psycopg connection opened from now on, one file per connection."""
-
-    def __init__(self, folder: Path) -> None:
-        import psycopg
-
-        self.folder = folder
-        self.files: list[tuple[Path, Any]] = []
-        self.offsets: dict[Path, int] = {}
-        self._lock = threading.Lock()
-        orig = psycopg.Connection.connect.__func__  # type: ignore[attr-defined]
-        tracer = self
-
-        def connect(cls: Any, *args: Any, **kw: Any) -> Any:
-            conn = orig(cls, *args, **kw)
-            with tracer._lock:
-                path = tracer.folder / f"conn{len(tracer.files)}.trace"
-                f = open(path, "wb", buffering=0)
-                tracer.files.append((path, f))
-            from psycopg import pq
-
-            conn.pgconn.trace(f.fileno())
-            conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
-            return conn
-
-        psycopg.Connection.connect = classmethod(connect)  # type: ignore[method-assign]
-
-    def mark(self) -> None:
-        with self._lock:
-            for path, _ in self.files:
-                self.offsets[path] = path.stat().st_size
-
-    def since_mark(self) -> dict[str, Any]:
-        """Round trips, statements and governance statements written to every trace since :meth:`mark`."""
-        trips = stmts = gov = 0
-        texts: list[str] = []
-        with self._lock:
-            files = list(self.files)
-        for path, _ in files:
-            start = self.offsets.get(path, 0)
-            with open(path, "rb") as f:
-                data = f.read().decode("utf-8", "replace")
-            named: dict[str, str] = {}  # prepared statement name -> its text (psycopg prepares a statement
-            # after a few executions; later ones send only Bind with the name)
-            for m in re.finditer(r'^F\s+\d+\s+Parse\s+"([^"]+)"\s+(.*)$', data, re.M):
-                named[m.group(1)] = m.group(2)
-            unnamed = ""
-            for line in data[start:].splitlines():
-                if not line.startswith("F"):
-                    continue
-                # the client waits for the server after each Sync (extended protocol; a pipeline sends one per
-                # sync point, not per statement) and each simple Query
-                if re.match(r"F\s+\d+\s+(Sync|Query)\b", line):
-                    trips += 1
-                    texts.append("-- wait")
-                m = re.match(r'F\s+\d+\s+(Query|Parse|Bind)\s+(.*)', line)
-                if not m:
-                    continue
-                kind, rest = m.groups()
-                if kind == "Parse":
-                    if rest.startswith('""'):
-                        unnamed = rest[3:]
-                    continue  # counted at its Bind
-                if kind == "Query":
-                    text = rest
-                else:
-                    bm = re.match(r'"[^"]*"\s+"([^"]*)"', rest)
-                    name = bm.group(1) if bm else ""
-                    text = named.get(name, "?") if name else unnamed
-                stmts += 1
-                texts.append(text[:160])
-                if "gov_acl" in text or "gov_settings" in text:
-                    gov += 1
-        return {"round_trips": trips, "statements": stmts, "governance": gov, "texts": texts}
 
 
 def main() -> None:
@@ -124,11 +46,12 @@ def main() -> None:
 
     from conftest import hashed_embed
     from pg_server import running_pg
+    from pg_trace import PQTrace
 
     from memos_core.cube import MemCube
 
     work = Path(tempfile.mkdtemp(prefix="pg-rt-"))
-    tracer = Tracer(work)
+    tracer = PQTrace(work)
     gen = running_pg("memos-pg-rt")
     server = next(gen)
     out: dict[str, Any] = {}
@@ -158,7 +81,7 @@ def main() -> None:
                                                                                   "governance")}
                 out[name]["wall_p50_ms"] = round(statistics.median(wall) * 1e3, 2)
                 if args.show:
-                    out[name]["texts"] = got[-1]["texts"]
+                    out[name]["texts"] = [t[:160] for t in got[-1]["texts"]]
 
             run("search_hybrid", lambda i: cube.search(f"topic {i % 17} city", k=10))
             run("search_hybrid_scoped", lambda i: cube.search(f"topic {i % 17} city", k=10, user_id="ann"))
@@ -172,8 +95,7 @@ def main() -> None:
             next(gen)
         except StopIteration:
             pass
-        for _, f in tracer.files:
-            f.close()
+        tracer.close()
         shutil.rmtree(work, ignore_errors=True)
     if args.json:
         print(json.dumps(out))

@@ -10,78 +10,16 @@ prepares a statement after a few executions; later ones send only ``Bind`` with 
 
 from __future__ import annotations
 
-import re
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conftest import hashed_embed
+from pg_trace import PQTrace
 from memos_core.errors import NotFound, PermissionDenied
 
 pytestmark = pytest.mark.integration
-
-
-class _Trace:
-    """``PQtrace`` on every psycopg connection opened while it is installed, one file per connection."""
-
-    def __init__(self, folder: Path, monkeypatch: Any) -> None:
-        import psycopg
-
-        self.folder = folder
-        self.files: list[tuple[Path, Any]] = []
-        self.marks: dict[Path, int] = {}
-        self._lock = threading.Lock()
-        orig = psycopg.Connection.connect.__func__  # type: ignore[attr-defined]
-        trace = self
-
-        def connect(cls: Any, *args: Any, **kw: Any) -> Any:
-            from psycopg import pq
-
-            conn = orig(cls, *args, **kw)
-            with trace._lock:
-                path = trace.folder / f"conn{len(trace.files)}.trace"
-                f = open(path, "wb", buffering=0)
-                trace.files.append((path, f))
-            conn.pgconn.trace(f.fileno())
-            conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
-            return conn
-
-        monkeypatch.setattr(psycopg.Connection, "connect", classmethod(connect))
-
-    def mark(self) -> None:
-        with self._lock:
-            self.marks = {p: p.stat().st_size for p, _ in self.files}
-
-    def statements(self) -> list[str]:
-        """The statements sent on every traced connection since :meth:`mark`."""
-        out: list[str] = []
-        with self._lock:
-            files = list(self.files)
-        for path, _ in files:
-            data = path.read_bytes().decode("utf-8", "replace")
-            named = {m.group(1): m.group(2) for m in re.finditer(r'^F\s+\d+\s+Parse\s+"([^"]+)"\s+(.*)$', data, re.M)}
-            unnamed = ""
-            for line in data[self.marks.get(path, 0):].splitlines():
-                m = re.match(r"F\s+\d+\s+(Query|Parse|Bind)\s+(.*)", line)
-                if not m:
-                    continue
-                kind, rest = m.groups()
-                if kind == "Parse":
-                    if rest.startswith('""'):
-                        unnamed = rest[3:]
-                    continue
-                if kind == "Query":
-                    out.append(rest)
-                else:
-                    b = re.match(r'"[^"]*"\s+"([^"]*)"', rest)
-                    out.append(named.get(b.group(1), "?") if b and b.group(1) else unnamed)
-        return out
-
-    def close(self) -> None:
-        for _, f in self.files:
-            f.close()
 
 
 @pytest.fixture
@@ -99,7 +37,7 @@ def test_each_governed_call_reads_role_and_settings_in_one_statement(url: str, t
                                                                      monkeypatch: Any) -> None:
     from memos_core.cube import MemCube
 
-    trace = _Trace(tmp_path, monkeypatch)
+    trace = PQTrace(tmp_path, monkeypatch)
     try:
         with MemCube(url, index="embedded", workdir=tmp_path / "w", embedder=hashed_embed) as cube:
             a = cube.add("the tram runs every ten minutes", user_id="ann")
@@ -187,7 +125,7 @@ def test_a_scoped_search_with_a_current_cache_checks_the_change_log_in_one_state
     write it replays in a snapshot and the new memory is found."""
     from memos_core.cube import MemCube
 
-    trace = _Trace(tmp_path, monkeypatch)
+    trace = PQTrace(tmp_path, monkeypatch)
     try:
         with MemCube(url, index="embedded", workdir=tmp_path / "a", embedder=hashed_embed) as a, \
                 MemCube(url, index="embedded", workdir=tmp_path / "b", embedder=hashed_embed, create=False) as b:
@@ -212,7 +150,7 @@ def test_get_update_and_delete_read_the_item_in_one_statement(url: str, tmp_path
     item: two round trips); an unknown or deleted id is still NotFound."""
     from memos_core.cube import MemCube
 
-    trace = _Trace(tmp_path, monkeypatch)
+    trace = PQTrace(tmp_path, monkeypatch)
     try:
         with MemCube(url, index="embedded", workdir=tmp_path / "w", embedder=hashed_embed) as cube:
             a = cube.add("the tram runs every ten minutes", user_id="ann")
