@@ -559,6 +559,15 @@ class PostgresRecordStore(RecordStore):
                 except Exception:  # noqa: BLE001 - a connection left in a transaction: never reuse it read-only
                     conn.close()  # (the pool discards a closed connection)
 
+    def _rollback_quietly(self, conn: Any) -> None:
+        """End a manual transaction (``BEGIN`` ... ``COMMIT`` sent as statements) that failed midway, so the pooled
+        connection goes back idle; a connection that cannot even roll back is left for the pool to discard."""
+        if conn.info.transaction_status != self._psycopg.pq.TransactionStatus.IDLE and not conn.closed:
+            try:
+                conn.execute("ROLLBACK")
+            except Exception:  # noqa: BLE001 - the pool discards a connection it cannot reset
+                pass
+
     def _flush_soft(self) -> None:
         """Write buffered usage counts and clear applied pending marks, in a short transaction of their own
         (not inside a write: hot rows of many workers would then be locked for the write's duration)."""
@@ -585,11 +594,7 @@ class PostgresRecordStore(RecordStore):
                                 "last_access,0),%s) WHERE rowid=%s", [(n, t, r) for r, (n, t) in sorted(usage.items())])
                         conn.execute("COMMIT")
                 except BaseException:
-                    if conn.info.transaction_status != self._psycopg.pq.TransactionStatus.IDLE and not conn.closed:
-                        try:
-                            conn.execute("ROLLBACK")
-                        except Exception:  # noqa: BLE001 - the pool discards a connection it cannot reset
-                            pass
+                    self._rollback_quietly(conn)
                     raise
         except Conflict:  # soft state: a collision loses nothing durable; keep the counts for the next flush
             with self._buf_lock:
@@ -1309,11 +1314,7 @@ class PostgresRecordStore(RecordStore):
                         cur = conn.cursor(binary=True).execute(*q[:2]) if q else None
                         conn.execute("COMMIT")
                 except BaseException:
-                    if conn.info.transaction_status != self._psycopg.pq.TransactionStatus.IDLE and not conn.closed:
-                        try:
-                            conn.execute("ROLLBACK")
-                        except Exception:  # noqa: BLE001 - the pool discards a connection it cannot reset
-                            pass
+                    self._rollback_quietly(conn)
                     raise
                 found = cur.fetchall() if cur is not None else []
             if q and q[2] is not None and len(found) < k:
