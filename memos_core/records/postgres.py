@@ -821,7 +821,6 @@ class PostgresRecordStore(RecordStore):
             return super().add_items(c, items, vecs, indexed, actor, at)
         if len(items) >= _COPY_MIN_ROWS:
             return self._add_items_copy(c, items, vecs, indexed, actor, at)
-        errors = self._psycopg.errors
         rows = []
         for item, vec, idx in zip(items, vecs, indexed):
             p = self._params(item, (item.index_text or item.content) if idx else None)
@@ -832,14 +831,8 @@ class PostgresRecordStore(RecordStore):
             p["hasvec"] = vec is not None  # an indexed row without one waits for it (embeds_later)
             rows.append(p)
         cur = c.cursor()
-        try:
+        with self._batch_insert_errors():
             cur.executemany(_INSERT_ANY, rows, returning=True)
-        except errors.UniqueViolation as exc:
-            taken = re.search(r"\(id\)=\((.*)\)", getattr(exc.diag, "message_detail", None) or "")
-            raise ValidationError(f"an item with id {taken.group(1) if taken else '(one of them)'!r} already exists; "
-                                  "use update() to change it") from None
-        except (errors.UntranslatableCharacter, errors.CharacterNotInRepertoire) as exc:
-            raise ValidationError(f"a memory holds text PostgreSQL cannot store: {exc}") from None
         rowids: list[int] = []
         while True:
             rowids.append(int(cur.fetchone()[0]))
@@ -849,6 +842,20 @@ class PostgresRecordStore(RecordStore):
                         "VALUES(%s, NULL, %s, %s, %s, 'created')", [(it.id, it.state.value, at, actor) for it in items])
         self.append_events(c, [(at, actor, "add", it.id, "ok", {"version": 1}) for it in items])
         return rowids
+
+    @contextmanager
+    def _batch_insert_errors(self) -> Iterator[None]:
+        """A batch of new items that PostgreSQL refuses: a taken id or text it cannot store is a
+        :class:`ValidationError` naming it (the caller's transaction rolls back as a whole)."""
+        errors = self._psycopg.errors
+        try:
+            yield
+        except errors.UniqueViolation as exc:
+            taken = re.search(r"\(id\)=\((.*)\)", getattr(exc.diag, "message_detail", None) or "")
+            raise ValidationError(f"an item with id {taken.group(1) if taken else '(one of them)'!r} already exists; "
+                                  "use update() to change it") from None
+        except (errors.UntranslatableCharacter, errors.CharacterNotInRepertoire) as exc:
+            raise ValidationError(f"a memory holds text PostgreSQL cannot store: {exc}") from None
 
     def _add_items_copy(self, c: Any, items: Sequence[MemoryItem], vecs: Sequence[np.ndarray | None],
                         indexed: Sequence[bool], actor: str | None, at: float) -> list[int]:
@@ -862,7 +869,6 @@ class PostgresRecordStore(RecordStore):
         ``vec_gen`` numbers in item order), the creation transitions and the ``add`` audit records. A taken id
         raises :class:`ValidationError` and the caller's transaction rolls back as a whole, as on the other path.
         """
-        errors = self._psycopg.errors
         n = len(items)
         cur = c.cursor()
         rowids = sorted(int(r[0]) for r in cur.execute(
@@ -873,18 +879,11 @@ class PostgresRecordStore(RecordStore):
                 "agent_id", "session_id", "state", "version", "created_at", "updated_at", "event_time", "valid_until",
                 "expires_at", "provenance", "tags", "metadata", "confidence", "access_count", "last_access",
                 "created_by")
-        try:
-            with cur.copy(f"COPY items({', '.join(cols)}) FROM STDIN") as cp:
-                for rowid, item, idx in zip(rowids, items, indexed):
-                    p = self._params(item, (item.index_text or item.content) if idx else None)
-                    p["rowid"] = rowid
-                    cp.write_row([p[k] for k in cols])
-        except errors.UniqueViolation as exc:
-            taken = re.search(r"\(id\)=\((.*)\)", getattr(exc.diag, "message_detail", None) or "")
-            raise ValidationError(f"an item with id {taken.group(1) if taken else '(one of them)'!r} already exists; "
-                                  "use update() to change it") from None
-        except (errors.UntranslatableCharacter, errors.CharacterNotInRepertoire) as exc:
-            raise ValidationError(f"a memory holds text PostgreSQL cannot store: {exc}") from None
+        with self._batch_insert_errors(), cur.copy(f"COPY items({', '.join(cols)}) FROM STDIN") as cp:
+            for rowid, item, idx in zip(rowids, items, indexed):
+                p = self._params(item, (item.index_text or item.content) if idx else None)
+                p["rowid"] = rowid
+                cp.write_row([p[k] for k in cols])
         with cur.copy("COPY versions(item_id, version, snapshot) FROM STDIN") as cp:
             for item in items:
                 cp.write_row((item.id, item.version, self.snapshot(item, actor, "add").model_dump_json()))
