@@ -9,16 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from conftest import hashed_embed
+from test_query_topic_vector import MEMORIES, QUESTION, TOPIC  # the same question, topic and memories
 
 from memos_core.cube import MemCube, RetrievalConfig
 from memos_core.embedding import CallableEmbedder
 
-QUESTION = "What pet did Maya adopt?"
-TOPIC = "What pet did adopt?"  # QueryPlan.topic of QUESTION
-MEMORIES = [{"content": "Maya: I adopted a beagle called Biscuit.", "provenance": {"speaker": "Maya"},
-             "index_text": "Maya: I adopted a beagle called Biscuit. (in reply to: Leo: got a pet?)"},
-            {"content": "Maya: the weather in Porto was lovely", "provenance": {"speaker": "Maya"}},
-            {"content": "Leo has a cat called Pixel"}]
 
 
 class Counting(CallableEmbedder):
