@@ -17,10 +17,12 @@ This is the one place MemOS cannot lose. Design points a user can rely on:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,7 +31,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .. import forksafe
-from ..errors import Conflict, CorruptData, CubeClosed, SchemaVersionError, ValidationError
+from ..errors import BackendUnavailable, Conflict, CorruptData, CubeClosed, SchemaVersionError, ValidationError
 from .base import GENESIS_HASH, CompiledFilter, IndexRow, RecordStore, canonical_json, event_hash
 from ..items import (
     LifecycleState,
@@ -45,6 +47,8 @@ from ..items import (
 )
 
 __all__ = ["SQLiteRecordStore", "RECORDS_SCHEMA_VERSION"]
+
+log = logging.getLogger(__name__)
 
 #: 1: the first layout; 2: ``vec_pending.gen`` (a pending mark is cleared only as it was listed)
 RECORDS_SCHEMA_VERSION = 3
@@ -144,6 +148,77 @@ def _mmap_size() -> int:
         raise ValidationError(f"MEMOS_SQLITE_MMAP must be a number of bytes, not {raw!r}") from None
 
 
+#: meta key: 'open' from the open of a handle that found no other handle on the file until the clean close of the
+#: last handle, which writes 'closed'. An open that finds no other handle and anything but 'closed' runs the check.
+_OPEN_STATE_KEY = "open_state"
+#: how long an open waits for another handle's open (its integrity check) or close to finish, in seconds
+_OPEN_LOCK_WAIT_S = 600.0
+
+
+def _open_check_policy() -> str:
+    """``MEMOS_SQLITE_OPEN_CHECK``: ``auto`` (default: the integrity check runs at open only when the last
+    shutdown may have been unclean) or ``always`` (every open, as before)."""
+    raw = os.environ.get("MEMOS_SQLITE_OPEN_CHECK", "").strip().lower() or "auto"
+    if raw not in ("auto", "always"):
+        raise ValidationError(f"MEMOS_SQLITE_OPEN_CHECK must be 'auto' or 'always', not {raw!r}")
+    return raw
+
+
+class _HandleLock:
+    """Which handles have one records file open, across processes: each open handle holds a shared ``flock`` on a
+    sidecar file (``<db>-handles``, empty), taken exclusively (without waiting) by an open to learn whether it is the
+    only handle, and by a close to learn whether it is the last. Locks of a killed process vanish with it.
+
+    A lock on a sidecar, never on the database file: closing any descriptor of the database would drop SQLite's
+    own POSIX locks on it in this process. Each handle opens its own descriptor, so two handles in one process
+    are two holders. ``fd`` is None where ``flock`` is unavailable (not POSIX, a read-only folder): every open then
+    runs the check."""
+
+    def __init__(self, db: Path) -> None:
+        self.path = db.with_name(db.name + "-handles")
+        self.fd: int | None = None
+        try:
+            import fcntl
+        except ImportError:  # not POSIX
+            return
+        self._fcntl = fcntl
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            self.fd = None
+
+    def try_exclusive(self) -> bool:
+        """Exclusive without waiting: True when no other handle holds the lock. (Converting a held shared lock
+        may drop it when this fails: call only at open, before holding it, or at close.)"""
+        assert self.fd is not None
+        try:
+            self._fcntl.flock(self.fd, self._fcntl.LOCK_EX | self._fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+
+    def shared(self, wait_s: float) -> None:
+        """Shared, waiting while another handle holds it exclusively (its open's check, or its close)."""
+        assert self.fd is not None
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                self._fcntl.flock(self.fd, self._fcntl.LOCK_SH | self._fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise BackendUnavailable(
+                        f"records database {self.path.with_name(self.path.name[:-len('-handles')])}: another handle "
+                        f"has been opening or closing it for over {wait_s:.0f} s (its integrity check at open?)"
+                    ) from None
+                time.sleep(0.05)
+
+    def release(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)  # drops the lock
+
+
 def _ts(dt: datetime | None) -> float | None:
     return None if dt is None else dt.timestamp()
 
@@ -169,7 +244,11 @@ class SQLiteRecordStore(RecordStore):
         self._usage: dict[int, tuple[int, float]] = {}
         self._df_cache: dict[str, tuple[int, int]] = {}  # lexical term -> (capped document count, max rowid then)
         self._db: sqlite3.Connection | None = None
+        #: why ``PRAGMA quick_check`` ran at this open (None: skipped, the last shutdown was a clean close)
+        self.open_check: str | None = None
         mmap_size = _mmap_size()
+        policy = _open_check_policy()
+        self._handles = _HandleLock(self.path)
         try:
             self._db = c = sqlite3.connect(
                 str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False
@@ -187,6 +266,20 @@ class SQLiteRecordStore(RecordStore):
             # ~40% of it (scoped search at 100k memories: p50 46 -> 28 ms). Address space only; the OS page cache
             # holds the pages either way. MEMOS_SQLITE_MMAP=bytes sets the size (0 turns it off).
             c.execute(f"PRAGMA mmap_size={mmap_size}")
+            # The integrity check reads the whole file (seconds per GB): it runs only when the last shutdown may
+            # have been unclean (see _open_check_reason), not at every open.
+            reason: str | None = None
+            if readonly:
+                reason = "opened read-only"
+            elif policy == "always":
+                reason = "MEMOS_SQLITE_OPEN_CHECK=always"
+            alone: bool | None = None  # the only handle on the file (None: not known)
+            if not readonly and self._handles.fd is not None:
+                alone = self._handles.try_exclusive()
+                if not alone:
+                    self._handles.shared(_OPEN_LOCK_WAIT_S)
+            short = self._shorter_than_its_header(c)
+            is_new = c.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is None
             if not readonly:
                 with self.transaction():
                     for stmt in _SCHEMA.strip().split(";"):
@@ -200,14 +293,78 @@ class SQLiteRecordStore(RecordStore):
                             f"records database {self.path} has schema version {row[0]}; this MemOS understands up to "
                             f"{RECORDS_SCHEMA_VERSION}. Upgrade memos-langchain-llamaindex to open it.")
                     self._migrate(c, RECORDS_SCHEMA_VERSION if row is None else int(row[0]))
-            quick = c.execute("PRAGMA quick_check").fetchone()[0]
+                    state = c.execute("SELECT value FROM meta WHERE key=?", (_OPEN_STATE_KEY,)).fetchone()
+                    if state is None or state[0] != "open":  # (fsync'd: a power loss from now on finds 'open')
+                        self.set_meta(c, _OPEN_STATE_KEY, "open")
+                if reason is None:
+                    reason = self._open_check_reason(alone, is_new, state, short)
+            elif short:
+                reason = short
+            self.open_check = reason
+            if reason is not None:  # (an open that found no other handle checks holding the lock exclusively:
+                # other handles opening meanwhile wait for the verdict)
+                log.info("records database %s: integrity check at open (%s)", self.path, reason)
+                try:
+                    quick = c.execute("PRAGMA quick_check").fetchone()[0]
+                except sqlite3.DatabaseError as exc:  # (a page too damaged to be walked)
+                    quick = str(exc)
+                if quick != "ok":
+                    raise CorruptData(f"records database {self.path} failed its integrity check: {quick}")
+            if alone:
+                self._handles.shared(_OPEN_LOCK_WAIT_S)  # (a downgrade: never waits)
         except sqlite3.DatabaseError as exc:
+            self._abandon()
             raise CorruptData(f"records database {self.path} cannot be opened: {exc}") from exc
-        except SchemaVersionError:
-            self.close()
+        except BaseException:
+            self._abandon()
             raise
-        if quick != "ok":
-            raise CorruptData(f"records database {self.path} failed its integrity check: {quick}")
+
+    def _shorter_than_its_header(self, c: sqlite3.Connection) -> str | None:
+        """A cheap look at every open: with no write-ahead log to add pages, the file must be as long as its
+        header's page count (a cut file). Returns why the check must run, or None."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        try:
+            if wal.exists() and wal.stat().st_size > 0:
+                return None  # pages may live in the log
+            size = self.path.stat().st_size
+        except OSError:
+            return None
+        pages = int(c.execute("PRAGMA page_count").fetchone()[0])
+        page = int(c.execute("PRAGMA page_size").fetchone()[0])
+        return f"the file holds {size} bytes, its header says {pages * page}" if pages * page > size else None
+
+    @staticmethod
+    def _open_check_reason(alone: bool | None, is_new: bool, state: Sequence[Any] | None,
+                           short: str | None) -> str | None:
+        """Why the integrity check must run at this open, or None to skip it.
+
+        * Another handle (this process or another) has the file open: skip. The open that found no other handle
+          ran the check if it was due; SQLite's write-ahead log keeps the file consistent when one of several
+          processes is killed, and the check is for the damage a whole-machine crash can leave.
+        * No other handle: run it unless the last handle closed cleanly ('closed' in meta, written by the close
+          that found no other handle). 'open' means the last process holding the file ended without a clean
+          close (killed, crashed, power loss); a missing mark, that a version before this one wrote the file.
+        """
+        if short is not None:
+            return short
+        if alone is None:
+            return "no handle lock on this platform or folder"
+        if not alone or is_new:
+            return None
+        if state is None:
+            return "no record of a clean close (written by an older version)"
+        if state[0] != "closed":
+            return "the last shutdown was not a clean close"
+        return None
+
+    def _abandon(self) -> None:
+        """Close the connection and drop the handle lock after a failed open (no flush, no clean-close mark)."""
+        db, self._db = self._db, None
+        try:
+            if db is not None:
+                db.close()
+        finally:
+            self._handles.release()
 
     # ------------------------------------------------------------------ plumbing
     @contextmanager
@@ -315,9 +472,24 @@ class SQLiteRecordStore(RecordStore):
                 return
             try:
                 self.flush()
+                self._mark_clean_close()
             finally:
                 db, self._db = self._db, None
-                db.close()
+                try:
+                    db.close()
+                finally:
+                    self._handles.release()
+
+    def _mark_clean_close(self) -> None:
+        """The last handle on the file (no other holds the handle lock) writes 'closed': the next open that finds
+        no other handle skips the integrity check. Any other close leaves the mark as it is."""
+        if self._handles.fd is None or not self._handles.try_exclusive():
+            return
+        try:
+            with self.transaction() as c:
+                self.set_meta(c, _OPEN_STATE_KEY, "closed")
+        except sqlite3.Error as exc:  # the file cannot take the write: the next open checks it
+            log.warning("records database %s: could not record a clean close (%s)", self.path, exc)
 
     def get_meta(self, key: str) -> str | None:
         with self._lock:
