@@ -84,12 +84,16 @@ class _System:
 
 
 def _drain_cube(cube: Any) -> None:
-    """Wait for the cube's background jobs (deferred embeddings, a vector-index batch) and embed rows still
-    waiting: what the adds of a block left to do off the caller's thread."""
+    """What the adds of a block left to do off the caller's thread, done before the block's clock stops: rows
+    still waiting for their embedding are embedded as a search or close would have them embedded (the caller's
+    ``_embed_waiting``: beside the background thread when it is busy, see ``MemCube._embed_waiting``), then the
+    background jobs (deferred embeddings, a vector-index batch) are waited for."""
+    embed_waiting = getattr(cube, "_embed_waiting", None)
+    if embed_waiting is not None:
+        embed_waiting()
     for job in (getattr(cube, "_embed_job", None), getattr(cube, "_flush_job", None)):
         if job is not None:
             job.result()
-    embed_waiting = getattr(cube, "_embed_waiting", None)
     if embed_waiting is not None:
         embed_waiting()
 
@@ -250,11 +254,13 @@ def _memos_llamaindex(work: Path, specs: list[dict[str, Any]], vecs: np.ndarray,
         def __init__(self) -> None:
             # one chat memory per user, built before the timed calls (a chat engine builds its memory once)
             self.memories = {u: MemOSMemory.from_defaults(str(folder), user_id=u) for u in sorted(set(users))}
+            for memory in self.memories.values():
+                memory.get_all()  # opens its chat store (LlamaIndex creates the in-memory table on first use)
             self.mem = next(iter(self.memories.values())).memos
 
         def add(self, text: str, user: str) -> None:
             memory = self.memories.get(user)
-            if memory is None:
+            if memory is None:  # a user the timed adds did not list (not with the default seeds)
                 memory = self.memories[user] = MemOSMemory.from_defaults(str(folder), user_id=user)
             memory.put(ChatMessage(role="user", content=text))
 

@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
 import numpy as np
 
 from . import forksafe, lifecycle
-from .embedding import Embedder, one_core, resolve_embedder
+from .embedding import Embedder, one_core, one_core_active, resolve_embedder
 from .log import Progress, get_logger
 from .log import progress as progress_iter
 from .errors import (
@@ -298,7 +298,9 @@ class MemCube:
         self._flush_job: Any = None  # the deferred batch being applied on the background thread
         self._embed_sync = _sync_mode(embed_sync, "embed_sync", "MEMOS_EMBED_SYNC")
         self._waiting = 0  # rows this process committed without their embedding, not yet embedded (guarded by _count_lock)
-        self._embed_lock = threading.Lock()  # one thread lists, embeds and stores waiting rows at a time
+        self._embed_lock = threading.Lock()  # one thread lists and claims waiting rows at a time
+        self._embed_claimed: set[int] = set()  # rowids a thread is embedding now (guarded by _embed_lock)
+        self._embed_done = threading.Condition(self._embed_lock)  # notified when a claim ends
         self._embed_job: Any = None  # waiting rows being embedded on the background thread
         self._clock = clock or utcnow
         self.actor = check_principal_id(actor, "actor")
@@ -770,6 +772,8 @@ class MemCube:
         finishes once the transaction ends."""
         owned = self.records.in_transaction()
         busy = False
+        if not owned:  # embed beside the background thread rather than wait for it (see _embed_waiting)
+            self._embed_waiting_or_warn("applying deferred vectors")
         for job in (self._embed_job, self._flush_job):
             if job is not None:
                 if owned and not job.done():
@@ -813,33 +817,50 @@ class MemCube:
         forgotten) keeps what that write stored (:meth:`RecordStore.put_embeddings` checks the text). At most
         ``batches`` batches of :data:`_EMBED_BATCH` rows (None: until none is left). ``one_by_one`` embeds each
         text in its own call. The background thread calls it inside :func:`memos_core.embedding.one_core`: the
-        rows' index and topic texts go in length-sorted batches on one core, leaving the other to the caller."""
+        rows' index and topic texts go in length-sorted batches on one core, leaving the other to the caller.
+
+        Several threads may call it at once: each claims a batch of rows no other thread holds (listing and
+        claiming under ``_embed_lock``), embeds it outside the lock and stores it. A caller that needs the rows
+        (a search) thus embeds beside the background thread, on one core of its own (:func:`one_core`), instead
+        of waiting while a core idles; when every waiting row is claimed by
+        another thread it waits for them, so it returns only once the rows it found are stored (or refused)."""
         if not self.records.embeds_later:
             return 0
         stored = 0
         done_batches = 0
         refused: dict[int, str] = {}  # rows whose text the embedder refused in this call: they stay waiting
         # A caller holding the records' transaction (a search inside a write's transaction) must not wait for the
-        # lock: its holder (the background embedder) may be waiting for the records. Then the rows stay waiting
-        # (found by the lexical leg) and that thread embeds them once the transaction ends.
+        # lock or for rows another thread claimed: that thread (the background embedder) may be waiting for the
+        # records. Then those rows stay waiting (found by the lexical leg) and are embedded once the transaction ends.
         wait = not self.records.in_transaction()
         while batches is None or done_batches < batches:
-            with _lock_turn(self._embed_lock, wait) as mine:  # listed, embedded and stored by one thread at a time
+            with _lock_turn(self._embed_lock, wait) as mine:  # listing and claiming: one thread at a time
                 if not mine:
                     break
-                asked = _EMBED_BATCH + len(refused)
-                listed = self.records.waiting_embeddings(asked)
-                rows = [(r, t) for r, t in listed if refused.get(r) != t][:_EMBED_BATCH]
+                while True:
+                    asked = _EMBED_BATCH + len(refused) + len(self._embed_claimed)
+                    listed = self.records.waiting_embeddings(asked)
+                    rows = [(r, t) for r, t in listed
+                            if refused.get(r) != t and r not in self._embed_claimed][:_EMBED_BATCH]
+                    if rows or not wait or not any(r in self._embed_claimed for r, _ in listed):
+                        break
+                    self._embed_done.wait()  # the rest is being embedded by another thread: until it is stored
                 if not rows:
                     if not listed:
                         with self._count_lock:
                             self._waiting = 0
                     break
+                beside = bool(self._embed_claimed)  # another thread is embedding now
+                held = wait and any(r in self._embed_claimed for r, _ in listed)  # rows to wait for after these
+                self._embed_claimed.update(r for r, _ in rows)
+            try:
                 # each row's topic text (its own words) rides in the same embedder call, keyed by -rowid
                 items = self.records.get_many_by_rowid([r for r, _ in rows])
                 with_item = [(r, items[r]) for r, _ in rows if r in items]
                 topics = dict(zip((r for r, _ in with_item), _topic_texts([it for _, it in with_item])))
-                got = self._embed_rows(rows + [(-r, t) for r, t in topics.items() if t is not None], one_by_one)
+                # a caller beside the background thread: one core of its own (the same batching and session)
+                with one_core() if beside and not one_core_active() else nullcontext():
+                    got = self._embed_rows(rows + [(-r, t) for r, t in topics.items() if t is not None], one_by_one)
                 refused.update((r, t) for r, t in rows if r not in got)
                 put_topics = [(r, items[r].version, b"" if topics[r] is None else
                                np.asarray(got[-r], dtype=np.float32).tobytes())
@@ -852,9 +873,13 @@ class MemCube:
                 with self._count_lock:
                     self._waiting = max(0, self._waiting - len(rows))
                     self._unapplied += len(done)
+            finally:
+                with self._embed_done:  # the claim ends (stored, refused or failed): a thread waiting looks again
+                    self._embed_claimed.difference_update(r for r, _ in rows)
+                    self._embed_done.notify_all()
             stored += len(done)
             done_batches += 1
-            if len(listed) < asked or not done:  # none left after these, or every row changed meanwhile
+            if (len(listed) < asked or not done) and not held:  # none left after these, or every row changed
                 break
         if stored:
             log.debug("cube %s: stored %d deferred embeddings", self.name, stored)
@@ -909,7 +934,7 @@ class MemCube:
                 else:
                     log.exception("background embedding of cube %s failed", self.name)
 
-        self._embed_job = _index_pool().submit(run)
+        self._embed_job = _embed_pool().submit(run)
 
     def _embed_before_search(self) -> None:
         """Search sees every acknowledged write: rows still waiting for their embedding are embedded first (an
@@ -1942,6 +1967,21 @@ def _index_pool() -> ThreadPoolExecutor:
             if _INDEX_POOL is None:
                 _INDEX_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memos-index")
     return _INDEX_POOL
+
+
+_EMBED_POOL: ThreadPoolExecutor | None = None
+
+
+def _embed_pool() -> ThreadPoolExecutor:
+    """One background thread per process for deferred embeddings (created on first use). Not the vector-index
+    thread: behind an index batch (a Chroma upsert of up to :data:`_DEFER_MAX` rows) the embedder would sit idle
+    while rows wait for it; on their own threads the two overlap."""
+    global _EMBED_POOL
+    if _EMBED_POOL is None:
+        with _POOL_LOCK:
+            if _EMBED_POOL is None:
+                _EMBED_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memos-embed")
+    return _EMBED_POOL
 
 
 _CHROMA_WARM: list[threading.Thread] = []

@@ -652,12 +652,20 @@ _ALWAYS_SHORT = 1 << 30  # short_tokens that keeps every batch on the one-thread
 _LOCAL = threading.local()
 
 
+def one_core_active() -> bool:
+    """Whether this thread is inside :func:`one_core` (the background embedder's thread, or a helper)."""
+    return bool(getattr(_LOCAL, "one_core", False))
+
+
 @contextmanager
 def one_core() -> Iterator[None]:
     """``with one_core(): ...``: on this thread, the default embedder runs every batch on one thread (its
     one-thread ONNX Runtime session) in length-sorted batches of at most :data:`_ONE_CORE_TOKENS` padded tokens.
     The cube's background embedding uses it, so the caller's next write keeps the other core. Vectors are the
-    same as without it (float rounding). Other embedders ignore it."""
+    same as without it (float rounding). Other embedders ignore it.
+
+    Several threads may be in it at once (the background embedder and a caller embedding beside it, see
+    ``MemCube._embed_waiting``): ONNX Runtime runs concurrent calls of one session on their own threads."""
     before = getattr(_LOCAL, "one_core", False)
     _LOCAL.one_core = True
     try:

@@ -97,6 +97,7 @@ def _after_in_child() -> None:
     cube = mods.get("memos_core.cube")
     if cube is not None:
         cube._INDEX_POOL = None
+        cube._EMBED_POOL = None
         cube._POOL_LOCK = threading.Lock()
         cube._PRELOAD_LOCK = threading.Lock()
     retrieval = mods.get("memos_core.plaintext.retrieval")
