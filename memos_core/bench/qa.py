@@ -494,7 +494,7 @@ def load_object(spec: str, *, what: str) -> Any:
     import importlib
 
     if ":" not in spec:
-        raise ValidationError(f"{what} {spec!r}: not 'smollm2', an existing folder or .gguf file, "
+        raise ValidationError(f"{what} {spec!r}: not a preset ({', '.join(PRESETS)}), an existing folder or .gguf file, "
                               "nor 'package.module:attr'")
     mod_name, _, attr = spec.partition(":")
     try:
