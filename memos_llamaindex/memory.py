@@ -1,8 +1,9 @@
 """MemOSMemory: a LlamaIndex ``BaseMemory`` with short-term chat history and long-term MemOS memory.
 
 * **Short-term**: LlamaIndex's own :class:`~llama_index.core.memory.Memory` (a FIFO window under a token
-  limit, in its SQL chat store). In memory by default; give ``chat_store_uri`` (any SQLAlchemy async URI,
-  e.g. ``"sqlite+aiosqlite:///chat.db"``) and the history survives a restart.
+  limit). In memory by default (a list of this process with the SQL chat store's behaviour); give
+  ``chat_store_uri`` (any SQLAlchemy async URI, e.g. ``"sqlite+aiosqlite:///chat.db"``) and it is kept in
+  LlamaIndex's SQL chat store there, so the history survives a restart.
 * **Long-term**: every user/assistant message put here goes through the MemOS MemReader (offline episodes,
   or LLM facts when the MemOS has an ``llm``) into a cube, scoped by ``user_id`` / ``agent_id``, with the
   session id in provenance.
@@ -19,7 +20,10 @@ and (for the in-memory store) the active chat history, so agent workflows can ke
 from __future__ import annotations
 
 import copy
+import itertools
 import sys
+import threading
+import time
 import uuid
 from typing import Any, Literal
 
@@ -27,6 +31,7 @@ from llama_index.core.base.llms.types import ChatMessage, MessageRole, TextBlock
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.memory import Memory
 from llama_index.core.memory.types import BaseMemory
+from llama_index.core.storage.chat_store.base_db import AsyncDBChatStore
 from llama_index.core.storage.chat_store.sql import MessageStatus, SQLAlchemyChatStore
 from llama_index.core.utils import get_tokenizer
 
@@ -57,6 +62,88 @@ log = get_logger(__name__)
 
 IN_MEMORY_URI = "sqlite+aiosqlite:///:memory:"
 DEFAULT_TABLE = "memos_llamaindex_chat"
+
+
+class _ProcessChatStore(AsyncDBChatStore):
+    """The chat history of a memory without ``chat_store_uri``: :class:`SQLAlchemyChatStore`'s behaviour (rows
+    with a key, a status, an order by time then id; messages stored as JSON and rebuilt on every read) in a list
+    of this process, without a database. LlamaIndex's ``Memory`` reads the whole active history and writes on
+    every ``put``; on its in-memory aiosqlite store each of those statements hopped to aiosqlite's thread and
+    back through an event loop: ~5-30 ms per ``put`` on the 2-core box (more while the background embedder was
+    busy), ~1 ms here (README "One memory per call")."""
+
+    _rows: list[list[Any]] = PrivateAttr(default_factory=list)  # [id, key, time_ns, status, message JSON]
+    _next: Any = PrivateAttr(default_factory=lambda: itertools.count(1))
+    _lock: Any = PrivateAttr(default_factory=threading.Lock)  # sync calls from several threads
+
+    def _select(self, key: str, status: MessageStatus | None) -> list[list[Any]]:
+        rows = [r for r in self._rows if r[1] == key and (status is None or r[3] == status.value)]
+        return sorted(rows, key=lambda r: (r[2], r[0]))
+
+    def _insert(self, key: str, messages: list[ChatMessage], status: MessageStatus) -> None:
+        now = time.time_ns()
+        self._rows.extend([next(self._next), key, now + i, MessageStatus(status).value, m.model_dump_json()]
+                          for i, m in enumerate(messages))
+
+    async def get_messages(self, key: str, status: MessageStatus | None = MessageStatus.ACTIVE,
+                           limit: int | None = None, offset: int | None = None) -> list[ChatMessage]:
+        with self._lock:
+            rows = self._select(key, status)[offset or 0:]
+        rows = rows if limit is None else rows[:limit]
+        return [ChatMessage.model_validate_json(r[4]) for r in rows]
+
+    async def count_messages(self, key: str, status: MessageStatus | None = MessageStatus.ACTIVE) -> int:
+        with self._lock:
+            return len(self._select(key, status))
+
+    async def add_message(self, key: str, message: ChatMessage, status: MessageStatus = MessageStatus.ACTIVE) -> None:
+        with self._lock:
+            self._insert(key, [message], status)
+
+    async def add_messages(self, key: str, messages: list[ChatMessage],
+                           status: MessageStatus = MessageStatus.ACTIVE) -> None:
+        with self._lock:
+            self._insert(key, list(messages), status)
+
+    async def set_messages(self, key: str, messages: list[ChatMessage],
+                           status: MessageStatus = MessageStatus.ACTIVE) -> None:
+        with self._lock:
+            self._rows = [r for r in self._rows if r[1] != key]
+            self._insert(key, list(messages), status)
+
+    async def delete_message(self, key: str, idx: int) -> ChatMessage | None:
+        with self._lock:
+            for i, r in enumerate(self._rows):
+                if r[1] == key and r[0] == idx:
+                    del self._rows[i]
+                    return ChatMessage.model_validate_json(r[4])
+        return None
+
+    async def delete_messages(self, key: str, status: MessageStatus | None = None) -> None:
+        with self._lock:
+            self._rows = [r for r in self._rows if not (r[1] == key and (status is None or r[3] == status.value))]
+
+    async def delete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
+        with self._lock:
+            gone = self._select(key, MessageStatus.ACTIVE)[:max(0, n)]
+            ids = {r[0] for r in gone}
+            self._rows = [r for r in self._rows if r[0] not in ids]
+        return [ChatMessage.model_validate_json(r[4]) for r in gone]
+
+    async def archive_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
+        with self._lock:
+            rows = self._select(key, MessageStatus.ACTIVE)[:max(0, n)]
+            for r in rows:
+                r[3] = MessageStatus.ARCHIVED.value
+        return [ChatMessage.model_validate_json(r[4]) for r in rows]
+
+    async def get_keys(self) -> list[str]:
+        with self._lock:
+            return list(dict.fromkeys(r[1] for r in self._rows))
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "MemOSProcessChatStore"
 
 
 def _new_session() -> str:
@@ -167,8 +254,9 @@ class MemOSMemory(BaseMemory):
                        else resolve_memos(self.memos_path, self.principal, self.memos_index, self.cube))
         self._user = UserRule(self._memos, user_id=self.user_id, single_user=self.single_user,
                               adapter="MemOSMemory", how=USER_HOW).require()
-        store = SQLAlchemyChatStore(table_name=self.chat_store_table,
-                                    async_database_uri=self.chat_store_uri or IN_MEMORY_URI)
+        store: AsyncDBChatStore = (_ProcessChatStore() if self.chat_store_uri is None else
+                                   SQLAlchemyChatStore(table_name=self.chat_store_table,
+                                                       async_database_uri=self.chat_store_uri))
         kwargs: dict[str, Any] = {}
         if self.token_flush_size is not None:
             kwargs["token_flush_size"] = self.token_flush_size
