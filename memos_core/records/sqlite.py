@@ -95,6 +95,10 @@ CREATE TABLE IF NOT EXISTS events(
 );
 CREATE TABLE IF NOT EXISTS embeddings(item_rowid INTEGER PRIMARY KEY, version INTEGER NOT NULL, vec BLOB NOT NULL,
   topic BLOB);
+-- embedding_count() (the index check at the first search after every open) counts this index's few bytes per row
+-- instead of the table's pages (its vectors: most of the file, 5 s cold at 100k memories). A cube written before
+-- builds it once, at its first open (no semicolon in these comments: _SCHEMA is split on it)
+CREATE INDEX IF NOT EXISTS embeddings_count ON embeddings(version);
 CREATE TABLE IF NOT EXISTS vec_pending(item_rowid INTEGER PRIMARY KEY, gen INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS gov_principals(id TEXT PRIMARY KEY, kind TEXT NOT NULL, created_at REAL NOT NULL,
   created_by TEXT);
