@@ -28,7 +28,9 @@ The timed adds run round-robin in blocks of ``--block`` calls per system, so mac
 Reports adds/s per system and ``ratio_vs_<peer>`` = memos adds/s / peer adds/s (above 1: this library is faster).
 ``sustained_adds_per_s`` also counts, at the end of each block, the wait for the system's background work started
 by that block (this library's deferred embeddings and index batches; the peers have none), so work moved off the
-caller's thread is not left out of the figure.
+caller's thread is not left out of the figure. That wait is what a search right after the block does: the caller
+embeds the rows still waiting that the background thread has not claimed, beside it (so this library's encoder
+may use two cores then, one thread each; the PyTorch peers use ``--torch-threads``), then waits for the rest.
 Prefills share one set of vectors computed once (the prefill is not what is measured). Before the timed adds each
 system makes three warm-up adds (models loaded, files opened) and this library's cubes run their once-per-open
 vector-index check (``index.count()``) and wait until embedded Chroma has indexed the bulk prefill
