@@ -7,6 +7,8 @@ fusion settings on the kept candidates in pure Python.
     python benchmarks/tune_fusion.py --fresh 101 102 --variants                     # + the alternatives tried
     python benchmarks/tune_fusion.py --tune-fresh --fresh 101 102                   # + the fresh tuning instances
     python benchmarks/tune_fusion.py --latency 4                                    # search time, topical modes
+    python benchmarks/tune_fusion.py --tune-fresh --fresh 101 102 --dialogue-queries  # dialogue query rewrites
+    python benchmarks/tune_fusion.py --sets madial --misses madial                  # misses side by side
 
 Which sets are for tuning and which are not is fixed here (``TUNE`` / ``HELD_OUT`` / ``TARGET``) and in the
 README: held-out sets and target sets are only *reported*, never used to choose a setting. MADial is a target
@@ -637,11 +639,323 @@ def name_free_dense(scale: float, lexical: float = 0.5, act: float | None = None
     return order
 
 
+# ------------------------------------------------------------------ session 8 (issue 15): pasted dialogues
+# Every function below changes pasted-dialogue queries only (MADial's 160, synthetic's 32 per instance, the assistant
+# style's 20); other queries keep the shipped fusion. README: "Tried in issue 15, session 8".
+
+_ROLE_WORDS = {w: w for w in """mom dad parents grandma grandpa grandparents sister brother cousin uncle aunt family
+wife husband son daughter kids children baby friend classmate teacher neighbor boss colleague roommate partner
+girlfriend boyfriend deskmate teammate coach""".split()}
+_ROLE_WORDS.update({"mother": "mom", "mum": "mom", "mommy": "mom", "father": "dad", "daddy": "dad", "parent": "parents",
+                    "grandmother": "grandma", "granny": "grandma", "grandfather": "grandpa", "friends": "friend",
+                    "classmates": "classmate", "teachers": "teacher", "sisters": "sister", "brothers": "brother",
+                    "cousins": "cousin", "neighbors": "neighbor", "neighbour": "neighbor", "colleagues": "colleague",
+                    "coworker": "colleague", "coworkers": "colleague", "teammates": "teammate", "auntie": "aunt"})
+
+
+def _roles(text: str) -> set[str]:
+    return {_ROLE_WORDS[w] for w in re.findall(r"[a-z]+", text.lower()) if w in _ROLE_WORDS}
+
+
+def _user_turns(plan: Any) -> list[tuple[str, str]]:
+    from memos_core.plaintext.query import ASSISTANT_NAMES
+
+    return [(s, t) for s, t in plan.turns if s and s.lower() not in ASSISTANT_NAMES]
+
+
+def _assistant_turns(plan: Any) -> list[tuple[str | None, str]]:
+    from memos_core.plaintext.query import ASSISTANT_NAMES
+
+    return [(s, t) for s, t in plan.turns if not (s and s.lower() not in ASSISTANT_NAMES)]
+
+
+def _has_assistant(plan: Any) -> bool:
+    from memos_core.plaintext.query import ASSISTANT_NAMES
+
+    return any(s and s.lower() in ASSISTANT_NAMES for s, _ in plan.turns)
+
+
+def role_overlap(weight: float) -> Any:
+    """Dialogues: a bonus of ``weight`` times the share of the kin and social-role words of the user's turns ("my
+    mom", "my classmates") that the candidate mentions (people named by role rather than by name)."""
+    def order(row: dict[str, Any]) -> list[Any]:
+        plan = analyze_query(row["query"])
+        want = _roles(" ".join(t for _, t in _user_turns(plan))) if plan.is_dialogue else set()
+        if not want:
+            return _shipped(row)
+        return _shipped(row, extra=np.array([weight * len(want & _roles(c["text"])) / len(want) for c in row["cands"]]))
+    return order
+
+
+def affect_agreement(weight: float, vectors: "_CachedVectors") -> Any:
+    """Dialogues: candidates whose mood agrees with the user's turns get up to ``weight`` (z-scored product of the
+    two projections on the embedder's happy-minus-sad direction; the candidates' projections centred)."""
+    ends = vectors.docs(["I feel very happy and joyful.", "I feel very sad and upset."])
+    axis = (ends[0] - ends[1]) / float(np.linalg.norm(ends[0] - ends[1]))
+
+    def order(row: dict[str, Any]) -> list[Any]:
+        plan = analyze_query(row["query"])
+        from memos_core.plaintext.query import ASSISTANT_NAMES
+
+        users = [i for i, (s, _) in enumerate(plan.turns) if s and s.lower() not in ASSISTANT_NAMES]
+        if not plan.is_dialogue or not users or len(row["_tv"]) != len(plan.turns):
+            return _shipped(row)
+        mood = float((row["_tv"][users] @ axis).mean())
+        am = row["_mv"] @ axis
+        return _shipped(row, extra=weight * _z(mood * (am - am.mean())))
+    return order
+
+
+def sentence_max(weight: float, vectors: "_CachedVectors") -> Any:
+    """Dialogues: each candidate's own words split into sentences, the best sentence's cosine to the dialogue's
+    query vector (text + last user turn, as the cube builds it) added as a z-scored leg with ``weight``."""
+    def order(row: dict[str, Any]) -> list[Any]:
+        plan = analyze_query(row["query"])
+        if not plan.is_dialogue:
+            return _shipped(row)
+        v = vectors.docs([plan.text] + ([plan.focus] if plan.focus else []))
+        q = v[0] + (RetrievalConfig().focus_weight * v[1] if plan.focus else 0.0)
+        q = q / float(np.linalg.norm(q))
+        best = []
+        for c in row["cands"]:
+            own = topic_text(c["text"], (c["meta"] or {}).get("speaker"))
+            sents = [s for s in re.split(r"(?<=[.!?])\s+", own) if s.strip()] or [own]
+            best.append(float((vectors.docs(sents) @ q).max()))
+        return _shipped(row, extra=weight * _z(np.array(best)))
+    return order
+
+
+def centroid_corrected(beta: float) -> Any:
+    """Dialogues: the dense leg scores ``cos(q, m) - beta * cos(centroid, m)``, the centroid being the candidates'
+    mean embedding (what every memory of the scope shares: "X felt very happy"), before fusion."""
+    def order(row: dict[str, Any]) -> list[Any]:
+        if not analyze_query(row["query"]).is_dialogue:
+            return _shipped(row)
+        m = row["_mv"]
+        cen = m.mean(0)
+        cen = cen / float(np.linalg.norm(cen))
+        return _shipped(row, dense=np.array([c["dense"] for c in row["cands"]]) - beta * (m @ cen))
+    return order
+
+
+def dialogue_lexical_rule(rule: str, lo: float, hi: float) -> Any:
+    """Dialogues: the base lexical weight set per query, from ``lo`` to ``hi`` as the two legs' top 10 overlap
+    (``rule="agreement"``: share of memories both rank in their top 10) grows, or by the dense leg's gap
+    (``"gap"``: ``0.3 * (1 + lo * (0.8 - (top1 - top5) / sd))`` within [0.09, 0.6]; ``hi`` unused)."""
+    def order(row: dict[str, Any]) -> list[Any]:
+        if not analyze_query(row["query"]).is_dialogue:
+            return _shipped(row)
+        if rule == "agreement":
+            d = {c["key"] for c in row["cands"] if c["dr"] is not None and c["dr"] <= 10}
+            lx = {c["key"] for c in row["cands"] if c["lr"] is not None and c["lr"] <= 10}
+            w = lo + (hi - lo) * len(d & lx) / 10
+        else:
+            ds = sorted((c["dense"] for c in row["cands"]), reverse=True)
+            gap = (ds[0] - ds[min(4, len(ds) - 1)]) / max(float(np.std(ds)), 1e-9)
+            w = 0.3 * float(np.clip(1 + lo * (0.8 - gap), 0.3, 2.0))
+        return _shipped(row, RetrievalConfig(dialogue_lexical_weight=w))
+    return order
+
+
+def oracle_dialogue_lexical(weights: tuple[float, ...] = (0.3, 0.0, 0.15, 0.6, 1.0)) -> Any:
+    """An upper bound, not a method: each dialogue gets whichever base lexical weight ranks its evidence best (it
+    reads the labels). What any per-query fusion weight could reach at most over these weights."""
+    def order(row: dict[str, Any]) -> list[Any]:
+        if not analyze_query(row["query"]).is_dialogue:
+            return _shipped(row)
+        label = {c["key"]: c["hit"] for c in row["cands"]}
+        best: tuple[int, list[Any]] | None = None
+        for w in weights:
+            o = _shipped(row, RetrievalConfig(dialogue_lexical_weight=w))
+            r = next((i for i, k in enumerate(o) if label[k]), len(o))
+            if best is None or r < best[0]:
+                best = (r, o)
+        assert best is not None
+        return best[1]
+    return order
+
+
+def session8_variants(vectors: "_CachedVectors") -> dict[str, Any]:
+    out: dict[str, Any] = {"dialogues: oracle lexical weight per query (upper bound)": oracle_dialogue_lexical()}
+    for w in (0.2, 0.4, 0.8):
+        out[f"dialogues: role-word overlap w={w}"] = role_overlap(w)
+    for w in (0.2, 0.4, 0.8):
+        out[f"dialogues: mood agreement w={w}"] = affect_agreement(w, vectors)
+    for w in (0.3, 0.6):
+        out[f"dialogues: best memory sentence w={w}"] = sentence_max(w, vectors)
+    for b in (0.2, 0.4, 0.7):
+        out[f"dialogues: centroid-corrected dense b={b}"] = centroid_corrected(b)
+    for lo, hi in ((0.2, 0.5), (0.15, 0.6), (0.45, 0.15)):
+        out[f"dialogues: lexical weight by legs' agreement {lo}->{hi}"] = dialogue_lexical_rule("agreement", lo, hi)
+    for g in (-0.5, 0.5, 1.0):
+        out[f"dialogues: lexical weight by dense gap g={g}"] = dialogue_lexical_rule("gap", g, 0.0)
+    return out
+
+
+# Query rewrites: the legs themselves change (another query vector, another BM25 query), so these run through a cube
+# (`--dialogue-queries`): each set with pasted-dialogue queries is ingested again (vectors from the cache) and
+# every dialogue's legs are re-run with the cube's own `dense` / `lexical` / `candidates` / `fuse`.
+
+def _vec(vectors: "_CachedVectors", parts: list[tuple[str, float]]) -> np.ndarray:
+    parts = [(t, w) for t, w in parts if t and w]
+    vs = vectors.docs([t for t, _ in parts])
+    q = sum(w * v for (_, w), v in zip(parts, vs))
+    return q / max(float(np.linalg.norm(q)), 1e-12)
+
+
+def _tagged(turns: list[tuple[str | None, str]]) -> str:
+    return " ".join(f"{s}: {t}" if s else t for s, t in turns)
+
+
+def query_rewrites(vectors: "_CachedVectors") -> dict[str, Any]:
+    """name -> fn(plan) -> (query vector or None: the cube's, FTS MATCH expression or None: the cube's); a
+    ``("expand", tau)`` entry stands for :func:`_expansion` (it needs the scope's vocabulary)."""
+    from memos_core.plaintext.lexical import fts_query, terms
+
+    fw = RetrievalConfig().focus_weight
+
+    def shipped_parts(plan: Any) -> list[tuple[str, float]]:
+        return [(plan.text, 1.0), (plan.focus or "", fw)]
+
+    out: dict[str, Any] = {"shipped": lambda plan: (None, None)}
+    out["dense: user turns only, no speaker tags"] = lambda p: (
+        _vec(vectors, [(" ".join(t for _, t in _user_turns(p)), 1.0), (p.focus or "", fw)]), None)
+    out["dense: user turns only, tagged"] = lambda p: (
+        _vec(vectors, [(_tagged(_user_turns(p)), 1.0), (p.focus or "", fw)]), None)  # type: ignore[arg-type]
+    out["dense: no speaker tags"] = lambda p: (
+        _vec(vectors, [(" ".join(t for _, t in p.turns), 1.0), (p.focus or "", fw)]), None)
+    out["dense: no speaker tags when no assistant speaks (a transcript between people)"] = lambda p: (
+        None if _has_assistant(p) else _vec(vectors, [(" ".join(t for _, t in p.turns), 1.0)]), None)
+    out["dense: turns in reverse order"] = lambda p: (
+        _vec(vectors, [(_tagged(list(reversed(p.turns))), 1.0), (p.focus or "", fw)]), None)
+    out["dense: last two user turns"] = lambda p: (
+        _vec(vectors, [(" ".join(t for _, t in _user_turns(p)[-2:]), 1.0)]), None)
+    for g in (0.1, 0.2, 0.3, 0.4, 0.6):
+        out[f"dense: minus the assistant turns' vector g={g}"] = (lambda g: lambda p: (
+            _vec(vectors, shipped_parts(p) + [(_tagged(_assistant_turns(p)), -g)]), None))(g)
+    for b in (0.2, 0.4):
+        out[f"dense: plus the user turns' vector b={b}"] = (lambda b: lambda p: (
+            _vec(vectors, shipped_parts(p) + [(_tagged(_user_turns(p)), b)]), None))(b)  # type: ignore[arg-type]
+    for c in (-0.2, 0.0, 0.2, 0.4, 0.6):
+        for f in (0.3, 0.5, 1.0):
+            out[f"dense: user turns + {c} x assistant turns + {f} x last user turn"] = (lambda c, f: lambda p: (
+                _vec(vectors, [(_tagged(_user_turns(p)), 1.0), (_tagged(_assistant_turns(p)), c),  # type: ignore[arg-type]
+                               (p.focus or "", f)]) if _user_turns(p) else None, None))(c, f)
+    out["BM25: user turns only"] = lambda p: (None, fts_query(_tagged(_user_turns(p))))  # type: ignore[arg-type]
+    out["BM25: 96 terms"] = lambda p: (None, fts_query(p.text, 96))
+    out["BM25: 24 terms"] = lambda p: (None, fts_query(p.text, 24))
+    out["BM25: without the word 'assistant'"] = lambda p: (
+        None, fts_query(" ".join(t for t in terms(p.text) if t != "assistant")))
+    out["BM25: latest turn first"] = lambda p: (
+        None, fts_query(" ".join(t for _, t in reversed(p.turns)) + " " + " ".join(s for s, _ in _user_turns(p))))
+    for tau in (0.6, 0.7, 0.8):
+        out[f"BM25: + the scope's words closest to the user's (cos >= {tau})"] = ("expand", tau)
+    return out
+
+
+def _expansion(plan: Any, vocab: list[str], vocab_vecs: np.ndarray, vectors: "_CachedVectors", tau: float) -> str:
+    """The scope's own words (``vocab``) whose vector is within ``tau`` cosine of a content word of the user's
+    turns, put before the dialogue (the BM25 query keeps its first 48 terms)."""
+    from memos_core.plaintext.lexical import terms
+
+    words = [w for w in terms(" ".join(t for _, t in _user_turns(plan)), 10**6) if w.isalpha() and len(w) > 2]
+    have = set(terms(plan.text, 10**6))
+    extra: list[str] = []
+    if words:
+        sims = vectors.docs(words) @ vocab_vecs.T
+        for i in range(len(words)):
+            for j in np.where(sims[i] >= tau)[0]:
+                if vocab[j] not in have and vocab[j] not in extra:
+                    extra.append(vocab[j])
+    return " ".join(extra) + " " + plan.text
+
+
+def dialogue_queries(paths: dict[str, Path], vectors: "_CachedVectors", n_cand: int = 60,
+                     match: str | None = None) -> None:
+    """``--dialogue-queries``: every :func:`query_rewrites` variant on each set's pasted-dialogue queries, through
+    a cube. Prints, per variant and set, the dialogues' hits at 1 / 5 / 10 (of how many)."""
+    from memos_core.plaintext.lexical import fts_query, terms
+
+    rewrites = {k: v for k, v in query_rewrites(vectors).items() if not match or match in k or k == "shipped"}
+    for name, path in paths.items():
+        data = load_dataset(path)
+        with tempfile.TemporaryDirectory(prefix="memos-tune-dlg-") as tmp:
+            cube = MemCube(Path(tmp) / "cube", embedder=vectors.embedder(), retrieval=RetrievalConfig(query_cache=0))
+            queries = []
+            vocab: dict[str, list[str]] = {}
+            for ci, conv in enumerate(data["conversations"]):
+                scope = scope_of(ci, conv)
+                plans = [(q, analyze_query(q["text"])) for q in conv["queries"] if q.get("evidence")]
+                plans = [(q, p) for q, p in plans if p.is_dialogue]
+                if not plans:
+                    continue
+                ingest_conversation(cube, conv, scope, OfflineReader())
+                vocab[scope] = sorted({w for s in conv["sessions"] for t in s["turns"]
+                                       for w in terms(str(t.get("text", "")), 10**6) if w.isalpha() and len(w) > 2})
+                f = SearchFilter(user_id=scope)
+                cf = cube.records.compile_filter(f, cube._states(f), cube._now().timestamp())
+                queries += [(p, f, cf, {str(e) for e in q["evidence"]}) for q, p in plans]
+            vectors.save()
+            if not queries:
+                cube.close()
+                continue
+            vocab_vecs = {s: vectors.docs(v) for s, v in vocab.items()}
+            r = cube.retriever
+            for vname, fn in rewrites.items():
+                hits = [0, 0, 0]
+                for plan, f, cf, evidence in queries:
+                    if isinstance(fn, tuple):
+                        qvec, fts = None, fts_query(_expansion(plan, vocab[f.user_id], vocab_vecs[f.user_id], vectors,
+                                                               fn[1]))
+                    else:
+                        qvec, fts = fn(plan)
+                    if qvec is None:
+                        qvec = r.query_vector(plan, with_topic=False)
+                    if fts is None:
+                        fts = fts_query(plan.text)
+                    ranked = {"dense": r.dense(qvec, f, cf, n_cand), "lexical": cube.records.lexical(fts, cf, n_cand)}
+                    order = [k for k, *_ in fuse(r.candidates(plan, qvec, ranked, n_cand), plan, RetrievalConfig())]
+                    items = cube.records.get_many_by_rowid(order[:10])
+                    first = next((i for i, k in enumerate(order[:10], 1)
+                                  if set(items[k].provenance.source_ids) & evidence), 99)
+                    for j, k in enumerate((1, 5, 10)):
+                        hits[j] += first <= k
+                print(f"{vname:<64} {name}: dialogues {len(queries)}, hits@1/5/10 {hits[0]}/{hits[1]}/{hits[2]}",
+                      flush=True)
+            vectors.save()
+            cube.close()
+
+
+def show_misses(rows: list[dict[str, Any]], k: int = 5, limit: int = 40) -> None:
+    """``--misses SET``: the queries whose evidence the shipped fusion leaves out of its top ``k``, side by side
+    with the evidence, each leg's rank of it and what ranked above it (the miss analysis of the README)."""
+    cfg = RetrievalConfig()
+    shown = 0
+    for row in rows:
+        order = _shipped(row, cfg)
+        cands = {c["key"]: c for c in row["cands"]}
+        gold = [key for key in order if cands[key]["hit"]]
+        if gold and order.index(gold[0]) < k:
+            continue
+        shown += 1
+        if shown > limit:
+            break
+        g = cands[gold[0]] if gold else None
+        print(f"=== fused rank {order.index(gold[0]) + 1 if gold else '-'}, dense {g and g['dr']}, "
+              f"BM25 {g and g['lr']} ({row['category']})")
+        for s, t in analyze_query(row["query"]).turns or [(None, row["query"])]:
+            print(f"    {s or '-'}: {t[:200]}")
+        print(f"  EVIDENCE: {g['text'][:220] if g else '(not among the candidates)'}")
+        for i, key in enumerate(order[:k], 1):
+            c = cands[key]
+            print(f"  {i}. dense {c['dr']} BM25 {c['lr']}: {c['text'][:160]}")
+
+
 def run_variants(all_rows: dict[str, list[dict[str, Any]]], cache: Path, train_seed: int | None,
-                 vectors: "_CachedVectors") -> None:
+                 vectors: "_CachedVectors", match: str | None = None) -> None:
     for name, rows in all_rows.items():
         _load_vectors(cache, name, rows)
-    variants: dict[str, Any] = {"no topical leg": _order}
+    variants: dict[str, Any] = {"shipped": _shipped, "no topical leg": _order}
     for w in (0.5, 1.0, 1.5):
         variants[f"topical leg w={w}"] = topical_leg(w)
     variants["topical leg w=1.0, no shift"] = topical_leg(1.0, shift=False)
@@ -679,14 +993,18 @@ def run_variants(all_rows: dict[str, list[dict[str, Any]]], cache: Path, train_s
                                 (1.0, 0.5, 3.0), (0.5, 0.4, 3.0)):
         variants[f"name-free: dense x{scale}, lexical {lexical}" + (f", act {act}" if act else "")] = \
             name_free_dense(scale, lexical, act)
+    # session 8 (issue 15): pasted dialogues (query rewrites: --dialogue-queries)
+    variants.update(session8_variants(vectors))
     # the learned ranker is fitted on the fresh instances of the first --fresh seed only
     train = [f"{style}@{train_seed + off}" for style, (_, off) in GENERATORS.items()] if train_seed is not None else []
-    if train:
+    if train and (not match or match in "learned ranker"):
         w = train_ranker([r for n in train for r in all_rows[n]])
         print(f"learned ranker trained on {', '.join(train)}: "
               + json.dumps({f: round(float(v), 3) for f, v in zip(_RANKER_FEATURES, w)}))
         variants["learned ranker"] = ranker(w)
     for vname, order in variants.items():
+        if match and match not in vname and vname != "shipped":
+            continue
         line = []
         for name, rows in all_rows.items():
             hits1 = hits5 = hits10 = 0
@@ -796,6 +1114,11 @@ def main() -> None:
     ap.add_argument("--variants", action="store_true",
                     help="evaluate the alternatives tried for issue 15 (the learned ranker trains on the first "
                          "--fresh seed's sets)")
+    ap.add_argument("--dialogue-queries", action="store_true",
+                    help="re-run the legs of every pasted-dialogue query with the query rewrites tried in session 8")
+    ap.add_argument("--match", metavar="TEXT",
+                    help="with --variants or --dialogue-queries: only the variants whose name contains TEXT")
+    ap.add_argument("--misses", metavar="SET", help="print the shipped fusion's misses at 5 on SET, side by side")
     ap.add_argument("--latency", type=int, metavar="ROUNDS", default=0,
                     help="only time searches with topical_query 'full' vs 'topic', alternated, ROUNDS rounds")
     args = ap.parse_args()
@@ -806,13 +1129,19 @@ def main() -> None:
     cache.mkdir(parents=True, exist_ok=True)
     vectors = _CachedVectors(cache / "vectors.npz")
     paths = {**{name: SETS[name] for name in args.sets}, **fresh_sets(args.fresh, cache, args.tune_fresh)}
+    if args.dialogue_queries:
+        dialogue_queries(paths, vectors, match=args.match)
+        return
     rows = {name: collect(name, path, cache, vectors) for name, path in paths.items()}
     vectors.save()
     if args.calibrate:
         calibrate(rows)
         return
     if args.variants:
-        run_variants(rows, cache, args.fresh[0] if args.fresh else None, vectors)
+        run_variants(rows, cache, args.fresh[0] if args.fresh else None, vectors, args.match)
+        return
+    if args.misses:
+        show_misses(rows[args.misses])
         return
     for name, res in report(rows, RetrievalConfig()).items():
         print(name, res["role"], json.dumps({m: res[m] for m in ("hybrid", "hybrid-no-topical", "dense", "lexical",
