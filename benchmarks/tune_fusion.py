@@ -826,6 +826,9 @@ def query_rewrites(vectors: "_CachedVectors") -> dict[str, Any]:
         _vec(vectors, [(" ".join(t for _, t in p.turns), 1.0), (p.focus or "", fw)]), None)
     out["dense: no speaker tags when no assistant speaks (a transcript between people)"] = lambda p: (
         None if _has_assistant(p) else _vec(vectors, [(" ".join(t for _, t in p.turns), 1.0)]), None)
+    out["dense: no speaker tags in a transcript between two or more people, none the assistant"] = lambda p: (
+        None if _has_assistant(p) or len({s.lower() for s, _ in p.turns if s}) < 2
+        else _vec(vectors, [(" ".join(t for _, t in p.turns), 1.0)]), None)
     out["dense: turns in reverse order"] = lambda p: (
         _vec(vectors, [(_tagged(list(reversed(p.turns))), 1.0), (p.focus or "", fw)]), None)
     out["dense: last two user turns"] = lambda p: (
