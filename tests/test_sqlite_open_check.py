@@ -244,3 +244,51 @@ def test_failed_open_leaves_no_lock(db: Path) -> None:
     assert s.open_check == UNCLEAN  # it found no other handle (the failed one let go) and checked
     s.close()
     assert _open_state(db) == "closed"
+
+
+def test_an_open_waits_while_another_handle_checks(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A handle that is opening (checking) or closing holds the lock exclusively: another open waits for it, then
+    opens without a check of its own; past the wait limit it is BackendUnavailable, never an untyped error."""
+    import fcntl
+    import threading
+
+    import memos_core.records.sqlite as sq
+    from memos_core.errors import BackendUnavailable
+
+    SQLiteRecordStore(db).close()
+    fd = os.open(str(db) + "-handles", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as an open mid-check holds it
+    opened: list[SQLiteRecordStore] = []
+    t = threading.Thread(target=lambda: opened.append(SQLiteRecordStore(db)))
+    t.start()
+    t.join(0.5)
+    assert t.is_alive() and not opened  # waiting for the verdict
+    fcntl.flock(fd, fcntl.LOCK_SH)  # the check is over; that handle stays open
+    t.join(30)
+    assert opened and opened[0].open_check is None
+    opened[0].close()
+    assert _open_state(db) == "open"  # another handle (ours) is still open: no clean-close mark
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    monkeypatch.setattr(sq, "_OPEN_LOCK_WAIT_S", 0.2)
+    with pytest.raises(BackendUnavailable, match="another handle"):
+        SQLiteRecordStore(db)
+    os.close(fd)
+
+
+def test_no_flock_means_a_check_at_every_open(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file system that refuses flock (some network file systems): the handles cannot be counted, so every open
+    checks and no close marks the file clean."""
+    import errno
+    import fcntl
+
+    SQLiteRecordStore(db).close()
+
+    def refuse(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    for _ in range(2):
+        s = SQLiteRecordStore(db)
+        assert s.open_check is not None and "no handle lock" in s.open_check
+        s.close()
+        assert _open_state(db) == "open"

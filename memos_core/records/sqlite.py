@@ -191,25 +191,32 @@ class _HandleLock:
         except OSError:
             self.fd = None
 
-    def try_exclusive(self) -> bool:
-        """Exclusive without waiting: True when no other handle holds the lock. (Converting a held shared lock
-        may drop it when this fails: call only at open, before holding it, or at close.)"""
-        assert self.fd is not None
+    def try_exclusive(self) -> bool | None:
+        """Exclusive without waiting: True when no other handle holds the lock, False when one does, None when the
+        file system refuses ``flock`` (the lock is then given up: not known). (Converting a held shared lock may
+        drop it when this fails: call only at open, before holding it, or at close.)"""
+        if self.fd is None:
+            return None
         try:
             self._fcntl.flock(self.fd, self._fcntl.LOCK_EX | self._fcntl.LOCK_NB)
             return True
         except BlockingIOError:
             return False
+        except OSError:  # e.g. a network file system without flock
+            self.release()
+            return None
 
     def shared(self, wait_s: float) -> None:
         """Shared, waiting while another handle holds it exclusively (its open's check, or its close)."""
-        assert self.fd is not None
         deadline = time.monotonic() + wait_s
-        while True:
+        while self.fd is not None:
             try:
                 self._fcntl.flock(self.fd, self._fcntl.LOCK_SH | self._fcntl.LOCK_NB)
                 return
-            except BlockingIOError:
+            except OSError as exc:
+                if not isinstance(exc, BlockingIOError):  # flock refused: hold nothing (and never mark a close)
+                    self.release()
+                    return
                 if time.monotonic() > deadline:
                     raise BackendUnavailable(
                         f"records database {self.path.with_name(self.path.name[:-len('-handles')])}: another handle "
@@ -278,9 +285,9 @@ class SQLiteRecordStore(RecordStore):
             elif policy == "always":
                 reason = "MEMOS_SQLITE_OPEN_CHECK=always"
             alone: bool | None = None  # the only handle on the file (None: not known)
-            if not readonly and self._handles.fd is not None:
+            if not readonly:
                 alone = self._handles.try_exclusive()
-                if not alone:
+                if alone is False:
                     self._handles.shared(_OPEN_LOCK_WAIT_S)
             short = self._shorter_than_its_header(c)
             is_new = c.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is None
@@ -487,7 +494,7 @@ class SQLiteRecordStore(RecordStore):
     def _mark_clean_close(self) -> None:
         """The last handle on the file (no other holds the handle lock) writes 'closed': the next open that finds
         no other handle skips the integrity check. Any other close leaves the mark as it is."""
-        if self._handles.fd is None or not self._handles.try_exclusive():
+        if not self._handles.try_exclusive():
             return
         try:
             with self.transaction() as c:
