@@ -1,6 +1,7 @@
 """SQLite's integrity check (``PRAGMA quick_check``, which reads the whole records file) runs at open only when the
-last shutdown may have been unclean: no other handle has the file open and the last handle did not close cleanly
-(killed, crashed, power loss), or the file is shorter than its header says, or ``MEMOS_SQLITE_OPEN_CHECK=always``.
+last shutdown may have been unclean: no other handle has the file open, and a handle changed the file and the last
+one did not close cleanly (killed, crashed, power loss); or the file is shorter than its header says; or
+``MEMOS_SQLITE_OPEN_CHECK=always``.
 A damaged file found by the check is still :class:`CorruptData` at open.
 
 ``SQLiteRecordStore.open_check`` says why the check ran at that open (None: skipped); every check also logs an
@@ -92,8 +93,12 @@ def test_clean_close_then_open_skips_the_check(db: Path, caplog: pytest.LogCaptu
         s = SQLiteRecordStore(db)
     assert s.open_check is None
     assert not [r for r in caplog.records if "integrity check at open" in r.getMessage()]
-    assert _open_state(db) == "open"  # (fsync'd at open: a power loss from here finds it)
+    assert _open_state(db) == "closed"  # a handle that has changed nothing has written nothing
+    with s.transaction() as c:
+        c.execute("INSERT INTO meta(key, value) VALUES('note', 'x')")
+    assert _open_state(db) == "open"  # in the commit of its first change: a power loss from here finds it
     s.close()
+    assert _open_state(db) == "closed"
 
 
 def test_cube_clean_close_then_reopen_skips_the_check(tmp_path: Path) -> None:
@@ -143,6 +148,8 @@ def test_second_handle_in_one_process_does_not_check_and_only_the_last_close_mar
     a = SQLiteRecordStore(db)
     b = SQLiteRecordStore(db)
     assert a.open_check is None and b.open_check is None
+    with b.transaction() as c:
+        c.execute("INSERT INTO meta(key, value) VALUES('note', 'x')")
     a.close()
     assert _open_state(db) == "open"  # b still has it open
     b.close()
@@ -153,7 +160,7 @@ def test_other_process_running_then_killed(db: Path) -> None:
     """While another process has the file open, an open skips the check and its close does not mark the file
     clean; once that process is killed, the next open (no other handle) runs the check."""
     SQLiteRecordStore(db).close()
-    h = Holder(db)
+    h = Holder(db, rows=1)
     try:
         s = SQLiteRecordStore(db)
         assert s.open_check is None  # the holder's open found the file clean; it is still running
@@ -266,6 +273,8 @@ def test_an_open_waits_while_another_handle_checks(db: Path, monkeypatch: pytest
     fcntl.flock(fd, fcntl.LOCK_SH)  # the check is over; that handle stays open
     t.join(30)
     assert opened and opened[0].open_check is None
+    with opened[0].transaction() as c:
+        c.execute("INSERT INTO meta(key, value) VALUES('note', 'x')")
     opened[0].close()
     assert _open_state(db) == "open"  # another handle (ours) is still open: no clean-close mark
     fcntl.flock(fd, fcntl.LOCK_EX)
@@ -287,8 +296,32 @@ def test_no_flock_means_a_check_at_every_open(db: Path, monkeypatch: pytest.Monk
         raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(fcntl, "flock", refuse)
-    for _ in range(2):
+    for i in range(2):
         s = SQLiteRecordStore(db)
         assert s.open_check is not None and "no handle lock" in s.open_check
+        with s.transaction() as c:
+            c.execute("INSERT INTO meta(key, value) VALUES(?, 'x')", (f"note-{i}",))
         s.close()
         assert _open_state(db) == "open"
+
+
+def test_a_process_killed_before_changing_anything_leaves_no_check(db: Path) -> None:
+    """Only a handle that changed the file marks it: a process that opened it, only read, and was killed left
+    nothing that could be damaged, so the next open skips the check (and an open/close that only reads writes
+    nothing at all: no fsync)."""
+    SQLiteRecordStore(db).close()
+    h = Holder(db)
+    h.kill9()
+    s = SQLiteRecordStore(db)
+    assert s.open_check is None
+    s.close()
+
+
+def test_a_refused_call_alone_marks_the_file(db: Path) -> None:
+    """The audit record of a refused call is written outside transaction() (append_event_alone): it marks too."""
+    SQLiteRecordStore(db).close()
+    s = SQLiteRecordStore(db)
+    s.append_event_alone(1.0, "mallory", "get", None, "denied", {"why": "test"})
+    assert _open_state(db) == "open"
+    s.close()
+    assert _open_state(db) == "closed"

@@ -152,8 +152,9 @@ def _mmap_size() -> int:
         raise ValidationError(f"MEMOS_SQLITE_MMAP must be a number of bytes, not {raw!r}") from None
 
 
-#: meta key: 'open' from the open of a handle that found no other handle on the file until the clean close of the
-#: last handle, which writes 'closed'. An open that finds no other handle and anything but 'closed' runs the check.
+#: meta key: 'open' from the first change any handle makes to the file (in that change's own commit: no extra fsync,
+#: and a handle that only reads writes nothing) until the clean close of the last handle, which writes 'closed'. An
+#: open that finds no other handle and anything but 'closed' runs the check.
 _OPEN_STATE_KEY = "open_state"
 #: how long an open waits for another handle's open (its integrity check) or close to finish, in seconds
 _OPEN_LOCK_WAIT_S = 600.0
@@ -257,6 +258,8 @@ class SQLiteRecordStore(RecordStore):
         self._db: sqlite3.Connection | None = None
         #: why ``PRAGMA quick_check`` ran at this open (None: skipped, the last shutdown was a clean close)
         self.open_check: str | None = None
+        self._marked = False  # this handle has put 'open' in the file (with its first change to it)
+        self._opening = False  # inside the open's own transaction (it marks the file itself when it changes it)
         mmap_size = _mmap_size()
         policy = _open_check_policy()
         self._handles = _HandleLock(self.path)
@@ -292,7 +295,9 @@ class SQLiteRecordStore(RecordStore):
             short = self._shorter_than_its_header(c)
             is_new = c.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is None
             if not readonly:
+                self._opening = True
                 with self.transaction():
+                    schema0 = c.execute("PRAGMA schema_version").fetchone()[0]
                     for stmt in _SCHEMA.strip().split(";"):
                         if stmt.strip():
                             c.execute(stmt)
@@ -305,8 +310,12 @@ class SQLiteRecordStore(RecordStore):
                             f"{RECORDS_SCHEMA_VERSION}. Upgrade memos-langchain-llamaindex to open it.")
                     self._migrate(c, RECORDS_SCHEMA_VERSION if row is None else int(row[0]))
                     state = c.execute("SELECT value FROM meta WHERE key=?", (_OPEN_STATE_KEY,)).fetchone()
-                    if state is None or state[0] != "open":  # (fsync'd: a power loss from now on finds 'open')
+                    changed = (c.execute("PRAGMA schema_version").fetchone()[0] != schema0  # a new file, new tables
+                               or (row is not None and int(row[0]) < RECORDS_SCHEMA_VERSION))  # a migration
+                    if changed:
                         self.set_meta(c, _OPEN_STATE_KEY, "open")
+                self._opening = False
+                self._marked = changed
                 if reason is None:
                     reason = self._open_check_reason(alone, is_new, state, short)
             elif short:
@@ -353,8 +362,11 @@ class SQLiteRecordStore(RecordStore):
           ran the check if it was due; SQLite's write-ahead log keeps the file consistent when one of several
           processes is killed, and the check is for the damage a whole-machine crash can leave.
         * No other handle: run it unless the last handle closed cleanly ('closed' in meta, written by the close
-          that found no other handle). 'open' means the last process holding the file ended without a clean
-          close (killed, crashed, power loss); a missing mark, that a version before this one wrote the file.
+          that found no other handle). 'open' means a handle changed the file and the last process holding it
+          ended without a clean close (killed, crashed, power loss); a missing mark, that a version before this
+          one wrote the file. A handle that changed nothing leaves 'closed' as it was: nothing of it can be
+          damaged. The mark rides in the commit of the handle's first change: a checkpoint or a later fsync'd
+          commit carries it to the disk before anything else of that handle's (the log replays in order).
         """
         if short is not None:
             return short
@@ -393,13 +405,20 @@ class SQLiteRecordStore(RecordStore):
                     yield c
                 return
             c.execute("BEGIN IMMEDIATE")
+            changes = c.total_changes
             try:
                 yield c
                 self._flush_lazy(c)
+                # (not the open's own transaction: its schema upsert counts as a change but writes nothing)
+                marking = not self._marked and not self._opening and c.total_changes != changes
+                if marking:  # this handle's first change to the file carries the mark (see _open_check_reason)
+                    self.set_meta(c, _OPEN_STATE_KEY, "open")
                 c.execute("COMMIT")
             except BaseException:
                 c.execute("ROLLBACK")
                 raise
+            if marking:
+                self._marked = True
 
     @contextmanager
     def _savepoint(self, c: sqlite3.Connection) -> Iterator[None]:
@@ -497,7 +516,13 @@ class SQLiteRecordStore(RecordStore):
         if not self._handles.try_exclusive():
             return
         try:
-            with self.transaction() as c:
+            state = self._conn.execute("SELECT value FROM meta WHERE key=?", (_OPEN_STATE_KEY,)).fetchone()
+            if state is not None and state[0] == "closed":  # nothing was written since the last clean close
+                return
+            self._marked = True  # (this write must not put 'open' back)
+            # (not fsync'd here: the checkpoint of the connection's close syncs it; a mark lost to a power loss
+            # leaves 'open', and the next open checks)
+            with self.derived_transaction() as c:
                 self.set_meta(c, _OPEN_STATE_KEY, "closed")
         except sqlite3.Error as exc:  # the file cannot take the write: the next open checks it
             log.warning("records database %s: could not record a clean close (%s)", self.path, exc)
@@ -975,6 +1000,9 @@ class SQLiteRecordStore(RecordStore):
     def vacuum(self) -> None:
         with self._lock:
             self.flush()
+            if not self._marked:  # VACUUM rewrites the file outside any transaction(): the mark first
+                with self.transaction() as c:
+                    self.set_meta(c, _OPEN_STATE_KEY, "open")
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._conn.execute("VACUUM")
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -1203,10 +1231,15 @@ class SQLiteRecordStore(RecordStore):
             c.execute("BEGIN IMMEDIATE")
             try:
                 h = self.append_event(c, at, actor, op, item_id, outcome=outcome, detail=dict(detail))
+                marking = not self._marked  # (a change: see transaction())
+                if marking:
+                    self.set_meta(c, _OPEN_STATE_KEY, "open")
                 c.execute("COMMIT")
             except BaseException:
                 c.execute("ROLLBACK")
                 raise
+            if marking:
+                self._marked = True
         return h
 
     def event_counter(self) -> int | None:
