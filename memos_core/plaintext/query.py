@@ -47,10 +47,18 @@ class QueryPlan:
     #: the query without the names in ``entities`` (``None`` for a pasted dialogue or a query naming no one: the
     #: topical leg then stays out, measured as the better choice on the assistant-style sets)
     topic: str | None = None
+    #: what the embedder sees when it is not ``text``: a pasted transcript between two or more people, none of them
+    #: the assistant, without its speaker tags (``None`` otherwise; see :func:`analyze_query`)
+    embed_text: str | None = None
 
     @property
     def is_dialogue(self) -> bool:
         return len(self.turns) >= 2
+
+    @property
+    def dense_text(self) -> str:
+        """The text the query vector is computed from."""
+        return self.embed_text or self.text
 
 
 def _parse_dialogue(q: str) -> list[tuple[str | None, str]]:
@@ -89,6 +97,7 @@ def analyze_query(query: str) -> QueryPlan:
     else:
         text = " ".join(query.split())
         focus = None
+        with_assistant = False
         bodies = [text]
     ents: dict[str, None] = {}
     for s, _ in turns:
@@ -103,8 +112,15 @@ def analyze_query(query: str) -> QueryPlan:
             if len(word) > 1 and word not in STOPWORDS and word not in ASSISTANT_NAMES:
                 ents.setdefault(word, None)
     entities = tuple(ents)[:16]
+    # A transcript between people (two or more speakers, none of them the assistant): MiniLM's vector of "Leo: ...
+    # Maya: ... Leo: ..." is dominated by the speakers' names, so every turn of Leo's or Maya's looks alike to it;
+    # the turns' own words find the turn the talk is about (the names still count through BM25 and the entity
+    # bonus). A user <-> assistant chat, or one person's messages, keeps its tags: there the user's name is what
+    # keeps another person's memories away (measured: README, "Tried in issue 15, session 8").
+    between_people = not with_assistant and len({s.lower() for s, _ in turns if s}) >= 2
+    embed_text = " ".join(t for _, t in turns) if between_people else None
     return QueryPlan(text=text or query, focus=focus, entities=entities, turns=tuple(turns),
-                     topic=None if turns else topic_of(text, entities))
+                     topic=None if turns else topic_of(text, entities), embed_text=embed_text or None)
 
 
 def topic_of(text: str, entities: tuple[str, ...]) -> str | None:

@@ -170,7 +170,7 @@ class Retriever:
     # ------------------------------------------------------------------ the query vector
     def query_key(self, plan: QueryPlan) -> tuple[str, str | None, float]:
         fw = self.config.focus_weight
-        return (plan.text, plan.focus if fw > 0 else None, fw)
+        return (plan.dense_text, plan.focus if fw > 0 else None, fw)
 
     def query_vector(self, plan: QueryPlan, *, with_topic: bool = True) -> np.ndarray:
         """The query embedding: the normalised query, plus its last user turn when it is a dialogue.
@@ -182,7 +182,7 @@ class Retriever:
         with the same embedder cached), nothing written, and the name-free question still embedded in the same
         call as the query, once."""
         key = self.query_key(plan)
-        _, focus, fw = key
+        text, focus, fw = key
         embedder = self.embedder
 
         size = self.config.query_cache
@@ -191,7 +191,7 @@ class Retriever:
 
         def compute() -> np.ndarray:
             if focus:
-                v = (many or embedder.embed_documents)([plan.text, focus])
+                v = (many or embedder.embed_documents)([text, focus])
                 qvec = v[0] + fw * v[1]
                 return qvec / max(float(np.linalg.norm(qvec)), 1e-12)
             if topic and many is not None:
@@ -202,14 +202,14 @@ class Retriever:
                     # leg"), where a second call would double the query's embedding time. Handed to
                     # :meth:`topical` on this thread, and kept in the query cache (when this cube has one) for the
                     # next search with the same question.
-                    v = many([plan.text, topic])
+                    v = many([text, topic])
                     _TOPIC_VEC.last = (embedder, topic, v[1])
                     if size > 0:
                         cached_query_vector(embedder, ("topic", topic), lambda: v[1], size)
                     return v[0]
                 # cached: handed to :meth:`topical` as it is now (an eviction meanwhile must not embed it again)
                 _TOPIC_VEC.last = (embedder, topic, known)
-            return embedder.embed_query(plan.text)
+            return embedder.embed_query(text)
 
         return cached_query_vector(embedder, key, compute, size)
 
