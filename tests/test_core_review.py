@@ -86,7 +86,7 @@ def test_a_forget_while_the_background_thread_embeds_the_memory_leaves_nothing(t
     entered = threading.Event()
 
     def embed(texts: list[str]) -> np.ndarray:
-        if any("zorblaxian" in t for t in texts) and threading.current_thread().name.startswith("memos-index"):
+        if any("zorblaxian" in t for t in texts) and threading.current_thread().name.startswith("memos-embed"):
             entered.set()  # the background job listed the secret; it stores the vector after the forget committed
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
