@@ -80,6 +80,10 @@ def check_messages(messages: Any, what: str) -> list[ChatMessage]:
                 "ChatMessage(role='user', content=...)"
             )
         check_text(message_text(m), f"{what}: item {i} text")  # ValidationError for a lone surrogate
+        try:  # the chat history stores each message as JSON: refuse one it cannot store before anything is written
+            m.model_dump_json()
+        except ValueError as exc:  # (pydantic's PydanticSerializationError, e.g. a lone surrogate in additional_kwargs)
+            raise ValidationError(f"{what}: item {i} cannot be stored in the chat history as JSON: {exc}") from None
     return list(messages)
 
 

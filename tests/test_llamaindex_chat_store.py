@@ -123,3 +123,22 @@ def test_memos_memory_history_without_uri_matches_one_with_the_sql_store(tmp_pat
         assert plain.to_dict()["chat_history"] == [m.model_dump(mode="json") for m in active]
         plain.reset()
         assert plain.get_all() == []
+
+
+def test_a_message_the_history_cannot_store_is_refused_before_anything_is_written(tmp_path) -> None:
+    """A message whose extra fields cannot be stored as JSON (a lone surrogate in ``additional_kwargs``) is a typed
+    ValidationError up front: neither long-term memory nor the chat history gets half of the put."""
+    from memos_core import MemOS, ValidationError
+    from memos_llamaindex.memory import MemOSMemory
+
+    from conftest import hashed_embed
+
+    with MemOS(tmp_path / "m", embedder=hashed_embed) as mem:
+        memory = MemOSMemory.from_memos(mem, user_id="ann")
+        bad = ChatMessage(role="user", content="My cat is called Pixel", additional_kwargs={"name": "\ud800"})
+        with pytest.raises(ValidationError, match="item 0 cannot be stored in the chat history"):
+            memory.put(bad)
+        with pytest.raises(ValidationError):
+            asyncio.run(memory.aput_messages([ChatMessage(role="user", content="fine"), bad]))
+        assert memory.get_all() == []
+        assert mem.search("Pixel cat", user_id="ann", k=5) == []
