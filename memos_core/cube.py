@@ -1956,32 +1956,29 @@ class _IndexView:
         return repr(self._inner)
 
 
-_INDEX_POOL: ThreadPoolExecutor | None = None
+_POOLS: dict[str, ThreadPoolExecutor] = {}  # one single-thread pool per background purpose, by thread name
+
+
+def _single_thread_pool(name: str) -> ThreadPoolExecutor:
+    pool = _POOLS.get(name)
+    if pool is None:
+        with _POOL_LOCK:
+            pool = _POOLS.get(name)
+            if pool is None:
+                pool = _POOLS[name] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+    return pool
 
 
 def _index_pool() -> ThreadPoolExecutor:
     """One background thread per process for deferred vector-index batches (created on first use)."""
-    global _INDEX_POOL
-    if _INDEX_POOL is None:
-        with _POOL_LOCK:
-            if _INDEX_POOL is None:
-                _INDEX_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memos-index")
-    return _INDEX_POOL
-
-
-_EMBED_POOL: ThreadPoolExecutor | None = None
+    return _single_thread_pool("memos-index")
 
 
 def _embed_pool() -> ThreadPoolExecutor:
     """One background thread per process for deferred embeddings (created on first use). Not the vector-index
     thread: behind an index batch (a Chroma upsert of up to :data:`_DEFER_MAX` rows) the embedder would sit idle
     while rows wait for it; on their own threads the two overlap."""
-    global _EMBED_POOL
-    if _EMBED_POOL is None:
-        with _POOL_LOCK:
-            if _EMBED_POOL is None:
-                _EMBED_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memos-embed")
-    return _EMBED_POOL
+    return _single_thread_pool("memos-embed")
 
 
 _CHROMA_WARM: list[threading.Thread] = []

@@ -96,8 +96,7 @@ def _after_in_child() -> None:
     mods = sys.modules
     cube = mods.get("memos_core.cube")
     if cube is not None:
-        cube._INDEX_POOL = None
-        cube._EMBED_POOL = None
+        cube._POOLS = {}
         cube._POOL_LOCK = threading.Lock()
         cube._PRELOAD_LOCK = threading.Lock()
     retrieval = mods.get("memos_core.plaintext.retrieval")
