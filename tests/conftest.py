@@ -26,6 +26,19 @@ FAKE_DIM = 64
 _WORD = re.compile(r"[a-z0-9]+")
 
 
+def load_benchmark(name: str) -> Any:
+    """``benchmarks/<name>.py`` loaded as a module (the folder is not a package), a fresh copy per call."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_under_test", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def _bucket(word: str, dim: int) -> int:
     return int.from_bytes(hashlib.blake2b(word.encode("utf-8"), digest_size=4).digest(), "little") % dim
 

@@ -3,22 +3,14 @@ their README rows say, and the per-query oracle is an upper bound of the shipped
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+from conftest import load_benchmark
 
-ROOT = Path(__file__).resolve().parent.parent
 DIALOGUE = ('<Bart>: "My mom said we cannot go to the zoo." <Assistant>: "Oh no, that is a pity! What happened?" '
             '<Bart>: "It rained all day and mom was sad too."')
 
 
 def _tune_fusion():
-    spec = importlib.util.spec_from_file_location("tune_fusion_dialogue_under_test", ROOT / "benchmarks" / "tune_fusion.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("tune_fusion")
 
 
 def _cand(key: int, text: str, dense: float, lexical: float | None, hit: bool = False) -> dict:

@@ -4,22 +4,13 @@ as a fresh collection would compute them, and rows whose topic did not change ar
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import load_benchmark
 
 
 def _tune_fusion():
-    spec = importlib.util.spec_from_file_location("tune_fusion_under_test", ROOT / "benchmarks" / "tune_fusion.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("tune_fusion")
 
 
 class _Vectors:
