@@ -1,0 +1,280 @@
+"""Issue 15 experiment: rerank the shipped hybrid's top K with a small causal LM that reads query and memory together.
+
+    python benchmarks/lm_rerank.py --sets madial synthetic people_qa [--fresh 101 102] [--model smollm2] [--k 20]
+        [--every 3] [--cache /tmp/memos-lmr]
+
+For every query of a set: the shipped hybrid's top K (K = 20; K = 10 is its prefix) from the candidates the cube's
+own code gathers (``tune_fusion.collect``: kept as JSON in the cache folder, so reruns are cheap), each scored
+zero-shot by the LM in three forms (kept in the cache folder too, per model, set and query):
+
+* ``cond``: mean log P(memory tokens | a prompt holding the query) -- "A memory this brings to mind:";
+* ``pmi``: ``cond`` minus the mean log P(memory tokens | the same prompt without the query) (the memory's prior,
+  one pass per distinct memory text);
+* ``ql``: log P(query focus | a prompt holding the memory) -- the focus being the last user turn of a pasted
+  dialogue (the last turn of a transcript) or the whole question.
+
+``cond``/``pmi`` run one forward over the shared prefix and reuse its KV cache for the K candidates (right-padded:
+a causal model's real tokens never see the padding after them); ``ql`` batches the K (memory, focus) texts.
+torch uses one thread. Combined as ``final = fused + w * z(LM score over the K)`` (``fused``: the shipped fusion's
+score in standard deviations), reordering only inside the top K. ``w`` and the form are to be chosen on the tuning
+sets (``tune_fusion.TUNE``: synthetic, people-QA); MADial, the assistant set and the fresh seeds are only reported.
+Nothing here sees insertion order: the candidates are ordered by the shipped fusion, the LM sees texts only.
+
+``--every N`` scores every Nth query of the generated sets (MADial always whole) to bound CPU time; the report says
+how many queries each figure is over and the search latency the LM adds per query (ms, and as a ratio to the plain
+hybrid search measured on the same machine, ``--latency``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import tune_fusion as tf  # noqa: E402
+from memos_core.cube import RetrievalConfig  # noqa: E402
+from memos_core.plaintext import analyze_query  # noqa: E402
+from memos_core.plaintext.fusion import fuse  # noqa: E402
+from memos_core.plaintext.query import ASSISTANT_NAMES  # noqa: E402
+
+FORMS = ("cond", "pmi", "ql")
+WEIGHTS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+CUE = "A memory this brings to mind:"
+
+
+def memory_text(text: str) -> str:
+    """A candidate's text as the LM reads it: without the index's ``memory:`` tag."""
+    t = text.strip()
+    return t[len("memory:"):].strip() if t.lower().startswith("memory:") else t
+
+
+def query_context(query: str) -> str:
+    plan = analyze_query(query)
+    if plan.is_dialogue:
+        return "\n".join(f"{s}: {t}" if s else t for s, t in plan.turns)
+    return f"Question: {plan.text}"
+
+
+def query_focus(query: str) -> str:
+    """What ``ql`` scores: the last user turn of a dialogue (the last turn of a transcript between people), or
+    the question itself."""
+    plan = analyze_query(query)
+    if not plan.is_dialogue:
+        return plan.text
+    users = [t for s, t in plan.turns if s and s.lower() not in ASSISTANT_NAMES]
+    return users[-1] if users else plan.turns[-1][1]
+
+
+class Scorer:
+    """Zero-shot LM scores of (query, memory) pairs. ``model``: ``smollm2`` or ``gemma3-270m``."""
+
+    def __init__(self, model: str = "smollm2", max_context: int = 384, dtype: str = "bfloat16") -> None:
+        import torch
+
+        from memos_core.activation.models import load_gemma3_270m, load_smollm2
+
+        torch.set_num_threads(1)
+        self.torch = torch
+        # bfloat16 halves the time on a CPU with AMX/AVX-512 bf16; measured on one MADial query: the same order of
+        # the 20 candidates as float32, scores correlated 0.9998 (logits are read back as float32)
+        self.model, self.tok = (load_smollm2(dtype=dtype) if model == "smollm2" else load_gemma3_270m(dtype=dtype))
+        self.bos = [self.tok.bos_token_id] if model != "smollm2" and self.tok.bos_token_id is not None else []
+        self.max_context = max_context
+        self.prior_cache: dict[str, float] = {}
+
+    def ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def _conts(self, prefix_ids: list[int], conts: list[list[int]]) -> list[float]:
+        """Mean log-probability of each continuation after ``prefix_ids`` (one prefix pass, its KV cache reused)."""
+        torch = self.torch
+        with torch.no_grad():
+            out = self.model(input_ids=torch.tensor([prefix_ids]), use_cache=True)
+            last = torch.log_softmax(out.logits[0, -1].float(), -1)
+            cache = out.past_key_values
+            n = len(conts)
+            cache.batch_repeat_interleave(n)
+            width = max(len(c) for c in conts)
+            pad = [c + [0] * (width - len(c)) for c in conts]
+            ids = torch.tensor(pad)
+            pos = torch.arange(len(prefix_ids), len(prefix_ids) + width)[None].expand(n, -1)
+            logits = self.model(input_ids=ids, past_key_values=cache, position_ids=pos, use_cache=False).logits
+            lp = torch.log_softmax(logits.float(), -1)
+        res = []
+        for i, c in enumerate(conts):
+            s = float(last[c[0]])
+            if len(c) > 1:
+                s += float(lp[i, torch.arange(len(c) - 1), torch.tensor(c[1:])].sum())
+            res.append(s / len(c))
+        return res
+
+    def cond(self, context: str, memories: list[str]) -> list[float]:
+        ctx = self.ids(context)[-self.max_context:]
+        prefix = self.bos + ctx + self.ids("\n\n" + CUE)
+        return self._conts(prefix, [self.ids(" " + m) for m in memories])
+
+    def prior(self, memories: list[str]) -> list[float]:
+        todo = [m for m in dict.fromkeys(memories) if m not in self.prior_cache]
+        if todo:
+            for m, v in zip(todo, self._conts(self.bos + self.ids(CUE), [self.ids(" " + m) for m in todo])):
+                self.prior_cache[m] = v
+        return [self.prior_cache[m] for m in memories]
+
+    def ql(self, focus: str, memories: list[str]) -> list[float]:
+        """log P(focus | "Memory: m\\n\\nNext message:") per memory (summed over the focus' tokens), batched with
+        left padding."""
+        torch = self.torch
+        f_ids = self.ids(" " + focus)[:96]
+        seqs = [self.bos + self.ids("Memory: " + m)[-96:] + self.ids("\n\nWhat someone says next:") for m in memories]
+        width = max(len(s) for s in seqs) + len(f_ids)
+        ids = torch.zeros((len(seqs), width), dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            full = s + f_ids
+            ids[i, width - len(full):] = torch.tensor(full)
+            mask[i, width - len(full):] = 1
+        pos = (mask.cumsum(1) - 1).clamp(min=0)
+        with torch.no_grad():
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+            lp = torch.log_softmax(logits[:, -len(f_ids) - 1:-1].float(), -1)
+            tgt = torch.tensor(f_ids)[None].expand(len(seqs), -1)
+            return lp.gather(2, tgt[..., None])[..., 0].sum(1).tolist()
+
+
+def shipped(row: dict[str, Any], cfg: RetrievalConfig) -> list[tuple[Any, float]]:
+    """The shipped fusion's (key, fused score) best first."""
+    c = tf.to_candidates(row, tf.shipped_topical(cfg))
+    return [(key, z) for key, z, *_ in fuse(c, analyze_query(row["query"]), cfg)]
+
+
+def score_set(name: str, rows: list[dict[str, Any]], scorer: Scorer, cache: Path, k: int, every: int,
+              forms: tuple[str, ...]) -> dict[int, dict[str, Any]]:
+    """LM scores of the top ``k`` of every ``every``-th query (kept in ``cache``; only missing ones computed)."""
+    path = cache / f"{name}.lm.json"
+    kept: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    cfg = RetrievalConfig()
+    done = 0
+    t_start = time.time()
+    for i, row in enumerate(rows):
+        if name != "madial" and i % every:
+            continue
+        top = shipped(row, cfg)[:k]
+        keys = [key for key, _ in top]
+        entry = kept.get(str(i))
+        if entry and entry.get("keys") == keys and all(f in entry for f in forms):
+            continue
+        entry = entry if entry and entry.get("keys") == keys else {"keys": keys, "ms": {}}
+        texts = {c["key"]: memory_text(c["text"]) for c in row["cands"]}
+        mems = [texts[key] for key in keys]
+        if "cond" in forms or "pmi" in forms:
+            t0 = time.perf_counter()
+            entry["cond"] = scorer.cond(query_context(row["query"]), mems)
+            entry["ms"]["cond"] = (time.perf_counter() - t0) * 1000
+            t0 = time.perf_counter()
+            entry["pmi"] = [a - b for a, b in zip(entry["cond"], scorer.prior(mems))]
+            entry["ms"]["prior"] = (time.perf_counter() - t0) * 1000
+        if "ql" in forms:
+            t0 = time.perf_counter()
+            entry["ql"] = scorer.ql(query_focus(row["query"]), mems)
+            entry["ms"]["ql"] = (time.perf_counter() - t0) * 1000
+        kept[str(i)] = entry
+        done += 1
+        if done % 20 == 0:
+            path.write_text(json.dumps(kept))
+            print(f"  {name}: {done} queries scored ({time.time() - t_start:.0f}s)", file=sys.stderr, flush=True)
+    path.write_text(json.dumps(kept))
+    return {int(i): e for i, e in kept.items()}
+
+
+def _z(v: np.ndarray) -> np.ndarray:
+    sd = float(v.std())
+    return (v - v.mean()) / sd if sd > 1e-12 else np.zeros_like(v)
+
+
+def evaluate(rows: list[dict[str, Any]], lm: dict[int, dict[str, Any]], form: str | None, w: float,
+             k: int) -> dict[str, float]:
+    """any@1/5/10/20 over the scored queries with ``final = fused + w * z(form)`` inside the top ``k``
+    (``form=None``: the shipped order; ``w=inf``: the LM's order alone inside the top ``k``)."""
+    cfg = RetrievalConfig()
+    hits = {n: 0 for n in (1, 5, 10, 20)}
+    for i, entry in lm.items():
+        row = rows[i]
+        label = {c["key"]: c["hit"] for c in row["cands"]}
+        order = shipped(row, cfg)
+        if form is not None:
+            head = order[:k]
+            assert [key for key, _ in head] == entry["keys"][:k], "cached LM scores are for another candidate order"
+            lms = _z(np.array(entry[form][:k]))
+            fused = np.array([z for _, z in head])
+            final = lms if math.isinf(w) else fused + w * lms
+            head = [head[j] for j in np.argsort(-final, kind="stable")]
+            order = head + order[k:]
+        keys = [key for key, _ in order]
+        for n in hits:
+            hits[n] += any(label[key] for key in keys[:n])
+    m = max(len(lm), 1)
+    return {f"any@{n}": round(v / m, 3) for n, v in hits.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cache", default="/tmp/memos-lmr")
+    ap.add_argument("--sets", nargs="*", default=["madial", "synthetic", "people_qa"])
+    ap.add_argument("--fresh", nargs="*", type=int, default=[])
+    ap.add_argument("--model", default="smollm2", choices=("smollm2", "gemma3-270m"))
+    ap.add_argument("--k", type=int, default=20)
+    ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    ap.add_argument("--every", type=int, default=1, help="score every Nth query of the generated sets")
+    ap.add_argument("--forms", nargs="*", default=list(FORMS))
+    ap.add_argument("--report-only", action="store_true", help="no LM runs: report what the cache holds")
+    args = ap.parse_args()
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    vectors = tf._CachedVectors(cache / "vectors.npz")
+    paths = {**{n: tf.SETS[n] for n in args.sets if n in tf.SETS}, **tf.fresh_sets(args.fresh, cache)}
+    paths.update({n: cache / f"{n}.json" for n in args.sets if n not in tf.SETS})
+    rows = {n: tf.collect(n, p, cache, vectors) for n, p in paths.items()}
+    vectors.save()
+    lm_cache = cache / f"lm-{args.model}-{args.dtype}"
+    lm_cache.mkdir(exist_ok=True)
+    scorer = None if args.report_only else Scorer(args.model, dtype=args.dtype)
+    report: dict[str, Any] = {}
+    for name, rs in rows.items():
+        if scorer is not None:
+            lm = score_set(name, rs, scorer, lm_cache, args.k, args.every, tuple(args.forms))
+        else:
+            p = lm_cache / f"{name}.lm.json"
+            lm = {int(i): e for i, e in json.loads(p.read_text()).items()} if p.exists() else {}
+        lm = {i: e for i, e in lm.items() if all(f in e for f in args.forms)}
+        if not lm:
+            continue
+        res: dict[str, Any] = {"role": tf.role(name), "queries": len(lm), "shipped": evaluate(rs, lm, None, 0, 0)}
+        for form in args.forms:
+            for k in (10, args.k) if args.k != 10 else (10,):
+                for w in (*WEIGHTS, math.inf):
+                    res[f"{form} K={k} w={w}"] = evaluate(rs, lm, form, w, k)
+        ms = {f: float(np.mean([e["ms"].get(f, 0.0) for e in lm.values()])) for f in ("cond", "prior", "ql")}
+        res["lm_ms_per_query"] = {f: round(v, 1) for f, v in ms.items()}
+        report[name] = res
+        print(name, res["role"], f"queries {len(lm)}", "shipped", res["shipped"], "ms", res["lm_ms_per_query"],
+              flush=True)
+    (cache / f"report-{args.model}.json").write_text(json.dumps(report, indent=1))
+    # one line per variant: any@1/5/10 on every set
+    variants = [v for v in next(iter(report.values()), {}) if v.startswith(tuple(args.forms))]
+    for v in ["shipped", *variants]:
+        print(f"{v:<22}" + "  ".join(f"{n} " + "/".join(f"{r[v][f'any@{x}']:.3f}" for x in (1, 5, 10))
+                                     for n, r in report.items()))
+
+
+if __name__ == "__main__":
+    main()
