@@ -642,11 +642,11 @@ class MemCube:
 
     def _embed_items(self, items: Sequence[MemoryItem], embed: Callable[[list[str]], np.ndarray] | None = None
                      ) -> tuple[np.ndarray, list[bytes]]:
-        """The embeddings of ``items``' index texts and their topic vectors (see :meth:`_topic_blobs`), in one
-        embedder call (``embed``: default :meth:`_embed`)."""
+        """The embeddings of ``items``' dense texts (:func:`_dense_texts`) and their topic vectors (see
+        :meth:`_topic_blobs`), in one embedder call (``embed``: default :meth:`_embed`)."""
         topics = _topic_texts(items)
         extra = [t for t in topics if t is not None]
-        vecs = (embed or self._embed)([it.index_text or it.content for it in items] + extra)
+        vecs = (embed or self._embed)(_dense_texts(items) + extra)
         return vecs[:len(items)], _topic_blobs(topics, vecs[len(items):])
 
     def _topic_blobs(self, items: Sequence[MemoryItem]) -> list[bytes]:
@@ -858,9 +858,12 @@ class MemCube:
                 items = self.records.get_many_by_rowid([r for r, _ in rows])
                 with_item = [(r, items[r]) for r, _ in rows if r in items]
                 topics = dict(zip((r for r, _ in with_item), _topic_texts([it for _, it in with_item])))
+                # each row's dense text is cut from the indexed text it was listed with (put_embeddings below
+                # still checks that text: a row changed meanwhile is skipped)
+                dense = [(r, _dense_text(t, items[r].content) if r in items else t) for r, t in rows]
                 # a caller beside the background thread: one core of its own (the same batching and session)
                 with one_core() if beside and not one_core_active() else nullcontext():
-                    got = self._embed_rows(rows + [(-r, t) for r, t in topics.items() if t is not None], one_by_one)
+                    got = self._embed_rows(dense + [(-r, t) for r, t in topics.items() if t is not None], one_by_one)
                 refused.update((r, t) for r, t in rows if r not in got)
                 put_topics = [(r, items[r].version, b"" if topics[r] is None else
                                np.asarray(got[-r], dtype=np.float32).tobytes())
@@ -1772,6 +1775,19 @@ class MemCube:
                         back = _S.ARCHIVED
                     break
             return self.transition(item_id, back, actor=actor, reason=reason or "legal hold lifted")
+
+
+def _dense_text(index_text: str, content: str) -> str:
+    """The text a memory's dense vector is embedded from: :func:`memos_core.reader.offline.dense_text` (the one
+    rule; BM25 indexes the whole ``index_text``)."""
+    from .reader.offline import dense_text
+
+    return dense_text(index_text, content)
+
+
+def _dense_texts(items: Sequence[MemoryItem]) -> list[str]:
+    """:func:`_dense_text` of each item (its index text, or its content when it has none)."""
+    return [_dense_text(it.index_text or it.content, it.content) for it in items]
 
 
 def _topic_texts(items: Sequence[MemoryItem]) -> list[str | None]:

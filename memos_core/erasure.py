@@ -429,7 +429,9 @@ class Erasure:
             work.append((rows[iid][0], new, versions, self.records.transitions(iid), indexed, vec))
         todo = [n for n, w in enumerate(work) if w[4] and w[5] is None]
         if todo:
-            vecs = self.cube._embed([work[n][1].index_text or work[n][1].content for n in todo])
+            from .cube import _dense_texts  # the one rule for the text a dense vector is embedded from
+
+            vecs = self.cube._embed(_dense_texts([work[n][1] for n in todo]))
             for n, vec in zip(todo, vecs):
                 work[n] = (*work[n][:5], vec)
         restored: list[tuple[int, MemoryItem]] = []

@@ -22,7 +22,7 @@ from ..items import MemoryKind, SourceKind, check_text, to_utc
 from ..plaintext.lexical import STOPWORDS as _STOP
 
 __all__ = ["Turn", "OfflineReader", "resolve_relative_dates", "coerce_turns", "reply_context", "turn_act",
-           "ACT_WEIGHTS", "topic_text"]
+           "ACT_WEIGHTS", "topic_text", "dense_text", "dense_variant", "split_index_text"]
 
 EXTRACTOR = "reader.offline/1"
 _CONTEXT_CHARS = 240
@@ -182,6 +182,99 @@ def topic_text(content: str, speaker: str | None = None) -> str:
         if content.startswith(tag) and content[len(tag):].strip():
             return content[len(tag):]
     return content
+
+
+_REPLY_OPEN = " (in reply to: "
+_DAY_HEAD = re.compile(r"\[([A-Za-z]+) (\d{1,2}) ([A-Za-z]+) (\d{4}) \((\d{4}-\d{2}-\d{2})\)\]")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def split_index_text(index_text: str, content: str) -> tuple[str, str, list[str]] | None:
+    """The parts of an index text the offline reader built for ``content``: ``(date head, content + resolved
+    relative dates, [quoted previous turns])``, e.g. ``("[Monday 8 May 2023 (2023-05-08)]", "Ann: Yes, twice!",
+    ["Bob: Have you been to Lisbon?"])``; ``None`` when ``index_text`` is not of that shape (a caller's own
+    index text, or one rewritten by redaction), which is then used as it is."""
+    head, body = "", index_text
+    if body.startswith("["):
+        end = body.find("] ")
+        if end > 0 and body[end + 2:].startswith(content):
+            head, body = body[:end + 1], body[end + 2:]
+    if not content or not body.startswith(content):
+        return None
+    rest = body[len(content):]
+    i = rest.find(_REPLY_OPEN)
+    if i < 0:
+        return head, body, []
+    quoted = rest[i + len(_REPLY_OPEN):]
+    if not quoted.endswith(")"):
+        return None
+    return head, content + rest[:i], quoted[:-1].split(")" + _REPLY_OPEN)
+
+
+def _quote_cut(quoted: str, mode: str) -> str | None:
+    """A quoted previous turn cut by ``mode`` (see :func:`dense_variant`); ``None`` drops it."""
+    if mode == "full":
+        return quoted
+    if mode == "none":
+        return None
+    question = "?" in quoted
+    if mode == "asked":  # its last sentence that asks something
+        asks = [p for p in _SENTENCE_END.split(quoted.strip()) if p.rstrip().endswith("?")]
+        return asks[-1] if asks else None
+    if mode.startswith("question"):
+        if not question:
+            return None
+        mode = mode[len("question"):].lstrip(":") or "full"
+        if mode == "full":
+            return quoted
+    if mode == "last_sentence":
+        parts = [p for p in _SENTENCE_END.split(quoted.strip()) if p.strip()]
+        return parts[-1] if parts else None
+    if mode.startswith("words:"):
+        words = quoted.split()
+        n = int(mode.split(":", 1)[1])
+        return " ".join(words[-n:]) if words and n > 0 else None
+    raise ValueError(f"unknown quote mode {mode!r}")
+
+
+def dense_variant(index_text: str, content: str, *, quote: str = "full", date: str = "full") -> str:
+    """``index_text`` with its quoted previous turn and its date head cut (an experiment's knob; the cube embeds
+    :func:`dense_text`). ``quote``: ``full`` | ``none`` | ``last_sentence`` | ``words:N`` (its last N words) |
+    ``question`` (kept only when it asks something: holds a "?") | ``question:last_sentence`` |
+    ``question:words:N`` | ``asked`` (its last sentence ending in "?", else dropped).
+    ``date``: ``full`` (``[Monday 8 May 2023 (2023-05-08)]``) | ``dmy`` (``[8 May 2023]``) | ``wdmy``
+    (``[Monday 8 May 2023]``) | ``iso`` (``[2023-05-08]``) | ``none``."""
+    parts = split_index_text(index_text, content)
+    if parts is None:
+        return index_text
+    head, body, quoted = parts
+    m = _DAY_HEAD.fullmatch(head) if head else None
+    if m is not None and date != "full":
+        wd, d, mon, y, iso = m.groups()
+        head = {"dmy": f"[{d} {mon} {y}]", "wdmy": f"[{wd} {d} {mon} {y}]", "iso": f"[{iso}]", "none": ""}[date]
+    out = [head] if head else []
+    out.append(body)
+    for q in quoted:
+        cut = _quote_cut(q, quote)
+        if cut is not None:
+            out.append(f"(in reply to: {cut})")
+    return " ".join(out)
+
+
+#: the cut :func:`dense_text` applies (see :func:`dense_variant`); chosen in issue 18 with
+#: ``benchmarks/compose_vectors.py`` (README "One memory per call")
+DENSE_QUOTE = "full"
+DENSE_DATE = "full"
+
+
+def dense_text(index_text: str, content: str) -> str:
+    """The text a memory's dense vector is embedded from: its index text (``index_text``; ``content`` when it has
+    none) with the cheap cut :data:`DENSE_QUOTE` / :data:`DENSE_DATE` applied to what the offline reader added
+    (the quoted previous turn, the date head). BM25 and the entity bonus keep the whole index text; every path
+    that embeds a memory (add, the deferred embedder, update, rollback, restore, ``reindex(reembed=True)``,
+    forget's re-derived neighbours) calls this one function (:meth:`memos_core.cube.MemCube._embed_items`), so
+    they agree. An index text not built by the offline reader is returned unchanged."""
+    return dense_variant(index_text, content, quote=DENSE_QUOTE, date=DENSE_DATE)
 
 
 # ---------------------------------------------------------------------------------------------- turn acts
