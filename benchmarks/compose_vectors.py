@@ -205,13 +205,16 @@ def variants() -> dict[str, tuple[tuple[Any, ...], Any]]:
 #: (quote, date) cuts of the index text measured as the dense text (issue 18 item 8)
 TEXT_CUTS = [("full", "dmy"), ("full", "none")] + [
     (q, "full") for q in ("none", "question", "asked", "words:8", "words:12", "words:16")] + [
-    (q, "dmy") for q in ("question", "asked", "words:12")]
+    (q, "dmy") for q in ("question", "asked", "words:12")] + [
+    (q, "none") for q in ("question", "asked", "none", "words:16", "q|words:8", "q|last_sentence")] + [
+    (q, "full") for q in ("q|words:8", "q|last_sentence", "q|words:12")] + [
+    (q, "full") for q in ("short8|question", "short12|question", "short8|none")]
 
 
 def _ensure(mems: list[dict[str, Any]], kind: str) -> None:
     """Fill ``m[kind]`` for a ``text:QUOTE|DATE`` kind: the memory's index text cut by :func:`dense_variant`."""
     if kind.startswith("text:") and mems and kind not in mems[0]:
-        quote, date = kind[len("text:"):].split("|")
+        quote, date = kind[len("text:"):].rsplit("|", 1)
         for m in mems:
             m[kind] = dense_variant(m["index"], m["tag"], quote=quote, date=date)
 
@@ -235,6 +238,8 @@ def tokens_per_turn(convs: list[dict[str, Any]], kinds: set[str], tok: Any, memo
         for m in conv["mems"]:
             turns += 1
             for kind in kinds - {"date", "speaker"}:
+                if kind == "own" and any(m.get(k) == m["own"] for k in kinds if k == "index" or k.startswith("text:")):
+                    continue  # the cube embeds it once: the topic vector is the embedding (b"")
                 if kind == "mixed":
                     total += 0 if "own" in kinds else n(m["own"])
                     total += n(m["dated"]) if m["prev"] is None else 0
@@ -375,7 +380,9 @@ def main() -> None:
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     vectors = _Seeded(cache / "vectors.npz", [Path(p) for p in args.seed_cache])
-    paths = {**{name: SETS[name] for name in args.sets}, **fresh_sets(args.fresh, cache)}
+    # a generated instance named like "assistant@202" is read from the cache folder (made by an earlier --fresh)
+    paths = {**{name: SETS[name] if name in SETS else cache / f"{name}.json" for name in args.sets},
+             **fresh_sets(args.fresh, cache)}
     tok = _tokenizer()
     memo: dict[str, int] = {}
     cfg = RetrievalConfig()

@@ -649,11 +649,14 @@ class MemCube:
         vecs = (embed or self._embed)(_dense_texts(items) + extra)
         return vecs[:len(items)], _topic_blobs(topics, vecs[len(items):])
 
-    def _topic_blobs(self, items: Sequence[MemoryItem]) -> list[bytes]:
+    def _topic_blobs(self, items: Sequence[MemoryItem], embedded_from: Sequence[str] | None = None) -> list[bytes]:
         """Each item's topic vector for :meth:`RecordStore.put_topics`: float32 bytes of the embedding of its own
-        words (:func:`memos_core.reader.offline.topic_text`), or ``b""`` when those are its index text (the topic
-        vector is then the embedding itself: nothing more is embedded)."""
-        topics = _topic_texts(items)
+        words (:func:`memos_core.reader.offline.topic_text`), or ``b""`` when those are the text its stored
+        embedding was made from (``embedded_from``; default its dense text): the topic vector is then the
+        embedding itself, nothing more is embedded. A caller that does not know which text an existing embedding
+        came from passes the index texts: ``b""`` then only where the own words are the whole index text, which
+        every rule embeds as it is."""
+        topics = _topic_texts(items, embedded_from)
         extra = [t for t in topics if t is not None]
         return _topic_blobs(topics, self._embed(extra) if extra else np.zeros((0, 0), np.float32))
 
@@ -670,7 +673,9 @@ class MemCube:
             todo = [(r, v, items[r]) for r, v in rows if r in items and items[r].version == v]
             skipped.update(r for r, v in rows if not (r in items and items[r].version == v))
             if todo:
-                blobs = self._topic_blobs([it for _, _, it in todo])
+                # embeddings stored before topic vectors (or whose topic text was refused): made from the index text
+                # by an older rule, or from the dense text; the index texts decide b"" safely for both
+                blobs = self._topic_blobs([it for _, _, it in todo], [it.index_text or it.content for _, _, it in todo])
                 with self.records.derived_transaction() as c:
                     self.records.put_topics(c, [(r, v, b) for (r, v, _), b in zip(todo, blobs)])
                 done += len(todo)
@@ -1790,15 +1795,16 @@ def _dense_texts(items: Sequence[MemoryItem]) -> list[str]:
     return [_dense_text(it.index_text or it.content, it.content) for it in items]
 
 
-def _topic_texts(items: Sequence[MemoryItem]) -> list[str | None]:
-    """Each item's own words (:func:`memos_core.reader.offline.topic_text`), or ``None`` where they are its index
-    text (its topic vector is then its embedding)."""
+def _topic_texts(items: Sequence[MemoryItem], embedded_from: Sequence[str] | None = None) -> list[str | None]:
+    """Each item's own words (:func:`memos_core.reader.offline.topic_text`), or ``None`` where they are the text
+    its embedding is made from (``embedded_from``; default its dense text, :func:`_dense_texts`): its topic vector
+    is then its embedding, and nothing is embedded twice."""
     from .reader.offline import topic_text
 
     out: list[str | None] = []
-    for it in items:
+    for it, dense in zip(items, _dense_texts(items) if embedded_from is None else embedded_from):
         t = topic_text(it.content, it.provenance.speaker if it.provenance is not None else None)
-        out.append(None if t == (it.index_text or it.content) else t)
+        out.append(None if t == dense else t)
     return out
 
 

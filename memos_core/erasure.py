@@ -416,6 +416,7 @@ class Erasure:
                 self.records.erase_item(c, rows[iid][0], iid)
         changed = [i for i in dict.fromkeys([*plan.rederive, *plan.unlink]) if i in rows]
         work = []
+        kept_topics: dict[str, bytes] = {}  # a kept embedding keeps its topic vector (made by the same rule)
         for iid in changed:
             item = self.records.get(iid)
             if item is None:  # pragma: no cover - read inside the same transaction
@@ -426,6 +427,9 @@ class Erasure:
             vec = None
             if indexed and iid not in plan.rederive:
                 vec = self.records.embedding(rows[iid][0])
+                blob = self.records.topic_vectors([rows[iid][0]]).get(rows[iid][0]) if vec is not None else None
+                if blob is not None:
+                    kept_topics[iid] = blob
             work.append((rows[iid][0], new, versions, self.records.transitions(iid), indexed, vec))
         todo = [n for n, w in enumerate(work) if w[4] and w[5] is None]
         if todo:
@@ -441,8 +445,12 @@ class Erasure:
             if indexed and vec is not None:
                 restored.append((r, new))
         if restored:  # their topic vectors (the memory's own words: no erased context) go with the embeddings
-            blobs = self.cube._topic_blobs([it for _, it in restored])
-            self.records.put_topics(c, [(r, it.version, b) for (r, it), b in zip(restored, blobs)])
+            fresh = [it for _, it in restored if it.id not in kept_topics]
+            # b"" only where the own words are the whole index text: right whichever text a kept embedding came from
+            made = dict(zip((it.id for it in fresh), self.cube._topic_blobs(fresh, [it.index_text or it.content
+                                                                                      for it in fresh]) if fresh else []))
+            self.records.put_topics(c, [(r, it.version, kept_topics[it.id] if it.id in kept_topics else made[it.id])
+                                        for r, it in restored])
 
     def _mark_pending(self, c: "Txn", ids: Sequence[str], drop_artifacts: bool) -> None:
         """Record (in the erasing transaction) the after-commit work :meth:`finish` still has to do."""

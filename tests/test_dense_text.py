@@ -180,3 +180,29 @@ def test_bundles_carry_the_stored_vectors(cut: None, tmp_path: Path) -> None:
         for i, v in want.items():
             assert np.allclose(stored(new, i), v, atol=1e-6)
             assert embedded_from(new, i) == "dense"
+
+
+def test_own_words_that_are_the_dense_text_are_embedded_once(cut: None, tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    def recording(texts: list[str]) -> np.ndarray:
+        seen.extend(texts)
+        return hashed_embed(texts)
+
+    spec = {"content": "I adopted a beagle.", "index_text": "[Monday 8 May 2023 (2023-05-08)] I adopted a beagle. "
+                                                            "(in reply to: Bob: got a pet?)"}
+    with MemCube(tmp_path / "c", embedder=recording, embed_sync="immediate") as cube:
+        seen.clear()
+        item = cube.add_many([spec])[0]
+        assert seen == ["I adopted a beagle."]  # the dense text is the own words: one text, not two
+        rowid = cube.records.rowid(item.id)
+        assert rowid is not None and cube.records.topic_vectors([rowid])[rowid] == b""
+        assert embedded_from(cube, item.id) == "dense"
+        # a stored embedding without a topic vector (a cube from before them) may come from the whole index text:
+        # its topic vector is then embedded from the own words, never taken to be that embedding
+        with cube.records.derived_transaction() as c:
+            c.execute("UPDATE embeddings SET topic=NULL")  # SQLite records (the default backend)
+        assert cube.records.missing_topics() == [(rowid, 1)]
+        assert cube._fill_topics() == 1
+        assert cube.records.topic_vectors([rowid])[rowid] == np.asarray(
+            cube._embed(["I adopted a beagle."])[0], dtype=np.float32).tobytes()

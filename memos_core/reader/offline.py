@@ -218,6 +218,8 @@ def _quote_cut(quoted: str, mode: str) -> str | None:
     if mode == "none":
         return None
     question = "?" in quoted
+    if mode.startswith("q|"):  # a question whole, anything else cut by the rest of the mode
+        return quoted if question else _quote_cut(quoted, mode[2:])
     if mode == "asked":  # its last sentence that asks something
         asks = [p for p in _SENTENCE_END.split(quoted.strip()) if p.rstrip().endswith("?")]
         return asks[-1] if asks else None
@@ -241,13 +243,17 @@ def dense_variant(index_text: str, content: str, *, quote: str = "full", date: s
     """``index_text`` with its quoted previous turn and its date head cut (an experiment's knob; the cube embeds
     :func:`dense_text`). ``quote``: ``full`` | ``none`` | ``last_sentence`` | ``words:N`` (its last N words) |
     ``question`` (kept only when it asks something: holds a "?") | ``question:last_sentence`` |
-    ``question:words:N`` | ``asked`` (its last sentence ending in "?", else dropped).
+    ``question:words:N`` | ``asked`` (its last sentence ending in "?", else dropped) | ``q|MODE`` (a question
+    whole, anything else cut by ``MODE``) | ``shortN|MODE`` (whole for a turn of at most N words, else ``MODE``).
     ``date``: ``full`` (``[Monday 8 May 2023 (2023-05-08)]``) | ``dmy`` (``[8 May 2023]``) | ``wdmy``
     (``[Monday 8 May 2023]``) | ``iso`` (``[2023-05-08]``) | ``none``."""
     parts = split_index_text(index_text, content)
     if parts is None:
         return index_text
     head, body, quoted = parts
+    if quote.startswith("short") and "|" in quote:  # a short turn keeps its context whole (an answer needs it)
+        limit, rest = quote[len("short"):].split("|", 1)
+        quote = "full" if len(content.split()) <= int(limit) + (1 if ": " in content else 0) else rest
     m = _DAY_HEAD.fullmatch(head) if head else None
     if m is not None and date != "full":
         wd, d, mon, y, iso = m.groups()
