@@ -49,7 +49,11 @@ from memos_core.plaintext.query import ASSISTANT_NAMES  # noqa: E402
 
 FORMS = ("cond", "pmi", "ql")
 WEIGHTS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
-CUE = "A memory this brings to mind:"
+#: the text between the query and the memory (``--prompt``): ``cue`` names what follows; ``recall`` lets the assistant
+#: bring the memory up as the next line of the conversation (how a memory-augmented chat would use it)
+PROMPTS = {"cue": ("\n\n", "A memory this brings to mind:"),
+           "recall": ("\n", "Assistant: That reminds me of something that happened before:")}
+CUE = PROMPTS["cue"][1]
 
 
 def memory_text(text: str) -> str:
@@ -78,7 +82,8 @@ def query_focus(query: str) -> str:
 class Scorer:
     """Zero-shot LM scores of (query, memory) pairs. ``model``: ``smollm2`` or ``gemma3-270m``."""
 
-    def __init__(self, model: str = "smollm2", max_context: int = 384, dtype: str = "bfloat16") -> None:
+    def __init__(self, model: str = "smollm2", max_context: int = 384, dtype: str = "bfloat16",
+                 prompt: str = "cue") -> None:
         import torch
 
         from memos_core.activation.models import load_gemma3_270m, load_smollm2
@@ -90,6 +95,7 @@ class Scorer:
         self.model, self.tok = (load_smollm2(dtype=dtype) if model == "smollm2" else load_gemma3_270m(dtype=dtype))
         self.bos = [self.tok.bos_token_id] if model != "smollm2" and self.tok.bos_token_id is not None else []
         self.max_context = max_context
+        self.sep, self.cue = PROMPTS[prompt]
         self.prior_cache: dict[str, float] = {}
 
     def ids(self, text: str) -> list[int]:
@@ -120,13 +126,13 @@ class Scorer:
 
     def cond(self, context: str, memories: list[str]) -> list[float]:
         ctx = self.ids(context)[-self.max_context:]
-        prefix = self.bos + ctx + self.ids("\n\n" + CUE)
+        prefix = self.bos + ctx + self.ids(self.sep + self.cue)
         return self._conts(prefix, [self.ids(" " + m) for m in memories])
 
     def prior(self, memories: list[str]) -> list[float]:
         todo = [m for m in dict.fromkeys(memories) if m not in self.prior_cache]
         if todo:
-            for m, v in zip(todo, self._conts(self.bos + self.ids(CUE), [self.ids(" " + m) for m in todo])):
+            for m, v in zip(todo, self._conts(self.bos + self.ids(self.cue), [self.ids(" " + m) for m in todo])):
                 self.prior_cache[m] = v
         return [self.prior_cache[m] for m in memories]
 
@@ -202,16 +208,19 @@ def _z(v: np.ndarray) -> np.ndarray:
 
 
 def evaluate(rows: list[dict[str, Any]], lm: dict[int, dict[str, Any]], form: str | None, w: float,
-             k: int) -> dict[str, float]:
+             k: int, only: str | None = None) -> dict[str, float]:
     """any@1/5/10/20 over the scored queries with ``final = fused + w * z(form)`` inside the top ``k``
-    (``form=None``: the shipped order; ``w=inf``: the LM's order alone inside the top ``k``)."""
+    (``form=None``: the shipped order; ``w=inf``: the LM's order alone inside the top ``k``; ``only="questions"``:
+    pasted dialogues keep the shipped order; ``only="named"``: only questions naming someone are reranked)."""
     cfg = RetrievalConfig()
     hits = {n: 0 for n in (1, 5, 10, 20)}
     for i, entry in lm.items():
         row = rows[i]
         label = {c["key"]: c["hit"] for c in row["cands"]}
         order = shipped(row, cfg)
-        if form is not None:
+        plan = analyze_query(row["query"])
+        skip = (only == "questions" and plan.is_dialogue) or (only == "named" and (plan.is_dialogue or not plan.entities))
+        if form is not None and not skip:
             head = order[:k]
             assert [key for key, _ in head] == entry["keys"][:k], "cached LM scores are for another candidate order"
             lms = _z(np.array(entry[form][:k]))
@@ -226,28 +235,79 @@ def evaluate(rows: list[dict[str, Any]], lm: dict[int, dict[str, Any]], form: st
     return {f"any@{n}": round(v / m, 3) for n, v in hits.items()}
 
 
+def latency(model: str, dtype: str, k: int, n_queries: int, conversations: int = 2) -> None:
+    """``--latency N``: the search time the ``ql`` reranker adds, measured in one process on one cube (people-QA's
+    first ``conversations`` conversations, the real embedder, ``query_cache=0``): for each of N questions, the
+    plain hybrid search of the top ``k`` (``cube.search``), then the LM's ``ql`` scores of those ``k``. Prints p50 /
+    p95 ms of the search alone and of search + LM, and their ratio."""
+    import tempfile
+
+    from memos_core.bench import retrieval as bench
+    from memos_core.cube import MemCube
+    from memos_core.reader.offline import OfflineReader
+
+    scorer = Scorer(model, dtype=dtype)
+    data = bench.load_dataset(tf.SETS["people_qa"])
+    with tempfile.TemporaryDirectory(prefix="memos-lmr-lat-") as tmp:
+        cube = MemCube(Path(tmp) / "c", retrieval=RetrievalConfig(query_cache=0))
+        qs = []
+        for ci, conv in enumerate(data["conversations"][:conversations]):
+            scope = bench.scope_of(ci, conv)
+            bench.ingest_conversation(cube, conv, scope, OfflineReader())
+            qs += [(q["text"], scope) for q in conv["queries"]]
+        cube.embedder.embed_query("warm up")
+        scorer.ql("warm up", ["warm up"])
+        plain, lm = [], []
+        for q, scope in qs[:n_queries]:
+            t0 = time.perf_counter()
+            hits = cube.search(q, k=k, user_id=scope, record_usage=False)
+            t1 = time.perf_counter()
+            scorer.ql(query_focus(q), [memory_text(h.item.content) for h in hits])
+            t2 = time.perf_counter()
+            plain.append((t1 - t0) * 1000)
+            lm.append((t2 - t0) * 1000)
+        cube.close()
+
+    def pct(v: list[float], p: float) -> float:
+        v = sorted(v)
+        return round(v[min(len(v) - 1, int(p * len(v)))], 1)
+    out = {"queries": len(plain), "k": k, "model": model, "dtype": dtype, "torch_threads": 1,
+           "hybrid_p50_ms": pct(plain, 0.5), "hybrid_p95_ms": pct(plain, 0.95),
+           "hybrid+ql_p50_ms": pct(lm, 0.5), "hybrid+ql_p95_ms": pct(lm, 0.95)}
+    out["ratio_p50"] = round(out["hybrid+ql_p50_ms"] / out["hybrid_p50_ms"], 1)
+    out["ratio_p95"] = round(out["hybrid+ql_p95_ms"] / out["hybrid_p95_ms"], 1)
+    print(json.dumps(out))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", default="/tmp/memos-lmr")
     ap.add_argument("--sets", nargs="*", default=["madial", "synthetic", "people_qa"])
     ap.add_argument("--fresh", nargs="*", type=int, default=[])
+    ap.add_argument("--tune-fresh", action="store_true", help="also the fresh assistant-style tuning instances")
     ap.add_argument("--model", default="smollm2", choices=("smollm2", "gemma3-270m"))
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    ap.add_argument("--prompt", default="cue", choices=tuple(PROMPTS))
     ap.add_argument("--every", type=int, default=1, help="score every Nth query of the generated sets")
     ap.add_argument("--forms", nargs="*", default=list(FORMS))
     ap.add_argument("--report-only", action="store_true", help="no LM runs: report what the cache holds")
+    ap.add_argument("--latency", type=int, metavar="N", default=0,
+                    help="only time N searches with and without the ql reranker (people-QA, one cube)")
     args = ap.parse_args()
+    if args.latency:
+        latency(args.model, args.dtype, args.k, args.latency)
+        return
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     vectors = tf._CachedVectors(cache / "vectors.npz")
-    paths = {**{n: tf.SETS[n] for n in args.sets if n in tf.SETS}, **tf.fresh_sets(args.fresh, cache)}
+    paths = {**{n: tf.SETS[n] for n in args.sets if n in tf.SETS}, **tf.fresh_sets(args.fresh, cache, args.tune_fresh)}
     paths.update({n: cache / f"{n}.json" for n in args.sets if n not in tf.SETS})
     rows = {n: tf.collect(n, p, cache, vectors) for n, p in paths.items()}
     vectors.save()
-    lm_cache = cache / f"lm-{args.model}-{args.dtype}"
+    lm_cache = cache / (f"lm-{args.model}-{args.dtype}" + ("" if args.prompt == "cue" else f"-{args.prompt}"))
     lm_cache.mkdir(exist_ok=True)
-    scorer = None if args.report_only else Scorer(args.model, dtype=args.dtype)
+    scorer = None if args.report_only else Scorer(args.model, dtype=args.dtype, prompt=args.prompt)
     report: dict[str, Any] = {}
     for name, rs in rows.items():
         if scorer is not None:
@@ -263,16 +323,18 @@ def main() -> None:
             for k in (10, args.k) if args.k != 10 else (10,):
                 for w in (*WEIGHTS, math.inf):
                     res[f"{form} K={k} w={w}"] = evaluate(rs, lm, form, w, k)
+                    for only in ("questions", "named"):
+                        res[f"{form}/{only} K={k} w={w}"] = evaluate(rs, lm, form, w, k, only=only)
         ms = {f: float(np.mean([e["ms"].get(f, 0.0) for e in lm.values()])) for f in ("cond", "prior", "ql")}
         res["lm_ms_per_query"] = {f: round(v, 1) for f, v in ms.items()}
         report[name] = res
         print(name, res["role"], f"queries {len(lm)}", "shipped", res["shipped"], "ms", res["lm_ms_per_query"],
               flush=True)
-    (cache / f"report-{args.model}.json").write_text(json.dumps(report, indent=1))
+    (lm_cache / "report.json").write_text(json.dumps(report, indent=1))
     # one line per variant: any@1/5/10 on every set
     variants = [v for v in next(iter(report.values()), {}) if v.startswith(tuple(args.forms))]
     for v in ["shipped", *variants]:
-        print(f"{v:<22}" + "  ".join(f"{n} " + "/".join(f"{r[v][f'any@{x}']:.3f}" for x in (1, 5, 10))
+        print(f"{v:<32}" + "  ".join(f"{n} " + "/".join(f"{r[v][f'any@{x}']:.3f}" for x in (1, 5, 10))
                                      for n, r in report.items()))
 
 
