@@ -118,30 +118,40 @@ def _settle_index(cube: Any, limit_s: float = 180.0) -> float:
             return time.perf_counter() - t0
 
 
-def _memos_os(work: Path, specs: list[dict[str, Any]], vecs: np.ndarray, embed_sync: str = "deferred") -> _System:
+def _memos_os(work: Path, specs: list[dict[str, Any]], vecs: np.ndarray, embed_sync: str = "deferred",
+              cut: tuple[str, str] | None = None) -> _System:
+    """``cut``: the (quote, date) cut of :func:`memos_core.reader.offline.dense_variant` this system's memories'
+    dense texts get (an experiment, ``--dense-cut``): set for the length of each of its blocks (every block ends
+    by waiting for its background embeddings), the shipped rule for every other system's."""
+    import memos_core.reader.offline as offline
     from memos_core import MemOS
     from memos_core.cube import MemCube
     from memos_core.embedding import CallableEmbedder, MiniLMEmbedder
 
     lookup = {s["content"]: v for s, v in zip(specs, vecs)}
     pre = CallableEmbedder(_lookup_embed(lookup, MiniLMEmbedder().embed_documents), name=MiniLMEmbedder.name, dim=384)
-    folder = work / ("os" if embed_sync == "deferred" else f"os-{embed_sync}")
+    folder = work / ("os" if embed_sync == "deferred" else f"os-{embed_sync}") if cut is None \
+        else work / f"os-cut-{cut[0]}-{cut[1]}".replace("|", "-").replace(":", "-")
+    shipped = (offline.DENSE_QUOTE, offline.DENSE_DATE)
     cube = MemCube(folder / "default", embedder=pre, name="default")
     for s in range(0, len(specs), 1000):
         cube.add_many(specs[s:s + 1000], progress=False)
     cube.close()
 
     class S(_System):
-        name = "memos_os" if embed_sync == "deferred" else "memos_os_inline"
+        name = ("memos_os" if embed_sync == "deferred" else "memos_os_inline") if cut is None \
+            else f"memos_os_cut[{cut[0]},{cut[1]}]"
 
         def __init__(self) -> None:
             # the default embedder and the default (deferred) vector sync; embed_sync as asked
             self.mem = MemOS(folder, embed_sync=embed_sync)
 
         def add(self, text: str, user: str) -> None:
+            offline.DENSE_QUOTE, offline.DENSE_DATE = cut or shipped
             self.mem.add(text, user_id=user)
 
         def drain(self) -> None:
+            offline.DENSE_QUOTE, offline.DENSE_DATE = cut or shipped
             for c in self.mem.cubes.values():
                 _drain_cube(c)
 
@@ -348,7 +358,8 @@ def _mem0(work: Path, specs: list[dict[str, Any]], vecs: np.ndarray) -> _System 
 
 
 def run(n: int, adds: int, block: int, mem0_site: str | None, workdir: str | None, systems: list[str],
-        log: Callable[[str], None], torch_threads: int | None = None) -> dict[str, Any]:
+        log: Callable[[str], None], torch_threads: int | None = None,
+        dense_cuts: list[tuple[str, str]] | None = None) -> dict[str, Any]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if torch_threads:  # PyTorch's default (all cores, busy-waiting) suffers most on a small shared machine
         import torch
@@ -388,6 +399,8 @@ def run(n: int, adds: int, block: int, mem0_site: str | None, workdir: str | Non
         "inmemory_onnx": lambda: _inmemory(specs, vecs, emb.embed_documents, "inmemory_onnx"),
         "mem0": lambda: _mem0(work, specs, vecs),
     }
+    for cut in dense_cuts or []:
+        builders[f"memos_os_cut[{cut[0]},{cut[1]}]"] = lambda cut=cut: _memos_os(work, specs, vecs, cut=cut)
     for name in systems:
         t = time.perf_counter()
         sysm = builders[name]()
@@ -424,7 +437,8 @@ def run(n: int, adds: int, block: int, mem0_site: str | None, workdir: str | Non
                            "adds_per_s": {k: round(v, 1) for k, v in rate.items()},
                            "ms_per_add": {k: round(1000 / v, 2) for k, v in rate.items()},
                            "sustained_adds_per_s": {k: round(v, 1) for k, v in sustained.items()}}
-    for mine in ("memos_os", "memos_os_inline", "memos_cube", "memos_store", "memos_llamaindex"):
+    cuts = [f"memos_os_cut[{q},{d}]" for q, d in dense_cuts or []]
+    for mine in ("memos_os", "memos_os_inline", *cuts, "memos_cube", "memos_store", "memos_llamaindex"):
         for peer in ("inmemory", "inmemory_onnx", "mem0"):
             if mine in rate and peer in rate:
                 out[f"ratio_{mine}_vs_{peer}"] = round(rate[mine] / rate[peer], 2)
@@ -444,9 +458,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads for the PyTorch peers")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--dense-cut", action="append", default=[], metavar="QUOTE,DATE",
+                    help="also time memos_os_cut[QUOTE,DATE]: MemOS.add with this cut of the dense text (an "
+                         "experiment; repeatable; e.g. question,full; see memos_core.reader.offline.dense_variant)")
     a = ap.parse_args(argv)
-    rep = run(a.n, a.adds, a.block, a.mem0_site, a.workdir, [s for s in a.systems.split(",") if s],
-              log=lambda s: print(s, file=sys.stderr, flush=True), torch_threads=a.torch_threads)
+    cuts = [tuple(c.split(",", 1)) for c in a.dense_cut]
+    systems = [s for s in a.systems.split(",") if s]
+    at = systems.index("memos_os") + 1 if "memos_os" in systems else 0
+    systems[at:at] = [f"memos_os_cut[{q},{d}]" for q, d in cuts]
+    rep = run(a.n, a.adds, a.block, a.mem0_site, a.workdir, systems,
+              log=lambda s: print(s, file=sys.stderr, flush=True), torch_threads=a.torch_threads,
+              dense_cuts=cuts)  # type: ignore[arg-type]
     if a.json:
         print(json.dumps(rep))
     else:
