@@ -211,7 +211,8 @@ def evaluate(rows: list[dict[str, Any]], lm: dict[int, dict[str, Any]], form: st
              k: int, only: str | None = None) -> dict[str, float]:
     """any@1/5/10/20 over the scored queries with ``final = fused + w * z(form)`` inside the top ``k``
     (``form=None``: the shipped order; ``w=inf``: the LM's order alone inside the top ``k``; ``only="questions"``:
-    pasted dialogues keep the shipped order; ``only="named"``: only questions naming someone are reranked)."""
+    pasted dialogues keep the shipped order; ``only="named"``: only questions naming someone are reranked;
+    ``only="dialogues"``: only pasted dialogues are)."""
     cfg = RetrievalConfig()
     hits = {n: 0 for n in (1, 5, 10, 20)}
     for i, entry in lm.items():
@@ -219,7 +220,8 @@ def evaluate(rows: list[dict[str, Any]], lm: dict[int, dict[str, Any]], form: st
         label = {c["key"]: c["hit"] for c in row["cands"]}
         order = shipped(row, cfg)
         plan = analyze_query(row["query"])
-        skip = (only == "questions" and plan.is_dialogue) or (only == "named" and (plan.is_dialogue or not plan.entities))
+        skip = (only == "questions" and plan.is_dialogue) or (only == "dialogues" and not plan.is_dialogue) or (
+            only == "named" and (plan.is_dialogue or not plan.entities))
         if form is not None and not skip:
             head = order[:k]
             assert [key for key, _ in head] == entry["keys"][:k], "cached LM scores are for another candidate order"
@@ -323,7 +325,7 @@ def main() -> None:
             for k in (10, args.k) if args.k != 10 else (10,):
                 for w in (*WEIGHTS, math.inf):
                     res[f"{form} K={k} w={w}"] = evaluate(rs, lm, form, w, k)
-                    for only in ("questions", "named"):
+                    for only in ("questions", "named", "dialogues"):
                         res[f"{form}/{only} K={k} w={w}"] = evaluate(rs, lm, form, w, k, only=only)
         ms = {f: float(np.mean([e["ms"].get(f, 0.0) for e in lm.values()])) for f in ("cond", "prior", "ql")}
         res["lm_ms_per_query"] = {f: round(v, 1) for f, v in ms.items()}
@@ -336,6 +338,14 @@ def main() -> None:
     for v in ["shipped", *variants]:
         print(f"{v:<32}" + "  ".join(f"{n} " + "/".join(f"{r[v][f'any@{x}']:.3f}" for x in (1, 5, 10))
                                      for n, r in report.items()))
+    # the setting the tuning sets choose per form and scope: best any@1 + any@5 + any@10 summed over them (the
+    # fresh assistant-style tuning instances count when scored: the only tuning questions naming no one)
+    tune = [n for n in report if n in tf.TUNE or n in tf.TUNE_FRESH]
+    if tune:
+        for prefix in sorted({v.split(" K=")[0] for v in variants}):
+            best = max((v for v in variants if v.split(" K=")[0] == prefix),
+                       key=lambda v: sum(report[n][v][f"any@{x}"] for n in tune for x in (1, 5, 10)))
+            print(f"chosen on {'+'.join(tune)}: {best}")
 
 
 if __name__ == "__main__":
