@@ -80,20 +80,27 @@ def query_focus(query: str) -> str:
 
 
 class Scorer:
-    """Zero-shot LM scores of (query, memory) pairs. ``model``: ``smollm2`` or ``gemma3-270m``."""
+    """Zero-shot LM scores of (query, memory) pairs. ``model``: ``smollm2`` or ``gemma3-270m``; ``loaded``: an
+    already loaded ``(model, tokenizer)`` instead (tests: a tiny model), ``bos``: whether prompts start with the
+    tokenizer's BOS token (default: for Gemma, whose base model expects it; the SmolLM2 figures were measured
+    without)."""
 
     def __init__(self, model: str = "smollm2", max_context: int = 384, dtype: str = "bfloat16",
-                 prompt: str = "cue") -> None:
+                 prompt: str = "cue", loaded: tuple[Any, Any] | None = None, bos: bool | None = None) -> None:
         import torch
 
         from memos_core.activation.models import load_gemma3_270m, load_smollm2
 
-        torch.set_num_threads(1)
         self.torch = torch
         # bfloat16 halves the time on a CPU with AMX/AVX-512 bf16; measured on one MADial query: the same order of
         # the 20 candidates as float32, scores correlated 0.9998 (logits are read back as float32)
-        self.model, self.tok = (load_smollm2(dtype=dtype) if model == "smollm2" else load_gemma3_270m(dtype=dtype))
-        self.bos = [self.tok.bos_token_id] if model != "smollm2" and self.tok.bos_token_id is not None else []
+        if loaded is not None:
+            self.model, self.tok = loaded
+        else:
+            torch.set_num_threads(1)  # what the figures were measured with
+            self.model, self.tok = (load_smollm2(dtype=dtype) if model == "smollm2" else load_gemma3_270m(dtype=dtype))
+        use_bos = (model != "smollm2") if bos is None else bos
+        self.bos = [self.tok.bos_token_id] if use_bos and self.tok.bos_token_id is not None else []
         self.max_context = max_context
         self.sep, self.cue = PROMPTS[prompt]
         self.prior_cache: dict[str, float] = {}
@@ -114,7 +121,7 @@ class Scorer:
             pad = [c + [0] * (width - len(c)) for c in conts]
             ids = torch.tensor(pad)
             pos = torch.arange(len(prefix_ids), len(prefix_ids) + width)[None].expand(n, -1)
-            logits = self.model(input_ids=ids, past_key_values=cache, position_ids=pos, use_cache=False).logits
+            logits = self.model(input_ids=ids, cache=cache, position_ids=pos, use_cache=False).logits
             lp = torch.log_softmax(logits.float(), -1)
         res = []
         for i, c in enumerate(conts):
