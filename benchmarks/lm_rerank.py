@@ -1,7 +1,12 @@
 """Issue 15 experiment: rerank the shipped hybrid's top K with a small causal LM that reads query and memory together.
 
-    python benchmarks/lm_rerank.py --sets madial synthetic people_qa [--fresh 101 102] [--model smollm2] [--k 20]
-        [--every 3] [--cache /tmp/memos-lmr]
+    python benchmarks/lm_rerank.py --sets madial synthetic people_qa --every 3 [--model gemma3-270m] [--prompt recall]
+    python benchmarks/lm_rerank.py --sets assistant --tune-fresh --fresh 101 102 --every 3 --forms ql
+    python benchmarks/lm_rerank.py --sets madial synthetic people_qa --report-only   # re-print from the cache
+    python benchmarks/lm_rerank.py --latency 60 [--k 10]                             # search time with / without
+
+The figures and what they mean are in the README ("Tried in issue 15, session 9"): nothing reaches MADial any@5 0.80;
+``ql`` on questions naming someone lifts any@1 on every set that has them, at ~0.35-0.7 s per search on CPU.
 
 For every query of a set: the shipped hybrid's top K (K = 20; K = 10 is its prefix) from the candidates the cube's
 own code gathers (``tune_fusion.collect``: kept as JSON in the cache folder, so reruns are cheap), each scored
@@ -16,8 +21,9 @@ zero-shot by the LM in three forms (kept in the cache folder too, per model, set
 ``cond``/``pmi`` run one forward over the shared prefix and reuse its KV cache for the K candidates (right-padded:
 a causal model's real tokens never see the padding after them); ``ql`` batches the K (memory, focus) texts.
 torch uses one thread. Combined as ``final = fused + w * z(LM score over the K)`` (``fused``: the shipped fusion's
-score in standard deviations), reordering only inside the top K. ``w`` and the form are to be chosen on the tuning
-sets (``tune_fusion.TUNE``: synthetic, people-QA); MADial, the assistant set and the fresh seeds are only reported.
+score in standard deviations), reordering only inside the top K. ``w``, K, the form and the scope are chosen on the
+tuning sets (``tune_fusion.TUNE``: synthetic, people-QA, and the ``TUNE_FRESH`` assistant instances when scored: the
+``chosen on`` lines); MADial, the assistant set and the fresh seeds are only reported.
 Nothing here sees insertion order: the candidates are ordered by the shipped fusion, the LM sees texts only.
 
 ``--every N`` scores every Nth query of the generated sets (MADial always whole) to bound CPU time; the report says
