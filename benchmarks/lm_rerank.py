@@ -2,6 +2,8 @@
 
     python benchmarks/lm_rerank.py --sets madial synthetic people_qa --every 3 [--model gemma3-270m] [--prompt recall]
     python benchmarks/lm_rerank.py --sets assistant --tune-fresh --fresh 101 102 --every 3 --forms ql
+    python benchmarks/lm_rerank.py --sets people_qa@101 people_qa@102 synthetic@301 synthetic@302 --every 3 \
+        --forms ql --model gemma3-270m                                              # (after the line above)
     python benchmarks/lm_rerank.py --sets madial synthetic people_qa --report-only   # re-print from the cache
     python benchmarks/lm_rerank.py --latency 60 [--k 10]                             # search time with / without
 
