@@ -121,8 +121,9 @@ def _settle_index(cube: Any, limit_s: float = 180.0) -> float:
 def _memos_os(work: Path, specs: list[dict[str, Any]], vecs: np.ndarray, embed_sync: str = "deferred",
               cut: tuple[str, str] | None = None) -> _System:
     """``cut``: the (quote, date) cut of :func:`memos_core.reader.offline.dense_variant` this system's memories'
-    dense texts get (an experiment, ``--dense-cut``): set for the length of each of its blocks (every block ends
-    by waiting for its background embeddings), the shipped rule for every other system's."""
+    dense texts get, tagged with a speaker or not (an experiment, ``--dense-cut``; ``full,full`` is the uncut index
+    text): set for the length of each of its blocks (every block ends by waiting for its background embeddings),
+    the shipped rule for every other system's."""
     import memos_core.reader.offline as offline
     from memos_core import MemOS
     from memos_core.cube import MemCube
@@ -132,7 +133,11 @@ def _memos_os(work: Path, specs: list[dict[str, Any]], vecs: np.ndarray, embed_s
     pre = CallableEmbedder(_lookup_embed(lookup, MiniLMEmbedder().embed_documents), name=MiniLMEmbedder.name, dim=384)
     folder = work / ("os" if embed_sync == "deferred" else f"os-{embed_sync}") if cut is None \
         else work / f"os-cut-{cut[0]}-{cut[1]}".replace("|", "-").replace(":", "-")
-    shipped = (offline.DENSE_QUOTE, offline.DENSE_DATE)
+    shipped = (offline.DENSE_QUOTE, offline.DENSE_DATE, offline.UNTAGGED_QUOTE, offline.UNTAGGED_DATE)
+
+    def use() -> None:
+        (offline.DENSE_QUOTE, offline.DENSE_DATE, offline.UNTAGGED_QUOTE,
+         offline.UNTAGGED_DATE) = shipped if cut is None else (*cut, *cut)
     cube = MemCube(folder / "default", embedder=pre, name="default")
     for s in range(0, len(specs), 1000):
         cube.add_many(specs[s:s + 1000], progress=False)
@@ -147,11 +152,11 @@ def _memos_os(work: Path, specs: list[dict[str, Any]], vecs: np.ndarray, embed_s
             self.mem = MemOS(folder, embed_sync=embed_sync)
 
         def add(self, text: str, user: str) -> None:
-            offline.DENSE_QUOTE, offline.DENSE_DATE = cut or shipped
+            use()
             self.mem.add(text, user_id=user)
 
         def drain(self) -> None:
-            offline.DENSE_QUOTE, offline.DENSE_DATE = cut or shipped
+            use()
             for c in self.mem.cubes.values():
                 _drain_cube(c)
 
@@ -418,8 +423,14 @@ def run(n: int, adds: int, block: int, mem0_site: str | None, workdir: str | Non
     load_before = os.getloadavg()[0]
     spent = {s.name: 0.0 for s in made}
     drained = {s.name: 0.0 for s in made}
+    import memos_core.reader.offline as offline
+
+    rule = ("DENSE_QUOTE", "DENSE_DATE", "UNTAGGED_QUOTE", "UNTAGGED_DATE")
+    shipped_rule = [getattr(offline, k) for k in rule]
     for start in range(0, adds, block):
         for s in made:
+            for k, v in zip(rule, shipped_rule):  # a --dense-cut system sets its own cut in its add / drain
+                setattr(offline, k, v)
             t = time.perf_counter()
             for m in new[start:start + block]:
                 s.add(m["content"], m["user_id"])

@@ -98,10 +98,16 @@ def _tokenizer() -> Any:
     return tk
 
 
-def collect(name: str, path: Path, vectors: _Seeded) -> dict[str, Any]:
+def collect(name: str, path: Path, vectors: _Seeded, no_speakers: bool = False) -> dict[str, Any]:
     """Ingest ``path`` with the shipped vectors; per conversation its memories' texts and per query what the
-    cube's legs give (BM25 ranking, query vectors) and the cube's own hybrid hits (the check)."""
+    cube's legs give (BM25 ranking, query vectors) and the cube's own hybrid hits (the check). ``no_speakers``:
+    every turn without its speaker (memories as a bare ``MemOS.add(text)`` writes them: no ``"<speaker>: "`` tag)."""
     data = load_dataset(path)
+    if no_speakers:
+        for conv in data["conversations"]:
+            for sess in conv["sessions"]:
+                for t in sess["turns"]:
+                    t.pop("speaker", None)
     convs: list[dict[str, Any]] = []
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="memos-compose-") as tmp:
@@ -199,6 +205,9 @@ def variants() -> dict[str, tuple[tuple[Any, ...], Any]]:
     # capped or dropped and/or the date head shortened (memos_core.reader.offline.dense_variant)
     for quote, date in TEXT_CUTS:
         out[f"text: quote {quote}, date {date}; topic own"] = ((f"text:{quote}|{date}", 0.0, 0.0), "own")
+    for quote, date in (("full", "full"), ("question", "full")):  # no own-words vector: the topic is the embedding
+        out[f"text: quote {quote}, date {date}; topic dense"] = ((f"text:{quote}|{date}", 0.0, 0.0),
+                                                                 f"text:{quote}|{date}")
     return out
 
 
@@ -370,6 +379,8 @@ def main() -> None:
     ap.add_argument("--sets", nargs="*", default=list(SETS))
     ap.add_argument("--fresh", nargs="*", type=int, default=[])
     ap.add_argument("--json", help="write every figure to this file")
+    ap.add_argument("--no-speakers", action="store_true",
+                    help="ingest every turn without its speaker (what a bare MemOS.add(text) writes)")
     ap.add_argument("--match", nargs="*", default=[],
                     help="only the variants whose name holds one of these strings (shipped is always run)")
     ap.add_argument("--summary", help="only print the summary of a --json file written before")
@@ -388,7 +399,7 @@ def main() -> None:
     cfg = RetrievalConfig()
     out: dict[str, Any] = {}
     for name, path in paths.items():
-        data = collect(name, path, vectors)
+        data = collect(name, path, vectors, args.no_speakers)
         res: dict[str, Any] = {"role": role(name)}
         for vname, (recipe, topic) in variants().items():
             if args.match and vname != "shipped" and not any(m in vname for m in args.match):

@@ -865,7 +865,8 @@ class MemCube:
                 topics = dict(zip((r for r, _ in with_item), _topic_texts([it for _, it in with_item])))
                 # each row's dense text is cut from the indexed text it was listed with (put_embeddings below
                 # still checks that text: a row changed meanwhile is skipped)
-                dense = [(r, _dense_text(t, items[r].content) if r in items else t) for r, t in rows]
+                dense = [(r, _dense_text(t, items[r].content, _speaker(items[r])) if r in items else t)
+                         for r, t in rows]
                 # a caller beside the background thread: one core of its own (the same batching and session)
                 with one_core() if beside and not one_core_active() else nullcontext():
                     got = self._embed_rows(dense + [(-r, t) for r, t in topics.items() if t is not None], one_by_one)
@@ -1782,29 +1783,36 @@ class MemCube:
             return self.transition(item_id, back, actor=actor, reason=reason or "legal hold lifted")
 
 
-def _dense_text(index_text: str, content: str) -> str:
+def _speaker(item: MemoryItem) -> str | None:
+    return item.provenance.speaker if item.provenance is not None else None
+
+
+def _dense_text(index_text: str, content: str, speaker: str | None) -> str:
     """The text a memory's dense vector is embedded from: :func:`memos_core.reader.offline.dense_text` (the one
     rule; BM25 indexes the whole ``index_text``)."""
     from .reader.offline import dense_text
 
-    return dense_text(index_text, content)
+    return dense_text(index_text, content, speaker)
 
 
 def _dense_texts(items: Sequence[MemoryItem]) -> list[str]:
     """:func:`_dense_text` of each item (its index text, or its content when it has none)."""
-    return [_dense_text(it.index_text or it.content, it.content) for it in items]
+    return [_dense_text(it.index_text or it.content, it.content, _speaker(it)) for it in items]
 
 
 def _topic_texts(items: Sequence[MemoryItem], embedded_from: Sequence[str] | None = None) -> list[str | None]:
     """Each item's own words (:func:`memos_core.reader.offline.topic_text`), or ``None`` where they are the text
     its embedding is made from (``embedded_from``; default its dense text, :func:`_dense_texts`): its topic vector
     is then its embedding, and nothing is embedded twice."""
-    from .reader.offline import topic_text
+    from .reader.offline import topic_is_dense, topic_text
 
     out: list[str | None] = []
     for it, dense in zip(items, _dense_texts(items) if embedded_from is None else embedded_from):
-        t = topic_text(it.content, it.provenance.speaker if it.provenance is not None else None)
-        out.append(None if t == dense else t)
+        t = topic_text(it.content, _speaker(it))
+        # the rule may make the embedding the topic vector; a caller naming the texts an existing embedding came
+        # from (embedded_from) gets b"" only where the own words are that very text
+        out.append(None if t == dense or (embedded_from is None and topic_is_dense(it.content, _speaker(it)))
+                   else t)
     return out
 
 

@@ -35,8 +35,9 @@ def specs() -> list[dict[str, Any]]:
 @pytest.fixture
 def cut(monkeypatch: pytest.MonkeyPatch) -> None:
     """A cut that changes every reader-built text (no quoted turn, no date head), whatever ships."""
-    monkeypatch.setattr(offline, "DENSE_QUOTE", "none")
-    monkeypatch.setattr(offline, "DENSE_DATE", "none")
+    for name in ("DENSE_QUOTE", "DENSE_DATE", "UNTAGGED_QUOTE", "UNTAGGED_DATE"):
+        monkeypatch.setattr(offline, name, "none")
+    monkeypatch.setattr(offline, "UNTAGGED_TOPIC_IS_DENSE", False)
 
 
 def stored(cube: MemCube, item_id: str) -> np.ndarray:
@@ -52,7 +53,7 @@ def embedded_from(cube: MemCube, item_id: str) -> str:
     """The text among the memory's candidates whose embedding is the stored vector."""
     it = cube.get(item_id)
     vec = stored(cube, item_id)
-    want = dense_text(it.index_text or it.content, it.content)
+    want = dense_text(it.index_text or it.content, it.content, it.provenance.speaker)
     cands = {"dense": want, "index": it.index_text or it.content}
     found = [name for name, t in cands.items() if np.allclose(cube._embed([t])[0], vec, atol=1e-6)]
     assert found, "the stored vector is the embedding of neither text"
@@ -115,7 +116,7 @@ def test_inline_add_update_rollback_restore_and_reindex_embed_the_dense_text(cut
         items = cube.add_many(specs())
         assert all(embedded_from(cube, it.id) == "dense" for it in items)
         reply = items[1]
-        assert dense_text(reply.index_text, reply.content) != reply.index_text  # the cut is in force
+        assert dense_text(reply.index_text, reply.content, "Ann") != reply.index_text  # the cut is in force
         cube.update(reply.id, content="Ann: Yes, three times! I went again yesterday.")
         assert "three times" in (cube.get(reply.id).index_text or "")  # the index text was re-derived
         assert embedded_from(cube, reply.id) == "dense"
@@ -155,12 +156,12 @@ def test_memos_add_and_forget_rederived_neighbour_embed_the_dense_text(cut: None
 
 def test_a_cube_with_vectors_of_the_whole_index_text_keeps_them_until_reembedded(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(offline, "DENSE_QUOTE", "full")
-    monkeypatch.setattr(offline, "DENSE_DATE", "full")
+    for name in ("DENSE_QUOTE", "DENSE_DATE", "UNTAGGED_QUOTE", "UNTAGGED_DATE"):
+        monkeypatch.setattr(offline, name, "full")
     with MemCube(tmp_path / "c", embedder=hashed_embed, embed_sync="immediate") as cube:
         items = cube.add_many(specs())
-    monkeypatch.setattr(offline, "DENSE_QUOTE", "none")
-    monkeypatch.setattr(offline, "DENSE_DATE", "none")
+    for name in ("DENSE_QUOTE", "DENSE_DATE", "UNTAGGED_QUOTE", "UNTAGGED_DATE"):
+        monkeypatch.setattr(offline, name, "none")
     with MemCube(tmp_path / "c", embedder=hashed_embed) as cube:
         # an existing cube's vectors stay valid (and are searched) as they are
         assert embedded_from(cube, items[1].id) == "index"
@@ -206,3 +207,61 @@ def test_own_words_that_are_the_dense_text_are_embedded_once(cut: None, tmp_path
         assert cube._fill_topics() == 1
         assert cube.records.topic_vectors([rowid])[rowid] == np.asarray(
             cube._embed(["I adopted a beagle."])[0], dtype=np.float32).tobytes()
+
+
+def test_a_turn_tagged_with_its_speaker_and_an_untagged_memory_get_their_own_cuts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(offline, "DENSE_QUOTE", "full")
+    monkeypatch.setattr(offline, "DENSE_DATE", "full")
+    monkeypatch.setattr(offline, "UNTAGGED_QUOTE", "question")
+    monkeypatch.setattr(offline, "UNTAGGED_DATE", "none")
+    turns = [Turn("I love tea.", None, "a", T0), Turn("Me too, green tea.", None, "b", T0)]
+    untagged = OfflineReader().read(turns)[1]
+    tagged = OfflineReader().read([Turn("I love tea.", "Bob", "a", T0), Turn("Me too, green tea.", "Ann", "b", T0)])[1]
+    assert dense_text(tagged["index_text"], tagged["content"], "Ann") == tagged["index_text"]
+    assert dense_text(untagged["index_text"], untagged["content"], None) == "Me too, green tea."
+    # a speaker named in provenance but not tagging the content: untagged
+    assert dense_text(untagged["index_text"], untagged["content"], "Ann") == "Me too, green tea."
+
+
+def test_an_untagged_memory_whose_topic_is_its_embedding_embeds_one_text(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(offline, "UNTAGGED_TOPIC_IS_DENSE", True)
+    seen: list[str] = []
+
+    def recording(texts: list[str]) -> np.ndarray:
+        seen.extend(texts)
+        return hashed_embed(texts)
+
+    for sync in ("immediate", "deferred"):
+        with MemCube(tmp_path / sync, embedder=recording, embed_sync=sync) as cube:  # type: ignore[arg-type]
+            seen.clear()
+            note = cube.add("the boiler was serviced",
+                            index_text="[Monday 8 May 2023 (2023-05-08)] the boiler was serviced")
+            turn = cube.add_many([specs()[2]])[0]
+            cube._embed_waiting()
+            dense_note = dense_text(note.index_text or note.content, note.content, None)
+            # the note: its dense text only (its own words are not embedded a second time)
+            assert seen.count(dense_note) == 1
+            assert seen.count("the boiler was serviced") == (1 if dense_note == "the boiler was serviced" else 0)
+            assert "I adopted a beagle called Biscuit." in seen  # a tagged turn keeps its own-words vector
+            rn, rt = cube.records.rowid(note.id), cube.records.rowid(turn.id)
+            assert rn is not None and rt is not None
+            tv = cube.records.topic_vectors([rn, rt])
+            assert tv[rn] == b"" and tv[rt] != b""
+
+
+def test_the_shipped_cut() -> None:
+    """Issue 18 item 8 (README "One memory per call"): a turn tagged with its speaker embeds its whole index text; a
+    memory without a tag (a bare ``MemOS.add(text)``) drops a quoted previous memory unless it asks something, and
+    keeps its date; its topic vector stays its own words."""
+    assert (offline.DENSE_QUOTE, offline.DENSE_DATE) == ("full", "full")
+    assert (offline.UNTAGGED_QUOTE, offline.UNTAGGED_DATE, offline.UNTAGGED_TOPIC_IS_DENSE) == ("question", "full", False)
+    for s in specs():
+        assert dense_text(s["index_text"], s["content"], s["provenance"]["speaker"]) == s["index_text"]
+    notes = OfflineReader().read([Turn("I love tea.", None, "a", T0), Turn("Me too, green tea.", None, "b", T0),
+                                  Turn("Which tea do you like?", None, "c", T0), Turn("Sencha.", None, "d", T0)])
+    assert [dense_text(n["index_text"], n["content"]) for n in notes] == [
+        "[Monday 8 May 2023 (2023-05-08)] I love tea.", "[Monday 8 May 2023 (2023-05-08)] Me too, green tea.",
+        "[Monday 8 May 2023 (2023-05-08)] Which tea do you like?",
+        "[Monday 8 May 2023 (2023-05-08)] Sencha. (in reply to: Which tea do you like?)"]

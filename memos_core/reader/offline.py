@@ -22,7 +22,8 @@ from ..items import MemoryKind, SourceKind, check_text, to_utc
 from ..plaintext.lexical import STOPWORDS as _STOP
 
 __all__ = ["Turn", "OfflineReader", "resolve_relative_dates", "coerce_turns", "reply_context", "turn_act",
-           "ACT_WEIGHTS", "topic_text", "dense_text", "dense_variant", "split_index_text"]
+           "ACT_WEIGHTS", "topic_text", "dense_text", "dense_variant", "split_index_text", "tagged",
+           "topic_is_dense"]
 
 EXTRACTOR = "reader.offline/1"
 _CONTEXT_CHARS = 240
@@ -267,20 +268,42 @@ def dense_variant(index_text: str, content: str, *, quote: str = "full", date: s
     return " ".join(out)
 
 
-#: the cut :func:`dense_text` applies (see :func:`dense_variant`); chosen in issue 18 with
-#: ``benchmarks/compose_vectors.py`` (README "One memory per call")
+#: the cut :func:`dense_text` applies (see :func:`dense_variant`) to a memory whose content carries its speaker's
+#: tag (``"<speaker>: <words>"``, a conversation turn); chosen in issue 18 with ``benchmarks/compose_vectors.py``
+#: (README "One memory per call"): no cut met the quality bar for such turns
 DENSE_QUOTE = "full"
 DENSE_DATE = "full"
+#: the cut for a memory without a speaker's tag (a bare ``MemOS.add(text)``, a note), measured on the benchmark sets
+#: with their speakers removed (``compose_vectors.py --no-speakers``): a quoted previous memory is kept only when it
+#: asks something (a "?"), the date head stays
+UNTAGGED_QUOTE = "question"
+UNTAGGED_DATE = "full"
+#: whether such a memory's topic vector is its embedding (``b""``: one text embedded per memory, not two)
+UNTAGGED_TOPIC_IS_DENSE = False
 
 
-def dense_text(index_text: str, content: str) -> str:
+def tagged(content: str, speaker: str | None) -> bool:
+    """Whether ``content`` starts with its speaker's tag (``"<speaker>: "``), as the offline reader writes a turn."""
+    return topic_text(content, speaker) != content
+
+
+def dense_text(index_text: str, content: str, speaker: str | None = None) -> str:
     """The text a memory's dense vector is embedded from: its index text (``index_text``; ``content`` when it has
-    none) with the cheap cut :data:`DENSE_QUOTE` / :data:`DENSE_DATE` applied to what the offline reader added
-    (the quoted previous turn, the date head). BM25 and the entity bonus keep the whole index text; every path
-    that embeds a memory (add, the deferred embedder, update, rollback, restore, ``reindex(reembed=True)``,
-    forget's re-derived neighbours) calls this one function (:meth:`memos_core.cube.MemCube._embed_items`), so
-    they agree. An index text not built by the offline reader is returned unchanged."""
-    return dense_variant(index_text, content, quote=DENSE_QUOTE, date=DENSE_DATE)
+    none) with a cheap cut applied to what the offline reader added (the quoted previous turn, the date head):
+    :data:`DENSE_QUOTE` / :data:`DENSE_DATE` for a turn tagged with its ``speaker``, :data:`UNTAGGED_QUOTE` /
+    :data:`UNTAGGED_DATE` for a memory without a tag. BM25 and the entity bonus keep the whole index text; every
+    path that embeds a memory (add, the deferred embedder, update, rollback, restore, ``reindex(reembed=True)``,
+    forget's re-derived neighbours) calls this one function (:func:`memos_core.cube._dense_texts`), so they agree.
+    An index text not built by the offline reader is returned unchanged."""
+    if tagged(content, speaker):
+        return dense_variant(index_text, content, quote=DENSE_QUOTE, date=DENSE_DATE)
+    return dense_variant(index_text, content, quote=UNTAGGED_QUOTE, date=UNTAGGED_DATE)
+
+
+def topic_is_dense(content: str, speaker: str | None = None) -> bool:
+    """Whether a memory's topic vector is its dense vector (nothing else embedded): a memory without a speaker's
+    tag when :data:`UNTAGGED_TOPIC_IS_DENSE` (its own words are then its content, which its dense text holds)."""
+    return UNTAGGED_TOPIC_IS_DENSE and not tagged(content, speaker)
 
 
 # ---------------------------------------------------------------------------------------------- turn acts
