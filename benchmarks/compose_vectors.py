@@ -21,6 +21,13 @@ the reader quotes (it was embedded when that turn was written; a turn with no qu
 ``mixed`` composes a reply (a turn quoting its predecessor) that way from its own words and embeds a turn that
 quotes nothing as shipped (its index text): the one variant meeting the bar in the README ("One memory per call").
 
+``text: quote Q, date D`` (issue 18 item 8) embeds one *cut* index text instead, no composition: the quoted previous
+turn and the date head cut by :func:`memos_core.reader.offline.dense_variant` (what the library's ``dense_text``
+applies); ``topic dense`` takes the embedding as the topic vector. ``--match`` runs only the variants named;
+``--no-speakers`` ingests every turn without its speaker (memories as a bare ``MemOS.add(text)`` writes them). The
+summary checks the bar of issue 18 item 8: hybrid any@1 / any@5 / any@10 within 0.01 of shipped on every tuning set
+and fresh seed, MADial not lower, dense-only any@5 within 0.02; then the biggest token cut.
+
 How it is measured: each set is ingested once through the cube with the shipped vectors (cached on disk, so
 a set is embedded once); for every query the cube's own legs give the BM25 candidates, the query vector and the
 name-free question's vector; then for each variant the dense leg is recomputed exactly over the scope's
