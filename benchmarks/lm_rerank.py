@@ -259,20 +259,9 @@ def latency(model: str, dtype: str, k: int, n_queries: int, conversations: int =
     p95 ms of the search alone and of search + LM, and their ratio."""
     import tempfile
 
-    from memos_core.bench import retrieval as bench
-    from memos_core.cube import MemCube
-    from memos_core.reader.offline import OfflineReader
-
     scorer = Scorer(model, dtype=dtype)
-    data = bench.load_dataset(tf.SETS["people_qa"])
     with tempfile.TemporaryDirectory(prefix="memos-lmr-lat-") as tmp:
-        cube = MemCube(Path(tmp) / "c", retrieval=RetrievalConfig(query_cache=0))
-        qs = []
-        for ci, conv in enumerate(data["conversations"][:conversations]):
-            scope = bench.scope_of(ci, conv)
-            bench.ingest_conversation(cube, conv, scope, OfflineReader())
-            qs += [(q["text"], scope) for q in conv["queries"]]
-        cube.embedder.embed_query("warm up")
+        cube, qs = tf.latency_cube(Path(tmp), conversations)
         scorer.ql("warm up", ["warm up"])
         plain, lm = [], []
         for q, scope in qs[:n_queries]:

@@ -1074,22 +1074,30 @@ def calibrate(all_rows: dict[str, list[dict[str, Any]]]) -> None:
             print(f"  reliability {name} ({'fit' if name in CALIBRATE_ON else 'not fitted on'}): {table}")
 
 
+def latency_cube(tmp: Path, conversations: int = 2) -> tuple[MemCube, list[tuple[str, str]]]:
+    """A cube in ``tmp`` holding people-QA's first ``conversations`` conversations (the real embedder,
+    ``query_cache=0`` so every search embeds its query, the query encoder warmed up) and those conversations'
+    questions as ``(text, scope)``: what the latency measurements here and in ``lm_rerank.py`` search."""
+    from memos_core.bench import retrieval as bench
+
+    data = load_dataset(SETS["people_qa"])
+    cube = MemCube(tmp / "c", retrieval=RetrievalConfig(query_cache=0))
+    qs = []
+    for ci, conv in enumerate(data["conversations"][:conversations]):
+        scope = bench.scope_of(ci, conv)
+        bench.ingest_conversation(cube, conv, scope, OfflineReader())
+        qs += [(q["text"], scope) for q in conv["queries"]]
+    cube.embedder.embed_query("warm up")
+    return cube, qs
+
+
 def latency(rounds: int, conversations: int = 2) -> None:
     """Search time of the topical leg's two query modes, same cube and questions, alternated query by query
     (people-QA's first ``conversations`` conversations, the real embedder, ``query_cache=0`` so every search embeds):
     p50 / p95 ms of ``topical_query="full"`` (no second text) and ``"topic"`` (the name-free question too)."""
-    from memos_core.bench import retrieval as bench
-
-    data = load_dataset(SETS["people_qa"])
-    cfg = RetrievalConfig(query_cache=0)
     with tempfile.TemporaryDirectory(prefix="memos-lat-") as tmp:
-        cube = MemCube(Path(tmp) / "c", retrieval=cfg)
-        qs = []
-        for ci, conv in enumerate(data["conversations"][:conversations]):
-            scope = bench.scope_of(ci, conv)
-            bench.ingest_conversation(cube, conv, scope, OfflineReader())
-            qs += [(q["text"], scope) for q in conv["queries"]]
-        cube.embedder.embed_query("warm up")
+        cube, qs = latency_cube(Path(tmp), conversations)
+        cfg = cube.retrieval  # the cube's own config object: the mode is switched in place
         lat: dict[str, list[float]] = {"full": [], "topic": []}
         for rnd in range(rounds):
             for q, scope in qs:
