@@ -53,7 +53,7 @@ import tune_fusion as tf  # noqa: E402
 from memos_core.cube import RetrievalConfig  # noqa: E402
 from memos_core.plaintext import analyze_query  # noqa: E402
 from memos_core.plaintext.fusion import fuse  # noqa: E402
-from memos_core.plaintext.query import ASSISTANT_NAMES  # noqa: E402
+from memos_core.plaintext.rerank import combine, memory_text, ql_scores, query_focus  # noqa: E402
 
 FORMS = ("cond", "pmi", "ql")
 WEIGHTS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
@@ -64,27 +64,11 @@ PROMPTS = {"cue": ("\n\n", "A memory this brings to mind:"),
 CUE = PROMPTS["cue"][1]
 
 
-def memory_text(text: str) -> str:
-    """A candidate's text as the LM reads it: without the index's ``memory:`` tag."""
-    t = text.strip()
-    return t[len("memory:"):].strip() if t.lower().startswith("memory:") else t
-
-
 def query_context(query: str) -> str:
     plan = analyze_query(query)
     if plan.is_dialogue:
         return "\n".join(f"{s}: {t}" if s else t for s, t in plan.turns)
     return f"Question: {plan.text}"
-
-
-def query_focus(query: str) -> str:
-    """What ``ql`` scores: the last user turn of a dialogue (the last turn of a transcript between people), or
-    the question itself."""
-    plan = analyze_query(query)
-    if not plan.is_dialogue:
-        return plan.text
-    users = [t for s, t in plan.turns if s and s.lower() not in ASSISTANT_NAMES]
-    return users[-1] if users else plan.turns[-1][1]
 
 
 class Scorer:
@@ -152,24 +136,10 @@ class Scorer:
         return [self.prior_cache[m] for m in memories]
 
     def ql(self, focus: str, memories: list[str]) -> list[float]:
-        """log P(focus | "Memory: m\\n\\nNext message:") per memory (summed over the focus' tokens), batched with
-        left padding."""
-        torch = self.torch
-        f_ids = self.ids(" " + focus)[:96]
-        seqs = [self.bos + self.ids("Memory: " + m)[-96:] + self.ids("\n\nWhat someone says next:") for m in memories]
-        width = max(len(s) for s in seqs) + len(f_ids)
-        ids = torch.zeros((len(seqs), width), dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            full = s + f_ids
-            ids[i, width - len(full):] = torch.tensor(full)
-            mask[i, width - len(full):] = 1
-        pos = (mask.cumsum(1) - 1).clamp(min=0)
-        with torch.no_grad():
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
-            lp = torch.log_softmax(logits[:, -len(f_ids) - 1:-1].float(), -1)
-            tgt = torch.tensor(f_ids)[None].expand(len(seqs), -1)
-            return lp.gather(2, tgt[..., None])[..., 0].sum(1).tolist()
+        """log P(focus | "Memory: m\\n\\nWhat someone says next:") per memory (summed over the focus' tokens), batched
+        with left padding: the library's :func:`memos_core.plaintext.rerank.ql_scores`, which
+        ``QueryLikelihoodReranker`` runs in search."""
+        return ql_scores(self.model, self.tok, focus, memories, self.bos)
 
 
 def shipped(row: dict[str, Any], cfg: RetrievalConfig) -> list[tuple[Any, float]]:
@@ -240,10 +210,11 @@ def evaluate(rows: list[dict[str, Any]], lm: dict[int, dict[str, Any]], form: st
         if form is not None and not skip:
             head = order[:k]
             assert [key for key, _ in head] == entry["keys"][:k], "cached LM scores are for another candidate order"
-            lms = _z(np.array(entry[form][:k]))
-            fused = np.array([z for _, z in head])
-            final = lms if math.isinf(w) else fused + w * lms
-            head = [head[j] for j in np.argsort(-final, kind="stable")]
+            if math.isinf(w):
+                idx = np.argsort(-_z(np.array(entry[form][:k])), kind="stable")
+            else:  # what search does with RetrievalConfig(reranker=..., rerank_weight=w, rerank_k=k)
+                idx = combine([z for _, z in head], entry[form][:k], w)
+            head = [head[j] for j in idx]
             order = head + order[k:]
         keys = [key for key, _ in order]
         for n in hits:

@@ -139,6 +139,16 @@ class RetrievalConfig:
       exactly from stored embeddings instead of through the ANN index. (A search scoped to a user, agent or
       session is exact at any size where the process holds the scope's vectors: the scope cache,
       :mod:`memos_core.plaintext.scope_cache`.)
+    * ``reranker`` (default ``None``: off, retrieval unchanged): a :class:`memos_core.plaintext.rerank.Reranker`
+      (``score(query, texts) -> scores``, e.g. :class:`~memos_core.plaintext.rerank.QueryLikelihoodReranker` or a
+      wrapped cross-encoder in :class:`~memos_core.plaintext.rerank.CallableReranker`). For a query in
+      ``rerank_scope`` (``"named"``: questions naming someone, the measured default; ``"questions"``: every
+      question; ``"all"``: pasted dialogues too), search reorders the fusion's best ``max(k, rerank_k)`` candidates
+      by ``fused + rerank_weight * z(reranker scores)`` and then cuts to ``k``; nothing outside them moves.
+      ``hit.score`` stays the calibrated score (so the order can then differ from score order, more than it
+      already may); the reranker's raw score is in ``hit.retrievers["rerank"]``. A reranker that raises makes the
+      search raise :class:`~memos_core.errors.BackendUnavailable` (a wrong answer: ``ValidationError``); it is
+      never silently skipped. Measured gain and cost: README, "Reranking (opt-in)".
     """
 
     def __init__(self, dense_weight: float | None = None, lexical_weight: float | None = None,
@@ -149,7 +159,8 @@ class RetrievalConfig:
                  confidence_weight: float = 1.0, topical_weight: float | None = None,
                  topical_query: Literal["full", "topic"] = "topic", topical_shift: float | None = None,
                  name_free_dense_scale: float | None = None,
-                 name_free_lexical_weight: float | None = None) -> None:
+                 name_free_lexical_weight: float | None = None, reranker: Any = None, rerank_k: int = 20,
+                 rerank_weight: float = 2.0, rerank_scope: Literal["named", "questions", "all"] = "named") -> None:
         if fusion not in ("zscore", "rrf"):
             raise ValidationError(f"fusion must be 'zscore' or 'rrf', not {fusion!r}")
         self.fusion = fusion
@@ -184,6 +195,23 @@ class RetrievalConfig:
         self.rrf_k = rrf_k
         self.candidates = candidates
         self.exact_below = exact_below
+        from .plaintext.rerank import RERANK_SCOPES
+
+        if reranker is not None and not callable(getattr(reranker, "score", None)):
+            raise ValidationError("reranker must have a score(query, texts) method (wrap a function in "
+                                  "memos_core.plaintext.rerank.CallableReranker), not "
+                                  f"{type(reranker).__name__}")
+        if not isinstance(rerank_k, int) or isinstance(rerank_k, bool) or not 2 <= rerank_k <= 1000:
+            raise ValidationError(f"rerank_k must be an integer between 2 and 1000, not {rerank_k!r}")
+        if isinstance(rerank_weight, bool) or not isinstance(rerank_weight, (int, float)) \
+                or not 0 <= float(rerank_weight) < float("inf"):
+            raise ValidationError(f"rerank_weight must be a finite number >= 0, not {rerank_weight!r}")
+        if rerank_scope not in RERANK_SCOPES:
+            raise ValidationError(f"rerank_scope must be one of {', '.join(RERANK_SCOPES)}, not {rerank_scope!r}")
+        self.reranker = reranker
+        self.rerank_k = rerank_k
+        self.rerank_weight = float(rerank_weight)
+        self.rerank_scope = rerank_scope
 
 
 def _json_manifest_load(path: Path) -> dict[str, Any]:

@@ -120,3 +120,162 @@ def test_scopes_leave_other_queries_alone(lmr):
     assert lmr.evaluate([row], {0: entry}, "ql", math.inf, 8, only="questions")["any@1"] == 0.0
     assert lmr.evaluate([row], {0: entry}, "ql", math.inf, 8, only="named")["any@1"] == 0.0
     assert lmr.evaluate([row], {0: entry}, "ql", math.inf, 8, only="dialogues")["any@1"] == 1.0
+
+
+# ---------------------------------------------------------------------------------------- the library's reranker
+# (memos_core.plaintext.rerank, RetrievalConfig(reranker=...)): what a user who turns it on relies on
+
+from memos_core.cube import RetrievalConfig  # noqa: E402
+from memos_core.errors import BackendUnavailable, ValidationError  # noqa: E402
+from memos_core.plaintext.rerank import (CallableReranker, QueryLikelihoodReranker, Reranker,  # noqa: E402
+                                         combine, in_scope)
+from memos_core.plaintext.query import analyze_query  # noqa: E402
+
+NAMED = "What did Ann buy at the market?"
+NAME_FREE = "what did she buy at the market?"
+DIALOGUE = "<Ann>: I went to the market. <Assistant>: What did you buy? <Ann>: Some apples and pears."
+
+
+def _fill(cube) -> None:
+    fruits = ["apples", "pears", "plums", "figs", "grapes", "lemons", "melons", "cherries", "kiwis", "limes"]
+    for i in range(36):
+        cube.add(f"Ann bought {fruits[i % 10]} at the market on day {i}, and talked to stall keeper {i}.",
+                 user_id="u")
+
+
+def _hits(cube, query: str, k: int = 5, cfg: RetrievalConfig | None = None):
+    cube.retrieval = cfg or RetrievalConfig()
+    return cube.search(query, k=k, user_id="u", record_usage=False)
+
+
+def _key(hits) -> list[tuple[str, float, float | None, int | None]]:
+    return [(h.item.id, h.score, h.fused, h.rank) for h in hits]
+
+
+class Prefers:
+    """A reranker that likes one text (score 1) over every other (score 0) and counts its calls."""
+
+    def __init__(self, text: str) -> None:
+        self.text, self.calls = text, []
+
+    def __call__(self, query: str, texts: list[str]) -> list[float]:
+        self.calls.append((query, list(texts)))
+        return [1.0 if t == self.text else 0.0 for t in texts]
+
+
+def test_the_default_config_has_no_reranker_and_checks_its_values() -> None:
+    cfg = RetrievalConfig()
+    assert (cfg.reranker, cfg.rerank_k, cfg.rerank_weight, cfg.rerank_scope) == (None, 20, 2.0, "named")
+    for bad in ({"rerank_k": 1}, {"rerank_k": 2.5}, {"rerank_k": True}, {"rerank_weight": -1.0},
+                {"rerank_weight": float("nan")}, {"rerank_weight": "2"}, {"rerank_scope": "names"},
+                {"reranker": lambda q, ts: ts}):  # a bare function: wrap it in CallableReranker
+        with pytest.raises(ValidationError):
+            RetrievalConfig(**bad)
+    assert isinstance(CallableReranker(lambda q, ts: [0.0] * len(ts)), Reranker)
+    with pytest.raises(ValidationError):
+        CallableReranker(3)
+
+
+def test_scopes() -> None:
+    named, free, dia = (analyze_query(q) for q in (NAMED, NAME_FREE, DIALOGUE))
+    assert [in_scope(p, "named") for p in (named, free, dia)] == [True, False, False]
+    assert [in_scope(p, "questions") for p in (named, free, dia)] == [True, True, False]
+    assert [in_scope(p, "all") for p in (named, free, dia)] == [True, True, True]
+
+
+def test_combine_reorders_by_fused_plus_weighted_z_and_keeps_ties_in_order() -> None:
+    assert combine([3.0, 2.0, 1.0], [0.0, 0.0, 0.0], 5.0) == [0, 1, 2]  # no opinion: the fused order
+    assert combine([3.0, 2.0, 1.0], [0.0, 0.0, 9.0], 0.0) == [0, 1, 2]  # weight 0: the fused order
+    assert combine([3.0, 2.0, 1.0], [0.0, 0.0, 9.0], 5.0) == [2, 0, 1]
+    # z of [0, 0, 9] is [-0.71, -0.71, 1.41]: at weight 0.5 the third (1 + 0.71) passes the second (2 - 0.35), not
+    # the first (3 - 0.35)
+    assert combine([3.0, 2.0, 1.0], [0.0, 0.0, 9.0], 0.5) == [0, 2, 1]
+    assert combine([1.0, 2.0], [0.0, 0.0], 1.0, standardise_fused=True) == [1, 0]
+
+
+def test_a_reranker_reorders_only_inside_the_top_rerank_k_and_k_is_respected(cube) -> None:
+    _fill(cube)
+    plain = _hits(cube, NAMED, k=12)
+    assert len(plain) == 12
+    target = plain[7]  # 8th by the fusion
+    prefers = Prefers(target.item.content)
+    cfg = RetrievalConfig(reranker=CallableReranker(prefers), rerank_k=10, rerank_weight=100.0)
+    got = _hits(cube, NAMED, k=5, cfg=cfg)
+    assert len(got) == 5 and len(prefers.calls[-1][1]) == 10  # the reranker saw the top rerank_k, k came back
+    assert got[0].item.id == target.item.id and [h.rank for h in got] == [1, 2, 3, 4, 5]
+    # the others keep the fusion's order; every hit keeps its calibrated score, and shows the reranker's own score
+    assert [h.item.id for h in got[1:]] == [h.item.id for h in plain[:4]]
+    by_id = {h.item.id: h for h in plain}
+    for h in got:
+        assert 0.0 <= h.score <= 1.0 and h.score == by_id[h.item.id].score
+        assert h.retrievers["rerank"] == (1.0 if h.item.id == target.item.id else 0.0)
+    # the memory 8th by the fusion is outside a top 6: nothing moves
+    cfg = RetrievalConfig(reranker=CallableReranker(prefers), rerank_k=6, rerank_weight=100.0)
+    assert [h.item.id for h in _hits(cube, NAMED, k=5, cfg=cfg)] == [h.item.id for h in plain[:5]]
+    # rerank_k below k: the top k is reranked
+    cfg = RetrievalConfig(reranker=CallableReranker(prefers), rerank_k=2, rerank_weight=100.0)
+    got = _hits(cube, NAMED, k=10, cfg=cfg)
+    assert len(prefers.calls[-1][1]) == 10 and got[0].item.id == target.item.id
+
+
+def test_queries_out_of_scope_are_searched_exactly_as_without_a_reranker(cube) -> None:
+    _fill(cube)
+    for query in (NAME_FREE, DIALOGUE):
+        plain = _hits(cube, query, k=8)
+        prefers = Prefers(plain[-1].item.content)
+        got = _hits(cube, query, k=8, cfg=RetrievalConfig(reranker=CallableReranker(prefers)))
+        assert _key(got) == _key(plain) and not prefers.calls
+        assert all("rerank" not in h.retrievers for h in got)
+    # the wider scopes take them in
+    prefers = Prefers(_hits(cube, NAME_FREE, k=8)[-1].item.content)
+    got = _hits(cube, NAME_FREE, k=8, cfg=RetrievalConfig(reranker=CallableReranker(prefers), rerank_weight=100.0,
+                                                           rerank_scope="questions"))
+    assert got[0].item.content == prefers.text
+    prefers = Prefers(_hits(cube, DIALOGUE, k=8)[-1].item.content)
+    cfg = RetrievalConfig(reranker=CallableReranker(prefers), rerank_weight=100.0, rerank_scope="questions")
+    assert _key(_hits(cube, DIALOGUE, k=8, cfg=cfg)) == _key(_hits(cube, DIALOGUE, k=8))
+    cfg = RetrievalConfig(reranker=CallableReranker(prefers), rerank_weight=100.0, rerank_scope="all")
+    assert _hits(cube, DIALOGUE, k=8, cfg=cfg)[0].item.content == prefers.text
+
+
+def test_a_reranker_without_an_opinion_keeps_the_fused_order_in_every_mode(cube) -> None:
+    _fill(cube)
+    flat = CallableReranker(lambda q, ts: [0.5] * len(ts))
+    for mode in ("hybrid", "lexical", "dense"):
+        cube.retrieval = RetrievalConfig()
+        plain = cube.search(NAMED, k=6, user_id="u", mode=mode, record_usage=False)
+        cube.retrieval = RetrievalConfig(reranker=flat)
+        got = cube.search(NAMED, k=6, user_id="u", mode=mode, record_usage=False)
+        assert [h.item.id for h in got] == [h.item.id for h in plain] and len(got) == 6
+        assert all(h.retrievers["rerank"] == 0.5 for h in got)  # it ran
+    cube.retrieval = RetrievalConfig(reranker=flat, fusion="rrf")
+    assert len(cube.search(NAMED, k=6, user_id="u", record_usage=False)) == 6
+
+
+def test_a_failing_reranker_raises_a_typed_error(cube) -> None:
+    _fill(cube)
+
+    def boom(query: str, texts: list[str]) -> list[float]:
+        raise RuntimeError("model server down")
+
+    with pytest.raises(BackendUnavailable, match="model server down"):
+        _hits(cube, NAMED, cfg=RetrievalConfig(reranker=CallableReranker(boom)))
+    for wrong in (lambda q, ts: [1.0], lambda q, ts: [float("nan")] * len(ts), lambda q, ts: ["x"] * len(ts)):
+        with pytest.raises(ValidationError):
+            _hits(cube, NAMED, cfg=RetrievalConfig(reranker=CallableReranker(wrong)))
+
+
+def test_query_likelihood_reranker_on_a_tiny_model_folder(scorer, tmp_path) -> None:
+    path = save_tiny_model(tmp_path / "m", arch="llama", seed=3)
+    rr = QueryLikelihoodReranker(path, dtype="float32", bos=True)
+    assert rr._loaded is None  # nothing loaded before the first score
+    texts = ["memory: " + MEMORIES[0], *MEMORIES[1:]]
+    got = rr.score("Where does Ann live?", texts)
+    assert len(got) == len(texts) and all(math.isfinite(s) for s in got)
+    # the benchmark's scorer (same weights, same prompt) gives the same numbers: the library is what was measured
+    assert got == pytest.approx(scorer.ql("Where does Ann live?", MEMORIES), abs=1e-4)
+    assert got != pytest.approx([got[0]] * len(got))  # it tells memories apart
+    with pytest.raises(ValidationError):
+        QueryLikelihoodReranker(tmp_path / "nothing-here").score("q", ["t"])
+    with pytest.raises(ValidationError):
+        QueryLikelihoodReranker(dtype="int8")

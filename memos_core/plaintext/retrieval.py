@@ -31,6 +31,7 @@ from . import calibration, scope_cache
 from .fusion import Candidates, fuse, rrf
 from .lexical import fts_query
 from .query import QueryPlan, analyze_query, entity_matcher
+from .rerank import checked_scores, combine, in_scope
 
 if TYPE_CHECKING:
     from ..records import RecordStore
@@ -109,13 +110,36 @@ class Retriever:
         in the fusion's order, each with its absolute score; those scoring under ``min_score`` are dropped.
         Returns the hits and their rowids (for usage recording)."""
         pre = Prefetched()
-        plan, fused = self.retrieve(query, mode, f, cf, k, pre)
+        reranker = getattr(self.config, "reranker", None)
+        if reranker is not None and not in_scope(analyze_query(query), self.config.rerank_scope):  # type: ignore
+            reranker = None  # a query out of the reranker's scope is searched exactly as without one
+        n = k if reranker is None else max(k, int(self.config.rerank_k))  # type: ignore[attr-defined]
+        plan, fused = self.retrieve(query, mode, f, cf, n, pre)
         degraded = bool(skipped_legs())
         items = {r.rowid: pre.items[r.rowid]() for r in fused if r.rowid in pre.items}
         missing = [int(r.rowid) for r in fused if r.rowid not in items]
         if missing:
             items.update(self.records.get_many_by_rowid(missing))
+        if reranker is not None:
+            fused = self.rerank(reranker, query, mode, fused, items)[:k]
         return self.assemble(plan, mode, fused, items, min_score, degraded=degraded)
+
+    def rerank(self, reranker: Any, query: str, mode: str, fused: Sequence[Fused], items: dict[int, MemoryItem]
+               ) -> list[Fused]:
+        """``fused`` (the best ``rerank_k`` or more, best first) reordered by ``value + rerank_weight *
+        z(reranker scores)`` (:func:`.rerank.combine`; the fused value is first standardised over them unless it
+        already is, i.e. outside z-score hybrid fusion); each gets its raw reranker score as ``scores["rerank"]``.
+        Candidates whose item vanished meanwhile keep their place at the end (:meth:`assemble` skips them)."""
+        cfg = self.config
+        live = [r for r in fused if int(r.rowid) in items]
+        if not live:
+            return list(fused)
+        raw = checked_scores(reranker, query, [items[int(r.rowid)].content for r in live])
+        standardised = mode == "hybrid" and cfg.fusion == "zscore" and "dense" not in skipped_legs()
+        order = combine([r.value for r in live], raw, float(cfg.rerank_weight),  # type: ignore[attr-defined]
+                        standardise_fused=not standardised)
+        out = [live[i]._replace(scores={**live[i].scores, "rerank": raw[i]}) for i in order]
+        return out + [r for r in fused if int(r.rowid) not in items]
 
     @staticmethod
     def assemble(plan: QueryPlan, mode: str, fused: Sequence[Fused], items: dict[int, MemoryItem],
