@@ -6,6 +6,7 @@
         --forms ql --model gemma3-270m                                              # (after the line above)
     python benchmarks/lm_rerank.py --sets madial synthetic people_qa --report-only   # re-print from the cache
     python benchmarks/lm_rerank.py --latency 60 [--k 10]                             # search time with / without
+    python benchmarks/lm_rerank.py --latency 60 --library [--k 10]   # the same through RetrievalConfig(reranker=...)
 
 The figures and what they mean are in the README ("Tried in issue 15, session 9"): nothing reaches MADial any@5 0.80;
 ``ql`` on questions naming someone lifts any@1 on every set that has them, at ~0.35-0.7 s per search on CPU.
@@ -256,6 +257,51 @@ def latency(model: str, dtype: str, k: int, n_queries: int, conversations: int =
     print(json.dumps(out))
 
 
+def latency_library(dtype: str, k: int, rerank_k: int, n_queries: int, conversations: int = 2) -> None:
+    """``--latency N --library``: the same cube and questions as :func:`latency`, searched through the library
+    (``RetrievalConfig(reranker=QueryLikelihoodReranker(), rerank_k=...)``, scope ``named``) and without a reranker,
+    alternated query by query. Prints p50 / p95 ms of both (over the questions in the reranker's scope, and over
+    all), how many were in scope, and how often the first hit changed."""
+    import tempfile
+
+    from memos_core.plaintext.rerank import QueryLikelihoodReranker, in_scope
+
+    import torch
+
+    torch.set_num_threads(1)  # as the README's figures were measured
+    reranker = QueryLikelihoodReranker(dtype=dtype)
+    with tempfile.TemporaryDirectory(prefix="memos-lmr-lib-") as tmp:
+        cube, qs = tf.latency_cube(Path(tmp), conversations)
+        cfg = cube.retrieval  # read on every search: the reranker is switched in place
+        cfg.rerank_k = rerank_k
+        cfg.reranker = reranker
+        cube.search("What did Ann say?", k=k, user_id=qs[0][1], record_usage=False)  # loads the model
+        lat: dict[str, list[float]] = {"plain": [], "rerank": [], "plain_in": [], "rerank_in": []}
+        changed = 0
+        for i, (q, scope) in enumerate(qs[:n_queries]):
+            first: dict[str, Any] = {}
+            for mode in (("plain", "rerank") if i % 2 == 0 else ("rerank", "plain")):
+                cfg.reranker = reranker if mode == "rerank" else None
+                t0 = time.perf_counter()
+                hits = cube.search(q, k=k, user_id=scope, record_usage=False)
+                ms = (time.perf_counter() - t0) * 1000
+                lat[mode].append(ms)
+                if in_scope(analyze_query(q), cfg.rerank_scope):
+                    lat[mode + "_in"].append(ms)
+                first[mode] = hits[0].item.id if hits else None
+            changed += first["plain"] != first["rerank"]
+        cube.close()
+
+    def pct(v: list[float], p: float) -> float | None:
+        v = sorted(v)
+        return round(v[min(len(v) - 1, int(p * len(v)))], 1) if v else None
+    out: dict[str, Any] = {"queries": len(lat["plain"]), "in_scope": len(lat["plain_in"]), "k": k,
+                           "rerank_k": rerank_k, "dtype": dtype, "first_hit_changed": changed}
+    for name, v in lat.items():
+        out[f"{name}_p50_ms"], out[f"{name}_p95_ms"] = pct(v, 0.5), pct(v, 0.95)
+    print(json.dumps(out))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", default="/tmp/memos-lmr")
@@ -271,7 +317,13 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="no LM runs: report what the cache holds")
     ap.add_argument("--latency", type=int, metavar="N", default=0,
                     help="only time N searches with and without the ql reranker (people-QA, one cube)")
+    ap.add_argument("--library", action="store_true",
+                    help="with --latency: search through RetrievalConfig(reranker=QueryLikelihoodReranker()) "
+                         "(top --k reranked, 10 returned) against the same search without it")
     args = ap.parse_args()
+    if args.latency and args.library:
+        latency_library(args.dtype, 10, args.k, args.latency)
+        return
     if args.latency:
         latency(args.model, args.dtype, args.k, args.latency)
         return
