@@ -193,6 +193,7 @@ def test_combine_reorders_by_fused_plus_weighted_z_and_keeps_ties_in_order() -> 
     assert combine([1.0, 2.0], [0.0, 0.0], 1.0, standardise_fused=True) == [1, 0]
 
 
+@pytest.mark.records_backends  # on PostgreSQL the legs read the candidates' items on the way: the same answer
 def test_a_reranker_reorders_only_inside_the_top_rerank_k_and_k_is_respected(cube) -> None:
     _fill(cube)
     plain = _hits(cube, NAMED, k=12)
@@ -279,3 +280,18 @@ def test_query_likelihood_reranker_on_a_tiny_model_folder(scorer, tmp_path) -> N
         QueryLikelihoodReranker(tmp_path / "nothing-here").score("q", ["t"])
     with pytest.raises(ValidationError):
         QueryLikelihoodReranker(dtype="int8")
+
+
+def test_memos_takes_the_reranker_in_its_retrieval_config(open_memos, tmp_path) -> None:
+    from conftest import hashed_embed
+
+    m = open_memos(tmp_path / "m", embedder=hashed_embed)
+    for i in range(12):
+        m.add(f"Ann bought apples at the market on day {i}.", user_id="u")
+    plain = m.search(NAMED, user_id="u", k=8)
+    prefers = Prefers(plain[5].item.content)
+    m.close()
+    m2 = open_memos(tmp_path / "m", embedder=hashed_embed,
+                    retrieval=RetrievalConfig(reranker=CallableReranker(prefers), rerank_weight=100.0))
+    got = m2.search(NAMED, user_id="u", k=3)
+    assert len(got) == 3 and got[0].item.id == plain[5].item.id and got[0].retrievers["rerank"] == 1.0
