@@ -7,6 +7,7 @@
     python benchmarks/lm_rerank.py --sets madial synthetic people_qa --report-only   # re-print from the cache
     python benchmarks/lm_rerank.py --latency 60 [--k 10]                             # search time with / without
     python benchmarks/lm_rerank.py --latency 60 --library [--k 10]   # the same through RetrievalConfig(reranker=...)
+    python benchmarks/lm_rerank.py --library-bench people_qa synthetic   # memos bench retrieval without / with it
 
 The figures and what they mean are in the README ("Tried in issue 15, session 9"): nothing reaches MADial any@5 0.80;
 ``ql`` on questions naming someone lifts any@1 on every set that has them, at ~0.35-0.7 s per search on CPU.
@@ -302,6 +303,26 @@ def latency_library(dtype: str, k: int, rerank_k: int, n_queries: int, conversat
     print(json.dumps(out))
 
 
+def library_bench(names: list[str], dtype: str, rerank_k: int) -> None:
+    """``--library-bench SET ...``: ``memos bench retrieval`` (hybrid only, the whole set, real embedder) without and
+    with ``RetrievalConfig(reranker=QueryLikelihoodReranker(), rerank_k=...)``: what a user turning it on gets.
+    Prints one JSON line per set and configuration (any@1/5/10/20, search p50/p95)."""
+    import torch
+
+    from memos_core.bench import retrieval as bench
+    from memos_core.plaintext.rerank import QueryLikelihoodReranker
+
+    torch.set_num_threads(1)
+    reranker = QueryLikelihoodReranker(dtype=dtype)
+    for name in names:
+        for label, cfg in (("hybrid", RetrievalConfig()),
+                           ("hybrid+ql", RetrievalConfig(reranker=reranker, rerank_k=rerank_k))):
+            rep = bench.run(tf.SETS.get(name, name), modes=("hybrid",), retrieval=cfg)
+            print(json.dumps({"set": name, "config": label, "rerank_k": rerank_k if cfg.reranker else None,
+                              "queries": rep["queries"], **{f"any@{n}": rep[f"any@{n}"] for n in (1, 5, 10, 20)},
+                              "p50_ms": rep["search_p50_ms"], "p95_ms": rep["search_p95_ms"]}), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", default="/tmp/memos-lmr")
@@ -320,7 +341,12 @@ def main() -> None:
     ap.add_argument("--library", action="store_true",
                     help="with --latency: search through RetrievalConfig(reranker=QueryLikelihoodReranker()) "
                          "(top --k reranked, 10 returned) against the same search without it")
+    ap.add_argument("--library-bench", nargs="*", metavar="SET",
+                    help="memos bench retrieval on these sets without / with the library's reranker (top --k)")
     args = ap.parse_args()
+    if args.library_bench:
+        library_bench(args.library_bench, args.dtype, args.k)
+        return
     if args.latency and args.library:
         latency_library(args.dtype, 10, args.k, args.latency)
         return

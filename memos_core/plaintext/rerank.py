@@ -132,6 +132,10 @@ class QueryLikelihoodReranker:
         self._loaded: tuple[Any, Any] | None = None
 
     def _load(self) -> tuple[Any, Any]:
+        from ..extras import require
+
+        require("torch", "QueryLikelihoodReranker", "kv")  # MissingExtra naming the extra to install
+        require("transformers", "QueryLikelihoodReranker", "kv")
         from ..activation.models import load_gguf, load_smollm2
 
         if self.model_name == "smollm2":
