@@ -672,9 +672,10 @@ class MemCube:
                      ) -> tuple[np.ndarray, list[bytes]]:
         """The embeddings of ``items``' dense texts (:func:`_dense_texts`) and their topic vectors (see
         :meth:`_topic_blobs`), in one embedder call (``embed``: default :meth:`_embed`)."""
-        topics = _topic_texts(items)
+        dense = _dense_texts(items)
+        topics = _topic_texts(items, dense)
         extra = [t for t in topics if t is not None]
-        vecs = (embed or self._embed)(_dense_texts(items) + extra)
+        vecs = (embed or self._embed)(dense + extra)
         return vecs[:len(items)], _topic_blobs(topics, vecs[len(items):])
 
     def _topic_blobs(self, items: Sequence[MemoryItem], embedded_from: Sequence[str] | None = None) -> list[bytes]:
@@ -1832,15 +1833,12 @@ def _topic_texts(items: Sequence[MemoryItem], embedded_from: Sequence[str] | Non
     """Each item's own words (:func:`memos_core.reader.offline.topic_text`), or ``None`` where they are the text
     its embedding is made from (``embedded_from``; default its dense text, :func:`_dense_texts`): its topic vector
     is then its embedding, and nothing is embedded twice."""
-    from .reader.offline import topic_is_dense, topic_text
+    from .reader.offline import topic_text
 
     out: list[str | None] = []
     for it, dense in zip(items, _dense_texts(items) if embedded_from is None else embedded_from):
         t = topic_text(it.content, _speaker(it))
-        # the rule may make the embedding the topic vector; a caller naming the texts an existing embedding came
-        # from (embedded_from) gets b"" only where the own words are that very text
-        out.append(None if t == dense or (embedded_from is None and topic_is_dense(it.content, _speaker(it)))
-                   else t)
+        out.append(None if t == dense else t)
     return out
 
 

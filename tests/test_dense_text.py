@@ -37,7 +37,6 @@ def cut(monkeypatch: pytest.MonkeyPatch) -> None:
     """A cut that changes every reader-built text (no quoted turn, no date head), whatever ships."""
     for name in ("DENSE_QUOTE", "DENSE_DATE", "UNTAGGED_QUOTE", "UNTAGGED_DATE"):
         monkeypatch.setattr(offline, name, "none")
-    monkeypatch.setattr(offline, "UNTAGGED_TOPIC_IS_DENSE", False)
 
 
 def stored(cube: MemCube, item_id: str) -> np.ndarray:
@@ -224,39 +223,12 @@ def test_a_turn_tagged_with_its_speaker_and_an_untagged_memory_get_their_own_cut
     assert dense_text(untagged["index_text"], untagged["content"], "Ann") == "Me too, green tea."
 
 
-def test_an_untagged_memory_whose_topic_is_its_embedding_embeds_one_text(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(offline, "UNTAGGED_TOPIC_IS_DENSE", True)
-    seen: list[str] = []
-
-    def recording(texts: list[str]) -> np.ndarray:
-        seen.extend(texts)
-        return hashed_embed(texts)
-
-    for sync in ("immediate", "deferred"):
-        with MemCube(tmp_path / sync, embedder=recording, embed_sync=sync) as cube:  # type: ignore[arg-type]
-            seen.clear()
-            note = cube.add("the boiler was serviced",
-                            index_text="[Monday 8 May 2023 (2023-05-08)] the boiler was serviced")
-            turn = cube.add_many([specs()[2]])[0]
-            cube._embed_waiting()
-            dense_note = dense_text(note.index_text or note.content, note.content, None)
-            # the note: its dense text only (its own words are not embedded a second time)
-            assert seen.count(dense_note) == 1
-            assert seen.count("the boiler was serviced") == (1 if dense_note == "the boiler was serviced" else 0)
-            assert "I adopted a beagle called Biscuit." in seen  # a tagged turn keeps its own-words vector
-            rn, rt = cube.records.rowid(note.id), cube.records.rowid(turn.id)
-            assert rn is not None and rt is not None
-            tv = cube.records.topic_vectors([rn, rt])
-            assert tv[rn] == b"" and tv[rt] != b""
-
-
 def test_the_shipped_cut() -> None:
     """Issue 18 item 8 (README "One memory per call"): a turn tagged with its speaker embeds its whole index text; a
     memory without a tag (a bare ``MemOS.add(text)``) drops a quoted previous memory unless it asks something, and
     keeps its date; its topic vector stays its own words."""
     assert (offline.DENSE_QUOTE, offline.DENSE_DATE) == ("full", "full")
-    assert (offline.UNTAGGED_QUOTE, offline.UNTAGGED_DATE, offline.UNTAGGED_TOPIC_IS_DENSE) == ("question", "full", False)
+    assert (offline.UNTAGGED_QUOTE, offline.UNTAGGED_DATE) == ("question", "full")
     for s in specs():
         assert dense_text(s["index_text"], s["content"], s["provenance"]["speaker"]) == s["index_text"]
     notes = OfflineReader().read([Turn("I love tea.", None, "a", T0), Turn("Me too, green tea.", None, "b", T0),

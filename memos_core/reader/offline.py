@@ -22,8 +22,7 @@ from ..items import MemoryKind, SourceKind, check_text, to_utc
 from ..plaintext.lexical import STOPWORDS as _STOP
 
 __all__ = ["Turn", "OfflineReader", "resolve_relative_dates", "coerce_turns", "reply_context", "turn_act",
-           "ACT_WEIGHTS", "topic_text", "dense_text", "dense_variant", "split_index_text", "tagged",
-           "topic_is_dense"]
+           "ACT_WEIGHTS", "topic_text", "dense_text", "dense_variant", "split_index_text", "tagged"]
 
 EXTRACTOR = "reader.offline/1"
 _CONTEXT_CHARS = 240
@@ -278,8 +277,6 @@ DENSE_DATE = "full"
 #: asks something (a "?"), the date head stays
 UNTAGGED_QUOTE = "question"
 UNTAGGED_DATE = "full"
-#: whether such a memory's topic vector is its embedding (``b""``: one text embedded per memory, not two)
-UNTAGGED_TOPIC_IS_DENSE = False
 
 
 def tagged(content: str, speaker: str | None) -> bool:
@@ -298,12 +295,6 @@ def dense_text(index_text: str, content: str, speaker: str | None = None) -> str
     if tagged(content, speaker):
         return dense_variant(index_text, content, quote=DENSE_QUOTE, date=DENSE_DATE)
     return dense_variant(index_text, content, quote=UNTAGGED_QUOTE, date=UNTAGGED_DATE)
-
-
-def topic_is_dense(content: str, speaker: str | None = None) -> bool:
-    """Whether a memory's topic vector is its dense vector (nothing else embedded): a memory without a speaker's
-    tag when :data:`UNTAGGED_TOPIC_IS_DENSE` (its own words are then its content, which its dense text holds)."""
-    return UNTAGGED_TOPIC_IS_DENSE and not tagged(content, speaker)
 
 
 # ---------------------------------------------------------------------------------------------- turn acts
