@@ -79,7 +79,9 @@ class MiniLMEmbedder:
     name = "sentence-transformers/all-MiniLM-L6-v2"
 
     def __init__(self, batch_size: int = 64, device: str | None = "cpu", max_seq_length: int = 256,
-                 query_backend: str | None = None) -> None:
+                 query_backend: str | None = None, doc_precision: str | None = None) -> None:
+        from .embedding_bf16 import resolve_precision
+
         self.batch_size = batch_size
         self.device = device
         self.max_seq_length = max_seq_length
@@ -87,6 +89,10 @@ class MiniLMEmbedder:
         if backend not in ("auto", "onnx", "torch"):
             raise ValidationError(f"query_backend must be 'auto', 'onnx' or 'torch', not {backend!r}")
         self.query_backend = backend
+        resolve_precision(doc_precision)  # a typed error now, not at the first add
+        #: documents' precision: "auto" (bfloat16 on CPUs with AMX), "fp32" or "bf16"; None reads
+        #: ``$MEMOS_DOC_PRECISION`` at each call (see :mod:`memos_core.embedding_bf16`). Queries are always fp32.
+        self.doc_precision = doc_precision
 
     @property
     def dim(self) -> int:
@@ -164,11 +170,14 @@ class MiniLMEmbedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         runner = self._twin()
         if runner is not None:
+            from .embedding_bf16 import document_runner, resolve_precision
+
+            fast = document_runner(resolve_precision(self.doc_precision), runner, len(texts), self.max_seq_length)
             if getattr(_LOCAL, "one_core", False):  # a background thread's batch: one core, no padding to speak of
                 return _embed_sorted(runner, list(texts), self.max_seq_length, self.batch_size, _ALWAYS_SHORT,
-                                     max_tokens=_ONE_CORE_TOKENS)
+                                     max_tokens=_ONE_CORE_TOKENS, fast=fast)
             return _embed_sorted(runner, list(texts), self.max_seq_length, self.batch_size,
-                                 getattr(runner, "DOC_SHORT_TOKENS", None))
+                                 getattr(runner, "DOC_SHORT_TOKENS", None), fast=fast)
         model = self._model()
         vecs = model.encode(list(texts), batch_size=self.batch_size, convert_to_numpy=True,
                             normalize_embeddings=True, show_progress_bar=False)
@@ -243,6 +252,12 @@ class _OnnxBert:
         self.long: Any = self.short if self.fixed or (os.cpu_count() or 1) < 2 else None
         self.inputs = [i.name for i in self.short.get_inputs()]
         self._lock = threading.Lock()
+
+    def threads_for(self, tokens: int, short_tokens: int | None = None) -> int:
+        """Threads a batch of ``tokens`` padded tokens runs on (the session :meth:`_session` picks)."""
+        if self.fixed:
+            return self.fixed
+        return 1 if tokens <= (short_tokens or self.SHORT_TOKENS) else max(1, min(8, os.cpu_count() or 1))
 
     def _session(self, tokens: int, short_tokens: int | None = None) -> Any:
         if tokens <= (short_tokens or self.SHORT_TOKENS):
@@ -591,14 +606,15 @@ def _loaded_twin(device: str | None) -> "_OnnxBert | None":
 
 
 def _embed_sorted(runner: "_OnnxBert", texts: list[str], max_length: int, batch: int,
-                  short_tokens: int | None = None, max_tokens: int | None = None) -> np.ndarray:
+                  short_tokens: int | None = None, max_tokens: int | None = None, fast: Any = None) -> np.ndarray:
     """Texts in batches of similar token length (little padding), vectors back in input order.
 
     The texts are tokenised once; :func:`_plan_batches` groups them longest first, so a batch is padded only to
     its own longest text (an agent's turn comes with its topic text, about half as long: padding both to the
     longer one wasted a fifth to a third of the work). ``max_tokens`` caps a batch's padded size. Padding never
-    changes a vector beyond float rounding (the attention mask hides it; tested)."""
-    if len(texts) <= 1:
+    changes a vector beyond float rounding (the attention mask hides it; tested). ``fast``: the bfloat16 runner
+    of :mod:`memos_core.embedding_bf16` (documents only), given the twin's tokens and its thread rule."""
+    if len(texts) <= 1 and fast is None:
         return runner.embed_many(texts, max_length, short_tokens)
     enc = runner.encode(texts, max_length)
     mask = np.asarray(enc["attention_mask"])
@@ -610,7 +626,11 @@ def _embed_sorted(runner: "_OnnxBert", texts: list[str], max_length: int, batch:
     for rows in _plan_batches(lengths.tolist(), max(1, batch), max_tokens):
         if right:
             width = int(lengths[rows].max())
-            vecs = _pool(*runner.run_encoded({k: np.asarray(v)[rows, :width] for k, v in enc.items()}, short_tokens))
+            sub = {k: np.asarray(v)[rows, :width] for k, v in enc.items()}
+            if fast is not None and len(rows) * width >= fast.MIN_TOKENS:
+                vecs = _pool(*fast.run_encoded(sub, runner.threads_for(len(rows) * width, short_tokens)))
+            else:
+                vecs = _pool(*runner.run_encoded(sub, short_tokens))
         else:
             vecs = runner.embed_many([texts[i] for i in rows], max_length, short_tokens)
         if out is None:

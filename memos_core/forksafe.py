@@ -44,7 +44,7 @@ _LIVE_LOCK = threading.Lock()
 _INHERITED: list[Any] = []
 
 #: background threads that must not be running when the process forks (they hold import or model locks)
-_PRELOAD_THREADS = ("memos-chroma-preload", "memos-embedder-preload", "memos-index-warm")
+_PRELOAD_THREADS = ("memos-chroma-preload", "memos-embedder-preload", "memos-index-warm", "memos-bf16-load")
 
 
 def register(obj: Any) -> int:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import sys
 from datetime import datetime, timedelta, timezone
@@ -20,6 +21,10 @@ from typing import Any, Iterator
 
 import numpy as np
 import pytest
+
+# Documents are embedded in fp32 throughout the suite (bit-for-bit reproducible vectors, whatever the CPU); the
+# bfloat16 path that "auto" takes on CPUs with AMX has its own tests (tests/test_doc_bf16.py).
+os.environ.setdefault("MEMOS_DOC_PRECISION", "fp32")
 
 TESTS_DIR = Path(__file__).resolve().parent
 FAKE_DIM = 64
