@@ -119,7 +119,7 @@ def _settle_index(cube: Any, limit_s: float = 180.0) -> float:
 
 
 def _memos_os(work: Path, specs: list[dict[str, Any]], vecs: np.ndarray, embed_sync: str = "deferred",
-              cut: tuple[str, str] | None = None) -> _System:
+              cut: tuple[str, str] | None = None, suffix: str = "") -> _System:
     """``cut``: the (quote, date) cut of :func:`memos_core.reader.offline.dense_variant` this system's memories'
     dense texts get, tagged with a speaker or not (an experiment, ``--dense-cut``; ``full,full`` is the uncut index
     text): set for the length of each of its blocks (every block ends by waiting for its background embeddings),
@@ -133,6 +133,7 @@ def _memos_os(work: Path, specs: list[dict[str, Any]], vecs: np.ndarray, embed_s
     pre = CallableEmbedder(_lookup_embed(lookup, MiniLMEmbedder().embed_documents), name=MiniLMEmbedder.name, dim=384)
     folder = work / ("os" if embed_sync == "deferred" else f"os-{embed_sync}") if cut is None \
         else work / f"os-cut-{cut[0]}-{cut[1]}".replace("|", "-").replace(":", "-")
+    folder = folder.with_name(folder.name + suffix)
     shipped = (offline.DENSE_QUOTE, offline.DENSE_DATE, offline.UNTAGGED_QUOTE, offline.UNTAGGED_DATE)
 
     def use() -> None:
@@ -171,13 +172,38 @@ def _memos_os(work: Path, specs: list[dict[str, Any]], vecs: np.ndarray, embed_s
     return S()
 
 
-def _memos_cube(work: Path, specs: list[dict[str, Any]], vecs: np.ndarray, sync: str) -> _System:
+def _fp32_docs(inner: _System) -> _System:
+    """``inner`` with its documents embedded in fp32 (``MEMOS_DOC_PRECISION=fp32`` for its adds and drain; the
+    block loop sets the shipped precision back before every other system's block): the same process and run
+    as the shipped precision, to see what bfloat16 documents buy (see memos_core.embedding_bf16)."""
+
+    class S(_System):
+        name = f"{inner.name}_fp32"
+
+        def add(self, text: str, user: str) -> None:
+            os.environ["MEMOS_DOC_PRECISION"] = "fp32"
+            inner.add(text, user)
+
+        def drain(self) -> None:
+            os.environ["MEMOS_DOC_PRECISION"] = "fp32"
+            inner.drain()
+
+        def warm(self) -> float:
+            return inner.warm()
+
+        def close(self) -> None:
+            inner.close()
+
+    return S()
+
+
+def _memos_cube(work: Path, specs: list[dict[str, Any]], vecs: np.ndarray, sync: str, suffix: str = "") -> _System:
     from memos_core.cube import MemCube
     from memos_core.embedding import CallableEmbedder, MiniLMEmbedder
 
     lookup = {s["content"]: v for s, v in zip(specs, vecs)}
     pre = CallableEmbedder(_lookup_embed(lookup, MiniLMEmbedder().embed_documents), name=MiniLMEmbedder.name, dim=384)
-    path = work / f"cube-{sync}"
+    path = work / f"cube-{sync}{suffix}"
     cube = MemCube(path, embedder=pre)
     for s in range(0, len(specs), 1000):
         cube.add_many(specs[s:s + 1000], progress=False)
@@ -248,7 +274,8 @@ def _memos_store(work: Path, specs: list[dict[str, Any]], vecs: np.ndarray) -> _
     return S()
 
 
-def _memos_llamaindex(work: Path, specs: list[dict[str, Any]], vecs: np.ndarray, users: list[str]) -> _System:
+def _memos_llamaindex(work: Path, specs: list[dict[str, Any]], vecs: np.ndarray, users: list[str],
+                      suffix: str = "") -> _System:
     """LlamaIndex's way in: ``MemOSMemory.put`` of one chat message (role user) per call, one memory (chat
     session) per user on a MemOS opened from its folder (``from_defaults``): the chat history gets the message
     and the MemReader reads it into long-term memory, as a chat engine's memory does."""
@@ -259,7 +286,7 @@ def _memos_llamaindex(work: Path, specs: list[dict[str, Any]], vecs: np.ndarray,
 
     lookup = {s["content"]: v for s, v in zip(specs, vecs)}
     pre = CallableEmbedder(_lookup_embed(lookup, MiniLMEmbedder().embed_documents), name=MiniLMEmbedder.name, dim=384)
-    folder = work / "llamaindex"
+    folder = work / f"llamaindex{suffix}"
     cube = MemCube(folder / "default", embedder=pre, name="default")
     for s in range(0, len(specs), 1000):
         cube.add_many(specs[s:s + 1000], progress=False)
@@ -403,6 +430,9 @@ def run(n: int, adds: int, block: int, mem0_site: str | None, workdir: str | Non
         "inmemory": lambda: _inmemory(specs, vecs, st_encode, "inmemory"),
         "inmemory_onnx": lambda: _inmemory(specs, vecs, emb.embed_documents, "inmemory_onnx"),
         "mem0": lambda: _mem0(work, specs, vecs),
+        "memos_os_fp32": lambda: _fp32_docs(_memos_os(work, specs, vecs, suffix="-fp32")),
+        "memos_llamaindex_fp32": lambda: _fp32_docs(_memos_llamaindex(work, specs, vecs, users, suffix="-fp32")),
+        "memos_cube_fp32": lambda: _fp32_docs(_memos_cube(work, specs, vecs, "deferred", suffix="-fp32")),
     }
     for cut in dense_cuts or []:
         builders[f"memos_os_cut[{cut[0]},{cut[1]}]"] = lambda cut=cut: _memos_os(work, specs, vecs, cut=cut)
@@ -412,11 +442,21 @@ def run(n: int, adds: int, block: int, mem0_site: str | None, workdir: str | Non
         if sysm is not None:
             made.append(sysm)
             log(f"{name}: prefilled in {time.perf_counter() - t:.1f} s")
+    shipped_precision = os.environ.get("MEMOS_DOC_PRECISION")
+
+    def shipped_docs() -> None:  # a *_fp32 system sets its own precision in its add / drain
+        if shipped_precision is None:
+            os.environ.pop("MEMOS_DOC_PRECISION", None)
+        else:
+            os.environ["MEMOS_DOC_PRECISION"] = shipped_precision
+
     for s in made:  # warm-up: first calls load models, open files (and the vector index: warm() below)
+        shipped_docs()
         for m in make_memories(3, seed=99):
             s.add(m["content"] + " (warm-up)", m["user_id"])
     settled: dict[str, float] = {}
     for s in made:
+        shipped_docs()
         s.drain()
         settled[s.name] = round(s.warm(), 1)
         log(f"{s.name}: settled in {settled[s.name]} s")
@@ -431,6 +471,7 @@ def run(n: int, adds: int, block: int, mem0_site: str | None, workdir: str | Non
         for s in made:
             for k, v in zip(rule, shipped_rule):  # a --dense-cut system sets its own cut in its add / drain
                 setattr(offline, k, v)
+            shipped_docs()
             t = time.perf_counter()
             for m in new[start:start + block]:
                 s.add(m["content"], m["user_id"])
@@ -438,18 +479,23 @@ def run(n: int, adds: int, block: int, mem0_site: str | None, workdir: str | Non
             s.drain()
             spent[s.name] += t1 - t
             drained[s.name] += time.perf_counter() - t
+    shipped_docs()
     for s in made:
         s.close()
+    from memos_core import embedding_bf16
+
+    doc_precision = {"setting": shipped_precision or "auto", **embedding_bf16.status()}
     rate = {name: adds / sec for name, sec in spent.items()}
     sustained = {name: adds / sec for name, sec in drained.items()}
     out: dict[str, Any] = {"n": n, "adds": adds, "block": block, "torch_threads": torch_threads,
                            "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
-                           "settle_s": settled,
+                           "settle_s": settled, "doc_precision": doc_precision,
                            "adds_per_s": {k: round(v, 1) for k, v in rate.items()},
                            "ms_per_add": {k: round(1000 / v, 2) for k, v in rate.items()},
                            "sustained_adds_per_s": {k: round(v, 1) for k, v in sustained.items()}}
     cuts = [f"memos_os_cut[{q},{d}]" for q, d in dense_cuts or []]
-    for mine in ("memos_os", "memos_os_inline", *cuts, "memos_cube", "memos_store", "memos_llamaindex"):
+    for mine in ("memos_os", "memos_os_fp32", "memos_os_inline", *cuts, "memos_cube", "memos_cube_fp32",
+                 "memos_store", "memos_llamaindex", "memos_llamaindex_fp32"):
         for peer in ("inmemory", "inmemory_onnx", "mem0"):
             if mine in rate and peer in rate:
                 out[f"ratio_{mine}_vs_{peer}"] = round(rate[mine] / rate[peer], 2)
