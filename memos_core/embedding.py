@@ -170,14 +170,20 @@ class MiniLMEmbedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         runner = self._twin()
         if runner is not None:
-            from .embedding_bf16 import document_runner, resolve_precision
+            from . import embedding_bf16
 
-            fast = document_runner(resolve_precision(self.doc_precision), runner, len(texts), self.max_seq_length)
+            precision = embedding_bf16.resolve_precision(self.doc_precision)
+            fast = embedding_bf16.document_runner(precision, runner, self.max_seq_length)
+            started = time.perf_counter()
             if getattr(_LOCAL, "one_core", False):  # a background thread's batch: one core, no padding to speak of
-                return _embed_sorted(runner, list(texts), self.max_seq_length, self.batch_size, _ALWAYS_SHORT,
+                vecs = _embed_sorted(runner, list(texts), self.max_seq_length, self.batch_size, _ALWAYS_SHORT,
                                      max_tokens=_ONE_CORE_TOKENS, fast=fast)
-            return _embed_sorted(runner, list(texts), self.max_seq_length, self.batch_size,
-                                 getattr(runner, "DOC_SHORT_TOKENS", None), fast=fast)
+            else:
+                vecs = _embed_sorted(runner, list(texts), self.max_seq_length, self.batch_size,
+                                     getattr(runner, "DOC_SHORT_TOKENS", None), fast=fast)
+            if fast is None and precision == "auto":
+                embedding_bf16.note_fp32(time.perf_counter() - started, runner, self.max_seq_length)
+            return vecs
         model = self._model()
         vecs = model.encode(list(texts), batch_size=self.batch_size, convert_to_numpy=True,
                             normalize_embeddings=True, show_progress_bar=False)
@@ -627,9 +633,16 @@ def _embed_sorted(runner: "_OnnxBert", texts: list[str], max_length: int, batch:
         if right:
             width = int(lengths[rows].max())
             sub = {k: np.asarray(v)[rows, :width] for k, v in enc.items()}
+            vecs = None
             if fast is not None and len(rows) * width >= fast.MIN_TOKENS:
-                vecs = _pool(*fast.run_encoded(sub, runner.threads_for(len(rows) * width, short_tokens)))
-            else:
+                try:
+                    vecs = _pool(*fast.run_encoded(sub, runner.threads_for(len(rows) * width, short_tokens)))
+                except Exception as exc:  # noqa: BLE001 - the fp32 twin embeds it; bfloat16 is dropped
+                    from .embedding_bf16 import disable
+
+                    disable(f"{type(exc).__name__}: {exc}")
+                    fast = None
+            if vecs is None:
                 vecs = _pool(*runner.run_encoded(sub, short_tokens))
         else:
             vecs = runner.embed_many([texts[i] for i in rows], max_length, short_tokens)

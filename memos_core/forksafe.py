@@ -117,6 +117,9 @@ def _after_in_child() -> None:
     if embedding is not None:
         embedding._QCACHE_LOCK = threading.Lock()
         embedding._MODEL_LOCK = threading.Lock()
+    bf16 = mods.get("memos_core.embedding_bf16")
+    if bf16 is not None:
+        bf16._after_fork_in_child()
     shared = mods.get("chromadb.api.shared_system_client")
     if shared is not None:  # the parent's Chroma systems (bindings, runtime threads) are not this process's
         systems = getattr(shared.SharedSystemClient, "_identifier_to_system", None)
