@@ -146,9 +146,18 @@ class Bf16Bert:
         import torch
 
         _step()
-        from transformers import AutoModel
-        from transformers.utils import logging as hf_logging
-
+        for attempt in range(3):
+            try:  # the modules themselves, not transformers' lazy top-level names, and again after a pause: another
+                # thread may be importing transformers right now (an app loading its own model), and an import
+                # racing it failed once in benchmarks/add_one.py ("cannot import name 'AutoModel'")
+                from transformers.models.bert.modeling_bert import BertModel
+                from transformers.utils import logging as hf_logging
+                break
+            except (ImportError, AttributeError):  # a half-initialised module of the other thread's import
+                if attempt == 2:
+                    raise
+                time.sleep(1.0)
+                _step()
         _step()
         self._torch = torch
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -157,7 +166,7 @@ class Bf16Bert:
         level = hf_log.level
         hf_log.setLevel(logging.ERROR)  # its load notes (unused config keys) are not this library's to print
         try:
-            model = AutoModel.from_pretrained(str(model_dir))
+            model = BertModel.from_pretrained(str(model_dir))  # all-MiniLM-L6-v2 is a BERT
         finally:
             hf_log.setLevel(level)
         self.model = model.to(torch.bfloat16).eval()

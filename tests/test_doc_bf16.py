@@ -301,3 +301,21 @@ def test_a_cube_with_vectors_of_both_precisions_searches_as_one(tmp_path: Any) -
             assert hits and hits[0].item.content == want, (query, [h.item.content for h in hits])
     finally:
         cube.close()
+
+
+def test_the_load_retries_an_import_that_raced_another_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import sys
+
+    name = "transformers.models.bert.modeling_bert"
+    mod = importlib.import_module(name)
+    monkeypatch.setitem(sys.modules, name, None)  # importing it fails now, as a half-done import does
+    timer = threading.Timer(0.3, lambda: sys.modules.__setitem__(name, mod))  # the other thread finishes
+    timer.start()
+    try:
+        runner = B.Bf16Bert(B._bundled_model_dir())
+    finally:
+        timer.join()
+    hidden, _ = runner.run_encoded({"input_ids": np.array([[101, 2460, 102]]), "attention_mask": np.ones((1, 3)),
+                                    "token_type_ids": np.zeros((1, 3))}, 1)
+    assert hidden.shape == (1, 3, 384)
